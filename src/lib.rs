@@ -1,0 +1,14 @@
+//! deckhand: a self-hosted fleet command system.
+//!
+//! One library, three thin binaries. Each module is a room with one job:
+//! `protocol` (agent<->hub wire types), `exec` (running one script), `agent`
+//! (connection loop, journal, scheduler), `kubelet` (reserved resources),
+//! `hub` (WebSocket endpoint, Cloud Assistant OpenAPI, store) and `cli`.
+
+pub mod agent;
+pub mod cli;
+pub mod exec;
+pub mod hub;
+pub mod kubelet;
+pub mod protocol;
+pub mod tls;

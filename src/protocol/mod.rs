@@ -1,0 +1,191 @@
+//! Wire types spoken between `deckhand-agent` and `deckhand-hub`.
+//!
+//! Owns: every message that crosses the agent WebSocket, the protocol version,
+//! the per-record states, and the frame bounds. JSON text frames, one message
+//! per frame, internally tagged by `"type"`. docs/protocol.md is the prose
+//! version of this file; keep the two in step.
+
+use serde::{Deserialize, Serialize};
+
+mod state;
+pub use state::{RecordStatus, aggregate_invocation_status};
+
+/// Bumped on any incompatible change. The hub refuses a hello whose version
+/// it does not speak, naming both versions, rather than guessing.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Largest frame either side accepts. An output report carries at most
+/// 24 KiB of output (base64: 32 KiB) plus metadata, and an invocation at most
+/// 16 KiB of script plus parameters, so 1 MiB leaves ample headroom while
+/// bounding what a broken peer can make us buffer.
+pub const MAX_FRAME_BYTES: usize = 1024 * 1024;
+
+/// Cloud Assistant keeps 24 KiB of output per run (seed 001, "Output" quota).
+pub const OUTPUT_CAP_BYTES: usize = 24 * 1024;
+
+/// Cloud Assistant's script size limit (seed 001: 16 KB after encoding).
+pub const MAX_SCRIPT_BYTES: usize = 16 * 1024;
+
+/// Facts an agent reports about its host in `Hello`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct HostFacts {
+    pub hostname: String,
+    pub os_type: String,
+    pub os_name: String,
+    pub kernel: String,
+    pub arch: String,
+    pub cpu_count: u32,
+    pub memory_bytes: u64,
+    pub agent_version: String,
+    /// Changes on every boot; lets the hub and scheduler detect reboots.
+    #[serde(default)]
+    pub boot_id: String,
+}
+
+/// One invocation as the agent must run it, for one instance.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Invocation {
+    pub invoke_id: String,
+    pub command_id: String,
+    /// `RunShellScript`, `RunPowerShellScript`, `RunBatScript`, or a
+    /// deckhand-reserved type such as `ApplyKubeletReserved`.
+    pub command_type: String,
+    /// Script body, plain text (already base64-decoded by the hub).
+    pub content: String,
+    pub timeout_secs: u64,
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub enable_parameter: bool,
+    /// Custom parameter values for `{{name}}` placeholders.
+    #[serde(default)]
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+    /// `Once` | `Period` | `NextRebootOnly` | `EveryReboot`.
+    #[serde(default = "default_repeat_mode")]
+    pub repeat_mode: String,
+    #[serde(default)]
+    pub frequency: Option<String>,
+    /// Instance name for `{{ACS::InstanceName}}`.
+    #[serde(default)]
+    pub instance_name: String,
+    #[serde(default)]
+    pub region_id: String,
+}
+
+fn default_repeat_mode() -> String {
+    "Once".to_string()
+}
+
+/// The state of one run (one record) as the agent reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RecordReport {
+    pub invoke_id: String,
+    /// 0 for one-shot invocations; 1, 2, … for each fire of a periodic one.
+    pub record_seq: u32,
+    pub status: RecordStatus,
+    #[serde(default)]
+    pub exit_code: Option<i64>,
+    /// Output, base64 of the raw bytes (invalid UTF-8 survives).
+    #[serde(default)]
+    pub output_b64: String,
+    /// Bytes dropped from the middle of the output by the 24 KiB cap.
+    #[serde(default)]
+    pub dropped: u64,
+    #[serde(default)]
+    pub error_code: String,
+    #[serde(default)]
+    pub error_info: String,
+    /// RFC 3339 UTC times; empty when not yet known.
+    #[serde(default)]
+    pub start_time: String,
+    #[serde(default)]
+    pub finish_time: String,
+}
+
+/// Messages the agent sends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum AgentMsg {
+    /// First frame on every connection of a registered agent.
+    Hello {
+        protocol: u32,
+        instance_id: String,
+        token: String,
+        facts: HostFacts,
+    },
+    /// First frame of an unregistered agent: trade an activation for an
+    /// instance id and credential.
+    Register {
+        protocol: u32,
+        activation_id: String,
+        activation_code: String,
+        facts: HostFacts,
+    },
+    Heartbeat {
+        /// Unix millis on the agent, echoed back for round-trip time.
+        sent_ms: u64,
+    },
+    /// The invocation is journaled on the agent: the hub marks it delivered.
+    InvokeAck { invoke_id: String },
+    /// A state change or final result. Journaled before sending; the hub
+    /// answers with `ReportAck` once it is durably stored.
+    Report { report_id: u64, report: RecordReport },
+    /// Live output while running; best effort, not journaled.
+    Output {
+        invoke_id: String,
+        record_seq: u32,
+        /// Byte offset of this chunk in the run's full output stream.
+        offset: u64,
+        data_b64: String,
+    },
+}
+
+/// Messages the hub sends.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum HubMsg {
+    Welcome {
+        protocol: u32,
+        instance_id: String,
+        heartbeat_secs: u64,
+    },
+    /// Answer to `Register`: the agent stores these and then says `Hello`.
+    Registered { instance_id: String, token: String },
+    Invoke { invocation: Invocation },
+    Stop { invoke_id: String },
+    HeartbeatAck { sent_ms: u64 },
+    ReportAck { report_id: u64 },
+    /// A refusal; the sender closes the connection after a fatal one.
+    Error {
+        code: String,
+        message: String,
+        fatal: bool,
+    },
+}
+
+/// Why a frame could not be decoded; the peer is told this text.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { size: usize, limit: usize },
+    #[error("malformed message: {0}")]
+    Malformed(#[from] serde_json::Error),
+}
+
+/// Decode one text frame, enforcing the size bound before parsing.
+pub fn decode<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, FrameError> {
+    if text.len() > MAX_FRAME_BYTES {
+        return Err(FrameError::TooLarge { size: text.len(), limit: MAX_FRAME_BYTES });
+    }
+    Ok(serde_json::from_str(text)?)
+}
+
+pub fn encode<T: Serialize>(msg: &T) -> String {
+    // Serializing these plain structs cannot fail (no maps with non-string keys).
+    serde_json::to_string(msg).expect("protocol message serializes")
+}
+
+#[cfg(test)]
+mod tests;
