@@ -1,1 +1,281 @@
-//! placeholder
+//! The node daemon: connection loop, durable state, runs and reporting.
+//!
+//! Owns: dialing the hub with back-off, registration, the per-connection
+//! session (hello, heartbeats, invocations, stops, report acks), and the
+//! hand-off of accepted invocations to [`runner`]. Public surface:
+//! [`AgentConfig`], [`run`], [`identity`], [`schedule_check`].
+
+pub mod backoff;
+pub mod identity;
+pub mod journal;
+pub mod runner;
+pub mod state;
+pub mod transport;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use crate::protocol::{self, AgentMsg, HubMsg, PROTOCOL_VERSION};
+use backoff::Backoff;
+use identity::Identity;
+use runner::{LiveChunk, Runner};
+use transport::{HubUrl, Ws};
+
+/// Validates a `Frequency` expression (the scheduler owns the grammar).
+pub fn schedule_check(_f: &str) -> Result<(), String> {
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub hub: String,
+    pub state_dir: PathBuf,
+    /// Pinned CA; `None` trusts the system roots.
+    pub ca_file: Option<PathBuf>,
+    pub insecure_loopback: bool,
+    /// Used once, when no identity exists yet.
+    pub activation: Option<(String, String)>,
+    pub max_concurrent: usize,
+    pub backoff_base: Duration,
+    pub backoff_cap: Duration,
+}
+
+impl AgentConfig {
+    pub fn new(hub: impl Into<String>, state_dir: PathBuf) -> Self {
+        Self {
+            hub: hub.into(),
+            state_dir,
+            ca_file: None,
+            insecure_loopback: false,
+            activation: None,
+            max_concurrent: 8,
+            backoff_base: Duration::from_millis(500),
+            backoff_cap: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("{0}")]
+    Dial(#[from] transport::DialError),
+    #[error("identity: {0}")]
+    Identity(#[from] identity::IdentityError),
+    #[error("journal: {0}")]
+    Journal(#[from] journal::JournalError),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot create state directory {path}: {source}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error("not registered: no identity in {0} and no activation code given")]
+    NotRegistered(PathBuf),
+    #[error("hub refused us: {code}: {message}")]
+    Refused { code: String, message: String },
+    #[error("websocket: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("connection lost: {0}")]
+    Lost(String),
+}
+
+impl AgentError {
+    /// Refusals that retrying cannot fix: stop instead of hammering the hub.
+    fn is_fatal(&self) -> bool {
+        matches!(self, Self::Refused { code, .. } if code.starts_with("Invalid") || code.starts_with("Activation") || code == "IpNotAllowed")
+            || matches!(self, Self::NotRegistered(_) | Self::Dial(transport::DialError::BadUrl(_) | transport::DialError::InsecureRefused(_)))
+    }
+}
+
+pub fn ensure_state_dir(dir: &std::path::Path) -> Result<(), AgentError> {
+    let err = |source| AgentError::StateDir { path: dir.to_path_buf(), source };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Runs the agent until `shutdown` fires. Runs in progress are left to
+/// finish in the background only while the process lives; their state is
+/// journaled, so a restart reports them (see docs/journal.md).
+pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
+    ensure_state_dir(&config.state_dir)?;
+    let url = HubUrl::parse(&config.hub)?;
+    let tls = crate::tls::client_config(config.ca_file.as_deref())?;
+    let (state, recovery) = state::AgentState::open(&config.state_dir.join("journal"))?;
+    let (runner, mut live_rx) = Runner::new(state, config.max_concurrent);
+    let mut identity = identity::load(&config.state_dir)?;
+    if let Some(id) = &identity {
+        runner.set_instance_id(&id.instance_id);
+    }
+    for (inv, seq) in &recovery.interrupted {
+        runner.report_interrupted(inv, *seq);
+    }
+    for inv in recovery.to_run {
+        runner.spawn(inv);
+    }
+    let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        let result = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = connect_and_serve(&config, &url, &tls, &mut identity, &runner, &mut live_rx, &shutdown, &mut backoff) => r,
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(e) if e.is_fatal() => return Err(e),
+            Err(e) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "hub connection failed");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn send(ws: &mut Ws, msg: &AgentMsg) -> Result<(), AgentError> {
+    ws.send(Message::Text(protocol::encode(msg).into())).await?;
+    Ok(())
+}
+
+/// Next hub message; garbage from the hub is logged and skipped.
+async fn recv(ws: &mut Ws) -> Result<HubMsg, AgentError> {
+    loop {
+        match ws.next().await {
+            None => return Err(AgentError::Lost("hub closed the connection".into())),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(Message::Text(t))) => match protocol::decode::<HubMsg>(t.as_str()) {
+                Ok(m) => return Ok(m),
+                Err(e) => tracing::warn!(error = %e, "ignored malformed hub frame"),
+            },
+            Some(Ok(Message::Close(_))) => return Err(AgentError::Lost("hub closed the connection".into())),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn connect_and_serve(
+    config: &AgentConfig,
+    url: &HubUrl,
+    tls: &Arc<rustls::ClientConfig>,
+    identity: &mut Option<Identity>,
+    runner: &Arc<Runner>,
+    live_rx: &mut mpsc::Receiver<LiveChunk>,
+    shutdown: &CancellationToken,
+    backoff: &mut Backoff,
+) -> Result<(), AgentError> {
+    let mut ws = transport::dial(url, tls, config.insecure_loopback).await?;
+    let facts = identity::host_facts();
+    if identity.is_none() {
+        let Some((activation_id, activation_code)) = config.activation.clone() else {
+            return Err(AgentError::NotRegistered(config.state_dir.clone()));
+        };
+        send(&mut ws, &AgentMsg::Register { protocol: PROTOCOL_VERSION, activation_id, activation_code, facts: facts.clone() }).await?;
+        match recv(&mut ws).await? {
+            HubMsg::Registered { instance_id, token } => {
+                let id = Identity { instance_id, token, hub: config.hub.clone() };
+                identity::save(&config.state_dir, &id)?;
+                tracing::info!(instance_id = %id.instance_id, "registered with hub");
+                *identity = Some(id);
+            }
+            HubMsg::Error { code, message, .. } => return Err(AgentError::Refused { code, message }),
+            other => return Err(AgentError::Lost(format!("unexpected answer to register: {other:?}"))),
+        }
+    }
+    let id = identity.clone().expect("identity set above");
+    runner.set_instance_id(&id.instance_id);
+    send(&mut ws, &AgentMsg::Hello { protocol: PROTOCOL_VERSION, instance_id: id.instance_id.clone(), token: id.token.clone(), facts }).await?;
+    let hb = match tokio::time::timeout(transport::CONNECT_TIMEOUT, recv(&mut ws)).await {
+        Err(_) => return Err(AgentError::Lost("no welcome from hub".into())),
+        Ok(r) => match r? {
+            HubMsg::Welcome { heartbeat_secs, .. } => Duration::from_secs(heartbeat_secs.clamp(1, 3600)),
+            HubMsg::Error { code, message, .. } => return Err(AgentError::Refused { code, message }),
+            other => return Err(AgentError::Lost(format!("unexpected answer to hello: {other:?}"))),
+        },
+    };
+    tracing::info!(instance_id = %id.instance_id, hub = %config.hub, "connected");
+    backoff.reset();
+    session(&mut ws, runner, live_rx, shutdown, hb).await
+}
+
+async fn session(
+    ws: &mut Ws,
+    runner: &Arc<Runner>,
+    live_rx: &mut mpsc::Receiver<LiveChunk>,
+    shutdown: &CancellationToken,
+    hb: Duration,
+) -> Result<(), AgentError> {
+    // Reports the hub has not acknowledged are sent again on every connection.
+    let mut sent_upto = 0u64;
+    let mut ticker = tokio::time::interval(hb);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Nothing from the hub for two heartbeats: the link is dead.
+    let dead_after = hb * 2;
+    let mut last_heard = tokio::time::Instant::now();
+    loop {
+        // Send whatever is pending beyond what this connection already sent.
+        let batch: Vec<(u64, protocol::RecordReport)> = {
+            let st = runner.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.pending().filter(|(id, _)| **id > sent_upto).take(64).map(|(id, r)| (*id, r.clone())).collect()
+        };
+        for (report_id, report) in batch {
+            send(ws, &AgentMsg::Report { report_id, report }).await?;
+            sent_upto = report_id;
+        }
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = ws.close(None).await;
+                return Ok(());
+            }
+            _ = runner.outbox_ready.notified() => {}
+            _ = ticker.tick() => {
+                if last_heard.elapsed() > dead_after {
+                    return Err(AgentError::Lost(format!("no frame from hub for {:?}", last_heard.elapsed())));
+                }
+                let sent_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
+                send(ws, &AgentMsg::Heartbeat { sent_ms }).await?;
+            }
+            Some(chunk) = live_rx.recv() => {
+                let data_b64 = base64::engine::general_purpose::STANDARD.encode(&chunk.data);
+                send(ws, &AgentMsg::Output { invoke_id: chunk.invoke_id, record_seq: chunk.record_seq, offset: chunk.offset, data_b64 }).await?;
+            }
+            msg = recv(ws) => {
+                last_heard = tokio::time::Instant::now();
+                match msg? {
+                    HubMsg::Invoke { invocation } => {
+                        let invoke_id = invocation.invoke_id.clone();
+                        // Journal first; ack only what is durably ours.
+                        runner.accept(invocation)?;
+                        send(ws, &AgentMsg::InvokeAck { invoke_id }).await?;
+                    }
+                    HubMsg::Stop { invoke_id } => runner.stop(&invoke_id),
+                    HubMsg::ReportAck { report_id } => {
+                        runner.state.lock().unwrap_or_else(|e| e.into_inner()).ack(report_id)?;
+                    }
+                    HubMsg::HeartbeatAck { .. } => {}
+                    HubMsg::Error { code, message, fatal } => {
+                        tracing::warn!(code, message, fatal, "hub reported an error");
+                        if fatal {
+                            return Err(AgentError::Refused { code, message });
+                        }
+                    }
+                    HubMsg::Welcome { .. } | HubMsg::Registered { .. } => {}
+                }
+            }
+        }
+    }
+}

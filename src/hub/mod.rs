@@ -1,1 +1,87 @@
-//! placeholder
+//! The control plane: agent WebSocket endpoint, Cloud Assistant OpenAPI,
+//! and the durable store. Public surface: [`HubConfig`], [`run`], [`Hub`].
+
+pub mod agents;
+pub mod api;
+mod live;
+mod server;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+pub use server::serve;
+
+use store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum HubError {
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("tls: {0}")]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Everything the hub needs to run; built from flags/config by the binary.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    pub listen: SocketAddr,
+    /// `None` serves plain HTTP/WS (tests and loopback only).
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub heartbeat: Duration,
+    /// A target never delivered within this time fails with `ClientNotResponse`.
+    pub delivery_timeout: Duration,
+    /// AccessKey pairs (id, secret) accepted on the API. Empty: API refuses all calls.
+    pub access_keys: Vec<(String, String)>,
+    /// Write the bound address here once listening (for tests and scripts).
+    pub addr_file: Option<PathBuf>,
+    pub region_id: String,
+}
+
+impl HubConfig {
+    pub fn new(listen: SocketAddr) -> Self {
+        Self {
+            listen,
+            tls: None,
+            heartbeat: Duration::from_secs(30),
+            delivery_timeout: Duration::from_secs(15 * 60),
+            access_keys: Vec::new(),
+            addr_file: None,
+            region_id: "deckhand".to_string(),
+        }
+    }
+}
+
+/// Shared state every handler sees.
+pub struct Hub {
+    pub store: Arc<dyn Store>,
+    pub agents: agents::Registry,
+    pub live: live::LiveOutput,
+    pub config: HubConfig,
+    pub nonces: api::auth::NonceCache,
+    pub shutdown: CancellationToken,
+}
+
+/// Runs the hub until `shutdown` fires, then closes agent sockets and
+/// lets in-flight requests finish.
+pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: CancellationToken) -> Result<(), HubError> {
+    store.mark_all_offline().await?;
+    let hub = Arc::new(Hub {
+        store,
+        agents: agents::Registry::default(),
+        live: live::LiveOutput::default(),
+        nonces: api::auth::NonceCache::default(),
+        config: config.clone(),
+        shutdown: shutdown.clone(),
+    });
+    tokio::spawn(api::sweeper(hub.clone()));
+    serve(hub, shutdown).await
+}

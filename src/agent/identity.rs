@@ -1,0 +1,72 @@
+//! Who this agent is: its credential file (instance id + token, 0600) and
+//! the host facts it reports.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::HostFacts;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Identity {
+    pub instance_id: String,
+    pub token: String,
+    pub hub: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a valid identity file: {source}")]
+    Parse { path: PathBuf, source: serde_json::Error },
+    #[error("cannot write {path}: {0}", path = .0)]
+    Write(#[from] crate::tls::TlsError),
+}
+
+pub fn identity_path(state_dir: &Path) -> PathBuf {
+    state_dir.join("identity.json")
+}
+
+pub fn load(state_dir: &Path) -> Result<Option<Identity>, IdentityError> {
+    let path = identity_path(state_dir);
+    match std::fs::read(&path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| IdentityError::Parse { path, source }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(IdentityError::Read { path, source }),
+    }
+}
+
+/// Written 0600 and atomically (temp + rename), so a crash never leaves a
+/// half-written credential.
+pub fn save(state_dir: &Path, id: &Identity) -> Result<(), IdentityError> {
+    let path = identity_path(state_dir);
+    let tmp = path.with_extension("json.tmp");
+    crate::tls::write_private(&tmp, serde_json::to_string_pretty(id).expect("identity serializes").as_bytes(), 0o600)?;
+    std::fs::rename(&tmp, &path).map_err(|source| IdentityError::Read { path: path.clone(), source })?;
+    Ok(())
+}
+
+/// Host facts via sysinfo; cheap enough to call once per connection.
+pub fn host_facts() -> HostFacts {
+    use sysinfo::{MemoryRefreshKind, RefreshKind, System};
+    let sys = System::new_with_specifics(RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()));
+    HostFacts {
+        hostname: System::host_name().unwrap_or_default(),
+        os_type: std::env::consts::OS.to_string(),
+        os_name: System::long_os_version().unwrap_or_default(),
+        kernel: System::kernel_version().unwrap_or_default(),
+        arch: System::cpu_arch(),
+        cpu_count: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+        memory_bytes: sys.map(|s| s.total_memory()).unwrap_or(0),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        boot_id: boot_id(),
+    }
+}
+
+/// Linux boot id; elsewhere the boot time, which also changes per boot.
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| sysinfo::System::boot_time().map(|t| t.to_string()).unwrap_or_default())
+}

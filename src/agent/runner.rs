@@ -1,0 +1,250 @@
+//! Turns accepted invocations into runs: bounded concurrency (FIFO), stop
+//! tokens, parameter rendering, and the reports each run produces.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::state::AgentState;
+use crate::exec::{self, RunSpec, Termination};
+use crate::protocol::{Invocation, OUTPUT_CAP_BYTES, RecordReport, RecordStatus};
+
+/// Live output chunks waiting for the connection; full means we drop
+/// chunks (the final report carries the kept output anyway).
+pub const LIVE_QUEUE: usize = 64;
+
+/// Everything runs share: the durable state, a wake-up for the sender, and
+/// a channel of live output chunks.
+pub struct Runner {
+    pub state: Mutex<AgentState>,
+    pub outbox_ready: Notify,
+    pub live_tx: mpsc::Sender<LiveChunk>,
+    slots: Arc<Semaphore>,
+    stops: Mutex<HashMap<String, CancellationToken>>,
+    instance_id: Mutex<String>,
+}
+
+#[derive(Debug)]
+pub struct LiveChunk {
+    pub invoke_id: String,
+    pub record_seq: u32,
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+fn now() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+impl Runner {
+    pub fn new(state: AgentState, max_concurrent: usize) -> (Arc<Self>, mpsc::Receiver<LiveChunk>) {
+        let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
+        let r = Arc::new(Self {
+            state: Mutex::new(state),
+            outbox_ready: Notify::new(),
+            live_tx,
+            slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
+            stops: Mutex::new(HashMap::new()),
+            instance_id: Mutex::new(String::new()),
+        });
+        (r, live_rx)
+    }
+
+    pub fn set_instance_id(&self, id: &str) {
+        *self.instance_id.lock().unwrap_or_else(|e| e.into_inner()) = id.to_string();
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, AgentState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Journals and reports; a journal failure is logged loudly but the
+    /// report is still attempted in memory-less form by the caller's retry.
+    fn report(&self, report: RecordReport, closes: bool) {
+        let invoke_id = report.invoke_id.clone();
+        match self.state().report(report, closes) {
+            Ok(_) => self.outbox_ready.notify_one(),
+            Err(e) => tracing::error!(invoke_id, error = %e, "cannot journal report"),
+        }
+    }
+
+    /// Called for every `Invoke` frame. Returns after journaling, so the
+    /// caller can acknowledge; the run itself proceeds in the background.
+    pub fn accept(self: &Arc<Self>, inv: Invocation) -> Result<(), super::journal::JournalError> {
+        let fresh = self.state().accept(&inv)?;
+        if fresh {
+            tracing::info!(invoke_id = %inv.invoke_id, command_type = %inv.command_type, "invocation accepted");
+            self.spawn(inv);
+        }
+        Ok(())
+    }
+
+    /// Starts (or queues) a run for an accepted invocation.
+    pub fn spawn(self: &Arc<Self>, inv: Invocation) {
+        let token = CancellationToken::new();
+        self.stops.lock().unwrap_or_else(|e| e.into_inner()).insert(inv.invoke_id.clone(), token.clone());
+        let me = self.clone();
+        tokio::spawn(async move {
+            let id = inv.invoke_id.clone();
+            me.run_once(inv, 0, token).await;
+            me.stops.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        });
+    }
+
+    /// A run the agent was executing when it died: the child is gone with
+    /// the pipes we held, so the outcome is unknown. Report it as failed
+    /// rather than leave it Running forever.
+    pub fn report_interrupted(&self, inv: &Invocation, record_seq: u32) {
+        tracing::warn!(invoke_id = %inv.invoke_id, "run interrupted by agent restart");
+        self.report(
+            RecordReport {
+                invoke_id: inv.invoke_id.clone(),
+                record_seq,
+                status: RecordStatus::Failed,
+                exit_code: None,
+                output_b64: String::new(),
+                dropped: 0,
+                error_code: "InstanceRestarted".into(),
+                error_info: "the agent restarted while the script was running; its outcome is unknown".into(),
+                start_time: String::new(),
+                finish_time: now(),
+            },
+            true,
+        );
+    }
+
+    pub fn stop(&self, invoke_id: &str) {
+        let token = self.stops.lock().unwrap_or_else(|e| e.into_inner()).get(invoke_id).cloned();
+        match token {
+            Some(t) => {
+                tracing::info!(invoke_id, "stop requested");
+                t.cancel();
+            }
+            None => tracing::debug!(invoke_id, "stop for an invocation not running here"),
+        }
+    }
+
+    async fn run_once(self: &Arc<Self>, inv: Invocation, record_seq: u32, stop: CancellationToken) {
+        // Wait for a slot in FIFO order; a stop while queued never starts it.
+        let permit = tokio::select! {
+            p = self.slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = stop.cancelled() => {
+                self.report(stopped_before_start(&inv, record_seq), true);
+                return;
+            }
+        };
+        let instance_id = self.instance_id.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let script = match render(&inv, &instance_id) {
+            Ok(s) => s,
+            Err(e) => {
+                self.report(failed(&inv, record_seq, "InvalidParameter", &e), true);
+                return;
+            }
+        };
+        if let Err(e) = self.state().started(&inv.invoke_id, record_seq) {
+            tracing::error!(invoke_id = %inv.invoke_id, error = %e, "cannot journal start");
+        }
+        let start = now();
+        self.report(
+            RecordReport { invoke_id: inv.invoke_id.clone(), record_seq, status: RecordStatus::Running, exit_code: None, output_b64: String::new(), dropped: 0, error_code: String::new(), error_info: String::new(), start_time: start.clone(), finish_time: String::new() },
+            false,
+        );
+        let report = if inv.command_type == "ApplyKubeletReserved" {
+            kubelet_run(&inv, record_seq, start, stop).await
+        } else {
+            self.script_run(&inv, record_seq, script, stop).await
+        };
+        drop(permit);
+        tracing::info!(invoke_id = %inv.invoke_id, status = report.status.as_str(), exit_code = ?report.exit_code, "run finished");
+        self.report(report, true);
+    }
+
+    async fn script_run(&self, inv: &Invocation, record_seq: u32, script: String, stop: CancellationToken) -> RecordReport {
+        let spec = RunSpec {
+            invoke_id: inv.invoke_id.clone(),
+            command_type: inv.command_type.clone(),
+            script,
+            working_dir: inv.working_dir.as_ref().map(Into::into),
+            username: inv.username.clone(),
+            timeout: Duration::from_secs(inv.timeout_secs.max(1)),
+            env: Vec::new(),
+            output_cap: OUTPUT_CAP_BYTES,
+        };
+        let (chunk_tx, mut chunk_rx) = mpsc::channel::<Vec<u8>>(16);
+        let live = self.live_tx.clone();
+        let invoke_id = inv.invoke_id.clone();
+        let forward = tokio::spawn(async move {
+            let mut offset = 0u64;
+            while let Some(data) = chunk_rx.recv().await {
+                let len = data.len() as u64;
+                let _ = live.try_send(LiveChunk { invoke_id: invoke_id.clone(), record_seq, offset, data });
+                offset += len;
+            }
+        });
+        let out = exec::run(spec, stop, Some(chunk_tx)).await;
+        let _ = forward.await;
+        let status = match out.termination {
+            Termination::Exited => RecordStatus::Finished,
+            Termination::TimedOut => RecordStatus::Timeout,
+            Termination::Stopped => RecordStatus::Stopped,
+            Termination::FailedToStart => RecordStatus::Failed,
+        };
+        RecordReport {
+            invoke_id: inv.invoke_id.clone(),
+            record_seq,
+            status,
+            exit_code: out.exit_code.map(i64::from),
+            output_b64: base64::engine::general_purpose::STANDARD.encode(&out.output),
+            dropped: out.dropped,
+            error_code: out.error_code,
+            error_info: out.error_info,
+            start_time: out.start_time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+            finish_time: out.finish_time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        }
+    }
+}
+
+async fn kubelet_run(inv: &Invocation, record_seq: u32, start: String, _stop: CancellationToken) -> RecordReport {
+    let _ = (inv, record_seq, start);
+    failed(inv, record_seq, "CommandNotApplicable", "kubelet reservations are not available in this build")
+}
+
+fn render(inv: &Invocation, instance_id: &str) -> Result<String, String> {
+    if !inv.enable_parameter {
+        return Ok(inv.content.clone());
+    }
+    let mut values: BTreeMap<String, String> = inv
+        .parameters
+        .iter()
+        .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+        .collect();
+    values.insert("ACS::InstanceId".into(), instance_id.to_string());
+    values.insert("ACS::InstanceName".into(), inv.instance_name.clone());
+    values.insert("ACS::InvokeId".into(), inv.invoke_id.clone());
+    values.insert("ACS::CommandId".into(), inv.command_id.clone());
+    values.insert("ACS::RegionId".into(), inv.region_id.clone());
+    exec::params::render(&inv.content, &values).map_err(|e| e.to_string())
+}
+
+fn failed(inv: &Invocation, record_seq: u32, code: &str, info: &str) -> RecordReport {
+    RecordReport {
+        invoke_id: inv.invoke_id.clone(),
+        record_seq,
+        status: RecordStatus::Failed,
+        exit_code: None,
+        output_b64: String::new(),
+        dropped: 0,
+        error_code: code.to_string(),
+        error_info: info.to_string(),
+        start_time: String::new(),
+        finish_time: now(),
+    }
+}
+
+fn stopped_before_start(inv: &Invocation, record_seq: u32) -> RecordReport {
+    RecordReport { status: RecordStatus::Stopped, error_code: String::new(), error_info: "stopped before it started".into(), ..failed(inv, record_seq, "", "") }
+}

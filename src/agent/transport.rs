@@ -1,0 +1,128 @@
+//! Dialing the hub: TCP, then TLS (rustls, pinned CA or system roots),
+//! then the WebSocket handshake, each under its own timeout.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::protocol::MAX_FRAME_BYTES;
+
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const WS_PATH: &str = "/agent/v1/ws";
+
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+pub type Ws = WebSocketStream<Box<dyn Io>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DialError {
+    #[error("hub URL {0:?} must look like https://host:port or wss://host:port")]
+    BadUrl(String),
+    #[error("plain ws:// to {0} refused: only loopback addresses may skip TLS, and only with --insecure-loopback")]
+    InsecureRefused(String),
+    #[error("connecting to {addr} timed out after {after:?}")]
+    Timeout { addr: String, after: Duration },
+    #[error("connecting to {addr}: {source}")]
+    Io { addr: String, source: std::io::Error },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("websocket handshake: {0}")]
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
+}
+
+/// A parsed hub address.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HubUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+}
+
+impl HubUrl {
+    pub fn parse(url: &str) -> Result<Self, DialError> {
+        let bad = || DialError::BadUrl(url.to_string());
+        let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;
+        let tls = match scheme {
+            "https" | "wss" => true,
+            "http" | "ws" => false,
+            _ => return Err(bad()),
+        };
+        let authority = rest.split('/').next().unwrap_or("");
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, p.parse().map_err(|_| bad())?),
+            _ => (authority, if tls { 443 } else { 80 }),
+        };
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(Self { tls, host: host.to_string(), port })
+    }
+
+    pub fn ws_url(&self) -> String {
+        let scheme = if self.tls { "wss" } else { "ws" };
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        format!("{scheme}://{host}:{}{WS_PATH}", self.port)
+    }
+}
+
+pub async fn dial(url: &HubUrl, tls: &Arc<rustls::ClientConfig>, insecure_loopback: bool) -> Result<Ws, DialError> {
+    let addr = format!("{}:{}", url.host, url.port);
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+        .await
+        .map_err(|_| DialError::Timeout { addr: addr.clone(), after: CONNECT_TIMEOUT })?
+        .map_err(|source| DialError::Io { addr: addr.clone(), source })?;
+    let _ = tcp.set_nodelay(true);
+    let stream: Box<dyn Io> = if url.tls {
+        let name = ServerName::try_from(url.host.clone()).map_err(|e| DialError::Tls(e.to_string()))?;
+        let connector = tokio_rustls::TlsConnector::from(tls.clone());
+        let s = tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp))
+            .await
+            .map_err(|_| DialError::Timeout { addr: addr.clone(), after: CONNECT_TIMEOUT })?
+            .map_err(|e| DialError::Tls(e.to_string()))?;
+        Box::new(s)
+    } else {
+        let peer = tcp.peer_addr().map_err(|source| DialError::Io { addr: addr.clone(), source })?;
+        if !insecure_loopback || !is_loopback(&peer.ip()) {
+            return Err(DialError::InsecureRefused(addr));
+        }
+        Box::new(tcp)
+    };
+    let mut cfg = WebSocketConfig::default();
+    cfg.max_message_size = Some(MAX_FRAME_BYTES);
+    cfg.max_frame_size = Some(MAX_FRAME_BYTES);
+    let (ws, _) = tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio_tungstenite::client_async_with_config(url.ws_url(), stream, Some(cfg)),
+    )
+    .await
+    .map_err(|_| DialError::Timeout { addr, after: CONNECT_TIMEOUT })??;
+    Ok(ws)
+}
+
+fn is_loopback(ip: &IpAddr) -> bool {
+    ip.is_loopback()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_hub_urls() {
+        let u = HubUrl::parse("https://hub.example:7070").unwrap();
+        assert_eq!(u, HubUrl { tls: true, host: "hub.example".into(), port: 7070 });
+        assert_eq!(u.ws_url(), "wss://hub.example:7070/agent/v1/ws");
+        assert_eq!(HubUrl::parse("ws://127.0.0.1:9/x").unwrap().port, 9);
+        assert_eq!(HubUrl::parse("https://h").unwrap().port, 443);
+        assert!(HubUrl::parse("ftp://h").is_err());
+        assert!(HubUrl::parse("https://:80").is_err());
+    }
+}

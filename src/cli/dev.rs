@@ -1,0 +1,150 @@
+//! `deckhand dev`: hub + one local agent on loopback in one process, real
+//! TLS with a generated CA, SQLite under a data dir. Runs until Ctrl-C.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use super::CliError;
+use super::client::{ClientConfig, default_config_path};
+use crate::agent::{self, AgentConfig};
+use crate::hub::agents::hash_token;
+use crate::hub::store::{ActivationRow, SqliteStore, Store, now_str};
+use crate::hub::{self, HubConfig};
+
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Where the hub database, agent state and certificates live.
+    #[arg(long, default_value = ".deckhand-dev")]
+    pub data_dir: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    pub listen: SocketAddr,
+    /// Do not write the CLI config to ~/.config/deckhand/cli.json.
+    #[arg(long)]
+    pub no_cli_config: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DevKey {
+    id: String,
+    secret: String,
+}
+
+fn err(e: impl std::fmt::Display) -> CliError {
+    CliError::Usage(format!("dev mode: {e}"))
+}
+
+fn dev_key(dir: &Path) -> Result<DevKey, CliError> {
+    let path = dir.join("access-key.json");
+    if let Ok(b) = std::fs::read(&path) {
+        return serde_json::from_slice(&b).map_err(|source| CliError::Parse { path, source });
+    }
+    let key = DevKey {
+        id: format!("LTAIdev{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
+        secret: uuid::Uuid::new_v4().simple().to_string(),
+    };
+    crate::tls::write_private(&path, serde_json::to_string_pretty(&key).expect("json").as_bytes(), 0o600).map_err(err)?;
+    Ok(key)
+}
+
+pub fn run(args: &DevArgs) -> Result<(), CliError> {
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(err)?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: &DevArgs) -> Result<(), CliError> {
+    let dir = std::path::absolute(&args.data_dir).map_err(err)?;
+    agent::ensure_state_dir(&dir).map_err(err)?;
+    let pki = crate::tls::ensure_dev_pki(&dir).map_err(err)?;
+    let key = dev_key(&dir)?;
+    let store = Arc::new(SqliteStore::open(&dir.join("hub.db")).await.map_err(err)?);
+    let agent_dir = dir.join("agent");
+    let mut activation = None;
+    if agent::identity::load(&agent_dir).map_err(err)?.is_none() {
+        let code = uuid::Uuid::new_v4().simple().to_string();
+        let row = ActivationRow {
+            activation_id: format!("dev-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            code_hash: hash_token(&code),
+            instance_name: "dev-local".into(),
+            description: "created by deckhand dev".into(),
+            instance_count: 1,
+            time_to_live_hours: 1,
+            ip_address_range: "127.0.0.0/8".into(),
+            created_at: now_str(),
+            ..Default::default()
+        };
+        store.create_activation(&row).await.map_err(err)?;
+        activation = Some((row.activation_id, code));
+    }
+    let endpoint = format!("https://{}", args.listen);
+    let cli_cfg = ClientConfig {
+        endpoint: endpoint.clone(),
+        access_key_id: key.id.clone(),
+        access_key_secret: key.secret.clone(),
+        ca_file: Some(pki.ca_cert.clone()),
+    };
+    let cfg_json = serde_json::to_string_pretty(&cli_cfg).expect("json");
+    crate::tls::write_private(&dir.join("cli.json"), cfg_json.as_bytes(), 0o600).map_err(err)?;
+    let cli_path = default_config_path();
+    if !args.no_cli_config {
+        if let Some(parent) = cli_path.parent() {
+            std::fs::create_dir_all(parent).map_err(err)?;
+        }
+        crate::tls::write_private(&cli_path, cfg_json.as_bytes(), 0o600).map_err(err)?;
+    }
+
+    let shutdown = CancellationToken::new();
+    let mut hub_cfg = HubConfig::new(args.listen);
+    hub_cfg.tls = Some((pki.server_cert.clone(), pki.server_key.clone()));
+    hub_cfg.access_keys = vec![(key.id.clone(), key.secret.clone())];
+    let hub_task = tokio::spawn(hub::run(hub_cfg, store, shutdown.clone()));
+
+    let mut agent_cfg = AgentConfig::new(endpoint.clone(), agent_dir);
+    agent_cfg.ca_file = Some(pki.ca_cert.clone());
+    agent_cfg.activation = activation;
+    agent_cfg.backoff_cap = std::time::Duration::from_secs(2);
+    let agent_task = tokio::spawn(agent::run(agent_cfg, shutdown.clone()));
+
+    println!("deckhand dev mode");
+    println!("  hub:        {endpoint} (TLS, CA {})", pki.ca_cert.display());
+    println!("  data dir:   {}", dir.display());
+    if args.no_cli_config {
+        println!("  CLI config: {} (pass --config)", dir.join("cli.json").display());
+    } else {
+        println!("  CLI config: {}", cli_path.display());
+    }
+    println!("  AccessKey:  {} / {}", key.id, key.secret);
+    println!("try, in another terminal:");
+    println!("  deckhand instances");
+    println!("  deckhand run -i <INSTANCE> -- 'uname -a; uptime'");
+    println!("Ctrl-C stops hub and agent.");
+
+    tokio::select! {
+        _ = crate::cli::dev::wait_for_signal() => {}
+        r = hub_task => return Err(err(format!("hub stopped: {r:?}"))),
+    }
+    shutdown.cancel();
+    let _ = agent_task.await;
+    println!("stopped");
+    Ok(())
+}
+
+/// Ctrl-C or SIGTERM.
+pub async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

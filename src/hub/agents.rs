@@ -1,0 +1,321 @@
+//! The agent WebSocket endpoint and the registry of connected agents.
+//!
+//! Owns: the per-connection state machine (register/hello → session),
+//! delivery of invocations and stops to connected agents, heartbeat
+//! supervision, and acknowledging reports only after the store commits.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use futures_util::SinkExt;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use super::Hub;
+use super::store::{InstanceRow, ReportEffect, now_str};
+use crate::protocol::{self, AgentMsg, HubMsg, MAX_FRAME_BYTES, PROTOCOL_VERSION};
+
+/// Frames queued for one agent. A full queue means the agent is not
+/// reading; we drop the connection and let it resync on reconnect rather
+/// than buffer without bound.
+const OUTBOX: usize = 256;
+/// First frame must arrive within this.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+struct Session {
+    conn_id: u64,
+    tx: mpsc::Sender<HubMsg>,
+}
+
+/// Connected agents by instance id.
+#[derive(Default)]
+pub struct Registry {
+    inner: Mutex<HashMap<String, Session>>,
+    next_conn: AtomicU64,
+}
+
+impl Registry {
+    fn insert(&self, instance_id: &str, tx: mpsc::Sender<HubMsg>) -> u64 {
+        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let old = self.lock().insert(instance_id.to_string(), Session { conn_id, tx });
+        if old.is_some() {
+            // The old socket's task notices its sender is gone when it next sends.
+            tracing::info!(instance_id, "agent reconnected; replacing older session");
+        }
+        conn_id
+    }
+
+    fn remove(&self, instance_id: &str, conn_id: u64) -> bool {
+        let mut m = self.lock();
+        if m.get(instance_id).is_some_and(|s| s.conn_id == conn_id) {
+            m.remove(instance_id);
+            return true;
+        }
+        false
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn is_online(&self, instance_id: &str) -> bool {
+        self.lock().contains_key(instance_id)
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Queue a frame for a connected agent; false if not connected (the
+    /// store still holds the work, delivered on reconnect).
+    pub fn send(&self, instance_id: &str, msg: HubMsg) -> bool {
+        let session = self.lock().get(instance_id).cloned();
+        let Some(s) = session else { return false };
+        match s.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(_) => {
+                tracing::warn!(instance_id, "agent outbox full or closed; dropping session to resync");
+                self.remove(instance_id, s.conn_id);
+                false
+            }
+        }
+    }
+}
+
+pub fn hash_token(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// Comparison time independent of where the strings differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+pub async fn upgrade(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(super::server::Peer(peer)): ConnectInfo<super::server::Peer>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .on_upgrade(move |socket| async move {
+            if let Err(e) = connection(hub, socket, peer).await {
+                tracing::info!(%peer, error = %e, "agent connection ended");
+            }
+        })
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("closed by peer")]
+    Closed,
+    #[error("no hello within {0:?}")]
+    HelloTimeout(Duration),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("heartbeat lost")]
+    HeartbeatLost,
+    #[error("websocket: {0}")]
+    Ws(#[from] axum::Error),
+    #[error("store: {0}")]
+    Store(#[from] super::store::StoreError),
+}
+
+async fn send(ws: &mut WebSocket, msg: &HubMsg) -> Result<(), ConnError> {
+    ws.send(Message::Text(protocol::encode(msg).into())).await?;
+    Ok(())
+}
+
+async fn refuse(ws: &mut WebSocket, code: &str, message: String) -> ConnError {
+    let _ = send(ws, &HubMsg::Error { code: code.into(), message: message.clone(), fatal: true }).await;
+    let _ = ws.close().await;
+    ConnError::Refused(format!("{code}: {message}"))
+}
+
+/// Next agent message; malformed frames are answered, not fatal.
+async fn recv(ws: &mut WebSocket) -> Result<AgentMsg, ConnError> {
+    loop {
+        let Some(frame) = ws.recv().await else { return Err(ConnError::Closed) };
+        match frame? {
+            Message::Text(t) => match protocol::decode::<AgentMsg>(t.as_str()) {
+                Ok(m) => return Ok(m),
+                Err(e) => {
+                    tracing::warn!(error = %e, "rejected agent frame");
+                    send(ws, &HubMsg::Error { code: "MalformedFrame".into(), message: e.to_string(), fatal: false }).await?;
+                }
+            },
+            Message::Close(_) => return Err(ConnError::Closed),
+            Message::Binary(_) => {
+                send(ws, &HubMsg::Error { code: "MalformedFrame".into(), message: "binary frames are not part of the protocol".into(), fatal: false }).await?;
+            }
+            _ => {}
+        }
+    }
+}
+
+async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Result<(), ConnError> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, recv(&mut ws)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??;
+    let first = match first {
+        AgentMsg::Register { protocol, activation_id, activation_code, facts } => {
+            if protocol != PROTOCOL_VERSION {
+                return Err(refuse(&mut ws, "UnsupportedProtocol", format!("agent speaks protocol {protocol}, hub speaks {PROTOCOL_VERSION}")).await);
+            }
+            match register(&hub, &activation_id, &activation_code, &facts, peer).await? {
+                Ok((instance_id, token)) => send(&mut ws, &HubMsg::Registered { instance_id, token }).await?,
+                Err((code, msg)) => return Err(refuse(&mut ws, code, msg).await),
+            }
+            tokio::time::timeout(HELLO_TIMEOUT, recv(&mut ws)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??
+        }
+        other => other,
+    };
+    let AgentMsg::Hello { protocol, instance_id, token, facts } = first else {
+        return Err(refuse(&mut ws, "ProtocolViolation", "first message must be hello or register".into()).await);
+    };
+    if protocol != PROTOCOL_VERSION {
+        return Err(refuse(&mut ws, "UnsupportedProtocol", format!("agent speaks protocol {protocol}, hub speaks {PROTOCOL_VERSION}")).await);
+    }
+    let known = hub.store.get_instance(&instance_id).await?;
+    if !known.is_some_and(|i| constant_time_eq(&i.token_hash, &hash_token(&token))) {
+        return Err(refuse(&mut ws, "InvalidCredential", format!("unknown instance {instance_id} or wrong token")).await);
+    }
+    let hb = hub.config.heartbeat;
+    send(&mut ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) }).await?;
+    hub.store.set_instance_online(&instance_id, true, Some(&facts), &peer.ip().to_string()).await?;
+    let (tx, mut rx) = mpsc::channel(OUTBOX);
+    let conn_id = hub.agents.insert(&instance_id, tx);
+    tracing::info!(instance_id, %peer, "agent connected");
+    let result = session(&hub, &mut ws, &instance_id, &mut rx, hb).await;
+    if hub.agents.remove(&instance_id, conn_id) {
+        hub.store.set_instance_online(&instance_id, false, None, "").await?;
+    }
+    let _ = ws.close().await;
+    tracing::info!(instance_id, "agent disconnected");
+    result
+}
+
+async fn session(
+    hub: &Hub,
+    ws: &mut WebSocket,
+    instance_id: &str,
+    rx: &mut mpsc::Receiver<HubMsg>,
+    hb: Duration,
+) -> Result<(), ConnError> {
+    // Resync: everything not final for this instance, then stops.
+    for inv in hub.store.undelivered_for(instance_id).await? {
+        let stopping = hub.store.get_invocation(&inv.invoke_id).await?.is_some_and(|i| i.stop_requested);
+        let invoke_id = inv.invoke_id.clone();
+        send(ws, &HubMsg::Invoke { invocation: inv }).await?;
+        if stopping {
+            send(ws, &HubMsg::Stop { invoke_id }).await?;
+        }
+    }
+    // Two missed heartbeats plus slack for a slow link.
+    let dead_after = hb * 2 + Duration::from_secs(2);
+    let mut deadline = tokio::time::Instant::now() + dead_after;
+    loop {
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep_until(deadline) => return Err(ConnError::HeartbeatLost),
+            out = rx.recv() => match out {
+                Some(msg) => send(ws, &msg).await?,
+                // Registry replaced us (newer connection) or dropped us (slow).
+                None => return Ok(()),
+            },
+            msg = recv(ws) => {
+                deadline = tokio::time::Instant::now() + dead_after;
+                handle(hub, ws, instance_id, msg?).await?;
+            }
+        }
+    }
+}
+
+async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, msg: AgentMsg) -> Result<(), ConnError> {
+    match msg {
+        AgentMsg::Heartbeat { sent_ms } => {
+            hub.store.touch_instance(instance_id).await?;
+            send(ws, &HubMsg::HeartbeatAck { sent_ms }).await?;
+        }
+        AgentMsg::InvokeAck { invoke_id } => {
+            hub.store.mark_delivered(&invoke_id, instance_id).await?;
+        }
+        AgentMsg::Report { report_id, report } => {
+            let invoke_id = report.invoke_id.clone();
+            match hub.store.apply_report(instance_id, &report).await? {
+                ReportEffect::Applied | ReportEffect::Duplicate => {
+                    if report.status.is_final() {
+                        hub.live.clear(&invoke_id, instance_id);
+                    }
+                    tracing::debug!(invoke_id, instance_id, status = report.status.as_str(), "report stored");
+                    send(ws, &HubMsg::ReportAck { report_id }).await?;
+                }
+                ReportEffect::NotATarget => {
+                    tracing::warn!(invoke_id, instance_id, "report for an invocation this instance is not a target of");
+                    // Ack so the agent stops retrying a report that can never land.
+                    send(ws, &HubMsg::Error { code: "NotATarget".into(), message: format!("instance {instance_id} is not a target of {invoke_id}"), fatal: false }).await?;
+                    send(ws, &HubMsg::ReportAck { report_id }).await?;
+                }
+            }
+        }
+        AgentMsg::Output { invoke_id, record_seq: _, offset: _, data_b64 } => {
+            use base64::Engine;
+            if let Ok(data) = base64::engine::general_purpose::STANDARD.decode(data_b64) {
+                hub.live.push(&invoke_id, instance_id, &data);
+            }
+        }
+        AgentMsg::Hello { .. } | AgentMsg::Register { .. } => {
+            send(ws, &HubMsg::Error { code: "ProtocolViolation".into(), message: "already authenticated".into(), fatal: false }).await?;
+        }
+    }
+    Ok(())
+}
+
+type RegisterOutcome = Result<(String, String), (&'static str, String)>;
+
+async fn register(
+    hub: &Hub,
+    activation_id: &str,
+    code: &str,
+    facts: &protocol::HostFacts,
+    peer: SocketAddr,
+) -> Result<RegisterOutcome, ConnError> {
+    let Some(act) = hub.store.get_activation(activation_id).await? else {
+        return Ok(Err(("InvalidActivationId.NotFound", format!("activation {activation_id} does not exist"))));
+    };
+    if !constant_time_eq(&act.code_hash, &hash_token(code)) {
+        return Ok(Err(("InvalidActivationCode", "activation code does not match".into())));
+    }
+    if act.disabled {
+        return Ok(Err(("ActivationDisabled", format!("activation {activation_id} is disabled"))));
+    }
+    if super::api::activation_expired(&act) {
+        return Ok(Err(("ActivationExpired", format!("activation {activation_id} expired after {} hours", act.time_to_live_hours))));
+    }
+    if !super::api::ip_in_range(&peer.ip(), &act.ip_address_range) {
+        return Ok(Err(("IpNotAllowed", format!("{} is outside the activation's range {}", peer.ip(), act.ip_address_range))));
+    }
+    let instance_id = format!("mi-{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
+    let token = uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
+    let name = if act.instance_name.is_empty() { facts.hostname.clone() } else { act.instance_name.clone() };
+    let row = InstanceRow {
+        instance_id: instance_id.clone(),
+        instance_name: name,
+        token_hash: hash_token(&token),
+        facts: facts.clone(),
+        ip: peer.ip().to_string(),
+        registered_at: now_str(),
+        activation_id: activation_id.to_string(),
+        ..Default::default()
+    };
+    if !hub.store.register_instance(activation_id, &row).await? {
+        return Ok(Err(("ActivationCountExceeded", format!("activation {activation_id} allows {} instances", act.instance_count))));
+    }
+    tracing::info!(instance_id, activation_id, "instance registered");
+    Ok(Ok((instance_id, token)))
+}

@@ -1,0 +1,197 @@
+//! The Cloud Assistant OpenAPI (ECS 2014-05-26, RPC style) served by the hub.
+//!
+//! Owns: request parsing (query string or form body), authentication
+//! (signatures), action dispatch, Alibaba-style responses and errors, and
+//! pagination. Each action family lives in its own file.
+
+pub mod auth;
+mod commands;
+pub mod error;
+mod instances;
+mod invocations;
+pub mod params;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, Method, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+
+pub use error::ApiError;
+pub use instances::{activation_expired, ip_in_range};
+use params::Params;
+
+use super::Hub;
+use super::store::Page;
+
+/// Request body bound: a 16 KiB script base64-encoded plus parameters fits
+/// comfortably; anything larger is refused before parsing.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+pub struct Request<'a> {
+    pub hub: &'a Arc<Hub>,
+    pub params: Params,
+    pub peer: SocketAddr,
+}
+
+pub async fn handle(
+    State(hub): State<Arc<Hub>>,
+    ConnectInfo(crate::hub::server::Peer(peer)): ConnectInfo<crate::hub::server::Peer>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
+    let result = dispatch(&hub, peer, &method, &uri, &headers, &body).await;
+    match result {
+        Ok(mut v) => {
+            if let Value::Object(m) = &mut v {
+                m.insert("RequestId".into(), Value::String(request_id));
+            }
+            axum::Json(v).into_response()
+        }
+        Err(e) => {
+            tracing::info!(code = %e.code, status = e.status.as_u16(), "API request refused");
+            let body = json!({
+                "RequestId": request_id,
+                "HostId": "deckhand",
+                "Code": e.code,
+                "Message": e.message,
+                "Recommend": "See docs/api.md in the deckhand repository.",
+            });
+            (e.status, axum::Json(body)).into_response()
+        }
+    }
+}
+
+async fn dispatch(
+    hub: &Arc<Hub>,
+    peer: SocketAddr,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    if body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::new(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "InvalidParameter.Body", format!("request body is {} bytes, the limit is {MAX_BODY_BYTES}", body.len())));
+    }
+    let is_form = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let params = Params::parse(uri.query().unwrap_or(""), if is_form { body } else { b"" })?;
+    let action = params.get("Action").or_else(|| headers.get("x-acs-action").and_then(|v| v.to_str().ok())).map(str::to_string);
+    let Some(action) = action else { return Err(ApiError::missing("Action")) };
+    auth::authenticate(hub, method, uri, headers, body, &params)?;
+    let req = Request { hub, params, peer };
+    tracing::debug!(action, "API call");
+    match action.as_str() {
+        "RunCommand" => invocations::run_command(&req).await,
+        "InvokeCommand" => invocations::invoke_command(&req).await,
+        "DescribeInvocations" => invocations::describe_invocations(&req).await,
+        "DescribeInvocationResults" => invocations::describe_invocation_results(&req).await,
+        "StopInvocation" => invocations::stop_invocation(&req).await,
+        "CreateCommand" => commands::create(&req).await,
+        "DescribeCommands" => commands::describe(&req).await,
+        "ModifyCommand" => commands::modify(&req).await,
+        "DeleteCommand" => commands::delete(&req).await,
+        "CreateActivation" => instances::create_activation(&req).await,
+        "DescribeActivations" => instances::describe_activations(&req).await,
+        "DisableActivation" => instances::disable_activation(&req).await,
+        "DeleteActivation" => instances::delete_activation(&req).await,
+        "DescribeManagedInstances" => instances::describe_managed_instances(&req).await,
+        "DeregisterManagedInstance" => instances::deregister(&req).await,
+        "DescribeCloudAssistantStatus" => instances::cloud_assistant_status(&req).await,
+        "TagResources" => instances::tag_resources(&req).await,
+        "UntagResources" => instances::untag_resources(&req).await,
+        "ListTagResources" => instances::list_tag_resources(&req).await,
+        other => Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "InvalidAction.NotFound",
+            format!("Specified api \"{other}\" is not found, please check your url and method."),
+        )),
+    }
+}
+
+/// Both pagination styles: `PageNumber`/`PageSize` and `NextToken`/`MaxResults`.
+pub struct Paging {
+    pub page: Page,
+    pub page_number: i64,
+    pub page_size: i64,
+}
+
+impl Paging {
+    pub fn from(p: &Params, default_size: i64, max_size: i64) -> Result<Self, ApiError> {
+        let token_mode = p.get("NextToken").is_some() || p.get("MaxResults").is_some();
+        if token_mode {
+            let size = p.int("MaxResults", 1, max_size)?.unwrap_or(default_size);
+            let offset = match p.get("NextToken") {
+                None => 0,
+                Some(t) => decode_token(t).ok_or_else(|| ApiError::invalid("NextToken", "not a token this hub issued"))?,
+            };
+            return Ok(Self { page: Page { offset, limit: size }, page_number: offset / size + 1, page_size: size });
+        }
+        let number = p.int("PageNumber", 1, 1_000_000)?.unwrap_or(1);
+        let size = p.int("PageSize", 1, max_size)?.unwrap_or(default_size);
+        Ok(Self { page: Page { offset: (number - 1) * size, limit: size }, page_number: number, page_size: size })
+    }
+
+    /// Adds `TotalCount`, `PageNumber`, `PageSize`, `NextToken` to `obj`.
+    pub fn annotate(&self, obj: &mut serde_json::Map<String, Value>, total: i64) {
+        let next = self.page.offset + self.page.limit;
+        obj.insert("TotalCount".into(), json!(total));
+        obj.insert("PageNumber".into(), json!(self.page_number));
+        obj.insert("PageSize".into(), json!(self.page_size));
+        obj.insert("NextToken".into(), json!(if next < total { encode_token(next) } else { String::new() }));
+    }
+}
+
+fn encode_token(offset: i64) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("o:{offset}"))
+}
+
+fn decode_token(t: &str) -> Option<i64> {
+    use base64::Engine;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t).ok()?;
+    std::str::from_utf8(&raw).ok()?.strip_prefix("o:")?.parse().ok().filter(|n: &i64| *n >= 0)
+}
+
+/// Background upkeep: fail targets that were never delivered in time.
+pub async fn sweeper(hub: Arc<Hub>) {
+    let every = Duration::from_secs(5).min(hub.config.delivery_timeout);
+    loop {
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(hub.config.delivery_timeout).unwrap_or_default();
+        let cutoff = cutoff.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        match hub
+            .store
+            .expire_undelivered(&cutoff, "ClientNotResponse", "the instance did not take the invocation within the delivery timeout")
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "failed undelivered targets"),
+            Err(e) => tracing::warn!(error = %e, "delivery sweeper"),
+        }
+    }
+}
+
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_token_round_trips_and_rejects_garbage() {
+        assert_eq!(decode_token(&encode_token(40)), Some(40));
+        assert_eq!(decode_token("not-a-token"), None);
+    }
+}

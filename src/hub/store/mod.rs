@@ -1,0 +1,209 @@
+//! The hub's durable state behind one trait, so handlers never see SQL.
+//!
+//! Owns: the `Store` trait, its row types, and the SQLite implementation
+//! (PostgreSQL later implements the same trait). Every write that the hub
+//! acknowledges to an agent or API caller is committed before it returns.
+
+mod schema;
+mod sqlite;
+
+pub use sqlite::{SqliteStore, to_wire};
+
+use async_trait::async_trait;
+
+use crate::protocol::{HostFacts, Invocation, RecordReport, RecordStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("schema version {found} is newer than this hub understands ({known})")]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Default)]
+pub struct InstanceRow {
+    pub instance_id: String,
+    pub instance_name: String,
+    pub token_hash: String,
+    pub facts: HostFacts,
+    pub ip: String,
+    pub online: bool,
+    pub last_seen: String,
+    pub registered_at: String,
+    pub activation_id: String,
+    pub tags: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ActivationRow {
+    pub activation_id: String,
+    pub code_hash: String,
+    pub instance_name: String,
+    pub description: String,
+    pub instance_count: i64,
+    pub registered_count: i64,
+    pub deregistered_count: i64,
+    pub time_to_live_hours: i64,
+    pub ip_address_range: String,
+    pub created_at: String,
+    pub disabled: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CommandRow {
+    pub command_id: String,
+    pub name: String,
+    pub description: String,
+    pub command_type: String,
+    /// Plain text.
+    pub content: String,
+    pub working_dir: String,
+    pub timeout_secs: i64,
+    pub enable_parameter: bool,
+    pub username: String,
+    pub created_at: String,
+    /// False for the anonymous commands `RunCommand` makes without `KeepCommand`.
+    pub visible: bool,
+    pub invoke_times: i64,
+}
+
+/// What an invocation asks for, independent of targets.
+#[derive(Debug, Clone, Default)]
+pub struct InvocationRow {
+    pub invoke_id: String,
+    pub command_id: String,
+    pub command_name: String,
+    pub command_type: String,
+    pub content: String,
+    pub timeout_secs: i64,
+    pub working_dir: String,
+    pub username: String,
+    pub enable_parameter: bool,
+    /// JSON object of custom parameter values.
+    pub parameters: String,
+    pub repeat_mode: String,
+    pub frequency: String,
+    pub created_at: String,
+    pub client_token: String,
+    pub stop_requested: bool,
+}
+
+/// One instance's slice of an invocation.
+#[derive(Debug, Clone)]
+pub struct TargetRow {
+    pub invoke_id: String,
+    pub instance_id: String,
+    pub status: RecordStatus,
+    pub delivered: bool,
+    pub repeats: i64,
+    pub exit_code: Option<i64>,
+    pub output: Vec<u8>,
+    pub dropped: i64,
+    pub error_code: String,
+    pub error_info: String,
+    pub start_time: String,
+    pub finish_time: String,
+    pub updated_at: String,
+    pub created_at: String,
+}
+
+/// One run (record) on one instance.
+#[derive(Debug, Clone)]
+pub struct RecordRow {
+    pub invoke_id: String,
+    pub instance_id: String,
+    pub record_seq: i64,
+    pub status: RecordStatus,
+    pub exit_code: Option<i64>,
+    pub output: Vec<u8>,
+    pub dropped: i64,
+    pub error_code: String,
+    pub error_info: String,
+    pub start_time: String,
+    pub finish_time: String,
+}
+
+/// Filters shared by the list calls; `None` means "any".
+#[derive(Debug, Clone, Default)]
+pub struct InvocationFilter {
+    pub invoke_id: Option<String>,
+    pub command_id: Option<String>,
+    pub instance_id: Option<String>,
+    pub command_type: Option<String>,
+    pub command_name: Option<String>,
+    pub repeat_mode: Option<String>,
+}
+
+/// Offset pagination; `NextToken` is the offset encoded by the API layer.
+#[derive(Debug, Clone, Copy)]
+pub struct Page {
+    pub offset: i64,
+    pub limit: i64,
+}
+
+/// What applying an agent report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReportEffect {
+    Applied,
+    /// Same record, same or older state: ignored (at-least-once delivery).
+    Duplicate,
+    /// The instance is not a target of that invocation: refused.
+    NotATarget,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    // Instances and activations.
+    async fn create_activation(&self, a: &ActivationRow) -> Result<()>;
+    async fn get_activation(&self, id: &str) -> Result<Option<ActivationRow>>;
+    async fn list_activations(&self, id: Option<&str>, page: Page) -> Result<(Vec<ActivationRow>, i64)>;
+    async fn set_activation_disabled(&self, id: &str) -> Result<bool>;
+    /// Deletes only an activation with no registered instances left.
+    async fn delete_activation(&self, id: &str) -> Result<bool>;
+    /// Atomically checks the activation's remaining count and registers.
+    async fn register_instance(&self, activation_id: &str, inst: &InstanceRow) -> Result<bool>;
+    async fn get_instance(&self, id: &str) -> Result<Option<InstanceRow>>;
+    async fn list_instances(&self, ids: &[String], name: Option<&str>, page: Page) -> Result<(Vec<InstanceRow>, i64)>;
+    async fn deregister_instance(&self, id: &str) -> Result<bool>;
+    async fn set_instance_online(&self, id: &str, online: bool, facts: Option<&HostFacts>, ip: &str) -> Result<()>;
+    async fn touch_instance(&self, id: &str) -> Result<()>;
+    /// On start-up nobody is connected to this hub yet.
+    async fn mark_all_offline(&self) -> Result<()>;
+    async fn set_tags(&self, id: &str, tags: &[(String, String)]) -> Result<()>;
+    async fn remove_tags(&self, id: &str, keys: &[String]) -> Result<()>;
+
+    // Commands.
+    async fn create_command(&self, c: &CommandRow) -> Result<()>;
+    async fn get_command(&self, id: &str) -> Result<Option<CommandRow>>;
+    async fn list_commands(&self, id: Option<&str>, name: Option<&str>, ctype: Option<&str>, page: Page) -> Result<(Vec<CommandRow>, i64)>;
+    async fn update_command(&self, c: &CommandRow) -> Result<()>;
+    async fn delete_command(&self, id: &str) -> Result<bool>;
+
+    // Invocations.
+    /// Inserts the invocation and a Pending target per instance in one transaction.
+    async fn create_invocation(&self, inv: &InvocationRow, instances: &[String]) -> Result<()>;
+    async fn find_by_client_token(&self, token: &str) -> Result<Option<String>>;
+    async fn get_invocation(&self, id: &str) -> Result<Option<InvocationRow>>;
+    async fn list_invocations(&self, f: &InvocationFilter, page: Page) -> Result<(Vec<InvocationRow>, i64)>;
+    async fn targets(&self, invoke_id: &str) -> Result<Vec<TargetRow>>;
+    async fn list_targets(&self, f: &InvocationFilter, status: Option<RecordStatus>, page: Page) -> Result<(Vec<TargetRow>, i64)>;
+    async fn records(&self, invoke_id: &str, instance_id: &str) -> Result<Vec<RecordRow>>;
+    /// Non-final invocations an instance should have, for (re)delivery.
+    async fn undelivered_for(&self, instance_id: &str) -> Result<Vec<Invocation>>;
+    async fn mark_delivered(&self, invoke_id: &str, instance_id: &str) -> Result<()>;
+    async fn apply_report(&self, instance_id: &str, r: &RecordReport) -> Result<ReportEffect>;
+    /// Marks stop requested; returns targets that are not yet final.
+    async fn request_stop(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>>;
+    /// Fails targets never delivered within `older_than` (RFC 3339 cutoff).
+    async fn expire_undelivered(&self, cutoff: &str, code: &str, info: &str) -> Result<u64>;
+}
+
+/// Current time as Cloud Assistant prints it: `2026-11-22T23:01:05Z`.
+pub fn now_str() -> String {
+    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+}

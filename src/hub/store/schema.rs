@@ -1,0 +1,100 @@
+//! Versioned schema migrations, applied in order inside one transaction each.
+//!
+//! Never edit a released step: append a new one. `schema_version` records
+//! the highest applied step; a database newer than this binary is refused.
+
+pub const MIGRATIONS: &[&str] = &[
+    // 1: initial schema.
+    r#"
+    CREATE TABLE activations (
+        activation_id TEXT PRIMARY KEY,
+        code_hash TEXT NOT NULL,
+        instance_name TEXT NOT NULL DEFAULT '',
+        description TEXT NOT NULL DEFAULT '',
+        instance_count INTEGER NOT NULL,
+        registered_count INTEGER NOT NULL DEFAULT 0,
+        deregistered_count INTEGER NOT NULL DEFAULT 0,
+        time_to_live_hours INTEGER NOT NULL,
+        ip_address_range TEXT NOT NULL DEFAULT '0.0.0.0/0',
+        created_at TEXT NOT NULL,
+        disabled INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE instances (
+        instance_id TEXT PRIMARY KEY,
+        instance_name TEXT NOT NULL DEFAULT '',
+        token_hash TEXT NOT NULL,
+        facts TEXT NOT NULL DEFAULT '{}',
+        ip TEXT NOT NULL DEFAULT '',
+        online INTEGER NOT NULL DEFAULT 0,
+        last_seen TEXT NOT NULL DEFAULT '',
+        registered_at TEXT NOT NULL,
+        activation_id TEXT NOT NULL DEFAULT '',
+        tags TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE TABLE commands (
+        command_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        command_type TEXT NOT NULL,
+        content TEXT NOT NULL,
+        working_dir TEXT NOT NULL DEFAULT '',
+        timeout_secs INTEGER NOT NULL,
+        enable_parameter INTEGER NOT NULL DEFAULT 0,
+        username TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        visible INTEGER NOT NULL DEFAULT 1,
+        invoke_times INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE invocations (
+        invoke_id TEXT PRIMARY KEY,
+        command_id TEXT NOT NULL,
+        command_name TEXT NOT NULL DEFAULT '',
+        command_type TEXT NOT NULL,
+        content TEXT NOT NULL,
+        timeout_secs INTEGER NOT NULL,
+        working_dir TEXT NOT NULL DEFAULT '',
+        username TEXT NOT NULL DEFAULT '',
+        enable_parameter INTEGER NOT NULL DEFAULT 0,
+        parameters TEXT NOT NULL DEFAULT '{}',
+        repeat_mode TEXT NOT NULL DEFAULT 'Once',
+        frequency TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        client_token TEXT NOT NULL DEFAULT '',
+        stop_requested INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX invocations_created ON invocations (created_at);
+    CREATE INDEX invocations_token ON invocations (client_token);
+    CREATE TABLE targets (
+        invoke_id TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        delivered INTEGER NOT NULL DEFAULT 0,
+        repeats INTEGER NOT NULL DEFAULT 0,
+        exit_code INTEGER,
+        output BLOB NOT NULL DEFAULT x'',
+        dropped INTEGER NOT NULL DEFAULT 0,
+        error_code TEXT NOT NULL DEFAULT '',
+        error_info TEXT NOT NULL DEFAULT '',
+        start_time TEXT NOT NULL DEFAULT '',
+        finish_time TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (invoke_id, instance_id)
+    );
+    CREATE INDEX targets_instance ON targets (instance_id, status);
+    CREATE TABLE records (
+        invoke_id TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        record_seq INTEGER NOT NULL,
+        status TEXT NOT NULL,
+        exit_code INTEGER,
+        output BLOB NOT NULL DEFAULT x'',
+        dropped INTEGER NOT NULL DEFAULT 0,
+        error_code TEXT NOT NULL DEFAULT '',
+        error_info TEXT NOT NULL DEFAULT '',
+        start_time TEXT NOT NULL DEFAULT '',
+        finish_time TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (invoke_id, instance_id, record_seq)
+    );
+    "#,
+];

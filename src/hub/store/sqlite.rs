@@ -1,0 +1,774 @@
+//! SQLite implementation of [`Store`]: one file, WAL, `synchronous=FULL`, so
+//! a committed transaction survives power loss and a hub killed mid-write
+//! loses nothing it acknowledged.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+// Dynamic SQL here is built only from fixed column names; values are bound.
+use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+
+use super::*;
+
+/// Four connections: WAL lets readers run beside the single writer; more
+/// would only queue on SQLite's write lock.
+const POOL_SIZE: u32 = 4;
+/// A writer waits this long for the lock before failing the request.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    pub async fn open(path: &Path) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(BUSY_TIMEOUT);
+        let pool = SqlitePoolOptions::new().max_connections(POOL_SIZE).connect_with(opts).await?;
+        let store = Self { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+            .execute(&self.pool)
+            .await?;
+        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
+            .fetch_one(&self.pool)
+            .await?;
+        let current = current.unwrap_or(0);
+        let known = schema::MIGRATIONS.len() as i64;
+        if current > known {
+            return Err(StoreError::SchemaTooNew { found: current, known });
+        }
+        for (i, step) in schema::MIGRATIONS.iter().enumerate().skip(current as usize) {
+            let mut tx = self.pool.begin().await?;
+            sqlx::raw_sql(AssertSqlSafe(*step)).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
+                .bind(i as i64 + 1)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!(version = i + 1, "applied schema migration");
+        }
+        Ok(())
+    }
+}
+
+fn status_of(s: &str) -> Result<RecordStatus> {
+    RecordStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown status {s:?}")))
+}
+
+fn activation_from(r: &SqliteRow) -> ActivationRow {
+    ActivationRow {
+        activation_id: r.get("activation_id"),
+        code_hash: r.get("code_hash"),
+        instance_name: r.get("instance_name"),
+        description: r.get("description"),
+        instance_count: r.get("instance_count"),
+        registered_count: r.get("registered_count"),
+        deregistered_count: r.get("deregistered_count"),
+        time_to_live_hours: r.get("time_to_live_hours"),
+        ip_address_range: r.get("ip_address_range"),
+        created_at: r.get("created_at"),
+        disabled: r.get::<i64, _>("disabled") != 0,
+    }
+}
+
+fn instance_from(r: &SqliteRow) -> InstanceRow {
+    let facts: String = r.get("facts");
+    let tags: String = r.get("tags");
+    InstanceRow {
+        instance_id: r.get("instance_id"),
+        instance_name: r.get("instance_name"),
+        token_hash: r.get("token_hash"),
+        facts: serde_json::from_str(&facts).unwrap_or_default(),
+        ip: r.get("ip"),
+        online: r.get::<i64, _>("online") != 0,
+        last_seen: r.get("last_seen"),
+        registered_at: r.get("registered_at"),
+        activation_id: r.get("activation_id"),
+        tags: serde_json::from_str(&tags).unwrap_or_default(),
+    }
+}
+
+fn command_from(r: &SqliteRow) -> CommandRow {
+    CommandRow {
+        command_id: r.get("command_id"),
+        name: r.get("name"),
+        description: r.get("description"),
+        command_type: r.get("command_type"),
+        content: r.get("content"),
+        working_dir: r.get("working_dir"),
+        timeout_secs: r.get("timeout_secs"),
+        enable_parameter: r.get::<i64, _>("enable_parameter") != 0,
+        username: r.get("username"),
+        created_at: r.get("created_at"),
+        visible: r.get::<i64, _>("visible") != 0,
+        invoke_times: r.get("invoke_times"),
+    }
+}
+
+fn invocation_from(r: &SqliteRow) -> InvocationRow {
+    InvocationRow {
+        invoke_id: r.get("invoke_id"),
+        command_id: r.get("command_id"),
+        command_name: r.get("command_name"),
+        command_type: r.get("command_type"),
+        content: r.get("content"),
+        timeout_secs: r.get("timeout_secs"),
+        working_dir: r.get("working_dir"),
+        username: r.get("username"),
+        enable_parameter: r.get::<i64, _>("enable_parameter") != 0,
+        parameters: r.get("parameters"),
+        repeat_mode: r.get("repeat_mode"),
+        frequency: r.get("frequency"),
+        created_at: r.get("created_at"),
+        client_token: r.get("client_token"),
+        stop_requested: r.get::<i64, _>("stop_requested") != 0,
+    }
+}
+
+fn target_from(r: &SqliteRow) -> Result<TargetRow> {
+    Ok(TargetRow {
+        invoke_id: r.get("invoke_id"),
+        instance_id: r.get("instance_id"),
+        status: status_of(r.get("status"))?,
+        delivered: r.get::<i64, _>("delivered") != 0,
+        repeats: r.get("repeats"),
+        exit_code: r.get("exit_code"),
+        output: r.get("output"),
+        dropped: r.get("dropped"),
+        error_code: r.get("error_code"),
+        error_info: r.get("error_info"),
+        start_time: r.get("start_time"),
+        finish_time: r.get("finish_time"),
+        updated_at: r.get("updated_at"),
+        created_at: r.get("created_at"),
+    })
+}
+
+fn record_from(r: &SqliteRow) -> Result<RecordRow> {
+    Ok(RecordRow {
+        invoke_id: r.get("invoke_id"),
+        instance_id: r.get("instance_id"),
+        record_seq: r.get("record_seq"),
+        status: status_of(r.get("status"))?,
+        exit_code: r.get("exit_code"),
+        output: r.get("output"),
+        dropped: r.get("dropped"),
+        error_code: r.get("error_code"),
+        error_info: r.get("error_info"),
+        start_time: r.get("start_time"),
+        finish_time: r.get("finish_time"),
+    })
+}
+
+/// Builds `WHERE` clauses for invocation filters; values bound in order.
+fn invocation_where(f: &InvocationFilter, alias: &str) -> (String, Vec<String>) {
+    let mut clauses = Vec::new();
+    let mut binds = Vec::new();
+    let mut add = |col: &str, v: &Option<String>| {
+        if let Some(v) = v {
+            clauses.push(format!("{alias}{col} = ?"));
+            binds.push(v.clone());
+        }
+    };
+    add("invoke_id", &f.invoke_id);
+    add("command_id", &f.command_id);
+    add("command_type", &f.command_type);
+    add("command_name", &f.command_name);
+    add("repeat_mode", &f.repeat_mode);
+    if let Some(i) = &f.instance_id {
+        clauses.push(format!(
+            "EXISTS (SELECT 1 FROM targets t2 WHERE t2.invoke_id = {alias}invoke_id AND t2.instance_id = ?)"
+        ));
+        binds.push(i.clone());
+    }
+    let w = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+    (w, binds)
+}
+
+async fn count(pool: &SqlitePool, sql: &str, binds: &[String]) -> Result<i64> {
+    let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_string()));
+    for b in binds {
+        q = q.bind(b);
+    }
+    Ok(q.fetch_one(pool).await?)
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_activation(&self, a: &ActivationRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO activations (activation_id, code_hash, instance_name, description, instance_count, \
+             time_to_live_hours, ip_address_range, created_at) VALUES (?,?,?,?,?,?,?,?)",
+        )
+        .bind(&a.activation_id)
+        .bind(&a.code_hash)
+        .bind(&a.instance_name)
+        .bind(&a.description)
+        .bind(a.instance_count)
+        .bind(a.time_to_live_hours)
+        .bind(&a.ip_address_range)
+        .bind(&a.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_activation(&self, id: &str) -> Result<Option<ActivationRow>> {
+        let r = sqlx::query("SELECT * FROM activations WHERE activation_id = ?").bind(id).fetch_optional(&self.pool).await?;
+        Ok(r.as_ref().map(activation_from))
+    }
+
+    async fn list_activations(&self, id: Option<&str>, page: Page) -> Result<(Vec<ActivationRow>, i64)> {
+        let (w, binds) = match id {
+            Some(id) => ("WHERE activation_id = ?", vec![id.to_string()]),
+            None => ("", vec![]),
+        };
+        let total = count(&self.pool, &format!("SELECT COUNT(*) FROM activations {w}"), &binds).await?;
+        let sql = format!("SELECT * FROM activations {w} ORDER BY created_at DESC, activation_id LIMIT ? OFFSET ?");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for b in &binds {
+            q = q.bind(b);
+        }
+        let rows = q.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
+        Ok((rows.iter().map(activation_from).collect(), total))
+    }
+
+    async fn set_activation_disabled(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE activations SET disabled = 1 WHERE activation_id = ?").bind(id).execute(&self.pool).await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn delete_activation(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "DELETE FROM activations WHERE activation_id = ? AND NOT EXISTS \
+             (SELECT 1 FROM instances WHERE activation_id = activations.activation_id)",
+        )
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn register_instance(&self, activation_id: &str, inst: &InstanceRow) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        // The count check and the insert commit together, so two machines
+        // racing for the last slot cannot both register.
+        let claimed = sqlx::query(
+            "UPDATE activations SET registered_count = registered_count + 1 \
+             WHERE activation_id = ? AND disabled = 0 AND registered_count < instance_count",
+        )
+        .bind(activation_id)
+        .execute(&mut *tx)
+        .await?;
+        if claimed.rows_affected() == 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO instances (instance_id, instance_name, token_hash, facts, ip, registered_at, activation_id) \
+             VALUES (?,?,?,?,?,?,?)",
+        )
+        .bind(&inst.instance_id)
+        .bind(&inst.instance_name)
+        .bind(&inst.token_hash)
+        .bind(serde_json::to_string(&inst.facts).unwrap_or_default())
+        .bind(&inst.ip)
+        .bind(&inst.registered_at)
+        .bind(activation_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn get_instance(&self, id: &str) -> Result<Option<InstanceRow>> {
+        let r = sqlx::query("SELECT * FROM instances WHERE instance_id = ?").bind(id).fetch_optional(&self.pool).await?;
+        Ok(r.as_ref().map(instance_from))
+    }
+
+    async fn list_instances(&self, ids: &[String], name: Option<&str>, page: Page) -> Result<(Vec<InstanceRow>, i64)> {
+        let mut clauses = Vec::new();
+        let mut binds: Vec<String> = Vec::new();
+        if !ids.is_empty() {
+            clauses.push(format!("instance_id IN ({})", vec!["?"; ids.len()].join(",")));
+            binds.extend(ids.iter().cloned());
+        }
+        if let Some(n) = name {
+            clauses.push("instance_name = ?".to_string());
+            binds.push(n.to_string());
+        }
+        let w = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+        let total = count(&self.pool, &format!("SELECT COUNT(*) FROM instances {w}"), &binds).await?;
+        let sql = format!("SELECT * FROM instances {w} ORDER BY registered_at, instance_id LIMIT ? OFFSET ?");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for b in &binds {
+            q = q.bind(b);
+        }
+        let rows = q.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
+        Ok((rows.iter().map(instance_from).collect(), total))
+    }
+
+    async fn deregister_instance(&self, id: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let act: Option<String> = sqlx::query_scalar("SELECT activation_id FROM instances WHERE instance_id = ?")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some(act) = act else { return Ok(false) };
+        sqlx::query("DELETE FROM instances WHERE instance_id = ?").bind(id).execute(&mut *tx).await?;
+        sqlx::query("UPDATE activations SET deregistered_count = deregistered_count + 1 WHERE activation_id = ?")
+            .bind(act)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn set_instance_online(&self, id: &str, online: bool, facts: Option<&HostFacts>, ip: &str) -> Result<()> {
+        let now = now_str();
+        match facts {
+            Some(f) => {
+                sqlx::query("UPDATE instances SET online = ?, facts = ?, ip = ?, last_seen = ? WHERE instance_id = ?")
+                    .bind(online as i64)
+                    .bind(serde_json::to_string(f).unwrap_or_default())
+                    .bind(ip)
+                    .bind(&now)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+            }
+            None => {
+                sqlx::query("UPDATE instances SET online = ?, last_seen = ? WHERE instance_id = ?")
+                    .bind(online as i64)
+                    .bind(&now)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn touch_instance(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE instances SET last_seen = ? WHERE instance_id = ?").bind(now_str()).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn mark_all_offline(&self) -> Result<()> {
+        sqlx::query("UPDATE instances SET online = 0").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn set_tags(&self, id: &str, tags: &[(String, String)]) -> Result<()> {
+        let Some(inst) = self.get_instance(id).await? else { return Ok(()) };
+        let mut merged = inst.tags;
+        for (k, v) in tags {
+            merged.retain(|(ek, _)| ek != k);
+            merged.push((k.clone(), v.clone()));
+        }
+        sqlx::query("UPDATE instances SET tags = ? WHERE instance_id = ?")
+            .bind(serde_json::to_string(&merged).unwrap_or_default())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn remove_tags(&self, id: &str, keys: &[String]) -> Result<()> {
+        let Some(inst) = self.get_instance(id).await? else { return Ok(()) };
+        let kept: Vec<_> = inst.tags.into_iter().filter(|(k, _)| !keys.contains(k)).collect();
+        sqlx::query("UPDATE instances SET tags = ? WHERE instance_id = ?")
+            .bind(serde_json::to_string(&kept).unwrap_or_default())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_command(&self, c: &CommandRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO commands (command_id, name, description, command_type, content, working_dir, timeout_secs, \
+             enable_parameter, username, created_at, visible) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+        )
+        .bind(&c.command_id)
+        .bind(&c.name)
+        .bind(&c.description)
+        .bind(&c.command_type)
+        .bind(&c.content)
+        .bind(&c.working_dir)
+        .bind(c.timeout_secs)
+        .bind(c.enable_parameter as i64)
+        .bind(&c.username)
+        .bind(&c.created_at)
+        .bind(c.visible as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_command(&self, id: &str) -> Result<Option<CommandRow>> {
+        let r = sqlx::query("SELECT * FROM commands WHERE command_id = ?").bind(id).fetch_optional(&self.pool).await?;
+        Ok(r.as_ref().map(command_from))
+    }
+
+    async fn list_commands(&self, id: Option<&str>, name: Option<&str>, ctype: Option<&str>, page: Page) -> Result<(Vec<CommandRow>, i64)> {
+        let mut clauses = vec!["visible = 1".to_string()];
+        let mut binds = Vec::new();
+        for (col, v) in [("command_id", id), ("name", name), ("command_type", ctype)] {
+            if let Some(v) = v {
+                clauses.push(format!("{col} = ?"));
+                binds.push(v.to_string());
+            }
+        }
+        let w = format!("WHERE {}", clauses.join(" AND "));
+        let total = count(&self.pool, &format!("SELECT COUNT(*) FROM commands {w}"), &binds).await?;
+        let sql = format!("SELECT * FROM commands {w} ORDER BY created_at DESC, command_id LIMIT ? OFFSET ?");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for b in &binds {
+            q = q.bind(b);
+        }
+        let rows = q.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
+        Ok((rows.iter().map(command_from).collect(), total))
+    }
+
+    async fn update_command(&self, c: &CommandRow) -> Result<()> {
+        sqlx::query(
+            "UPDATE commands SET name = ?, description = ?, content = ?, working_dir = ?, timeout_secs = ?, \
+             username = ? WHERE command_id = ?",
+        )
+        .bind(&c.name)
+        .bind(&c.description)
+        .bind(&c.content)
+        .bind(&c.working_dir)
+        .bind(c.timeout_secs)
+        .bind(&c.username)
+        .bind(&c.command_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_command(&self, id: &str) -> Result<bool> {
+        let r = sqlx::query("DELETE FROM commands WHERE command_id = ? AND visible = 1").bind(id).execute(&self.pool).await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn create_invocation(&self, inv: &InvocationRow, instances: &[String]) -> Result<()> {
+        let mut tx: Transaction<'_, Sqlite> = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO invocations (invoke_id, command_id, command_name, command_type, content, timeout_secs, \
+             working_dir, username, enable_parameter, parameters, repeat_mode, frequency, created_at, client_token) \
+             VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        )
+        .bind(&inv.invoke_id)
+        .bind(&inv.command_id)
+        .bind(&inv.command_name)
+        .bind(&inv.command_type)
+        .bind(&inv.content)
+        .bind(inv.timeout_secs)
+        .bind(&inv.working_dir)
+        .bind(&inv.username)
+        .bind(inv.enable_parameter as i64)
+        .bind(&inv.parameters)
+        .bind(&inv.repeat_mode)
+        .bind(&inv.frequency)
+        .bind(&inv.created_at)
+        .bind(&inv.client_token)
+        .execute(&mut *tx)
+        .await?;
+        for i in instances {
+            sqlx::query(
+                "INSERT INTO targets (invoke_id, instance_id, status, created_at, updated_at) VALUES (?,?,'Pending',?,?)",
+            )
+            .bind(&inv.invoke_id)
+            .bind(i)
+            .bind(&inv.created_at)
+            .bind(&inv.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = ?")
+            .bind(&inv.command_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn find_by_client_token(&self, token: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar("SELECT invoke_id FROM invocations WHERE client_token = ? LIMIT 1")
+            .bind(token)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn get_invocation(&self, id: &str) -> Result<Option<InvocationRow>> {
+        let r = sqlx::query("SELECT * FROM invocations WHERE invoke_id = ?").bind(id).fetch_optional(&self.pool).await?;
+        Ok(r.as_ref().map(invocation_from))
+    }
+
+    async fn list_invocations(&self, f: &InvocationFilter, page: Page) -> Result<(Vec<InvocationRow>, i64)> {
+        let (w, binds) = invocation_where(f, "");
+        let total = count(&self.pool, &format!("SELECT COUNT(*) FROM invocations {w}"), &binds).await?;
+        let sql = format!("SELECT * FROM invocations {w} ORDER BY created_at DESC, invoke_id DESC LIMIT ? OFFSET ?");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for b in &binds {
+            q = q.bind(b);
+        }
+        let rows = q.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
+        Ok((rows.iter().map(invocation_from).collect(), total))
+    }
+
+    async fn targets(&self, invoke_id: &str) -> Result<Vec<TargetRow>> {
+        let rows = sqlx::query("SELECT * FROM targets WHERE invoke_id = ? ORDER BY instance_id")
+            .bind(invoke_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(target_from).collect()
+    }
+
+    async fn list_targets(&self, f: &InvocationFilter, status: Option<RecordStatus>, page: Page) -> Result<(Vec<TargetRow>, i64)> {
+        let mut clauses = Vec::new();
+        let mut binds = Vec::new();
+        if let Some(v) = &f.invoke_id {
+            clauses.push("t.invoke_id = ?");
+            binds.push(v.clone());
+        }
+        if let Some(v) = &f.instance_id {
+            clauses.push("t.instance_id = ?");
+            binds.push(v.clone());
+        }
+        if let Some(v) = &f.command_id {
+            clauses.push("i.command_id = ?");
+            binds.push(v.clone());
+        }
+        if let Some(s) = status {
+            clauses.push("t.status = ?");
+            binds.push(s.as_str().to_string());
+        }
+        let w = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+        let from = "FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id";
+        let total = count(&self.pool, &format!("SELECT COUNT(*) {from} {w}"), &binds).await?;
+        let sql = format!("SELECT t.* {from} {w} ORDER BY t.created_at DESC, t.invoke_id, t.instance_id LIMIT ? OFFSET ?");
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for b in &binds {
+            q = q.bind(b);
+        }
+        let rows = q.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
+        let rows: Result<Vec<_>> = rows.iter().map(target_from).collect();
+        Ok((rows?, total))
+    }
+
+    async fn records(&self, invoke_id: &str, instance_id: &str) -> Result<Vec<RecordRow>> {
+        let rows = sqlx::query("SELECT * FROM records WHERE invoke_id = ? AND instance_id = ? ORDER BY record_seq")
+            .bind(invoke_id)
+            .bind(instance_id)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(record_from).collect()
+    }
+
+    async fn undelivered_for(&self, instance_id: &str) -> Result<Vec<Invocation>> {
+        let rows = sqlx::query(
+            "SELECT i.*, inst.instance_name AS inst_name FROM targets t \
+             JOIN invocations i ON i.invoke_id = t.invoke_id \
+             LEFT JOIN instances inst ON inst.instance_id = t.instance_id \
+             WHERE t.instance_id = ? AND t.status IN ('Pending','Scheduled','Running','Stopping') \
+             ORDER BY i.created_at, i.invoke_id",
+        )
+        .bind(instance_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let inv = invocation_from(r);
+                let name: Option<String> = r.get("inst_name");
+                to_wire(&inv, name.unwrap_or_default())
+            })
+            .collect())
+    }
+
+    async fn mark_delivered(&self, invoke_id: &str, instance_id: &str) -> Result<()> {
+        sqlx::query("UPDATE targets SET delivered = 1, updated_at = ? WHERE invoke_id = ? AND instance_id = ?")
+            .bind(now_str())
+            .bind(invoke_id)
+            .bind(instance_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn apply_report(&self, instance_id: &str, r: &RecordReport) -> Result<ReportEffect> {
+        let mut tx = self.pool.begin().await?;
+        let target = sqlx::query(
+            "SELECT t.status, i.repeat_mode FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id \
+             WHERE t.invoke_id = ? AND t.instance_id = ?",
+        )
+        .bind(&r.invoke_id)
+        .bind(instance_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(target) = target else { return Ok(ReportEffect::NotATarget) };
+        let repeat_mode: String = target.get("repeat_mode");
+        let existing: Option<String> =
+            sqlx::query_scalar("SELECT status FROM records WHERE invoke_id = ? AND instance_id = ? AND record_seq = ?")
+                .bind(&r.invoke_id)
+                .bind(instance_id)
+                .bind(r.record_seq as i64)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(existing) = existing {
+            let existing = status_of(&existing)?;
+            // A final record never changes again; a repeated non-final state adds nothing.
+            if existing.is_final() || existing == r.status {
+                return Ok(ReportEffect::Duplicate);
+            }
+        }
+        let output = base64_decode(&r.output_b64);
+        sqlx::query(
+            "INSERT INTO records (invoke_id, instance_id, record_seq, status, exit_code, output, dropped, error_code, \
+             error_info, start_time, finish_time) VALUES (?,?,?,?,?,?,?,?,?,?,?) \
+             ON CONFLICT (invoke_id, instance_id, record_seq) DO UPDATE SET status = excluded.status, \
+             exit_code = excluded.exit_code, output = excluded.output, dropped = excluded.dropped, \
+             error_code = excluded.error_code, error_info = excluded.error_info, start_time = excluded.start_time, \
+             finish_time = excluded.finish_time",
+        )
+        .bind(&r.invoke_id)
+        .bind(instance_id)
+        .bind(r.record_seq as i64)
+        .bind(r.status.as_str())
+        .bind(r.exit_code)
+        .bind(&output)
+        .bind(r.dropped as i64)
+        .bind(&r.error_code)
+        .bind(&r.error_info)
+        .bind(&r.start_time)
+        .bind(&r.finish_time)
+        .execute(&mut *tx)
+        .await?;
+        let target_status = target_status_after(&repeat_mode, r.status);
+        sqlx::query(
+            "UPDATE targets SET status = ?, delivered = 1, repeats = MAX(repeats, ?), exit_code = ?, output = ?, \
+             dropped = ?, error_code = ?, error_info = ?, \
+             start_time = CASE WHEN start_time = '' THEN ? ELSE start_time END, finish_time = ?, updated_at = ? \
+             WHERE invoke_id = ? AND instance_id = ?",
+        )
+        .bind(target_status.as_str())
+        .bind(r.record_seq as i64)
+        .bind(r.exit_code)
+        .bind(&output)
+        .bind(r.dropped as i64)
+        .bind(&r.error_code)
+        .bind(&r.error_info)
+        .bind(&r.start_time)
+        .bind(if target_status.is_final() { r.finish_time.as_str() } else { "" })
+        .bind(now_str())
+        .bind(&r.invoke_id)
+        .bind(instance_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(ReportEffect::Applied)
+    }
+
+    async fn request_stop(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("UPDATE invocations SET stop_requested = 1 WHERE invoke_id = ?").bind(invoke_id).execute(&mut *tx).await?;
+        let rows = sqlx::query("SELECT instance_id, delivered, status FROM targets WHERE invoke_id = ?")
+            .bind(invoke_id)
+            .fetch_all(&mut *tx)
+            .await?;
+        let now = now_str();
+        let mut notify = Vec::new();
+        for row in rows {
+            let id: String = row.get("instance_id");
+            if !instances.is_empty() && !instances.contains(&id) {
+                continue;
+            }
+            let status = status_of(row.get("status"))?;
+            if status.is_final() {
+                continue;
+            }
+            // Never delivered: nothing runs anywhere, so it is Stopped now.
+            // Delivered: Stopping until the agent confirms.
+            let new = if row.get::<i64, _>("delivered") == 0 { RecordStatus::Stopped } else { RecordStatus::Stopping };
+            sqlx::query("UPDATE targets SET status = ?, updated_at = ?, finish_time = CASE WHEN ? THEN ? ELSE finish_time END WHERE invoke_id = ? AND instance_id = ?")
+                .bind(new.as_str())
+                .bind(&now)
+                .bind(new.is_final())
+                .bind(&now)
+                .bind(invoke_id)
+                .bind(&id)
+                .execute(&mut *tx)
+                .await?;
+            notify.push(id);
+        }
+        tx.commit().await?;
+        Ok(notify)
+    }
+
+    async fn expire_undelivered(&self, cutoff: &str, code: &str, info: &str) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE targets SET status = 'Failed', error_code = ?, error_info = ?, finish_time = ?, updated_at = ? \
+             WHERE delivered = 0 AND status = 'Pending' AND created_at < ?",
+        )
+        .bind(code)
+        .bind(info)
+        .bind(now_str())
+        .bind(now_str())
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+}
+
+/// Instance-level status after a record changes (seed 001): a one-shot
+/// invocation mirrors its single record; a periodic one stays Running
+/// between fires until the user stops it.
+fn target_status_after(repeat_mode: &str, record: RecordStatus) -> RecordStatus {
+    match repeat_mode {
+        "Period" | "EveryReboot" => match record {
+            RecordStatus::Stopped => RecordStatus::Stopped,
+            _ => RecordStatus::Running,
+        },
+        _ => record,
+    }
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default()
+}
+
+/// The wire form of a stored invocation for one instance.
+pub fn to_wire(inv: &InvocationRow, instance_name: String) -> Invocation {
+    Invocation {
+        invoke_id: inv.invoke_id.clone(),
+        command_id: inv.command_id.clone(),
+        command_type: inv.command_type.clone(),
+        content: inv.content.clone(),
+        timeout_secs: inv.timeout_secs.max(0) as u64,
+        working_dir: (!inv.working_dir.is_empty()).then(|| inv.working_dir.clone()),
+        username: (!inv.username.is_empty()).then(|| inv.username.clone()),
+        enable_parameter: inv.enable_parameter,
+        parameters: serde_json::from_str(&inv.parameters).unwrap_or_default(),
+        repeat_mode: inv.repeat_mode.clone(),
+        frequency: (!inv.frequency.is_empty()).then(|| inv.frequency.clone()),
+        instance_name,
+        region_id: String::new(),
+    }
+}
