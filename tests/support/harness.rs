@@ -1,0 +1,252 @@
+//! Test harness: real `deckhand-hub` and `deckhand-agent` processes on
+//! 127.0.0.1 with real TLS (a CA generated per test), a real SQLite file,
+//! and the real signed API client.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use deckhand::cli::{Client, ClientConfig, CliError};
+use serde_json::Value;
+
+pub const AK_ID: &str = "LTAItestkey0001";
+pub const AK_SECRET: &str = "test-secret-0001";
+
+pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn log_file(dir: &Path, name: &str) -> Stdio {
+    Stdio::from(std::fs::File::create(dir.join(name)).expect("log file"))
+}
+
+pub struct Hub {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub url: String,
+    pub ca: PathBuf,
+    extra: Vec<String>,
+    port: u16,
+}
+
+impl Hub {
+    pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        deckhand::tls::install_crypto_provider();
+        let pki = deckhand::tls::ensure_dev_pki(dir.path()).expect("pki");
+        let mut hub = Self { child: None, url: String::new(), ca: pki.ca_cert, dir, extra: extra.iter().map(|s| s.to_string()).collect(), port: 0 };
+        hub.spawn();
+        hub
+    }
+
+    fn spawn(&mut self) {
+        let d = self.dir.path();
+        let addr_file = d.join("addr");
+        let _ = std::fs::remove_file(&addr_file);
+        let listen = format!("127.0.0.1:{}", self.port);
+        let child = Command::new(env!("CARGO_BIN_EXE_deckhand-hub"))
+            .args(["--listen", &listen, "--data-dir"])
+            .arg(d.join("data"))
+            .arg("--tls-cert")
+            .arg(d.join("hub.pem"))
+            .arg("--tls-key")
+            .arg(d.join("hub-key.pem"))
+            .arg("--addr-file")
+            .arg(&addr_file)
+            .args(["--access-key", &format!("{AK_ID}:{AK_SECRET}")])
+            .args(&self.extra)
+            .env("DECKHAND_LOG", "info,deckhand=debug")
+            .stdout(Stdio::null())
+            .stderr(log_file(d, &format!("hub-{}.log", self.port)))
+            .spawn()
+            .expect("spawn hub");
+        self.child = Some(child);
+        let url = wait_until("hub address file", Duration::from_secs(20), || std::fs::read_to_string(&addr_file).ok().filter(|s| !s.is_empty()));
+        self.port = url.rsplit(':').next().unwrap().parse().unwrap();
+        self.url = url;
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(ClientConfig { endpoint: self.url.clone(), access_key_id: AK_ID.into(), access_key_secret: AK_SECRET.into(), ca_file: Some(self.ca.clone()) }).expect("client")
+    }
+
+    pub fn call(&self, action: &str, params: &[(&str, &str)]) -> Result<Value, CliError> {
+        let p: Vec<(&str, String)> = params.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        self.client().call(action, &p)
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe_kill(c.id(), "TERM");
+        wait_exit(&mut c, Duration::from_secs(20))
+    }
+
+    /// Same data dir, same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("hub-{}.log", self.port))).unwrap_or_default()
+    }
+
+    /// Creates an activation and starts an agent registered with it.
+    pub fn agent(&self) -> Agent {
+        let v = self.call("CreateActivation", &[("InstanceCount", "1")]).expect("activation");
+        let id = v["ActivationId"].as_str().unwrap().to_string();
+        let code = v["ActivationCode"].as_str().unwrap().to_string();
+        let mut a = Agent { child: None, dir: tempfile::tempdir().expect("tempdir"), hub_url: self.url.clone(), ca: self.ca.clone(), activation: Some((id, code)), extra: vec![] };
+        a.spawn();
+        a.instance_id();
+        a
+    }
+
+    pub fn wait_online(&self, instance_id: &str) {
+        wait_until(&format!("{instance_id} online"), Duration::from_secs(20), || {
+            let v = self.call("DescribeCloudAssistantStatus", &[("InstanceId.1", instance_id)]).ok()?;
+            let s = v["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"][0]["CloudAssistantStatus"].as_str()?.to_string();
+            (s == "true").then_some(())
+        })
+    }
+
+    /// RunCommand with sensible defaults; returns the invoke id.
+    pub fn run(&self, script: &str, instances: &[&str], extra: &[(&str, &str)]) -> String {
+        let keys: Vec<String> = (1..=instances.len()).map(|i| format!("InstanceId.{i}")).collect();
+        let mut p: Vec<(&str, &str)> = vec![("Type", "RunShellScript"), ("CommandContent", script)];
+        for (k, v) in keys.iter().zip(instances) {
+            p.push((k.as_str(), v));
+        }
+        p.extend_from_slice(extra);
+        let v = self.call("RunCommand", &p).expect("RunCommand");
+        v["InvokeId"].as_str().unwrap().to_string()
+    }
+
+    /// Waits until every target of the invocation is final; returns results.
+    pub fn wait_final(&self, invoke_id: &str, timeout: Duration) -> Vec<Value> {
+        wait_until(&format!("{invoke_id} final"), timeout, || {
+            let v = self.call("DescribeInvocationResults", &[("InvokeId", invoke_id), ("PageSize", "50")]).ok()?;
+            let list = v["Invocation"]["InvocationResults"]["InvocationResult"].as_array()?.clone();
+            let done = !list.is_empty() && list.iter().all(|r| matches!(r["InvokeRecordStatus"].as_str(), Some("Finished" | "Failed" | "Stopped" | "Timeout")));
+            done.then_some(list)
+        })
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- hub log ----\n{}", self.log());
+        }
+        self.kill();
+    }
+}
+
+pub fn output_of(r: &Value) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(r["Output"].as_str().unwrap_or("")).unwrap()
+}
+
+pub struct Agent {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    hub_url: String,
+    ca: PathBuf,
+    activation: Option<(String, String)>,
+    pub extra: Vec<String>,
+}
+
+impl Agent {
+    pub fn spawn(&mut self) {
+        let d = self.dir.path();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deckhand-agent"));
+        cmd.args(["run", "--hub", &self.hub_url, "--state-dir"])
+            .arg(d.join("state"))
+            .arg("--ca-file")
+            .arg(&self.ca)
+            .args(["--backoff-cap-secs", "1"])
+            .args(&self.extra)
+            .env("DECKHAND_LOG", "info,deckhand=debug")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(d.join("agent.log")).unwrap()));
+        if let Some((id, code)) = &self.activation {
+            cmd.args(["--activation-id", id, "--activation-code", code]);
+        }
+        self.child = Some(cmd.spawn().expect("spawn agent"));
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    pub fn instance_id(&self) -> String {
+        let path = self.state_dir().join("identity.json");
+        wait_until("agent identity", Duration::from_secs(20), || {
+            let v: Value = serde_json::from_slice(&std::fs::read(&path).ok()?).ok()?;
+            Some(v["instance_id"].as_str()?.to_string())
+        })
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe_kill(c.id(), "TERM");
+        wait_exit(&mut c, Duration::from_secs(20))
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- agent log ----\n{}", self.log());
+        }
+        self.kill();
+    }
+}
+
+/// Sends a signal with the system `kill` command (no libc in tests).
+pub fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
+}
+
+fn wait_exit(c: &mut Child, timeout: Duration) -> std::process::ExitStatus {
+    wait_until("process exit", timeout, || c.try_wait().ok().flatten())
+}
