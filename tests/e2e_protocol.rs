@@ -1,0 +1,125 @@
+//! Bad input on the agent WebSocket: malformed frames, unknown types,
+//! oversized frames, wrong protocol version, wrong credentials, and forged
+//! reports. Each gets a clear error and the hub keeps serving others.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::time::Duration;
+
+use deckhand::agent::transport::{HubUrl, Ws, dial};
+use deckhand::protocol::{self, AgentMsg, HostFacts, HubMsg, RecordReport, RecordStatus};
+use futures_util::{SinkExt, StreamExt};
+use harness::Hub;
+use tokio_tungstenite::tungstenite::Message;
+
+async fn connect(hub: &Hub) -> Ws {
+    let tls = deckhand::tls::client_config(Some(&hub.ca)).unwrap();
+    dial(&HubUrl::parse(&hub.url).unwrap(), &tls, false).await.expect("dial")
+}
+
+async fn next_msg(ws: &mut Ws) -> Option<HubMsg> {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("hub answered in time") {
+            Some(Ok(Message::Text(t))) => return Some(protocol::decode(t.as_str()).expect("hub sends valid frames")),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return None,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+fn identity(agent: &harness::Agent) -> (String, String) {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(agent.state_dir().join("identity.json")).unwrap()).unwrap();
+    (v["instance_id"].as_str().unwrap().into(), v["token"].as_str().unwrap().into())
+}
+
+fn hello(id: &str, token: &str, protocol: u32) -> String {
+    protocol::encode(&AgentMsg::Hello { protocol, instance_id: id.into(), token: token.into(), facts: HostFacts::default() })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_unknown_and_version_errors() {
+    let hub = Hub::start();
+    let mut agent = hub.agent();
+    let (id, token) = identity(&agent);
+    agent.kill();
+
+    let mut ws = connect(&hub).await;
+    ws.send(Message::Text("this is not json".into())).await.unwrap();
+    match next_msg(&mut ws).await {
+        Some(HubMsg::Error { code, fatal, .. }) => assert!(code == "MalformedFrame" && !fatal),
+        other => panic!("expected MalformedFrame, got {other:?}"),
+    }
+    ws.send(Message::Text(hello(&id, &token, 99).into())).await.unwrap();
+    match next_msg(&mut ws).await {
+        Some(HubMsg::Error { code, message, fatal }) => {
+            assert_eq!(code, "UnsupportedProtocol");
+            assert!(fatal && message.contains("99") && message.contains('1'), "{message}");
+        }
+        other => panic!("expected UnsupportedProtocol, got {other:?}"),
+    }
+    assert!(next_msg(&mut ws).await.is_none(), "connection closed after a fatal error");
+
+    let mut ws = connect(&hub).await;
+    ws.send(Message::Text(hello(&id, "wrong-token", 1).into())).await.unwrap();
+    match next_msg(&mut ws).await {
+        Some(HubMsg::Error { code, fatal, .. }) => assert!(code == "InvalidCredential" && fatal),
+        other => panic!("expected InvalidCredential, got {other:?}"),
+    }
+
+    // Authenticated session: an unknown message type is rejected, the
+    // session lives on (a heartbeat is still answered).
+    let mut ws = connect(&hub).await;
+    ws.send(Message::Text(hello(&id, &token, 1).into())).await.unwrap();
+    assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::Welcome { .. })));
+    ws.send(Message::Text(r#"{"type":"self_destruct"}"#.into())).await.unwrap();
+    assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::Error { ref code, fatal: false, .. }) if code == "MalformedFrame"));
+    ws.send(Message::Text(protocol::encode(&AgentMsg::Heartbeat { sent_ms: 7 }).into())).await.unwrap();
+    assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::HeartbeatAck { sent_ms: 7 })));
+
+    // An oversized frame ends that connection only.
+    let big = "x".repeat(protocol::MAX_FRAME_BYTES + 10);
+    let _ = ws.send(Message::Text(big.into())).await;
+    assert!(next_msg(&mut ws).await.is_none(), "oversized frame closes the connection");
+    let b = hub.agent();
+    hub.wait_online(&b.instance_id());
+    let inv = hub.run("echo still-serving", &[&b.instance_id()], &[]);
+    let r = &hub.wait_final(&inv, Duration::from_secs(30))[0];
+    assert_eq!(harness::output_of(r), b"still-serving\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_report_for_another_instance_is_refused() {
+    let hub = Hub::start();
+    let victim = hub.agent();
+    let mut attacker = hub.agent();
+    let vid = victim.instance_id();
+    hub.wait_online(&vid);
+    let inv = hub.run("echo genuine", &[&vid], &[]);
+    hub.wait_final(&inv, Duration::from_secs(30));
+
+    let (aid, atoken) = identity(&attacker);
+    attacker.kill();
+    let mut ws = connect(&hub).await;
+    ws.send(Message::Text(hello(&aid, &atoken, 1).into())).await.unwrap();
+    assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::Welcome { .. })));
+    let forged = RecordReport {
+        invoke_id: inv.clone(),
+        record_seq: 0,
+        status: RecordStatus::Finished,
+        exit_code: Some(0),
+        output_b64: "Zm9yZ2Vk".into(),
+        dropped: 0,
+        error_code: String::new(),
+        error_info: String::new(),
+        start_time: String::new(),
+        finish_time: String::new(),
+    };
+    ws.send(Message::Text(protocol::encode(&AgentMsg::Report { report_id: 1, report: forged }).into())).await.unwrap();
+    match next_msg(&mut ws).await {
+        Some(HubMsg::Error { code, .. }) => assert_eq!(code, "NotATarget"),
+        other => panic!("expected NotATarget, got {other:?}"),
+    }
+    let r = &hub.wait_final(&inv, Duration::from_secs(5))[0];
+    assert_eq!(harness::output_of(r), b"genuine\n", "stored result untouched");
+}
