@@ -6,9 +6,11 @@
 //! [`AgentConfig`], [`run`], [`identity`], [`schedule_check`].
 
 pub mod backoff;
+pub mod config;
 pub mod identity;
 pub mod journal;
 pub mod runner;
+pub mod service;
 pub mod state;
 pub mod transport;
 
@@ -122,27 +124,118 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     for inv in recovery.to_run {
         runner.spawn(inv);
     }
+    let live = Arc::new(service::Liveness::default());
+    live.stamp();
+    service::notify_ready();
+    service::spawn_watchdog(live.clone(), shutdown.clone());
+    let status = Arc::new(std::sync::Mutex::new(service::Status { pid: std::process::id(), hub: config.hub.clone(), ..Default::default() }));
+    spawn_status_writer(config.state_dir.clone(), status.clone(), runner.clone(), shutdown.clone());
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
-    loop {
+    let result = loop {
         if shutdown.is_cancelled() {
-            return Ok(());
+            break Ok(());
         }
+        let ctx = Ctx { config: &config, url: &url, tls: &tls, runner: &runner, live: &live, status: &status, shutdown: &shutdown };
         let result = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = connect_and_serve(&config, &url, &tls, &mut identity, &runner, &mut live_rx, &shutdown, &mut backoff) => r,
+            _ = shutdown.cancelled() => break Ok(()),
+            r = connect_and_serve(&ctx, &mut identity, &mut live_rx, &mut backoff) => r,
         };
+        set_status(&status, |s| s.connected = false);
         match result {
-            Ok(()) => return Ok(()),
-            Err(e) if e.is_fatal() => return Err(e),
+            Ok(()) => break Ok(()),
+            Err(e) if e.is_fatal() => break Err(e),
             Err(e) => {
                 let delay = backoff.next_delay();
                 tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "hub connection failed");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
+                // Sleep in slices so the watchdog sees the loop alive.
+                let until = tokio::time::Instant::now() + delay;
+                while tokio::time::Instant::now() < until {
+                    live.stamp();
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep_until(until.min(tokio::time::Instant::now() + service::LOOP_TICK)) => {}
+                    }
                 }
             }
         }
+    };
+    service::notify_stopping();
+    set_status(&status, |s| s.connected = false);
+    result
+}
+
+type SharedStatus = Arc<std::sync::Mutex<service::Status>>;
+
+fn set_status(status: &SharedStatus, f: impl FnOnce(&mut service::Status)) {
+    f(&mut status.lock().unwrap_or_else(|e| e.into_inner()));
+}
+
+/// Refreshes status.json every loop tick (and once more at shutdown).
+fn spawn_status_writer(dir: PathBuf, status: SharedStatus, runner: Arc<Runner>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        loop {
+            let snapshot = {
+                let mut s = status.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                s.running = runner.running_ids();
+                let st = runner.state.lock().unwrap_or_else(|e| e.into_inner());
+                s.journal_backlog = st.backlog();
+                s.open_invocations = st.open_count();
+                s.updated_at = chrono::Utc::now().to_rfc3339();
+                s
+            };
+            service::write_status(&dir, &snapshot);
+            if shutdown.is_cancelled() {
+                return;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(service::LOOP_TICK) => {}
+            }
+        }
+    });
+}
+
+/// What one connection attempt needs from the agent.
+struct Ctx<'a> {
+    config: &'a AgentConfig,
+    url: &'a HubUrl,
+    tls: &'a Arc<rustls::ClientConfig>,
+    runner: &'a Arc<Runner>,
+    live: &'a Arc<service::Liveness>,
+    status: &'a SharedStatus,
+    shutdown: &'a CancellationToken,
+}
+
+/// Registers with the configured activation and returns the identity,
+/// without serving (for `deckhand-agent register`). Already registered:
+/// returns the stored identity.
+pub async fn register(config: &AgentConfig) -> Result<Identity, AgentError> {
+    ensure_state_dir(&config.state_dir)?;
+    if let Some(id) = identity::load(&config.state_dir)? {
+        return Ok(id);
+    }
+    let url = HubUrl::parse(&config.hub)?;
+    let tls = crate::tls::client_config(config.ca_file.as_deref())?;
+    let mut ws = transport::dial(&url, &tls, config.insecure_loopback).await?;
+    let id = register_on(&mut ws, config).await?;
+    let _ = ws.close(None).await;
+    Ok(id)
+}
+
+async fn register_on(ws: &mut Ws, config: &AgentConfig) -> Result<Identity, AgentError> {
+    let Some((activation_id, activation_code)) = config.activation.clone() else {
+        return Err(AgentError::NotRegistered(config.state_dir.clone()));
+    };
+    send(ws, &AgentMsg::Register { protocol: PROTOCOL_VERSION, activation_id, activation_code, facts: identity::host_facts() }).await?;
+    match recv(ws).await? {
+        HubMsg::Registered { instance_id, token } => {
+            let id = Identity { instance_id, token, hub: config.hub.clone() };
+            identity::save(&config.state_dir, &id)?;
+            tracing::info!(instance_id = %id.instance_id, "registered with hub");
+            Ok(id)
+        }
+        HubMsg::Error { code, message, .. } => Err(AgentError::Refused { code, message }),
+        other => Err(AgentError::Lost(format!("unexpected answer to register: {other:?}"))),
     }
 }
 
@@ -167,34 +260,17 @@ async fn recv(ws: &mut Ws) -> Result<HubMsg, AgentError> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn connect_and_serve(
-    config: &AgentConfig,
-    url: &HubUrl,
-    tls: &Arc<rustls::ClientConfig>,
+    ctx: &Ctx<'_>,
     identity: &mut Option<Identity>,
-    runner: &Arc<Runner>,
     live_rx: &mut mpsc::Receiver<LiveChunk>,
-    shutdown: &CancellationToken,
     backoff: &mut Backoff,
 ) -> Result<(), AgentError> {
+    let (config, url, tls, runner) = (ctx.config, ctx.url, ctx.tls, ctx.runner);
     let mut ws = transport::dial(url, tls, config.insecure_loopback).await?;
     let facts = identity::host_facts();
     if identity.is_none() {
-        let Some((activation_id, activation_code)) = config.activation.clone() else {
-            return Err(AgentError::NotRegistered(config.state_dir.clone()));
-        };
-        send(&mut ws, &AgentMsg::Register { protocol: PROTOCOL_VERSION, activation_id, activation_code, facts: facts.clone() }).await?;
-        match recv(&mut ws).await? {
-            HubMsg::Registered { instance_id, token } => {
-                let id = Identity { instance_id, token, hub: config.hub.clone() };
-                identity::save(&config.state_dir, &id)?;
-                tracing::info!(instance_id = %id.instance_id, "registered with hub");
-                *identity = Some(id);
-            }
-            HubMsg::Error { code, message, .. } => return Err(AgentError::Refused { code, message }),
-            other => return Err(AgentError::Lost(format!("unexpected answer to register: {other:?}"))),
-        }
+        *identity = Some(register_on(&mut ws, config).await?);
     }
     let id = identity.clone().expect("identity set above");
     runner.set_instance_id(&id.instance_id);
@@ -209,16 +285,16 @@ async fn connect_and_serve(
     };
     tracing::info!(instance_id = %id.instance_id, hub = %config.hub, "connected");
     backoff.reset();
-    session(&mut ws, runner, live_rx, shutdown, hb).await
+    set_status(ctx.status, |s| {
+        s.connected = true;
+        s.instance_id = id.instance_id.clone();
+    });
+    session(ctx, &mut ws, live_rx, hb).await
 }
 
-async fn session(
-    ws: &mut Ws,
-    runner: &Arc<Runner>,
-    live_rx: &mut mpsc::Receiver<LiveChunk>,
-    shutdown: &CancellationToken,
-    hb: Duration,
-) -> Result<(), AgentError> {
+async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveChunk>, hb: Duration) -> Result<(), AgentError> {
+    let (runner, shutdown) = (ctx.runner, ctx.shutdown);
+    let mut stamp = tokio::time::interval(service::LOOP_TICK);
     // Reports the hub has not acknowledged are sent again on every connection.
     let mut sent_upto = 0u64;
     let mut ticker = tokio::time::interval(hb);
@@ -227,6 +303,7 @@ async fn session(
     let dead_after = hb * 2;
     let mut last_heard = tokio::time::Instant::now();
     loop {
+        ctx.live.stamp();
         // Send whatever is pending beyond what this connection already sent.
         let batch: Vec<(u64, protocol::RecordReport)> = {
             let st = runner.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -242,6 +319,7 @@ async fn session(
                 return Ok(());
             }
             _ = runner.outbox_ready.notified() => {}
+            _ = stamp.tick() => {}
             _ = ticker.tick() => {
                 if last_heard.elapsed() > dead_after {
                     return Err(AgentError::Lost(format!("no frame from hub for {:?}", last_heard.elapsed())));
@@ -266,7 +344,7 @@ async fn session(
                     HubMsg::ReportAck { report_id } => {
                         runner.state.lock().unwrap_or_else(|e| e.into_inner()).ack(report_id)?;
                     }
-                    HubMsg::HeartbeatAck { .. } => {}
+                    HubMsg::HeartbeatAck { .. } => set_status(ctx.status, |s| s.last_heartbeat_ack = chrono::Utc::now().to_rfc3339()),
                     HubMsg::Error { code, message, fatal } => {
                         tracing::warn!(code, message, fatal, "hub reported an error");
                         if fatal {

@@ -117,6 +117,13 @@ impl Runner {
         );
     }
 
+    /// Invocations with a run queued or in progress.
+    pub fn running_ids(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.stops.lock().unwrap_or_else(|e| e.into_inner()).keys().cloned().collect();
+        v.sort();
+        v
+    }
+
     pub fn stop(&self, invoke_id: &str) {
         let token = self.stops.lock().unwrap_or_else(|e| e.into_inner()).get(invoke_id).cloned();
         match token {

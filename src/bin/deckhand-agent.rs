@@ -1,28 +1,31 @@
-//! `deckhand-agent`: the node daemon. Thin main: flags → AgentConfig → run.
+//! `deckhand-agent`: the node daemon. Thin main: flags/env/config file →
+//! AgentConfig → run; plus `status`, `register` and `config check`.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use deckhand::agent::config::AgentFile;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(name = "deckhand-agent", version, about = "deckhand node agent")]
 struct Args {
-    #[arg(long, global = true)]
-    log_json: bool,
+    /// Config file (default /etc/deckhand/agent.toml when it exists).
+    #[arg(long, global = true, env = "DECKHAND_AGENT_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Cmd,
 }
 
+/// Every flag overrides the same key of agent.toml.
 #[derive(Debug, clap::Args)]
-struct Conn {
+struct Flags {
     /// Hub URL, e.g. https://hub.example:7070
     #[arg(long, env = "DECKHAND_AGENT_HUB")]
-    hub: String,
-    #[arg(long, env = "DECKHAND_AGENT_STATE_DIR", default_value = "/var/lib/deckhand/agent")]
-    state_dir: PathBuf,
+    hub: Option<String>,
+    #[arg(long, env = "DECKHAND_AGENT_STATE_DIR")]
+    state_dir: Option<PathBuf>,
     /// Pin this CA instead of trusting the system roots.
     #[arg(long, env = "DECKHAND_AGENT_CA_FILE")]
     ca_file: Option<PathBuf>,
@@ -33,41 +36,74 @@ struct Conn {
     activation_id: Option<String>,
     #[arg(long, env = "DECKHAND_ACTIVATION_CODE", hide_env_values = true)]
     activation_code: Option<String>,
+    /// Scripts run at once; the rest wait in order.
+    #[arg(long, env = "DECKHAND_AGENT_MAX_CONCURRENT")]
+    max_concurrent: Option<usize>,
+    /// Reconnect back-off cap in seconds.
+    #[arg(long)]
+    backoff_cap_secs: Option<u64>,
+    #[arg(long)]
+    log_json: bool,
+}
+
+impl Flags {
+    fn as_file(&self) -> AgentFile {
+        AgentFile {
+            hub: self.hub.clone(),
+            state_dir: self.state_dir.clone(),
+            ca_file: self.ca_file.clone(),
+            insecure_loopback: self.insecure_loopback.then_some(true),
+            max_concurrent: self.max_concurrent,
+            backoff_cap_secs: self.backoff_cap_secs,
+            activation_id: self.activation_id.clone(),
+            activation_code: self.activation_code.clone(),
+            log_json: self.log_json.then_some(true),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
     /// Connect to the hub and serve invocations until stopped.
-    Run {
-        #[command(flatten)]
-        conn: Conn,
-        /// Scripts run at once; the rest wait in order.
-        #[arg(long, default_value_t = 8)]
-        max_concurrent: usize,
-        /// Reconnect back-off cap in seconds.
-        #[arg(long, default_value_t = 60)]
-        backoff_cap_secs: u64,
+    Run(Flags),
+    /// Register with an activation code, store the identity, and exit.
+    Register(Flags),
+    /// Print connection state, hub, last heartbeat, running invocations, backlog.
+    Status {
+        #[arg(long, env = "DECKHAND_AGENT_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the configuration and print the effective settings.
+    Config {
+        #[command(subcommand)]
+        action: ConfigCmd,
     },
 }
 
-fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+#[derive(Debug, Subcommand)]
+enum ConfigCmd {
+    Check(Flags),
+}
+
+fn init_log(json: bool) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("DECKHAND_LOG").unwrap_or_else(|_| "info".into());
-    if args.log_json {
+    if json {
         tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
     deckhand::tls::install_crypto_provider();
     match args.command {
-        Cmd::Run { conn, max_concurrent, backoff_cap_secs } => {
-            let mut cfg = deckhand::agent::AgentConfig::new(conn.hub, conn.state_dir);
-            cfg.ca_file = conn.ca_file;
-            cfg.insecure_loopback = conn.insecure_loopback;
-            cfg.activation = conn.activation_id.zip(conn.activation_code);
-            anyhow::ensure!((1..=256).contains(&max_concurrent), "--max-concurrent must be within 1..=256, got {max_concurrent}");
-            cfg.max_concurrent = max_concurrent;
-            cfg.backoff_cap = Duration::from_secs(backoff_cap_secs.clamp(1, 3600));
+        Cmd::Run(flags) => {
+            let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());
+            init_log(file.log_json.unwrap_or(false));
+            let cfg = file.resolve()?;
             // Small runtime: the agent is mostly idle; two workers suffice.
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(async move {
@@ -80,6 +116,40 @@ fn main() -> anyhow::Result<()> {
                 });
                 deckhand::agent::run(cfg, shutdown).await.context("agent")
             })
+        }
+        Cmd::Register(flags) => {
+            let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());
+            init_log(file.log_json.unwrap_or(false));
+            let cfg = file.resolve()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let id = rt.block_on(deckhand::agent::register(&cfg)).context("register")?;
+            println!("registered as {} (identity in {})", id.instance_id, cfg.state_dir.display());
+            Ok(())
+        }
+        Cmd::Status { state_dir, json } => {
+            let dir = state_dir
+                .or_else(|| AgentFile::discover(args.config.as_deref()).ok().and_then(|f| f.state_dir))
+                .unwrap_or_else(|| deckhand::agent::config::DEFAULT_STATE_DIR.into());
+            let s = deckhand::agent::service::read_status(&dir).with_context(|| format!("no status in {} (is the agent running?)", dir.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                println!("instance:        {}", s.instance_id);
+                println!("hub:             {}", s.hub);
+                println!("connected:       {}", s.connected);
+                println!("last heartbeat:  {}", if s.last_heartbeat_ack.is_empty() { "-" } else { &s.last_heartbeat_ack });
+                println!("running:         {}", if s.running.is_empty() { "-".to_string() } else { s.running.join(", ") });
+                println!("journal backlog: {} report(s) not yet acknowledged", s.journal_backlog);
+                println!("pid / updated:   {} / {}", s.pid, s.updated_at);
+            }
+            Ok(())
+        }
+        Cmd::Config { action: ConfigCmd::Check(flags) } => {
+            let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());
+            let cfg = file.resolve()?;
+            println!("configuration OK");
+            println!("hub = {:?}\nstate_dir = {:?}\nca_file = {:?}\nmax_concurrent = {}\nbackoff_cap_secs = {}", cfg.hub, cfg.state_dir, cfg.ca_file, cfg.max_concurrent, cfg.backoff_cap.as_secs());
+            Ok(())
         }
     }
 }

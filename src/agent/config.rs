@@ -1,0 +1,132 @@
+//! The agent's configuration: `/etc/deckhand/agent.toml` (every key
+//! optional, unknown keys refused), overridden key by key by flags and
+//! environment variables. `deckhand-agent config check` prints the result.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::AgentConfig;
+use super::transport::HubUrl;
+
+pub const DEFAULT_PATH: &str = "/etc/deckhand/agent.toml";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/deckhand/agent";
+/// More parallel scripts than this is a fork bomb, not a fleet tool.
+pub const MAX_CONCURRENT: usize = 256;
+pub const MAX_BACKOFF_CAP_SECS: u64 = 3600;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+/// Keys of agent.toml; the same names (upper-cased, DECKHAND_AGENT_ prefix
+/// or as documented per flag) exist as flags and environment variables.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentFile {
+    /// Hub URL, `https://host:port`.
+    pub hub: Option<String>,
+    /// Journal, identity and status live here (0700).
+    pub state_dir: Option<PathBuf>,
+    /// Pinned CA certificate (PEM); absent: system roots.
+    pub ca_file: Option<PathBuf>,
+    /// Allow plain ws:// to a loopback hub.
+    pub insecure_loopback: Option<bool>,
+    /// Scripts running at once (1..=256, default 8).
+    pub max_concurrent: Option<usize>,
+    /// Reconnect back-off ceiling in seconds (1..=3600, default 60).
+    pub backoff_cap_secs: Option<u64>,
+    /// One-time registration, used only while no identity exists.
+    pub activation_id: Option<String>,
+    pub activation_code: Option<String>,
+    /// Log as JSON lines.
+    pub log_json: Option<bool>,
+}
+
+impl AgentFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    /// The file named by `explicit`, else the default path if it exists.
+    pub fn discover(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        match explicit {
+            Some(p) => Self::load(p),
+            None if Path::new(DEFAULT_PATH).exists() => Self::load(Path::new(DEFAULT_PATH)),
+            None => Ok(Self::default()),
+        }
+    }
+
+    /// `other`'s set keys win.
+    pub fn overlay(mut self, other: AgentFile) -> Self {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(hub, state_dir, ca_file, insecure_loopback, max_concurrent, backoff_cap_secs, activation_id, activation_code, log_json);
+        self
+    }
+
+    /// Validates every key and builds the runtime config.
+    pub fn resolve(&self) -> Result<AgentConfig, ConfigError> {
+        let hub = self.hub.clone().ok_or(ConfigError::Invalid { key: "hub", message: "required (flag --hub, env DECKHAND_AGENT_HUB, or `hub` in agent.toml)".into() })?;
+        HubUrl::parse(&hub).map_err(|e| ConfigError::Invalid { key: "hub", message: e.to_string() })?;
+        let mut cfg = AgentConfig::new(hub, self.state_dir.clone().unwrap_or_else(|| DEFAULT_STATE_DIR.into()));
+        if let Some(ca) = &self.ca_file {
+            if !ca.exists() {
+                return Err(ConfigError::Invalid { key: "ca_file", message: format!("{} does not exist", ca.display()) });
+            }
+            cfg.ca_file = Some(ca.clone());
+        }
+        cfg.insecure_loopback = self.insecure_loopback.unwrap_or(false);
+        let mc = self.max_concurrent.unwrap_or(8);
+        if !(1..=MAX_CONCURRENT).contains(&mc) {
+            return Err(ConfigError::Invalid { key: "max_concurrent", message: format!("{mc} is outside 1..={MAX_CONCURRENT}") });
+        }
+        cfg.max_concurrent = mc;
+        let cap = self.backoff_cap_secs.unwrap_or(60);
+        if !(1..=MAX_BACKOFF_CAP_SECS).contains(&cap) {
+            return Err(ConfigError::Invalid { key: "backoff_cap_secs", message: format!("{cap} is outside 1..={MAX_BACKOFF_CAP_SECS}") });
+        }
+        cfg.backoff_cap = Duration::from_secs(cap);
+        cfg.activation = match (&self.activation_id, &self.activation_code) {
+            (Some(i), Some(c)) => Some((i.clone(), c.clone())),
+            (None, None) => None,
+            _ => return Err(ConfigError::Invalid { key: "activation_code", message: "activation_id and activation_code go together".into() }),
+        };
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = toml::from_str::<AgentFile>("hub = \"https://h:1\"\nmax_concurent = 3\n").unwrap_err().to_string();
+        assert!(e.contains("max_concurent"), "{e}");
+    }
+
+    #[test]
+    fn overlay_and_validation() {
+        let file: AgentFile = toml::from_str("hub = \"https://h:1\"\nmax_concurrent = 4\n").unwrap();
+        let flags = AgentFile { max_concurrent: Some(300), ..Default::default() };
+        let e = file.clone().overlay(flags).resolve().unwrap_err().to_string();
+        assert!(e.contains("max_concurrent") && e.contains("1..=256"), "{e}");
+        let cfg = file.resolve().unwrap();
+        assert_eq!(cfg.max_concurrent, 4);
+        assert_eq!(cfg.backoff_cap, Duration::from_secs(60));
+        let e = AgentFile::default().resolve().unwrap_err().to_string();
+        assert!(e.starts_with("hub: required"), "{e}");
+        let e = AgentFile { hub: Some("ftp://x".into()), ..Default::default() }.resolve().unwrap_err().to_string();
+        assert!(e.starts_with("hub:"), "{e}");
+    }
+}

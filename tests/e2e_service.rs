@@ -1,0 +1,120 @@
+//! Running as a service: systemd readiness and watchdog over a real
+//! NOTIFY_SOCKET datagram socket, `deckhand-agent status`, and
+//! `deckhand-agent config check`.
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::os::unix::net::UnixDatagram;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use harness::{Hub, wait_until};
+
+fn agent_bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_deckhand-agent"))
+}
+
+#[test]
+fn agent_notifies_ready_and_feeds_watchdog() {
+    let hub = Hub::start();
+    let v = hub.call("CreateActivation", &[("InstanceCount", "1")]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut child = agent_bin()
+        .args(["run", "--hub", &hub.url, "--ca-file", hub.ca.to_str().unwrap(), "--state-dir"])
+        .arg(dir.path().join("state"))
+        .args(["--activation-id", v["ActivationId"].as_str().unwrap(), "--activation-code", v["ActivationCode"].as_str().unwrap()])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline && got.iter().filter(|m: &&String| m.contains("WATCHDOG=1")).count() < 3 {
+        if let Ok(n) = sock.recv(&mut buf) {
+            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(got.first().is_some_and(|m| m.contains("READY=1")), "{got:?}");
+    assert!(got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3, "{got:?}");
+}
+
+#[test]
+fn status_reports_connection_and_backlog() {
+    let hub = Hub::start();
+    let a = hub.agent();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    let s: serde_json::Value = wait_until("status connected", Duration::from_secs(20), || {
+        let out = agent_bin().args(["status", "--json", "--state-dir"]).arg(a.state_dir()).output().ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        (v["connected"] == true).then_some(v)
+    });
+    assert_eq!(s["instance_id"], id.as_str());
+    assert_eq!(s["hub"], hub.url.as_str());
+    assert_eq!(s["journal_backlog"], 0);
+    let out = agent_bin().args(["status", "--state-dir"]).arg(a.state_dir()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("connected:       true") && text.contains(&id), "{text}");
+}
+
+#[test]
+fn config_check_names_unknown_keys_and_bad_values() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("agent.toml");
+    std::fs::write(&cfg, "hub = \"https://hub.example:7070\"\nmax_concurrrent = 4\n").unwrap();
+    let out = agent_bin().arg("--config").arg(&cfg).args(["config", "check"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_concurrrent"), "{out:?}");
+
+    std::fs::write(&cfg, "hub = \"https://hub.example:7070\"\nmax_concurrent = 4\n").unwrap();
+    let out = agent_bin().arg("--config").arg(&cfg).args(["config", "check"]).output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("max_concurrent = 4"));
+
+    // A flag overrides the file, and is validated the same way.
+    let out = agent_bin().arg("--config").arg(&cfg).args(["config", "check", "--max-concurrent", "0"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("max_concurrent: 0 is outside 1..=256"), "{out:?}");
+}
+
+#[test]
+fn register_subcommand_stores_identity_0600() {
+    let hub = Hub::start();
+    let v = hub.call("CreateActivation", &[("InstanceCount", "1")]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let reg = |code: &str| {
+        agent_bin()
+            .args(["register", "--hub", &hub.url, "--ca-file", hub.ca.to_str().unwrap(), "--state-dir"])
+            .arg(&state)
+            .args(["--activation-id", v["ActivationId"].as_str().unwrap(), "--activation-code", code])
+            .output()
+            .unwrap()
+    };
+    let out = reg("wrong-code");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidActivationCode"), "{out:?}");
+    let out = reg(v["ActivationCode"].as_str().unwrap());
+    assert!(out.status.success(), "{out:?}");
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(state.join("identity.json")).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::metadata(&state).unwrap().permissions().mode() & 0o777, 0o700);
+    // The activation allowed one instance: a second machine is refused.
+    let other = dir.path().join("other");
+    let out = agent_bin()
+        .args(["register", "--hub", &hub.url, "--ca-file", hub.ca.to_str().unwrap(), "--state-dir"])
+        .arg(&other)
+        .args(["--activation-id", v["ActivationId"].as_str().unwrap(), "--activation-code", v["ActivationCode"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ActivationCountExceeded"), "{out:?}");
+}
