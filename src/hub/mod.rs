@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod config;
 mod live;
 mod server;
 pub mod store;

@@ -58,6 +58,7 @@ pub async fn serve(hub: Arc<Hub>, shutdown: CancellationToken) -> Result<(), Hub
     if let Some(f) = &hub.config.addr_file {
         std::fs::write(f, format!("{scheme}://{local}"))?;
     }
+    crate::agent::service::notify_ready();
     let app = router(hub.clone()).into_make_service_with_connect_info::<Peer>();
     let stop = shutdown.clone();
     let graceful = async move { stop.cancelled().await };

@@ -1,0 +1,132 @@
+//! The hub's configuration: `/etc/deckhand/hub.toml` (unknown keys
+//! refused), overridden key by key by flags and environment variables.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::HubConfig;
+
+pub const DEFAULT_PATH: &str = "/etc/deckhand/hub.toml";
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/deckhand/hub";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{key}: {message}")]
+    Invalid { key: &'static str, message: String },
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HubFile {
+    /// Address for the API and the agent WebSocket (default 127.0.0.1:7070).
+    pub listen: Option<String>,
+    /// SQLite database directory (default /var/lib/deckhand/hub).
+    pub data_dir: Option<PathBuf>,
+    /// PEM certificate chain and key for HTTPS/WSS.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP/WS; refused unless `listen` is a loopback address.
+    pub insecure_loopback: Option<bool>,
+    /// API AccessKey pairs as `ID:SECRET`.
+    pub access_keys: Option<Vec<String>>,
+    /// Agent heartbeat interval, seconds (1..=3600, default 30).
+    pub heartbeat_secs: Option<u64>,
+    /// Undelivered targets fail with ClientNotResponse after this many
+    /// seconds (1..=2592000, default 900).
+    pub delivery_timeout_secs: Option<u64>,
+    pub log_json: Option<bool>,
+}
+
+impl HubFile {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+    }
+
+    pub fn discover(explicit: Option<&Path>) -> Result<Self, ConfigError> {
+        match explicit {
+            Some(p) => Self::load(p),
+            None if Path::new(DEFAULT_PATH).exists() => Self::load(Path::new(DEFAULT_PATH)),
+            None => Ok(Self::default()),
+        }
+    }
+
+    pub fn overlay(mut self, other: HubFile) -> Self {
+        macro_rules! take {
+            ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
+        }
+        take!(listen, data_dir, tls_cert, tls_key, insecure_loopback, access_keys, heartbeat_secs, delivery_timeout_secs, log_json);
+        self
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data_dir.clone().unwrap_or_else(|| DEFAULT_DATA_DIR.into())
+    }
+
+    pub fn resolve(&self) -> Result<HubConfig, ConfigError> {
+        let listen_s = self.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.into());
+        let listen: SocketAddr = listen_s.parse().map_err(|_| ConfigError::Invalid { key: "listen", message: format!("{listen_s:?} is not an address like 0.0.0.0:7070") })?;
+        let mut cfg = HubConfig::new(listen);
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(c), Some(k)) => {
+                for (key, p) in [("tls_cert", c), ("tls_key", k)] {
+                    if !p.exists() {
+                        return Err(ConfigError::Invalid { key, message: format!("{} does not exist", p.display()) });
+                    }
+                }
+                cfg.tls = Some((c.clone(), k.clone()));
+            }
+            (None, None) if self.insecure_loopback == Some(true) => {
+                if !listen.ip().is_loopback() {
+                    return Err(ConfigError::Invalid { key: "insecure_loopback", message: format!("plain HTTP is refused on non-loopback address {listen}") });
+                }
+            }
+            (None, None) => return Err(ConfigError::Invalid { key: "tls_cert", message: "required (or insecure_loopback = true for a loopback-only test hub)".into() }),
+            _ => return Err(ConfigError::Invalid { key: "tls_key", message: "tls_cert and tls_key go together".into() }),
+        }
+        let hb = self.heartbeat_secs.unwrap_or(30);
+        if !(1..=3600).contains(&hb) {
+            return Err(ConfigError::Invalid { key: "heartbeat_secs", message: format!("{hb} is outside 1..=3600") });
+        }
+        cfg.heartbeat = Duration::from_secs(hb);
+        let dt = self.delivery_timeout_secs.unwrap_or(900);
+        if !(1..=2_592_000).contains(&dt) {
+            return Err(ConfigError::Invalid { key: "delivery_timeout_secs", message: format!("{dt} is outside 1..=2592000 (30 days)") });
+        }
+        cfg.delivery_timeout = Duration::from_secs(dt);
+        for pair in self.access_keys.iter().flatten() {
+            let Some((id, secret)) = pair.split_once(':').filter(|(i, s)| !i.is_empty() && !s.is_empty()) else {
+                return Err(ConfigError::Invalid { key: "access_keys", message: "each entry must be ID:SECRET".into() });
+            };
+            cfg.access_keys.push((id.to_string(), secret.to_string()));
+        }
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_key_and_bounds() {
+        let e = toml::from_str::<HubFile>("listn = \"1.2.3.4:1\"").unwrap_err().to_string();
+        assert!(e.contains("listn"), "{e}");
+        let f = HubFile { insecure_loopback: Some(true), heartbeat_secs: Some(0), ..Default::default() };
+        assert!(f.resolve().unwrap_err().to_string().starts_with("heartbeat_secs: 0 is outside"));
+        let f = HubFile { listen: Some("0.0.0.0:7070".into()), insecure_loopback: Some(true), ..Default::default() };
+        assert!(f.resolve().unwrap_err().to_string().contains("non-loopback"));
+        let f = HubFile { insecure_loopback: Some(true), access_keys: Some(vec!["nocolon".into()]), ..Default::default() };
+        assert!(f.resolve().unwrap_err().to_string().starts_with("access_keys"));
+        let f = HubFile { insecure_loopback: Some(true), access_keys: Some(vec!["a:b".into()]), ..Default::default() };
+        assert_eq!(f.resolve().unwrap().access_keys, vec![("a".to_string(), "b".to_string())]);
+    }
+}
