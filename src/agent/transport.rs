@@ -98,6 +98,10 @@ pub async fn dial(url: &HubUrl, tls: &Arc<rustls::ClientConfig>, insecure_loopba
     let mut cfg = WebSocketConfig::default();
     cfg.max_message_size = Some(MAX_FRAME_BYTES);
     cfg.max_frame_size = Some(MAX_FRAME_BYTES);
+    // The agent sends and receives small frames; a 4 KiB initial read
+    // buffer (default 128 KiB) keeps idle RSS down.
+    cfg.read_buffer_size = 4096;
+    cfg.write_buffer_size = 0;
     let (ws, _) = tokio::time::timeout(
         CONNECT_TIMEOUT,
         tokio_tungstenite::client_async_with_config(url.ws_url(), stream, Some(cfg)),

@@ -4,6 +4,7 @@
 //! Every command goes through the same signed Cloud Assistant API as any
 //! SDK would, so there is one contract. Public surface: [`Cli`], [`main`].
 
+mod bench;
 pub mod client;
 pub(crate) mod dev;
 mod run;
@@ -65,6 +66,11 @@ pub enum Command {
         #[arg(long = "instance")]
         instances: Vec<String>,
     },
+    /// Benchmarks (print figures; see docs/performance.md).
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCmd,
+    },
     /// Create an activation code for registering new agents.
     Activate {
         #[arg(long, default_value_t = 10)]
@@ -109,6 +115,7 @@ pub fn main(cli: Cli) -> anyhow_free::Result<i32> {
         Command::Invocations { limit } => show::invocations(&cli, *limit).map(|_| 0),
         Command::Results { invoke_id, history } => show::results(&cli, invoke_id, *history),
         Command::Stop { invoke_id, instances } => show::stop(&cli, invoke_id, instances).map(|_| 0),
+        Command::Bench { what } => bench::run(what).map(|_| 0),
         Command::Activate { count, ttl_hours, name } => show::activate(&cli, *count, *ttl_hours, name.as_deref()).map(|_| 0),
     }
 }

@@ -18,7 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::Hub;
-use super::store::{InstanceRow, ReportEffect, now_str};
+use super::store::{InstanceRow, ReportEffect, WriteOp, now_str};
 use crate::protocol::{self, AgentMsg, HubMsg, MAX_FRAME_BYTES, PROTOCOL_VERSION};
 
 /// Frames queued for one agent. A full queue means the agent is not
@@ -103,7 +103,12 @@ pub async fn upgrade(
     ConnectInfo(super::server::Peer(peer)): ConnectInfo<super::server::Peer>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    ws.max_message_size(MAX_FRAME_BYTES)
+    // Small initial buffers: they grow for the rare large frame, and at
+    // 10,000 connections the tungstenite defaults (128 KiB each) would
+    // dominate hub memory.
+    ws.read_buffer_size(4096)
+        .write_buffer_size(0)
+        .max_message_size(MAX_FRAME_BYTES)
         .max_frame_size(MAX_FRAME_BYTES)
         .on_upgrade(move |socket| async move {
             if let Err(e) = connection(hub, socket, peer).await {
@@ -239,15 +244,15 @@ async fn session(
 async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, msg: AgentMsg) -> Result<(), ConnError> {
     match msg {
         AgentMsg::Heartbeat { sent_ms } => {
-            hub.store.touch_instance(instance_id).await?;
+            hub.writer.write_lossy(WriteOp::Touch { instance_id: instance_id.to_string() });
             send(ws, &HubMsg::HeartbeatAck { sent_ms }).await?;
         }
         AgentMsg::InvokeAck { invoke_id } => {
-            hub.store.mark_delivered(&invoke_id, instance_id).await?;
+            hub.writer.write(WriteOp::Delivered { invoke_id, instance_id: instance_id.to_string() }).await?;
         }
         AgentMsg::Report { report_id, report } => {
             let invoke_id = report.invoke_id.clone();
-            match hub.store.apply_report(instance_id, &report).await? {
+            match hub.writer.write(WriteOp::Report { instance_id: instance_id.to_string(), report: report.clone() }).await? {
                 ReportEffect::Applied | ReportEffect::Duplicate => {
                     if report.status.is_final() {
                         hub.live.clear(&invoke_id, instance_id);

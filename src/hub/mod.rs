@@ -7,6 +7,7 @@ pub mod config;
 mod live;
 mod server;
 pub mod store;
+mod writer;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -61,11 +62,27 @@ impl HubConfig {
     }
 }
 
+/// Lifts the soft open-file limit to the hard limit: every agent holds a
+/// socket, and the default soft limit (1024) would cap the fleet.
+/// Returns the limit now in force (0 where unknown).
+pub fn raise_fd_limit() -> u64 {
+    #[cfg(unix)]
+    {
+        use nix::sys::resource::{Resource, getrlimit, setrlimit};
+        if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+            return hard;
+        }
+    }
+    0
+}
+
 /// Shared state every handler sees.
 pub struct Hub {
     pub store: Arc<dyn Store>,
     pub agents: agents::Registry,
     pub live: live::LiveOutput,
+    pub writer: writer::Writer,
     pub config: HubConfig,
     pub nonces: api::auth::NonceCache,
     pub shutdown: CancellationToken,
@@ -74,8 +91,11 @@ pub struct Hub {
 /// Runs the hub until `shutdown` fires, then closes agent sockets and
 /// lets in-flight requests finish.
 pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: CancellationToken) -> Result<(), HubError> {
+    let fds = raise_fd_limit();
+    tracing::info!(open_files_limit = fds, "starting hub");
     store.mark_all_offline().await?;
     let hub = Arc::new(Hub {
+        writer: writer::Writer::spawn(store.clone()),
         store,
         agents: agents::Registry::default(),
         live: live::LiveOutput::default(),

@@ -88,19 +88,23 @@ fn repeat(p: &Params) -> Result<(String, String), ApiError> {
     Ok((mode.to_string(), freq))
 }
 
-async fn instances(req: &Request<'_>) -> Result<Vec<String>, ApiError> {
+/// Target instances, de-duplicated, each known; with their names (one query).
+async fn instances(req: &Request<'_>) -> Result<Vec<(String, String)>, ApiError> {
     let mut ids = req.params.list("InstanceId")?;
     if ids.is_empty() {
         return Err(ApiError::missing("InstanceId"));
     }
     let mut seen = std::collections::HashSet::new();
     ids.retain(|i| seen.insert(i.clone()));
-    for id in &ids {
-        if req.hub.store.get_instance(id).await?.is_none() {
-            return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidInstance.NotFound", format!("The specified instance \"{id}\" does not exist.")));
-        }
-    }
-    Ok(ids)
+    let page = crate::hub::store::Page { offset: 0, limit: ids.len() as i64 };
+    let (rows, _) = req.hub.store.list_instances(&ids, None, page).await?;
+    let names: std::collections::HashMap<_, _> = rows.into_iter().map(|r| (r.instance_id, r.instance_name)).collect();
+    ids.into_iter()
+        .map(|id| match names.get(&id) {
+            Some(name) => Ok((id, name.clone())),
+            None => Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidInstance.NotFound", format!("The specified instance \"{id}\" does not exist."))),
+        })
+        .collect()
 }
 
 pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
@@ -190,11 +194,11 @@ fn invocation_for(cmd: &CommandRow, parameters: String, repeat_mode: String, fre
 
 /// Commits the invocation first, then pushes it to whoever is online;
 /// offline targets get it when they connect.
-async fn create_and_push(req: &Request<'_>, inv: InvocationRow, ids: &[String]) -> Result<Value, ApiError> {
-    req.hub.store.create_invocation(&inv, ids).await?;
-    for id in ids {
-        let name = req.hub.store.get_instance(id).await?.map(|i| i.instance_name).unwrap_or_default();
-        let mut wire = crate::hub::store::to_wire(&inv, name);
+async fn create_and_push(req: &Request<'_>, inv: InvocationRow, targets: &[(String, String)]) -> Result<Value, ApiError> {
+    let ids: Vec<String> = targets.iter().map(|(i, _)| i.clone()).collect();
+    req.hub.store.create_invocation(&inv, &ids).await?;
+    for (id, name) in targets {
+        let mut wire = crate::hub::store::to_wire(&inv, name.clone());
         wire.region_id = req.hub.config.region_id.clone();
         req.hub.agents.send(id, HubMsg::Invoke { invocation: wire });
     }

@@ -156,6 +156,14 @@ pub enum ReportEffect {
     NotATarget,
 }
 
+/// A small write the hub batches (see `hub::writer`).
+#[derive(Debug, Clone)]
+pub enum WriteOp {
+    Report { instance_id: String, report: RecordReport },
+    Delivered { invoke_id: String, instance_id: String },
+    Touch { instance_id: String },
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     // Instances and activations.
@@ -197,6 +205,9 @@ pub trait Store: Send + Sync + 'static {
     async fn undelivered_for(&self, instance_id: &str) -> Result<Vec<Invocation>>;
     async fn mark_delivered(&self, invoke_id: &str, instance_id: &str) -> Result<()>;
     async fn apply_report(&self, instance_id: &str, r: &RecordReport) -> Result<ReportEffect>;
+    /// Applies many small writes in one transaction (one fsync); effects
+    /// are returned in order (`Applied` for non-report operations).
+    async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>>;
     /// Marks stop requested; returns targets that are not yet final.
     async fn request_stop(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>>;
     /// Fails targets never delivered within `older_than` (RFC 3339 cutoff).

@@ -51,7 +51,7 @@ impl SqliteStore {
             return Err(StoreError::SchemaTooNew { found: current, known });
         }
         for (i, step) in schema::MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
             sqlx::raw_sql(AssertSqlSafe(*step)).execute(&mut *tx).await?;
             sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
                 .bind(i as i64 + 1)
@@ -263,7 +263,7 @@ impl Store for SqliteStore {
     }
 
     async fn register_instance(&self, activation_id: &str, inst: &InstanceRow) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         // The count check and the insert commit together, so two machines
         // racing for the last slot cannot both register.
         let claimed = sqlx::query(
@@ -321,7 +321,7 @@ impl Store for SqliteStore {
     }
 
     async fn deregister_instance(&self, id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let act: Option<String> = sqlx::query_scalar("SELECT activation_id FROM instances WHERE instance_id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
@@ -466,7 +466,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_invocation(&self, inv: &InvocationRow, instances: &[String]) -> Result<()> {
-        let mut tx: Transaction<'_, Sqlite> = self.pool.begin().await?;
+        let mut tx: Transaction<'_, Sqlite> = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query(
             "INSERT INTO invocations (invoke_id, command_id, command_name, command_type, content, timeout_secs, \
              working_dir, username, enable_parameter, parameters, repeat_mode, frequency, created_at, client_token) \
@@ -612,80 +612,43 @@ impl Store for SqliteStore {
     }
 
     async fn apply_report(&self, instance_id: &str, r: &RecordReport) -> Result<ReportEffect> {
-        let mut tx = self.pool.begin().await?;
-        let target = sqlx::query(
-            "SELECT t.status, i.repeat_mode FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id \
-             WHERE t.invoke_id = ? AND t.instance_id = ?",
-        )
-        .bind(&r.invoke_id)
-        .bind(instance_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some(target) = target else { return Ok(ReportEffect::NotATarget) };
-        let repeat_mode: String = target.get("repeat_mode");
-        let existing: Option<String> =
-            sqlx::query_scalar("SELECT status FROM records WHERE invoke_id = ? AND instance_id = ? AND record_seq = ?")
-                .bind(&r.invoke_id)
-                .bind(instance_id)
-                .bind(r.record_seq as i64)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some(existing) = existing {
-            let existing = status_of(&existing)?;
-            // A final record never changes again; a repeated non-final state adds nothing.
-            if existing.is_final() || existing == r.status {
-                return Ok(ReportEffect::Duplicate);
-            }
-        }
-        let output = base64_decode(&r.output_b64);
-        sqlx::query(
-            "INSERT INTO records (invoke_id, instance_id, record_seq, status, exit_code, output, dropped, error_code, \
-             error_info, start_time, finish_time) VALUES (?,?,?,?,?,?,?,?,?,?,?) \
-             ON CONFLICT (invoke_id, instance_id, record_seq) DO UPDATE SET status = excluded.status, \
-             exit_code = excluded.exit_code, output = excluded.output, dropped = excluded.dropped, \
-             error_code = excluded.error_code, error_info = excluded.error_info, start_time = excluded.start_time, \
-             finish_time = excluded.finish_time",
-        )
-        .bind(&r.invoke_id)
-        .bind(instance_id)
-        .bind(r.record_seq as i64)
-        .bind(r.status.as_str())
-        .bind(r.exit_code)
-        .bind(&output)
-        .bind(r.dropped as i64)
-        .bind(&r.error_code)
-        .bind(&r.error_info)
-        .bind(&r.start_time)
-        .bind(&r.finish_time)
-        .execute(&mut *tx)
-        .await?;
-        let target_status = target_status_after(&repeat_mode, r.status);
-        sqlx::query(
-            "UPDATE targets SET status = ?, delivered = 1, repeats = MAX(repeats, ?), exit_code = ?, output = ?, \
-             dropped = ?, error_code = ?, error_info = ?, \
-             start_time = CASE WHEN start_time = '' THEN ? ELSE start_time END, finish_time = ?, updated_at = ? \
-             WHERE invoke_id = ? AND instance_id = ?",
-        )
-        .bind(target_status.as_str())
-        .bind(r.record_seq as i64)
-        .bind(r.exit_code)
-        .bind(&output)
-        .bind(r.dropped as i64)
-        .bind(&r.error_code)
-        .bind(&r.error_info)
-        .bind(&r.start_time)
-        .bind(if target_status.is_final() { r.finish_time.as_str() } else { "" })
-        .bind(now_str())
-        .bind(&r.invoke_id)
-        .bind(instance_id)
-        .execute(&mut *tx)
-        .await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let effect = apply_report_tx(&mut tx, instance_id, r).await?;
         tx.commit().await?;
-        Ok(ReportEffect::Applied)
+        Ok(effect)
+    }
+
+    async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>> {
+        // One transaction, one fsync, for the whole batch: this is what lets
+        // a hub absorb a fleet-wide fan-out.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut effects = Vec::with_capacity(ops.len());
+        let now = now_str();
+        for op in ops {
+            let effect = match op {
+                WriteOp::Report { instance_id, report } => apply_report_tx(&mut tx, instance_id, report).await?,
+                WriteOp::Delivered { invoke_id, instance_id } => {
+                    sqlx::query("UPDATE targets SET delivered = 1, updated_at = ? WHERE invoke_id = ? AND instance_id = ?")
+                        .bind(&now)
+                        .bind(invoke_id)
+                        .bind(instance_id)
+                        .execute(&mut *tx)
+                        .await?;
+                    ReportEffect::Applied
+                }
+                WriteOp::Touch { instance_id } => {
+                    sqlx::query("UPDATE instances SET last_seen = ? WHERE instance_id = ?").bind(&now).bind(instance_id).execute(&mut *tx).await?;
+                    ReportEffect::Applied
+                }
+            };
+            effects.push(effect);
+        }
+        tx.commit().await?;
+        Ok(effects)
     }
 
     async fn request_stop(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("UPDATE invocations SET stop_requested = 1 WHERE invoke_id = ?").bind(invoke_id).execute(&mut *tx).await?;
         let rows = sqlx::query("SELECT instance_id, delivered, status FROM targets WHERE invoke_id = ?")
             .bind(invoke_id)
@@ -734,6 +697,77 @@ impl Store for SqliteStore {
         .await?;
         Ok(r.rows_affected())
     }
+}
+
+async fn apply_report_tx(tx: &mut Transaction<'_, Sqlite>, instance_id: &str, r: &RecordReport) -> Result<ReportEffect> {
+    let target = sqlx::query(
+        "SELECT t.status, i.repeat_mode FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id \
+         WHERE t.invoke_id = ? AND t.instance_id = ?",
+    )
+    .bind(&r.invoke_id)
+    .bind(instance_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    let Some(target) = target else { return Ok(ReportEffect::NotATarget) };
+    let repeat_mode: String = target.get("repeat_mode");
+    let existing: Option<String> =
+        sqlx::query_scalar("SELECT status FROM records WHERE invoke_id = ? AND instance_id = ? AND record_seq = ?")
+            .bind(&r.invoke_id)
+            .bind(instance_id)
+            .bind(r.record_seq as i64)
+            .fetch_optional(&mut **tx)
+            .await?;
+    if let Some(existing) = existing {
+        let existing = status_of(&existing)?;
+        // A final record never changes again; a repeated non-final state adds nothing.
+        if existing.is_final() || existing == r.status {
+            return Ok(ReportEffect::Duplicate);
+        }
+    }
+    let output = base64_decode(&r.output_b64);
+    sqlx::query(
+        "INSERT INTO records (invoke_id, instance_id, record_seq, status, exit_code, output, dropped, error_code, \
+         error_info, start_time, finish_time) VALUES (?,?,?,?,?,?,?,?,?,?,?) \
+         ON CONFLICT (invoke_id, instance_id, record_seq) DO UPDATE SET status = excluded.status, \
+         exit_code = excluded.exit_code, output = excluded.output, dropped = excluded.dropped, \
+         error_code = excluded.error_code, error_info = excluded.error_info, start_time = excluded.start_time, \
+         finish_time = excluded.finish_time",
+    )
+    .bind(&r.invoke_id)
+    .bind(instance_id)
+    .bind(r.record_seq as i64)
+    .bind(r.status.as_str())
+    .bind(r.exit_code)
+    .bind(&output)
+    .bind(r.dropped as i64)
+    .bind(&r.error_code)
+    .bind(&r.error_info)
+    .bind(&r.start_time)
+    .bind(&r.finish_time)
+    .execute(&mut **tx)
+    .await?;
+    let target_status = target_status_after(&repeat_mode, r.status);
+    sqlx::query(
+        "UPDATE targets SET status = ?, delivered = 1, repeats = MAX(repeats, ?), exit_code = ?, output = ?, \
+         dropped = ?, error_code = ?, error_info = ?, \
+         start_time = CASE WHEN start_time = '' THEN ? ELSE start_time END, finish_time = ?, updated_at = ? \
+         WHERE invoke_id = ? AND instance_id = ?",
+    )
+    .bind(target_status.as_str())
+    .bind(r.record_seq as i64)
+    .bind(r.exit_code)
+    .bind(&output)
+    .bind(r.dropped as i64)
+    .bind(&r.error_code)
+    .bind(&r.error_info)
+    .bind(&r.start_time)
+    .bind(if target_status.is_final() { r.finish_time.as_str() } else { "" })
+    .bind(now_str())
+    .bind(&r.invoke_id)
+    .bind(instance_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(ReportEffect::Applied)
 }
 
 /// Instance-level status after a record changes (seed 001): a one-shot

@@ -1,0 +1,210 @@
+//! Fan-out benchmark: N simulated agents (real TLS WebSocket clients
+//! speaking the real protocol, all in this process) against one real hub
+//! process; one RunCommand per 100 instances (the API's bound) to all N;
+//! time until every result is acknowledged as stored.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_tungstenite::tungstenite::Message;
+
+use super::procs::{self, mib};
+use crate::agent::transport::{self, HubUrl, Ws};
+use crate::cli::CliError;
+use crate::protocol::{self, AgentMsg, HostFacts, HubMsg, PROTOCOL_VERSION, RecordReport, RecordStatus};
+
+/// Handshakes in flight at once while connecting the simulated fleet.
+const CONNECT_PARALLELISM: usize = 128;
+/// Activations allow at most 1000 instances each (Cloud Assistant's bound).
+const PER_ACTIVATION: usize = 1000;
+
+fn err(e: impl std::fmt::Display) -> CliError {
+    CliError::Usage(format!("bench fanout: {e}"))
+}
+
+async fn send(ws: &mut Ws, m: &AgentMsg) -> Result<(), CliError> {
+    ws.send(Message::Text(protocol::encode(m).into())).await.map_err(err)
+}
+
+async fn recv(ws: &mut Ws) -> Result<HubMsg, CliError> {
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) => return protocol::decode(t.as_str()).map_err(err),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(err(e)),
+            None => return Err(err("hub closed the connection")),
+        }
+    }
+}
+
+fn report(invoke_id: &str, status: RecordStatus) -> RecordReport {
+    let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    RecordReport {
+        invoke_id: invoke_id.to_string(),
+        record_seq: 0,
+        status,
+        exit_code: status.is_final().then_some(0),
+        output_b64: if status.is_final() { "b2sK".into() } else { String::new() },
+        dropped: 0,
+        error_code: String::new(),
+        error_info: String::new(),
+        start_time: now.clone(),
+        finish_time: if status.is_final() { now } else { String::new() },
+    }
+}
+
+/// One simulated agent: registers, says hello, answers every invocation
+/// with Running then Finished, and signals when the final report is acked.
+async fn sim_agent(url: HubUrl, tls: Arc<rustls::ClientConfig>, act: (String, String), ids: mpsc::Sender<String>, done: mpsc::UnboundedSender<()>) -> Result<(), CliError> {
+    let mut ws = transport::dial(&url, &tls, false).await.map_err(err)?;
+    let facts = HostFacts { hostname: "sim".into(), os_type: "linux".into(), agent_version: "bench".into(), ..Default::default() };
+    send(&mut ws, &AgentMsg::Register { protocol: PROTOCOL_VERSION, activation_id: act.0, activation_code: act.1, facts: facts.clone() }).await?;
+    let (instance_id, token) = match recv(&mut ws).await? {
+        HubMsg::Registered { instance_id, token } => (instance_id, token),
+        other => return Err(err(format!("register: {other:?}"))),
+    };
+    send(&mut ws, &AgentMsg::Hello { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), token, facts }).await?;
+    let hb = match recv(&mut ws).await? {
+        HubMsg::Welcome { heartbeat_secs, .. } => Duration::from_secs(heartbeat_secs),
+        other => return Err(err(format!("hello: {other:?}"))),
+    };
+    let _ = ids.send(instance_id).await;
+    drop(ids);
+    let mut ticker = tokio::time::interval(hb);
+    let mut next_id = 1u64;
+    let mut final_ids = std::collections::HashSet::new();
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => send(&mut ws, &AgentMsg::Heartbeat { sent_ms: 0 }).await?,
+            m = recv(&mut ws) => match m? {
+                HubMsg::Invoke { invocation } => {
+                    send(&mut ws, &AgentMsg::InvokeAck { invoke_id: invocation.invoke_id.clone() }).await?;
+                    send(&mut ws, &AgentMsg::Report { report_id: next_id, report: report(&invocation.invoke_id, RecordStatus::Running) }).await?;
+                    send(&mut ws, &AgentMsg::Report { report_id: next_id + 1, report: report(&invocation.invoke_id, RecordStatus::Finished) }).await?;
+                    final_ids.insert(next_id + 1);
+                    next_id += 2;
+                }
+                HubMsg::ReportAck { report_id } => {
+                    if final_ids.remove(&report_id) {
+                        let _ = done.send(());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+pub async fn run(agents: usize) -> Result<(), CliError> {
+    let fd_limit = procs::raise_nofile();
+    if fd_limit != 0 && agents as u64 + 256 > fd_limit {
+        return Err(err(format!("{agents} agents need about {} file descriptors; the limit is {fd_limit}", agents + 256)));
+    }
+    let dir = tempfile::tempdir().map_err(err)?;
+    let hub = procs::start_hub(dir.path(), &["--heartbeat-secs", "60"])?;
+    let pid = hub.proc.pid();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rss_idle = procs::rss_bytes(pid);
+    let client = Arc::new(hub.client()?);
+    let mut activations = Vec::new();
+    for chunk in 0..agents.div_ceil(PER_ACTIVATION) {
+        let n = (agents - chunk * PER_ACTIVATION).min(PER_ACTIVATION);
+        let c = client.clone();
+        let v = tokio::task::spawn_blocking(move || c.call("CreateActivation", &[("InstanceCount", n.to_string()), ("TimeToLiveInHours", "1".into())])).await.map_err(err)??;
+        let id = v["ActivationId"].as_str().unwrap_or_default().to_string();
+        let code = v["ActivationCode"].as_str().unwrap_or_default().to_string();
+        activations.extend(std::iter::repeat_n((id, code), n));
+    }
+    let url = HubUrl::parse(&hub.url).map_err(err)?;
+    let tls = crate::tls::client_config(Some(&hub.ca)).map_err(err)?;
+    let (id_tx, mut id_rx) = mpsc::channel(agents.max(1));
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let gate = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
+    let failures = Arc::new(AtomicUsize::new(0));
+    // After the measurement the hub is stopped; agents losing it then is expected.
+    let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let t_connect = Instant::now();
+    for act in activations {
+        let (url, tls, ids, done, gate, failures, finished) = (url.clone(), tls.clone(), id_tx.clone(), done_tx.clone(), gate.clone(), failures.clone(), finished.clone());
+        tokio::spawn(async move {
+            let permit = gate.acquire_owned().await;
+            // The permit covers only the handshake phase.
+            let (held_tx, mut held_rx) = mpsc::channel::<String>(1);
+            let fut = sim_agent(url, tls, act, held_tx, done);
+            tokio::pin!(fut);
+            let id = tokio::select! {
+                r = &mut fut => { if let Err(e) = r { failures.fetch_add(1, Ordering::Relaxed); tracing::warn!(error = %e, "simulated agent failed"); } return; }
+                id = held_rx.recv() => id,
+            };
+            drop(permit);
+            if let Some(id) = id {
+                let _ = ids.send(id).await;
+            }
+            if let Err(e) = fut.await {
+                if finished.load(Ordering::Relaxed) {
+                    return;
+                }
+                failures.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "simulated agent failed");
+            }
+        });
+    }
+    drop(id_tx);
+    drop(done_tx);
+    let mut ids = Vec::with_capacity(agents);
+    while ids.len() + failures.load(Ordering::Relaxed) < agents {
+        match tokio::time::timeout(Duration::from_secs(120), id_rx.recv()).await {
+            Ok(Some(id)) => ids.push(id),
+            _ => break,
+        }
+    }
+    let connect_time = t_connect.elapsed();
+    if ids.len() < agents {
+        return Err(err(format!("only {} of {agents} simulated agents connected ({} failed)", ids.len(), failures.load(Ordering::Relaxed))));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_connected = procs::rss_bytes(pid);
+
+    let t_fan = Instant::now();
+    let mut calls = Vec::new();
+    for chunk in ids.chunks(100) {
+        let c = client.clone();
+        let mut p: Vec<(String, String)> = vec![("Type".into(), "RunShellScript".into()), ("CommandContent".into(), "echo ok".into())];
+        for (i, id) in chunk.iter().enumerate() {
+            p.push((format!("InstanceId.{}", i + 1), id.clone()));
+        }
+        calls.push(tokio::task::spawn_blocking(move || {
+            let refs: Vec<(&str, String)> = p.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            c.call("RunCommand", &refs)
+        }));
+    }
+    for c in calls {
+        c.await.map_err(err)??;
+    }
+    let api_time = t_fan.elapsed();
+    let mut stored = 0usize;
+    while stored < agents {
+        match tokio::time::timeout(Duration::from_secs(120), done_rx.recv()).await {
+            Ok(Some(())) => stored += 1,
+            _ => break,
+        }
+    }
+    let fan_time = t_fan.elapsed();
+    finished.store(true, Ordering::Relaxed);
+    let rss_after = procs::rss_bytes(pid);
+    let per_conn = rss_connected.saturating_sub(rss_idle) as f64 / agents.max(1) as f64;
+    println!("fan-out benchmark ({agents} simulated agents, TLS WebSocket, SQLite WAL synchronous=FULL)");
+    println!("  connect + register all agents:  {:.2} s", connect_time.as_secs_f64());
+    println!("  hub RSS idle / connected / after: {:.1} / {:.1} / {:.1} MiB", mib(rss_idle), mib(rss_connected), mib(rss_after));
+    println!("  hub memory per connection:      {:.1} KiB", per_conn / 1024.0);
+    println!("  RunCommand calls ({}):          {:.3} s", agents.div_ceil(100), api_time.as_secs_f64());
+    println!("  fan-out complete (all stored):  {:.3} s  ({stored}/{agents} results)", fan_time.as_secs_f64());
+    println!("  results stored per second:      {:.0}", stored as f64 / fan_time.as_secs_f64().max(1e-9));
+    if stored < agents {
+        return Err(err(format!("only {stored} of {agents} results were stored")));
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! Process plumbing for benchmarks: start the real binaries next to this
+//! one, read RSS and CPU time from /proc, raise the fd limit.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::cli::CliError;
+
+pub fn sibling(name: &str) -> Result<PathBuf, CliError> {
+    let exe = std::env::current_exe().map_err(|e| CliError::Usage(format!("bench: {e}")))?;
+    let p = exe.with_file_name(name);
+    if !p.exists() {
+        return Err(CliError::Usage(format!("bench needs {} next to {} (cargo build --release --bins)", name, exe.display())));
+    }
+    Ok(p)
+}
+
+/// Resident set size of a process in bytes (Linux).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// User + system CPU time of a process (Linux, clock ticks at 100 Hz).
+pub fn cpu_time(pid: u32) -> Duration {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+pub use crate::hub::raise_fd_limit as raise_nofile;
+
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_file(path: &Path, timeout: Duration) -> Result<String, CliError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if !s.is_empty() {
+                return Ok(s);
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(CliError::Usage(format!("bench: {} did not appear within {timeout:?}", path.display())));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A hub process on 127.0.0.1:0 with TLS and a fresh SQLite file.
+pub struct BenchHub {
+    pub proc: Proc,
+    pub url: String,
+    pub ca: PathBuf,
+    pub key: (String, String),
+}
+
+pub fn start_hub(dir: &Path, extra: &[&str]) -> Result<BenchHub, CliError> {
+    let pki = crate::tls::ensure_dev_pki(dir).map_err(|e| CliError::Usage(format!("bench: {e}")))?;
+    let key = ("LTAIbench".to_string(), uuid::Uuid::new_v4().simple().to_string());
+    let addr_file = dir.join("hub.addr");
+    let child = Command::new(sibling("deckhand-hub")?)
+        .args(["--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.join("hub-data"))
+        .arg("--tls-cert")
+        .arg(&pki.server_cert)
+        .arg("--tls-key")
+        .arg(&pki.server_key)
+        .arg("--addr-file")
+        .arg(&addr_file)
+        .args(["--access-key", &format!("{}:{}", key.0, key.1)])
+        .args(extra)
+        .env("DECKHAND_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(std::fs::File::create(dir.join("hub.log")).map_err(|e| CliError::Usage(e.to_string()))?))
+        .spawn()
+        .map_err(|e| CliError::Usage(format!("bench: starting hub: {e}")))?;
+    let proc = Proc { child };
+    let url = wait_file(&addr_file, Duration::from_secs(30))?;
+    Ok(BenchHub { proc, url, ca: pki.ca_cert, key })
+}
+
+impl BenchHub {
+    pub fn client(&self) -> Result<crate::cli::Client, CliError> {
+        crate::cli::Client::new(crate::cli::ClientConfig {
+            endpoint: self.url.clone(),
+            access_key_id: self.key.0.clone(),
+            access_key_secret: self.key.1.clone(),
+            ca_file: Some(self.ca.clone()),
+        })
+    }
+}
+
+pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+pub fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}

@@ -1,0 +1,79 @@
+//! Group commit for the hub's small, frequent writes (agent reports,
+//! delivery acks, heartbeats): one task drains a bounded queue and applies
+//! what is waiting in one transaction, so a fleet-wide fan-out costs a
+//! handful of fsyncs instead of one per report.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::store::{ReportEffect, Store, StoreError, WriteOp};
+
+/// Queue bound: senders wait (back-pressure on agent sockets) beyond it.
+const QUEUE: usize = 8192;
+/// Most operations per transaction; bounds transaction time and memory.
+const MAX_BATCH: usize = 512;
+
+type Reply = oneshot::Sender<Result<ReportEffect, String>>;
+
+#[derive(Clone)]
+pub struct Writer {
+    tx: mpsc::Sender<(WriteOp, Option<Reply>)>,
+}
+
+impl Writer {
+    pub fn spawn(store: Arc<dyn Store>) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(store, rx));
+        Self { tx }
+    }
+
+    /// Applies `op` durably; returns once its transaction committed.
+    pub async fn write(&self, op: WriteOp) -> Result<ReportEffect, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send((op, Some(reply))).await.map_err(|_| StoreError::Corrupt("store writer stopped".into()))?;
+        rx.await
+            .map_err(|_| StoreError::Corrupt("store writer stopped".into()))?
+            .map_err(StoreError::Corrupt)
+    }
+
+    /// Fire and forget (heartbeat `last_seen`): dropped when the queue is full.
+    pub fn write_lossy(&self, op: WriteOp) {
+        let _ = self.tx.try_send((op, None));
+    }
+}
+
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(WriteOp, Option<Reply>)>) {
+    let mut ops = Vec::with_capacity(MAX_BATCH);
+    let mut replies = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.recv().await {
+        ops.clear();
+        replies.clear();
+        ops.push(first.0);
+        replies.push(first.1);
+        while ops.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok((op, r)) => {
+                    ops.push(op);
+                    replies.push(r);
+                }
+                Err(_) => break,
+            }
+        }
+        match store.apply_batch(&ops).await {
+            Ok(effects) => {
+                for (r, e) in replies.drain(..).zip(effects) {
+                    if let Some(r) = r {
+                        let _ = r.send(Ok(e));
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, batch = ops.len(), "batched store write failed");
+                for r in replies.drain(..).flatten() {
+                    let _ = r.send(Err(e.to_string()));
+                }
+            }
+        }
+    }
+}
