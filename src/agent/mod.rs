@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod identity;
 pub mod journal;
 pub mod runner;
+pub mod schedule;
 pub mod state;
 pub mod transport;
 
