@@ -23,7 +23,8 @@ const MAX_LIST_ENTRIES: usize = 60;
 pub struct CronSchedule {
     /// The expression as given (without surrounding blanks).
     source: String,
-    cron: Cron,
+    // Boxed: a parsed pattern is ~300 bytes and Schedule is passed by value.
+    cron: Box<Cron>,
     /// `None`: no zone was written; Cloud Assistant then uses the instance's
     /// zone. Evaluated as UTC until [`CronSchedule::with_default_zone`].
     zone: Option<Zone>,
@@ -173,7 +174,7 @@ pub(super) fn parse_cron(expr: &str) -> Result<CronSchedule, ScheduleError> {
         .build()
         .parse(&pattern)
         .map_err(|e| ScheduleError::Cron { expr: expr.to_string(), reason: e.to_string() })?;
-    Ok(CronSchedule { source: expr.to_string(), cron, zone })
+    Ok(CronSchedule { source: expr.to_string(), cron: Box::new(cron), zone })
 }
 
 fn field_err(spec: &Field, value: &str, reason: impl Into<String>) -> ScheduleError {

@@ -218,3 +218,54 @@ fn zone_display_round_trips() {
     assert_eq!(Zone::parse("GMT-7").unwrap().to_string(), "GMT-7:00");
     let _ = Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0);
 }
+
+mod never_panics {
+    use chrono::{DateTime, Utc};
+    use proptest::prelude::*;
+
+    use super::super::*;
+
+    fn token() -> impl Strategy<Value = String> {
+        prop_oneof![
+            "[0-9*?/,#LW-]{1,6}",
+            Just("*".to_string()),
+            Just("?".to_string()),
+            "[0-9]{1,2}",
+            "[0-9]{1,2}/[0-9]{1,2}",
+            "[0-9]{1,2}-[0-9]{1,2}",
+            "[0-9]{1,2}(,[0-9]{1,2}){0,3}",
+            Just("MON-FRI".to_string()),
+            Just("JAN,DEC".to_string()),
+            Just("Asia/Shanghai".to_string()),
+            Just("America/New_York".to_string()),
+            Just("GMT+8:00".to_string()),
+            Just("2027".to_string()),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        /// Arbitrary text yields a schedule or an error, never a panic.
+        #[test]
+        fn parse_any_text(s in "\\PC{0,80}") {
+            let _ = parse(&s);
+            let _ = parse(&format!("rate({s})"));
+            let _ = parse(&format!("at({s})"));
+        }
+
+        /// Cron-shaped input: if it parses, evaluation terminates and moves forward.
+        #[test]
+        fn cron_shaped(tokens in proptest::collection::vec(token(), 6..=8), secs in 1_700_000_000i64..4_000_000_000i64) {
+            let expr = tokens.join(" ");
+            if let Ok(s) = parse(&expr) {
+                let now = DateTime::<Utc>::from_timestamp(secs, 0).unwrap();
+                if let Some(n) = s.next_after(now) {
+                    prop_assert!(n > now, "{expr}: {n} <= {now}");
+                }
+                let _ = validate_at_creation(&s, now);
+                let _ = s.next_due(now, None, now);
+            }
+        }
+    }
+}
