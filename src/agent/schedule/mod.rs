@@ -141,6 +141,15 @@ pub fn validate_at_creation(schedule: &Schedule, now: DateTime<Utc>) -> Result<(
     }
 }
 
+/// Everything the hub checks for `RepeatMode=Period` in one call: parse,
+/// [`validate_at_creation`], then [`Schedule::validate_timeout`].
+pub fn validate_frequency(freq: &str, timeout: Duration, now: DateTime<Utc>) -> Result<Schedule, ScheduleError> {
+    let schedule = parse(freq)?;
+    validate_at_creation(&schedule, now)?;
+    schedule.validate_timeout(timeout, now)?;
+    Ok(schedule)
+}
+
 /// The two consecutive fires closest together among the next
 /// [`INTERVAL_SAMPLE`] fires starting at `first`.
 fn closest_pair(c: &CronSchedule, first: DateTime<Utc>) -> Option<(DateTime<Utc>, DateTime<Utc>)> {

@@ -269,3 +269,14 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn validate_frequency_runs_every_check() {
+    let now = t("2026-06-01T00:00:00Z");
+    let sixty = Duration::from_secs(60);
+    assert!(validate_frequency("rate(5m)", sixty, now).is_ok());
+    assert!(matches!(validate_frequency("rate(2s)", sixty, now), Err(ScheduleError::Rate { .. })));
+    assert!(matches!(validate_frequency("at(2026-05-01T00:00:00Z)", sixty, now), Err(ScheduleError::Expired { .. })));
+    assert!(matches!(validate_frequency("0,55 * * * * ?", Duration::from_secs(1), now), Err(ScheduleError::IntervalTooShort { .. })));
+    assert!(matches!(validate_frequency("0 */1 * * * ?", Duration::from_secs(120), now), Err(ScheduleError::ShorterThanTimeout { .. })));
+}
