@@ -250,6 +250,13 @@ fn normalize_entry(spec: &Field, raw: &str, e: &str) -> Result<String, ScheduleE
     } else {
         value(spec, raw, base)?.to_string()
     };
+    // An open-ended weekday step ends at Saturday (6), as in cronexpr: `1/2` is
+    // MON,WED,FRI, not also 7 (= Sunday).
+    let base = match (spec.name == DAY_OF_WEEK.name, step.is_some(), base.as_str()) {
+        (true, true, "*") => "0-6".to_string(),
+        (true, true, b) if !b.contains('-') => format!("{}-6", value(spec, raw, b)? % 7),
+        _ => base,
+    };
     match step {
         None => Ok(base),
         Some(s) => {

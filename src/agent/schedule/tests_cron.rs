@@ -104,6 +104,11 @@ fn question_mark_and_sunday_spellings() {
         ["2026-01-02T12:00:00Z", "2026-01-03T12:00:00Z", "2026-01-04T12:00:00Z", "2026-01-09T12:00:00Z"].map(t)
     );
     assert_eq!(next("0 15 10 * * ?", "2026-01-01T11:00:00Z"), t("2026-01-02T10:15:00Z"));
+    // An open weekday step stops at Saturday: MON/2 is Mon, Wed, Fri (never Sunday).
+    assert_eq!(
+        fires("0 0 12 ? * MON/2", "2026-01-01T00:00:00Z", 4),
+        ["2026-01-02T12:00:00Z", "2026-01-05T12:00:00Z", "2026-01-07T12:00:00Z", "2026-01-09T12:00:00Z"].map(t)
+    );
 }
 
 #[test]
