@@ -3,13 +3,14 @@
 //! Owns: dialing the hub with back-off, registration, the per-connection
 //! session (hello, heartbeats, invocations, stops, report acks), and the
 //! hand-off of accepted invocations to [`runner`]. Public surface:
-//! [`AgentConfig`], [`run`], [`identity`], [`schedule_check`].
+//! [`AgentConfig`], [`run`], [`register`], [`identity`], [`schedule`].
 
 pub mod backoff;
 pub mod config;
 pub mod identity;
 pub mod journal;
 pub mod runner;
+pub mod schedule;
 pub mod service;
 pub mod state;
 pub mod transport;
@@ -29,11 +30,6 @@ use backoff::Backoff;
 use identity::Identity;
 use runner::{LiveChunk, Runner};
 use transport::{HubUrl, Ws};
-
-/// Validates a `Frequency` expression (the scheduler owns the grammar).
-pub fn schedule_check(_f: &str) -> Result<(), String> {
-    Ok(())
-}
 
 #[derive(Debug, Clone)]
 pub struct AgentConfig {

@@ -73,7 +73,9 @@ fn parameters(p: &Params, content: &str, enabled: bool) -> Result<String, ApiErr
 
 const BUILTINS: &[&str] = &["ACS::InstanceId", "ACS::InstanceName", "ACS::InvokeId", "ACS::CommandId", "ACS::RegionId"];
 
-fn repeat(p: &Params) -> Result<(String, String), ApiError> {
+/// RepeatMode and Frequency, validated with the agent's own scheduler
+/// grammar so the API refuses what an agent could never fire.
+fn repeat(p: &Params, timeout_secs: i64) -> Result<(String, String), ApiError> {
     let mode = p.get("RepeatMode").unwrap_or("Once");
     if !REPEAT_MODES.contains(&mode) {
         return Err(ApiError::invalid("RepeatMode", format!("{mode:?} is not one of {}", REPEAT_MODES.join(", "))));
@@ -83,7 +85,8 @@ fn repeat(p: &Params) -> Result<(String, String), ApiError> {
         return Err(ApiError::missing("Frequency"));
     }
     if mode == "Period" {
-        crate::agent::schedule_check(&freq).map_err(|e| ApiError::invalid("Frequency", e))?;
+        let timeout = std::time::Duration::from_secs(timeout_secs.max(0) as u64);
+        crate::agent::schedule::validate_frequency(&freq, timeout, chrono::Utc::now()).map_err(|e| ApiError::invalid("Frequency", e))?;
     }
     Ok((mode.to_string(), freq))
 }
@@ -119,8 +122,8 @@ pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let content = decode_content(p, "CommandContent", "PlainText")?;
     let enable_parameter = p.bool("EnableParameter")?.unwrap_or(false);
     let parameters = parameters(p, &content, enable_parameter)?;
-    let (repeat_mode, frequency) = repeat(p)?;
     let timeout = p.int("Timeout", TIMEOUT_RANGE.0, TIMEOUT_RANGE.1)?.unwrap_or(DEFAULT_TIMEOUT);
+    let (repeat_mode, frequency) = repeat(p, timeout)?;
     let ids = instances(req).await?;
     let cmd = CommandRow {
         command_id: new_id("c"),
@@ -153,10 +156,10 @@ pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
         return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidCommandId.NotFound", format!("The specified command \"{command_id}\" does not exist.")));
     };
     let parameters = parameters(p, &cmd.content, cmd.enable_parameter)?;
-    let (repeat_mode, frequency) = repeat(p)?;
     if let Some(t) = p.int("Timeout", TIMEOUT_RANGE.0, TIMEOUT_RANGE.1)? {
         cmd.timeout_secs = t;
     }
+    let (repeat_mode, frequency) = repeat(p, cmd.timeout_secs)?;
     if let Some(u) = p.string("Username", 255)? {
         cmd.username = u;
     }
