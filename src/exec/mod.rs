@@ -25,6 +25,7 @@ mod user;
 
 pub use capture::OutputCap;
 pub use interpreter::{Interpreter, Os, resolve_for, resolve_interpreter};
+pub use env::{MAX_ENV_BYTES, MAX_ENV_VARS, UNIX_PATH};
 pub use runner::{MAX_TIMEOUT, check_content};
 
 use std::path::PathBuf;
