@@ -4,7 +4,7 @@
 //! Owns nothing persistent: the agent hands in a [`RunSpec`], a stop token and
 //! an optional live-output channel, and gets back one [`RunOutcome`].
 //! Public surface: [`RunSpec`], [`run`], [`RunOutcome`], [`Termination`],
-//! [`OutputCap`], [`codes`], [`params`]. docs/exec.md is the prose version.
+//! [`OutputCap`], [`codes`], [`params`], [`spec_for`]. docs/exec.md is the prose version.
 //!
 //! Layout: `interpreter` (type → argv), `scriptfile` (private per-run dir),
 //! `env` (clean environment), `capture` (cap), `runner` (the wait/kill/drain
@@ -14,6 +14,7 @@
 mod capture;
 mod env;
 mod interpreter;
+mod invocation;
 pub mod params;
 mod runner;
 mod scriptfile;
@@ -24,6 +25,7 @@ mod kill;
 mod user;
 
 pub use capture::OutputCap;
+pub use invocation::spec_for;
 pub use interpreter::{Interpreter, Os, resolve_for, resolve_interpreter};
 pub use env::{MAX_ENV_BYTES, MAX_ENV_VARS, UNIX_PATH};
 pub use runner::{MAX_TIMEOUT, check_content};
