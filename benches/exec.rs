@@ -18,14 +18,19 @@ fn stats(mut v: Vec<Duration>) -> (Duration, Duration) {
 }
 
 fn main() {
-    let n: usize = std::env::var("DECKHAND_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(200).clamp(10, 100_000);
+    let n: usize =
+        std::env::var("DECKHAND_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(200).clamp(10, 100_000);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let root = std::env::temp_dir().join(format!("deckhand-bench-{}", std::process::id()));
 
     // Warm up both paths (page cache, first-spawn costs).
     for _ in 0..5 {
         Command::new("sh").args(["-c", "true"]).stdout(Stdio::null()).status().expect("sh");
-        rt.block_on(run(RunSpec { script_root: Some(root.clone()), ..RunSpec::new("bench", "RunShellScript", "true") }, CancellationToken::new(), None));
+        rt.block_on(run(
+            RunSpec { script_root: Some(root.clone()), ..RunSpec::new("bench", "RunShellScript", "true") },
+            CancellationToken::new(),
+            None,
+        ));
     }
 
     let mut bare = Vec::with_capacity(n);

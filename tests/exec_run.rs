@@ -122,7 +122,10 @@ async fn environment_is_clean_plus_declared() {
     let t = tempfile::tempdir().unwrap();
     // SAFETY: set once before any child is spawned by this test; no other test reads it.
     unsafe { std::env::set_var("DECKHAND_TEST_AGENT_SECRET", "leak") };
-    let mut s = spec(t.path(), "echo \"${DECKHAND_TEST_AGENT_SECRET:-unset} $FOO $PATH $DECKHAND_INVOKE_ID\"; [ -n \"$HOME\" ] && [ -n \"$USER\" ] && [ \"$USER\" = \"$LOGNAME\" ] && [ -n \"$SHELL\" ] && echo ids");
+    let mut s = spec(
+        t.path(),
+        "echo \"${DECKHAND_TEST_AGENT_SECRET:-unset} $FOO $PATH $DECKHAND_INVOKE_ID\"; [ -n \"$HOME\" ] && [ -n \"$USER\" ] && [ \"$USER\" = \"$LOGNAME\" ] && [ -n \"$SHELL\" ] && echo ids",
+    );
     s.env = vec![("FOO".into(), "bar baz".into())];
     let o = go(s).await;
     assert_eq!(out(&o), format!("unset bar baz {} t-test\nids\n", deckhand::exec::UNIX_PATH));
@@ -166,13 +169,18 @@ async fn run_as_another_user() {
     }
     let name = format!("dkh{}", std::process::id() % 100000);
     let group = format!("{name}g");
-    let sh = |args: &[&str]| std::process::Command::new(args[0]).args(&args[1..]).status().map(|s| s.success()).unwrap_or(false);
+    let sh = |args: &[&str]| {
+        std::process::Command::new(args[0]).args(&args[1..]).status().map(|s| s.success()).unwrap_or(false)
+    };
     if !sh(&["groupadd", &group]) || !sh(&["useradd", "-m", "-s", "/bin/sh", "-G", &group, &name]) {
         println!("skipping run_as_another_user: useradd/groupadd unavailable");
         return;
     }
     let t = tempfile::tempdir().unwrap();
-    let mut s = spec(t.path(), "id -un; id -Gn; echo \"$HOME $USER $LOGNAME $SHELL\"; pwd; stat -c '%U %a' \"$(dirname \"$0\")\"; cat /proc/self/status | grep -c '^CapEff:.0000000000000000$'");
+    let mut s = spec(
+        t.path(),
+        "id -un; id -Gn; echo \"$HOME $USER $LOGNAME $SHELL\"; pwd; stat -c '%U %a' \"$(dirname \"$0\")\"; cat /proc/self/status | grep -c '^CapEff:.0000000000000000$'",
+    );
     s.username = Some(name.clone());
     let o = go(s).await;
     let _ = sh(&["userdel", "-r", &name]);
@@ -212,7 +220,8 @@ async fn parameters_cannot_inject_commands() {
     let e = params::render_script("echo {{msg}}", true, &custom, &b).unwrap_err();
     assert!(matches!(e, params::ParamError::UnsafeValue { .. }), "{e}");
     // Through the environment: printed verbatim, never executed.
-    let script = params::render_script("printf '%s\\n' \"$DECKHAND_PARAM_MSG\" {{ACS::InstanceId}}", true, &custom, &b).unwrap();
+    let script =
+        params::render_script("printf '%s\\n' \"$DECKHAND_PARAM_MSG\" {{ACS::InstanceId}}", true, &custom, &b).unwrap();
     let mut s = spec(t.path(), &script);
     s.env = params::param_env(&custom).unwrap();
     let o = go(s).await;

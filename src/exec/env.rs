@@ -18,10 +18,30 @@ const UNIX_PASSTHROUGH: &[&str] = &["LANG", "LC_ALL", "TZ"];
 #[cfg_attr(unix, allow(dead_code))]
 /// Agent variables passed through on Windows: what cmd/PowerShell need to work.
 const WINDOWS_PASSTHROUGH: &[&str] = &[
-    "SystemRoot", "windir", "SystemDrive", "ComSpec", "PATH", "PATHEXT", "TEMP", "TMP",
-    "ProgramFiles", "ProgramFiles(x86)", "ProgramData", "ProgramW6432", "CommonProgramFiles",
-    "PSModulePath", "NUMBER_OF_PROCESSORS", "PROCESSOR_ARCHITECTURE", "OS", "USERPROFILE",
-    "USERNAME", "USERDOMAIN", "APPDATA", "LOCALAPPDATA", "ALLUSERSPROFILE", "PUBLIC",
+    "SystemRoot",
+    "windir",
+    "SystemDrive",
+    "ComSpec",
+    "PATH",
+    "PATHEXT",
+    "TEMP",
+    "TMP",
+    "ProgramFiles",
+    "ProgramFiles(x86)",
+    "ProgramData",
+    "ProgramW6432",
+    "CommonProgramFiles",
+    "PSModulePath",
+    "NUMBER_OF_PROCESSORS",
+    "PROCESSOR_ARCHITECTURE",
+    "OS",
+    "USERPROFILE",
+    "USERNAME",
+    "USERDOMAIN",
+    "APPDATA",
+    "LOCALAPPDATA",
+    "ALLUSERSPROFILE",
+    "PUBLIC",
 ];
 
 /// Identity variables of the run-as user.
@@ -55,7 +75,12 @@ pub fn validate(extra: &[(String, String)]) -> Result<(), StartError> {
 
 /// Unix environment: PATH, HOME, USER, LOGNAME, SHELL, PWD, locale/TZ from the
 /// agent, `DECKHAND_INVOKE_ID`, then `extra` (which may override any of them).
-pub fn unix(id: &Identity<'_>, cwd: &std::path::Path, invoke_id: &str, extra: &[(String, String)]) -> Vec<(OsString, OsString)> {
+pub fn unix(
+    id: &Identity<'_>,
+    cwd: &std::path::Path,
+    invoke_id: &str,
+    extra: &[(String, String)],
+) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = vec![
         ("PATH".into(), UNIX_PATH.into()),
         ("HOME".into(), id.home.into()),

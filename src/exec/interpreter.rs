@@ -67,9 +67,10 @@ pub fn resolve_for(
                 Os::Windows => &["powershell.exe", "pwsh.exe"],
                 Os::Unix => &["pwsh", "powershell"],
             };
-            let program = names.iter().find_map(|n| find(n)).ok_or_else(|| {
-                not_here(format!("RunPowerShellScript needs one of {names:?}, none found on PATH"))
-            })?;
+            let program = names
+                .iter()
+                .find_map(|n| find(n))
+                .ok_or_else(|| not_here(format!("RunPowerShellScript needs one of {names:?}, none found on PATH")))?;
             let mut args: Vec<OsString> = ["-NoProfile", "-NonInteractive"].iter().map(Into::into).collect();
             if os == Os::Windows {
                 // Execution policy only exists on Windows; pwsh on Linux ignores it anyway.
@@ -83,9 +84,7 @@ pub fn resolve_for(
             // /D: no AutoRun registry commands; /C: run then exit.
             Ok(Interpreter { program, args: vec!["/D".into(), "/C".into()], extension: "bat" })
         }
-        ("RunShellScript" | "RunBatScript", _) => {
-            Err(not_here(format!("{command_type} cannot run on {os:?} hosts")))
-        }
+        ("RunShellScript" | "RunBatScript", _) => Err(not_here(format!("{command_type} cannot run on {os:?} hosts"))),
         (other, _) => Err(not_here(format!(
             "unknown command type {other:?}; expected RunShellScript, RunPowerShellScript or RunBatScript"
         ))),

@@ -15,19 +15,19 @@ mod capture;
 mod env;
 mod interpreter;
 mod invocation;
+#[cfg(unix)]
+mod kill;
 pub mod params;
 mod runner;
 mod scriptfile;
 mod spawn;
 #[cfg(unix)]
-mod kill;
-#[cfg(unix)]
 mod user;
 
 pub use capture::OutputCap;
-pub use invocation::spec_for;
-pub use interpreter::{Interpreter, Os, resolve_for, resolve_interpreter};
 pub use env::{MAX_ENV_BYTES, MAX_ENV_VARS, UNIX_PATH};
+pub use interpreter::{Interpreter, Os, resolve_for, resolve_interpreter};
+pub use invocation::spec_for;
 pub use runner::{MAX_TIMEOUT, check_content};
 
 use std::path::PathBuf;
@@ -99,7 +99,12 @@ pub struct RunSpec {
 impl RunSpec {
     /// A spec with every optional field at its default.
     pub fn new(invoke_id: impl Into<String>, command_type: impl Into<String>, script: impl Into<String>) -> Self {
-        Self { invoke_id: invoke_id.into(), command_type: command_type.into(), script: script.into(), ..Self::default() }
+        Self {
+            invoke_id: invoke_id.into(),
+            command_type: command_type.into(),
+            script: script.into(),
+            ..Self::default()
+        }
     }
 }
 
@@ -188,10 +193,6 @@ impl StartError {
 ///
 /// `live`, when given, receives output chunks as they are read (best effort:
 /// a full channel drops chunks rather than stalling the child).
-pub async fn run(
-    spec: RunSpec,
-    stop: CancellationToken,
-    live: Option<mpsc::Sender<Vec<u8>>>,
-) -> RunOutcome {
+pub async fn run(spec: RunSpec, stop: CancellationToken, live: Option<mpsc::Sender<Vec<u8>>>) -> RunOutcome {
     runner::run(spec, stop, live).await
 }

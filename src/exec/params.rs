@@ -65,9 +65,7 @@ pub enum ParamError {
     Missing(String),
     #[error("{count} custom parameters given; the limit is {MAX_PARAMS}")]
     TooMany { count: usize },
-    #[error(
-        "parameter name {0:?} is invalid: use 1 to {MAX_NAME_BYTES} bytes of letters, digits, '-' and '_'"
-    )]
+    #[error("parameter name {0:?} is invalid: use 1 to {MAX_NAME_BYTES} bytes of letters, digits, '-' and '_'")]
     BadName(String),
     #[error("parameter name {0:?} is invalid: the ACS:: prefix is reserved for built-in parameters")]
     ReservedName(String),
@@ -118,10 +116,8 @@ pub fn render_script(
         return Ok(content.to_string());
     }
     let values = custom_values(custom)?;
-    let mut all: BTreeMap<String, (String, String)> = values
-        .into_iter()
-        .map(|(name, v)| (name.to_ascii_lowercase(), (name, v)))
-        .collect();
+    let mut all: BTreeMap<String, (String, String)> =
+        values.into_iter().map(|(name, v)| (name.to_ascii_lowercase(), (name, v))).collect();
     for (name, v) in builtins.entries() {
         all.insert(name.to_ascii_lowercase(), (name.to_string(), v.to_string()));
     }
@@ -238,7 +234,11 @@ fn substitute(template: &str, values: &BTreeMap<String, (String, String)>) -> Re
             Placeholder::Builtin(n) => (n, true),
         };
         let Some((display, value)) = values.get(&name.to_ascii_lowercase()) else {
-            return Err(if builtin { ParamError::UnknownBuiltin(name.to_string()) } else { ParamError::Missing(name.to_string()) });
+            return Err(if builtin {
+                ParamError::UnknownBuiltin(name.to_string())
+            } else {
+                ParamError::Missing(name.to_string())
+            });
         };
         if let Err(ch) = is_safe_value(value) {
             let env = if builtin { "(built-ins have none)".to_string() } else { env_name(display) };

@@ -33,7 +33,9 @@ pub fn resolve(username: Option<&str>) -> Result<Account, StartError> {
     let user = match username.filter(|u| !u.is_empty()) {
         None => User::from_uid(me)
             .map_err(|e| StartError::new(codes::EXECUTION_EXCEPTION, format!("cannot look up uid {me}: {e}")))?
-            .ok_or_else(|| StartError::new(codes::ACCOUNT_NOT_EXISTS, format!("the agent's uid {me} has no passwd entry")))?,
+            .ok_or_else(|| {
+                StartError::new(codes::ACCOUNT_NOT_EXISTS, format!("the agent's uid {me} has no passwd entry"))
+            })?,
         Some(name) => {
             if name.len() > MAX_USERNAME_BYTES || name.contains('\0') {
                 return Err(StartError::new(
@@ -43,7 +45,9 @@ pub fn resolve(username: Option<&str>) -> Result<Account, StartError> {
             }
             User::from_name(name)
                 .map_err(|e| StartError::new(codes::EXECUTION_EXCEPTION, format!("cannot look up user {name:?}: {e}")))?
-                .ok_or_else(|| StartError::new(codes::ACCOUNT_NOT_EXISTS, format!("user {name:?} does not exist on this host")))?
+                .ok_or_else(|| {
+                    StartError::new(codes::ACCOUNT_NOT_EXISTS, format!("user {name:?} does not exist on this host"))
+                })?
         }
     };
     let switch = user.uid != me;
@@ -56,7 +60,9 @@ pub fn resolve(username: Option<&str>) -> Result<Account, StartError> {
     let groups = if switch {
         let cname = CString::new(user.name.clone()).expect("checked for NUL above");
         let mut g: Vec<u32> = getgrouplist(&cname, user.gid)
-            .map_err(|e| StartError::new(codes::EXECUTION_EXCEPTION, format!("cannot list groups of {:?}: {e}", user.name)))?
+            .map_err(|e| {
+                StartError::new(codes::EXECUTION_EXCEPTION, format!("cannot list groups of {:?}: {e}", user.name))
+            })?
             .into_iter()
             .map(Gid::as_raw)
             .collect();

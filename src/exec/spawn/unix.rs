@@ -13,7 +13,7 @@ use std::process::Stdio;
 
 use nix::libc;
 
-use super::{Started, super::env, super::interpreter, super::kill::ProcessGroup, super::scriptfile, super::user};
+use super::{super::env, super::interpreter, super::kill::ProcessGroup, super::scriptfile, super::user, Started};
 use crate::exec::{RunSpec, StartError, codes};
 
 pub(crate) fn start(spec: &RunSpec) -> Result<Started, StartError> {
@@ -85,7 +85,9 @@ pub(crate) fn start(spec: &RunSpec) -> Result<Started, StartError> {
             format!("cannot start {} as {:?} in {}: {e}", interp.program.display(), account.name, cwd.display()),
         )
     })?;
-    let pgid = child.id().ok_or_else(|| StartError::new(codes::EXECUTION_EXCEPTION, "child exited before its pid was read"))?;
+    let pgid = child
+        .id()
+        .ok_or_else(|| StartError::new(codes::EXECUTION_EXCEPTION, "child exited before its pid was read"))?;
     let output = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
         .map_err(|e| io_err("cannot register output pipe", e))?;
     Ok(Started { child, outputs: vec![Box::pin(output)], group: Box::new(ProcessGroup::new(pgid)), script_dir })
