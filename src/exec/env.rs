@@ -14,6 +14,7 @@ pub const MAX_ENV_BYTES: usize = 64 * 1024;
 pub const UNIX_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Agent variables passed through on Unix: locale and time zone only.
+#[cfg_attr(windows, allow(dead_code))]
 const UNIX_PASSTHROUGH: &[&str] = &["LANG", "LC_ALL", "TZ"];
 #[cfg_attr(unix, allow(dead_code))]
 /// Agent variables passed through on Windows: what cmd/PowerShell need to work.
@@ -45,6 +46,7 @@ const WINDOWS_PASSTHROUGH: &[&str] = &[
 ];
 
 /// Identity variables of the run-as user.
+#[cfg_attr(windows, allow(dead_code))]
 pub struct Identity<'a> {
     pub user: &'a str,
     pub home: &'a std::path::Path,
@@ -75,6 +77,7 @@ pub fn validate(extra: &[(String, String)]) -> Result<(), StartError> {
 
 /// Unix environment: PATH, HOME, USER, LOGNAME, SHELL, PWD, locale/TZ from the
 /// agent, `DECKHAND_INVOKE_ID`, then `extra` (which may override any of them).
+#[cfg_attr(windows, allow(dead_code))]
 pub fn unix(
     id: &Identity<'_>,
     cwd: &std::path::Path,
