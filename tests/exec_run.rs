@@ -177,8 +177,9 @@ async fn run_as_another_user() {
         return;
     }
     let t = tempfile::tempdir().unwrap();
+    // A root the engine creates itself (0711), so the user can reach its run directory.
     let mut s = spec(
-        t.path(),
+        &t.path().join("scripts"),
         "id -un; id -Gn; echo \"$HOME $USER $LOGNAME $SHELL\"; pwd; stat -c '%U %a' \"$(dirname \"$0\")\"; cat /proc/self/status | grep -c '^CapEff:.0000000000000000$'",
     );
     s.username = Some(name.clone());

@@ -44,7 +44,7 @@ impl ScriptDir {
         let fail = |what: &str, p: &Path, e: std::io::Error| {
             StartError::new(codes::EXECUTION_EXCEPTION, format!("cannot {what} {}: {e}", p.display()))
         };
-        prepare_root(root).map_err(|e| fail("prepare script root", root, e))?;
+        prepare_root(root, owner.is_some()).map_err(|e| fail("prepare script root", root, e))?;
         let id: String = invoke_id
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
@@ -82,10 +82,12 @@ impl Drop for ScriptDir {
 
 /// The root must be a real directory we own that others cannot write into:
 /// in a shared temp dir an attacker could otherwise pre-create it or plant a
-/// symlink. 0711 lets a run-as user reach its own 0700 run directory.
+/// symlink. We create it 0711 (a run-as user can reach its own 0700 run
+/// directory but not list the others). An existing root is never chmodded —
+/// it might be `/tmp` itself — only refused with the reason.
 #[cfg(unix)]
-fn prepare_root(root: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+fn prepare_root(root: &Path, run_as_other: bool) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
     match fs::DirBuilder::new().recursive(true).mode(0o711).create(root) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -100,13 +102,22 @@ fn prepare_root(root: &Path) -> std::io::Result<()> {
         )));
     }
     if md.mode() & 0o022 != 0 {
-        fs::set_permissions(root, fs::Permissions::from_mode(0o711))?;
+        return Err(std::io::Error::other(format!(
+            "must not be writable by group or others (mode {:o}); use a private directory",
+            md.mode() & 0o7777
+        )));
+    }
+    if run_as_other && md.mode() & 0o001 == 0 {
+        return Err(std::io::Error::other(format!(
+            "must be searchable by others (mode {:o}, want 0711) to run scripts as another user",
+            md.mode() & 0o7777
+        )));
     }
     Ok(())
 }
 
 #[cfg(not(unix))]
-fn prepare_root(root: &Path) -> std::io::Result<()> {
+fn prepare_root(root: &Path, _run_as_other: bool) -> std::io::Result<()> {
     fs::create_dir_all(root)
 }
 
@@ -166,11 +177,15 @@ mod tests {
     }
 
     #[test]
-    fn tightens_a_world_writable_root() {
+    fn refuses_a_world_writable_or_unsearchable_root() {
         let root = tempfile::tempdir().unwrap();
-        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o777)).unwrap();
-        let d = ScriptDir::create(root.path(), "x", "sh", "", None).unwrap();
-        assert_eq!(fs::metadata(root.path()).unwrap().mode() & 0o777, 0o711);
-        drop(d);
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o1777)).unwrap();
+        let e = ScriptDir::create(root.path(), "x", "sh", "", None).unwrap_err();
+        assert!(e.info.contains("writable by group or others"), "{}", e.info);
+        assert_eq!(fs::metadata(root.path()).unwrap().mode() & 0o7777, 0o1777, "never chmod an existing root");
+        fs::set_permissions(root.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        let e = ScriptDir::create(root.path(), "x", "sh", "", Some((65534, 65534))).unwrap_err();
+        assert!(e.info.contains("searchable"), "{}", e.info);
+        assert!(ScriptDir::create(root.path(), "x", "sh", "", None).is_ok());
     }
 }
