@@ -66,6 +66,9 @@ pub const DEFAULT_KILL_GRACE: Duration = Duration::from_secs(3);
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 /// Upper bound on both of the above, whatever the spec says: stop must stay prompt.
 pub const MAX_GRACE: Duration = Duration::from_secs(30);
+/// Largest `output_cap` honoured: kept output must fit one protocol frame
+/// (1 MiB) once base64-encoded.
+pub const MAX_OUTPUT_CAP: usize = 512 * 1024;
 /// Cloud Assistant's default command timeout.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -85,6 +88,7 @@ pub struct RunSpec {
     /// Extra environment on top of the clean base.
     pub env: Vec<(String, String)>,
     /// Bytes of output kept (head + tail); the middle is dropped and counted.
+    /// Clamped to [`MAX_OUTPUT_CAP`].
     pub output_cap: usize,
     /// SIGTERM → SIGKILL grace on timeout/stop (clamped to [`MAX_GRACE`]).
     pub kill_grace: Duration,

@@ -14,7 +14,7 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
 use super::spawn::{self, Group, Output};
-use super::{MAX_GRACE, OutputCap, RunOutcome, RunSpec, StartError, Termination, codes};
+use super::{MAX_GRACE, MAX_OUTPUT_CAP, OutputCap, RunOutcome, RunSpec, StartError, Termination, codes};
 use crate::protocol::MAX_SCRIPT_BYTES;
 
 /// Longest timeout honoured (a week); longer values are clamped so deadline
@@ -81,7 +81,7 @@ pub(super) async fn run(spec: RunSpec, stop: CancellationToken, mut live: Option
     outs.resize_with(2, || None);
     let (mut out0, mut out1) = (outs[0].take(), outs[1].take());
     let (mut buf0, mut buf1) = (vec![0u8; READ_BUF], vec![0u8; READ_BUF]);
-    let mut cap = OutputCap::new(spec.output_cap);
+    let mut cap = OutputCap::new(spec.output_cap.min(MAX_OUTPUT_CAP));
     let mut live_dropped: u64 = 0;
 
     let mut reason: Option<Termination> = None;
