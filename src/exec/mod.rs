@@ -96,7 +96,7 @@ pub struct RunSpec {
     /// (clamped to [`MAX_GRACE`]).
     pub drain_timeout: Duration,
     /// Parent of the per-run script directories; default
-    /// `<temp dir>/deckhand-scripts`.
+    /// `/run/deckhand/scripts` for a root agent, else `<temp dir>/deckhand-scripts`.
     pub script_root: Option<PathBuf>,
 }
 

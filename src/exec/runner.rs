@@ -161,7 +161,11 @@ pub(super) async fn run(spec: RunSpec, stop: CancellationToken, mut live: Option
         guard.0 = None;
     }
     drop(guard);
-    drop(script_dir);
+    // rmdir can take milliseconds (ext4 with online discard: ~2.6 ms measured
+    // here); keep it off the runtime's worker threads.
+    if tokio::task::spawn_blocking(move || drop(script_dir)).await.is_err() {
+        tracing::warn!(invoke_id, "script directory cleanup task failed");
+    }
 
     let termination = reason.unwrap_or(Termination::Exited);
     let (exit_code, signal) = match &status {

@@ -11,8 +11,14 @@ use super::{StartError, codes};
 /// random suffix keeps names unique).
 const MAX_NAME_ID_CHARS: usize = 64;
 
-/// Default parent of the per-run directories.
+/// Default parent of the per-run directories: `/run/deckhand/scripts` for a
+/// root agent (tmpfs on systemd hosts: cheap to create and remove, gone after
+/// a reboot), else `<temp dir>/deckhand-scripts`.
 pub fn default_root() -> PathBuf {
+    #[cfg(unix)]
+    if nix::unistd::Uid::effective().is_root() && Path::new("/run").is_dir() {
+        return PathBuf::from("/run/deckhand/scripts");
+    }
     std::env::temp_dir().join("deckhand-scripts")
 }
 
