@@ -60,13 +60,13 @@ pub(crate) fn start(spec: &RunSpec) -> Result<Started, StartError> {
                 let _ = libc::write(fd, b"0".as_ptr().cast(), 1);
                 libc::close(fd);
             }
-            if switch {
-                if libc::setgroups(groups.len() as _, groups.as_ptr()) < 0
+            // Groups and gid first: after setuid we no longer may change them.
+            if switch
+                && (libc::setgroups(groups.len() as _, groups.as_ptr()) < 0
                     || libc::setgid(gid) < 0
-                    || libc::setuid(uid) < 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
+                    || libc::setuid(uid) < 0)
+            {
+                return Err(std::io::Error::last_os_error());
             }
             if libc::chdir(cwd_c.as_ptr()) < 0 {
                 return Err(std::io::Error::last_os_error());
