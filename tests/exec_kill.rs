@@ -47,7 +47,7 @@ async fn timeout_kills_tree_that_traps_sigterm() {
     let pidfile = t.path().join("pids");
     let mut s = spec(t.path(), &stubborn_tree(&pidfile));
     s.script_root = Some(t.path().join("scripts"));
-    s.timeout = Duration::from_millis(800);
+    s.timeout = Duration::from_millis(1500); // room for the script to write its pid file under load
     let began = Instant::now();
     let o = run(s, CancellationToken::new(), None).await;
     assert!(began.elapsed() < CEILING);
