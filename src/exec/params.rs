@@ -1,28 +1,262 @@
-//! `{{name}}` parameter rendering (placeholder; see issue 3).
+//! `{{name}}` parameters: custom ones (with `EnableParameter`) and the
+//! built-ins `{{ACS::InstanceId}}`, `{{ACS::InstanceName}}`,
+//! `{{ACS::InvokeId}}`, `{{ACS::CommandId}}`, `{{ACS::RegionId}}`.
+//!
+//! Rules follow Cloud Assistant's CreateCommand: at most 20 custom
+//! parameters; names of letters, digits, `-` and `_`, at most 64 bytes,
+//! case-insensitive, `ACS::` reserved; spaces and newlines inside `{{ }}`
+//! ignored. A `{{…}}` whose inside is not a name (Go templates such as
+//! `{{.Name}}`) is left untouched.
+//!
+//! Safety rule (ours; Cloud Assistant splices values verbatim): a value is
+//! spliced into the script only if every character is in [`SAFE_VALUE_CHARS`]
+//! (ASCII letters, digits and `. _ - : / @ + , =`), which no shell, cmd.exe or
+//! PowerShell treats as syntax, whitespace, quote, glob or expansion. Any
+//! other value is refused *before anything runs*, naming the parameter and
+//! the character. Arbitrary text travels instead as an environment variable
+//! ([`param_env`]: `DECKHAND_PARAM_<NAME>`), which the script quotes itself
+//! (`"$DECKHAND_PARAM_MSG"`) and which no shell re-parses.
 
 use std::collections::BTreeMap;
 
-#[derive(Debug, thiserror::Error, PartialEq)]
+use serde_json::{Map, Value};
+
+use crate::protocol::MAX_SCRIPT_BYTES;
+
+/// Most custom parameters one invocation may carry (Cloud Assistant: 20).
+pub const MAX_PARAMS: usize = 20;
+/// Longest parameter name, in bytes (Cloud Assistant: 64).
+pub const MAX_NAME_BYTES: usize = 64;
+/// Longest single value: no value can be larger than a whole script.
+pub const MAX_VALUE_BYTES: usize = MAX_SCRIPT_BYTES;
+/// Punctuation allowed in a spliced value besides ASCII letters and digits.
+pub const SAFE_VALUE_CHARS: &str = "._-:/@+,=";
+/// Prefix of the environment variables [`param_env`] produces.
+pub const ENV_PREFIX: &str = "DECKHAND_PARAM_";
+
+const BUILTIN_PREFIX: &str = "acs::";
+
+/// Values of the built-in parameters, filled in by the agent.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Builtins {
+    pub instance_id: String,
+    pub instance_name: String,
+    pub invoke_id: String,
+    pub command_id: String,
+    pub region_id: String,
+}
+
+impl Builtins {
+    /// (canonical name, value) of every built-in.
+    fn entries(&self) -> [(&'static str, &str); 5] {
+        [
+            ("ACS::InstanceId", &self.instance_id),
+            ("ACS::InstanceName", &self.instance_name),
+            ("ACS::InvokeId", &self.invoke_id),
+            ("ACS::CommandId", &self.command_id),
+            ("ACS::RegionId", &self.region_id),
+        ]
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ParamError {
     #[error("parameter `{0}` is used in the script but no value was given")]
     Missing(String),
+    #[error("{count} custom parameters given; the limit is {MAX_PARAMS}")]
+    TooMany { count: usize },
+    #[error("parameter name {0:?} is invalid: use 1 to {MAX_NAME_BYTES} bytes of letters, digits, '-' and '_'")]
+    BadName(String),
+    #[error("parameter name {0:?} is invalid: the ACS:: prefix is reserved for built-in parameters")]
+    ReservedName(String),
+    #[error("parameter names {0:?} and {1:?} differ only in case; names are case-insensitive")]
+    DuplicateName(String, String),
+    #[error(
+        "built-in parameter `{0}` does not exist; known: ACS::InstanceId, ACS::InstanceName, ACS::InvokeId, ACS::CommandId, ACS::RegionId"
+    )]
+    UnknownBuiltin(String),
+    #[error("value of parameter `{name}` is a JSON {kind}; use a string, number, boolean or null")]
+    BadValueType { name: String, kind: &'static str },
+    #[error("value of parameter `{name}` is {len} bytes; the limit is {MAX_VALUE_BYTES}")]
+    ValueTooLong { name: String, len: usize },
+    #[error("value of parameter `{name}` contains a NUL character")]
+    NulInValue { name: String },
+    #[error(
+        "value of parameter `{name}` contains {ch:?}, which is not allowed in a value put into a script \
+         (allowed: ASCII letters, digits and {SAFE_VALUE_CHARS}); pass arbitrary text through the \
+         environment variable {env} instead"
+    )]
+    UnsafeValue { name: String, ch: char, env: String },
+    #[error("the script is {len} bytes after parameters are filled in; the limit is {MAX_SCRIPT_BYTES}")]
+    TooLarge { len: usize },
 }
 
-/// Replace `{{name}}` with values; built-ins are passed in `values` too
-/// under their full names (`ACS::InstanceId`).
+impl ParamError {
+    /// The error code the agent reports for this failure.
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            ParamError::Missing(_) => "MissingParameter",
+            ParamError::TooLarge { .. } => super::codes::INVALID_COMMAND_CONTENT,
+            _ => "InvalidParameter.Parameters",
+        }
+    }
+}
+
+/// Render a Cloud Assistant command: with `enable_parameter` false the
+/// content is returned unchanged (`{{…}}` stays literal, as Cloud Assistant
+/// does); otherwise every `{{name}}` / `{{ACS::…}}` is replaced under the
+/// safety rule in the module doc.
+pub fn render_script(
+    content: &str,
+    enable_parameter: bool,
+    custom: &Map<String, Value>,
+    builtins: &Builtins,
+) -> Result<String, ParamError> {
+    if !enable_parameter {
+        return Ok(content.to_string());
+    }
+    let values = custom_values(custom)?;
+    let mut all: BTreeMap<String, (String, String)> =
+        values.into_iter().map(|(name, v)| (name.to_ascii_lowercase(), (name, v))).collect();
+    for (name, v) in builtins.entries() {
+        all.insert(name.to_ascii_lowercase(), (name.to_string(), v.to_string()));
+    }
+    substitute(content, &all)
+}
+
+/// Replace `{{name}}` with values; built-ins are passed in `values` under
+/// their full names (`ACS::InstanceId`). Same rules as [`render_script`].
 pub fn render(template: &str, values: &BTreeMap<String, String>) -> Result<String, ParamError> {
+    let all = values.iter().map(|(k, v)| (k.to_ascii_lowercase(), (k.clone(), v.clone()))).collect();
+    substitute(template, &all)
+}
+
+/// Environment variables carrying every custom value verbatim:
+/// `DECKHAND_PARAM_<NAME>` (upper-cased, `-` → `_`), to put in `RunSpec::env`.
+/// Only NUL is refused (an environment cannot hold it).
+pub fn param_env(custom: &Map<String, Value>) -> Result<Vec<(String, String)>, ParamError> {
+    Ok(custom_values(custom)?.into_iter().map(|(name, v)| (env_name(&name), v)).collect())
+}
+
+fn env_name(name: &str) -> String {
+    format!("{ENV_PREFIX}{}", name.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// Validate names, count and value types; values as strings.
+fn custom_values(custom: &Map<String, Value>) -> Result<Vec<(String, String)>, ParamError> {
+    if custom.len() > MAX_PARAMS {
+        return Err(ParamError::TooMany { count: custom.len() });
+    }
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    let mut out = Vec::with_capacity(custom.len());
+    for (name, v) in custom {
+        if name.len() >= BUILTIN_PREFIX.len() && name[..BUILTIN_PREFIX.len()].eq_ignore_ascii_case(BUILTIN_PREFIX) {
+            return Err(ParamError::ReservedName(name.clone()));
+        }
+        if !valid_name(name) {
+            return Err(ParamError::BadName(name.clone()));
+        }
+        if let Some(prev) = seen.insert(name.to_ascii_lowercase(), name.clone()) {
+            return Err(ParamError::DuplicateName(prev, name.clone()));
+        }
+        let s = match v {
+            Value::String(s) => s.clone(),
+            Value::Number(n) => n.to_string(),
+            Value::Bool(b) => b.to_string(),
+            Value::Null => String::new(),
+            Value::Array(_) => return Err(ParamError::BadValueType { name: name.clone(), kind: "array" }),
+            Value::Object(_) => return Err(ParamError::BadValueType { name: name.clone(), kind: "object" }),
+        };
+        if s.len() > MAX_VALUE_BYTES {
+            return Err(ParamError::ValueTooLong { name: name.clone(), len: s.len() });
+        }
+        if s.contains('\0') {
+            return Err(ParamError::NulInValue { name: name.clone() });
+        }
+        out.push((name.clone(), s));
+    }
+    Ok(out)
+}
+
+fn valid_name(n: &str) -> bool {
+    !n.is_empty() && n.len() <= MAX_NAME_BYTES && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+fn name_chars(n: &str) -> bool {
+    !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// Whether `v` may be spliced into a script.
+pub fn is_safe_value(v: &str) -> Result<(), char> {
+    match v.chars().find(|c| !(c.is_ascii_alphanumeric() || SAFE_VALUE_CHARS.contains(*c))) {
+        Some(c) => Err(c),
+        None => Ok(()),
+    }
+}
+
+/// What the inside of one `{{ }}` is.
+enum Placeholder<'a> {
+    Custom(&'a str),
+    Builtin(&'a str),
+    /// Not a parameter reference: leave the text alone.
+    Literal,
+}
+
+fn classify(inner: &str) -> Result<Placeholder<'_>, ParamError> {
+    let t = inner.trim_matches([' ', '\t', '\r', '\n']);
+    if t.len() > BUILTIN_PREFIX.len() && t[..BUILTIN_PREFIX.len()].eq_ignore_ascii_case(BUILTIN_PREFIX) {
+        let rest = &t[BUILTIN_PREFIX.len()..];
+        return Ok(if name_chars(rest) { Placeholder::Builtin(t) } else { Placeholder::Literal });
+    }
+    if !name_chars(t) {
+        return Ok(Placeholder::Literal);
+    }
+    if t.len() > MAX_NAME_BYTES {
+        return Err(ParamError::BadName(t.to_string()));
+    }
+    Ok(Placeholder::Custom(t))
+}
+
+/// `values`: lower-cased name → (display name, value).
+fn substitute(template: &str, values: &BTreeMap<String, (String, String)>) -> Result<String, ParamError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(start) = rest.find("{{") {
-        let Some(end) = rest[start + 2..].find("}}") else { break };
-        let name = rest[start + 2..start + 2 + end].trim();
-        out.push_str(&rest[..start]);
-        match values.get(name) {
-            Some(v) => out.push_str(v),
-            None => return Err(ParamError::Missing(name.to_string())),
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        let (name, builtin) = match classify(&after[..end])? {
+            Placeholder::Literal => {
+                out.push_str(&rest[..start + 2]);
+                rest = after;
+                continue;
+            }
+            Placeholder::Custom(n) => (n, false),
+            Placeholder::Builtin(n) => (n, true),
+        };
+        let Some((display, value)) = values.get(&name.to_ascii_lowercase()) else {
+            return Err(if builtin {
+                ParamError::UnknownBuiltin(name.to_string())
+            } else {
+                ParamError::Missing(name.to_string())
+            });
+        };
+        if let Err(ch) = is_safe_value(value) {
+            let env = if builtin { "(built-ins have none)".to_string() } else { env_name(display) };
+            return Err(ParamError::UnsafeValue { name: display.clone(), ch, env });
         }
-        rest = &rest[start + 2 + end + 2..];
+        out.push_str(&rest[..start]);
+        out.push_str(value);
+        rest = &after[end + 2..];
+        if out.len() > MAX_SCRIPT_BYTES {
+            return Err(ParamError::TooLarge { len: out.len() + rest.len() });
+        }
     }
     out.push_str(rest);
+    if out.len() > MAX_SCRIPT_BYTES {
+        return Err(ParamError::TooLarge { len: out.len() });
+    }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,134 @@
+//! Windows start: cmd.exe / powershell.exe in a fresh Job Object so timeout
+//! and stop end every process the script started (`TerminateJobObject`).
+//!
+//! Limits, documented in docs/exec.md: the child is assigned to the job right
+//! after it starts, so a grandchild spawned in that first instant could
+//! escape; no graceful signal exists (terminate = kill); run-as another
+//! account is not supported yet. Not exercised by tests on this Linux host
+//! (cross-checked with `cargo check --target x86_64-pc-windows-gnu`).
+
+use std::ffi::c_void;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
+use windows_sys::Win32::System::JobObjects::{
+    AssignProcessToJobObject, CreateJobObjectW, JOBOBJECT_BASIC_ACCOUNTING_INFORMATION,
+    JobObjectBasicAccountingInformation, QueryInformationJobObject, TerminateJobObject,
+};
+use windows_sys::Win32::System::Threading::{CREATE_NEW_PROCESS_GROUP, CREATE_NO_WINDOW};
+
+use super::super::{env, interpreter, scriptfile};
+use super::{Group, Started};
+use crate::exec::{RunSpec, StartError, codes};
+
+/// Exit code given to processes killed through the job.
+const KILLED_EXIT_CODE: u32 = 1;
+
+struct Job(HANDLE);
+
+// SAFETY: a job handle may be used from any thread.
+unsafe impl Send for Job {}
+unsafe impl Sync for Job {}
+
+impl Job {
+    fn new() -> std::io::Result<Job> {
+        // SAFETY: null attributes and name create an anonymous job.
+        let h = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
+        if h.is_null() { Err(std::io::Error::last_os_error()) } else { Ok(Job(h)) }
+    }
+}
+
+impl Group for Job {
+    fn terminate(&self) {
+        self.kill();
+    }
+
+    fn kill(&self) {
+        // SAFETY: self.0 is a live job handle.
+        unsafe { TerminateJobObject(self.0, KILLED_EXIT_CODE) };
+    }
+
+    fn alive(&self) -> bool {
+        // SAFETY: a zeroed accounting struct is valid; the size matches it.
+        unsafe {
+            let mut info: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION = std::mem::zeroed();
+            let ok = QueryInformationJobObject(
+                self.0,
+                JobObjectBasicAccountingInformation,
+                (&mut info as *mut JOBOBJECT_BASIC_ACCOUNTING_INFORMATION).cast::<c_void>(),
+                std::mem::size_of::<JOBOBJECT_BASIC_ACCOUNTING_INFORMATION>() as u32,
+                std::ptr::null_mut(),
+            );
+            ok == 0 || info.ActiveProcesses > 0
+        }
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        // No KILL_ON_JOB_CLOSE: like on Unix, a finished script may leave
+        // background processes behind; kills are explicit.
+        // SAFETY: closing the handle we own.
+        unsafe { CloseHandle(self.0) };
+    }
+}
+
+pub(crate) fn start(spec: &RunSpec) -> Result<Started, StartError> {
+    let interp = interpreter::resolve_interpreter(&spec.command_type, &spec.script)?;
+    if let Some(u) = spec.username.as_deref().filter(|u| !u.is_empty()) {
+        let me = std::env::var("USERNAME").unwrap_or_default();
+        if !u.eq_ignore_ascii_case(&me) {
+            return Err(StartError::new(
+                codes::EXECUTION_EXCEPTION,
+                format!("running as another account ({u:?}) is not supported on Windows yet"),
+            ));
+        }
+    }
+    env::validate(&spec.env)?;
+    let cwd = match spec.working_dir.as_deref().filter(|p| !p.as_os_str().is_empty()) {
+        Some(d) if d.is_dir() => d.to_path_buf(),
+        Some(d) => {
+            return Err(StartError::new(
+                codes::DIRECTORY_NOT_EXISTS,
+                format!("WorkingDir {} does not exist or is not a directory", d.display()),
+            ));
+        }
+        // Cloud Assistant's default on Windows: the agent's own directory.
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(r"C:\Windows\System32")),
+    };
+    // Windows PowerShell reads a BOM-less .ps1 in the ANSI code page.
+    let content = if interp.extension == "ps1" { format!("\u{feff}{}", spec.script) } else { spec.script.clone() };
+    let root = spec.script_root.clone().unwrap_or_else(scriptfile::default_root);
+    let script_dir = scriptfile::ScriptDir::create(&root, &spec.invoke_id, interp.extension, &content, None)?;
+
+    let io_err = |what: &str, e: std::io::Error| StartError::new(codes::EXECUTION_EXCEPTION, format!("{what}: {e}"));
+    let job = Job::new().map_err(|e| io_err("cannot create job object", e))?;
+    let mut cmd = tokio::process::Command::new(&interp.program);
+    cmd.args(interp.argv(script_dir.script()))
+        .env_clear()
+        .envs(env::windows(&spec.invoke_id, &spec.env))
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW)
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().map_err(|e| io_err(&format!("cannot start {}", interp.program.display()), e))?;
+    if let Some(h) = child.raw_handle() {
+        // SAFETY: both handles are live.
+        if unsafe { AssignProcessToJobObject(job.0, h as HANDLE) } == 0 {
+            let e = std::io::Error::last_os_error();
+            let _ = child.start_kill();
+            return Err(io_err("cannot put the script in its job object", e));
+        }
+    }
+    let mut outputs: Vec<super::Output> = Vec::new();
+    if let Some(o) = child.stdout.take() {
+        outputs.push(Box::pin(o));
+    }
+    if let Some(e) = child.stderr.take() {
+        outputs.push(Box::pin(e));
+    }
+    Ok(Started { child, outputs, group: Box::new(job), script_dir })
+}
