@@ -109,7 +109,13 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let url = HubUrl::parse(&config.hub)?;
     let tls = crate::tls::client_config(config.ca_file.as_deref())?;
     let (state, recovery) = state::AgentState::open(&config.state_dir.join("journal"))?;
-    let (runner, mut live_rx) = Runner::new(state, config.max_concurrent);
+    // Root uses the engine's /run default; anyone else keeps scripts under
+    // its own 0700 state dir, where no other local user can interfere.
+    #[cfg(unix)]
+    let script_root = (!nix::unistd::geteuid().is_root()).then(|| config.state_dir.join("scripts"));
+    #[cfg(not(unix))]
+    let script_root = None;
+    let (runner, mut live_rx) = Runner::new(state, config.max_concurrent, script_root);
     let mut identity = identity::load(&config.state_dir)?;
     if let Some(id) = &identity {
         runner.set_instance_id(&id.instance_id);

@@ -1,9 +1,8 @@
 //! Turns accepted invocations into runs: bounded concurrency (FIFO), stop
 //! tokens, parameter rendering, and the reports each run produces.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use base64::Engine;
 use tokio::sync::{Notify, Semaphore, mpsc};
@@ -11,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::AgentState;
 use crate::exec::{self, RunSpec, Termination};
-use crate::protocol::{Invocation, OUTPUT_CAP_BYTES, RecordReport, RecordStatus};
+use crate::protocol::{Invocation, RecordReport, RecordStatus};
 
 /// Live output chunks waiting for the connection; full means we drop
 /// chunks (the final report carries the kept output anyway).
@@ -26,6 +25,8 @@ pub struct Runner {
     slots: Arc<Semaphore>,
     stops: Mutex<HashMap<String, CancellationToken>>,
     instance_id: Mutex<String>,
+    /// Where per-run script directories go (None: the engine's default).
+    script_root: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug)]
@@ -41,7 +42,7 @@ fn now() -> String {
 }
 
 impl Runner {
-    pub fn new(state: AgentState, max_concurrent: usize) -> (Arc<Self>, mpsc::Receiver<LiveChunk>) {
+    pub fn new(state: AgentState, max_concurrent: usize, script_root: Option<std::path::PathBuf>) -> (Arc<Self>, mpsc::Receiver<LiveChunk>) {
         let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
         let r = Arc::new(Self {
             state: Mutex::new(state),
@@ -50,6 +51,7 @@ impl Runner {
             slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
             stops: Mutex::new(HashMap::new()),
             instance_id: Mutex::new(String::new()),
+            script_root,
         });
         (r, live_rx)
     }
@@ -145,10 +147,14 @@ impl Runner {
             }
         };
         let instance_id = self.instance_id.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let script = match render(&inv, &instance_id) {
-            Ok(s) => s,
+        // Parameters are rendered (and refused) before anything runs.
+        let spec = match exec::spec_for(&inv, &instance_id) {
+            Ok(mut spec) => {
+                spec.script_root = self.script_root.clone();
+                spec
+            }
             Err(e) => {
-                self.report(failed(&inv, record_seq, "InvalidParameter", &e), true);
+                self.report(failed(&inv, record_seq, e.error_code(), &e.to_string()), true);
                 return;
             }
         };
@@ -163,24 +169,14 @@ impl Runner {
         let report = if inv.command_type == "ApplyKubeletReserved" {
             kubelet_run(&inv, record_seq, start, stop).await
         } else {
-            self.script_run(&inv, record_seq, script, stop).await
+            self.script_run(&inv, record_seq, spec, stop).await
         };
         drop(permit);
         tracing::info!(invoke_id = %inv.invoke_id, status = report.status.as_str(), exit_code = ?report.exit_code, "run finished");
         self.report(report, true);
     }
 
-    async fn script_run(&self, inv: &Invocation, record_seq: u32, script: String, stop: CancellationToken) -> RecordReport {
-        let spec = RunSpec {
-            invoke_id: inv.invoke_id.clone(),
-            command_type: inv.command_type.clone(),
-            script,
-            working_dir: inv.working_dir.as_ref().map(Into::into),
-            username: inv.username.clone(),
-            timeout: Duration::from_secs(inv.timeout_secs.max(1)),
-            env: Vec::new(),
-            output_cap: OUTPUT_CAP_BYTES,
-        };
+    async fn script_run(&self, inv: &Invocation, record_seq: u32, spec: RunSpec, stop: CancellationToken) -> RecordReport {
         let (chunk_tx, mut chunk_rx) = mpsc::channel::<Vec<u8>>(16);
         let live = self.live_tx.clone();
         let invoke_id = inv.invoke_id.clone();
@@ -218,23 +214,6 @@ impl Runner {
 async fn kubelet_run(inv: &Invocation, record_seq: u32, start: String, _stop: CancellationToken) -> RecordReport {
     let _ = (inv, record_seq, start);
     failed(inv, record_seq, "CommandNotApplicable", "kubelet reservations are not available in this build")
-}
-
-fn render(inv: &Invocation, instance_id: &str) -> Result<String, String> {
-    if !inv.enable_parameter {
-        return Ok(inv.content.clone());
-    }
-    let mut values: BTreeMap<String, String> = inv
-        .parameters
-        .iter()
-        .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
-        .collect();
-    values.insert("ACS::InstanceId".into(), instance_id.to_string());
-    values.insert("ACS::InstanceName".into(), inv.instance_name.clone());
-    values.insert("ACS::InvokeId".into(), inv.invoke_id.clone());
-    values.insert("ACS::CommandId".into(), inv.command_id.clone());
-    values.insert("ACS::RegionId".into(), inv.region_id.clone());
-    exec::params::render(&inv.content, &values).map_err(|e| e.to_string())
 }
 
 fn failed(inv: &Invocation, record_seq: u32, code: &str, info: &str) -> RecordReport {
