@@ -404,3 +404,89 @@ pub fn flags_override(args: &[String]) -> Vec<&'static str> {
         .map(|(_, name)| name)
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn yaml(text: &str) -> KubeletConfigFile {
+        KubeletConfigFile::from_text(Path::new("/x/config.yaml"), text.to_string())
+    }
+
+    fn res(pairs: &[(&str, &str)]) -> ResourceMap {
+        pairs.iter().map(|(k, v)| (k.to_string(), Quantity::parse(v).unwrap())).collect()
+    }
+
+    #[test]
+    fn yaml_reads_flow_block_quoted_and_lists() {
+        let f = yaml(
+            "# managed by kubeadm\nkind: KubeletConfiguration\nkubeReserved: {cpu: 100m, memory: \"1Gi\"}  \nsystemReserved:\n  cpu: '200m'\n  # comment inside\n  memory: 512Mi # trailing\nenforceNodeAllocatable:\n- pods\n- kube-reserved\nkubeReservedCgroup: /kube-reserved\nmaxPods: 42\n",
+        );
+        let st = f.state().unwrap();
+        assert_eq!(st.reservation.kube_reserved, res(&[("cpu", "100m"), ("memory", "1Gi")]));
+        assert_eq!(st.reservation.system_reserved, res(&[("cpu", "200m"), ("memory", "512Mi")]));
+        assert_eq!(st.enforce_node_allocatable, vec!["pods", "kube-reserved"]);
+        assert_eq!(st.kube_reserved_cgroup.as_deref(), Some("/kube-reserved"));
+        assert_eq!(st.max_pods, Some(42));
+    }
+
+    #[test]
+    fn yaml_render_replaces_only_owned_blocks() {
+        let text = "apiVersion: kubelet.config.k8s.io/v1beta1\nkubeReserved: {cpu: 100m}\n# keep me\nauthentication:\n  anonymous:\n    enabled: false\nsystemReserved:\n  cpu: 1\nkind: KubeletConfiguration\n";
+        let f = yaml(text);
+        let r = Reservation { kube_reserved: res(&[("cpu", "70m"), ("memory", "574Mi")]), ..Default::default() };
+        let out = f.render(&r).unwrap();
+        assert_eq!(
+            out,
+            "apiVersion: kubelet.config.k8s.io/v1beta1\nkubeReserved:\n  cpu: \"70m\"\n  memory: \"574Mi\"\n# keep me\nauthentication:\n  anonymous:\n    enabled: false\nkind: KubeletConfiguration\n"
+        );
+        // Rendering the result again with the same reservation is a fixed point.
+        assert_eq!(yaml(&out).render(&r).unwrap(), out);
+    }
+
+    #[test]
+    fn yaml_refusals_name_the_line() {
+        for (text, want) in [
+            ("kind: KubeletConfiguration\n\tmaxPods: 3\n", "tab"),
+            ("  indented: first\n", "before any top-level key"),
+            ("maxPods: 1\nmaxPods: 2\n", "duplicate"),
+            ("kubeReserved: &x {cpu: 1}\n", "mapping"),
+            ("kubeReserved:\n  cpu: *ref\n", "anchors"),
+            ("kubeReserved:\n  cpu: \"1\\n\"\n", "escaped"),
+            ("{not yaml we edit\n", "not a top-level"),
+            ("kind: Pod\n", "not KubeletConfiguration"),
+            ("kubeReserved: 5\n", "must be a mapping"),
+        ] {
+            let e = yaml(text).state().unwrap_err().to_string();
+            assert!(e.contains(want), "{text:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn json_render_keeps_other_keys_and_drops_empty_maps() {
+        let f = KubeletConfigFile::from_text(
+            Path::new("/x/kubelet-config.json"),
+            r#"{"kind":"KubeletConfiguration","maxPods":17,"systemReserved":{"cpu":"1"},"featureGates":{"A":true}}"#.into(),
+        );
+        assert_eq!(f.format, ConfigFormat::Json);
+        let r = Reservation { kube_reserved: res(&[("cpu", "70m")]), ..Default::default() };
+        let v: Value = serde_json::from_str(&f.render(&r).unwrap()).unwrap();
+        assert_eq!(v["maxPods"], 17);
+        assert_eq!(v["featureGates"]["A"], true);
+        assert_eq!(v["kubeReserved"]["cpu"], "70m");
+        assert!(v.get("systemReserved").is_none());
+    }
+
+    #[test]
+    fn format_detection() {
+        assert_eq!(KubeletConfigFile::from_text(Path::new("/c"), " {}".into()).format, ConfigFormat::Json);
+        assert_eq!(KubeletConfigFile::from_text(Path::new("/c"), "kind: x".into()).format, ConfigFormat::Yaml);
+        assert_eq!(KubeletConfigFile::from_text(Path::new("/c.yml"), "{}".into()).format, ConfigFormat::Yaml);
+    }
+
+    #[test]
+    fn flags_on_the_command_line_are_noticed() {
+        let args: Vec<String> = ["kubelet", "--kube-reserved=cpu=1", "--eviction-hard", "memory.available<1Mi"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(flags_override(&args), vec!["kubeReserved", "evictionHard"]);
+    }
+}

@@ -4,9 +4,11 @@
 
 use super::KubeletError;
 use super::config::ConfigState;
-use super::policy::{NodeFacts, Reservation};
+use super::policy::{EvictionMap, NodeFacts, Reservation, Threshold};
+use super::quantity::Quantity;
 
-/// Node allocatable = capacity - kubeReserved - systemReserved - hard eviction threshold.
+/// Node allocatable = capacity - kubeReserved - systemReserved - hard eviction threshold
+/// (memory.available for memory, nodefs.available for ephemeral-storage).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Allocatable {
@@ -22,12 +24,24 @@ fn reserved_units(r: &Reservation, name: &str) -> i128 {
     r.kube_reserved.get(name).map(|q| q.units_ceil()).unwrap_or(0) + r.system_reserved.get(name).map(|q| q.units_ceil()).unwrap_or(0)
 }
 
+/// Eviction map kubelet actually uses: its built-in defaults when none is configured.
+fn effective_eviction(r: &Reservation) -> EvictionMap {
+    if !r.eviction_hard.is_empty() {
+        return r.eviction_hard.clone();
+    }
+    let mut m = EvictionMap::new();
+    m.insert("memory.available".into(), Threshold::Quantity(Quantity::from_mebibytes(100)));
+    m.insert("nodefs.available".into(), Threshold::Percent(10_000));
+    m
+}
+
 pub fn allocatable(f: &NodeFacts, r: &Reservation) -> Allocatable {
+    let eviction = effective_eviction(r);
     let cpu_reserved = r.kube_reserved.get("cpu").map(|q| q.millis_ceil()).unwrap_or(0)
         + r.system_reserved.get("cpu").map(|q| q.millis_ceil()).unwrap_or(0);
-    let mem_evict = r.eviction_hard.get("memory.available").map(|t| t.amount_of(f.memory_bytes)).unwrap_or(0) as i128;
+    let mem_evict = eviction.get("memory.available").map(|t| t.amount_of(f.memory_bytes)).unwrap_or(0) as i128;
     let ephemeral = f.ephemeral_storage_bytes.map(|cap| {
-        let evict = r.eviction_hard.get("nodefs.available").map(|t| t.amount_of(cap)).unwrap_or(0) as i128;
+        let evict = eviction.get("nodefs.available").map(|t| t.amount_of(cap)).unwrap_or(0) as i128;
         cap as i128 - reserved_units(r, "ephemeral-storage") - evict
     });
     Allocatable {
@@ -118,5 +132,14 @@ mod tests {
         assert!(e.contains("kubeReservedCgroup is not set"), "{e}");
         st.kube_reserved_cgroup = Some("/kube-reserved".into());
         assert!(validate(&f, &r, &st).is_ok());
+    }
+
+    #[test]
+    fn unset_eviction_uses_kubelet_defaults() {
+        let f = facts(2, 4 * GI, Some(10 * GI));
+        let a = allocatable(&f, &Reservation::default());
+        assert_eq!(a.cpu_millis, 2000);
+        assert_eq!(a.memory_bytes, (4 * GI - 100 * (1 << 20)) as i128);
+        assert_eq!(a.ephemeral_storage_bytes, Some((9 * GI) as i128));
     }
 }
