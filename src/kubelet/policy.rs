@@ -245,19 +245,42 @@ pub fn aks(f: &NodeFacts) -> Reservation {
     Reservation { kube_reserved: kube, system_reserved: ResourceMap::new(), eviction_hard: eviction("100Mi", &NODEFS) }
 }
 
-/// Alibaba ACK: total reserved CPU from the CPU ladder and memory min(11Mi x maxPods + 255Mi,
-/// 25% of memory); the total is split 50/50 between kubeReserved and systemReserved as the
-/// ACK policy page states. See docs/kubelet.md for what was and was not verified.
+/// ACK total CPU reservation in millicores: 100m up to 4 cores, then 2.5% per core to 64,
+/// 1.25% per core to 128, 0.5% per core above (the ladder that reproduces ACK's published
+/// 4-vCPU example, 4000m capacity -> 3900m allocatable; see docs/kubelet.md).
+pub fn ack_cpu_millis(cpus: u32) -> u64 {
+    let total = cpus as u64 * 1000;
+    100 + laddered(total, &[(4000, 64_000, 250), (64_000, 128_000, 125), (128_000, u64::MAX, 50)])
+}
+
+/// ACK total memory reservation: the 25/20/10/6/2 % tiers, rounded down to whole MiB
+/// (reproduces ACK's published example to the KiB together with memory.available<300Mi).
+pub fn ack_memory_mebibytes(memory: u64) -> u64 {
+    let tiers = laddered(
+        memory,
+        &[
+            (0, 4 * GI, 2500),
+            (4 * GI, 8 * GI, 2000),
+            (8 * GI, 16 * GI, 1000),
+            (16 * GI, 128 * GI, 600),
+            (128 * GI, u64::MAX, 200),
+        ],
+    );
+    tiers / MI
+}
+
+/// Alibaba ACK: the total reservation split 50/50 between kubeReserved and systemReserved
+/// (as ACK's policy page states); eviction memory.available<300Mi plus kubelet's disk defaults.
 pub fn ack(f: &NodeFacts) -> Reservation {
-    let cpu = cpu_ladder_millis(f.cpus);
-    let mem_mi = (11 * f.max_pods as u64 + 255).min((f.memory_bytes / 4) / MI);
+    let cpu = ack_cpu_millis(f.cpus);
+    let mem_mi = ack_memory_mebibytes(f.memory_bytes);
     let mut kube = ResourceMap::new();
     let mut system = ResourceMap::new();
     kube.insert("cpu".into(), Quantity::from_millis(cpu.div_ceil(2) as i64));
     system.insert("cpu".into(), Quantity::from_millis((cpu / 2) as i64));
     kube.insert("memory".into(), Quantity::from_mebibytes(mem_mi.div_ceil(2)));
     system.insert("memory".into(), Quantity::from_mebibytes(mem_mi / 2));
-    let mut ev = eviction("100Mi", &NODEFS);
+    let mut ev = eviction("300Mi", &NODEFS);
     ev.insert("imagefs.available".into(), threshold("15%"));
     Reservation { kube_reserved: kube, system_reserved: system, eviction_hard: ev }
 }
@@ -339,18 +362,34 @@ mod tests {
     }
 
     #[test]
-    fn ack_splits_total_evenly() {
-        let r = ack(&facts(4, 16, 64));
-        // cpu ladder 80m -> 40m + 40m; memory min(11*64+255=959Mi, 4Gi) -> 480Mi + 479Mi.
-        assert_eq!(s(&r.kube_reserved, "cpu"), "40m");
-        assert_eq!(s(&r.system_reserved, "cpu"), "40m");
-        assert_eq!(s(&r.kube_reserved, "memory"), "480Mi");
-        assert_eq!(s(&r.system_reserved, "memory"), "479Mi");
-        // Small node: 25% cap wins (2Gi -> 512Mi total).
-        let r = ack(&facts(2, 2, 110));
-        assert_eq!(s(&r.kube_reserved, "memory"), "256Mi");
-        assert_eq!(s(&r.system_reserved, "memory"), "256Mi");
+    fn ack_reproduces_published_example() {
+        // ACK's policy page: capacity cpu 4 / memory 7925980Ki -> allocatable 3900m / 5824732Ki.
+        let f = NodeFacts { cpus: 4, memory_bytes: 7_925_980 * 1024, max_pods: 64, ephemeral_storage_bytes: None };
+        let r = ack(&f);
+        let a = crate::kubelet::validate::allocatable(&f, &r);
+        assert_eq!(a.cpu_millis, 3900);
+        assert_eq!(a.memory_bytes, 5_824_732 * 1024);
+        assert_eq!(s(&r.kube_reserved, "cpu"), "50m");
+        assert_eq!(s(&r.system_reserved, "cpu"), "50m");
+        assert_eq!(s(&r.kube_reserved, "memory"), "876Mi");
+        assert_eq!(s(&r.system_reserved, "memory"), "876Mi");
+        assert_eq!(r.eviction_hard["memory.available"].to_string(), "300Mi");
         assert_eq!(r.eviction_hard["imagefs.available"].to_string(), "15%");
+    }
+
+    #[test]
+    fn ack_table() {
+        // (vCPU, total cpu m) and (GiB, total MiB): ladder worked by hand.
+        for (cpus, want) in [(1, 100), (2, 100), (4, 100), (8, 200), (32, 800), (64, 1600), (96, 2000), (128, 2400), (196, 2740)] {
+            assert_eq!(ack_cpu_millis(cpus), want, "{cpus} vCPU");
+        }
+        for (gi, want) in [(2, 512), (4, 1024), (8, 1843), (16, 2662), (32, 3645), (448, 16097)] {
+            assert_eq!(ack_memory_mebibytes(gi * GI), want, "{gi} GiB");
+        }
+        // Odd totals give kubeReserved the extra unit.
+        let r = ack(&facts(8, 8, 110));
+        assert_eq!((s(&r.kube_reserved, "memory"), s(&r.system_reserved, "memory")), ("922Mi".into(), "921Mi".into()));
+        assert_eq!((s(&r.kube_reserved, "cpu"), s(&r.system_reserved, "cpu")), ("100m".into(), "100m".into()));
     }
 
     #[test]
