@@ -35,6 +35,8 @@ pub struct ConfigState {
     pub kube_reserved_cgroup: Option<String>,
     pub system_reserved_cgroup: Option<String>,
     pub max_pods: Option<u32>,
+    /// `none` or `static` (ACK node pools expose this as `cpu_policy`).
+    pub cpu_manager_policy: Option<String>,
 }
 
 /// One kubelet config file, loaded.
@@ -141,6 +143,7 @@ fn json_state(path: &Path, text: &str) -> Result<ConfigState, KubeletError> {
     st.kube_reserved_cgroup = m.get("kubeReservedCgroup").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
     st.system_reserved_cgroup = m.get("systemReservedCgroup").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
     st.max_pods = m.get("maxPods").and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok());
+    st.cpu_manager_policy = m.get("cpuManagerPolicy").and_then(Value::as_str).map(str::to_string);
     Ok(st)
 }
 
@@ -351,6 +354,7 @@ fn yaml_state(path: &Path, text: &str) -> Result<ConfigState, KubeletError> {
     st.kube_reserved_cgroup = scalar("kubeReservedCgroup")?;
     st.system_reserved_cgroup = scalar("systemReservedCgroup")?;
     st.max_pods = scalar("maxPods")?.and_then(|s| s.parse().ok());
+    st.cpu_manager_policy = scalar("cpuManagerPolicy")?;
     Ok(st)
 }
 

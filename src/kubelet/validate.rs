@@ -72,6 +72,10 @@ pub fn validate(f: &NodeFacts, r: &Reservation, after: &ConfigState) -> Result<V
             refusals.push(format!("enforceNodeAllocatable contains {entry} but {key} is not set; kubelet would refuse to start"));
         }
     }
+    let cpu_reserved = f.cpus as i128 * 1000 - a.cpu_millis;
+    if after.cpu_manager_policy.as_deref() == Some("static") && cpu_reserved <= 0 {
+        refusals.push("cpuManagerPolicy is static but no CPU is reserved (kubeReserved/systemReserved cpu); kubelet would refuse to start".into());
+    }
     if !refusals.is_empty() {
         return Err(KubeletError::Refused(refusals.join("; ")));
     }
@@ -132,6 +136,11 @@ mod tests {
         assert!(e.contains("kubeReservedCgroup is not set"), "{e}");
         st.kube_reserved_cgroup = Some("/kube-reserved".into());
         assert!(validate(&f, &r, &st).is_ok());
+        // Static CPU manager (ACK cpu_policy=static) needs some reserved CPU.
+        st.cpu_manager_policy = Some("static".into());
+        assert!(validate(&f, &r, &st).is_ok());
+        let e = validate(&f, &Reservation::default(), &st).unwrap_err().to_string();
+        assert!(e.contains("cpuManagerPolicy is static"), "{e}");
     }
 
     #[test]
