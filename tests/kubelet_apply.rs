@@ -341,3 +341,20 @@ async fn invocations_report_diff_and_codes() {
         assert!(o.output.starts_with("error: "), "{}", o.output);
     }
 }
+
+#[tokio::test]
+async fn plan_runs_offline_for_a_hypothetical_node() {
+    if Path::new("/etc/kubernetes/kubelet/kubelet-config.json").exists() || Path::new("/var/lib/kubelet/config.yaml").exists() {
+        return; // a real node: detection would (rightly) find its config
+    }
+    let n = node("eks-kubelet-config.json", |_| true).await;
+    let a = PlanArgs { config: None, max_pods: Some(29), cpus: Some(2), memory: Some("8Gi".into()), ..args(&n, PolicyName::Eks) };
+    let out = run(&n, KubeletCmd::Plan { args: a.clone() }).await.unwrap();
+    assert!(out.contains("offline plan"), "{out}");
+    assert!(out.contains("~ kubeReserved.memory: (unset) -> 574Mi"), "{out}");
+    assert!(out.contains("allocatable.cpu: 2000m -> 1930m"), "{out}");
+    // Apply never runs offline.
+    let err = run(&n, apply_cmd(&n, a)).await.unwrap_err();
+    assert_eq!(err.code(), "KubeletConfigMissing");
+    assert_eq!(n.kubelet.restarts.load(Ordering::SeqCst), 0);
+}

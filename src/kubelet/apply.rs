@@ -117,6 +117,9 @@ pub async fn apply<S: ServiceManager>(plan: &Plan, opts: &ApplyOptions, svc: &S)
         tracing::info!(config = %plan.config_path.display(), "kubelet reservation already applied; nothing to do");
         return Ok(ApplyOutcome::Unchanged);
     }
+    if plan.offline {
+        return Err(KubeletError::NoConfigFound("an offline plan has no config file to apply to".into()));
+    }
     if opts.health_timeout.is_zero() || opts.health_timeout > MAX_HEALTH_TIMEOUT {
         return Err(KubeletError::InvalidPlan(format!("health timeout must be 1s..=600s, got {:?}", opts.health_timeout)));
     }

@@ -141,6 +141,7 @@ pub fn plan_request(a: &PlanArgs) -> Result<PlanRequest, KubeletError> {
         memory_bytes: a.memory.as_deref().map(|m| quantity_bytes("memory", m)).transpose()?,
         max_pods: a.max_pods,
         ephemeral_storage_bytes: a.ephemeral_storage.as_deref().map(|m| quantity_bytes("ephemeral-storage", m)).transpose()?,
+        allow_offline: false,
     })
 }
 
@@ -165,7 +166,9 @@ pub async fn run_cmd_with<S: ServiceManager>(cmd: KubeletCmd, svc: &S, out: &mut
             (args, Some(opts))
         }
     };
-    let req = plan_request(&args)?;
+    let mut req = plan_request(&args)?;
+    // `plan` may run offline (no kubelet here): plan against an empty config then.
+    req.allow_offline = apply_opts.is_none();
     let plan = build(&req)?;
     let print = |out: &mut (dyn Write + Send), extra: Option<(&str, Option<&std::path::Path>)>| {
         if args.json {

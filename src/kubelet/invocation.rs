@@ -108,6 +108,7 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
         memory_bytes: r.memory.as_deref().map(|m| bytes_field("memory", m)).transpose()?,
         max_pods: r.max_pods,
         ephemeral_storage_bytes: r.ephemeral_storage.as_deref().map(|m| bytes_field("ephemeralStorage", m)).transpose()?,
+        allow_offline: false,
     };
     let opts = ApplyOptions {
         unit: r.unit.unwrap_or_else(|| "kubelet".into()),

@@ -21,10 +21,15 @@ pub struct PlanRequest {
     pub memory_bytes: Option<u64>,
     pub max_pods: Option<u32>,
     pub ephemeral_storage_bytes: Option<u64>,
+    /// When no config can be found (and none was named), plan against an empty
+    /// KubeletConfiguration instead of failing: offline planning for a hypothetical node.
+    pub allow_offline: bool,
 }
 
 #[derive(Debug, Clone)]
 pub struct Plan {
+    /// Planned without a config file (see `PlanRequest::allow_offline`); cannot be applied.
+    pub offline: bool,
     pub policy: String,
     pub config_path: PathBuf,
     pub format: ConfigFormat,
@@ -48,8 +53,18 @@ pub fn build(req: &PlanRequest) -> Result<Plan, KubeletError> {
 
 /// As `build`, with the kubelet's argv given (None: no kubelet running).
 pub fn build_with(req: &PlanRequest, kubelet_args: Option<&[String]>) -> Result<Plan, KubeletError> {
-    let path = facts::locate_config(req.config_path.as_deref(), kubelet_args)?;
-    let file = KubeletConfigFile::load(&path)?;
+    let (path, file, offline) = match facts::locate_config(req.config_path.as_deref(), kubelet_args) {
+        Ok(path) => {
+            let file = KubeletConfigFile::load(&path)?;
+            (path, file, false)
+        }
+        Err(KubeletError::NoConfigFound(_)) if req.allow_offline => {
+            let path = PathBuf::from("(none: offline plan against an empty KubeletConfiguration)");
+            let file = KubeletConfigFile { path: path.clone(), format: ConfigFormat::Json, text: "{}".into() };
+            (path, file, true)
+        }
+        Err(e) => return Err(e),
+    };
     let state = file.state()?;
     let node = NodeFacts {
         cpus: req.cpus.unwrap_or_else(facts::detect_cpus),
@@ -68,6 +83,7 @@ pub fn build_with(req: &PlanRequest, kubelet_args: Option<&[String]>) -> Result<
     let changed = after != state.reservation;
     let new_text = if changed { file.render(&after)? } else { file.text.clone() };
     Ok(Plan {
+        offline,
         policy: req.policy.name().to_string(),
         config_path: path,
         format: file.format,
