@@ -93,12 +93,17 @@ pub enum KubeletCmd {
 
 fn quantity_bytes(field: &str, s: &str) -> Result<u64, KubeletError> {
     let q = Quantity::parse(s).map_err(|e| KubeletError::InvalidPlan(format!("{field}: {e}")))?;
-    u64::try_from(q.units_ceil()).map_err(|_| KubeletError::InvalidPlan(format!("{field}: {s} is negative")))
+    u64::try_from(q.units_ceil())
+        .map_err(|_| KubeletError::InvalidPlan(format!("{field}: {s} is negative")))
 }
 
 /// Turn the flags into a plan request, refusing inconsistent ones.
 pub fn plan_request(a: &PlanArgs) -> Result<PlanRequest, KubeletError> {
-    let explicit_given = a.kube_reserved.is_some() || a.system_reserved.is_some() || a.eviction_hard.is_some() || a.kubelet_args.is_some() || a.explicit_json.is_some();
+    let explicit_given = a.kube_reserved.is_some()
+        || a.system_reserved.is_some()
+        || a.eviction_hard.is_some()
+        || a.kubelet_args.is_some()
+        || a.explicit_json.is_some();
     let policy = match a.policy {
         PolicyName::Eks => Policy::Eks,
         PolicyName::Gke => Policy::Gke,
@@ -106,10 +111,15 @@ pub fn plan_request(a: &PlanArgs) -> Result<PlanRequest, KubeletError> {
         PolicyName::Ack => Policy::Ack,
         PolicyName::Explicit => {
             let mut spec = match (&a.kubelet_args, &a.explicit_json) {
-                (Some(_), Some(_)) => return Err(KubeletError::InvalidPlan("give --kubelet-args or --explicit-json, not both".into())),
+                (Some(_), Some(_)) => {
+                    return Err(KubeletError::InvalidPlan(
+                        "give --kubelet-args or --explicit-json, not both".into(),
+                    ));
+                }
                 (Some(args), None) => ExplicitSpec::from_kubelet_args(args)?,
                 (None, Some(js)) => {
-                    let v: serde_json::Value = serde_json::from_str(js).map_err(|e| KubeletError::InvalidPlan(format!("--explicit-json: {e}")))?;
+                    let v: serde_json::Value = serde_json::from_str(js)
+                        .map_err(|e| KubeletError::InvalidPlan(format!("--explicit-json: {e}")))?;
                     ExplicitSpec::from_json(&v)?
                 }
                 (None, None) => ExplicitSpec::default(),
@@ -132,7 +142,10 @@ pub fn plan_request(a: &PlanArgs) -> Result<PlanRequest, KubeletError> {
         }
     };
     if explicit_given && a.policy != PolicyName::Explicit {
-        return Err(KubeletError::InvalidPlan(format!("explicit values given with --policy {}; use --policy explicit", policy.name())));
+        return Err(KubeletError::InvalidPlan(format!(
+            "explicit values given with --policy {}; use --policy explicit",
+            policy.name()
+        )));
     }
     Ok(PlanRequest {
         policy,
@@ -140,7 +153,11 @@ pub fn plan_request(a: &PlanArgs) -> Result<PlanRequest, KubeletError> {
         cpus: a.cpus,
         memory_bytes: a.memory.as_deref().map(|m| quantity_bytes("memory", m)).transpose()?,
         max_pods: a.max_pods,
-        ephemeral_storage_bytes: a.ephemeral_storage.as_deref().map(|m| quantity_bytes("ephemeral-storage", m)).transpose()?,
+        ephemeral_storage_bytes: a
+            .ephemeral_storage
+            .as_deref()
+            .map(|m| quantity_bytes("ephemeral-storage", m))
+            .transpose()?,
         allow_offline: false,
     })
 }
@@ -152,7 +169,11 @@ pub async fn run_cmd(cmd: KubeletCmd) -> Result<i32, KubeletError> {
 }
 
 /// As `run_cmd`, with the service manager and output given (tests use stand-ins).
-pub async fn run_cmd_with<S: ServiceManager>(cmd: KubeletCmd, svc: &S, out: &mut (dyn Write + Send)) -> Result<i32, KubeletError> {
+pub async fn run_cmd_with<S: ServiceManager>(
+    cmd: KubeletCmd,
+    svc: &S,
+    out: &mut (dyn Write + Send),
+) -> Result<i32, KubeletError> {
     let (args, apply_opts) = match cmd {
         KubeletCmd::Plan { args } => (args, None),
         KubeletCmd::Apply { args, unit, health_url, health_timeout_secs, backup_dir } => {
@@ -181,7 +202,11 @@ pub async fn run_cmd_with<S: ServiceManager>(cmd: KubeletCmd, svc: &S, out: &mut
         } else {
             let _ = write!(out, "{}", plan.render_diff());
             if let Some((result, backup)) = extra {
-                let _ = writeln!(out, "result: {result}{}", backup.map(|b| format!(" (backup {})", b.display())).unwrap_or_default());
+                let _ = writeln!(
+                    out,
+                    "result: {result}{}",
+                    backup.map(|b| format!(" (backup {})", b.display())).unwrap_or_default()
+                );
             }
         }
     };

@@ -42,14 +42,25 @@ impl ExplicitSpec {
     /// Fill the maps the operator left out from `current`.
     pub fn over(&self, current: &Reservation) -> Reservation {
         Reservation {
-            kube_reserved: self.kube_reserved.clone().unwrap_or_else(|| current.kube_reserved.clone()),
-            system_reserved: self.system_reserved.clone().unwrap_or_else(|| current.system_reserved.clone()),
-            eviction_hard: self.eviction_hard.clone().unwrap_or_else(|| current.eviction_hard.clone()),
+            kube_reserved: self
+                .kube_reserved
+                .clone()
+                .unwrap_or_else(|| current.kube_reserved.clone()),
+            system_reserved: self
+                .system_reserved
+                .clone()
+                .unwrap_or_else(|| current.system_reserved.clone()),
+            eviction_hard: self
+                .eviction_hard
+                .clone()
+                .unwrap_or_else(|| current.eviction_hard.clone()),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.kube_reserved.is_none() && self.system_reserved.is_none() && self.eviction_hard.is_none()
+        self.kube_reserved.is_none()
+            && self.system_reserved.is_none()
+            && self.eviction_hard.is_none()
     }
 
     /// Parse a kubelet argument string such as bootstrap.sh's `--kubelet-extra-args`.
@@ -69,7 +80,10 @@ impl ExplicitSpec {
             }
         }
         if spec.is_empty() {
-            return Err(bad("no --kube-reserved, --system-reserved or --eviction-hard found in kubelet args".into()));
+            return Err(bad(
+                "no --kube-reserved, --system-reserved or --eviction-hard found in kubelet args"
+                    .into(),
+            ));
         }
         Ok(spec)
     }
@@ -78,7 +92,8 @@ impl ExplicitSpec {
     /// (`kube-reserved`) names; each value is a map or a flag-style string. Other keys are
     /// ignored so a whole Bottlerocket `settings.kubernetes` table can be passed.
     pub fn from_json(v: &Value) -> Result<ExplicitSpec, KubeletError> {
-        let obj = v.as_object().ok_or_else(|| bad("explicit values must be a JSON object".into()))?;
+        let obj =
+            v.as_object().ok_or_else(|| bad("explicit values must be a JSON object".into()))?;
         let pick = |a: &str, b: &str| -> Result<Option<&Value>, KubeletError> {
             match (obj.get(a), obj.get(b)) {
                 (Some(_), Some(_)) => Err(bad(format!("both {a} and {b} given; use one"))),
@@ -105,7 +120,9 @@ fn resource_value(field: &str, v: &Value) -> Result<ResourceMap, KubeletError> {
         Value::Object(m) => {
             let mut out = ResourceMap::new();
             for (k, val) in m {
-                let s = val.as_str().ok_or_else(|| bad(format!("{field}.{k} must be a string quantity like \"200m\"")))?;
+                let s = val.as_str().ok_or_else(|| {
+                    bad(format!("{field}.{k} must be a string quantity like \"200m\""))
+                })?;
                 insert_resource(field, &mut out, k, s)?;
             }
             Ok(out)
@@ -120,18 +137,30 @@ fn eviction_value(v: &Value) -> Result<EvictionMap, KubeletError> {
         Value::Object(m) => {
             let mut out = EvictionMap::new();
             for (k, val) in m {
-                let s = val.as_str().ok_or_else(|| bad(format!("evictionHard.{k} must be a string like \"100Mi\" or \"10%\"")))?;
+                let s = val.as_str().ok_or_else(|| {
+                    bad(format!("evictionHard.{k} must be a string like \"100Mi\" or \"10%\""))
+                })?;
                 insert_signal(&mut out, k, s)?;
             }
             Ok(out)
         }
-        _ => Err(bad("evictionHard must be an object or a \"memory.available<100Mi\" string".into())),
+        _ => {
+            Err(bad("evictionHard must be an object or a \"memory.available<100Mi\" string".into()))
+        }
     }
 }
 
-fn insert_resource(field: &str, out: &mut ResourceMap, name: &str, value: &str) -> Result<(), KubeletError> {
+fn insert_resource(
+    field: &str,
+    out: &mut ResourceMap,
+    name: &str,
+    value: &str,
+) -> Result<(), KubeletError> {
     if !RESOURCES.contains(&name) {
-        return Err(bad(format!("{field}: unknown resource {name:?} (expected one of {})", RESOURCES.join(", "))));
+        return Err(bad(format!(
+            "{field}: unknown resource {name:?} (expected one of {})",
+            RESOURCES.join(", ")
+        )));
     }
     let q = Quantity::parse(value).map_err(|e| bad(format!("{field}.{name}: {e}")))?;
     if q.nanos() < 0 {
@@ -145,7 +174,10 @@ fn insert_resource(field: &str, out: &mut ResourceMap, name: &str, value: &str) 
 
 fn insert_signal(out: &mut EvictionMap, name: &str, value: &str) -> Result<(), KubeletError> {
     if !SIGNALS.contains(&name) {
-        return Err(bad(format!("evictionHard: unknown signal {name:?} (expected one of {})", SIGNALS.join(", "))));
+        return Err(bad(format!(
+            "evictionHard: unknown signal {name:?} (expected one of {})",
+            SIGNALS.join(", ")
+        )));
     }
     let t = Threshold::parse(value).map_err(|e| bad(format!("evictionHard.{name}: {e}")))?;
     if out.insert(name.to_string(), t).is_some() {
@@ -163,7 +195,9 @@ pub fn parse_resource_list(field: &str, s: &str) -> Result<ResourceMap, KubeletE
     let s = s.split_once('=').filter(|(k, _)| k.starts_with("--")).map(|(_, v)| v).unwrap_or(s);
     let mut out = ResourceMap::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (k, v) = item.split_once('=').ok_or_else(|| bad(format!("{field}: {item:?} is not name=quantity")))?;
+        let (k, v) = item
+            .split_once('=')
+            .ok_or_else(|| bad(format!("{field}: {item:?} is not name=quantity")))?;
         insert_resource(field, &mut out, k.trim(), v.trim())?;
     }
     Ok(out)
@@ -178,7 +212,9 @@ pub fn parse_eviction_list(s: &str) -> Result<EvictionMap, KubeletError> {
     let s = s.strip_prefix("--eviction-hard=").unwrap_or(s);
     let mut out = EvictionMap::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (k, v) = item.split_once('<').ok_or_else(|| bad(format!("evictionHard: {item:?} is not signal<threshold")))?;
+        let (k, v) = item
+            .split_once('<')
+            .ok_or_else(|| bad(format!("evictionHard: {item:?} is not signal<threshold")))?;
         insert_signal(&mut out, k.trim(), v.trim())?;
     }
     Ok(out)
@@ -220,7 +256,8 @@ mod tests {
         assert_eq!(b.eviction_hard.unwrap()["memory.available"].to_string(), "15%");
         let k = ExplicitSpec::from_json(&karpenter).unwrap();
         assert_eq!(k.kube_reserved.unwrap()["ephemeral-storage"].to_string(), "3Gi");
-        let flags = ExplicitSpec::from_json(&json!({"kubeReserved": "cpu=200m,memory=1Gi"})).unwrap();
+        let flags =
+            ExplicitSpec::from_json(&json!({"kubeReserved": "cpu=200m,memory=1Gi"})).unwrap();
         assert_eq!(flags.kube_reserved.unwrap()["memory"].to_string(), "1Gi");
         assert!(flags.system_reserved.is_none(), "left-out map stays as configured");
     }
@@ -241,6 +278,11 @@ mod tests {
             assert!(e.contains(want), "{v}: {e}");
         }
         assert!(ExplicitSpec::from_kubelet_args("--v=2").is_err());
-        assert!(parse_resource_list("kube-reserved", "cpu=1,cpu=2").unwrap_err().to_string().contains("twice"));
+        assert!(
+            parse_resource_list("kube-reserved", "cpu=1,cpu=2")
+                .unwrap_err()
+                .to_string()
+                .contains("twice")
+        );
     }
 }

@@ -50,13 +50,20 @@ pub fn kubelet_cmdline() -> Option<Vec<String>> {
     let dir = std::fs::read_dir("/proc").ok()?;
     for entry in dir.flatten().take(MAX_PROC_SCAN) {
         let name = entry.file_name();
-        let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let Some(pid) = name.to_str().filter(|s| s.bytes().all(|b| b.is_ascii_digit())) else {
+            continue;
+        };
         let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
         if comm.trim() != "kubelet" {
             continue;
         }
         let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        return Some(raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect());
+        return Some(
+            raw.split(|b| *b == 0)
+                .filter(|a| !a.is_empty())
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect(),
+        );
     }
     None
 }
@@ -77,7 +84,10 @@ pub fn flag_value(args: &[String], flag: &str) -> Option<String> {
 
 /// The config to edit: the override, else the running kubelet's `--config`, else the EKS
 /// path, else the kubeadm path.
-pub fn locate_config(override_path: Option<&Path>, kubelet_args: Option<&[String]>) -> Result<PathBuf, KubeletError> {
+pub fn locate_config(
+    override_path: Option<&Path>,
+    kubelet_args: Option<&[String]>,
+) -> Result<PathBuf, KubeletError> {
     if let Some(p) = override_path {
         return Ok(p.to_path_buf());
     }
@@ -89,7 +99,9 @@ pub fn locate_config(override_path: Option<&Path>, kubelet_args: Option<&[String
             return Ok(PathBuf::from(p));
         }
     }
-    Err(KubeletError::NoConfigFound(format!("the kubelet's --config, {EKS_CONFIG}, {KUBEADM_CONFIG}")))
+    Err(KubeletError::NoConfigFound(format!(
+        "the kubelet's --config, {EKS_CONFIG}, {KUBEADM_CONFIG}"
+    )))
 }
 
 #[cfg(test)]
@@ -98,8 +110,14 @@ mod tests {
 
     #[test]
     fn config_location_prefers_override_then_kubelet_flag() {
-        let args: Vec<String> = ["/usr/bin/kubelet", "--config", "/etc/k/kc.yaml", "--v=2"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(locate_config(Some(Path::new("/x.json")), Some(&args)).unwrap(), PathBuf::from("/x.json"));
+        let args: Vec<String> = ["/usr/bin/kubelet", "--config", "/etc/k/kc.yaml", "--v=2"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        assert_eq!(
+            locate_config(Some(Path::new("/x.json")), Some(&args)).unwrap(),
+            PathBuf::from("/x.json")
+        );
         assert_eq!(locate_config(None, Some(&args)).unwrap(), PathBuf::from("/etc/k/kc.yaml"));
         let eq: Vec<String> = vec!["kubelet".into(), "--config=/a.json".into()];
         assert_eq!(flag_value(&eq, "--config").as_deref(), Some("/a.json"));

@@ -33,7 +33,8 @@ impl HealthUrl {
         if s.len() > 2048 {
             return Err(bad("longer than 2048 characters"));
         }
-        let rest = s.strip_prefix("http://").ok_or_else(|| bad("only http:// URLs are supported"))?;
+        let rest =
+            s.strip_prefix("http://").ok_or_else(|| bad("only http:// URLs are supported"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -42,7 +43,9 @@ impl HealthUrl {
             return Err(bad("path contains whitespace"));
         }
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("port is not a number 1..=65535"))?),
+            Some((h, p)) => {
+                (h, p.parse::<u16>().map_err(|_| bad("port is not a number 1..=65535"))?)
+            }
             None => (authority, 80),
         };
         if host.is_empty() || port == 0 {
@@ -56,8 +59,12 @@ impl HealthUrl {
 pub async fn get_status(url: &HealthUrl, timeout: Duration) -> Result<u16, String> {
     let fut = async {
         let host = url.host.trim_start_matches('[').trim_end_matches(']');
-        let mut s = TcpStream::connect((host, url.port)).await.map_err(|e| format!("connect: {e}"))?;
-        let req = format!("GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: deckhand-agent\r\nConnection: close\r\n\r\n", url.path, url.host, url.port);
+        let mut s =
+            TcpStream::connect((host, url.port)).await.map_err(|e| format!("connect: {e}"))?;
+        let req = format!(
+            "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: deckhand-agent\r\nConnection: close\r\n\r\n",
+            url.path, url.host, url.port
+        );
         s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {e}"))?;
         let mut buf = Vec::with_capacity(512);
         let mut chunk = [0u8; 1024];
@@ -73,7 +80,9 @@ pub async fn get_status(url: &HealthUrl, timeout: Duration) -> Result<u16, Strin
         let line = line.lines().next().unwrap_or("");
         let mut parts = line.split_whitespace();
         match (parts.next(), parts.next()) {
-            (Some(v), Some(code)) if v.starts_with("HTTP/1.") => code.parse::<u16>().map_err(|_| format!("bad status line {line:?}")),
+            (Some(v), Some(code)) if v.starts_with("HTTP/1.") => {
+                code.parse::<u16>().map_err(|_| format!("bad status line {line:?}"))
+            }
             _ => Err(format!("bad status line {line:?}")),
         }
     };
@@ -81,7 +90,11 @@ pub async fn get_status(url: &HealthUrl, timeout: Duration) -> Result<u16, Strin
 }
 
 /// Poll until a 200 or `total` elapses. Returns the last failure on timeout.
-pub async fn wait_healthy(url: &HealthUrl, total: Duration, interval: Duration) -> Result<(), String> {
+pub async fn wait_healthy(
+    url: &HealthUrl,
+    total: Duration,
+    interval: Duration,
+) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + total;
     let mut last = String::from("never probed");
     loop {
@@ -95,7 +108,10 @@ pub async fn wait_healthy(url: &HealthUrl, total: Duration, interval: Duration) 
             Err(e) => last = e,
         }
         tracing::debug!(url = %url, last = %last, "kubelet not healthy yet");
-        tokio::time::sleep(interval.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
+        tokio::time::sleep(
+            interval.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
+        )
+        .await;
     }
 }
 
@@ -108,7 +124,9 @@ mod tests {
         let u = HealthUrl::parse(DEFAULT_HEALTH_URL).unwrap();
         assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 10248, "/healthz"));
         assert_eq!(HealthUrl::parse("http://localhost").unwrap().port, 80);
-        for bad in ["https://127.0.0.1/healthz", "http://:80/", "http://h:x/", "http://h:0/", "ftp://x"] {
+        for bad in
+            ["https://127.0.0.1/healthz", "http://:80/", "http://h:x/", "http://h:0/", "ftp://x"]
+        {
             assert!(HealthUrl::parse(bad).is_err(), "{bad}");
         }
     }

@@ -63,10 +63,17 @@ fn bytes_field(field: &str, s: &str) -> Result<u64, KubeletError> {
 
 fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), KubeletError> {
     if content.len() > MAX_CONTENT_BYTES {
-        return Err(invalid(format!("content is {} bytes, more than {MAX_CONTENT_BYTES}", content.len())));
+        return Err(invalid(format!(
+            "content is {} bytes, more than {MAX_CONTENT_BYTES}",
+            content.len()
+        )));
     }
-    let r: Request = serde_json::from_str(content).map_err(|e| invalid(format!("content is not a valid {INVOCATION_TYPE} request: {e}")))?;
-    let has_explicit = r.kube_reserved.is_some() || r.system_reserved.is_some() || r.eviction_hard.is_some() || r.kubelet_args.is_some();
+    let r: Request = serde_json::from_str(content)
+        .map_err(|e| invalid(format!("content is not a valid {INVOCATION_TYPE} request: {e}")))?;
+    let has_explicit = r.kube_reserved.is_some()
+        || r.system_reserved.is_some()
+        || r.eviction_hard.is_some()
+        || r.kubelet_args.is_some();
     let policy = match r.policy.as_str() {
         "eks" => Policy::Eks,
         "gke" => Policy::Gke,
@@ -78,7 +85,11 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
                 None => ExplicitSpec::default(),
             };
             let mut obj = serde_json::Map::new();
-            for (k, v) in [("kubeReserved", &r.kube_reserved), ("systemReserved", &r.system_reserved), ("evictionHard", &r.eviction_hard)] {
+            for (k, v) in [
+                ("kubeReserved", &r.kube_reserved),
+                ("systemReserved", &r.system_reserved),
+                ("evictionHard", &r.eviction_hard),
+            ] {
                 if let Some(v) = v {
                     obj.insert(k.into(), v.clone());
                 }
@@ -88,14 +99,23 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
             spec.system_reserved = from_obj.system_reserved.or(spec.system_reserved);
             spec.eviction_hard = from_obj.eviction_hard.or(spec.eviction_hard);
             if spec.is_empty() {
-                return Err(invalid("policy explicit needs kubeReserved, systemReserved, evictionHard or kubeletArgs"));
+                return Err(invalid(
+                    "policy explicit needs kubeReserved, systemReserved, evictionHard or kubeletArgs",
+                ));
             }
             Policy::Explicit(spec)
         }
-        other => return Err(invalid(format!("policy must be one of eks, gke, aks, ack, explicit; got {other:?}"))),
+        other => {
+            return Err(invalid(format!(
+                "policy must be one of eks, gke, aks, ack, explicit; got {other:?}"
+            )));
+        }
     };
     if has_explicit && !matches!(policy, Policy::Explicit(_)) {
-        return Err(invalid(format!("explicit values given with policy {}; use policy explicit", policy.name())));
+        return Err(invalid(format!(
+            "explicit values given with policy {}; use policy explicit",
+            policy.name()
+        )));
     }
     let secs = r.health_timeout_secs.unwrap_or(60);
     if !(1..=600).contains(&secs) {
@@ -107,7 +127,11 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
         cpus: r.cpus,
         memory_bytes: r.memory.as_deref().map(|m| bytes_field("memory", m)).transpose()?,
         max_pods: r.max_pods,
-        ephemeral_storage_bytes: r.ephemeral_storage.as_deref().map(|m| bytes_field("ephemeralStorage", m)).transpose()?,
+        ephemeral_storage_bytes: r
+            .ephemeral_storage
+            .as_deref()
+            .map(|m| bytes_field("ephemeralStorage", m))
+            .transpose()?,
         allow_offline: false,
     };
     let opts = ApplyOptions {
@@ -129,7 +153,11 @@ pub async fn run_invocation(content: &str) -> InvocationOutcome {
 pub async fn run_invocation_with<S: ServiceManager>(content: &str, svc: &S) -> InvocationOutcome {
     let fail = |output: String, e: KubeletError| {
         tracing::warn!(code = e.code(), error = %e, "kubelet invocation failed");
-        InvocationOutcome { ok: false, output: format!("{output}error: {e}\n"), error_code: e.code().to_string() }
+        InvocationOutcome {
+            ok: false,
+            output: format!("{output}error: {e}\n"),
+            error_code: e.code().to_string(),
+        }
     };
     let (req, opts, dry_run) = match parse_request(content) {
         Ok(x) => x,
@@ -141,10 +169,18 @@ pub async fn run_invocation_with<S: ServiceManager>(content: &str, svc: &S) -> I
     };
     let diff = plan.render_diff();
     if dry_run {
-        return InvocationOutcome { ok: true, output: format!("{diff}result: dry run, nothing changed\n"), error_code: String::new() };
+        return InvocationOutcome {
+            ok: true,
+            output: format!("{diff}result: dry run, nothing changed\n"),
+            error_code: String::new(),
+        };
     }
     match apply(&plan, &opts, svc).await {
-        Ok(ApplyOutcome::Unchanged) => InvocationOutcome { ok: true, output: format!("{diff}result: unchanged\n"), error_code: String::new() },
+        Ok(ApplyOutcome::Unchanged) => InvocationOutcome {
+            ok: true,
+            output: format!("{diff}result: unchanged\n"),
+            error_code: String::new(),
+        },
         Ok(ApplyOutcome::Applied { backup }) => InvocationOutcome {
             ok: true,
             output: format!("{diff}result: applied (backup {})\n", backup.display()),

@@ -4,7 +4,7 @@
 //! atomic write, restart, health wait, rollback). See docs/kubelet.md.
 //!
 //! Layout: `quantity` (Kubernetes quantities), `policy` + `explicit` (pure formulas),
-//! `validate` (allocatable and refusals), `config` (JSON/YAML config editing), `health`
+//! `validate` (allocatable and refusals), `config` + `yaml` (config file editing), `health`
 //! (tiny HTTP GET), `service` (systemd boundary), `plan` (plan + diff), `apply` (the write
 //! path), `facts` (node detection), `cli` and `invocation` (surfaces for the binaries/agent).
 
@@ -22,6 +22,7 @@ pub mod policy;
 pub mod quantity;
 pub mod service;
 pub mod validate;
+pub mod yaml;
 
 pub use cli::{KubeletCmd, run_cmd};
 pub use invocation::{InvocationOutcome, run_invocation};
@@ -57,7 +58,9 @@ impl KubeletError {
     pub fn code(&self) -> &'static str {
         match self {
             KubeletError::InvalidPlan(_) | KubeletError::Refused(_) => "InvalidKubeletPlan",
-            KubeletError::ConfigMissing(_) | KubeletError::NoConfigFound(_) => "KubeletConfigMissing",
+            KubeletError::ConfigMissing(_) | KubeletError::NoConfigFound(_) => {
+                "KubeletConfigMissing"
+            }
             KubeletError::ConfigMalformed { .. } => "KubeletConfigMalformed",
             KubeletError::ConfigReadOnly(_) => "KubeletConfigReadOnly",
             KubeletError::Io { .. } => "KubeletIoError",

@@ -52,15 +52,23 @@ pub fn build(req: &PlanRequest) -> Result<Plan, KubeletError> {
 }
 
 /// As `build`, with the kubelet's argv given (None: no kubelet running).
-pub fn build_with(req: &PlanRequest, kubelet_args: Option<&[String]>) -> Result<Plan, KubeletError> {
-    let (path, file, offline) = match facts::locate_config(req.config_path.as_deref(), kubelet_args) {
+pub fn build_with(
+    req: &PlanRequest,
+    kubelet_args: Option<&[String]>,
+) -> Result<Plan, KubeletError> {
+    let (path, file, offline) = match facts::locate_config(req.config_path.as_deref(), kubelet_args)
+    {
         Ok(path) => {
             let file = KubeletConfigFile::load(&path)?;
             (path, file, false)
         }
         Err(KubeletError::NoConfigFound(_)) if req.allow_offline => {
             let path = PathBuf::from("(none: offline plan against an empty KubeletConfiguration)");
-            let file = KubeletConfigFile { path: path.clone(), format: ConfigFormat::Json, text: "{}".into() };
+            let file = KubeletConfigFile {
+                path: path.clone(),
+                format: ConfigFormat::Json,
+                text: "{}".into(),
+            };
             (path, file, true)
         }
         Err(e) => return Err(e),
@@ -70,7 +78,9 @@ pub fn build_with(req: &PlanRequest, kubelet_args: Option<&[String]>) -> Result<
         cpus: req.cpus.unwrap_or_else(facts::detect_cpus),
         memory_bytes: req.memory_bytes.unwrap_or_else(facts::detect_memory_bytes),
         max_pods: req.max_pods.or(state.max_pods).unwrap_or(facts::DEFAULT_MAX_PODS),
-        ephemeral_storage_bytes: req.ephemeral_storage_bytes.or_else(facts::detect_ephemeral_storage_bytes),
+        ephemeral_storage_bytes: req
+            .ephemeral_storage_bytes
+            .or_else(facts::detect_ephemeral_storage_bytes),
     };
     let after = req.policy.compute_over(&node, &state.reservation)?;
     let after_state = ConfigState { reservation: after.clone(), ..state.clone() };
@@ -121,7 +131,12 @@ impl Plan {
     pub fn render_diff(&self) -> String {
         let mut out = String::new();
         let f = &self.facts;
-        let _ = writeln!(out, "kubelet config: {} ({})", self.config_path.display(), if self.format == ConfigFormat::Json { "json" } else { "yaml" });
+        let _ = writeln!(
+            out,
+            "kubelet config: {} ({})",
+            self.config_path.display(),
+            if self.format == ConfigFormat::Json { "json" } else { "yaml" }
+        );
         let _ = writeln!(
             out,
             "policy: {}  node: {} vCPU, {} memory, maxPods {}{}",
@@ -129,7 +144,9 @@ impl Plan {
             f.cpus,
             Quantity::from_bytes(f.memory_bytes),
             f.max_pods,
-            f.ephemeral_storage_bytes.map(|e| format!(", {} ephemeral-storage", bytes(e as i128))).unwrap_or_default()
+            f.ephemeral_storage_bytes
+                .map(|e| format!(", {} ephemeral-storage", bytes(e as i128)))
+                .unwrap_or_default()
         );
         let before = entries(&self.before);
         let after = entries(&self.after);
@@ -137,21 +154,32 @@ impl Plan {
         keys.sort();
         keys.dedup();
         for k in keys {
-            let b = before.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str()).unwrap_or("(unset)");
-            let a = after.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str()).unwrap_or("(unset)");
+            let b =
+                before.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str()).unwrap_or("(unset)");
+            let a =
+                after.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str()).unwrap_or("(unset)");
             let mark = if a == b { "  " } else { "~ " };
             let _ = writeln!(out, "{mark}{k}: {b} -> {a}");
         }
         let (ab, aa) = (&self.allocatable_before, &self.allocatable_after);
         let _ = writeln!(out, "allocatable.cpu: {}m -> {}m", ab.cpu_millis, aa.cpu_millis);
-        let _ = writeln!(out, "allocatable.memory: {} -> {}", bytes(ab.memory_bytes), bytes(aa.memory_bytes));
+        let _ = writeln!(
+            out,
+            "allocatable.memory: {} -> {}",
+            bytes(ab.memory_bytes),
+            bytes(aa.memory_bytes)
+        );
         if let (Some(b), Some(a)) = (ab.ephemeral_storage_bytes, aa.ephemeral_storage_bytes) {
             let _ = writeln!(out, "allocatable.ephemeral-storage: {} -> {}", bytes(b), bytes(a));
         }
         for w in &self.warnings {
             let _ = writeln!(out, "warning: {w}");
         }
-        let _ = writeln!(out, "{}", if self.changed { "change: yes" } else { "change: none (already applied)" });
+        let _ = writeln!(
+            out,
+            "{}",
+            if self.changed { "change: yes" } else { "change: none (already applied)" }
+        );
         out
     }
 

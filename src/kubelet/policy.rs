@@ -32,7 +32,10 @@ impl NodeFacts {
     /// Refuse facts no real node has, naming the field and the limit.
     pub fn check(&self) -> Result<(), KubeletError> {
         if self.cpus == 0 || self.cpus > MAX_CPUS {
-            return Err(KubeletError::InvalidPlan(format!("cpus must be 1..={MAX_CPUS}, got {}", self.cpus)));
+            return Err(KubeletError::InvalidPlan(format!(
+                "cpus must be 1..={MAX_CPUS}, got {}",
+                self.cpus
+            )));
         }
         if self.memory_bytes < MIN_MEMORY_BYTES || self.memory_bytes > MAX_MEMORY_BYTES {
             return Err(KubeletError::InvalidPlan(format!(
@@ -41,7 +44,10 @@ impl NodeFacts {
             )));
         }
         if self.max_pods == 0 || self.max_pods > MAX_PODS_LIMIT {
-            return Err(KubeletError::InvalidPlan(format!("maxPods must be 1..={MAX_PODS_LIMIT}, got {}", self.max_pods)));
+            return Err(KubeletError::InvalidPlan(format!(
+                "maxPods must be 1..={MAX_PODS_LIMIT}, got {}",
+                self.max_pods
+            )));
         }
         Ok(())
     }
@@ -66,7 +72,8 @@ impl Threshold {
             if !ok {
                 return Err(format!("threshold {s:?} is not a percentage like 10% or 7.5%"));
             }
-            let v: u32 = int.parse::<u32>().unwrap_or(0) * 1000 + format!("{frac:0<3}").parse::<u32>().unwrap_or(0);
+            let v: u32 = int.parse::<u32>().unwrap_or(0) * 1000
+                + format!("{frac:0<3}").parse::<u32>().unwrap_or(0);
             if v > 100_000 {
                 return Err(format!("threshold {s:?} is above 100%"));
             }
@@ -139,7 +146,11 @@ impl Policy {
     }
 
     /// Compute the reservation; for `explicit`, maps the operator left out keep `current`.
-    pub fn compute_over(&self, facts: &NodeFacts, current: &Reservation) -> Result<Reservation, KubeletError> {
+    pub fn compute_over(
+        &self,
+        facts: &NodeFacts,
+        current: &Reservation,
+    ) -> Result<Reservation, KubeletError> {
         facts.check()?;
         Ok(match self {
             Policy::Eks => eks(facts),
@@ -157,7 +168,9 @@ fn laddered(total: u64, ranges: &[(u64, u64, u64)]) -> u64 {
     ranges
         .iter()
         .filter(|(start, _, _)| total > *start)
-        .map(|(start, end, rate)| ((total.min(*end) - start) as u128 * *rate as u128 / 10_000) as u64)
+        .map(|(start, end, rate)| {
+            ((total.min(*end) - start) as u128 * *rate as u128 / 10_000) as u64
+        })
         .sum()
 }
 
@@ -211,7 +224,11 @@ pub fn eks(f: &NodeFacts) -> Reservation {
     kube.insert("cpu".into(), Quantity::from_millis(cpu_ladder_millis(f.cpus) as i64));
     kube.insert("ephemeral-storage".into(), Quantity::from_bytes(GI));
     kube.insert("memory".into(), Quantity::from_mebibytes(255 + 11 * f.max_pods as u64));
-    Reservation { kube_reserved: kube, system_reserved: ResourceMap::new(), eviction_hard: eviction("100Mi", &NODEFS) }
+    Reservation {
+        kube_reserved: kube,
+        system_reserved: ResourceMap::new(),
+        eviction_hard: eviction("100Mi", &NODEFS),
+    }
 }
 
 /// GKE node allocatable: CPU ladder, tiered memory; eviction memory.available<100Mi.
@@ -219,7 +236,11 @@ pub fn gke(f: &NodeFacts) -> Reservation {
     let mut kube = ResourceMap::new();
     kube.insert("cpu".into(), Quantity::from_millis(cpu_ladder_millis(f.cpus) as i64));
     kube.insert("memory".into(), ceil_mi(gke_memory_bytes(f.memory_bytes)));
-    Reservation { kube_reserved: kube, system_reserved: ResourceMap::new(), eviction_hard: eviction("100Mi", &NODEFS) }
+    Reservation {
+        kube_reserved: kube,
+        system_reserved: ResourceMap::new(),
+        eviction_hard: eviction("100Mi", &NODEFS),
+    }
 }
 
 /// AKS kube-reserved CPU in millicores. The published table (1:60, 2:100, 4:140, 8:180,
@@ -242,7 +263,11 @@ pub fn aks(f: &NodeFacts) -> Reservation {
     let mut kube = ResourceMap::new();
     kube.insert("cpu".into(), Quantity::from_millis(aks_cpu_millis(f.cpus) as i64));
     kube.insert("memory".into(), ceil_mi(by_pods.min(quarter)));
-    Reservation { kube_reserved: kube, system_reserved: ResourceMap::new(), eviction_hard: eviction("100Mi", &NODEFS) }
+    Reservation {
+        kube_reserved: kube,
+        system_reserved: ResourceMap::new(),
+        eviction_hard: eviction("100Mi", &NODEFS),
+    }
 }
 
 /// ACK total CPU reservation in millicores: 100m up to 4 cores, then 2.5% per core to 64,
@@ -300,7 +325,19 @@ mod tests {
     #[test]
     fn cpu_ladder_matches_eks_bootstrap() {
         // (vCPUs, millicores) worked with the bootstrap.sh integer arithmetic.
-        let table = [(1, 60), (2, 70), (3, 75), (4, 80), (8, 90), (16, 110), (32, 150), (48, 190), (64, 230), (96, 310), (192, 550)];
+        let table = [
+            (1, 60),
+            (2, 70),
+            (3, 75),
+            (4, 80),
+            (8, 90),
+            (16, 110),
+            (32, 150),
+            (48, 190),
+            (64, 230),
+            (96, 310),
+            (192, 550),
+        ];
         for (cpus, want) in table {
             assert_eq!(cpu_ladder_millis(cpus), want, "{cpus} vCPU");
         }
@@ -342,7 +379,12 @@ mod tests {
             (256 * GI, "12166Mi"),
         ];
         for (mem, want) in table {
-            let r = gke(&NodeFacts { cpus: 4, memory_bytes: mem, max_pods: 110, ephemeral_storage_bytes: None });
+            let r = gke(&NodeFacts {
+                cpus: 4,
+                memory_bytes: mem,
+                max_pods: 110,
+                ephemeral_storage_bytes: None,
+            });
             assert_eq!(s(&r.kube_reserved, "memory"), want, "{mem}");
             assert_eq!(s(&r.kube_reserved, "cpu"), "80m");
         }
@@ -350,7 +392,8 @@ mod tests {
 
     #[test]
     fn aks_table() {
-        for (cpus, want) in [(1, 60), (2, 100), (4, 140), (8, 180), (16, 260), (32, 420), (64, 740)] {
+        for (cpus, want) in [(1, 60), (2, 100), (4, 140), (8, 180), (16, 260), (32, 420), (64, 740)]
+        {
             assert_eq!(aks_cpu_millis(cpus), want, "{cpus} cores (published table)");
         }
         // Microsoft's examples: 8GB/30 pods -> 650MB; 4GB/70 pods -> 25% of memory.
@@ -364,7 +407,12 @@ mod tests {
     #[test]
     fn ack_reproduces_published_example() {
         // ACK's policy page: capacity cpu 4 / memory 7925980Ki -> allocatable 3900m / 5824732Ki.
-        let f = NodeFacts { cpus: 4, memory_bytes: 7_925_980 * 1024, max_pods: 64, ephemeral_storage_bytes: None };
+        let f = NodeFacts {
+            cpus: 4,
+            memory_bytes: 7_925_980 * 1024,
+            max_pods: 64,
+            ephemeral_storage_bytes: None,
+        };
         let r = ack(&f);
         let a = crate::kubelet::validate::allocatable(&f, &r);
         assert_eq!(a.cpu_millis, 3900);
@@ -380,7 +428,17 @@ mod tests {
     #[test]
     fn ack_table() {
         // (vCPU, total cpu m) and (GiB, total MiB): ladder worked by hand.
-        for (cpus, want) in [(1, 100), (2, 100), (4, 100), (8, 200), (32, 800), (64, 1600), (96, 2000), (128, 2400), (196, 2740)] {
+        for (cpus, want) in [
+            (1, 100),
+            (2, 100),
+            (4, 100),
+            (8, 200),
+            (32, 800),
+            (64, 1600),
+            (96, 2000),
+            (128, 2400),
+            (196, 2740),
+        ] {
             assert_eq!(ack_cpu_millis(cpus), want, "{cpus} vCPU");
         }
         for (gi, want) in [(2, 512), (4, 1024), (8, 1843), (16, 2662), (32, 3645), (448, 16097)] {
@@ -388,13 +446,25 @@ mod tests {
         }
         // Odd totals give kubeReserved the extra unit.
         let r = ack(&facts(8, 8, 110));
-        assert_eq!((s(&r.kube_reserved, "memory"), s(&r.system_reserved, "memory")), ("922Mi".into(), "921Mi".into()));
-        assert_eq!((s(&r.kube_reserved, "cpu"), s(&r.system_reserved, "cpu")), ("100m".into(), "100m".into()));
+        assert_eq!(
+            (s(&r.kube_reserved, "memory"), s(&r.system_reserved, "memory")),
+            ("922Mi".into(), "921Mi".into())
+        );
+        assert_eq!(
+            (s(&r.kube_reserved, "cpu"), s(&r.system_reserved, "cpu")),
+            ("100m".into(), "100m".into())
+        );
     }
 
     #[test]
     fn facts_out_of_bounds_are_refused() {
-        for f in [facts(0, 8, 10), facts(5000, 8, 10), facts(2, 0, 10), facts(2, 8, 0), facts(2, 8, 5000)] {
+        for f in [
+            facts(0, 8, 10),
+            facts(5000, 8, 10),
+            facts(2, 0, 10),
+            facts(2, 8, 0),
+            facts(2, 8, 5000),
+        ] {
             let e = Policy::Eks.compute(&f).unwrap_err().to_string();
             assert!(e.contains("must be"), "{e}");
         }

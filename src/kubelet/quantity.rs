@@ -36,7 +36,9 @@ pub enum QuantityError {
     TooLong(String),
     #[error("quantity {0:?} has no digits")]
     NoDigits(String),
-    #[error("quantity {input:?} has an unknown suffix {suffix:?} (expected Ki|Mi|Gi|Ti|Pi|Ei, n|u|m|k|M|G|T|P|E, or e<N>)")]
+    #[error(
+        "quantity {input:?} has an unknown suffix {suffix:?} (expected Ki|Mi|Gi|Ti|Pi|Ei, n|u|m|k|M|G|T|P|E, or e<N>)"
+    )]
     BadSuffix { input: String, suffix: String },
     #[error("quantity {0:?} has a malformed exponent")]
     BadExponent(String),
@@ -197,17 +199,26 @@ impl Quantity {
         if digits.len() > 38 {
             return Err(QuantityError::OutOfRange(input.to_string()));
         }
-        let mut mantissa: u128 = if digits.is_empty() { 0 } else { digits.parse().map_err(|_| QuantityError::OutOfRange(input.to_string()))? };
+        let mut mantissa: u128 = if digits.is_empty() {
+            0
+        } else {
+            digits.parse().map_err(|_| QuantityError::OutOfRange(input.to_string()))?
+        };
         if binary_pow > 0 {
             let mult = 1024u128.pow(binary_pow);
-            mantissa = mantissa.checked_mul(mult).ok_or_else(|| QuantityError::OutOfRange(input.to_string()))?;
+            mantissa = mantissa
+                .checked_mul(mult)
+                .ok_or_else(|| QuantityError::OutOfRange(input.to_string()))?;
         }
         // Decimal exponent that takes the mantissa to nano-units.
         let e = exp10 as i64 - frac_digits.len() as i64 + 9;
         let nanos: u128 = if mantissa == 0 {
             0
         } else if e >= 0 {
-            let p = u32::try_from(e).ok().and_then(pow10).ok_or_else(|| QuantityError::OutOfRange(input.to_string()))?;
+            let p = u32::try_from(e)
+                .ok()
+                .and_then(pow10)
+                .ok_or_else(|| QuantityError::OutOfRange(input.to_string()))?;
             mantissa.checked_mul(p).ok_or_else(|| QuantityError::OutOfRange(input.to_string()))?
         } else {
             // Finer than 1n: round up, like apimachinery.
@@ -230,10 +241,13 @@ impl Quantity {
         }
         let sign = if self.nanos < 0 { "-" } else { "" };
         let abs = self.nanos.unsigned_abs();
-        if self.format == Format::BinarySI && abs >= 1024 * NANO as u128 && abs % NANO as u128 == 0 {
+        if self.format == Format::BinarySI
+            && abs >= 1024 * NANO as u128
+            && abs.is_multiple_of(NANO as u128)
+        {
             let mut v = abs / NANO as u128;
             let mut k = 0;
-            while k < BINARY.len() && v % 1024 == 0 {
+            while k < BINARY.len() && v.is_multiple_of(1024) {
                 v /= 1024;
                 k += 1;
             }
@@ -243,7 +257,7 @@ impl Quantity {
         // Largest exponent (multiple of 3, -9..=18) that keeps the mantissa whole.
         let mut exp = -9i32;
         let mut mantissa = abs;
-        while exp < 18 && mantissa % 1000 == 0 {
+        while exp < 18 && mantissa.is_multiple_of(1000) {
             mantissa /= 1000;
             exp += 3;
         }
@@ -257,7 +271,11 @@ impl Quantity {
             }
             _ => match exp {
                 0 => String::new(),
-                _ => DECIMAL.iter().find(|(_, e)| *e == exp).map(|(s, _)| s.to_string()).unwrap_or_default(),
+                _ => DECIMAL
+                    .iter()
+                    .find(|(_, e)| *e == exp)
+                    .map(|(s, _)| s.to_string())
+                    .unwrap_or_default(),
             },
         };
         format!("{sign}{mantissa}{suffix}")
@@ -419,7 +437,8 @@ mod tests {
 
         fn suffix() -> impl Strategy<Value = &'static str> {
             prop::sample::select(vec![
-                "", "n", "u", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti", "e3", "e-3", "e6", "E2",
+                "", "n", "u", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti", "e3", "e-3", "e6",
+                "E2",
             ])
         }
 

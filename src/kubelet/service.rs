@@ -28,13 +28,19 @@ impl ServiceManager for Systemctl {
             .output();
         let out = tokio::time::timeout(RESTART_TIMEOUT, child)
             .await
-            .map_err(|_| format!("systemctl restart {unit} did not finish within {RESTART_TIMEOUT:?}"))?
+            .map_err(|_| {
+                format!("systemctl restart {unit} did not finish within {RESTART_TIMEOUT:?}")
+            })?
             .map_err(|e| format!("cannot run systemctl: {e}"))?;
         if out.status.success() {
             Ok(())
         } else {
             let err = String::from_utf8_lossy(&out.stderr);
-            Err(format!("systemctl restart {unit} exited {}: {}", out.status, err.trim().chars().take(500).collect::<String>()))
+            Err(format!(
+                "systemctl restart {unit} exited {}: {}",
+                out.status,
+                err.trim().chars().take(500).collect::<String>()
+            ))
         }
     }
 }
