@@ -129,6 +129,7 @@ fn apply_cmd(n: &Node, a: PlanArgs) -> KubeletCmd {
         unit: "kubelet".into(),
         health_url: n.health_url.clone(),
         health_timeout_secs: 1,
+        health_poll_ms: 20,
         backup_dir: None,
     }
 }
@@ -364,7 +365,7 @@ async fn invocations_report_diff_and_codes() {
     let n = node("eks-kubelet-config.json", move |t| t == original).await;
     let base = serde_json::json!({
         "policy": "explicit", "cpus": 4, "memory": "16Gi", "ephemeralStorage": "100Gi",
-        "configPath": n.config, "healthUrl": n.health_url, "healthTimeoutSecs": 1,
+        "configPath": n.config, "healthUrl": n.health_url, "healthTimeoutSecs": 1, "healthPollMs": 20,
         "kube-reserved": {"cpu": "100m", "memory": "500Mi", "ephemeral-storage": "1Gi"},
         "eviction-hard": {"memory.available": "15%"}
     });
@@ -425,4 +426,39 @@ async fn plan_runs_offline_for_a_hypothetical_node() {
     let err = run(&n, apply_cmd(&n, a)).await.unwrap_err();
     assert_eq!(err.code(), "KubeletConfigMissing");
     assert_eq!(n.kubelet.restarts.load(Ordering::SeqCst), 0);
+}
+
+#[test]
+fn flags_and_drop_ins_that_override_the_file_are_warned() {
+    use deckhand::kubelet::plan::{PlanRequest, build_with};
+    use deckhand::kubelet::policy::Policy;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("kubelet-config.json");
+    std::fs::copy(Path::new(FIXTURES).join("eks-kubelet-config.json"), &config).unwrap();
+    let dropins = dir.path().join("kubelet.conf.d");
+    std::fs::create_dir(&dropins).unwrap();
+    std::fs::write(dropins.join("10-reserved.conf"), "{\"kubeReserved\": {\"cpu\": \"1\"}}")
+        .unwrap();
+    std::fs::write(dropins.join("20-other.conf"), "{\"maxPods\": 10}").unwrap();
+    let argv: Vec<String> = vec![
+        "/usr/bin/kubelet".into(),
+        format!("--config={}", config.display()),
+        format!("--config-dir={}", dropins.display()),
+        "--eviction-hard=memory.available<1Gi".into(),
+    ];
+    let req = PlanRequest {
+        policy: Policy::Gke,
+        config_path: None,
+        cpus: Some(4),
+        memory_bytes: Some(16 << 30),
+        max_pods: None,
+        ephemeral_storage_bytes: None,
+        allow_offline: false,
+    };
+    let plan = build_with(&req, Some(&argv)).unwrap();
+    assert_eq!(plan.config_path, config, "config found through the kubelet's --config");
+    assert_eq!(plan.warnings.len(), 2, "{:?}", plan.warnings);
+    assert!(plan.warnings[0].contains("evictionHard as a command-line flag"));
+    assert!(plan.warnings[1].contains("10-reserved.conf sets kubeReserved"));
+    assert!(plan.render_diff().contains("warning: drop-in"));
 }

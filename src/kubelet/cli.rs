@@ -85,6 +85,9 @@ pub enum KubeletCmd {
         /// Seconds to wait for health after a restart (1..=600).
         #[arg(long, default_value_t = 60)]
         health_timeout_secs: u64,
+        /// Milliseconds between health probes (10..=10000).
+        #[arg(long, default_value_t = 500)]
+        health_poll_ms: u64,
         /// Directory for backups (default: next to the config).
         #[arg(long)]
         backup_dir: Option<PathBuf>,
@@ -176,12 +179,24 @@ pub async fn run_cmd_with<S: ServiceManager>(
 ) -> Result<i32, KubeletError> {
     let (args, apply_opts) = match cmd {
         KubeletCmd::Plan { args } => (args, None),
-        KubeletCmd::Apply { args, unit, health_url, health_timeout_secs, backup_dir } => {
+        KubeletCmd::Apply {
+            args,
+            unit,
+            health_url,
+            health_timeout_secs,
+            health_poll_ms,
+            backup_dir,
+        } => {
+            if !(10..=10_000).contains(&health_poll_ms) {
+                return Err(KubeletError::InvalidPlan(format!(
+                    "--health-poll-ms must be 10..=10000, got {health_poll_ms}"
+                )));
+            }
             let opts = ApplyOptions {
                 unit,
                 health_url: HealthUrl::parse(&health_url)?,
                 health_timeout: Duration::from_secs(health_timeout_secs),
-                poll_interval: Duration::from_millis(500),
+                poll_interval: Duration::from_millis(health_poll_ms),
                 backup_dir,
             };
             (args, Some(opts))

@@ -89,7 +89,12 @@ pub async fn get_status(url: &HealthUrl, timeout: Duration) -> Result<u16, Strin
     tokio::time::timeout(timeout, fut).await.map_err(|_| format!("no answer within {timeout:?}"))?
 }
 
-/// Poll until a 200 or `total` elapses. Returns the last failure on timeout.
+/// Consecutive 200s required: a kubelet that rejects part of its config can answer once
+/// before it exits, so one success is not proof.
+pub const REQUIRED_SUCCESSES: u32 = 3;
+
+/// Poll until `REQUIRED_SUCCESSES` consecutive 200s or `total` elapses. Returns the last
+/// failure on timeout.
 pub async fn wait_healthy(
     url: &HealthUrl,
     total: Duration,
@@ -97,15 +102,28 @@ pub async fn wait_healthy(
 ) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + total;
     let mut last = String::from("never probed");
+    let mut streak = 0;
     loop {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
         if remaining.is_zero() {
             return Err(last);
         }
         match get_status(url, remaining.min(Duration::from_secs(5))).await {
-            Ok(200) => return Ok(()),
-            Ok(code) => last = format!("HTTP {code}"),
-            Err(e) => last = e,
+            Ok(200) => {
+                streak += 1;
+                if streak >= REQUIRED_SUCCESSES {
+                    return Ok(());
+                }
+                last = format!("only {streak} consecutive healthy answers");
+            }
+            Ok(code) => {
+                streak = 0;
+                last = format!("HTTP {code}");
+            }
+            Err(e) => {
+                streak = 0;
+                last = e;
+            }
         }
         tracing::debug!(url = %url, last = %last, "kubelet not healthy yet");
         tokio::time::sleep(
@@ -118,6 +136,39 @@ pub async fn wait_healthy(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One-shot local servers answering with canned bytes (stand-ins for a kubelet healthz).
+    async fn serve(reply: &'static [u8]) -> HealthUrl {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(reply).await;
+            }
+        });
+        HealthUrl::parse(&format!("http://{addr}/healthz")).unwrap()
+    }
+
+    #[tokio::test]
+    async fn status_codes_and_garbage() {
+        let t = Duration::from_secs(5);
+        assert_eq!(get_status(&serve(b"HTTP/1.1 200 OK\r\n\r\nok").await, t).await, Ok(200));
+        assert_eq!(get_status(&serve(b"HTTP/1.0 500 Oops\r\n\r\n").await, t).await, Ok(500));
+        let e = get_status(&serve(b"SSH-2.0-OpenSSH\r\n").await, t).await.unwrap_err();
+        assert!(e.contains("bad status line"), "{e}");
+        let e = get_status(&serve(b"").await, t).await.unwrap_err();
+        assert!(e.contains("bad status line"), "{e}");
+        // Nothing listening: a closed port is an error, not a hang.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        drop(l);
+        let url = HealthUrl::parse(&format!("http://127.0.0.1:{port}/healthz")).unwrap();
+        assert!(get_status(&url, t).await.unwrap_err().contains("connect"));
+        let e = wait_healthy(&url, Duration::from_millis(300), Duration::from_millis(50)).await;
+        assert!(e.unwrap_err().contains("connect"));
+    }
 
     #[test]
     fn urls_parse_or_are_refused() {

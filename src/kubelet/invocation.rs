@@ -42,6 +42,7 @@ struct Request {
     dry_run: bool,
     health_url: Option<String>,
     health_timeout_secs: Option<u64>,
+    health_poll_ms: Option<u64>,
     unit: Option<String>,
     #[serde(alias = "kube-reserved")]
     kube_reserved: Option<Value>,
@@ -121,6 +122,10 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
     if !(1..=600).contains(&secs) {
         return Err(invalid(format!("healthTimeoutSecs must be 1..=600, got {secs}")));
     }
+    let poll = r.health_poll_ms.unwrap_or(500);
+    if !(10..=10_000).contains(&poll) {
+        return Err(invalid(format!("healthPollMs must be 10..=10000, got {poll}")));
+    }
     let req = PlanRequest {
         policy,
         config_path: r.config_path,
@@ -138,7 +143,7 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
         unit: r.unit.unwrap_or_else(|| "kubelet".into()),
         health_url: HealthUrl::parse(r.health_url.as_deref().unwrap_or(DEFAULT_HEALTH_URL))?,
         health_timeout: Duration::from_secs(secs),
-        poll_interval: Duration::from_millis(500),
+        poll_interval: Duration::from_millis(poll),
         backup_dir: None,
     };
     Ok((req, opts, r.dry_run))

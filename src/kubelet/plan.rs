@@ -89,6 +89,9 @@ pub fn build_with(
         for key in flags_override(args) {
             warnings.push(format!("the running kubelet sets {key} as a command-line flag, which overrides the config file"));
         }
+        if let Some(dir) = facts::flag_value(args, "--config-dir") {
+            warnings.extend(drop_in_overrides(Path::new(&dir)));
+        }
     }
     let changed = after != state.reservation;
     let new_text = if changed { file.render(&after)? } else { file.text.clone() };
@@ -107,6 +110,30 @@ pub fn build_with(
         old_text: file.text,
         new_text,
     })
+}
+
+/// Drop-ins (`--config-dir/*.conf`) are merged over the main file, so one that sets an owned
+/// key would silently win over the edit; name them.
+pub fn drop_in_overrides(dir: &Path) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return vec![] };
+    let mut out = Vec::new();
+    for entry in rd.flatten().take(100) {
+        let p = entry.path();
+        if p.extension().and_then(|e| e.to_str()) != Some("conf") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p).unwrap_or_default();
+        for key in super::config::OWNED_KEYS {
+            if text.contains(key) {
+                out.push(format!(
+                    "drop-in {} sets {key}, which overrides the config file",
+                    p.display()
+                ));
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 fn entries(r: &Reservation) -> Vec<(String, String)> {
