@@ -13,8 +13,17 @@ pub const KUBELET_ROOT: &str = "/var/lib/kubelet";
 /// Bound on /proc entries scanned looking for the kubelet.
 const MAX_PROC_SCAN: usize = 100_000;
 
+/// Logical CPUs of the machine (what kubelet reports as capacity), not the agent's own
+/// cgroup quota; falls back to the process's parallelism.
 pub fn detect_cpus() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+    let from_sysinfo = sysinfo::System::new().ok().map(|mut sys| {
+        sys.refresh_cpu_list(sysinfo::CpuRefreshKind::nothing());
+        sys.cpus().len() as u32
+    });
+    match from_sysinfo {
+        Some(n) if n > 0 => n,
+        _ => std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
+    }
 }
 
 /// Total memory in bytes; 0 when it cannot be read (the plan then refuses the node facts).

@@ -460,6 +460,20 @@ mod tests {
             }
 
             #[test]
+            fn value_matches_independent_model(int in 0u64..1_000_000, frac in 0u32..1000, idx in 0usize..9) {
+                // (suffix, nanos per unit); value = (int + frac/1000) * factor, rounded up to 1n.
+                let table: [(&str, i128); 9] = [
+                    ("n", 1), ("u", 1_000), ("m", 1_000_000), ("", 1_000_000_000), ("k", 1_000_000_000_000),
+                    ("Ki", 1024 * 1_000_000_000), ("Mi", (1 << 20) * 1_000_000_000), ("e3", 1_000_000_000_000), ("e-2", 10_000_000),
+                ];
+                let (sfx, factor) = table[idx];
+                let q = Quantity::parse(&format!("{int}.{frac:03}{sfx}")).unwrap();
+                let scaled = (int as i128 * 1000 + frac as i128) * factor;
+                let want = scaled / 1000 + i128::from(scaled % 1000 != 0);
+                prop_assert_eq!(q.nanos(), want);
+            }
+
+            #[test]
             fn from_bytes_round_trips(b in any::<u32>(), shift in 0u32..30) {
                 let bytes = (b as u64) << shift;
                 let q = Quantity::from_bytes(bytes);

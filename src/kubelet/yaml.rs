@@ -331,4 +331,41 @@ mod tests {
             assert!(e.contains(want), "{text:?}: {e}");
         }
     }
+
+    mod props {
+        use super::*;
+        use crate::kubelet::policy::{EvictionMap, Threshold};
+        use proptest::prelude::*;
+
+        const FIXTURE: &str = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/kubelet/kubeadm-config.yaml"
+        ));
+
+        proptest! {
+            #[test]
+            fn render_reads_back_and_keeps_unowned_lines(cpu in 0i64..100_000, mem in 0u64..1_000_000, pct in 0u32..100, sys in any::<bool>()) {
+                let mut r = Reservation::default();
+                r.kube_reserved.insert("cpu".into(), Quantity::from_millis(cpu));
+                r.kube_reserved.insert("memory".into(), Quantity::from_mebibytes(mem));
+                if sys {
+                    r.system_reserved.insert("memory".into(), Quantity::from_bytes(mem * 1000));
+                }
+                let mut ev = EvictionMap::new();
+                ev.insert("nodefs.available".into(), Threshold::Percent(pct * 1000));
+                r.eviction_hard = ev;
+                let f = yaml(FIXTURE);
+                let out = f.render(&r).unwrap();
+                prop_assert_eq!(&yaml(&out).state().unwrap().reservation, &r);
+                // Unowned lines survive in order.
+                let owned = |l: &str| l.starts_with("evictionHard:") || l.starts_with("  imagefs.available") || l.starts_with("  memory.available");
+                let mut it = out.lines();
+                for line in FIXTURE.lines().filter(|l| !owned(l)) {
+                    prop_assert!(it.any(|l| l == line), "lost {:?}", line);
+                }
+                // Applying the same reservation to the result changes nothing.
+                prop_assert_eq!(yaml(&out).render(&r).unwrap(), out);
+            }
+        }
+    }
 }
