@@ -211,9 +211,26 @@ impl Runner {
     }
 }
 
+/// `ApplyKubeletReserved`: the content is a JSON plan request; the output
+/// is the diff; a rollback or refusal is `Failed` with the kubelet module's
+/// error code (`KubeletUnhealthy`, `InvalidKubeletPlan`, …).
+///
+/// A stop request does not interrupt an apply: cutting it between the
+/// write and the health check would skip the rollback. The apply is
+/// bounded by its own health timeout and by the invocation timeout.
 async fn kubelet_run(inv: &Invocation, record_seq: u32, start: String, _stop: CancellationToken) -> RecordReport {
-    let _ = (inv, record_seq, start);
-    failed(inv, record_seq, "CommandNotApplicable", "kubelet reservations are not available in this build")
+    let timeout = std::time::Duration::from_secs(inv.timeout_secs.max(1));
+    let outcome = match tokio::time::timeout(timeout, crate::kubelet::run_invocation(&inv.content)).await {
+        Ok(o) => o,
+        Err(_) => return RecordReport { status: RecordStatus::Timeout, error_code: "ExecutionTimeout".into(), start_time: start, ..failed(inv, record_seq, "", "") },
+    };
+    let output_b64 = base64::engine::general_purpose::STANDARD.encode(outcome.output.as_bytes());
+    let finish_time = now();
+    if outcome.ok {
+        RecordReport { invoke_id: inv.invoke_id.clone(), record_seq, status: RecordStatus::Finished, exit_code: Some(0), output_b64, dropped: 0, error_code: String::new(), error_info: String::new(), start_time: start, finish_time }
+    } else {
+        RecordReport { status: RecordStatus::Failed, output_b64, start_time: start, error_info: format!("kubelet reservation not applied: {}", outcome.error_code), ..failed(inv, record_seq, &outcome.error_code, "") }
+    }
 }
 
 fn failed(inv: &Invocation, record_seq: u32, code: &str, info: &str) -> RecordReport {

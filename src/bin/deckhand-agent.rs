@@ -75,6 +75,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Plan or apply kubelet reserved resources on this node.
+    Kubelet {
+        #[command(subcommand)]
+        cmd: deckhand::kubelet::KubeletCmd,
+    },
     /// Validate the configuration and print the effective settings.
     Config {
         #[command(subcommand)]
@@ -143,6 +148,12 @@ fn main() -> anyhow::Result<()> {
                 println!("pid / updated:   {} / {}", s.pid, s.updated_at);
             }
             Ok(())
+        }
+        Cmd::Kubelet { cmd } => {
+            init_log(false);
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let code = rt.block_on(deckhand::kubelet::run_cmd(cmd))?;
+            std::process::exit(code);
         }
         Cmd::Config { action: ConfigCmd::Check(flags) } => {
             let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());

@@ -66,6 +66,13 @@ pub enum Command {
         #[arg(long = "instance")]
         instances: Vec<String>,
     },
+    /// Plan kubelet reservations (offline for a hypothetical node with
+    /// --cpus/--memory, or for this node). To apply on a fleet, run an
+    /// `ApplyKubeletReserved` invocation (docs/kubelet.md).
+    KubeletPlan {
+        #[command(flatten)]
+        args: crate::kubelet::cli::PlanArgs,
+    },
     /// Benchmarks (print figures; see docs/performance.md).
     Bench {
         #[command(subcommand)]
@@ -115,6 +122,10 @@ pub fn main(cli: Cli) -> anyhow_free::Result<i32> {
         Command::Invocations { limit } => show::invocations(&cli, *limit).map(|_| 0),
         Command::Results { invoke_id, history } => show::results(&cli, invoke_id, *history),
         Command::Stop { invoke_id, instances } => show::stop(&cli, invoke_id, instances).map(|_| 0),
+        Command::KubeletPlan { args } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| CliError::Usage(e.to_string()))?;
+            rt.block_on(crate::kubelet::run_cmd(crate::kubelet::KubeletCmd::Plan { args: args.clone() })).map_err(|e| CliError::Usage(e.to_string()))
+        }
         Command::Bench { what } => bench::run(what).map(|_| 0),
         Command::Activate { count, ttl_hours, name } => show::activate(&cli, *count, *ttl_hours, name.as_deref()).map(|_| 0),
     }
