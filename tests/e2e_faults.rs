@@ -1,0 +1,180 @@
+//! Nothing lost: kill -9 of agents and hubs, a proxy that cuts and
+//! black-holes connections. Every invocation must end in a final state
+//! with its real output, and none may run twice.
+
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "support/proxy.rs"]
+mod proxy;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use harness::{Hub, output_of, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn status(hub: &Hub, invoke_id: &str) -> String {
+    let v = hub.call("DescribeInvocationResults", &[("InvokeId", invoke_id)]).unwrap();
+    v["Invocation"]["InvocationResults"]["InvocationResult"][0]["InvokeRecordStatus"].as_str().unwrap_or("").to_string()
+}
+
+#[test]
+fn agent_killed_mid_run_reports_instance_restarted() {
+    let hub = Hub::start();
+    let mut a = hub.agent();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    let inv = hub.run("sleep 30", &[&id], &[("Timeout", "120")]);
+    wait_until("running", WAIT, || (status(&hub, &inv) == "Running").then_some(()));
+    a.kill(); // SIGKILL
+    a.spawn();
+    let r = &hub.wait_final(&inv, WAIT)[0];
+    assert_eq!(r["InvokeRecordStatus"], "Failed", "{r}");
+    assert_eq!(r["ErrorCode"], "InstanceRestarted");
+}
+
+#[test]
+fn queued_invocation_survives_agent_kill_and_runs_once() {
+    let hub = Hub::start();
+    let mut a = hub.agent();
+    a.extra = vec!["--max-concurrent".into(), "1".into()];
+    a.restart();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    let marker = tempfile::tempdir().unwrap();
+    let log = marker.path().join("ran.log");
+    let first = hub.run("sleep 30", &[&id], &[("Timeout", "120")]);
+    wait_until("running", WAIT, || (status(&hub, &first) == "Running").then_some(()));
+    let second = hub.run(&format!("echo second >> {}; echo done", log.display()), &[&id], &[]);
+    // Accepted (journaled and acknowledged) but waiting for the one slot.
+    wait_until("delivered", WAIT, || {
+        let v = hub.call("DescribeInvocations", &[("InvokeId", &second)]).ok()?;
+        (v["Invocations"]["Invocation"][0]["InvokeInstances"]["InvokeInstance"][0]["InstanceInvokeStatus"] == "Pending").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    a.kill();
+    a.spawn();
+    assert_eq!(hub.wait_final(&first, WAIT)[0]["ErrorCode"], "InstanceRestarted");
+    let r = &hub.wait_final(&second, WAIT)[0];
+    assert_eq!(output_of(r), b"done\n");
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), "second\n", "ran exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blackholed_link_is_detected_and_recovered() {
+    let hub = Hub::start_with(&["--heartbeat-secs", "1"]);
+    let upstream: std::net::SocketAddr = hub.url.trim_start_matches("https://").parse().unwrap();
+    let proxy = proxy::FaultProxy::start(upstream).await;
+    let v = hub.call("CreateActivation", &[("InstanceCount", "1")]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_deckhand-agent"))
+        .args(["run", "--hub", &format!("https://{}", proxy.addr()), "--ca-file", hub.ca.to_str().unwrap(), "--backoff-cap-secs", "1", "--state-dir"])
+        .arg(&state)
+        .args(["--activation-id", v["ActivationId"].as_str().unwrap(), "--activation-code", v["ActivationCode"].as_str().unwrap()])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let id = tokio::task::block_in_place(|| {
+        wait_until("identity", WAIT, || {
+            let v: serde_json::Value = serde_json::from_slice(&std::fs::read(state.join("identity.json")).ok()?).ok()?;
+            Some(v["instance_id"].as_str()?.to_string())
+        })
+    });
+    tokio::task::block_in_place(|| hub.wait_online(&id));
+    let conns_before = proxy.connections.load(std::sync::atomic::Ordering::SeqCst);
+    proxy.set_blackhole(true);
+    let t0 = Instant::now();
+    tokio::task::block_in_place(|| {
+        wait_until("hub notices the dead link", Duration::from_secs(15), || {
+            let v = hub.call("DescribeCloudAssistantStatus", &[("InstanceId.1", &id)]).ok()?;
+            (v["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"][0]["CloudAssistantStatus"] == "false").then_some(())
+        })
+    });
+    let detected = t0.elapsed();
+    // Two 1 s heartbeats plus the hub's 2 s slack, plus polling.
+    assert!(detected < Duration::from_secs(8), "detected after {detected:?}");
+    // Work queued while the link is dead is delivered once it heals.
+    let inv = hub.run("echo healed", &[&id], &[]);
+    proxy.set_blackhole(false);
+    proxy.cut_all();
+    let r = tokio::task::block_in_place(|| hub.wait_final(&inv, WAIT));
+    assert_eq!(output_of(&r[0]), b"healed\n");
+    assert!(proxy.connections.load(std::sync::atomic::Ordering::SeqCst) > conns_before, "agent reconnected");
+    println!("dead link detected in {detected:?}");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+/// 100 invocations on 5 agents while agents and the hub are killed with
+/// SIGKILL at pseudo-random points. Every invocation ends final; every
+/// Finished one carries its real output; no script ran twice.
+#[test]
+fn chaos_kill_agents_and_hub_nothing_lost_nothing_twice() {
+    let mut hub = Hub::start();
+    let mut agents: Vec<_> = (0..5).map(|_| hub.agent()).collect();
+    let ids: Vec<String> = agents.iter().map(|a| a.instance_id()).collect();
+    for id in &ids {
+        hub.wait_online(id);
+    }
+    let logs = tempfile::tempdir().unwrap();
+    let mut invs: Vec<(String, String)> = Vec::new();
+    // A small LCG: reproducible "random" kill points without a dependency.
+    let mut seed: u64 = 0x9E3779B97F4A7C15;
+    let mut next = move |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let mut kills = (0, 0);
+    for i in 0..100 {
+        let target = &ids[i % 5];
+        let log = logs.path().join(format!("{target}.log"));
+        let script = format!("echo run-{i} >> {}; sleep 0.{}; echo out-{i}", log.display(), next(5));
+        let inv = loop {
+            // The hub may be restarting: retry the submission.
+            match hub.call("RunCommand", &[("Type", "RunShellScript"), ("CommandContent", &script), ("InstanceId.1", target), ("ClientToken", &format!("chaos-{i}"))]) {
+                Ok(v) => break v["InvokeId"].as_str().unwrap().to_string(),
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        invs.push((inv, format!("out-{i}\n")));
+        match next(12) {
+            0 => {
+                let k = next(5) as usize;
+                agents[k].kill();
+                agents[k].spawn();
+                kills.0 += 1;
+            }
+            1 if kills.1 < 3 => {
+                hub.restart();
+                kills.1 += 1;
+            }
+            _ => {}
+        }
+        std::thread::sleep(Duration::from_millis(next(60)));
+    }
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for (inv, expected) in &invs {
+        let r = &hub.wait_final(inv, WAIT)[0];
+        let st = r["InvokeRecordStatus"].as_str().unwrap().to_string();
+        if st == "Finished" {
+            assert_eq!(String::from_utf8(output_of(r)).unwrap(), *expected, "{inv}");
+        } else {
+            assert_eq!(r["ErrorCode"], "InstanceRestarted", "only an agent kill may fail a run: {r}");
+        }
+        *counts.entry(st).or_default() += 1;
+    }
+    // None twice: every run line appears at most once across all logs.
+    let mut seen = HashMap::new();
+    for id in &ids {
+        let text = std::fs::read_to_string(logs.path().join(format!("{id}.log"))).unwrap_or_default();
+        for line in text.lines() {
+            *seen.entry(line.to_string()).or_insert(0) += 1;
+        }
+    }
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "ran more than once: {twice:?}");
+    println!("chaos: {} invocations, agent kills {}, hub kills {}, final states {counts:?}", invs.len(), kills.0, kills.1);
+    assert_eq!(counts.values().sum::<usize>(), 100);
+}
