@@ -65,7 +65,13 @@ pub fn host_facts() -> HostFacts {
 }
 
 /// Linux boot id; elsewhere the boot time, which also changes per boot.
+///
+/// `DECKHAND_TEST_BOOT_ID` replaces it: a reboot is the one boundary the
+/// reboot-triggered tests cannot cross for real, so they stand in a boot id.
 pub fn boot_id() -> String {
+    if let Ok(id) = std::env::var("DECKHAND_TEST_BOOT_ID") {
+        return id;
+    }
     std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
         .unwrap_or_else(|_| sysinfo::System::boot_time().map(|t| t.to_string()).unwrap_or_default())

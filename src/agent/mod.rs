@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod config;
 pub mod identity;
 pub mod journal;
+pub mod periodic;
 pub mod runner;
 pub mod schedule;
 pub mod service;
@@ -120,8 +121,12 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     if let Some(id) = &identity {
         runner.set_instance_id(&id.instance_id);
     }
-    for (inv, seq) in &recovery.interrupted {
-        runner.report_interrupted(inv, *seq);
+    for (inv, seq) in recovery.interrupted {
+        runner.report_interrupted(&inv, seq);
+        // A schedule outlives one interrupted run: resume it.
+        if Runner::is_repeating(&inv) {
+            runner.spawn(inv);
+        }
     }
     for inv in recovery.to_run {
         runner.spawn(inv);

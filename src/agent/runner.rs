@@ -37,7 +37,7 @@ pub struct LiveChunk {
     pub data: Vec<u8>,
 }
 
-fn now() -> String {
+pub(super) fn now() -> String {
     chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
@@ -60,13 +60,13 @@ impl Runner {
         *self.instance_id.lock().unwrap_or_else(|e| e.into_inner()) = id.to_string();
     }
 
-    fn state(&self) -> std::sync::MutexGuard<'_, AgentState> {
+    pub(super) fn state(&self) -> std::sync::MutexGuard<'_, AgentState> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Journals and reports; a journal failure is logged loudly but the
     /// report is still attempted in memory-less form by the caller's retry.
-    fn report(&self, report: RecordReport, closes: bool) {
+    pub(super) fn report(&self, report: RecordReport, closes: bool) {
         let invoke_id = report.invoke_id.clone();
         match self.state().report(report, closes) {
             Ok(_) => self.outbox_ready.notify_one(),
@@ -85,22 +85,33 @@ impl Runner {
         Ok(())
     }
 
-    /// Starts (or queues) a run for an accepted invocation.
+    /// Starts (or queues) the work of an accepted invocation: one run, a
+    /// schedule (`Period`), or a wait for the next boot.
     pub fn spawn(self: &Arc<Self>, inv: Invocation) {
         let token = CancellationToken::new();
         self.stops.lock().unwrap_or_else(|e| e.into_inner()).insert(inv.invoke_id.clone(), token.clone());
         let me = self.clone();
         tokio::spawn(async move {
             let id = inv.invoke_id.clone();
-            me.run_once(inv, 0, token).await;
+            match inv.repeat_mode.as_str() {
+                "Period" => me.periodic(inv, token).await,
+                "NextRebootOnly" | "EveryReboot" => me.on_boot(inv, token).await,
+                _ => me.run_once(inv, 0, token, true).await,
+            }
             me.stops.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         });
+    }
+
+    /// True for invocations whose runs do not end them.
+    pub fn is_repeating(inv: &Invocation) -> bool {
+        matches!(inv.repeat_mode.as_str(), "Period" | "EveryReboot")
     }
 
     /// A run the agent was executing when it died: the child is gone with
     /// the pipes we held, so the outcome is unknown. Report it as failed
     /// rather than leave it Running forever.
     pub fn report_interrupted(&self, inv: &Invocation, record_seq: u32) {
+        let closes = !Self::is_repeating(inv);
         tracing::warn!(invoke_id = %inv.invoke_id, "run interrupted by agent restart");
         self.report(
             RecordReport {
@@ -115,7 +126,7 @@ impl Runner {
                 start_time: String::new(),
                 finish_time: now(),
             },
-            true,
+            closes,
         );
     }
 
@@ -137,12 +148,13 @@ impl Runner {
         }
     }
 
-    async fn run_once(self: &Arc<Self>, inv: Invocation, record_seq: u32, stop: CancellationToken) {
+    /// One run = one record. `closes`: its final report ends the invocation.
+    pub(super) async fn run_once(self: &Arc<Self>, inv: Invocation, record_seq: u32, stop: CancellationToken, closes: bool) {
         // Wait for a slot in FIFO order; a stop while queued never starts it.
         let permit = tokio::select! {
             p = self.slots.clone().acquire_owned() => p.expect("semaphore never closed"),
             _ = stop.cancelled() => {
-                self.report(stopped_before_start(&inv, record_seq), true);
+                self.report(stopped_before_start(&inv, record_seq), closes);
                 return;
             }
         };
@@ -154,7 +166,7 @@ impl Runner {
                 spec
             }
             Err(e) => {
-                self.report(failed(&inv, record_seq, e.error_code(), &e.to_string()), true);
+                self.report(failed(&inv, record_seq, e.error_code(), &e.to_string()), closes);
                 return;
             }
         };
@@ -173,7 +185,7 @@ impl Runner {
         };
         drop(permit);
         tracing::info!(invoke_id = %inv.invoke_id, status = report.status.as_str(), exit_code = ?report.exit_code, "run finished");
-        self.report(report, true);
+        self.report(report, closes);
     }
 
     async fn script_run(&self, inv: &Invocation, record_seq: u32, spec: RunSpec, stop: CancellationToken) -> RecordReport {
@@ -233,7 +245,7 @@ async fn kubelet_run(inv: &Invocation, record_seq: u32, start: String, _stop: Ca
     }
 }
 
-fn failed(inv: &Invocation, record_seq: u32, code: &str, info: &str) -> RecordReport {
+pub(super) fn failed(inv: &Invocation, record_seq: u32, code: &str, info: &str) -> RecordReport {
     RecordReport {
         invoke_id: inv.invoke_id.clone(),
         record_seq,
@@ -248,6 +260,6 @@ fn failed(inv: &Invocation, record_seq: u32, code: &str, info: &str) -> RecordRe
     }
 }
 
-fn stopped_before_start(inv: &Invocation, record_seq: u32) -> RecordReport {
+pub(super) fn stopped_before_start(inv: &Invocation, record_seq: u32) -> RecordReport {
     RecordReport { status: RecordStatus::Stopped, error_code: String::new(), error_info: "stopped before it started".into(), ..failed(inv, record_seq, "", "") }
 }

@@ -26,6 +26,10 @@ pub enum Entry {
     Report { report_id: u64, report: RecordReport },
     Acked { report_id: u64 },
     Finished { invoke_id: String },
+    /// A periodic fire: its record number and nominal instant (RFC 3339).
+    Fired { invoke_id: String, record_seq: u32, scheduled: String },
+    /// The boot a reboot-triggered invocation last saw.
+    BootSeen { invoke_id: String, boot_id: String },
 }
 
 /// What the agent must do after reopening its state.
@@ -44,6 +48,8 @@ pub struct AgentState {
     pending: BTreeMap<u64, RecordReport>,
     finished: VecDeque<String>,
     next_report_id: u64,
+    fires: HashMap<String, (u32, String)>,
+    boot_seen: HashMap<String, String>,
 }
 
 impl AgentState {
@@ -57,6 +63,8 @@ impl AgentState {
             pending: BTreeMap::new(),
             finished: VecDeque::new(),
             next_report_id: 1,
+            fires: HashMap::new(),
+            boot_seen: HashMap::new(),
         };
         for e in entries {
             s.apply(e);
@@ -81,6 +89,11 @@ impl AgentState {
             }
             Entry::Report { report_id, report } => {
                 self.next_report_id = self.next_report_id.max(report_id + 1);
+                // A final report ends that record's run: it is no longer
+                // "started" (periodic invocations stay open between runs).
+                if report.status.is_final() && self.started.get(&report.invoke_id) == Some(&report.record_seq) {
+                    self.started.remove(&report.invoke_id);
+                }
                 self.pending.insert(report_id, report);
             }
             Entry::Acked { report_id } => {
@@ -89,7 +102,15 @@ impl AgentState {
             Entry::Finished { invoke_id } => {
                 self.open.remove(&invoke_id);
                 self.started.remove(&invoke_id);
+                self.fires.remove(&invoke_id);
+                self.boot_seen.remove(&invoke_id);
                 self.remember_finished(invoke_id);
+            }
+            Entry::Fired { invoke_id, record_seq, scheduled } => {
+                self.fires.insert(invoke_id, (record_seq, scheduled));
+            }
+            Entry::BootSeen { invoke_id, boot_id } => {
+                self.boot_seen.insert(invoke_id, boot_id);
             }
         }
     }
@@ -151,6 +172,31 @@ impl AgentState {
         Ok(id)
     }
 
+    /// The last fire of a periodic invocation: (record_seq, nominal instant).
+    pub fn last_fire(&self, invoke_id: &str) -> Option<(u32, String)> {
+        self.fires.get(invoke_id).cloned()
+    }
+
+    pub fn fired(&mut self, invoke_id: &str, record_seq: u32, scheduled: String) -> Result<(), JournalError> {
+        self.write(Entry::Fired { invoke_id: invoke_id.to_string(), record_seq, scheduled })
+    }
+
+    pub fn boot_seen(&self, invoke_id: &str) -> Option<String> {
+        self.boot_seen.get(invoke_id).cloned()
+    }
+
+    pub fn see_boot(&mut self, invoke_id: &str, boot_id: &str) -> Result<(), JournalError> {
+        self.write(Entry::BootSeen { invoke_id: invoke_id.to_string(), boot_id: boot_id.to_string() })
+    }
+
+    /// Ends an invocation without a report (a schedule that has no fires left).
+    pub fn close(&mut self, invoke_id: &str) -> Result<(), JournalError> {
+        if self.open.contains_key(invoke_id) {
+            self.write(Entry::Finished { invoke_id: invoke_id.to_string() })?;
+        }
+        Ok(())
+    }
+
     pub fn ack(&mut self, report_id: u64) -> Result<(), JournalError> {
         if self.pending.contains_key(&report_id) {
             self.write(Entry::Acked { report_id })?;
@@ -187,6 +233,12 @@ impl AgentState {
         }
         for id in &self.finished {
             live.push(Entry::Finished { invoke_id: id.clone() });
+        }
+        for (id, (seq, scheduled)) in &self.fires {
+            live.push(Entry::Fired { invoke_id: id.clone(), record_seq: *seq, scheduled: scheduled.clone() });
+        }
+        for (id, boot) in &self.boot_seen {
+            live.push(Entry::BootSeen { invoke_id: id.clone(), boot_id: boot.clone() });
         }
         self.journal.compact(&live)?;
         tracing::info!(entries = live.len(), "journal compacted");

@@ -72,6 +72,9 @@ pub struct Invocation {
     pub instance_name: String,
     #[serde(default)]
     pub region_id: String,
+    /// When the hub accepted it (RFC 3339): the anchor of `rate()` schedules.
+    #[serde(default)]
+    pub created_at: String,
 }
 
 fn default_repeat_mode() -> String {

@@ -119,7 +119,7 @@ impl Hub {
         let v = self.call("CreateActivation", &[("InstanceCount", "1")]).expect("activation");
         let id = v["ActivationId"].as_str().unwrap().to_string();
         let code = v["ActivationCode"].as_str().unwrap().to_string();
-        let mut a = Agent { child: None, dir: tempfile::tempdir().expect("tempdir"), hub_url: self.url.clone(), ca: self.ca.clone(), activation: Some((id, code)), extra: vec![] };
+        let mut a = Agent { child: None, dir: tempfile::tempdir().expect("tempdir"), hub_url: self.url.clone(), ca: self.ca.clone(), activation: Some((id, code)), extra: vec![], env: vec![] };
         a.spawn();
         a.instance_id();
         a
@@ -177,6 +177,7 @@ pub struct Agent {
     ca: PathBuf,
     activation: Option<(String, String)>,
     pub extra: Vec<String>,
+    pub env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -190,6 +191,7 @@ impl Agent {
             .args(["--backoff-cap-secs", "1"])
             .args(&self.extra)
             .env("DECKHAND_LOG", "info,deckhand=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(d.join("agent.log")).unwrap()));
         if let Some((id, code)) = &self.activation {

@@ -628,7 +628,15 @@ impl Store for SqliteStore {
             let effect = match op {
                 WriteOp::Report { instance_id, report } => apply_report_tx(&mut tx, instance_id, report).await?,
                 WriteOp::Delivered { invoke_id, instance_id } => {
-                    sqlx::query("UPDATE targets SET delivered = 1, updated_at = ? WHERE invoke_id = ? AND instance_id = ?")
+                    // A delivered schedule is live on the agent: Running
+                    // (seed 001) or, until the next boot, Scheduled.
+                    sqlx::query(
+                        "UPDATE targets SET delivered = 1, updated_at = ?1, status = CASE WHEN status = 'Pending' THEN \
+                         (SELECT CASE WHEN repeat_mode = 'NextRebootOnly' THEN 'Scheduled' \
+                                      WHEN repeat_mode IN ('Period', 'EveryReboot') THEN 'Running' ELSE 'Pending' END \
+                          FROM invocations WHERE invoke_id = ?2) ELSE status END \
+                         WHERE invoke_id = ?2 AND instance_id = ?3",
+                    )
                         .bind(&now)
                         .bind(invoke_id)
                         .bind(instance_id)
@@ -701,7 +709,7 @@ impl Store for SqliteStore {
 
 async fn apply_report_tx(tx: &mut Transaction<'_, Sqlite>, instance_id: &str, r: &RecordReport) -> Result<ReportEffect> {
     let target = sqlx::query(
-        "SELECT t.status, i.repeat_mode FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id \
+        "SELECT t.status, i.repeat_mode, i.frequency FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id \
          WHERE t.invoke_id = ? AND t.instance_id = ?",
     )
     .bind(&r.invoke_id)
@@ -710,6 +718,7 @@ async fn apply_report_tx(tx: &mut Transaction<'_, Sqlite>, instance_id: &str, r:
     .await?;
     let Some(target) = target else { return Ok(ReportEffect::NotATarget) };
     let repeat_mode: String = target.get("repeat_mode");
+    let frequency: String = target.get("frequency");
     let existing: Option<String> =
         sqlx::query_scalar("SELECT status FROM records WHERE invoke_id = ? AND instance_id = ? AND record_seq = ?")
             .bind(&r.invoke_id)
@@ -746,7 +755,7 @@ async fn apply_report_tx(tx: &mut Transaction<'_, Sqlite>, instance_id: &str, r:
     .bind(&r.finish_time)
     .execute(&mut **tx)
     .await?;
-    let target_status = target_status_after(&repeat_mode, r.status);
+    let target_status = target_status_after(&repeat_mode, &frequency, r.status);
     sqlx::query(
         "UPDATE targets SET status = ?, delivered = 1, repeats = MAX(repeats, ?), exit_code = ?, output = ?, \
          dropped = ?, error_code = ?, error_info = ?, \
@@ -771,15 +780,21 @@ async fn apply_report_tx(tx: &mut Transaction<'_, Sqlite>, instance_id: &str, r:
 }
 
 /// Instance-level status after a record changes (seed 001): a one-shot
-/// invocation mirrors its single record; a periodic one stays Running
-/// between fires until the user stops it.
-fn target_status_after(repeat_mode: &str, record: RecordStatus) -> RecordStatus {
-    match repeat_mode {
-        "Period" | "EveryReboot" => match record {
+/// invocation (and a `Period` one whose frequency is a single `at()`)
+/// mirrors its record; a repeating one stays Running between fires until
+/// the user stops it.
+fn target_status_after(repeat_mode: &str, frequency: &str, record: RecordStatus) -> RecordStatus {
+    let repeating = match repeat_mode {
+        "Period" => !frequency.trim_start().starts_with("at("),
+        "EveryReboot" => true,
+        _ => false,
+    };
+    match repeating {
+        true => match record {
             RecordStatus::Stopped => RecordStatus::Stopped,
             _ => RecordStatus::Running,
         },
-        _ => record,
+        false => record,
     }
 }
 
@@ -804,5 +819,6 @@ pub fn to_wire(inv: &InvocationRow, instance_name: String) -> Invocation {
         frequency: (!inv.frequency.is_empty()).then(|| inv.frequency.clone()),
         instance_name,
         region_id: String::new(),
+        created_at: inv.created_at.clone(),
     }
 }

@@ -1,0 +1,129 @@
+//! Timed and boot-triggered invocations on the agent: schedules live here
+//! (so they fire while the hub is unreachable) and their progress is
+//! journaled (so they survive restarts).
+//!
+//! Policies (docs/schedule.md): a missed fire is skipped, never replayed
+//! as a storm; a fire due while the previous run is still going is skipped
+//! and recorded as a `Failed` record with ErrorCode
+//! `PreviousRunStillRunning`; `StopInvocation` ends the schedule and kills
+//! the run in progress.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio_util::sync::CancellationToken;
+
+use super::runner::{Runner, failed, now, stopped_before_start};
+use super::schedule::{self, Due, RepeatMode, Zone};
+use crate::protocol::{Invocation, RecordStatus};
+
+/// Longest single sleep: re-evaluating at least this often keeps a
+/// schedule honest across wall-clock jumps (NTP steps, suspend).
+const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl Runner {
+    pub(super) async fn periodic(self: &Arc<Self>, inv: Invocation, stop: CancellationToken) {
+        let freq = inv.frequency.clone().unwrap_or_default();
+        let sched = match schedule::parse(&freq) {
+            // A cron without a zone runs in the instance's own zone.
+            Ok(s) => s.with_default_zone(Zone::system()),
+            Err(e) => {
+                self.report(failed(&inv, 1, "InvalidParameter.Frequency", &e.to_string()), true);
+                return;
+            }
+        };
+        let created = DateTime::parse_from_rfc3339(&inv.created_at).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now());
+        let (mut seq, mut last_fire) = match self.state().last_fire(&inv.invoke_id) {
+            Some((seq, at)) => (seq, DateTime::parse_from_rfc3339(&at).ok().map(|t| t.with_timezone(&Utc))),
+            None => (0, None),
+        };
+        let mut current: Option<tokio::task::JoinHandle<()>> = None;
+        loop {
+            let due = sched.next_due(created, last_fire, Utc::now());
+            match due {
+                Due::Now { scheduled, missed } => {
+                    if missed > 0 {
+                        tracing::warn!(invoke_id = %inv.invoke_id, missed, "skipped missed fires");
+                    }
+                    seq += 1;
+                    last_fire = Some(scheduled);
+                    if let Err(e) = self.state().fired(&inv.invoke_id, seq, scheduled.to_rfc3339()) {
+                        tracing::error!(invoke_id = %inv.invoke_id, error = %e, "cannot journal fire");
+                    }
+                    if current.as_ref().is_some_and(|h| !h.is_finished()) {
+                        tracing::warn!(invoke_id = %inv.invoke_id, record_seq = seq, "previous run still going; fire skipped");
+                        self.report(failed(&inv, seq, "PreviousRunStillRunning", "the previous run had not finished when this fire was due; skipped"), false);
+                        continue;
+                    }
+                    let me = self.clone();
+                    let (inv2, token) = (inv.clone(), stop.child_token());
+                    current = Some(tokio::spawn(async move { me.run_once(inv2, seq, token, false).await }));
+                }
+                Due::Wait { until, .. } => {
+                    let wait = (until - Utc::now()).to_std().unwrap_or_default().min(MAX_SLEEP);
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = tokio::time::sleep(wait) => {}
+                    }
+                }
+                Due::Done { .. } => break,
+            }
+        }
+        // Stopped, or no fires left: let the run in progress end (a stop
+        // kills it through the child token), then close the invocation.
+        let had_run = match current {
+            Some(h) => {
+                let _ = h.await;
+                true
+            }
+            None => false,
+        };
+        if stop.is_cancelled() {
+            // The hub needs a Stopped record to mark the instance Stopped.
+            let mut r = stopped_before_start(&inv, seq + 1);
+            r.error_info = "schedule stopped".into();
+            self.report(r, true);
+        } else {
+            let _ = had_run;
+            if let Err(e) = self.state().close(&inv.invoke_id) {
+                tracing::error!(invoke_id = %inv.invoke_id, error = %e, "cannot journal close");
+            }
+        }
+    }
+
+    /// `NextRebootOnly` / `EveryReboot`: remember the boot we were accepted
+    /// on; run when started on a different one.
+    pub(super) async fn on_boot(self: &Arc<Self>, inv: Invocation, stop: CancellationToken) {
+        let mode = RepeatMode::parse(&inv.repeat_mode).unwrap_or(RepeatMode::NextRebootOnly);
+        let current = super::identity::boot_id();
+        let seen = self.state().boot_seen(&inv.invoke_id);
+        if seen.is_none() {
+            if let Err(e) = self.state().see_boot(&inv.invoke_id, &current) {
+                tracing::error!(invoke_id = %inv.invoke_id, error = %e, "cannot journal boot id");
+            }
+        } else if schedule::reboot_due(mode, seen.as_deref(), &current) {
+            let seq = self.state().last_fire(&inv.invoke_id).map(|(s, _)| s).unwrap_or(0) + 1;
+            // Journal the boot and the fire first: a crash during the run
+            // must not fire again on this same boot.
+            let journaled = {
+                let mut st = self.state();
+                st.see_boot(&inv.invoke_id, &current).and_then(|_| st.fired(&inv.invoke_id, seq, now()))
+            };
+            if let Err(e) = journaled {
+                tracing::error!(invoke_id = %inv.invoke_id, error = %e, "cannot journal boot fire");
+            }
+            let closes = mode == RepeatMode::NextRebootOnly;
+            self.run_once(inv.clone(), seq, stop.child_token(), closes).await;
+            if closes {
+                return;
+            }
+        }
+        // Wait (possibly for ever) for a stop; the next boot restarts us.
+        stop.cancelled().await;
+        let seq = self.state().last_fire(&inv.invoke_id).map(|(s, _)| s).unwrap_or(0) + 1;
+        let mut r = stopped_before_start(&inv, seq);
+        r.error_info = "stopped before the next boot".into();
+        debug_assert_eq!(r.status, RecordStatus::Stopped);
+        self.report(r, true);
+    }
+}
