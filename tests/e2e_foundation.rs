@@ -102,6 +102,13 @@ fn bad_requests_get_alibaba_style_errors() {
 
     let s = hub.call("DescribeInvocationResults", &[("InvokeId", "t-nope")]).unwrap_err().to_string();
     assert!(s.contains("InvalidInvokeId.NotFound"), "{s}");
+    // Signatures: a wrong secret and an unknown key are refused.
+    let wrong = deckhand::cli::Client::new(deckhand::cli::ClientConfig { endpoint: hub.url.clone(), access_key_id: harness::AK_ID.into(), access_key_secret: "wrong".into(), ca_file: Some(hub.ca.clone()) }).unwrap();
+    let s = wrong.call("DescribeInvocations", &[]).unwrap_err().to_string();
+    assert!(s.contains("SignatureDoesNotMatch") && s.contains("HTTP 400"), "{s}");
+    let nobody = deckhand::cli::Client::new(deckhand::cli::ClientConfig { endpoint: hub.url.clone(), access_key_id: "LTAInobody".into(), access_key_secret: "x".into(), ca_file: Some(hub.ca.clone()) }).unwrap();
+    let s = nobody.call("DescribeInvocations", &[]).unwrap_err().to_string();
+    assert!(s.contains("InvalidAccessKeyId.NotFound") && s.contains("HTTP 404"), "{s}");
     // The hub keeps serving after all of that.
     assert!(hub.call("DescribeInvocations", &[]).is_ok());
 }

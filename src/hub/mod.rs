@@ -4,6 +4,7 @@
 pub mod agents;
 pub mod api;
 pub mod config;
+pub mod signature;
 mod live;
 mod server;
 pub mod store;

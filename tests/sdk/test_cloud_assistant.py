@@ -1,0 +1,207 @@
+"""The official Alibaba Cloud Python SDKs drive a deckhand hub unchanged.
+
+Run by tests/sdk_python.rs against a real hub and agent; configuration
+comes from the environment:
+  DECKHAND_ENDPOINT  host:port of the hub (HTTPS)
+  DECKHAND_CA        the hub's CA certificate (PEM)
+  DECKHAND_AK / DECKHAND_SK   an AccessKey pair the hub accepts
+  DECKHAND_INSTANCE  a registered, online instance id
+Both SDK generations are exercised: the classic aliyun-python-sdk-core
+(RPC v1, HMAC-SHA1) and the tea SDK alibabacloud-ecs20140526
+(ACS3-HMAC-SHA256).
+"""
+
+import base64
+import json
+import os
+import time
+import uuid
+
+import pytest
+
+from aliyunsdkcore.client import AcsClient
+from aliyunsdkcore.acs_exception.exceptions import ServerException
+from aliyunsdkecs.request.v20140526 import (
+    CreateCommandRequest,
+    DeleteCommandRequest,
+    DescribeCommandsRequest,
+    DescribeInvocationResultsRequest,
+    DescribeInvocationsRequest,
+    InvokeCommandRequest,
+    RunCommandRequest,
+    StopInvocationRequest,
+)
+from alibabacloud_ecs20140526.client import Client as EcsClient
+from alibabacloud_ecs20140526 import models as ecs
+from alibabacloud_tea_openapi import models as open_api
+from alibabacloud_tea_util import models as util
+
+ENDPOINT = os.environ["DECKHAND_ENDPOINT"]
+CA = os.environ["DECKHAND_CA"]
+AK = os.environ["DECKHAND_AK"]
+SK = os.environ["DECKHAND_SK"]
+INSTANCE = os.environ["DECKHAND_INSTANCE"]
+FINAL = {"Finished", "Failed", "Stopped", "Timeout"}
+
+
+def classic(secret=SK, key=AK):
+    c = AcsClient(key, secret, "cn-hangzhou", verify=CA)
+    return c
+
+
+def classic_call(req, client=None):
+    req.set_endpoint(ENDPOINT)
+    req.set_protocol_type("https")
+    return json.loads((client or classic()).do_action_with_exception(req))
+
+
+def tea(secret=SK):
+    cfg = open_api.Config(access_key_id=AK, access_key_secret=secret, endpoint=ENDPOINT, protocol="https", region_id="cn-hangzhou")
+    return EcsClient(cfg)
+
+
+RUNTIME = util.RuntimeOptions(ca=CA)
+
+
+def wait_final_classic(invoke_id, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        req = DescribeInvocationResultsRequest.DescribeInvocationResultsRequest()
+        req.set_InvokeId(invoke_id)
+        res = classic_call(req)
+        results = res["Invocation"]["InvocationResults"]["InvocationResult"]
+        if results and all(r["InvokeRecordStatus"] in FINAL for r in results):
+            return results
+        time.sleep(0.2)
+    raise AssertionError(f"{invoke_id} not final after {timeout}s")
+
+
+def test_classic_sdk_run_command_and_results():
+    req = RunCommandRequest.RunCommandRequest()
+    req.set_Type("RunShellScript")
+    req.set_CommandContent("echo hello-from-classic-sdk; exit 3")
+    req.set_InstanceIds([INSTANCE])
+    req.set_Timeout(30)
+    res = classic_call(req)
+    assert res["InvokeId"].startswith("t-") and res["CommandId"].startswith("c-") and res["RequestId"]
+    results = wait_final_classic(res["InvokeId"])
+    r = results[0]
+    assert r["InstanceId"] == INSTANCE
+    assert r["InvokeRecordStatus"] == "Finished"
+    assert r["ExitCode"] == 3
+    assert r["ErrorCode"] == "ExitCodeNonzero"
+    assert base64.b64decode(r["Output"]) == b"hello-from-classic-sdk\n"
+
+    d = DescribeInvocationsRequest.DescribeInvocationsRequest()
+    d.set_InvokeId(res["InvokeId"])
+    inv = classic_call(d)["Invocations"]["Invocation"][0]
+    assert inv["InvokeStatus"] == "Finished"
+    assert inv["InvokeInstances"]["InvokeInstance"][0]["InstanceId"] == INSTANCE
+
+
+def test_classic_sdk_create_invoke_describe_delete_command():
+    c = CreateCommandRequest.CreateCommandRequest()
+    name = "sdk-" + uuid.uuid4().hex[:8]
+    c.set_Name(name)
+    c.set_Type("RunShellScript")
+    c.set_CommandContent(base64.b64encode(b"echo hi {{who}}").decode())
+    c.set_EnableParameter(True)
+    command_id = classic_call(c)["CommandId"]
+    dc = DescribeCommandsRequest.DescribeCommandsRequest()
+    dc.set_CommandId(command_id)
+    cmd = classic_call(dc)["Commands"]["Command"][0]
+    assert cmd["Name"] == name and cmd["ParameterNames"]["ParameterName"] == ["who"]
+
+    i = InvokeCommandRequest.InvokeCommandRequest()
+    i.set_CommandId(command_id)
+    i.set_InstanceIds([INSTANCE])
+    i.set_Parameters(json.dumps({"who": "operator"}))
+    invoke_id = classic_call(i)["InvokeId"]
+    r = wait_final_classic(invoke_id)[0]
+    assert base64.b64decode(r["Output"]) == b"hi operator\n"
+
+    dl = DeleteCommandRequest.DeleteCommandRequest()
+    dl.set_CommandId(command_id)
+    classic_call(dl)
+    assert classic_call(dc)["Commands"]["Command"] == []
+    again = InvokeCommandRequest.InvokeCommandRequest()
+    again.set_CommandId(command_id)
+    again.set_InstanceIds([INSTANCE])
+    with pytest.raises(ServerException) as e:
+        classic_call(again)
+    assert e.value.get_error_code() == "InvalidCommandId.NotFound"
+
+
+def test_classic_sdk_bad_secret_is_signature_mismatch():
+    req = DescribeInvocationsRequest.DescribeInvocationsRequest()
+    with pytest.raises(ServerException) as e:
+        classic_call(req, client=classic(secret="wrong-secret"))
+    # The hub answers SignatureDoesNotMatch with its string to sign; the
+    # classic SDK compares that with its own and, finding them equal,
+    # reports the secret as wrong, exactly as against Alibaba Cloud.
+    assert e.value.get_error_code() == "InvalidAccessKeySecret"
+    assert e.value.get_http_status() == 400
+
+
+def test_classic_sdk_unknown_key():
+    req = DescribeInvocationsRequest.DescribeInvocationsRequest()
+    with pytest.raises(ServerException) as e:
+        classic_call(req, client=classic(key="LTAI-nobody"))
+    assert e.value.get_error_code() == "InvalidAccessKeyId.NotFound"
+    assert e.value.get_http_status() == 404
+
+
+def test_tea_sdk_run_command_and_results():
+    client = tea()
+    req = ecs.RunCommandRequest(region_id="cn-hangzhou", type="RunShellScript", command_content="echo tea-sdk; printf '\\377'", instance_id=[INSTANCE], timeout=30)
+    res = client.run_command_with_options(req, RUNTIME)
+    invoke_id = res.body.invoke_id
+    assert invoke_id.startswith("t-")
+    deadline = time.time() + 30
+    while True:
+        out = client.describe_invocation_results_with_options(ecs.DescribeInvocationResultsRequest(region_id="cn-hangzhou", invoke_id=invoke_id), RUNTIME)
+        results = out.body.invocation.invocation_results.invocation_result
+        if results and all(r.invoke_record_status in FINAL for r in results):
+            break
+        assert time.time() < deadline
+        time.sleep(0.2)
+    r = results[0]
+    assert r.invoke_record_status == "Finished" and r.exit_code == 0
+    assert r.invocation_status == "Success"
+    # Invalid UTF-8 survives: Output is base64 of the raw bytes.
+    assert base64.b64decode(r.output) == b"tea-sdk\n\xff"
+    d = client.describe_invocations_with_options(ecs.DescribeInvocationsRequest(region_id="cn-hangzhou", invoke_id=invoke_id), RUNTIME)
+    inv = d.body.invocations.invocation[0]
+    assert inv.invocation_status == "Success"
+    assert inv.invoke_instances.invoke_instance[0].instance_id == INSTANCE
+
+
+def test_tea_sdk_stop_invocation():
+    client = tea()
+    req = ecs.RunCommandRequest(region_id="cn-hangzhou", type="RunShellScript", command_content="sleep 60", instance_id=[INSTANCE], timeout=120)
+    invoke_id = client.run_command_with_options(req, RUNTIME).body.invoke_id
+    time.sleep(1)
+    client.stop_invocation_with_options(ecs.StopInvocationRequest(region_id="cn-hangzhou", invoke_id=invoke_id), RUNTIME)
+    deadline = time.time() + 30
+    while True:
+        out = client.describe_invocation_results_with_options(ecs.DescribeInvocationResultsRequest(region_id="cn-hangzhou", invoke_id=invoke_id), RUNTIME)
+        r = out.body.invocation.invocation_results.invocation_result[0]
+        if r.invoke_record_status in FINAL:
+            break
+        assert time.time() < deadline
+        time.sleep(0.2)
+    assert r.invoke_record_status == "Stopped"
+
+
+def test_tea_sdk_errors_are_alibaba_style():
+    from Tea.exceptions import TeaException
+
+    with pytest.raises(TeaException) as e:
+        tea(secret="wrong").describe_invocations_with_options(ecs.DescribeInvocationsRequest(region_id="cn-hangzhou"), RUNTIME)
+    assert e.value.code == "SignatureDoesNotMatch"
+    with pytest.raises(TeaException) as e:
+        tea().describe_invocation_results_with_options(ecs.DescribeInvocationResultsRequest(region_id="cn-hangzhou", invoke_id="t-nope"), RUNTIME)
+    assert e.value.code == "InvalidInvokeId.NotFound"
+    with pytest.raises(TeaException) as e:
+        tea().run_command_with_options(ecs.RunCommandRequest(region_id="cn-hangzhou", type="RunShellScript", command_content="true", instance_id=["i-missing"]), RUNTIME)
+    assert e.value.code == "InvalidInstance.NotFound"
