@@ -118,3 +118,33 @@ fn register_subcommand_stores_identity_0600() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("ActivationCountExceeded"), "{out:?}");
 }
+
+#[test]
+fn credentials_rotate_without_downtime_and_the_old_one_dies() {
+    let hub = Hub::start();
+    let mut a = hub.agent();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    let ident = a.state_dir().join("identity.json");
+    let old = std::fs::read_to_string(&ident).unwrap();
+    let v = hub.call("RotateInstanceCredential", &[("InstanceId.1", &id)]).unwrap();
+    assert_eq!(v["RotatedInstances"]["InstanceId"][0], id.as_str());
+    wait_until("new token stored", Duration::from_secs(20), || (std::fs::read_to_string(&ident).ok()? != old).then_some(()));
+    // The session in progress was never interrupted.
+    let inv = hub.run("echo still-here", &[&id], &[]);
+    assert_eq!(harness::output_of(&hub.wait_final(&inv, Duration::from_secs(30))[0]), b"still-here\n");
+    // A restarted agent uses the new token.
+    a.restart();
+    hub.wait_online(&id);
+    // The old token is refused: an agent holding it exits with the reason.
+    let stale = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(stale.path().join("state")).unwrap();
+    std::fs::write(stale.path().join("state/identity.json"), &old).unwrap();
+    let out = agent_bin()
+        .args(["run", "--hub", &hub.url, "--ca-file", hub.ca.to_str().unwrap(), "--state-dir"])
+        .arg(stale.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidCredential"), "{out:?}");
+}

@@ -15,6 +15,8 @@ pub mod schedule;
 pub mod service;
 pub mod state;
 pub mod transport;
+#[cfg(windows)]
+pub mod winsvc;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -357,6 +359,15 @@ async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveCh
                         if fatal {
                             return Err(AgentError::Refused { code, message });
                         }
+                    }
+                    HubMsg::RotateCredential { token } => {
+                        // Save first (atomic rename, 0600), then confirm:
+                        // until the hub hears back, both tokens work.
+                        let mut id = identity::load(&ctx.config.state_dir)?.ok_or_else(|| AgentError::NotRegistered(ctx.config.state_dir.clone()))?;
+                        id.token = token;
+                        identity::save(&ctx.config.state_dir, &id)?;
+                        send(ws, &AgentMsg::CredentialSaved).await?;
+                        tracing::info!(instance_id = %id.instance_id, "credential rotated");
                     }
                     HubMsg::Welcome { .. } | HubMsg::Registered { .. } => {}
                 }

@@ -75,6 +75,10 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Run under the Windows Service Control Manager (config from
+    /// C:\ProgramData\deckhand\agent.toml unless --config is given).
+    #[cfg(windows)]
+    WindowsService(Flags),
     /// Plan or apply kubelet reserved resources on this node.
     Kubelet {
         #[command(subcommand)]
@@ -147,6 +151,22 @@ fn main() -> anyhow::Result<()> {
                 println!("journal backlog: {} report(s) not yet acknowledged", s.journal_backlog);
                 println!("pid / updated:   {} / {}", s.pid, s.updated_at);
             }
+            Ok(())
+        }
+        #[cfg(windows)]
+        Cmd::WindowsService(flags) => {
+            let path = args.config.clone().unwrap_or_else(|| deckhand::agent::winsvc::CONFIG_PATH.into());
+            let file = AgentFile::discover(Some(&path))?.overlay(flags.as_file());
+            // Daily files, the last 14 kept: C:\ProgramData\deckhand\logs\agent.YYYY-MM-DD.log
+            let appender = tracing_appender::rolling::Builder::new()
+                .rotation(tracing_appender::rolling::Rotation::DAILY)
+                .max_log_files(14)
+                .filename_prefix("agent")
+                .filename_suffix("log")
+                .build(r"C:\ProgramData\deckhand\logs")?;
+            let filter = tracing_subscriber::EnvFilter::try_from_env("DECKHAND_LOG").unwrap_or_else(|_| "info".into());
+            tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(appender).init();
+            deckhand::agent::winsvc::run(file.resolve()?)?;
             Ok(())
         }
         Cmd::Kubelet { cmd } => {

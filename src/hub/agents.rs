@@ -89,6 +89,11 @@ impl Registry {
     }
 }
 
+/// A fresh random credential (256 bits, hex).
+pub fn new_token() -> String {
+    uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string()
+}
+
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }
@@ -187,8 +192,16 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
         return Err(refuse(&mut ws, "UnsupportedProtocol", format!("agent speaks protocol {protocol}, hub speaks {PROTOCOL_VERSION}")).await);
     }
     let known = hub.store.get_instance(&instance_id).await?;
-    if !known.is_some_and(|i| constant_time_eq(&i.token_hash, &hash_token(&token))) {
-        return Err(refuse(&mut ws, "InvalidCredential", format!("unknown instance {instance_id} or wrong token")).await);
+    let presented = hash_token(&token);
+    match known {
+        Some(i) if constant_time_eq(&i.token_hash, &presented) => {}
+        // The agent saved a rotated credential but its confirmation was
+        // lost: the new one is now the only one.
+        Some(i) if !i.pending_token_hash.is_empty() && constant_time_eq(&i.pending_token_hash, &presented) => {
+            hub.store.promote_pending_token(&instance_id).await?;
+            tracing::info!(instance_id, "rotated credential in use");
+        }
+        _ => return Err(refuse(&mut ws, "InvalidCredential", format!("unknown instance {instance_id} or wrong token")).await),
     }
     let hb = hub.config.heartbeat;
     send(&mut ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) }).await?;
@@ -274,6 +287,10 @@ async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, msg: AgentMsg)
                 hub.live.push(&invoke_id, instance_id, &data);
             }
         }
+        AgentMsg::CredentialSaved => {
+            hub.store.promote_pending_token(instance_id).await?;
+            tracing::info!(instance_id, "credential rotated");
+        }
         AgentMsg::Hello { .. } | AgentMsg::Register { .. } => {
             send(ws, &HubMsg::Error { code: "ProtocolViolation".into(), message: "already authenticated".into(), fatal: false }).await?;
         }
@@ -306,7 +323,7 @@ async fn register(
         return Ok(Err(("IpNotAllowed", format!("{} is outside the activation's range {}", peer.ip(), act.ip_address_range))));
     }
     let instance_id = format!("mi-{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
-    let token = uuid::Uuid::new_v4().simple().to_string() + &uuid::Uuid::new_v4().simple().to_string();
+    let token = new_token();
     let name = if act.instance_name.is_empty() { facts.hostname.clone() } else { act.instance_name.clone() };
     let row = InstanceRow {
         instance_id: instance_id.clone(),

@@ -135,6 +135,9 @@ pub enum AgentMsg {
     /// A state change or final result. Journaled before sending; the hub
     /// answers with `ReportAck` once it is durably stored.
     Report { report_id: u64, report: RecordReport },
+    /// The new credential from `rotate_credential` is stored durably; the
+    /// hub may now forget the old one.
+    CredentialSaved,
     /// Live output while running; best effort, not journaled.
     Output {
         invoke_id: String,
@@ -156,6 +159,9 @@ pub enum HubMsg {
     },
     /// Answer to `Register`: the agent stores these and then says `Hello`.
     Registered { instance_id: String, token: String },
+    /// A new credential: store it (atomically), answer `credential_saved`,
+    /// and use it from the next connection. Until then both work.
+    RotateCredential { token: String },
     Invoke { invocation: Invocation },
     Stop { invoke_id: String },
     HeartbeatAck { sent_ms: u64 },

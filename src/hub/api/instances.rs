@@ -147,6 +147,35 @@ pub async fn describe_managed_instances(req: &Request<'_>) -> Result<Value, ApiE
     Ok(Value::Object(out))
 }
 
+/// deckhand extension: issue a new credential to connected agents. The
+/// old one keeps working until the agent confirms it stored the new one,
+/// so rotation never locks an agent out.
+pub async fn rotate_credential(req: &Request<'_>) -> Result<Value, ApiError> {
+    let ids = req.params.list("InstanceId")?;
+    if ids.is_empty() {
+        return Err(ApiError::missing("InstanceId"));
+    }
+    let mut rotated = Vec::new();
+    let mut offline = Vec::new();
+    for id in &ids {
+        if req.hub.store.get_instance(id).await?.is_none() {
+            return Err(not_found_instance(id));
+        }
+        if !req.hub.agents.is_online(id) {
+            offline.push(id.clone());
+            continue;
+        }
+        let token = crate::hub::agents::new_token();
+        req.hub.store.set_pending_token(id, &hash_token(&token)).await?;
+        if req.hub.agents.send(id, crate::protocol::HubMsg::RotateCredential { token }) {
+            rotated.push(id.clone());
+        } else {
+            offline.push(id.clone());
+        }
+    }
+    Ok(json!({ "RotatedInstances": { "InstanceId": rotated }, "OfflineInstances": { "InstanceId": offline } }))
+}
+
 pub async fn deregister(req: &Request<'_>) -> Result<Value, ApiError> {
     let id = req.params.require("InstanceId")?;
     if !req.hub.store.deregister_instance(id).await? {

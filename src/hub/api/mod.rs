@@ -107,6 +107,7 @@ async fn dispatch(
         "DescribeManagedInstances" => instances::describe_managed_instances(&req).await,
         "DeregisterManagedInstance" => instances::deregister(&req).await,
         "DescribeCloudAssistantStatus" => instances::cloud_assistant_status(&req).await,
+        "RotateInstanceCredential" => instances::rotate_credential(&req).await,
         "TagResources" => instances::tag_resources(&req).await,
         "UntagResources" => instances::untag_resources(&req).await,
         "ListTagResources" => instances::list_tag_resources(&req).await,

@@ -30,6 +30,8 @@ pub struct InstanceRow {
     pub instance_id: String,
     pub instance_name: String,
     pub token_hash: String,
+    /// A rotated credential not yet confirmed by the agent ('' if none).
+    pub pending_token_hash: String,
     pub facts: HostFacts,
     pub ip: String,
     pub online: bool,
@@ -182,6 +184,10 @@ pub trait Store: Send + Sync + 'static {
     async fn touch_instance(&self, id: &str) -> Result<()>;
     /// On start-up nobody is connected to this hub yet.
     async fn mark_all_offline(&self) -> Result<()>;
+    /// Stores the next credential hash beside the current one.
+    async fn set_pending_token(&self, id: &str, hash: &str) -> Result<()>;
+    /// The agent holds the pending credential: it becomes the only one.
+    async fn promote_pending_token(&self, id: &str) -> Result<()>;
     async fn set_tags(&self, id: &str, tags: &[(String, String)]) -> Result<()>;
     async fn remove_tags(&self, id: &str, keys: &[String]) -> Result<()>;
 

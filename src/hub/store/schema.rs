@@ -97,4 +97,8 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (invoke_id, instance_id, record_seq)
     );
     "#,
+    // 2: credential rotation keeps the next token beside the current one.
+    r#"
+    ALTER TABLE instances ADD COLUMN pending_token_hash TEXT NOT NULL DEFAULT '';
+    "#,
 ];

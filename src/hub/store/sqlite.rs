@@ -91,6 +91,7 @@ fn instance_from(r: &SqliteRow) -> InstanceRow {
         instance_id: r.get("instance_id"),
         instance_name: r.get("instance_name"),
         token_hash: r.get("token_hash"),
+        pending_token_hash: r.get("pending_token_hash"),
         facts: serde_json::from_str(&facts).unwrap_or_default(),
         ip: r.get("ip"),
         online: r.get::<i64, _>("online") != 0,
@@ -368,6 +369,19 @@ impl Store for SqliteStore {
 
     async fn mark_all_offline(&self) -> Result<()> {
         sqlx::query("UPDATE instances SET online = 0").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn set_pending_token(&self, id: &str, hash: &str) -> Result<()> {
+        sqlx::query("UPDATE instances SET pending_token_hash = ? WHERE instance_id = ?").bind(hash).bind(id).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn promote_pending_token(&self, id: &str) -> Result<()> {
+        sqlx::query("UPDATE instances SET token_hash = pending_token_hash, pending_token_hash = '' WHERE instance_id = ? AND pending_token_hash != ''")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
