@@ -42,14 +42,37 @@ pub fn load_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_file(path).map_err(|_| TlsError::Pem { path: path.into(), what: "private key" })
 }
 
-pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+/// Server config; with `client_ca`, clients may present a certificate
+/// signed by it (mTLS for agents). Presenting none is still allowed at the
+/// TLS layer, because API callers share the port; the agent endpoint then
+/// insists on one.
+pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     install_crypto_provider();
-    let cfg = rustls::ServerConfig::builder().with_no_client_auth().with_single_cert(load_certs(cert)?, load_key(key)?)?;
-    Ok(Arc::new(cfg))
+    let builder = rustls::ServerConfig::builder();
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in load_certs(ca)? {
+                roots.add(c)?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    Ok(Arc::new(builder.with_single_cert(load_certs(cert)?, load_key(key)?)?))
 }
 
 /// Client config trusting either one pinned CA file or the system roots.
 pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    client_config_with_cert(ca_file, None)
+}
+
+/// As [`client_config`], presenting a client certificate (mTLS) when given.
+pub fn client_config_with_cert(ca_file: Option<&Path>, client: Option<(&Path, &Path)>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
     install_crypto_provider();
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
@@ -65,7 +88,11 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>
             }
         }
     }
-    Ok(Arc::new(rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth()))
+    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    Ok(Arc::new(match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder.with_client_auth_cert(load_certs(cert)?, load_key(key)?)?,
+    }))
 }
 
 /// Paths of the dev-mode PKI inside a data directory.

@@ -148,3 +148,44 @@ fn credentials_rotate_without_downtime_and_the_old_one_dies() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidCredential"), "{out:?}");
 }
+
+/// A client CA and one client certificate signed by it, for mTLS tests.
+fn client_pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let mut params = rcgen::CertificateParams::new(vec!["agent-1".to_string()]).unwrap();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let paths = (dir.join("client-ca.pem"), dir.join("client.pem"), dir.join("client-key.pem"));
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn mtls_agents_need_a_client_certificate_api_callers_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client_ca, cert, key) = client_pki(dir.path());
+    let hub = Hub::start_with(&["--agent-client-ca", client_ca.to_str().unwrap()]);
+    let v = hub.call("CreateActivation", &[("InstanceCount", "2")]).unwrap(); // API: no client cert needed
+    let (act, code) = (v["ActivationId"].as_str().unwrap(), v["ActivationCode"].as_str().unwrap());
+    let run_agent = |state: &std::path::Path, with_cert: bool| {
+        let mut c = agent_bin();
+        c.args(["register", "--hub", &hub.url, "--ca-file", hub.ca.to_str().unwrap(), "--state-dir"]).arg(state);
+        c.args(["--activation-id", act, "--activation-code", code]);
+        if with_cert {
+            c.arg("--client-cert").arg(&cert).arg("--client-key").arg(&key);
+        }
+        c.output().unwrap()
+    };
+    let out = run_agent(&dir.path().join("no-cert"), false);
+    assert!(!out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"), "{out:?}");
+    let out = run_agent(&dir.path().join("with-cert"), true);
+    assert!(out.status.success(), "{out:?}");
+}

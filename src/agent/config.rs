@@ -37,6 +37,9 @@ pub struct AgentFile {
     pub state_dir: Option<PathBuf>,
     /// Pinned CA certificate (PEM); absent: system roots.
     pub ca_file: Option<PathBuf>,
+    /// mTLS: client certificate and key (PEM) presented to the hub.
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
     /// Allow plain ws:// to a loopback hub.
     pub insecure_loopback: Option<bool>,
     /// Scripts running at once (1..=256, default 8).
@@ -70,7 +73,7 @@ impl AgentFile {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(hub, state_dir, ca_file, insecure_loopback, max_concurrent, backoff_cap_secs, activation_id, activation_code, log_json);
+        take!(hub, state_dir, ca_file, client_cert, client_key, insecure_loopback, max_concurrent, backoff_cap_secs, activation_id, activation_code, log_json);
         self
     }
 
@@ -85,6 +88,11 @@ impl AgentFile {
             }
             cfg.ca_file = Some(ca.clone());
         }
+        cfg.client_cert = match (&self.client_cert, &self.client_key) {
+            (Some(c), Some(k)) => Some((c.clone(), k.clone())),
+            (None, None) => None,
+            _ => return Err(ConfigError::Invalid { key: "client_key", message: "client_cert and client_key go together".into() }),
+        };
         cfg.insecure_loopback = self.insecure_loopback.unwrap_or(false);
         let mc = self.max_concurrent.unwrap_or(8);
         if !(1..=MAX_CONCURRENT).contains(&mc) {

@@ -40,6 +40,8 @@ pub struct AgentConfig {
     pub state_dir: PathBuf,
     /// Pinned CA; `None` trusts the system roots.
     pub ca_file: Option<PathBuf>,
+    /// mTLS client certificate and key.
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     pub insecure_loopback: bool,
     /// Used once, when no identity exists yet.
     pub activation: Option<(String, String)>,
@@ -54,6 +56,7 @@ impl AgentConfig {
             hub: hub.into(),
             state_dir,
             ca_file: None,
+            client_cert: None,
             insecure_loopback: false,
             activation: None,
             max_concurrent: 8,
@@ -110,7 +113,7 @@ pub fn ensure_state_dir(dir: &std::path::Path) -> Result<(), AgentError> {
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     ensure_state_dir(&config.state_dir)?;
     let url = HubUrl::parse(&config.hub)?;
-    let tls = crate::tls::client_config(config.ca_file.as_deref())?;
+    let tls = crate::tls::client_config_with_cert(config.ca_file.as_deref(), config.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))?;
     let (state, recovery) = state::AgentState::open(&config.state_dir.join("journal"))?;
     // Root uses the engine's /run default; anyone else keeps scripts under
     // its own 0700 state dir, where no other local user can interfere.
@@ -224,7 +227,7 @@ pub async fn register(config: &AgentConfig) -> Result<Identity, AgentError> {
         return Ok(id);
     }
     let url = HubUrl::parse(&config.hub)?;
-    let tls = crate::tls::client_config(config.ca_file.as_deref())?;
+    let tls = crate::tls::client_config_with_cert(config.ca_file.as_deref(), config.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))?;
     let mut ws = transport::dial(&url, &tls, config.insecure_loopback).await?;
     let id = register_on(&mut ws, config).await?;
     let _ = ws.close(None).await;

@@ -29,6 +29,11 @@ struct Flags {
     /// Pin this CA instead of trusting the system roots.
     #[arg(long, env = "DECKHAND_AGENT_CA_FILE")]
     ca_file: Option<PathBuf>,
+    /// mTLS client certificate (PEM) presented to the hub.
+    #[arg(long, env = "DECKHAND_AGENT_CLIENT_CERT")]
+    client_cert: Option<PathBuf>,
+    #[arg(long, env = "DECKHAND_AGENT_CLIENT_KEY")]
+    client_key: Option<PathBuf>,
     /// Allow plain ws:// to a loopback hub (tests only).
     #[arg(long)]
     insecure_loopback: bool,
@@ -52,6 +57,8 @@ impl Flags {
             hub: self.hub.clone(),
             state_dir: self.state_dir.clone(),
             ca_file: self.ca_file.clone(),
+            client_cert: self.client_cert.clone(),
+            client_key: self.client_key.clone(),
             insecure_loopback: self.insecure_loopback.then_some(true),
             max_concurrent: self.max_concurrent,
             backoff_cap_secs: self.backoff_cap_secs,

@@ -32,6 +32,9 @@ struct Flags {
     tls_cert: Option<PathBuf>,
     #[arg(long, global = true, env = "DECKHAND_HUB_TLS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Require agents to present a client certificate signed by this CA (mTLS).
+    #[arg(long, global = true, env = "DECKHAND_HUB_AGENT_CLIENT_CA")]
+    agent_client_ca: Option<PathBuf>,
     /// Serve plain HTTP/WS (only on a loopback address).
     #[arg(long, global = true)]
     insecure_loopback: bool,
@@ -74,6 +77,7 @@ fn main() -> anyhow::Result<()> {
         data_dir: f.data_dir.clone(),
         tls_cert: f.tls_cert.clone(),
         tls_key: f.tls_key.clone(),
+        agent_client_ca: f.agent_client_ca.clone(),
         insecure_loopback: f.insecure_loopback.then_some(true),
         access_keys: (!f.access_keys.is_empty()).then(|| f.access_keys.clone()),
         heartbeat_secs: f.heartbeat_secs,

@@ -105,9 +105,14 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
 
 pub async fn upgrade(
     State(hub): State<Arc<Hub>>,
-    ConnectInfo(super::server::Peer(peer)): ConnectInfo<super::server::Peer>,
+    ConnectInfo(super::server::Peer(peer, client_cert)): ConnectInfo<super::server::Peer>,
     ws: WebSocketUpgrade,
 ) -> Response {
+    if hub.config.agent_client_ca.is_some() && !client_cert {
+        use axum::response::IntoResponse;
+        tracing::warn!(%peer, "agent connection without a client certificate refused (mTLS required)");
+        return (axum::http::StatusCode::FORBIDDEN, "a client certificate signed by the agent CA is required").into_response();
+    }
     // Small initial buffers: they grow for the rare large frame, and at
     // 10,000 connections the tungstenite defaults (128 KiB each) would
     // dominate hub memory.

@@ -33,6 +33,8 @@ pub struct HubFile {
     /// PEM certificate chain and key for HTTPS/WSS.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// mTLS: agents must present a client certificate signed by this CA (PEM).
+    pub agent_client_ca: Option<PathBuf>,
     /// Serve plain HTTP/WS; refused unless `listen` is a loopback address.
     pub insecure_loopback: Option<bool>,
     /// API AccessKey pairs as `ID:SECRET`.
@@ -63,7 +65,7 @@ impl HubFile {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(listen, data_dir, tls_cert, tls_key, insecure_loopback, access_keys, heartbeat_secs, delivery_timeout_secs, log_json);
+        take!(listen, data_dir, tls_cert, tls_key, agent_client_ca, insecure_loopback, access_keys, heartbeat_secs, delivery_timeout_secs, log_json);
         self
     }
 
@@ -91,6 +93,15 @@ impl HubFile {
             }
             (None, None) => return Err(ConfigError::Invalid { key: "tls_cert", message: "required (or insecure_loopback = true for a loopback-only test hub)".into() }),
             _ => return Err(ConfigError::Invalid { key: "tls_key", message: "tls_cert and tls_key go together".into() }),
+        }
+        if let Some(ca) = &self.agent_client_ca {
+            if cfg.tls.is_none() {
+                return Err(ConfigError::Invalid { key: "agent_client_ca", message: "mTLS needs tls_cert and tls_key".into() });
+            }
+            if !ca.exists() {
+                return Err(ConfigError::Invalid { key: "agent_client_ca", message: format!("{} does not exist", ca.display()) });
+            }
+            cfg.agent_client_ca = Some(ca.clone());
         }
         let hb = self.heartbeat_secs.unwrap_or(30);
         if !(1..=3600).contains(&hb) {

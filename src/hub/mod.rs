@@ -39,6 +39,9 @@ pub struct HubConfig {
     pub listen: SocketAddr,
     /// `None` serves plain HTTP/WS (tests and loopback only).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// mTLS for agents: the agent endpoint requires a client certificate
+    /// signed by this CA.
+    pub agent_client_ca: Option<PathBuf>,
     pub heartbeat: Duration,
     /// A target never delivered within this time fails with `ClientNotResponse`.
     pub delivery_timeout: Duration,
@@ -54,6 +57,7 @@ impl HubConfig {
         Self {
             listen,
             tls: None,
+            agent_client_ca: None,
             heartbeat: Duration::from_secs(30),
             delivery_timeout: Duration::from_secs(15 * 60),
             access_keys: Vec::new(),

@@ -21,19 +21,22 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Completed handshakes waiting for axum to pick them up.
 const ACCEPT_QUEUE: usize = 1024;
 
-/// The peer address, for both the plain and the TLS listener.
+/// The peer address, and whether it presented a verified client
+/// certificate, for both the plain and the TLS listener.
 #[derive(Debug, Clone, Copy)]
-pub struct Peer(pub SocketAddr);
+pub struct Peer(pub SocketAddr, pub bool);
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
     fn connect_info(s: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
-        Peer(*s.remote_addr())
+        Peer(*s.remote_addr(), false)
     }
 }
 
 impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
     fn connect_info(s: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        Peer(*s.remote_addr())
+        // rustls only exposes certificates it verified against the client CA.
+        let cert = s.io().get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+        Peer(*s.remote_addr(), cert)
     }
 }
 
@@ -50,7 +53,7 @@ pub async fn serve(hub: Arc<Hub>, shutdown: CancellationToken) -> Result<(), Hub
     let tcp = TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
     let local = tcp.local_addr()?;
     let tls = match &hub.config.tls {
-        Some((cert, key)) => Some(crate::tls::server_config(cert, key)?),
+        Some((cert, key)) => Some(crate::tls::server_config(cert, key, hub.config.agent_client_ca.as_deref())?),
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };

@@ -40,7 +40,7 @@ pub struct Request<'a> {
 
 pub async fn handle(
     State(hub): State<Arc<Hub>>,
-    ConnectInfo(crate::hub::server::Peer(peer)): ConnectInfo<crate::hub::server::Peer>,
+    ConnectInfo(crate::hub::server::Peer(peer, _)): ConnectInfo<crate::hub::server::Peer>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
