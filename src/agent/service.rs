@@ -30,6 +30,7 @@ impl Liveness {
         self.last_ms.store(now_ms(), Ordering::Relaxed);
     }
 
+    #[cfg(unix)]
     fn age(&self) -> Duration {
         Duration::from_millis(now_ms().saturating_sub(self.last_ms.load(Ordering::Relaxed)))
     }
@@ -78,6 +79,7 @@ pub fn spawn_watchdog(live: Arc<Liveness>, shutdown: CancellationToken) {
 /// The watchdog interval, by libsystemd's rule: `WATCHDOG_USEC` set, and
 /// `WATCHDOG_PID` either unset or ours (the sd-notify crate insists on
 /// the PID being present; systemd always sets it, but wrappers may not).
+#[cfg(unix)]
 fn watchdog_usec() -> Option<u64> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok().filter(|u| *u > 0)?;
     match std::env::var("WATCHDOG_PID").ok().map(|p| p.parse::<u32>()) {

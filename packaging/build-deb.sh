@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds deckhand-agent_<ver>_<arch>.deb and deckhand-hub_<ver>_<arch>.deb
+# (and deckhand-cli) from release binaries with dpkg-deb: no extra tooling.
+# Usage: packaging/build-deb.sh [TARGET_DIR] [OUT_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+target=${1:-target/release}
+out=${2:-target/deb}
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+arch=$(dpkg --print-architecture)
+mkdir -p "$out"
+
+# stage NAME BINARY UNIT CONFIG DESCRIPTION
+stage() {
+  local name=$1 bin=$2 unit=$3 conf=$4 desc=$5
+  local root
+  root=$(mktemp -d)
+  install -Dm0755 "$target/$bin" "$root/usr/bin/$bin"
+  if [ -n "$unit" ]; then
+    install -Dm0644 "systemd/$unit" "$root/lib/systemd/system/$unit"
+    install -Dm0600 "packaging/$conf" "$root/etc/deckhand/$conf"
+    install -d -m0700 "$root/var/lib/deckhand"
+    printf '/etc/deckhand/%s\n' "$conf" > "$root/conffiles.tmp"
+  fi
+  install -d "$root/DEBIAN"
+  [ -f "$root/conffiles.tmp" ] && mv "$root/conffiles.tmp" "$root/DEBIAN/conffiles"
+  cat > "$root/DEBIAN/control" <<CONTROL
+Package: $name
+Version: $version
+Architecture: $arch
+Maintainer: deckhand developers <deckhand@localhost>
+Section: admin
+Priority: optional
+Depends: libc6
+Description: $desc
+ deckhand is a self-hosted fleet command system compatible with the
+ Alibaba Cloud Assistant API.
+CONTROL
+  if [ -n "$unit" ]; then
+    cat > "$root/DEBIAN/postinst" <<POSTINST
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then
+  systemctl daemon-reload
+  systemctl enable $unit >/dev/null
+  # Start only once configured; an unconfigured service would just fail.
+  systemctl try-restart $unit || true
+fi
+POSTINST
+    cat > "$root/DEBIAN/prerm" <<PRERM
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ] && [ "\$1" = remove ]; then
+  systemctl disable --now $unit >/dev/null || true
+fi
+PRERM
+    cat > "$root/DEBIAN/postrm" <<POSTRM
+#!/bin/sh
+set -e
+if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+if [ "\$1" = purge ]; then rm -rf /var/lib/deckhand/$(echo "$name" | sed 's/deckhand-//'); fi
+POSTRM
+    chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/prerm" "$root/DEBIAN/postrm"
+  fi
+  # DPKG_DEB_OPTS lets CI skip compression of large debug binaries.
+  dpkg-deb --root-owner-group ${DPKG_DEB_OPTS:-} --build "$root" "$out/${name}_${version}_${arch}.deb" >/dev/null
+  rm -rf "$root"
+  echo "$out/${name}_${version}_${arch}.deb"
+}
+
+stage deckhand-agent deckhand-agent deckhand-agent.service agent.toml "deckhand node agent"
+stage deckhand-hub deckhand-hub deckhand-hub.service hub.toml "deckhand control plane (hub)"
+stage deckhand-cli deckhand "" "" "deckhand command-line client"

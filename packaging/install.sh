@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Installs deckhand-agent on a host without a package manager: binary, unit,
+# /etc/deckhand/agent.toml, state dir (0700), then enables and starts it.
+# Idempotent; --uninstall removes what it installed (state is kept unless
+# --purge).
+#
+#   install.sh --binary ./deckhand-agent --hub https://hub:7070 \
+#       [--ca-file hub-ca.pem] [--activation-id ID --activation-code CODE] \
+#       [--root DIR] [--no-systemctl] [--uninstall [--purge]]
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root="" binary="" hub="" ca="" act_id="" act_code="" systemctl=1 uninstall=0 purge=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --root) root=$2; shift 2 ;;
+    --binary) binary=$2; shift 2 ;;
+    --hub) hub=$2; shift 2 ;;
+    --ca-file) ca=$2; shift 2 ;;
+    --activation-id) act_id=$2; shift 2 ;;
+    --activation-code) act_code=$2; shift 2 ;;
+    --no-systemctl) systemctl=0; shift ;;
+    --uninstall) uninstall=1; shift ;;
+    --purge) purge=1; shift ;;
+    *) echo "install.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+unit_src="$here/../systemd/deckhand-agent.service"
+[ -f "$unit_src" ] || unit_src="$here/deckhand-agent.service"
+
+if [ $uninstall = 1 ]; then
+  [ $systemctl = 1 ] && systemctl disable --now deckhand-agent.service 2>/dev/null || true
+  rm -f "$root/usr/bin/deckhand-agent" "$root/etc/systemd/system/deckhand-agent.service"
+  [ $systemctl = 1 ] && systemctl daemon-reload || true
+  if [ $purge = 1 ]; then rm -rf "$root/var/lib/deckhand/agent" "$root/etc/deckhand/agent.toml"; fi
+  echo "deckhand-agent uninstalled"
+  exit 0
+fi
+
+[ -n "$binary" ] && [ -x "$binary" ] || { echo "install.sh: --binary must name the deckhand-agent executable" >&2; exit 2; }
+[ -n "$hub" ] || { echo "install.sh: --hub is required (https://host:port)" >&2; exit 2; }
+case $hub in https://*) ;; *) echo "install.sh: --hub must be an https:// URL" >&2; exit 2 ;; esac
+
+install -Dm0755 "$binary" "$root/usr/bin/deckhand-agent"
+install -Dm0644 "$unit_src" "$root/etc/systemd/system/deckhand-agent.service"
+install -d -m0700 "$root/var/lib/deckhand/agent"
+install -d -m0755 "$root/etc/deckhand"
+conf="$root/etc/deckhand/agent.toml"
+tmp=$(mktemp)
+{
+  echo "# written by packaging/install.sh"
+  echo "hub = \"$hub\""
+  if [ -n "$ca" ]; then install -Dm0644 "$ca" "$root/etc/deckhand/hub-ca.pem"; echo 'ca_file = "/etc/deckhand/hub-ca.pem"'; fi
+  if [ -n "$act_id" ]; then echo "activation_id = \"$act_id\""; echo "activation_code = \"$act_code\""; fi
+} > "$tmp"
+install -m0600 "$tmp" "$conf"
+rm -f "$tmp"
+if [ $systemctl = 1 ]; then
+  systemctl daemon-reload
+  systemctl enable --now deckhand-agent.service
+fi
+echo "deckhand-agent installed (config $conf)"
