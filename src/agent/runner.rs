@@ -14,7 +14,7 @@ use crate::protocol::{Invocation, RecordReport, RecordStatus};
 
 /// Live output chunks waiting for the connection; full means we drop
 /// chunks (the final report carries the kept output anyway).
-pub const LIVE_QUEUE: usize = 64;
+pub const LIVE_QUEUE: usize = 16;
 
 /// Everything runs share: the durable state, a wake-up for the sender, and
 /// a channel of live output chunks.
@@ -189,7 +189,7 @@ impl Runner {
     }
 
     async fn script_run(&self, inv: &Invocation, record_seq: u32, spec: RunSpec, stop: CancellationToken) -> RecordReport {
-        let (chunk_tx, mut chunk_rx) = mpsc::channel::<Vec<u8>>(16);
+        let (chunk_tx, mut chunk_rx) = mpsc::channel::<Vec<u8>>(4);
         let live = self.live_tx.clone();
         let invoke_id = inv.invoke_id.clone();
         let forward = tokio::spawn(async move {

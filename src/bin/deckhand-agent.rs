@@ -120,8 +120,10 @@ fn main() -> anyhow::Result<()> {
             let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());
             init_log(file.log_json.unwrap_or(false));
             let cfg = file.resolve()?;
-            // Small runtime: the agent is mostly idle; two workers suffice.
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+            // One thread: the agent is mostly idle and I/O bound; a single
+            // scheduler thread (plus the blocking pool on demand) keeps idle
+            // RSS low (fewer stacks and malloc arenas).
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(async move {
                 let shutdown = CancellationToken::new();
                 let stop = shutdown.clone();
