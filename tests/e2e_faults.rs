@@ -102,6 +102,12 @@ async fn blackholed_link_is_detected_and_recovered() {
     let r = tokio::task::block_in_place(|| hub.wait_final(&inv, WAIT));
     assert_eq!(output_of(&r[0]), b"healed\n");
     assert!(proxy.connections.load(std::sync::atomic::Ordering::SeqCst) > conns_before, "agent reconnected");
+    // A slow link (200 ms per chunk each way) still delivers, just later.
+    proxy.set_delay(Duration::from_millis(200));
+    let slow = hub.run("echo slow-link", &[&id], &[]);
+    let r = tokio::task::block_in_place(|| hub.wait_final(&slow, WAIT));
+    assert_eq!(output_of(&r[0]), b"slow-link\n");
+    proxy.set_delay(Duration::ZERO);
     println!("dead link detected in {detected:?}");
     let _ = agent.kill();
     let _ = agent.wait();
