@@ -7,6 +7,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod config;
 pub mod exec;
 pub mod hub;
 pub mod kubelet;

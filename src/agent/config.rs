@@ -16,15 +16,7 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/deckhand/agent";
 pub const MAX_CONCURRENT: usize = 256;
 pub const MAX_BACKOFF_CAP_SECS: u64 = 3600;
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{key}: {message}")]
-    Invalid { key: &'static str, message: String },
-}
+pub use crate::config::ConfigError;
 
 /// Keys of agent.toml; the same names (upper-cased, DECKHAND_AGENT_ prefix
 /// or as documented per flag) exist as flags and environment variables.
@@ -55,17 +47,12 @@ pub struct AgentFile {
 
 impl AgentFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+        crate::config::load(path)
     }
 
     /// The file named by `explicit`, else the default path if it exists.
     pub fn discover(explicit: Option<&Path>) -> Result<Self, ConfigError> {
-        match explicit {
-            Some(p) => Self::load(p),
-            None if Path::new(DEFAULT_PATH).exists() => Self::load(Path::new(DEFAULT_PATH)),
-            None => Ok(Self::default()),
-        }
+        crate::config::discover(explicit, DEFAULT_PATH)
     }
 
     /// `other`'s set keys win.

@@ -110,10 +110,5 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn init_log(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("DECKHAND_LOG").unwrap_or_else(|_| "info".into());
-    if json {
-        tracing_subscriber::fmt().json().with_env_filter(filter).with_writer(std::io::stderr).init();
-    } else {
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
-    }
+    deckhand::config::init_logging(json);
 }

@@ -13,15 +13,7 @@ pub const DEFAULT_PATH: &str = "/etc/deckhand/hub.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/deckhand/hub";
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
-    #[error("{key}: {message}")]
-    Invalid { key: &'static str, message: String },
-}
+pub use crate::config::ConfigError;
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -49,16 +41,12 @@ pub struct HubFile {
 
 impl HubFile {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+        crate::config::load(path)
     }
 
+    /// The file named by `explicit`, else the default path if it exists.
     pub fn discover(explicit: Option<&Path>) -> Result<Self, ConfigError> {
-        match explicit {
-            Some(p) => Self::load(p),
-            None if Path::new(DEFAULT_PATH).exists() => Self::load(Path::new(DEFAULT_PATH)),
-            None => Ok(Self::default()),
-        }
+        crate::config::discover(explicit, DEFAULT_PATH)
     }
 
     pub fn overlay(mut self, other: HubFile) -> Self {
