@@ -77,7 +77,8 @@ fn stop_invocation_kills_the_run() {
     hub.call("StopInvocation", &[("InvokeId", &inv)]).unwrap();
     let r = &hub.wait_final(&inv, WAIT)[0];
     assert_eq!(r["InvokeRecordStatus"], "Stopped", "{r}");
-    assert!(t0.elapsed() < Duration::from_secs(10), "stopped promptly: {:?}", t0.elapsed());
+    // Within 1 s plus the kill grace (3 s), including API polling.
+    assert!(t0.elapsed() < Duration::from_secs(4), "stopped promptly: {:?}", t0.elapsed());
     let v = hub.call("DescribeInvocations", &[("InvokeId", &inv)]).unwrap();
     assert_eq!(v["Invocations"]["Invocation"][0]["InvokeStatus"], "Stopped");
 }

@@ -189,3 +189,22 @@ fn mtls_agents_need_a_client_certificate_api_callers_do_not() {
     let out = run_agent(&dir.path().join("with-cert"), true);
     assert!(out.status.success(), "{out:?}");
 }
+
+#[test]
+fn activation_ip_range_is_enforced() {
+    let hub = Hub::start();
+    let v = hub.call("CreateActivation", &[("InstanceCount", "1"), ("IpAddressRange", "10.0.0.0/8")]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = agent_bin()
+        .args(["register", "--hub", &hub.url, "--ca-file", hub.ca.to_str().unwrap(), "--state-dir"])
+        .arg(dir.path().join("s"))
+        .args(["--activation-id", v["ActivationId"].as_str().unwrap(), "--activation-code", v["ActivationCode"].as_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("IpNotAllowed"), "{out:?}");
+    let e = hub.call("CreateActivation", &[("IpAddressRange", "not-an-ip")]).unwrap_err().to_string();
+    assert!(e.contains("InvalidParameter.IpAddressRange"), "{e}");
+    let e = hub.call("CreateActivation", &[("InstanceCount", "1001")]).unwrap_err().to_string();
+    assert!(e.contains("InvalidParameter.InstanceCount") && e.contains("1..=1000"), "{e}");
+}

@@ -265,6 +265,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn activation_expiry() {
+        let mut a = ActivationRow { time_to_live_hours: 4, created_at: now_str(), ..Default::default() };
+        assert!(!activation_expired(&a));
+        a.created_at = (chrono::Utc::now() - chrono::Duration::hours(5)).format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        assert!(activation_expired(&a));
+        a.created_at = "garbage".into();
+        assert!(activation_expired(&a), "an unreadable creation time never admits anyone");
+    }
+
+    #[test]
     fn cidr_membership() {
         let ip: IpAddr = "10.1.2.3".parse().unwrap();
         assert!(ip_in_range(&ip, "10.0.0.0/8"));
