@@ -57,6 +57,23 @@ dpkg -x "$hub_deb" "$root"
 "$root/usr/bin/deckhand-agent" --config "$root/etc/deckhand/agent.toml" config check --hub https://hub.example:7070 >/dev/null || fail "shipped agent.toml does not validate"
 echo "packages OK"
 
+echo "== .rpm packages"
+if ! command -v rpmbuild >/dev/null || ! command -v cpio >/dev/null; then
+  apt-get install -y -qq --no-install-recommends rpm cpio >/dev/null
+fi
+rpms=$(RPM_PAYLOAD=w0.gzdio packaging/build-rpm.sh "target/$profile" "$scratch/rpm")
+printf '%s\n' "$rpms"
+agent_rpm=$(printf '%s\n' "$rpms" | grep deckhand-agent-)
+rpm_list=$(rpm -qlp "$agent_rpm" 2>/dev/null)
+for want in /usr/bin/deckhand-agent /usr/lib/systemd/system/deckhand-agent.service /etc/deckhand/agent.toml; do
+  grep -q -x -F "$want" <<<"$rpm_list" || fail "$agent_rpm lacks $want"
+done
+rroot="$scratch/rroot"
+mkdir -p "$rroot"
+(cd "$rroot" && rpm2cpio "$agent_rpm" | cpio -idm --quiet)
+"$rroot/usr/bin/deckhand-agent" --version >/dev/null || fail "agent from the rpm does not run"
+echo "rpm OK"
+
 echo "== packaging/install.sh in a scratch root"
 iroot="$scratch/iroot"
 packaging/install.sh --root "$iroot" --no-systemctl --binary "target/$profile/deckhand-agent" --hub https://hub.example:7070 --activation-id A --activation-code C >/dev/null
