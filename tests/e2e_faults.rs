@@ -83,7 +83,7 @@ async fn blackholed_link_is_detected_and_recovered() {
         })
     });
     tokio::task::block_in_place(|| hub.wait_online(&id));
-    let conns_before = proxy.connections.load(std::sync::atomic::Ordering::SeqCst);
+    let conns_before = proxy.accepted();
     proxy.set_blackhole(true);
     let t0 = Instant::now();
     tokio::task::block_in_place(|| {
@@ -101,7 +101,7 @@ async fn blackholed_link_is_detected_and_recovered() {
     proxy.cut_all();
     let r = tokio::task::block_in_place(|| hub.wait_final(&inv, WAIT));
     assert_eq!(output_of(&r[0]), b"healed\n");
-    assert!(proxy.connections.load(std::sync::atomic::Ordering::SeqCst) > conns_before, "agent reconnected");
+    assert!(proxy.accepted() > conns_before, "agent reconnected");
     // A slow link (200 ms per chunk each way) still delivers, just later.
     proxy.set_delay(Duration::from_millis(200));
     let slow = hub.run("echo slow-link", &[&id], &[]);

@@ -1,304 +1,444 @@
-//! The agent's append-only, fsync'd journal: a crash-safe record log with
-//! no SQL engine.
+//! Durable, append-only, crash-safe record log for the agent (issue 4).
 //!
-//! File format: a sequence of frames `len: u32 LE | crc32: u32 LE | payload`
-//! where payload is one JSON record. `append` writes a frame and
-//! `fdatasync`s before returning. `open` replays every complete frame and
-//! truncates a torn or corrupt tail (power loss mid-write) so later appends
-//! start clean. `compact` writes the live set to a temporary file, syncs
-//! it, renames it over the journal and syncs the directory: a crash at any
-//! point leaves either the old or the new journal, whole.
+//! Owns one file, `<dir>/journal.log`, made of frames
+//! `len: u32 LE | crc32(payload): u32 LE | payload (JSON)`. Every append is
+//! written and `fdatasync`'d before it returns, so a record that the caller
+//! acknowledges is on disk. `open` recovers every complete record and cuts a
+//! torn/corrupt tail; `compact` rewrites the live set through a temp file and
+//! an atomic rename. No SQL engine: the agent stays lean. See docs/journal.md.
 
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-const FILE: &str = "journal.log";
-const TMP: &str = "journal.log.compact";
-const HEADER: usize = 8;
+/// Name of the live journal file inside the journal directory.
+pub const JOURNAL_FILE: &str = "journal.log";
+/// Name of the compaction temp file; a leftover one is a crashed compaction.
+pub const JOURNAL_TMP_FILE: &str = "journal.log.tmp";
+/// Frame header: u32 length + u32 crc32.
+pub const FRAME_HEADER_BYTES: usize = 8;
 
-#[derive(Debug, Clone)]
+/// Bounds on the journal. Every size has a limit so a bad caller or a bad
+/// disk cannot make the agent allocate without bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct JournalLimits {
-    /// Largest single record; an invocation (16 KiB script) plus a report
-    /// (24 KiB output, base64) fits with room to spare.
-    pub max_record_bytes: usize,
+    /// Largest payload of one record (bytes). Default 1 MiB.
+    pub max_record_bytes: u32,
+    /// Largest journal file (bytes); appends beyond it fail until compaction
+    /// and `open` refuses a larger file. Default 256 MiB.
+    pub max_file_bytes: u64,
+    /// Compaction is advised once the file exceeds this size. Default 8 MiB.
+    pub compact_after_bytes: u64,
+    /// Compaction is advised once the file holds this many records. Default 10 000.
+    pub compact_after_records: u64,
 }
 
 impl Default for JournalLimits {
     fn default() -> Self {
-        Self { max_record_bytes: 1024 * 1024 }
+        Self {
+            max_record_bytes: 1024 * 1024,
+            max_file_bytes: 256 * 1024 * 1024,
+            compact_after_bytes: 8 * 1024 * 1024,
+            compact_after_records: 10_000,
+        }
     }
 }
 
-/// What `open` found.
-#[derive(Debug, Default, Clone, PartialEq)]
+/// What `open` had to drop to get back to a clean journal.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
-    pub records: usize,
-    /// Bytes cut from the end: a torn or corrupt tail.
+    /// Records recovered intact.
+    pub kept_records: u64,
+    /// Bytes removed from the file (torn tail, corrupt frames, undecodable records).
     pub dropped_bytes: u64,
+    /// Records dropped: undecodable ones plus the frames (complete or torn)
+    /// that could be counted in the cut tail. Best effort past a bad length.
+    pub dropped_records: u64,
+    /// Offset of the first bad byte, if any.
+    pub first_bad_offset: Option<u64>,
     /// Why the tail was cut, if it was.
     pub reason: Option<String>,
+    /// A leftover compaction temp file was found and removed.
+    pub removed_temp_file: bool,
 }
 
+impl RecoveryReport {
+    /// True when nothing was dropped.
+    pub fn is_clean(&self) -> bool {
+        self.dropped_bytes == 0 && self.dropped_records == 0
+    }
+}
+
+/// Journal failures. Each names the file or limit concerned.
 #[derive(Debug, thiserror::Error)]
 pub enum JournalError {
-    #[error("journal {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
-    #[error("record of {size} bytes exceeds the journal limit of {limit} bytes")]
-    TooLarge { size: usize, limit: usize },
-    #[error("record does not serialize: {0}")]
-    Encode(#[from] serde_json::Error),
+    #[error("journal {op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("journal record is {size} bytes, over max_record_bytes = {limit}")]
+    RecordTooLarge { size: usize, limit: u32 },
+    #[error("journal file would reach {size} bytes, over max_file_bytes = {limit}; compact first")]
+    FileFull { size: u64, limit: u64 },
+    #[error("journal file {path} is {size} bytes, over max_file_bytes = {limit}")]
+    FileTooLarge {
+        path: PathBuf,
+        size: u64,
+        limit: u64,
+    },
+    #[error("journal record could not be encoded: {0}")]
+    Encode(#[source] serde_json::Error),
 }
 
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> JournalError + 'a {
+    move |source| JournalError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// An open journal of records of type `T`.
+#[derive(Debug)]
 pub struct Journal<T> {
     dir: PathBuf,
+    path: PathBuf,
     file: File,
     size: u64,
+    records: u64,
     limits: JournalLimits,
-    _t: PhantomData<T>,
+    _t: PhantomData<fn(T) -> T>,
 }
 
-fn io(path: &Path) -> impl Fn(std::io::Error) -> JournalError + '_ {
-    move |source| JournalError::Io { path: path.to_path_buf(), source }
+impl<T: Serialize + DeserializeOwned> Journal<T> {
+    /// Opens (creating if needed) the journal in `dir`, returning every
+    /// complete record in append order and what had to be dropped.
+    pub fn open(
+        dir: &Path,
+        limits: JournalLimits,
+    ) -> Result<(Journal<T>, Vec<T>, RecoveryReport), JournalError> {
+        create_private_dir(dir)?;
+        let path = dir.join(JOURNAL_FILE);
+        let tmp = dir.join(JOURNAL_TMP_FILE);
+        let mut report = RecoveryReport::default();
+        // A temp file means a compaction crashed before its rename: the live
+        // journal is still the complete old one, so the temp is garbage.
+        match fs::remove_file(&tmp) {
+            Ok(()) => {
+                report.removed_temp_file = true;
+                tracing::warn!(path = %tmp.display(), "removed leftover journal compaction file");
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("remove temp", &tmp)(e)),
+        }
+
+        let mut file = open_private(&path, false)?;
+        let len = file.metadata().map_err(io_err("stat", &path))?.len();
+        if len > limits.max_file_bytes {
+            return Err(JournalError::FileTooLarge {
+                path,
+                size: len,
+                limit: limits.max_file_bytes,
+            });
+        }
+        let mut bytes = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut bytes)
+            .map_err(io_err("read", &path))?;
+
+        let scan = scan::<T>(&bytes, limits.max_record_bytes);
+        report.kept_records = scan.records.len() as u64;
+        report.dropped_records = scan.undecodable + scan.tail_records;
+        report.dropped_bytes = scan.undecodable_bytes + (bytes.len() as u64 - scan.good_end);
+        report.first_bad_offset = scan.first_bad_offset;
+        report.reason = scan.reason.clone();
+
+        let mut journal = Journal {
+            dir: dir.to_path_buf(),
+            path: path.clone(),
+            file,
+            size: scan.good_end,
+            records: scan.frames,
+            limits,
+            _t: PhantomData,
+        };
+        if scan.undecodable > 0 {
+            // Undecodable records sit mid-file; rewriting is the only way to
+            // drop them without losing the good records after them.
+            journal.compact(&scan.records)?;
+        } else if scan.good_end < bytes.len() as u64 {
+            journal
+                .file
+                .set_len(scan.good_end)
+                .map_err(io_err("truncate", &path))?;
+            journal.file.sync_all().map_err(io_err("fsync", &path))?;
+        }
+        if !report.is_clean() {
+            tracing::warn!(
+                path = %path.display(),
+                kept_records = report.kept_records,
+                dropped_records = report.dropped_records,
+                dropped_bytes = report.dropped_bytes,
+                first_bad_offset = ?report.first_bad_offset,
+                reason = report.reason.as_deref().unwrap_or(""),
+                "journal recovered with data dropped"
+            );
+        } else {
+            tracing::debug!(path = %path.display(), records = report.kept_records, "journal opened");
+        }
+        Ok((journal, scan.records, report))
+    }
+
+    /// Appends one record; returns only after it is written and fdatasync'd.
+    pub fn append(&mut self, rec: &T) -> Result<(), JournalError> {
+        let frame = encode_frame(rec, self.limits.max_record_bytes)?;
+        let new_size = self.size + frame.len() as u64;
+        if new_size > self.limits.max_file_bytes {
+            return Err(JournalError::FileFull {
+                size: new_size,
+                limit: self.limits.max_file_bytes,
+            });
+        }
+        // One write of the whole frame; on failure, cut back so a partial
+        // frame never sits in front of later appends.
+        if let Err(e) = self.file.write_all(&frame) {
+            let _ = self.file.set_len(self.size);
+            return Err(io_err("write", &self.path)(e));
+        }
+        self.file
+            .sync_data()
+            .map_err(io_err("fdatasync", &self.path))?;
+        self.size = new_size;
+        self.records += 1;
+        Ok(())
+    }
+
+    /// Replaces the journal with exactly `live`: temp file, fsync, atomic
+    /// rename, fsync of the directory. A crash leaves the old or the new file.
+    pub fn compact(&mut self, live: &[T]) -> Result<(), JournalError> {
+        let tmp = self.dir.join(JOURNAL_TMP_FILE);
+        let mut buf = Vec::new();
+        for rec in live {
+            buf.extend_from_slice(&encode_frame(rec, self.limits.max_record_bytes)?);
+        }
+        if buf.len() as u64 > self.limits.max_file_bytes {
+            return Err(JournalError::FileFull {
+                size: buf.len() as u64,
+                limit: self.limits.max_file_bytes,
+            });
+        }
+        {
+            let mut f = open_private(&tmp, true)?;
+            f.write_all(&buf).map_err(io_err("write", &tmp))?;
+            f.sync_all().map_err(io_err("fsync", &tmp))?;
+        }
+        fs::rename(&tmp, &self.path).map_err(io_err("rename", &tmp))?;
+        sync_dir(&self.dir)?;
+        // The old handle points at the unlinked inode; reopen the new file.
+        self.file = open_private(&self.path, false)?;
+        self.size = buf.len() as u64;
+        self.records = live.len() as u64;
+        tracing::info!(path = %self.path.display(), records = self.records, bytes = self.size, "journal compacted");
+        Ok(())
+    }
 }
 
-fn frame(payload: &[u8]) -> Vec<u8> {
-    let mut buf = Vec::with_capacity(HEADER + payload.len());
-    buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    buf.extend_from_slice(payload);
-    buf
+impl<T> Journal<T> {
+    /// Current size of the journal file in bytes.
+    pub fn size_bytes(&self) -> u64 {
+        self.size
+    }
+
+    /// Number of frames in the file (live and superseded).
+    pub fn record_count(&self) -> u64 {
+        self.records
+    }
+
+    /// True when the file has grown past `compact_after_bytes` or
+    /// `compact_after_records`: the caller should `compact` its live set.
+    pub fn needs_compaction(&self) -> bool {
+        self.size > self.limits.compact_after_bytes
+            || self.records > self.limits.compact_after_records
+    }
+
+    /// The limits this journal was opened with.
+    pub fn limits(&self) -> JournalLimits {
+        self.limits
+    }
+
+    /// Path of the live journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
 }
 
-fn open_private(path: &Path, truncate: bool) -> std::io::Result<File> {
+/// Encodes one record as a complete frame.
+fn encode_frame<T: Serialize>(rec: &T, max: u32) -> Result<Vec<u8>, JournalError> {
+    let payload = serde_json::to_vec(rec).map_err(JournalError::Encode)?;
+    if payload.len() > max as usize {
+        return Err(JournalError::RecordTooLarge {
+            size: payload.len(),
+            limit: max,
+        });
+    }
+    let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
+    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    frame.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+    frame.extend_from_slice(&payload);
+    Ok(frame)
+}
+
+struct Scan<T> {
+    records: Vec<T>,
+    /// Frames kept in the file (including undecodable ones before rewrite).
+    frames: u64,
+    /// End of the last good frame.
+    good_end: u64,
+    undecodable: u64,
+    undecodable_bytes: u64,
+    tail_records: u64,
+    first_bad_offset: Option<u64>,
+    reason: Option<String>,
+}
+
+/// Walks the frames. A bad length or crc ends the scan: framing after it
+/// cannot be trusted, so everything from there is the dropped tail. A frame
+/// whose crc is right but whose JSON does not decode is skipped alone.
+fn scan<T: DeserializeOwned>(bytes: &[u8], max: u32) -> Scan<T> {
+    let mut s = Scan {
+        records: Vec::new(),
+        frames: 0,
+        good_end: 0,
+        undecodable: 0,
+        undecodable_bytes: 0,
+        tail_records: 0,
+        first_bad_offset: None,
+        reason: None,
+    };
+    let mut off = 0usize;
+    while off < bytes.len() {
+        let rest = &bytes[off..];
+        let bad = if rest.len() < FRAME_HEADER_BYTES {
+            Some(format!(
+                "torn frame header ({} of {FRAME_HEADER_BYTES} bytes)",
+                rest.len()
+            ))
+        } else {
+            let len = u32::from_le_bytes(rest[0..4].try_into().unwrap_or([0; 4]));
+            let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or([0; 4]));
+            if len > max {
+                Some(format!("frame length {len} over max_record_bytes = {max}"))
+            } else if rest.len() < FRAME_HEADER_BYTES + len as usize {
+                Some(format!(
+                    "torn frame payload ({} of {len} bytes)",
+                    rest.len() - FRAME_HEADER_BYTES
+                ))
+            } else {
+                let payload = &rest[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len as usize];
+                if crc32fast::hash(payload) != crc {
+                    Some("frame crc32 mismatch".to_string())
+                } else {
+                    let end = FRAME_HEADER_BYTES + len as usize;
+                    match serde_json::from_slice::<T>(payload) {
+                        Ok(rec) => s.records.push(rec),
+                        Err(e) => {
+                            tracing::warn!(offset = off, error = %e, "journal record undecodable, skipped");
+                            s.undecodable += 1;
+                            s.undecodable_bytes += end as u64;
+                            s.first_bad_offset.get_or_insert(off as u64);
+                        }
+                    }
+                    s.frames += 1;
+                    off += end;
+                    s.good_end = off as u64;
+                    None
+                }
+            }
+        };
+        if let Some(reason) = bad {
+            s.first_bad_offset.get_or_insert(off as u64);
+            s.reason = Some(reason);
+            s.tail_records = count_tail_frames(rest, max);
+            break;
+        }
+    }
+    s
+}
+
+/// Best-effort count of frames in a dropped tail, following length fields
+/// while they look sane. Always at least 1 for a non-empty tail.
+fn count_tail_frames(mut rest: &[u8], max: u32) -> u64 {
+    let mut n = 0u64;
+    while !rest.is_empty() {
+        n += 1;
+        if rest.len() < FRAME_HEADER_BYTES {
+            break;
+        }
+        let len = u32::from_le_bytes(rest[0..4].try_into().unwrap_or([0; 4]));
+        let end = FRAME_HEADER_BYTES + len as usize;
+        if len > max || end > rest.len() {
+            break;
+        }
+        rest = &rest[end..];
+    }
+    n
+}
+
+fn open_private(path: &Path, truncate: bool) -> Result<File, JournalError> {
     let mut o = OpenOptions::new();
-    o.read(true).write(true).create(true).truncate(truncate);
+    o.read(true).create(true);
+    if truncate {
+        o.write(true).truncate(true);
+    } else {
+        o.append(true);
+    }
     #[cfg(unix)]
     {
         use std::os::unix::fs::OpenOptionsExt;
         o.mode(0o600);
     }
-    o.open(path)
+    let f = o.open(path).map_err(io_err("open", path))?;
+    // mode() only applies on creation; force it for files made by older code.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(io_err("chmod", path))?;
+    }
+    Ok(f)
 }
 
-fn sync_dir(dir: &Path) -> std::io::Result<()> {
+fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
+    fs::create_dir_all(dir).map_err(io_err("create dir", dir))?;
     #[cfg(unix)]
-    File::open(dir)?.sync_all()?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .map_err(io_err("chmod", dir))?;
+    }
+    Ok(())
+}
+
+/// Makes a rename durable: the directory entry must reach disk too.
+fn sync_dir(dir: &Path) -> Result<(), JournalError> {
+    #[cfg(unix)]
+    {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err("fsync dir", dir))?;
+    }
+    // Windows cannot open a directory as a File; rename there is already
+    // MoveFileEx with write-through semantics via std.
     #[cfg(not(unix))]
     let _ = dir;
     Ok(())
 }
 
-/// Parses frames from `data`; returns records, the length of the valid
-/// prefix, and why parsing stopped early (if it did).
-fn scan<T: DeserializeOwned>(data: &[u8], limits: &JournalLimits) -> (Vec<T>, usize, Option<String>) {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < data.len() {
-        if data.len() - pos < HEADER {
-            return (out, pos, Some(format!("torn header at byte {pos}")));
-        }
-        let len = u32::from_le_bytes(data[pos..pos + 4].try_into().expect("4 bytes")) as usize;
-        let crc = u32::from_le_bytes(data[pos + 4..pos + 8].try_into().expect("4 bytes"));
-        if len > limits.max_record_bytes {
-            return (out, pos, Some(format!("record length {len} at byte {pos} exceeds the limit")));
-        }
-        let end = pos + HEADER + len;
-        if end > data.len() {
-            return (out, pos, Some(format!("torn record at byte {pos}")));
-        }
-        let payload = &data[pos + HEADER..end];
-        if crc32fast::hash(payload) != crc {
-            return (out, pos, Some(format!("checksum mismatch at byte {pos}")));
-        }
-        match serde_json::from_slice(payload) {
-            Ok(r) => out.push(r),
-            Err(e) => return (out, pos, Some(format!("undecodable record at byte {pos}: {e}"))),
-        }
-        pos = end;
-    }
-    (out, pos, None)
-}
-
-impl<T: Serialize + DeserializeOwned> Journal<T> {
-    /// Opens (creating) the journal in `dir` (0700) and replays it.
-    pub fn open(dir: &Path, limits: JournalLimits) -> Result<(Self, Vec<T>, RecoveryReport), JournalError> {
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))?;
-        }
-        // A compaction that died before its rename left only garbage.
-        let _ = std::fs::remove_file(dir.join(TMP));
-        let path = dir.join(FILE);
-        let mut file = open_private(&path, false).map_err(io(&path))?;
-        let mut data = Vec::new();
-        file.read_to_end(&mut data).map_err(io(&path))?;
-        let (records, valid, reason) = scan::<T>(&data, &limits);
-        let dropped = (data.len() - valid) as u64;
-        if dropped > 0 {
-            tracing::warn!(dropped_bytes = dropped, kept_records = records.len(), reason = reason.as_deref().unwrap_or(""), "journal tail discarded");
-            file.set_len(valid as u64).map_err(io(&path))?;
-            file.sync_all().map_err(io(&path))?;
-        }
-        file.seek(SeekFrom::Start(valid as u64)).map_err(io(&path))?;
-        let report = RecoveryReport { records: records.len(), dropped_bytes: dropped, reason };
-        Ok((Self { dir: dir.to_path_buf(), file, size: valid as u64, limits, _t: PhantomData }, records, report))
-    }
-
-    /// Appends one record and syncs it to disk before returning.
-    pub fn append(&mut self, rec: &T) -> Result<(), JournalError> {
-        let payload = serde_json::to_vec(rec)?;
-        if payload.len() > self.limits.max_record_bytes {
-            return Err(JournalError::TooLarge { size: payload.len(), limit: self.limits.max_record_bytes });
-        }
-        let path = self.dir.join(FILE);
-        let buf = frame(&payload);
-        self.file.write_all(&buf).map_err(io(&path))?;
-        self.file.sync_data().map_err(io(&path))?;
-        self.size += buf.len() as u64;
-        Ok(())
-    }
-
-    /// Replaces the journal with exactly `live`, atomically.
-    pub fn compact(&mut self, live: &[T]) -> Result<(), JournalError> {
-        let tmp = self.dir.join(TMP);
-        let path = self.dir.join(FILE);
-        let mut buf = Vec::new();
-        for r in live {
-            let payload = serde_json::to_vec(r)?;
-            if payload.len() > self.limits.max_record_bytes {
-                return Err(JournalError::TooLarge { size: payload.len(), limit: self.limits.max_record_bytes });
-            }
-            buf.extend(frame(&payload));
-        }
-        let mut f = open_private(&tmp, true).map_err(io(&tmp))?;
-        f.write_all(&buf).map_err(io(&tmp))?;
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, &path).map_err(io(&path))?;
-        sync_dir(&self.dir).map_err(io(&self.dir))?;
-        f.seek(SeekFrom::End(0)).map_err(io(&path))?;
-        self.file = f;
-        self.size = buf.len() as u64;
-        Ok(())
-    }
-
-    pub fn size_bytes(&self) -> u64 {
-        self.size
-    }
-}
-
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn open(dir: &Path) -> (Journal<String>, Vec<String>, RecoveryReport) {
-        Journal::open(dir, JournalLimits::default()).unwrap()
-    }
-
-    #[test]
-    fn append_reopen_and_compact() {
-        let d = tempfile::tempdir().unwrap();
-        let (mut j, recs, rep) = open(d.path());
-        assert!(recs.is_empty() && rep.dropped_bytes == 0);
-        for i in 0..5 {
-            j.append(&format!("r{i}")).unwrap();
-        }
-        drop(j);
-        let (mut j, recs, _) = open(d.path());
-        assert_eq!(recs, ["r0", "r1", "r2", "r3", "r4"]);
-        j.compact(&["r3".to_string()]).unwrap();
-        j.append(&"r5".to_string()).unwrap();
-        drop(j);
-        let (_, recs, _) = open(d.path());
-        assert_eq!(recs, ["r3", "r5"]);
-    }
-
-    #[test]
-    fn leftover_compaction_file_is_ignored() {
-        let d = tempfile::tempdir().unwrap();
-        let (mut j, _, _) = open(d.path());
-        j.append(&"kept".to_string()).unwrap();
-        drop(j);
-        std::fs::write(d.path().join(TMP), b"half-written garbage").unwrap();
-        let (_, recs, _) = open(d.path());
-        assert_eq!(recs, ["kept"]);
-        assert!(!d.path().join(TMP).exists());
-    }
-
-    #[test]
-    fn oversized_record_is_refused_by_name() {
-        let d = tempfile::tempdir().unwrap();
-        let (mut j, _, _) = Journal::<String>::open(d.path(), JournalLimits { max_record_bytes: 16 }).unwrap();
-        let e = j.append(&"x".repeat(100)).unwrap_err().to_string();
-        assert!(e.contains("exceeds the journal limit of 16 bytes"), "{e}");
-    }
-
-    #[cfg(unix)]
-    #[test]
-    fn files_are_private() {
-        use std::os::unix::fs::PermissionsExt;
-        let d = tempfile::tempdir().unwrap();
-        let jd = d.path().join("j");
-        let (mut j, _, _) = open(&jd);
-        j.append(&"x".to_string()).unwrap();
-        assert_eq!(std::fs::metadata(&jd).unwrap().permissions().mode() & 0o777, 0o700);
-        assert_eq!(std::fs::metadata(jd.join(FILE)).unwrap().permissions().mode() & 0o777, 0o600);
-    }
-
-    /// Power loss at every byte offset: open never panics, keeps exactly
-    /// the records that were complete, and later appends land cleanly.
-    #[test]
-    fn truncation_at_every_offset_keeps_complete_records() {
-        let d = tempfile::tempdir().unwrap();
-        let recs: Vec<String> = (0..6).map(|i| format!("record-{i}-{}", "z".repeat(i * 3))).collect();
-        let (mut j, _, _) = open(d.path());
-        let mut ends = Vec::new();
-        for r in &recs {
-            j.append(r).unwrap();
-            ends.push(j.size_bytes());
-        }
-        drop(j);
-        let full = std::fs::read(d.path().join(FILE)).unwrap();
-        for cut in 0..=full.len() {
-            let t = tempfile::tempdir().unwrap();
-            std::fs::write(t.path().join(FILE), &full[..cut]).unwrap();
-            let (mut j, got, rep) = open(t.path());
-            let complete = ends.iter().filter(|e| **e as usize <= cut).count();
-            assert_eq!(got, recs[..complete], "cut at {cut}");
-            assert_eq!(rep.dropped_bytes as usize, cut - ends.get(complete.wrapping_sub(1)).map_or(0, |e| *e as usize));
-            j.append(&"after".to_string()).unwrap();
-            drop(j);
-            let (_, again, rep) = open(t.path());
-            assert_eq!(again.len(), complete + 1, "cut at {cut}");
-            assert_eq!(rep.dropped_bytes, 0);
-        }
-    }
-
-    proptest! {
-        /// A flipped byte anywhere never panics and never yields a record
-        /// that was not written.
-        #[test]
-        fn corrupt_byte_never_panics(pos in 0usize..400, val in any::<u8>()) {
-            let d = tempfile::tempdir().unwrap();
-            let (mut j, _, _) = open(d.path());
-            let recs: Vec<String> = (0..8).map(|i| format!("rec{i}")).collect();
-            for r in &recs { j.append(r).unwrap(); }
-            drop(j);
-            let p = d.path().join(FILE);
-            let mut data = std::fs::read(&p).unwrap();
-            let pos = pos % data.len();
-            data[pos] = val;
-            std::fs::write(&p, &data).unwrap();
-            let (_, got, _) = open(d.path());
-            prop_assert!(got.len() <= recs.len());
-            prop_assert_eq!(&got[..], &recs[..got.len()]);
-        }
-    }
-}
+mod tests;

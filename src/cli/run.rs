@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::Value;
 
-use super::show::{decode_output, items, print_result, s, succeeded};
+use super::show::{decode_output, items, print_result_with, s, succeeded};
 use super::{Cli, CliError};
 
 /// Poll interval while following; fast enough to feel live, slow enough
@@ -133,8 +133,11 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
         if shown_live > 0 {
             println!();
         }
+        // A live-streamed single run already showed its output (unless the
+        // final result holds more than the stream delivered).
         for r in &results {
-            print_result(r);
+            let streamed_all = shown_live > 0 && decode_output(r).len() <= shown_live;
+            print_result_with(r, !streamed_all);
         }
     }
     Ok(if results.iter().all(succeeded) { 0 } else { 1 })

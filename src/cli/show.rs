@@ -97,13 +97,18 @@ pub(super) fn succeeded(r: &Value) -> bool {
 }
 
 pub(super) fn print_result(r: &Value) {
+    print_result_with(r, true)
+}
+
+/// `with_output: false` when the output was already streamed live.
+pub(super) fn print_result_with(r: &Value, with_output: bool) {
     let exit = r.get("ExitCode").and_then(Value::as_i64).map(|c| c.to_string()).unwrap_or_else(|| "-".into());
     let mut head = format!("== {}  {}  exit={}", s(r, "InstanceId"), s(r, "InvokeRecordStatus"), exit);
     if !s(r, "ErrorCode").is_empty() {
         head += &format!("  {}: {}", s(r, "ErrorCode"), s(r, "ErrorInfo"));
     }
     println!("{head}");
-    let out = decode_output(r);
+    let out = if with_output { decode_output(r) } else { Vec::new() };
     if !out.is_empty() {
         print!("{}", String::from_utf8_lossy(&out));
         if !out.ends_with(b"\n") {
