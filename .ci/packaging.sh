@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${PROFILE:-debug}
+bins="${CARGO_TARGET_DIR:-target}/$profile"
 start=$(date +%s)
 fail() { echo "packaging: $*" >&2; exit 1; }
 
@@ -15,24 +16,44 @@ fi
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
 mkdir -p "$scratch/bin" "$scratch/units"
-cp "target/$profile/deckhand-agent" "target/$profile/deckhand-hub" "$scratch/bin/"
+cp "$bins/deckhand-agent" "$bins/deckhand-hub" "$scratch/bin/"
+# verify_units DIR: prints what systemd-analyze says about DIR/*.service,
+# less the messages about the absent system (no D-Bus/PID 1 in a container),
+# which are not about our units. systemd-analyze exits 0 on unknown keys or
+# bad values, so its output is what decides.
+verify_units() {
+  systemd-analyze verify --man=no "$1"/*.service 2>&1 \
+    | grep -v -E '^$|Failed to connect to bus|System has not been booted' || true
+}
 for u in systemd/*.service; do
   # Point ExecStart at the freshly built binaries; everything else as shipped.
   sed "s|/usr/bin/|$scratch/bin/|" "$u" > "$scratch/units/$(basename "$u")"
 done
-out=$(systemd-analyze verify --man=no "$scratch"/units/*.service 2>&1 || true)
-# Messages about the absent system (no D-Bus/PID 1 in a container, missing
-# network-online target) are not about our units.
-problems=$(printf '%s\n' "$out" | grep -v -E '^$|Failed to connect to bus|System has not been booted' || true)
+problems=$(verify_units "$scratch/units")
 if [ -n "$problems" ]; then
-  printf '%s\n' "$out"
+  printf '%s\n' "$problems"
   fail "systemd-analyze verify found problems"
 fi
-printf "%s\n" "$out" | sed "s/^/  systemd-analyze: /"
+# The check itself must be able to fail: a misspelt key and a bad value in a
+# copy of the hub unit have to be reported.
+mkdir -p "$scratch/broken"
+sed 's/^Restart=on-failure/Restart=sometimes\nRestartSecs=2/' "$scratch/units/deckhand-hub.service" > "$scratch/broken/deckhand-hub.service"
+broken=$(verify_units "$scratch/broken")
+grep -q RestartSecs <<<"$broken" && grep -q sometimes <<<"$broken" || fail "systemd-analyze verify did not flag a broken unit: $broken"
+# The hub's sandbox must stay tight: systemd's own exposure score (0 best,
+# 10 worst; 'OK' is below 2) is computed offline from the unit file.
+if systemd-analyze security --help 2>/dev/null | grep -q -- --offline; then
+  # --threshold is on the 0..100 scale: 20 means an exposure below 2.0.
+  sec=$(systemd-analyze security --offline=yes --threshold=20 "$scratch/units/deckhand-hub.service" 2>&1) \
+    || { printf '%s\n' "$sec"; fail "hub unit exposure is 2.0 or worse"; }
+  exposure=$(sed -n 's/.*Overall exposure level for deckhand-hub.service: \([0-9.]*\).*/\1/p' <<<"$sec")
+  [ -n "$exposure" ] || fail "systemd-analyze security printed no exposure level for the hub"
+  echo "hub unit exposure level $exposure (systemd-analyze security)"
+fi
 echo "units verified"
 
 echo "== .deb packages"
-debs=$(DPKG_DEB_OPTS=${DPKG_DEB_OPTS:--Znone} packaging/build-deb.sh "target/$profile" "$scratch/deb")
+debs=$(DPKG_DEB_OPTS=${DPKG_DEB_OPTS:--Znone} packaging/build-deb.sh "$bins" "$scratch/deb")
 printf '%s\n' "$debs"
 agent_deb=$(printf '%s\n' "$debs" | grep deckhand-agent_)
 hub_deb=$(printf '%s\n' "$debs" | grep deckhand-hub_)
@@ -59,13 +80,13 @@ echo "packages OK"
 
 echo "== packaging/install.sh in a scratch root"
 iroot="$scratch/iroot"
-packaging/install.sh --root "$iroot" --no-systemctl --binary "target/$profile/deckhand-agent" --hub https://hub.example:7070 --activation-id A --activation-code C >/dev/null
-packaging/install.sh --root "$iroot" --no-systemctl --binary "target/$profile/deckhand-agent" --hub https://hub.example:7070 >/dev/null  # idempotent
+packaging/install.sh --root "$iroot" --no-systemctl --binary "$bins/deckhand-agent" --hub https://hub.example:7070 --activation-id A --activation-code C >/dev/null
+packaging/install.sh --root "$iroot" --no-systemctl --binary "$bins/deckhand-agent" --hub https://hub.example:7070 >/dev/null  # idempotent
 [ -x "$iroot/usr/bin/deckhand-agent" ] || fail "install.sh did not install the binary"
 [ "$(stat -c %a "$iroot/var/lib/deckhand/agent")" = 700 ] || fail "state dir must be 0700"
 [ "$(stat -c %a "$iroot/etc/deckhand/agent.toml")" = 600 ] || fail "agent.toml must be 0600"
 "$iroot/usr/bin/deckhand-agent" --config "$iroot/etc/deckhand/agent.toml" config check >/dev/null || fail "install.sh wrote an invalid agent.toml"
-if packaging/install.sh --root "$iroot" --no-systemctl --binary "target/$profile/deckhand-agent" --hub http://plain:80 2>/dev/null; then
+if packaging/install.sh --root "$iroot" --no-systemctl --binary "$bins/deckhand-agent" --hub http://plain:80 2>/dev/null; then
   fail "install.sh accepted a plain http hub"
 fi
 packaging/install.sh --root "$iroot" --no-systemctl --uninstall --purge >/dev/null
