@@ -76,7 +76,39 @@ dpkg -x "$hub_deb" "$root"
 [ "$(stat -c %a "$root/etc/deckhand/agent.toml")" = 600 ] || fail "agent.toml must be 0600"
 # The shipped (all-commented) config parses: unknown keys would be refused.
 "$root/usr/bin/deckhand-agent" --config "$root/etc/deckhand/agent.toml" config check --hub https://hub.example:7070 >/dev/null || fail "shipped agent.toml does not validate"
+[ "$(stat -c %a "$root/var/lib/deckhand")" = 755 ] || fail "/var/lib/deckhand must be 0755 (the hub's dynamic user traverses it)"
+[ "$(stat -c %a "$root/var/lib/deckhand/agent")" = 700 ] || fail "/var/lib/deckhand/agent must be 0700"
 echo "packages OK"
+
+echo "== dpkg lifecycle in a scratch root (install, upgrade, remove, purge)"
+# A real dpkg database under --root; maintainer scripts run unchrooted with
+# DPKG_ROOT set (they prefix every path with it and skip systemctl).
+droot="$scratch/droot"
+mkdir -p "$droot/var/lib/dpkg/info" "$droot/var/lib/dpkg/updates"
+: > "$droot/var/lib/dpkg/status"
+ddpkg() { dpkg --root="$droot" --force-script-chrootless --force-depends --log=/dev/null "$@" >/dev/null 2>&1 || { dpkg --root="$droot" --force-script-chrootless --force-depends --log=/dev/null "$@"; fail "dpkg $* failed"; }; }
+ddpkg -i "$agent_deb" "$hub_deb"
+for p in deckhand-agent deckhand-hub; do
+  dpkg --root="$droot" -s "$p" | grep -q '^Status: install ok installed' || fail "$p is not installed in the scratch root"
+done
+# Local edits and state survive an upgrade (reinstall): conffile handling.
+echo 'hub = "https://edited.example:7070"' >> "$droot/etc/deckhand/agent.toml"
+echo state > "$droot/var/lib/deckhand/agent/marker"
+ddpkg --force-confold -i "$agent_deb"
+grep -q edited.example "$droot/etc/deckhand/agent.toml" || fail "upgrade overwrote the edited agent.toml"
+[ -f "$droot/var/lib/deckhand/agent/marker" ] || fail "upgrade lost agent state"
+# Remove keeps configuration and state; purge deletes both (including the
+# hub's DynamicUser data under /var/lib/private).
+mkdir -p "$droot/var/lib/private/deckhand/hub" && echo db > "$droot/var/lib/private/deckhand/hub/hub.db"
+ln -s ../private/deckhand/hub "$droot/var/lib/deckhand/hub"
+ddpkg -r deckhand-agent deckhand-hub
+[ ! -e "$droot/usr/bin/deckhand-agent" ] && [ ! -e "$droot/lib/systemd/system/deckhand-hub.service" ] || fail "remove left binaries or units"
+[ -f "$droot/etc/deckhand/agent.toml" ] && [ -f "$droot/var/lib/deckhand/agent/marker" ] || fail "remove must keep config and state"
+ddpkg -P deckhand-agent deckhand-hub
+for gone in etc/deckhand var/lib/deckhand var/lib/private/deckhand/hub; do
+  [ ! -e "$droot/$gone" ] && [ ! -L "$droot/$gone" ] || fail "purge left /$gone"
+done
+echo "dpkg lifecycle OK"
 
 echo "== packaging/install.sh in a scratch root"
 iroot="$scratch/iroot"
