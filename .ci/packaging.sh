@@ -110,6 +110,42 @@ for gone in etc/deckhand var/lib/deckhand var/lib/private/deckhand/hub; do
 done
 echo "dpkg lifecycle OK"
 
+echo "== .rpm packages"
+if ! command -v rpmbuild >/dev/null && command -v apt-get >/dev/null; then
+  apt-get install -y -qq --no-install-recommends rpm >/dev/null
+fi
+rpms=$(RPM_PAYLOAD=${RPM_PAYLOAD:-w0.ufdio} packaging/build-rpm.sh "$bins" "$scratch/rpm")
+printf '%s\n' "$rpms"
+agent_rpm=$(grep deckhand-agent- <<<"$rpms")
+hub_rpm=$(grep deckhand-hub- <<<"$rpms")
+rpm_list() { rpm -qlvp "$1" 2>/dev/null; }
+for want in /usr/bin/deckhand-agent /usr/lib/systemd/system/deckhand-agent.service /etc/deckhand/agent.toml /var/lib/deckhand/agent; do
+  grep -q -E " $want\$" <<<"$(rpm_list "$agent_rpm")" || fail "$agent_rpm lacks $want"
+done
+for want in /usr/bin/deckhand-hub /usr/lib/systemd/system/deckhand-hub.service /etc/deckhand/hub.toml; do
+  grep -q -E " $want\$" <<<"$(rpm_list "$hub_rpm")" || fail "$hub_rpm lacks $want"
+done
+grep -q '^-rw------- .* /etc/deckhand/agent.toml$' <<<"$(rpm_list "$agent_rpm")" || fail "agent.toml must be 0600 in the rpm"
+grep -q '^drwx------ .* /var/lib/deckhand/agent$' <<<"$(rpm_list "$agent_rpm")" || fail "/var/lib/deckhand/agent must be 0700 in the rpm"
+[ "$(rpm -qcp "$agent_rpm" 2>/dev/null)" = /etc/deckhand/agent.toml ] || fail "agent.toml is not a %config file"
+# Scriptlets are shell: they must at least parse.
+for r in "$agent_rpm" "$hub_rpm"; do
+  for tag in POSTIN PREUN POSTUN; do
+    rpm -qp --queryformat "%{$tag}" "$r" 2>/dev/null | sh -n || fail "$tag scriptlet of $r does not parse"
+  done
+done
+# Install and erase in a scratch rpm database (scriptlets would run chrooted
+# into an empty root, so they are skipped here; their parse is checked above).
+rroot="$scratch/rroot"
+mkdir -p "$rroot"
+rpm --root "$rroot" --initdb 2>/dev/null
+rpm --root "$rroot" -i --nodeps --noscripts "$agent_rpm" "$hub_rpm" 2>/dev/null || fail "rpm -i into a scratch root failed"
+[ -x "$rroot/usr/bin/deckhand-agent" ] && [ -f "$rroot/usr/lib/systemd/system/deckhand-hub.service" ] || fail "rpm install did not land the files"
+[ "$(stat -c %a "$rroot/var/lib/deckhand/agent")" = 700 ] || fail "rpm: /var/lib/deckhand/agent must be 0700"
+rpm --root "$rroot" -e --noscripts deckhand-agent deckhand-hub 2>/dev/null || fail "rpm -e failed"
+[ ! -e "$rroot/usr/bin/deckhand-agent" ] || fail "rpm -e left the agent binary"
+echo "rpm packages OK"
+
 echo "== packaging/install.sh in a scratch root"
 iroot="$scratch/iroot"
 packaging/install.sh --root "$iroot" --no-systemctl --binary "$bins/deckhand-agent" --hub https://hub.example:7070 --activation-id A --activation-code C >/dev/null
