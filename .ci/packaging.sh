@@ -157,7 +157,28 @@ packaging/install.sh --root "$iroot" --no-systemctl --binary "$bins/deckhand-age
 if packaging/install.sh --root "$iroot" --no-systemctl --binary "$bins/deckhand-agent" --hub http://plain:80 2>/dev/null; then
   fail "install.sh accepted a plain http hub"
 fi
+# Bad input is refused with the flag named, and nothing is half-written.
+refused() { # refused WANT_IN_MESSAGE ARGS...
+  local want=$1 msg; shift
+  if msg=$(packaging/install.sh --root "$scratch/bad" --no-systemctl --binary "$bins/deckhand-agent" "$@" 2>&1); then
+    fail "install.sh accepted $*"
+  fi
+  grep -q -- "$want" <<<"$msg" || fail "install.sh refused $* without naming $want: $msg"
+}
+refused --hub --hub 'https://hub"; evil = "1'
+refused --activation-code --hub https://h:7070 --activation-id A --activation-code 'C\'
+refused --activation-id --hub https://h:7070 --activation-id A
+refused --ca-file --hub https://h:7070 --ca-file "$scratch/absent.pem"
+[ ! -e "$scratch/bad" ] || fail "a refused install.sh run left files behind"
+# A pinned CA is installed and referenced; purge removes it.
+ca_stub="$scratch/ca.pem"
+printf -- '-----BEGIN CERTIFICATE-----\nstand-in: install.sh copies, never parses\n-----END CERTIFICATE-----\n' > "$ca_stub"
+packaging/install.sh --root "$iroot" --no-systemctl --binary "$bins/deckhand-agent" --hub https://hub.example:7070 --ca-file "$ca_stub" >/dev/null
+grep -q '^ca_file = "/etc/deckhand/hub-ca.pem"$' "$iroot/etc/deckhand/agent.toml" || fail "install.sh did not reference the pinned CA"
+cmp -s "$ca_stub" "$iroot/etc/deckhand/hub-ca.pem" || fail "install.sh did not install the pinned CA"
 packaging/install.sh --root "$iroot" --no-systemctl --uninstall --purge >/dev/null
-[ ! -e "$iroot/usr/bin/deckhand-agent" ] && [ ! -e "$iroot/var/lib/deckhand/agent" ] || fail "uninstall left files"
+for gone in usr/bin/deckhand-agent etc/systemd/system/deckhand-agent.service var/lib/deckhand etc/deckhand; do
+  [ ! -e "$iroot/$gone" ] || fail "uninstall --purge left /$gone"
+done
 echo "install.sh OK"
 echo "packaging checks passed in $(( $(date +%s) - start )) s"
