@@ -8,8 +8,22 @@ profile=${PROFILE:-debug}
 bins="${CARGO_TARGET_DIR:-target}/$profile"
 start=$(date +%s)
 fail() { echo "packaging: $*" >&2; exit 1; }
+last=$start
+# section TITLE: prints how long the previous section took, then the title.
+section() {
+  local now
+  now=$(date +%s)
+  [ "$now" = "$start" ] || echo "   ($(( now - last )) s)"
+  last=$now
+  echo "== $*"
+}
+if [ ! -x "$bins/deckhand-agent" ] || [ ! -x "$bins/deckhand-hub" ]; then
+  # Normally the test run built them; building here keeps the script usable
+  # on its own.
+  if [ "$profile" = debug ]; then cargo build --locked --bins; else cargo build --locked --bins --profile "$profile"; fi
+fi
 
-echo "== systemd-analyze verify"
+section "systemd-analyze verify"
 if ! command -v systemd-analyze >/dev/null; then
   apt-get install -y -qq --no-install-recommends systemd >/dev/null
 fi
@@ -52,7 +66,7 @@ if systemd-analyze security --help 2>/dev/null | grep -q -- --offline; then
 fi
 echo "units verified"
 
-echo "== .deb packages"
+section ".deb packages"
 debs=$(DPKG_DEB_OPTS=${DPKG_DEB_OPTS:--Znone} packaging/build-deb.sh "$bins" "$scratch/deb")
 printf '%s\n' "$debs"
 agent_deb=$(printf '%s\n' "$debs" | grep deckhand-agent_)
@@ -80,7 +94,7 @@ dpkg -x "$hub_deb" "$root"
 [ "$(stat -c %a "$root/var/lib/deckhand/agent")" = 700 ] || fail "/var/lib/deckhand/agent must be 0700"
 echo "packages OK"
 
-echo "== dpkg lifecycle in a scratch root (install, upgrade, remove, purge)"
+section "dpkg lifecycle in a scratch root (install, upgrade, remove, purge)"
 # A real dpkg database under --root; maintainer scripts run unchrooted with
 # DPKG_ROOT set (they prefix every path with it and skip systemctl).
 droot="$scratch/droot"
@@ -110,7 +124,7 @@ for gone in etc/deckhand var/lib/deckhand var/lib/private/deckhand/hub; do
 done
 echo "dpkg lifecycle OK"
 
-echo "== .rpm packages"
+section ".rpm packages"
 if ! command -v rpmbuild >/dev/null && command -v apt-get >/dev/null; then
   apt-get install -y -qq --no-install-recommends rpm >/dev/null
 fi
@@ -146,7 +160,7 @@ rpm --root "$rroot" -e --noscripts deckhand-agent deckhand-hub 2>/dev/null || fa
 [ ! -e "$rroot/usr/bin/deckhand-agent" ] || fail "rpm -e left the agent binary"
 echo "rpm packages OK"
 
-echo "== packaging/install.sh in a scratch root"
+section "packaging/install.sh in a scratch root"
 iroot="$scratch/iroot"
 packaging/install.sh --root "$iroot" --no-systemctl --binary "$bins/deckhand-agent" --hub https://hub.example:7070 --activation-id A --activation-code C >/dev/null
 packaging/install.sh --root "$iroot" --no-systemctl --binary "$bins/deckhand-agent" --hub https://hub.example:7070 >/dev/null  # idempotent
@@ -181,4 +195,5 @@ for gone in usr/bin/deckhand-agent etc/systemd/system/deckhand-agent.service var
   [ ! -e "$iroot/$gone" ] || fail "uninstall --purge left /$gone"
 done
 echo "install.sh OK"
+section "done"
 echo "packaging checks passed in $(( $(date +%s) - start )) s"

@@ -70,6 +70,8 @@ fn agent_unit_is_notify_with_watchdog_and_spares_scripts() {
     assert!(exec.starts_with("/usr/bin/deckhand-agent ") && exec.ends_with(" run"), "{exec}");
     assert!(exec.contains("/etc/deckhand/agent.toml"), "ExecStart names the config: {exec}");
     expect(&u, "EnvironmentFile", "-/etc/deckhand/agent.env");
+    // Scripts inherit the agent's umask: it must be the conventional one.
+    expect(&u, "UMask", "0022");
     assert_eq!(u["Install"]["WantedBy"], ["multi-user.target"]);
 }
 
