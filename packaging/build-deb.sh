@@ -13,13 +13,18 @@ mkdir -p "$out"
 # stage NAME BINARY UNIT CONFIG DESCRIPTION
 stage() {
   local name=$1 bin=$2 unit=$3 conf=$4 desc=$5
-  local root
+  local root short=${name#deckhand-}
   root=$(mktemp -d)
   install -Dm0755 "$target/$bin" "$root/usr/bin/$bin"
   if [ -n "$unit" ]; then
     install -Dm0644 "systemd/$unit" "$root/lib/systemd/system/$unit"
     install -Dm0600 "packaging/$conf" "$root/etc/deckhand/$conf"
-    install -d -m0700 "$root/var/lib/deckhand"
+    # The parent stays 0755: the hub's DynamicUser must traverse it to reach
+    # its own StateDirectory when agent and hub share a host. The agent's
+    # directory is shipped 0700; the hub's is left to systemd, which makes it
+    # a symlink into /var/lib/private for the dynamic user.
+    install -d -m0755 "$root/var/lib/deckhand"
+    [ "$short" = agent ] && install -d -m0700 "$root/var/lib/deckhand/agent"
     printf '/etc/deckhand/%s\n' "$conf" > "$root/conffiles.tmp"
   fi
   install -d "$root/DEBIAN"
@@ -37,10 +42,13 @@ Description: $desc
  Alibaba Cloud Assistant API.
 CONTROL
   if [ -n "$unit" ]; then
+    # Maintainer scripts honour DPKG_ROOT (dpkg --root with
+    # --force-script-chrootless, as CI installs them) and only talk to
+    # systemd when it is PID 1 of the system being changed.
     cat > "$root/DEBIAN/postinst" <<POSTINST
 #!/bin/sh
 set -e
-if [ -d /run/systemd/system ]; then
+if [ -z "\${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then
   systemctl daemon-reload
   systemctl enable $unit >/dev/null
   # Start only once configured; an unconfigured service would just fail.
@@ -50,15 +58,19 @@ POSTINST
     cat > "$root/DEBIAN/prerm" <<PRERM
 #!/bin/sh
 set -e
-if [ -d /run/systemd/system ] && [ "\$1" = remove ]; then
+if [ -z "\${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ] && [ "\$1" = remove ]; then
   systemctl disable --now $unit >/dev/null || true
 fi
 PRERM
     cat > "$root/DEBIAN/postrm" <<POSTRM
 #!/bin/sh
 set -e
-if [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
-if [ "\$1" = purge ]; then rm -rf /var/lib/deckhand/$(echo "$name" | sed 's/deckhand-//'); fi
+if [ -z "\${DPKG_ROOT:-}" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload || true; fi
+if [ "\$1" = purge ]; then
+  # DynamicUser keeps the hub's real data under /var/lib/private.
+  rm -rf "\${DPKG_ROOT:-}/var/lib/deckhand/$short" "\${DPKG_ROOT:-}/var/lib/private/deckhand/$short"
+  rmdir "\${DPKG_ROOT:-}/var/lib/deckhand" "\${DPKG_ROOT:-}/etc/deckhand" 2>/dev/null || true
+fi
 POSTRM
     chmod 0755 "$root/DEBIAN/postinst" "$root/DEBIAN/prerm" "$root/DEBIAN/postrm"
   fi

@@ -1,58 +1,90 @@
 #!/usr/bin/env bash
-# Builds deckhand-agent and deckhand-hub .rpm packages from prebuilt
-# binaries with rpmbuild (Debian's `rpm` package provides it). Same layout
-# as the .deb: /usr/bin, /usr/lib/systemd/system, /etc/deckhand (config,
-# noreplace), /var/lib/deckhand.
+# Builds deckhand-agent-<ver>-1.<arch>.rpm and deckhand-hub-<ver>-1.<arch>.rpm
+# from already built binaries with plain rpmbuild (Debian: `apt-get install
+# rpm`). Same layout as the .deb, except units go to /usr/lib/systemd/system
+# as RPM distributions expect. Prints the paths of the packages it built.
 # Usage: packaging/build-rpm.sh [TARGET_DIR] [OUT_DIR]
+# RPM_PAYLOAD (default w9.gzdio) lets CI skip compression of debug binaries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-target=$(cd "${1:-target/release}" && pwd)
-out=$(mkdir -p "${2:-target/rpm}" && cd "${2:-target/rpm}" && pwd)
-version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 src=$(pwd)
+target=$(cd "${1:-target/release}" && pwd)
+out=${2:-target/rpm}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 top=$(mktemp -d)
 trap 'rm -rf "$top"' EXIT
 
+# spec NAME SUMMARY: writes the spec of one service package to stdout.
 spec() {
-  local name=$1 bin=$2 unit=$3 conf=$4 summary=$5
+  local name=$1 summary=$2 short=${1#deckhand-}
+  local unit=$name.service
   cat <<SPEC
 Name: $name
 Version: $version
 Release: 1
 Summary: $summary
 License: Apache-2.0
+URL: https://github.com/deckhand/deckhand
+# The binaries are prebuilt by cargo: no debuginfo split, no re-stripping.
 %global debug_package %{nil}
-%global __strip /bin/true
+%global __os_install_post %{nil}
+%define _build_id_links none
+%define _binary_payload ${RPM_PAYLOAD:-w9.gzdio}
 
 %description
 deckhand is a self-hosted fleet command system compatible with the Alibaba
-Cloud Assistant API.
+Cloud Assistant API. This package holds $name and its systemd unit.
 
 %install
-install -Dm0755 $target/$bin %{buildroot}/usr/bin/$bin
+install -Dm0755 $target/$name %{buildroot}/usr/bin/$name
 install -Dm0644 $src/systemd/$unit %{buildroot}/usr/lib/systemd/system/$unit
-install -Dm0600 $src/packaging/$conf %{buildroot}/etc/deckhand/$conf
-install -d -m0700 %{buildroot}/var/lib/deckhand
+install -Dm0600 $src/packaging/$short.toml %{buildroot}/etc/deckhand/$short.toml
+install -d -m0755 %{buildroot}/var/lib/deckhand
+SPEC
+  # Only the agent's state directory is shipped: the hub's belongs to
+  # systemd (DynamicUser makes it a symlink into /var/lib/private).
+  [ "$short" = agent ] && echo "install -d -m0700 %{buildroot}/var/lib/deckhand/agent"
+  cat <<SPEC
 
 %post
-if [ -d /run/systemd/system ]; then systemctl daemon-reload; systemctl enable $unit >/dev/null 2>&1 || :; fi
+if [ -d /run/systemd/system ]; then
+  systemctl daemon-reload || :
+  [ \$1 -eq 1 ] && systemctl enable $unit >/dev/null 2>&1 || :
+fi
 
 %preun
-if [ \$1 -eq 0 ] && [ -d /run/systemd/system ]; then systemctl disable --now $unit >/dev/null 2>&1 || :; fi
+if [ \$1 -eq 0 ] && [ -d /run/systemd/system ]; then
+  systemctl disable --now $unit >/dev/null 2>&1 || :
+fi
+
+%postun
+if [ -d /run/systemd/system ]; then
+  systemctl daemon-reload || :
+  # Upgrade: restart onto the new binary (KillMode=process keeps scripts).
+  [ \$1 -ge 1 ] && systemctl try-restart $unit || :
+fi
 
 %files
-/usr/bin/$bin
-/usr/lib/systemd/system/$unit
-%config(noreplace) /etc/deckhand/$conf
-%dir /var/lib/deckhand
+%attr(0755,root,root) /usr/bin/$name
+%attr(0644,root,root) /usr/lib/systemd/system/$unit
+%dir %attr(0755,root,root) /etc/deckhand
+%config(noreplace) %attr(0600,root,root) /etc/deckhand/$short.toml
+%dir %attr(0755,root,root) /var/lib/deckhand
 SPEC
+  [ "$short" = agent ] && echo "%dir %attr(0700,root,root) /var/lib/deckhand/agent"
+  return 0
 }
 
 build() {
-  spec "$@" > "$top/$1.spec"
-  # RPM_PAYLOAD lets CI skip compressing large debug binaries.
-  rpmbuild --quiet --define "_binary_payload ${RPM_PAYLOAD:-w19.zstdio}" --define "_topdir $top" --define "_rpmdir $out" --define "_build_id_links none" -bb "$top/$1.spec" >/dev/null
+  local name=$1 summary=$2
+  spec "$name" "$summary" > "$top/$name.spec"
+  rpmbuild --quiet -bb --define "_topdir $top" --define "_rpmdir $out" \
+    --define "_build_name_fmt %{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}.rpm" \
+    "$top/$name.spec" >&2
+  ls "$out/$name-$version-1."*.rpm
 }
-build deckhand-agent deckhand-agent deckhand-agent.service agent.toml "deckhand node agent"
-build deckhand-hub deckhand-hub deckhand-hub.service hub.toml "deckhand control plane (hub)"
-find "$out" -name '*.rpm' | sort
+
+build deckhand-agent "deckhand node agent"
+build deckhand-hub "deckhand control plane (hub)"

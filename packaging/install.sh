@@ -31,7 +31,11 @@ if [ $uninstall = 1 ]; then
   [ $systemctl = 1 ] && systemctl disable --now deckhand-agent.service 2>/dev/null || true
   rm -f "$root/usr/bin/deckhand-agent" "$root/etc/systemd/system/deckhand-agent.service"
   [ $systemctl = 1 ] && systemctl daemon-reload || true
-  if [ $purge = 1 ]; then rm -rf "$root/var/lib/deckhand/agent" "$root/etc/deckhand/agent.toml"; fi
+  if [ $purge = 1 ]; then
+    rm -rf "$root/var/lib/deckhand/agent"
+    rm -f "$root/etc/deckhand/agent.toml" "$root/etc/deckhand/hub-ca.pem"
+    rmdir "$root/var/lib/deckhand" "$root/etc/deckhand" 2>/dev/null || true
+  fi
   echo "deckhand-agent uninstalled"
   exit 0
 fi
@@ -39,6 +43,22 @@ fi
 [ -n "$binary" ] && [ -x "$binary" ] || { echo "install.sh: --binary must name the deckhand-agent executable" >&2; exit 2; }
 [ -n "$hub" ] || { echo "install.sh: --hub is required (https://host:port)" >&2; exit 2; }
 case $hub in https://*) ;; *) echo "install.sh: --hub must be an https:// URL" >&2; exit 2 ;; esac
+# Values are written into TOML strings: refuse anything that could break out
+# of one (quotes, backslashes, control characters) or is absurdly long.
+check_value() {
+  local flag=$1 value=$2
+  if [ ${#value} -gt 512 ]; then echo "install.sh: $flag is longer than 512 characters" >&2; exit 2; fi
+  if printf '%s' "$value" | LC_ALL=C grep -q '["\\[:cntrl:]]'; then
+    echo "install.sh: $flag must not contain quotes, backslashes or control characters" >&2; exit 2
+  fi
+}
+check_value --hub "$hub"
+check_value --activation-id "$act_id"
+check_value --activation-code "$act_code"
+if { [ -n "$act_id" ] && [ -z "$act_code" ]; } || { [ -z "$act_id" ] && [ -n "$act_code" ]; }; then
+  echo "install.sh: --activation-id and --activation-code go together" >&2; exit 2
+fi
+if [ -n "$ca" ] && [ ! -r "$ca" ]; then echo "install.sh: --ca-file $ca is not readable" >&2; exit 2; fi
 
 install -Dm0755 "$binary" "$root/usr/bin/deckhand-agent"
 install -Dm0644 "$unit_src" "$root/etc/systemd/system/deckhand-agent.service"
@@ -56,6 +76,9 @@ install -m0600 "$tmp" "$conf"
 rm -f "$tmp"
 if [ $systemctl = 1 ]; then
   systemctl daemon-reload
-  systemctl enable --now deckhand-agent.service
+  systemctl enable deckhand-agent.service
+  # restart, not start: a re-run after replacing the binary must load it.
+  # KillMode=process keeps running scripts alive across the restart.
+  systemctl restart deckhand-agent.service
 fi
 echo "deckhand-agent installed (config $conf)"
