@@ -241,3 +241,14 @@ async fn stopped_before_start_runs_nothing() {
     assert_eq!(o.error_code, "");
     assert!(!marker.exists());
 }
+
+#[tokio::test]
+async fn scripts_get_umask_022_whatever_the_agent_has() {
+    let mut spec = deckhand::exec::RunSpec::new("t-umask".to_string(), "RunShellScript".to_string(), "umask".to_string());
+    spec.timeout = std::time::Duration::from_secs(10);
+    // As under a service with UMask=0077: the script must still get 0022.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    let out = deckhand::exec::run(spec, tokio_util::sync::CancellationToken::new(), None).await;
+    nix::sys::stat::umask(old);
+    assert_eq!(String::from_utf8_lossy(&out.output).trim(), "0022");
+}

@@ -60,6 +60,9 @@ pub(crate) fn start(spec: &RunSpec) -> Result<Started, StartError> {
                 let _ = libc::write(fd, b"0".as_ptr().cast(), 1);
                 libc::close(fd);
             }
+            // Scripts get the conventional umask whatever the agent's own
+            // (a restrictive service UMask would make every file they create private).
+            libc::umask(0o022);
             // Groups and gid first: after setuid we no longer may change them.
             if switch
                 && (libc::setgroups(groups.len() as _, groups.as_ptr()) < 0
