@@ -1,3 +1,5 @@
+//! Wire round trips, frame bounds, and the exhaustive status-aggregation table.
+
 use super::*;
 
 #[test]

@@ -1,3 +1,5 @@
+//! Both signature schemes: round trips and every refusal (tamper, key, replay, skew).
+
 use super::*;
 
 fn keys(id: &str) -> Option<String> {
