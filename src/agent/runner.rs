@@ -113,21 +113,8 @@ impl Runner {
     pub fn report_interrupted(&self, inv: &Invocation, record_seq: u32) {
         let closes = !Self::is_repeating(inv);
         tracing::warn!(invoke_id = %inv.invoke_id, "run interrupted by agent restart");
-        self.report(
-            RecordReport {
-                invoke_id: inv.invoke_id.clone(),
-                record_seq,
-                status: RecordStatus::Failed,
-                exit_code: None,
-                output_b64: String::new(),
-                dropped: 0,
-                error_code: "InstanceRestarted".into(),
-                error_info: "the agent restarted while the script was running; its outcome is unknown".into(),
-                start_time: String::new(),
-                finish_time: now(),
-            },
-            closes,
-        );
+        let info = "the agent restarted while the script was running; its outcome is unknown";
+        self.report(failed(inv, record_seq, "InstanceRestarted", info), closes);
     }
 
     /// Invocations with a run queued or in progress.

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use deckhand::agent::config::AgentFile;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(name = "deckhand-agent", version, about = "deckhand node agent")]
@@ -119,16 +118,7 @@ fn main() -> anyhow::Result<()> {
             // scheduler thread (plus the blocking pool on demand) keeps idle
             // RSS low (fewer stacks and malloc arenas).
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(async move {
-                let shutdown = CancellationToken::new();
-                let stop = shutdown.clone();
-                tokio::spawn(async move {
-                    deckhand::cli::wait_for_signal().await;
-                    tracing::info!("shutdown signal received");
-                    stop.cancel();
-                });
-                deckhand::agent::run(cfg, shutdown).await.context("agent")
-            })
+            rt.block_on(async move { deckhand::agent::run(cfg, deckhand::cli::shutdown_on_signal()).await.context("agent") })
         }
         Cmd::Register(flags) => {
             let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());

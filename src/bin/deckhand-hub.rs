@@ -7,7 +7,6 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use deckhand::hub::config::HubFile;
-use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(name = "deckhand-hub", version, about = "deckhand control plane: agent WebSocket + Cloud Assistant API")]
@@ -98,14 +97,7 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let store = deckhand::hub::store::SqliteStore::open(&data_dir.join("hub.db")).await.context("opening the store")?;
-        let shutdown = CancellationToken::new();
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            deckhand::cli::wait_for_signal().await;
-            tracing::info!("shutdown signal received");
-            stop.cancel();
-        });
-        deckhand::hub::run(cfg, Arc::new(store), shutdown).await.context("hub")
+        deckhand::hub::run(cfg, Arc::new(store), deckhand::cli::shutdown_on_signal()).await.context("hub")
     })
 }
 

@@ -132,6 +132,19 @@ async fn run_async(args: &DevArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// A cancellation token that fires on Ctrl-C or SIGTERM (the daemons'
+/// graceful shutdown). Call inside a tokio runtime.
+pub fn shutdown_on_signal() -> CancellationToken {
+    let shutdown = CancellationToken::new();
+    let stop = shutdown.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutdown signal received");
+        stop.cancel();
+    });
+    shutdown
+}
+
 /// Ctrl-C or SIGTERM.
 pub async fn wait_for_signal() {
     #[cfg(unix)]

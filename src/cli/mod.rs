@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 pub use client::{Client, ClientConfig, CliError};
-pub use dev::wait_for_signal;
+pub use dev::{shutdown_on_signal, wait_for_signal};
 
 #[derive(Debug, Parser)]
 #[command(name = "deckhand", version, about = "Run commands on a fleet through a deckhand hub")]
