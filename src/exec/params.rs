@@ -217,6 +217,27 @@ fn classify(inner: &str) -> Result<Placeholder<'_>, ParamError> {
     Ok(Placeholder::Custom(t))
 }
 
+/// The custom parameter names a script uses, first spelling kept, in
+/// order; by the same rules as rendering (built-ins and non-parameter
+/// `{{…}}` such as `{{.Name}}` are not listed; names compare case-insensitively).
+pub fn custom_names(template: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { break };
+        if let Ok(Placeholder::Custom(n)) = classify(&after[..end]) {
+            if !out.iter().any(|o| o.eq_ignore_ascii_case(n)) {
+                out.push(n.to_string());
+            }
+            rest = &after[end + 2..];
+        } else {
+            rest = after;
+        }
+    }
+    out
+}
+
 /// `values`: lower-cased name → (display name, value).
 fn substitute(template: &str, values: &BTreeMap<String, (String, String)>) -> Result<String, ParamError> {
     let mut out = String::with_capacity(template.len());

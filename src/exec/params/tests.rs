@@ -154,3 +154,9 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn custom_names_follow_the_rendering_rules() {
+    let names = super::custom_names("echo {{who}} {{ACS::InstanceId}} {{ .Name }} {{WHO}} {{ where }} {{unterminated");
+    assert_eq!(names, vec!["who".to_string(), "where".to_string()]);
+}

@@ -63,7 +63,7 @@ pub async fn describe(req: &Request<'_>) -> Result<Value, ApiError> {
                 "Category": "",
                 "Version": 1,
                 "Latest": true,
-                "ParameterNames": { "ParameterName": parameter_names(&c.content) },
+                "ParameterNames": { "ParameterName": crate::exec::params::custom_names(&c.content) },
             })
         })
         .collect();
@@ -71,21 +71,6 @@ pub async fn describe(req: &Request<'_>) -> Result<Value, ApiError> {
     out.insert("Commands".into(), json!({ "Command": list }));
     paging.annotate(&mut out, total);
     Ok(Value::Object(out))
-}
-
-/// Custom `{{name}}` placeholders, excluding `ACS::` built-ins.
-fn parameter_names(content: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut rest = content;
-    while let Some(s) = rest.find("{{") {
-        let Some(e) = rest[s + 2..].find("}}") else { break };
-        let name = rest[s + 2..s + 2 + e].trim().to_string();
-        if !name.starts_with("ACS::") && !out.contains(&name) {
-            out.push(name);
-        }
-        rest = &rest[s + 2 + e + 2..];
-    }
-    out
 }
 
 pub async fn modify(req: &Request<'_>) -> Result<Value, ApiError> {
