@@ -181,7 +181,6 @@ pub trait Store: Send + Sync + 'static {
     async fn list_instances(&self, ids: &[String], name: Option<&str>, page: Page) -> Result<(Vec<InstanceRow>, i64)>;
     async fn deregister_instance(&self, id: &str) -> Result<bool>;
     async fn set_instance_online(&self, id: &str, online: bool, facts: Option<&HostFacts>, ip: &str) -> Result<()>;
-    async fn touch_instance(&self, id: &str) -> Result<()>;
     /// On start-up nobody is connected to this hub yet.
     async fn mark_all_offline(&self) -> Result<()>;
     /// Stores the next credential hash beside the current one.
@@ -209,8 +208,6 @@ pub trait Store: Send + Sync + 'static {
     async fn records(&self, invoke_id: &str, instance_id: &str) -> Result<Vec<RecordRow>>;
     /// Non-final invocations an instance should have, for (re)delivery.
     async fn undelivered_for(&self, instance_id: &str) -> Result<Vec<Invocation>>;
-    async fn mark_delivered(&self, invoke_id: &str, instance_id: &str) -> Result<()>;
-    async fn apply_report(&self, instance_id: &str, r: &RecordReport) -> Result<ReportEffect>;
     /// Applies many small writes in one transaction (one fsync); effects
     /// are returned in order (`Applied` for non-report operations).
     async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>>;

@@ -226,11 +226,6 @@ impl Store for SqliteStore {
         Ok(())
     }
 
-    async fn touch_instance(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE instances SET last_seen = ? WHERE instance_id = ?").bind(now_str()).bind(id).execute(&self.pool).await?;
-        Ok(())
-    }
-
     async fn mark_all_offline(&self) -> Result<()> {
         sqlx::query("UPDATE instances SET online = 0").execute(&self.pool).await?;
         Ok(())
@@ -477,23 +472,6 @@ impl Store for SqliteStore {
                 to_wire(&inv, name.unwrap_or_default())
             })
             .collect())
-    }
-
-    async fn mark_delivered(&self, invoke_id: &str, instance_id: &str) -> Result<()> {
-        sqlx::query("UPDATE targets SET delivered = 1, updated_at = ? WHERE invoke_id = ? AND instance_id = ?")
-            .bind(now_str())
-            .bind(invoke_id)
-            .bind(instance_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    async fn apply_report(&self, instance_id: &str, r: &RecordReport) -> Result<ReportEffect> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let effect = apply_report_tx(&mut tx, instance_id, r).await?;
-        tx.commit().await?;
-        Ok(effect)
     }
 
     async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>> {
