@@ -91,17 +91,12 @@ impl Hub {
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// SIGTERM and wait; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        unsafe_kill(c.id(), "TERM");
-        wait_exit(&mut c, Duration::from_secs(20))
+        terminate_child(&mut self.child)
     }
 
     /// Same data dir, same port.
@@ -213,16 +208,11 @@ impl Agent {
     }
 
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        unsafe_kill(c.id(), "TERM");
-        wait_exit(&mut c, Duration::from_secs(20))
+        terminate_child(&mut self.child)
     }
 
     pub fn restart(&mut self) {
@@ -247,6 +237,21 @@ impl Drop for Agent {
 /// Sends a signal with the system `kill` command (no libc in tests).
 pub fn unsafe_kill(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
+}
+
+/// SIGKILL (if running) and reap.
+fn kill_child(child: &mut Option<Child>) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
+/// SIGTERM and wait up to 20 s for a graceful exit.
+fn terminate_child(child: &mut Option<Child>) -> std::process::ExitStatus {
+    let mut c = child.take().expect("running");
+    unsafe_kill(c.id(), "TERM");
+    wait_exit(&mut c, Duration::from_secs(20))
 }
 
 fn wait_exit(c: &mut Child, timeout: Duration) -> std::process::ExitStatus {
