@@ -23,7 +23,8 @@ pub use crate::config::ConfigError;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AgentFile {
-    /// Hub URL, `https://host:port`.
+    /// Hub URL, `https://host:port`; several hub replicas may be listed,
+    /// comma-separated (the agent moves to the next when one fails).
     pub hub: Option<String>,
     /// Journal, identity and status live here (0700).
     pub state_dir: Option<PathBuf>,
@@ -67,7 +68,7 @@ impl AgentFile {
     /// Validates every key and builds the runtime config.
     pub fn resolve(&self) -> Result<AgentConfig, ConfigError> {
         let hub = self.hub.clone().ok_or(ConfigError::Invalid { key: "hub", message: "required (flag --hub, env DECKHAND_AGENT_HUB, or `hub` in agent.toml)".into() })?;
-        HubUrl::parse(&hub).map_err(|e| ConfigError::Invalid { key: "hub", message: e.to_string() })?;
+        HubUrl::parse_list(&hub).map_err(|e| ConfigError::Invalid { key: "hub", message: e.to_string() })?;
         let mut cfg = AgentConfig::new(hub, self.state_dir.clone().unwrap_or_else(|| DEFAULT_STATE_DIR.into()));
         if let Some(ca) = &self.ca_file {
             if !ca.exists() {

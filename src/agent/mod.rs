@@ -112,7 +112,8 @@ pub fn ensure_state_dir(dir: &std::path::Path) -> Result<(), AgentError> {
 /// journaled, so a restart reports them (see docs/journal.md).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     ensure_state_dir(&config.state_dir)?;
-    let url = HubUrl::parse(&config.hub)?;
+    let urls = HubUrl::parse_list(&config.hub)?;
+    let mut current = 0usize;
     let tls = crate::tls::client_config_with_cert(config.ca_file.as_deref(), config.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))?;
     let (state, recovery) = state::AgentState::open(&config.state_dir.join("journal"))?;
     // Root uses the engine's /run default; anyone else keeps scripts under
@@ -147,7 +148,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         if shutdown.is_cancelled() {
             break Ok(());
         }
-        let ctx = Ctx { config: &config, url: &url, tls: &tls, runner: &runner, live: &live, status: &status, shutdown: &shutdown };
+        let url = &urls[current % urls.len()];
+        let ctx = Ctx { config: &config, url, tls: &tls, runner: &runner, live: &live, status: &status, shutdown: &shutdown };
         let result = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
             r = connect_and_serve(&ctx, &mut identity, &mut live_rx, &mut backoff) => r,
@@ -157,8 +159,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
             Ok(()) => break Ok(()),
             Err(e) if e.is_fatal() => break Err(e),
             Err(e) => {
+                // Several replicas: the next attempt goes to the next one.
+                current = current.wrapping_add(1);
                 let delay = backoff.next_delay();
-                tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "hub connection failed");
+                tracing::warn!(error = %e, hub = %url.ws_url(), retry_in_ms = delay.as_millis() as u64, "hub connection failed");
                 // Sleep in slices so the watchdog sees the loop alive.
                 let until = tokio::time::Instant::now() + delay;
                 while tokio::time::Instant::now() < until {
@@ -226,7 +230,7 @@ pub async fn register(config: &AgentConfig) -> Result<Identity, AgentError> {
     if let Some(id) = identity::load(&config.state_dir)? {
         return Ok(id);
     }
-    let url = HubUrl::parse(&config.hub)?;
+    let url = HubUrl::parse_list(&config.hub)?.swap_remove(0);
     let tls = crate::tls::client_config_with_cert(config.ca_file.as_deref(), config.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))?;
     let mut ws = transport::dial(&url, &tls, config.insecure_loopback).await?;
     let id = register_on(&mut ws, config).await?;
@@ -295,7 +299,7 @@ async fn connect_and_serve(
             other => return Err(AgentError::Lost(format!("unexpected answer to hello: {other:?}"))),
         },
     };
-    tracing::info!(instance_id = %id.instance_id, hub = %config.hub, "connected");
+    tracing::info!(instance_id = %id.instance_id, hub = %url.ws_url(), "connected");
     backoff.reset();
     set_status(ctx.status, |s| {
         s.connected = true;

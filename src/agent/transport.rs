@@ -25,6 +25,8 @@ pub type Ws = WebSocketStream<Box<dyn Io>>;
 pub enum DialError {
     #[error("hub URL {0:?} must look like https://host:port or wss://host:port")]
     BadUrl(String),
+    #[error("hub lists {0} URLs; at most {MAX_HUB_URLS} are accepted")]
+    TooManyUrls(usize),
     #[error("plain ws:// to {0} refused: only loopback addresses may skip TLS, and only with --insecure-loopback")]
     InsecureRefused(String),
     #[error("connecting to {addr} timed out after {after:?}")]
@@ -45,7 +47,22 @@ pub struct HubUrl {
     pub port: u16,
 }
 
+/// Replicas an agent may be pointed at directly (beyond that, use a load
+/// balancer or a DNS name with several addresses).
+pub const MAX_HUB_URLS: usize = 16;
+
 impl HubUrl {
+    /// One URL, or several separated by commas (hub replicas): the agent
+    /// uses one at a time and moves to the next when a connection fails.
+    pub fn parse_list(urls: &str) -> Result<Vec<Self>, DialError> {
+        let list: Vec<Self> = urls.split(',').map(str::trim).filter(|u| !u.is_empty()).map(Self::parse).collect::<Result<_, _>>()?;
+        match list.len() {
+            0 => Err(DialError::BadUrl(urls.to_string())),
+            n if n > MAX_HUB_URLS => Err(DialError::TooManyUrls(n)),
+            _ => Ok(list),
+        }
+    }
+
     pub fn parse(url: &str) -> Result<Self, DialError> {
         let bad = || DialError::BadUrl(url.to_string());
         let (scheme, rest) = url.split_once("://").ok_or_else(bad)?;

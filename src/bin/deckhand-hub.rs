@@ -27,6 +27,10 @@ struct Flags {
     listen: Option<String>,
     #[arg(long, global = true, env = "DECKHAND_HUB_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// `postgres://user:password@host/db` (several replicas) or
+    /// `sqlite:///path/hub.db`; default: SQLite in the data directory.
+    #[arg(long, global = true, env = "DECKHAND_HUB_STORE", hide_env_values = true)]
+    store: Option<String>,
     #[arg(long, global = true, env = "DECKHAND_HUB_TLS_CERT")]
     tls_cert: Option<PathBuf>,
     #[arg(long, global = true, env = "DECKHAND_HUB_TLS_KEY")]
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
     let file = HubFile::discover(args.config.as_deref())?.overlay(HubFile {
         listen: f.listen.clone(),
         data_dir: f.data_dir.clone(),
+        store: f.store.clone(),
         tls_cert: f.tls_cert.clone(),
         tls_key: f.tls_key.clone(),
         agent_client_ca: f.agent_client_ca.clone(),
@@ -84,9 +89,11 @@ fn main() -> anyhow::Result<()> {
         log_json: f.log_json.then_some(true),
     });
     let mut cfg = file.resolve()?;
+    let store_spec = file.store_spec()?;
     cfg.addr_file = f.addr_file.clone();
     if let Some(Cmd::Config { action: ConfigCmd::Check }) = args.command {
         println!("configuration OK");
+        println!("store = {}", deckhand::hub::config::redact(&store_spec));
         println!("listen = {}\ndata_dir = {:?}\ntls = {}\naccess_keys = {}\nheartbeat_secs = {}\ndelivery_timeout_secs = {}", cfg.listen, file.data_dir(), cfg.tls.is_some(), cfg.access_keys.len(), cfg.heartbeat.as_secs(), cfg.delivery_timeout.as_secs());
         return Ok(());
     }
@@ -96,7 +103,9 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
-        let store = deckhand::hub::store::SqliteStore::open(&data_dir.join("hub.db")).await.context("opening the store")?;
+        let store = deckhand::hub::store::SqlStore::open(&store_spec)
+            .await
+            .with_context(|| format!("opening the store {}", deckhand::hub::config::redact(&store_spec)))?;
         deckhand::hub::run(cfg, Arc::new(store), deckhand::cli::shutdown_on_signal()).await.context("hub")
     })
 }

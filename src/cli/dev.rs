@@ -12,7 +12,7 @@ use super::CliError;
 use super::client::{ClientConfig, default_config_path};
 use crate::agent::{self, AgentConfig};
 use crate::hub::agents::hash_token;
-use crate::hub::store::{ActivationRow, SqliteStore, Store, now_str};
+use crate::hub::store::{ActivationRow, SqlStore, Store, now_str};
 use crate::hub::{self, HubConfig};
 
 #[derive(Debug, clap::Args)]
@@ -60,7 +60,7 @@ async fn run_async(args: &DevArgs) -> Result<(), CliError> {
     agent::ensure_state_dir(&dir).map_err(err)?;
     let pki = crate::tls::ensure_dev_pki(&dir).map_err(err)?;
     let key = dev_key(&dir)?;
-    let store = Arc::new(SqliteStore::open(&dir.join("hub.db")).await.map_err(err)?);
+    let store = Arc::new(SqlStore::open_sqlite(&dir.join("hub.db")).await.map_err(err)?);
     let agent_dir = dir.join("agent");
     let mut activation = None;
     if agent::identity::load(&agent_dir).map_err(err)?.is_none() {

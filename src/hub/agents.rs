@@ -210,13 +210,13 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     }
     let hb = hub.config.heartbeat;
     send(&mut ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) }).await?;
-    hub.store.set_instance_online(&instance_id, true, Some(&facts), &peer.ip().to_string()).await?;
+    hub.store.instance_connected(&instance_id, &hub.id, &facts, &peer.ip().to_string()).await?;
     let (tx, mut rx) = mpsc::channel(OUTBOX);
     let conn_id = hub.agents.insert(&instance_id, tx);
     tracing::info!(instance_id, %peer, "agent connected");
     let result = session(&hub, &mut ws, &instance_id, &mut rx, hb).await;
     if hub.agents.remove(&instance_id, conn_id) {
-        hub.store.set_instance_online(&instance_id, false, None, "").await?;
+        hub.store.instance_disconnected(&instance_id, &hub.id).await?;
     }
     let _ = ws.close().await;
     tracing::info!(instance_id, "agent disconnected");

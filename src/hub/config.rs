@@ -22,6 +22,10 @@ pub struct HubFile {
     pub listen: Option<String>,
     /// SQLite database directory (default /var/lib/deckhand/hub).
     pub data_dir: Option<PathBuf>,
+    /// Where state lives: `sqlite:///path/hub.db` (default: hub.db in
+    /// data_dir) or `postgres://user:password@host:5432/db` for several
+    /// replicas on one database.
+    pub store: Option<String>,
     /// PEM certificate chain and key for HTTPS/WSS.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -53,7 +57,7 @@ impl HubFile {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(listen, data_dir, tls_cert, tls_key, agent_client_ca, insecure_loopback, access_keys, heartbeat_secs, delivery_timeout_secs, log_json);
+        take!(listen, data_dir, store, tls_cert, tls_key, agent_client_ca, insecure_loopback, access_keys, heartbeat_secs, delivery_timeout_secs, log_json);
         self
     }
 
@@ -61,7 +65,20 @@ impl HubFile {
         self.data_dir.clone().unwrap_or_else(|| DEFAULT_DATA_DIR.into())
     }
 
+    /// The store to open: a PostgreSQL URL or an SQLite path.
+    pub fn store_spec(&self) -> Result<String, ConfigError> {
+        match self.store.as_deref() {
+            None => Ok(self.data_dir().join("hub.db").display().to_string()),
+            Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => Ok(s.to_string()),
+            Some(s) => match s.strip_prefix("sqlite://") {
+                Some(path) if !path.is_empty() => Ok(path.to_string()),
+                _ => Err(ConfigError::Invalid { key: "store", message: format!("{:?} is neither postgres://… nor sqlite:///path", redact(s)) }),
+            },
+        }
+    }
+
     pub fn resolve(&self) -> Result<HubConfig, ConfigError> {
+        self.store_spec()?;
         let listen_s = self.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.into());
         let listen: SocketAddr = listen_s.parse().map_err(|_| ConfigError::Invalid { key: "listen", message: format!("{listen_s:?} is not an address like 0.0.0.0:7070") })?;
         let mut cfg = HubConfig::new(listen);
@@ -111,6 +128,16 @@ impl HubFile {
     }
 }
 
+/// A store URL fit for logs: the password replaced by `***`.
+pub fn redact(spec: &str) -> String {
+    let Some((scheme, rest)) = spec.split_once("://") else { return spec.to_string() };
+    let Some((userinfo, host)) = rest.split_once('@') else { return spec.to_string() };
+    match userinfo.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => spec.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,5 +154,19 @@ mod tests {
         assert!(f.resolve().unwrap_err().to_string().starts_with("access_keys"));
         let f = HubFile { insecure_loopback: Some(true), access_keys: Some(vec!["a:b".into()]), ..Default::default() };
         assert_eq!(f.resolve().unwrap().access_keys, vec![("a".to_string(), "b".to_string())]);
+    }
+
+    #[test]
+    fn store_spec_defaults_to_sqlite_and_names_bad_values() {
+        let f = HubFile { data_dir: Some("/d".into()), ..Default::default() };
+        assert_eq!(f.store_spec().unwrap(), "/d/hub.db");
+        let f = HubFile { store: Some("postgres://u:p@h/db".into()), ..Default::default() };
+        assert_eq!(f.store_spec().unwrap(), "postgres://u:p@h/db");
+        let f = HubFile { store: Some("sqlite:///x/h.db".into()), ..Default::default() };
+        assert_eq!(f.store_spec().unwrap(), "/x/h.db");
+        let f = HubFile { store: Some("mysql://u:secret@h/db".into()), insecure_loopback: Some(true), ..Default::default() };
+        let e = f.resolve().unwrap_err().to_string();
+        assert!(e.starts_with("store:") && !e.contains("secret"), "{e}");
+        assert_eq!(redact("postgres://u:pw@h:5432/db"), "postgres://u:***@h:5432/db");
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod signature;
 mod live;
@@ -84,6 +85,8 @@ pub fn raise_fd_limit() -> u64 {
 
 /// Shared state every handler sees.
 pub struct Hub {
+    /// This replica's identity (see `cluster`).
+    pub id: String,
     pub store: Arc<dyn Store>,
     pub agents: agents::Registry,
     pub live: live::LiveOutput,
@@ -97,9 +100,15 @@ pub struct Hub {
 /// lets in-flight requests finish.
 pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: CancellationToken) -> Result<(), HubError> {
     let fds = raise_fd_limit();
-    tracing::info!(open_files_limit = fds, "starting hub");
-    store.mark_all_offline().await?;
+    let id = cluster::new_hub_id();
+    tracing::info!(open_files_limit = fds, hub_id = %id, shared_store = store.shared(), "starting hub");
+    // Alone on its store, a starting hub knows no agent is connected; with
+    // replicas, only those of replicas that stopped are released.
+    let cutoff = if store.shared() { chrono::Utc::now() - chrono::Duration::from_std(cluster::DEAD_AFTER).unwrap_or_default() } else { chrono::Utc::now() + chrono::Duration::days(1) };
+    store.release_dead_hubs(&cutoff.format("%Y-%m-%dT%H:%M:%SZ").to_string()).await?;
+    store.hub_alive(&id).await?;
     let hub = Arc::new(Hub {
+        id,
         writer: writer::Writer::spawn(store.clone()),
         store,
         agents: agents::Registry::default(),
@@ -109,5 +118,6 @@ pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: Cancellatio
         shutdown: shutdown.clone(),
     });
     tokio::spawn(api::sweeper(hub.clone()));
+    tokio::spawn(cluster::run(hub.clone()));
     serve(hub, shutdown).await
 }

@@ -113,8 +113,9 @@ pub async fn delete_activation(req: &Request<'_>) -> Result<Value, ApiError> {
     Ok(json!({ "Activation": activation_json(&a) }))
 }
 
-fn instance_json(req: &Request<'_>, i: &InstanceRow) -> Value {
-    let online = req.hub.agents.is_online(&i.instance_id);
+fn instance_json(_req: &Request<'_>, i: &InstanceRow) -> Value {
+    // The store knows which replica holds each agent; this one may not.
+    let online = i.online;
     json!({
         "InstanceId": i.instance_id,
         "InstanceName": i.instance_name,
@@ -158,22 +159,29 @@ pub async fn rotate_credential(req: &Request<'_>) -> Result<Value, ApiError> {
     let mut rotated = Vec::new();
     let mut offline = Vec::new();
     for id in &ids {
-        if req.hub.store.get_instance(id).await?.is_none() {
-            return Err(not_found_instance(id));
-        }
-        if !req.hub.agents.is_online(id) {
-            offline.push(id.clone());
-            continue;
-        }
-        let token = crate::hub::agents::new_token();
-        req.hub.store.set_pending_token(id, &hash_token(&token)).await?;
-        if req.hub.agents.send(id, crate::protocol::HubMsg::RotateCredential { token }) {
+        let Some(inst) = req.hub.store.get_instance(id).await? else { return Err(not_found_instance(id)) };
+        if rotate_held(req.hub, id).await? {
+            rotated.push(id.clone());
+        } else if inst.online {
+            // Another replica holds this agent's socket: it issues the credential.
+            crate::hub::cluster::announce(req.hub, crate::hub::cluster::Event::Rotate { id: id.clone() }).await;
             rotated.push(id.clone());
         } else {
             offline.push(id.clone());
         }
     }
     Ok(json!({ "RotatedInstances": { "InstanceId": rotated }, "OfflineInstances": { "InstanceId": offline } }))
+}
+
+/// Issues a new credential to an agent whose socket this replica holds;
+/// false when it holds none for `id`.
+pub async fn rotate_held(hub: &crate::hub::Hub, id: &str) -> Result<bool, crate::hub::store::StoreError> {
+    if !hub.agents.is_online(id) {
+        return Ok(false);
+    }
+    let token = crate::hub::agents::new_token();
+    hub.store.set_pending_token(id, &hash_token(&token)).await?;
+    Ok(hub.agents.send(id, crate::protocol::HubMsg::RotateCredential { token }))
 }
 
 pub async fn deregister(req: &Request<'_>) -> Result<Value, ApiError> {
@@ -191,7 +199,7 @@ pub async fn cloud_assistant_status(req: &Request<'_>) -> Result<Value, ApiError
     let list: Vec<Value> = rows
         .iter()
         .map(|i| {
-            let online = req.hub.agents.is_online(&i.instance_id);
+            let online = i.online;
             json!({
                 "InstanceId": i.instance_id,
                 "CloudAssistantStatus": if online { "true" } else { "false" },

@@ -205,6 +205,7 @@ async fn create_and_push(req: &Request<'_>, inv: InvocationRow, targets: &[(Stri
         wire.region_id = req.hub.config.region_id.clone();
         req.hub.agents.send(id, HubMsg::Invoke { invocation: wire });
     }
+    crate::hub::cluster::announce(req.hub, crate::hub::cluster::Event::Invoke { id: inv.invoke_id.clone() }).await;
     tracing::info!(invoke_id = %inv.invoke_id, targets = ids.len(), "invocation created");
     Ok(json!({ "CommandId": inv.command_id, "InvokeId": inv.invoke_id }))
 }
@@ -435,6 +436,7 @@ pub async fn stop_invocation(req: &Request<'_>) -> Result<Value, ApiError> {
     for id in &notify {
         req.hub.agents.send(id, HubMsg::Stop { invoke_id: invoke_id.to_string() });
     }
+    crate::hub::cluster::announce(req.hub, crate::hub::cluster::Event::Stop { id: invoke_id.to_string() }).await;
     tracing::info!(invoke_id, instances = notify.len(), "stop requested");
     Ok(json!({}))
 }

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 pub use error::ApiError;
-pub use instances::{activation_expired, ip_in_range};
+pub use instances::{activation_expired, ip_in_range, rotate_held};
 use params::Params;
 
 use super::Hub;

@@ -1,15 +1,17 @@
 //! The hub's durable state behind one trait, so handlers never see SQL.
 //!
-//! Owns: the `Store` trait, its row types, and the SQLite implementation
-//! (PostgreSQL later implements the same trait). Every write that the hub
-//! acknowledges to an agent or API caller is committed before it returns.
+//! Owns: the `Store` trait, its row types, and the SQL implementation
+//! over SQLite (default, one hub) or PostgreSQL (several hub replicas).
+//! Every write that the hub acknowledges to an agent or API caller is
+//! committed before it returns.
 
 mod schema;
-mod sqlite;
+mod sql;
 
-pub use sqlite::{SqliteStore, to_wire};
+pub use sql::{Dialect, SqlStore, to_wire};
 
 use async_trait::async_trait;
+use tokio::sync::mpsc;
 
 use crate::protocol::{HostFacts, Invocation, RecordReport, RecordStatus};
 
@@ -180,9 +182,11 @@ pub trait Store: Send + Sync + 'static {
     async fn get_instance(&self, id: &str) -> Result<Option<InstanceRow>>;
     async fn list_instances(&self, ids: &[String], name: Option<&str>, page: Page) -> Result<(Vec<InstanceRow>, i64)>;
     async fn deregister_instance(&self, id: &str) -> Result<bool>;
-    async fn set_instance_online(&self, id: &str, online: bool, facts: Option<&HostFacts>, ip: &str) -> Result<()>;
-    /// On start-up nobody is connected to this hub yet.
-    async fn mark_all_offline(&self) -> Result<()>;
+    /// The agent now holds a session on replica `hub_id`.
+    async fn instance_connected(&self, id: &str, hub_id: &str, facts: &HostFacts, ip: &str) -> Result<()>;
+    /// The session on `hub_id` ended. No effect when the agent has already
+    /// reconnected to another replica.
+    async fn instance_disconnected(&self, id: &str, hub_id: &str) -> Result<()>;
     /// Stores the next credential hash beside the current one.
     async fn set_pending_token(&self, id: &str, hash: &str) -> Result<()>;
     /// The agent holds the pending credential: it becomes the only one.
@@ -215,6 +219,36 @@ pub trait Store: Send + Sync + 'static {
     async fn request_stop(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>>;
     /// Fails targets never delivered within `older_than` (RFC 3339 cutoff).
     async fn expire_undelivered(&self, cutoff: &str, code: &str, info: &str) -> Result<u64>;
+
+    // Replicas (see `hub::cluster`).
+    /// True when several hubs may share this store (PostgreSQL).
+    fn shared(&self) -> bool;
+    /// Records that replica `hub_id` is alive now, and marks online again
+    /// the agents whose sessions it still holds.
+    async fn hub_alive(&self, hub_id: &str) -> Result<()>;
+    /// Agents held by replicas not seen since `cutoff` go offline; returns
+    /// how many.
+    async fn release_dead_hubs(&self, cutoff: &str) -> Result<u64>;
+    /// Non-final targets of one invocation: (instance id, wire invocation).
+    async fn deliveries(&self, invoke_id: &str) -> Result<Vec<(String, Invocation)>>;
+    /// Targets whose agent replica `hub_id` holds and that have waited on
+    /// it since before `cutoff`: never delivered, or Stopping.
+    /// (instance id, invoke id, status), oldest first.
+    async fn stalled(&self, hub_id: &str, cutoff: &str, limit: i64) -> Result<Vec<(String, String, RecordStatus)>>;
+    /// Announces `payload` to every replica (no-op when not shared).
+    async fn publish(&self, payload: &str) -> Result<()>;
+    /// Announcements from every replica, this one included; `None` when
+    /// the store is not shared.
+    fn subscribe(&self) -> Option<mpsc::Receiver<Notice>>;
+}
+
+/// What the announcement channel delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Notice {
+    Message(String),
+    /// The channel was (re)established and announcements may have been
+    /// missed meanwhile: the receiver should resynchronise from the tables.
+    Resync,
 }
 
 /// Current time as Cloud Assistant prints it: `2026-11-22T23:01:05Z`.

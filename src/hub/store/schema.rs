@@ -101,4 +101,17 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE instances ADD COLUMN pending_token_hash TEXT NOT NULL DEFAULT '';
     "#,
+    // 3: replicas. `hub_id` names the replica holding the agent's session;
+    // `hubs` records each replica's liveness so the others can release
+    // the agents of one that died.
+    r#"
+    ALTER TABLE instances ADD COLUMN hub_id TEXT NOT NULL DEFAULT '';
+    CREATE INDEX instances_hub ON instances (hub_id);
+    CREATE TABLE hubs (
+        hub_id TEXT PRIMARY KEY,
+        started_at TEXT NOT NULL,
+        last_seen TEXT NOT NULL
+    );
+    CREATE INDEX targets_waiting ON targets (status, delivered, updated_at);
+    "#,
 ];

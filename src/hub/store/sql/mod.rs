@@ -1,80 +1,162 @@
-//! SQLite implementation of [`Store`]: one file, WAL, `synchronous=FULL`, so
-//! a committed transaction survives power loss and a hub killed mid-write
-//! loses nothing it acknowledged.
+//! The SQL implementation of [`Store`], over SQLite (one hub, one file)
+//! or PostgreSQL (several hub replicas on one database).
+//!
+//! SQLite runs WAL with `synchronous=FULL`, so a committed transaction
+//! survives power loss; PostgreSQL gives the same guarantee with its
+//! defaults (`fsync`, `synchronous_commit` on). Queries are written once;
+//! [`dialect`] holds the differences.
 
-use std::path::Path;
-use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::any::AnyArguments;
+use sqlx::pool::PoolOptions;
+use sqlx::query::{Query, QueryScalar};
 // Dynamic SQL here is built only from fixed column names; values are bound.
-use sqlx::{AssertSqlSafe, Row, Sqlite, Transaction};
+use sqlx::{Any, AssertSqlSafe, Executor, Row, Transaction};
 
+mod cluster;
+mod dialect;
 mod reports;
 mod rows;
 
+pub use dialect::Dialect;
 pub use reports::to_wire;
 use reports::apply_report_tx;
 use rows::*;
 
 use super::*;
 
-/// Four connections: WAL lets readers run beside the single writer; more
-/// would only queue on SQLite's write lock.
-const POOL_SIZE: u32 = 4;
-/// A writer waits this long for the lock before failing the request.
+/// SQLite: four connections. WAL lets readers run beside the single
+/// writer; more would only queue on SQLite's write lock.
+const SQLITE_POOL: u32 = 4;
+/// PostgreSQL: enough for the API, the group-commit writer and agent
+/// sessions of one replica; N replicas use N times this (size the server's
+/// `max_connections` accordingly).
+const POSTGRES_POOL: u32 = 16;
+/// A writer waits this long for a lock or a pooled connection before
+/// failing the request.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Serialisation failures and deadlocks (PostgreSQL) are retried this many
+/// times; they are normal under concurrency and the retry is cheap.
+const TX_RETRIES: u32 = 5;
+/// Fixed key of the advisory lock that serialises migrations when several
+/// replicas start at once on an empty database.
+const MIGRATION_LOCK: i64 = 0x6465_636b_6861_6e64; // "deckhand"
 
 #[derive(Clone)]
-pub struct SqliteStore {
-    pool: SqlitePool,
+pub struct SqlStore {
+    pool: sqlx::Pool<Any>,
+    d: Dialect,
+    /// PostgreSQL URL, for the LISTEN connection (not pooled).
+    url: String,
 }
 
-impl SqliteStore {
-    pub async fn open(path: &Path) -> Result<Self> {
-        let opts = SqliteConnectOptions::from_str(&format!("sqlite://{}", path.display()))?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(BUSY_TIMEOUT);
-        let pool = SqlitePoolOptions::new().max_connections(POOL_SIZE).connect_with(opts).await?;
-        let store = Self { pool };
+impl SqlStore {
+    /// Opens the store named by `spec`: a `postgres://` or `postgresql://`
+    /// URL, otherwise a path to an SQLite file (created if missing).
+    pub async fn open(spec: &str) -> Result<Self> {
+        if spec.starts_with("postgres://") || spec.starts_with("postgresql://") {
+            Self::connect_postgres(spec).await
+        } else {
+            Self::open_sqlite(std::path::Path::new(spec.strip_prefix("sqlite://").unwrap_or(spec))).await
+        }
+    }
+
+    pub async fn open_sqlite(path: &std::path::Path) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let pool = PoolOptions::<Any>::new()
+            .max_connections(SQLITE_POOL)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .after_connect(|conn, _| {
+                Box::pin(async move {
+                    // Durability and locking settings are per connection.
+                    conn.execute(
+                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                         PRAGMA busy_timeout = 10000;",
+                    )
+                    .await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let store = Self { pool, d: Dialect::Sqlite, url: String::new() };
         store.migrate().await?;
         Ok(store)
     }
 
+    pub async fn connect_postgres(url: &str) -> Result<Self> {
+        sqlx::any::install_default_drivers();
+        let pool = PoolOptions::<Any>::new()
+            .max_connections(POSTGRES_POOL)
+            .acquire_timeout(BUSY_TIMEOUT)
+            .connect(url)
+            .await?;
+        let store = Self { pool, d: Dialect::Postgres, url: url.to_string() };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.d
+    }
+
+    fn q(&self, sql: &str) -> Query<'static, Any, AnyArguments> {
+        sqlx::query(AssertSqlSafe(self.d.sql(sql)))
+    }
+
+    fn qs<O>(&self, sql: &str) -> QueryScalar<'static, Any, O, AnyArguments>
+    where
+        (O,): for<'r> sqlx::FromRow<'r, sqlx::any::AnyRow>,
+    {
+        sqlx::query_scalar(AssertSqlSafe(self.d.sql(sql)))
+    }
+
+    async fn begin(&self) -> Result<Transaction<'static, Any>> {
+        Ok(self.pool.begin_with(self.d.begin()).await?)
+    }
+
     async fn migrate(&self) -> Result<()> {
-        sqlx::query("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            .execute(&self.pool)
+        let mut tx = self.begin().await?;
+        if self.d == Dialect::Postgres {
+            // Replicas starting together on an empty database: one migrates,
+            // the others wait here and then find nothing left to do.
+            self.q("SELECT pg_advisory_xact_lock(?)").bind(MIGRATION_LOCK).execute(&mut *tx).await?;
+        }
+        sqlx::raw_sql(AssertSqlSafe(self.d.ddl("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")))
+            .execute(&mut *tx)
             .await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version")
-            .fetch_one(&self.pool)
-            .await?;
+        let current: Option<i64> = self.qs("SELECT MAX(version) FROM schema_version").fetch_one(&mut *tx).await?;
         let current = current.unwrap_or(0);
         let known = schema::MIGRATIONS.len() as i64;
         if current > known {
             return Err(StoreError::SchemaTooNew { found: current, known });
         }
+        // All pending steps commit together: a crash mid-way leaves the old
+        // schema, never half of a step.
         for (i, step) in schema::MIGRATIONS.iter().enumerate().skip(current as usize) {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            sqlx::raw_sql(AssertSqlSafe(*step)).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_version (version) VALUES (?)")
-                .bind(i as i64 + 1)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
+            sqlx::raw_sql(AssertSqlSafe(self.d.ddl(step))).execute(&mut *tx).await?;
+            self.q("INSERT INTO schema_version (version) VALUES (?)").bind(i as i64 + 1).execute(&mut *tx).await?;
             tracing::info!(version = i + 1, "applied schema migration");
         }
+        tx.commit().await?;
         Ok(())
     }
 }
 
+/// True for errors a retried transaction can get past: PostgreSQL's
+/// serialisation failure and deadlock, SQLite's busy.
+fn retryable(e: &StoreError) -> bool {
+    let StoreError::Db(sqlx::Error::Database(db)) = e else { return false };
+    matches!(db.code().as_deref(), Some("40001") | Some("40P01") | Some("5") | Some("517"))
+}
+
 #[async_trait]
-impl Store for SqliteStore {
+impl Store for SqlStore {
     async fn create_activation(&self, a: &ActivationRow) -> Result<()> {
-        sqlx::query(
+        self.q(
             "INSERT INTO activations (activation_id, code_hash, instance_name, description, instance_count, \
              time_to_live_hours, ip_address_range, created_at) VALUES (?,?,?,?,?,?,?,?)",
         )
@@ -92,7 +174,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_activation(&self, id: &str) -> Result<Option<ActivationRow>> {
-        let r = sqlx::query("SELECT * FROM activations WHERE activation_id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let r = self.q("SELECT * FROM activations WHERE activation_id = ?").bind(id).fetch_optional(&self.pool).await?;
         Ok(r.as_ref().map(activation_from))
     }
 
@@ -101,9 +183,9 @@ impl Store for SqliteStore {
             Some(id) => ("WHERE activation_id = ?", vec![id.to_string()]),
             None => ("", vec![]),
         };
-        let total = count(&self.pool, &format!("SELECT COUNT(*) FROM activations {w}"), &binds).await?;
+        let total = count(&self.pool, self.d, &format!("SELECT COUNT(*) FROM activations {w}"), &binds).await?;
         let sql = format!("SELECT * FROM activations {w} ORDER BY created_at DESC, activation_id LIMIT ? OFFSET ?");
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        let mut q = self.q(&sql);
         for b in &binds {
             q = q.bind(b);
         }
@@ -112,12 +194,12 @@ impl Store for SqliteStore {
     }
 
     async fn set_activation_disabled(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE activations SET disabled = 1 WHERE activation_id = ?").bind(id).execute(&self.pool).await?;
+        let r = self.q("UPDATE activations SET disabled = 1 WHERE activation_id = ?").bind(id).execute(&self.pool).await?;
         Ok(r.rows_affected() > 0)
     }
 
     async fn delete_activation(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query(
+        let r = self.q(
             "DELETE FROM activations WHERE activation_id = ? AND NOT EXISTS \
              (SELECT 1 FROM instances WHERE activation_id = activations.activation_id)",
         )
@@ -128,10 +210,10 @@ impl Store for SqliteStore {
     }
 
     async fn register_instance(&self, activation_id: &str, inst: &InstanceRow) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin().await?;
         // The count check and the insert commit together, so two machines
         // racing for the last slot cannot both register.
-        let claimed = sqlx::query(
+        let claimed = self.q(
             "UPDATE activations SET registered_count = registered_count + 1 \
              WHERE activation_id = ? AND disabled = 0 AND registered_count < instance_count",
         )
@@ -141,7 +223,7 @@ impl Store for SqliteStore {
         if claimed.rows_affected() == 0 {
             return Ok(false);
         }
-        sqlx::query(
+        self.q(
             "INSERT INTO instances (instance_id, instance_name, token_hash, facts, ip, registered_at, activation_id) \
              VALUES (?,?,?,?,?,?,?)",
         )
@@ -159,7 +241,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_instance(&self, id: &str) -> Result<Option<InstanceRow>> {
-        let r = sqlx::query("SELECT * FROM instances WHERE instance_id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let r = self.q("SELECT * FROM instances WHERE instance_id = ?").bind(id).fetch_optional(&self.pool).await?;
         Ok(r.as_ref().map(instance_from))
     }
 
@@ -175,9 +257,9 @@ impl Store for SqliteStore {
             binds.push(n.to_string());
         }
         let w = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
-        let total = count(&self.pool, &format!("SELECT COUNT(*) FROM instances {w}"), &binds).await?;
+        let total = count(&self.pool, self.d, &format!("SELECT COUNT(*) FROM instances {w}"), &binds).await?;
         let sql = format!("SELECT * FROM instances {w} ORDER BY registered_at, instance_id LIMIT ? OFFSET ?");
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        let mut q = self.q(&sql);
         for b in &binds {
             q = q.bind(b);
         }
@@ -186,14 +268,14 @@ impl Store for SqliteStore {
     }
 
     async fn deregister_instance(&self, id: &str) -> Result<bool> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let act: Option<String> = sqlx::query_scalar("SELECT activation_id FROM instances WHERE instance_id = ?")
+        let mut tx = self.begin().await?;
+        let act: Option<String> = self.qs("SELECT activation_id FROM instances WHERE instance_id = ?")
             .bind(id)
             .fetch_optional(&mut *tx)
             .await?;
         let Some(act) = act else { return Ok(false) };
-        sqlx::query("DELETE FROM instances WHERE instance_id = ?").bind(id).execute(&mut *tx).await?;
-        sqlx::query("UPDATE activations SET deregistered_count = deregistered_count + 1 WHERE activation_id = ?")
+        self.q("DELETE FROM instances WHERE instance_id = ?").bind(id).execute(&mut *tx).await?;
+        self.q("UPDATE activations SET deregistered_count = deregistered_count + 1 WHERE activation_id = ?")
             .bind(act)
             .execute(&mut *tx)
             .await?;
@@ -201,43 +283,35 @@ impl Store for SqliteStore {
         Ok(true)
     }
 
-    async fn set_instance_online(&self, id: &str, online: bool, facts: Option<&HostFacts>, ip: &str) -> Result<()> {
-        let now = now_str();
-        match facts {
-            Some(f) => {
-                sqlx::query("UPDATE instances SET online = ?, facts = ?, ip = ?, last_seen = ? WHERE instance_id = ?")
-                    .bind(online as i64)
-                    .bind(serde_json::to_string(f).unwrap_or_default())
-                    .bind(ip)
-                    .bind(&now)
-                    .bind(id)
-                    .execute(&self.pool)
-                    .await?;
-            }
-            None => {
-                sqlx::query("UPDATE instances SET online = ?, last_seen = ? WHERE instance_id = ?")
-                    .bind(online as i64)
-                    .bind(&now)
-                    .bind(id)
-                    .execute(&self.pool)
-                    .await?;
-            }
-        }
+    async fn instance_connected(&self, id: &str, hub_id: &str, facts: &HostFacts, ip: &str) -> Result<()> {
+        self.q("UPDATE instances SET online = 1, hub_id = ?, facts = ?, ip = ?, last_seen = ? WHERE instance_id = ?")
+            .bind(hub_id)
+            .bind(serde_json::to_string(facts).unwrap_or_default())
+            .bind(ip)
+            .bind(now_str())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
-    async fn mark_all_offline(&self) -> Result<()> {
-        sqlx::query("UPDATE instances SET online = 0").execute(&self.pool).await?;
+    async fn instance_disconnected(&self, id: &str, hub_id: &str) -> Result<()> {
+        self.q("UPDATE instances SET online = 0, hub_id = '', last_seen = ? WHERE instance_id = ? AND hub_id = ?")
+            .bind(now_str())
+            .bind(id)
+            .bind(hub_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     async fn set_pending_token(&self, id: &str, hash: &str) -> Result<()> {
-        sqlx::query("UPDATE instances SET pending_token_hash = ? WHERE instance_id = ?").bind(hash).bind(id).execute(&self.pool).await?;
+        self.q("UPDATE instances SET pending_token_hash = ? WHERE instance_id = ?").bind(hash).bind(id).execute(&self.pool).await?;
         Ok(())
     }
 
     async fn promote_pending_token(&self, id: &str) -> Result<()> {
-        sqlx::query("UPDATE instances SET token_hash = pending_token_hash, pending_token_hash = '' WHERE instance_id = ? AND pending_token_hash != ''")
+        self.q("UPDATE instances SET token_hash = pending_token_hash, pending_token_hash = '' WHERE instance_id = ? AND pending_token_hash != ''")
             .bind(id)
             .execute(&self.pool)
             .await?;
@@ -251,7 +325,7 @@ impl Store for SqliteStore {
             merged.retain(|(ek, _)| ek != k);
             merged.push((k.clone(), v.clone()));
         }
-        sqlx::query("UPDATE instances SET tags = ? WHERE instance_id = ?")
+        self.q("UPDATE instances SET tags = ? WHERE instance_id = ?")
             .bind(serde_json::to_string(&merged).unwrap_or_default())
             .bind(id)
             .execute(&self.pool)
@@ -262,7 +336,7 @@ impl Store for SqliteStore {
     async fn remove_tags(&self, id: &str, keys: &[String]) -> Result<()> {
         let Some(inst) = self.get_instance(id).await? else { return Ok(()) };
         let kept: Vec<_> = inst.tags.into_iter().filter(|(k, _)| !keys.contains(k)).collect();
-        sqlx::query("UPDATE instances SET tags = ? WHERE instance_id = ?")
+        self.q("UPDATE instances SET tags = ? WHERE instance_id = ?")
             .bind(serde_json::to_string(&kept).unwrap_or_default())
             .bind(id)
             .execute(&self.pool)
@@ -271,7 +345,7 @@ impl Store for SqliteStore {
     }
 
     async fn create_command(&self, c: &CommandRow) -> Result<()> {
-        sqlx::query(
+        self.q(
             "INSERT INTO commands (command_id, name, description, command_type, content, working_dir, timeout_secs, \
              enable_parameter, username, created_at, visible) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
         )
@@ -292,7 +366,7 @@ impl Store for SqliteStore {
     }
 
     async fn get_command(&self, id: &str) -> Result<Option<CommandRow>> {
-        let r = sqlx::query("SELECT * FROM commands WHERE command_id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let r = self.q("SELECT * FROM commands WHERE command_id = ?").bind(id).fetch_optional(&self.pool).await?;
         Ok(r.as_ref().map(command_from))
     }
 
@@ -306,9 +380,9 @@ impl Store for SqliteStore {
             }
         }
         let w = format!("WHERE {}", clauses.join(" AND "));
-        let total = count(&self.pool, &format!("SELECT COUNT(*) FROM commands {w}"), &binds).await?;
+        let total = count(&self.pool, self.d, &format!("SELECT COUNT(*) FROM commands {w}"), &binds).await?;
         let sql = format!("SELECT * FROM commands {w} ORDER BY created_at DESC, command_id LIMIT ? OFFSET ?");
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        let mut q = self.q(&sql);
         for b in &binds {
             q = q.bind(b);
         }
@@ -317,7 +391,7 @@ impl Store for SqliteStore {
     }
 
     async fn update_command(&self, c: &CommandRow) -> Result<()> {
-        sqlx::query(
+        self.q(
             "UPDATE commands SET name = ?, description = ?, content = ?, working_dir = ?, timeout_secs = ?, \
              username = ? WHERE command_id = ?",
         )
@@ -334,13 +408,13 @@ impl Store for SqliteStore {
     }
 
     async fn delete_command(&self, id: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM commands WHERE command_id = ? AND visible = 1").bind(id).execute(&self.pool).await?;
+        let r = self.q("DELETE FROM commands WHERE command_id = ? AND visible = 1").bind(id).execute(&self.pool).await?;
         Ok(r.rows_affected() > 0)
     }
 
     async fn create_invocation(&self, inv: &InvocationRow, instances: &[String]) -> Result<()> {
-        let mut tx: Transaction<'_, Sqlite> = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query(
+        let mut tx = self.begin().await?;
+        self.q(
             "INSERT INTO invocations (invoke_id, command_id, command_name, command_type, content, timeout_secs, \
              working_dir, username, enable_parameter, parameters, repeat_mode, frequency, created_at, client_token) \
              VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -362,7 +436,7 @@ impl Store for SqliteStore {
         .execute(&mut *tx)
         .await?;
         for i in instances {
-            sqlx::query(
+            self.q(
                 "INSERT INTO targets (invoke_id, instance_id, status, created_at, updated_at) VALUES (?,?,'Pending',?,?)",
             )
             .bind(&inv.invoke_id)
@@ -372,7 +446,7 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query("UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = ?")
+        self.q("UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = ?")
             .bind(&inv.command_id)
             .execute(&mut *tx)
             .await?;
@@ -381,22 +455,22 @@ impl Store for SqliteStore {
     }
 
     async fn find_by_client_token(&self, token: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar("SELECT invoke_id FROM invocations WHERE client_token = ? LIMIT 1")
+        Ok(self.qs("SELECT invoke_id FROM invocations WHERE client_token = ? LIMIT 1")
             .bind(token)
             .fetch_optional(&self.pool)
             .await?)
     }
 
     async fn get_invocation(&self, id: &str) -> Result<Option<InvocationRow>> {
-        let r = sqlx::query("SELECT * FROM invocations WHERE invoke_id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let r = self.q("SELECT * FROM invocations WHERE invoke_id = ?").bind(id).fetch_optional(&self.pool).await?;
         Ok(r.as_ref().map(invocation_from))
     }
 
     async fn list_invocations(&self, f: &InvocationFilter, page: Page) -> Result<(Vec<InvocationRow>, i64)> {
         let (w, binds) = invocation_where(f, "");
-        let total = count(&self.pool, &format!("SELECT COUNT(*) FROM invocations {w}"), &binds).await?;
+        let total = count(&self.pool, self.d, &format!("SELECT COUNT(*) FROM invocations {w}"), &binds).await?;
         let sql = format!("SELECT * FROM invocations {w} ORDER BY created_at DESC, invoke_id DESC LIMIT ? OFFSET ?");
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        let mut q = self.q(&sql);
         for b in &binds {
             q = q.bind(b);
         }
@@ -405,7 +479,7 @@ impl Store for SqliteStore {
     }
 
     async fn targets(&self, invoke_id: &str) -> Result<Vec<TargetRow>> {
-        let rows = sqlx::query("SELECT * FROM targets WHERE invoke_id = ? ORDER BY instance_id")
+        let rows = self.q("SELECT * FROM targets WHERE invoke_id = ? ORDER BY instance_id")
             .bind(invoke_id)
             .fetch_all(&self.pool)
             .await?;
@@ -433,9 +507,9 @@ impl Store for SqliteStore {
         }
         let w = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
         let from = "FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id";
-        let total = count(&self.pool, &format!("SELECT COUNT(*) {from} {w}"), &binds).await?;
+        let total = count(&self.pool, self.d, &format!("SELECT COUNT(*) {from} {w}"), &binds).await?;
         let sql = format!("SELECT t.* {from} {w} ORDER BY t.created_at DESC, t.invoke_id, t.instance_id LIMIT ? OFFSET ?");
-        let mut q = sqlx::query(AssertSqlSafe(sql));
+        let mut q = self.q(&sql);
         for b in &binds {
             q = q.bind(b);
         }
@@ -445,7 +519,7 @@ impl Store for SqliteStore {
     }
 
     async fn records(&self, invoke_id: &str, instance_id: &str) -> Result<Vec<RecordRow>> {
-        let rows = sqlx::query("SELECT * FROM records WHERE invoke_id = ? AND instance_id = ? ORDER BY record_seq")
+        let rows = self.q("SELECT * FROM records WHERE invoke_id = ? AND instance_id = ? ORDER BY record_seq")
             .bind(invoke_id)
             .bind(instance_id)
             .fetch_all(&self.pool)
@@ -454,7 +528,7 @@ impl Store for SqliteStore {
     }
 
     async fn undelivered_for(&self, instance_id: &str) -> Result<Vec<Invocation>> {
-        let rows = sqlx::query(
+        let rows = self.q(
             "SELECT i.*, inst.instance_name AS inst_name FROM targets t \
              JOIN invocations i ON i.invoke_id = t.invoke_id \
              LEFT JOIN instances inst ON inst.instance_id = t.instance_id \
@@ -475,18 +549,83 @@ impl Store for SqliteStore {
     }
 
     async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>> {
+        let mut attempt = 0;
+        loop {
+            match self.apply_batch_once(ops).await {
+                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn request_stop(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>> {
+        let mut attempt = 0;
+        loop {
+            match self.request_stop_once(invoke_id, instances).await {
+                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn expire_undelivered(&self, cutoff: &str, code: &str, info: &str) -> Result<u64> {
+        let r = self.q(
+            "UPDATE targets SET status = 'Failed', error_code = ?, error_info = ?, finish_time = ?, updated_at = ? \
+             WHERE delivered = 0 AND status = 'Pending' AND created_at < ?",
+        )
+        .bind(code)
+        .bind(info)
+        .bind(now_str())
+        .bind(now_str())
+        .bind(cutoff)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    fn shared(&self) -> bool {
+        self.d == Dialect::Postgres
+    }
+
+    async fn hub_alive(&self, hub_id: &str) -> Result<()> {
+        self.hub_alive_impl(hub_id).await
+    }
+
+    async fn release_dead_hubs(&self, cutoff: &str) -> Result<u64> {
+        self.release_dead_hubs_impl(cutoff).await
+    }
+
+    async fn deliveries(&self, invoke_id: &str) -> Result<Vec<(String, Invocation)>> {
+        self.deliveries_impl(invoke_id).await
+    }
+
+    async fn stalled(&self, hub_id: &str, cutoff: &str, limit: i64) -> Result<Vec<(String, String, RecordStatus)>> {
+        self.stalled_impl(hub_id, cutoff, limit).await
+    }
+
+    async fn publish(&self, payload: &str) -> Result<()> {
+        self.publish_impl(payload).await
+    }
+
+    fn subscribe(&self) -> Option<tokio::sync::mpsc::Receiver<Notice>> {
+        self.subscribe_impl()
+    }
+}
+
+impl SqlStore {
+    async fn apply_batch_once(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>> {
         // One transaction, one fsync, for the whole batch: this is what lets
         // a hub absorb a fleet-wide fan-out.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.begin().await?;
         let mut effects = Vec::with_capacity(ops.len());
         let now = now_str();
         for op in ops {
             let effect = match op {
-                WriteOp::Report { instance_id, report } => apply_report_tx(&mut tx, instance_id, report).await?,
+                WriteOp::Report { instance_id, report } => apply_report_tx(&mut tx, self.d, instance_id, report).await?,
                 WriteOp::Delivered { invoke_id, instance_id } => {
                     // A delivered schedule is live on the agent: Running
                     // (seed 001) or, until the next boot, Scheduled.
-                    sqlx::query(
+                    self.q(
                         "UPDATE targets SET delivered = 1, updated_at = ?1, status = CASE WHEN status = 'Pending' THEN \
                          (SELECT CASE WHEN repeat_mode = 'NextRebootOnly' THEN 'Scheduled' \
                                       WHEN repeat_mode IN ('Period', 'EveryReboot') THEN 'Running' ELSE 'Pending' END \
@@ -501,7 +640,7 @@ impl Store for SqliteStore {
                     ReportEffect::Applied
                 }
                 WriteOp::Touch { instance_id } => {
-                    sqlx::query("UPDATE instances SET last_seen = ? WHERE instance_id = ?").bind(&now).bind(instance_id).execute(&mut *tx).await?;
+                    self.q("UPDATE instances SET last_seen = ? WHERE instance_id = ?").bind(&now).bind(instance_id).execute(&mut *tx).await?;
                     ReportEffect::Applied
                 }
             };
@@ -511,10 +650,12 @@ impl Store for SqliteStore {
         Ok(effects)
     }
 
-    async fn request_stop(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("UPDATE invocations SET stop_requested = 1 WHERE invoke_id = ?").bind(invoke_id).execute(&mut *tx).await?;
-        let rows = sqlx::query("SELECT instance_id, delivered, status FROM targets WHERE invoke_id = ?")
+    async fn request_stop_once(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>> {
+        let mut tx = self.begin().await?;
+        self.q("UPDATE invocations SET stop_requested = 1 WHERE invoke_id = ?").bind(invoke_id).execute(&mut *tx).await?;
+        // Locked: a report landing meanwhile must not be overwritten with Stopping.
+        let sql = format!("SELECT instance_id, delivered, status FROM targets WHERE invoke_id = ? ORDER BY instance_id{}", self.d.for_update());
+        let rows = self.q(&sql)
             .bind(invoke_id)
             .fetch_all(&mut *tx)
             .await?;
@@ -532,7 +673,7 @@ impl Store for SqliteStore {
             // Never delivered: nothing runs anywhere, so it is Stopped now.
             // Delivered: Stopping until the agent confirms.
             let new = if row.get::<i64, _>("delivered") == 0 { RecordStatus::Stopped } else { RecordStatus::Stopping };
-            sqlx::query("UPDATE targets SET status = ?, updated_at = ?, finish_time = CASE WHEN ? THEN ? ELSE finish_time END WHERE invoke_id = ? AND instance_id = ?")
+            self.q("UPDATE targets SET status = ?, updated_at = ?, finish_time = CASE WHEN ? THEN ? ELSE finish_time END WHERE invoke_id = ? AND instance_id = ?")
                 .bind(new.as_str())
                 .bind(&now)
                 .bind(new.is_final())
@@ -545,21 +686,6 @@ impl Store for SqliteStore {
         }
         tx.commit().await?;
         Ok(notify)
-    }
-
-    async fn expire_undelivered(&self, cutoff: &str, code: &str, info: &str) -> Result<u64> {
-        let r = sqlx::query(
-            "UPDATE targets SET status = 'Failed', error_code = ?, error_info = ?, finish_time = ?, updated_at = ? \
-             WHERE delivered = 0 AND status = 'Pending' AND created_at < ?",
-        )
-        .bind(code)
-        .bind(info)
-        .bind(now_str())
-        .bind(now_str())
-        .bind(cutoff)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected())
     }
 }
 

@@ -1,16 +1,17 @@
 //! Applying an agent report: the record upsert and the instance-level
 //! status it implies; and the wire form of a stored invocation.
 
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
+use super::dialect::Dialect;
 use super::rows::status_of;
 use super::super::*;
 
-pub(super) async fn apply_report_tx(tx: &mut Transaction<'_, Sqlite>, instance_id: &str, r: &RecordReport) -> Result<ReportEffect> {
-    let target = sqlx::query(
+pub(super) async fn apply_report_tx(tx: &mut Transaction<'static, Any>, d: Dialect, instance_id: &str, r: &RecordReport) -> Result<ReportEffect> {
+    let target = sqlx::query(AssertSqlSafe(d.sql(
         "SELECT t.status, i.repeat_mode, i.frequency FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id \
          WHERE t.invoke_id = ? AND t.instance_id = ?",
-    )
+    )))
     .bind(&r.invoke_id)
     .bind(instance_id)
     .fetch_optional(&mut **tx)
@@ -19,7 +20,7 @@ pub(super) async fn apply_report_tx(tx: &mut Transaction<'_, Sqlite>, instance_i
     let repeat_mode: String = target.get("repeat_mode");
     let frequency: String = target.get("frequency");
     let existing: Option<String> =
-        sqlx::query_scalar("SELECT status FROM records WHERE invoke_id = ? AND instance_id = ? AND record_seq = ?")
+        sqlx::query_scalar(AssertSqlSafe(d.sql("SELECT status FROM records WHERE invoke_id = ? AND instance_id = ? AND record_seq = ?")))
             .bind(&r.invoke_id)
             .bind(instance_id)
             .bind(r.record_seq as i64)
@@ -33,14 +34,14 @@ pub(super) async fn apply_report_tx(tx: &mut Transaction<'_, Sqlite>, instance_i
         }
     }
     let output = base64_decode(&r.output_b64);
-    sqlx::query(
+    sqlx::query(AssertSqlSafe(d.sql(
         "INSERT INTO records (invoke_id, instance_id, record_seq, status, exit_code, output, dropped, error_code, \
          error_info, start_time, finish_time) VALUES (?,?,?,?,?,?,?,?,?,?,?) \
          ON CONFLICT (invoke_id, instance_id, record_seq) DO UPDATE SET status = excluded.status, \
          exit_code = excluded.exit_code, output = excluded.output, dropped = excluded.dropped, \
          error_code = excluded.error_code, error_info = excluded.error_info, start_time = excluded.start_time, \
          finish_time = excluded.finish_time",
-    )
+    )))
     .bind(&r.invoke_id)
     .bind(instance_id)
     .bind(r.record_seq as i64)
@@ -55,12 +56,14 @@ pub(super) async fn apply_report_tx(tx: &mut Transaction<'_, Sqlite>, instance_i
     .execute(&mut **tx)
     .await?;
     let target_status = target_status_after(&repeat_mode, &frequency, r.status);
-    sqlx::query(
-        "UPDATE targets SET status = ?, delivered = 1, repeats = MAX(repeats, ?), exit_code = ?, output = ?, \
+    let sql = format!(
+        "UPDATE targets SET status = ?, delivered = 1, repeats = {}(repeats, ?), exit_code = ?, output = ?, \
          dropped = ?, error_code = ?, error_info = ?, \
          start_time = CASE WHEN start_time = '' THEN ? ELSE start_time END, finish_time = ?, updated_at = ? \
          WHERE invoke_id = ? AND instance_id = ?",
-    )
+        d.greatest()
+    );
+    sqlx::query(AssertSqlSafe(d.sql(&sql)))
     .bind(target_status.as_str())
     .bind(r.record_seq as i64)
     .bind(r.exit_code)

@@ -1,17 +1,19 @@
-//! Row mapping and small query helpers for the SQLite store.
+//! Row mapping and small query helpers for the SQL store.
 
 use sqlx::Row;
-use sqlx::sqlite::{SqlitePool, SqliteRow};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Pool};
 // Dynamic SQL here is built only from fixed column names; values are bound.
 use sqlx::AssertSqlSafe;
 
 use super::super::*;
+use super::dialect::Dialect;
 
 pub(super) fn status_of(s: &str) -> Result<RecordStatus> {
     RecordStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown status {s:?}")))
 }
 
-pub(super) fn activation_from(r: &SqliteRow) -> ActivationRow {
+pub(super) fn activation_from(r: &AnyRow) -> ActivationRow {
     ActivationRow {
         activation_id: r.get("activation_id"),
         code_hash: r.get("code_hash"),
@@ -27,7 +29,7 @@ pub(super) fn activation_from(r: &SqliteRow) -> ActivationRow {
     }
 }
 
-pub(super) fn instance_from(r: &SqliteRow) -> InstanceRow {
+pub(super) fn instance_from(r: &AnyRow) -> InstanceRow {
     let facts: String = r.get("facts");
     let tags: String = r.get("tags");
     InstanceRow {
@@ -45,7 +47,7 @@ pub(super) fn instance_from(r: &SqliteRow) -> InstanceRow {
     }
 }
 
-pub(super) fn command_from(r: &SqliteRow) -> CommandRow {
+pub(super) fn command_from(r: &AnyRow) -> CommandRow {
     CommandRow {
         command_id: r.get("command_id"),
         name: r.get("name"),
@@ -62,7 +64,7 @@ pub(super) fn command_from(r: &SqliteRow) -> CommandRow {
     }
 }
 
-pub(super) fn invocation_from(r: &SqliteRow) -> InvocationRow {
+pub(super) fn invocation_from(r: &AnyRow) -> InvocationRow {
     InvocationRow {
         invoke_id: r.get("invoke_id"),
         command_id: r.get("command_id"),
@@ -82,7 +84,7 @@ pub(super) fn invocation_from(r: &SqliteRow) -> InvocationRow {
     }
 }
 
-pub(super) fn target_from(r: &SqliteRow) -> Result<TargetRow> {
+pub(super) fn target_from(r: &AnyRow) -> Result<TargetRow> {
     Ok(TargetRow {
         invoke_id: r.get("invoke_id"),
         instance_id: r.get("instance_id"),
@@ -101,7 +103,7 @@ pub(super) fn target_from(r: &SqliteRow) -> Result<TargetRow> {
     })
 }
 
-pub(super) fn record_from(r: &SqliteRow) -> Result<RecordRow> {
+pub(super) fn record_from(r: &AnyRow) -> Result<RecordRow> {
     Ok(RecordRow {
         invoke_id: r.get("invoke_id"),
         instance_id: r.get("instance_id"),
@@ -142,8 +144,8 @@ pub(super) fn invocation_where(f: &InvocationFilter, alias: &str) -> (String, Ve
     (w, binds)
 }
 
-pub(super) async fn count(pool: &SqlitePool, sql: &str, binds: &[String]) -> Result<i64> {
-    let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(sql.to_string()));
+pub(super) async fn count(pool: &Pool<Any>, d: Dialect, sql: &str, binds: &[String]) -> Result<i64> {
+    let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(d.sql(sql)));
     for b in binds {
         q = q.bind(b);
     }

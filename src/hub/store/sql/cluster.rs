@@ -1,0 +1,148 @@
+//! What several hub replicas share through the database: replica liveness,
+//! the agents each holds, deliveries still owed, and the announcement
+//! channel (PostgreSQL LISTEN/NOTIFY).
+
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::postgres::PgListener;
+use tokio::sync::mpsc;
+
+use super::rows::{invocation_from, status_of};
+use super::super::*;
+use super::{Dialect, SqlStore, to_wire};
+
+/// The one NOTIFY channel every replica listens on.
+const CHANNEL: &str = "deckhand";
+/// Announcements buffered for the hub; beyond it the listener waits.
+const NOTICE_QUEUE: usize = 1024;
+/// Reconnect back-off for the LISTEN connection.
+const LISTEN_RETRY_MIN: Duration = Duration::from_millis(500);
+const LISTEN_RETRY_MAX: Duration = Duration::from_secs(15);
+
+impl SqlStore {
+    pub(super) async fn hub_alive_impl(&self, hub_id: &str) -> Result<()> {
+        let now = now_str();
+        self.q("INSERT INTO hubs (hub_id, started_at, last_seen) VALUES (?1, ?2, ?2) ON CONFLICT (hub_id) DO UPDATE SET last_seen = ?2")
+            .bind(hub_id)
+            .bind(&now)
+            .execute(&self.pool)
+            .await?;
+        // A replica that missed its liveness deadline (a stalled database,
+        // say) had its agents released by another; those it still holds
+        // come back online here.
+        self.q("UPDATE instances SET online = 1 WHERE hub_id = ? AND online = 0")
+            .bind(hub_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub(super) async fn release_dead_hubs_impl(&self, cutoff: &str) -> Result<u64> {
+        let r = self
+            .q("UPDATE instances SET online = 0 WHERE online = 1 AND hub_id NOT IN (SELECT hub_id FROM hubs WHERE last_seen >= ?)")
+            .bind(cutoff)
+            .execute(&self.pool)
+            .await?;
+        self.q("DELETE FROM hubs WHERE last_seen < ?").bind(cutoff).execute(&self.pool).await?;
+        Ok(r.rows_affected())
+    }
+
+    pub(super) async fn deliveries_impl(&self, invoke_id: &str) -> Result<Vec<(String, Invocation)>> {
+        let rows = self
+            .q("SELECT i.*, t.instance_id AS target_instance, inst.instance_name AS inst_name FROM targets t \
+                JOIN invocations i ON i.invoke_id = t.invoke_id \
+                LEFT JOIN instances inst ON inst.instance_id = t.instance_id \
+                WHERE t.invoke_id = ? AND t.status IN ('Pending','Scheduled','Running','Stopping') \
+                ORDER BY t.instance_id")
+            .bind(invoke_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                let name: Option<String> = r.get("inst_name");
+                (r.get("target_instance"), to_wire(&invocation_from(r), name.unwrap_or_default()))
+            })
+            .collect())
+    }
+
+    pub(super) async fn stalled_impl(&self, hub_id: &str, cutoff: &str, limit: i64) -> Result<Vec<(String, String, RecordStatus)>> {
+        // Only this replica's agents: targets of offline agents can wait
+        // for days and must not crowd out the ones that can be delivered.
+        let rows = self
+            .q("SELECT t.instance_id, t.invoke_id, t.status FROM targets t \
+                JOIN instances inst ON inst.instance_id = t.instance_id AND inst.hub_id = ? AND inst.online = 1 \
+                WHERE ((t.status = 'Pending' AND t.delivered = 0) OR t.status = 'Stopping') AND t.updated_at < ? \
+                ORDER BY t.updated_at LIMIT ?")
+            .bind(hub_id)
+            .bind(cutoff)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| Ok((r.get("instance_id"), r.get("invoke_id"), status_of(r.get("status"))?))).collect()
+    }
+
+    pub(super) async fn publish_impl(&self, payload: &str) -> Result<()> {
+        if self.d != Dialect::Postgres {
+            return Ok(());
+        }
+        self.q("SELECT pg_notify(?, ?)").bind(CHANNEL).bind(payload).execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub(super) fn subscribe_impl(&self) -> Option<mpsc::Receiver<Notice>> {
+        if self.d != Dialect::Postgres {
+            return None;
+        }
+        let (tx, rx) = mpsc::channel(NOTICE_QUEUE);
+        tokio::spawn(listen(self.url.clone(), tx));
+        Some(rx)
+    }
+}
+
+/// Holds a LISTEN connection for as long as the receiver lives. After any
+/// (re)connection it sends `Resync`: NOTIFY is not stored, so what was
+/// announced while disconnected must be found in the tables.
+async fn listen(url: String, tx: mpsc::Sender<Notice>) {
+    let mut wait = LISTEN_RETRY_MIN;
+    loop {
+        match connect(&url).await {
+            Ok(mut listener) => {
+                wait = LISTEN_RETRY_MIN;
+                if tx.send(Notice::Resync).await.is_err() {
+                    return;
+                }
+                loop {
+                    let notice = match listener.try_recv().await {
+                        Ok(Some(n)) => Notice::Message(n.payload().to_string()),
+                        // Connection lost; the next call reconnects and listens again.
+                        Ok(None) => {
+                            tracing::warn!("announcement channel lost; reconnecting");
+                            Notice::Resync
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "announcement channel failed");
+                            break;
+                        }
+                    };
+                    if tx.send(notice).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "cannot listen for announcements"),
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(LISTEN_RETRY_MAX);
+    }
+}
+
+async fn connect(url: &str) -> std::result::Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect(url).await?;
+    listener.listen(CHANNEL).await?;
+    Ok(listener)
+}
