@@ -467,7 +467,7 @@ impl Store for SqlStore {
     }
 
     async fn list_invocations(&self, f: &InvocationFilter, page: Page) -> Result<(Vec<InvocationRow>, i64)> {
-        let (w, binds) = invocation_where(f, "");
+        let (w, binds) = invocation_where(f, "invocations.");
         let total = count(&self.pool, self.d, &format!("SELECT COUNT(*) FROM invocations {w}"), &binds).await?;
         let sql = format!("SELECT * FROM invocations {w} ORDER BY created_at DESC, invoke_id DESC LIMIT ? OFFSET ?");
         let mut q = self.q(&sql);
