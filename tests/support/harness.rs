@@ -27,8 +27,9 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
     }
 }
 
+/// Appends, so a restarted process's log follows the previous one.
 fn log_file(dir: &Path, name: &str) -> Stdio {
-    Stdio::from(std::fs::File::create(dir.join(name)).expect("log file"))
+    Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)).expect("log file"))
 }
 
 pub struct Hub {
@@ -45,8 +46,21 @@ impl Hub {
         Self::start_with(&[])
     }
 
-    pub fn start_with(extra: &[&str]) -> Self {
+    /// Another replica: same certificates as `first` (agents pin one CA),
+    /// its own process, data dir and port.
+    pub fn start_replica(first: &Hub, extra: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
+        for f in ["ca.pem", "hub.pem", "hub-key.pem"] {
+            std::fs::copy(first.dir.path().join(f), dir.path().join(f)).expect("copy pki");
+        }
+        Self::start_in(dir, extra)
+    }
+
+    pub fn start_with(extra: &[&str]) -> Self {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         deckhand::tls::install_crypto_provider();
         let pki = deckhand::tls::ensure_dev_pki(dir.path()).expect("pki");
         let mut hub = Self { child: None, url: String::new(), ca: pki.ca_cert, dir, extra: extra.iter().map(|s| s.to_string()).collect(), port: 0 };
@@ -72,7 +86,7 @@ impl Hub {
             .args(&self.extra)
             .env("DECKHAND_LOG", "info,deckhand=debug")
             .stdout(Stdio::null())
-            .stderr(log_file(d, &format!("hub-{}.log", self.port)))
+            .stderr(log_file(d, "hub.log"))
             .spawn()
             .expect("spawn hub");
         self.child = Some(child);
@@ -106,15 +120,21 @@ impl Hub {
     }
 
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("hub-{}.log", self.port))).unwrap_or_default()
+        std::fs::read_to_string(self.dir.path().join("hub.log")).unwrap_or_default()
     }
 
     /// Creates an activation and starts an agent registered with it.
     pub fn agent(&self) -> Agent {
+        self.agent_via(&self.url.clone())
+    }
+
+    /// Like [`Hub::agent`], the agent given `hub_urls` (comma-separated
+    /// replicas) instead of this hub's URL.
+    pub fn agent_via(&self, hub_urls: &str) -> Agent {
         let v = self.call("CreateActivation", &[("InstanceCount", "1")]).expect("activation");
         let id = v["ActivationId"].as_str().unwrap().to_string();
         let code = v["ActivationCode"].as_str().unwrap().to_string();
-        let mut a = Agent { child: None, dir: tempfile::tempdir().expect("tempdir"), hub_url: self.url.clone(), ca: self.ca.clone(), activation: Some((id, code)), extra: vec![], env: vec![] };
+        let mut a = Agent { child: None, dir: tempfile::tempdir().expect("tempdir"), hub_url: hub_urls.to_string(), ca: self.ca.clone(), activation: Some((id, code)), extra: vec![], env: vec![] };
         a.spawn();
         a.instance_id();
         a

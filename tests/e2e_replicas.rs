@@ -1,0 +1,99 @@
+//! Several hub replicas on one real PostgreSQL: three `deckhand-hub`
+//! processes, twenty `deckhand-agent` processes, real TLS. An invocation
+//! created through one replica reaches agents held by another, results are
+//! read through a third, and a replica killed mid-run loses nothing and
+//! runs nothing twice. Skipped (visibly) only without a PostgreSQL server;
+//! `.ci/run` starts one and makes its absence a failure.
+
+#[path = "support/harness.rs"]
+mod harness;
+#[path = "support/pg.rs"]
+mod pg;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use harness::{Agent, Hub, output_of, wait_until};
+
+const AGENTS: usize = 20;
+const WAIT: Duration = Duration::from_secs(90);
+
+/// Each run appends its instance id to a file named after the invocation,
+/// so runs can be counted after the fact.
+fn script(marks: &Path, tag: &str, sleep_secs: u32) -> String {
+    format!("sleep {sleep_secs}; echo '{{{{ACS::InstanceId}}}}' >> {}/{{{{ACS::InvokeId}}}}; echo {tag} {{{{ACS::InstanceId}}}}", marks.display())
+}
+
+fn run(hub: &Hub, script: &str, ids: &[String]) -> String {
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    hub.run(script, &ids, &[("EnableParameter", "true"), ("Timeout", "120")])
+}
+
+fn statuses(hub: &Hub, invoke_id: &str) -> BTreeMap<String, String> {
+    let Ok(v) = hub.call("DescribeInvocationResults", &[("InvokeId", invoke_id), ("PageSize", "50")]) else { return BTreeMap::new() };
+    v["Invocation"]["InvocationResults"]["InvocationResult"]
+        .as_array()
+        .map(|l| l.iter().map(|r| (r["InstanceId"].as_str().unwrap_or("").to_string(), r["InvokeRecordStatus"].as_str().unwrap_or("").to_string())).collect())
+        .unwrap_or_default()
+}
+
+/// Every target Finished, exit 0, with its own output; and the marker file
+/// shows exactly one run per instance.
+fn assert_exactly_once(hub: &Hub, marks: &Path, invoke_id: &str, tag: &str, ids: &[String]) {
+    let results = hub.wait_final(invoke_id, WAIT);
+    assert_eq!(results.len(), ids.len(), "{invoke_id}: one result per target");
+    for r in &results {
+        let id = r["InstanceId"].as_str().unwrap();
+        assert_eq!(r["InvokeRecordStatus"], "Finished", "{invoke_id} on {id}: {r}");
+        assert_eq!(r["ExitCode"], 0, "{invoke_id} on {id}: {r}");
+        assert_eq!(String::from_utf8_lossy(&output_of(r)), format!("{tag} {id}\n"), "{invoke_id} on {id}");
+    }
+    let text = std::fs::read_to_string(marks.join(invoke_id)).unwrap_or_default();
+    let mut ran: Vec<&str> = text.lines().collect();
+    ran.sort();
+    let mut want: Vec<&str> = ids.iter().map(String::as_str).collect();
+    want.sort();
+    assert_eq!(ran, want, "{invoke_id}: each instance ran exactly once");
+}
+
+#[test]
+fn three_replicas_twenty_agents_survive_a_replica_kill() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(pg::TestDb::create("e2e_replicas::three_replicas_twenty_agents_survive_a_replica_kill")) else { return };
+    let store = ["--store", db.url.as_str()];
+    let mut a = Hub::start_with(&store);
+    let b = Hub::start_replica(&a, &store);
+    let c = Hub::start_replica(&a, &store);
+    let urls = [a.url.clone(), b.url.clone(), c.url.clone()];
+    // Agent i starts on replica i % 3 and knows the other two.
+    let agents: Vec<Agent> = (0..AGENTS).map(|i| b.agent_via(&(0..3).map(|k| urls[(i + k) % 3].as_str()).collect::<Vec<_>>().join(","))).collect();
+    let ids: Vec<String> = agents.iter().map(Agent::instance_id).collect();
+    for id in &ids {
+        c.wait_online(id);
+    }
+    let marks = tempfile::tempdir().unwrap();
+
+    // Created through B; a third of the agents are held by A and another
+    // third by C, so they can only hear of it through an announcement.
+    let first = run(&b, &script(marks.path(), "first", 0), &ids);
+    assert_exactly_once(&c, marks.path(), &first, "first", &ids);
+    let routed = |hub: &Hub| hub.log().lines().any(|l| l.contains("pushed invocation announced by another replica") && l.contains(&first));
+    assert!(routed(&a) && routed(&c), "A and C pushed B's invocation to the agents they hold");
+
+    // Long runs, then A dies with a third of them in flight.
+    let second = run(&b, &script(marks.path(), "second", 4), &ids);
+    wait_until("every target running", WAIT, || (statuses(&c, &second).values().filter(|s| *s == "Running").count() == AGENTS).then_some(()));
+    a.kill();
+    // Created while A's agents are moving to B and C.
+    let third = run(&c, &script(marks.path(), "third", 0), &ids);
+
+    assert_exactly_once(&b, marks.path(), &second, "second", &ids);
+    assert_exactly_once(&b, marks.path(), &third, "third", &ids);
+    // A's agents are back online through the survivors.
+    for id in &ids {
+        b.wait_online(id);
+    }
+    drop(agents);
+    rt.block_on(db.drop_db());
+}
