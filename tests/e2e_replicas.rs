@@ -38,6 +38,12 @@ fn statuses(hub: &Hub, invoke_id: &str) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
+/// Finished fires of a schedule on one instance.
+fn finished_fires(hub: &Hub, invoke_id: &str, instance_id: &str) -> usize {
+    let Ok(v) = hub.call("DescribeInvocationResults", &[("InvokeId", invoke_id), ("InstanceId", instance_id), ("IncludeHistory", "true"), ("PageSize", "50")]) else { return 0 };
+    v["Invocation"]["InvocationResults"]["InvocationResult"].as_array().map(|l| l.iter().filter(|r| r["InvokeRecordStatus"] == "Finished").count()).unwrap_or(0)
+}
+
 /// Every target Finished, exit 0, with its own output; and the marker file
 /// shows exactly one run per instance.
 fn assert_exactly_once(hub: &Hub, marks: &Path, invoke_id: &str, tag: &str, ids: &[String]) {
@@ -81,6 +87,13 @@ fn three_replicas_twenty_agents_survive_a_replica_kill() {
     let routed = |hub: &Hub| hub.log().lines().any(|l| l.contains("pushed invocation announced by another replica") && l.contains(&first));
     assert!(routed(&a) && routed(&c), "A and C pushed B's invocation to the agents they hold");
 
+    // A schedule, every 10 s (the minimum), created through C before A dies.
+    let periodic = {
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        let fire = format!("echo \"{{{{ACS::InstanceId}}}} $(date +%s)\" >> {}/periodic; echo fire", marks.path().display());
+        c.run(&fire, &ids, &[("EnableParameter", "true"), ("RepeatMode", "Period"), ("Frequency", "*/10 * * * * ?"), ("Timeout", "8")])
+    };
+
     // Long runs, then A dies with a third of them in flight.
     let second = run(&b, &script(marks.path(), "second", 4), &ids);
     wait_until("every target running", WAIT, || (statuses(&c, &second).values().filter(|s| *s == "Running").count() == AGENTS).then_some(()));
@@ -93,6 +106,23 @@ fn three_replicas_twenty_agents_survive_a_replica_kill() {
     // A's agents are back online through the survivors.
     for id in &ids {
         b.wait_online(id);
+    }
+
+    // The schedule fires once per instance, not once per replica, and kept
+    // firing across the move; a stop through C reaches agents held by B.
+    wait_until("two fires on every instance", WAIT, || ids.iter().all(|id| finished_fires(&b, &periodic, id) >= 2).then_some(()));
+    c.call("StopInvocation", &[("InvokeId", &periodic)]).unwrap();
+    wait_until("schedule stopped everywhere", WAIT, || (statuses(&b, &periodic).values().all(|s| s == "Stopped")).then_some(()));
+    let fires = std::fs::read_to_string(marks.path().join("periodic")).unwrap();
+    for id in &ids {
+        let mut seconds: Vec<&str> = fires.lines().filter_map(|l| l.strip_prefix(id.as_str())).collect();
+        let n = seconds.len();
+        seconds.sort();
+        seconds.dedup();
+        assert_eq!(seconds.len(), n, "{id} fired twice in the same second: {fires}");
+        let recorded = finished_fires(&b, &periodic, id);
+        // A fire cut short by the stop ran but has no Finished record.
+        assert!(n == recorded || n == recorded + 1, "{id}: {n} fires ran, {recorded} recorded");
     }
     drop(agents);
     rt.block_on(db.drop_db());
