@@ -137,6 +137,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn parses_a_list_of_replicas_with_bounds() {
+        let l = HubUrl::parse_list("https://a:1, https://b:2,").unwrap();
+        assert_eq!(l.iter().map(|u| (u.host.as_str(), u.port)).collect::<Vec<_>>(), [("a", 1), ("b", 2)]);
+        assert!(matches!(HubUrl::parse_list(" , "), Err(DialError::BadUrl(_))));
+        assert!(matches!(HubUrl::parse_list("https://a:1,ftp://b"), Err(DialError::BadUrl(u)) if u == "ftp://b"));
+        let many = vec!["https://h:1"; MAX_HUB_URLS + 1].join(",");
+        assert_eq!(HubUrl::parse_list(&many).unwrap_err().to_string(), format!("hub lists 17 URLs; at most {MAX_HUB_URLS} are accepted"));
+    }
+
+    #[test]
     fn parses_hub_urls() {
         let u = HubUrl::parse("https://hub.example:7070").unwrap();
         assert_eq!(u, HubUrl { tls: true, host: "hub.example".into(), port: 7070 });

@@ -113,7 +113,7 @@ pub async fn delete_activation(req: &Request<'_>) -> Result<Value, ApiError> {
     Ok(json!({ "Activation": activation_json(&a) }))
 }
 
-fn instance_json(_req: &Request<'_>, i: &InstanceRow) -> Value {
+fn instance_json(i: &InstanceRow) -> Value {
     // The store knows which replica holds each agent; this one may not.
     let online = i.online;
     json!({
@@ -143,7 +143,7 @@ pub async fn describe_managed_instances(req: &Request<'_>) -> Result<Value, ApiE
     let ids = req.params.list("InstanceId")?;
     let (rows, total) = req.hub.store.list_instances(&ids, req.params.get("InstanceName"), paging.page).await?;
     let mut out = Map::new();
-    out.insert("Instances".into(), json!({ "Instance": rows.iter().map(|i| instance_json(req, i)).collect::<Vec<_>>() }));
+    out.insert("Instances".into(), json!({ "Instance": rows.iter().map(instance_json).collect::<Vec<_>>() }));
     paging.annotate(&mut out, total);
     Ok(Value::Object(out))
 }
