@@ -98,13 +98,17 @@ async fn sim_agent(url: HubUrl, tls: Arc<rustls::ClientConfig>, act: (String, St
     }
 }
 
-pub async fn run(agents: usize) -> Result<(), CliError> {
+pub async fn run(agents: usize, store: Option<&str>) -> Result<(), CliError> {
     let fd_limit = procs::raise_nofile();
     if fd_limit != 0 && agents as u64 + 256 > fd_limit {
         return Err(err(format!("{agents} agents need about {} file descriptors; the limit is {fd_limit}", agents + 256)));
     }
     let dir = tempfile::tempdir().map_err(err)?;
-    let hub = procs::start_hub(dir.path(), &["--heartbeat-secs", "60"])?;
+    let (store_args, store_name) = super::store_args(store);
+    println!("  hub store: {store_name}");
+    let mut args = vec!["--heartbeat-secs", "60"];
+    args.extend(store_args.iter().map(String::as_str));
+    let hub = procs::start_hub(dir.path(), &args)?;
     let pid = hub.proc.pid();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let rss_idle = procs::rss_bytes(pid);

@@ -67,9 +67,11 @@ fn run_and_wait(client: &Client, instance: &str, script: &str, timeout: Duration
     }
 }
 
-pub fn latency(runs: usize) -> Result<(), CliError> {
+pub fn latency(runs: usize, store: Option<&str>) -> Result<(), CliError> {
     let dir = tempfile::tempdir().map_err(err)?;
-    let hub = procs::start_hub(dir.path(), &[])?;
+    let (store_args, store_name) = super::store_args(store);
+    println!("  hub store: {store_name}");
+    let hub = procs::start_hub(dir.path(), &store_args.iter().map(String::as_str).collect::<Vec<_>>())?;
     let client = hub.client()?;
     let (_agent, instance) = start_agent(&hub, dir.path(), &client)?;
     // Warm up connections and caches.

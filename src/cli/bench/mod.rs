@@ -15,11 +15,17 @@ pub enum BenchCmd {
     Fanout {
         #[arg(long, default_value_t = 1000)]
         agents: usize,
+        /// Hub store (`postgres://…`); default: SQLite in a temporary directory.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// API → result latency over sequential runs of `true`, vs bare fork/exec.
     Latency {
         #[arg(long, default_value_t = 1000)]
         runs: usize,
+        /// Hub store (`postgres://…`); default: SQLite in a temporary directory.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Agent RSS and CPU: idle, 8 concurrent scripts, one printing 1 GiB.
     Footprint {
@@ -30,16 +36,24 @@ pub enum BenchCmd {
     Smoke,
 }
 
+/// Extra hub flags selecting the store, and its name for the report.
+fn store_args(store: Option<&str>) -> (Vec<String>, String) {
+    match store {
+        Some(s) => (vec!["--store".into(), s.into()], crate::hub::config::redact(s)),
+        None => (Vec::new(), "SQLite (temporary file)".into()),
+    }
+}
+
 pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
     crate::tls::install_crypto_provider();
     let rt = || tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| CliError::Usage(e.to_string()));
     match cmd {
-        BenchCmd::Fanout { agents } => rt()?.block_on(fanout::run(*agents)),
-        BenchCmd::Latency { runs } => latency::latency(*runs),
+        BenchCmd::Fanout { agents, store } => rt()?.block_on(fanout::run(*agents, store.as_deref())),
+        BenchCmd::Latency { runs, store } => latency::latency(*runs, store.as_deref()),
         BenchCmd::Footprint { secs } => latency::footprint(Duration::from_secs(*secs)),
         BenchCmd::Smoke => {
-            rt()?.block_on(fanout::run(50))?;
-            latency::latency(20)?;
+            rt()?.block_on(fanout::run(50, None))?;
+            latency::latency(20, None)?;
             latency::footprint(Duration::from_secs(2))
         }
     }
