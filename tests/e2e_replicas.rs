@@ -87,6 +87,14 @@ fn three_replicas_twenty_agents_survive_a_replica_kill() {
     let routed = |hub: &Hub| hub.log().lines().any(|l| l.contains("pushed invocation announced by another replica") && l.contains(&first));
     assert!(routed(&a) && routed(&c), "A and C pushed B's invocation to the agents they hold");
 
+    // A credential rotation asked of C for an agent A holds: A issues it,
+    // and the agent later reconnects to a survivor with the new one.
+    let token = |a: &Agent| std::fs::read_to_string(a.state_dir().join("identity.json")).unwrap_or_default();
+    let before = token(&agents[0]);
+    let v = c.call("RotateInstanceCredential", &[("InstanceId.1", &ids[0])]).unwrap();
+    assert_eq!(v["RotatedInstances"]["InstanceId"][0], ids[0].as_str(), "{v}");
+    wait_until("rotated credential saved by the agent", WAIT, || (token(&agents[0]) != before && !token(&agents[0]).is_empty()).then_some(()));
+
     // A schedule, every 10 s (the minimum), created through C before A dies.
     let periodic = {
         let ids: Vec<&str> = ids.iter().map(String::as_str).collect();

@@ -133,6 +133,12 @@ fn credentials_rotate_without_downtime_and_the_old_one_dies() {
     // The session in progress was never interrupted.
     let inv = hub.run("echo still-here", &[&id], &[]);
     assert_eq!(harness::output_of(&hub.wait_final(&inv, Duration::from_secs(30))[0]), b"still-here\n");
+    // The same agent process reconnects with the new token after losing
+    // the hub (it once kept the old one in memory and was locked out).
+    let mut hub = hub;
+    hub.restart();
+    hub.wait_online(&id);
+    assert!(!a.log().contains("InvalidCredential"), "{}", a.log());
     // A restarted agent uses the new token.
     a.restart();
     hub.wait_online(&id);

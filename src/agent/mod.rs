@@ -285,6 +285,11 @@ async fn connect_and_serve(
     let (config, url, tls, runner) = (ctx.config, ctx.url, ctx.tls, ctx.runner);
     let mut ws = transport::dial(url, tls, config.insecure_loopback).await?;
     let facts = identity::host_facts();
+    // The saved identity is the truth: a credential rotated during the
+    // previous connection was saved there, not into this copy.
+    if let Some(saved) = identity::load(&config.state_dir)? {
+        *identity = Some(saved);
+    }
     if identity.is_none() {
         *identity = Some(register_on(&mut ws, config).await?);
     }

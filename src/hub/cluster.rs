@@ -137,10 +137,12 @@ async fn on_message(hub: &Hub, payload: &str) {
 /// Pushes a stored invocation to the agents this replica holds (all of its
 /// non-final targets, or only `only`).
 pub async fn push_invocation(hub: &Hub, invoke_id: &str, only: Option<&HashSet<String>>) -> Result<(), super::store::StoreError> {
-    for (instance_id, mut wire) in hub.store.deliveries(invoke_id).await? {
+    let Some(inv) = hub.store.get_invocation(invoke_id).await? else { return Ok(()) };
+    for (instance_id, name) in hub.store.deliveries(invoke_id).await? {
         if only.is_some_and(|o| !o.contains(&instance_id)) || !hub.agents.is_online(&instance_id) {
             continue;
         }
+        let mut wire = super::store::to_wire(&inv, name);
         wire.region_id = hub.config.region_id.clone();
         if hub.agents.send(&instance_id, HubMsg::Invoke { invocation: wire }) {
             tracing::debug!(invoke_id, instance_id, "pushed invocation announced by another replica");

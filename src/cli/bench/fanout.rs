@@ -105,7 +105,6 @@ pub async fn run(agents: usize, store: Option<&str>) -> Result<(), CliError> {
     }
     let dir = tempfile::tempdir().map_err(err)?;
     let (store_args, store_name) = super::store_args(store);
-    println!("  hub store: {store_name}");
     let mut args = vec!["--heartbeat-secs", "60"];
     args.extend(store_args.iter().map(String::as_str));
     let hub = procs::start_hub(dir.path(), &args)?;
@@ -200,7 +199,7 @@ pub async fn run(agents: usize, store: Option<&str>) -> Result<(), CliError> {
     finished.store(true, Ordering::Relaxed);
     let rss_after = procs::rss_bytes(pid);
     let per_conn = rss_connected.saturating_sub(rss_idle) as f64 / agents.max(1) as f64;
-    println!("fan-out benchmark ({agents} simulated agents, TLS WebSocket, SQLite WAL synchronous=FULL)");
+    println!("fan-out benchmark ({agents} simulated agents, TLS WebSocket, store: {store_name})");
     println!("  connect + register all agents:  {:.2} s", connect_time.as_secs_f64());
     println!("  hub RSS idle / connected / after: {:.1} / {:.1} / {:.1} MiB", mib(rss_idle), mib(rss_connected), mib(rss_after));
     println!("  hub memory per connection:      {:.1} KiB", per_conn / 1024.0);

@@ -229,8 +229,8 @@ pub trait Store: Send + Sync + 'static {
     /// Agents held by replicas not seen since `cutoff` go offline; returns
     /// how many.
     async fn release_dead_hubs(&self, cutoff: &str) -> Result<u64>;
-    /// Non-final targets of one invocation: (instance id, wire invocation).
-    async fn deliveries(&self, invoke_id: &str) -> Result<Vec<(String, Invocation)>>;
+    /// Non-final targets of one invocation: (instance id, instance name).
+    async fn deliveries(&self, invoke_id: &str) -> Result<Vec<(String, String)>>;
     /// Targets whose agent replica `hub_id` holds and that have waited on
     /// it since before `cutoff`: never delivered, or Stopping.
     /// (instance id, invoke id, status), oldest first.

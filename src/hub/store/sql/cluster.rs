@@ -8,9 +8,9 @@ use sqlx::Row;
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 
-use super::rows::{invocation_from, status_of};
+use super::rows::status_of;
 use super::super::*;
-use super::{Dialect, SqlStore, to_wire};
+use super::{Dialect, SqlStore};
 
 /// The one NOTIFY channel every replica listens on.
 const CHANNEL: &str = "deckhand";
@@ -48,10 +48,11 @@ impl SqlStore {
         Ok(r.rows_affected())
     }
 
-    pub(super) async fn deliveries_impl(&self, invoke_id: &str) -> Result<Vec<(String, Invocation)>> {
+    pub(super) async fn deliveries_impl(&self, invoke_id: &str) -> Result<Vec<(String, String)>> {
+        // Names only: the invocation (whose script may be large) is read
+        // once by the caller, not once per target.
         let rows = self
-            .q("SELECT i.*, t.instance_id AS target_instance, inst.instance_name AS inst_name FROM targets t \
-                JOIN invocations i ON i.invoke_id = t.invoke_id \
+            .q("SELECT t.instance_id, inst.instance_name FROM targets t \
                 LEFT JOIN instances inst ON inst.instance_id = t.instance_id \
                 WHERE t.invoke_id = ? AND t.status IN ('Pending','Scheduled','Running','Stopping') \
                 ORDER BY t.instance_id")
@@ -61,8 +62,8 @@ impl SqlStore {
         Ok(rows
             .iter()
             .map(|r| {
-                let name: Option<String> = r.get("inst_name");
-                (r.get("target_instance"), to_wire(&invocation_from(r), name.unwrap_or_default()))
+                let name: Option<String> = r.get("instance_name");
+                (r.get("instance_id"), name.unwrap_or_default())
             })
             .collect())
     }

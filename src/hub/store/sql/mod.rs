@@ -595,7 +595,7 @@ impl Store for SqlStore {
         self.release_dead_hubs_impl(cutoff).await
     }
 
-    async fn deliveries(&self, invoke_id: &str) -> Result<Vec<(String, Invocation)>> {
+    async fn deliveries(&self, invoke_id: &str) -> Result<Vec<(String, String)>> {
         self.deliveries_impl(invoke_id).await
     }
 
