@@ -87,6 +87,14 @@ fn three_replicas_twenty_agents_survive_a_replica_kill() {
     let routed = |hub: &Hub| hub.log().lines().any(|l| l.contains("pushed invocation announced by another replica") && l.contains(&first));
     assert!(routed(&a) && routed(&c), "A and C pushed B's invocation to the agents they hold");
 
+    // A retry with the same ClientToken through another replica is the
+    // same invocation, not a second run.
+    let once = |hub: &Hub| {
+        let v = hub.call("RunCommand", &[("Type", "RunShellScript"), ("CommandContent", "true"), ("InstanceId.1", &ids[1]), ("ClientToken", "retry-1")]).unwrap();
+        v["InvokeId"].as_str().unwrap().to_string()
+    };
+    assert_eq!(once(&b), once(&c));
+
     // A credential rotation asked of C for an agent A holds: A issues it,
     // and the agent later reconnects to a survivor with the new one.
     let token = |a: &Agent| std::fs::read_to_string(a.state_dir().join("identity.json")).unwrap_or_default();

@@ -195,6 +195,13 @@ async fn invocation_lifecycle_keeps_binary_output_and_ignores_duplicates(e: &Eng
     s.create_invocation(&invocation("t-1", "2026-11-23T00:00:00Z", "Once", ""), &["i-1".into(), "i-2".into()]).await.unwrap();
     assert_eq!(s.find_by_client_token("tok-t-1").await.unwrap().as_deref(), Some("t-1"));
     assert_eq!(s.find_by_client_token("tok-none").await.unwrap(), None);
+    // The same client token again (a retry through another replica) writes nothing.
+    let mut again = invocation("t-1b", "2026-11-23T00:00:00Z", "Once", "");
+    again.client_token = "tok-t-1".into();
+    let err = s.create_invocation(&again, &["i-1".into()]).await.unwrap_err();
+    assert!(matches!(&err, StoreError::DuplicateClientToken(t) if t == "tok-t-1"), "{err}");
+    assert!(s.get_invocation("t-1b").await.unwrap().is_none());
+    assert!(s.targets("t-1b").await.unwrap().is_empty());
     let owed = s.undelivered_for("i-1").await.unwrap();
     assert_eq!(owed.len(), 1);
     assert_eq!(owed[0].instance_name, "i-1");

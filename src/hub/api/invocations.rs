@@ -199,7 +199,17 @@ fn invocation_for(cmd: &CommandRow, parameters: String, repeat_mode: String, fre
 /// offline targets get it when they connect.
 async fn create_and_push(req: &Request<'_>, inv: InvocationRow, targets: &[(String, String)]) -> Result<Value, ApiError> {
     let ids: Vec<String> = targets.iter().map(|(i, _)| i.clone()).collect();
-    req.hub.store.create_invocation(&inv, &ids).await?;
+    match req.hub.store.create_invocation(&inv, &ids).await {
+        Ok(()) => {}
+        // The same ClientToken committed meanwhile (through another replica,
+        // or a concurrent retry): answer with that invocation, run nothing new.
+        Err(crate::hub::store::StoreError::DuplicateClientToken(token)) => {
+            let existing = req.hub.store.find_by_client_token(&token).await?.ok_or_else(|| ApiError::internal("token row vanished"))?;
+            let inv = req.hub.store.get_invocation(&existing).await?.ok_or_else(|| ApiError::internal("token row vanished"))?;
+            return Ok(json!({ "CommandId": inv.command_id, "InvokeId": inv.invoke_id }));
+        }
+        Err(e) => return Err(e.into()),
+    }
     for (id, name) in targets {
         let mut wire = crate::hub::store::to_wire(&inv, name.clone());
         wire.region_id = req.hub.config.region_id.clone();

@@ -23,6 +23,8 @@ pub enum StoreError {
     SchemaTooNew { found: i64, known: i64 },
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("an invocation with client token {0:?} already exists")]
+    DuplicateClientToken(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -202,7 +204,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_command(&self, id: &str) -> Result<bool>;
 
     // Invocations.
-    /// Inserts the invocation and a Pending target per instance in one transaction.
+    /// Inserts the invocation and a Pending target per instance in one
+    /// transaction. A non-empty client token already used:
+    /// `DuplicateClientToken`, nothing written.
     async fn create_invocation(&self, inv: &InvocationRow, instances: &[String]) -> Result<()>;
     async fn find_by_client_token(&self, token: &str) -> Result<Option<String>>;
     async fn get_invocation(&self, id: &str) -> Result<Option<InvocationRow>>;

@@ -113,5 +113,9 @@ pub const MIGRATIONS: &[&str] = &[
         last_seen TEXT NOT NULL
     );
     CREATE INDEX targets_waiting ON targets (status, delivered, updated_at);
+    -- ClientToken makes RunCommand/InvokeCommand idempotent; with replicas a
+    -- retry may land on another hub at the same moment, so the database,
+    -- not a check-then-insert, decides.
+    CREATE UNIQUE INDEX invocations_client_token ON invocations (client_token) WHERE client_token != '';
     "#,
 ];

@@ -413,45 +413,12 @@ impl Store for SqlStore {
     }
 
     async fn create_invocation(&self, inv: &InvocationRow, instances: &[String]) -> Result<()> {
-        let mut tx = self.begin().await?;
-        self.q(
-            "INSERT INTO invocations (invoke_id, command_id, command_name, command_type, content, timeout_secs, \
-             working_dir, username, enable_parameter, parameters, repeat_mode, frequency, created_at, client_token) \
-             VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-        )
-        .bind(&inv.invoke_id)
-        .bind(&inv.command_id)
-        .bind(&inv.command_name)
-        .bind(&inv.command_type)
-        .bind(&inv.content)
-        .bind(inv.timeout_secs)
-        .bind(&inv.working_dir)
-        .bind(&inv.username)
-        .bind(inv.enable_parameter as i64)
-        .bind(&inv.parameters)
-        .bind(&inv.repeat_mode)
-        .bind(&inv.frequency)
-        .bind(&inv.created_at)
-        .bind(&inv.client_token)
-        .execute(&mut *tx)
-        .await?;
-        for i in instances {
-            self.q(
-                "INSERT INTO targets (invoke_id, instance_id, status, created_at, updated_at) VALUES (?,?,'Pending',?,?)",
-            )
-            .bind(&inv.invoke_id)
-            .bind(i)
-            .bind(&inv.created_at)
-            .bind(&inv.created_at)
-            .execute(&mut *tx)
-            .await?;
+        match self.create_invocation_once(inv, instances).await {
+            Err(StoreError::Db(sqlx::Error::Database(e))) if e.is_unique_violation() && !inv.client_token.is_empty() => {
+                Err(StoreError::DuplicateClientToken(inv.client_token.clone()))
+            }
+            other => other,
         }
-        self.q("UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = ?")
-            .bind(&inv.command_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn find_by_client_token(&self, token: &str) -> Result<Option<String>> {
@@ -613,6 +580,48 @@ impl Store for SqlStore {
 }
 
 impl SqlStore {
+    async fn create_invocation_once(&self, inv: &InvocationRow, instances: &[String]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        self.q(
+            "INSERT INTO invocations (invoke_id, command_id, command_name, command_type, content, timeout_secs, \
+             working_dir, username, enable_parameter, parameters, repeat_mode, frequency, created_at, client_token) \
+             VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        )
+        .bind(&inv.invoke_id)
+        .bind(&inv.command_id)
+        .bind(&inv.command_name)
+        .bind(&inv.command_type)
+        .bind(&inv.content)
+        .bind(inv.timeout_secs)
+        .bind(&inv.working_dir)
+        .bind(&inv.username)
+        .bind(inv.enable_parameter as i64)
+        .bind(&inv.parameters)
+        .bind(&inv.repeat_mode)
+        .bind(&inv.frequency)
+        .bind(&inv.created_at)
+        .bind(&inv.client_token)
+        .execute(&mut *tx)
+        .await?;
+        for i in instances {
+            self.q(
+                "INSERT INTO targets (invoke_id, instance_id, status, created_at, updated_at) VALUES (?,?,'Pending',?,?)",
+            )
+            .bind(&inv.invoke_id)
+            .bind(i)
+            .bind(&inv.created_at)
+            .bind(&inv.created_at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        self.q("UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = ?")
+            .bind(&inv.command_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn apply_batch_once(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>> {
         // One transaction, one fsync, for the whole batch: this is what lets
         // a hub absorb a fleet-wide fan-out.
