@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::Hub;
-use super::store::Notice;
+use super::store::{Notice, ago_str};
 use crate::protocol::{HubMsg, RecordStatus};
 
 /// Liveness and backstop period. Not the delivery path: announcements are.
@@ -100,17 +100,12 @@ async fn housekeeping(hub: &Hub) {
     if let Err(e) = hub.store.hub_alive(&hub.id).await {
         tracing::warn!(error = %e, hub_id = %hub.id, "cannot record replica liveness");
     }
-    match hub.store.release_dead_hubs(&ago(DEAD_AFTER)).await {
+    match hub.store.release_dead_hubs(&ago_str(DEAD_AFTER)).await {
         Ok(0) => {}
         Ok(n) => tracing::info!(agents = n, "released agents of replicas that stopped"),
         Err(e) => tracing::warn!(error = %e, "cannot release dead replicas"),
     }
     backstop(hub, STALL_AFTER).await;
-}
-
-fn ago(d: Duration) -> String {
-    let t = chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or_default();
-    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 async fn on_message(hub: &Hub, payload: &str) {
@@ -162,7 +157,7 @@ async fn push_stop(hub: &Hub, invoke_id: &str) -> Result<(), super::store::Store
 
 /// Redelivers work owed to this replica's agents since before `older_than`.
 async fn backstop(hub: &Hub, older_than: Duration) {
-    let owed = match hub.store.stalled(&hub.id, &ago(older_than), BACKSTOP_BATCH).await {
+    let owed = match hub.store.stalled(&hub.id, &ago_str(older_than), BACKSTOP_BATCH).await {
         Ok(o) => o,
         Err(e) => {
             tracing::warn!(error = %e, "backstop query failed");

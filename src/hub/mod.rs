@@ -104,8 +104,8 @@ pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: Cancellatio
     tracing::info!(open_files_limit = fds, hub_id = %id, shared_store = store.shared(), "starting hub");
     // Alone on its store, a starting hub knows no agent is connected; with
     // replicas, only those of replicas that stopped are released.
-    let cutoff = if store.shared() { chrono::Utc::now() - chrono::Duration::from_std(cluster::DEAD_AFTER).unwrap_or_default() } else { chrono::Utc::now() + chrono::Duration::days(1) };
-    store.release_dead_hubs(&cutoff.format("%Y-%m-%dT%H:%M:%SZ").to_string()).await?;
+    let cutoff = if store.shared() { store::ago_str(cluster::DEAD_AFTER) } else { store::stamp(chrono::Utc::now() + chrono::Duration::days(1)) };
+    store.release_dead_hubs(&cutoff).await?;
     store.hub_alive(&id).await?;
     let hub = Arc::new(Hub {
         id,

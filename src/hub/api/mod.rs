@@ -171,8 +171,7 @@ pub async fn sweeper(hub: Arc<Hub>) {
             _ = hub.shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        let cutoff = chrono::Utc::now() - chrono::Duration::from_std(hub.config.delivery_timeout).unwrap_or_default();
-        let cutoff = cutoff.format("%Y-%m-%dT%H:%M:%SZ").to_string();
+        let cutoff = crate::hub::store::ago_str(hub.config.delivery_timeout);
         match hub
             .store
             .expire_undelivered(&cutoff, "ClientNotResponse", "the instance did not take the invocation within the delivery timeout")

@@ -8,7 +8,7 @@
 mod schema;
 mod sql;
 
-pub use sql::{Dialect, SqlStore, to_wire};
+pub use sql::{SqlStore, to_wire};
 
 use async_trait::async_trait;
 use tokio::sync::mpsc;
@@ -257,5 +257,15 @@ pub enum Notice {
 
 /// Current time as Cloud Assistant prints it: `2026-11-22T23:01:05Z`.
 pub fn now_str() -> String {
-    chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    stamp(chrono::Utc::now())
+}
+
+/// The time `d` ago, in the same form: the cutoffs the store compares with.
+pub fn ago_str(d: std::time::Duration) -> String {
+    stamp(chrono::Utc::now() - chrono::Duration::from_std(d).unwrap_or_default())
+}
+
+/// A time in the one form stored times take (they compare as text).
+pub fn stamp(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }

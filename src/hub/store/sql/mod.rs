@@ -21,7 +21,7 @@ mod reports;
 mod rows;
 mod writes;
 
-pub use dialect::Dialect;
+use dialect::Dialect;
 pub use reports::to_wire;
 use rows::*;
 
@@ -97,10 +97,6 @@ impl SqlStore {
         let store = Self { pool, d: Dialect::Postgres, url: url.to_string() };
         store.migrate().await?;
         Ok(store)
-    }
-
-    pub fn dialect(&self) -> Dialect {
-        self.d
     }
 
     fn q(&self, sql: &str) -> Query<'static, Any, AnyArguments> {
