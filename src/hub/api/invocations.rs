@@ -110,12 +110,18 @@ async fn instances(req: &Request<'_>) -> Result<Vec<(String, String)>, ApiError>
         .collect()
 }
 
+/// The answer already given for `token` (ClientToken idempotency), if any.
+async fn answer_for_token(req: &Request<'_>, token: &str) -> Result<Option<Value>, ApiError> {
+    let Some(existing) = req.hub.store.find_by_client_token(token).await? else { return Ok(None) };
+    let inv = req.hub.store.get_invocation(&existing).await?.ok_or_else(|| ApiError::internal("token row vanished"))?;
+    Ok(Some(json!({ "CommandId": inv.command_id, "InvokeId": inv.invoke_id })))
+}
+
 pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let p = &req.params;
     if let Some(token) = p.string("ClientToken", 64)? {
-        if let Some(existing) = req.hub.store.find_by_client_token(&token).await? {
-            let inv = req.hub.store.get_invocation(&existing).await?.ok_or_else(|| ApiError::internal("token row vanished"))?;
-            return Ok(json!({ "CommandId": inv.command_id, "InvokeId": inv.invoke_id }));
+        if let Some(answer) = answer_for_token(req, &token).await? {
+            return Ok(answer);
         }
     }
     let ctype = command_type(p)?;
@@ -204,9 +210,7 @@ async fn create_and_push(req: &Request<'_>, inv: InvocationRow, targets: &[(Stri
         // The same ClientToken committed meanwhile (through another replica,
         // or a concurrent retry): answer with that invocation, run nothing new.
         Err(crate::hub::store::StoreError::DuplicateClientToken(token)) => {
-            let existing = req.hub.store.find_by_client_token(&token).await?.ok_or_else(|| ApiError::internal("token row vanished"))?;
-            let inv = req.hub.store.get_invocation(&existing).await?.ok_or_else(|| ApiError::internal("token row vanished"))?;
-            return Ok(json!({ "CommandId": inv.command_id, "InvokeId": inv.invoke_id }));
+            return answer_for_token(req, &token).await?.ok_or_else(|| ApiError::internal("token row vanished"));
         }
         Err(e) => return Err(e.into()),
     }
