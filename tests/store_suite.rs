@@ -206,7 +206,8 @@ async fn invocation_lifecycle_keeps_binary_output_and_ignores_duplicates(e: &Eng
     assert_eq!(owed.len(), 1);
     assert_eq!(owed[0].instance_name, "i-1");
     let deliveries = s.deliveries("t-1").await.unwrap();
-    assert_eq!(deliveries, [("i-1".to_string(), "i-1".to_string()), ("i-2".to_string(), "i-2".to_string())]);
+    let pending = |id: &str| Delivery { instance_id: id.into(), instance_name: id.into(), status: RecordStatus::Pending };
+    assert_eq!(deliveries, [pending("i-1"), pending("i-2")]);
 
     let bytes: Vec<u8> = vec![0xff, 0x00, b'o', b'k', 0xfe];
     let ops = vec![
@@ -291,6 +292,9 @@ async fn stop_marks_undelivered_stopped_and_delivered_stopping(e: &Engine) {
     let t = s.targets("t-s").await.unwrap();
     assert_eq!(t.iter().map(|t| t.status).collect::<Vec<_>>(), [RecordStatus::Stopping, RecordStatus::Stopped, RecordStatus::Finished]);
     assert!(s.get_invocation("t-s").await.unwrap().unwrap().stop_requested);
+    // What a replica relays the stop to: the one target still Stopping.
+    let owed: Vec<_> = s.deliveries("t-s").await.unwrap().into_iter().map(|d| (d.instance_id, d.status)).collect();
+    assert_eq!(owed, [("i-1".to_string(), RecordStatus::Stopping)]);
 }
 
 async fn undelivered_targets_expire(e: &Engine) {

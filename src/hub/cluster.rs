@@ -133,11 +133,12 @@ async fn on_message(hub: &Hub, payload: &str) {
 /// non-final targets, or only `only`).
 pub async fn push_invocation(hub: &Hub, invoke_id: &str, only: Option<&HashSet<String>>) -> Result<(), super::store::StoreError> {
     let Some(inv) = hub.store.get_invocation(invoke_id).await? else { return Ok(()) };
-    for (instance_id, name) in hub.store.deliveries(invoke_id).await? {
+    for d in hub.store.deliveries(invoke_id).await? {
+        let instance_id = d.instance_id;
         if only.is_some_and(|o| !o.contains(&instance_id)) || !hub.agents.is_online(&instance_id) {
             continue;
         }
-        let mut wire = super::store::to_wire(&inv, name);
+        let mut wire = super::store::to_wire(&inv, d.instance_name);
         wire.region_id = hub.config.region_id.clone();
         if hub.agents.send(&instance_id, HubMsg::Invoke { invocation: wire }) {
             tracing::debug!(invoke_id, instance_id, "pushed invocation announced by another replica");
@@ -147,9 +148,9 @@ pub async fn push_invocation(hub: &Hub, invoke_id: &str, only: Option<&HashSet<S
 }
 
 async fn push_stop(hub: &Hub, invoke_id: &str) -> Result<(), super::store::StoreError> {
-    for t in hub.store.targets(invoke_id).await? {
-        if t.status == RecordStatus::Stopping {
-            hub.agents.send(&t.instance_id, HubMsg::Stop { invoke_id: invoke_id.to_string() });
+    for d in hub.store.deliveries(invoke_id).await? {
+        if d.status == RecordStatus::Stopping {
+            hub.agents.send(&d.instance_id, HubMsg::Stop { invoke_id: invoke_id.to_string() });
         }
     }
     Ok(())

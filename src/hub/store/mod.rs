@@ -233,8 +233,9 @@ pub trait Store: Send + Sync + 'static {
     /// Agents held by replicas not seen since `cutoff` go offline; returns
     /// how many.
     async fn release_dead_hubs(&self, cutoff: &str) -> Result<u64>;
-    /// Non-final targets of one invocation: (instance id, instance name).
-    async fn deliveries(&self, invoke_id: &str) -> Result<Vec<(String, String)>>;
+    /// Non-final targets of one invocation (no outputs: cheap to read for
+    /// every push and stop a replica relays).
+    async fn deliveries(&self, invoke_id: &str) -> Result<Vec<Delivery>>;
     /// Targets whose agent replica `hub_id` holds and that have waited on
     /// it since before `cutoff`: never delivered, or Stopping.
     /// (instance id, invoke id, status), oldest first.
@@ -244,6 +245,14 @@ pub trait Store: Send + Sync + 'static {
     /// Announcements from every replica, this one included; `None` when
     /// the store is not shared.
     fn subscribe(&self) -> Option<mpsc::Receiver<Notice>>;
+}
+
+/// A non-final target, as a replica relaying work needs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub instance_id: String,
+    pub instance_name: String,
+    pub status: RecordStatus,
 }
 
 /// What the announcement channel delivers.

@@ -48,24 +48,23 @@ impl SqlStore {
         Ok(r.rows_affected())
     }
 
-    pub(super) async fn deliveries_impl(&self, invoke_id: &str) -> Result<Vec<(String, String)>> {
+    pub(super) async fn deliveries_impl(&self, invoke_id: &str) -> Result<Vec<Delivery>> {
         // Names only: the invocation (whose script may be large) is read
         // once by the caller, not once per target.
         let rows = self
-            .q("SELECT t.instance_id, inst.instance_name FROM targets t \
+            .q("SELECT t.instance_id, t.status, inst.instance_name FROM targets t \
                 LEFT JOIN instances inst ON inst.instance_id = t.instance_id \
                 WHERE t.invoke_id = ? AND t.status IN ('Pending','Scheduled','Running','Stopping') \
                 ORDER BY t.instance_id")
             .bind(invoke_id)
             .fetch_all(&self.pool)
             .await?;
-        Ok(rows
-            .iter()
+        rows.iter()
             .map(|r| {
                 let name: Option<String> = r.get("instance_name");
-                (r.get("instance_id"), name.unwrap_or_default())
+                Ok(Delivery { instance_id: r.get("instance_id"), instance_name: name.unwrap_or_default(), status: status_of(r.get("status"))? })
             })
-            .collect())
+            .collect()
     }
 
     pub(super) async fn stalled_impl(&self, hub_id: &str, cutoff: &str, limit: i64) -> Result<Vec<(String, String, RecordStatus)>> {

@@ -558,7 +558,7 @@ impl Store for SqlStore {
         self.release_dead_hubs_impl(cutoff).await
     }
 
-    async fn deliveries(&self, invoke_id: &str) -> Result<Vec<(String, String)>> {
+    async fn deliveries(&self, invoke_id: &str) -> Result<Vec<Delivery>> {
         self.deliveries_impl(invoke_id).await
     }
 
