@@ -6,6 +6,7 @@
 //! `hub` (WebSocket endpoint, Cloud Assistant OpenAPI, store) and `cli`.
 
 pub mod agent;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod exec;

@@ -5,7 +5,6 @@
 //! hand-off of accepted invocations to [`runner`]. Public surface:
 //! [`AgentConfig`], [`run`], [`register`], [`identity`], [`schedule`].
 
-pub mod backoff;
 pub mod config;
 pub mod identity;
 pub mod journal;
@@ -29,7 +28,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{self, AgentMsg, HubMsg, PROTOCOL_VERSION};
-use backoff::Backoff;
+use crate::backoff::Backoff;
 use identity::Identity;
 use runner::{LiveChunk, Runner};
 use transport::{HubUrl, Ws};

@@ -105,11 +105,11 @@ impl SqlStore {
 /// (re)connection it sends `Resync`: NOTIFY is not stored, so what was
 /// announced while disconnected must be found in the tables.
 async fn listen(url: String, tx: mpsc::Sender<Notice>) {
-    let mut wait = LISTEN_RETRY_MIN;
+    let mut backoff = crate::backoff::Backoff::new(LISTEN_RETRY_MIN, LISTEN_RETRY_MAX);
     loop {
         match connect(&url).await {
             Ok(mut listener) => {
-                wait = LISTEN_RETRY_MIN;
+                backoff.reset();
                 if tx.send(Notice::Resync).await.is_err() {
                     return;
                 }
@@ -131,13 +131,12 @@ async fn listen(url: String, tx: mpsc::Sender<Notice>) {
                     }
                 }
             }
-            Err(e) => tracing::warn!(error = %e, retry_in = ?wait, "cannot listen for announcements"),
+            Err(e) => tracing::warn!(error = %e, "cannot listen for announcements"),
         }
         if tx.is_closed() {
             return;
         }
-        tokio::time::sleep(wait).await;
-        wait = (wait * 2).min(LISTEN_RETRY_MAX);
+        tokio::time::sleep(backoff.next_delay()).await;
     }
 }
 

@@ -1,5 +1,7 @@
 //! Reconnect back-off: exponential with full jitter, so a fleet that lost
-//! its hub does not reconnect in lock-step.
+//! its hub (or hub replicas that lost their database) does not reconnect
+//! in lock-step. Used by the agent's hub connection and the hub's LISTEN
+//! connection.
 
 use std::time::Duration;
 
