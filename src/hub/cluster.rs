@@ -138,9 +138,7 @@ pub async fn push_invocation(hub: &Hub, invoke_id: &str, only: Option<&HashSet<S
         if only.is_some_and(|o| !o.contains(&instance_id)) || !hub.agents.is_online(&instance_id) {
             continue;
         }
-        let mut wire = super::store::to_wire(&inv, d.instance_name);
-        wire.region_id = hub.config.region_id.clone();
-        if hub.agents.send(&instance_id, HubMsg::Invoke { invocation: wire }) {
+        if hub.agents.send(&instance_id, HubMsg::Invoke { invocation: hub.wire(&inv, d.instance_name) }) {
             tracing::debug!(invoke_id, instance_id, "pushed invocation announced by another replica");
         }
     }

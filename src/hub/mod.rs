@@ -96,6 +96,15 @@ pub struct Hub {
     pub shutdown: CancellationToken,
 }
 
+impl Hub {
+    /// The wire form of a stored invocation for one agent of this hub.
+    pub fn wire(&self, inv: &store::InvocationRow, instance_name: String) -> crate::protocol::Invocation {
+        let mut wire = store::to_wire(inv, instance_name);
+        wire.region_id = self.config.region_id.clone();
+        wire
+    }
+}
+
 /// Runs the hub until `shutdown` fires, then closes agent sockets and
 /// lets in-flight requests finish.
 pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: CancellationToken) -> Result<(), HubError> {

@@ -215,9 +215,7 @@ async fn create_and_push(req: &Request<'_>, inv: InvocationRow, targets: &[(Stri
         Err(e) => return Err(e.into()),
     }
     for (id, name) in targets {
-        let mut wire = crate::hub::store::to_wire(&inv, name.clone());
-        wire.region_id = req.hub.config.region_id.clone();
-        req.hub.agents.send(id, HubMsg::Invoke { invocation: wire });
+        req.hub.agents.send(id, HubMsg::Invoke { invocation: req.hub.wire(&inv, name.clone()) });
     }
     crate::hub::cluster::announce(req.hub, crate::hub::cluster::Event::Invoke { id: inv.invoke_id.clone() }).await;
     tracing::info!(invoke_id = %inv.invoke_id, targets = ids.len(), "invocation created");
