@@ -26,12 +26,13 @@ fn offline_instance_stays_pending_then_runs_when_it_connects() {
         let v = hub.call("DescribeManagedInstances", &[("InstanceId.1", &id)]).ok()?;
         (v["Instances"]["Instance"][0]["Status"] == "Offline").then_some(())
     });
-    let inv = hub.run("echo delivered-late", &[&id], &[]);
+    // Delivered by the reconnect resync, which must fill built-ins like a live push.
+    let inv = hub.run("echo delivered-late {{ACS::RegionId}}", &[&id], &[("EnableParameter", "true")]);
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(status(&hub, &inv), "Pending");
     a.spawn();
     let r = &hub.wait_final(&inv, WAIT)[0];
-    assert_eq!(output_of(r), b"delivered-late\n");
+    assert_eq!(output_of(r), b"delivered-late deckhand\n");
 }
 
 #[test]

@@ -231,7 +231,8 @@ async fn session(
     hb: Duration,
 ) -> Result<(), ConnError> {
     // Resync: everything not final for this instance, then stops.
-    for inv in hub.store.undelivered_for(instance_id).await? {
+    for mut inv in hub.store.undelivered_for(instance_id).await? {
+        inv.region_id = hub.config.region_id.clone();
         let stopping = hub.store.get_invocation(&inv.invoke_id).await?.is_some_and(|i| i.stop_requested);
         let invoke_id = inv.invoke_id.clone();
         send(ws, &HubMsg::Invoke { invocation: inv }).await?;
