@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use sqlx::any::AnyArguments;
+use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::pool::PoolOptions;
 use sqlx::query::{Query, QueryScalar};
 // Dynamic SQL here is built only from fixed column names; values are bound.
@@ -110,6 +110,20 @@ impl SqlStore {
         sqlx::query_scalar(AssertSqlSafe(self.d.sql(sql)))
     }
 
+    /// One page of `SELECT {select} {from_where} ORDER BY {order}` and the
+    /// total count of `from_where`; `binds` fill its placeholders in order.
+    async fn page_of(&self, select: &str, from_where: &str, order: &str, binds: &[String], page: Page) -> Result<(Vec<AnyRow>, i64)> {
+        let mut count = self.qs::<i64>(&format!("SELECT COUNT(*) {from_where}"));
+        let mut rows = self.q(&format!("SELECT {select} {from_where} ORDER BY {order} LIMIT ? OFFSET ?"));
+        for b in binds {
+            count = count.bind(b);
+            rows = rows.bind(b);
+        }
+        let total = count.fetch_one(&self.pool).await?;
+        let rows = rows.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
+        Ok((rows, total))
+    }
+
     async fn begin(&self) -> Result<Transaction<'static, Any>> {
         Ok(self.pool.begin_with(self.d.begin()).await?)
     }
@@ -179,13 +193,7 @@ impl Store for SqlStore {
             Some(id) => ("WHERE activation_id = ?", vec![id.to_string()]),
             None => ("", vec![]),
         };
-        let total = count(&self.pool, self.d, &format!("SELECT COUNT(*) FROM activations {w}"), &binds).await?;
-        let sql = format!("SELECT * FROM activations {w} ORDER BY created_at DESC, activation_id LIMIT ? OFFSET ?");
-        let mut q = self.q(&sql);
-        for b in &binds {
-            q = q.bind(b);
-        }
-        let rows = q.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
+        let (rows, total) = self.page_of("*", &format!("FROM activations {w}"), "created_at DESC, activation_id", &binds, page).await?;
         Ok((rows.iter().map(activation_from).collect(), total))
     }
 
@@ -253,13 +261,7 @@ impl Store for SqlStore {
             binds.push(n.to_string());
         }
         let w = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
-        let total = count(&self.pool, self.d, &format!("SELECT COUNT(*) FROM instances {w}"), &binds).await?;
-        let sql = format!("SELECT * FROM instances {w} ORDER BY registered_at, instance_id LIMIT ? OFFSET ?");
-        let mut q = self.q(&sql);
-        for b in &binds {
-            q = q.bind(b);
-        }
-        let rows = q.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
+        let (rows, total) = self.page_of("*", &format!("FROM instances {w}"), "registered_at, instance_id", &binds, page).await?;
         Ok((rows.iter().map(instance_from).collect(), total))
     }
 
@@ -376,13 +378,7 @@ impl Store for SqlStore {
             }
         }
         let w = format!("WHERE {}", clauses.join(" AND "));
-        let total = count(&self.pool, self.d, &format!("SELECT COUNT(*) FROM commands {w}"), &binds).await?;
-        let sql = format!("SELECT * FROM commands {w} ORDER BY created_at DESC, command_id LIMIT ? OFFSET ?");
-        let mut q = self.q(&sql);
-        for b in &binds {
-            q = q.bind(b);
-        }
-        let rows = q.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
+        let (rows, total) = self.page_of("*", &format!("FROM commands {w}"), "created_at DESC, command_id", &binds, page).await?;
         Ok((rows.iter().map(command_from).collect(), total))
     }
 
@@ -431,13 +427,7 @@ impl Store for SqlStore {
 
     async fn list_invocations(&self, f: &InvocationFilter, page: Page) -> Result<(Vec<InvocationRow>, i64)> {
         let (w, binds) = invocation_where(f, "invocations.");
-        let total = count(&self.pool, self.d, &format!("SELECT COUNT(*) FROM invocations {w}"), &binds).await?;
-        let sql = format!("SELECT * FROM invocations {w} ORDER BY created_at DESC, invoke_id DESC LIMIT ? OFFSET ?");
-        let mut q = self.q(&sql);
-        for b in &binds {
-            q = q.bind(b);
-        }
-        let rows = q.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
+        let (rows, total) = self.page_of("*", &format!("FROM invocations {w}"), "created_at DESC, invoke_id DESC", &binds, page).await?;
         Ok((rows.iter().map(invocation_from).collect(), total))
     }
 
@@ -470,13 +460,7 @@ impl Store for SqlStore {
         }
         let w = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
         let from = "FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id";
-        let total = count(&self.pool, self.d, &format!("SELECT COUNT(*) {from} {w}"), &binds).await?;
-        let sql = format!("SELECT t.* {from} {w} ORDER BY t.created_at DESC, t.invoke_id, t.instance_id LIMIT ? OFFSET ?");
-        let mut q = self.q(&sql);
-        for b in &binds {
-            q = q.bind(b);
-        }
-        let rows = q.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
+        let (rows, total) = self.page_of("t.*", &format!("{from} {w}"), "t.created_at DESC, t.invoke_id, t.instance_id", &binds, page).await?;
         let rows: Result<Vec<_>> = rows.iter().map(target_from).collect();
         Ok((rows?, total))
     }

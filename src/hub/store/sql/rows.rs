@@ -1,13 +1,9 @@
-//! Row mapping and small query helpers for the SQL store.
+//! Row mapping and the filter builder for the SQL store.
 
 use sqlx::Row;
 use sqlx::any::AnyRow;
-use sqlx::{Any, Pool};
-// Dynamic SQL here is built only from fixed column names; values are bound.
-use sqlx::AssertSqlSafe;
 
 use super::super::*;
-use super::dialect::Dialect;
 
 pub(super) fn status_of(s: &str) -> Result<RecordStatus> {
     RecordStatus::parse(s).ok_or_else(|| StoreError::Corrupt(format!("unknown status {s:?}")))
@@ -142,12 +138,4 @@ pub(super) fn invocation_where(f: &InvocationFilter, alias: &str) -> (String, Ve
     }
     let w = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
     (w, binds)
-}
-
-pub(super) async fn count(pool: &Pool<Any>, d: Dialect, sql: &str, binds: &[String]) -> Result<i64> {
-    let mut q = sqlx::query_scalar::<_, i64>(AssertSqlSafe(d.sql(sql)));
-    for b in binds {
-        q = q.bind(b);
-    }
-    Ok(q.fetch_one(pool).await?)
 }
