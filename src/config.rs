@@ -43,3 +43,70 @@ pub fn init_logging(json: bool) {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
 }
+
+/// Creates `dir` (and missing parents) and leaves it `0700`: a hub's data
+/// directory holds outputs and credential hashes no other local user may
+/// read. An existing directory is tightened too (an install from 0.1.0 made
+/// it 0755).
+pub fn private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+/// Makes the SQLite database at `db` and its `-wal`/`-shm` companions
+/// `0600` before the store opens it: SQLite creates a new file with the
+/// process umask (0644 under most service managers) and gives the WAL and
+/// shared-memory files the database file's mode.
+pub fn private_sqlite_files(db: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        std::fs::OpenOptions::new().write(true).create(true).truncate(false).mode(0o600).open(db)?;
+        for suffix in ["", "-wal", "-shm", "-journal"] {
+            let mut p = db.as_os_str().to_owned();
+            p.push(suffix);
+            match std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                other => other?,
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = db;
+    Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    fn mode(p: &std::path::Path) -> u32 {
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    }
+
+    /// Regression (issue #14): `--data-dir` was created 0755 and hub.db 0644.
+    #[test]
+    fn data_dir_and_database_are_private_even_when_they_existed() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("a/b");
+        super::private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        super::private_dir(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700);
+        let db = dir.join("hub.db");
+        super::private_sqlite_files(&db).unwrap();
+        assert_eq!(mode(&db), 0o600);
+        let wal = dir.join("hub.db-wal");
+        std::fs::write(&wal, b"").unwrap();
+        std::fs::set_permissions(&wal, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+        super::private_sqlite_files(&db).unwrap();
+        assert_eq!((mode(&db), mode(&wal)), (0o600, 0o600));
+    }
+}

@@ -217,12 +217,18 @@ async fn parameters_cannot_inject_commands() {
     let evil = format!("; touch {m} $(touch {m}) `touch {m}`", m = marker.display());
     let custom = json!({ "msg": evil }).as_object().unwrap().clone();
     let b = params::Builtins { instance_id: "i-1".into(), ..Default::default() };
-    // Spliced: refused before anything runs.
-    let e = params::render_script("echo {{msg}}", true, &custom, &b).unwrap_err();
+    // Spliced under the hub's strict policy: refused before anything runs.
+    let e = params::render_script("echo {{msg}}", true, &custom, &b, params::ValuePolicy::Strict).unwrap_err();
     assert!(matches!(e, params::ParamError::UnsafeValue { .. }), "{e}");
     // Through the environment: printed verbatim, never executed.
-    let script =
-        params::render_script("printf '%s\\n' \"$DECKHAND_PARAM_MSG\" {{ACS::InstanceId}}", true, &custom, &b).unwrap();
+    let script = params::render_script(
+        "printf '%s\\n' \"$DECKHAND_PARAM_MSG\" {{ACS::InstanceId}}",
+        true,
+        &custom,
+        &b,
+        params::ValuePolicy::Any,
+    )
+    .unwrap();
     let mut s = spec(t.path(), &script);
     s.env = params::param_env(&custom).unwrap();
     let o = go(s).await;

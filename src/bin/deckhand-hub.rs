@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use deckhand::exec::params::ValuePolicy;
 use deckhand::hub::config::HubFile;
 
 #[derive(Debug, Parser)]
@@ -54,6 +55,10 @@ struct Flags {
     addr_file: Option<PathBuf>,
     #[arg(long, global = true)]
     log_json: bool,
+    /// Custom parameter values: `any` (Cloud Assistant's behaviour) or
+    /// `strict` (only letters, digits and `._-:/@+,=`; docs/exec.md).
+    #[arg(long, global = true, env = "DECKHAND_HUB_PARAMETER_VALUES", value_parser = ["any", "strict"])]
+    parameter_values: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -87,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         heartbeat_secs: f.heartbeat_secs,
         delivery_timeout_secs: f.delivery_timeout_secs,
         log_json: f.log_json.then_some(true),
+        parameter_values: f.parameter_values.as_deref().map(|v| if v == "strict" { ValuePolicy::Strict } else { ValuePolicy::Any }),
     });
     let mut cfg = file.resolve()?;
     let store_spec = file.store_spec()?;
@@ -94,13 +100,17 @@ fn main() -> anyhow::Result<()> {
     if let Some(Cmd::Config { action: ConfigCmd::Check }) = args.command {
         println!("configuration OK");
         println!("store = {}", deckhand::hub::config::redact(&store_spec));
-        println!("listen = {}\ndata_dir = {:?}\ntls = {}\naccess_keys = {}\nheartbeat_secs = {}\ndelivery_timeout_secs = {}", cfg.listen, file.data_dir(), cfg.tls.is_some(), cfg.access_keys.len(), cfg.heartbeat.as_secs(), cfg.delivery_timeout.as_secs());
+        println!("listen = {}\ndata_dir = {:?}\ntls = {}\naccess_keys = {}\nheartbeat_secs = {}\ndelivery_timeout_secs = {}\nparameter_values = {}", cfg.listen, file.data_dir(), cfg.tls.is_some(), cfg.access_keys.len(), cfg.heartbeat.as_secs(), cfg.delivery_timeout.as_secs(), cfg.parameter_values.as_str());
         return Ok(());
     }
     init_log(file.log_json.unwrap_or(false));
     deckhand::tls::install_crypto_provider();
     let data_dir = file.data_dir();
-    std::fs::create_dir_all(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    deckhand::config::private_dir(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    if !store_spec.starts_with("postgres") {
+        let db = std::path::Path::new(store_spec.strip_prefix("sqlite://").unwrap_or(&store_spec));
+        deckhand::config::private_sqlite_files(db).with_context(|| format!("making {} private", db.display()))?;
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let store = deckhand::hub::store::SqlStore::open(&store_spec)

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::params::{self, Builtins, ParamError};
+use super::params::{self, Builtins, ParamError, ValuePolicy};
 use super::{DEFAULT_TIMEOUT, RunSpec};
 use crate::protocol::Invocation;
 
@@ -19,7 +19,10 @@ pub fn spec_for(inv: &Invocation, instance_id: &str) -> Result<RunSpec, ParamErr
         command_id: inv.command_id.clone(),
         region_id: inv.region_id.clone(),
     };
-    let script = params::render_script(&inv.content, inv.enable_parameter, &inv.parameters, &builtins)?;
+    // The strict value rule, when an operator wants it, is the hub's to
+    // enforce when the invocation is created; the agent splices as Cloud
+    // Assistant's client does.
+    let script = params::render_script(&inv.content, inv.enable_parameter, &inv.parameters, &builtins, ValuePolicy::Any)?;
     let env = if inv.enable_parameter { params::param_env(&inv.parameters)? } else { Vec::new() };
     Ok(RunSpec {
         working_dir: inv.working_dir.as_deref().filter(|d| !d.is_empty()).map(Into::into),
@@ -48,8 +51,11 @@ mod tests {
         assert_eq!(s.env, vec![("DECKHAND_PARAM_NAME".to_string(), "Jack".to_string())]);
         assert_eq!(s.timeout, DEFAULT_TIMEOUT);
         assert_eq!(s.working_dir, None);
+        let mut spaced = inv.clone();
+        spaced.parameters = json!({"name": "hello world"}).as_object().unwrap().clone();
+        assert!(spec_for(&spaced, "i-9").unwrap().script.starts_with("echo hello world i-9"));
         let mut bad = inv.clone();
-        bad.parameters = json!({"name": "$(reboot)"}).as_object().unwrap().clone();
-        assert!(matches!(spec_for(&bad, "i-9"), Err(ParamError::UnsafeValue { .. })));
+        bad.parameters = json!({"abcdé": "1"}).as_object().unwrap().clone();
+        assert!(matches!(spec_for(&bad, "i-9"), Err(ParamError::BadName(_))));
     }
 }

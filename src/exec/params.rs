@@ -8,17 +8,21 @@
 //! ignored. A `{{…}}` whose inside is not a name (Go templates such as
 //! `{{.Name}}`) is left untouched.
 //!
-//! Safety rule (ours; Cloud Assistant splices values verbatim): a value is
-//! spliced into the script only if every character is in [`SAFE_VALUE_CHARS`]
-//! (ASCII letters, digits and `. _ - : / @ + , =`), which no shell, cmd.exe or
-//! PowerShell treats as syntax, whitespace, quote, glob or expansion. Any
-//! other value is refused *before anything runs*, naming the parameter and
-//! the character. Arbitrary text travels instead as an environment variable
-//! ([`param_env`]: `DECKHAND_PARAM_<NAME>`), which the script quotes itself
+//! Values ([`ValuePolicy`]): by default a value is spliced verbatim, as
+//! Cloud Assistant does, so an unchanged Cloud Assistant script with a value
+//! like `hello world` works. An operator can turn on the strict rule on the
+//! hub (`parameter_values = "strict"`): a value is then spliced only if every
+//! character is in [`SAFE_VALUE_CHARS`] (ASCII letters, digits and
+//! `. _ - : / @ + , =`), which no shell, cmd.exe or PowerShell treats as
+//! syntax, whitespace, quote, glob or expansion; any other value is refused
+//! *before anything runs*, naming the parameter and the character. Either
+//! way every value also travels as an environment variable ([`param_env`]:
+//! `DECKHAND_PARAM_<NAME>`), which a script can quote itself
 //! (`"$DECKHAND_PARAM_MSG"`) and which no shell re-parses.
 
 use std::collections::BTreeMap;
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::protocol::MAX_SCRIPT_BYTES;
@@ -35,6 +39,27 @@ pub const SAFE_VALUE_CHARS: &str = "._-:/@+,=";
 pub const ENV_PREFIX: &str = "DECKHAND_PARAM_";
 
 const BUILTIN_PREFIX: &str = "acs::";
+
+/// Which custom parameter values may be spliced into a script.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ValuePolicy {
+    /// Cloud Assistant's behaviour: any value (but NUL) is spliced as given.
+    #[default]
+    Any,
+    /// Only values made of [`SAFE_VALUE_CHARS`], letters and digits: a value
+    /// can never add shell syntax to a command its sender may not change.
+    Strict,
+}
+
+impl ValuePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Any => "any",
+            Self::Strict => "strict",
+        }
+    }
+}
 
 /// Values of the built-in parameters, filled in by the agent.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -83,8 +108,8 @@ pub enum ParamError {
     NulInValue { name: String },
     #[error(
         "value of parameter `{name}` contains {ch:?}, which is not allowed in a value put into a script \
-         (allowed: ASCII letters, digits and {SAFE_VALUE_CHARS}); pass arbitrary text through the \
-         environment variable {env} instead"
+         under the hub's strict parameter_values setting (allowed: ASCII letters, digits and \
+         {SAFE_VALUE_CHARS}); pass arbitrary text through the environment variable {env} instead"
     )]
     UnsafeValue { name: String, ch: char, env: String },
     #[error("the script is {len} bytes after parameters are filled in; the limit is {MAX_SCRIPT_BYTES}")]
@@ -104,13 +129,14 @@ impl ParamError {
 
 /// Render a Cloud Assistant command: with `enable_parameter` false the
 /// content is returned unchanged (`{{…}}` stays literal, as Cloud Assistant
-/// does); otherwise every `{{name}}` / `{{ACS::…}}` is replaced under the
-/// safety rule in the module doc.
+/// does); otherwise every `{{name}}` / `{{ACS::…}}` is replaced under
+/// `policy` (module doc).
 pub fn render_script(
     content: &str,
     enable_parameter: bool,
     custom: &Map<String, Value>,
     builtins: &Builtins,
+    policy: ValuePolicy,
 ) -> Result<String, ParamError> {
     if !enable_parameter {
         return Ok(content.to_string());
@@ -121,14 +147,7 @@ pub fn render_script(
     for (name, v) in builtins.entries() {
         all.insert(name.to_ascii_lowercase(), (name.to_string(), v.to_string()));
     }
-    substitute(content, &all)
-}
-
-/// Replace `{{name}}` with values; built-ins are passed in `values` under
-/// their full names (`ACS::InstanceId`). Same rules as [`render_script`].
-pub fn render(template: &str, values: &BTreeMap<String, String>) -> Result<String, ParamError> {
-    let all = values.iter().map(|(k, v)| (k.to_ascii_lowercase(), (k.clone(), v.clone()))).collect();
-    substitute(template, &all)
+    substitute(content, &all, policy)
 }
 
 /// Environment variables carrying every custom value verbatim:
@@ -150,7 +169,7 @@ fn custom_values(custom: &Map<String, Value>) -> Result<Vec<(String, String)>, P
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     let mut out = Vec::with_capacity(custom.len());
     for (name, v) in custom {
-        if name.len() >= BUILTIN_PREFIX.len() && name[..BUILTIN_PREFIX.len()].eq_ignore_ascii_case(BUILTIN_PREFIX) {
+        if has_builtin_prefix(name) {
             return Err(ParamError::ReservedName(name.clone()));
         }
         if !valid_name(name) {
@@ -176,6 +195,18 @@ fn custom_values(custom: &Map<String, Value>) -> Result<Vec<(String, String)>, P
         out.push((name.clone(), s));
     }
     Ok(out)
+}
+
+/// `s` without a leading `ACS::` (any case). Compares bytes, never slices
+/// text at a byte index that could fall inside a multi-byte character.
+fn strip_builtin_prefix(s: &str) -> Option<&str> {
+    let head = s.as_bytes().get(..BUILTIN_PREFIX.len())?;
+    // The prefix is ASCII, so a match ends on a character boundary.
+    if head.eq_ignore_ascii_case(BUILTIN_PREFIX.as_bytes()) { s.get(BUILTIN_PREFIX.len()..) } else { None }
+}
+
+fn has_builtin_prefix(s: &str) -> bool {
+    strip_builtin_prefix(s).is_some()
 }
 
 fn valid_name(n: &str) -> bool {
@@ -204,8 +235,7 @@ enum Placeholder<'a> {
 
 fn classify(inner: &str) -> Result<Placeholder<'_>, ParamError> {
     let t = inner.trim_matches([' ', '\t', '\r', '\n']);
-    if t.len() > BUILTIN_PREFIX.len() && t[..BUILTIN_PREFIX.len()].eq_ignore_ascii_case(BUILTIN_PREFIX) {
-        let rest = &t[BUILTIN_PREFIX.len()..];
+    if let Some(rest) = strip_builtin_prefix(t) {
         return Ok(if name_chars(rest) { Placeholder::Builtin(t) } else { Placeholder::Literal });
     }
     if !name_chars(t) {
@@ -223,14 +253,13 @@ fn classify(inner: &str) -> Result<Placeholder<'_>, ParamError> {
 pub fn custom_names(template: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
     let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else { break };
-        if let Ok(Placeholder::Custom(n)) = classify(&after[..end]) {
+    while let Some((_, after)) = rest.split_once("{{") {
+        let Some((inner, tail)) = after.split_once("}}") else { break };
+        if let Ok(Placeholder::Custom(n)) = classify(inner) {
             if !out.iter().any(|o| o.eq_ignore_ascii_case(n)) {
                 out.push(n.to_string());
             }
-            rest = &after[end + 2..];
+            rest = tail;
         } else {
             rest = after;
         }
@@ -239,15 +268,15 @@ pub fn custom_names(template: &str) -> Vec<String> {
 }
 
 /// `values`: lower-cased name → (display name, value).
-fn substitute(template: &str, values: &BTreeMap<String, (String, String)>) -> Result<String, ParamError> {
+fn substitute(template: &str, values: &BTreeMap<String, (String, String)>, policy: ValuePolicy) -> Result<String, ParamError> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        let after = &rest[start + 2..];
-        let Some(end) = after.find("}}") else { break };
-        let (name, builtin) = match classify(&after[..end])? {
+    while let Some((before, after)) = rest.split_once("{{") {
+        let Some((inner, tail)) = after.split_once("}}") else { break };
+        let (name, builtin) = match classify(inner)? {
             Placeholder::Literal => {
-                out.push_str(&rest[..start + 2]);
+                out.push_str(before);
+                out.push_str("{{");
                 rest = after;
                 continue;
             }
@@ -261,15 +290,17 @@ fn substitute(template: &str, values: &BTreeMap<String, (String, String)>) -> Re
                 ParamError::Missing(name.to_string())
             });
         };
-        if let Err(ch) = is_safe_value(value) {
-            let env = if builtin { "(built-ins have none)".to_string() } else { env_name(display) };
-            return Err(ParamError::UnsafeValue { name: display.clone(), ch, env });
+        if policy == ValuePolicy::Strict {
+            if let Err(ch) = is_safe_value(value) {
+                let env = if builtin { "(built-ins have none)".to_string() } else { env_name(display) };
+                return Err(ParamError::UnsafeValue { name: display.clone(), ch, env });
+            }
         }
-        out.push_str(&rest[..start]);
+        out.push_str(before);
         out.push_str(value);
-        rest = &after[end + 2..];
+        rest = tail;
         if out.len() > MAX_SCRIPT_BYTES {
-            return Err(ParamError::TooLarge { len: out.len() + rest.len() });
+            return Err(ParamError::TooLarge { len: out.len().saturating_add(rest.len()) });
         }
     }
     out.push_str(rest);

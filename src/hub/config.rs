@@ -41,6 +41,10 @@ pub struct HubFile {
     /// seconds (1..=2592000, default 900).
     pub delivery_timeout_secs: Option<u64>,
     pub log_json: Option<bool>,
+    /// Custom parameter values: `"any"` (default, Cloud Assistant's
+    /// behaviour: spliced as given) or `"strict"` (only letters, digits and
+    /// `._-:/@+,=`; see docs/exec.md).
+    pub parameter_values: Option<crate::exec::params::ValuePolicy>,
 }
 
 impl HubFile {
@@ -57,7 +61,7 @@ impl HubFile {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(listen, data_dir, store, tls_cert, tls_key, agent_client_ca, insecure_loopback, access_keys, heartbeat_secs, delivery_timeout_secs, log_json);
+        take!(listen, data_dir, store, tls_cert, tls_key, agent_client_ca, insecure_loopback, access_keys, heartbeat_secs, delivery_timeout_secs, log_json, parameter_values);
         self
     }
 
@@ -118,6 +122,7 @@ impl HubFile {
             return Err(ConfigError::Invalid { key: "delivery_timeout_secs", message: format!("{dt} is outside 1..=2592000 (30 days)") });
         }
         cfg.delivery_timeout = Duration::from_secs(dt);
+        cfg.parameter_values = self.parameter_values.unwrap_or_default();
         for pair in self.access_keys.iter().flatten() {
             let Some((id, secret)) = pair.split_once(':').filter(|(i, s)| !i.is_empty() && !s.is_empty()) else {
                 return Err(ConfigError::Invalid { key: "access_keys", message: "each entry must be ID:SECRET".into() });
@@ -154,6 +159,10 @@ mod tests {
         assert!(f.resolve().unwrap_err().to_string().starts_with("access_keys"));
         let f = HubFile { insecure_loopback: Some(true), access_keys: Some(vec!["a:b".into()]), ..Default::default() };
         assert_eq!(f.resolve().unwrap().access_keys, vec![("a".to_string(), "b".to_string())]);
+        let f: HubFile = toml::from_str("insecure_loopback = true\nparameter_values = \"strict\"").unwrap();
+        assert_eq!(f.resolve().unwrap().parameter_values, crate::exec::params::ValuePolicy::Strict);
+        let e = toml::from_str::<HubFile>("parameter_values = \"loose\"").unwrap_err().to_string();
+        assert!(e.contains("parameter_values") || e.contains("loose"), "{e}");
     }
 
     #[test]

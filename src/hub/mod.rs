@@ -51,6 +51,9 @@ pub struct HubConfig {
     /// Write the bound address here once listening (for tests and scripts).
     pub addr_file: Option<PathBuf>,
     pub region_id: String,
+    /// Which custom parameter values RunCommand/InvokeCommand accept
+    /// (`parameter_values` in hub.toml; docs/exec.md).
+    pub parameter_values: crate::exec::params::ValuePolicy,
 }
 
 impl HubConfig {
@@ -64,6 +67,7 @@ impl HubConfig {
             access_keys: Vec::new(),
             addr_file: None,
             region_id: "deckhand".to_string(),
+            parameter_values: crate::exec::params::ValuePolicy::Any,
         }
     }
 }

@@ -8,13 +8,12 @@ use std::sync::Arc;
 use axum::http::{HeaderMap, Method, StatusCode, Uri};
 
 use super::error::ApiError;
-use super::params::Params;
 use crate::hub::Hub;
 use crate::hub::signature::{self, RequestParts};
 
 pub use signature::NonceCache;
 
-pub fn authenticate(hub: &Arc<Hub>, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8], _params: &Params) -> Result<(), ApiError> {
+pub fn authenticate(hub: &Arc<Hub>, method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> Result<signature::Verified, ApiError> {
     let hdrs: Vec<(String, String)> = headers
         .iter()
         .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
@@ -28,7 +27,7 @@ pub fn authenticate(hub: &Arc<Hub>, method: &Method, uri: &Uri, headers: &Header
     match signature::verify(&parts, lookup, &hub.nonces, chrono::Utc::now()) {
         Ok(v) => {
             tracing::debug!(access_key_id = %v.access_key_id, "request authenticated");
-            Ok(())
+            Ok(v)
         }
         Err(e) => Err(ApiError::new(StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST), e.code(), e.to_string())),
     }

@@ -49,7 +49,7 @@ fn command_type(p: &Params) -> Result<String, ApiError> {
 }
 
 /// Parameters JSON object, bounded; every `{{name}}` used must have a value.
-fn parameters(p: &Params, content: &str, enabled: bool) -> Result<String, ApiError> {
+fn parameters(p: &Params, content: &str, enabled: bool, policy: crate::exec::params::ValuePolicy) -> Result<String, ApiError> {
     let map: Map<String, Value> = match p.get("Parameters") {
         None => Map::new(),
         Some(raw) => match serde_json::from_str::<Value>(raw) {
@@ -61,17 +61,14 @@ fn parameters(p: &Params, content: &str, enabled: bool) -> Result<String, ApiErr
         return Err(ApiError::invalid("Parameters", format!("{} parameters, the limit is {MAX_PARAMETERS}", map.len())));
     }
     if enabled {
-        let values: std::collections::BTreeMap<String, String> = map
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
-            .chain(BUILTINS.iter().map(|b| (b.to_string(), String::new())))
-            .collect();
-        crate::exec::params::render(content, &values).map_err(|e| ApiError::invalid("Parameters", e))?;
+        // The agent's own renderer, built-ins empty: names, count, value
+        // types, NUL, size and (under the strict policy) the value rule are
+        // all checked here, so nothing the agent would refuse is accepted.
+        let builtins = crate::exec::params::Builtins::default();
+        crate::exec::params::render_script(content, true, &map, &builtins, policy).map_err(|e| ApiError::invalid("Parameters", e))?;
     }
     Ok(Value::Object(map).to_string())
 }
-
-const BUILTINS: &[&str] = &["ACS::InstanceId", "ACS::InstanceName", "ACS::InvokeId", "ACS::CommandId", "ACS::RegionId"];
 
 /// RepeatMode and Frequency, validated with the agent's own scheduler
 /// grammar so the API refuses what an agent could never fire.
@@ -127,7 +124,7 @@ pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let ctype = command_type(p)?;
     let content = decode_content(p, "CommandContent", "PlainText")?;
     let enable_parameter = p.bool("EnableParameter")?.unwrap_or(false);
-    let parameters = parameters(p, &content, enable_parameter)?;
+    let parameters = parameters(p, &content, enable_parameter, req.hub.config.parameter_values)?;
     let timeout = p.int("Timeout", TIMEOUT_RANGE.0, TIMEOUT_RANGE.1)?.unwrap_or(DEFAULT_TIMEOUT);
     let (repeat_mode, frequency) = repeat(p, timeout)?;
     let ids = instances(req).await?;
@@ -161,7 +158,7 @@ pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let Some(mut cmd) = req.hub.store.get_command(command_id).await?.filter(|c| c.visible) else {
         return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidCommandId.NotFound", format!("The specified command \"{command_id}\" does not exist.")));
     };
-    let parameters = parameters(p, &cmd.content, cmd.enable_parameter)?;
+    let parameters = parameters(p, &cmd.content, cmd.enable_parameter, req.hub.config.parameter_values)?;
     if let Some(t) = p.int("Timeout", TIMEOUT_RANGE.0, TIMEOUT_RANGE.1)? {
         cmd.timeout_secs = t;
     }

@@ -85,9 +85,9 @@ async fn dispatch(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let params = Params::parse(uri.query().unwrap_or(""), if is_form { body } else { b"" })?;
-    let action = params.get("Action").or_else(|| headers.get("x-acs-action").and_then(|v| v.to_str().ok())).map(str::to_string);
-    let Some(action) = action else { return Err(ApiError::missing("Action")) };
-    auth::authenticate(hub, method, uri, headers, body, &params)?;
+    let verified = auth::authenticate(hub, method, uri, headers, body)?;
+    // Only what the signature covers names the action (issue #14).
+    let Some(action) = verified.action(params.get("Action")) else { return Err(ApiError::missing("Action")) };
     let req = Request { hub, params, peer };
     tracing::debug!(action, "API call");
     match action.as_str() {

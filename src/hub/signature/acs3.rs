@@ -52,7 +52,9 @@ pub(super) fn verify(parts: &RequestParts<'_>, auth: &str, lookup: &impl Fn(&str
     if !same(&hex::encode(mac.finalize().into_bytes()), &signature.to_lowercase()) {
         return Err(SignatureError::Mismatch(sts));
     }
-    Ok((Verified { access_key_id: key_id }, nonce, date))
+    // The action header counts only when the signature covers it.
+    let signed_action = if signed_headers.contains(&"x-acs-action") { parts.header("x-acs-action").map(str::to_string) } else { None };
+    Ok((Verified { access_key_id: key_id, signed_action_header: signed_action }, nonce, date))
 }
 
 /// Signs like the tea SDK does (used by tests to build vectors).

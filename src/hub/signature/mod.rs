@@ -48,6 +48,19 @@ impl RequestParts<'_> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verified {
     pub access_key_id: String,
+    /// `x-acs-action` when the signature covers it (ACS3 with the header
+    /// in `SignedHeaders`); an unsigned header is never used, so a captured
+    /// request cannot be replayed as another action.
+    pub signed_action_header: Option<String>,
+}
+
+impl Verified {
+    /// The action the signature covers: the signed `Action` parameter
+    /// (query or form body, both signed in either scheme), else a signed
+    /// `x-acs-action` header.
+    pub fn action(&self, param: Option<&str>) -> Option<String> {
+        param.map(str::to_string).or_else(|| self.signed_action_header.clone())
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

@@ -45,7 +45,8 @@ pub(super) fn verify(parts: &RequestParts<'_>, lookup: &impl Fn(&str) -> Option<
     if !same(&hmac_sha1_b64(&secret, &sts), &signature) {
         return Err(SignatureError::Mismatch(sts));
     }
-    Ok((Verified { access_key_id: key_id }, nonce, timestamp))
+    // RPC v1 signs parameters only, never headers.
+    Ok((Verified { access_key_id: key_id, signed_action_header: None }, nonce, timestamp))
 }
 
 /// Adds the common signature parameters and the signature to `params`,

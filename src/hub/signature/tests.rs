@@ -99,3 +99,41 @@ fn nonce_cache_is_bounded_and_expires() {
     c.check_and_insert("k:2", now() + chrono::TimeDelta::minutes(31)).unwrap();
     assert!(c.check_and_insert("k:1", now() + chrono::TimeDelta::minutes(31)).is_ok());
 }
+
+/// Regression (issue #14): a request signed without an `Action` parameter
+/// took its action from the unsigned `x-acs-action` header.
+#[test]
+fn action_comes_only_from_what_the_signature_covers() {
+    // RPC v1 signed without Action; an attacker adds the header.
+    let mut p = vec![("RegionId".to_string(), "cn-hangzhou".to_string())];
+    sign_rpc_v1("GET", &mut p, "AKID", "SECRET", "n-act", "2026-11-22T10:00:00Z");
+    let q = form_urlencoded::Serializer::new(String::new()).extend_pairs(p).finish();
+    let headers = vec![("x-acs-action".to_string(), "DeregisterManagedInstance".to_string())];
+    let v = verify(&parts("GET", &q, &headers, b""), keys, &NonceCache::default(), now()).unwrap();
+    assert_eq!(v.action(None), None, "an unsigned header must not name the action");
+    assert_eq!(v.action(Some("DescribeInvocations")).as_deref(), Some("DescribeInvocations"));
+
+    // ACS3 with x-acs-action signed: the header counts.
+    let sha = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+    let base: Vec<(String, String)> = vec![
+        ("host".into(), "h".into()),
+        ("x-acs-action".into(), "DescribeInvocations".into()),
+        ("x-acs-date".into(), "2026-11-22T10:00:01Z".into()),
+        ("x-acs-signature-nonce".into(), "n-a3".into()),
+        ("x-acs-content-sha256".into(), sha.into()),
+    ];
+    let mut h = base.clone();
+    let signed = ["host", "x-acs-action", "x-acs-content-sha256", "x-acs-date", "x-acs-signature-nonce"];
+    h.push(("authorization".into(), acs3::sign(&parts("POST", "", &base, b""), &signed, "AKID", "SECRET")));
+    let v = verify(&parts("POST", "", &h, b""), keys, &NonceCache::default(), now()).unwrap();
+    assert_eq!(v.action(None).as_deref(), Some("DescribeInvocations"));
+
+    // ACS3 with the header present but not signed: ignored.
+    let mut h = base.clone();
+    h[3].1 = "n-a4".into();
+    let signed = ["host", "x-acs-content-sha256", "x-acs-date", "x-acs-signature-nonce"];
+    let auth = acs3::sign(&parts("POST", "", &h, b""), &signed, "AKID", "SECRET");
+    h.push(("authorization".into(), auth));
+    let v = verify(&parts("POST", "", &h, b""), keys, &NonceCache::default(), now()).unwrap();
+    assert_eq!(v.action(None), None);
+}
