@@ -27,6 +27,13 @@ use crate::protocol::{self, AgentMsg, HubMsg, MAX_FRAME_BYTES, PROTOCOL_VERSION}
 const OUTBOX: usize = 256;
 /// First frame must arrive within this.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest frame accepted before the agent has authenticated: `register`
+/// and `hello` carry ids and host facts, a few KiB at most.
+pub const MAX_PRE_HELLO_FRAME: usize = 64 * 1024;
+/// Invocation ids one session remembers as delivered to its agent; live
+/// output is accepted only for those (a rogue agent cannot fill the hub
+/// with output for invocations that are not its own).
+const MAX_SESSION_INVOCATIONS: usize = 10_000;
 
 #[derive(Clone)]
 struct Session {
@@ -154,7 +161,32 @@ async fn refuse(ws: &mut WebSocket, code: &str, message: String) -> ConnError {
     ConnError::Refused(format!("{code}: {message}"))
 }
 
-/// Next agent message; malformed frames are answered, not fatal.
+/// The first frame of a connection: small, well formed, or the connection
+/// is closed at once (issue #14). Nothing of the frame is logged or echoed.
+async fn recv_first(ws: &mut WebSocket, peer: SocketAddr) -> Result<AgentMsg, ConnError> {
+    loop {
+        let Some(frame) = ws.recv().await else { return Err(ConnError::Closed) };
+        let problem = match frame? {
+            Message::Text(t) if t.len() > MAX_PRE_HELLO_FRAME => {
+                format!("a first frame of {} bytes exceeds the limit of {MAX_PRE_HELLO_FRAME} bytes", t.len())
+            }
+            Message::Text(t) => match protocol::decode::<AgentMsg>(t.as_str()) {
+                Ok(m) => return Ok(m),
+                Err(e) => e.to_string(),
+            },
+            Message::Binary(_) => "binary frames are not part of the protocol".to_string(),
+            Message::Close(_) => return Err(ConnError::Closed),
+            _ => continue,
+        };
+        if let Some(suppressed) = super::edge::peer_warnings().allow() {
+            tracing::warn!(%peer, problem, suppressed, "malformed first frame; closing");
+        }
+        return Err(refuse(ws, "MalformedFrame", problem).await);
+    }
+}
+
+/// Next agent message; malformed frames are answered, not fatal (the agent
+/// has authenticated). Neither the answer nor the log quotes the frame.
 async fn recv(ws: &mut WebSocket) -> Result<AgentMsg, ConnError> {
     loop {
         let Some(frame) = ws.recv().await else { return Err(ConnError::Closed) };
@@ -162,7 +194,9 @@ async fn recv(ws: &mut WebSocket) -> Result<AgentMsg, ConnError> {
             Message::Text(t) => match protocol::decode::<AgentMsg>(t.as_str()) {
                 Ok(m) => return Ok(m),
                 Err(e) => {
-                    tracing::warn!(error = %e, "rejected agent frame");
+                    if let Some(suppressed) = super::edge::peer_warnings().allow() {
+                        tracing::warn!(error = %e, suppressed, "rejected agent frame");
+                    }
                     send(ws, &HubMsg::Error { code: "MalformedFrame".into(), message: e.to_string(), fatal: false }).await?;
                 }
             },
@@ -176,7 +210,7 @@ async fn recv(ws: &mut WebSocket) -> Result<AgentMsg, ConnError> {
 }
 
 async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Result<(), ConnError> {
-    let first = tokio::time::timeout(HELLO_TIMEOUT, recv(&mut ws)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??;
+    let first = tokio::time::timeout(HELLO_TIMEOUT, recv_first(&mut ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??;
     let first = match first {
         AgentMsg::Register { protocol, activation_id, activation_code, facts } => {
             if protocol != PROTOCOL_VERSION {
@@ -186,7 +220,7 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
                 Ok((instance_id, token)) => send(&mut ws, &HubMsg::Registered { instance_id, token }).await?,
                 Err((code, msg)) => return Err(refuse(&mut ws, code, msg).await),
             }
-            tokio::time::timeout(HELLO_TIMEOUT, recv(&mut ws)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??
+            tokio::time::timeout(HELLO_TIMEOUT, recv_first(&mut ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??
         }
         other => other,
     };
@@ -195,6 +229,11 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     };
     if protocol != PROTOCOL_VERSION {
         return Err(refuse(&mut ws, "UnsupportedProtocol", format!("agent speaks protocol {protocol}, hub speaks {PROTOCOL_VERSION}")).await);
+    }
+    // Ids are ours (`mi-` + hex): anything else cannot be known, and is
+    // refused before it reaches the store or a log line.
+    if super::edge::shown_id(&instance_id) != instance_id {
+        return Err(refuse(&mut ws, "InvalidCredential", "malformed instance id".into()).await);
     }
     let known = hub.store.get_instance(&instance_id).await?;
     let presented = hash_token(&token);
@@ -206,7 +245,7 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
             hub.store.promote_pending_token(&instance_id).await?;
             tracing::info!(instance_id, "rotated credential in use");
         }
-        _ => return Err(refuse(&mut ws, "InvalidCredential", format!("unknown instance {instance_id} or wrong token")).await),
+        _ => return Err(refuse(&mut ws, "InvalidCredential", format!("unknown instance {} or wrong token", super::edge::shown_id(&instance_id))).await),
     }
     let hb = hub.config.heartbeat;
     send(&mut ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) }).await?;
@@ -230,11 +269,13 @@ async fn session(
     rx: &mut mpsc::Receiver<HubMsg>,
     hb: Duration,
 ) -> Result<(), ConnError> {
+    let mut mine = Delivered::default();
     // Resync: everything not final for this instance, then stops.
     for mut inv in hub.store.undelivered_for(instance_id).await? {
         inv.region_id = hub.config.region_id.clone();
         let stopping = hub.store.get_invocation(&inv.invoke_id).await?.is_some_and(|i| i.stop_requested);
         let invoke_id = inv.invoke_id.clone();
+        mine.note(&invoke_id);
         send(ws, &HubMsg::Invoke { invocation: inv }).await?;
         if stopping {
             send(ws, &HubMsg::Stop { invoke_id }).await?;
@@ -248,19 +289,40 @@ async fn session(
             _ = hub.shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep_until(deadline) => return Err(ConnError::HeartbeatLost),
             out = rx.recv() => match out {
-                Some(msg) => send(ws, &msg).await?,
+                Some(msg) => {
+                    if let HubMsg::Invoke { invocation } = &msg {
+                        mine.note(&invocation.invoke_id);
+                    }
+                    send(ws, &msg).await?
+                }
                 // Registry replaced us (newer connection) or dropped us (slow).
                 None => return Ok(()),
             },
             msg = recv(ws) => {
                 deadline = tokio::time::Instant::now() + dead_after;
-                handle(hub, ws, instance_id, msg?).await?;
+                handle(hub, ws, instance_id, &mine, msg?).await?;
             }
         }
     }
 }
 
-async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, msg: AgentMsg) -> Result<(), ConnError> {
+/// Invocations delivered to this session's agent (bounded).
+#[derive(Default)]
+struct Delivered(std::collections::HashSet<String>);
+
+impl Delivered {
+    fn note(&mut self, invoke_id: &str) {
+        if self.0.len() < MAX_SESSION_INVOCATIONS {
+            self.0.insert(invoke_id.to_string());
+        }
+    }
+
+    fn contains(&self, invoke_id: &str) -> bool {
+        self.0.contains(invoke_id)
+    }
+}
+
+async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, mine: &Delivered, msg: AgentMsg) -> Result<(), ConnError> {
     match msg {
         AgentMsg::Heartbeat { sent_ms } => {
             hub.writer.write_lossy(WriteOp::Touch { instance_id: instance_id.to_string() });
@@ -270,6 +332,20 @@ async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, msg: AgentMsg)
             hub.writer.write(WriteOp::Delivered { invoke_id, instance_id: instance_id.to_string() }).await?;
         }
         AgentMsg::Report { report_id, report } => {
+            // The hub enforces the caps itself: an agent cannot store more
+            // than a well-behaved one would (issue #14).
+            let report = match report.bounded() {
+                Ok(r) => r,
+                Err(e) => {
+                    if let Some(suppressed) = super::edge::peer_warnings().allow() {
+                        tracing::warn!(instance_id, error = %e, suppressed, "report refused");
+                    }
+                    // Acked: a report that can never be stored must not be retried forever.
+                    send(ws, &HubMsg::Error { code: "InvalidReport".into(), message: e.to_string(), fatal: false }).await?;
+                    send(ws, &HubMsg::ReportAck { report_id }).await?;
+                    return Ok(());
+                }
+            };
             let invoke_id = report.invoke_id.clone();
             match hub.writer.write(WriteOp::Report { instance_id: instance_id.to_string(), report: report.clone() }).await? {
                 ReportEffect::Applied | ReportEffect::Duplicate => {
@@ -280,7 +356,7 @@ async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, msg: AgentMsg)
                     send(ws, &HubMsg::ReportAck { report_id }).await?;
                 }
                 ReportEffect::NotATarget => {
-                    tracing::warn!(invoke_id, instance_id, "report for an invocation this instance is not a target of");
+                    tracing::warn!(invoke_id = super::edge::shown_id(&invoke_id), instance_id, "report for an invocation this instance is not a target of");
                     // Ack so the agent stops retrying a report that can never land.
                     send(ws, &HubMsg::Error { code: "NotATarget".into(), message: format!("instance {instance_id} is not a target of {invoke_id}"), fatal: false }).await?;
                     send(ws, &HubMsg::ReportAck { report_id }).await?;
@@ -289,6 +365,14 @@ async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, msg: AgentMsg)
         }
         AgentMsg::Output { invoke_id, record_seq: _, offset: _, data_b64 } => {
             use base64::Engine;
+            // Only for invocations this agent was given; others are dropped
+            // unanswered (live output is best effort).
+            if !mine.contains(&invoke_id) {
+                if let Some(suppressed) = super::edge::peer_warnings().allow() {
+                    tracing::warn!(instance_id, invoke_id = super::edge::shown_id(&invoke_id), suppressed, "live output for an invocation not delivered to this agent; dropped");
+                }
+                return Ok(());
+            }
             if let Ok(data) = base64::engine::general_purpose::STANDARD.decode(data_b64) {
                 hub.live.push(&invoke_id, instance_id, &data);
             }
@@ -314,7 +398,7 @@ async fn register(
     peer: SocketAddr,
 ) -> Result<RegisterOutcome, ConnError> {
     let Some(act) = hub.store.get_activation(activation_id).await? else {
-        return Ok(Err(("InvalidActivationId.NotFound", format!("activation {activation_id} does not exist"))));
+        return Ok(Err(("InvalidActivationId.NotFound", format!("activation {} does not exist", super::edge::shown_id(activation_id)))));
     };
     if !constant_time_eq(&act.code_hash, &hash_token(code)) {
         return Ok(Err(("InvalidActivationCode", "activation code does not match".into())));

@@ -5,6 +5,7 @@ pub mod agents;
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod edge;
 pub mod signature;
 mod live;
 mod server;
@@ -18,7 +19,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-pub use server::serve;
+pub use server::{HEADER_READ_TIMEOUT, serve};
 
 use store::Store;
 

@@ -2,43 +2,34 @@
 //! TLS (rustls) or, for loopback tests, plain TCP.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
+use axum::extract::ConnectInfo;
 use axum::routing::{any, get};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::server::TlsStream;
 use tokio_util::sync::CancellationToken;
+use tower::Service;
 
+use super::edge::{self, PendingPeers, PendingSlot};
 use super::{Hub, HubError, agents, api};
 
 /// A TLS handshake that has not finished by then is dropped, so slow or
-/// idle clients cannot pin accept slots.
+/// idle clients cannot pin connections.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Completed handshakes waiting for axum to pick them up.
-const ACCEPT_QUEUE: usize = 1024;
+/// A request whose headers have not all arrived by then closes its
+/// connection (issue #14: one header byte every 2 s kept sockets forever).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// On shutdown, requests in flight get this long to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The peer address, and whether it presented a verified client
 /// certificate, for both the plain and the TLS listener.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr, pub bool);
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TcpListener>> for Peer {
-    fn connect_info(s: axum::serve::IncomingStream<'_, TcpListener>) -> Self {
-        Peer(*s.remote_addr(), false)
-    }
-}
-
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, TlsListener>> for Peer {
-    fn connect_info(s: axum::serve::IncomingStream<'_, TlsListener>) -> Self {
-        // rustls only exposes certificates it verified against the client CA.
-        let cert = s.io().get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-        Peer(*s.remote_addr(), cert)
-    }
-}
 
 pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
@@ -48,12 +39,17 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .with_state(hub)
 }
 
+/// Accepts connections until `shutdown`, each served in its own task with
+/// explicit time bounds: TLS handshake, request headers, and (for agents)
+/// the hello, which `agents` bounds. An address holding
+/// [`edge::MAX_PENDING_PER_ADDR`] connections that have not sent a request
+/// yet has further connections closed at once.
 pub async fn serve(hub: Arc<Hub>, shutdown: CancellationToken) -> Result<(), HubError> {
     let addr = hub.config.listen;
     let tcp = TcpListener::bind(addr).await.map_err(|source| HubError::Bind { addr, source })?;
     let local = tcp.local_addr()?;
     let tls = match &hub.config.tls {
-        Some((cert, key)) => Some(crate::tls::server_config(cert, key, hub.config.agent_client_ca.as_deref())?),
+        Some((cert, key)) => Some(TlsAcceptor::from(crate::tls::server_config(cert, key, hub.config.agent_client_ca.as_deref())?)),
         None => None,
     };
     let scheme = if tls.is_some() { "https" } else { "http" };
@@ -62,76 +58,82 @@ pub async fn serve(hub: Arc<Hub>, shutdown: CancellationToken) -> Result<(), Hub
         std::fs::write(f, format!("{scheme}://{local}"))?;
     }
     crate::agent::service::notify_ready();
-    let app = router(hub.clone()).into_make_service_with_connect_info::<Peer>();
-    let stop = shutdown.clone();
-    let graceful = async move { stop.cancelled().await };
-    match tls {
-        None => axum::serve(tcp, app).with_graceful_shutdown(graceful).await?,
-        Some(cfg) => {
-            let listener = TlsListener::spawn(tcp, TlsAcceptor::from(cfg), shutdown.clone());
-            axum::serve(listener, app).with_graceful_shutdown(graceful).await?
-        }
+    let app = router(hub.clone());
+    let pending = PendingPeers::default();
+    let mut conns = tokio::task::JoinSet::new();
+    loop {
+        let (sock, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = tcp.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        while conns.try_join_next().is_some() {}
+        let Some(slot) = pending.admit(peer.ip()) else {
+            if let Some(suppressed) = edge::peer_warnings().allow() {
+                tracing::warn!(%peer, limit = edge::MAX_PENDING_PER_ADDR, suppressed, "too many unauthenticated connections from one address; closing new ones");
+            }
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
+        conns.spawn(connection(sock, peer, tls.clone(), app.clone(), slot, shutdown.clone()));
+    }
+    let drain = async { while conns.join_next().await.is_some() {} };
+    if tokio::time::timeout(DRAIN_TIMEOUT, drain).await.is_err() {
+        conns.abort_all();
     }
     tracing::info!("hub stopped");
     Ok(())
 }
 
-/// Accepts TCP and runs each TLS handshake in its own task, handing
-/// finished streams to axum; one slow handshake never blocks the others.
-pub struct TlsListener {
-    rx: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
-    local: SocketAddr,
-}
-
-impl TlsListener {
-    fn spawn(tcp: TcpListener, acceptor: TlsAcceptor, shutdown: CancellationToken) -> Self {
-        let local = tcp.local_addr().expect("bound listener has an address");
-        let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
-        tokio::spawn(async move {
-            loop {
-                let (sock, peer) = tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    r = tcp.accept() => match r {
-                        Ok(x) => x,
-                        Err(e) => {
-                            // EMFILE and friends: back off instead of spinning.
-                            tracing::warn!(error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    },
-                };
-                let _ = sock.set_nodelay(true);
-                let acceptor = acceptor.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
-                        Ok(Ok(s)) => {
-                            let _ = tx.send((s, peer)).await;
-                        }
-                        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
-                    }
-                });
-            }
-        });
-        Self { rx, local }
-    }
-}
-
-impl axum::serve::Listener for TlsListener {
-    type Io = TlsStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match self.rx.recv().await {
-            Some(x) => x,
-            // The accept task ended (shutdown): park; graceful shutdown ends serve.
-            None => std::future::pending().await,
+async fn connection(sock: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, app: Router, slot: PendingSlot, shutdown: CancellationToken) {
+    let Some(acceptor) = tls else {
+        return serve_http(TokioIo::new(sock), Peer(peer, false), app, slot, shutdown).await;
+    };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+        Ok(Ok(s)) => {
+            // rustls only exposes certificates it verified against the client CA.
+            let cert = s.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+            serve_http(TokioIo::new(s), Peer(peer, cert), app, slot, shutdown).await
         }
+        Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
     }
+}
 
-    fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        Ok(self.local)
+/// HTTP/1.1 on one connection (WebSocket upgrades included). The pending
+/// slot is given back when the first request's headers are in: from then
+/// on the API authenticates each request, and an agent must say hello
+/// within its own bound.
+async fn serve_http<I>(io: TokioIo<I>, peer: Peer, app: Router, slot: PendingSlot, shutdown: CancellationToken)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let slot = Mutex::new(Some(slot));
+    let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+        drop(slot.lock().unwrap_or_else(|e| e.into_inner()).take());
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let mut app = app.clone();
+        async move { app.call(req).await }
+    });
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    let conn = builder.serve_connection(io, svc).with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        tracing::debug!(peer = %peer.0, error = %e, "HTTP connection ended");
     }
 }

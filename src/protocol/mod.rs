@@ -174,13 +174,96 @@ pub enum HubMsg {
     },
 }
 
-/// Why a frame could not be decoded; the peer is told this text.
+/// Why a frame could not be decoded; the peer is told this text, and it
+/// may be logged, so it never carries any of the frame's content (serde's
+/// own messages quote the offending value).
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
     #[error("frame of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge { size: usize, limit: usize },
-    #[error("malformed message: {0}")]
-    Malformed(#[from] serde_json::Error),
+    #[error("malformed message ({kind} error at line {line} column {column})")]
+    Malformed { kind: &'static str, line: usize, column: usize },
+}
+
+impl From<serde_json::Error> for FrameError {
+    fn from(e: serde_json::Error) -> Self {
+        use serde_json::error::Category;
+        let kind = match e.classify() {
+            Category::Io => "I/O",
+            Category::Syntax => "syntax",
+            Category::Data => "schema",
+            Category::Eof => "truncated",
+        };
+        FrameError::Malformed { kind, line: e.line(), column: e.column() }
+    }
+}
+
+/// Bounds the hub puts on a report whatever the agent claims (issue #14):
+/// a rogue or buggy agent cannot store more than a well-behaved one.
+pub mod report_limits {
+    /// Longest `error_code`, `start_time` and `finish_time`, in bytes.
+    pub const MAX_SHORT_TEXT: usize = 64;
+    /// Longest `error_info`, in bytes.
+    pub const MAX_ERROR_INFO: usize = 1024;
+    /// Longest invoke id, in bytes.
+    pub const MAX_ID: usize = 64;
+    /// `dropped` saturates here: it is stored as a signed 64-bit integer.
+    pub const MAX_DROPPED: u64 = i64::MAX as u64;
+}
+
+/// Why a report was refused outright (rather than trimmed to the bounds).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReportError {
+    #[error("report for invocation id of {0} bytes; the limit is {max}", max = report_limits::MAX_ID)]
+    IdTooLong(usize),
+    #[error("report output is not valid base64")]
+    OutputNotBase64,
+}
+
+impl RecordReport {
+    /// The report brought within the protocol's bounds: output longer than
+    /// [`OUTPUT_CAP_BYTES`] keeps its head and tail with the rest counted in
+    /// `dropped` (as the agent's own cap does), `dropped` saturates, text
+    /// fields are cut at a character boundary. Refused: an over-long id or
+    /// output that is not base64 (storing it as empty would lose it silently).
+    pub fn bounded(mut self) -> Result<Self, ReportError> {
+        use base64::Engine;
+        use report_limits::*;
+        if self.invoke_id.len() > MAX_ID {
+            return Err(ReportError::IdTooLong(self.invoke_id.len()));
+        }
+        let b64 = base64::engine::general_purpose::STANDARD;
+        // 4 base64 characters carry 3 bytes: a short string cannot be over the cap.
+        if self.output_b64.len() > OUTPUT_CAP_BYTES / 3 * 4 {
+            let raw = b64.decode(&self.output_b64).map_err(|_| ReportError::OutputNotBase64)?;
+            if raw.len() > OUTPUT_CAP_BYTES {
+                let mut cap = crate::exec::OutputCap::new(OUTPUT_CAP_BYTES);
+                cap.push(&raw);
+                let (kept, cut) = cap.finish();
+                self.output_b64 = b64.encode(kept);
+                self.dropped = self.dropped.saturating_add(cut);
+            }
+        } else if b64.decode(&self.output_b64).is_err() {
+            return Err(ReportError::OutputNotBase64);
+        }
+        self.dropped = self.dropped.min(MAX_DROPPED);
+        truncate_text(&mut self.error_code, MAX_SHORT_TEXT);
+        truncate_text(&mut self.start_time, MAX_SHORT_TEXT);
+        truncate_text(&mut self.finish_time, MAX_SHORT_TEXT);
+        truncate_text(&mut self.error_info, MAX_ERROR_INFO);
+        Ok(self)
+    }
+}
+
+/// Cuts `s` to at most `max` bytes, at a character boundary.
+pub fn truncate_text(s: &mut String, max: usize) {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
 }
 
 /// Decode one text frame, enforcing the size bound before parsing.

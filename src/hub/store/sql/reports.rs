@@ -19,6 +19,11 @@ pub(super) async fn apply_report_tx(tx: &mut Transaction<'static, Any>, d: Diale
     let Some(target) = target else { return Ok(ReportEffect::NotATarget) };
     let repeat_mode: String = target.get("repeat_mode");
     let frequency: String = target.get("frequency");
+    // A one-shot invocation has exactly one record, number 0: a rogue agent
+    // cannot add hundreds (issue #14).
+    if repeat_mode == "Once" && r.record_seq != 0 {
+        return Ok(ReportEffect::NotATarget);
+    }
     let existing: Option<String> =
         sqlx::query_scalar(AssertSqlSafe(d.sql("SELECT status FROM records WHERE invoke_id = ? AND instance_id = ? AND record_seq = ?")))
             .bind(&r.invoke_id)
