@@ -42,6 +42,19 @@ pub fn init_logging(json: bool) {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     }
+    log_panics();
+}
+
+/// Release builds unwind (docs/security.md): a panic ends only the task it
+/// happens in (one request, one agent connection, one run), and this hook
+/// leaves one log line naming where. The payload is not logged: it may
+/// quote untrusted input.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+        tracing::error!(location, thread, "internal error: a task panicked and was ended (a bug; please report it)");
+    }));
 }
 
 /// Creates `dir` (and missing parents) and leaves it `0700`: a hub's data

@@ -10,6 +10,8 @@ pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod exec;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod hub;
 pub mod kubelet;
 pub mod protocol;

@@ -44,12 +44,16 @@ async fn malformed_unknown_and_version_errors() {
     let (id, token) = identity(&agent);
     agent.kill();
 
+    // Before hello a malformed frame is fatal: answered once, then closed
+    // (issue #14: unauthenticated peers get nothing to loop on).
     let mut ws = connect(&hub).await;
     ws.send(Message::Text("this is not json".into())).await.unwrap();
     match next_msg(&mut ws).await {
-        Some(HubMsg::Error { code, fatal, .. }) => assert!(code == "MalformedFrame" && !fatal),
+        Some(HubMsg::Error { code, fatal, .. }) => assert!(code == "MalformedFrame" && fatal),
         other => panic!("expected MalformedFrame, got {other:?}"),
     }
+    assert!(next_msg(&mut ws).await.is_none(), "closed after a malformed first frame");
+    let mut ws = connect(&hub).await;
     ws.send(Message::Text(hello(&id, &token, 99).into())).await.unwrap();
     match next_msg(&mut ws).await {
         Some(HubMsg::Error { code, message, fatal }) => {

@@ -1,0 +1,3 @@
+//! Fuzz target `params`: see `deckhand::fuzzing::params`.
+#![no_main]
+libfuzzer_sys::fuzz_target!(|data: &[u8]| deckhand::fuzzing::params(data));
