@@ -165,7 +165,7 @@ impl Hub {
         wait_until(&format!("{invoke_id} final"), timeout, || {
             let v = self.call("DescribeInvocationResults", &[("InvokeId", invoke_id), ("PageSize", "50")]).ok()?;
             let list = v["Invocation"]["InvocationResults"]["InvocationResult"].as_array()?.clone();
-            let done = !list.is_empty() && list.iter().all(|r| matches!(r["InvokeRecordStatus"].as_str(), Some("Finished" | "Failed" | "Stopped" | "Timeout")));
+            let done = !list.is_empty() && list.iter().all(|r| matches!(r["InvokeRecordStatus"].as_str(), Some("Finished" | "Failed" | "Stopped")));
             done.then_some(list)
         })
     }

@@ -163,7 +163,7 @@ fn decode_token(t: &str) -> Option<i64> {
     std::str::from_utf8(&raw).ok()?.strip_prefix("o:")?.parse().ok().filter(|n: &i64| *n >= 0)
 }
 
-/// Background upkeep: fail targets that were never delivered in time.
+/// Background upkeep: abort targets that were never delivered in time.
 pub async fn sweeper(hub: Arc<Hub>) {
     let every = Duration::from_secs(5).min(hub.config.delivery_timeout);
     loop {
@@ -172,13 +172,9 @@ pub async fn sweeper(hub: Arc<Hub>) {
             _ = tokio::time::sleep(every) => {}
         }
         let cutoff = crate::hub::store::ago_str(hub.config.delivery_timeout);
-        match hub
-            .store
-            .expire_undelivered(&cutoff, "ClientNotResponse", "the instance did not take the invocation within the delivery timeout")
-            .await
-        {
+        match hub.store.expire_undelivered(&cutoff).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(expired = n, "failed undelivered targets"),
+            Ok(n) => tracing::info!(expired = n, "aborted targets not delivered in time"),
             Err(e) => tracing::warn!(error = %e, "delivery sweeper"),
         }
     }
