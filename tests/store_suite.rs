@@ -212,6 +212,24 @@ async fn invocation_lifecycle_keeps_binary_output_and_ignores_duplicates(e: &Eng
     let err = s.create_invocation(&again, &["i-1".into()]).await.unwrap_err();
     assert!(matches!(&err, StoreError::DuplicateClientToken(t) if t == "tok-t-1"), "{err}");
     assert!(s.get_invocation("t-1b").await.unwrap().is_none());
+    // RunCommand's anonymous command commits with its invocation or not at all.
+    let cmd = CommandRow {
+        command_id: "c-orphan".into(),
+        name: String::new(),
+        description: String::new(),
+        command_type: CommandType::RunShellScript,
+        content: "echo".into(),
+        working_dir: String::new(),
+        timeout_secs: 60,
+        enable_parameter: false,
+        username: String::new(),
+        created_at: now_str(),
+        visible: false,
+        invoke_times: 0,
+    };
+    let err = s.run_command(&cmd, &again, &["i-1".into()]).await.unwrap_err();
+    assert!(matches!(&err, StoreError::DuplicateClientToken(_)), "{err}");
+    assert!(s.get_command("c-orphan").await.unwrap().is_none(), "no orphan command");
     assert!(s.targets("t-1b").await.unwrap().is_empty());
     let owed = s.undelivered_for("i-1").await.unwrap();
     assert_eq!(owed.len(), 1);
@@ -480,4 +498,22 @@ async fn deregistering_releases_unsettled_targets(e: &Engine) {
     let running = &s.targets("t-r").await.unwrap()[0];
     assert_eq!((running.status, running.error_code.clone()), (S::Error, Some(ErrorCode::InstanceReleased)));
     assert_eq!(s.get_invocation("t-r").await.unwrap().unwrap().invocation_status(), InvocationOverall::Failed);
+}
+
+/// A full disk is told apart from other failures: SQLite's own page limit
+/// (`max_page_count`) produces the same SQLITE_FULL a full disk does.
+#[tokio::test]
+async fn full_database_is_classified_as_disk_full() {
+    use sqlx::{Connection, Executor};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("full.db").display())).await.unwrap();
+    c.execute("CREATE TABLE t (b BLOB)").await.unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut c).await.unwrap();
+    c.execute(sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {pages}"))).await.unwrap();
+    let err = sqlx::query("INSERT INTO t VALUES (zeroblob(1000000))").execute(&mut c).await.unwrap_err();
+    let e = StoreError::classify(err);
+    assert!(e.is_disk_full(), "{e:?}");
+    assert!(e.to_string().starts_with("the hub's database disk is full"), "{e}");
+    let busy = StoreError::classify(sqlx::Error::PoolTimedOut);
+    assert!(matches!(busy, StoreError::Busy(_)) && !busy.is_disk_full());
 }

@@ -146,9 +146,8 @@ pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
         visible: p.bool("KeepCommand")?.unwrap_or(false),
         invoke_times: 0,
     };
-    req.hub.store.create_command(&cmd).await?;
     let inv = invocation_for(&cmd, parameters, repeat_mode, frequency, p.get("ClientToken").unwrap_or(""));
-    create_and_push(req, inv, &ids).await
+    create_and_push(req, Some(&cmd), inv, &ids).await
 }
 
 pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
@@ -175,7 +174,7 @@ pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
     }
     let ids = instances(req).await?;
     let inv = invocation_for(&cmd, parameters, repeat_mode, frequency, p.get("ClientToken").unwrap_or(""));
-    let mut v = create_and_push(req, inv, &ids).await?;
+    let mut v = create_and_push(req, None, inv, &ids).await?;
     if let Value::Object(m) = &mut v {
         m.remove("CommandId");
     }
@@ -203,11 +202,16 @@ fn invocation_for(cmd: &CommandRow, parameters: String, repeat_mode: RepeatMode,
     }
 }
 
-/// Commits the invocation first, then pushes it to whoever is online;
+/// Commits the invocation (with its command for RunCommand) first, then
+/// pushes it to whoever is online;
 /// offline targets get it when they connect.
-async fn create_and_push(req: &Request<'_>, inv: InvocationRow, targets: &[(String, String)]) -> Result<Value, ApiError> {
+async fn create_and_push(req: &Request<'_>, cmd: Option<&CommandRow>, inv: InvocationRow, targets: &[(String, String)]) -> Result<Value, ApiError> {
     let ids: Vec<String> = targets.iter().map(|(i, _)| i.clone()).collect();
-    match req.hub.store.create_invocation(&inv, &ids).await {
+    let created = match cmd {
+        Some(cmd) => req.hub.store.run_command(cmd, &inv, &ids).await,
+        None => req.hub.store.create_invocation(&inv, &ids).await,
+    };
+    match created {
         Ok(()) => {}
         // The same ClientToken committed meanwhile (through another replica,
         // or a concurrent retry): answer with that invocation, run nothing new.

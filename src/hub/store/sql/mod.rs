@@ -188,6 +188,39 @@ impl SqlStore {
     }
 }
 
+/// Inserts one command row inside `tx`.
+async fn insert_command(tx: &mut Transaction<'static, Any>, d: Dialect, c: &CommandRow) -> Result<()> {
+    sqlx::query(AssertSqlSafe(d.sql(
+        "INSERT INTO commands (command_id, name, description, command_type, content, working_dir, timeout_secs, \
+         enable_parameter, username, created_at, visible) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+    )))
+    .bind(&c.command_id)
+    .bind(&c.name)
+    .bind(&c.description)
+    .bind(c.command_type.as_str())
+    .bind(&c.content)
+    .bind(&c.working_dir)
+    .bind(c.timeout_secs)
+    .bind(c.enable_parameter as i64)
+    .bind(&c.username)
+    .bind(&c.created_at)
+    .bind(c.visible as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl SqlStore {
+    async fn create_invocation_with(&self, cmd: Option<&CommandRow>, inv: &InvocationRow, instances: &[String]) -> Result<()> {
+        match sorted(self.create_invocation_once(cmd, inv, instances).await) {
+            Err(StoreError::Db(sqlx::Error::Database(e))) if e.is_unique_violation() && !inv.client_token.is_empty() => {
+                Err(StoreError::DuplicateClientToken(inv.client_token.clone()))
+            }
+            other => other,
+        }
+    }
+}
+
 /// True for errors a retried transaction can get past: PostgreSQL's
 /// serialisation failure and deadlock, SQLite's busy.
 fn retryable(e: &StoreError) -> bool {
@@ -384,23 +417,9 @@ impl Store for SqlStore {
     }
 
     async fn create_command(&self, c: &CommandRow) -> Result<()> {
-        self.q(
-            "INSERT INTO commands (command_id, name, description, command_type, content, working_dir, timeout_secs, \
-             enable_parameter, username, created_at, visible) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        )
-        .bind(&c.command_id)
-        .bind(&c.name)
-        .bind(&c.description)
-        .bind(c.command_type.as_str())
-        .bind(&c.content)
-        .bind(&c.working_dir)
-        .bind(c.timeout_secs)
-        .bind(c.enable_parameter as i64)
-        .bind(&c.username)
-        .bind(&c.created_at)
-        .bind(c.visible as i64)
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.begin().await?;
+        insert_command(&mut tx, self.d, c).await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -446,12 +465,11 @@ impl Store for SqlStore {
     }
 
     async fn create_invocation(&self, inv: &InvocationRow, instances: &[String]) -> Result<()> {
-        match sorted(self.create_invocation_once(inv, instances).await) {
-            Err(StoreError::Db(sqlx::Error::Database(e))) if e.is_unique_violation() && !inv.client_token.is_empty() => {
-                Err(StoreError::DuplicateClientToken(inv.client_token.clone()))
-            }
-            other => other,
-        }
+        self.create_invocation_with(None, inv, instances).await
+    }
+
+    async fn run_command(&self, cmd: &CommandRow, inv: &InvocationRow, instances: &[String]) -> Result<()> {
+        self.create_invocation_with(Some(cmd), inv, instances).await
     }
 
     async fn find_by_client_token(&self, token: &str) -> Result<Option<String>> {

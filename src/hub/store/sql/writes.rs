@@ -151,8 +151,13 @@ pub(super) async fn upgrade_lifecycle(tx: &mut Transaction<'static, Any>, d: Dia
 }
 
 impl SqlStore {
-    pub(super) async fn create_invocation_once(&self, inv: &InvocationRow, instances: &[String]) -> Result<()> {
+    /// The invocation, its targets and (for `RunCommand`) its command, in
+    /// one transaction: a duplicate ClientToken leaves no orphan command.
+    pub(super) async fn create_invocation_once(&self, cmd: Option<&CommandRow>, inv: &InvocationRow, instances: &[String]) -> Result<()> {
         let mut tx = self.begin().await?;
+        if let Some(cmd) = cmd {
+            super::insert_command(&mut tx, self.d, cmd).await?;
+        }
         let mut counts = crate::lifecycle::Counts::default();
         counts.set(TargetState::CREATED.status, instances.len() as i64);
         let sql = format!(
