@@ -1,7 +1,7 @@
 //! deckhand: a self-hosted fleet command system.
 //!
 //! One library, three thin binaries. Each module is a room with one job:
-//! `protocol` (agent<->hub wire types), `exec` (running one script), `agent`
+//! `lifecycle` (statuses, transitions, their codec), `protocol` (agent<->hub wire types), `exec` (running one script), `agent`
 //! (connection loop, journal, scheduler), `kubelet` (reserved resources),
 //! `hub` (WebSocket endpoint, Cloud Assistant OpenAPI, store) and `cli`.
 
@@ -14,5 +14,6 @@ pub mod exec;
 pub mod fuzzing;
 pub mod hub;
 pub mod kubelet;
+pub mod lifecycle;
 pub mod protocol;
 pub mod tls;

@@ -36,7 +36,7 @@ fn offline_instance_stays_pending_then_runs_when_it_connects() {
 }
 
 #[test]
-fn undelivered_target_fails_after_delivery_timeout() {
+fn undelivered_target_is_aborted_after_delivery_timeout() {
     let hub = Hub::start_with(&["--delivery-timeout-secs", "1"]);
     let mut a = hub.agent();
     let id = a.instance_id();
@@ -45,8 +45,10 @@ fn undelivered_target_fails_after_delivery_timeout() {
     let inv = hub.run("true", &[&id], &[]);
     let r = &hub.wait_final(&inv, WAIT)[0];
     assert_eq!(r["InvokeRecordStatus"], "Failed");
+    // Offline the whole time: the client did not respond (Alibaba: Aborted).
     assert_eq!(r["ErrorCode"], "ClientNotResponse");
-    assert_eq!(r["InvocationStatus"], "Error");
+    assert_eq!(r["ErrorInfo"], "the aliyun service in the instance does not response");
+    assert_eq!(r["InvocationStatus"], "Aborted");
 }
 
 #[test]
@@ -78,8 +80,10 @@ fn stop_invocation_kills_the_run() {
     hub.call("StopInvocation", &[("InvokeId", &inv)]).unwrap();
     let r = &hub.wait_final(&inv, WAIT)[0];
     assert_eq!(r["InvokeRecordStatus"], "Stopped", "{r}");
+    assert_eq!(r["InvocationStatus"], "Terminated", "stopped while running: {r}");
     // Within 1 s plus the kill grace (3 s), including API polling.
     assert!(t0.elapsed() < Duration::from_secs(4), "stopped promptly: {:?}", t0.elapsed());
     let v = hub.call("DescribeInvocations", &[("InvokeId", &inv)]).unwrap();
     assert_eq!(v["Invocations"]["Invocation"][0]["InvokeStatus"], "Stopped");
+    assert_eq!(v["Invocations"]["Invocation"][0]["InvocationStatus"], "Stopped");
 }

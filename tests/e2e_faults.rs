@@ -20,7 +20,7 @@ fn status(hub: &Hub, invoke_id: &str) -> String {
 }
 
 #[test]
-fn agent_killed_mid_run_reports_instance_restarted() {
+fn agent_killed_mid_run_reports_execution_interrupted() {
     let hub = Hub::start();
     let mut a = hub.agent();
     let id = a.instance_id();
@@ -31,7 +31,9 @@ fn agent_killed_mid_run_reports_instance_restarted() {
     a.spawn();
     let r = &hub.wait_final(&inv, WAIT)[0];
     assert_eq!(r["InvokeRecordStatus"], "Failed", "{r}");
-    assert_eq!(r["ErrorCode"], "InstanceRestarted");
+    assert_eq!(r["InvocationStatus"], "Error", "{r}");
+    assert_eq!(r["ErrorCode"], "ExecutionInterrupted");
+    assert_eq!(r["ErrorInfo"], "the command execution has been interrupted");
 }
 
 #[test]
@@ -55,7 +57,7 @@ fn queued_invocation_survives_agent_kill_and_runs_once() {
     std::thread::sleep(Duration::from_millis(300));
     a.kill();
     a.spawn();
-    assert_eq!(hub.wait_final(&first, WAIT)[0]["ErrorCode"], "InstanceRestarted");
+    assert_eq!(hub.wait_final(&first, WAIT)[0]["ErrorCode"], "ExecutionInterrupted");
     let r = &hub.wait_final(&second, WAIT)[0];
     assert_eq!(output_of(r), b"done\n");
     assert_eq!(std::fs::read_to_string(&log).unwrap(), "second\n", "ran exactly once");
@@ -167,7 +169,7 @@ fn chaos_kill_agents_and_hub_nothing_lost_nothing_twice() {
         if st == "Finished" {
             assert_eq!(String::from_utf8(output_of(r)).unwrap(), *expected, "{inv}");
         } else {
-            assert_eq!(r["ErrorCode"], "InstanceRestarted", "only an agent kill may fail a run: {r}");
+            assert_eq!(r["ErrorCode"], "ExecutionInterrupted", "only an agent kill may fail a run: {r}");
         }
         *counts.entry(st).or_default() += 1;
     }

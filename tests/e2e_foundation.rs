@@ -56,8 +56,11 @@ fn nonzero_exit_and_timeout_are_reported() {
 
     let id = hub.run("echo started; sleep 60", &[&ia], &[("Timeout", "1")]);
     let r = &hub.wait_final(&id, WAIT)[0];
-    assert_eq!(r["InvokeRecordStatus"], "Timeout", "{r}");
+    // Cloud Assistant: a timed-out run is Failed at record level, Timeout per instance.
+    assert_eq!(r["InvokeRecordStatus"], "Failed", "{r}");
+    assert_eq!(r["InvocationStatus"], "Timeout", "{r}");
     assert_eq!(r["ErrorCode"], "ExecutionTimeout");
+    assert_eq!(r["ErrorInfo"], "the command execution has been timeout");
     assert_eq!(String::from_utf8(output_of(r)).unwrap(), "started\n");
 }
 
@@ -131,7 +134,7 @@ fn cli_run_prints_results_and_exit_code() {
     let out = cli(&["run", "-i", &ia, "--timeout", "30s", "--", "echo", "from-cli"]);
     assert!(out.status.success(), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("from-cli") && stdout.contains("Finished") && stdout.contains("exit=0"), "{stdout}");
+    assert!(stdout.contains("from-cli") && stdout.contains("Success") && stdout.contains("exit=0"), "{stdout}");
 
     let out = cli(&["--json", "run", "-i", &ia, "--", "exit 4"]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");

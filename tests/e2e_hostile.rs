@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use deckhand::agent::transport::{self, HubUrl, Ws};
-use deckhand::protocol::{self, AgentMsg, HostFacts, HubMsg, PROTOCOL_VERSION, RecordReport, RecordStatus};
+use deckhand::protocol::{self, AgentMsg, HostFacts, HubMsg, PROTOCOL_VERSION, RecordReport};
+use deckhand::lifecycle::InvocationStatus;
 use futures_util::{SinkExt, StreamExt};
 use harness::{Hub, output_of, wait_until};
 use tokio_tungstenite::tungstenite::Message;
@@ -64,11 +65,11 @@ fn report(invoke_id: &str, seq: u32, output: &[u8], dropped: u64) -> RecordRepor
     RecordReport {
         invoke_id: invoke_id.into(),
         record_seq: seq,
-        status: RecordStatus::Finished,
+        status: InvocationStatus::Success,
         exit_code: Some(0),
         output_b64: B64.encode(output),
         dropped,
-        error_code: String::new(),
+        error_code: None,
         error_info: String::new(),
         start_time: String::new(),
         finish_time: String::new(),

@@ -8,7 +8,8 @@ mod harness;
 use std::time::Duration;
 
 use deckhand::agent::transport::{HubUrl, Ws, dial};
-use deckhand::protocol::{self, AgentMsg, HostFacts, HubMsg, RecordReport, RecordStatus};
+use deckhand::lifecycle::InvocationStatus;
+use deckhand::protocol::{self, AgentMsg, HostFacts, HubMsg, RecordReport};
 use futures_util::{SinkExt, StreamExt};
 use harness::Hub;
 use tokio_tungstenite::tungstenite::Message;
@@ -58,7 +59,7 @@ async fn malformed_unknown_and_version_errors() {
     match next_msg(&mut ws).await {
         Some(HubMsg::Error { code, message, fatal }) => {
             assert_eq!(code, "UnsupportedProtocol");
-            assert!(fatal && message.contains("99") && message.contains('1'), "{message}");
+            assert!(fatal && message.contains("99") && message.contains("hub speaks 1 to 2"), "{message}");
         }
         other => panic!("expected UnsupportedProtocol, got {other:?}"),
     }
@@ -110,11 +111,11 @@ async fn forged_report_for_another_instance_is_refused() {
     let forged = RecordReport {
         invoke_id: inv.clone(),
         record_seq: 0,
-        status: RecordStatus::Finished,
+        status: InvocationStatus::Success,
         exit_code: Some(0),
         output_b64: "Zm9yZ2Vk".into(),
         dropped: 0,
-        error_code: String::new(),
+        error_code: None,
         error_info: String::new(),
         start_time: String::new(),
         finish_time: String::new(),
@@ -126,4 +127,45 @@ async fn forged_report_for_another_instance_is_refused() {
     }
     let r = &hub.wait_final(&inv, Duration::from_secs(5))[0];
     assert_eq!(harness::output_of(r), b"genuine\n", "stored result untouched");
+}
+
+/// A 0.1.0 agent (protocol 1) keeps working against this hub: its hello is
+/// accepted and the record states it reports (`Finished`, `Stopped`) are
+/// recorded as the per-instance statuses they meant. Raw frames stand in
+/// for the old binary here; tests/upgrade.rs runs the real one when built.
+#[tokio::test(flavor = "multi_thread")]
+async fn protocol_1_agent_reports_are_read_as_meant() {
+    let hub = Hub::start();
+    let mut agent = hub.agent();
+    let (id, token) = identity(&agent);
+    agent.kill();
+    let inv = hub.run("echo never-run-here", &[&id], &[]);
+    let mut ws = connect(&hub).await;
+    ws.send(Message::Text(hello(&id, &token, 1).into())).await.unwrap();
+    assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::Welcome { .. })));
+    match next_msg(&mut ws).await {
+        Some(HubMsg::Invoke { invocation }) => assert_eq!(invocation.invoke_id, inv),
+        other => panic!("expected the owed invocation, got {other:?}"),
+    }
+    let old = format!(
+        r#"{{"type":"report","report_id":1,"report":{{"invoke_id":"{inv}","record_seq":0,"status":"Finished","exit_code":0,"output_b64":"b2xkCg==","dropped":0,"error_code":"","error_info":"","start_time":"2026-11-24T00:00:00Z","finish_time":"2026-11-24T00:00:01Z"}}}}"#
+    );
+    ws.send(Message::Text(old.into())).await.unwrap();
+    assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::ReportAck { report_id: 1 })));
+    let r = &hub.wait_final(&inv, Duration::from_secs(10))[0];
+    assert_eq!((r["InvocationStatus"].as_str(), r["InvokeRecordStatus"].as_str()), (Some("Success"), Some("Finished")), "{r}");
+    assert_eq!(harness::output_of(r), b"old\n");
+
+    // A report whose output is not base64 is refused, not stored empty.
+    let inv2 = hub.run("echo x", &[&id], &[]);
+    assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::Invoke { .. })));
+    let bad = format!(r#"{{"type":"report","report_id":2,"report":{{"invoke_id":"{inv2}","record_seq":0,"status":"Success","exit_code":0,"output_b64":"%%%","start_time":"2026-11-24T00:00:00Z"}}}}"#);
+    ws.send(Message::Text(bad.into())).await.unwrap();
+    match next_msg(&mut ws).await {
+        Some(HubMsg::Error { code, message, fatal: false }) => assert!(code == "InvalidReport" && message.contains("output_b64"), "{code}: {message}"),
+        other => panic!("expected InvalidReport, got {other:?}"),
+    }
+    assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::ReportAck { report_id: 2 })));
+    let v = hub.call("DescribeInvocationResults", &[("InvokeId", &inv2)]).unwrap();
+    assert_eq!(v["Invocation"]["InvocationResults"]["InvocationResult"][0]["InvocationStatus"], "Pending", "{v}");
 }

@@ -21,7 +21,14 @@ fn official_python_sdks_drive_the_hub() {
         eprintln!("SKIPPED: DECKHAND_SDK_PYTHON not set (run .ci/run to install the Alibaba Cloud SDKs)");
         return;
     };
-    let hub = Hub::start();
+    // A short delivery timeout lets the SDK test see a delivery abort
+    // (Aborted) on an instance whose agent is stopped.
+    let hub = Hub::start_with(&["--delivery-timeout-secs", "3"]);
+    let mut offline = hub.agent();
+    let offline_id = offline.instance_id();
+    hub.wait_online(&offline_id);
+    offline.kill();
+    hub.wait_offline(&offline_id);
     let a = hub.agent();
     let id = a.instance_id();
     hub.wait_online(&id);
@@ -32,6 +39,7 @@ fn official_python_sdks_drive_the_hub() {
         .env("DECKHAND_AK", harness::AK_ID)
         .env("DECKHAND_SK", harness::AK_SECRET)
         .env("DECKHAND_INSTANCE", &id)
+        .env("DECKHAND_OFFLINE_INSTANCE", &offline_id)
         .output()
         .expect("run pytest");
     let text = format!("{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));

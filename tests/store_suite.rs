@@ -8,7 +8,8 @@ mod pg;
 use std::sync::Arc;
 
 use deckhand::hub::store::*;
-use deckhand::protocol::{HostFacts, RecordReport, RecordStatus};
+use deckhand::lifecycle::{CommandType, ErrorCode, InvocationOverall, InvocationStatus as S, InvokeStatus, RepeatMode};
+use deckhand::protocol::{HostFacts, RecordReport};
 
 /// Opens one store of each kind for a check; `open` may be called again
 /// for a second connection pool on the same database (a second replica).
@@ -74,6 +75,10 @@ suite!(
     lists_filter_and_paginate,
     stop_marks_undelivered_stopped_and_delivered_stopping,
     undelivered_targets_expire,
+    status_filter_pages_in_sql_on_kept_counts,
+    history_pages_in_sql,
+    bad_output_is_refused_not_stored_empty,
+    deregistering_releases_unsettled_targets,
     replicas_track_who_holds_each_agent,
     announcements_reach_every_replica,
 );
@@ -82,24 +87,30 @@ fn page(offset: i64, limit: i64) -> Page {
     Page { offset, limit }
 }
 
-fn invocation(id: &str, created_at: &str, repeat_mode: &str, frequency: &str) -> InvocationRow {
+fn invocation(id: &str, created_at: &str, repeat_mode: RepeatMode, frequency: &str) -> InvocationRow {
     InvocationRow {
         invoke_id: id.into(),
         command_id: format!("c-{id}"),
         command_name: "name".into(),
-        command_type: "RunShellScript".into(),
+        command_type: CommandType::RunShellScript,
         content: "echo hi".into(),
         timeout_secs: 60,
+        working_dir: String::new(),
+        username: String::new(),
+        enable_parameter: false,
         parameters: "{}".into(),
-        repeat_mode: repeat_mode.into(),
+        repeat_mode,
         frequency: frequency.into(),
         created_at: created_at.into(),
         client_token: format!("tok-{id}"),
-        ..Default::default()
+        stop_requested: false,
+        counts: Default::default(),
     }
 }
 
-fn report(invoke_id: &str, seq: u32, status: RecordStatus, output: &[u8]) -> WriteOp {
+const ONCE: RepeatMode = RepeatMode::Once;
+
+fn report(invoke_id: &str, seq: u32, status: S, output: &[u8]) -> WriteOp {
     use base64::Engine;
     WriteOp::Report {
         instance_id: "i-1".into(),
@@ -110,7 +121,7 @@ fn report(invoke_id: &str, seq: u32, status: RecordStatus, output: &[u8]) -> Wri
             exit_code: status.is_final().then_some(3),
             output_b64: base64::engine::general_purpose::STANDARD.encode(output),
             dropped: 0,
-            error_code: String::new(),
+            error_code: None,
             error_info: String::new(),
             start_time: "2026-11-23T00:00:01Z".into(),
             finish_time: if status.is_final() { "2026-11-23T00:00:02Z".into() } else { String::new() },
@@ -192,42 +203,61 @@ async fn invocation_lifecycle_keeps_binary_output_and_ignores_duplicates(e: &Eng
     activation(&s, "act", 10).await;
     assert!(register(&s, "act", "i-1").await);
     assert!(register(&s, "act", "i-2").await);
-    s.create_invocation(&invocation("t-1", "2026-11-23T00:00:00Z", "Once", ""), &["i-1".into(), "i-2".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-1", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into(), "i-2".into()]).await.unwrap();
     assert_eq!(s.find_by_client_token("tok-t-1").await.unwrap().as_deref(), Some("t-1"));
     assert_eq!(s.find_by_client_token("tok-none").await.unwrap(), None);
     // The same client token again (a retry through another replica) writes nothing.
-    let mut again = invocation("t-1b", "2026-11-23T00:00:00Z", "Once", "");
+    let mut again = invocation("t-1b", "2026-11-23T00:00:00Z", ONCE, "");
     again.client_token = "tok-t-1".into();
     let err = s.create_invocation(&again, &["i-1".into()]).await.unwrap_err();
     assert!(matches!(&err, StoreError::DuplicateClientToken(t) if t == "tok-t-1"), "{err}");
     assert!(s.get_invocation("t-1b").await.unwrap().is_none());
+    // RunCommand's anonymous command commits with its invocation or not at all.
+    let cmd = CommandRow {
+        command_id: "c-orphan".into(),
+        name: String::new(),
+        description: String::new(),
+        command_type: CommandType::RunShellScript,
+        content: "echo".into(),
+        working_dir: String::new(),
+        timeout_secs: 60,
+        enable_parameter: false,
+        username: String::new(),
+        created_at: now_str(),
+        visible: false,
+        invoke_times: 0,
+    };
+    let err = s.run_command(&cmd, &again, &["i-1".into()]).await.unwrap_err();
+    assert!(matches!(&err, StoreError::DuplicateClientToken(_)), "{err}");
+    assert!(s.get_command("c-orphan").await.unwrap().is_none(), "no orphan command");
     assert!(s.targets("t-1b").await.unwrap().is_empty());
     let owed = s.undelivered_for("i-1").await.unwrap();
     assert_eq!(owed.len(), 1);
-    assert_eq!(owed[0].instance_name, "i-1");
+    assert_eq!(owed[0].invocation.instance_name, "i-1");
+    assert!(!owed[0].stop);
     let deliveries = s.deliveries("t-1").await.unwrap();
-    let pending = |id: &str| Delivery { instance_id: id.into(), instance_name: id.into(), status: RecordStatus::Pending };
+    let pending = |id: &str| Delivery { instance_id: id.into(), instance_name: id.into(), status: S::Pending };
     assert_eq!(deliveries, [pending("i-1"), pending("i-2")]);
 
     let bytes: Vec<u8> = vec![0xff, 0x00, b'o', b'k', 0xfe];
     let ops = vec![
         WriteOp::Delivered { invoke_id: "t-1".into(), instance_id: "i-1".into() },
-        report("t-1", 0, RecordStatus::Running, b""),
-        report("t-1", 0, RecordStatus::Finished, &bytes),
+        report("t-1", 0, S::Running, b""),
+        report("t-1", 0, S::Failed, &bytes),
         // Resent after a reconnect: ignored.
-        report("t-1", 0, RecordStatus::Running, b""),
-        WriteOp::Report { instance_id: "i-9".into(), report: match report("t-1", 0, RecordStatus::Finished, b"") { WriteOp::Report { report, .. } => report, _ => unreachable!() } },
+        report("t-1", 0, S::Running, b""),
+        WriteOp::Report { instance_id: "i-9".into(), report: match report("t-1", 0, S::Failed, b"") { WriteOp::Report { report, .. } => report, _ => unreachable!() } },
         WriteOp::Touch { instance_id: "i-1".into() },
     ];
     let effects = s.apply_batch(&ops).await.unwrap();
     use ReportEffect::*;
     assert_eq!(effects, [Applied, Applied, Applied, Duplicate, NotATarget, Applied]);
     let t = s.targets("t-1").await.unwrap();
-    assert_eq!(t[0].status, RecordStatus::Finished);
+    assert_eq!(t[0].status, S::Failed);
     assert!(t[0].delivered);
     assert_eq!(t[0].output, bytes);
     assert_eq!(t[0].exit_code, Some(3));
-    assert_eq!(t[1].status, RecordStatus::Pending);
+    assert_eq!(t[1].status, S::Pending);
     let records = s.records("t-1", "i-1").await.unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].output, bytes);
@@ -238,16 +268,16 @@ async fn invocation_lifecycle_keeps_binary_output_and_ignores_duplicates(e: &Eng
 
 async fn periodic_records_count_fires_and_keep_target_running(e: &Engine) {
     let s = e.open().await;
-    s.create_invocation(&invocation("t-p", "2026-11-23T00:00:00Z", "Period", "rate(1m)"), &["i-1".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-p", "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)"), &["i-1".into()]).await.unwrap();
     s.apply_batch(&[WriteOp::Delivered { invoke_id: "t-p".into(), instance_id: "i-1".into() }]).await.unwrap();
-    assert_eq!(s.targets("t-p").await.unwrap()[0].status, RecordStatus::Running);
+    assert_eq!(s.targets("t-p").await.unwrap()[0].status, S::Running);
     for seq in 1..=3 {
-        s.apply_batch(&[report("t-p", seq, RecordStatus::Running, b""), report("t-p", seq, RecordStatus::Finished, format!("fire {seq}").as_bytes())]).await.unwrap();
+        s.apply_batch(&[report("t-p", seq, S::Running, b""), report("t-p", seq, S::Failed, format!("fire {seq}").as_bytes())]).await.unwrap();
     }
     // A late report of an earlier fire does not lower the count.
-    s.apply_batch(&[report("t-p", 1, RecordStatus::Finished, b"late")]).await.unwrap();
+    s.apply_batch(&[report("t-p", 1, S::Failed, b"late")]).await.unwrap();
     let t = &s.targets("t-p").await.unwrap()[0];
-    assert_eq!((t.status, t.repeats), (RecordStatus::Running, 3));
+    assert_eq!((t.status, t.repeats), (S::Running, 3));
     let records = s.records("t-p", "i-1").await.unwrap();
     assert_eq!(records.iter().map(|r| r.record_seq).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(records[2].output, b"fire 3");
@@ -256,8 +286,8 @@ async fn periodic_records_count_fires_and_keep_target_running(e: &Engine) {
 async fn lists_filter_and_paginate(e: &Engine) {
     let s = e.open().await;
     for i in 0..7 {
-        let mut inv = invocation(&format!("t-{i}"), &format!("2026-11-23T00:00:0{i}Z"), "Once", "");
-        inv.command_type = if i % 2 == 0 { "RunShellScript".into() } else { "RunPowerShellScript".into() };
+        let mut inv = invocation(&format!("t-{i}"), &format!("2026-11-23T00:00:0{i}Z"), ONCE, "");
+        inv.command_type = if i % 2 == 0 { CommandType::RunShellScript } else { CommandType::RunPowerShellScript };
         let targets: Vec<String> = if i < 3 { vec!["i-a".into()] } else { vec!["i-b".into(), "i-c".into()] };
         s.create_invocation(&inv, &targets).await.unwrap();
     }
@@ -270,41 +300,66 @@ async fn lists_filter_and_paginate(e: &Engine) {
     assert_eq!(rows.len(), 1);
     let f = InvocationFilter { instance_id: Some("i-a".into()), ..Default::default() };
     assert_eq!(s.list_invocations(&f, page(0, 10)).await.unwrap().1, 3);
-    let f = InvocationFilter { command_type: Some("RunPowerShellScript".into()), ..Default::default() };
+    let f = InvocationFilter { command_type: Some(CommandType::RunPowerShellScript), ..Default::default() };
     assert_eq!(s.list_invocations(&f, page(0, 10)).await.unwrap().1, 3);
-    let (targets, total) = s.list_targets(&InvocationFilter { instance_id: Some("i-c".into()), ..Default::default() }, Some(RecordStatus::Pending), page(0, 2)).await.unwrap();
+    let (targets, total) = s.list_targets(&InvocationFilter { instance_id: Some("i-c".into()), ..Default::default() }, &[S::Pending], page(0, 2)).await.unwrap();
     assert_eq!((targets.len(), total), (2, 4));
-    assert_eq!(s.list_targets(&all, Some(RecordStatus::Finished), page(0, 10)).await.unwrap().1, 0);
+    assert_eq!(s.list_targets(&all, &[S::Failed], page(0, 10)).await.unwrap().1, 0);
+    // A page beyond the end is empty and still counts.
+    let (rows, total) = s.list_invocations(&all, page(70, 10)).await.unwrap();
+    assert_eq!((rows.len(), total), (0, 7));
 }
 
 async fn stop_marks_undelivered_stopped_and_delivered_stopping(e: &Engine) {
     let s = e.open().await;
-    s.create_invocation(&invocation("t-s", "2026-11-23T00:00:00Z", "Once", ""), &["i-1".into(), "i-2".into(), "i-3".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-s", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into(), "i-2".into(), "i-3".into()]).await.unwrap();
     s.apply_batch(&[
         WriteOp::Delivered { invoke_id: "t-s".into(), instance_id: "i-1".into() },
         WriteOp::Delivered { invoke_id: "t-s".into(), instance_id: "i-3".into() },
-        WriteOp::Report { instance_id: "i-3".into(), report: match report("t-s", 0, RecordStatus::Finished, b"done") { WriteOp::Report { report, .. } => report, _ => unreachable!() } },
+        WriteOp::Report { instance_id: "i-3".into(), report: match report("t-s", 0, S::Failed, b"done") { WriteOp::Report { report, .. } => report, _ => unreachable!() } },
     ])
     .await
     .unwrap();
     let notify = s.request_stop("t-s", &[]).await.unwrap();
     assert_eq!(notify, ["i-1", "i-2"]);
     let t = s.targets("t-s").await.unwrap();
-    assert_eq!(t.iter().map(|t| t.status).collect::<Vec<_>>(), [RecordStatus::Stopping, RecordStatus::Stopped, RecordStatus::Finished]);
+    assert_eq!(t.iter().map(|t| t.status).collect::<Vec<_>>(), [S::Stopping, S::Cancelled, S::Failed]);
+    let inv = s.get_invocation("t-s").await.unwrap().unwrap();
+    assert_eq!((inv.counts.get(S::Stopping), inv.counts.get(S::Cancelled), inv.counts.get(S::Failed), inv.counts.get(S::Pending)), (1, 1, 1, 0));
+    assert_eq!((inv.invoke_status(), inv.invocation_status()), (InvokeStatus::Stopping, InvocationOverall::Stopping));
     assert!(s.get_invocation("t-s").await.unwrap().unwrap().stop_requested);
     // What a replica relays the stop to: the one target still Stopping.
     let owed: Vec<_> = s.deliveries("t-s").await.unwrap().into_iter().map(|d| (d.instance_id, d.status)).collect();
-    assert_eq!(owed, [("i-1".to_string(), RecordStatus::Stopping)]);
+    assert_eq!(owed, [("i-1".to_string(), S::Stopping)]);
+    // The agent confirms: Terminated; the invocation is settled.
+    let mut confirm = report("t-s", 0, S::Terminated, b"killed");
+    if let WriteOp::Report { report, .. } = &mut confirm {
+        report.exit_code = None;
+    }
+    s.apply_batch(&[confirm]).await.unwrap();
+    let inv = s.get_invocation("t-s").await.unwrap().unwrap();
+    assert_eq!((inv.invoke_status(), inv.invocation_status()), (InvokeStatus::Finished, InvocationOverall::Failed));
 }
 
 async fn undelivered_targets_expire(e: &Engine) {
     let s = e.open().await;
-    s.create_invocation(&invocation("t-old", "2026-11-20T00:00:00Z", "Once", ""), &["i-1".into()]).await.unwrap();
-    s.create_invocation(&invocation("t-new", "2099-01-01T00:00:00Z", "Once", ""), &["i-1".into()]).await.unwrap();
-    assert_eq!(s.expire_undelivered("2026-11-21T00:00:00Z", "ClientNotResponse", "gone").await.unwrap(), 1);
+    s.create_invocation(&invocation("t-old", "2026-11-20T00:00:00Z", ONCE, ""), &["i-1".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-new", "2099-01-01T00:00:00Z", ONCE, ""), &["i-1".into()]).await.unwrap();
+    assert_eq!(s.expire_undelivered("2026-11-21T00:00:00Z").await.unwrap(), 1);
     let t = &s.targets("t-old").await.unwrap()[0];
-    assert_eq!((t.status, t.error_code.as_str()), (RecordStatus::Failed, "ClientNotResponse"));
-    assert_eq!(s.targets("t-new").await.unwrap()[0].status, RecordStatus::Pending);
+    // i-1 is not even registered, so offline: the client did not respond.
+    assert_eq!((t.status, t.error_code.clone()), (S::Aborted, Some(ErrorCode::ClientNotResponse)));
+    assert_eq!(t.error_info, "the aliyun service in the instance does not response");
+    let inv = s.get_invocation("t-old").await.unwrap().unwrap();
+    assert_eq!((inv.invoke_status(), inv.invocation_status()), (InvokeStatus::Failed, InvocationOverall::Failed));
+    // An online agent that never acknowledged: the delivery timed out.
+    activation(&s, "act", 5).await;
+    assert!(register(&s, "act", "i-on").await);
+    s.instance_connected("i-on", "hub-a", &HostFacts::default(), "10.0.0.1").await.unwrap();
+    s.create_invocation(&invocation("t-on", "2026-11-20T00:00:00Z", ONCE, ""), &["i-on".into()]).await.unwrap();
+    assert_eq!(s.expire_undelivered("2026-11-21T00:00:00Z").await.unwrap(), 1);
+    assert_eq!(s.targets("t-on").await.unwrap()[0].error_code, Some(ErrorCode::DeliveryTimeout));
+    assert_eq!(s.targets("t-new").await.unwrap()[0].status, S::Pending);
 }
 
 async fn replicas_track_who_holds_each_agent(e: &Engine) {
@@ -325,11 +380,11 @@ async fn replicas_track_who_holds_each_agent(e: &Engine) {
     assert_eq!(b.get_instance("i-1").await.unwrap().unwrap().facts.hostname, "h");
 
     // Work owed to hub-b's agents, and only theirs.
-    a.create_invocation(&invocation("t-1", "2026-11-23T00:00:00Z", "Once", ""), &["i-1".into(), "i-2".into(), "i-9".into()]).await.unwrap();
+    a.create_invocation(&invocation("t-1", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into(), "i-2".into(), "i-9".into()]).await.unwrap();
     let owed = b.stalled("hub-b", "2099-01-01T00:00:00Z", 10).await.unwrap();
     let mut ids: Vec<_> = owed.iter().map(|(i, inv, st)| (i.as_str(), inv.as_str(), *st)).collect();
     ids.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
-    assert_eq!(ids, [("i-1", "t-1", RecordStatus::Pending), ("i-2", "t-1", RecordStatus::Pending)]);
+    assert_eq!(ids, [("i-1", "t-1", S::Pending), ("i-2", "t-1", S::Pending)]);
     assert!(a.stalled("hub-a", "2099-01-01T00:00:00Z", 10).await.unwrap().is_empty());
     // Too recent to count as stalled.
     assert!(b.stalled("hub-b", "2000-01-01T00:00:00Z", 10).await.unwrap().is_empty());
@@ -365,4 +420,100 @@ async fn announcements_reach_every_replica(e: &Engine) {
         let got = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv()).await.unwrap();
         assert_eq!(got, Some(Notice::Message(format!("{{\"n\":{i}}}"))));
     }
+}
+
+/// 25 invocations, 12 of them running: the status filter runs in SQL on
+/// the kept aggregates, so pages hold 10 + 2 and TotalCount is 12.
+async fn status_filter_pages_in_sql_on_kept_counts(e: &Engine) {
+    let s = e.open().await;
+    for i in 0..25 {
+        let id = format!("t-{i:02}");
+        s.create_invocation(&invocation(&id, &format!("2026-11-23T00:00:{i:02}Z"), ONCE, ""), &["i-1".into()]).await.unwrap();
+        // 12 running, 4 succeeded, 9 never started.
+        let mut ops = vec![WriteOp::Delivered { invoke_id: id.clone(), instance_id: "i-1".into() }];
+        if i < 12 {
+            ops.push(report(&id, 0, S::Running, b""));
+        } else if i < 16 {
+            ops.push(report(&id, 0, S::Success, b"ok"));
+        }
+        s.apply_batch(&ops).await.unwrap();
+    }
+    let running = InvocationFilter { status: Some((Some(InvokeStatus::Running), Some(InvocationOverall::Running))), ..Default::default() };
+    let (first, total) = s.list_invocations(&running, page(0, 10)).await.unwrap();
+    assert_eq!((first.len(), total), (10, 12), "{first:?}");
+    let (second, total2) = s.list_invocations(&running, page(10, 10)).await.unwrap();
+    assert_eq!((second.len(), total2), (2, 12));
+    assert!(first.iter().chain(&second).all(|i| i.invocation_status() == InvocationOverall::Running));
+    // The current vocabulary alone, and a legacy-only name.
+    let success = InvocationFilter { status: Some((None, Some(InvocationOverall::Success))), ..Default::default() };
+    assert_eq!(s.list_invocations(&success, page(0, 50)).await.unwrap().1, 4);
+    let finished = InvocationFilter { status: Some((Some(InvokeStatus::Finished), None)), ..Default::default() };
+    assert_eq!(s.list_invocations(&finished, page(0, 50)).await.unwrap().1, 4);
+    // No target is read for a listing; InvokeInstances are read per invocation, bounded.
+    let some = s.some_targets("t-01", 100, false).await.unwrap();
+    assert_eq!((some.len(), some[0].status, some[0].output.len()), (1, S::Running, 0));
+}
+
+async fn history_pages_in_sql(e: &Engine) {
+    let s = e.open().await;
+    s.create_invocation(&invocation("t-h", "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)"), &["i-1".into(), "i-2".into()]).await.unwrap();
+    for seq in 1..=5 {
+        s.apply_batch(&[report("t-h", seq, S::Success, format!("fire {seq}").as_bytes())]).await.unwrap();
+    }
+    let f = InvocationFilter { invoke_id: Some("t-h".into()), ..Default::default() };
+    // Five records of i-1 and one row for i-2, which has none yet.
+    let (rows, total) = s.list_history(&f, &[], page(0, 4)).await.unwrap();
+    assert_eq!((rows.len(), total), (4, 6));
+    assert_eq!(rows.iter().map(|r| r.record_seq).collect::<Vec<_>>(), [Some(1), Some(2), Some(3), Some(4)]);
+    assert_eq!(rows[0].output, b"fire 1");
+    let (rows, _) = s.list_history(&f, &[], page(4, 4)).await.unwrap();
+    assert_eq!(rows.iter().map(|r| (r.instance_id.as_str(), r.record_seq, r.status)).collect::<Vec<_>>(), [("i-1", Some(5), S::Success), ("i-2", None, S::Pending)]);
+    let (rows, total) = s.list_history(&f, &[S::Pending], page(0, 10)).await.unwrap();
+    assert_eq!((rows.len(), total), (1, 1));
+}
+
+async fn bad_output_is_refused_not_stored_empty(e: &Engine) {
+    let s = e.open().await;
+    s.create_invocation(&invocation("t-b", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into()]).await.unwrap();
+    let mut bad = report("t-b", 0, S::Success, b"");
+    if let WriteOp::Report { report, .. } = &mut bad {
+        report.output_b64 = "not base64!".into();
+    }
+    let effects = s.apply_batch(&[bad]).await.unwrap();
+    assert!(matches!(&effects[0], ReportEffect::Refused(why) if why.contains("output_b64")), "{effects:?}");
+    assert_eq!(s.targets("t-b").await.unwrap()[0].status, S::Pending);
+    assert!(s.records("t-b", "i-1").await.unwrap().is_empty());
+}
+
+async fn deregistering_releases_unsettled_targets(e: &Engine) {
+    let s = e.open().await;
+    activation(&s, "act", 5).await;
+    assert!(register(&s, "act", "i-1").await);
+    s.create_invocation(&invocation("t-d", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-r", "2026-11-23T00:00:01Z", ONCE, ""), &["i-1".into()]).await.unwrap();
+    s.apply_batch(&[WriteOp::Delivered { invoke_id: "t-r".into(), instance_id: "i-1".into() }, report("t-r", 0, S::Running, b"")]).await.unwrap();
+    assert!(s.deregister_instance("i-1").await.unwrap());
+    let never = &s.targets("t-d").await.unwrap()[0];
+    assert_eq!((never.status, never.error_code.clone()), (S::Aborted, Some(ErrorCode::InstanceReleased)));
+    let running = &s.targets("t-r").await.unwrap()[0];
+    assert_eq!((running.status, running.error_code.clone()), (S::Error, Some(ErrorCode::InstanceReleased)));
+    assert_eq!(s.get_invocation("t-r").await.unwrap().unwrap().invocation_status(), InvocationOverall::Failed);
+}
+
+/// A full disk is told apart from other failures: SQLite's own page limit
+/// (`max_page_count`) produces the same SQLITE_FULL a full disk does.
+#[tokio::test]
+async fn full_database_is_classified_as_disk_full() {
+    use sqlx::{Connection, Executor};
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("full.db").display())).await.unwrap();
+    c.execute("CREATE TABLE t (b BLOB)").await.unwrap();
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut c).await.unwrap();
+    c.execute(sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {pages}"))).await.unwrap();
+    let err = sqlx::query("INSERT INTO t VALUES (zeroblob(1000000))").execute(&mut c).await.unwrap_err();
+    let e = StoreError::classify(err);
+    assert!(e.is_disk_full(), "{e:?}");
+    assert!(e.to_string().starts_with("the hub's database disk is full"), "{e}");
+    let busy = StoreError::classify(sqlx::Error::PoolTimedOut);
+    assert!(matches!(busy, StoreError::Busy(_)) && !busy.is_disk_full());
 }

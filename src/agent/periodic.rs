@@ -4,7 +4,7 @@
 //!
 //! Policies (docs/schedule.md): a missed fire is skipped, never replayed
 //! as a storm; a fire due while the previous run is still going is skipped
-//! and recorded as a `Failed` record with ErrorCode
+//! and recorded as a `Cancelled` record (it never started) with ErrorCode
 //! `PreviousRunStillRunning`; `StopInvocation` ends the schedule and kills
 //! the run in progress.
 
@@ -13,9 +13,10 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use tokio_util::sync::CancellationToken;
 
-use super::runner::{Runner, failed, now, stopped_before_start};
-use super::schedule::{self, Due, RepeatMode, Zone};
-use crate::protocol::{Invocation, RecordStatus};
+use super::runner::{Runner, ended, now, stopped_before_start};
+use super::schedule::{self, Due, Zone};
+use crate::lifecycle::{ErrorCode, InvocationStatus, RepeatMode};
+use crate::protocol::Invocation;
 
 /// Longest single sleep: re-evaluating at least this often keeps a
 /// schedule honest across wall-clock jumps (NTP steps, suspend).
@@ -28,7 +29,8 @@ impl Runner {
             // A cron without a zone runs in the instance's own zone.
             Ok(s) => s.with_default_zone(Zone::system()),
             Err(e) => {
-                self.report(failed(&inv, 1, "InvalidParameter.Frequency", &e.to_string()), true);
+                // Cloud Assistant's code for a Frequency the client cannot use.
+                self.report(ended(&inv, 1, InvocationStatus::Invalid, Some(ErrorCode::BadCronExpression), &e.to_string()), true);
                 return;
             }
         };
@@ -52,7 +54,8 @@ impl Runner {
                     }
                     if current.as_ref().is_some_and(|h| !h.is_finished()) {
                         tracing::warn!(invoke_id = %inv.invoke_id, record_seq = seq, "previous run still going; fire skipped");
-                        self.report(failed(&inv, seq, "PreviousRunStillRunning", "the previous run had not finished when this fire was due; skipped"), false);
+                        let info = "the previous run had not finished when this fire was due; skipped";
+                        self.report(ended(&inv, seq, InvocationStatus::Cancelled, ErrorCode::parse("PreviousRunStillRunning"), info), false);
                         continue;
                     }
                     let me = self.clone();
@@ -94,7 +97,7 @@ impl Runner {
     /// `NextRebootOnly` / `EveryReboot`: remember the boot we were accepted
     /// on; run when started on a different one.
     pub(super) async fn on_boot(self: &Arc<Self>, inv: Invocation, stop: CancellationToken) {
-        let mode = RepeatMode::parse(&inv.repeat_mode).unwrap_or(RepeatMode::NextRebootOnly);
+        let mode = inv.repeat_mode;
         let current = super::identity::boot_id();
         let seen = self.state().boot_seen(&inv.invoke_id);
         if seen.is_none() {
@@ -123,7 +126,7 @@ impl Runner {
         let seq = self.state().last_fire(&inv.invoke_id).map(|(s, _)| s).unwrap_or(0) + 1;
         let mut r = stopped_before_start(&inv, seq);
         r.error_info = "stopped before the next boot".into();
-        debug_assert_eq!(r.status, RecordStatus::Stopped);
+        debug_assert_eq!(r.status, InvocationStatus::Cancelled);
         self.report(r, true);
     }
 }

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::AgentState;
 use crate::exec::{self, RunSpec, Termination};
-use crate::protocol::{Invocation, RecordReport, RecordStatus};
+use crate::lifecycle::{CommandType, ErrorCode, InvocationStatus, RepeatMode};
+use crate::protocol::{Invocation, RecordReport};
 
 /// Live output chunks waiting for the connection; full means we drop
 /// chunks (the final report carries the kept output anyway).
@@ -93,10 +94,10 @@ impl Runner {
         let me = self.clone();
         tokio::spawn(async move {
             let id = inv.invoke_id.clone();
-            match inv.repeat_mode.as_str() {
-                "Period" => me.periodic(inv, token).await,
-                "NextRebootOnly" | "EveryReboot" => me.on_boot(inv, token).await,
-                _ => me.run_once(inv, 0, token, true).await,
+            match inv.repeat_mode {
+                RepeatMode::Period => me.periodic(inv, token).await,
+                RepeatMode::NextRebootOnly | RepeatMode::EveryReboot => me.on_boot(inv, token).await,
+                RepeatMode::Once => me.run_once(inv, 0, token, true).await,
             }
             me.stops.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         });
@@ -104,17 +105,17 @@ impl Runner {
 
     /// True for invocations whose runs do not end them.
     pub fn is_repeating(inv: &Invocation) -> bool {
-        matches!(inv.repeat_mode.as_str(), "Period" | "EveryReboot")
+        inv.repeat_mode.is_repeating()
     }
 
     /// A run the agent was executing when it died: the child is gone with
-    /// the pipes we held, so the outcome is unknown. Report it as failed
-    /// rather than leave it Running forever.
+    /// the pipes we held, so the outcome is unknown. Report it as `Error` /
+    /// `ExecutionInterrupted` rather than leave it Running forever.
     pub fn report_interrupted(&self, inv: &Invocation, record_seq: u32) {
         let closes = !Self::is_repeating(inv);
         tracing::warn!(invoke_id = %inv.invoke_id, "run interrupted by agent restart");
         let info = "the agent restarted while the script was running; its outcome is unknown";
-        self.report(failed(inv, record_seq, "InstanceRestarted", info), closes);
+        self.report(ended(inv, record_seq, InvocationStatus::Error, Some(ErrorCode::ExecutionInterrupted), info), closes);
     }
 
     /// Invocations with a run queued or in progress.
@@ -153,7 +154,8 @@ impl Runner {
                 spec
             }
             Err(e) => {
-                self.report(failed(&inv, record_seq, e.error_code(), &e.to_string()), closes);
+                // Could not start here (type, user, directory, parameters): Invalid.
+                self.report(ended(&inv, record_seq, InvocationStatus::Invalid, ErrorCode::parse(e.error_code()), &e.to_string()), closes);
                 return;
             }
         };
@@ -162,10 +164,10 @@ impl Runner {
         }
         let start = now();
         self.report(
-            RecordReport { invoke_id: inv.invoke_id.clone(), record_seq, status: RecordStatus::Running, exit_code: None, output_b64: String::new(), dropped: 0, error_code: String::new(), error_info: String::new(), start_time: start.clone(), finish_time: String::new() },
+            RecordReport { invoke_id: inv.invoke_id.clone(), record_seq, status: InvocationStatus::Running, exit_code: None, output_b64: String::new(), dropped: 0, error_code: None, error_info: String::new(), start_time: start.clone(), finish_time: String::new() },
             false,
         );
-        let report = if inv.command_type == "ApplyKubeletReserved" {
+        let report = if inv.command_type == CommandType::ApplyKubeletReserved {
             kubelet_run(&inv, record_seq, start, stop).await
         } else {
             self.script_run(&inv, record_seq, spec, stop).await
@@ -190,10 +192,11 @@ impl Runner {
         let out = exec::run(spec, stop, Some(chunk_tx)).await;
         let _ = forward.await;
         let status = match out.termination {
-            Termination::Exited => RecordStatus::Finished,
-            Termination::TimedOut => RecordStatus::Timeout,
-            Termination::Stopped => RecordStatus::Stopped,
-            Termination::FailedToStart => RecordStatus::Failed,
+            Termination::Exited if out.exit_code == Some(0) => InvocationStatus::Success,
+            Termination::Exited => InvocationStatus::Failed,
+            Termination::TimedOut => InvocationStatus::Timeout,
+            Termination::Stopped => InvocationStatus::Terminated,
+            Termination::FailedToStart => InvocationStatus::Invalid,
         };
         RecordReport {
             invoke_id: inv.invoke_id.clone(),
@@ -202,7 +205,7 @@ impl Runner {
             exit_code: out.exit_code.map(i64::from),
             output_b64: base64::engine::general_purpose::STANDARD.encode(&out.output),
             dropped: out.dropped,
-            error_code: out.error_code,
+            error_code: ErrorCode::parse(&out.error_code),
             error_info: out.error_info,
             start_time: out.start_time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
             finish_time: out.finish_time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
@@ -211,7 +214,7 @@ impl Runner {
 }
 
 /// `ApplyKubeletReserved`: the content is a JSON plan request; the output
-/// is the diff; a rollback or refusal is `Failed` with the kubelet module's
+/// is the diff; a rollback or refusal is `Error` with the kubelet module's
 /// error code (`KubeletUnhealthy`, `InvalidKubeletPlan`, …).
 ///
 /// A stop request does not interrupt an apply: cutting it between the
@@ -221,32 +224,37 @@ async fn kubelet_run(inv: &Invocation, record_seq: u32, start: String, _stop: Ca
     let timeout = std::time::Duration::from_secs(inv.timeout_secs.max(1));
     let outcome = match tokio::time::timeout(timeout, crate::kubelet::run_invocation(&inv.content)).await {
         Ok(o) => o,
-        Err(_) => return RecordReport { status: RecordStatus::Timeout, error_code: "ExecutionTimeout".into(), start_time: start, ..failed(inv, record_seq, "", "") },
+        Err(_) => return RecordReport { start_time: start, ..ended(inv, record_seq, InvocationStatus::Timeout, Some(ErrorCode::ExecutionTimeout), "") },
     };
     let output_b64 = base64::engine::general_purpose::STANDARD.encode(outcome.output.as_bytes());
     let finish_time = now();
     if outcome.ok {
-        RecordReport { invoke_id: inv.invoke_id.clone(), record_seq, status: RecordStatus::Finished, exit_code: Some(0), output_b64, dropped: 0, error_code: String::new(), error_info: String::new(), start_time: start, finish_time }
+        RecordReport { invoke_id: inv.invoke_id.clone(), record_seq, status: InvocationStatus::Success, exit_code: Some(0), output_b64, dropped: 0, error_code: None, error_info: String::new(), start_time: start, finish_time }
     } else {
-        RecordReport { status: RecordStatus::Failed, output_b64, start_time: start, error_info: format!("kubelet reservation not applied: {}", outcome.error_code), ..failed(inv, record_seq, &outcome.error_code, "") }
+        let info = format!("kubelet reservation not applied: {}", outcome.error_code);
+        // The apply did not complete (refused, or rolled back): Error, not
+        // Failed, which Cloud Assistant keeps for a non-zero exit code.
+        RecordReport { output_b64, start_time: start, ..ended(inv, record_seq, InvocationStatus::Error, ErrorCode::parse(&outcome.error_code), &info) }
     }
 }
 
-pub(super) fn failed(inv: &Invocation, record_seq: u32, code: &str, info: &str) -> RecordReport {
+/// A final report for a run that produced no output.
+pub(super) fn ended(inv: &Invocation, record_seq: u32, status: InvocationStatus, code: Option<ErrorCode>, info: &str) -> RecordReport {
     RecordReport {
         invoke_id: inv.invoke_id.clone(),
         record_seq,
-        status: RecordStatus::Failed,
+        status,
         exit_code: None,
         output_b64: String::new(),
         dropped: 0,
-        error_code: code.to_string(),
+        error_code: code,
         error_info: info.to_string(),
         start_time: String::new(),
         finish_time: now(),
     }
 }
 
+/// A stop that came before the run started: `Cancelled`.
 pub(super) fn stopped_before_start(inv: &Invocation, record_seq: u32) -> RecordReport {
-    RecordReport { status: RecordStatus::Stopped, error_code: String::new(), error_info: "stopped before it started".into(), ..failed(inv, record_seq, "", "") }
+    ended(inv, record_seq, InvocationStatus::Cancelled, None, "stopped before it started")
 }

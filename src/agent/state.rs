@@ -8,7 +8,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::journal::{Journal, JournalError, JournalLimits};
-use crate::protocol::{Invocation, RecordReport, RecordStatus};
+use crate::lifecycle::InvocationStatus;
+use crate::protocol::{Invocation, RecordReport};
 
 /// Compact when the journal grows past this; the live set is small (open
 /// invocations and unacknowledged reports), so compaction is cheap.
@@ -156,7 +157,7 @@ impl AgentState {
             let stale: Vec<u64> = self
                 .pending
                 .iter()
-                .filter(|(_, r)| r.invoke_id == report.invoke_id && r.record_seq == report.record_seq && r.status == RecordStatus::Running)
+                .filter(|(_, r)| r.invoke_id == report.invoke_id && r.record_seq == report.record_seq && r.status == InvocationStatus::Running)
                 .map(|(k, _)| *k)
                 .collect();
             for k in stale {

@@ -103,12 +103,12 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
         let list: Vec<Value> = items(&inv, "InvocationResults", "InvocationResult").into_iter().cloned().collect();
         for res in &list {
             let id = s(res, "InstanceId");
-            let st = s(res, "InvokeRecordStatus");
+            let st = s(res, "InvocationStatus");
             if last.get(&id) != Some(&st) && !cli.json {
                 eprintln!("[{id}] {st}");
                 last.insert(id.clone(), st.clone());
             }
-            if single && st == "Running" {
+            if single && super::show::instance_status(res) == Some(crate::lifecycle::InvocationStatus::Running) {
                 let out = decode_output(res);
                 if out.len() > shown_live {
                     let mut so = std::io::stdout();
@@ -118,7 +118,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
                 }
             }
         }
-        let done = !list.is_empty() && list.iter().all(|r| is_final(&s(r, "InvokeRecordStatus")));
+        let done = !list.is_empty() && list.iter().all(|r| super::show::instance_status(r).is_some_and(|s| s.is_final()));
         if done {
             break list;
         }
@@ -141,10 +141,6 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
         }
     }
     Ok(if results.iter().all(succeeded) { 0 } else { 1 })
-}
-
-fn is_final(s: &str) -> bool {
-    matches!(s, "Finished" | "Failed" | "Stopped" | "Timeout")
 }
 
 #[cfg(test)]

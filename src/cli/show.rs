@@ -92,8 +92,13 @@ pub fn results(cli: &Cli, invoke_id: &str, history: bool) -> Result<i32, CliErro
     Ok(if list.iter().all(|r| succeeded(r)) { 0 } else { 1 })
 }
 
+/// A result's per-instance `InvocationStatus`, through the lifecycle codec.
+pub(crate) fn instance_status(r: &Value) -> Option<crate::lifecycle::InvocationStatus> {
+    crate::lifecycle::InvocationStatus::parse(&s(r, "InvocationStatus")).ok()
+}
+
 pub(super) fn succeeded(r: &Value) -> bool {
-    s(r, "InvokeRecordStatus") == "Finished" && r.get("ExitCode").and_then(Value::as_i64) == Some(0)
+    instance_status(r) == Some(crate::lifecycle::InvocationStatus::Success)
 }
 
 pub(super) fn print_result(r: &Value) {
@@ -103,7 +108,7 @@ pub(super) fn print_result(r: &Value) {
 /// `with_output: false` when the output was already streamed live.
 pub(super) fn print_result_with(r: &Value, with_output: bool) {
     let exit = r.get("ExitCode").and_then(Value::as_i64).map(|c| c.to_string()).unwrap_or_else(|| "-".into());
-    let mut head = format!("== {}  {}  exit={}", s(r, "InstanceId"), s(r, "InvokeRecordStatus"), exit);
+    let mut head = format!("== {}  {}  exit={}", s(r, "InstanceId"), s(r, "InvocationStatus"), exit);
     if !s(r, "ErrorCode").is_empty() {
         head += &format!("  {}: {}", s(r, "ErrorCode"), s(r, "ErrorInfo"));
     }

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::Hub;
 use super::store::{InstanceRow, ReportEffect, WriteOp, now_str};
-use crate::protocol::{self, AgentMsg, HubMsg, MAX_FRAME_BYTES, PROTOCOL_VERSION};
+use crate::protocol::{self, AgentMsg, HubMsg, MAX_FRAME_BYTES, OLDEST_AGENT_PROTOCOL, PROTOCOL_VERSION};
 
 /// Frames queued for one agent. A full queue means the agent is not
 /// reading; we drop the connection and let it resync on reconnect rather
@@ -213,8 +213,8 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     let first = tokio::time::timeout(HELLO_TIMEOUT, recv_first(&mut ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??;
     let first = match first {
         AgentMsg::Register { protocol, activation_id, activation_code, facts } => {
-            if protocol != PROTOCOL_VERSION {
-                return Err(refuse(&mut ws, "UnsupportedProtocol", format!("agent speaks protocol {protocol}, hub speaks {PROTOCOL_VERSION}")).await);
+            if !protocol::hub_speaks(protocol) {
+                return Err(refuse(&mut ws, "UnsupportedProtocol", format!("agent speaks protocol {protocol}, hub speaks {OLDEST_AGENT_PROTOCOL} to {PROTOCOL_VERSION}")).await);
             }
             match register(&hub, &activation_id, &activation_code, &facts, peer).await? {
                 Ok((instance_id, token)) => send(&mut ws, &HubMsg::Registered { instance_id, token }).await?,
@@ -227,8 +227,8 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     let AgentMsg::Hello { protocol, instance_id, token, facts } = first else {
         return Err(refuse(&mut ws, "ProtocolViolation", "first message must be hello or register".into()).await);
     };
-    if protocol != PROTOCOL_VERSION {
-        return Err(refuse(&mut ws, "UnsupportedProtocol", format!("agent speaks protocol {protocol}, hub speaks {PROTOCOL_VERSION}")).await);
+    if !protocol::hub_speaks(protocol) {
+        return Err(refuse(&mut ws, "UnsupportedProtocol", format!("agent speaks protocol {protocol}, hub speaks {OLDEST_AGENT_PROTOCOL} to {PROTOCOL_VERSION}")).await);
     }
     // Ids are ours (`mi-` + hex): anything else cannot be known, and is
     // refused before it reaches the store or a log line.
@@ -270,16 +270,12 @@ async fn session(
     hb: Duration,
 ) -> Result<(), ConnError> {
     let mut mine = Delivered::default();
-    // Resync: everything not final for this instance, then stops.
-    for mut inv in hub.store.undelivered_for(instance_id).await? {
-        inv.region_id = hub.config.region_id.clone();
-        let stopping = hub.store.get_invocation(&inv.invoke_id).await?.is_some_and(|i| i.stop_requested);
-        let invoke_id = inv.invoke_id.clone();
-        mine.note(&invoke_id);
-        send(ws, &HubMsg::Invoke { invocation: inv }).await?;
-        if stopping {
-            send(ws, &HubMsg::Stop { invoke_id }).await?;
+    // Resync: everything owed to this instance, built by the delivery service.
+    for msg in super::delivery::resync(hub, instance_id).await? {
+        if let HubMsg::Invoke { invocation } = &msg {
+            mine.note(&invocation.invoke_id);
         }
+        send(ws, &msg).await?;
     }
     // Two missed heartbeats plus slack for a slow link.
     let dead_after = hb * 2 + Duration::from_secs(2);
@@ -352,7 +348,16 @@ async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, mine: &Deliver
                     if report.status.is_final() {
                         hub.live.clear(&invoke_id, instance_id);
                     }
-                    tracing::debug!(invoke_id, instance_id, status = report.status.as_str(), "report stored");
+                    tracing::debug!(invoke_id, instance_id, status = %report.status, "report stored");
+                    send(ws, &HubMsg::ReportAck { report_id }).await?;
+                }
+                ReportEffect::Refused(why) => {
+                    // Logged without the payload; acknowledged so the agent
+                    // does not resend a report that can never be stored.
+                    if let Some(suppressed) = super::edge::peer_warnings().allow() {
+                        tracing::warn!(invoke_id, instance_id, reason = %why, suppressed, "report refused");
+                    }
+                    send(ws, &HubMsg::Error { code: "InvalidReport".into(), message: why, fatal: false }).await?;
                     send(ws, &HubMsg::ReportAck { report_id }).await?;
                 }
                 ReportEffect::NotATarget => {

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::Hub;
 use super::store::{Notice, ago_str};
-use crate::protocol::{HubMsg, RecordStatus};
+use crate::lifecycle::InvocationStatus;
 
 /// Liveness and backstop period. Not the delivery path: announcements are.
 pub const TICK: Duration = Duration::from_secs(5);
@@ -120,38 +120,13 @@ async fn on_message(hub: &Hub, payload: &str) {
         return;
     }
     let result = match env.event {
-        Event::Invoke { id } => push_invocation(hub, &id, None).await,
-        Event::Stop { id } => push_stop(hub, &id).await,
+        Event::Invoke { id } => super::delivery::relay(hub, &id, None).await,
+        Event::Stop { id } => super::delivery::relay_stop(hub, &id).await,
         Event::Rotate { id } => super::api::rotate_held(hub, &id).await.map(|_| ()),
     };
     if let Err(e) = result {
         tracing::warn!(error = %e, "announcement not handled; the backstop will deliver");
     }
-}
-
-/// Pushes a stored invocation to the agents this replica holds (all of its
-/// non-final targets, or only `only`).
-pub async fn push_invocation(hub: &Hub, invoke_id: &str, only: Option<&HashSet<String>>) -> Result<(), super::store::StoreError> {
-    let Some(inv) = hub.store.get_invocation(invoke_id).await? else { return Ok(()) };
-    for d in hub.store.deliveries(invoke_id).await? {
-        let instance_id = d.instance_id;
-        if only.is_some_and(|o| !o.contains(&instance_id)) || !hub.agents.is_online(&instance_id) {
-            continue;
-        }
-        if hub.agents.send(&instance_id, HubMsg::Invoke { invocation: hub.wire(&inv, d.instance_name) }) {
-            tracing::debug!(invoke_id, instance_id, "pushed invocation announced by another replica");
-        }
-    }
-    Ok(())
-}
-
-async fn push_stop(hub: &Hub, invoke_id: &str) -> Result<(), super::store::StoreError> {
-    for d in hub.store.deliveries(invoke_id).await? {
-        if d.status == RecordStatus::Stopping {
-            hub.agents.send(&d.instance_id, HubMsg::Stop { invoke_id: invoke_id.to_string() });
-        }
-    }
-    Ok(())
 }
 
 /// Redelivers work owed to this replica's agents since before `older_than`.
@@ -169,9 +144,7 @@ async fn backstop(hub: &Hub, older_than: Duration) {
             continue;
         }
         match status {
-            RecordStatus::Stopping => {
-                hub.agents.send(&instance_id, HubMsg::Stop { invoke_id });
-            }
+            InvocationStatus::Stopping => super::delivery::restop(hub, &instance_id, &invoke_id),
             _ => {
                 invocations.entry(invoke_id).or_default().insert(instance_id);
             }
@@ -179,7 +152,7 @@ async fn backstop(hub: &Hub, older_than: Duration) {
     }
     for (invoke_id, instances) in invocations {
         tracing::info!(invoke_id, agents = instances.len(), "redelivering owed invocation");
-        if let Err(e) = push_invocation(hub, &invoke_id, Some(&instances)).await {
+        if let Err(e) = super::delivery::relay(hub, &invoke_id, Some(&instances)).await {
             tracing::warn!(error = %e, invoke_id, "backstop delivery failed");
         }
     }

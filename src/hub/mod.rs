@@ -5,6 +5,7 @@ pub mod agents;
 pub mod api;
 pub mod cluster;
 pub mod config;
+pub mod delivery;
 pub mod edge;
 pub mod signature;
 mod live;
@@ -99,15 +100,6 @@ pub struct Hub {
     pub config: HubConfig,
     pub nonces: api::auth::NonceCache,
     pub shutdown: CancellationToken,
-}
-
-impl Hub {
-    /// The wire form of a stored invocation for one agent of this hub.
-    pub fn wire(&self, inv: &store::InvocationRow, instance_name: String) -> crate::protocol::Invocation {
-        let mut wire = store::to_wire(inv, instance_name);
-        wire.region_id = self.config.region_id.clone();
-        wire
-    }
 }
 
 /// Runs the hub until `shutdown` fires, then closes agent sockets and

@@ -14,7 +14,8 @@ const QUEUE: usize = 8192;
 /// Most operations per transaction; bounds transaction time and memory.
 const MAX_BATCH: usize = 512;
 
-type Reply = oneshot::Sender<Result<ReportEffect, String>>;
+/// The batch's error, shared by every operation in it (the cause kept).
+type Reply = oneshot::Sender<Result<ReportEffect, Arc<StoreError>>>;
 
 #[derive(Clone)]
 pub struct Writer {
@@ -31,10 +32,8 @@ impl Writer {
     /// Applies `op` durably; returns once its transaction committed.
     pub async fn write(&self, op: WriteOp) -> Result<ReportEffect, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send((op, Some(reply))).await.map_err(|_| StoreError::Corrupt("store writer stopped".into()))?;
-        rx.await
-            .map_err(|_| StoreError::Corrupt("store writer stopped".into()))?
-            .map_err(StoreError::Corrupt)
+        self.tx.send((op, Some(reply))).await.map_err(|_| StoreError::WriterStopped)?;
+        rx.await.map_err(|_| StoreError::WriterStopped)?.map_err(StoreError::Batch)
     }
 
     /// Fire and forget (heartbeat `last_seen`): dropped when the queue is full.
@@ -70,8 +69,9 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(WriteOp, Option<Repl
             }
             Err(e) => {
                 tracing::error!(error = %e, batch = ops.len(), "batched store write failed");
+                let e = Arc::new(e);
                 for r in replies.drain(..).flatten() {
-                    let _ = r.send(Err(e.to_string()));
+                    let _ = r.send(Err(e.clone()));
                 }
             }
         }

@@ -1,18 +1,31 @@
 //! Wire types spoken between `deckhand-agent` and `deckhand-hub`.
 //!
-//! Owns: every message that crosses the agent WebSocket, the protocol version,
-//! the per-record states, and the frame bounds. JSON text frames, one message
+//! Owns: every message that crosses the agent WebSocket, the protocol
+//! versions, and the frame bounds. Statuses, modes and error codes are the
+//! lifecycle module's types (`crate::lifecycle`), spelled by its codec. JSON text frames, one message
 //! per frame, internally tagged by `"type"`. docs/protocol.md is the prose
 //! version of this file; keep the two in step.
 
 use serde::{Deserialize, Serialize};
 
-mod state;
-pub use state::{RecordStatus, aggregate_invocation_status};
+pub use crate::lifecycle::{CommandType, ErrorCode, InvocationStatus, RepeatMode};
 
-/// Bumped on any incompatible change. The hub refuses a hello whose version
-/// it does not speak, naming both versions, rather than guessing.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Bumped on any incompatible change. 2: reports carry the per-instance
+/// `InvocationStatus` (Success, Invalid, Cancelled, Terminated, …) instead
+/// of 0.1.0's record states (Finished, Stopped, …).
+pub const PROTOCOL_VERSION: u32 = 2;
+
+/// The oldest agent protocol the hub still speaks. A fleet is upgraded
+/// hub first, agents over days: the hub keeps accepting the version before
+/// its own, and reads what such an agent sends through the lifecycle codec
+/// (`lifecycle::reported_status`).
+pub const OLDEST_AGENT_PROTOCOL: u32 = 1;
+
+/// Whether the hub accepts an agent speaking `version`. Anything else is
+/// refused with both versions named, rather than guessed at.
+pub fn hub_speaks(version: u32) -> bool {
+    (OLDEST_AGENT_PROTOCOL..=PROTOCOL_VERSION).contains(&version)
+}
 
 /// Largest frame either side accepts. An output report carries at most
 /// 24 KiB of output (base64: 32 KiB) plus metadata, and an invocation at most
@@ -47,9 +60,7 @@ pub struct HostFacts {
 pub struct Invocation {
     pub invoke_id: String,
     pub command_id: String,
-    /// `RunShellScript`, `RunPowerShellScript`, `RunBatScript`, or a
-    /// deckhand-reserved type such as `ApplyKubeletReserved`.
-    pub command_type: String,
+    pub command_type: CommandType,
     /// Script body, plain text (already base64-decoded by the hub).
     pub content: String,
     pub timeout_secs: u64,
@@ -62,9 +73,8 @@ pub struct Invocation {
     /// Custom parameter values for `{{name}}` placeholders.
     #[serde(default)]
     pub parameters: serde_json::Map<String, serde_json::Value>,
-    /// `Once` | `Period` | `NextRebootOnly` | `EveryReboot`.
     #[serde(default = "default_repeat_mode")]
-    pub repeat_mode: String,
+    pub repeat_mode: RepeatMode,
     #[serde(default)]
     pub frequency: Option<String>,
     /// Instance name for `{{ACS::InstanceName}}`.
@@ -77,34 +87,77 @@ pub struct Invocation {
     pub created_at: String,
 }
 
-fn default_repeat_mode() -> String {
-    "Once".to_string()
+fn default_repeat_mode() -> RepeatMode {
+    RepeatMode::Once
 }
 
-/// The state of one run (one record) as the agent reports it.
+/// The state of one run (one record) as the agent reports it. Decoded
+/// through [`RawReport`], so what a 0.1.0 agent (or journal) wrote reads
+/// as the status it meant.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(try_from = "RawReport")]
 pub struct RecordReport {
     pub invoke_id: String,
     /// 0 for one-shot invocations; 1, 2, … for each fire of a periodic one.
     pub record_seq: u32,
-    pub status: RecordStatus,
-    #[serde(default)]
+    pub status: InvocationStatus,
     pub exit_code: Option<i64>,
     /// Output, base64 of the raw bytes (invalid UTF-8 survives).
-    #[serde(default)]
     pub output_b64: String,
     /// Bytes dropped from the middle of the output by the 24 KiB cap.
-    #[serde(default)]
     pub dropped: u64,
-    #[serde(default)]
-    pub error_code: String,
-    #[serde(default)]
+    /// `""` on the wire when there is none.
+    #[serde(with = "crate::lifecycle::opt_serde")]
+    pub error_code: Option<ErrorCode>,
+    /// Detail of the error; the API shows Alibaba's fixed text instead
+    /// where the code has one.
     pub error_info: String,
     /// RFC 3339 UTC times; empty when not yet known.
-    #[serde(default)]
     pub start_time: String,
-    #[serde(default)]
     pub finish_time: String,
+}
+
+/// A report as either protocol version writes it.
+#[derive(Deserialize)]
+struct RawReport {
+    invoke_id: String,
+    record_seq: u32,
+    status: String,
+    #[serde(default)]
+    exit_code: Option<i64>,
+    #[serde(default)]
+    output_b64: String,
+    #[serde(default)]
+    dropped: u64,
+    #[serde(default)]
+    error_code: String,
+    #[serde(default)]
+    error_info: String,
+    #[serde(default)]
+    start_time: String,
+    #[serde(default)]
+    finish_time: String,
+}
+
+impl TryFrom<RawReport> for RecordReport {
+    type Error = crate::lifecycle::UnknownName;
+
+    fn try_from(r: RawReport) -> Result<Self, Self::Error> {
+        let error_code = ErrorCode::parse(&r.error_code);
+        let status = crate::lifecycle::reported_status(&r.status, r.exit_code, !r.start_time.is_empty(), error_code.as_ref())?;
+        Ok(RecordReport {
+            invoke_id: r.invoke_id,
+            record_seq: r.record_seq,
+            status,
+            exit_code: r.exit_code,
+            output_b64: r.output_b64,
+            dropped: r.dropped,
+            error_code,
+            error_info: r.error_info,
+            start_time: r.start_time,
+            finish_time: r.finish_time,
+        })
+    }
 }
 
 /// Messages the agent sends.
@@ -201,7 +254,8 @@ impl From<serde_json::Error> for FrameError {
 /// Bounds the hub puts on a report whatever the agent claims (issue #14):
 /// a rogue or buggy agent cannot store more than a well-behaved one.
 pub mod report_limits {
-    /// Longest `error_code`, `start_time` and `finish_time`, in bytes.
+    /// Longest `start_time` and `finish_time`, in bytes (`error_code` is
+    /// a closed set, decoded by the lifecycle codec).
     pub const MAX_SHORT_TEXT: usize = 64;
     /// Longest `error_info`, in bytes.
     pub const MAX_ERROR_INFO: usize = 1024;
@@ -247,7 +301,6 @@ impl RecordReport {
             return Err(ReportError::OutputNotBase64);
         }
         self.dropped = self.dropped.min(MAX_DROPPED);
-        truncate_text(&mut self.error_code, MAX_SHORT_TEXT);
         truncate_text(&mut self.start_time, MAX_SHORT_TEXT);
         truncate_text(&mut self.finish_time, MAX_SHORT_TEXT);
         truncate_text(&mut self.error_info, MAX_ERROR_INFO);

@@ -44,11 +44,11 @@ fn report(output: &[u8], dropped: u64) -> RecordReport {
     RecordReport {
         invoke_id: "t-1".into(),
         record_seq: 0,
-        status: RecordStatus::Finished,
+        status: crate::lifecycle::InvocationStatus::Success,
         exit_code: Some(0),
         output_b64: base64::engine::general_purpose::STANDARD.encode(output),
         dropped,
-        error_code: String::new(),
+        error_code: None,
         error_info: String::new(),
         start_time: String::new(),
         finish_time: String::new(),
@@ -74,10 +74,10 @@ fn reports_are_brought_within_the_caps() {
     assert_eq!(bad.bounded().unwrap_err(), ReportError::OutputNotBase64);
     let mut long = report(b"", 0);
     long.error_info = "é".repeat(5000);
-    long.error_code = "x".repeat(5000);
+    long.start_time = "x".repeat(5000);
     let r = long.bounded().unwrap();
     assert!(r.error_info.len() <= report_limits::MAX_ERROR_INFO && r.error_info.chars().all(|c| c == 'é'));
-    assert_eq!(r.error_code.len(), report_limits::MAX_SHORT_TEXT);
+    assert_eq!(r.start_time.len(), report_limits::MAX_SHORT_TEXT);
     let mut id = report(b"", 0);
     id.invoke_id = "t".repeat(65);
     assert!(matches!(id.bounded(), Err(ReportError::IdTooLong(65))));
@@ -86,48 +86,41 @@ fn reports_are_brought_within_the_caps() {
     assert_eq!(ok.clone().bounded().unwrap(), ok);
 }
 
-/// Every combination of up to three instance states, checked against the
-/// seed's rules written out independently of the implementation's order.
+/// A 0.1.0 agent's reports (and journal entries) decode to the status
+/// they meant; a protocol 2 report round-trips unchanged.
 #[test]
-fn aggregation_table_is_exhaustive() {
-    use RecordStatus::*;
-    let all = [Pending, Scheduled, Running, Stopping, Finished, Failed, Stopped, Timeout];
-    let mut checked = 0;
-    for a in all {
-        for b in all {
-            for c in all {
-                for n in 1..=3 {
-                    let states = &[a, b, c][..n];
-                    let got = aggregate_invocation_status(states);
-                    let has = |s| states.contains(&s);
-                    let expected = if has(Running) {
-                        "Running"
-                    } else if has(Stopping) {
-                        "Stopping"
-                    } else if has(Pending) {
-                        "Pending"
-                    } else if has(Scheduled) {
-                        "Scheduled"
-                    } else {
-                        let nf = states.iter().filter(|s| matches!(s, Failed | Timeout)).count();
-                        let ns = states.iter().filter(|s| **s == Stopped).count();
-                        if ns == n {
-                            "Stopped"
-                        } else if nf == n {
-                            "Failed"
-                        } else if nf > 0 {
-                            "PartialFailed"
-                        } else {
-                            "Finished"
-                        }
-                    };
-                    assert_eq!(got, expected, "{states:?}");
-                    checked += 1;
-                }
-            }
-        }
-    }
-    assert_eq!(checked, 8 * 8 * 8 * 3);
-    assert_eq!(aggregate_invocation_status(&[Finished, Stopped]), "Finished");
-    assert_eq!(aggregate_invocation_status(&[Failed, Finished]), "PartialFailed");
+fn reports_of_both_versions_decode() {
+    let old = |status: &str, extra: &str| {
+        decode::<RecordReport>(&format!(r#"{{"invoke_id":"t-1","record_seq":0,"status":"{status}"{extra}}}"#)).unwrap()
+    };
+    assert_eq!(old("Finished", r#","exit_code":0,"start_time":"2026-01-01T00:00:00Z""#).status, InvocationStatus::Success);
+    assert_eq!(old("Finished", r#","exit_code":2,"start_time":"2026-01-01T00:00:00Z""#).status, InvocationStatus::Failed);
+    assert_eq!(old("Stopped", "").status, InvocationStatus::Cancelled);
+    let r = old("Failed", r#","error_code":"InstanceRestarted","start_time":"2026-01-01T00:00:00Z""#);
+    assert_eq!((r.status, r.error_code), (InvocationStatus::Error, Some(ErrorCode::ExecutionInterrupted)));
+    assert_eq!(old("Timeout", r#","error_code":"ExecutionTimeout""#).status, InvocationStatus::Timeout);
+    let err = decode::<RecordReport>(r#"{"invoke_id":"t-1","record_seq":0,"status":"Exploded"}"#).unwrap_err();
+    // Refused as a schema error; the message never quotes the peer's text.
+    assert!(matches!(err, FrameError::Malformed { kind: "schema", .. }) && !err.to_string().contains("Exploded"), "{err}");
+    let new = RecordReport {
+        invoke_id: "t-2".into(),
+        record_seq: 3,
+        status: InvocationStatus::Terminated,
+        exit_code: None,
+        output_b64: String::new(),
+        dropped: 0,
+        error_code: None,
+        error_info: String::new(),
+        start_time: "2026-01-01T00:00:00Z".into(),
+        finish_time: "2026-01-01T00:00:05Z".into(),
+    };
+    let text = encode(&new);
+    assert!(text.contains(r#""status":"Terminated""#) && text.contains(r#""error_code":"""#), "{text}");
+    assert_eq!(decode::<RecordReport>(&text).unwrap(), new);
+}
+
+#[test]
+fn hub_speaks_this_version_and_the_one_before() {
+    assert!(hub_speaks(PROTOCOL_VERSION) && hub_speaks(PROTOCOL_VERSION - 1));
+    assert!(!hub_speaks(PROTOCOL_VERSION + 1) && !hub_speaks(0));
 }

@@ -6,6 +6,8 @@ comes from the environment:
   DECKHAND_CA        the hub's CA certificate (PEM)
   DECKHAND_AK / DECKHAND_SK   an AccessKey pair the hub accepts
   DECKHAND_INSTANCE  a registered, online instance id
+  DECKHAND_OFFLINE_INSTANCE  a registered instance whose agent is stopped
+                     (the hub runs with a 3 s delivery timeout)
 Both SDK generations are exercised: the classic aliyun-python-sdk-core
 (RPC v1, HMAC-SHA1) and the tea SDK alibabacloud-ecs20140526
 (ACS3-HMAC-SHA256).
@@ -41,7 +43,9 @@ CA = os.environ["DECKHAND_CA"]
 AK = os.environ["DECKHAND_AK"]
 SK = os.environ["DECKHAND_SK"]
 INSTANCE = os.environ["DECKHAND_INSTANCE"]
-FINAL = {"Finished", "Failed", "Stopped", "Timeout"}
+OFFLINE = os.environ["DECKHAND_OFFLINE_INSTANCE"]
+# Record-level states a run settles in; Cloud Assistant has no "Timeout" here.
+FINAL = {"Finished", "Failed", "Stopped"}
 
 
 def classic(secret=SK, key=AK):
@@ -90,12 +94,16 @@ def test_classic_sdk_run_command_and_results():
     assert r["InvokeRecordStatus"] == "Finished"
     assert r["ExitCode"] == 3
     assert r["ErrorCode"] == "ExitCodeNonzero"
+    assert r["ErrorInfo"] == "the command execution exit code is not zero"
+    assert r["InvocationStatus"] == "Failed"
     assert base64.b64decode(r["Output"]) == b"hello-from-classic-sdk\n"
 
     d = DescribeInvocationsRequest.DescribeInvocationsRequest()
     d.set_InvokeId(res["InvokeId"])
     inv = classic_call(d)["Invocations"]["Invocation"][0]
     assert inv["InvokeStatus"] == "Finished"
+    assert inv["InvocationStatus"] == "Failed"
+    assert inv["InvokeInstances"]["InvokeInstance"][0]["InvocationStatus"] == "Failed"
     assert inv["InvokeInstances"]["InvokeInstance"][0]["InstanceId"] == INSTANCE
 
 
@@ -176,21 +184,87 @@ def test_tea_sdk_run_command_and_results():
     assert inv.invoke_instances.invoke_instance[0].instance_id == INSTANCE
 
 
-def test_tea_sdk_stop_invocation():
+def tea_result(client, invoke_id, until, timeout=30):
+    """Polls DescribeInvocationResults until `until(result)` holds."""
+    deadline = time.time() + timeout
+    while True:
+        out = client.describe_invocation_results_with_options(ecs.DescribeInvocationResultsRequest(region_id="cn-hangzhou", invoke_id=invoke_id), RUNTIME)
+        results = out.body.invocation.invocation_results.invocation_result
+        if results and until(results[0]):
+            return results[0]
+        assert time.time() < deadline, f"{invoke_id}: condition not reached; last {results[0].to_map() if results else None}"
+        time.sleep(0.2)
+
+
+def test_tea_sdk_stop_while_running_is_terminated():
     client = tea()
     req = ecs.RunCommandRequest(region_id="cn-hangzhou", type="RunShellScript", command_content="sleep 60", instance_id=[INSTANCE], timeout=120)
     invoke_id = client.run_command_with_options(req, RUNTIME).body.invoke_id
-    time.sleep(1)
+    tea_result(client, invoke_id, lambda r: r.invocation_status == "Running")
     client.stop_invocation_with_options(ecs.StopInvocationRequest(region_id="cn-hangzhou", invoke_id=invoke_id), RUNTIME)
-    deadline = time.time() + 30
-    while True:
-        out = client.describe_invocation_results_with_options(ecs.DescribeInvocationResultsRequest(region_id="cn-hangzhou", invoke_id=invoke_id), RUNTIME)
-        r = out.body.invocation.invocation_results.invocation_result[0]
-        if r.invoke_record_status in FINAL:
-            break
-        assert time.time() < deadline
-        time.sleep(0.2)
+    r = tea_result(client, invoke_id, lambda r: r.invoke_record_status in FINAL)
     assert r.invoke_record_status == "Stopped"
+    assert r.invocation_status == "Terminated"
+    inv = client.describe_invocations_with_options(ecs.DescribeInvocationsRequest(region_id="cn-hangzhou", invoke_id=invoke_id), RUNTIME).body.invocations.invocation[0]
+    assert (inv.invoke_status, inv.invocation_status) == ("Stopped", "Stopped")
+
+
+def test_tea_sdk_stop_before_start_is_cancelled():
+    # NextRebootOnly: delivered and Scheduled, never started on this boot.
+    client = tea()
+    req = ecs.RunCommandRequest(region_id="cn-hangzhou", type="RunShellScript", command_content="echo never", instance_id=[INSTANCE], repeat_mode="NextRebootOnly")
+    invoke_id = client.run_command_with_options(req, RUNTIME).body.invoke_id
+    tea_result(client, invoke_id, lambda r: r.invocation_status == "Scheduled")
+    client.stop_invocation_with_options(ecs.StopInvocationRequest(region_id="cn-hangzhou", invoke_id=invoke_id), RUNTIME)
+    r = tea_result(client, invoke_id, lambda r: r.invoke_record_status in FINAL)
+    assert (r.invoke_record_status, r.invocation_status) == ("Stopped", "Cancelled")
+
+
+def test_timeout_is_failed_with_execution_timeout_in_both_sdks():
+    req = RunCommandRequest.RunCommandRequest()
+    req.set_Type("RunShellScript")
+    req.set_CommandContent("sleep 30")
+    req.set_InstanceIds([INSTANCE])
+    req.set_Timeout(1)
+    invoke_id = classic_call(req)["InvokeId"]
+    r = wait_final_classic(invoke_id)[0]
+    assert r["InvokeRecordStatus"] == "Failed"
+    assert r["InvocationStatus"] == "Timeout"
+    assert r["ErrorCode"] == "ExecutionTimeout"
+    assert r["ErrorInfo"] == "the command execution has been timeout"
+    # A user filtering InvokeRecordStatus=Failed finds the timeout.
+    client = tea()
+    out = client.describe_invocation_results_with_options(
+        ecs.DescribeInvocationResultsRequest(region_id="cn-hangzhou", invoke_id=invoke_id, invoke_record_status="Failed"), RUNTIME
+    )
+    found = out.body.invocation.invocation_results.invocation_result
+    assert [x.invocation_status for x in found] == ["Timeout"]
+    inv = client.describe_invocations_with_options(ecs.DescribeInvocationsRequest(region_id="cn-hangzhou", invoke_id=invoke_id), RUNTIME).body.invocations.invocation[0]
+    assert (inv.invoke_status, inv.invocation_status) == ("Failed", "Failed")
+
+
+def test_could_not_start_is_invalid():
+    client = tea()
+    req = ecs.RunCommandRequest(region_id="cn-hangzhou", type="RunShellScript", command_content="pwd", instance_id=[INSTANCE], working_dir="/nonexistent/deckhand-sdk")
+    invoke_id = client.run_command_with_options(req, RUNTIME).body.invoke_id
+    r = tea_result(client, invoke_id, lambda r: r.invoke_record_status in FINAL)
+    assert (r.invoke_record_status, r.invocation_status) == ("Failed", "Invalid")
+    assert r.error_code == "DirectoryNotExists"
+    assert r.error_info == "the specified directory does not exists"
+
+
+def test_delivery_timeout_is_aborted():
+    # The offline instance's agent is stopped: nothing takes the
+    # invocation, and the hub's 3 s delivery timeout aborts it.
+    req = RunCommandRequest.RunCommandRequest()
+    req.set_Type("RunShellScript")
+    req.set_CommandContent("true")
+    req.set_InstanceIds([OFFLINE])
+    invoke_id = classic_call(req)["InvokeId"]
+    r = wait_final_classic(invoke_id)[0]
+    assert (r["InvokeRecordStatus"], r["InvocationStatus"]) == ("Failed", "Aborted")
+    assert r["ErrorCode"] == "ClientNotResponse"
+    assert r["ErrorInfo"] == "the aliyun service in the instance does not response"
 
 
 def test_tea_sdk_errors_are_alibaba_style():

@@ -148,6 +148,15 @@ impl Hub {
         })
     }
 
+    /// Waits until the hub has seen the agent's session end.
+    pub fn wait_offline(&self, instance_id: &str) {
+        wait_until(&format!("{instance_id} offline"), Duration::from_secs(20), || {
+            let v = self.call("DescribeCloudAssistantStatus", &[("InstanceId.1", instance_id)]).ok()?;
+            let s = v["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"][0]["CloudAssistantStatus"].as_str()?.to_string();
+            (s == "false").then_some(())
+        })
+    }
+
     /// RunCommand with sensible defaults; returns the invoke id.
     pub fn run(&self, script: &str, instances: &[&str], extra: &[(&str, &str)]) -> String {
         let keys: Vec<String> = (1..=instances.len()).map(|i| format!("InstanceId.{i}")).collect();
@@ -165,7 +174,7 @@ impl Hub {
         wait_until(&format!("{invoke_id} final"), timeout, || {
             let v = self.call("DescribeInvocationResults", &[("InvokeId", invoke_id), ("PageSize", "50")]).ok()?;
             let list = v["Invocation"]["InvocationResults"]["InvocationResult"].as_array()?.clone();
-            let done = !list.is_empty() && list.iter().all(|r| matches!(r["InvokeRecordStatus"].as_str(), Some("Finished" | "Failed" | "Stopped" | "Timeout")));
+            let done = !list.is_empty() && list.iter().all(|r| matches!(r["InvokeRecordStatus"].as_str(), Some("Finished" | "Failed" | "Stopped")));
             done.then_some(list)
         })
     }

@@ -69,8 +69,6 @@ pub enum ScheduleError {
     IntervalTooShort { expr: String, first: DateTime<Utc>, second: DateTime<Utc>, gap_secs: i64, min_secs: u64 },
     #[error("{expr}: the interval ({interval_secs} s) is shorter than the Timeout ({timeout_secs} s); runs would overlap")]
     ShorterThanTimeout { expr: String, interval_secs: u64, timeout_secs: u64 },
-    #[error("RepeatMode {value:?} is not one of Once, Period, NextRebootOnly, EveryReboot")]
-    RepeatMode { value: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]

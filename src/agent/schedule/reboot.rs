@@ -3,51 +3,10 @@
 //! since an invocation last looked, by comparing boot ids (Linux
 //! `/proc/sys/kernel/random/boot_id`; see `agent::identity::boot_id`).
 
-use super::ScheduleError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum RepeatMode {
-    /// Run once, now.
-    Once,
-    /// Run on the `Frequency` schedule.
-    Period,
-    /// Run once, after the next boot of the instance.
-    NextRebootOnly,
-    /// Run after every boot of the instance.
-    EveryReboot,
-}
-
-impl RepeatMode {
-    pub const ALL: [RepeatMode; 4] = [RepeatMode::Once, RepeatMode::Period, RepeatMode::NextRebootOnly, RepeatMode::EveryReboot];
-
-    /// Exact, case-sensitive names as the Cloud Assistant API spells them.
-    pub fn parse(s: &str) -> Result<RepeatMode, ScheduleError> {
-        RepeatMode::ALL.into_iter().find(|m| m.as_str() == s).ok_or_else(|| ScheduleError::RepeatMode {
-            value: s.chars().take(64).collect(),
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RepeatMode::Once => "Once",
-            RepeatMode::Period => "Period",
-            RepeatMode::NextRebootOnly => "NextRebootOnly",
-            RepeatMode::EveryReboot => "EveryReboot",
-        }
-    }
-
-    /// Whether the mode ends after its first run (the invocation then
-    /// finishes) or stays armed for further fires until stopped.
-    pub fn is_repeating(self) -> bool {
-        matches!(self, RepeatMode::Period | RepeatMode::EveryReboot)
-    }
-}
-
-impl std::fmt::Display for RepeatMode {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+/// The type lives in the lifecycle module; the scheduler re-exports it
+/// for its own callers.
+pub use crate::lifecycle::RepeatMode;
 
 /// Whether a boot-triggered invocation should run now.
 ///

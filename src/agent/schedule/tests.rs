@@ -188,7 +188,7 @@ fn timeout_must_not_exceed_interval() {
 #[test]
 fn repeat_mode_names() {
     for m in RepeatMode::ALL {
-        assert_eq!(RepeatMode::parse(m.as_str()).unwrap(), m);
+        assert_eq!(RepeatMode::parse(m.as_str()).unwrap(), *m);
     }
     let e = RepeatMode::parse("everyreboot").unwrap_err().to_string();
     assert!(e.contains("not one of Once, Period, NextRebootOnly, EveryReboot"), "{e}");

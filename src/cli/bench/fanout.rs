@@ -14,7 +14,8 @@ use tokio_tungstenite::tungstenite::Message;
 use super::procs::{self, mib};
 use crate::agent::transport::{self, HubUrl, Ws};
 use crate::cli::CliError;
-use crate::protocol::{self, AgentMsg, HostFacts, HubMsg, PROTOCOL_VERSION, RecordReport, RecordStatus};
+use crate::lifecycle::InvocationStatus;
+use crate::protocol::{self, AgentMsg, HostFacts, HubMsg, PROTOCOL_VERSION, RecordReport};
 
 /// Handshakes in flight at once while connecting the simulated fleet.
 const CONNECT_PARALLELISM: usize = 128;
@@ -40,7 +41,7 @@ async fn recv(ws: &mut Ws) -> Result<HubMsg, CliError> {
     }
 }
 
-fn report(invoke_id: &str, status: RecordStatus) -> RecordReport {
+fn report(invoke_id: &str, status: InvocationStatus) -> RecordReport {
     let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     RecordReport {
         invoke_id: invoke_id.to_string(),
@@ -49,7 +50,7 @@ fn report(invoke_id: &str, status: RecordStatus) -> RecordReport {
         exit_code: status.is_final().then_some(0),
         output_b64: if status.is_final() { "b2sK".into() } else { String::new() },
         dropped: 0,
-        error_code: String::new(),
+        error_code: None,
         error_info: String::new(),
         start_time: now.clone(),
         finish_time: if status.is_final() { now } else { String::new() },
@@ -82,8 +83,8 @@ async fn sim_agent(url: HubUrl, tls: Arc<rustls::ClientConfig>, act: (String, St
             m = recv(&mut ws) => match m? {
                 HubMsg::Invoke { invocation } => {
                     send(&mut ws, &AgentMsg::InvokeAck { invoke_id: invocation.invoke_id.clone() }).await?;
-                    send(&mut ws, &AgentMsg::Report { report_id: next_id, report: report(&invocation.invoke_id, RecordStatus::Running) }).await?;
-                    send(&mut ws, &AgentMsg::Report { report_id: next_id + 1, report: report(&invocation.invoke_id, RecordStatus::Finished) }).await?;
+                    send(&mut ws, &AgentMsg::Report { report_id: next_id, report: report(&invocation.invoke_id, InvocationStatus::Running) }).await?;
+                    send(&mut ws, &AgentMsg::Report { report_id: next_id + 1, report: report(&invocation.invoke_id, InvocationStatus::Success) }).await?;
                     final_ids.insert(next_id + 1);
                     next_id += 2;
                 }

@@ -56,8 +56,8 @@ fn run_and_wait(client: &Client, instance: &str, script: &str, timeout: Duration
     let id = v["InvokeId"].as_str().unwrap_or("").to_string();
     loop {
         let r = client.call("DescribeInvocationResults", &[("InvokeId", id.clone())])?;
-        let st = r["Invocation"]["InvocationResults"]["InvocationResult"][0]["InvokeRecordStatus"].as_str().unwrap_or("").to_string();
-        if matches!(st.as_str(), "Finished" | "Failed" | "Timeout" | "Stopped") {
+        let st = r["Invocation"]["InvocationResults"]["InvocationResult"][0]["InvocationStatus"].as_str().unwrap_or("").to_string();
+        if crate::lifecycle::InvocationStatus::parse(&st).is_ok_and(|s| s.is_final()) {
             return Ok(t0.elapsed());
         }
         if t0.elapsed() > timeout {

@@ -5,9 +5,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
-use super::invocations::{COMMAND_TYPES, DEFAULT_TIMEOUT, TIMEOUT_RANGE, decode_content};
+use super::invocations::{DEFAULT_TIMEOUT, TIMEOUT_RANGE, decode_content, named};
 use super::{Paging, Request};
 use crate::hub::store::{CommandRow, now_str};
+use crate::lifecycle::CommandType;
 
 fn not_found(id: &str) -> ApiError {
     ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidCommandId.NotFound", format!("The specified command \"{id}\" does not exist."))
@@ -16,17 +17,14 @@ fn not_found(id: &str) -> ApiError {
 pub async fn create(req: &Request<'_>) -> Result<Value, ApiError> {
     let p = &req.params;
     let name = p.string("Name", 128)?.ok_or_else(|| ApiError::missing("Name"))?;
-    let t = p.require("Type")?;
-    if !COMMAND_TYPES.contains(&t) {
-        return Err(ApiError::invalid("Type", format!("{t:?} is not one of {}", COMMAND_TYPES.join(", "))));
-    }
+    let t = named(p, "Type", CommandType::parse)?.ok_or_else(|| ApiError::missing("Type"))?;
     // CreateCommand's CommandContent is Base64 unless told otherwise.
     let content = decode_content(p, "CommandContent", "Base64")?;
     let cmd = CommandRow {
         command_id: format!("c-{}", &uuid::Uuid::new_v4().simple().to_string()[..22]),
         name,
         description: p.string("Description", 512)?.unwrap_or_default(),
-        command_type: t.to_string(),
+        command_type: t,
         content,
         working_dir: p.string("WorkingDir", 200)?.unwrap_or_default(),
         timeout_secs: p.int("Timeout", TIMEOUT_RANGE.0, TIMEOUT_RANGE.1)?.unwrap_or(DEFAULT_TIMEOUT),
@@ -43,7 +41,7 @@ pub async fn create(req: &Request<'_>) -> Result<Value, ApiError> {
 pub async fn describe(req: &Request<'_>) -> Result<Value, ApiError> {
     let p = &req.params;
     let paging = Paging::from(p, 10, 50)?;
-    let (rows, total) = req.hub.store.list_commands(p.get("CommandId"), p.get("Name"), p.get("Type"), paging.page).await?;
+    let (rows, total) = req.hub.store.list_commands(p.get("CommandId"), p.get("Name"), named(p, "Type", CommandType::parse)?, paging.page).await?;
     let list: Vec<Value> = rows
         .iter()
         .map(|c| {
@@ -51,7 +49,7 @@ pub async fn describe(req: &Request<'_>) -> Result<Value, ApiError> {
                 "CommandId": c.command_id,
                 "Name": c.name,
                 "Description": c.description,
-                "Type": c.command_type,
+                "Type": c.command_type.as_str(),
                 "CommandContent": B64.encode(&c.content),
                 "WorkingDir": c.working_dir,
                 "Timeout": c.timeout_secs,

@@ -36,6 +36,12 @@ impl ApiError {
 
 impl From<crate::hub::store::StoreError> for ApiError {
     fn from(e: crate::hub::store::StoreError) -> Self {
+        // A full disk is the operator's to fix and the caller's to retry
+        // later: say so (503), not "unknown error".
+        if e.is_disk_full() {
+            tracing::error!(error = %e, "database disk full; refusing writes");
+            return Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the hub's database disk is full");
+        }
         Self::internal(e)
     }
 }

@@ -8,17 +8,25 @@ use serde_json::{Map, Value, json};
 use super::error::ApiError;
 use super::params::Params;
 use super::{Paging, Request};
-use crate::hub::store::{CommandRow, InvocationFilter, InvocationRow, RecordRow, TargetRow, now_str};
-use crate::protocol::{HubMsg, MAX_SCRIPT_BYTES, RecordStatus, aggregate_invocation_status};
-
-pub const COMMAND_TYPES: &[&str] = &["RunShellScript", "RunPowerShellScript", "RunBatScript", "ApplyKubeletReserved"];
-pub const REPEAT_MODES: &[&str] = &["Once", "Period", "NextRebootOnly", "EveryReboot"];
+use crate::hub::store::{CommandRow, InvocationFilter, InvocationRow, ResultRow, TargetRow, now_str};
+use crate::lifecycle::{CommandType, Counts, ErrorCode, InvocationOverall, InvocationStatus, InvokeRecordStatus, InvokeStatus, RepeatMode, UnknownName, error_info};
+use crate::protocol::MAX_SCRIPT_BYTES;
 /// Seconds. Cloud Assistant documents 10..=86400; we also accept shorter
 /// timeouts (down to 1 s), which scripts in tests and health probes want.
 pub const TIMEOUT_RANGE: (i64, i64) = (1, 86_400);
 pub const DEFAULT_TIMEOUT: i64 = 60;
 /// Cloud Assistant allows at most 20 custom parameters per command.
 pub const MAX_PARAMETERS: usize = 20;
+/// DescribeInvocations lists at most this many `InvokeInstances` per
+/// invocation (by instance id), so a page costs O(page), not O(targets);
+/// DescribeInvocationResults pages through all of them. A deckhand limit,
+/// documented in docs/api.md.
+pub const MAX_INVOKE_INSTANCES: i64 = 100;
+
+/// An optional parameter spelled as one of a lifecycle enum's names.
+pub fn named<T>(p: &Params, field: &str, parse: impl Fn(&str) -> Result<T, UnknownName>) -> Result<Option<T>, ApiError> {
+    p.get(field).map(|v| parse(v).map_err(|e| ApiError::invalid(field, e))).transpose()
+}
 
 fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..22])
@@ -40,12 +48,8 @@ pub fn decode_content(p: &Params, field: &str, default_encoding: &str) -> Result
     String::from_utf8(bytes).map_err(|_| ApiError::invalid(field, "script is not valid UTF-8"))
 }
 
-fn command_type(p: &Params) -> Result<String, ApiError> {
-    let t = p.require("Type")?;
-    if !COMMAND_TYPES.contains(&t) {
-        return Err(ApiError::invalid("Type", format!("{t:?} is not one of {}", COMMAND_TYPES.join(", "))));
-    }
-    Ok(t.to_string())
+fn command_type(p: &Params) -> Result<CommandType, ApiError> {
+    named(p, "Type", CommandType::parse)?.ok_or_else(|| ApiError::missing("Type"))
 }
 
 /// Parameters JSON object, bounded; every `{{name}}` used must have a value.
@@ -72,20 +76,17 @@ fn parameters(p: &Params, content: &str, enabled: bool, policy: crate::exec::par
 
 /// RepeatMode and Frequency, validated with the agent's own scheduler
 /// grammar so the API refuses what an agent could never fire.
-fn repeat(p: &Params, timeout_secs: i64) -> Result<(String, String), ApiError> {
-    let mode = p.get("RepeatMode").unwrap_or("Once");
-    if !REPEAT_MODES.contains(&mode) {
-        return Err(ApiError::invalid("RepeatMode", format!("{mode:?} is not one of {}", REPEAT_MODES.join(", "))));
-    }
+fn repeat(p: &Params, timeout_secs: i64) -> Result<(RepeatMode, String), ApiError> {
+    let mode = named(p, "RepeatMode", RepeatMode::parse)?.unwrap_or(RepeatMode::Once);
     let freq = p.string("Frequency", 256)?.unwrap_or_default();
-    if mode == "Period" && freq.is_empty() {
+    if mode == RepeatMode::Period && freq.is_empty() {
         return Err(ApiError::missing("Frequency"));
     }
-    if mode == "Period" {
+    if mode == RepeatMode::Period {
         let timeout = std::time::Duration::from_secs(timeout_secs.max(0) as u64);
         crate::agent::schedule::validate_frequency(&freq, timeout, chrono::Utc::now()).map_err(|e| ApiError::invalid("Frequency", e))?;
     }
-    Ok((mode.to_string(), freq))
+    Ok((mode, freq))
 }
 
 /// Target instances, de-duplicated, each known; with their names (one query).
@@ -142,9 +143,8 @@ pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
         visible: p.bool("KeepCommand")?.unwrap_or(false),
         invoke_times: 0,
     };
-    req.hub.store.create_command(&cmd).await?;
     let inv = invocation_for(&cmd, parameters, repeat_mode, frequency, p.get("ClientToken").unwrap_or(""));
-    create_and_push(req, inv, &ids).await
+    create_and_push(req, Some(&cmd), inv, &ids).await
 }
 
 pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
@@ -171,19 +171,19 @@ pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
     }
     let ids = instances(req).await?;
     let inv = invocation_for(&cmd, parameters, repeat_mode, frequency, p.get("ClientToken").unwrap_or(""));
-    let mut v = create_and_push(req, inv, &ids).await?;
+    let mut v = create_and_push(req, None, inv, &ids).await?;
     if let Value::Object(m) = &mut v {
         m.remove("CommandId");
     }
     Ok(v)
 }
 
-fn invocation_for(cmd: &CommandRow, parameters: String, repeat_mode: String, frequency: String, token: &str) -> InvocationRow {
+fn invocation_for(cmd: &CommandRow, parameters: String, repeat_mode: RepeatMode, frequency: String, token: &str) -> InvocationRow {
     InvocationRow {
         invoke_id: new_id("t"),
         command_id: cmd.command_id.clone(),
         command_name: cmd.name.clone(),
-        command_type: cmd.command_type.clone(),
+        command_type: cmd.command_type,
         content: cmd.content.clone(),
         timeout_secs: cmd.timeout_secs,
         working_dir: cmd.working_dir.clone(),
@@ -195,14 +195,20 @@ fn invocation_for(cmd: &CommandRow, parameters: String, repeat_mode: String, fre
         created_at: now_str(),
         client_token: token.to_string(),
         stop_requested: false,
+        counts: Counts::default(),
     }
 }
 
-/// Commits the invocation first, then pushes it to whoever is online;
+/// Commits the invocation (with its command for RunCommand) first, then
+/// pushes it to whoever is online;
 /// offline targets get it when they connect.
-async fn create_and_push(req: &Request<'_>, inv: InvocationRow, targets: &[(String, String)]) -> Result<Value, ApiError> {
+async fn create_and_push(req: &Request<'_>, cmd: Option<&CommandRow>, inv: InvocationRow, targets: &[(String, String)]) -> Result<Value, ApiError> {
     let ids: Vec<String> = targets.iter().map(|(i, _)| i.clone()).collect();
-    match req.hub.store.create_invocation(&inv, &ids).await {
+    let created = match cmd {
+        Some(cmd) => req.hub.store.run_command(cmd, &inv, &ids).await,
+        None => req.hub.store.create_invocation(&inv, &ids).await,
+    };
+    match created {
         Ok(()) => {}
         // The same ClientToken committed meanwhile (through another replica,
         // or a concurrent retry): answer with that invocation, run nothing new.
@@ -211,41 +217,10 @@ async fn create_and_push(req: &Request<'_>, inv: InvocationRow, targets: &[(Stri
         }
         Err(e) => return Err(e.into()),
     }
-    for (id, name) in targets {
-        req.hub.agents.send(id, HubMsg::Invoke { invocation: req.hub.wire(&inv, name.clone()) });
-    }
+    crate::hub::delivery::push_new(req.hub, &inv, targets);
     crate::hub::cluster::announce(req.hub, crate::hub::cluster::Event::Invoke { id: inv.invoke_id.clone() }).await;
     tracing::info!(invoke_id = %inv.invoke_id, targets = ids.len(), "invocation created");
     Ok(json!({ "CommandId": inv.command_id, "InvokeId": inv.invoke_id }))
-}
-
-/// Today's per-instance `InvocationStatus` (Success / Failed / Timeout / …)
-/// from the record state; `InstanceInvokeStatus` keeps the legacy name.
-pub fn instance_invocation_status(status: RecordStatus, exit_code: Option<i64>, error_code: &str) -> &'static str {
-    match status {
-        RecordStatus::Finished if exit_code == Some(0) => "Success",
-        RecordStatus::Finished => "Failed",
-        RecordStatus::Failed if error_code == "ClientNotResponse" || error_code == "DeliveryTimeout" => "Error",
-        other => other.as_str(),
-    }
-}
-
-/// Today's invocation-level `InvocationStatus`: as the legacy aggregate,
-/// but "Success" when every finished run exited 0.
-fn overall_invocation_status(targets: &[TargetRow]) -> &'static str {
-    let states: Vec<_> = targets.iter().map(|t| t.status).collect();
-    let legacy = aggregate_invocation_status(&states);
-    if legacy != "Finished" {
-        return legacy;
-    }
-    let any_nonzero = targets.iter().any(|t| t.status == RecordStatus::Finished && t.exit_code != Some(0));
-    if !any_nonzero {
-        "Success"
-    } else if targets.iter().all(|t| t.exit_code != Some(0)) {
-        "Failed"
-    } else {
-        "PartialFailed"
-    }
 }
 
 fn encode_output(bytes: &[u8], plain: bool) -> String {
@@ -261,11 +236,38 @@ fn wants_plain(p: &Params) -> Result<bool, ApiError> {
     }
 }
 
-fn status_filter(p: &Params, field: &str) -> Result<Option<RecordStatus>, ApiError> {
-    match p.get(field) {
-        None => Ok(None),
-        Some(s) => RecordStatus::parse(s).map(Some).ok_or_else(|| ApiError::invalid(field, format!("{s:?} is not a known status"))),
+/// `InvokeRecordStatus` filter: a record-level name selects every
+/// per-instance status shown under it; deckhand also accepts a
+/// per-instance `InvocationStatus` name (`Timeout`, `Cancelled`, …) to
+/// select just that one (an extension, docs/api.md).
+fn record_status_filter(p: &Params, field: &str) -> Result<Vec<InvocationStatus>, ApiError> {
+    let Some(s) = p.get(field) else { return Ok(Vec::new()) };
+    if let Ok(r) = InvokeRecordStatus::parse(s) {
+        return Ok(InvocationStatus::with_record_status(r));
     }
+    InvocationStatus::parse(s).map(|one| vec![one]).map_err(|_| {
+        ApiError::invalid(field, format!("{s:?} is not one of {} (or a per-instance InvocationStatus)", InvokeRecordStatus::NAMES.join(", ")))
+    })
+}
+
+/// DescribeInvocations' status filter: `InvokeStatus` (legacy names) or
+/// `InvocationStatus` (current names); a value in either vocabulary
+/// matches invocations whose kept aggregate has it.
+fn overall_status_filter(p: &Params) -> Result<Option<(Option<InvokeStatus>, Option<InvocationOverall>)>, ApiError> {
+    let (field, v) = match (p.get("InvokeStatus"), p.get("InvocationStatus")) {
+        (Some(v), _) => ("InvokeStatus", v),
+        (None, Some(v)) => ("InvocationStatus", v),
+        (None, None) => return Ok(None),
+    };
+    let legacy = InvokeStatus::parse(v).ok();
+    let current = InvocationOverall::parse(v).ok();
+    if legacy.is_none() && current.is_none() {
+        let mut names: Vec<&str> = InvokeStatus::NAMES.iter().chain(InvocationOverall::NAMES).copied().collect();
+        names.sort_unstable();
+        names.dedup();
+        return Err(ApiError::invalid(field, format!("{v:?} is not one of {}", names.join(", "))));
+    }
+    Ok(Some((legacy, current)))
 }
 
 pub async fn describe_invocations(req: &Request<'_>) -> Result<Value, ApiError> {
@@ -277,33 +279,29 @@ pub async fn describe_invocations(req: &Request<'_>) -> Result<Value, ApiError> 
         invoke_id: p.get("InvokeId").map(str::to_string),
         command_id: p.get("CommandId").map(str::to_string),
         instance_id: p.get("InstanceId").map(str::to_string),
-        command_type: p.get("CommandType").map(str::to_string),
+        command_type: named(p, "CommandType", CommandType::parse)?,
         command_name: p.get("CommandName").map(str::to_string),
-        repeat_mode: p.get("RepeatMode").map(str::to_string),
+        repeat_mode: named(p, "RepeatMode", RepeatMode::parse)?,
+        status: overall_status_filter(p)?,
     };
-    let status = p.get("InvokeStatus").or(p.get("InvocationStatus")).map(str::to_string);
+    // Filtered and paged in SQL on the kept aggregates: TotalCount and
+    // NextToken count matching invocations, and no target is read to
+    // decide a status.
     let (rows, total) = req.hub.store.list_invocations(&filter, paging.page).await?;
-    let mut list = Vec::new();
+    let mut list = Vec::with_capacity(rows.len());
     for inv in rows {
-        let targets = req.hub.store.targets(&inv.invoke_id).await?;
-        let legacy = aggregate_invocation_status(&targets.iter().map(|t| t.status).collect::<Vec<_>>());
-        let today = overall_invocation_status(&targets);
-        if let Some(s) = &status {
-            if s != legacy && s != today {
-                continue;
-            }
-        }
+        let targets = req.hub.store.some_targets(&inv.invoke_id, MAX_INVOKE_INSTANCES, include_output).await?;
         let instances: Vec<Value> = targets.iter().map(|t| invoke_instance_json(req, t, include_output, plain)).collect();
         list.push(json!({
             "InvokeId": inv.invoke_id,
             "CommandId": inv.command_id,
             "CommandName": inv.command_name,
-            "CommandType": inv.command_type,
+            "CommandType": inv.command_type.as_str(),
             "CommandContent": encode_output(inv.content.as_bytes(), plain),
-            "InvokeStatus": legacy,
-            "InvocationStatus": today,
-            "Timed": inv.repeat_mode == "Period",
-            "RepeatMode": inv.repeat_mode,
+            "InvokeStatus": inv.invoke_status().as_str(),
+            "InvocationStatus": inv.invocation_status().as_str(),
+            "Timed": inv.repeat_mode == RepeatMode::Period,
+            "RepeatMode": inv.repeat_mode.as_str(),
             "Frequency": inv.frequency,
             "CreationTime": inv.created_at,
             "Parameters": inv.parameters,
@@ -319,23 +317,34 @@ pub async fn describe_invocations(req: &Request<'_>) -> Result<Value, ApiError> 
     Ok(Value::Object(out))
 }
 
+/// `ErrorCode` and `ErrorInfo` as the API shows them: Alibaba's fixed text
+/// where the code has one, otherwise the stored detail.
+fn error_fields(code: &Option<ErrorCode>, info: &str) -> (String, String) {
+    (code.as_ref().map(|c| c.as_str().to_string()).unwrap_or_default(), error_info(code.as_ref(), info))
+}
+
+fn stop_time(status: InvocationStatus, finish_time: &str) -> String {
+    if status.record_status() == InvokeRecordStatus::Stopped { finish_time.to_string() } else { String::new() }
+}
+
 fn invoke_instance_json(req: &Request<'_>, t: &TargetRow, include_output: bool, plain: bool) -> Value {
-    let output = live_or_stored(req, t);
+    let output = if include_output { live_or_stored(req, t) } else { Vec::new() };
+    let (code, info) = error_fields(&t.error_code, &t.error_info);
     json!({
         "InstanceId": t.instance_id,
-        "InstanceInvokeStatus": t.status.as_str(),
-        "InvocationStatus": instance_invocation_status(t.status, t.exit_code, &t.error_code),
+        "InstanceInvokeStatus": t.status.record_status().as_str(),
+        "InvocationStatus": t.status.as_str(),
         "Repeats": t.repeats,
-        "Output": if include_output { encode_output(&output, plain) } else { String::new() },
+        "Output": encode_output(&output, plain),
         "Dropped": t.dropped,
         "ExitCode": t.exit_code,
-        "ErrorCode": t.error_code,
-        "ErrorInfo": t.error_info,
+        "ErrorCode": code,
+        "ErrorInfo": info,
         "CreationTime": t.created_at,
         "StartTime": t.start_time,
         "FinishTime": t.finish_time,
         "UpdateTime": t.updated_at,
-        "StopTime": if t.status == RecordStatus::Stopped { t.finish_time.clone() } else { String::new() },
+        "StopTime": stop_time(t.status, &t.finish_time),
         "Timed": false,
     })
 }
@@ -355,7 +364,7 @@ pub async fn describe_invocation_results(req: &Request<'_>) -> Result<Value, Api
     let paging = Paging::from(p, 10, 50)?;
     let plain = wants_plain(p)?;
     let include_history = p.bool("IncludeHistory")?.unwrap_or(false);
-    let status = status_filter(p, "InvokeRecordStatus")?;
+    let statuses = record_status_filter(p, "InvokeRecordStatus")?;
     let filter = InvocationFilter {
         invoke_id: p.get("InvokeId").map(str::to_string),
         instance_id: p.get("InstanceId").map(str::to_string),
@@ -367,30 +376,14 @@ pub async fn describe_invocation_results(req: &Request<'_>) -> Result<Value, Api
             return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidInvokeId.NotFound", format!("The specified invocation \"{id}\" does not exist.")));
         }
     }
-    let mut results = Vec::new();
-    let total;
-    if include_history {
-        // Every record of every matching target, newest targets first.
-        let (targets, _) = req.hub.store.list_targets(&filter, None, crate::hub::store::Page { offset: 0, limit: 1000 }).await?;
-        let mut all = Vec::new();
-        for t in &targets {
-            let records = req.hub.store.records(&t.invoke_id, &t.instance_id).await?;
-            if records.is_empty() {
-                all.push(result_from_target(req, t, plain));
-            }
-            for r in records.iter().filter(|r| status.is_none_or(|s| s == r.status)) {
-                all.push(result_from_record(r, &t.invoke_id, plain));
-            }
-        }
-        total = all.len() as i64;
-        results = all.into_iter().skip(paging.page.offset as usize).take(paging.page.limit as usize).collect();
+    let (results, total) = if include_history {
+        // Every record of every matching target, paged in SQL.
+        let (rows, total) = req.hub.store.list_history(&filter, &statuses, paging.page).await?;
+        (rows.iter().map(|r| result_from_history(r, plain)).collect::<Vec<_>>(), total)
     } else {
-        let (targets, count) = req.hub.store.list_targets(&filter, status, paging.page).await?;
-        total = count;
-        for t in &targets {
-            results.push(result_from_target(req, t, plain));
-        }
-    }
+        let (targets, total) = req.hub.store.list_targets(&filter, &statuses, paging.page).await?;
+        (targets.iter().map(|t| result_from_target(req, t, plain)).collect(), total)
+    };
     let mut inner = Map::new();
     inner.insert("InvocationResults".into(), json!({ "InvocationResult": results }));
     paging.annotate(&mut inner, total);
@@ -399,38 +392,40 @@ pub async fn describe_invocation_results(req: &Request<'_>) -> Result<Value, Api
 
 fn result_from_target(req: &Request<'_>, t: &TargetRow, plain: bool) -> Value {
     let output = live_or_stored(req, t);
+    let (code, info) = error_fields(&t.error_code, &t.error_info);
     json!({
         "InvokeId": t.invoke_id,
         "InstanceId": t.instance_id,
-        "InvokeRecordStatus": t.status.as_str(),
-        "InvocationStatus": instance_invocation_status(t.status, t.exit_code, &t.error_code),
+        "InvokeRecordStatus": t.status.record_status().as_str(),
+        "InvocationStatus": t.status.as_str(),
         "Repeats": t.repeats,
         "Output": encode_output(&output, plain),
         "Dropped": t.dropped,
         "ExitCode": t.exit_code,
-        "ErrorCode": t.error_code,
-        "ErrorInfo": t.error_info,
+        "ErrorCode": code,
+        "ErrorInfo": info,
         "StartTime": t.start_time,
         "FinishedTime": t.finish_time,
-        "StopTime": if t.status == RecordStatus::Stopped { t.finish_time.clone() } else { String::new() },
+        "StopTime": stop_time(t.status, &t.finish_time),
     })
 }
 
-fn result_from_record(r: &RecordRow, invoke_id: &str, plain: bool) -> Value {
+fn result_from_history(r: &ResultRow, plain: bool) -> Value {
+    let (code, info) = error_fields(&r.error_code, &r.error_info);
     json!({
-        "InvokeId": invoke_id,
+        "InvokeId": r.invoke_id,
         "InstanceId": r.instance_id,
-        "InvokeRecordStatus": r.status.as_str(),
-        "InvocationStatus": instance_invocation_status(r.status, r.exit_code, &r.error_code),
-        "Repeats": r.record_seq,
+        "InvokeRecordStatus": r.status.record_status().as_str(),
+        "InvocationStatus": r.status.as_str(),
+        "Repeats": r.record_seq.unwrap_or(r.repeats),
         "Output": encode_output(&r.output, plain),
         "Dropped": r.dropped,
         "ExitCode": r.exit_code,
-        "ErrorCode": r.error_code,
-        "ErrorInfo": r.error_info,
+        "ErrorCode": code,
+        "ErrorInfo": info,
         "StartTime": r.start_time,
         "FinishedTime": r.finish_time,
-        "StopTime": if r.status == RecordStatus::Stopped { r.finish_time.clone() } else { String::new() },
+        "StopTime": stop_time(r.status, &r.finish_time),
     })
 }
 
@@ -442,9 +437,7 @@ pub async fn stop_invocation(req: &Request<'_>) -> Result<Value, ApiError> {
     }
     let only = p.list("InstanceId")?;
     let notify = req.hub.store.request_stop(invoke_id, &only).await?;
-    for id in &notify {
-        req.hub.agents.send(id, HubMsg::Stop { invoke_id: invoke_id.to_string() });
-    }
+    crate::hub::delivery::stop(req.hub, invoke_id, &notify);
     crate::hub::cluster::announce(req.hub, crate::hub::cluster::Event::Stop { id: invoke_id.to_string() }).await;
     tracing::info!(invoke_id, instances = notify.len(), "stop requested");
     Ok(json!({}))

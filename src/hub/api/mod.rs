@@ -120,6 +120,10 @@ async fn dispatch(
 }
 
 /// Both pagination styles: `PageNumber`/`PageSize` and `NextToken`/`MaxResults`.
+/// Largest offset a `NextToken` may carry: far beyond any row count a hub
+/// holds, and far below `i64::MAX`, so `offset + limit` cannot overflow.
+pub const MAX_OFFSET: i64 = 1 << 40;
+
 pub struct Paging {
     pub page: Page,
     pub page_number: i64,
@@ -135,6 +139,10 @@ impl Paging {
                 None => 0,
                 Some(t) => decode_token(t).ok_or_else(|| ApiError::invalid("NextToken", "not a token this hub issued"))?,
             };
+            // A forged offset must not overflow `offset + limit` later.
+            if offset > MAX_OFFSET {
+                return Err(ApiError::invalid("NextToken", format!("offset {offset} is beyond the largest this hub issues ({MAX_OFFSET})")));
+            }
             return Ok(Self { page: Page { offset, limit: size }, page_number: offset / size + 1, page_size: size });
         }
         let number = p.int("PageNumber", 1, 1_000_000)?.unwrap_or(1);
@@ -163,7 +171,7 @@ fn decode_token(t: &str) -> Option<i64> {
     std::str::from_utf8(&raw).ok()?.strip_prefix("o:")?.parse().ok().filter(|n: &i64| *n >= 0)
 }
 
-/// Background upkeep: fail targets that were never delivered in time.
+/// Background upkeep: abort targets that were never delivered in time.
 pub async fn sweeper(hub: Arc<Hub>) {
     let every = Duration::from_secs(5).min(hub.config.delivery_timeout);
     loop {
@@ -172,13 +180,9 @@ pub async fn sweeper(hub: Arc<Hub>) {
             _ = tokio::time::sleep(every) => {}
         }
         let cutoff = crate::hub::store::ago_str(hub.config.delivery_timeout);
-        match hub
-            .store
-            .expire_undelivered(&cutoff, "ClientNotResponse", "the instance did not take the invocation within the delivery timeout")
-            .await
-        {
+        match hub.store.expire_undelivered(&cutoff).await {
             Ok(0) => {}
-            Ok(n) => tracing::info!(expired = n, "failed undelivered targets"),
+            Ok(n) => tracing::info!(expired = n, "aborted targets not delivered in time"),
             Err(e) => tracing::warn!(error = %e, "delivery sweeper"),
         }
     }
@@ -193,5 +197,15 @@ mod tests {
     fn next_token_round_trips_and_rejects_garbage() {
         assert_eq!(decode_token(&encode_token(40)), Some(40));
         assert_eq!(decode_token("not-a-token"), None);
+    }
+
+    #[test]
+    fn forged_huge_next_token_is_refused_naming_the_field() {
+        let forged = encode_token(i64::MAX - 1);
+        let p = Params::parse(&format!("NextToken={forged}"), b"").unwrap();
+        let e = Paging::from(&p, 10, 50).err().expect("refused");
+        assert_eq!(e.code, "InvalidParameter.NextToken");
+        let ok = Params::parse(&format!("NextToken={}", encode_token(40)), b"").unwrap();
+        assert_eq!(Paging::from(&ok, 10, 50).map(|p| p.page.offset).ok(), Some(40));
     }
 }

@@ -13,18 +13,64 @@ pub use sql::{SqlStore, to_wire};
 use async_trait::async_trait;
 use tokio::sync::mpsc;
 
-use crate::protocol::{HostFacts, Invocation, RecordReport, RecordStatus};
+use crate::lifecycle::{CommandType, Counts, ErrorCode, InvocationOverall, InvocationStatus, InvokeStatus, RepeatMode};
+use crate::protocol::{HostFacts, Invocation, RecordReport};
 
+/// What went wrong in the store, with the cause kept: a busy database is
+/// not a corrupt one, and a full disk is neither.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Db(#[from] sqlx::Error),
+    /// The database stayed locked (SQLite) or kept failing serialisation
+    /// (PostgreSQL) past the busy timeout and the retries.
+    #[error("database busy: {0}")]
+    Busy(sqlx::Error),
+    /// The database's disk (or quota) is full: nothing can be written until
+    /// an operator frees space. The API answers 503.
+    #[error("the hub's database disk is full: {0}")]
+    DiskFull(sqlx::Error),
     #[error("schema version {found} is newer than this hub understands ({known})")]
     SchemaTooNew { found: i64, known: i64 },
-    #[error("stored data is corrupt: {0}")]
-    Corrupt(String),
+    /// A stored value this hub cannot read, named by table, column and row.
+    #[error("stored value {table}.{column} of {id:?} cannot be read: {detail}")]
+    Decode { table: &'static str, column: &'static str, id: String, detail: String },
     #[error("an invocation with client token {0:?} already exists")]
     DuplicateClientToken(String),
+    /// The group-commit writer task is gone (the hub is shutting down).
+    #[error("the store writer has stopped")]
+    WriterStopped,
+    /// The group-commit batch this write was part of failed.
+    #[error("batched write failed: {0}")]
+    Batch(std::sync::Arc<StoreError>),
+}
+
+impl StoreError {
+    /// Full disk, here or as the cause of a failed batch.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::DiskFull(_) => true,
+            StoreError::Batch(inner) => inner.is_disk_full(),
+            _ => false,
+        }
+    }
+
+    /// Sorts a driver error by cause (SQLite result codes, PostgreSQL
+    /// SQLSTATEs): full disk, busy, or anything else.
+    pub fn classify(e: sqlx::Error) -> StoreError {
+        let code = match &e {
+            sqlx::Error::Database(db) => db.code().map(|c| c.into_owned()),
+            sqlx::Error::PoolTimedOut => return StoreError::Busy(e),
+            _ => None,
+        };
+        match code.as_deref() {
+            // SQLITE_FULL; PostgreSQL disk_full, out_of_memory.
+            Some("13") | Some("53100") => StoreError::DiskFull(e),
+            // SQLITE_BUSY, SQLITE_LOCKED (and extended codes).
+            Some("5") | Some("6") | Some("517") | Some("261") | Some("262") => StoreError::Busy(e),
+            _ => StoreError::Db(e),
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -60,12 +106,12 @@ pub struct ActivationRow {
     pub disabled: bool,
 }
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct CommandRow {
     pub command_id: String,
     pub name: String,
     pub description: String,
-    pub command_type: String,
+    pub command_type: CommandType,
     /// Plain text.
     pub content: String,
     pub working_dir: String,
@@ -78,13 +124,13 @@ pub struct CommandRow {
     pub invoke_times: i64,
 }
 
-/// What an invocation asks for, independent of targets.
-#[derive(Debug, Clone, Default)]
+/// What an invocation asks for, and the counts of its targets per state.
+#[derive(Debug, Clone)]
 pub struct InvocationRow {
     pub invoke_id: String,
     pub command_id: String,
     pub command_name: String,
-    pub command_type: String,
+    pub command_type: CommandType,
     pub content: String,
     pub timeout_secs: i64,
     pub working_dir: String,
@@ -92,11 +138,24 @@ pub struct InvocationRow {
     pub enable_parameter: bool,
     /// JSON object of custom parameter values.
     pub parameters: String,
-    pub repeat_mode: String,
+    pub repeat_mode: RepeatMode,
     pub frequency: String,
     pub created_at: String,
     pub client_token: String,
     pub stop_requested: bool,
+    /// Targets per state, kept by the store with every transition
+    /// (ignored on create: all targets start Pending).
+    pub counts: Counts,
+}
+
+impl InvocationRow {
+    pub fn invoke_status(&self) -> InvokeStatus {
+        self.counts.legacy()
+    }
+
+    pub fn invocation_status(&self) -> InvocationOverall {
+        self.counts.overall()
+    }
 }
 
 /// One instance's slice of an invocation.
@@ -104,13 +163,14 @@ pub struct InvocationRow {
 pub struct TargetRow {
     pub invoke_id: String,
     pub instance_id: String,
-    pub status: RecordStatus,
+    pub status: InvocationStatus,
     pub delivered: bool,
     pub repeats: i64,
     pub exit_code: Option<i64>,
+    /// Empty unless the read asked for output.
     pub output: Vec<u8>,
     pub dropped: i64,
-    pub error_code: String,
+    pub error_code: Option<ErrorCode>,
     pub error_info: String,
     pub start_time: String,
     pub finish_time: String,
@@ -124,11 +184,11 @@ pub struct RecordRow {
     pub invoke_id: String,
     pub instance_id: String,
     pub record_seq: i64,
-    pub status: RecordStatus,
+    pub status: InvocationStatus,
     pub exit_code: Option<i64>,
     pub output: Vec<u8>,
     pub dropped: i64,
-    pub error_code: String,
+    pub error_code: Option<ErrorCode>,
     pub error_info: String,
     pub start_time: String,
     pub finish_time: String,
@@ -140,9 +200,32 @@ pub struct InvocationFilter {
     pub invoke_id: Option<String>,
     pub command_id: Option<String>,
     pub instance_id: Option<String>,
-    pub command_type: Option<String>,
+    pub command_type: Option<CommandType>,
     pub command_name: Option<String>,
-    pub repeat_mode: Option<String>,
+    pub repeat_mode: Option<RepeatMode>,
+    /// DescribeInvocations' `InvokeStatus`/`InvocationStatus`: an
+    /// invocation matches when its legacy or its current aggregate status
+    /// is one of these (filtered in SQL on the kept aggregates).
+    pub status: Option<(Option<InvokeStatus>, Option<InvocationOverall>)>,
+}
+
+/// One row of DescribeInvocationResults: a record, or a target that has
+/// none yet (with `IncludeHistory`).
+#[derive(Debug, Clone)]
+pub struct ResultRow {
+    pub invoke_id: String,
+    pub instance_id: String,
+    /// `None` for a target without records.
+    pub record_seq: Option<i64>,
+    pub status: InvocationStatus,
+    pub repeats: i64,
+    pub exit_code: Option<i64>,
+    pub output: Vec<u8>,
+    pub dropped: i64,
+    pub error_code: Option<ErrorCode>,
+    pub error_info: String,
+    pub start_time: String,
+    pub finish_time: String,
 }
 
 /// Offset pagination; `NextToken` is the offset encoded by the API layer.
@@ -153,13 +236,16 @@ pub struct Page {
 }
 
 /// What applying an agent report did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReportEffect {
     Applied,
     /// Same record, same or older state: ignored (at-least-once delivery).
     Duplicate,
     /// The instance is not a target of that invocation: refused.
     NotATarget,
+    /// The report itself is unusable (its output is not valid base64):
+    /// refused, nothing stored; the reason names the field.
+    Refused(String),
 }
 
 /// A small write the hub batches (see `hub::writer`).
@@ -199,7 +285,7 @@ pub trait Store: Send + Sync + 'static {
     // Commands.
     async fn create_command(&self, c: &CommandRow) -> Result<()>;
     async fn get_command(&self, id: &str) -> Result<Option<CommandRow>>;
-    async fn list_commands(&self, id: Option<&str>, name: Option<&str>, ctype: Option<&str>, page: Page) -> Result<(Vec<CommandRow>, i64)>;
+    async fn list_commands(&self, id: Option<&str>, name: Option<&str>, ctype: Option<CommandType>, page: Page) -> Result<(Vec<CommandRow>, i64)>;
     async fn update_command(&self, c: &CommandRow) -> Result<()>;
     async fn delete_command(&self, id: &str) -> Result<bool>;
 
@@ -208,21 +294,38 @@ pub trait Store: Send + Sync + 'static {
     /// transaction. A non-empty client token already used:
     /// `DuplicateClientToken`, nothing written.
     async fn create_invocation(&self, inv: &InvocationRow, instances: &[String]) -> Result<()>;
+    /// `RunCommand`: the command and the invocation (as
+    /// `create_invocation`) in one transaction; nothing is written on a
+    /// duplicate client token.
+    async fn run_command(&self, cmd: &CommandRow, inv: &InvocationRow, instances: &[String]) -> Result<()>;
     async fn find_by_client_token(&self, token: &str) -> Result<Option<String>>;
     async fn get_invocation(&self, id: &str) -> Result<Option<InvocationRow>>;
+    /// One page of invocations, filtered (status included) in SQL; reads
+    /// no targets.
     async fn list_invocations(&self, f: &InvocationFilter, page: Page) -> Result<(Vec<InvocationRow>, i64)>;
+    /// Every target of one invocation, with output.
     async fn targets(&self, invoke_id: &str) -> Result<Vec<TargetRow>>;
-    async fn list_targets(&self, f: &InvocationFilter, status: Option<RecordStatus>, page: Page) -> Result<(Vec<TargetRow>, i64)>;
+    /// At most `limit` targets of one invocation, by instance id; output
+    /// only when asked (DescribeInvocations' `InvokeInstances`).
+    async fn some_targets(&self, invoke_id: &str, limit: i64, with_output: bool) -> Result<Vec<TargetRow>>;
+    /// One page of targets whose status is one of `statuses` (any if empty).
+    async fn list_targets(&self, f: &InvocationFilter, statuses: &[InvocationStatus], page: Page) -> Result<(Vec<TargetRow>, i64)>;
+    /// One page of every record of matching targets (a target with no
+    /// record yet counts as one row), newest targets first: paged in SQL.
+    async fn list_history(&self, f: &InvocationFilter, statuses: &[InvocationStatus], page: Page) -> Result<(Vec<ResultRow>, i64)>;
     async fn records(&self, invoke_id: &str, instance_id: &str) -> Result<Vec<RecordRow>>;
-    /// Non-final invocations an instance should have, for (re)delivery.
-    async fn undelivered_for(&self, instance_id: &str) -> Result<Vec<Invocation>>;
+    /// Unsettled invocations an instance should have, for (re)delivery,
+    /// each with whether a stop is owed too (see `hub::delivery`).
+    async fn undelivered_for(&self, instance_id: &str) -> Result<Vec<Owed>>;
     /// Applies many small writes in one transaction (one fsync); effects
     /// are returned in order (`Applied` for non-report operations).
     async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>>;
     /// Marks stop requested; returns targets that are not yet final.
     async fn request_stop(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>>;
-    /// Fails targets never delivered within `older_than` (RFC 3339 cutoff).
-    async fn expire_undelivered(&self, cutoff: &str, code: &str, info: &str) -> Result<u64>;
+    /// Aborts targets never delivered since before `cutoff` (RFC 3339):
+    /// `DeliveryTimeout` when the agent is online, `ClientNotResponse`
+    /// when it is not.
+    async fn expire_undelivered(&self, cutoff: &str) -> Result<u64>;
 
     // Replicas (see `hub::cluster`).
     /// True when several hubs may share this store (PostgreSQL).
@@ -239,7 +342,7 @@ pub trait Store: Send + Sync + 'static {
     /// Targets whose agent replica `hub_id` holds and that have waited on
     /// it since before `cutoff`: never delivered, or Stopping.
     /// (instance id, invoke id, status), oldest first.
-    async fn stalled(&self, hub_id: &str, cutoff: &str, limit: i64) -> Result<Vec<(String, String, RecordStatus)>>;
+    async fn stalled(&self, hub_id: &str, cutoff: &str, limit: i64) -> Result<Vec<(String, String, InvocationStatus)>>;
     /// Announces `payload` to every replica (no-op when not shared).
     async fn publish(&self, payload: &str) -> Result<()>;
     /// Announcements from every replica, this one included; `None` when
@@ -247,12 +350,20 @@ pub trait Store: Send + Sync + 'static {
     fn subscribe(&self) -> Option<mpsc::Receiver<Notice>>;
 }
 
+/// An invocation owed to one instance (wire form without the region,
+/// which the delivery service adds), and whether a stop is owed after it.
+#[derive(Debug, Clone)]
+pub struct Owed {
+    pub invocation: Invocation,
+    pub stop: bool,
+}
+
 /// A non-final target, as a replica relaying work needs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
     pub instance_id: String,
     pub instance_name: String,
-    pub status: RecordStatus,
+    pub status: InvocationStatus,
 }
 
 /// What the announcement channel delivers.

@@ -118,4 +118,31 @@ pub const MIGRATIONS: &[&str] = &[
     -- not a check-then-insert, decides.
     CREATE UNIQUE INDEX invocations_client_token ON invocations (client_token) WHERE client_token != '';
     "#,
+    // 4: the lifecycle (issue #15). Targets and records store Alibaba's
+    // per-instance InvocationStatus (Success, Invalid, Cancelled, …) instead
+    // of 0.1.0's record states; the statuses are rewritten in Rust through
+    // the lifecycle codec right after this step (`sql::upgrade`), which
+    // also fills the per-state counts and the two aggregate statuses kept
+    // on each invocation so DescribeInvocations filters and pages in SQL.
+    r#"
+    ALTER TABLE invocations ADD COLUMN n_pending INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN n_scheduled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN n_invalid INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN n_aborted INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN n_running INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN n_success INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN n_failed INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN n_error INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN n_timeout INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN n_cancelled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN n_stopping INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN n_terminated INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN invoke_status TEXT NOT NULL DEFAULT '';
+    ALTER TABLE invocations ADD COLUMN invocation_status TEXT NOT NULL DEFAULT '';
+    CREATE INDEX invocations_invoke_status ON invocations (invoke_status, created_at);
+    CREATE INDEX invocations_invocation_status ON invocations (invocation_status, created_at);
+    "#,
 ];
+
+/// The schema version whose data is rewritten in Rust after its DDL.
+pub const LIFECYCLE_STEP: usize = 4;

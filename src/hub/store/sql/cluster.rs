@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use sqlx::Row;
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 
-use super::rows::status_of;
+use super::rows::{col, key, placeholders, status_col};
 use super::super::*;
 use super::{Dialect, SqlStore};
 
@@ -51,36 +50,52 @@ impl SqlStore {
     pub(super) async fn deliveries_impl(&self, invoke_id: &str) -> Result<Vec<Delivery>> {
         // Names only: the invocation (whose script may be large) is read
         // once by the caller, not once per target.
-        let rows = self
-            .q("SELECT t.instance_id, t.status, inst.instance_name FROM targets t \
-                LEFT JOIN instances inst ON inst.instance_id = t.instance_id \
-                WHERE t.invoke_id = ? AND t.status IN ('Pending','Scheduled','Running','Stopping') \
-                ORDER BY t.instance_id")
-            .bind(invoke_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let open = super::unsettled();
+        let sql = format!(
+            "SELECT t.instance_id, t.status, inst.instance_name FROM targets t \
+             LEFT JOIN instances inst ON inst.instance_id = t.instance_id \
+             WHERE t.invoke_id = ? AND t.status IN ({}) ORDER BY t.instance_id",
+            placeholders(open.len())
+        );
+        let mut q = self.q(&sql).bind(invoke_id);
+        for s in &open {
+            q = q.bind(s.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
-                let name: Option<String> = r.get("instance_name");
-                Ok(Delivery { instance_id: r.get("instance_id"), instance_name: name.unwrap_or_default(), status: status_of(r.get("status"))? })
+                let id: String = key(r, "targets", "instance_id")?;
+                let name: Option<String> = col(r, "instances", "instance_name", &id)?;
+                Ok(Delivery { status: status_col(r, "targets", &format!("{invoke_id}/{id}"))?, instance_name: name.unwrap_or_default(), instance_id: id })
             })
             .collect()
     }
 
-    pub(super) async fn stalled_impl(&self, hub_id: &str, cutoff: &str, limit: i64) -> Result<Vec<(String, String, RecordStatus)>> {
+    pub(super) async fn stalled_impl(&self, hub_id: &str, cutoff: &str, limit: i64) -> Result<Vec<(String, String, InvocationStatus)>> {
         // Only this replica's agents: targets of offline agents can wait
         // for days and must not crowd out the ones that can be delivered.
+        // Owed: a target never delivered (still in the created state), or
+        // a stop not yet confirmed.
         let rows = self
             .q("SELECT t.instance_id, t.invoke_id, t.status FROM targets t \
                 JOIN instances inst ON inst.instance_id = t.instance_id AND inst.hub_id = ? AND inst.online = 1 \
-                WHERE ((t.status = 'Pending' AND t.delivered = 0) OR t.status = 'Stopping') AND t.updated_at < ? \
+                WHERE ((t.status = ? AND t.delivered = 0) OR t.status = ?) AND t.updated_at < ? \
                 ORDER BY t.updated_at LIMIT ?")
             .bind(hub_id)
+            .bind(crate::lifecycle::TargetState::CREATED.status.as_str())
+            .bind(InvocationStatus::Stopping.as_str())
             .bind(cutoff)
             .bind(limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(|r| Ok((r.get("instance_id"), r.get("invoke_id"), status_of(r.get("status"))?))).collect()
+        rows.iter()
+            .map(|r| {
+                let id: String = key(r, "targets", "instance_id")?;
+                let inv: String = col(r, "targets", "invoke_id", &id)?;
+                let status = status_col(r, "targets", &format!("{inv}/{id}"))?;
+                Ok((id, inv, status))
+            })
+            .collect()
     }
 
     pub(super) async fn publish_impl(&self, payload: &str) -> Result<()> {

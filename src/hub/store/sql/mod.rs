@@ -13,7 +13,7 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::pool::PoolOptions;
 use sqlx::query::{Query, QueryScalar};
 // Dynamic SQL here is built only from fixed column names; values are bound.
-use sqlx::{Any, AssertSqlSafe, Executor, Row, Transaction};
+use sqlx::{Any, AssertSqlSafe, Executor, Transaction};
 
 mod cluster;
 mod dialect;
@@ -24,6 +24,31 @@ mod writes;
 use dialect::Dialect;
 pub use reports::to_wire;
 use rows::*;
+
+/// The per-instance statuses that are not settled (bound into queries
+/// that look for work still owed).
+fn unsettled() -> Vec<InvocationStatus> {
+    InvocationStatus::ALL.iter().copied().filter(|s| !s.is_final()).collect()
+}
+
+/// `WHERE` for target queries: the invocation filter's target-level
+/// fields, and `status_expr IN statuses` when any are given.
+fn target_where(f: &InvocationFilter, statuses: &[InvocationStatus], status_expr: &str) -> (String, Vec<String>) {
+    let mut clauses = Vec::new();
+    let mut binds = Vec::new();
+    for (c, v) in [("t.invoke_id", &f.invoke_id), ("t.instance_id", &f.instance_id), ("i.command_id", &f.command_id)] {
+        if let Some(v) = v {
+            clauses.push(format!("{c} = ?"));
+            binds.push(v.clone());
+        }
+    }
+    if !statuses.is_empty() {
+        clauses.push(format!("{status_expr} IN ({})", placeholders(statuses.len())));
+        binds.extend(statuses.iter().map(|s| s.as_str().to_string()));
+    }
+    let w = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+    (w, binds)
+}
 
 use super::*;
 
@@ -120,6 +145,10 @@ impl SqlStore {
             rows = rows.bind(b);
         }
         let total = count.fetch_one(&self.pool).await?;
+        // Zero or beyond the end: no rows to read, only the count.
+        if page.limit <= 0 || page.offset >= total {
+            return Ok((Vec::new(), total));
+        }
         let rows = rows.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
         Ok((rows, total))
     }
@@ -148,6 +177,9 @@ impl SqlStore {
         // schema, never half of a step.
         for (i, step) in schema::MIGRATIONS.iter().enumerate().skip(current as usize) {
             sqlx::raw_sql(AssertSqlSafe(self.d.ddl(step))).execute(&mut *tx).await?;
+            if i + 1 == schema::LIFECYCLE_STEP {
+                writes::upgrade_lifecycle(&mut tx, self.d).await?;
+            }
             self.q("INSERT INTO schema_version (version) VALUES (?)").bind(i as i64 + 1).execute(&mut *tx).await?;
             tracing::info!(version = i + 1, "applied schema migration");
         }
@@ -156,11 +188,52 @@ impl SqlStore {
     }
 }
 
+/// Inserts one command row inside `tx`.
+async fn insert_command(tx: &mut Transaction<'static, Any>, d: Dialect, c: &CommandRow) -> Result<()> {
+    sqlx::query(AssertSqlSafe(d.sql(
+        "INSERT INTO commands (command_id, name, description, command_type, content, working_dir, timeout_secs, \
+         enable_parameter, username, created_at, visible) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+    )))
+    .bind(&c.command_id)
+    .bind(&c.name)
+    .bind(&c.description)
+    .bind(c.command_type.as_str())
+    .bind(&c.content)
+    .bind(&c.working_dir)
+    .bind(c.timeout_secs)
+    .bind(c.enable_parameter as i64)
+    .bind(&c.username)
+    .bind(&c.created_at)
+    .bind(c.visible as i64)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+impl SqlStore {
+    async fn create_invocation_with(&self, cmd: Option<&CommandRow>, inv: &InvocationRow, instances: &[String]) -> Result<()> {
+        match sorted(self.create_invocation_once(cmd, inv, instances).await) {
+            Err(StoreError::Db(sqlx::Error::Database(e))) if e.is_unique_violation() && !inv.client_token.is_empty() => {
+                Err(StoreError::DuplicateClientToken(inv.client_token.clone()))
+            }
+            other => other,
+        }
+    }
+}
+
 /// True for errors a retried transaction can get past: PostgreSQL's
 /// serialisation failure and deadlock, SQLite's busy.
 fn retryable(e: &StoreError) -> bool {
-    let StoreError::Db(sqlx::Error::Database(db)) = e else { return false };
+    let (StoreError::Db(sqlx::Error::Database(db)) | StoreError::Busy(sqlx::Error::Database(db))) = e else { return false };
     matches!(db.code().as_deref(), Some("40001") | Some("40P01") | Some("5") | Some("517"))
+}
+
+/// Keeps a writer's error with its cause sorted (busy, disk full, other).
+fn sorted<T>(r: Result<T>) -> Result<T> {
+    r.map_err(|e| match e {
+        StoreError::Db(e) => StoreError::classify(e),
+        other => other,
+    })
 }
 
 #[async_trait]
@@ -185,7 +258,7 @@ impl Store for SqlStore {
 
     async fn get_activation(&self, id: &str) -> Result<Option<ActivationRow>> {
         let r = self.q("SELECT * FROM activations WHERE activation_id = ?").bind(id).fetch_optional(&self.pool).await?;
-        Ok(r.as_ref().map(activation_from))
+        r.as_ref().map(activation_from).transpose()
     }
 
     async fn list_activations(&self, id: Option<&str>, page: Page) -> Result<(Vec<ActivationRow>, i64)> {
@@ -194,7 +267,7 @@ impl Store for SqlStore {
             None => ("", vec![]),
         };
         let (rows, total) = self.page_of("*", &format!("FROM activations {w}"), "created_at DESC, activation_id", &binds, page).await?;
-        Ok((rows.iter().map(activation_from).collect(), total))
+        Ok((rows.iter().map(activation_from).collect::<Result<_>>()?, total))
     }
 
     async fn set_activation_disabled(&self, id: &str) -> Result<bool> {
@@ -246,7 +319,7 @@ impl Store for SqlStore {
 
     async fn get_instance(&self, id: &str) -> Result<Option<InstanceRow>> {
         let r = self.q("SELECT * FROM instances WHERE instance_id = ?").bind(id).fetch_optional(&self.pool).await?;
-        Ok(r.as_ref().map(instance_from))
+        r.as_ref().map(instance_from).transpose()
     }
 
     async fn list_instances(&self, ids: &[String], name: Option<&str>, page: Page) -> Result<(Vec<InstanceRow>, i64)> {
@@ -262,7 +335,7 @@ impl Store for SqlStore {
         }
         let w = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
         let (rows, total) = self.page_of("*", &format!("FROM instances {w}"), "registered_at, instance_id", &binds, page).await?;
-        Ok((rows.iter().map(instance_from).collect(), total))
+        Ok((rows.iter().map(instance_from).collect::<Result<_>>()?, total))
     }
 
     async fn deregister_instance(&self, id: &str) -> Result<bool> {
@@ -272,6 +345,7 @@ impl Store for SqlStore {
             .fetch_optional(&mut *tx)
             .await?;
         let Some(act) = act else { return Ok(false) };
+        self.release_targets(&mut tx, id).await?;
         self.q("DELETE FROM instances WHERE instance_id = ?").bind(id).execute(&mut *tx).await?;
         self.q("UPDATE activations SET deregistered_count = deregistered_count + 1 WHERE activation_id = ?")
             .bind(act)
@@ -343,35 +417,21 @@ impl Store for SqlStore {
     }
 
     async fn create_command(&self, c: &CommandRow) -> Result<()> {
-        self.q(
-            "INSERT INTO commands (command_id, name, description, command_type, content, working_dir, timeout_secs, \
-             enable_parameter, username, created_at, visible) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-        )
-        .bind(&c.command_id)
-        .bind(&c.name)
-        .bind(&c.description)
-        .bind(&c.command_type)
-        .bind(&c.content)
-        .bind(&c.working_dir)
-        .bind(c.timeout_secs)
-        .bind(c.enable_parameter as i64)
-        .bind(&c.username)
-        .bind(&c.created_at)
-        .bind(c.visible as i64)
-        .execute(&self.pool)
-        .await?;
+        let mut tx = self.begin().await?;
+        insert_command(&mut tx, self.d, c).await?;
+        tx.commit().await?;
         Ok(())
     }
 
     async fn get_command(&self, id: &str) -> Result<Option<CommandRow>> {
         let r = self.q("SELECT * FROM commands WHERE command_id = ?").bind(id).fetch_optional(&self.pool).await?;
-        Ok(r.as_ref().map(command_from))
+        r.as_ref().map(command_from).transpose()
     }
 
-    async fn list_commands(&self, id: Option<&str>, name: Option<&str>, ctype: Option<&str>, page: Page) -> Result<(Vec<CommandRow>, i64)> {
+    async fn list_commands(&self, id: Option<&str>, name: Option<&str>, ctype: Option<CommandType>, page: Page) -> Result<(Vec<CommandRow>, i64)> {
         let mut clauses = vec!["visible = 1".to_string()];
         let mut binds = Vec::new();
-        for (col, v) in [("command_id", id), ("name", name), ("command_type", ctype)] {
+        for (col, v) in [("command_id", id), ("name", name), ("command_type", ctype.map(|t| t.as_str()))] {
             if let Some(v) = v {
                 clauses.push(format!("{col} = ?"));
                 binds.push(v.to_string());
@@ -379,7 +439,7 @@ impl Store for SqlStore {
         }
         let w = format!("WHERE {}", clauses.join(" AND "));
         let (rows, total) = self.page_of("*", &format!("FROM commands {w}"), "created_at DESC, command_id", &binds, page).await?;
-        Ok((rows.iter().map(command_from).collect(), total))
+        Ok((rows.iter().map(command_from).collect::<Result<_>>()?, total))
     }
 
     async fn update_command(&self, c: &CommandRow) -> Result<()> {
@@ -405,12 +465,11 @@ impl Store for SqlStore {
     }
 
     async fn create_invocation(&self, inv: &InvocationRow, instances: &[String]) -> Result<()> {
-        match self.create_invocation_once(inv, instances).await {
-            Err(StoreError::Db(sqlx::Error::Database(e))) if e.is_unique_violation() && !inv.client_token.is_empty() => {
-                Err(StoreError::DuplicateClientToken(inv.client_token.clone()))
-            }
-            other => other,
-        }
+        self.create_invocation_with(None, inv, instances).await
+    }
+
+    async fn run_command(&self, cmd: &CommandRow, inv: &InvocationRow, instances: &[String]) -> Result<()> {
+        self.create_invocation_with(Some(cmd), inv, instances).await
     }
 
     async fn find_by_client_token(&self, token: &str) -> Result<Option<String>> {
@@ -422,13 +481,13 @@ impl Store for SqlStore {
 
     async fn get_invocation(&self, id: &str) -> Result<Option<InvocationRow>> {
         let r = self.q("SELECT * FROM invocations WHERE invoke_id = ?").bind(id).fetch_optional(&self.pool).await?;
-        Ok(r.as_ref().map(invocation_from))
+        r.as_ref().map(invocation_from).transpose()
     }
 
     async fn list_invocations(&self, f: &InvocationFilter, page: Page) -> Result<(Vec<InvocationRow>, i64)> {
         let (w, binds) = invocation_where(f, "invocations.");
         let (rows, total) = self.page_of("*", &format!("FROM invocations {w}"), "created_at DESC, invoke_id DESC", &binds, page).await?;
-        Ok((rows.iter().map(invocation_from).collect(), total))
+        Ok((rows.iter().map(invocation_from).collect::<Result<_>>()?, total))
     }
 
     async fn targets(&self, invoke_id: &str) -> Result<Vec<TargetRow>> {
@@ -436,32 +495,39 @@ impl Store for SqlStore {
             .bind(invoke_id)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter().map(target_from).collect()
+        rows.iter().map(|r| target_from(r, true)).collect()
     }
 
-    async fn list_targets(&self, f: &InvocationFilter, status: Option<RecordStatus>, page: Page) -> Result<(Vec<TargetRow>, i64)> {
-        let mut clauses = Vec::new();
-        let mut binds = Vec::new();
-        if let Some(v) = &f.invoke_id {
-            clauses.push("t.invoke_id = ?");
-            binds.push(v.clone());
-        }
-        if let Some(v) = &f.instance_id {
-            clauses.push("t.instance_id = ?");
-            binds.push(v.clone());
-        }
-        if let Some(v) = &f.command_id {
-            clauses.push("i.command_id = ?");
-            binds.push(v.clone());
-        }
-        if let Some(s) = status {
-            clauses.push("t.status = ?");
-            binds.push(s.as_str().to_string());
-        }
-        let w = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
+    async fn some_targets(&self, invoke_id: &str, limit: i64, with_output: bool) -> Result<Vec<TargetRow>> {
+        let cols = if with_output { format!("{TARGET_COLS}, t.output") } else { TARGET_COLS.to_string() };
+        let rows = self.q(&format!("SELECT {cols} FROM targets t WHERE t.invoke_id = ? ORDER BY t.instance_id LIMIT ?"))
+            .bind(invoke_id)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(|r| target_from(r, with_output)).collect()
+    }
+
+    async fn list_targets(&self, f: &InvocationFilter, statuses: &[InvocationStatus], page: Page) -> Result<(Vec<TargetRow>, i64)> {
+        let (w, binds) = target_where(f, statuses, "t.status");
         let from = "FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id";
-        let (rows, total) = self.page_of("t.*", &format!("{from} {w}"), "t.created_at DESC, t.invoke_id, t.instance_id", &binds, page).await?;
-        let rows: Result<Vec<_>> = rows.iter().map(target_from).collect();
+        let (rows, total) = self.page_of(&format!("{TARGET_COLS}, t.output"), &format!("{from} {w}"), "t.created_at DESC, t.invoke_id, t.instance_id", &binds, page).await?;
+        let rows: Result<Vec<_>> = rows.iter().map(|r| target_from(r, true)).collect();
+        Ok((rows?, total))
+    }
+
+    async fn list_history(&self, f: &InvocationFilter, statuses: &[InvocationStatus], page: Page) -> Result<(Vec<ResultRow>, i64)> {
+        // One row per record, and one per target that has no record yet
+        // (the LEFT JOIN's NULL side): the whole history pages in SQL.
+        let pick = |c: &str| format!("CASE WHEN r.record_seq IS NULL THEN t.{c} ELSE r.{c} END AS {c}");
+        let select = format!(
+            "t.invoke_id AS invoke_id, t.instance_id AS instance_id, r.record_seq AS record_seq, t.repeats AS repeats, {}",
+            ["status", "exit_code", "output", "dropped", "error_code", "error_info", "start_time", "finish_time"].map(pick).join(", ")
+        );
+        let (w, binds) = target_where(f, statuses, "CASE WHEN r.record_seq IS NULL THEN t.status ELSE r.status END");
+        let from = "FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id                     LEFT JOIN records r ON r.invoke_id = t.invoke_id AND r.instance_id = t.instance_id";
+        let (rows, total) = self.page_of(&select, &format!("{from} {w}"), "t.created_at DESC, t.invoke_id, t.instance_id, r.record_seq", &binds, page).await?;
+        let rows: Result<Vec<_>> = rows.iter().map(result_from).collect();
         Ok((rows?, total))
     }
 
@@ -474,31 +540,35 @@ impl Store for SqlStore {
         rows.iter().map(record_from).collect()
     }
 
-    async fn undelivered_for(&self, instance_id: &str) -> Result<Vec<Invocation>> {
-        let rows = self.q(
-            "SELECT i.*, inst.instance_name AS inst_name FROM targets t \
+    async fn undelivered_for(&self, instance_id: &str) -> Result<Vec<Owed>> {
+        let open = unsettled();
+        let sql = format!(
+            "SELECT i.*, t.status AS status, inst.instance_name AS inst_name FROM targets t \
              JOIN invocations i ON i.invoke_id = t.invoke_id \
              LEFT JOIN instances inst ON inst.instance_id = t.instance_id \
-             WHERE t.instance_id = ? AND t.status IN ('Pending','Scheduled','Running','Stopping') \
+             WHERE t.instance_id = ? AND t.status IN ({}) \
              ORDER BY i.created_at, i.invoke_id",
-        )
-        .bind(instance_id)
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
+            placeholders(open.len())
+        );
+        let mut q = self.q(&sql).bind(instance_id);
+        for s in &open {
+            q = q.bind(s.as_str());
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
             .map(|r| {
-                let inv = invocation_from(r);
-                let name: Option<String> = r.get("inst_name");
-                to_wire(&inv, name.unwrap_or_default())
+                let inv = invocation_from(r)?;
+                let name: Option<String> = col(r, "instances", "inst_name", instance_id)?;
+                let status = status_col(r, "targets", &inv.invoke_id)?;
+                Ok(Owed { invocation: to_wire(&inv, name.unwrap_or_default()), stop: status == InvocationStatus::Stopping })
             })
-            .collect())
+            .collect()
     }
 
     async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>> {
         let mut attempt = 0;
         loop {
-            match self.apply_batch_once(ops).await {
+            match sorted(self.apply_batch_once(ops).await) {
                 Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
                 other => return other,
             }
@@ -508,26 +578,21 @@ impl Store for SqlStore {
     async fn request_stop(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>> {
         let mut attempt = 0;
         loop {
-            match self.request_stop_once(invoke_id, instances).await {
+            match sorted(self.request_stop_once(invoke_id, instances).await) {
                 Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
                 other => return other,
             }
         }
     }
 
-    async fn expire_undelivered(&self, cutoff: &str, code: &str, info: &str) -> Result<u64> {
-        let r = self.q(
-            "UPDATE targets SET status = 'Failed', error_code = ?, error_info = ?, finish_time = ?, updated_at = ? \
-             WHERE delivered = 0 AND status = 'Pending' AND created_at < ?",
-        )
-        .bind(code)
-        .bind(info)
-        .bind(now_str())
-        .bind(now_str())
-        .bind(cutoff)
-        .execute(&self.pool)
-        .await?;
-        Ok(r.rows_affected())
+    async fn expire_undelivered(&self, cutoff: &str) -> Result<u64> {
+        let mut attempt = 0;
+        loop {
+            match sorted(self.expire_undelivered_once(cutoff).await) {
+                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
     }
 
     fn shared(&self) -> bool {
@@ -546,7 +611,7 @@ impl Store for SqlStore {
         self.deliveries_impl(invoke_id).await
     }
 
-    async fn stalled(&self, hub_id: &str, cutoff: &str, limit: i64) -> Result<Vec<(String, String, RecordStatus)>> {
+    async fn stalled(&self, hub_id: &str, cutoff: &str, limit: i64) -> Result<Vec<(String, String, InvocationStatus)>> {
         self.stalled_impl(hub_id, cutoff, limit).await
     }
 

@@ -1,0 +1,103 @@
+//! Per-instance `ErrorCode` values and their fixed `ErrorInfo` texts.
+//!
+//! Names and texts are Alibaba's (DescribeInvocationResults) where one
+//! exists; deckhand's own codes (the exec module's
+//! `InvalidParameter.*`, the kubelet module's codes) pass through as
+//! [`ErrorCode::Other`], bounded in length.
+
+/// Longest error code kept from an agent report; longer ones are cut.
+pub const MAX_ERROR_CODE_LEN: usize = 64;
+
+macro_rules! codes {
+    ($($var:ident = $s:literal, $info:expr;)+) => {
+        /// A per-instance error code.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($var,)+
+            /// A code of deckhand's own (documented in docs/api.md), or one
+            /// a newer agent sends that this hub does not know by name.
+            Other(String),
+        }
+
+        impl ErrorCode {
+            pub const KNOWN: &'static [&'static str] = &[$($s,)+];
+
+            pub fn as_str(&self) -> &str {
+                match self {
+                    $(ErrorCode::$var => $s,)+
+                    ErrorCode::Other(s) => s,
+                }
+            }
+
+            /// Alibaba's fixed `ErrorInfo` for this code, if it has one.
+            pub fn fixed_info(&self) -> Option<&'static str> {
+                match self {
+                    $(ErrorCode::$var => $info,)+
+                    ErrorCode::Other(_) => None,
+                }
+            }
+
+            /// Any name; `""` is no code. `InstanceRestarted` (what a 0.1.0
+            /// agent sends for a run its restart interrupted) is read as
+            /// `ExecutionInterrupted`.
+            pub fn parse(s: &str) -> Option<ErrorCode> {
+                Some(match s {
+                    "" => return None,
+                    "InstanceRestarted" => ErrorCode::ExecutionInterrupted,
+                    $($s => ErrorCode::$var,)+
+                    other => ErrorCode::Other(other.chars().take(MAX_ERROR_CODE_LEN).collect()),
+                })
+            }
+        }
+    };
+}
+
+codes! {
+    InstanceNotExists = "InstanceNotExists", Some("the specified instance does not exists");
+    InstanceReleased = "InstanceReleased", Some("the instance has released when create task");
+    InstanceNotRunning = "InstanceNotRunning", Some("the instance is not running when create task");
+    CommandNotApplicable = "CommandNotApplicable", Some("the command is not applicable");
+    AccountNotExists = "AccountNotExists", Some("the specified account does not exists");
+    DirectoryNotExists = "DirectoryNotExists", Some("the specified directory does not exists");
+    BadCronExpression = "BadCronExpression", Some("the cron job expression is invalid");
+    ClientNotRunning = "ClientNotRunning", Some("the aliyun service is not running on the instance");
+    ClientNotResponse = "ClientNotResponse", Some("the aliyun service in the instance does not response");
+    ClientIsUpgrading = "ClientIsUpgrading", Some("the aliyun service in the instance is upgrading now");
+    ClientNeedUpgrade = "ClientNeedUpgrade", Some("the aliyun service in the instance need upgrade");
+    DeliveryTimeout = "DeliveryTimeout", Some("the command delivery has been timeout");
+    ExecutionTimeout = "ExecutionTimeout", Some("the command execution has been timeout");
+    ExecutionException = "ExecutionException", Some("the command execution got an exception");
+    ExecutionInterrupted = "ExecutionInterrupted", Some("the command execution has been interrupted");
+    ExitCodeNonzero = "ExitCodeNonzero", Some("the command execution exit code is not zero");
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `ErrorInfo` to show: Alibaba's fixed text where the code has one,
+/// otherwise the detail given (which names the deckhand-specific cause).
+pub fn error_info(code: Option<&ErrorCode>, detail: &str) -> String {
+    match code.and_then(ErrorCode::fixed_info) {
+        Some(fixed) => fixed.to_string(),
+        None => detail.to_string(),
+    }
+}
+
+/// Serde as a plain string, `""` for none: the wire and journal form.
+pub mod opt_serde {
+    use super::ErrorCode;
+
+    pub fn serialize<S: serde::Serializer>(v: &Option<ErrorCode>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(v.as_ref().map(ErrorCode::as_str).unwrap_or(""))
+    }
+
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<ErrorCode>, D::Error> {
+        let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
+        Ok(ErrorCode::parse(&s))
+    }
+}
