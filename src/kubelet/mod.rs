@@ -22,6 +22,7 @@ pub mod policy;
 pub mod quantity;
 pub mod service;
 pub mod validate;
+pub mod version;
 pub mod yaml;
 
 pub use cli::{KubeletCmd, run_cmd};
