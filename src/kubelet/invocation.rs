@@ -15,6 +15,7 @@ use super::plan::{PlanRequest, build};
 use super::policy::Policy;
 use super::quantity::Quantity;
 use super::service::{ServiceManager, Systemctl};
+use super::version::KubeVersion;
 
 /// The reserved invocation type name.
 pub const INVOCATION_TYPE: &str = "ApplyKubeletReserved";
@@ -34,6 +35,8 @@ pub struct InvocationOutcome {
 struct Request {
     policy: String,
     max_pods: Option<u32>,
+    /// deckhand extension: the node's Kubernetes version (picks ack/aks/cce's rule).
+    kubernetes_version: Option<String>,
     cpus: Option<u32>,
     memory: Option<String>,
     ephemeral_storage: Option<String>,
@@ -80,6 +83,8 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
         "gke" => Policy::Gke,
         "aks" => Policy::Aks,
         "ack" => Policy::Ack,
+        "tke" => Policy::Tke,
+        "cce" => Policy::Cce,
         "explicit" => {
             let mut spec = match &r.kubelet_args {
                 Some(a) => ExplicitSpec::from_kubelet_args(a)?,
@@ -108,7 +113,7 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
         }
         other => {
             return Err(invalid(format!(
-                "policy must be one of eks, gke, aks, ack, explicit; got {other:?}"
+                "policy must be one of eks, gke, aks, ack, tke, cce, explicit; got {other:?}"
             )));
         }
     };
@@ -132,6 +137,11 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
         cpus: r.cpus,
         memory_bytes: r.memory.as_deref().map(|m| bytes_field("memory", m)).transpose()?,
         max_pods: r.max_pods,
+        kubernetes_version: r
+            .kubernetes_version
+            .as_deref()
+            .map(KubeVersion::parse)
+            .transpose()?,
         ephemeral_storage_bytes: r
             .ephemeral_storage
             .as_deref()

@@ -17,6 +17,7 @@ pub mod explicit;
 pub mod facts;
 pub mod health;
 pub mod invocation;
+pub mod pasted;
 pub mod plan;
 pub mod policy;
 pub mod quantity;
