@@ -9,6 +9,7 @@ use std::process::Command;
 use deckhand::kubelet::KubeletCmd;
 use deckhand::kubelet::cli::{PlanArgs, PolicyName, run_cmd_with};
 use deckhand::kubelet::explicit::ExplicitSpec;
+use deckhand::kubelet::invocation::run_invocation_with;
 use deckhand::kubelet::pasted::{self, PastedFormat};
 use deckhand::kubelet::service::ServiceManager;
 use serde_json::json;
@@ -180,7 +181,7 @@ async fn version_aware_policies_through_the_cli() {
         ..plan_args(&cfg, policy)
     };
     let old = plan(with(PolicyName::Ack, Some("v1.27.9-aliyun.1"))).await.unwrap();
-    assert!(old.contains("rule: ACK rule for Kubernetes 1.20-1.27 (Kubernetes 1.27, from --kubernetes-version)"), "{old}");
+    assert!(old.contains("rule: ACK rule for Kubernetes 1.20-1.27 (Kubernetes 1.27, as given)"), "{old}");
     assert!(old.contains("kubeReserved.cpu: 80m -> 50m") && old.contains("kubeReserved.memory: 893Mi -> 922Mi"), "{old}");
     let new = plan(with(PolicyName::Ack, Some("1.28"))).await.unwrap();
     assert!(new.contains("rule: ACK rule for Kubernetes >= 1.28"), "{new}");
@@ -243,4 +244,36 @@ fn binaries_print_the_message_chain_without_a_backtrace() {
     assert_chain_only("deckhand-agent config check", code, &err, &["error: "]);
     let (code, err) = run_bin(env!("CARGO_BIN_EXE_deckhand-hub"), &["--config", missing.to_str().unwrap(), "config", "check"]);
     assert_chain_only("deckhand-hub config check", code, &err, &["error: "]);
+}
+
+#[tokio::test]
+async fn invocations_take_pasted_settings_and_a_kubernetes_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = eks_config(dir.path());
+    let base = json!({"cpus": 4, "memory": "8Gi", "maxPods": 64, "configPath": cfg, "dryRun": true});
+    let with = |extra: serde_json::Value| {
+        let mut v = base.clone();
+        v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        v.to_string()
+    };
+    let toml = std::fs::read_to_string(seed("bottlerocket-userdata.toml")).unwrap();
+    let o = run_invocation_with(&with(json!({"policy": "explicit", "explicit": toml})), &NoRestart).await;
+    assert!(o.ok, "{o:?}");
+    assert!(o.output.contains("~ systemReserved.memory: (unset) -> 500Mi"), "{}", o.output);
+    let o = run_invocation_with(&with(json!({"policy": "ack", "kubernetesVersion": "1.27"})), &NoRestart).await;
+    assert!(o.ok && o.output.contains("rule: ACK rule for Kubernetes 1.20-1.27"), "{}", o.output);
+    let o = run_invocation_with(&with(json!({"policy": "cce", "kubernetesVersion": "v1.19.16-r4"})), &NoRestart).await;
+    assert!(o.ok && o.output.contains("kubeReserved.memory: 893Mi -> 1224Mi") && !o.output.contains("warning"), "{}", o.output);
+    for (bad, want) in [
+        (json!({"policy": "explicit", "explicit": "[settings.kubernetes.kube-reserved]\ncpu = true\n"}), "explicit: line 2: kubeReserved.cpu"),
+        (json!({"policy": "explicit", "explicit": "kubeReserved: {cpu: 1}", "explicitFormat": "ini"}), "explicitFormat must be"),
+        (json!({"policy": "explicit", "explicit": "kubeReserved: {cpu: 1}", "kubeletArgs": "--kube-reserved=cpu=1"}), "not both"),
+        (json!({"policy": "eks", "explicit": "kubeReserved: {cpu: 1}"}), "use policy explicit"),
+        (json!({"policy": "ack", "kubernetesVersion": "latest"}), "kubernetes version"),
+    ] {
+        let o = run_invocation_with(&with(bad.clone()), &NoRestart).await;
+        assert!(!o.ok, "{bad}");
+        assert_eq!(o.error_code, "InvalidKubeletPlan", "{bad}");
+        assert!(o.output.contains(want), "{bad}: {}", o.output);
+    }
 }

@@ -10,6 +10,7 @@ use serde_json::Value;
 use super::KubeletError;
 use super::apply::{ApplyOptions, ApplyOutcome, apply};
 use super::explicit::ExplicitSpec;
+use super::pasted::{self, PastedFormat};
 use super::health::{DEFAULT_HEALTH_URL, HealthUrl};
 use super::plan::{PlanRequest, build};
 use super::policy::Policy;
@@ -54,6 +55,11 @@ struct Request {
     #[serde(alias = "eviction-hard")]
     eviction_hard: Option<Value>,
     kubelet_args: Option<String>,
+    /// deckhand extension: settings as pasted (Bottlerocket TOML, eksctl / Karpenter YAML,
+    /// JSON or kubelet arguments), read like `kubelet plan --explicit`.
+    explicit: Option<String>,
+    /// deckhand extension: `toml`, `yaml`, `json` or `kubelet-args` (default: by content).
+    explicit_format: Option<String>,
 }
 
 fn invalid(msg: impl Into<String>) -> KubeletError {
@@ -77,7 +83,8 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
     let has_explicit = r.kube_reserved.is_some()
         || r.system_reserved.is_some()
         || r.eviction_hard.is_some()
-        || r.kubelet_args.is_some();
+        || r.kubelet_args.is_some()
+        || r.explicit.is_some();
     let policy = match r.policy.as_str() {
         "eks" => Policy::Eks,
         "gke" => Policy::Gke,
@@ -86,9 +93,25 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
         "tke" => Policy::Tke,
         "cce" => Policy::Cce,
         "explicit" => {
-            let mut spec = match &r.kubelet_args {
-                Some(a) => ExplicitSpec::from_kubelet_args(a)?,
-                None => ExplicitSpec::default(),
+            let format = r
+                .explicit_format
+                .as_deref()
+                .map(|f| {
+                    <PastedFormat as clap::ValueEnum>::from_str(f, true).map_err(|_| {
+                        invalid(format!(
+                            "explicitFormat must be toml, yaml, json or kubelet-args; got {f:?}"
+                        ))
+                    })
+                })
+                .transpose()?;
+            let mut spec = match (&r.kubelet_args, &r.explicit) {
+                (Some(_), Some(_)) => return Err(invalid("give kubeletArgs or explicit, not both")),
+                (Some(a), None) => ExplicitSpec::from_kubelet_args(a)?,
+                (None, Some(text)) => pasted::parse(text, format).map_err(|e| match e {
+                    KubeletError::InvalidPlan(m) => invalid(format!("explicit: {m}")),
+                    e => e,
+                })?,
+                (None, None) => ExplicitSpec::default(),
             };
             let mut obj = serde_json::Map::new();
             for (k, v) in [
@@ -106,7 +129,7 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
             spec.eviction_hard = from_obj.eviction_hard.or(spec.eviction_hard);
             if spec.is_empty() {
                 return Err(invalid(
-                    "policy explicit needs kubeReserved, systemReserved, evictionHard or kubeletArgs",
+                    "policy explicit needs kubeReserved, systemReserved, evictionHard, kubeletArgs or explicit",
                 ));
             }
             Policy::Explicit(spec)

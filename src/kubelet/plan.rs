@@ -59,7 +59,7 @@ pub fn build(req: &PlanRequest) -> Result<Plan, KubeletError> {
     let versioned = matches!(req.policy, Policy::Ack | Policy::Aks | Policy::Cce);
     if versioned && req.kubernetes_version.is_none() {
         if let Some(v) = facts::detect_kubelet_version() {
-            return build_versioned(req, args.as_deref(), Some((v, "the running kubelet")));
+            return build_versioned(req, args.as_deref(), Some((v, "from the running kubelet")));
         }
     }
     build_with(req, args.as_deref())
@@ -70,7 +70,7 @@ pub fn build_with(
     req: &PlanRequest,
     kubelet_args: Option<&[String]>,
 ) -> Result<Plan, KubeletError> {
-    let given = req.kubernetes_version.map(|v| (v, "--kubernetes-version"));
+    let given = req.kubernetes_version.map(|v| (v, "as given"));
     build_versioned(req, kubelet_args, given)
 }
 
@@ -207,7 +207,7 @@ impl Plan {
             "rule: {}{}",
             self.rule,
             self.kubernetes_version
-                .map(|(v, from)| format!(" (Kubernetes {v}, from {from})"))
+                .map(|(v, from)| format!(" (Kubernetes {v}, {from})"))
                 .unwrap_or_default()
         );
         let before = entries(&self.before);
