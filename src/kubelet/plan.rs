@@ -57,10 +57,12 @@ pub struct Plan {
 pub fn build(req: &PlanRequest) -> Result<Plan, KubeletError> {
     let args = facts::kubelet_cmdline();
     let versioned = matches!(req.policy, Policy::Ack | Policy::Aks | Policy::Cce);
-    if versioned && req.kubernetes_version.is_none() {
-        if let Some(v) = facts::detect_kubelet_version() {
-            return build_versioned(req, args.as_deref(), Some((v, "from the running kubelet")));
-        }
+    // Only the policies whose rule depends on the version ask the kubelet (it runs a process).
+    if versioned
+        && req.kubernetes_version.is_none()
+        && let Some(v) = facts::detect_kubelet_version()
+    {
+        return build_versioned(req, args.as_deref(), Some((v, "from the running kubelet")));
     }
     build_with(req, args.as_deref())
 }
