@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::KubeletError;
 use super::apply::{ApplyOptions, ApplyOutcome, apply};
 use super::explicit::{ExplicitSpec, parse_eviction_list, parse_resource_list};
-use super::pasted::{self, MAX_PASTED_BYTES, PastedFormat};
 use super::health::{DEFAULT_HEALTH_URL, HealthUrl};
+use super::pasted::{self, MAX_PASTED_BYTES, PastedFormat};
 use super::plan::{PlanRequest, build};
 use super::policy::Policy;
 use super::quantity::Quantity;
@@ -152,7 +152,8 @@ pub fn plan_request(a: &PlanArgs) -> Result<PlanRequest, KubeletError> {
         PolicyName::Tke => Policy::Tke,
         PolicyName::Cce => Policy::Cce,
         PolicyName::Explicit => {
-            let sources = [a.kubelet_args.is_some(), a.explicit_json.is_some(), a.explicit.is_some()];
+            let sources =
+                [a.kubelet_args.is_some(), a.explicit_json.is_some(), a.explicit.is_some()];
             if sources.iter().filter(|x| **x).count() > 1 {
                 return Err(KubeletError::InvalidPlan(
                     "give one of --kubelet-args, --explicit-json and --explicit".into(),

@@ -126,7 +126,11 @@ pub(super) fn insert_resource(
     Ok(())
 }
 
-pub(super) fn insert_signal(out: &mut EvictionMap, name: &str, value: &str) -> Result<(), KubeletError> {
+pub(super) fn insert_signal(
+    out: &mut EvictionMap,
+    name: &str,
+    value: &str,
+) -> Result<(), KubeletError> {
     if !SIGNALS.contains(&name) {
         return Err(bad(format!(
             "evictionHard: unknown signal {name:?} (expected one of {})",

@@ -85,7 +85,8 @@ pub fn detect_kubelet_version() -> Option<KubeVersion> {
 
 /// Run `<exe> --version` (bounded in time and output) and parse `Kubernetes v1.30.2`.
 pub fn kubelet_version_of(exe: &Path) -> Result<KubeVersion, KubeletError> {
-    let fail = |why: String| KubeletError::InvalidPlan(format!("{} --version: {why}", exe.display()));
+    let fail =
+        |why: String| KubeletError::InvalidPlan(format!("{} --version: {why}", exe.display()));
     let mut child = Command::new(exe)
         .arg("--version")
         .stdin(Stdio::null())

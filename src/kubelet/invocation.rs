@@ -10,8 +10,8 @@ use serde_json::Value;
 use super::KubeletError;
 use super::apply::{ApplyOptions, ApplyOutcome, apply};
 use super::explicit::ExplicitSpec;
-use super::pasted::{self, PastedFormat};
 use super::health::{DEFAULT_HEALTH_URL, HealthUrl};
+use super::pasted::{self, PastedFormat};
 use super::plan::{PlanRequest, build};
 use super::policy::Policy;
 use super::quantity::Quantity;
@@ -105,7 +105,9 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
                 })
                 .transpose()?;
             let mut spec = match (&r.kubelet_args, &r.explicit) {
-                (Some(_), Some(_)) => return Err(invalid("give kubeletArgs or explicit, not both")),
+                (Some(_), Some(_)) => {
+                    return Err(invalid("give kubeletArgs or explicit, not both"));
+                }
                 (Some(a), None) => ExplicitSpec::from_kubelet_args(a)?,
                 (None, Some(text)) => pasted::parse(text, format).map_err(|e| match e {
                     KubeletError::InvalidPlan(m) => invalid(format!("explicit: {m}")),
@@ -160,11 +162,7 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
         cpus: r.cpus,
         memory_bytes: r.memory.as_deref().map(|m| bytes_field("memory", m)).transpose()?,
         max_pods: r.max_pods,
-        kubernetes_version: r
-            .kubernetes_version
-            .as_deref()
-            .map(KubeVersion::parse)
-            .transpose()?,
+        kubernetes_version: r.kubernetes_version.as_deref().map(KubeVersion::parse).transpose()?,
         ephemeral_storage_bytes: r
             .ephemeral_storage
             .as_deref()

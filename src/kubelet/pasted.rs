@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 use super::KubeletError;
-use super::explicit::{ExplicitSpec, insert_resource, insert_signal, parse_eviction_list, parse_resource_list};
+use super::explicit::{
+    ExplicitSpec, insert_resource, insert_signal, parse_eviction_list, parse_resource_list,
+};
 use super::policy::{EvictionMap, ResourceMap};
 
 /// Bound on pasted text (same as an `ApplyKubeletReserved` request).
@@ -77,7 +79,9 @@ fn is_toml_header(l: &str) -> bool {
     l.starts_with('[')
         && l.ends_with(']')
         && !inner.is_empty()
-        && inner.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '"' | '\'' | ' '))
+        && inner
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '"' | '\'' | ' '))
         && inner.contains(|c: char| c.is_ascii_alphabetic())
 }
 
@@ -219,13 +223,16 @@ fn toml_value(
     use toml::de::DeValue as T;
     let line = Some(line_of(text, v.span().start));
     if depth > MAX_DEPTH {
-        return Err(bad(format!("line {}: nested more than {MAX_DEPTH} levels deep", line_of(text, v.span().start))));
+        return Err(bad(format!(
+            "line {}: nested more than {MAX_DEPTH} levels deep",
+            line_of(text, v.span().start)
+        )));
     }
     let value = match v.get_ref() {
         T::Table(t) => return toml_table(text, t, line, depth),
-        T::Array(a) => Value::Seq(
-            a.iter().map(|x| toml_value(text, x, depth + 1)).collect::<Result<_, _>>()?,
-        ),
+        T::Array(a) => {
+            Value::Seq(a.iter().map(|x| toml_value(text, x, depth + 1)).collect::<Result<_, _>>()?)
+        }
         T::String(s) => Value::Text(s.to_string()),
         T::Integer(i) => Value::Text(i.as_str().to_string()),
         T::Float(f) => Value::Text(f.as_str().to_string()),
@@ -236,16 +243,18 @@ fn toml_value(
 }
 
 fn yaml_trees(text: &str) -> Result<Vec<Node>, KubeletError> {
-    let docs = MarkedYaml::load_from_str(text).map_err(|e| {
-        bad(format!("line {}: not valid YAML: {}", e.marker().line(), e.info()))
-    })?;
+    let docs = MarkedYaml::load_from_str(text)
+        .map_err(|e| bad(format!("line {}: not valid YAML: {}", e.marker().line(), e.info())))?;
     docs.iter().map(|d| yaml_node(d, 0)).collect()
 }
 
 fn yaml_node(y: &MarkedYaml<'_>, depth: usize) -> Result<Node, KubeletError> {
     let line = Some(y.span.start.line());
     if depth > MAX_DEPTH {
-        return Err(bad(format!("line {}: nested more than {MAX_DEPTH} levels deep", y.span.start.line())));
+        return Err(bad(format!(
+            "line {}: nested more than {MAX_DEPTH} levels deep",
+            y.span.start.line()
+        )));
     }
     let value = match &y.data {
         YamlData::Mapping(m) => {
@@ -361,7 +370,9 @@ fn shift(e: KubeletError, by: usize, path: &str) -> KubeletError {
             let renumbered = m
                 .strip_prefix("line ")
                 .and_then(|r| r.split_once(':'))
-                .and_then(|(n, rest)| n.parse::<usize>().ok().map(|n| format!("line {}:{rest}", n + by)))
+                .and_then(|(n, rest)| {
+                    n.parse::<usize>().ok().map(|n| format!("line {}:{rest}", n + by))
+                })
                 .unwrap_or(m);
             bad(format!("{renumbered} (in {path})"))
         }
@@ -423,7 +434,10 @@ fn resources(field: &str, node: &Node) -> Result<ResourceMap, KubeletError> {
                 let Value::Text(s) = &v.value else {
                     return Err(on_line(
                         v.line,
-                        bad(format!("{field}.{k} must be a quantity like \"200m\", not {}", describe(&v.value))),
+                        bad(format!(
+                            "{field}.{k} must be a quantity like \"200m\", not {}",
+                            describe(&v.value)
+                        )),
                     ));
                 };
                 insert_resource(field, &mut out, k, s).map_err(|e| on_line(v.line, e))?;
@@ -432,7 +446,10 @@ fn resources(field: &str, node: &Node) -> Result<ResourceMap, KubeletError> {
         }
         other => Err(on_line(
             node.line,
-            bad(format!("{field} must be a mapping or a \"cpu=200m,memory=1Gi\" string, not {}", describe(other))),
+            bad(format!(
+                "{field} must be a mapping or a \"cpu=200m,memory=1Gi\" string, not {}",
+                describe(other)
+            )),
         )),
     }
 }
@@ -480,7 +497,10 @@ mod tests {
             ("settings.kubernetes.kube-reserved.cpu = \"1\"\n", PastedFormat::Toml),
             ("kubeReserved:\n  cpu: 100m\n", PastedFormat::Yaml),
             ("instanceTypes: [ \"m6i.xlarge\" ]\nkubeReserved: {cpu: 1}\n", PastedFormat::Yaml),
-            ("--kube-reserved=cpu=1 --eviction-hard=memory.available<1Mi", PastedFormat::KubeletArgs),
+            (
+                "--kube-reserved=cpu=1 --eviction-hard=memory.available<1Mi",
+                PastedFormat::KubeletArgs,
+            ),
             (
                 "/etc/eks/bootstrap.sh test --kubelet-extra-args '--kube-reserved=cpu=200m'",
                 PastedFormat::KubeletArgs,
@@ -494,14 +514,32 @@ mod tests {
     #[test]
     fn refusals_name_the_line() {
         let cases = [
-            ("[settings.kubernetes.kube-reserved]\ncpu = \"100m\"\nmemory = \"lots\"\n", "line 3: kubeReserved.memory"),
-            ("[settings.kubernetes.kube-reserved]\ncpu = \"100m\"\ncpu = \"1\"\n", "line 3: not valid TOML"),
-            ("[settings.kubernetes.eviction-hard]\n\"memory.free\" = \"1Mi\"\n", "line 2: evictionHard: unknown signal"),
-            ("nodeGroups:\n  - name: x\n    kubeletExtraConfig:\n      kubeReserved:\n        gpu: \"1\"\n", "line 5: kubeReserved: unknown resource \"gpu\""),
+            (
+                "[settings.kubernetes.kube-reserved]\ncpu = \"100m\"\nmemory = \"lots\"\n",
+                "line 3: kubeReserved.memory",
+            ),
+            (
+                "[settings.kubernetes.kube-reserved]\ncpu = \"100m\"\ncpu = \"1\"\n",
+                "line 3: not valid TOML",
+            ),
+            (
+                "[settings.kubernetes.eviction-hard]\n\"memory.free\" = \"1Mi\"\n",
+                "line 2: evictionHard: unknown signal",
+            ),
+            (
+                "nodeGroups:\n  - name: x\n    kubeletExtraConfig:\n      kubeReserved:\n        gpu: \"1\"\n",
+                "line 5: kubeReserved: unknown resource \"gpu\"",
+            ),
             ("kubeReserved:\n  cpu: true\n", "line 2: kubeReserved.cpu must be a quantity"),
             ("kubeReserved:\n  cpu: 1\n kube: [\n", "not valid YAML"),
-            ("kubeReserved: {cpu: 1}\nkube-reserved: {cpu: 2}\n", "line 2: both kubeReserved and kube-reserved"),
-            ("a:\n  kubeReserved: {cpu: 1}\nb:\n  kubeReserved: {cpu: 1}\n", "2 places (a (line 2), b (line 4))"),
+            (
+                "kubeReserved: {cpu: 1}\nkube-reserved: {cpu: 2}\n",
+                "line 2: both kubeReserved and kube-reserved",
+            ),
+            (
+                "a:\n  kubeReserved: {cpu: 1}\nb:\n  kubeReserved: {cpu: 1}\n",
+                "2 places (a (line 2), b (line 4))",
+            ),
             ("name: nothing here\n", "no kubeReserved"),
             ("{\"kubeReserved\": {\"cpu\": \"1\"},}", "line 1, column"),
         ];

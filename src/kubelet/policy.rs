@@ -442,7 +442,10 @@ fn ack_split(cpu: u64, mem_mi: u64) -> Reservation {
 pub fn aks_before_129(f: &NodeFacts) -> Reservation {
     let mut kube = ResourceMap::new();
     kube.insert("cpu".into(), Quantity::from_millis(aks_cpu_millis(f.cpus) as i64));
-    kube.insert("memory".into(), Quantity::from_mebibytes(tiered_memory_bytes(f.memory_bytes) / MI));
+    kube.insert(
+        "memory".into(),
+        Quantity::from_mebibytes(tiered_memory_bytes(f.memory_bytes) / MI),
+    );
     Reservation {
         kube_reserved: kube,
         system_reserved: ResourceMap::new(),
@@ -507,7 +510,11 @@ pub fn cce_v1(f: &NodeFacts) -> Reservation {
     if sys > 0 {
         system.insert("memory".into(), Quantity::from_mebibytes(sys));
     }
-    Reservation { kube_reserved: kube, system_reserved: system, eviction_hard: eviction("100Mi", &NODEFS) }
+    Reservation {
+        kube_reserved: kube,
+        system_reserved: system,
+        eviction_hard: eviction("100Mi", &NODEFS),
+    }
 }
 
 #[cfg(test)]
@@ -702,9 +709,15 @@ mod tests {
         assert_eq!(ack_128_memory_mebibytes(2 * GI, 64), 512);
         // The CPU figures: 4 cores -> 80m, 32 cores -> 150m, split 50/50.
         let r = ack_128(&facts(32, 64, 110));
-        assert_eq!((s(&r.kube_reserved, "cpu"), s(&r.system_reserved, "cpu")), ("75m".into(), "75m".into()));
+        assert_eq!(
+            (s(&r.kube_reserved, "cpu"), s(&r.system_reserved, "cpu")),
+            ("75m".into(), "75m".into())
+        );
         let r = ack_128(&facts(4, 8, 110));
-        assert_eq!((s(&r.kube_reserved, "memory"), s(&r.system_reserved, "memory")), ("733Mi".into(), "732Mi".into()));
+        assert_eq!(
+            (s(&r.kube_reserved, "memory"), s(&r.system_reserved, "memory")),
+            ("733Mi".into(), "732Mi".into())
+        );
     }
 
     #[test]
@@ -725,10 +738,15 @@ mod tests {
         assert_eq!((a.cpu_millis, a.memory_bytes), (1900, 4_668_348 * 1024));
         for (gi, mi) in [(4, 1024), (8, 1843), (16, 2662), (32, 3645), (64, 5611), (256, 12165)] {
             let r = aks_before_129(&facts(4, gi, 30));
-            assert_eq!(s(&r.kube_reserved, "memory"), Quantity::from_mebibytes(mi).to_string(), "{gi}GiB");
+            assert_eq!(
+                s(&r.kube_reserved, "memory"),
+                Quantity::from_mebibytes(mi).to_string(),
+                "{gi}GiB"
+            );
         }
         // 1.29 and later: the page's two examples.
-        let (r, _) = Policy::Aks.compute_for(&facts(2, 8, 30), v(30), &Reservation::default()).unwrap();
+        let (r, _) =
+            Policy::Aks.compute_for(&facts(2, 8, 30), v(30), &Reservation::default()).unwrap();
         assert_eq!(s(&r.kube_reserved, "memory"), "650Mi");
         assert_eq!(r.eviction_hard["memory.available"].to_string(), "100Mi");
     }
@@ -747,7 +765,11 @@ mod tests {
             (196, 320, "2740m", "13475Mi"),
         ] {
             let r = Policy::Tke.compute(&facts(cpus, gi, 64)).unwrap();
-            assert_eq!((s(&r.kube_reserved, "cpu"), s(&r.kube_reserved, "memory")), (cpu.into(), mem.into()), "{cpus}c/{gi}G");
+            assert_eq!(
+                (s(&r.kube_reserved, "cpu"), s(&r.kube_reserved, "memory")),
+                (cpu.into(), mem.into()),
+                "{cpus}c/{gi}G"
+            );
             assert!(r.system_reserved.is_empty());
             assert_eq!(r.eviction_hard["memory.available"].to_string(), "100Mi");
         }
