@@ -306,6 +306,24 @@ fn binaries_print_the_message_chain_without_a_backtrace() {
         &err,
         &["error: ", "line 3: kubeReserved.memory"],
     );
+    // The same binary reads a pasted block from stdin (`--explicit -`) and succeeds.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_deckhand-agent"))
+        .args(["kubelet", "plan", "--policy", "explicit", "--explicit", "-", "--config", cfg_s])
+        .args(["--cpus", "2", "--memory", "8Gi"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let toml = std::fs::read(seed("bottlerocket-userdata.toml")).unwrap();
+        child.stdin.take().unwrap().write_all(&toml).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("~ systemReserved.memory: (unset) -> 500Mi"), "{stdout}");
     // Other exit paths of the daemons: a config file that is not there.
     let missing = dir.path().join("absent.toml");
     let (code, err) = run_bin(

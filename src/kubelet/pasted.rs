@@ -551,6 +551,14 @@ mod tests {
         assert!(parse(&huge, None).unwrap_err().to_string().contains("more than"));
         let deep = format!("{}kubeReserved: {{cpu: 1}}{}", "a: {".repeat(40), "}".repeat(40));
         assert!(parse(&deep, None).unwrap_err().to_string().contains("levels deep"));
+        // Nesting far past the bound, within the size bound: refused, never a stack overflow.
+        for (open, close, format) in
+            [("[", "]", PastedFormat::Toml), ("[", "]", PastedFormat::Yaml), ("[", "]", PastedFormat::Json)]
+        {
+            let prefix = if format == PastedFormat::Toml { "a = " } else { "" };
+            let text = format!("{prefix}{}{}", open.repeat(20_000), close.repeat(20_000));
+            assert!(parse(&text, Some(format)).is_err(), "{format:?}");
+        }
         let laughs = "a: &a [x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e]\ng: [*f, *f, *f, *f, *f, *f, *f, *f]\n";
         assert!(parse(laughs, None).is_err(), "alias expansion is bounded by the parser");
     }
