@@ -199,9 +199,17 @@ pub async fn run_invocation_with<S: ServiceManager>(content: &str, svc: &S) -> I
         Ok(x) => x,
         Err(e) => return fail(String::new(), e),
     };
-    let plan = match build(&req) {
-        Ok(p) => p,
-        Err(e) => return fail(String::new(), e),
+    // Planning reads files, scans /proc and may run `kubelet --version` (up to 5 s): off the
+    // agent's runtime thread, which also carries its heartbeats.
+    let plan = match tokio::task::spawn_blocking(move || build(&req)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return fail(String::new(), e),
+        Err(e) => {
+            return fail(
+                String::new(),
+                KubeletError::InvalidPlan(format!("planning stopped: {e}")),
+            );
+        }
     };
     let diff = plan.render_diff();
     if dry_run {
