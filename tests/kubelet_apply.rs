@@ -120,6 +120,9 @@ fn args(n: &Node, policy: PolicyName) -> PlanArgs {
         eviction_hard: None,
         kubelet_args: None,
         explicit_json: None,
+        kubernetes_version: None,
+        explicit: None,
+        explicit_format: None,
     }
 }
 
@@ -452,6 +455,7 @@ fn flags_and_drop_ins_that_override_the_file_are_warned() {
         cpus: Some(4),
         memory_bytes: Some(16 << 30),
         max_pods: None,
+        kubernetes_version: None,
         ephemeral_storage_bytes: None,
         allow_offline: false,
     };

@@ -106,7 +106,20 @@ fn init_log(json: bool) {
     deckhand::config::init_logging(json);
 }
 
-fn main() -> anyhow::Result<()> {
+/// Users see the error's message chain (`{:#}`), never its Debug form: returning
+/// `anyhow::Result` from `main` would print Debug, which includes a stack backtrace
+/// whenever RUST_BACKTRACE is set in the environment.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     deckhand::tls::install_crypto_provider();
     match args.command {

@@ -77,7 +77,20 @@ enum ConfigCmd {
     Check,
 }
 
-fn main() -> anyhow::Result<()> {
+/// Users see the error's message chain (`{:#}`), never its Debug form: returning
+/// `anyhow::Result` from `main` would print Debug, which includes a stack backtrace
+/// whenever RUST_BACKTRACE is set in the environment.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     let args = Args::parse();
     let f = &args.flags;
     let file = HubFile::discover(args.config.as_deref())?.overlay(HubFile {

@@ -2,18 +2,20 @@
 //! `deckhand-agent` (and `deckhand`, which can plan offline for a hypothetical node with
 //! `--cpus/--memory/--config`).
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::KubeletError;
 use super::apply::{ApplyOptions, ApplyOutcome, apply};
 use super::explicit::{ExplicitSpec, parse_eviction_list, parse_resource_list};
 use super::health::{DEFAULT_HEALTH_URL, HealthUrl};
+use super::pasted::{self, MAX_PASTED_BYTES, PastedFormat};
 use super::plan::{PlanRequest, build};
 use super::policy::Policy;
 use super::quantity::Quantity;
 use super::service::{ServiceManager, Systemctl};
+use super::version::KubeVersion;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum PolicyName {
@@ -21,6 +23,8 @@ pub enum PolicyName {
     Gke,
     Aks,
     Ack,
+    Tke,
+    Cce,
     Explicit,
 }
 
@@ -33,6 +37,10 @@ pub struct PlanArgs {
     /// Max pods (default: the config's maxPods, else 110).
     #[arg(long)]
     pub max_pods: Option<u32>,
+    /// The node's Kubernetes version, e.g. 1.28: picks ack/aks/cce's rule (default: ask the
+    /// running kubelet; unknown: the provider's current rule, with a warning).
+    #[arg(long)]
+    pub kubernetes_version: Option<String>,
     /// Kubelet config file (default: the kubelet's --config, else EKS then kubeadm paths).
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -63,6 +71,13 @@ pub struct PlanArgs {
     /// explicit: JSON with Karpenter (kubeReserved) or Bottlerocket (kube-reserved) names.
     #[arg(long)]
     pub explicit_json: Option<String>,
+    /// explicit: settings as pasted, from a file or `-` (stdin): Bottlerocket TOML, eksctl
+    /// kubeletExtraConfig / Karpenter kubeletConfiguration YAML, JSON or kubelet arguments.
+    #[arg(long, value_name = "FILE|-")]
+    pub explicit: Option<PathBuf>,
+    /// Format of --explicit (default: the file's extension, else its content).
+    #[arg(long, value_enum, requires = "explicit")]
+    pub explicit_format: Option<PastedFormat>,
 }
 
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -100,32 +115,72 @@ fn quantity_bytes(field: &str, s: &str) -> Result<u64, KubeletError> {
         .map_err(|_| KubeletError::InvalidPlan(format!("{field}: {s} is negative")))
 }
 
+/// Read `--explicit FILE|-`, bounded at `MAX_PASTED_BYTES`.
+fn read_pasted(path: &Path) -> Result<String, KubeletError> {
+    let io = |e: std::io::Error| KubeletError::Io { path: path.to_path_buf(), source: e };
+    let mut buf = Vec::new();
+    let limit = MAX_PASTED_BYTES as u64 + 1;
+    if path == Path::new("-") {
+        std::io::stdin().lock().take(limit).read_to_end(&mut buf).map_err(io)?;
+    } else {
+        std::fs::File::open(path).map_err(io)?.take(limit).read_to_end(&mut buf).map_err(io)?;
+    }
+    if buf.len() > MAX_PASTED_BYTES {
+        return Err(KubeletError::InvalidPlan(format!(
+            "--explicit {}: more than {MAX_PASTED_BYTES} bytes",
+            path.display()
+        )));
+    }
+    String::from_utf8(buf).map_err(|_| {
+        KubeletError::InvalidPlan(format!("--explicit {}: not UTF-8 text", path.display()))
+    })
+}
+
 /// Turn the flags into a plan request, refusing inconsistent ones.
 pub fn plan_request(a: &PlanArgs) -> Result<PlanRequest, KubeletError> {
     let explicit_given = a.kube_reserved.is_some()
         || a.system_reserved.is_some()
         || a.eviction_hard.is_some()
         || a.kubelet_args.is_some()
-        || a.explicit_json.is_some();
+        || a.explicit_json.is_some()
+        || a.explicit.is_some();
     let policy = match a.policy {
         PolicyName::Eks => Policy::Eks,
         PolicyName::Gke => Policy::Gke,
         PolicyName::Aks => Policy::Aks,
         PolicyName::Ack => Policy::Ack,
+        PolicyName::Tke => Policy::Tke,
+        PolicyName::Cce => Policy::Cce,
         PolicyName::Explicit => {
-            let mut spec = match (&a.kubelet_args, &a.explicit_json) {
-                (Some(_), Some(_)) => {
-                    return Err(KubeletError::InvalidPlan(
-                        "give --kubelet-args or --explicit-json, not both".into(),
-                    ));
-                }
-                (Some(args), None) => ExplicitSpec::from_kubelet_args(args)?,
-                (None, Some(js)) => {
-                    let v: serde_json::Value = serde_json::from_str(js)
-                        .map_err(|e| KubeletError::InvalidPlan(format!("--explicit-json: {e}")))?;
-                    ExplicitSpec::from_json(&v)?
-                }
-                (None, None) => ExplicitSpec::default(),
+            let sources =
+                [a.kubelet_args.is_some(), a.explicit_json.is_some(), a.explicit.is_some()];
+            if sources.iter().filter(|x| **x).count() > 1 {
+                return Err(KubeletError::InvalidPlan(
+                    "give one of --kubelet-args, --explicit-json and --explicit".into(),
+                ));
+            }
+            let mut spec = if let Some(args) = &a.kubelet_args {
+                ExplicitSpec::from_kubelet_args(args)?
+            } else if let Some(js) = &a.explicit_json {
+                // `--explicit-json` keeps its name but reads every pasted form, so a TOML
+                // block given to it works too (it is what operators tried first).
+                pasted::parse(js, None).map_err(|e| match e {
+                    KubeletError::InvalidPlan(m) => {
+                        KubeletError::InvalidPlan(format!("--explicit-json: {m}"))
+                    }
+                    e => e,
+                })?
+            } else if let Some(path) = &a.explicit {
+                let text = read_pasted(path)?;
+                let format = a.explicit_format.or_else(|| PastedFormat::from_extension(path));
+                pasted::parse(&text, format).map_err(|e| match e {
+                    KubeletError::InvalidPlan(m) => {
+                        KubeletError::InvalidPlan(format!("--explicit {}: {m}", path.display()))
+                    }
+                    e => e,
+                })?
+            } else {
+                ExplicitSpec::default()
             };
             if let Some(s) = &a.kube_reserved {
                 spec.kube_reserved = Some(parse_resource_list("kube-reserved", s)?);
@@ -138,7 +193,7 @@ pub fn plan_request(a: &PlanArgs) -> Result<PlanRequest, KubeletError> {
             }
             if spec.is_empty() {
                 return Err(KubeletError::InvalidPlan(
-                    "policy explicit needs --kube-reserved, --system-reserved, --eviction-hard, --kubelet-args or --explicit-json".into(),
+                    "policy explicit needs --kube-reserved, --system-reserved, --eviction-hard, --kubelet-args, --explicit-json or --explicit".into(),
                 ));
             }
             Policy::Explicit(spec)
@@ -156,6 +211,7 @@ pub fn plan_request(a: &PlanArgs) -> Result<PlanRequest, KubeletError> {
         cpus: a.cpus,
         memory_bytes: a.memory.as_deref().map(|m| quantity_bytes("memory", m)).transpose()?,
         max_pods: a.max_pods,
+        kubernetes_version: a.kubernetes_version.as_deref().map(KubeVersion::parse).transpose()?,
         ephemeral_storage_bytes: a
             .ephemeral_storage
             .as_deref()

@@ -1,7 +1,7 @@
 //! Reading and editing the kubelet's KubeletConfiguration file: JSON (EKS
 //! `/etc/kubernetes/kubelet/kubelet-config.json`) through serde_json, YAML (kubeadm
 //! `/var/lib/kubelet/config.yaml`) through a deliberately small line-level editor of top-level
-//! keys (the project has no YAML crate by design). Only `kubeReserved`, `systemReserved` and
+//! keys (no YAML library: a parse-and-emit round trip would lose the file's comments and layout). Only `kubeReserved`, `systemReserved` and
 //! `evictionHard` are ever rewritten; every other key and line is kept. The YAML side lives in
 //! `yaml.rs`.
 

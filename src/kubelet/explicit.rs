@@ -2,7 +2,8 @@
 //! shows — kubelet flags (`--kube-reserved=cpu=200m,memory=200Mi`,
 //! `--eviction-hard=memory.available<100Mi,nodefs.available<10%`), KubeletConfiguration /
 //! Karpenter camelCase maps (`kubeReserved`) and Bottlerocket kebab-case settings
-//! (`kube-reserved`). A map left out is left as the node currently has it.
+//! (`kube-reserved`). A map left out is left as the node currently has it. Whole pasted
+//! documents (TOML, YAML, JSON) are read by `pasted`, which ends here.
 
 use serde_json::Value;
 
@@ -70,7 +71,9 @@ impl ExplicitSpec {
             return Err(bad(format!("kubelet args longer than {} characters", MAX_SPEC_LEN * 4)));
         }
         let mut spec = ExplicitSpec::default();
-        for tok in args.split_whitespace() {
+        // Quotes around the pasted `--kubelet-extra-args '…'` value stick to the first and last
+        // token; they are shell syntax, not part of the flag.
+        for tok in args.split_whitespace().map(|t| t.trim_matches(['\'', '"'])) {
             if let Some(v) = tok.strip_prefix("--kube-reserved=") {
                 spec.kube_reserved = Some(parse_resource_list("kube-reserved", v)?);
             } else if let Some(v) = tok.strip_prefix("--system-reserved=") {
@@ -91,66 +94,17 @@ impl ExplicitSpec {
     /// Parse an object with KubeletConfiguration/Karpenter (`kubeReserved`) or Bottlerocket
     /// (`kube-reserved`) names; each value is a map or a flag-style string. Other keys are
     /// ignored so a whole Bottlerocket `settings.kubernetes` table can be passed.
+    /// Same rules as pasted documents (`pasted::spec_from_holder`), on an object already in
+    /// memory: the invocation request's own fields.
     pub fn from_json(v: &Value) -> Result<ExplicitSpec, KubeletError> {
-        let obj =
-            v.as_object().ok_or_else(|| bad("explicit values must be a JSON object".into()))?;
-        let pick = |a: &str, b: &str| -> Result<Option<&Value>, KubeletError> {
-            match (obj.get(a), obj.get(b)) {
-                (Some(_), Some(_)) => Err(bad(format!("both {a} and {b} given; use one"))),
-                (x, y) => Ok(x.or(y)),
-            }
-        };
-        let mut spec = ExplicitSpec::default();
-        if let Some(v) = pick("kubeReserved", "kube-reserved")? {
-            spec.kube_reserved = Some(resource_value("kubeReserved", v)?);
+        if !v.is_object() {
+            return Err(bad("explicit values must be a JSON object".into()));
         }
-        if let Some(v) = pick("systemReserved", "system-reserved")? {
-            spec.system_reserved = Some(resource_value("systemReserved", v)?);
-        }
-        if let Some(v) = pick("evictionHard", "eviction-hard")? {
-            spec.eviction_hard = Some(eviction_value(v)?);
-        }
-        Ok(spec)
+        super::pasted::spec_from_holder(&super::pasted::Node::from_json(v, 0)?)
     }
 }
 
-fn resource_value(field: &str, v: &Value) -> Result<ResourceMap, KubeletError> {
-    match v {
-        Value::String(s) => parse_resource_list(field, s),
-        Value::Object(m) => {
-            let mut out = ResourceMap::new();
-            for (k, val) in m {
-                let s = val.as_str().ok_or_else(|| {
-                    bad(format!("{field}.{k} must be a string quantity like \"200m\""))
-                })?;
-                insert_resource(field, &mut out, k, s)?;
-            }
-            Ok(out)
-        }
-        _ => Err(bad(format!("{field} must be an object or a \"cpu=200m,memory=1Gi\" string"))),
-    }
-}
-
-fn eviction_value(v: &Value) -> Result<EvictionMap, KubeletError> {
-    match v {
-        Value::String(s) => parse_eviction_list(s),
-        Value::Object(m) => {
-            let mut out = EvictionMap::new();
-            for (k, val) in m {
-                let s = val.as_str().ok_or_else(|| {
-                    bad(format!("evictionHard.{k} must be a string like \"100Mi\" or \"10%\""))
-                })?;
-                insert_signal(&mut out, k, s)?;
-            }
-            Ok(out)
-        }
-        _ => {
-            Err(bad("evictionHard must be an object or a \"memory.available<100Mi\" string".into()))
-        }
-    }
-}
-
-fn insert_resource(
+pub(super) fn insert_resource(
     field: &str,
     out: &mut ResourceMap,
     name: &str,
@@ -172,7 +126,11 @@ fn insert_resource(
     Ok(())
 }
 
-fn insert_signal(out: &mut EvictionMap, name: &str, value: &str) -> Result<(), KubeletError> {
+pub(super) fn insert_signal(
+    out: &mut EvictionMap,
+    name: &str,
+    value: &str,
+) -> Result<(), KubeletError> {
     if !SIGNALS.contains(&name) {
         return Err(bad(format!(
             "evictionHard: unknown signal {name:?} (expected one of {})",
@@ -271,7 +229,8 @@ mod tests {
             (json!({"evictionHard": {"memory.free": "1Mi"}}), "unknown signal"),
             (json!({"evictionHard": "memory.available=1Mi"}), "signal<threshold"),
             (json!({"kubeReserved": {}, "kube-reserved": {}}), "both"),
-            (json!({"kubeReserved": 5}), "must be an object"),
+            (json!({"kubeReserved": 5}), "is not name=quantity"),
+            (json!({"kubeReserved": true}), "must be a mapping"),
         ];
         for (v, want) in cases {
             let e = ExplicitSpec::from_json(&v).unwrap_err().to_string();

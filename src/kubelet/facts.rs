@@ -1,10 +1,20 @@
 //! Node detection: vCPUs, memory and ephemeral storage of this machine (sysinfo / statvfs),
-//! the running kubelet's command line (from /proc) and where its config file is.
+//! the running kubelet's command line (from /proc), its version (by asking its executable)
+//! and where its config file is.
 
+use std::io::Read;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use super::KubeletError;
 use super::config::{EKS_CONFIG, KUBEADM_CONFIG};
+use super::version::KubeVersion;
+
+/// `kubelet --version` answers at once; a binary that does not is not asked twice.
+const VERSION_TIMEOUT: Duration = Duration::from_secs(5);
+/// `Kubernetes v1.30.2-eks-1552ad0` is one short line; read no more than this of it.
+const MAX_VERSION_OUTPUT: u64 = 4096;
 
 /// kubelet's own default when the config does not set maxPods.
 pub const DEFAULT_MAX_PODS: u32 = 110;
@@ -56,6 +66,60 @@ pub fn detect_ephemeral_storage_bytes() -> Option<u64> {
 
 /// The running kubelet's argv, if one is running (Linux /proc only).
 pub fn kubelet_cmdline() -> Option<Vec<String>> {
+    running_kubelet().map(|(_, args)| args)
+}
+
+/// The running kubelet's version: its own executable (`/proc/<pid>/exe`, which stays right
+/// even when the binary on disk was replaced) asked `--version`. None when no kubelet runs or
+/// it cannot be asked; the plan then says the version is unknown.
+pub fn detect_kubelet_version() -> Option<KubeVersion> {
+    let (pid, _) = running_kubelet()?;
+    match kubelet_version_of(Path::new(&format!("/proc/{pid}/exe"))) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::warn!(pid, error = %e, "cannot read the kubelet's version");
+            None
+        }
+    }
+}
+
+/// Run `<exe> --version` (bounded in time and output) and parse `Kubernetes v1.30.2`.
+pub fn kubelet_version_of(exe: &Path) -> Result<KubeVersion, KubeletError> {
+    let fail =
+        |why: String| KubeletError::InvalidPlan(format!("{} --version: {why}", exe.display()));
+    let mut child = Command::new(exe)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| fail(e.to_string()))?;
+    let deadline = Instant::now() + VERSION_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!("no answer within {}s", VERSION_TIMEOUT.as_secs())));
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        }
+    };
+    let mut out = Vec::new();
+    if let Some(stdout) = child.stdout.take() {
+        stdout.take(MAX_VERSION_OUTPUT).read_to_end(&mut out).map_err(|e| fail(e.to_string()))?;
+    }
+    if !status.success() {
+        return Err(fail(format!("exited with {status}")));
+    }
+    let text = String::from_utf8_lossy(&out);
+    KubeVersion::parse(text.lines().next().unwrap_or(""))
+}
+
+/// The running kubelet's pid and argv (Linux /proc only).
+fn running_kubelet() -> Option<(u32, Vec<String>)> {
     let dir = std::fs::read_dir("/proc").ok()?;
     for entry in dir.flatten().take(MAX_PROC_SCAN) {
         let name = entry.file_name();
@@ -67,12 +131,14 @@ pub fn kubelet_cmdline() -> Option<Vec<String>> {
             continue;
         }
         let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        return Some(
+        let pid: u32 = pid.parse().ok()?;
+        return Some((
+            pid,
             raw.split(|b| *b == 0)
                 .filter(|a| !a.is_empty())
                 .map(|a| String::from_utf8_lossy(a).into_owned())
                 .collect(),
-        );
+        ));
     }
     None
 }
@@ -131,6 +197,29 @@ mod tests {
         let eq: Vec<String> = vec!["kubelet".into(), "--config=/a.json".into()];
         assert_eq!(flag_value(&eq, "--config").as_deref(), Some("/a.json"));
         assert_eq!(flag_value(&eq, "--config-dir"), None);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn kubelet_version_is_read_from_the_binary() {
+        use std::os::unix::fs::PermissionsExt;
+        // Stand-in kubelet executables (no real kubelet can run here): one answers as kubelet
+        // does, one hangs, one prints nonsense.
+        let dir = tempfile::tempdir().unwrap();
+        let script = |name: &str, body: &str| {
+            let p = dir.path().join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+            p
+        };
+        let good = script("kubelet", "echo 'Kubernetes v1.27.3-eks-a5565ad'");
+        assert_eq!(kubelet_version_of(&good).unwrap(), KubeVersion::new(1, 27));
+        let junk = script("junk", "echo 'hello'");
+        assert!(kubelet_version_of(&junk).unwrap_err().to_string().contains("kubernetes version"));
+        let failing = script("failing", "exit 3");
+        assert!(kubelet_version_of(&failing).unwrap_err().to_string().contains("exited"));
+        let missing = dir.path().join("absent");
+        assert!(kubelet_version_of(&missing).is_err());
     }
 
     #[test]

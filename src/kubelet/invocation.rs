@@ -11,10 +11,12 @@ use super::KubeletError;
 use super::apply::{ApplyOptions, ApplyOutcome, apply};
 use super::explicit::ExplicitSpec;
 use super::health::{DEFAULT_HEALTH_URL, HealthUrl};
+use super::pasted::{self, PastedFormat};
 use super::plan::{PlanRequest, build};
 use super::policy::Policy;
 use super::quantity::Quantity;
 use super::service::{ServiceManager, Systemctl};
+use super::version::KubeVersion;
 
 /// The reserved invocation type name.
 pub const INVOCATION_TYPE: &str = "ApplyKubeletReserved";
@@ -34,6 +36,8 @@ pub struct InvocationOutcome {
 struct Request {
     policy: String,
     max_pods: Option<u32>,
+    /// deckhand extension: the node's Kubernetes version (picks ack/aks/cce's rule).
+    kubernetes_version: Option<String>,
     cpus: Option<u32>,
     memory: Option<String>,
     ephemeral_storage: Option<String>,
@@ -51,6 +55,11 @@ struct Request {
     #[serde(alias = "eviction-hard")]
     eviction_hard: Option<Value>,
     kubelet_args: Option<String>,
+    /// deckhand extension: settings as pasted (Bottlerocket TOML, eksctl / Karpenter YAML,
+    /// JSON or kubelet arguments), read like `kubelet plan --explicit`.
+    explicit: Option<String>,
+    /// deckhand extension: `toml`, `yaml`, `json` or `kubelet-args` (default: by content).
+    explicit_format: Option<String>,
 }
 
 fn invalid(msg: impl Into<String>) -> KubeletError {
@@ -74,16 +83,37 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
     let has_explicit = r.kube_reserved.is_some()
         || r.system_reserved.is_some()
         || r.eviction_hard.is_some()
-        || r.kubelet_args.is_some();
+        || r.kubelet_args.is_some()
+        || r.explicit.is_some();
     let policy = match r.policy.as_str() {
         "eks" => Policy::Eks,
         "gke" => Policy::Gke,
         "aks" => Policy::Aks,
         "ack" => Policy::Ack,
+        "tke" => Policy::Tke,
+        "cce" => Policy::Cce,
         "explicit" => {
-            let mut spec = match &r.kubelet_args {
-                Some(a) => ExplicitSpec::from_kubelet_args(a)?,
-                None => ExplicitSpec::default(),
+            let format = r
+                .explicit_format
+                .as_deref()
+                .map(|f| {
+                    <PastedFormat as clap::ValueEnum>::from_str(f, true).map_err(|_| {
+                        invalid(format!(
+                            "explicitFormat must be toml, yaml, json or kubelet-args; got {f:?}"
+                        ))
+                    })
+                })
+                .transpose()?;
+            let mut spec = match (&r.kubelet_args, &r.explicit) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid("give kubeletArgs or explicit, not both"));
+                }
+                (Some(a), None) => ExplicitSpec::from_kubelet_args(a)?,
+                (None, Some(text)) => pasted::parse(text, format).map_err(|e| match e {
+                    KubeletError::InvalidPlan(m) => invalid(format!("explicit: {m}")),
+                    e => e,
+                })?,
+                (None, None) => ExplicitSpec::default(),
             };
             let mut obj = serde_json::Map::new();
             for (k, v) in [
@@ -101,14 +131,14 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
             spec.eviction_hard = from_obj.eviction_hard.or(spec.eviction_hard);
             if spec.is_empty() {
                 return Err(invalid(
-                    "policy explicit needs kubeReserved, systemReserved, evictionHard or kubeletArgs",
+                    "policy explicit needs kubeReserved, systemReserved, evictionHard, kubeletArgs or explicit",
                 ));
             }
             Policy::Explicit(spec)
         }
         other => {
             return Err(invalid(format!(
-                "policy must be one of eks, gke, aks, ack, explicit; got {other:?}"
+                "policy must be one of eks, gke, aks, ack, tke, cce, explicit; got {other:?}"
             )));
         }
     };
@@ -132,6 +162,7 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
         cpus: r.cpus,
         memory_bytes: r.memory.as_deref().map(|m| bytes_field("memory", m)).transpose()?,
         max_pods: r.max_pods,
+        kubernetes_version: r.kubernetes_version.as_deref().map(KubeVersion::parse).transpose()?,
         ephemeral_storage_bytes: r
             .ephemeral_storage
             .as_deref()
@@ -168,9 +199,17 @@ pub async fn run_invocation_with<S: ServiceManager>(content: &str, svc: &S) -> I
         Ok(x) => x,
         Err(e) => return fail(String::new(), e),
     };
-    let plan = match build(&req) {
-        Ok(p) => p,
-        Err(e) => return fail(String::new(), e),
+    // Planning reads files, scans /proc and may run `kubelet --version` (up to 5 s): off the
+    // agent's runtime thread, which also carries its heartbeats.
+    let plan = match tokio::task::spawn_blocking(move || build(&req)).await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => return fail(String::new(), e),
+        Err(e) => {
+            return fail(
+                String::new(),
+                KubeletError::InvalidPlan(format!("planning stopped: {e}")),
+            );
+        }
     };
     let diff = plan.render_diff();
     if dry_run {

@@ -1,9 +1,11 @@
 //! Kubelet reserved resources: compute `kubeReserved` / `systemReserved` / `evictionHard` for a
-//! node from a named policy (eks, gke, aks, ack, explicit), validate that the node keeps
+//! node from a named policy (eks, gke, aks, ack, tke, cce, explicit; ack and aks by the node's
+//! Kubernetes version), validate that the node keeps
 //! positive allocatable, and apply the result to the kubelet's config file safely (backup,
 //! atomic write, restart, health wait, rollback). See docs/kubelet.md.
 //!
-//! Layout: `quantity` (Kubernetes quantities), `policy` + `explicit` (pure formulas),
+//! Layout: `quantity` (Kubernetes quantities), `version` (Kubernetes versions), `policy` +
+//! `explicit` (pure formulas), `pasted` (settings as operators paste them),
 //! `validate` (allocatable and refusals), `config` + `yaml` (config file editing), `health`
 //! (tiny HTTP GET), `service` (systemd boundary), `plan` (plan + diff), `apply` (the write
 //! path), `facts` (node detection), `cli` and `invocation` (surfaces for the binaries/agent).
@@ -17,11 +19,13 @@ pub mod explicit;
 pub mod facts;
 pub mod health;
 pub mod invocation;
+pub mod pasted;
 pub mod plan;
 pub mod policy;
 pub mod quantity;
 pub mod service;
 pub mod validate;
+pub mod version;
 pub mod yaml;
 
 pub use cli::{KubeletCmd, run_cmd};

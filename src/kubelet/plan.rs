@@ -11,6 +11,7 @@ use super::facts;
 use super::policy::{NodeFacts, Policy, Reservation};
 use super::quantity::Quantity;
 use super::validate::{Allocatable, allocatable, validate};
+use super::version::KubeVersion;
 
 /// Inputs to a plan; `None` facts are detected on this machine.
 #[derive(Debug, Clone)]
@@ -21,6 +22,9 @@ pub struct PlanRequest {
     pub memory_bytes: Option<u64>,
     pub max_pods: Option<u32>,
     pub ephemeral_storage_bytes: Option<u64>,
+    /// The node's Kubernetes version, which picks a provider's rule (`--kubernetes-version`);
+    /// None: ask the running kubelet when the policy depends on it.
+    pub kubernetes_version: Option<KubeVersion>,
     /// When no config can be found (and none was named), plan against an empty
     /// KubeletConfiguration instead of failing: offline planning for a hypothetical node.
     pub allow_offline: bool,
@@ -31,6 +35,10 @@ pub struct Plan {
     /// Planned without a config file (see `PlanRequest::allow_offline`); cannot be applied.
     pub offline: bool,
     pub policy: String,
+    /// The provider rule the policy resolved to (see `policy::Rule::describe`).
+    pub rule: String,
+    /// The version that picked the rule and where it came from.
+    pub kubernetes_version: Option<(KubeVersion, &'static str)>,
     pub config_path: PathBuf,
     pub format: ConfigFormat,
     pub facts: NodeFacts,
@@ -48,6 +56,14 @@ pub struct Plan {
 /// Build a plan against the config at `req.config_path` (or the detected one).
 pub fn build(req: &PlanRequest) -> Result<Plan, KubeletError> {
     let args = facts::kubelet_cmdline();
+    let versioned = matches!(req.policy, Policy::Ack | Policy::Aks | Policy::Cce);
+    // Only the policies whose rule depends on the version ask the kubelet (it runs a process).
+    if versioned
+        && req.kubernetes_version.is_none()
+        && let Some(v) = facts::detect_kubelet_version()
+    {
+        return build_versioned(req, args.as_deref(), Some((v, "from the running kubelet")));
+    }
     build_with(req, args.as_deref())
 }
 
@@ -55,6 +71,15 @@ pub fn build(req: &PlanRequest) -> Result<Plan, KubeletError> {
 pub fn build_with(
     req: &PlanRequest,
     kubelet_args: Option<&[String]>,
+) -> Result<Plan, KubeletError> {
+    let given = req.kubernetes_version.map(|v| (v, "as given"));
+    build_versioned(req, kubelet_args, given)
+}
+
+fn build_versioned(
+    req: &PlanRequest,
+    kubelet_args: Option<&[String]>,
+    version: Option<(KubeVersion, &'static str)>,
 ) -> Result<Plan, KubeletError> {
     let (path, file, offline) = match facts::locate_config(req.config_path.as_deref(), kubelet_args)
     {
@@ -82,9 +107,11 @@ pub fn build_with(
             .ephemeral_storage_bytes
             .or_else(facts::detect_ephemeral_storage_bytes),
     };
-    let after = req.policy.compute_over(&node, &state.reservation)?;
+    let (after, choice) =
+        req.policy.compute_for(&node, version.map(|(v, _)| v), &state.reservation)?;
     let after_state = ConfigState { reservation: after.clone(), ..state.clone() };
-    let mut warnings = validate(&node, &after, &after_state)?;
+    let mut warnings: Vec<String> = choice.warning.into_iter().collect();
+    warnings.extend(validate(&node, &after, &after_state)?);
     if let Some(args) = kubelet_args {
         for key in flags_override(args) {
             warnings.push(format!("the running kubelet sets {key} as a command-line flag, which overrides the config file"));
@@ -98,6 +125,8 @@ pub fn build_with(
     Ok(Plan {
         offline,
         policy: req.policy.name().to_string(),
+        rule: choice.rule.describe().to_string(),
+        kubernetes_version: version,
         config_path: path,
         format: file.format,
         facts: node,
@@ -175,6 +204,14 @@ impl Plan {
                 .map(|e| format!(", {} ephemeral-storage", bytes(e as i128)))
                 .unwrap_or_default()
         );
+        let _ = writeln!(
+            out,
+            "rule: {}{}",
+            self.rule,
+            self.kubernetes_version
+                .map(|(v, from)| format!(" (Kubernetes {v}, {from})"))
+                .unwrap_or_default()
+        );
         let before = entries(&self.before);
         let after = entries(&self.after);
         let mut keys: Vec<&String> = before.iter().chain(after.iter()).map(|(k, _)| k).collect();
@@ -221,6 +258,8 @@ impl Plan {
         };
         serde_json::json!({
             "policy": self.policy,
+            "rule": self.rule,
+            "kubernetesVersion": self.kubernetes_version.map(|(v, _)| v.to_string()),
             "configPath": self.config_path,
             "format": self.format,
             "node": self.facts,

@@ -1,6 +1,8 @@
 //! Reservation policies: pure functions from node facts (vCPUs, memory, max pods, ephemeral
-//! storage) to `kubeReserved` / `systemReserved` / `evictionHard`. Formulas and their sources
-//! are documented in docs/kubelet.md; every policy here is deterministic and does no I/O.
+//! storage) to `kubeReserved` / `systemReserved` / `evictionHard`. Some providers changed their
+//! rule between Kubernetes versions, so a `Policy` (what the operator names) resolves to a
+//! `Rule` (the formula actually used) through the node's kubelet version. Formulas and their
+//! sources are documented in docs/kubelet.md; every rule here is deterministic and does no I/O.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,6 +10,7 @@ use std::fmt;
 use super::KubeletError;
 use super::explicit::ExplicitSpec;
 use super::quantity::Quantity;
+use super::version::KubeVersion;
 
 const MI: u64 = 1 << 20;
 const GI: u64 = 1 << 30;
@@ -126,8 +129,59 @@ pub enum Policy {
     Gke,
     Aks,
     Ack,
+    Tke,
+    Cce,
     Explicit(ExplicitSpec),
 }
+
+/// The formula a policy resolves to for a given Kubernetes version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    Eks,
+    Gke,
+    /// AKS before 1.29: the 25/20/10/6/2 % memory ladder, memory.available<750Mi.
+    AksBefore129,
+    /// AKS 1.29 and later: min(20Mi x maxPods + 50Mi, 25 %), memory.available<100Mi.
+    Aks129,
+    /// ACK for Kubernetes 1.20-1.27: 100m + 2.5 %... CPU, 25/20/10/6/2 % memory.
+    Ack120,
+    /// ACK for Kubernetes 1.28 and later: the 6/1/0.5/0.25 % CPU ladder, min(11 x maxPods + 255Mi, 25 %).
+    Ack128,
+    Tke,
+    /// Huawei CCE's published "v1" memory model (system components + kubelet by max pods).
+    CceV1,
+    Explicit,
+}
+
+impl Rule {
+    /// What the plan prints after the policy name.
+    pub fn describe(&self) -> &'static str {
+        match self {
+            Rule::Eks => "amazon-eks-ami bootstrap",
+            Rule::Gke => "GKE node allocatable",
+            Rule::AksBefore129 => "AKS rule for Kubernetes < 1.29",
+            Rule::Aks129 => "AKS rule for Kubernetes >= 1.29",
+            Rule::Ack120 => "ACK rule for Kubernetes 1.20-1.27",
+            Rule::Ack128 => "ACK rule for Kubernetes >= 1.28",
+            Rule::Tke => "TKE node resource reservation",
+            Rule::CceV1 => "CCE memory model v1",
+            Rule::Explicit => "operator's values",
+        }
+    }
+}
+
+/// A rule and, when the choice was a guess or an approximation, why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleChoice {
+    pub rule: Rule,
+    pub warning: Option<String>,
+}
+
+const ACK_128: KubeVersion = KubeVersion::new(1, 28);
+const ACK_OLDEST: KubeVersion = KubeVersion::new(1, 20);
+const AKS_129: KubeVersion = KubeVersion::new(1, 29);
+/// CCE moved every line it supports to its v2 memory model by v1.21.4-r0 / v1.23.3-r0.
+const CCE_V2_FROM: KubeVersion = KubeVersion::new(1, 21);
 
 impl Policy {
     pub fn name(&self) -> &'static str {
@@ -136,29 +190,89 @@ impl Policy {
             Policy::Gke => "gke",
             Policy::Aks => "aks",
             Policy::Ack => "ack",
+            Policy::Tke => "tke",
+            Policy::Cce => "cce",
             Policy::Explicit(_) => "explicit",
         }
     }
 
-    /// Compute the reservation for `facts` (explicit maps left out become empty).
+    /// The rule for a node running Kubernetes `version` (None: unknown, which picks the
+    /// provider's current rule and says so).
+    pub fn rule_for(&self, version: Option<KubeVersion>) -> RuleChoice {
+        let unknown = |rule: Rule, newest: &str| RuleChoice {
+            rule,
+            warning: Some(format!(
+                "kubelet version unknown: used the {} ({newest}); pass --kubernetes-version to choose",
+                rule.describe()
+            )),
+        };
+        let plain = |rule: Rule| RuleChoice { rule, warning: None };
+        match (self, version) {
+            (Policy::Eks, _) => plain(Rule::Eks),
+            (Policy::Gke, _) => plain(Rule::Gke),
+            (Policy::Tke, _) => plain(Rule::Tke),
+            (Policy::Explicit(_), _) => plain(Rule::Explicit),
+            (Policy::Aks, None) => unknown(Rule::Aks129, "the current one"),
+            (Policy::Aks, Some(v)) if v >= AKS_129 => plain(Rule::Aks129),
+            (Policy::Aks, Some(_)) => plain(Rule::AksBefore129),
+            (Policy::Ack, None) => unknown(Rule::Ack128, "the current one"),
+            (Policy::Ack, Some(v)) if v >= ACK_128 => plain(Rule::Ack128),
+            (Policy::Ack, Some(v)) if v < ACK_OLDEST => RuleChoice {
+                rule: Rule::Ack120,
+                warning: Some(format!(
+                    "ACK publishes no rule before Kubernetes 1.20; used its 1.20-1.27 rule for {v}"
+                )),
+            },
+            (Policy::Ack, Some(_)) => plain(Rule::Ack120),
+            (Policy::Cce, Some(v)) if v < CCE_V2_FROM => plain(Rule::CceV1),
+            (Policy::Cce, _) => RuleChoice {
+                rule: Rule::CceV1,
+                warning: Some(
+                    "CCE clusters from v1.21.4-r0 / v1.23.3-r0 on reserve memory with CCE's v2 model; deckhand implements the published v1 model (see docs/kubelet.md)"
+                        .into(),
+                ),
+            },
+        }
+    }
+
+    /// Compute the reservation for `facts` (explicit maps left out become empty) with the
+    /// provider's current rule.
     pub fn compute(&self, facts: &NodeFacts) -> Result<Reservation, KubeletError> {
         self.compute_over(facts, &Reservation::default())
     }
 
-    /// Compute the reservation; for `explicit`, maps the operator left out keep `current`.
+    /// As `compute`; for `explicit`, maps the operator left out keep `current`.
     pub fn compute_over(
         &self,
         facts: &NodeFacts,
         current: &Reservation,
     ) -> Result<Reservation, KubeletError> {
+        self.compute_for(facts, None, current).map(|(r, _)| r)
+    }
+
+    /// Compute the reservation with the rule for Kubernetes `version`.
+    pub fn compute_for(
+        &self,
+        facts: &NodeFacts,
+        version: Option<KubeVersion>,
+        current: &Reservation,
+    ) -> Result<(Reservation, RuleChoice), KubeletError> {
         facts.check()?;
-        Ok(match self {
-            Policy::Eks => eks(facts),
-            Policy::Gke => gke(facts),
-            Policy::Aks => aks(facts),
-            Policy::Ack => ack(facts),
-            Policy::Explicit(spec) => spec.over(current),
-        })
+        let choice = self.rule_for(version);
+        let r = match (choice.rule, self) {
+            (_, Policy::Explicit(spec)) => spec.over(current),
+            (Rule::Eks, _) => eks(facts),
+            (Rule::Gke, _) => gke(facts),
+            (Rule::AksBefore129, _) => aks_before_129(facts),
+            (Rule::Aks129, _) => aks(facts),
+            (Rule::Ack120, _) => ack(facts),
+            (Rule::Ack128, _) => ack_128(facts),
+            (Rule::Tke, _) => tke(facts),
+            (Rule::CceV1, _) => cce_v1(facts),
+            // Only `Policy::Explicit` resolves to `Rule::Explicit` (matched above).
+            (Rule::Explicit, _) => current.clone(),
+        };
+        Ok((r, choice))
     }
 }
 
@@ -180,11 +294,9 @@ pub fn cpu_ladder_millis(cpus: u32) -> u64 {
     laddered(total, &[(0, 1000, 600), (1000, 2000, 100), (2000, 4000, 50), (4000, u64::MAX, 25)])
 }
 
-/// GKE memory ladder in bytes: 255Mi below 1GiB, else 25% / 20% / 10% / 6% / 2% tiers.
-pub fn gke_memory_bytes(memory: u64) -> u64 {
-    if memory < GI {
-        return 255 * MI;
-    }
+/// The 25 % / 20 % / 10 % / 6 % / 2 % memory tiers (first 4GiB, next 4, next 8, next 112,
+/// the rest) that GKE, AKS before 1.29, ACK 1.20-1.27 and TKE all publish, in bytes.
+pub fn tiered_memory_bytes(memory: u64) -> u64 {
     laddered(
         memory,
         &[
@@ -195,6 +307,14 @@ pub fn gke_memory_bytes(memory: u64) -> u64 {
             (128 * GI, u64::MAX, 200),
         ],
     )
+}
+
+/// GKE memory ladder in bytes: 255Mi below 1GiB, else the 25/20/10/6/2 % tiers.
+pub fn gke_memory_bytes(memory: u64) -> u64 {
+    if memory < GI {
+        return 255 * MI;
+    }
+    tiered_memory_bytes(memory)
 }
 
 fn ceil_mi(bytes: u64) -> Quantity {
@@ -281,24 +401,30 @@ pub fn ack_cpu_millis(cpus: u32) -> u64 {
 /// ACK total memory reservation: the 25/20/10/6/2 % tiers, rounded down to whole MiB
 /// (reproduces ACK's published example to the KiB together with memory.available<300Mi).
 pub fn ack_memory_mebibytes(memory: u64) -> u64 {
-    let tiers = laddered(
-        memory,
-        &[
-            (0, 4 * GI, 2500),
-            (4 * GI, 8 * GI, 2000),
-            (8 * GI, 16 * GI, 1000),
-            (16 * GI, 128 * GI, 600),
-            (128 * GI, u64::MAX, 200),
-        ],
-    );
-    tiers / MI
+    tiered_memory_bytes(memory) / MI
 }
 
-/// Alibaba ACK: the total reservation split 50/50 between kubeReserved and systemReserved
-/// (as ACK's policy page states); eviction memory.available<300Mi plus kubelet's disk defaults.
+/// Alibaba ACK (Kubernetes 1.20-1.27): the total reservation split 50/50 between kubeReserved
+/// and systemReserved (as ACK's policy page states); eviction memory.available<300Mi plus
+/// kubelet's disk defaults.
 pub fn ack(f: &NodeFacts) -> Reservation {
-    let cpu = ack_cpu_millis(f.cpus);
-    let mem_mi = ack_memory_mebibytes(f.memory_bytes);
+    ack_split(ack_cpu_millis(f.cpus), ack_memory_mebibytes(f.memory_bytes))
+}
+
+/// ACK total memory for Kubernetes 1.28 and later: min(11Mi x maxPods + 255Mi, 25 % of the
+/// node's memory), in whole MiB (the quarter rounded down, like the 1.20-1.27 rule).
+pub fn ack_128_memory_mebibytes(memory: u64, max_pods: u32) -> u64 {
+    (11 * max_pods as u64 + 255).min(memory / 4 / MI)
+}
+
+/// Alibaba ACK (Kubernetes 1.28 and later): the 6/1/0.5/0.25 % CPU ladder and
+/// `ack_128_memory_mebibytes`, split 50/50 like the older rule, same eviction thresholds.
+pub fn ack_128(f: &NodeFacts) -> Reservation {
+    ack_split(cpu_ladder_millis(f.cpus), ack_128_memory_mebibytes(f.memory_bytes, f.max_pods))
+}
+
+/// ACK's 50/50 split of a total (odd remainder to kubeReserved) and its eviction thresholds.
+fn ack_split(cpu: u64, mem_mi: u64) -> Reservation {
     let mut kube = ResourceMap::new();
     let mut system = ResourceMap::new();
     kube.insert("cpu".into(), Quantity::from_millis(cpu.div_ceil(2) as i64));
@@ -308,6 +434,87 @@ pub fn ack(f: &NodeFacts) -> Reservation {
     let mut ev = eviction("300Mi", &NODEFS);
     ev.insert("imagefs.available".into(), threshold("15%"));
     Reservation { kube_reserved: kube, system_reserved: system, eviction_hard: ev }
+}
+
+/// AKS before 1.29: the AKS CPU table, the 25/20/10/6/2 % memory tiers rounded down to whole
+/// MiB (a measured DS2 v2 node, 7GiB, shows 1638Mi = 1.6GiB rounded down), and
+/// memory.available<750Mi.
+pub fn aks_before_129(f: &NodeFacts) -> Reservation {
+    let mut kube = ResourceMap::new();
+    kube.insert("cpu".into(), Quantity::from_millis(aks_cpu_millis(f.cpus) as i64));
+    kube.insert(
+        "memory".into(),
+        Quantity::from_mebibytes(tiered_memory_bytes(f.memory_bytes) / MI),
+    );
+    Reservation {
+        kube_reserved: kube,
+        system_reserved: ResourceMap::new(),
+        eviction_hard: eviction("750Mi", &NODEFS),
+    }
+}
+
+/// Tencent TKE: the same CPU ladder and memory tiers as ACK 1.20-1.27 (its page's examples:
+/// 32c -> 0.8c, 96c -> 2c, 196c -> 2.74c; 8GB -> 1843MB, 32GB -> 3645MB, 320GB -> 13475MB),
+/// all in kubeReserved (the only reservation the page names); kubelet's default
+/// memory.available<100Mi since the page sets no other.
+pub fn tke(f: &NodeFacts) -> Reservation {
+    let mut kube = ResourceMap::new();
+    kube.insert("cpu".into(), Quantity::from_millis(ack_cpu_millis(f.cpus) as i64));
+    kube.insert("memory".into(), Quantity::from_mebibytes(ack_memory_mebibytes(f.memory_bytes)));
+    Reservation {
+        kube_reserved: kube,
+        system_reserved: ResourceMap::new(),
+        eviction_hard: eviction("100Mi", &NODEFS),
+    }
+}
+
+/// CCE v1, system components: 0 up to 8GiB, 10 % of 8-16GiB, 6 % of 16-128GiB, 2 % above;
+/// in hundredths of a MiB so the tiers add exactly.
+fn cce_system_centi_mi(memory: u64) -> u64 {
+    let r = laddered(
+        memory,
+        &[(8 * GI, 16 * GI, 1000), (16 * GI, 128 * GI, 600), (128 * GI, u64::MAX, 200)],
+    );
+    (r as u128 * 100 / MI as u128) as u64
+}
+
+/// CCE v1, kubelet managing pods: 25 % of memory up to 2GiB, else by max pods
+/// (700MiB up to 16, then +18.75 / +6.25 / +7.80 / +11.20 MiB per pod from 16 / 32 / 64 / 128
+/// pods, starting at 700 / 1024 / 1230 / 1740MiB), in hundredths of a MiB.
+fn cce_kubelet_centi_mi(memory: u64, max_pods: u32) -> u64 {
+    if memory <= 2 * GI {
+        return (memory as u128 * 25 / MI as u128) as u64;
+    }
+    let p = max_pods as u64;
+    match p {
+        0..=16 => 70_000,
+        17..=32 => 70_000 + (p - 16) * 1875,
+        33..=64 => 102_400 + (p - 32) * 625,
+        65..=128 => 123_000 + (p - 64) * 780,
+        _ => 174_000 + (p - 128) * 1120,
+    }
+}
+
+/// Huawei CCE (memory model v1): CPU on the 6/1/0.5/0.25 % ladder in kubeReserved; memory
+/// split as the page splits it — the system-components part in systemReserved, the
+/// kubelet-for-pods part in kubeReserved, each rounded down to whole MiB; memory.available<100Mi.
+pub fn cce_v1(f: &NodeFacts) -> Reservation {
+    let mut kube = ResourceMap::new();
+    let mut system = ResourceMap::new();
+    kube.insert("cpu".into(), Quantity::from_millis(cpu_ladder_millis(f.cpus) as i64));
+    kube.insert(
+        "memory".into(),
+        Quantity::from_mebibytes(cce_kubelet_centi_mi(f.memory_bytes, f.max_pods) / 100),
+    );
+    let sys = cce_system_centi_mi(f.memory_bytes) / 100;
+    if sys > 0 {
+        system.insert("memory".into(), Quantity::from_mebibytes(sys));
+    }
+    Reservation {
+        kube_reserved: kube,
+        system_reserved: system,
+        eviction_hard: eviction("100Mi", &NODEFS),
+    }
 }
 
 #[cfg(test)]
@@ -454,6 +661,143 @@ mod tests {
             (s(&r.kube_reserved, "cpu"), s(&r.system_reserved, "cpu")),
             ("100m".into(), "100m".into())
         );
+    }
+
+    /// Total (kubeReserved + systemReserved) cpu millicores and memory MiB of a reservation.
+    fn totals(r: &Reservation) -> (i128, i128) {
+        let sum = |k: &str| -> i128 {
+            [&r.kube_reserved, &r.system_reserved]
+                .iter()
+                .filter_map(|m| m.get(k))
+                .map(|q| q.nanos())
+                .sum()
+        };
+        (sum("cpu") / 1_000_000, sum("memory") / 1_000_000_000 / (MI as i128))
+    }
+
+    #[test]
+    fn ack_rules_follow_the_kubernetes_version() {
+        let v = |m| Some(KubeVersion::new(1, m));
+        assert_eq!(Policy::Ack.rule_for(v(27)).rule, Rule::Ack120);
+        assert_eq!(Policy::Ack.rule_for(v(20)).rule, Rule::Ack120);
+        assert_eq!(Policy::Ack.rule_for(v(28)).rule, Rule::Ack128);
+        assert_eq!(Policy::Ack.rule_for(v(33)).rule, Rule::Ack128);
+        assert!(Policy::Ack.rule_for(v(27)).warning.is_none());
+        assert!(Policy::Ack.rule_for(v(18)).warning.unwrap().contains("before Kubernetes 1.20"));
+        let unknown = Policy::Ack.rule_for(None);
+        assert_eq!(unknown.rule, Rule::Ack128);
+        assert!(unknown.warning.unwrap().contains("--kubernetes-version"));
+        // ACK's example node sizes (2c/4G, 4c/8G, 16c/32G, 64c/128G), 64 pods as in the page's
+        // worked example: (cpus, GiB, 1.20-1.27 totals, >= 1.28 totals) in (m, MiB).
+        for (cpus, gi, old, new) in [
+            (2, 4, (100, 1024), (70, 959)),
+            (4, 8, (100, 1843), (80, 959)),
+            (16, 32, (400, 3645), (110, 959)),
+            (64, 128, (1600, 9543), (230, 959)),
+        ] {
+            let f = facts(cpus, gi, 64);
+            let (r, c) = Policy::Ack.compute_for(&f, v(27), &Reservation::default()).unwrap();
+            assert_eq!((c.rule, totals(&r)), (Rule::Ack120, old), "{cpus}c/{gi}G 1.27");
+            let (r, c) = Policy::Ack.compute_for(&f, v(28), &Reservation::default()).unwrap();
+            assert_eq!((c.rule, totals(&r)), (Rule::Ack128, new), "{cpus}c/{gi}G 1.28");
+            assert_eq!(r.eviction_hard["memory.available"].to_string(), "300Mi");
+        }
+        // >= 1.28 honours maxPods: the pod term wins until 25 % of memory is smaller.
+        assert_eq!(ack_128_memory_mebibytes(4 * GI, 110), 1024, "25% of 4GiB < 11x110+255");
+        assert_eq!(ack_128_memory_mebibytes(8 * GI, 110), 1465);
+        assert_eq!(ack_128_memory_mebibytes(2 * GI, 16), 431);
+        assert_eq!(ack_128_memory_mebibytes(2 * GI, 64), 512);
+        // The CPU figures: 4 cores -> 80m, 32 cores -> 150m, split 50/50.
+        let r = ack_128(&facts(32, 64, 110));
+        assert_eq!(
+            (s(&r.kube_reserved, "cpu"), s(&r.system_reserved, "cpu")),
+            ("75m".into(), "75m".into())
+        );
+        let r = ack_128(&facts(4, 8, 110));
+        assert_eq!(
+            (s(&r.kube_reserved, "memory"), s(&r.system_reserved, "memory")),
+            ("733Mi".into(), "732Mi".into())
+        );
+    }
+
+    #[test]
+    fn aks_rules_follow_the_kubernetes_version() {
+        let v = |m| Some(KubeVersion::new(1, m));
+        assert_eq!(Policy::Aks.rule_for(v(28)).rule, Rule::AksBefore129);
+        assert_eq!(Policy::Aks.rule_for(v(29)).rule, Rule::Aks129);
+        assert_eq!(Policy::Aks.rule_for(None).rule, Rule::Aks129);
+        // Before 1.29: the page's tiers; a measured Standard_DS2_v2 (2 vCPU, 7GiB VM, capacity
+        // 7113660Ki, 110 pods) shows allocatable 1900m / 4668348Ki = 7GiB x 1.6/7 rounded down
+        // (1638Mi) + 750Mi eviction taken from the capacity.
+        let r = aks_before_129(&facts(2, 7, 110));
+        assert_eq!(s(&r.kube_reserved, "cpu"), "100m");
+        assert_eq!(s(&r.kube_reserved, "memory"), "1638Mi");
+        assert_eq!(r.eviction_hard["memory.available"].to_string(), "750Mi");
+        let capacity = NodeFacts { memory_bytes: 7_113_660 * 1024, ..facts(2, 7, 110) };
+        let a = crate::kubelet::validate::allocatable(&capacity, &r);
+        assert_eq!((a.cpu_millis, a.memory_bytes), (1900, 4_668_348 * 1024));
+        for (gi, mi) in [(4, 1024), (8, 1843), (16, 2662), (32, 3645), (64, 5611), (256, 12165)] {
+            let r = aks_before_129(&facts(4, gi, 30));
+            assert_eq!(
+                s(&r.kube_reserved, "memory"),
+                Quantity::from_mebibytes(mi).to_string(),
+                "{gi}GiB"
+            );
+        }
+        // 1.29 and later: the page's two examples.
+        let (r, _) =
+            Policy::Aks.compute_for(&facts(2, 8, 30), v(30), &Reservation::default()).unwrap();
+        assert_eq!(s(&r.kube_reserved, "memory"), "650Mi");
+        assert_eq!(r.eviction_hard["memory.available"].to_string(), "100Mi");
+    }
+
+    #[test]
+    fn tke_matches_its_published_examples() {
+        // tencentcloud.com/document/product/457/48777: CPU 32c -> 0.8c, 96c -> 2c, 196c -> 2.74c
+        // (and <= 4c -> 0.1c); memory 2GB -> 512MB, 8GB -> 1843MB, 12GB -> 2252MB,
+        // 32GB -> 3645MB, 320GB -> 13475MB.
+        for (cpus, gi, cpu, mem) in [
+            (2, 2, "100m", "512Mi"),
+            (4, 8, "100m", "1843Mi"),
+            (8, 12, "200m", "2252Mi"),
+            (32, 32, "800m", "3645Mi"),
+            (96, 192, "2", "10854Mi"),
+            (196, 320, "2740m", "13475Mi"),
+        ] {
+            let r = Policy::Tke.compute(&facts(cpus, gi, 64)).unwrap();
+            assert_eq!(
+                (s(&r.kube_reserved, "cpu"), s(&r.kube_reserved, "memory")),
+                (cpu.into(), mem.into()),
+                "{cpus}c/{gi}G"
+            );
+            assert!(r.system_reserved.is_empty());
+            assert_eq!(r.eviction_hard["memory.available"].to_string(), "100Mi");
+        }
+    }
+
+    #[test]
+    fn cce_v1_matches_its_published_tables() {
+        // support.huaweicloud.com cce_10_0178, "rules v1": system components + kubelet by pods.
+        // (cpus, GiB, maxPods, cpu, kubeReserved.memory, systemReserved.memory)
+        for (cpus, gi, pods, cpu, kube, sys) in [
+            (1, 2, 110, "60m", "512Mi", ""),           // <= 2GiB: 25 %
+            (2, 4, 20, "70m", "775Mi", ""),            // 700 + 4 x 18.75
+            (4, 8, 40, "80m", "1074Mi", ""),           // 1024 + 8 x 6.25
+            (8, 16, 110, "90m", "1588Mi", "819Mi"),    // 1230 + 46 x 7.80; 8GiB x 10 %
+            (16, 64, 256, "110m", "3173Mi", "3768Mi"), // 1740 + 128 x 11.20; 819.2 + 48 x 61.44
+            (32, 256, 16, "150m", "700Mi", "10321Mi"), // 819.2 + 6881.28 + 2621.44 -> 10321.92
+        ] {
+            let r = cce_v1(&facts(cpus, gi, pods));
+            assert_eq!(s(&r.kube_reserved, "cpu"), cpu, "{cpus}c");
+            assert_eq!(s(&r.kube_reserved, "memory"), kube, "{gi}GiB/{pods} pods");
+            assert_eq!(s(&r.system_reserved, "memory"), sys, "{gi}GiB system");
+        }
+        // The page's worked node: capacity 2 vCPU -> allocatable 1930m.
+        let f = facts(2, 4, 20);
+        let a = crate::kubelet::validate::allocatable(&f, &cce_v1(&f));
+        assert_eq!(a.cpu_millis, 1930);
+        assert!(Policy::Cce.rule_for(None).warning.unwrap().contains("v2"));
+        assert!(Policy::Cce.rule_for(Some(KubeVersion::new(1, 19))).warning.is_none());
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The line-level YAML editor for kubeadm's `/var/lib/kubelet/config.yaml` (the project has
-//! no YAML crate by design). It understands top-level keys only: it reads the owned maps
+//! The line-level YAML editor for kubeadm's `/var/lib/kubelet/config.yaml`. It uses no YAML
+//! library on purpose: parsing and re-emitting would lose comments and layout (`saphyr` reads
+//! pasted settings in `pasted`, where nothing is written back). It understands top-level keys only: it reads the owned maps
 //! (block or flow style), lists and plain/quoted scalars, replaces or appends the
 //! `kubeReserved` / `systemReserved` / `evictionHard` blocks and keeps every other line byte
 //! for byte. Anything it does not fully understand is refused rather than guessed at.
