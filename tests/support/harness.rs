@@ -60,6 +60,14 @@ impl Hub {
         Self::start_in(tempfile::tempdir().expect("tempdir"), extra)
     }
 
+    /// Like [`Hub::start_with`], `prepare` first given the directory whose
+    /// `data/` the hub will use (e.g. to mount a small filesystem there).
+    pub fn start_prepared(prepare: impl FnOnce(&Path), extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        prepare(dir.path());
+        Self::start_in(dir, extra)
+    }
+
     fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         deckhand::tls::install_crypto_provider();
         let pki = deckhand::tls::ensure_dev_pki(dir.path()).expect("pki");
@@ -212,7 +220,8 @@ impl Agent {
             .arg(d.join("state"))
             .arg("--ca-file")
             .arg(&self.ca)
-            .args(["--backoff-cap-secs", "1"])
+            // Fast reconnects in tests, unless the test sets its own cap.
+            .args(if self.extra.iter().any(|a| a == "--backoff-cap-secs") { &[][..] } else { &["--backoff-cap-secs", "1"][..] })
             .args(&self.extra)
             .env("DECKHAND_LOG", "info,deckhand=debug")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))

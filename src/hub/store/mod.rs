@@ -21,7 +21,7 @@ use crate::protocol::{HostFacts, Invocation, RecordReport};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     /// The database stayed locked (SQLite) or kept failing serialisation
     /// (PostgreSQL) past the busy timeout and the retries.
     #[error("database busy: {0}")]
@@ -70,6 +70,14 @@ impl StoreError {
             Some("5") | Some("6") | Some("517") | Some("261") | Some("262") => StoreError::Busy(e),
             _ => StoreError::Db(e),
         }
+    }
+}
+
+/// Every driver error is sorted by cause where it enters (a full disk on
+/// any write path is `DiskFull`, whichever query met it).
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::classify(e)
     }
 }
 

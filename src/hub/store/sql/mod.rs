@@ -94,6 +94,7 @@ impl SqlStore {
         let pool = PoolOptions::<Any>::new()
             .max_connections(SQLITE_POOL)
             .acquire_timeout(BUSY_TIMEOUT)
+            .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     // Durability and locking settings are per connection.
@@ -117,6 +118,7 @@ impl SqlStore {
         let pool = PoolOptions::<Any>::new()
             .max_connections(POSTGRES_POOL)
             .acquire_timeout(BUSY_TIMEOUT)
+            .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
             .connect(url)
             .await?;
         let store = Self { pool, d: Dialect::Postgres, url: url.to_string() };
@@ -219,6 +221,17 @@ impl SqlStore {
             other => other,
         }
     }
+}
+
+/// A connection goes back to the pool only outside any transaction. When a
+/// COMMIT fails on a full disk, SQLite has already rolled back, the driver's
+/// ROLLBACK then fails, and its transaction count stays at 1: reused, that
+/// connection refused every later BEGIN ("begin_with at non-zero
+/// transaction depth") until a restart (issue #14). Closing it instead
+/// costs one reconnect.
+fn fit_for_reuse(conn: &mut sqlx::AnyConnection) -> bool {
+    use sqlx::Connection;
+    !conn.is_in_transaction()
 }
 
 /// True for errors a retried transaction can get past: PostgreSQL's
