@@ -206,8 +206,12 @@ pub struct InvocationFilter {
     /// DescribeInvocations' `InvokeStatus`/`InvocationStatus`: an
     /// invocation matches when its legacy or its current aggregate status
     /// is one of these (filtered in SQL on the kept aggregates).
-    pub status: Option<(Option<InvokeStatus>, Option<InvocationOverall>)>,
+    pub status: Option<StatusFilter>,
 }
+
+/// An invocation-level status filter: the legacy and/or the current name
+/// (a value may be valid in one vocabulary or both).
+pub type StatusFilter = (Option<InvokeStatus>, Option<InvocationOverall>);
 
 /// One row of DescribeInvocationResults: a record, or a target that has
 /// none yet (with `IncludeHistory`).
