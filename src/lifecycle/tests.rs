@@ -314,7 +314,22 @@ fn what_a_010_agent_sends_is_read_as_meant() {
             S::Invalid,
         ),
         ("Failed", None, true, interrupted.as_ref(), S::Error),
-        ("Failed", None, true, None, S::Failed),
+        ("Failed", Some(2), true, None, S::Failed),
+        (
+            "Failed",
+            None,
+            true,
+            Some(&ErrorCode::DirectoryNotExists),
+            S::Invalid,
+        ),
+        ("Failed", None, true, None, S::Error),
+        (
+            "Failed",
+            None,
+            false,
+            Some(&ErrorCode::ClientNotResponse),
+            S::Aborted,
+        ),
         ("Running", None, true, None, S::Running),
         // Protocol 2 names read as themselves.
         ("Success", Some(0), true, None, S::Success),
