@@ -8,12 +8,15 @@
 //! upgrade -- --ignored make_upgrade_fixtures`). The live test with the
 //! old agent needs the same variable and is skipped, loudly, without it:
 //! building 0.1.0 inside the test costs a full release build.
-//! SQLite only: the PostgreSQL store runs the same migration code
-//! (`sql::writes::upgrade_lifecycle`), covered by the store suite's schema
-//! tests, but no 0.1.0 PostgreSQL dump is committed.
+//! PostgreSQL: no 0.1.0 dump is committed; `postgres_database_of_0_1_0_is_migrated`
+//! makes one live with the 0.1.0 hub (needs DECKHAND_V010_BIN and a server,
+//! see support/pg.rs) and checks the same migration there, and that it
+//! refuses to run under live replicas of the old release.
 
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/pg.rs"]
+mod pg;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -128,6 +131,56 @@ fn agent_0_1_0_keeps_working_against_this_hub() {
     hub.call("StopInvocation", &[("InvokeId", &long)]).unwrap();
     let r = &hub.wait_final(&long, WAIT)[0];
     assert_eq!((r["InvokeRecordStatus"].as_str(), r["InvocationStatus"].as_str()), (Some("Stopped"), Some("Terminated")), "{r}");
+}
+
+/// A 0.1.0 hub on PostgreSQL writes its rows; a new replica refuses to
+/// migrate while the old one is alive, then migrates once it is gone and
+/// shows every result with Alibaba's values.
+#[test]
+fn postgres_database_of_0_1_0_is_migrated() {
+    let Some(bin) = old_bin() else {
+        eprintln!("SKIPPED: DECKHAND_V010_BIN (a directory with the 0.1.0 binaries) is not set");
+        return;
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(pg::TestDb::create("upgrade::postgres")) else { return };
+    let old = Hub::start_binary(bin.join("deckhand-hub"), tempfile::tempdir().unwrap(), &["--store", &db.url]);
+    let agent = old.agent_binary(&old.url, bin.join("deckhand-agent"));
+    let id = agent.instance_id();
+    old.wait_online(&id);
+    let status = |hub: &Hub, inv: &str| result(hub, inv)["InvokeRecordStatus"].as_str().unwrap_or("").to_string();
+    let settled = |hub: &Hub, inv: &str| wait_until("0.1.0 final", WAIT, || matches!(status(hub, inv).as_str(), "Finished" | "Failed" | "Stopped" | "Timeout").then_some(()));
+    let ok = old.run("echo pg-ok", &[&id], &[]);
+    settled(&old, &ok);
+    let timeout = old.run("sleep 30", &[&id], &[("Timeout", "1")]);
+    settled(&old, &timeout);
+    let stopped = old.run("sleep 60", &[&id], &[("Timeout", "120")]);
+    wait_until("running", WAIT, || (status(&old, &stopped) == "Running").then_some(()));
+    old.call("StopInvocation", &[("InvokeId", &stopped)]).unwrap();
+    settled(&old, &stopped);
+
+    // The old replica is alive: the new release refuses to migrate under it.
+    let err = rt.block_on(deckhand::hub::store::SqlStore::open(&db.url)).err().expect("refused while an old replica runs");
+    assert!(err.to_string().contains("replica(s) of an older release"), "{err}");
+    drop(agent);
+    let mut old = old;
+    old.terminate();
+    // As if its liveness deadline had passed.
+    rt.block_on(async {
+        use sqlx::{Connection, Executor};
+        let mut c = sqlx::postgres::PgConnection::connect(&db.url).await.unwrap();
+        c.execute("UPDATE hubs SET last_seen = '2000-01-01T00:00:00Z'").await.unwrap();
+    });
+    let new = Hub::start_in(tempfile::tempdir().unwrap(), &["--store", &db.url]);
+    let r = result(&new, &ok);
+    assert_eq!((r["InvocationStatus"].as_str(), output_of(&r)), (Some("Success"), b"pg-ok\n".to_vec()), "{r}");
+    let r = result(&new, &timeout);
+    assert_eq!((r["InvokeRecordStatus"].as_str(), r["InvocationStatus"].as_str(), r["ErrorCode"].as_str()), (Some("Failed"), Some("Timeout"), Some("ExecutionTimeout")), "{r}");
+    let r = result(&new, &stopped);
+    assert_eq!((r["InvokeRecordStatus"].as_str(), r["InvocationStatus"].as_str()), (Some("Stopped"), Some("Terminated")), "{r}");
+    assert_eq!(invocation(&new, &ok)["InvocationStatus"], "Success");
+    drop(new);
+    rt.block_on(db.drop_db());
 }
 
 /// Makes tests/fixtures/upgrade/ with the 0.1.0 binaries. Ignored: run

@@ -32,6 +32,11 @@ pub enum StoreError {
     DiskFull(sqlx::Error),
     #[error("schema version {found} is newer than this hub understands ({known})")]
     SchemaTooNew { found: i64, known: i64 },
+    /// Replicas of an older release are alive on the shared database;
+    /// migrating under them would let them write rows this release reads
+    /// differently.
+    #[error("{replicas} replica(s) of an older release (schema version {version}) are running on this database; stop them before starting this release, which migrates the schema")]
+    OlderReplicasRunning { replicas: i64, version: i64 },
     /// A stored value this hub cannot read, named by table, column and row.
     #[error("stored value {table}.{column} of {id:?} cannot be read: {detail}")]
     Decode { table: &'static str, column: &'static str, id: String, detail: String },
