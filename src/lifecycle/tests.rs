@@ -323,6 +323,7 @@ fn what_a_010_agent_sends_is_read_as_meant() {
             S::Invalid,
         ),
         ("Failed", None, true, None, S::Error),
+        ("Failed", None, true, Some(&ErrorCode::ExitCodeNonzero), S::Failed),
         (
             "Failed",
             None,

@@ -40,7 +40,9 @@ pub fn reported_status(
         {
             S::Aborted
         }
-        "Failed" if exit_code.is_some() => S::Failed,
+        // A protocol 2 agent's Failed: a non-zero exit (a script killed by
+        // a signal from elsewhere has no exit code, but this code).
+        "Failed" if exit_code.is_some() || code == Some(&ErrorCode::ExitCodeNonzero) => S::Failed,
         "Failed" if !started || code.is_some_and(ErrorCode::is_start_failure) => S::Invalid,
         "Failed" => S::Error,
         other => InvocationStatus::parse(other)?,
