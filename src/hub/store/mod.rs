@@ -60,6 +60,16 @@ impl StoreError {
         }
     }
 
+    /// Busy past the timeout and the retries, here or in a failed batch:
+    /// transient, worth a retry by the caller.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            StoreError::Busy(_) => true,
+            StoreError::Batch(inner) => inner.is_busy(),
+            _ => false,
+        }
+    }
+
     /// Sorts a driver error by cause (SQLite result codes, PostgreSQL
     /// SQLSTATEs): full disk, busy, or anything else.
     pub fn classify(e: sqlx::Error) -> StoreError {
