@@ -2,6 +2,7 @@
 //! each instance's status, exit code and output; non-zero exit if any
 //! instance did not finish with exit code 0.
 
+use crate::lifecycle::CommandType;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -25,8 +26,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// RunShellScript, RunPowerShellScript or RunBatScript.
-    #[arg(long = "type", default_value = "RunShellScript")]
-    pub command_type: String,
+    #[arg(long = "type", default_value_t = CommandType::RunShellScript, value_parser = CommandType::parse)]
+    pub command_type: CommandType,
     #[arg(long)]
     pub username: Option<String>,
     #[arg(long)]
@@ -59,7 +60,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
     let client = cli.client()?;
     let script = args.script.join(" ");
     let mut p: Vec<(String, String)> = vec![
-        ("Type".into(), args.command_type.clone()),
+        ("Type".into(), args.command_type.as_str().to_string()),
         ("CommandContent".into(), base64::engine::general_purpose::STANDARD.encode(&script)),
         ("ContentEncoding".into(), "Base64".into()),
         ("Timeout".into(), args.timeout.as_secs().to_string()),

@@ -66,7 +66,11 @@ pub async fn relay(
             continue;
         }
         if send_invoke(hub, &instance_id, wire(hub, &inv, d.instance_name)) {
-            tracing::debug!(invoke_id, instance_id, "relayed invocation");
+            tracing::debug!(
+                invoke_id,
+                instance_id,
+                "pushed invocation announced by another replica"
+            );
         }
     }
     Ok(())

@@ -71,6 +71,21 @@ codes! {
     ExitCodeNonzero = "ExitCodeNonzero", Some("the command execution exit code is not zero");
 }
 
+impl ErrorCode {
+    /// Codes that say the run could not start on this instance (its type,
+    /// account, directory, schedule or a parameter): `Invalid` runs.
+    pub fn is_start_failure(&self) -> bool {
+        match self {
+            ErrorCode::CommandNotApplicable
+            | ErrorCode::AccountNotExists
+            | ErrorCode::DirectoryNotExists
+            | ErrorCode::BadCronExpression => true,
+            ErrorCode::Other(s) => s.starts_with("InvalidParameter."),
+            _ => false,
+        }
+    }
+}
+
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())

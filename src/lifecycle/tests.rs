@@ -299,7 +299,8 @@ fn aggregation_tables_are_exhaustive() {
 fn what_a_010_agent_sends_is_read_as_meant() {
     let interrupted = ErrorCode::parse("InstanceRestarted");
     assert_eq!(interrupted, Some(ErrorCode::ExecutionInterrupted));
-    let table: &[(&str, Option<i64>, bool, Option<&ErrorCode>, S)] = &[
+    type Row<'a> = (&'a str, Option<i64>, bool, Option<&'a ErrorCode>, S);
+    let table: &[Row] = &[
         ("Finished", Some(0), true, None, S::Success),
         ("Finished", Some(3), true, None, S::Failed),
         ("Stopped", None, false, None, S::Cancelled),
@@ -313,7 +314,23 @@ fn what_a_010_agent_sends_is_read_as_meant() {
             S::Invalid,
         ),
         ("Failed", None, true, interrupted.as_ref(), S::Error),
-        ("Failed", None, true, None, S::Failed),
+        ("Failed", Some(2), true, None, S::Failed),
+        (
+            "Failed",
+            None,
+            true,
+            Some(&ErrorCode::DirectoryNotExists),
+            S::Invalid,
+        ),
+        ("Failed", None, true, None, S::Error),
+        ("Failed", None, true, Some(&ErrorCode::ExitCodeNonzero), S::Failed),
+        (
+            "Failed",
+            None,
+            false,
+            Some(&ErrorCode::ClientNotResponse),
+            S::Aborted,
+        ),
         ("Running", None, true, None, S::Running),
         // Protocol 2 names read as themselves.
         ("Success", Some(0), true, None, S::Success),

@@ -3,6 +3,7 @@
 
 mod fanout;
 mod latency;
+mod listing;
 mod procs;
 
 use std::time::Duration;
@@ -32,6 +33,17 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 60)]
         secs: u64,
     },
+    /// One DescribeInvocations page over invocations of many targets each:
+    /// the time must not grow with the targets.
+    Listing {
+        #[arg(long, default_value_t = 50)]
+        invocations: usize,
+        #[arg(long, default_value_t = 10_000)]
+        targets: usize,
+        /// Hub store (`postgres://…`); default: SQLite in a temporary directory.
+        #[arg(long)]
+        store: Option<String>,
+    },
     /// Everything, small sizes: proves the benchmarks still run.
     Smoke,
 }
@@ -51,8 +63,10 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
         BenchCmd::Fanout { agents, store } => rt()?.block_on(fanout::run(*agents, store.as_deref())),
         BenchCmd::Latency { runs, store } => latency::latency(*runs, store.as_deref()),
         BenchCmd::Footprint { secs } => latency::footprint(Duration::from_secs(*secs)),
+        BenchCmd::Listing { invocations, targets, store } => rt()?.block_on(listing::run(*invocations, *targets, store.as_deref())),
         BenchCmd::Smoke => {
             rt()?.block_on(fanout::run(50, None))?;
+            rt()?.block_on(listing::run(5, 200, None))?;
             latency::latency(20, None)?;
             latency::footprint(Duration::from_secs(2))
         }

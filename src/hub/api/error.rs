@@ -42,6 +42,29 @@ impl From<crate::hub::store::StoreError> for ApiError {
             tracing::error!(error = %e, "database disk full; refusing writes");
             return Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the hub's database disk is full");
         }
+        if e.is_busy() {
+            tracing::warn!(error = %e, "database busy past its timeout");
+            return Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the hub's database is busy; retry later");
+        }
         Self::internal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::store::StoreError;
+
+    #[test]
+    fn a_full_database_disk_is_503_even_inside_a_failed_batch() {
+        let full = || StoreError::DiskFull(sqlx::Error::Protocol("database or disk is full".into()));
+        for e in [full(), StoreError::Batch(std::sync::Arc::new(full()))] {
+            let api = ApiError::from(e);
+            assert_eq!((api.status, api.code.as_str(), api.message.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the hub's database disk is full"));
+        }
+        let busy = ApiError::from(StoreError::Busy(sqlx::Error::PoolTimedOut));
+        assert_eq!((busy.status, busy.message.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "the hub's database is busy; retry later"));
+        let other = ApiError::from(StoreError::WriterStopped);
+        assert_eq!(other.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

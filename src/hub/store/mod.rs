@@ -32,6 +32,11 @@ pub enum StoreError {
     DiskFull(sqlx::Error),
     #[error("schema version {found} is newer than this hub understands ({known})")]
     SchemaTooNew { found: i64, known: i64 },
+    /// Replicas of an older release are alive on the shared database;
+    /// migrating under them would let them write rows this release reads
+    /// differently.
+    #[error("{replicas} replica(s) of an older release (schema version {version}) are running on this database; stop them before starting this release, which migrates the schema")]
+    OlderReplicasRunning { replicas: i64, version: i64 },
     /// A stored value this hub cannot read, named by table, column and row.
     #[error("stored value {table}.{column} of {id:?} cannot be read: {detail}")]
     Decode { table: &'static str, column: &'static str, id: String, detail: String },
@@ -51,6 +56,16 @@ impl StoreError {
         match self {
             StoreError::DiskFull(_) => true,
             StoreError::Batch(inner) => inner.is_disk_full(),
+            _ => false,
+        }
+    }
+
+    /// Busy past the timeout and the retries, here or in a failed batch:
+    /// transient, worth a retry by the caller.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            StoreError::Busy(_) => true,
+            StoreError::Batch(inner) => inner.is_busy(),
             _ => false,
         }
     }
@@ -214,8 +229,12 @@ pub struct InvocationFilter {
     /// DescribeInvocations' `InvokeStatus`/`InvocationStatus`: an
     /// invocation matches when its legacy or its current aggregate status
     /// is one of these (filtered in SQL on the kept aggregates).
-    pub status: Option<(Option<InvokeStatus>, Option<InvocationOverall>)>,
+    pub status: Option<StatusFilter>,
 }
+
+/// An invocation-level status filter: the legacy and/or the current name
+/// (a value may be valid in one vocabulary or both).
+pub type StatusFilter = (Option<InvokeStatus>, Option<InvocationOverall>);
 
 /// One row of DescribeInvocationResults: a record, or a target that has
 /// none yet (with `IncludeHistory`).

@@ -175,6 +175,18 @@ impl SqlStore {
         if current > known {
             return Err(StoreError::SchemaTooNew { found: current, known });
         }
+        // Replicas of the previous release still running on this database
+        // would keep writing the old status names without the kept counts:
+        // refuse to migrate under them, naming how many.
+        if self.d == Dialect::Postgres && current >= 3 && (current as usize) < schema::LIFECYCLE_STEP {
+            let alive: i64 = self.qs("SELECT COUNT(*) FROM hubs WHERE last_seen >= ?")
+                .bind(ago_str(crate::hub::cluster::DEAD_AFTER))
+                .fetch_one(&mut *tx)
+                .await?;
+            if alive > 0 {
+                return Err(StoreError::OlderReplicasRunning { replicas: alive, version: current });
+            }
+        }
         // All pending steps commit together: a crash mid-way leaves the old
         // schema, never half of a step.
         for (i, step) in schema::MIGRATIONS.iter().enumerate().skip(current as usize) {
