@@ -1,6 +1,8 @@
 //! The agent's configuration: `/etc/deckhand/agent.toml` (every key
 //! optional, unknown keys refused), overridden key by key by flags and
 //! environment variables. `deckhand-agent config check` prints the result.
+//! On Windows the defaults live under `%ProgramData%\deckhand\` instead
+//! ([`default_path`], [`default_state_dir`], [`default_log_dir`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,8 +12,47 @@ use serde::{Deserialize, Serialize};
 use super::AgentConfig;
 use super::transport::HubUrl;
 
+/// Unix default config file; see [`default_path`] for the platform's.
 pub const DEFAULT_PATH: &str = "/etc/deckhand/agent.toml";
+/// Unix default state directory; see [`default_state_dir`] for the platform's.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/deckhand/agent";
+
+/// `%ProgramData%` (machine-wide application data, `C:\ProgramData` on every
+/// supported Windows), falling back to that path when the variable is unset
+/// or not absolute (a service's environment can be sparse).
+#[cfg(windows)]
+pub fn program_data() -> PathBuf {
+    std::env::var_os("ProgramData")
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
+}
+
+/// The default config file: `/etc/deckhand/agent.toml`;
+/// Windows `%ProgramData%\deckhand\agent.toml`.
+pub fn default_path() -> PathBuf {
+    #[cfg(windows)]
+    return program_data().join("deckhand").join("agent.toml");
+    #[cfg(not(windows))]
+    PathBuf::from(DEFAULT_PATH)
+}
+
+/// The default state directory (identity, journal, status):
+/// `/var/lib/deckhand/agent`; Windows `%ProgramData%\deckhand\agent`
+/// (a Unix path there would become `C:\var\lib\…`).
+pub fn default_state_dir() -> PathBuf {
+    #[cfg(windows)]
+    return program_data().join("deckhand").join("agent");
+    #[cfg(not(windows))]
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+
+/// Windows only (Unix logs to the journal): where the service writes its
+/// daily log files, `%ProgramData%\deckhand\logs`.
+#[cfg(windows)]
+pub fn default_log_dir() -> PathBuf {
+    program_data().join("deckhand").join("logs")
+}
 /// More parallel scripts than this is a fork bomb, not a fleet tool.
 pub const MAX_CONCURRENT: usize = 256;
 pub const MAX_BACKOFF_CAP_SECS: u64 = 3600;
@@ -53,7 +94,12 @@ impl AgentFile {
 
     /// The file named by `explicit`, else the default path if it exists.
     pub fn discover(explicit: Option<&Path>) -> Result<Self, ConfigError> {
-        crate::config::discover(explicit, DEFAULT_PATH)
+        let default = default_path();
+        match explicit {
+            Some(p) => Self::load(p),
+            None if default.exists() => Self::load(&default),
+            None => Ok(Self::default()),
+        }
     }
 
     /// `other`'s set keys win.
@@ -69,7 +115,7 @@ impl AgentFile {
     pub fn resolve(&self) -> Result<AgentConfig, ConfigError> {
         let hub = self.hub.clone().ok_or(ConfigError::Invalid { key: "hub", message: "required (flag --hub, env DECKHAND_AGENT_HUB, or `hub` in agent.toml)".into() })?;
         HubUrl::parse_list(&hub).map_err(|e| ConfigError::Invalid { key: "hub", message: e.to_string() })?;
-        let mut cfg = AgentConfig::new(hub, self.state_dir.clone().unwrap_or_else(|| DEFAULT_STATE_DIR.into()));
+        let mut cfg = AgentConfig::new(hub, self.state_dir.clone().unwrap_or_else(default_state_dir));
         if let Some(ca) = &self.ca_file {
             if !ca.exists() {
                 return Err(ConfigError::Invalid { key: "ca_file", message: format!("{} does not exist", ca.display()) });
