@@ -17,15 +17,51 @@ pub const DEFAULT_PATH: &str = "/etc/deckhand/agent.toml";
 /// Unix default state directory; see [`default_state_dir`] for the platform's.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/deckhand/agent";
 
-/// `%ProgramData%` (machine-wide application data, `C:\ProgramData` on every
-/// supported Windows), falling back to that path when the variable is unset
-/// or not absolute (a service's environment can be sparse).
+/// The machine-wide application data folder (`%ProgramData%`,
+/// `C:\ProgramData` on a standard installation), asked of the shell's known
+/// folders rather than read from the environment: a service's environment
+/// need not have it right (Wine gives services `ProgramData=C:\users\Public`).
+/// Falls back to the variable, then to `C:\ProgramData`.
 #[cfg(windows)]
 pub fn program_data() -> PathBuf {
-    std::env::var_os("ProgramData")
-        .map(PathBuf::from)
+    known_program_data()
+        .or_else(|| std::env::var_os("ProgramData").map(PathBuf::from))
         .filter(|p| p.is_absolute())
         .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
+}
+
+/// `SHGetKnownFolderPath(FOLDERID_ProgramData)`. Declared here because the
+/// crate's windows-sys features do not include the shell.
+#[cfg(windows)]
+fn known_program_data() -> Option<PathBuf> {
+    use std::ffi::c_void;
+    use std::os::windows::ffi::OsStringExt;
+
+    use windows_sys::core::GUID;
+
+    /// FOLDERID_ProgramData {62AB5D82-FDC1-4DC3-A9DD-070D1D495D97}.
+    const FOLDERID_PROGRAM_DATA: GUID = GUID::from_u128(0x62ab5d82_fdc1_4dc3_a9dd_070d1d495d97);
+    #[link(name = "shell32")]
+    unsafe extern "system" {
+        fn SHGetKnownFolderPath(rfid: *const GUID, flags: u32, token: *mut c_void, path: *mut *mut u16) -> i32;
+    }
+    #[link(name = "ole32")]
+    unsafe extern "system" {
+        fn CoTaskMemFree(pv: *const c_void);
+    }
+    let mut raw: *mut u16 = std::ptr::null_mut();
+    // SAFETY: valid GUID pointer, default flags, no token (this user), and an
+    // out pointer the call fills with a NUL-terminated string that we free
+    // with CoTaskMemFree whatever the result (it may be set on failure too).
+    unsafe {
+        let hr = SHGetKnownFolderPath(&FOLDERID_PROGRAM_DATA, 0, std::ptr::null_mut(), &mut raw);
+        let path = (hr >= 0 && !raw.is_null()).then(|| {
+            let len = (0..).take_while(|&i| *raw.add(i) != 0).count();
+            PathBuf::from(std::ffi::OsString::from_wide(std::slice::from_raw_parts(raw, len)))
+        });
+        CoTaskMemFree(raw.cast());
+        path
+    }
 }
 
 /// The default config file: `/etc/deckhand/agent.toml`;
