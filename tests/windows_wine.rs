@@ -40,6 +40,9 @@ const WIN_DIR: &str = r"C:\Program Files\deckhand";
 const DATA_DIR: &str = r"C:\deckhand";
 /// A run's final state may take a while under Wine (process start is slow).
 const FINAL_WAIT: Duration = Duration::from_secs(60);
+/// Waits for Wine to do something (start a process, a service, connect):
+/// generous, since CI machines are shared and Wine starts slowly under load.
+const WINE_WAIT: Duration = Duration::from_secs(60);
 
 fn find_in_path(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -193,8 +196,10 @@ fn exercise(hub: &Hub, wine: &Wine, id: &str, mode: u32) {
     // 3. Timeout ends the whole tree: cmd → cmd → ping (a grandchild).
     let count = (4100 + mode).to_string();
     let script = format!("@cmd /c \"cmd /c ping -n {count} 127.0.0.1 >nul\"\r\n");
-    let inv = run_bat(hub, id, &script, &[("Timeout", "8")]);
-    wait_until("the timed-out tree's ping to start", Duration::from_secs(30), || (!processes_with(&["ping", &count]).is_empty()).then_some(()));
+    // Long enough for three Wine processes to start on a loaded machine:
+    // the grandchild must be seen alive before the timeout, or nothing is proven.
+    let inv = run_bat(hub, id, &script, &[("Timeout", "15")]);
+    wait_until("the timed-out tree's ping to start", WINE_WAIT, || (!processes_with(&["ping", &count]).is_empty()).then_some(()));
     let r = one_result(hub, &inv);
     assert_eq!(r["InvokeRecordStatus"], "Timeout", "{r}");
     assert_eq!(r["ErrorCode"], "ExecutionTimeout", "{r}");
@@ -203,7 +208,7 @@ fn exercise(hub: &Hub, wine: &Wine, id: &str, mode: u32) {
     // 4. Stop ends the tree too.
     let count = (4200 + mode).to_string();
     let inv = run_bat(hub, id, &format!("@ping -n {count} 127.0.0.1 >nul\r\n"), &[("Timeout", "600")]);
-    wait_until("the stopped run's ping to start", Duration::from_secs(30), || (!processes_with(&["ping", &count]).is_empty()).then_some(()));
+    wait_until("the stopped run's ping to start", WINE_WAIT, || (!processes_with(&["ping", &count]).is_empty()).then_some(()));
     hub.call("StopInvocation", &[("InvokeId", &inv), ("InstanceId.1", id)]).expect("StopInvocation");
     let r = one_result(hub, &inv);
     assert_eq!(r["InvokeRecordStatus"], "Stopped", "{r}");
@@ -213,11 +218,20 @@ fn exercise(hub: &Hub, wine: &Wine, id: &str, mode: u32) {
     let ticks = wine.host(&format!(r"C:\deckhand\ticks{mode}.txt"));
     let script = format!("@echo tick>>C:\\deckhand\\ticks{mode}.txt\r\n");
     let inv = run_bat(hub, id, &script, &[("RepeatMode", "Period"), ("Frequency", "*/10 * * * * ?"), ("Timeout", "8")]);
-    wait_until("two periodic fires", Duration::from_secs(45), || {
+    wait_until("two periodic fires", WINE_WAIT, || {
         let n = std::fs::read_to_string(&ticks).ok()?.lines().filter(|l| l.trim() == "tick").count();
         (n >= 2).then_some(())
     });
     hub.call("StopInvocation", &[("InvokeId", &inv)]).expect("stop the periodic invocation");
+}
+
+/// Like the harness's, with Wine's slower start in mind.
+fn wait_online(hub: &Hub, id: &str) {
+    wait_until(&format!("{id} online"), WINE_WAIT, || {
+        let v = hub.call("DescribeCloudAssistantStatus", &[("InstanceId.1", id)]).ok()?;
+        let s = v["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"][0]["CloudAssistantStatus"].as_str()?.to_string();
+        (s == "true").then_some(())
+    });
 }
 
 fn identity_in(dir: &Path) -> Option<String> {
@@ -292,7 +306,7 @@ fn windows_agent_under_wine_console_and_service() {
     let dump = |what: &str| {
         format!("{what}\n---- console agent log ----\n{}", std::fs::read_to_string(&console_log).unwrap_or_default())
     };
-    let id = match (0..400).find_map(|_| {
+    let id = match (0..1200).find_map(|_| {
         if let Ok(Some(s)) = console.0.try_wait() {
             panic!("{}", dump(&format!("the console agent exited with {s}")));
         }
@@ -302,10 +316,10 @@ fn windows_agent_under_wine_console_and_service() {
         })
     }) {
         Some(id) => id,
-        None => panic!("{}", dump("no identity in %ProgramData%\\deckhand\\agent after 20 s")),
+        None => panic!("{}", dump("no identity in %ProgramData%\\deckhand\\agent after 60 s")),
     };
     assert!(!wine.host(r"C:\var").exists(), "nothing may be written under C:\\var");
-    hub.wait_online(&id);
+    wait_online(&hub, &id);
     exercise(&hub, &wine, &id, 1);
     assert!(state.join("status.json").is_file(), "status.json in the state dir");
     drop(console);
@@ -341,13 +355,13 @@ fn windows_agent_under_wine_console_and_service() {
         let Ok(rd) = std::fs::read_dir(&logs) else { return String::new() };
         rd.filter_map(|e| e.ok()).map(|e| std::fs::read_to_string(e.path()).unwrap_or_default()).collect()
     };
-    wait_until("service RUNNING", Duration::from_secs(30), || wine.sc_query().contains("RUNNING").then_some(()));
-    hub.wait_online(&id);
+    wait_until("service RUNNING", WINE_WAIT, || wine.sc_query().contains("RUNNING").then_some(()));
+    wait_online(&hub, &id);
     exercise(&hub, &wine, &id, 2);
 
     let o = wine.run("sc", &["stop", "deckhand-agent"]);
     assert!(o.status.success(), "sc stop: {}", String::from_utf8_lossy(&o.stdout));
-    let q = wait_until("service STOPPED", Duration::from_secs(30), || Some(wine.sc_query()).filter(|q| q.contains("STOPPED")));
+    let q = wait_until("service STOPPED", WINE_WAIT, || Some(wine.sc_query()).filter(|q| q.contains("STOPPED")));
     let exit_line = q.lines().find(|l| l.contains("WIN32_EXIT_CODE")).unwrap_or_default();
     assert!(exit_line.split(':').nth(1).is_some_and(|v| v.trim().starts_with("0 ")), "exit code 0 after a stop: {q}\n{}", service_logs());
 
@@ -360,7 +374,7 @@ fn windows_agent_under_wine_console_and_service() {
     // Uninstall stops a running service, then removes it.
     let o = wine.run("sc", &["start", "deckhand-agent"]);
     assert!(o.status.success(), "sc start again: {}", String::from_utf8_lossy(&o.stdout));
-    wait_until("service RUNNING again", Duration::from_secs(30), || wine.sc_query().contains("RUNNING").then_some(()));
+    wait_until("service RUNNING again", WINE_WAIT, || wine.sc_query().contains("RUNNING").then_some(()));
     let o = wine.run(&agent_exe, &["service", "uninstall"]);
     let said = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success() && said.contains("removed"), "service uninstall: {said}");

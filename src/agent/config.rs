@@ -56,7 +56,8 @@ fn known_program_data() -> Option<PathBuf> {
     unsafe {
         let hr = SHGetKnownFolderPath(&FOLDERID_PROGRAM_DATA, 0, std::ptr::null_mut(), &mut raw);
         let path = (hr >= 0 && !raw.is_null()).then(|| {
-            let len = (0..).take_while(|&i| *raw.add(i) != 0).count();
+            // Bounded by the longest path Windows has (32 767 UTF-16 units).
+            let len = (0..32_767).take_while(|&i| *raw.add(i) != 0).count();
             PathBuf::from(std::ffi::OsString::from_wide(std::slice::from_raw_parts(raw, len)))
         });
         CoTaskMemFree(raw.cast());

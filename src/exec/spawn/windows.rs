@@ -103,9 +103,8 @@ fn output_pipe(invoke_id: &str) -> std::io::Result<(NamedPipeServer, std::fs::Fi
     // The client is already connected, so this completes at once; it is
     // what tells the event loop to start reading. If it did not complete,
     // the connect is in flight and reading starts when it does.
-    match server.connect().now_or_never() {
-        Some(Err(e)) => return Err(e),
-        Some(Ok(())) | None => {}
+    if let Some(Err(e)) = server.connect().now_or_never() {
+        return Err(e);
     }
     tracing::debug!(invoke_id, pipe = %name, "output pipe created");
     Ok((server, client))
