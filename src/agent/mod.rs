@@ -368,7 +368,7 @@ async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveCh
                     HubMsg::Invoke { invocation } => {
                         let invoke_id = invocation.invoke_id.clone();
                         // Journal first; ack only what is durably ours.
-                        runner.accept(invocation)?;
+                        runner.accept(*invocation)?;
                         send(ws, &AgentMsg::InvokeAck { invoke_id }).await?;
                     }
                     HubMsg::Stop { invoke_id } => runner.stop(&invoke_id),

@@ -88,11 +88,10 @@ async fn sim_agent(url: HubUrl, tls: Arc<rustls::ClientConfig>, act: (String, St
                     final_ids.insert(next_id + 1);
                     next_id += 2;
                 }
-                HubMsg::ReportAck { report_id } => {
-                    if final_ids.remove(&report_id) {
+                HubMsg::ReportAck { report_id }
+                    if final_ids.remove(&report_id) => {
                         let _ = done.send(());
                     }
-                }
                 _ => {}
             }
         }
