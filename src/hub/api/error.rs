@@ -24,10 +24,6 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, format!("InvalidParameter.{param}"), format!("The specified parameter \"{param}\" is not valid: {why}"))
     }
 
-    pub fn not_found(what: &str, id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, format!("InvalidParameter.{what}"), format!("The specified {what} \"{id}\" does not exist."))
-    }
-
     pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error serving API request");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "The request processing has failed due to some unknown error.")
