@@ -69,6 +69,9 @@ codes! {
     ExecutionException = "ExecutionException", Some("the command execution got an exception");
     ExecutionInterrupted = "ExecutionInterrupted", Some("the command execution has been interrupted");
     ExitCodeNonzero = "ExitCodeNonzero", Some("the command execution exit code is not zero");
+    // deckhand extension (rate control, docs/fleet.md): no Alibaba code
+    // exists for a target a halted rollout never started.
+    MaxErrorsExceeded = "MaxErrorsExceeded", Some("the rollout stopped before this instance started: errors exceeded MaxErrors");
 }
 
 impl std::fmt::Display for ErrorCode {

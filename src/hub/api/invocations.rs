@@ -6,6 +6,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
+use super::fleet::{self, Resolved, Selector};
 use super::params::Params;
 use super::{Paging, Request};
 use crate::hub::store::{CommandRow, InvocationFilter, InvocationRow, ResultRow, TargetRow, now_str};
@@ -74,10 +75,18 @@ fn parameters(p: &Params, content: &str, enabled: bool, policy: crate::exec::par
     Ok(Value::Object(map).to_string())
 }
 
+/// Cloud Assistant's `RepeatMode=DryRun`: validate everything, run nothing.
+/// A request-only value: it never reaches the store or an agent.
+const DRY_RUN: &str = "DryRun";
+
 /// RepeatMode and Frequency, validated with the agent's own scheduler
 /// grammar so the API refuses what an agent could never fire.
+/// `DryRun` is validated as `Once`.
 fn repeat(p: &Params, timeout_secs: i64) -> Result<(RepeatMode, String), ApiError> {
-    let mode = named(p, "RepeatMode", RepeatMode::parse)?.unwrap_or(RepeatMode::Once);
+    let mode = match p.get("RepeatMode") {
+        Some(DRY_RUN) => RepeatMode::Once,
+        _ => named(p, "RepeatMode", RepeatMode::parse)?.unwrap_or(RepeatMode::Once),
+    };
     let freq = p.string("Frequency", 256)?.unwrap_or_default();
     if mode == RepeatMode::Period && freq.is_empty() {
         return Err(ApiError::missing("Frequency"));
@@ -87,6 +96,16 @@ fn repeat(p: &Params, timeout_secs: i64) -> Result<(RepeatMode, String), ApiErro
         crate::agent::schedule::validate_frequency(&freq, timeout, chrono::Utc::now()).map_err(|e| ApiError::invalid("Frequency", e))?;
     }
     Ok((mode, freq))
+}
+
+/// The targets of a new invocation, fixed here: the instances a selector
+/// (`ResourceTag.N`, deckhand's `Target*`) matches now, or the listed
+/// `InstanceId.N`.
+async fn targets(req: &Request<'_>) -> Result<Resolved, ApiError> {
+    match Selector::from_params(&req.params)? {
+        Some(sel) => fleet::resolve(req, &sel).await,
+        None => Ok(Resolved { targets: instances(req).await?, unreachable: Vec::new() }),
+    }
 }
 
 /// Target instances, de-duplicated, each known; with their names (one query).
@@ -128,7 +147,8 @@ pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let parameters = parameters(p, &content, enable_parameter, req.hub.config.parameter_values)?;
     let timeout = p.int("Timeout", TIMEOUT_RANGE.0, TIMEOUT_RANGE.1)?.unwrap_or(DEFAULT_TIMEOUT);
     let (repeat_mode, frequency) = repeat(p, timeout)?;
-    let ids = instances(req).await?;
+    let resolved = targets(req).await?;
+    let window = fleet::window(p, resolved.targets.len(), repeat_mode)?;
     let cmd = CommandRow {
         command_id: new_id("c"),
         name: p.string("Name", 128)?.unwrap_or_default(),
@@ -143,8 +163,31 @@ pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
         visible: p.bool("KeepCommand")?.unwrap_or(false),
         invoke_times: 0,
     };
-    let inv = invocation_for(&cmd, parameters, repeat_mode, frequency, p.get("ClientToken").unwrap_or(""));
-    create_and_push(req, Some(&cmd), inv, &ids).await
+    let mut inv = invocation_for(&cmd, parameters, repeat_mode, frequency, p.get("ClientToken").unwrap_or(""));
+    inv.window = window;
+    if p.get("RepeatMode") == Some(DRY_RUN) {
+        return Ok(dry_run(&inv, &resolved));
+    }
+    inv.unreachable = resolved.unreachable;
+    create_and_push(req, Some(&cmd), inv, &resolved.targets).await
+}
+
+/// The answer to `RepeatMode=DryRun`: no ids (nothing was created), and
+/// what would have run (deckhand extension `DryRunResult`).
+fn dry_run(inv: &InvocationRow, resolved: &Resolved) -> Value {
+    let shown: Vec<&str> = resolved.targets.iter().take(MAX_INVOKE_INSTANCES as usize).map(|(id, _)| id.as_str()).collect();
+    json!({
+        "CommandId": "",
+        "InvokeId": "",
+        "DryRunResult": {
+            "TargetCount": resolved.targets.len(),
+            "UnreachableCount": resolved.unreachable.len(),
+            "InstanceIds": { "InstanceId": shown },
+            "MaxConcurrency": inv.window.max_concurrency,
+            "MaxErrors": inv.window.max_errors,
+            "BatchWait": inv.window.batch_wait_secs,
+        },
+    })
 }
 
 pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
@@ -169,9 +212,18 @@ pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
     if let Some(w) = p.string("WorkingDir", 200)? {
         cmd.working_dir = w;
     }
-    let ids = instances(req).await?;
-    let inv = invocation_for(&cmd, parameters, repeat_mode, frequency, p.get("ClientToken").unwrap_or(""));
-    let mut v = create_and_push(req, None, inv, &ids).await?;
+    let resolved = targets(req).await?;
+    let mut inv = invocation_for(&cmd, parameters, repeat_mode, frequency, p.get("ClientToken").unwrap_or(""));
+    inv.window = fleet::window(p, resolved.targets.len(), repeat_mode)?;
+    if p.get("RepeatMode") == Some(DRY_RUN) {
+        let mut v = dry_run(&inv, &resolved);
+        if let Value::Object(m) = &mut v {
+            m.remove("CommandId");
+        }
+        return Ok(v);
+    }
+    inv.unreachable = resolved.unreachable;
+    let mut v = create_and_push(req, None, inv, &resolved.targets).await?;
     if let Value::Object(m) = &mut v {
         m.remove("CommandId");
     }
@@ -196,6 +248,8 @@ fn invocation_for(cmd: &CommandRow, parameters: String, repeat_mode: RepeatMode,
         client_token: token.to_string(),
         stop_requested: false,
         counts: Counts::default(),
+        window: Default::default(),
+        unreachable: Vec::new(),
     }
 }
 
@@ -217,7 +271,15 @@ async fn create_and_push(req: &Request<'_>, cmd: Option<&CommandRow>, inv: Invoc
         }
         Err(e) => return Err(e.into()),
     }
-    crate::hub::delivery::push_new(req.hub, &inv, targets);
+    if inv.window.max_concurrency > 0 {
+        // The store chose the first window: send what it released.
+        crate::hub::delivery::relay(req.hub, &inv.invoke_id, None).await?;
+    } else {
+        // Instances matched while offline are settled already: never sent.
+        let unreachable: std::collections::HashSet<&str> = inv.unreachable.iter().map(String::as_str).collect();
+        let reachable: Vec<(String, String)> = targets.iter().filter(|(id, _)| !unreachable.contains(id.as_str())).cloned().collect();
+        crate::hub::delivery::push_new(req.hub, &inv, &reachable);
+    }
     crate::hub::cluster::announce(req.hub, crate::hub::cluster::Event::Invoke { id: inv.invoke_id.clone() }).await;
     tracing::info!(invoke_id = %inv.invoke_id, targets = ids.len(), "invocation created");
     Ok(json!({ "CommandId": inv.command_id, "InvokeId": inv.invoke_id }))
@@ -309,6 +371,12 @@ pub async fn describe_invocations(req: &Request<'_>) -> Result<Value, ApiError> 
             "WorkingDir": inv.working_dir,
             "Timeout": inv.timeout_secs,
             "InvokeInstances": { "InvokeInstance": instances },
+            // deckhand extensions (docs/fleet.md): the resolved target
+            // count and the rollout window.
+            "TargetCount": inv.counts.total(),
+            "MaxConcurrency": inv.window.max_concurrency,
+            "MaxErrors": inv.window.max_errors,
+            "BatchWait": inv.window.batch_wait_secs,
         }));
     }
     let mut out = Map::new();

@@ -7,6 +7,7 @@
 pub mod auth;
 mod commands;
 pub mod error;
+mod fleet;
 mod instances;
 mod invocations;
 pub mod params;
