@@ -70,8 +70,9 @@ codes! {
     ExecutionInterrupted = "ExecutionInterrupted", Some("the command execution has been interrupted");
     ExitCodeNonzero = "ExitCodeNonzero", Some("the command execution exit code is not zero");
     // deckhand extension (rate control, docs/fleet.md): no Alibaba code
-    // exists for a target a halted rollout never started.
-    MaxErrorsExceeded = "MaxErrorsExceeded", Some("the rollout stopped before this instance started: errors exceeded MaxErrors");
+    // exists for a target a halted rollout never started. No fixed text:
+    // the stored ErrorInfo gives the counts that stopped the rollout.
+    MaxErrorsExceeded = "MaxErrorsExceeded", None;
 }
 
 impl std::fmt::Display for ErrorCode {
