@@ -374,6 +374,7 @@ pub async fn describe_invocations(req: &Request<'_>) -> Result<Value, ApiError> 
             // deckhand extensions (docs/fleet.md): the resolved target
             // count and the rollout window.
             "TargetCount": inv.counts.total(),
+            "StatusCounts": InvocationStatus::ALL.iter().map(|st| (st.as_str().to_string(), Value::from(inv.counts.get(*st)))).collect::<Map<String, Value>>(),
             "MaxConcurrency": inv.window.max_concurrency,
             "MaxErrors": inv.window.max_errors,
             "BatchWait": inv.window.batch_wait_secs,
@@ -432,7 +433,15 @@ pub async fn describe_invocation_results(req: &Request<'_>) -> Result<Value, Api
     let paging = Paging::from(p, 10, 50)?;
     let plain = wants_plain(p)?;
     let include_history = p.bool("IncludeHistory")?.unwrap_or(false);
-    let statuses = record_status_filter(p, "InvokeRecordStatus")?;
+    let mut statuses = record_status_filter(p, "InvokeRecordStatus")?;
+    // deckhand extension: filter by the per-instance InvocationStatus
+    // (`Failed` here means a non-zero exit, unlike the record level).
+    if let Some(one) = named(p, "InvocationStatus", InvocationStatus::parse)? {
+        if p.get("InvokeRecordStatus").is_some() {
+            return Err(ApiError::invalid("InvocationStatus", "give InvokeRecordStatus or InvocationStatus, not both"));
+        }
+        statuses = vec![one];
+    }
     let filter = InvocationFilter {
         invoke_id: p.get("InvokeId").map(str::to_string),
         instance_id: p.get("InstanceId").map(str::to_string),
