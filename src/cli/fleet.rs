@@ -36,10 +36,10 @@ impl Progress {
         let mut counts = BTreeMap::new();
         if let Some(m) = inv.get("StatusCounts").and_then(Value::as_object) {
             for (k, v) in m {
-                if let (Ok(st), Some(n)) = (InvocationStatus::parse(k), v.as_i64()) {
-                    if n > 0 {
-                        counts.insert(st, n);
-                    }
+                if let (Ok(st), Some(n)) = (InvocationStatus::parse(k), v.as_i64())
+                    && n > 0
+                {
+                    counts.insert(st, n);
                 }
             }
         }

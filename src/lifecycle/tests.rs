@@ -308,7 +308,8 @@ fn aggregation_tables_are_exhaustive() {
 fn what_a_010_agent_sends_is_read_as_meant() {
     let interrupted = ErrorCode::parse("InstanceRestarted");
     assert_eq!(interrupted, Some(ErrorCode::ExecutionInterrupted));
-    let table: &[(&str, Option<i64>, bool, Option<&ErrorCode>, S)] = &[
+    type Row<'a> = (&'a str, Option<i64>, bool, Option<&'a ErrorCode>, S);
+    let table: &[Row] = &[
         ("Finished", Some(0), true, None, S::Success),
         ("Finished", Some(3), true, None, S::Failed),
         ("Stopped", None, false, None, S::Cancelled),

@@ -136,10 +136,10 @@ async fn answer_for_token(req: &Request<'_>, token: &str) -> Result<Option<Value
 
 pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let p = &req.params;
-    if let Some(token) = p.string("ClientToken", 64)? {
-        if let Some(answer) = answer_for_token(req, &token).await? {
-            return Ok(answer);
-        }
+    if let Some(token) = p.string("ClientToken", 64)?
+        && let Some(answer) = answer_for_token(req, &token).await?
+    {
+        return Ok(answer);
     }
     let ctype = command_type(p)?;
     let content = decode_content(p, "CommandContent", "PlainText")?;
@@ -192,10 +192,10 @@ fn dry_run(inv: &InvocationRow, resolved: &Resolved) -> Value {
 
 pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let p = &req.params;
-    if let Some(token) = p.string("ClientToken", 64)? {
-        if let Some(existing) = req.hub.store.find_by_client_token(&token).await? {
-            return Ok(json!({ "InvokeId": existing }));
-        }
+    if let Some(token) = p.string("ClientToken", 64)?
+        && let Some(existing) = req.hub.store.find_by_client_token(&token).await?
+    {
+        return Ok(json!({ "InvokeId": existing }));
     }
     let command_id = p.require("CommandId")?;
     let Some(mut cmd) = req.hub.store.get_command(command_id).await?.filter(|c| c.visible) else {
@@ -315,7 +315,10 @@ fn record_status_filter(p: &Params, field: &str) -> Result<Vec<InvocationStatus>
 /// DescribeInvocations' status filter: `InvokeStatus` (legacy names) or
 /// `InvocationStatus` (current names); a value in either vocabulary
 /// matches invocations whose kept aggregate has it.
-fn overall_status_filter(p: &Params) -> Result<Option<(Option<InvokeStatus>, Option<InvocationOverall>)>, ApiError> {
+/// The two vocabularies a DescribeInvocations status filter may match.
+type StatusFilter = (Option<InvokeStatus>, Option<InvocationOverall>);
+
+fn overall_status_filter(p: &Params) -> Result<Option<StatusFilter>, ApiError> {
     let (field, v) = match (p.get("InvokeStatus"), p.get("InvocationStatus")) {
         (Some(v), _) => ("InvokeStatus", v),
         (None, Some(v)) => ("InvocationStatus", v),
@@ -420,10 +423,10 @@ fn invoke_instance_json(req: &Request<'_>, t: &TargetRow, include_output: bool, 
 
 /// Running records show the live stream; final ones their stored output.
 fn live_or_stored(req: &Request<'_>, t: &TargetRow) -> Vec<u8> {
-    if !t.status.is_final() {
-        if let Some(live) = req.hub.live.get(&t.invoke_id, &t.instance_id) {
-            return live;
-        }
+    if !t.status.is_final()
+        && let Some(live) = req.hub.live.get(&t.invoke_id, &t.instance_id)
+    {
+        return live;
     }
     t.output.clone()
 }
@@ -448,10 +451,10 @@ pub async fn describe_invocation_results(req: &Request<'_>) -> Result<Value, Api
         command_id: p.get("CommandId").map(str::to_string),
         ..Default::default()
     };
-    if let Some(id) = &filter.invoke_id {
-        if req.hub.store.get_invocation(id).await?.is_none() {
-            return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidInvokeId.NotFound", format!("The specified invocation \"{id}\" does not exist.")));
-        }
+    if let Some(id) = &filter.invoke_id
+        && req.hub.store.get_invocation(id).await?.is_none()
+    {
+        return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidInvokeId.NotFound", format!("The specified invocation \"{id}\" does not exist.")));
     }
     let (results, total) = if include_history {
         // Every record of every matching target, paged in SQL.
