@@ -30,6 +30,7 @@ from aliyunsdkecs.request.v20140526 import (
     DescribeInvocationResultsRequest,
     DescribeInvocationsRequest,
     InvokeCommandRequest,
+    ModifyInvocationAttributeRequest,
     RunCommandRequest,
     StopInvocationRequest,
     TagResourcesRequest,
@@ -345,3 +346,46 @@ def test_tea_sdk_resource_tag_and_dry_run():
         assert time.time() < deadline, r.to_map()
         time.sleep(0.2)
     assert (r.invocation_status, r.exit_code) == ("Success", 0)
+
+
+def test_classic_sdk_modify_invocation_attribute():
+    # A schedule that will not fire during the test, on the online instance.
+    req = RunCommandRequest.RunCommandRequest()
+    req.set_Type("RunShellScript")
+    req.set_CommandContent("echo {{greeting}}")
+    req.set_EnableParameter(True)
+    req.set_Parameters(json.dumps({"greeting": "hi"}))
+    req.set_RepeatMode("Period")
+    req.set_Frequency("0 0 0 1 1 ? 2099")
+    req.set_InstanceIds([INSTANCE])
+    invoke_id = classic_call(req)["InvokeId"]
+    m = ModifyInvocationAttributeRequest.ModifyInvocationAttributeRequest()
+    m.set_InvokeId(invoke_id)
+    m.set_Frequency("0 30 0 1 1 ? 2099")
+    m.set_Parameters(json.dumps({"greeting": "hello"}))
+    m.set_InstanceIds([OFFLINE])
+    res = classic_call(m)
+    assert res["CommandId"].startswith("c-") and res["RequestId"]
+    d = DescribeInvocationsRequest.DescribeInvocationsRequest()
+    d.set_InvokeId(invoke_id)
+    inv = classic_call(d)["Invocations"]["Invocation"][0]
+    assert inv["Frequency"] == "0 30 0 1 1 ? 2099"
+    assert json.loads(inv["Parameters"]) == {"greeting": "hello"}
+    assert {i["InstanceId"] for i in inv["InvokeInstances"]["InvokeInstance"]} == {INSTANCE, OFFLINE}
+    # Refused as RunCommand refuses: a schedule the agents cannot fire, a
+    # parameter the script does not have.
+    bad = ModifyInvocationAttributeRequest.ModifyInvocationAttributeRequest()
+    bad.set_InvokeId(invoke_id)
+    bad.set_Frequency("every now and then")
+    with pytest.raises(ServerException) as e:
+        classic_call(bad)
+    assert e.value.get_error_code() == "InvalidParameter.Frequency"
+    bad = ModifyInvocationAttributeRequest.ModifyInvocationAttributeRequest()
+    bad.set_InvokeId(invoke_id)
+    bad.set_Parameters(json.dumps({"other": "x"}))
+    with pytest.raises(ServerException) as e:
+        classic_call(bad)
+    assert e.value.get_error_code() == "InvalidParameter.Parameters"
+    stop = StopInvocationRequest.StopInvocationRequest()
+    stop.set_InvokeId(invoke_id)
+    classic_call(stop)

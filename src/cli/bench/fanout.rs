@@ -28,7 +28,7 @@ const CONNECT_PARALLELISM: usize = 128;
 const PER_ACTIVATION: usize = 1000;
 /// How long a simulated run lasts in a rollout run, so windows overlap
 /// measurably.
-const ROLLOUT_HOLD: Duration = Duration::from_millis(50);
+const ROLLOUT_HOLD: Duration = Duration::from_secs(1);
 
 /// Simulated runs alive now and the most ever alive at once (agents' view:
 /// from receiving the invocation to sending its final report).

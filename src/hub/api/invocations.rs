@@ -509,6 +509,69 @@ fn result_from_history(r: &ResultRow, plain: bool) -> Value {
     })
 }
 
+/// `ModifyInvocationAttribute` (Cloud Assistant): a `Period` invocation's
+/// `Frequency`, `CommandContent`, `Parameters`/`EnableParameter`, and more
+/// instances (`InstanceId.N`, each must exist). Validated as
+/// `RunCommand` validates them. Added instances and targets not yet
+/// delivered get the new definition; agents already holding the
+/// invocation keep the one they journaled (docs/fleet.md says why).
+pub async fn modify_invocation_attribute(req: &Request<'_>) -> Result<Value, ApiError> {
+    let p = &req.params;
+    let invoke_id = p.require("InvokeId")?;
+    let Some(inv) = req.hub.store.get_invocation(invoke_id).await? else {
+        return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidInvokeId.NotFound", format!("The specified invocation \"{invoke_id}\" does not exist.")));
+    };
+    if inv.repeat_mode != RepeatMode::Period {
+        return Err(ApiError::invalid("InvokeId", format!("only a Period invocation can be modified; this one is {}", inv.repeat_mode)));
+    }
+    let unsettled: i64 = InvocationStatus::ALL.iter().filter(|s| !s.is_final()).map(|s| inv.counts.get(*s)).sum();
+    if inv.stop_requested || unsettled == 0 {
+        return Err(ApiError::invalid("InvokeId", "the invocation is stopped or finished and can no longer be modified"));
+    }
+    let content = match p.get("CommandContent") {
+        Some(_) => Some(decode_content(p, "CommandContent", "PlainText")?),
+        None => None,
+    };
+    let frequency = p.string("Frequency", 256)?.filter(|f| !f.is_empty());
+    if let Some(f) = &frequency {
+        let timeout = std::time::Duration::from_secs(inv.timeout_secs.max(0) as u64);
+        crate::agent::schedule::validate_frequency(f, timeout, chrono::Utc::now()).map_err(|e| ApiError::invalid("Frequency", e))?;
+    }
+    let enable_parameter = p.bool("EnableParameter")?;
+    let script = content.as_deref().unwrap_or(&inv.content);
+    let enabled = enable_parameter.unwrap_or(inv.enable_parameter);
+    // Parameters are checked against the script they will be spliced into:
+    // the new one, or the stored one with the stored values.
+    let parameters = if p.get("Parameters").is_some() {
+        Some(parameters(p, script, enabled, req.hub.config.parameter_values)?)
+    } else {
+        if enabled && (content.is_some() || enable_parameter.is_some()) {
+            let stored: Map<String, Value> = serde_json::from_str(&inv.parameters).unwrap_or_default();
+            let builtins = crate::exec::params::Builtins::default();
+            crate::exec::params::render_script(script, true, &stored, &builtins, req.hub.config.parameter_values).map_err(|e| ApiError::invalid("Parameters", e))?;
+        }
+        None
+    };
+    let add = if p.list("InstanceId")?.is_empty() { Vec::new() } else { instances(req).await? };
+    let m = crate::hub::store::Modification {
+        invoke_id: invoke_id.to_string(),
+        content,
+        frequency,
+        parameters,
+        enable_parameter,
+        add: add.iter().map(|(id, _)| id.clone()).collect(),
+    };
+    let added = req.hub.store.modify_invocation(&m).await?;
+    if !added.is_empty() {
+        let fresh = req.hub.store.get_invocation(invoke_id).await?.ok_or_else(|| ApiError::internal("invocation vanished"))?;
+        let targets: Vec<(String, String)> = add.into_iter().filter(|(id, _)| added.contains(id)).collect();
+        crate::hub::delivery::push_new(req.hub, &fresh, &targets);
+        crate::hub::cluster::announce(req.hub, crate::hub::cluster::Event::Invoke { id: invoke_id.to_string() }).await;
+    }
+    tracing::info!(invoke_id, added = added.len(), "invocation modified");
+    Ok(json!({ "CommandId": inv.command_id }))
+}
+
 pub async fn stop_invocation(req: &Request<'_>) -> Result<Value, ApiError> {
     let p = &req.params;
     let invoke_id = p.require("InvokeId")?;

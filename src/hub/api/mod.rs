@@ -97,6 +97,7 @@ async fn dispatch(
         "DescribeInvocations" => invocations::describe_invocations(&req).await,
         "DescribeInvocationResults" => invocations::describe_invocation_results(&req).await,
         "StopInvocation" => invocations::stop_invocation(&req).await,
+        "ModifyInvocationAttribute" => invocations::modify_invocation_attribute(&req).await,
         "CreateCommand" => commands::create(&req).await,
         "DescribeCommands" => commands::describe(&req).await,
         "ModifyCommand" => commands::modify(&req).await,

@@ -168,6 +168,20 @@ pub struct Window {
     pub batch_wait_secs: i64,
 }
 
+/// `ModifyInvocationAttribute`: what to change on a stored invocation
+/// (`None`: unchanged) and instances to add as new targets.
+#[derive(Debug, Clone, Default)]
+pub struct Modification {
+    pub invoke_id: String,
+    /// Plain text.
+    pub content: Option<String>,
+    pub frequency: Option<String>,
+    /// JSON object of custom parameter values.
+    pub parameters: Option<String>,
+    pub enable_parameter: Option<bool>,
+    pub add: Vec<String>,
+}
+
 /// Targets a rollout window let go (they are to be sent now).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Released {
@@ -349,6 +363,9 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>>;
     /// Marks stop requested; returns targets that are not yet final.
     async fn request_stop(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>>;
+    /// Applies `m` in one transaction; returns the instances it added as
+    /// targets (those already targets are skipped).
+    async fn modify_invocation(&self, m: &Modification) -> Result<Vec<String>>;
     /// Moves every rollout window that can move (a slot free, `BatchWait`
     /// passed, errors beyond `MaxErrors`); the backstop of the advance
     /// made with each target transition, and what resumes windows after

@@ -592,6 +592,16 @@ impl Store for SqlStore {
         }
     }
 
+    async fn modify_invocation(&self, m: &Modification) -> Result<Vec<String>> {
+        let mut attempt = 0;
+        loop {
+            match sorted(self.modify_invocation_once(m).await) {
+                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
     async fn advance_windows(&self) -> Result<Vec<Released>> {
         let mut attempt = 0;
         loop {

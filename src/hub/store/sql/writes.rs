@@ -281,6 +281,52 @@ impl SqlStore {
         Ok(effects)
     }
 
+    pub(super) async fn modify_invocation_once(&self, m: &Modification) -> Result<Vec<String>> {
+        let mut tx = self.begin().await?;
+        let sql = format!("SELECT invoke_id FROM invocations WHERE invoke_id = ?{}", self.d.for_update());
+        let found: Option<String> = self.qs(&sql).bind(&m.invoke_id).fetch_optional(&mut *tx).await?;
+        if found.is_none() {
+            return Ok(Vec::new());
+        }
+        for (column, value) in [("content", &m.content), ("frequency", &m.frequency), ("parameters", &m.parameters)] {
+            if let Some(v) = value {
+                // Fixed column names only; the value is bound.
+                self.q(&format!("UPDATE invocations SET {column} = ? WHERE invoke_id = ?")).bind(v).bind(&m.invoke_id).execute(&mut *tx).await?;
+            }
+        }
+        if let Some(e) = m.enable_parameter {
+            self.q("UPDATE invocations SET enable_parameter = ? WHERE invoke_id = ?").bind(e as i64).bind(&m.invoke_id).execute(&mut *tx).await?;
+        }
+        let existing: Vec<String> = self.qs("SELECT instance_id FROM targets WHERE invoke_id = ?").bind(&m.invoke_id).fetch_all(&mut *tx).await?;
+        let existing: std::collections::HashSet<String> = existing.into_iter().collect();
+        let now = now_str();
+        let mut added = Vec::new();
+        for id in &m.add {
+            if existing.contains(id) || added.contains(id) {
+                continue;
+            }
+            self.q("INSERT INTO targets (invoke_id, instance_id, status, created_at, updated_at, released, released_at) VALUES (?,?,?,?,?,1,?)")
+                .bind(&m.invoke_id)
+                .bind(id)
+                .bind(TargetState::CREATED.status.as_str())
+                .bind(&now)
+                .bind(&now)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+            added.push(id.clone());
+        }
+        if !added.is_empty() {
+            let c = TargetState::CREATED.status.count_column();
+            let sql = format!("UPDATE invocations SET {c} = {c} + ? WHERE invoke_id = ? RETURNING {}", count_columns());
+            let row = self.q(&sql).bind(added.len() as i64).bind(&m.invoke_id).fetch_one(&mut *tx).await?;
+            let counts = counts_from(&row, &m.invoke_id)?;
+            write_aggregates(&mut tx, self.d, &m.invoke_id, counts).await?;
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
+
     pub(super) async fn request_stop_once(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>> {
         let mut tx = self.begin().await?;
         self.q("UPDATE invocations SET stop_requested = 1 WHERE invoke_id = ?").bind(invoke_id).execute(&mut *tx).await?;
