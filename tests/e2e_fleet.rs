@@ -7,6 +7,8 @@
 
 #[path = "support/harness.rs"]
 mod harness;
+#[path = "support/pg.rs"]
+mod pg;
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -90,6 +92,21 @@ fn by_status<'a>(results: &'a [Value], status: &str) -> BTreeSet<&'a str> {
         .filter(|r| r["InvocationStatus"] == status)
         .map(|r| r["InstanceId"].as_str().unwrap())
         .collect()
+}
+
+fn tag_all(hub: &Hub, ids: &[String], value: &str) {
+    let mut p: Vec<(String, String)> = vec![
+        ("ResourceType".into(), "instance".into()),
+        ("Tag.1.Key".into(), "env".into()),
+        ("Tag.1.Value".into(), value.into()),
+    ];
+    p.extend(
+        ids.iter()
+            .enumerate()
+            .map(|(i, id)| (format!("ResourceId.{}", i + 1), id.clone())),
+    );
+    let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    hub.call("TagResources", &p).expect("TagResources");
 }
 
 fn run_tagged(hub: &Hub, script: &str, extra: &[(&str, &str)]) -> String {
@@ -383,4 +400,67 @@ fn tags_windows_max_errors_and_a_hub_kill() {
         "MaxConcurrency 3 exceeded across the restart: {peak}"
     );
     drop(agents);
+}
+
+/// Two hub replicas on one real PostgreSQL, 20 agents split between them:
+/// one window of 4 holds across both (the scripts' own clocks say so),
+/// and survives the replica that created the rollout being killed.
+#[test]
+fn window_holds_across_two_replicas_on_postgres() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(pg::TestDb::create(
+        "e2e_fleet::window_holds_across_two_replicas_on_postgres",
+    )) else {
+        return;
+    };
+    let store = ["--store", db.url.as_str()];
+    let mut a = Hub::start_with(&store);
+    let b = Hub::start_replica(&a, &store);
+    let urls = [a.url.clone(), b.url.clone()];
+    // Agent i starts on replica i % 2 and knows the other one.
+    let agents: Vec<Agent> = (0..20)
+        .map(|i| b.agent_via(&format!("{},{}", urls[i % 2], urls[(i + 1) % 2])))
+        .collect();
+    let ids: Vec<String> = agents.iter().map(Agent::instance_id).collect();
+    for id in &ids {
+        b.wait_online(id);
+    }
+    tag_all(&b, &ids, "prod");
+    let marks = tempfile::tempdir().unwrap();
+    let invoke_id = run_tagged(
+        &a,
+        &script(marks.path(), "0.5", 0),
+        &[("MaxConcurrency", "4")],
+    );
+    wait_until("a few targets settled", WAIT, || {
+        let v = b
+            .call(
+                "DescribeInvocationResults",
+                &[
+                    ("InvokeId", &invoke_id),
+                    ("InvokeRecordStatus", "Finished"),
+                    ("PageSize", "50"),
+                ],
+            )
+            .ok()?;
+        (v["Invocation"]["TotalCount"].as_i64()? >= 3).then_some(())
+    });
+    // The replica that created the rollout dies; B (and the agents moving to it) carry on.
+    a.kill();
+    let r = b.wait_final(&invoke_id, WAIT);
+    let all: BTreeSet<&str> = ids.iter().map(String::as_str).collect();
+    assert_eq!(by_status(&r, "Success"), all, "{r:?}");
+    let ran = runs(marks.path(), &invoke_id);
+    assert_eq!(ran.len(), ids.len(), "each instance ran exactly once");
+    let peak = peak_overlap(&ran);
+    assert!(
+        peak <= 4,
+        "MaxConcurrency 4 exceeded across replicas: {peak}"
+    );
+    assert!(
+        peak >= 2,
+        "the window ran targets side by side (peak {peak})"
+    );
+    drop(agents);
+    rt.block_on(db.drop_db());
 }
