@@ -15,6 +15,8 @@ use super::{Cli, CliError};
 /// Poll interval while following; fast enough to feel live, slow enough
 /// that a thousand terminals do not load the hub.
 const POLL: Duration = Duration::from_millis(250);
+/// Longest a fleet rollout is followed (a week).
+const FLEET_GIVE_UP: Duration = Duration::from_secs(7 * 86_400);
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
@@ -166,8 +168,10 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
         if !cli.json {
             eprintln!("invocation {invoke_id} on the selected fleet");
         }
-        // A windowed rollout takes (targets / window) timeouts at most.
-        return super::fleet::follow(&client, cli.json, &invoke_id, give_up + args.timeout * 1000);
+        // A rollout takes many run timeouts; every target settles by itself
+        // (run timeout, delivery timeout), so this bound only ends the wait
+        // on a hub that stops answering with progress.
+        return super::fleet::follow(&client, cli.json, &invoke_id, Instant::now() + FLEET_GIVE_UP);
     }
     if !cli.json {
         eprintln!("invocation {invoke_id} on {} instance(s)", args.instances.len());
