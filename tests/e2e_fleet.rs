@@ -464,3 +464,80 @@ fn window_holds_across_two_replicas_on_postgres() {
     drop(agents);
     rt.block_on(db.drop_db());
 }
+
+/// `ModifyInvocationAttribute` on a running schedule with real agents: an
+/// instance added later is sent the new definition and fires it; it never
+/// runs the old script. (Agents that journaled the old one keep it: the
+/// documented limit, docs/fleet.md, not asserted here.)
+#[test]
+fn an_added_instance_fires_the_modified_schedule() {
+    let hub = Hub::start();
+    let (a, b) = (hub.agent(), hub.agent());
+    let (ia, ib) = (a.instance_id(), b.instance_id());
+    hub.wait_online(&ia);
+    hub.wait_online(&ib);
+    let marks = tempfile::tempdir().unwrap();
+    let file = marks.path().join("fires");
+    let fire = |v: &str| format!("echo \"{v} {{{{ACS::InstanceId}}}}\" >> {}", file.display());
+    let invoke_id = hub.run(
+        &fire("v1"),
+        &[&ia],
+        &[
+            ("EnableParameter", "true"),
+            ("RepeatMode", "Period"),
+            ("Frequency", "*/10 * * * * ?"),
+            ("Timeout", "5"),
+        ],
+    );
+    let text = || std::fs::read_to_string(&file).unwrap_or_default();
+    wait_until("a first fire on A", WAIT, || {
+        text().contains(&format!("v1 {ia}")).then_some(())
+    });
+    hub.call(
+        "ModifyInvocationAttribute",
+        &[
+            ("InvokeId", invoke_id.as_str()),
+            ("CommandContent", fire("v2").as_str()),
+            ("InstanceId.1", ib.as_str()),
+        ],
+    )
+    .expect("ModifyInvocationAttribute");
+    wait_until("B fires the modified script", WAIT, || {
+        text().contains(&format!("v2 {ib}")).then_some(())
+    });
+    assert!(
+        !text().contains(&format!("v1 {ib}")),
+        "B never ran the old script: {}",
+        text()
+    );
+    let v = hub
+        .call(
+            "DescribeInvocations",
+            &[
+                ("InvokeId", invoke_id.as_str()),
+                ("ContentEncoding", "PlainText"),
+            ],
+        )
+        .unwrap();
+    let inv = &v["Invocations"]["Invocation"][0];
+    assert_eq!(inv["CommandContent"], fire("v2").as_str(), "{inv}");
+    assert_eq!(
+        inv["InvokeInstances"]["InvokeInstance"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "{inv}"
+    );
+    // Only Period invocations change.
+    let once = hub.run("true", &[&ia], &[]);
+    let e = hub
+        .call(
+            "ModifyInvocationAttribute",
+            &[("InvokeId", once.as_str()), ("Frequency", "rate(5m)")],
+        )
+        .unwrap_err();
+    assert!(e.to_string().contains("InvalidParameter.InvokeId"), "{e}");
+    hub.call("StopInvocation", &[("InvokeId", invoke_id.as_str())])
+        .unwrap();
+    drop((a, b));
+}
