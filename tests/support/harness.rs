@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use deckhand::cli::{CliError, Client, ClientConfig};
+use deckhand::cli::{Client, ClientConfig, CliError};
 use serde_json::Value;
 
 pub const AK_ID: &str = "LTAItestkey0001";
@@ -29,13 +29,7 @@ pub fn wait_until<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Optio
 
 /// Appends, so a restarted process's log follows the previous one.
 fn log_file(dir: &Path, name: &str) -> Stdio {
-    Stdio::from(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(name))
-            .expect("log file"),
-    )
+    Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)).expect("log file"))
 }
 
 pub struct Hub {
@@ -69,14 +63,7 @@ impl Hub {
     fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
         deckhand::tls::install_crypto_provider();
         let pki = deckhand::tls::ensure_dev_pki(dir.path()).expect("pki");
-        let mut hub = Self {
-            child: None,
-            url: String::new(),
-            ca: pki.ca_cert,
-            dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            port: 0,
-        };
+        let mut hub = Self { child: None, url: String::new(), ca: pki.ca_cert, dir, extra: extra.iter().map(|s| s.to_string()).collect(), port: 0 };
         hub.spawn();
         hub
     }
@@ -103,23 +90,13 @@ impl Hub {
             .spawn()
             .expect("spawn hub");
         self.child = Some(child);
-        let url = wait_until("hub address file", Duration::from_secs(20), || {
-            std::fs::read_to_string(&addr_file)
-                .ok()
-                .filter(|s| !s.is_empty())
-        });
+        let url = wait_until("hub address file", Duration::from_secs(20), || std::fs::read_to_string(&addr_file).ok().filter(|s| !s.is_empty()));
         self.port = url.rsplit(':').next().unwrap().parse().unwrap();
         self.url = url;
     }
 
     pub fn client(&self) -> Client {
-        Client::new(ClientConfig {
-            endpoint: self.url.clone(),
-            access_key_id: AK_ID.into(),
-            access_key_secret: AK_SECRET.into(),
-            ca_file: Some(self.ca.clone()),
-        })
-        .expect("client")
+        Client::new(ClientConfig { endpoint: self.url.clone(), access_key_id: AK_ID.into(), access_key_secret: AK_SECRET.into(), ca_file: Some(self.ca.clone()) }).expect("client")
     }
 
     pub fn call(&self, action: &str, params: &[(&str, &str)]) -> Result<Value, CliError> {
@@ -154,65 +131,35 @@ impl Hub {
     /// Like [`Hub::agent`], the agent given `hub_urls` (comma-separated
     /// replicas) instead of this hub's URL.
     pub fn agent_via(&self, hub_urls: &str) -> Agent {
-        let v = self
-            .call("CreateActivation", &[("InstanceCount", "1")])
-            .expect("activation");
+        let v = self.call("CreateActivation", &[("InstanceCount", "1")]).expect("activation");
         let id = v["ActivationId"].as_str().unwrap().to_string();
         let code = v["ActivationCode"].as_str().unwrap().to_string();
-        let mut a = Agent {
-            child: None,
-            dir: tempfile::tempdir().expect("tempdir"),
-            hub_url: hub_urls.to_string(),
-            ca: self.ca.clone(),
-            activation: Some((id, code)),
-            extra: vec![],
-            env: vec![],
-        };
+        let mut a = Agent { child: None, dir: tempfile::tempdir().expect("tempdir"), hub_url: hub_urls.to_string(), ca: self.ca.clone(), activation: Some((id, code)), extra: vec![], env: vec![] };
         a.spawn();
         a.instance_id();
         a
     }
 
     pub fn wait_online(&self, instance_id: &str) {
-        wait_until(
-            &format!("{instance_id} online"),
-            Duration::from_secs(20),
-            || {
-                let v = self
-                    .call(
-                        "DescribeCloudAssistantStatus",
-                        &[("InstanceId.1", instance_id)],
-                    )
-                    .ok()?;
-                let s = v["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"][0]["CloudAssistantStatus"].as_str()?.to_string();
-                (s == "true").then_some(())
-            },
-        )
+        wait_until(&format!("{instance_id} online"), Duration::from_secs(20), || {
+            let v = self.call("DescribeCloudAssistantStatus", &[("InstanceId.1", instance_id)]).ok()?;
+            let s = v["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"][0]["CloudAssistantStatus"].as_str()?.to_string();
+            (s == "true").then_some(())
+        })
     }
 
     /// Waits until the hub has seen the agent's session end.
     pub fn wait_offline(&self, instance_id: &str) {
-        wait_until(
-            &format!("{instance_id} offline"),
-            Duration::from_secs(20),
-            || {
-                let v = self
-                    .call(
-                        "DescribeCloudAssistantStatus",
-                        &[("InstanceId.1", instance_id)],
-                    )
-                    .ok()?;
-                let s = v["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"][0]["CloudAssistantStatus"].as_str()?.to_string();
-                (s == "false").then_some(())
-            },
-        )
+        wait_until(&format!("{instance_id} offline"), Duration::from_secs(20), || {
+            let v = self.call("DescribeCloudAssistantStatus", &[("InstanceId.1", instance_id)]).ok()?;
+            let s = v["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"][0]["CloudAssistantStatus"].as_str()?.to_string();
+            (s == "false").then_some(())
+        })
     }
 
     /// RunCommand with sensible defaults; returns the invoke id.
     pub fn run(&self, script: &str, instances: &[&str], extra: &[(&str, &str)]) -> String {
-        let keys: Vec<String> = (1..=instances.len())
-            .map(|i| format!("InstanceId.{i}"))
-            .collect();
+        let keys: Vec<String> = (1..=instances.len()).map(|i| format!("InstanceId.{i}")).collect();
         let mut p: Vec<(&str, &str)> = vec![("Type", "RunShellScript"), ("CommandContent", script)];
         for (k, v) in keys.iter().zip(instances) {
             p.push((k.as_str(), v));
@@ -225,22 +172,9 @@ impl Hub {
     /// Waits until every target of the invocation is final; returns results.
     pub fn wait_final(&self, invoke_id: &str, timeout: Duration) -> Vec<Value> {
         wait_until(&format!("{invoke_id} final"), timeout, || {
-            let v = self
-                .call(
-                    "DescribeInvocationResults",
-                    &[("InvokeId", invoke_id), ("PageSize", "50")],
-                )
-                .ok()?;
-            let list = v["Invocation"]["InvocationResults"]["InvocationResult"]
-                .as_array()?
-                .clone();
-            let done = !list.is_empty()
-                && list.iter().all(|r| {
-                    matches!(
-                        r["InvokeRecordStatus"].as_str(),
-                        Some("Finished" | "Failed" | "Stopped")
-                    )
-                });
+            let v = self.call("DescribeInvocationResults", &[("InvokeId", invoke_id), ("PageSize", "50")]).ok()?;
+            let list = v["Invocation"]["InvocationResults"]["InvocationResult"].as_array()?.clone();
+            let done = !list.is_empty() && list.iter().all(|r| matches!(r["InvokeRecordStatus"].as_str(), Some("Finished" | "Failed" | "Stopped")));
             done.then_some(list)
         })
     }
@@ -257,9 +191,7 @@ impl Drop for Hub {
 
 pub fn output_of(r: &Value) -> Vec<u8> {
     use base64::Engine;
-    base64::engine::general_purpose::STANDARD
-        .decode(r["Output"].as_str().unwrap_or(""))
-        .unwrap()
+    base64::engine::general_purpose::STANDARD.decode(r["Output"].as_str().unwrap_or("")).unwrap()
 }
 
 pub struct Agent {
@@ -285,13 +217,7 @@ impl Agent {
             .env("DECKHAND_LOG", "info,deckhand=debug")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
-            .stderr(Stdio::from(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(d.join("agent.log"))
-                    .unwrap(),
-            ));
+            .stderr(Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(d.join("agent.log")).unwrap()));
         if let Some((id, code)) = &self.activation {
             cmd.args(["--activation-id", id, "--activation-code", code]);
         }
@@ -339,9 +265,7 @@ impl Drop for Agent {
 
 /// Sends a signal with the system `kill` command (no libc in tests).
 pub fn unsafe_kill(pid: u32, sig: &str) {
-    let _ = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status();
+    let _ = Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]).status();
 }
 
 /// SIGKILL (if running) and reap.

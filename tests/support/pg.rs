@@ -33,13 +33,9 @@ pub async fn admin_url(test: &str) -> Option<String> {
                 Ok(Ok(())) => unreachable!(),
             };
             if std::env::var("DECKHAND_REQUIRE_PG").is_ok_and(|v| v == "1") {
-                panic!(
-                    "{test}: PostgreSQL required (DECKHAND_REQUIRE_PG=1) but {url} is unreachable: {why}"
-                );
+                panic!("{test}: PostgreSQL required (DECKHAND_REQUIRE_PG=1) but {url} is unreachable: {why}");
             }
-            eprintln!(
-                "SKIPPED {test}: no PostgreSQL server at {url} ({why}); start one with `eval \"$(bash .ci/postgres.sh start /tmp/pg)\"`"
-            );
+            eprintln!("SKIPPED {test}: no PostgreSQL server at {url} ({why}); start one with `eval \"$(bash .ci/postgres.sh start /tmp/pg)\"`");
             None
         }
     }
@@ -48,20 +44,14 @@ pub async fn admin_url(test: &str) -> Option<String> {
 /// Connects once to see whether the server answers.
 async fn probe(url: &str) -> Result<(), sqlx::Error> {
     use sqlx::Connection;
-    sqlx::postgres::PgConnection::connect(url)
-        .await?
-        .close()
-        .await
+    sqlx::postgres::PgConnection::connect(url).await?.close().await
 }
 
 impl TestDb {
     /// A fresh, empty database on the test server; `None` when skipped.
     pub async fn create(test: &str) -> Option<TestDb> {
         let admin = admin_url(test).await?;
-        let name = format!(
-            "deckhand_test_{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..16]
-        );
+        let name = format!("deckhand_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
         exec(&admin, &format!("CREATE DATABASE {name}")).await;
         let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
         let url = format!("{base}/{name}");
@@ -70,21 +60,13 @@ impl TestDb {
 
     /// Drops the database; connections still open are terminated.
     pub async fn drop_db(self) {
-        exec(
-            &self.admin,
-            &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name),
-        )
-        .await;
+        exec(&self.admin, &format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await;
     }
 }
 
 async fn exec(url: &str, sql: &str) {
     use sqlx::{Connection, Executor};
-    let mut c = sqlx::postgres::PgConnection::connect(url)
-        .await
-        .expect("connect to the test server");
-    c.execute(sqlx::AssertSqlSafe(sql.to_string()))
-        .await
-        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut c = sqlx::postgres::PgConnection::connect(url).await.expect("connect to the test server");
+    c.execute(sqlx::AssertSqlSafe(sql.to_string())).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
     let _ = c.close().await;
 }
