@@ -272,8 +272,12 @@ async fn create_and_push(req: &Request<'_>, cmd: Option<&CommandRow>, inv: Invoc
         Err(e) => return Err(e.into()),
     }
     if inv.window.max_concurrency > 0 {
-        // The store chose the first window: send what it released.
-        crate::hub::delivery::relay(req.hub, &inv.invoke_id, None).await?;
+        // The store chose the first window: send what it released. The
+        // invocation is committed: a failed read here is not the caller's
+        // error (the backstop and reconnects deliver).
+        if let Err(e) = crate::hub::delivery::relay(req.hub, &inv.invoke_id, None).await {
+            tracing::warn!(invoke_id = %inv.invoke_id, error = %e, "first window not sent now; the backstop will");
+        }
     } else {
         // Instances matched while offline are settled already: never sent.
         let unreachable: std::collections::HashSet<&str> = inv.unreachable.iter().map(String::as_str).collect();
