@@ -83,6 +83,7 @@ suite!(
     announcements_reach_every_replica,
     rollout_window_releases_in_order_and_halts_on_errors,
     two_replicas_share_one_window,
+    batch_wait_spaces_releases_by_the_hub_clock,
 );
 
 fn page(offset: i64, limit: i64) -> Page {
@@ -612,4 +613,29 @@ async fn two_replicas_share_one_window(e: &Engine) {
     assert_eq!(peak, 3);
     let inv = a.get_invocation("t-r").await.unwrap().unwrap();
     assert_eq!(inv.counts.get(S::Success), ids.len() as i64);
+}
+
+async fn batch_wait_spaces_releases_by_the_hub_clock(e: &Engine) {
+    let s = e.open().await;
+    let mut inv = windowed("t-b", 1, None, &[]);
+    inv.window.batch_wait_secs = 2;
+    s.create_invocation(&inv, &["i-1".into(), "i-2".into()]).await.unwrap();
+    assert_eq!(in_flight(&s, "t-b").await, ["i-1"]);
+    // The report carries the agent's (old) finish time; the wait counts
+    // from when the hub committed the result.
+    s.apply_batch(&[report_from("t-b", "i-1", S::Success)]).await.unwrap();
+    let settled = std::time::Instant::now();
+    assert!(in_flight(&s, "t-b").await.is_empty(), "the slot is free but BatchWait holds the next target");
+    let released = loop {
+        let r = s.advance_windows().await.unwrap();
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(settled.elapsed() < std::time::Duration::from_secs(10), "never released");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // Stored times have whole seconds: 2 s after the settle second is at
+    // least 1 s after the settle itself.
+    assert!(settled.elapsed() >= std::time::Duration::from_secs(1), "released after {:?}", settled.elapsed());
+    assert_eq!(released, [Released { invoke_id: "t-b".into(), instances: vec!["i-2".into()] }]);
 }

@@ -140,18 +140,28 @@ pub(super) async fn advance(
 
 /// Whether `batch_wait` seconds have passed since the latest released
 /// target settled (true when none has: the first window waits for nothing).
+/// The hub's clock decides: a settled target's `updated_at` is when the
+/// hub committed its final state (`finish_time` is the agent's clock).
 async fn batch_wait_passed(
     tx: &mut Transaction<'static, Any>,
     d: Dialect,
     invoke_id: &str,
     batch_wait: i64,
 ) -> Result<bool> {
-    let last: Option<String> = sqlx::query_scalar(AssertSqlSafe(d.sql(
-        "SELECT MAX(finish_time) FROM targets WHERE invoke_id = ? AND released = 1 AND finish_time != ''",
-    )))
-    .bind(invoke_id)
-    .fetch_one(&mut **tx)
-    .await?;
+    let finals: Vec<InvocationStatus> = InvocationStatus::ALL
+        .iter()
+        .copied()
+        .filter(|s| s.is_final())
+        .collect();
+    let sql = format!(
+        "SELECT MAX(updated_at) FROM targets WHERE invoke_id = ? AND released = 1 AND status IN ({})",
+        vec!["?"; finals.len()].join(",")
+    );
+    let mut q = sqlx::query_scalar(AssertSqlSafe(d.sql(&sql))).bind(invoke_id);
+    for s in &finals {
+        q = q.bind(s.as_str());
+    }
+    let last: Option<String> = q.fetch_one(&mut **tx).await?;
     let Some(last) = last.and_then(|t| chrono::DateTime::parse_from_rfc3339(&t).ok()) else {
         return Ok(true);
     };
