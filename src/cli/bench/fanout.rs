@@ -127,10 +127,8 @@ async fn sim_agent(
                     final_ids.insert(next_id + 1);
                     next_id += 2;
                 }
-                HubMsg::ReportAck { report_id } => {
-                    if final_ids.remove(&report_id) {
-                        let _ = done.send(());
-                    }
+                HubMsg::ReportAck { report_id } if final_ids.remove(&report_id) => {
+                    let _ = done.send(());
                 }
                 _ => {}
             }

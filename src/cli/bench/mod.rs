@@ -58,7 +58,7 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
         BenchCmd::Footprint { secs } => latency::footprint(Duration::from_secs(*secs)),
         BenchCmd::Smoke => {
             rt()?.block_on(fanout::run(50, None, None))?;
-            rt()?.block_on(fanout::run(50, None, Some("10%")))?;
+            rt()?.block_on(fanout::run(50, None, Some("50%")))?;
             latency::latency(20, None)?;
             latency::footprint(Duration::from_secs(2))
         }
