@@ -177,6 +177,27 @@ fn tags_windows_max_errors_and_a_hub_kill() {
         hub.call("DescribeInvocations", &[]).unwrap()["TotalCount"],
         before
     );
+    // InvokeCommand resolves ResourceTag the same way (a key without a value
+    // matches any value: prod and dev alike).
+    let cmd = hub
+        .call("CreateCommand", &[("Name", "fleet"), ("Type", "RunShellScript"), ("CommandContent", "dHJ1ZQ==")])
+        .unwrap();
+    let v = hub
+        .call(
+            "InvokeCommand",
+            &[
+                ("CommandId", cmd["CommandId"].as_str().unwrap()),
+                ("ResourceTag.1.Key", "env"),
+                ("RepeatMode", "DryRun"),
+            ],
+        )
+        .unwrap();
+    assert_eq!(v["DryRunResult"]["TargetCount"], AGENTS, "{v}");
+    assert_eq!(v["DryRunResult"]["UnreachableCount"], 1, "{v}");
+    let e = hub
+        .call("RunCommand", &[("Type", "RunShellScript"), ("CommandContent", "true"), ("ResourceTag.1.Key", "env"), ("InstanceId.1", ids[0].as_str())])
+        .unwrap_err();
+    assert!(e.to_string().contains("InvalidParameter.InstanceId"), "{e}");
 
     // 1. Tag targeting with MaxConcurrency=5: exactly the tagged instances,
     // never more than five running at once by the scripts' own clocks.
