@@ -385,6 +385,22 @@ fn tags_windows_max_errors_and_a_hub_kill() {
         "{out:?}"
     );
     assert!(!dev.is_empty());
+    // On a terminal (a pty from util-linux `script`): the indicatif bar
+    // with settled/total, counts per state and an ETA.
+    let line = format!(
+        "{} --endpoint {} --ca-file {} --access-key-id {} --access-key-secret {} --config /nonexistent/cli.json \
+         run --tag env=dev --max-concurrency 2 -- 'sleep 0.5; true'",
+        env!("CARGO_BIN_EXE_deckhand"),
+        hub.url,
+        hub.ca.display(),
+        harness::AK_ID,
+        harness::AK_SECRET
+    );
+    let out = std::process::Command::new("script").args(["-qec", &line, "/dev/null"]).output().expect("script(1) from util-linux");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{tty}");
+    assert!(tty.contains("settled") && tty.contains("ETA") && tty.contains("[="), "a bar was drawn: {tty:?}");
+    assert!(tty.contains(&format!("6 of {} targets", AGENTS - PROD)), "{tty:?}");
 
     // 3. SIGKILL the hub mid-rollout: the window resumes where it was, the
     // targets already run are not run again.
