@@ -180,7 +180,14 @@ fn tags_windows_max_errors_and_a_hub_kill() {
     // InvokeCommand resolves ResourceTag the same way (a key without a value
     // matches any value: prod and dev alike).
     let cmd = hub
-        .call("CreateCommand", &[("Name", "fleet"), ("Type", "RunShellScript"), ("CommandContent", "dHJ1ZQ==")])
+        .call(
+            "CreateCommand",
+            &[
+                ("Name", "fleet"),
+                ("Type", "RunShellScript"),
+                ("CommandContent", "dHJ1ZQ=="),
+            ],
+        )
         .unwrap();
     let v = hub
         .call(
@@ -195,7 +202,15 @@ fn tags_windows_max_errors_and_a_hub_kill() {
     assert_eq!(v["DryRunResult"]["TargetCount"], AGENTS, "{v}");
     assert_eq!(v["DryRunResult"]["UnreachableCount"], 1, "{v}");
     let e = hub
-        .call("RunCommand", &[("Type", "RunShellScript"), ("CommandContent", "true"), ("ResourceTag.1.Key", "env"), ("InstanceId.1", ids[0].as_str())])
+        .call(
+            "RunCommand",
+            &[
+                ("Type", "RunShellScript"),
+                ("CommandContent", "true"),
+                ("ResourceTag.1.Key", "env"),
+                ("InstanceId.1", ids[0].as_str()),
+            ],
+        )
         .unwrap_err();
     assert!(e.to_string().contains("InvalidParameter.InstanceId"), "{e}");
 
@@ -396,11 +411,20 @@ fn tags_windows_max_errors_and_a_hub_kill() {
         harness::AK_ID,
         harness::AK_SECRET
     );
-    let out = std::process::Command::new("script").args(["-qec", &line, "/dev/null"]).output().expect("script(1) from util-linux");
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .expect("script(1) from util-linux");
     let tty = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{tty}");
-    assert!(tty.contains("settled") && tty.contains("ETA") && tty.contains("[="), "a bar was drawn: {tty:?}");
-    assert!(tty.contains(&format!("6 of {} targets", AGENTS - PROD)), "{tty:?}");
+    assert!(
+        tty.contains("settled") && tty.contains("ETA") && tty.contains("[="),
+        "a bar was drawn: {tty:?}"
+    );
+    assert!(
+        tty.contains(&format!("6 of {} targets", AGENTS - PROD)),
+        "{tty:?}"
+    );
 
     // 3. SIGKILL the hub mid-rollout: the window resumes where it was, the
     // targets already run are not run again.
