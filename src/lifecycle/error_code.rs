@@ -69,6 +69,10 @@ codes! {
     ExecutionException = "ExecutionException", Some("the command execution got an exception");
     ExecutionInterrupted = "ExecutionInterrupted", Some("the command execution has been interrupted");
     ExitCodeNonzero = "ExitCodeNonzero", Some("the command execution exit code is not zero");
+    // deckhand extension (rate control, docs/fleet.md): no Alibaba code
+    // exists for a target a halted rollout never started. No fixed text:
+    // the stored ErrorInfo gives the counts that stopped the rollout.
+    MaxErrorsExceeded = "MaxErrorsExceeded", None;
 }
 
 impl ErrorCode {

@@ -38,6 +38,8 @@ fn invocation(id: String, n: usize) -> InvocationRow {
         client_token: String::new(),
         stop_requested: false,
         counts: Default::default(),
+        window: Default::default(),
+        unreachable: Vec::new(),
     }
 }
 

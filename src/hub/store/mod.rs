@@ -169,6 +169,47 @@ pub struct InvocationRow {
     /// Targets per state, kept by the store with every transition
     /// (ignored on create: all targets start Pending).
     pub counts: Counts,
+    /// The rollout window (deckhand extension; default: none).
+    pub window: Window,
+    /// On create only: targets matched by tag or facts whose agent was
+    /// not connected. They are created settled (`Aborted`,
+    /// `ClientNotRunning`) and never sent. Not read back.
+    pub unreachable: Vec<String>,
+}
+
+/// Rate control of one invocation (deckhand extension, docs/fleet.md),
+/// resolved to counts at creation and kept on the invocation row, so
+/// every replica and a restarted hub drive the same window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Targets sent and not yet settled at any moment; 0: no window.
+    pub max_concurrency: i64,
+    /// Settled-in-error targets tolerated; one more stops the rollout
+    /// (`None`: no limit).
+    pub max_errors: Option<i64>,
+    /// Seconds after the latest target settled before the next starts.
+    pub batch_wait_secs: i64,
+}
+
+/// `ModifyInvocationAttribute`: what to change on a stored invocation
+/// (`None`: unchanged) and instances to add as new targets.
+#[derive(Debug, Clone, Default)]
+pub struct Modification {
+    pub invoke_id: String,
+    /// Plain text.
+    pub content: Option<String>,
+    pub frequency: Option<String>,
+    /// JSON object of custom parameter values.
+    pub parameters: Option<String>,
+    pub enable_parameter: Option<bool>,
+    pub add: Vec<String>,
+}
+
+/// Targets a rollout window let go (they are to be sent now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    pub invoke_id: String,
+    pub instances: Vec<String>,
 }
 
 impl InvocationRow {
@@ -349,6 +390,17 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>>;
     /// Marks stop requested; returns targets that are not yet final.
     async fn request_stop(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>>;
+    /// Applies `m` in one transaction; returns the instances it added as
+    /// targets (those already targets are skipped).
+    async fn modify_invocation(&self, m: &Modification) -> Result<Vec<String>>;
+    /// Moves every rollout window that can move (a slot free, `BatchWait`
+    /// passed, errors beyond `MaxErrors`); the backstop of the advance
+    /// made with each target transition, and what resumes windows after
+    /// a restart. Returns the targets released.
+    async fn advance_windows(&self) -> Result<Vec<Released>>;
+    /// Targets released by transactions of this store handle, after they
+    /// committed (the hub sends them through `hub::delivery`).
+    fn released(&self) -> tokio::sync::broadcast::Receiver<Released>;
     /// Aborts targets never delivered since before `cutoff` (RFC 3339):
     /// `DeliveryTimeout` when the agent is online, `ClientNotResponse`
     /// when it is not.

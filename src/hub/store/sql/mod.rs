@@ -19,6 +19,7 @@ mod cluster;
 mod dialect;
 mod reports;
 mod rows;
+mod window;
 mod writes;
 
 use dialect::Dialect;
@@ -75,7 +76,13 @@ pub struct SqlStore {
     d: Dialect,
     /// PostgreSQL URL, for the LISTEN connection (not pooled).
     url: String,
+    /// Targets released by this handle's committed transactions.
+    released: tokio::sync::broadcast::Sender<Released>,
 }
+
+/// Release announcements buffered for a slow hub; beyond it the hub
+/// learns of a lag and the backstop finds the rest.
+const RELEASED_QUEUE: usize = 1024;
 
 impl SqlStore {
     /// Opens the store named by `spec`: a `postgres://` or `postgresql://`
@@ -108,7 +115,7 @@ impl SqlStore {
             })
             .connect(&url)
             .await?;
-        let store = Self { pool, d: Dialect::Sqlite, url: String::new() };
+        let store = Self { pool, d: Dialect::Sqlite, url: String::new(), released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0 };
         store.migrate().await?;
         Ok(store)
     }
@@ -121,7 +128,7 @@ impl SqlStore {
             .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
             .connect(url)
             .await?;
-        let store = Self { pool, d: Dialect::Postgres, url: url.to_string() };
+        let store = Self { pool, d: Dialect::Postgres, url: url.to_string(), released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0 };
         store.migrate().await?;
         Ok(store)
     }
@@ -571,7 +578,7 @@ impl Store for SqlStore {
             "SELECT i.*, t.status AS status, inst.instance_name AS inst_name FROM targets t \
              JOIN invocations i ON i.invoke_id = t.invoke_id \
              LEFT JOIN instances inst ON inst.instance_id = t.instance_id \
-             WHERE t.instance_id = ? AND t.status IN ({}) \
+             WHERE t.instance_id = ? AND t.released = 1 AND t.status IN ({}) \
              ORDER BY i.created_at, i.invoke_id",
             placeholders(open.len())
         );
@@ -608,6 +615,30 @@ impl Store for SqlStore {
                 other => return other,
             }
         }
+    }
+
+    async fn modify_invocation(&self, m: &Modification) -> Result<Vec<String>> {
+        let mut attempt = 0;
+        loop {
+            match sorted(self.modify_invocation_once(m).await) {
+                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn advance_windows(&self) -> Result<Vec<Released>> {
+        let mut attempt = 0;
+        loop {
+            match sorted(self.advance_windows_impl().await) {
+                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn released(&self) -> tokio::sync::broadcast::Receiver<Released> {
+        self.released.subscribe()
     }
 
     async fn expire_undelivered(&self, cutoff: &str) -> Result<u64> {
