@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod authz;
 pub mod cluster;
 pub mod config;
 pub mod delivery;
@@ -56,6 +57,8 @@ pub struct HubConfig {
     /// Which custom parameter values RunCommand/InvokeCommand accept
     /// (`parameter_values` in hub.toml; docs/exec.md).
     pub parameter_values: crate::exec::params::ValuePolicy,
+    /// The audit trail keeps events this long (`audit_retention_days`).
+    pub audit_retention: Duration,
 }
 
 impl HubConfig {
@@ -70,6 +73,7 @@ impl HubConfig {
             addr_file: None,
             region_id: "deckhand".to_string(),
             parameter_values: crate::exec::params::ValuePolicy::Any,
+            audit_retention: Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -125,5 +129,6 @@ pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: Cancellatio
     });
     tokio::spawn(api::sweeper(hub.clone()));
     tokio::spawn(cluster::run(hub.clone()));
+    tokio::spawn(api::audit::pruner(hub.clone()));
     serve(hub, shutdown).await
 }

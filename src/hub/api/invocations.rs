@@ -125,7 +125,7 @@ pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let ctype = command_type(p)?;
     let content = decode_content(p, "CommandContent", "PlainText")?;
     let enable_parameter = p.bool("EnableParameter")?.unwrap_or(false);
-    let parameters = parameters(p, &content, enable_parameter, req.hub.config.parameter_values)?;
+    let parameters = parameters(p, &content, enable_parameter, req.value_policy())?;
     let timeout = p.int("Timeout", TIMEOUT_RANGE.0, TIMEOUT_RANGE.1)?.unwrap_or(DEFAULT_TIMEOUT);
     let (repeat_mode, frequency) = repeat(p, timeout)?;
     let ids = instances(req).await?;
@@ -158,7 +158,7 @@ pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let Some(mut cmd) = req.hub.store.get_command(command_id).await?.filter(|c| c.visible) else {
         return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidCommandId.NotFound", format!("The specified command \"{command_id}\" does not exist.")));
     };
-    let parameters = parameters(p, &cmd.content, cmd.enable_parameter, req.hub.config.parameter_values)?;
+    let parameters = parameters(p, &cmd.content, cmd.enable_parameter, req.value_policy())?;
     if let Some(t) = p.int("Timeout", TIMEOUT_RANGE.0, TIMEOUT_RANGE.1)? {
         cmd.timeout_secs = t;
     }
