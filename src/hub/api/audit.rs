@@ -75,7 +75,7 @@ pub async fn record(hub: &Hub, facts: CallFacts, source: std::net::SocketAddr, r
 }
 
 /// deckhand extension `DescribeAuditEvents`: newest first, filtered by
-/// `StartTime`/`EndTime` (RFC 3339, inclusive), `AccessKeyId`, `AuditAction`.
+/// `StartTime`/`EndTime` (RFC 3339, inclusive), `UserAccessKeyId`, `AuditAction`.
 pub async fn describe(req: &Request<'_>) -> Result<Value, ApiError> {
     let p = &req.params;
     let paging = Paging::from(p, 50, 500)?;
@@ -91,7 +91,7 @@ pub async fn describe(req: &Request<'_>) -> Result<Value, ApiError> {
     let filter = AuditFilter {
         since: time("StartTime")?,
         until: time("EndTime")?,
-        key_id: p.string("AccessKeyId", 128)?,
+        key_id: p.string("UserAccessKeyId", 128)?,
         action: p.string("AuditAction", 128)?,
     };
     let (rows, total) = req.hub.store.list_audit(&filter, paging.page).await?;

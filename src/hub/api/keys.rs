@@ -35,7 +35,7 @@ pub async fn create(req: &Request<'_>) -> Result<Value, ApiError> {
 
 pub async fn describe(req: &Request<'_>) -> Result<Value, ApiError> {
     let paging = Paging::from(&req.params, 50, 100)?;
-    let (rows, total) = match req.params.get("AccessKeyId") {
+    let (rows, total) = match req.params.get("UserAccessKeyId") {
         Some(id) => {
             let row = req.hub.store.get_access_key(id).await?;
             let n = row.is_some() as i64;
@@ -63,7 +63,7 @@ pub async fn describe(req: &Request<'_>) -> Result<Value, ApiError> {
 }
 
 async fn set_enabled(req: &Request<'_>, enabled: bool) -> Result<Value, ApiError> {
-    let id = req.params.require("AccessKeyId")?;
+    let id = req.params.require("UserAccessKeyId")?;
     if !req.hub.store.set_access_key_enabled(id, enabled).await? {
         return Err(key_not_found(id));
     }
@@ -80,7 +80,7 @@ pub async fn enable(req: &Request<'_>) -> Result<Value, ApiError> {
 }
 
 pub async fn delete(req: &Request<'_>) -> Result<Value, ApiError> {
-    let id = req.params.require("AccessKeyId")?;
+    let id = req.params.require("UserAccessKeyId")?;
     if !req.hub.store.delete_access_key(id).await? {
         return Err(key_not_found(id));
     }
@@ -91,7 +91,7 @@ pub async fn delete(req: &Request<'_>) -> Result<Value, ApiError> {
 /// Replaces a key's policy; an empty `PolicyDocument` removes it (the
 /// key then has no access).
 pub async fn set_policy(req: &Request<'_>) -> Result<Value, ApiError> {
-    let id = req.params.require("AccessKeyId")?;
+    let id = req.params.require("UserAccessKeyId")?;
     let doc = match req.params.get("PolicyDocument") {
         None => return Err(ApiError::missing("PolicyDocument")),
         Some("") => String::new(),

@@ -119,7 +119,7 @@ async fn dispatch(
     facts.key_id = Some(principal.key_id().to_string());
     facts.action = Some(action.clone());
     facts.targets = guard::named_instances(&params).unwrap_or_default();
-    for name in ["CommandId", "AccessKeyId", "InvokeId", "ActivationId"] {
+    for name in ["CommandId", "UserAccessKeyId", "InvokeId", "ActivationId"] {
         if facts.targets.is_empty()
             && let Some(v) = params.get(name)
         {
