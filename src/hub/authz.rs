@@ -92,29 +92,53 @@ pub enum Effect {
     Deny,
 }
 
-/// `*` (any run, possibly empty) and `?` (one character) wildcards.
+/// `*` (any run, possibly empty) and `?` (one character) wildcards,
+/// sorted at parse time into the shapes that need no general matching
+/// (exact names, `Describe*` prefixes, `*`): evaluation runs on every API
+/// call and allocates nothing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pattern {
-    chars: Vec<char>,
-    /// Actions compare ASCII case-insensitively, as RAM's do.
+    shape: Shape,
+    /// Actions compare ASCII case-insensitively, as RAM's do; the pattern
+    /// is stored lower-cased.
     fold: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Shape {
+    Any,
+    Exact(String),
+    Prefix(String),
+    Glob(Vec<char>),
 }
 
 impl Pattern {
     fn new(s: &str, fold: bool) -> Self {
-        let chars = if fold { s.to_ascii_lowercase().chars().collect() } else { s.chars().collect() };
-        Self { chars, fold }
+        let p = if fold { s.to_ascii_lowercase() } else { s.to_string() };
+        let shape = match p.strip_suffix('*') {
+            _ if p == "*" => Shape::Any,
+            _ if !p.contains(['*', '?']) => Shape::Exact(p),
+            Some(head) if !head.contains(['*', '?']) => Shape::Prefix(head.to_string()),
+            _ => Shape::Glob(p.chars().collect()),
+        };
+        Self { shape, fold }
     }
 
     pub fn matches(&self, text: &str) -> bool {
-        let t: Vec<char> = if self.fold { text.to_ascii_lowercase().chars().collect() } else { text.chars().collect() };
-        glob(&self.chars, &t)
+        let eq = |a: &str, b: &str| if self.fold { a.eq_ignore_ascii_case(b) } else { a == b };
+        match &self.shape {
+            Shape::Any => true,
+            Shape::Exact(p) => eq(p, text),
+            Shape::Prefix(p) => text.get(..p.len()).is_some_and(|head| eq(p, head)),
+            Shape::Glob(p) => glob(p, text, self.fold),
+        }
     }
 }
 
-/// Iterative wildcard match with single back-tracking point: linear in
+/// Iterative wildcard match with a single back-tracking point: linear in
 /// practice, never exponential (a hostile pattern cannot stall a call).
-fn glob(p: &[char], t: &[char]) -> bool {
+fn glob(p: &[char], text: &str, fold: bool) -> bool {
+    let t: Vec<char> = if fold { text.chars().map(|c| c.to_ascii_lowercase()).collect() } else { text.chars().collect() };
     let (mut pi, mut ti) = (0usize, 0usize);
     let mut star: Option<(usize, usize)> = None;
     while ti < t.len() {
