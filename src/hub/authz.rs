@@ -394,6 +394,40 @@ impl Principal {
     }
 }
 
+/// Parsed policies of stored keys, so a document is parsed once, not on
+/// every call. Keyed by key id and holding the document text: a policy
+/// changed through any replica differs from the cached text and is parsed
+/// again, so the cache can never apply a stale policy (the key's row, and
+/// with it its enabled flag and document, is still read on every call).
+#[derive(Debug, Default)]
+pub struct PolicyCache {
+    inner: std::sync::Mutex<std::collections::HashMap<String, (String, Arc<Policy>)>>,
+}
+
+/// Cached policies before the cache is emptied (keys beyond it are simply
+/// parsed again): bounds memory whatever the number of keys.
+const MAX_CACHED_POLICIES: usize = 4096;
+
+impl PolicyCache {
+    pub fn get_or_parse(&self, key_id: &str, doc: &str) -> Result<Arc<Policy>, PolicyError> {
+        if let Ok(map) = self.inner.lock()
+            && let Some((cached, p)) = map.get(key_id)
+            && cached == doc
+        {
+            return Ok(p.clone());
+        }
+        // Parsed outside the lock: a large document never stalls others.
+        let parsed = Arc::new(Policy::parse(doc)?);
+        if let Ok(mut map) = self.inner.lock() {
+            if map.len() >= MAX_CACHED_POLICIES && !map.contains_key(key_id) {
+                map.clear();
+            }
+            map.insert(key_id.to_string(), (doc.to_string(), parsed.clone()));
+        }
+        Ok(parsed)
+    }
+}
+
 /// Why a call was refused: the action, and the instance when the refusal
 /// is about one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -455,6 +489,18 @@ mod tests {
 
     fn call<'a>(action: &'a str, targets: Vec<Target<'a>>) -> Access<'a> {
         Access { action, targets, ..Default::default() }
+    }
+
+    #[test]
+    fn policy_cache_reparses_a_changed_document() {
+        let cache = PolicyCache::default();
+        let a = r#"{"Statement":[{"Effect":"Allow","Action":"Describe*"}]}"#;
+        let b = r#"{"Statement":[{"Effect":"Allow","Action":"RunCommand"}]}"#;
+        let p1 = cache.get_or_parse("k", a).unwrap();
+        assert!(Arc::ptr_eq(&p1, &cache.get_or_parse("k", a).unwrap()), "same text: parsed once");
+        let p2 = cache.get_or_parse("k", b).unwrap();
+        assert!(!p2.saved_commands_only() && p1.saved_commands_only(), "changed text: the new policy applies");
+        assert!(cache.get_or_parse("k", "{").is_err());
     }
 
     #[test]

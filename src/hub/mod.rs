@@ -103,6 +103,8 @@ pub struct Hub {
     pub writer: writer::Writer,
     pub config: HubConfig,
     pub nonces: api::auth::NonceCache,
+    /// Parsed policies of stored keys (see `authz::PolicyCache`).
+    pub policies: authz::PolicyCache,
     pub shutdown: CancellationToken,
 }
 
@@ -124,6 +126,7 @@ pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: Cancellatio
         agents: agents::Registry::default(),
         live: live::LiveOutput::default(),
         nonces: api::auth::NonceCache::default(),
+        policies: authz::PolicyCache::default(),
         config: config.clone(),
         shutdown: shutdown.clone(),
     });

@@ -49,6 +49,16 @@ pub async fn record(hub: &Hub, facts: CallFacts, source: std::net::SocketAddr, r
     if !wanted(&action, result) {
         return;
     }
+    let mut named = facts.targets;
+    // CreateAccessKey names its new key only in the answer (the secret
+    // beside it is never read here).
+    if let Ok(v) = result
+        && action == "CreateAccessKey"
+        && let Some(id) = v.get("AccessKeyId").and_then(Value::as_str)
+    {
+        named.push(id.to_string());
+    }
+    let facts = CallFacts { targets: named, ..Default::default() };
     let mut targets = facts.targets.iter().take(MAX_TARGETS_LISTED).cloned().collect::<Vec<_>>().join(",");
     if facts.targets.len() > MAX_TARGETS_LISTED {
         targets.push_str(&format!(",…(+{})", facts.targets.len() - MAX_TARGETS_LISTED));

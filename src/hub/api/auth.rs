@@ -10,7 +10,7 @@ use axum::http::{HeaderMap, Method, StatusCode, Uri};
 
 use super::error::ApiError;
 use crate::hub::Hub;
-use crate::hub::authz::{Policy, Principal};
+use crate::hub::authz::Principal;
 use crate::hub::signature::{self, RequestParts};
 
 pub use signature::NonceCache;
@@ -62,8 +62,8 @@ pub async fn authenticate(
             let policy = if k.policy.is_empty() {
                 None
             } else {
-                match Policy::parse(&k.policy) {
-                    Ok(p) => Some(Arc::new(p)),
+                match hub.policies.get_or_parse(&k.key_id, &k.policy) {
+                    Ok(p) => Some(p),
                     Err(e) => {
                         tracing::warn!(access_key_id = %k.key_id, error = %e, "stored policy unreadable; the key has no access");
                         None

@@ -34,6 +34,19 @@ pub fn named_instances(params: &Params) -> Result<Vec<String>, ApiError> {
 /// Allows the call or refuses it with `Forbidden.RAM`. Configured keys
 /// pass without a store read.
 pub async fn authorize(hub: &Hub, principal: &Principal, action: &str, params: &Params) -> Result<(), ApiError> {
+    authorize_with(hub, principal, action, params, &[]).await
+}
+
+/// For handlers that resolve their targets themselves (targeting by tag,
+/// fleet selections): the call is decided again with the resolved
+/// instances added, so each must be allowed for this key (with the call's
+/// command type, command and user) or the whole call is refused naming the
+/// first that is not. Call it after resolving, before creating anything.
+pub async fn authorize_resolved(req: &super::Request<'_>, action: &str, resolved: &[crate::hub::store::InstanceRow]) -> Result<(), ApiError> {
+    authorize_with(req.hub, &req.principal, action, &req.params, resolved).await
+}
+
+async fn authorize_with(hub: &Hub, principal: &Principal, action: &str, params: &Params, resolved: &[crate::hub::store::InstanceRow]) -> Result<(), ApiError> {
     if matches!(principal, Principal::Configured { .. }) {
         return Ok(());
     }
@@ -52,7 +65,8 @@ pub async fn authorize(hub: &Hub, principal: &Principal, action: &str, params: &
         hub.store.list_instances(&ids, None, page).await?.0.into_iter().map(|r| (r.instance_id, r.tags)).collect()
     };
     let none: Vec<(String, String)> = Vec::new();
-    let targets: Vec<Target<'_>> = ids.iter().map(|id| Target { id, tags: tags.get(id).unwrap_or(&none) }).collect();
+    let mut targets: Vec<Target<'_>> = ids.iter().map(|id| Target { id, tags: tags.get(id).unwrap_or(&none) }).collect();
+    targets.extend(resolved.iter().map(|r| Target { id: &r.instance_id, tags: &r.tags }));
     let command_id = params.get("CommandId");
     let (mut command_type, mut username) = (None, params.get("Username").map(str::to_string));
     match action {
