@@ -141,7 +141,7 @@ def test_describe_only_key_cannot_run_command_in_either_sdk():
     assert audit(key[0], "DescribeInvocations") == []
 
 
-def test_staging_key_cannot_reach_prod_by_id():
+def test_staging_key_cannot_reach_prod_by_id_or_tag():
     key = new_key({"Statement": [{"Effect": "Allow", "Action": ["RunCommand", "Describe*"], "Instance": "tag:env=staging"}]})
     ok = run(key, [STAGING], "echo staging-ok")
     r = wait_final(ok["InvokeId"])[0]
@@ -152,9 +152,17 @@ def test_staging_key_cannot_reach_prod_by_id():
     before = call(DescribeInvocationsRequest.DescribeInvocationsRequest())["TotalCount"]
     assert_forbidden(refused(lambda: run(key, [STAGING, PROD])), "RunCommand", PROD)
     assert call(DescribeInvocationsRequest.DescribeInvocationsRequest())["TotalCount"] == before
+    # By tag: a call selecting instances by tag names none the key is
+    # scoped to, so it is refused (never silently narrowed to staging).
+    by_tag = RunCommandRequest.RunCommandRequest()
+    by_tag.set_Type("RunShellScript")
+    by_tag.set_CommandContent("echo no")
+    by_tag.set_Tags([{"Key": "env", "Value": "prod"}])
+    assert_forbidden(refused(lambda: call(by_tag, key)), "RunCommand")
+    assert call(DescribeInvocationsRequest.DescribeInvocationsRequest())["TotalCount"] == before
     events = audit(key[0], "RunCommand")
     outcomes = sorted((ev["Outcome"], ev["InvokeId"]) for ev in events)
-    assert outcomes == sorted([("Success", ok["InvokeId"]), ("Forbidden.RAM", ""), ("Forbidden.RAM", "")]), events
+    assert outcomes == sorted([("Success", ok["InvokeId"])] + [("Forbidden.RAM", "")] * 3), events
     assert all(ev["SourceIp"] == "127.0.0.1" and ev["RequestId"] for ev in events)
 
 
