@@ -289,36 +289,46 @@ impl Policy {
         }
     }
 
-    /// The decision for one call on at most one instance.
-    fn decide(&self, a: &Access<'_>, target: Option<&Target<'_>>) -> Decision {
-        let mut allowed = false;
-        for s in &self.statements {
-            if !s.matches(a, target) {
-                continue;
-            }
-            match s.effect {
-                // Deny wins: no later statement can undo it.
-                Effect::Deny => return Decision::ExplicitDeny,
-                Effect::Allow => allowed = true,
-            }
-        }
-        if allowed { Decision::Allow } else { Decision::ImplicitDeny }
+    /// The statements whose call-level conditions (action, command type,
+    /// command, user) match: computed once per call, so each instance is
+    /// then decided only on its `Instance` conditions.
+    fn applicable<'p>(&'p self, a: &Access<'_>) -> Vec<&'p Statement> {
+        self.statements.iter().filter(|s| s.matches_call(a)).collect()
     }
+}
+
+/// The decision for one instance (or none) among the applicable
+/// statements.
+fn decide(applicable: &[&Statement], target: Option<&Target<'_>>) -> Decision {
+    let mut allowed = false;
+    for s in applicable {
+        if !s.matches_target(target) {
+            continue;
+        }
+        match s.effect {
+            // Deny wins: no later statement can undo it.
+            Effect::Deny => return Decision::ExplicitDeny,
+            Effect::Allow => allowed = true,
+        }
+    }
+    if allowed { Decision::Allow } else { Decision::ImplicitDeny }
 }
 
 impl Statement {
     /// A condition a call lacks the fact for (a command type on a
     /// Describe call) does not match: RAM's rule, so a condition never
     /// widens a statement.
-    fn matches(&self, a: &Access<'_>, target: Option<&Target<'_>>) -> bool {
+    fn matches_target(&self, target: Option<&Target<'_>>) -> bool {
+        match (&self.instances, target) {
+            (None, _) => true,
+            (Some(pats), Some(t)) => pats.iter().any(|p| p.matches(t)),
+            (Some(_), None) => false,
+        }
+    }
+
+    fn matches_call(&self, a: &Access<'_>) -> bool {
         if !self.actions.iter().any(|p| p.matches(a.action)) {
             return false;
-        }
-        if let Some(pats) = &self.instances {
-            match target {
-                Some(t) if pats.iter().any(|p| p.matches(t)) => {}
-                _ => return false,
-            }
         }
         if let Some(types) = &self.command_types {
             match a.command_type {
@@ -458,14 +468,15 @@ pub fn check(principal: &Principal, a: &Access<'_>) -> Result<(), Denied> {
     };
     let deny = |instance: Option<&str>, explicit| Denied { key_id: key_id.clone(), action: a.action.to_string(), instance: instance.map(str::to_string), explicit };
     let Some(policy) = policy else { return Err(deny(None, false)) };
+    let applicable = policy.applicable(a);
     if a.targets.is_empty() {
-        return match policy.decide(a, None) {
+        return match decide(&applicable, None) {
             Decision::Allow => Ok(()),
             d => Err(deny(None, d == Decision::ExplicitDeny)),
         };
     }
     for t in &a.targets {
-        match policy.decide(a, Some(t)) {
+        match decide(&applicable, Some(t)) {
             Decision::Allow => {}
             d => return Err(deny(Some(t.id), d == Decision::ExplicitDeny)),
         }

@@ -15,7 +15,7 @@ pub fn run(statements: usize, calls: usize) -> Result<(), CliError> {
     // Statements that all need their conditions examined: wildcard
     // actions that match, instance scopes by tag that mostly miss.
     let mut list: Vec<String> = (0..statements.saturating_sub(1))
-        .map(|i| format!(r#"{{"Effect":"Allow","Action":["Describe*","Run*"],"Instance":["i-team{i}-*","tag:team=t{i}"],"CommandType":"RunShellScript","Username":["deploy","svc-*"]}}"#))
+        .map(|i| format!(r#"{{"Effect":"Allow","Action":["Describe*","Run*"],"Instance":["i-team{i}-*","tag:team=t{i}"],"CommandType":"RunShellScript","Username":["deploy","svc-*","default"]}}"#))
         .collect();
     list.push(r#"{"Effect":"Allow","Action":"RunCommand","Instance":"tag:env=staging"}"#.to_string());
     let doc = format!(r#"{{"Version":"1","Statement":[{}]}}"#, list.join(","));
