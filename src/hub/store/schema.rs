@@ -147,8 +147,8 @@ pub const MIGRATIONS: &[&str] = &[
     // signing secret itself: HMAC verification needs it, so a hash cannot
     // do (docs/permissions.md says what protects it). `policy` is the JSON
     // document ('' = no access). The audit trail is bounded by the
-    // pruner (`audit_retention_days`); `seq` orders events that share a
-    // second.
+    // pruner (`audit_retention_days`); `event_id` begins with the time in
+    // nanoseconds, so it orders events that share a second.
     r#"
     CREATE TABLE access_keys (
         key_id TEXT PRIMARY KEY,
