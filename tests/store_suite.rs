@@ -84,6 +84,7 @@ suite!(
     rollout_window_releases_in_order_and_halts_on_errors,
     two_replicas_share_one_window,
     batch_wait_spaces_releases_by_the_hub_clock,
+    access_keys_and_audit_events_round_trip_across_replicas,
 );
 
 fn page(offset: i64, limit: i64) -> Page {
@@ -638,4 +639,57 @@ async fn batch_wait_spaces_releases_by_the_hub_clock(e: &Engine) {
     // least 1 s after the settle itself.
     assert!(settled.elapsed() >= std::time::Duration::from_secs(1), "released after {:?}", settled.elapsed());
     assert_eq!(released, [Released { invoke_id: "t-b".into(), instances: vec!["i-2".into()] }]);
+}
+
+/// Issue #18: a key written through one replica is seen (and its disabling
+/// takes effect) through another at once; the audit trail filters, pages
+/// newest first and prunes by age.
+async fn access_keys_and_audit_events_round_trip_across_replicas(e: &Engine) {
+    let a = e.open().await;
+    let b = e.open().await;
+    let key = AccessKeyRow {
+        key_id: "LTAIdh01".into(),
+        secret: "s3cret".into(),
+        description: "ci".into(),
+        enabled: true,
+        policy: r#"{"Statement":[]}"#.into(),
+        created_at: "2026-11-24T08:00:00Z".into(),
+        updated_at: "2026-11-24T08:00:00Z".into(),
+    };
+    a.create_access_key(&key).await.unwrap();
+    assert!(a.create_access_key(&key).await.is_err(), "duplicate id must be refused");
+    let seen = b.get_access_key("LTAIdh01").await.unwrap().expect("visible on the other replica");
+    assert_eq!((seen.secret.as_str(), seen.enabled, seen.policy.as_str()), ("s3cret", true, key.policy.as_str()));
+    assert!(a.set_access_key_enabled("LTAIdh01", false).await.unwrap());
+    assert!(!b.get_access_key("LTAIdh01").await.unwrap().unwrap().enabled, "disabled at once on every replica");
+    assert!(b.set_access_key_policy("LTAIdh01", "").await.unwrap());
+    assert_eq!(a.get_access_key("LTAIdh01").await.unwrap().unwrap().policy, "");
+    assert!(!a.set_access_key_enabled("nope", true).await.unwrap());
+    assert_eq!(a.list_access_keys(page(0, 10)).await.unwrap().1, 1);
+    assert!(b.delete_access_key("LTAIdh01").await.unwrap());
+    assert!(a.get_access_key("LTAIdh01").await.unwrap().is_none());
+
+    let ev = |n: u32, key: &str, action: &str| AuditEvent {
+        event_id: format!("e{n:03}"),
+        at: format!("2026-11-{:02}T00:00:00Z", 10 + n),
+        key_id: key.into(),
+        source: "127.0.0.1".into(),
+        action: action.into(),
+        targets: "i-1".into(),
+        outcome: "Success".into(),
+        request_id: format!("R{n}"),
+        invoke_id: String::new(),
+        detail: String::new(),
+    };
+    for (n, k, act) in [(1, "k1", "RunCommand"), (2, "k2", "RunCommand"), (3, "k1", "DeleteCommand"), (4, "k1", "RunCommand")] {
+        a.record_audit(&ev(n, k, act)).await.unwrap();
+    }
+    let f = AuditFilter { key_id: Some("k1".into()), action: Some("RunCommand".into()), ..Default::default() };
+    let (rows, total) = b.list_audit(&f, page(0, 1)).await.unwrap();
+    assert_eq!(total, 2);
+    assert_eq!(rows.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(), ["e004"], "newest first");
+    let since = AuditFilter { since: Some("2026-11-13T00:00:00Z".into()), ..Default::default() };
+    assert_eq!(b.list_audit(&since, page(0, 10)).await.unwrap().1, 2);
+    assert_eq!(a.prune_audit("2026-11-13T00:00:00Z").await.unwrap(), 2);
+    assert_eq!(b.list_audit(&AuditFilter::default(), page(0, 10)).await.unwrap().1, 2);
 }

@@ -97,6 +97,7 @@ fn run() -> anyhow::Result<()> {
         delivery_timeout_secs: f.delivery_timeout_secs,
         log_json: f.log_json.then_some(true),
         parameter_values: f.parameter_values.as_deref().map(|v| if v == "strict" { ValuePolicy::Strict } else { ValuePolicy::Any }),
+        audit_retention_days: None,
     });
     let mut cfg = file.resolve()?;
     let store_spec = file.store_spec()?;

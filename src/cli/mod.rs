@@ -1,9 +1,11 @@
 //! The `deckhand` command for people: run scripts on many nodes with live
-//! progress, inspect and stop invocations, list instances, dev mode.
+//! progress, inspect and stop invocations, list instances, manage access
+//! keys, policies and the audit trail, dev mode.
 //!
 //! Every command goes through the same signed Cloud Assistant API as any
 //! SDK would, so there is one contract. Public surface: [`Cli`], [`main`].
 
+mod access;
 mod bench;
 pub mod client;
 pub(crate) mod dev;
@@ -80,6 +82,18 @@ pub enum Command {
         #[command(subcommand)]
         what: bench::BenchCmd,
     },
+    /// Stored AccessKeys (issue #18; docs/permissions.md).
+    Keys {
+        #[command(subcommand)]
+        cmd: access::KeysCmd,
+    },
+    /// A stored key's policy document.
+    Policy {
+        #[command(subcommand)]
+        cmd: access::PolicyCmd,
+    },
+    /// The audit trail: changes made and calls refused, newest first.
+    Audit(access::AuditArgs),
     /// Create an activation code for registering new agents.
     Activate {
         #[arg(long, default_value_t = 10)]
@@ -129,6 +143,9 @@ pub fn main(cli: Cli) -> anyhow_free::Result<i32> {
             rt.block_on(crate::kubelet::run_cmd(crate::kubelet::KubeletCmd::Plan { args: args.clone() })).map_err(|e| CliError::Usage(e.to_string()))
         }
         Command::Bench { what } => bench::run(what).map(|_| 0),
+        Command::Keys { cmd } => access::keys(&cli, cmd).map(|_| 0),
+        Command::Policy { cmd } => access::policy(&cli, cmd).map(|_| 0),
+        Command::Audit(args) => access::audit(&cli, args).map(|_| 0),
         Command::Activate { count, ttl_hours, name } => show::activate(&cli, *count, *ttl_hours, name.as_deref()).map(|_| 0),
     }
 }

@@ -23,7 +23,7 @@ pub(super) fn decode_output(v: &Value) -> Vec<u8> {
 }
 
 /// Follows NextToken until the listing ends (bounded to 100 pages).
-fn all_pages(cli: &Cli, action: &str, params: &[(&str, String)], outer: &str, inner: &str) -> Result<Vec<Value>, CliError> {
+pub(super) fn all_pages(cli: &Cli, action: &str, params: &[(&str, String)], outer: &str, inner: &str) -> Result<Vec<Value>, CliError> {
     let client = cli.client()?;
     let mut out = Vec::new();
     let mut token = String::new();

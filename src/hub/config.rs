@@ -45,6 +45,9 @@ pub struct HubFile {
     /// behaviour: spliced as given) or `"strict"` (only letters, digits and
     /// `._-:/@+,=`; see docs/exec.md).
     pub parameter_values: Option<crate::exec::params::ValuePolicy>,
+    /// Audit trail events older than this many days are pruned
+    /// (1..=3650, default 90; docs/permissions.md).
+    pub audit_retention_days: Option<u64>,
 }
 
 impl HubFile {
@@ -61,7 +64,7 @@ impl HubFile {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(listen, data_dir, store, tls_cert, tls_key, agent_client_ca, insecure_loopback, access_keys, heartbeat_secs, delivery_timeout_secs, log_json, parameter_values);
+        take!(listen, data_dir, store, tls_cert, tls_key, agent_client_ca, insecure_loopback, access_keys, heartbeat_secs, delivery_timeout_secs, log_json, parameter_values, audit_retention_days);
         self
     }
 
@@ -123,6 +126,11 @@ impl HubFile {
         }
         cfg.delivery_timeout = Duration::from_secs(dt);
         cfg.parameter_values = self.parameter_values.unwrap_or_default();
+        let days = self.audit_retention_days.unwrap_or(90);
+        if !(1..=3650).contains(&days) {
+            return Err(ConfigError::Invalid { key: "audit_retention_days", message: format!("{days} is outside 1..=3650") });
+        }
+        cfg.audit_retention = Duration::from_secs(days * 86_400);
         for pair in self.access_keys.iter().flatten() {
             let Some((id, secret)) = pair.split_once(':').filter(|(i, s)| !i.is_empty() && !s.is_empty()) else {
                 return Err(ConfigError::Invalid { key: "access_keys", message: "each entry must be ID:SECRET".into() });

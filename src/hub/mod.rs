@@ -3,6 +3,7 @@
 
 pub mod agents;
 pub mod api;
+pub mod authz;
 pub mod cluster;
 pub mod config;
 pub mod delivery;
@@ -57,6 +58,8 @@ pub struct HubConfig {
     /// Which custom parameter values RunCommand/InvokeCommand accept
     /// (`parameter_values` in hub.toml; docs/exec.md).
     pub parameter_values: crate::exec::params::ValuePolicy,
+    /// The audit trail keeps events this long (`audit_retention_days`).
+    pub audit_retention: Duration,
 }
 
 impl HubConfig {
@@ -71,6 +74,7 @@ impl HubConfig {
             addr_file: None,
             region_id: "deckhand".to_string(),
             parameter_values: crate::exec::params::ValuePolicy::Any,
+            audit_retention: Duration::from_secs(90 * 86_400),
         }
     }
 }
@@ -100,6 +104,8 @@ pub struct Hub {
     pub writer: writer::Writer,
     pub config: HubConfig,
     pub nonces: api::auth::NonceCache,
+    /// Parsed policies of stored keys (see `authz::PolicyCache`).
+    pub policies: authz::PolicyCache,
     pub shutdown: CancellationToken,
 }
 
@@ -121,11 +127,13 @@ pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: Cancellatio
         agents: agents::Registry::default(),
         live: live::LiveOutput::default(),
         nonces: api::auth::NonceCache::default(),
+        policies: authz::PolicyCache::default(),
         config: config.clone(),
         shutdown: shutdown.clone(),
     });
     tokio::spawn(api::sweeper(hub.clone()));
     tokio::spawn(cluster::run(hub.clone()));
     tokio::spawn(rollout::run(hub.clone()));
+    tokio::spawn(api::audit::pruner(hub.clone()));
     serve(hub, shutdown).await
 }

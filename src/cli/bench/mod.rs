@@ -4,6 +4,7 @@
 mod fanout;
 mod latency;
 mod listing;
+mod policy;
 mod procs;
 
 use std::time::Duration;
@@ -49,6 +50,13 @@ pub enum BenchCmd {
         #[arg(long)]
         store: Option<String>,
     },
+    /// Authorization cost: one policy of N statements evaluated per call.
+    Policy {
+        #[arg(long, default_value_t = 100)]
+        statements: usize,
+        #[arg(long, default_value_t = 20_000)]
+        calls: usize,
+    },
     /// Everything, small sizes: proves the benchmarks still run.
     Smoke,
 }
@@ -69,7 +77,9 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
         BenchCmd::Latency { runs, store } => latency::latency(*runs, store.as_deref()),
         BenchCmd::Footprint { secs } => latency::footprint(Duration::from_secs(*secs)),
         BenchCmd::Listing { invocations, targets, store } => rt()?.block_on(listing::run(*invocations, *targets, store.as_deref())),
+        BenchCmd::Policy { statements, calls } => policy::run(*statements, *calls),
         BenchCmd::Smoke => {
+            policy::run(100, 200)?;
             rt()?.block_on(fanout::run(50, None, None))?;
             rt()?.block_on(fanout::run(50, None, Some("50%")))?;
             rt()?.block_on(listing::run(5, 200, None))?;

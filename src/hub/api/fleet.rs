@@ -154,7 +154,11 @@ pub struct Resolved {
 }
 
 /// Resolves `sel` against every registered instance (read once, bounded).
-pub async fn resolve(req: &Request<'_>, sel: &Selector) -> Result<Resolved, ApiError> {
+/// Every matched instance must be one the caller's key may touch with this
+/// `action` (its policy is checked again with them; issue #18): a match the
+/// key may not reach refuses the whole call, naming it, never silently
+/// dropping it.
+pub async fn resolve(req: &Request<'_>, sel: &Selector, action: &str) -> Result<Resolved, ApiError> {
     let page = Page {
         offset: 0,
         limit: MAX_FLEET_TARGETS as i64 * 2,
@@ -167,8 +171,10 @@ pub async fn resolve(req: &Request<'_>, sel: &Selector) -> Result<Resolved, ApiE
             "more registered instances than a selector reads; the rest are not matched"
         );
     }
+    let matched: Vec<InstanceRow> = rows.into_iter().filter(|i| sel.matches(i)).collect();
+    super::guard::authorize_resolved(req, action, &matched).await?;
     let mut out = Resolved::default();
-    for inst in rows.iter().filter(|i| sel.matches(i)) {
+    for inst in &matched {
         if out.targets.len() == MAX_FLEET_TARGETS {
             return Err(ApiError::invalid(
                 "ResourceTag",

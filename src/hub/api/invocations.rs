@@ -101,9 +101,9 @@ fn repeat(p: &Params, timeout_secs: i64) -> Result<(RepeatMode, String), ApiErro
 /// The targets of a new invocation, fixed here: the instances a selector
 /// (`ResourceTag.N`, deckhand's `Target*`) matches now, or the listed
 /// `InstanceId.N`.
-async fn targets(req: &Request<'_>) -> Result<Resolved, ApiError> {
+async fn targets(req: &Request<'_>, action: &str) -> Result<Resolved, ApiError> {
     match Selector::from_params(&req.params)? {
-        Some(sel) => fleet::resolve(req, &sel).await,
+        Some(sel) => fleet::resolve(req, &sel, action).await,
         None => Ok(Resolved { targets: instances(req).await?, unreachable: Vec::new() }),
     }
 }
@@ -144,10 +144,10 @@ pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let ctype = command_type(p)?;
     let content = decode_content(p, "CommandContent", "PlainText")?;
     let enable_parameter = p.bool("EnableParameter")?.unwrap_or(false);
-    let parameters = parameters(p, &content, enable_parameter, req.hub.config.parameter_values)?;
+    let parameters = parameters(p, &content, enable_parameter, req.value_policy())?;
     let timeout = p.int("Timeout", TIMEOUT_RANGE.0, TIMEOUT_RANGE.1)?.unwrap_or(DEFAULT_TIMEOUT);
     let (repeat_mode, frequency) = repeat(p, timeout)?;
-    let resolved = targets(req).await?;
+    let resolved = targets(req, "RunCommand").await?;
     let window = fleet::window(p, resolved.targets.len(), repeat_mode)?;
     let cmd = CommandRow {
         command_id: new_id("c"),
@@ -201,7 +201,7 @@ pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let Some(mut cmd) = req.hub.store.get_command(command_id).await?.filter(|c| c.visible) else {
         return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidCommandId.NotFound", format!("The specified command \"{command_id}\" does not exist.")));
     };
-    let parameters = parameters(p, &cmd.content, cmd.enable_parameter, req.hub.config.parameter_values)?;
+    let parameters = parameters(p, &cmd.content, cmd.enable_parameter, req.value_policy())?;
     if let Some(t) = p.int("Timeout", TIMEOUT_RANGE.0, TIMEOUT_RANGE.1)? {
         cmd.timeout_secs = t;
     }
@@ -212,7 +212,7 @@ pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
     if let Some(w) = p.string("WorkingDir", 200)? {
         cmd.working_dir = w;
     }
-    let resolved = targets(req).await?;
+    let resolved = targets(req, "InvokeCommand").await?;
     let mut inv = invocation_for(&cmd, parameters, repeat_mode, frequency, p.get("ClientToken").unwrap_or(""));
     inv.window = fleet::window(p, resolved.targets.len(), repeat_mode)?;
     if p.get("RepeatMode") == Some(DRY_RUN) {

@@ -1,15 +1,19 @@
 //! The Cloud Assistant OpenAPI (ECS 2014-05-26, RPC style) served by the hub.
 //!
 //! Owns: request parsing (query string or form body), authentication
-//! (signatures), action dispatch, Alibaba-style responses and errors, and
-//! pagination. Each action family lives in its own file.
+//! (signatures), authorization (`guard`, one hook after authentication),
+//! the audit record of each call (`audit`), action dispatch, Alibaba-style
+//! responses and errors, and pagination. Each action family lives in its own file.
 
+pub mod audit;
 pub mod auth;
 mod commands;
 pub mod error;
 mod fleet;
+pub mod guard;
 mod instances;
 mod invocations;
+mod keys;
 pub mod params;
 
 use std::net::SocketAddr;
@@ -37,6 +41,16 @@ pub struct Request<'a> {
     pub hub: &'a Arc<Hub>,
     pub params: Params,
     pub peer: SocketAddr,
+    /// Who is calling (its policy was checked before the handler runs).
+    pub principal: crate::hub::authz::Principal,
+}
+
+impl Request<'_> {
+    /// The custom parameter value rule for this caller: strict for a key
+    /// limited to saved commands unless its policy says otherwise.
+    pub fn value_policy(&self) -> crate::exec::params::ValuePolicy {
+        self.principal.value_policy(self.hub.config.parameter_values)
+    }
 }
 
 pub async fn handle(
@@ -48,7 +62,9 @@ pub async fn handle(
     body: Bytes,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
-    let result = dispatch(&hub, peer, &method, &uri, &headers, &body).await;
+    let mut facts = audit::CallFacts::default();
+    let result = dispatch(&hub, peer, &method, &uri, &headers, &body, &mut facts).await;
+    audit::record(&hub, facts, peer, &request_id, &result).await;
     match result {
         Ok(mut v) => {
             if let Value::Object(m) = &mut v {
@@ -77,6 +93,7 @@ async fn dispatch(
     uri: &Uri,
     headers: &HeaderMap,
     body: &[u8],
+    facts: &mut audit::CallFacts,
 ) -> Result<Value, ApiError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::new(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "InvalidParameter.Body", format!("request body is {} bytes, the limit is {MAX_BODY_BYTES}", body.len())));
@@ -86,10 +103,32 @@ async fn dispatch(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let params = Params::parse(uri.query().unwrap_or(""), if is_form { body } else { b"" })?;
-    let verified = auth::authenticate(hub, method, uri, headers, body)?;
+    let (verified, principal) = match auth::authenticate(hub, method, uri, headers, body, &params).await {
+        Ok(v) => v,
+        Err(e) => {
+            // A disabled key's refusal is audited (its signature verified);
+            // unverified calls name no key and are only logged.
+            if e.code == "InvalidAccessKeyId.Inactive" {
+                facts.key_id = auth::claimed_key_id(headers, &params);
+                facts.action = params.get("Action").or_else(|| headers.get("x-acs-action").and_then(|v| v.to_str().ok())).map(str::to_string);
+            }
+            return Err(e);
+        }
+    };
     // Only what the signature covers names the action (issue #14).
     let Some(action) = verified.action(params.get("Action")) else { return Err(ApiError::missing("Action")) };
-    let req = Request { hub, params, peer };
+    facts.key_id = Some(principal.key_id().to_string());
+    facts.action = Some(action.clone());
+    facts.targets = guard::named_instances(&params).unwrap_or_default();
+    for name in ["CommandId", "UserAccessKeyId", "InvokeId", "ActivationId"] {
+        if facts.targets.is_empty()
+            && let Some(v) = params.get(name)
+        {
+            facts.targets.push(v.to_string());
+        }
+    }
+    guard::authorize(hub, &principal, &action, &params).await?;
+    let req = Request { hub, params, peer, principal };
     tracing::debug!(action, "API call");
     match action.as_str() {
         "RunCommand" => invocations::run_command(&req).await,
@@ -113,6 +152,14 @@ async fn dispatch(
         "TagResources" => instances::tag_resources(&req).await,
         "UntagResources" => instances::untag_resources(&req).await,
         "ListTagResources" => instances::list_tag_resources(&req).await,
+        // deckhand extensions (issue #18, docs/permissions.md).
+        "CreateAccessKey" => keys::create(&req).await,
+        "DescribeAccessKeys" => keys::describe(&req).await,
+        "DisableAccessKey" => keys::disable(&req).await,
+        "EnableAccessKey" => keys::enable(&req).await,
+        "DeleteAccessKey" => keys::delete(&req).await,
+        "SetAccessKeyPolicy" => keys::set_policy(&req).await,
+        "DescribeAuditEvents" => audit::describe(&req).await,
         other => Err(ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "InvalidAction.NotFound",

@@ -303,6 +303,51 @@ pub struct Page {
     pub limit: i64,
 }
 
+/// A stored AccessKey (issue #18). `secret` is the signing secret
+/// itself (HMAC verification needs it; docs/permissions.md).
+#[derive(Debug, Clone)]
+pub struct AccessKeyRow {
+    pub key_id: String,
+    pub secret: String,
+    pub description: String,
+    pub enabled: bool,
+    /// The policy document as set ('' = none: no access).
+    pub policy: String,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One audit trail entry: a call that changed something, or any refused
+/// call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub event_id: String,
+    pub at: String,
+    pub key_id: String,
+    /// The caller's address.
+    pub source: String,
+    pub action: String,
+    /// Instance ids (or the key/command the call named), comma-separated.
+    pub targets: String,
+    /// `Success` or the error code answered.
+    pub outcome: String,
+    pub request_id: String,
+    /// The invocation a RunCommand/InvokeCommand created.
+    pub invoke_id: String,
+    /// The refusal message, bounded; '' on success.
+    pub detail: String,
+}
+
+/// DescribeAuditEvents' filters; `None` means "any".
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    /// Inclusive bounds, in the stored time form.
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub key_id: Option<String>,
+    pub action: Option<String>,
+}
+
 /// What applying an agent report did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReportEffect {
@@ -405,6 +450,20 @@ pub trait Store: Send + Sync + 'static {
     /// `DeliveryTimeout` when the agent is online, `ClientNotResponse`
     /// when it is not.
     async fn expire_undelivered(&self, cutoff: &str) -> Result<u64>;
+
+    // Access keys and the audit trail (see `hub::authz`).
+    async fn create_access_key(&self, k: &AccessKeyRow) -> Result<()>;
+    async fn get_access_key(&self, id: &str) -> Result<Option<AccessKeyRow>>;
+    async fn list_access_keys(&self, page: Page) -> Result<(Vec<AccessKeyRow>, i64)>;
+    async fn set_access_key_enabled(&self, id: &str, enabled: bool) -> Result<bool>;
+    /// Replaces the policy document (already validated by the caller).
+    async fn set_access_key_policy(&self, id: &str, policy: &str) -> Result<bool>;
+    async fn delete_access_key(&self, id: &str) -> Result<bool>;
+    async fn record_audit(&self, e: &AuditEvent) -> Result<()>;
+    /// One page of events, newest first.
+    async fn list_audit(&self, f: &AuditFilter, page: Page) -> Result<(Vec<AuditEvent>, i64)>;
+    /// Deletes events older than `cutoff`; returns how many.
+    async fn prune_audit(&self, cutoff: &str) -> Result<u64>;
 
     // Replicas (see `hub::cluster`).
     /// True when several hubs may share this store (PostgreSQL).

@@ -161,6 +161,38 @@ pub const MIGRATIONS: &[&str] = &[
     -- read from the index instead of sorting a large rollout each time.
     CREATE INDEX targets_window ON targets (invoke_id, released, status, instance_id);
     "#,
+    // 6: who may do what (issue #18). Access keys managed through the API
+    // and CLI, beside the full-access keys of hub.toml. `secret` is the
+    // signing secret itself: HMAC verification needs it, so a hash cannot
+    // do (docs/permissions.md says what protects it). `policy` is the JSON
+    // document ('' = no access). The audit trail is bounded by the
+    // pruner (`audit_retention_days`); `event_id` begins with the time in
+    // nanoseconds, so it orders events that share a second.
+    r#"
+    CREATE TABLE access_keys (
+        key_id TEXT PRIMARY KEY,
+        secret TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        enabled INTEGER NOT NULL DEFAULT 1,
+        policy TEXT NOT NULL DEFAULT '',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE TABLE audit_events (
+        event_id TEXT PRIMARY KEY,
+        at TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        source TEXT NOT NULL DEFAULT '',
+        action TEXT NOT NULL,
+        targets TEXT NOT NULL DEFAULT '',
+        outcome TEXT NOT NULL,
+        request_id TEXT NOT NULL,
+        invoke_id TEXT NOT NULL DEFAULT '',
+        detail TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_events_at ON audit_events (at, event_id);
+    CREATE INDEX audit_events_key ON audit_events (key_id, at);
+    "#,
 ];
 
 /// The schema version whose data is rewritten in Rust after its DDL.

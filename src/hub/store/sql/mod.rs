@@ -15,6 +15,7 @@ use sqlx::query::{Query, QueryScalar};
 // Dynamic SQL here is built only from fixed column names; values are bound.
 use sqlx::{Any, AssertSqlSafe, Executor, Transaction};
 
+mod access;
 mod cluster;
 mod dialect;
 mod reports;
@@ -649,6 +650,42 @@ impl Store for SqlStore {
                 other => return other,
             }
         }
+    }
+
+    async fn create_access_key(&self, k: &AccessKeyRow) -> Result<()> {
+        self.create_access_key_impl(k).await
+    }
+
+    async fn get_access_key(&self, id: &str) -> Result<Option<AccessKeyRow>> {
+        self.get_access_key_impl(id).await
+    }
+
+    async fn list_access_keys(&self, page: Page) -> Result<(Vec<AccessKeyRow>, i64)> {
+        self.list_access_keys_impl(page).await
+    }
+
+    async fn set_access_key_enabled(&self, id: &str, enabled: bool) -> Result<bool> {
+        self.set_access_key_enabled_impl(id, enabled).await
+    }
+
+    async fn set_access_key_policy(&self, id: &str, policy: &str) -> Result<bool> {
+        self.set_access_key_policy_impl(id, policy).await
+    }
+
+    async fn delete_access_key(&self, id: &str) -> Result<bool> {
+        self.delete_access_key_impl(id).await
+    }
+
+    async fn record_audit(&self, e: &AuditEvent) -> Result<()> {
+        self.record_audit_impl(e).await
+    }
+
+    async fn list_audit(&self, f: &AuditFilter, page: Page) -> Result<(Vec<AuditEvent>, i64)> {
+        self.list_audit_impl(f, page).await
+    }
+
+    async fn prune_audit(&self, cutoff: &str) -> Result<u64> {
+        self.prune_audit_impl(cutoff).await
     }
 
     fn shared(&self) -> bool {
