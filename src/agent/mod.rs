@@ -47,6 +47,10 @@ pub struct AgentConfig {
     pub max_concurrent: usize,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// The agent's own binary, re-executed as each run's supervisor so runs
+    /// outlive the agent (Unix; see docs/exec.md). `None` (the default, and
+    /// on Windows): runs are the agent's children and die with it.
+    pub supervisor: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -61,6 +65,7 @@ impl AgentConfig {
             max_concurrent: 8,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(60),
+            supervisor: None,
         }
     }
 }
@@ -106,9 +111,10 @@ pub fn ensure_state_dir(dir: &std::path::Path) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Runs the agent until `shutdown` fires. Runs in progress are left to
-/// finish in the background only while the process lives; their state is
-/// journaled, so a restart reports them (see docs/journal.md).
+/// Runs the agent until `shutdown` fires. With `supervisor` set, runs in
+/// progress outlive this process and a restart re-attaches to them;
+/// without, they end with it and a restart reports them interrupted (see
+/// docs/journal.md).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     ensure_state_dir(&config.state_dir)?;
     let urls = HubUrl::parse_list(&config.hub)?;
@@ -121,13 +127,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let script_root = (!nix::unistd::geteuid().is_root()).then(|| config.state_dir.join("scripts"));
     #[cfg(not(unix))]
     let script_root = None;
-    let (runner, mut live_rx) = Runner::new(state, config.max_concurrent, script_root);
+    let supervision = config.supervisor.clone().filter(|_| cfg!(unix)).map(|program| runner::Supervision { program, runs_root: config.state_dir.join("runs") });
+    let (runner, mut live_rx) = Runner::new(state, config.max_concurrent, script_root, supervision);
     let mut identity = identity::load(&config.state_dir)?;
     if let Some(id) = &identity {
         runner.set_instance_id(&id.instance_id);
     }
+    runner.sweep_run_dirs(&recovery.interrupted);
     for (inv, seq) in recovery.interrupted {
-        runner.report_interrupted(&inv, seq);
+        // Supervised runs are watched to their real end; others are lost.
+        runner.reattach(inv.clone(), seq);
         // A schedule outlives one interrupted run: resume it.
         if Runner::is_repeating(&inv) {
             runner.spawn(inv);

@@ -90,6 +90,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: deckhand::kubelet::KubeletCmd,
     },
+    /// Internal: supervise one run in the given run directory (started by
+    /// the agent itself; see docs/exec.md).
+    #[cfg(unix)]
+    #[command(name = "__supervise", hide = true)]
+    Supervise { dir: PathBuf },
     /// Validate the configuration and print the effective settings.
     Config {
         #[command(subcommand)]
@@ -100,6 +105,22 @@ enum Cmd {
 #[derive(Debug, Subcommand)]
 enum ConfigCmd {
     Check(Flags),
+}
+
+/// This binary, resolved once at start: an upgrade may replace the file
+/// later, and the path (not the deleted inode) is what supervisors run.
+/// `DECKHAND_AGENT_NO_SUPERVISOR=1` keeps runs as the agent's children.
+fn supervisor_program() -> Option<PathBuf> {
+    if !cfg!(unix) || std::env::var_os("DECKHAND_AGENT_NO_SUPERVISOR").is_some_and(|v| v == "1") {
+        return None;
+    }
+    match std::env::current_exe() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot find our own binary; runs will not outlive the agent");
+            None
+        }
+    }
 }
 
 fn init_log(json: bool) {
@@ -126,7 +147,8 @@ fn run() -> anyhow::Result<()> {
         Cmd::Run(flags) => {
             let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());
             init_log(file.log_json.unwrap_or(false));
-            let cfg = file.resolve()?;
+            let mut cfg = file.resolve()?;
+            cfg.supervisor = supervisor_program();
             // One thread: the agent is mostly idle and I/O bound; a single
             // scheduler thread (plus the blocking pool on demand) keeps idle
             // RSS low (fewer stacks and malloc arenas).
@@ -181,6 +203,11 @@ fn run() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let code = rt.block_on(deckhand::kubelet::run_cmd(cmd))?;
             std::process::exit(code);
+        }
+        #[cfg(unix)]
+        Cmd::Supervise { dir } => {
+            init_log(false);
+            std::process::exit(deckhand::exec::supervise::supervise_main(&dir));
         }
         Cmd::Config { action: ConfigCmd::Check(flags) } => {
             let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());
