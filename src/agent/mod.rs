@@ -201,9 +201,15 @@ fn spawn_status_writer(dir: PathBuf, status: SharedStatus, runner: Arc<Runner>, 
             let snapshot = {
                 let mut s = status.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 s.running = runner.running_ids();
-                let st = runner.state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut st = runner.state.lock().unwrap_or_else(|e| e.into_inner());
+                // The retry of a failing journal rides on this tick.
+                if st.degraded().is_some() {
+                    st.retry_held();
+                }
                 s.journal_backlog = st.backlog();
                 s.open_invocations = st.open_count();
+                s.journal_degraded = st.degraded().map(str::to_string);
+                s.journal_held = st.held_count();
                 s.updated_at = chrono::Utc::now().to_rfc3339();
                 s
             };
@@ -331,6 +337,8 @@ async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveCh
     // Nothing from the hub for two heartbeats: the link is dead.
     let dead_after = hb * 2;
     let mut last_heard = tokio::time::Instant::now();
+    // An invocation arrived that the journal could not take.
+    let mut resync_owed = false;
     loop {
         ctx.live.stamp();
         // Send whatever is pending beyond what this connection already sent.
@@ -348,7 +356,12 @@ async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveCh
                 return Ok(());
             }
             _ = runner.outbox_ready.notified() => {}
-            _ = stamp.tick() => {}
+            _ = stamp.tick() => {
+                let healthy = runner.state.lock().unwrap_or_else(|e| e.into_inner()).degraded().is_none();
+                if resync_owed && healthy {
+                    return Err(AgentError::Lost("journal writable again; reconnecting to be sent what could not be accepted".into()));
+                }
+            }
             _ = ticker.tick() => {
                 if last_heard.elapsed() > dead_after {
                     return Err(AgentError::Lost(format!("no frame from hub for {:?}", last_heard.elapsed())));
@@ -366,8 +379,17 @@ async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveCh
                     HubMsg::Invoke { invocation } => {
                         let invoke_id = invocation.invoke_id.clone();
                         // Journal first; ack only what is durably ours.
-                        runner.accept(invocation)?;
-                        send(ws, &AgentMsg::InvokeAck { invoke_id }).await?;
+                        match runner.accept(invocation) {
+                            Ok(()) => send(ws, &AgentMsg::InvokeAck { invoke_id }).await?,
+                            Err(e) => {
+                                // Not acknowledged: the hub keeps it for us. Once the
+                                // journal works again we reconnect, and it is re-sent.
+                                if !resync_owed {
+                                    tracing::warn!(error = %e, "cannot journal an invocation; not accepting it until the journal can be written");
+                                }
+                                resync_owed = true;
+                            }
+                        }
                     }
                     HubMsg::Stop { invoke_id } => runner.stop(&invoke_id),
                     HubMsg::ReportAck { report_id } => {

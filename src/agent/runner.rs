@@ -83,15 +83,19 @@ impl Runner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Journals and reports; a journal failure is logged loudly but the
-    /// report is still attempted in memory-less form by the caller's retry.
+    /// Journals and reports. A journal that cannot be written holds the
+    /// report in memory (see `state`), and it is sent all the same.
     /// Returns whether the report is on disk.
     pub(super) fn report(&self, report: RecordReport, closes: bool) -> bool {
         let invoke_id = report.invoke_id.clone();
-        match self.state().report(report, closes) {
+        let mut st = self.state();
+        match st.report(report, closes) {
             Ok(_) => {
+                // Held in memory when the journal is failing: sent all the same.
+                let durable = st.is_durable();
+                drop(st);
                 self.outbox_ready.notify_one();
-                true
+                durable
             }
             Err(e) => {
                 tracing::error!(invoke_id, error = %e, "cannot journal report");

@@ -178,6 +178,10 @@ fn run() -> anyhow::Result<()> {
                 println!("last heartbeat:  {}", if s.last_heartbeat_ack.is_empty() { "-" } else { &s.last_heartbeat_ack });
                 println!("running:         {}", if s.running.is_empty() { "-".to_string() } else { s.running.join(", ") });
                 println!("journal backlog: {} report(s) not yet acknowledged", s.journal_backlog);
+                match &s.journal_degraded {
+                    Some(why) => println!("journal:         DEGRADED: {} change(s) held in memory, retried every few seconds: {why}", s.journal_held),
+                    None => println!("journal:         ok"),
+                }
                 println!("pid / updated:   {} / {}", s.pid, s.updated_at);
             }
             Ok(())

@@ -12,6 +12,7 @@
 //! | `stop` | agent | a stop request (the supervisor polls for it) |
 //! | `result.json` | supervisor, atomically | the [`RunOutcome`] |
 //! | `supervisor.log` | supervisor | its own log (stderr) |
+//! | `ran.reserve`, `result.reserve` | agent, before launch | space set aside so `ran` and `result.json` can still be written when the state dir fills up meanwhile (overwritten in place, then renamed) |
 //!
 //! The supervisor is the agent's binary re-executed with a hidden
 //! subcommand, in its own session (`setsid`), so neither a signal to the
@@ -62,6 +63,8 @@ const SPOOL: &str = "output.spool";
 const STOP: &str = "stop";
 const RESULT: &str = "result.json";
 const LOG: &str = "supervisor.log";
+const RAN_RESERVE: &str = "ran.reserve";
+const RESULT_RESERVE: &str = "result.reserve";
 /// Longest invoke id used verbatim in a directory name.
 const MAX_NAME_ID: usize = 64;
 
@@ -241,6 +244,31 @@ fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> Result<(), SuperviseErro
     File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))
 }
 
+/// Like [`write_atomic`], but when the disk is full, writes `body` into the
+/// space reserved at launch (`reserve`, overwritten in place: no new blocks;
+/// JSON ignores the trailing padding) and renames it to `name`.
+fn write_reserved(dir: &Path, name: &str, reserve: &str, body: &[u8]) -> Result<(), SuperviseError> {
+    let first = match write_atomic(dir, name, body) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    let _ = fs::remove_file(dir.join(format!("{name}.tmp")));
+    let path = dir.join(reserve);
+    let fits = fs::metadata(&path).map(|m| m.len() >= body.len() as u64).unwrap_or(false);
+    if !fits {
+        return Err(first);
+    }
+    tracing::warn!(error = %first, file = name, "writing into the space reserved for it");
+    {
+        let mut f = OpenOptions::new().write(true).open(&path).map_err(io("open", &path))?;
+        f.write_all(body).map_err(io("write", &path))?;
+        f.sync_all().map_err(io("fsync", &path))?;
+    }
+    let target = dir.join(name);
+    fs::rename(&path, &target).map_err(io("rename", &path))?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))
+}
+
 fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, SuperviseError> {
     let f = match File::open(path) {
         Ok(f) => f,
@@ -277,6 +305,11 @@ pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<(), Supervis
     }
     let body = serde_json::to_vec(&StoredSpec::from(spec)).map_err(|source| SuperviseError::Decode { path: dir.join(SPEC), source })?;
     write_atomic(dir, SPEC, &body)?;
+    // Kept output is at most the cap, base64 grows it by 4/3; the rest of a
+    // result (codes, times, error text) fits in the extra 8 KiB.
+    let result_room = spec.output_cap.min(super::MAX_OUTPUT_CAP) / 3 * 4 + 8 * 1024;
+    write_atomic(dir, RESULT_RESERVE, &vec![b' '; result_room])?;
+    write_atomic(dir, RAN_RESERVE, &[b' '; 64])?;
     let log_path = dir.join(LOG);
     let log = OpenOptions::new().create(true).append(true).mode(0o600).open(&log_path).map_err(io("open", &log_path))?;
     let mut cmd = std::process::Command::new(program);
@@ -447,11 +480,11 @@ fn supervise(dir: &Path) -> Result<(), SuperviseError> {
     let spec_path = dir.join(SPEC);
     let body = read_bounded(&spec_path)?.ok_or_else(|| io("read", &spec_path)(std::io::ErrorKind::NotFound.into()))?;
     let spec: RunSpec = serde_json::from_slice::<StoredSpec>(&body).map_err(|source| SuperviseError::Decode { path: spec_path.clone(), source })?.into();
-    write_atomic(dir, RAN, format!("{}\n", std::process::id()).as_bytes())?;
+    write_reserved(dir, RAN, RAN_RESERVE, format!("{}\n", std::process::id()).as_bytes())?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io("start runtime", dir))?;
     let outcome = rt.block_on(run_spooled(dir, spec));
     let body = serde_json::to_vec(&StoredOutcome::from(&outcome)).map_err(|source| SuperviseError::Decode { path: dir.join(RESULT), source })?;
-    write_atomic(dir, RESULT, &body)
+    write_reserved(dir, RESULT, RESULT_RESERVE, &body)
 }
 
 /// Makes sure this process holds the run's lock: normally fd 3, handed
