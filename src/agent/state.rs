@@ -230,11 +230,12 @@ impl AgentState {
             }
         }
         // Nothing held (only acceptances failed): ask the disk directly.
-        if before == 0 && self.degraded.is_some() {
-            if let Err(err) = self.journal.probe() {
-                self.degraded = Some(err.to_string());
-                return false;
-            }
+        if before == 0
+            && self.degraded.is_some()
+            && let Err(err) = self.journal.probe()
+        {
+            self.degraded = Some(err.to_string());
+            return false;
         }
         if self.degraded.take().is_some() {
             tracing::info!(written = before, "journal writable again; held changes written (agent healthy)");

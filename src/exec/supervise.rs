@@ -92,7 +92,11 @@ pub enum SuperviseError {
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SuperviseError + 'a {
-    move |source| SuperviseError::Io { op, path: path.to_path_buf(), source }
+    move |source| SuperviseError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// The directory of one run (one record of one invocation). Invoke ids come
@@ -102,8 +106,21 @@ pub fn run_dir(root: &Path, invoke_id: &str, record_seq: u32) -> Result<PathBuf,
     if invoke_id.len() > MAX_NAME_ID {
         return Err(SuperviseError::IdTooLong(invoke_id.len()));
     }
-    let plain = !invoke_id.is_empty() && invoke_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    let name = if plain { invoke_id.to_string() } else { format!("x{}", invoke_id.bytes().map(|b| format!("{b:02x}")).collect::<String>()) };
+    let plain = !invoke_id.is_empty()
+        && invoke_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let name = if plain {
+        invoke_id.to_string()
+    } else {
+        format!(
+            "x{}",
+            invoke_id
+                .bytes()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    };
     Ok(root.join(format!("{name}.{record_seq}")))
 }
 
@@ -205,7 +222,9 @@ impl From<&RunOutcome> for StoredOutcome {
 
 impl StoredOutcome {
     fn into_outcome(self) -> RunOutcome {
-        let output = base64::engine::general_purpose::STANDARD.decode(self.output_b64.as_bytes()).unwrap_or_default();
+        let output = base64::engine::general_purpose::STANDARD
+            .decode(self.output_b64.as_bytes())
+            .unwrap_or_default();
         RunOutcome {
             termination: match self.termination {
                 StoredTermination::Exited => Termination::Exited,
@@ -236,37 +255,57 @@ fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> Result<(), SuperviseErro
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io("open", &tmp))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("open", &tmp))?;
         f.write_all(body).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("fsync", &tmp))?;
     }
     fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", dir))
 }
 
 /// Like [`write_atomic`], but when the disk is full, writes `body` into the
 /// space reserved at launch (`reserve`, overwritten in place: no new blocks;
 /// JSON ignores the trailing padding) and renames it to `name`.
-fn write_reserved(dir: &Path, name: &str, reserve: &str, body: &[u8]) -> Result<(), SuperviseError> {
+fn write_reserved(
+    dir: &Path,
+    name: &str,
+    reserve: &str,
+    body: &[u8],
+) -> Result<(), SuperviseError> {
     let first = match write_atomic(dir, name, body) {
         Ok(()) => return Ok(()),
         Err(e) => e,
     };
     let _ = fs::remove_file(dir.join(format!("{name}.tmp")));
     let path = dir.join(reserve);
-    let fits = fs::metadata(&path).map(|m| m.len() >= body.len() as u64).unwrap_or(false);
+    let fits = fs::metadata(&path)
+        .map(|m| m.len() >= body.len() as u64)
+        .unwrap_or(false);
     if !fits {
         return Err(first);
     }
     tracing::warn!(error = %first, file = name, "writing into the space reserved for it");
     {
-        let mut f = OpenOptions::new().write(true).open(&path).map_err(io("open", &path))?;
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
         f.write_all(body).map_err(io("write", &path))?;
         f.sync_all().map_err(io("fsync", &path))?;
     }
     let target = dir.join(name);
     fs::rename(&path, &target).map_err(io("rename", &path))?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", dir))
 }
 
 fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, SuperviseError> {
@@ -276,16 +315,28 @@ fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, SuperviseError> {
         Err(e) => return Err(io("open", path)(e)),
     };
     let mut buf = Vec::new();
-    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf).map_err(io("read", path))?;
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(io("read", path))?;
     if buf.len() as u64 > MAX_FILE_BYTES {
-        return Err(SuperviseError::TooLarge { path: path.to_path_buf(), size: buf.len() as u64 });
+        return Err(SuperviseError::TooLarge {
+            path: path.to_path_buf(),
+            size: buf.len() as u64,
+        });
     }
     Ok(Some(buf))
 }
 
 fn open_lock(dir: &Path) -> Result<File, SuperviseError> {
     let path = dir.join(LOCK);
-    OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path).map_err(io("open", &path))
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io("open", &path))
 }
 
 /// Non-blocking exclusive `flock`; false when someone else holds it.
@@ -303,7 +354,11 @@ pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<(), Supervis
     if !try_lock(&lock) {
         return Err(SuperviseError::Busy(dir.to_path_buf()));
     }
-    let body = serde_json::to_vec(&StoredSpec::from(spec)).map_err(|source| SuperviseError::Decode { path: dir.join(SPEC), source })?;
+    let body =
+        serde_json::to_vec(&StoredSpec::from(spec)).map_err(|source| SuperviseError::Decode {
+            path: dir.join(SPEC),
+            source,
+        })?;
     write_atomic(dir, SPEC, &body)?;
     // Kept output is at most the cap, base64 grows it by 4/3; the rest of a
     // result (codes, times, error text) fits in the extra 8 KiB.
@@ -311,10 +366,22 @@ pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<(), Supervis
     write_atomic(dir, RESULT_RESERVE, &vec![b' '; result_room])?;
     write_atomic(dir, RAN_RESERVE, &[b' '; 64])?;
     let log_path = dir.join(LOG);
-    let log = OpenOptions::new().create(true).append(true).mode(0o600).open(&log_path).map_err(io("open", &log_path))?;
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .map_err(io("open", &log_path))?;
     let mut cmd = std::process::Command::new(program);
-    cmd.arg(SUBCOMMAND).arg(dir).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
-    cmd.env("DECKHAND_LOG", std::env::var("DECKHAND_LOG").unwrap_or_else(|_| "info".into()));
+    cmd.arg(SUBCOMMAND)
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    cmd.env(
+        "DECKHAND_LOG",
+        std::env::var("DECKHAND_LOG").unwrap_or_else(|_| "info".into()),
+    );
     let lock_fd = lock.as_raw_fd();
     // SAFETY: between fork and exec we only make async-signal-safe calls
     // (setsid, dup2, fcntl) on values computed before the fork.
@@ -337,7 +404,9 @@ pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<(), Supervis
             Ok(())
         });
     }
-    let mut child = tokio::process::Command::from(cmd).spawn().map_err(io("start supervisor", program))?;
+    let mut child = tokio::process::Command::from(cmd)
+        .spawn()
+        .map_err(io("start supervisor", program))?;
     // Our copy of the lock closes here; the supervisor's keeps it held.
     drop(lock);
     tokio::spawn(async move {
@@ -368,7 +437,13 @@ pub fn inspect(dir: &Path) -> Option<Watched> {
         return None;
     }
     // Gone: a result may have landed between the two looks.
-    Some(finished(dir).unwrap_or_else(|| if dir.join(RAN).exists() { Watched::Vanished } else { Watched::NeverRan }))
+    Some(finished(dir).unwrap_or_else(|| {
+        if dir.join(RAN).exists() {
+            Watched::Vanished
+        } else {
+            Watched::NeverRan
+        }
+    }))
 }
 
 fn finished(dir: &Path) -> Option<Watched> {
@@ -385,16 +460,29 @@ fn finished(dir: &Path) -> Option<Watched> {
 
 fn unreadable(e: &SuperviseError) -> Watched {
     tracing::error!(error = %e, "run result unreadable");
-    Watched::Finished(Box::new(RunOutcome::failed(Utc::now(), codes::EXECUTION_EXCEPTION, format!("the run's result could not be read: {e}"))))
+    Watched::Finished(Box::new(RunOutcome::failed(
+        Utc::now(),
+        codes::EXECUTION_EXCEPTION,
+        format!("the run's result could not be read: {e}"),
+    )))
 }
 
 /// Follows a supervised run until it ends: forwards new spooled output to
 /// `live` (from the start, or from the spool's current end when
 /// `from_end`: the hub already showed the rest before a restart), turns
 /// `stop` into a stop file, and returns the outcome.
-pub async fn watch(dir: &Path, stop: CancellationToken, live: Option<mpsc::Sender<Vec<u8>>>, from_end: bool) -> Watched {
+pub async fn watch(
+    dir: &Path,
+    stop: CancellationToken,
+    live: Option<mpsc::Sender<Vec<u8>>>,
+    from_end: bool,
+) -> Watched {
     let spool = dir.join(SPOOL);
-    let mut offset = if from_end { fs::metadata(&spool).map(|m| m.len()).unwrap_or(0) } else { 0 };
+    let mut offset = if from_end {
+        fs::metadata(&spool).map(|m| m.len()).unwrap_or(0)
+    } else {
+        0
+    };
     let mut stop_written = false;
     let mut tick = 0u32;
     loop {
@@ -405,9 +493,13 @@ pub async fn watch(dir: &Path, stop: CancellationToken, live: Option<mpsc::Sende
             }
         }
         offset = forward(&spool, offset, live.as_ref()).await;
-        let check_alive = tick % LIVENESS_EVERY == 0;
+        let check_alive = tick.is_multiple_of(LIVENESS_EVERY);
         tick = tick.wrapping_add(1);
-        let done = if check_alive { inspect(dir) } else { finished(dir) };
+        let done = if check_alive {
+            inspect(dir)
+        } else {
+            finished(dir)
+        };
         if let Some(w) = done {
             forward(&spool, offset, live.as_ref()).await;
             return w;
@@ -421,13 +513,18 @@ pub async fn watch(dir: &Path, stop: CancellationToken, live: Option<mpsc::Sende
 
 /// Sends spool bytes past `offset`; returns the new offset.
 async fn forward(spool: &Path, offset: u64, live: Option<&mpsc::Sender<Vec<u8>>>) -> u64 {
-    let Ok(mut f) = File::open(spool) else { return offset };
+    let Ok(mut f) = File::open(spool) else {
+        return offset;
+    };
     let len = f.metadata().map(|m| m.len()).unwrap_or(offset);
     if len <= offset || f.seek(SeekFrom::Start(offset)).is_err() {
         return offset;
     }
     let mut buf = Vec::new();
-    if f.take((len - offset).min(SPOOL_CAP)).read_to_end(&mut buf).is_err() {
+    if f.take((len - offset).min(SPOOL_CAP))
+        .read_to_end(&mut buf)
+        .is_err()
+    {
         return offset;
     }
     let n = buf.len() as u64;
@@ -450,7 +547,9 @@ pub fn remove(dir: &Path) {
 /// Run directories under `root` no supervisor holds (left by a crash after
 /// the final report was journaled), except those in `keep`.
 pub fn stale_dirs(root: &Path, keep: &[PathBuf]) -> Vec<PathBuf> {
-    let Ok(rd) = fs::read_dir(root) else { return Vec::new() };
+    let Ok(rd) = fs::read_dir(root) else {
+        return Vec::new();
+    };
     rd.filter_map(|e| e.ok())
         .map(|e| e.path())
         .filter(|p| p.is_dir() && !keep.contains(p))
@@ -478,12 +577,31 @@ fn supervise(dir: &Path) -> Result<(), SuperviseError> {
         return Ok(());
     }
     let spec_path = dir.join(SPEC);
-    let body = read_bounded(&spec_path)?.ok_or_else(|| io("read", &spec_path)(std::io::ErrorKind::NotFound.into()))?;
-    let spec: RunSpec = serde_json::from_slice::<StoredSpec>(&body).map_err(|source| SuperviseError::Decode { path: spec_path.clone(), source })?.into();
-    write_reserved(dir, RAN, RAN_RESERVE, format!("{}\n", std::process::id()).as_bytes())?;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io("start runtime", dir))?;
+    let body = read_bounded(&spec_path)?
+        .ok_or_else(|| io("read", &spec_path)(std::io::ErrorKind::NotFound.into()))?;
+    let spec: RunSpec = serde_json::from_slice::<StoredSpec>(&body)
+        .map_err(|source| SuperviseError::Decode {
+            path: spec_path.clone(),
+            source,
+        })?
+        .into();
+    write_reserved(
+        dir,
+        RAN,
+        RAN_RESERVE,
+        format!("{}\n", std::process::id()).as_bytes(),
+    )?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("start runtime", dir))?;
     let outcome = rt.block_on(run_spooled(dir, spec));
-    let body = serde_json::to_vec(&StoredOutcome::from(&outcome)).map_err(|source| SuperviseError::Decode { path: dir.join(RESULT), source })?;
+    let body = serde_json::to_vec(&StoredOutcome::from(&outcome)).map_err(|source| {
+        SuperviseError::Decode {
+            path: dir.join(RESULT),
+            source,
+        }
+    })?;
     write_reserved(dir, RESULT, RESULT_RESERVE, &body)
 }
 
@@ -495,7 +613,9 @@ fn hold_lock(dir: &Path) -> Result<(), SuperviseError> {
     let meta = lock.metadata().map_err(io("stat", &dir.join(LOCK)))?;
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat writes into the struct we own; a bad fd only returns -1.
-    let inherited = unsafe { libc::fstat(LOCK_FD, &mut st) } == 0 && st.st_dev as u64 == meta.dev() && st.st_ino as u64 == meta.ino();
+    let inherited = unsafe { libc::fstat(LOCK_FD, &mut st) } == 0
+        && st.st_dev as u64 == meta.dev()
+        && st.st_ino as u64 == meta.ino();
     if inherited {
         // Keep the script from inheriting the lock: it must end with us.
         // SAFETY: fcntl on a descriptor verified above.
@@ -521,8 +641,10 @@ async fn run_spooled(dir: &Path, spec: RunSpec) -> RunOutcome {
     let stop_file = dir.join(STOP);
     let s = stop.clone();
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        let mut int =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
         loop {
             if stop_file.exists() {
                 break;
@@ -539,7 +661,12 @@ async fn run_spooled(dir: &Path, spec: RunSpec) -> RunOutcome {
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
     let spool_path = dir.join(SPOOL);
     let writer = tokio::spawn(async move {
-        let mut f = OpenOptions::new().create(true).append(true).mode(0o600).open(&spool_path).ok();
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&spool_path)
+            .ok();
         let mut written = 0u64;
         while let Some(chunk) = rx.recv().await {
             let room = SPOOL_CAP.saturating_sub(written) as usize;
@@ -568,10 +695,19 @@ mod tests {
     #[test]
     fn run_dir_names_stay_inside_root() {
         let root = Path::new("/r");
-        assert_eq!(run_dir(root, "t-abc_1", 3).unwrap(), Path::new("/r/t-abc_1.3"));
-        assert_eq!(run_dir(root, "../x", 0).unwrap(), Path::new("/r/x2e2e2f78.0"));
+        assert_eq!(
+            run_dir(root, "t-abc_1", 3).unwrap(),
+            Path::new("/r/t-abc_1.3")
+        );
+        assert_eq!(
+            run_dir(root, "../x", 0).unwrap(),
+            Path::new("/r/x2e2e2f78.0")
+        );
         assert_eq!(run_dir(root, "", 0).unwrap(), Path::new("/r/x.0"));
-        assert!(matches!(run_dir(root, &"a".repeat(65), 0), Err(SuperviseError::IdTooLong(65))));
+        assert!(matches!(
+            run_dir(root, &"a".repeat(65), 0),
+            Err(SuperviseError::IdTooLong(65))
+        ));
     }
 
     #[test]
@@ -579,8 +715,20 @@ mod tests {
         let mut s = RunSpec::new("t-1", "RunShellScript", "echo hi");
         s.timeout = Duration::from_millis(1500);
         s.env = vec![("A".into(), "b".into())];
-        let back: RunSpec = serde_json::from_slice::<StoredSpec>(&serde_json::to_vec(&StoredSpec::from(&s)).unwrap()).unwrap().into();
-        assert_eq!((back.invoke_id.as_str(), back.script.as_str(), back.timeout, back.env.clone()), ("t-1", "echo hi", s.timeout, s.env.clone()));
+        let back: RunSpec = serde_json::from_slice::<StoredSpec>(
+            &serde_json::to_vec(&StoredSpec::from(&s)).unwrap(),
+        )
+        .unwrap()
+        .into();
+        assert_eq!(
+            (
+                back.invoke_id.as_str(),
+                back.script.as_str(),
+                back.timeout,
+                back.env.clone()
+            ),
+            ("t-1", "echo hi", s.timeout, s.env.clone())
+        );
     }
 
     #[test]
@@ -596,10 +744,23 @@ mod tests {
         assert!(try_lock(&held));
         assert!(inspect(&dir).is_none());
         drop(held);
-        let o = RunOutcome { output: b"done\n".to_vec(), exit_code: Some(0), termination: Termination::Exited, ..RunOutcome::failed(Utc::now(), "", "") };
-        write_atomic(&dir, RESULT, &serde_json::to_vec(&StoredOutcome::from(&o)).unwrap()).unwrap();
+        let o = RunOutcome {
+            output: b"done\n".to_vec(),
+            exit_code: Some(0),
+            termination: Termination::Exited,
+            ..RunOutcome::failed(Utc::now(), "", "")
+        };
+        write_atomic(
+            &dir,
+            RESULT,
+            &serde_json::to_vec(&StoredOutcome::from(&o)).unwrap(),
+        )
+        .unwrap();
         match inspect(&dir) {
-            Some(Watched::Finished(o)) => assert_eq!((o.output.as_slice(), o.exit_code), (&b"done\n"[..], Some(0))),
+            Some(Watched::Finished(o)) => assert_eq!(
+                (o.output.as_slice(), o.exit_code),
+                (&b"done\n"[..], Some(0))
+            ),
             other => panic!("{other:?}"),
         }
         write_atomic(&dir, RESULT, b"{not json").unwrap();
