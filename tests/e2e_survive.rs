@@ -166,3 +166,35 @@ fn stop_after_restart_reaches_a_reattached_run() {
     assert_eq!(r["InvocationStatus"], "Terminated", "{r}");
     assert_eq!(output_of(r), b"begun\n", "{r}");
 }
+
+/// What `systemctl restart` does under `KillMode=process`: SIGTERM to the
+/// agent alone, a graceful exit, a new agent.
+#[test]
+fn graceful_restart_mid_run_keeps_runs_and_their_output() {
+    let hub = Hub::start();
+    let mut a = hub.agent();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    let marker = tempfile::tempdir().unwrap();
+    let log = marker.path().join("ran.log");
+    let invs: Vec<String> = (0..3)
+        .map(|i| {
+            hub.run(
+                &format!("echo run-{i} >> {}; sleep 2; echo done-{i}", log.display()),
+                &[&id],
+                &[("Timeout", "60")],
+            )
+        })
+        .collect();
+    wait_until("3 scripts started", WAIT, || {
+        (lines(&log).len() == 3).then_some(())
+    });
+    assert!(a.terminate().success(), "graceful exit");
+    a.spawn();
+    for (i, inv) in invs.iter().enumerate() {
+        let r = &hub.wait_final(inv, WAIT)[0];
+        assert_eq!(r["InvocationStatus"], "Success", "{r}");
+        assert_eq!(output_of(r), format!("done-{i}\n").as_bytes());
+    }
+    assert_eq!(lines(&log).len(), 3, "none ran twice");
+}
