@@ -65,7 +65,11 @@ impl Drop for Full {
 }
 
 /// Puts the (stopped) agent's state dir on a small tmpfs when we may mount.
+/// `DECKHAND_TEST_DISK_FULL_HOOK=1` uses the hook even as root (to test it).
 fn small_state_dir(state: &Path, scratch: &Path) -> Option<Full> {
+    if std::env::var_os("DECKHAND_TEST_DISK_FULL_HOOK").is_some() {
+        return None;
+    }
     let is_root = Command::new("id")
         .arg("-u")
         .output()
@@ -109,6 +113,14 @@ fn agent_status(state: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The hub's instance view of the agent's journal trouble (null when healthy).
+fn hub_degraded(hub: &Hub, id: &str) -> serde_json::Value {
+    let v = hub
+        .call("DescribeManagedInstances", &[("InstanceId.1", id)])
+        .unwrap();
+    v["Instances"]["Instance"][0]["AgentJournalDegraded"].clone()
+}
+
 fn lines(path: &Path) -> usize {
     std::fs::read_to_string(path)
         .map(|t| t.lines().count())
@@ -131,7 +143,7 @@ fn full_state_dir_keeps_every_result_and_recovers_by_itself() {
                 "DECKHAND_FAULT_JOURNAL_FULL".into(),
                 flag.display().to_string(),
             ));
-            eprintln!("cannot mount a tmpfs here: using the journal fault hook");
+            eprintln!("no tmpfs (not root, mount refused, or DECKHAND_TEST_DISK_FULL_HOOK set): using the journal fault hook");
             Full::Hook { flag }
         }
     };
@@ -168,6 +180,11 @@ fn full_state_dir_keeps_every_result_and_recovers_by_itself() {
         "a log line says so"
     );
 
+    let shown = wait_until("hub shows the agent degraded", WAIT, || {
+        Some(hub_degraded(&hub, &id)).filter(|v| v.is_string())
+    });
+    assert!(shown.as_str().unwrap().contains("journal"), "{shown}");
+
     // A new invocation cannot be accepted durably: it waits at the hub.
     let late_marker = scratch.path().join("late.log");
     let late = hub.run(
@@ -184,6 +201,9 @@ fn full_state_dir_keeps_every_result_and_recovers_by_itself() {
         a.log().contains("journal writable again"),
         "a log line says so"
     );
+    wait_until("hub shows the agent healthy", WAIT, || {
+        hub_degraded(&hub, &id).is_null().then_some(())
+    });
     let r = &hub.wait_final(&late, WAIT)[0];
     assert_eq!(r["InvocationStatus"], "Success", "{r}");
     assert_eq!(output_of(r), b"late\n");

@@ -298,7 +298,9 @@ async fn connect_and_serve(
 ) -> Result<(), AgentError> {
     let (config, url, tls, runner) = (ctx.config, ctx.url, ctx.tls, ctx.runner);
     let mut ws = transport::dial(url, tls, config.insecure_loopback).await?;
-    let facts = identity::host_facts();
+    let mut facts = identity::host_facts();
+    facts.journal_degraded = journal_degraded(runner);
+    let degraded_told = facts.journal_degraded.is_some();
     // The saved identity is the truth: a credential rotated during the
     // previous connection was saved there, not into this copy.
     if let Some(saved) = identity::load(&config.state_dir)? {
@@ -324,10 +326,18 @@ async fn connect_and_serve(
         s.connected = true;
         s.instance_id = id.instance_id.clone();
     });
-    session(ctx, &mut ws, live_rx, hb).await
+    session(ctx, &mut ws, live_rx, hb, degraded_told).await
 }
 
-async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveChunk>, hb: Duration) -> Result<(), AgentError> {
+/// The journal's trouble, as told to the hub in the hello facts (bounded).
+fn journal_degraded(runner: &Runner) -> Option<String> {
+    let mut why = runner.state.lock().unwrap_or_else(|e| e.into_inner()).degraded()?.to_string();
+    protocol::truncate_text(&mut why, protocol::MAX_DEGRADED_TEXT);
+    Some(why)
+}
+
+/// `degraded_told`: whether this connection's hello said the journal was failing.
+async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveChunk>, hb: Duration, degraded_told: bool) -> Result<(), AgentError> {
     let (runner, shutdown) = (ctx.runner, ctx.shutdown);
     let mut stamp = tokio::time::interval(service::LOOP_TICK);
     // Reports the hub has not acknowledged are sent again on every connection.
@@ -360,6 +370,11 @@ async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveCh
                 let healthy = runner.state.lock().unwrap_or_else(|e| e.into_inner()).degraded().is_none();
                 if resync_owed && healthy {
                     return Err(AgentError::Lost("journal writable again; reconnecting to be sent what could not be accepted".into()));
+                }
+                // The hub learns of the journal's state from the hello facts:
+                // a change is worth a reconnect (rare: once per episode each way).
+                if healthy == degraded_told {
+                    return Err(AgentError::Lost("journal state changed; reconnecting to tell the hub".into()));
                 }
             }
             _ = ticker.tick() => {
