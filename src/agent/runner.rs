@@ -356,7 +356,8 @@ impl Runner {
 }
 
 /// How watching a supervised run ended (platform-neutral mirror of
-/// `exec::supervise::Watched`).
+/// `exec::supervise::Watched`; elsewhere only `Vanished` is ever made).
+#[cfg_attr(not(unix), allow(dead_code))]
 enum Watched {
     Finished(Box<exec::RunOutcome>),
     NeverRan,
