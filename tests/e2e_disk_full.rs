@@ -143,7 +143,9 @@ fn full_state_dir_keeps_every_result_and_recovers_by_itself() {
                 "DECKHAND_FAULT_JOURNAL_FULL".into(),
                 flag.display().to_string(),
             ));
-            eprintln!("no tmpfs (not root, mount refused, or DECKHAND_TEST_DISK_FULL_HOOK set): using the journal fault hook");
+            eprintln!(
+                "no tmpfs (not root, mount refused, or DECKHAND_TEST_DISK_FULL_HOOK set): using the journal fault hook"
+            );
             Full::Hook { flag }
         }
     };
@@ -157,8 +159,18 @@ fn full_state_dir_keeps_every_result_and_recovers_by_itself() {
     let invs: Vec<String> = (0..3)
         .map(|i| hub.run(&format!("echo run >> {}; sleep 2; head -c 6000 /dev/zero | tr '\\0' x; echo; echo out-{i}", marker.display()), &[&id], &[("Timeout", "60")]))
         .collect();
-    wait_until("3 runs started", WAIT, || {
-        (lines(&marker) == 3).then_some(())
+    // And one to be stopped while the disk is full (no room for a stop file).
+    let long_marker = scratch.path().join("long.log");
+    let long = hub.run(
+        &format!(
+            "echo begun >> {}; echo begun; sleep 120",
+            long_marker.display()
+        ),
+        &[&id],
+        &[("Timeout", "300")],
+    );
+    wait_until("4 runs started", WAIT, || {
+        (lines(&marker) == 3 && lines(&long_marker) == 1).then_some(())
     });
     full.fill();
     for (i, inv) in invs.iter().enumerate() {
@@ -180,6 +192,26 @@ fn full_state_dir_keeps_every_result_and_recovers_by_itself() {
         "a log line says so"
     );
 
+    hub.call("StopInvocation", &[("InvokeId", &long)]).unwrap();
+    let r = &hub.wait_final(&long, WAIT)[0];
+    if r["InvocationStatus"] != "Terminated" {
+        // Evidence for the failure report: what the run directories hold.
+        let sh = format!(
+            "ls -la {0}/runs/*; cat {0}/runs/*/supervisor.log; df {0}",
+            a.state_dir().display()
+        );
+        let out = Command::new("sh").arg("-c").arg(sh).output().unwrap();
+        eprintln!("run directories:\n{}", String::from_utf8_lossy(&out.stdout));
+    }
+    assert_eq!(r["InvocationStatus"], "Terminated", "{r}");
+    assert_eq!(output_of(r), b"begun\n", "{r}");
+    if matches!(full, Full::Tmpfs { .. }) {
+        // No page left for the stop file: the supervisor was signalled.
+        assert!(
+            a.log()
+                .contains("cannot write the stop file; signalling the supervisor")
+        );
+    }
     let shown = wait_until("hub shows the agent degraded", WAIT, || {
         Some(hub_degraded(&hub, &id)).filter(|v| v.is_string())
     });

@@ -198,3 +198,22 @@ fn graceful_restart_mid_run_keeps_runs_and_their_output() {
     }
     assert_eq!(lines(&log).len(), 3, "none ran twice");
 }
+
+/// SIGTERM to a run's supervisor is a stop: the tree ends and the result
+/// says `Terminated` (what the agent falls back to when it cannot write a
+/// stop file, and what the test harness does on cleanup).
+#[test]
+fn sigterm_to_a_supervisor_stops_its_run() {
+    let hub = Hub::start();
+    let a = hub.agent();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    let inv = hub.run("echo begun; sleep 120", &[&id], &[("Timeout", "300")]);
+    let pid = wait_until("supervisor started the script", WAIT, || {
+        a.supervisor_pids().first().copied()
+    });
+    harness::unsafe_kill(pid, "TERM");
+    let r = &hub.wait_final(&inv, WAIT)[0];
+    assert_eq!(r["InvocationStatus"], "Terminated", "{r}");
+    assert_eq!(output_of(r), b"begun\n", "{r}");
+}

@@ -53,6 +53,8 @@ const MAX_FILE_BYTES: u64 = 2 * 1024 * 1024;
 const POLL: Duration = Duration::from_millis(100);
 /// How often the agent checks whether the supervisor still holds the lock.
 const LIVENESS_EVERY: u32 = 10;
+/// Seconds a supervisor keeps retrying to write a result (an hour).
+const RESULT_RETRIES: u32 = 3600;
 /// The descriptor the locked `lock` file is handed over as.
 const LOCK_FD: i32 = 3;
 
@@ -432,6 +434,10 @@ pub fn inspect(dir: &Path) -> Option<Watched> {
     if let Some(w) = finished(dir) {
         return Some(w);
     }
+    if !dir.is_dir() {
+        // Removed under us (by hand): nothing will ever appear there.
+        return Some(Watched::Vanished);
+    }
     let lock = open_lock(dir).ok()?;
     if !try_lock(&lock) {
         return None;
@@ -489,7 +495,10 @@ pub async fn watch(
         if stop.is_cancelled() && !stop_written {
             stop_written = true;
             if let Err(e) = write_atomic(dir, STOP, b"stop\n") {
-                tracing::error!(error = %e, "cannot request stop of a supervised run");
+                // No room for the file (state dir full): tell the live
+                // supervisor directly; SIGTERM is a stop to it.
+                tracing::warn!(error = %e, "cannot write the stop file; signalling the supervisor");
+                signal_supervisor(dir);
             }
         }
         offset = forward(&spool, offset, live.as_ref()).await;
@@ -508,6 +517,30 @@ pub async fn watch(
             _ = tokio::time::sleep(POLL) => {}
             _ = stop.cancelled(), if !stop_written => {}
         }
+    }
+}
+
+/// SIGTERM to the supervisor named in `ran`, only while it still holds the
+/// run's lock and its command line is a supervisor's (never a recycled pid).
+fn signal_supervisor(dir: &Path) {
+    let Ok(text) = fs::read_to_string(dir.join(RAN)) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    if pid <= 1 {
+        return;
+    }
+    let held = open_lock(dir).map(|l| !try_lock(&l)).unwrap_or(false);
+    let ours = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|b| *b == 0).any(|arg| arg == SUBCOMMAND.as_bytes()))
+        .unwrap_or(false);
+    if held && ours {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
     }
 }
 
@@ -602,7 +635,22 @@ fn supervise(dir: &Path) -> Result<(), SuperviseError> {
             source,
         }
     })?;
-    write_reserved(dir, RESULT, RESULT_RESERVE, &body)
+    // The script ran: its result must not be lost to a passing disk
+    // problem. Keep the lock (the agent keeps waiting) and retry.
+    let mut attempt = 0u32;
+    loop {
+        match write_reserved(dir, RESULT, RESULT_RESERVE, &body) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < RESULT_RETRIES => {
+                if attempt == 0 {
+                    tracing::error!(error = %e, "cannot write the run's result; retrying every second");
+                }
+                attempt += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 /// Makes sure this process holds the run's lock: normally fd 3, handed
