@@ -218,6 +218,11 @@ impl AgentState {
                 Ok(()) => {
                     self.held.pop_front();
                 }
+                Err(JournalError::FileFull { .. }) if self.compact_now().is_ok() => {
+                    // The file reached its size limit: the compacted file
+                    // holds the live state, held changes included.
+                    self.held.clear();
+                }
                 Err(err) if is_disk_trouble(&err) => {
                     self.degraded = Some(err.to_string());
                     return false;
@@ -361,6 +366,12 @@ impl AgentState {
         if self.journal.size_bytes() < COMPACT_AFTER_BYTES || !self.held.is_empty() {
             return Ok(());
         }
+        self.compact_now()
+    }
+
+    /// Rewrites the journal as the in-memory live set, which already
+    /// includes every held change: success makes them all durable.
+    fn compact_now(&mut self) -> Result<(), JournalError> {
         let mut live = Vec::new();
         for inv in self.open.values() {
             live.push(Entry::Accepted { invocation: inv.clone() });
