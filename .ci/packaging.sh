@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Packaging checks: systemd units verify, .deb contents and a scratch-root
-# install, and packaging/install.sh in a scratch root. Uses the binaries
+# install, packaging/install.sh in a scratch root, and the Windows zip. Uses the binaries
 # the test build already made (PROFILE=release for release packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -195,5 +195,35 @@ for gone in usr/bin/deckhand-agent etc/systemd/system/deckhand-agent.service var
   [ ! -e "$iroot/$gone" ] || fail "uninstall --purge left /$gone"
 done
 echo "install.sh OK"
+section "Windows zip"
+# The Windows agent .ci/run built (or DECKHAND_WINDOWS_AGENT); without it the
+# zip is skipped, unless DECKHAND_REQUIRE_WINE=1 (CI) makes that a failure.
+win_exe=${DECKHAND_WINDOWS_AGENT:-${CARGO_TARGET_DIR:-target}/x86_64-pc-windows-gnu/$profile/deckhand-agent.exe}
+if [ -f "$win_exe" ]; then
+  zip=$(packaging/build-windows-zip.sh "$win_exe" "$scratch/win")
+  echo "$zip"
+  zip_list=$(python3 -m zipfile -l "$zip")
+  base=$(basename "$zip" .zip)
+  for want in deckhand-agent.exe agent.toml README.txt; do
+    grep -q -F "$base/$want" <<<"$zip_list" || fail "$zip lacks $base/$want"
+  done
+  python3 -m zipfile -e "$zip" "$scratch/win/x"
+  cmp -s "$win_exe" "$scratch/win/x/$base/deckhand-agent.exe" || fail "the zipped exe differs from $win_exe"
+  head -c 2 "$scratch/win/x/$base/deckhand-agent.exe" | grep -q MZ || fail "the zipped exe is not a PE file"
+  grep -q 'service install' "$scratch/win/x/$base/README.txt" || fail "README.txt does not explain service install"
+  grep -q $'\r$' "$scratch/win/x/$base/README.txt" || fail "README.txt lacks CRLF line ends"
+  # The sample config (all commented) parses: same keys as on Linux.
+  tr -d '\r' < "$scratch/win/x/$base/agent.toml" > "$scratch/win/agent.toml"
+  "$bins/deckhand-agent" --config "$scratch/win/agent.toml" config check --hub https://hub.example:7070 >/dev/null || fail "the Windows sample agent.toml does not validate"
+  # Uncommented, its Windows paths must still be valid TOML (single quotes).
+  sed -n 's/^# \(state_dir\|ca_file\) = \('"'"'[^'"'"']*'"'"'\).*/\1 = \2/p' "$scratch/win/agent.toml" > "$scratch/win/paths.toml"
+  [ "$(wc -l < "$scratch/win/paths.toml")" = 2 ] || fail "sample agent.toml: state_dir/ca_file lines not found"
+  python3 -c 'import sys, tomllib; d = tomllib.load(open(sys.argv[1], "rb")); assert d["state_dir"] == r"C:\ProgramData\deckhand\agent", d' "$scratch/win/paths.toml" || fail "sample Windows paths are not literal TOML strings"
+  echo "Windows zip OK"
+elif [ "${DECKHAND_REQUIRE_WINE:-}" = 1 ]; then
+  fail "DECKHAND_REQUIRE_WINE=1 but no Windows agent at $win_exe"
+else
+  echo "SKIPPED: no Windows agent at $win_exe (cargo build --target x86_64-pc-windows-gnu --bin deckhand-agent)"
+fi
 section "done"
 echo "packaging checks passed in $(( $(date +%s) - start )) s"

@@ -45,6 +45,19 @@ pub fn init_logging(json: bool) {
     log_panics();
 }
 
+/// The daemons' exit: the error's message chain (`{:#}`) for users, never
+/// its Debug form — returning `anyhow::Result` from `main` prints Debug,
+/// which includes a stack backtrace whenever RUST_BACKTRACE is set.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 /// Release builds unwind (docs/security.md): a panic ends only the task it
 /// happens in (one request, one agent connection, one run), and this hook
 /// leaves one log line naming where. The payload is not logged: it may

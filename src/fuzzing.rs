@@ -6,7 +6,10 @@
 use serde_json::{Map, Value};
 
 /// The targets by name, as the fuzz crate and the corpus directories name them.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+/// A fuzz target: arbitrary bytes in, nothing out but the absence of a panic.
+pub type Target = fn(&[u8]);
+
+pub const TARGETS: &[(&str, Target)] = &[
     ("params", params),
     ("frequency", frequency),
     ("frame", frame),

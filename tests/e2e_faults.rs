@@ -53,12 +53,14 @@ fn queued_invocation_survives_agent_kill_and_runs_once() {
     let first = hub.run("sleep 30", &[&id], &[("Timeout", "120")]);
     wait_until("running", WAIT, || (status(&hub, &first) == "Running").then_some(()));
     let second = hub.run(&format!("echo second >> {}; echo done", log.display()), &[&id], &[]);
-    // Accepted (journaled and acknowledged) but waiting for the one slot.
-    wait_until("delivered", WAIT, || {
-        let v = hub.call("DescribeInvocations", &[("InvokeId", &second)]).ok()?;
-        (v["Invocations"]["Invocation"][0]["InvokeInstances"]["InvokeInstance"][0]["InstanceInvokeStatus"] == "Pending").then_some(())
+    // Accepted but waiting for the one slot. The real sign that the agent
+    // journaled it (not the Pending every target starts in): its id is in
+    // the journal file, which is fdatasync'd before the acknowledgement.
+    let journal = a.state_dir().join("journal/journal.log");
+    wait_until("journaled by the agent", WAIT, || {
+        let bytes = std::fs::read(&journal).ok()?;
+        bytes.windows(second.len()).any(|w| w == second.as_bytes()).then_some(())
     });
-    std::thread::sleep(Duration::from_millis(300));
     a.kill();
     a.kill_supervisors();
     a.spawn();

@@ -207,11 +207,10 @@ async fn rogue_agent_cannot_flood_live_output_or_oversize_reports() {
     }
     send(&mut ws, &AgentMsg::Report { report_id: next, report: report(&invoke_id, 0, &vec![b'z'; 700 * 1024], u64::MAX) }).await;
     loop {
-        if let Some(HubMsg::ReportAck { report_id }) = recv(&mut ws).await {
-            if report_id == next {
+        if let Some(HubMsg::ReportAck { report_id }) = recv(&mut ws).await
+            && report_id == next {
                 break;
             }
-        }
     }
     assert_eq!(inv, invoke_id);
     let v = hub.call("DescribeInvocationResults", &[("InvokeId", invoke_id.as_str()), ("IncludeHistory", "true")]).unwrap();

@@ -81,6 +81,9 @@ suite!(
     deregistering_releases_unsettled_targets,
     replicas_track_who_holds_each_agent,
     announcements_reach_every_replica,
+    rollout_window_releases_in_order_and_halts_on_errors,
+    two_replicas_share_one_window,
+    batch_wait_spaces_releases_by_the_hub_clock,
 );
 
 fn page(offset: i64, limit: i64) -> Page {
@@ -105,6 +108,8 @@ fn invocation(id: &str, created_at: &str, repeat_mode: RepeatMode, frequency: &s
         client_token: format!("tok-{id}"),
         stop_requested: false,
         counts: Default::default(),
+        window: Default::default(),
+        unreachable: Vec::new(),
     }
 }
 
@@ -516,4 +521,121 @@ async fn full_database_is_classified_as_disk_full() {
     assert!(e.to_string().starts_with("the hub's database disk is full"), "{e}");
     let busy = StoreError::classify(sqlx::Error::PoolTimedOut);
     assert!(matches!(busy, StoreError::Busy(_)) && !busy.is_disk_full());
+}
+
+/// A report of `status` from `instance` on record 0 of `invoke_id`.
+fn report_from(invoke_id: &str, instance: &str, status: S) -> WriteOp {
+    match report(invoke_id, 0, status, b"out") {
+        WriteOp::Report { mut report, .. } => {
+            report.exit_code = Some(if status == S::Success { 0 } else { 1 });
+            WriteOp::Report { instance_id: instance.into(), report }
+        }
+        other => other,
+    }
+}
+
+fn windowed(id: &str, max_concurrency: i64, max_errors: Option<i64>, unreachable: &[&str]) -> InvocationRow {
+    let mut inv = invocation(id, "2026-11-23T00:00:00Z", ONCE, "");
+    inv.window = Window { max_concurrency, max_errors, batch_wait_secs: 0 };
+    inv.unreachable = unreachable.iter().map(|s| s.to_string()).collect();
+    inv
+}
+
+/// Non-final targets the window has let go (what replicas deliver).
+async fn in_flight(s: &SqlStore, id: &str) -> Vec<String> {
+    s.deliveries(id).await.unwrap().into_iter().map(|d| d.instance_id).collect()
+}
+
+async fn rollout_window_releases_in_order_and_halts_on_errors(e: &Engine) {
+    let s = e.open().await;
+    let mut released = s.released();
+    let ids: Vec<String> = (1..=7).map(|i| format!("i-{i}")).collect();
+    s.create_invocation(&windowed("t-w", 2, Some(2), &["i-7"]), &ids).await.unwrap();
+    // The first window, in instance order; the offline match is settled at once.
+    assert_eq!(in_flight(&s, "t-w").await, ["i-1", "i-2"]);
+    let t = s.targets("t-w").await.unwrap();
+    assert_eq!((t[6].status, t[6].error_code.clone()), (S::Aborted, Some(ErrorCode::ClientNotRunning)));
+    assert_eq!(t[6].error_info, "the aliyun service is not running on the instance");
+    let inv = s.get_invocation("t-w").await.unwrap().unwrap();
+    assert_eq!((inv.counts.get(S::Pending), inv.counts.get(S::Aborted)), (6, 1));
+    assert_eq!(inv.window, Window { max_concurrency: 2, max_errors: Some(2), batch_wait_secs: 0 });
+    // Held targets are owed to nobody: a reconnecting agent is not sent them.
+    assert!(s.undelivered_for("i-3").await.unwrap().is_empty());
+    assert_eq!(s.undelivered_for("i-1").await.unwrap().len(), 1);
+    // A held target never expires: its delivery timeout starts at release.
+    assert_eq!(s.expire_undelivered("2026-11-24T00:00:00Z").await.unwrap(), 2);
+    assert_eq!(in_flight(&s, "t-w").await, ["i-3", "i-4"], "expiry frees the slots in the same transaction");
+    // The offline match never counts as an error (it never started): 2 errors, MaxErrors 2.
+    assert!(s.targets("t-w").await.unwrap().iter().all(|t| t.status != S::Cancelled));
+    while released.try_recv().is_ok() {}
+
+    s.create_invocation(&windowed("t-x", 2, Some(1), &[]), &ids).await.unwrap();
+    s.apply_batch(&[report_from("t-x", "i-1", S::Success)]).await.unwrap();
+    let r = released.try_recv().expect("a release is announced after commit");
+    assert_eq!((r.invoke_id.as_str(), r.instances.clone()), ("t-x", vec!["i-3".to_string()]));
+    assert_eq!(in_flight(&s, "t-x").await, ["i-2", "i-3"]);
+    s.apply_batch(&[report_from("t-x", "i-2", S::Failed)]).await.unwrap();
+    assert_eq!(in_flight(&s, "t-x").await, ["i-3", "i-4"], "one error is within MaxErrors 1");
+    // The second error exceeds MaxErrors: the held end Cancelled, the running run on.
+    s.apply_batch(&[report_from("t-x", "i-3", S::Timeout)]).await.unwrap();
+    assert_eq!(in_flight(&s, "t-x").await, ["i-4"]);
+    let st: Vec<S> = s.targets("t-x").await.unwrap().iter().map(|t| t.status).collect();
+    assert_eq!(st, [S::Success, S::Failed, S::Timeout, S::Pending, S::Cancelled, S::Cancelled, S::Cancelled]);
+    let t = s.targets("t-x").await.unwrap();
+    assert!(t[4..].iter().all(|t| t.error_code == Some(ErrorCode::MaxErrorsExceeded)));
+    assert!(t[4].error_info.contains("2 targets ended in error, more than MaxErrors 1"), "{}", t[4].error_info);
+    s.apply_batch(&[report_from("t-x", "i-4", S::Success)]).await.unwrap();
+    let inv = s.get_invocation("t-x").await.unwrap().unwrap();
+    assert_eq!(inv.invocation_status(), InvocationOverall::PartialFailed);
+    // The backstop finds nothing left to move.
+    assert!(s.advance_windows().await.unwrap().is_empty());
+}
+
+async fn two_replicas_share_one_window(e: &Engine) {
+    let (a, b) = (e.open().await, e.open().await);
+    let ids: Vec<String> = (10..40).map(|i| format!("i-{i}")).collect();
+    a.create_invocation(&windowed("t-r", 3, None, &[]), &ids).await.unwrap();
+    let mut done = 0;
+    let mut peak = 0;
+    while done < ids.len() {
+        let now = in_flight(&a, "t-r").await;
+        assert!(now.len() <= 3, "window exceeded: {now:?}");
+        peak = peak.max(now.len());
+        // Two replicas settle two targets of the window at the same moment.
+        let (x, y) = (now.first().cloned(), now.get(1).cloned());
+        let fa = async { if let Some(x) = &x { a.apply_batch(&[report_from("t-r", x, S::Success)]).await.unwrap(); } };
+        let fb = async { if let Some(y) = &y { b.apply_batch(&[report_from("t-r", y, S::Success)]).await.unwrap(); } };
+        tokio::join!(fa, fb);
+        done += usize::from(x.is_some()) + usize::from(y.is_some());
+        // Either replica's backstop pass may run meanwhile; neither overfills.
+        let _ = b.advance_windows().await.unwrap();
+    }
+    assert_eq!(peak, 3);
+    let inv = a.get_invocation("t-r").await.unwrap().unwrap();
+    assert_eq!(inv.counts.get(S::Success), ids.len() as i64);
+}
+
+async fn batch_wait_spaces_releases_by_the_hub_clock(e: &Engine) {
+    let s = e.open().await;
+    let mut inv = windowed("t-b", 1, None, &[]);
+    inv.window.batch_wait_secs = 2;
+    s.create_invocation(&inv, &["i-1".into(), "i-2".into()]).await.unwrap();
+    assert_eq!(in_flight(&s, "t-b").await, ["i-1"]);
+    // The report carries the agent's (old) finish time; the wait counts
+    // from when the hub committed the result.
+    s.apply_batch(&[report_from("t-b", "i-1", S::Success)]).await.unwrap();
+    let settled = std::time::Instant::now();
+    assert!(in_flight(&s, "t-b").await.is_empty(), "the slot is free but BatchWait holds the next target");
+    let released = loop {
+        let r = s.advance_windows().await.unwrap();
+        if !r.is_empty() {
+            break r;
+        }
+        assert!(settled.elapsed() < std::time::Duration::from_secs(10), "never released");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // Stored times have whole seconds: 2 s after the settle second is at
+    // least 1 s after the settle itself.
+    assert!(settled.elapsed() >= std::time::Duration::from_secs(1), "released after {:?}", settled.elapsed());
+    assert_eq!(released, [Released { invoke_id: "t-b".into(), instances: vec!["i-2".into()] }]);
 }

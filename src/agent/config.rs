@@ -1,6 +1,8 @@
 //! The agent's configuration: `/etc/deckhand/agent.toml` (every key
 //! optional, unknown keys refused), overridden key by key by flags and
 //! environment variables. `deckhand-agent config check` prints the result.
+//! On Windows the defaults live under `%ProgramData%\deckhand\` instead
+//! ([`default_path`], [`default_state_dir`], [`default_log_dir`]).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -10,8 +12,84 @@ use serde::{Deserialize, Serialize};
 use super::AgentConfig;
 use super::transport::HubUrl;
 
+/// Unix default config file; see [`default_path`] for the platform's.
 pub const DEFAULT_PATH: &str = "/etc/deckhand/agent.toml";
+/// Unix default state directory; see [`default_state_dir`] for the platform's.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/deckhand/agent";
+
+/// The machine-wide application data folder (`%ProgramData%`,
+/// `C:\ProgramData` on a standard installation), asked of the shell's known
+/// folders rather than read from the environment: a service's environment
+/// need not have it right (Wine gives services `ProgramData=C:\users\Public`).
+/// Falls back to the variable, then to `C:\ProgramData`.
+#[cfg(windows)]
+pub fn program_data() -> PathBuf {
+    known_program_data()
+        .or_else(|| std::env::var_os("ProgramData").map(PathBuf::from))
+        .filter(|p| p.is_absolute())
+        .unwrap_or_else(|| PathBuf::from(r"C:\ProgramData"))
+}
+
+/// `SHGetKnownFolderPath(FOLDERID_ProgramData)`. Declared here because the
+/// crate's windows-sys features do not include the shell.
+#[cfg(windows)]
+fn known_program_data() -> Option<PathBuf> {
+    use std::ffi::c_void;
+    use std::os::windows::ffi::OsStringExt;
+
+    use windows_sys::core::GUID;
+
+    /// FOLDERID_ProgramData {62AB5D82-FDC1-4DC3-A9DD-070D1D495D97}.
+    const FOLDERID_PROGRAM_DATA: GUID = GUID::from_u128(0x62ab5d82_fdc1_4dc3_a9dd_070d1d495d97);
+    #[link(name = "shell32")]
+    unsafe extern "system" {
+        fn SHGetKnownFolderPath(rfid: *const GUID, flags: u32, token: *mut c_void, path: *mut *mut u16) -> i32;
+    }
+    #[link(name = "ole32")]
+    unsafe extern "system" {
+        fn CoTaskMemFree(pv: *const c_void);
+    }
+    let mut raw: *mut u16 = std::ptr::null_mut();
+    // SAFETY: valid GUID pointer, default flags, no token (this user), and an
+    // out pointer the call fills with a NUL-terminated string that we free
+    // with CoTaskMemFree whatever the result (it may be set on failure too).
+    unsafe {
+        let hr = SHGetKnownFolderPath(&FOLDERID_PROGRAM_DATA, 0, std::ptr::null_mut(), &mut raw);
+        let path = (hr >= 0 && !raw.is_null()).then(|| {
+            // Bounded by the longest path Windows has (32 767 UTF-16 units).
+            let len = (0..32_767).take_while(|&i| *raw.add(i) != 0).count();
+            PathBuf::from(std::ffi::OsString::from_wide(std::slice::from_raw_parts(raw, len)))
+        });
+        CoTaskMemFree(raw.cast());
+        path
+    }
+}
+
+/// The default config file: `/etc/deckhand/agent.toml`;
+/// Windows `%ProgramData%\deckhand\agent.toml`.
+pub fn default_path() -> PathBuf {
+    #[cfg(windows)]
+    return program_data().join("deckhand").join("agent.toml");
+    #[cfg(not(windows))]
+    PathBuf::from(DEFAULT_PATH)
+}
+
+/// The default state directory (identity, journal, status):
+/// `/var/lib/deckhand/agent`; Windows `%ProgramData%\deckhand\agent`
+/// (a Unix path there would become `C:\var\lib\…`).
+pub fn default_state_dir() -> PathBuf {
+    #[cfg(windows)]
+    return program_data().join("deckhand").join("agent");
+    #[cfg(not(windows))]
+    PathBuf::from(DEFAULT_STATE_DIR)
+}
+
+/// Windows only (Unix logs to the journal): where the service writes its
+/// daily log files, `%ProgramData%\deckhand\logs`.
+#[cfg(windows)]
+pub fn default_log_dir() -> PathBuf {
+    program_data().join("deckhand").join("logs")
+}
 /// More parallel scripts than this is a fork bomb, not a fleet tool.
 pub const MAX_CONCURRENT: usize = 256;
 pub const MAX_BACKOFF_CAP_SECS: u64 = 3600;
@@ -53,7 +131,12 @@ impl AgentFile {
 
     /// The file named by `explicit`, else the default path if it exists.
     pub fn discover(explicit: Option<&Path>) -> Result<Self, ConfigError> {
-        crate::config::discover(explicit, DEFAULT_PATH)
+        let default = default_path();
+        match explicit {
+            Some(p) => Self::load(p),
+            None if default.exists() => Self::load(&default),
+            None => Ok(Self::default()),
+        }
     }
 
     /// `other`'s set keys win.
@@ -69,7 +152,7 @@ impl AgentFile {
     pub fn resolve(&self) -> Result<AgentConfig, ConfigError> {
         let hub = self.hub.clone().ok_or(ConfigError::Invalid { key: "hub", message: "required (flag --hub, env DECKHAND_AGENT_HUB, or `hub` in agent.toml)".into() })?;
         HubUrl::parse_list(&hub).map_err(|e| ConfigError::Invalid { key: "hub", message: e.to_string() })?;
-        let mut cfg = AgentConfig::new(hub, self.state_dir.clone().unwrap_or_else(|| DEFAULT_STATE_DIR.into()));
+        let mut cfg = AgentConfig::new(hub, self.state_dir.clone().unwrap_or_else(default_state_dir));
         if let Some(ca) = &self.ca_file {
             if !ca.exists() {
                 return Err(ConfigError::Invalid { key: "ca_file", message: format!("{} does not exist", ca.display()) });

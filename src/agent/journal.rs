@@ -23,6 +23,12 @@ pub const JOURNAL_TMP_FILE: &str = "journal.log.tmp";
 pub const JOURNAL_PROBE_FILE: &str = "journal.probe";
 /// Size of that probe: room for an acceptance (script ≤ 16 KiB) and more.
 const PROBE_BYTES: usize = 64 * 1024;
+/// Where bytes dropped at `open` are kept aside for an operator to inspect:
+/// an undecodable record or a cut tail is never replayed (no crash loop)
+/// and never silently lost.
+pub const QUARANTINE_FILE: &str = "journal.quarantine";
+/// The quarantine file stops growing here; later drops are only counted.
+pub const MAX_QUARANTINE_BYTES: u64 = 4 * 1024 * 1024;
 /// Frame header: u32 length + u32 crc32.
 pub const FRAME_HEADER_BYTES: usize = 8;
 
@@ -68,6 +74,9 @@ pub struct RecoveryReport {
     pub reason: Option<String>,
     /// A leftover compaction temp file was found and removed.
     pub removed_temp_file: bool,
+    /// Dropped bytes copied to [`QUARANTINE_FILE`] (0 when nothing was
+    /// dropped, or the quarantine is full).
+    pub quarantined_bytes: u64,
 }
 
 impl RecoveryReport {
@@ -165,6 +174,15 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         report.first_bad_offset = scan.first_bad_offset;
         report.reason = scan.reason.clone();
 
+        if !report.is_clean() {
+            let mut dropped: Vec<(u64, &[u8])> =
+                scan.undecodable_at.iter().filter_map(|&(o, l)| Some((o, bytes.get(o as usize..(o + l) as usize)?))).collect();
+            if let Some(tail) = bytes.get(scan.good_end as usize..).filter(|t| !t.is_empty()) {
+                dropped.push((scan.good_end, tail));
+            }
+            report.quarantined_bytes = quarantine(dir, &dropped, report.reason.as_deref().unwrap_or("undecodable record"));
+        }
+
         let mut journal = Journal {
             dir: dir.to_path_buf(),
             path: path.clone(),
@@ -193,7 +211,9 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
                 dropped_bytes = report.dropped_bytes,
                 first_bad_offset = ?report.first_bad_offset,
                 reason = report.reason.as_deref().unwrap_or(""),
-                "journal recovered with data dropped"
+                quarantined_bytes = report.quarantined_bytes,
+                quarantine = %dir.join(QUARANTINE_FILE).display(),
+                "journal recovered with data dropped; the dropped bytes are kept in the quarantine file"
             );
         } else {
             tracing::debug!(path = %path.display(), records = report.kept_records, "journal opened");
@@ -338,6 +358,8 @@ struct Scan<T> {
     good_end: u64,
     undecodable: u64,
     undecodable_bytes: u64,
+    /// (offset, length) of every undecodable frame.
+    undecodable_at: Vec<(u64, u64)>,
     tail_records: u64,
     first_bad_offset: Option<u64>,
     reason: Option<String>,
@@ -353,6 +375,7 @@ fn scan<T: DeserializeOwned>(bytes: &[u8], max: u32) -> Scan<T> {
         good_end: 0,
         undecodable: 0,
         undecodable_bytes: 0,
+        undecodable_at: Vec::new(),
         tail_records: 0,
         first_bad_offset: None,
         reason: None,
@@ -384,7 +407,10 @@ fn scan<T: DeserializeOwned>(bytes: &[u8], max: u32) -> Scan<T> {
                     match serde_json::from_slice::<T>(payload) {
                         Ok(rec) => s.records.push(rec),
                         Err(e) => {
-                            tracing::warn!(offset = off, error = %e, "journal record undecodable, skipped");
+                            // The error kind and position only: serde's
+                            // message would quote the record.
+                            tracing::warn!(offset = off, error = %crate::protocol::FrameError::from(e), "journal record undecodable, quarantined");
+                            s.undecodable_at.push((off as u64, end as u64));
                             s.undecodable += 1;
                             s.undecodable_bytes += end as u64;
                             s.first_bad_offset.get_or_insert(off as u64);
@@ -405,6 +431,44 @@ fn scan<T: DeserializeOwned>(bytes: &[u8], max: u32) -> Scan<T> {
         }
     }
     s
+}
+
+/// Appends dropped byte ranges to the quarantine file, each behind a text
+/// line naming its offset, length and the reason; returns the bytes kept.
+/// Best effort: a quarantine that cannot be written (full disk, limit)
+/// never stops the agent from starting.
+fn quarantine(dir: &Path, dropped: &[(u64, &[u8])], reason: &str) -> u64 {
+    let path = dir.join(QUARANTINE_FILE);
+    let existing = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    let mut budget = MAX_QUARANTINE_BYTES.saturating_sub(existing);
+    let Ok(mut f) = open_private_append(&path) else { return 0 };
+    let mut kept = 0u64;
+    let at = chrono::Utc::now().to_rfc3339();
+    for (offset, data) in dropped {
+        let header = format!("\n# {at} offset {offset} length {} ({reason})\n", data.len());
+        let n = (header.len() + data.len()) as u64;
+        if n > budget {
+            break;
+        }
+        if f.write_all(header.as_bytes()).and_then(|_| f.write_all(data)).is_err() {
+            break;
+        }
+        budget -= n;
+        kept += data.len() as u64;
+    }
+    let _ = f.sync_all();
+    kept
+}
+
+fn open_private_append(path: &Path) -> io::Result<File> {
+    let mut o = OpenOptions::new();
+    o.append(true).create(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
+    }
+    o.open(path)
 }
 
 /// Best-effort count of frames in a dropped tail, following length fields

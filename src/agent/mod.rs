@@ -321,13 +321,24 @@ async fn connect_and_serve(
         },
     };
     tracing::info!(instance_id = %id.instance_id, hub = %url.ws_url(), "connected");
-    backoff.reset();
     set_status(ctx.status, |s| {
         s.connected = true;
         s.instance_id = id.instance_id.clone();
     });
-    session(ctx, &mut ws, live_rx, hb, degraded_told).await
+    let started = tokio::time::Instant::now();
+    let result = session(ctx, &mut ws, live_rx, hb, degraded_told).await;
+    // The back-off starts over only after a session that proved the hub
+    // healthy by lasting; one that fails at once (a hub whose database
+    // disk is full accepts hello but not our reports) keeps the delays
+    // growing, so a fleet does not reconnect several times a second.
+    if started.elapsed() >= HEALTHY_SESSION {
+        backoff.reset();
+    }
+    result
 }
+
+/// A session that lasted this long resets the reconnect back-off.
+const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
 /// The journal's trouble, as told to the hub in the hello facts (bounded).
 fn journal_degraded(runner: &Runner) -> Option<String> {
@@ -394,7 +405,7 @@ async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveCh
                     HubMsg::Invoke { invocation } => {
                         let invoke_id = invocation.invoke_id.clone();
                         // Journal first; ack only what is durably ours.
-                        match runner.accept(invocation) {
+                        match runner.accept(*invocation) {
                             Ok(()) => send(ws, &AgentMsg::InvokeAck { invoke_id }).await?,
                             Err(e) => {
                                 // Not acknowledged: the hub keeps it for us. Once the

@@ -273,10 +273,6 @@ impl AgentState {
         Ok(true)
     }
 
-    pub fn is_open(&self, invoke_id: &str) -> bool {
-        self.open.contains_key(invoke_id)
-    }
-
     pub fn started(&mut self, invoke_id: &str, record_seq: u32) -> Result<(), JournalError> {
         self.write(Entry::Started { invoke_id: invoke_id.to_string(), record_seq })
     }

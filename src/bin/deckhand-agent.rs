@@ -1,5 +1,6 @@
 //! `deckhand-agent`: the node daemon. Thin main: flags/env/config file →
-//! AgentConfig → run; plus `status`, `register` and `config check`.
+//! AgentConfig → run; plus `status`, `register` and `config check`, and on
+//! Windows `service install|uninstall` and the SCM entry `windows-service`.
 
 use std::path::PathBuf;
 
@@ -10,7 +11,7 @@ use deckhand::agent::config::AgentFile;
 #[derive(Debug, Parser)]
 #[command(name = "deckhand-agent", version, about = "deckhand node agent")]
 struct Args {
-    /// Config file (default /etc/deckhand/agent.toml when it exists).
+    /// Config file (default /etc/deckhand/agent.toml, Windows %ProgramData%\deckhand\agent.toml, when it exists).
     #[arg(long, global = true, env = "DECKHAND_AGENT_CONFIG")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -82,9 +83,15 @@ enum Cmd {
         json: bool,
     },
     /// Run under the Windows Service Control Manager (config from
-    /// C:\ProgramData\deckhand\agent.toml unless --config is given).
+    /// %ProgramData%\deckhand\agent.toml unless --config is given).
     #[cfg(windows)]
     WindowsService(Flags),
+    /// Register or remove the Windows service (elevated prompt).
+    #[cfg(windows)]
+    Service {
+        #[command(subcommand)]
+        action: ServiceCmd,
+    },
     /// Plan or apply kubelet reserved resources on this node.
     Kubelet {
         #[command(subcommand)]
@@ -123,21 +130,23 @@ fn supervisor_program() -> Option<PathBuf> {
     }
 }
 
+#[cfg(windows)]
+#[derive(Debug, Subcommand)]
+enum ServiceCmd {
+    /// Create (or update) the `deckhand-agent` service: automatic start,
+    /// restart on failure, this executable with `--config` if given. Does
+    /// not start it (`sc.exe start deckhand-agent`).
+    Install,
+    /// Stop the service if it runs, then delete it. Keeps config and state.
+    Uninstall,
+}
+
 fn init_log(json: bool) {
     deckhand::config::init_logging(json);
 }
 
-/// Users see the error's message chain (`{:#}`), never its Debug form: returning
-/// `anyhow::Result` from `main` would print Debug, which includes a stack backtrace
-/// whenever RUST_BACKTRACE is set in the environment.
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    deckhand::config::exit_code(run())
 }
 
 fn run() -> anyhow::Result<()> {
@@ -167,7 +176,7 @@ fn run() -> anyhow::Result<()> {
         Cmd::Status { state_dir, json } => {
             let dir = state_dir
                 .or_else(|| AgentFile::discover(args.config.as_deref()).ok().and_then(|f| f.state_dir))
-                .unwrap_or_else(|| deckhand::agent::config::DEFAULT_STATE_DIR.into());
+                .unwrap_or_else(deckhand::agent::config::default_state_dir);
             let s = deckhand::agent::service::read_status(&dir).with_context(|| format!("no status in {} (is the agent running?)", dir.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -188,18 +197,33 @@ fn run() -> anyhow::Result<()> {
         }
         #[cfg(windows)]
         Cmd::WindowsService(flags) => {
-            let path = args.config.clone().unwrap_or_else(|| deckhand::agent::winsvc::CONFIG_PATH.into());
+            let path = args.config.clone().unwrap_or_else(deckhand::agent::winsvc::config_path);
             let file = AgentFile::discover(Some(&path))?.overlay(flags.as_file());
-            // Daily files, the last 14 kept: C:\ProgramData\deckhand\logs\agent.YYYY-MM-DD.log
+            // Daily files, the last 14 kept: %ProgramData%\deckhand\logs\agent.YYYY-MM-DD.log
             let appender = tracing_appender::rolling::Builder::new()
                 .rotation(tracing_appender::rolling::Rotation::DAILY)
                 .max_log_files(14)
                 .filename_prefix("agent")
                 .filename_suffix("log")
-                .build(r"C:\ProgramData\deckhand\logs")?;
+                .build(deckhand::agent::config::default_log_dir())?;
             let filter = tracing_subscriber::EnvFilter::try_from_env("DECKHAND_LOG").unwrap_or_else(|_| "info".into());
             tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(appender).init();
             deckhand::agent::winsvc::run(file.resolve()?)?;
+            Ok(())
+        }
+        #[cfg(windows)]
+        Cmd::Service { action } => {
+            init_log(false);
+            match action {
+                ServiceCmd::Install => {
+                    deckhand::agent::winsvc::install(args.config.as_deref())?;
+                    println!("service {} installed (automatic start); start it with: sc.exe start {}", deckhand::agent::winsvc::SERVICE_NAME, deckhand::agent::winsvc::SERVICE_NAME);
+                }
+                ServiceCmd::Uninstall => {
+                    deckhand::agent::winsvc::uninstall()?;
+                    println!("service {} stopped and removed", deckhand::agent::winsvc::SERVICE_NAME);
+                }
+            }
             Ok(())
         }
         Cmd::Kubelet { cmd } => {

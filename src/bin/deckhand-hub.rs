@@ -77,17 +77,8 @@ enum ConfigCmd {
     Check,
 }
 
-/// Users see the error's message chain (`{:#}`), never its Debug form: returning
-/// `anyhow::Result` from `main` would print Debug, which includes a stack backtrace
-/// whenever RUST_BACKTRACE is set in the environment.
 fn main() -> std::process::ExitCode {
-    match run() {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    deckhand::config::exit_code(run())
 }
 
 fn run() -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 mod bench;
 pub mod client;
 pub(crate) mod dev;
+mod fleet;
 mod run;
 mod show;
 
@@ -44,7 +45,8 @@ pub struct Cli {
 pub enum Command {
     /// All-in-one dev mode: hub + a local agent on loopback, SQLite under a data dir.
     Dev(dev::DevArgs),
-    /// Run a script on one or more instances and wait for the results.
+    /// Run a script on instances (by id, tag or facts, optionally in a
+    /// rate-controlled rollout) and follow it live.
     Run(run::RunArgs),
     /// List managed instances.
     Instances,

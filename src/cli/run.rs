@@ -2,6 +2,7 @@
 //! each instance's status, exit code and output; non-zero exit if any
 //! instance did not finish with exit code 0.
 
+use crate::lifecycle::CommandType;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -15,18 +16,48 @@ use super::{Cli, CliError};
 /// Poll interval while following; fast enough to feel live, slow enough
 /// that a thousand terminals do not load the hub.
 const POLL: Duration = Duration::from_millis(250);
+/// Longest a fleet rollout is followed (a week).
+const FLEET_GIVE_UP: Duration = Duration::from_secs(7 * 86_400);
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Target instance id (repeatable, up to 100).
-    #[arg(long = "instance", short = 'i', required = true)]
+    #[arg(long = "instance", short = 'i', required_unless_present_any = ["tags", "all", "os", "arch", "hostname"])]
     pub instances: Vec<String>,
+    /// Target every instance carrying this tag: KEY=VALUE, or KEY for any
+    /// value (repeatable; an instance must carry all of them).
+    #[arg(long = "tag", value_name = "KEY[=VALUE]")]
+    pub tags: Vec<String>,
+    /// Target every online instance (deckhand extension).
+    #[arg(long)]
+    pub all: bool,
+    /// Target instances of this OS type, e.g. linux, windows (deckhand extension).
+    #[arg(long)]
+    pub os: Option<String>,
+    /// Target instances of this architecture, e.g. x86_64 (deckhand extension).
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Target instances whose hostname matches this glob (`*`, `?`).
+    #[arg(long, value_name = "GLOB")]
+    pub hostname: Option<String>,
+    /// Targets running at once: a count or a percentage (`10%`).
+    #[arg(long, value_name = "N|P%")]
+    pub max_concurrency: Option<String>,
+    /// Targets allowed to fail before the rest are cancelled: a count or a percentage.
+    #[arg(long, value_name = "N|P%")]
+    pub max_errors: Option<String>,
+    /// Pause after a target settles before the next starts, e.g. 5s.
+    #[arg(long, value_parser = parse_duration)]
+    pub batch_wait: Option<Duration>,
+    /// Resolve targets and validate everything; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Timeout per run, e.g. 60s, 5m, 1h.
     #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub timeout: Duration,
     /// RunShellScript, RunPowerShellScript or RunBatScript.
-    #[arg(long = "type", default_value = "RunShellScript")]
-    pub command_type: String,
+    #[arg(long = "type", default_value_t = CommandType::RunShellScript, value_parser = CommandType::parse)]
+    pub command_type: CommandType,
     #[arg(long)]
     pub username: Option<String>,
     #[arg(long)]
@@ -40,6 +71,33 @@ pub struct RunArgs {
     /// The script (use `--` before it).
     #[arg(required = true, last = true)]
     pub script: Vec<String>,
+}
+
+/// Adds the selector and rollout window parameters; true when the run
+/// targets a fleet (a selector or a window), which the live fleet view follows.
+fn fleet_params(args: &RunArgs, p: &mut Vec<(String, String)>) -> bool {
+    for (i, t) in args.tags.iter().enumerate() {
+        let (k, v) = t.split_once('=').unwrap_or((t.as_str(), ""));
+        p.push((format!("ResourceTag.{}.Key", i + 1), k.to_string()));
+        if !v.is_empty() {
+            p.push((format!("ResourceTag.{}.Value", i + 1), v.to_string()));
+        }
+    }
+    let mut extend = |k: &str, v: Option<String>| {
+        if let Some(v) = v {
+            p.push((k.to_string(), v));
+        }
+    };
+    extend("TargetAll", args.all.then(|| "true".to_string()));
+    extend("TargetOsType", args.os.clone());
+    extend("TargetArch", args.arch.clone());
+    extend("TargetHostname", args.hostname.clone());
+    extend("MaxConcurrency", args.max_concurrency.clone());
+    extend("MaxErrors", args.max_errors.clone());
+    extend("BatchWait", args.batch_wait.map(|d| d.as_secs().to_string()));
+    extend("RepeatMode", args.dry_run.then(|| "DryRun".to_string()));
+    let selector = !args.tags.is_empty() || args.all || args.os.is_some() || args.arch.is_some() || args.hostname.is_some();
+    selector || args.max_concurrency.is_some() || args.max_errors.is_some() || args.batch_wait.is_some()
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -59,7 +117,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
     let client = cli.client()?;
     let script = args.script.join(" ");
     let mut p: Vec<(String, String)> = vec![
-        ("Type".into(), args.command_type.clone()),
+        ("Type".into(), args.command_type.as_str().to_string()),
         ("CommandContent".into(), base64::engine::general_purpose::STANDARD.encode(&script)),
         ("ContentEncoding".into(), "Base64".into()),
         ("Timeout".into(), args.timeout.as_secs().to_string()),
@@ -67,6 +125,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
     for (i, id) in args.instances.iter().enumerate() {
         p.push((format!("InstanceId.{}", i + 1), id.clone()));
     }
+    let fleet = fleet_params(args, &mut p);
     if let Some(u) = &args.username {
         p.push(("Username".into(), u.clone()));
     }
@@ -84,10 +143,36 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
     }
     let refs: Vec<(&str, String)> = p.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let v = client.call("RunCommand", &refs)?;
+    if args.dry_run {
+        let d = v.get("DryRunResult").cloned().unwrap_or(Value::Null);
+        if cli.json {
+            println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+        } else {
+            println!(
+                "dry run: {} target(s), {} offline; window {} at once, MaxErrors {}; nothing was run",
+                s(&d, "TargetCount"),
+                s(&d, "UnreachableCount"),
+                s(&d, "MaxConcurrency"),
+                if s(&d, "MaxErrors").is_empty() { "none".to_string() } else { s(&d, "MaxErrors") }
+            );
+        }
+        return Ok(0);
+    }
     let invoke_id = s(&v, "InvokeId");
     if args.no_wait {
         println!("{invoke_id}");
         return Ok(0);
+    }
+    // Bound the wait by the run timeout plus generous delivery slack.
+    let give_up = Instant::now() + args.timeout + Duration::from_secs(600);
+    if fleet {
+        if !cli.json {
+            eprintln!("invocation {invoke_id} on the selected fleet");
+        }
+        // A rollout takes many run timeouts; every target settles by itself
+        // (run timeout, delivery timeout), so this bound only ends the wait
+        // on a hub that stops answering with progress.
+        return super::fleet::follow(&client, cli.json, &invoke_id, Instant::now() + FLEET_GIVE_UP);
     }
     if !cli.json {
         eprintln!("invocation {invoke_id} on {} instance(s)", args.instances.len());
@@ -95,8 +180,6 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
     let single = args.instances.len() == 1 && !cli.json;
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     let mut shown_live = 0usize;
-    // Bound the wait by the run timeout plus generous delivery slack.
-    let give_up = Instant::now() + args.timeout + Duration::from_secs(600);
     let results = loop {
         let r = client.call("DescribeInvocationResults", &[("InvokeId", invoke_id.clone()), ("PageSize", "50".into())])?;
         let inv = r.get("Invocation").cloned().unwrap_or(Value::Null);

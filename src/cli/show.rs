@@ -49,7 +49,7 @@ pub fn instances(cli: &Cli) -> Result<(), CliError> {
         println!("{}", serde_json::to_string_pretty(&list).expect("json"));
         return Ok(());
     }
-    println!("{:<26} {:<8} {:<24} {:<8} {:<6} {}", "INSTANCE", "STATUS", "HOSTNAME", "OS", "CPUS", "LAST SEEN");
+    println!("{:<26} {:<8} {:<24} {:<8} {:<6} LAST SEEN", "INSTANCE", "STATUS", "HOSTNAME", "OS", "CPUS");
     for i in list {
         println!("{:<26} {:<8} {:<24} {:<8} {:<6} {}", s(&i, "InstanceId"), s(&i, "Status"), s(&i, "Hostname"), s(&i, "OsType"), s(&i, "CpuCount"), s(&i, "LastSeen"));
     }
@@ -63,7 +63,7 @@ pub fn invocations(cli: &Cli, limit: u32) -> Result<(), CliError> {
         println!("{}", serde_json::to_string_pretty(&list).expect("json"));
         return Ok(());
     }
-    println!("{:<26} {:<14} {:<20} {:<9} {}", "INVOKE ID", "STATUS", "CREATED", "TARGETS", "COMMAND");
+    println!("{:<26} {:<14} {:<20} {:<9} COMMAND", "INVOKE ID", "STATUS", "CREATED", "TARGETS");
     for i in list {
         let targets = items(i, "InvokeInstances", "InvokeInstance").len();
         let content = base64::engine::general_purpose::STANDARD.decode(s(i, "CommandContent")).unwrap_or_default();

@@ -290,12 +290,11 @@ fn substitute(template: &str, values: &BTreeMap<String, (String, String)>, polic
                 ParamError::Missing(name.to_string())
             });
         };
-        if policy == ValuePolicy::Strict {
-            if let Err(ch) = is_safe_value(value) {
+        if policy == ValuePolicy::Strict
+            && let Err(ch) = is_safe_value(value) {
                 let env = if builtin { "(built-ins have none)".to_string() } else { env_name(display) };
                 return Err(ParamError::UnsafeValue { name: display.clone(), ch, env });
             }
-        }
         out.push_str(before);
         out.push_str(value);
         rest = tail;

@@ -161,6 +161,21 @@ async fn refuse(ws: &mut WebSocket, code: &str, message: String) -> ConnError {
     ConnError::Refused(format!("{code}: {message}"))
 }
 
+/// Ends a connection the store cannot serve: a full disk (or any store
+/// failure) is told to the agent as `ServiceUnavailable`, so it backs off.
+async fn unavailable(ws: &mut WebSocket, e: super::store::StoreError) -> ConnError {
+    let message = if e.is_disk_full() {
+        "the hub's database disk is full; retry later".to_string()
+    } else {
+        "the hub cannot use its database right now; retry later".to_string()
+    };
+    if let Some(suppressed) = super::edge::peer_warnings().allow() {
+        tracing::warn!(error = %e, suppressed, "agent turned away: store unavailable");
+    }
+    let _ = refuse(ws, "ServiceUnavailable", message).await;
+    ConnError::Store(e)
+}
+
 /// The first frame of a connection: small, well formed, or the connection
 /// is closed at once (issue #14). Nothing of the frame is logged or echoed.
 async fn recv_first(ws: &mut WebSocket, peer: SocketAddr) -> Result<AgentMsg, ConnError> {
@@ -248,12 +263,22 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
         _ => return Err(refuse(&mut ws, "InvalidCredential", format!("unknown instance {} or wrong token", super::edge::shown_id(&instance_id))).await),
     }
     let hb = hub.config.heartbeat;
+    // Recorded before `welcome`: when the database cannot be written the
+    // agent is refused before its back-off resets, so a fleet waits with
+    // growing delays instead of reconnecting several times a second.
+    if let Err(e) = hub.store.instance_connected(&instance_id, &hub.id, &facts, &peer.ip().to_string()).await {
+        return Err(unavailable(&mut ws, e).await);
+    }
     send(&mut ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) }).await?;
-    hub.store.instance_connected(&instance_id, &hub.id, &facts, &peer.ip().to_string()).await?;
     let (tx, mut rx) = mpsc::channel(OUTBOX);
     let conn_id = hub.agents.insert(&instance_id, tx);
     tracing::info!(instance_id, %peer, "agent connected");
-    let result = session(&hub, &mut ws, &instance_id, &mut rx, hb).await;
+    let result = match session(&hub, &mut ws, &instance_id, &mut rx, hb).await {
+        // Unacknowledged reports stay in the agent's journal; it sends them
+        // again after its back-off, once space is back.
+        Err(ConnError::Store(e)) => Err(unavailable(&mut ws, e).await),
+        other => other,
+    };
     if hub.agents.remove(&instance_id, conn_id) {
         hub.store.instance_disconnected(&instance_id, &hub.id).await?;
     }

@@ -23,7 +23,7 @@ pub fn wire(hub: &Hub, inv: &InvocationRow, instance_name: String) -> Invocation
 }
 
 fn send_invoke(hub: &Hub, instance_id: &str, invocation: Invocation) -> bool {
-    hub.agents.send(instance_id, HubMsg::Invoke { invocation })
+    hub.agents.send(instance_id, HubMsg::Invoke { invocation: Box::new(invocation) })
 }
 
 fn send_stop(hub: &Hub, instance_id: &str, invoke_id: &str) -> bool {
@@ -66,7 +66,11 @@ pub async fn relay(
             continue;
         }
         if send_invoke(hub, &instance_id, wire(hub, &inv, d.instance_name)) {
-            tracing::debug!(invoke_id, instance_id, "relayed invocation");
+            tracing::debug!(
+                invoke_id,
+                instance_id,
+                "pushed invocation announced by another replica"
+            );
         }
     }
     Ok(())
@@ -95,7 +99,7 @@ pub async fn resync(hub: &Hub, instance_id: &str) -> Result<Vec<HubMsg>, StoreEr
         let mut invocation = owed.invocation;
         invocation.region_id = hub.config.region_id.clone();
         let invoke_id = invocation.invoke_id.clone();
-        out.push(HubMsg::Invoke { invocation });
+        out.push(HubMsg::Invoke { invocation: Box::new(invocation) });
         if owed.stop {
             out.push(HubMsg::Stop { invoke_id });
         }

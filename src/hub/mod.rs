@@ -9,6 +9,7 @@ pub mod delivery;
 pub mod edge;
 pub mod signature;
 mod live;
+mod rollout;
 mod server;
 pub mod store;
 mod writer;
@@ -125,5 +126,6 @@ pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: Cancellatio
     });
     tokio::spawn(api::sweeper(hub.clone()));
     tokio::spawn(cluster::run(hub.clone()));
+    tokio::spawn(rollout::run(hub.clone()));
     serve(hub, shutdown).await
 }

@@ -69,6 +69,25 @@ codes! {
     ExecutionException = "ExecutionException", Some("the command execution got an exception");
     ExecutionInterrupted = "ExecutionInterrupted", Some("the command execution has been interrupted");
     ExitCodeNonzero = "ExitCodeNonzero", Some("the command execution exit code is not zero");
+    // deckhand extension (rate control, docs/fleet.md): no Alibaba code
+    // exists for a target a halted rollout never started. No fixed text:
+    // the stored ErrorInfo gives the counts that stopped the rollout.
+    MaxErrorsExceeded = "MaxErrorsExceeded", None;
+}
+
+impl ErrorCode {
+    /// Codes that say the run could not start on this instance (its type,
+    /// account, directory, schedule or a parameter): `Invalid` runs.
+    pub fn is_start_failure(&self) -> bool {
+        match self {
+            ErrorCode::CommandNotApplicable
+            | ErrorCode::AccountNotExists
+            | ErrorCode::DirectoryNotExists
+            | ErrorCode::BadCronExpression => true,
+            ErrorCode::Other(s) => s.starts_with("InvalidParameter."),
+            _ => false,
+        }
+    }
 }
 
 impl std::fmt::Display for ErrorCode {

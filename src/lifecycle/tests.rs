@@ -10,6 +10,8 @@ fn events() -> Vec<Event> {
         Event::StopRequested,
         Event::DeliveryExpired,
         Event::InstanceDeregistered,
+        Event::ClientNotRunning,
+        Event::RolloutHalted,
     ];
     v.extend(S::ALL.iter().map(|s| Event::Reported(*s)));
     v
@@ -84,6 +86,13 @@ fn expected(
         }),
         Event::InstanceDeregistered if from.delivered => st(S::Error, true),
         Event::InstanceDeregistered => st(S::Aborted, false),
+        Event::ClientNotRunning if from == TargetState::CREATED => st(S::Aborted, false),
+        Event::RolloutHalted if from == TargetState::CREATED => st(S::Cancelled, false),
+        Event::ClientNotRunning | Event::RolloutHalted => Err(Refusal::NotApplicable {
+            event: e,
+            status: from.status,
+            delivered: from.delivered,
+        }),
     }
 }
 
@@ -104,7 +113,7 @@ fn every_state_event_and_mode() {
             }
         }
     }
-    assert_eq!(checked, 24 * 16 * 4 * 2);
+    assert_eq!(checked, 24 * 18 * 4 * 2);
 }
 
 #[test]
@@ -299,7 +308,8 @@ fn aggregation_tables_are_exhaustive() {
 fn what_a_010_agent_sends_is_read_as_meant() {
     let interrupted = ErrorCode::parse("InstanceRestarted");
     assert_eq!(interrupted, Some(ErrorCode::ExecutionInterrupted));
-    let table: &[(&str, Option<i64>, bool, Option<&ErrorCode>, S)] = &[
+    type Row<'a> = (&'a str, Option<i64>, bool, Option<&'a ErrorCode>, S);
+    let table: &[Row] = &[
         ("Finished", Some(0), true, None, S::Success),
         ("Finished", Some(3), true, None, S::Failed),
         ("Stopped", None, false, None, S::Cancelled),
@@ -313,7 +323,23 @@ fn what_a_010_agent_sends_is_read_as_meant() {
             S::Invalid,
         ),
         ("Failed", None, true, interrupted.as_ref(), S::Error),
-        ("Failed", None, true, None, S::Failed),
+        ("Failed", Some(2), true, None, S::Failed),
+        (
+            "Failed",
+            None,
+            true,
+            Some(&ErrorCode::DirectoryNotExists),
+            S::Invalid,
+        ),
+        ("Failed", None, true, None, S::Error),
+        ("Failed", None, true, Some(&ErrorCode::ExitCodeNonzero), S::Failed),
+        (
+            "Failed",
+            None,
+            false,
+            Some(&ErrorCode::ClientNotResponse),
+            S::Aborted,
+        ),
         ("Running", None, true, None, S::Running),
         // Protocol 2 names read as themselves.
         ("Success", Some(0), true, None, S::Success),
@@ -354,7 +380,10 @@ fn codec_round_trips_and_error_codes() {
         let c = ErrorCode::parse(name).unwrap();
         assert_eq!(c.as_str(), *name);
         assert!(!matches!(c, ErrorCode::Other(_)));
-        assert!(c.fixed_info().is_some());
+        // Alibaba's codes carry Alibaba's fixed text; deckhand's own
+        // (rate control) carries the stored detail instead.
+        let deckhand_own = c == ErrorCode::MaxErrorsExceeded;
+        assert_eq!(c.fixed_info().is_some(), !deckhand_own, "{name}");
     }
     assert_eq!(ErrorCode::parse(""), None);
     assert_eq!(

@@ -51,6 +51,13 @@ pub enum Event {
     DeliveryExpired,
     /// API: `DeregisterManagedInstance` while the target was not settled.
     InstanceDeregistered,
+    /// API, at creation (tag or fact targeting, docs/fleet.md): the
+    /// instance matched but its agent was not connected, so nothing is
+    /// sent and the target ends at once (Alibaba's `ClientNotRunning`).
+    ClientNotRunning,
+    /// Store, rate control (docs/fleet.md): errors exceeded `MaxErrors`
+    /// while this target still waited for the window; it never starts.
+    RolloutHalted,
 }
 
 impl Event {
@@ -62,6 +69,8 @@ impl Event {
             Event::DeliveryExpired if online => Some(ErrorCode::DeliveryTimeout),
             Event::DeliveryExpired => Some(ErrorCode::ClientNotResponse),
             Event::InstanceDeregistered => Some(ErrorCode::InstanceReleased),
+            Event::ClientNotRunning => Some(ErrorCode::ClientNotRunning),
+            Event::RolloutHalted => Some(ErrorCode::MaxErrorsExceeded),
             _ => None,
         }
     }
@@ -104,6 +113,9 @@ pub enum Refusal {
 /// - `DeliveryExpired`: a `Pending` target never delivered → `Aborted`.
 /// - `InstanceDeregistered`: never delivered → `Aborted`; delivered →
 ///   `Error` (its outcome can no longer be known).
+/// - `ClientNotRunning`: a target just created and never sent → `Aborted`.
+/// - `RolloutHalted`: a target never sent → `Cancelled` (it did not start,
+///   as a stop before the start).
 pub fn transition(
     state: TargetState,
     event: Event,
@@ -158,6 +170,11 @@ pub fn transition(
         Event::InstanceDeregistered => match state.delivered {
             false => to(S::Aborted, false),
             true => to(S::Error, true),
+        },
+        Event::ClientNotRunning | Event::RolloutHalted => match (state.status, state.delivered) {
+            (S::Pending, false) if event == Event::ClientNotRunning => to(S::Aborted, false),
+            (S::Pending, false) => to(S::Cancelled, false),
+            _ => not_applicable,
         },
     }
 }

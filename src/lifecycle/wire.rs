@@ -12,9 +12,12 @@ use super::{ErrorCode, InvocationStatus, UnknownName};
 /// - `Finished` → `Success` on exit 0, `Failed` otherwise;
 /// - `Stopped` → `Terminated` if the run had started, else `Cancelled`;
 /// - `Failed` → `Error` when the run was interrupted (0.1.0's
-///   `InstanceRestarted`), `Invalid` when it never started and has no
-///   exit code, else `Failed` (a protocol 2 agent's `Failed`, which always
-///   has started, reads the same).
+///   `InstanceRestarted`); `Aborted` for a 0.1.0 hub's delivery timeout
+///   (`ClientNotResponse`, read from its stored rows); `Failed` with an
+///   exit code (a protocol 2 agent's `Failed` always has one); `Invalid`
+///   when it could not start (no start time, or a could-not-start code
+///   such as `DirectoryNotExists`); otherwise `Error` (0.1.0's failed
+///   kubelet apply).
 pub fn reported_status(
     raw: &str,
     exit_code: Option<i64>,
@@ -28,7 +31,20 @@ pub fn reported_status(
         "Stopped" if started => S::Terminated,
         "Stopped" => S::Cancelled,
         "Failed" if code == Some(&ErrorCode::ExecutionInterrupted) => S::Error,
-        "Failed" if !started && exit_code.is_none() => S::Invalid,
+        // Only a 0.1.0 hub wrote these (its delivery sweeper), into its own rows.
+        "Failed"
+            if matches!(
+                code,
+                Some(ErrorCode::ClientNotResponse | ErrorCode::DeliveryTimeout)
+            ) =>
+        {
+            S::Aborted
+        }
+        // A protocol 2 agent's Failed: a non-zero exit (a script killed by
+        // a signal from elsewhere has no exit code, but this code).
+        "Failed" if exit_code.is_some() || code == Some(&ErrorCode::ExitCodeNonzero) => S::Failed,
+        "Failed" if !started || code.is_some_and(ErrorCode::is_start_failure) => S::Invalid,
+        "Failed" => S::Error,
         other => InvocationStatus::parse(other)?,
     })
 }

@@ -223,7 +223,9 @@ pub enum HubMsg {
     /// A new credential: store it (atomically), answer `credential_saved`,
     /// and use it from the next connection. Until then both work.
     RotateCredential { token: String },
-    Invoke { invocation: Invocation },
+    // Boxed: the other messages are small, and every agent's outbox slot
+    // would otherwise be as large as an invocation (issue #21).
+    Invoke { invocation: Box<Invocation> },
     Stop { invoke_id: String },
     HeartbeatAck { sent_ms: u64 },
     ReportAck { report_id: u64 },

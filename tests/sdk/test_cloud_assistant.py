@@ -30,8 +30,10 @@ from aliyunsdkecs.request.v20140526 import (
     DescribeInvocationResultsRequest,
     DescribeInvocationsRequest,
     InvokeCommandRequest,
+    ModifyInvocationAttributeRequest,
     RunCommandRequest,
     StopInvocationRequest,
+    TagResourcesRequest,
 )
 from alibabacloud_ecs20140526.client import Client as EcsClient
 from alibabacloud_ecs20140526 import models as ecs
@@ -279,3 +281,111 @@ def test_tea_sdk_errors_are_alibaba_style():
     with pytest.raises(TeaException) as e:
         tea().run_command_with_options(ecs.RunCommandRequest(region_id="cn-hangzhou", type="RunShellScript", command_content="true", instance_id=["i-missing"]), RUNTIME)
     assert e.value.code == "InvalidInstance.NotFound"
+
+
+def tag_both(key, value):
+    """Tags the online and the offline instance with key=value (classic SDK)."""
+    req = TagResourcesRequest.TagResourcesRequest()
+    req.set_ResourceType("instance")
+    req.set_ResourceIds([INSTANCE, OFFLINE])
+    req.set_Tags([{"Key": key, "Value": value}])
+    classic_call(req)
+
+
+def test_classic_sdk_targets_by_resource_tag():
+    # ResourceTag.N as Cloud Assistant defines it: every instance carrying
+    # the tag; the offline one ends at once with ClientNotRunning.
+    key = f"sdk-fleet-{uuid.uuid4().hex[:8]}"
+    tag_both(key, "prod")
+    req = RunCommandRequest.RunCommandRequest()
+    req.set_Type("RunShellScript")
+    req.set_CommandContent("echo tagged")
+    req.set_ResourceTags([{"Key": key, "Value": "prod"}])
+    req.set_Timeout(30)
+    invoke_id = classic_call(req)["InvokeId"]
+    results = {r["InstanceId"]: r for r in wait_final_classic(invoke_id)}
+    assert set(results) == {INSTANCE, OFFLINE}
+    ok, off = results[INSTANCE], results[OFFLINE]
+    assert (ok["InvocationStatus"], base64.b64decode(ok["Output"])) == ("Success", b"tagged\n")
+    assert (off["InvokeRecordStatus"], off["InvocationStatus"], off["ErrorCode"]) == ("Failed", "Aborted", "ClientNotRunning")
+    assert off["ErrorInfo"] == "the aliyun service is not running on the instance"
+    d = DescribeInvocationsRequest.DescribeInvocationsRequest()
+    d.set_InvokeId(invoke_id)
+    inv = classic_call(d)["Invocations"]["Invocation"][0]
+    assert {i["InstanceId"] for i in inv["InvokeInstances"]["InvokeInstance"]} == {INSTANCE, OFFLINE}
+    # A key without a value matches any value; a value nobody has matches nothing.
+    req = RunCommandRequest.RunCommandRequest()
+    req.set_Type("RunShellScript")
+    req.set_CommandContent("true")
+    req.set_ResourceTags([{"Key": key, "Value": "staging"}])
+    with pytest.raises(ServerException) as e:
+        classic_call(req)
+    assert e.value.get_error_code() == "InvalidInstance.NotFound"
+
+
+def test_tea_sdk_resource_tag_and_dry_run():
+    key = f"sdk-tea-{uuid.uuid4().hex[:8]}"
+    tag_both(key, "any")
+    client = tea()
+    tags = [ecs.RunCommandRequestResourceTag(key=key)]
+    dry = client.run_command_with_options(
+        ecs.RunCommandRequest(region_id="cn-hangzhou", type="RunShellScript", command_content="true", resource_tag=tags, repeat_mode="DryRun"), RUNTIME
+    )
+    assert not dry.body.invoke_id
+    res = client.run_command_with_options(
+        ecs.RunCommandRequest(region_id="cn-hangzhou", type="RunShellScript", command_content="echo tea-tagged", resource_tag=tags, timeout=30), RUNTIME
+    )
+    deadline = time.time() + 30
+    while True:
+        out = client.describe_invocation_results_with_options(
+            ecs.DescribeInvocationResultsRequest(region_id="cn-hangzhou", invoke_id=res.body.invoke_id, instance_id=INSTANCE), RUNTIME
+        )
+        r = out.body.invocation.invocation_results.invocation_result[0]
+        if r.invoke_record_status in FINAL:
+            break
+        assert time.time() < deadline, r.to_map()
+        time.sleep(0.2)
+    assert (r.invocation_status, r.exit_code) == ("Success", 0)
+
+
+def test_classic_sdk_modify_invocation_attribute():
+    # A schedule that will not fire during the test, on the online instance.
+    req = RunCommandRequest.RunCommandRequest()
+    req.set_Type("RunShellScript")
+    req.set_CommandContent("echo {{greeting}}")
+    req.set_EnableParameter(True)
+    req.set_Parameters(json.dumps({"greeting": "hi"}))
+    req.set_RepeatMode("Period")
+    req.set_Frequency("0 0 0 1 1 ? 2099")
+    req.set_InstanceIds([INSTANCE])
+    invoke_id = classic_call(req)["InvokeId"]
+    m = ModifyInvocationAttributeRequest.ModifyInvocationAttributeRequest()
+    m.set_InvokeId(invoke_id)
+    m.set_Frequency("0 30 0 1 1 ? 2099")
+    m.set_Parameters(json.dumps({"greeting": "hello"}))
+    m.set_InstanceIds([OFFLINE])
+    res = classic_call(m)
+    assert res["CommandId"].startswith("c-") and res["RequestId"]
+    d = DescribeInvocationsRequest.DescribeInvocationsRequest()
+    d.set_InvokeId(invoke_id)
+    inv = classic_call(d)["Invocations"]["Invocation"][0]
+    assert inv["Frequency"] == "0 30 0 1 1 ? 2099"
+    assert json.loads(inv["Parameters"]) == {"greeting": "hello"}
+    assert {i["InstanceId"] for i in inv["InvokeInstances"]["InvokeInstance"]} == {INSTANCE, OFFLINE}
+    # Refused as RunCommand refuses: a schedule the agents cannot fire, a
+    # parameter the script does not have.
+    bad = ModifyInvocationAttributeRequest.ModifyInvocationAttributeRequest()
+    bad.set_InvokeId(invoke_id)
+    bad.set_Frequency("every now and then")
+    with pytest.raises(ServerException) as e:
+        classic_call(bad)
+    assert e.value.get_error_code() == "InvalidParameter.Frequency"
+    bad = ModifyInvocationAttributeRequest.ModifyInvocationAttributeRequest()
+    bad.set_InvokeId(invoke_id)
+    bad.set_Parameters(json.dumps({"other": "x"}))
+    with pytest.raises(ServerException) as e:
+        classic_call(bad)
+    assert e.value.get_error_code() == "InvalidParameter.Parameters"
+    stop = StopInvocationRequest.StopInvocationRequest()
+    stop.set_InvokeId(invoke_id)
+    classic_call(stop)

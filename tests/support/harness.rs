@@ -39,6 +39,8 @@ pub struct Hub {
     pub ca: PathBuf,
     extra: Vec<String>,
     port: u16,
+    /// The hub binary: this build's, or an older release's (upgrade tests).
+    pub bin: PathBuf,
 }
 
 impl Hub {
@@ -60,10 +62,24 @@ impl Hub {
         Self::start_in(tempfile::tempdir().expect("tempdir"), extra)
     }
 
-    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+    /// Like [`Hub::start_with`], `prepare` first given the directory whose
+    /// `data/` the hub will use (e.g. to mount a small filesystem there).
+    pub fn start_prepared(prepare: impl FnOnce(&Path), extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        prepare(dir.path());
+        Self::start_in(dir, extra)
+    }
+
+    pub fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Self {
+        Self::start_binary(PathBuf::from(env!("CARGO_BIN_EXE_deckhand-hub")), dir, extra)
+    }
+
+    /// Starts `bin` (another release's hub) on `dir` (its `data/` may hold
+    /// a store prepared by the caller).
+    pub fn start_binary(bin: PathBuf, dir: tempfile::TempDir, extra: &[&str]) -> Self {
         deckhand::tls::install_crypto_provider();
         let pki = deckhand::tls::ensure_dev_pki(dir.path()).expect("pki");
-        let mut hub = Self { child: None, url: String::new(), ca: pki.ca_cert, dir, extra: extra.iter().map(|s| s.to_string()).collect(), port: 0 };
+        let mut hub = Self { child: None, url: String::new(), ca: pki.ca_cert, dir, extra: extra.iter().map(|s| s.to_string()).collect(), port: 0, bin };
         hub.spawn();
         hub
     }
@@ -73,7 +89,7 @@ impl Hub {
         let addr_file = d.join("addr");
         let _ = std::fs::remove_file(&addr_file);
         let listen = format!("127.0.0.1:{}", self.port);
-        let child = Command::new(env!("CARGO_BIN_EXE_deckhand-hub"))
+        let child = Command::new(&self.bin)
             .args(["--listen", &listen, "--data-dir"])
             .arg(d.join("data"))
             .arg("--tls-cert")
@@ -131,10 +147,15 @@ impl Hub {
     /// Like [`Hub::agent`], the agent given `hub_urls` (comma-separated
     /// replicas) instead of this hub's URL.
     pub fn agent_via(&self, hub_urls: &str) -> Agent {
+        self.agent_binary(hub_urls, PathBuf::from(env!("CARGO_BIN_EXE_deckhand-agent")))
+    }
+
+    /// A newly registered agent running `bin` (another release's agent).
+    pub fn agent_binary(&self, hub_urls: &str, bin: PathBuf) -> Agent {
         let v = self.call("CreateActivation", &[("InstanceCount", "1")]).expect("activation");
         let id = v["ActivationId"].as_str().unwrap().to_string();
         let code = v["ActivationCode"].as_str().unwrap().to_string();
-        let mut a = Agent { child: None, dir: tempfile::tempdir().expect("tempdir"), hub_url: hub_urls.to_string(), ca: self.ca.clone(), activation: Some((id, code)), extra: vec![], env: vec![] };
+        let mut a = Agent { child: None, dir: tempfile::tempdir().expect("tempdir"), hub_url: hub_urls.to_string(), ca: self.ca.clone(), activation: Some((id, code)), extra: vec![], env: vec![], bin };
         a.spawn();
         a.instance_id();
         a
@@ -202,17 +223,20 @@ pub struct Agent {
     activation: Option<(String, String)>,
     pub extra: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// The agent binary: this build's, or an older release's.
+    pub bin: PathBuf,
 }
 
 impl Agent {
     pub fn spawn(&mut self) {
         let d = self.dir.path();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_deckhand-agent"));
+        let mut cmd = Command::new(&self.bin);
         cmd.args(["run", "--hub", &self.hub_url, "--state-dir"])
             .arg(d.join("state"))
             .arg("--ca-file")
             .arg(&self.ca)
-            .args(["--backoff-cap-secs", "1"])
+            // Fast reconnects in tests, unless the test sets its own cap.
+            .args(if self.extra.iter().any(|a| a == "--backoff-cap-secs") { &[][..] } else { &["--backoff-cap-secs", "1"][..] })
             .args(&self.extra)
             .env("DECKHAND_LOG", "info,deckhand=debug")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -222,6 +246,23 @@ impl Agent {
             cmd.args(["--activation-id", id, "--activation-code", code]);
         }
         self.child = Some(cmd.spawn().expect("spawn agent"));
+    }
+
+    /// An agent already registered: its state directory (identity,
+    /// journal) is copied from `state`; `bin` is the agent binary to run.
+    pub fn with_state(hub: &Hub, state: &Path, bin: PathBuf) -> Agent {
+        let dir = tempfile::tempdir().expect("tempdir");
+        copy_dir(state, &dir.path().join("state"));
+        // A checkout does not keep the credential file's 0600; the agent
+        // expects it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir.path().join("state/identity.json"), std::fs::Permissions::from_mode(0o600));
+        }
+        let mut a = Agent { child: None, dir, hub_url: hub.url.clone(), ca: hub.ca.clone(), activation: None, extra: vec![], env: vec![], bin };
+        a.spawn();
+        a
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -309,4 +350,18 @@ fn terminate_child(child: &mut Option<Child>) -> std::process::ExitStatus {
 
 fn wait_exit(c: &mut Child, timeout: Duration) -> std::process::ExitStatus {
     wait_until("process exit", timeout, || c.try_wait().ok().flatten())
+}
+
+/// Copies a directory tree (fixtures into a test's own temporary directory).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read fixture dir") {
+        let e = e.expect("entry");
+        let target = to.join(e.file_name());
+        if e.file_type().expect("file type").is_dir() {
+            copy_dir(&e.path(), &target);
+        } else {
+            std::fs::copy(e.path(), &target).expect("copy fixture file");
+        }
+    }
 }

@@ -395,3 +395,42 @@ fn kill_9_mid_append_loses_no_acknowledged_record() {
     );
     j.append(&rec(u64::MAX)).unwrap();
 }
+
+/// Issue #14: a record that cannot be applied is kept aside (quarantined),
+/// reported and skipped, never replayed into a crash loop nor lost unseen.
+#[test]
+fn dropped_bytes_are_quarantined_once_and_bounded() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut j, _, _) = open(d.path());
+    j.append(&rec(0)).unwrap();
+    drop(j);
+    let bad = encode_frame(&"SECRET-POISON", 1 << 20).unwrap();
+    let mut f = OpenOptions::new().append(true).open(d.path().join(JOURNAL_FILE)).unwrap();
+    f.write_all(&bad).unwrap();
+    f.write_all(&encode_frame(&rec(1), 1 << 20).unwrap()).unwrap();
+    f.write_all(b"\x07\x00").unwrap(); // a torn header
+    drop(f);
+    let (_, recs, rep) = open(d.path());
+    assert_eq!(recs, vec![rec(0), rec(1)]);
+    assert_eq!(rep.quarantined_bytes, bad.len() as u64 + 2, "{rep:?}");
+    let q = fs::read(d.path().join(QUARANTINE_FILE)).unwrap();
+    assert!(q.windows(13).any(|w| w == b"SECRET-POISON"), "the poisoned record is kept aside");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(d.path().join(QUARANTINE_FILE)).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    // Reopened: clean, nothing quarantined twice.
+    let (_, _, rep) = open(d.path());
+    assert!(rep.is_clean() && rep.quarantined_bytes == 0);
+    assert_eq!(fs::read(d.path().join(QUARANTINE_FILE)).unwrap(), q);
+    // The quarantine stops growing at its bound.
+    for _ in 0..3 {
+        let mut f = OpenOptions::new().append(true).open(d.path().join(JOURNAL_FILE)).unwrap();
+        f.write_all(&encode_frame(&"x".repeat(900_000), 1 << 20).unwrap()).unwrap();
+        f.write_all(&encode_frame(&"x".repeat(900_000), 1 << 20).unwrap()).unwrap();
+        drop(f);
+        let _ = open(d.path());
+    }
+    assert!(fs::metadata(d.path().join(QUARANTINE_FILE)).unwrap().len() <= MAX_QUARANTINE_BYTES);
+}

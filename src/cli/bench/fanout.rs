@@ -2,6 +2,11 @@
 //! speaking the real protocol, all in this process) against one real hub
 //! process; one RunCommand per 100 instances (the API's bound) to all N;
 //! time until every result is acknowledged as stored.
+//!
+//! With `--rollout P%` (issue #16) the fleet is instead tagged and reached
+//! by one tag-targeted RunCommand with `MaxConcurrency=P%`: each simulated
+//! run holds for [`ROLLOUT_HOLD`], and the peak number of runs alive at
+//! once is measured on the agents' side (it must equal the window).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,6 +26,27 @@ use crate::protocol::{self, AgentMsg, HostFacts, HubMsg, PROTOCOL_VERSION, Recor
 const CONNECT_PARALLELISM: usize = 128;
 /// Activations allow at most 1000 instances each (Cloud Assistant's bound).
 const PER_ACTIVATION: usize = 1000;
+/// How long a simulated run lasts in a rollout run, so windows overlap
+/// measurably.
+const ROLLOUT_HOLD: Duration = Duration::from_secs(1);
+
+/// Simulated runs alive now and the most ever alive at once (agents' view:
+/// from receiving the invocation to sending its final report).
+#[derive(Default)]
+struct Alive {
+    now: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl Alive {
+    fn start(&self) {
+        let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(n, Ordering::SeqCst);
+    }
+    fn end(&self) {
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 fn err(e: impl std::fmt::Display) -> CliError {
     CliError::Usage(format!("bench fanout: {e}"))
@@ -59,7 +85,14 @@ fn report(invoke_id: &str, status: InvocationStatus) -> RecordReport {
 
 /// One simulated agent: registers, says hello, answers every invocation
 /// with Running then Finished, and signals when the final report is acked.
-async fn sim_agent(url: HubUrl, tls: Arc<rustls::ClientConfig>, act: (String, String), ids: mpsc::Sender<String>, done: mpsc::UnboundedSender<()>) -> Result<(), CliError> {
+async fn sim_agent(
+    url: HubUrl,
+    tls: Arc<rustls::ClientConfig>,
+    act: (String, String),
+    ids: mpsc::Sender<String>,
+    done: mpsc::UnboundedSender<()>,
+    alive: Option<Arc<Alive>>,
+) -> Result<(), CliError> {
     let mut ws = transport::dial(&url, &tls, false).await.map_err(err)?;
     let facts = HostFacts { hostname: "sim".into(), os_type: "linux".into(), agent_version: "bench".into(), ..Default::default() };
     send(&mut ws, &AgentMsg::Register { protocol: PROTOCOL_VERSION, activation_id: act.0, activation_code: act.1, facts: facts.clone() }).await?;
@@ -84,14 +117,18 @@ async fn sim_agent(url: HubUrl, tls: Arc<rustls::ClientConfig>, act: (String, St
                 HubMsg::Invoke { invocation } => {
                     send(&mut ws, &AgentMsg::InvokeAck { invoke_id: invocation.invoke_id.clone() }).await?;
                     send(&mut ws, &AgentMsg::Report { report_id: next_id, report: report(&invocation.invoke_id, InvocationStatus::Running) }).await?;
+                    if let Some(alive) = &alive {
+                        // A run that lasts: the window's slots fill up.
+                        alive.start();
+                        tokio::time::sleep(ROLLOUT_HOLD).await;
+                        alive.end();
+                    }
                     send(&mut ws, &AgentMsg::Report { report_id: next_id + 1, report: report(&invocation.invoke_id, InvocationStatus::Success) }).await?;
                     final_ids.insert(next_id + 1);
                     next_id += 2;
                 }
-                HubMsg::ReportAck { report_id } => {
-                    if final_ids.remove(&report_id) {
-                        let _ = done.send(());
-                    }
+                HubMsg::ReportAck { report_id } if final_ids.remove(&report_id) => {
+                    let _ = done.send(());
                 }
                 _ => {}
             }
@@ -99,7 +136,7 @@ async fn sim_agent(url: HubUrl, tls: Arc<rustls::ClientConfig>, act: (String, St
     }
 }
 
-pub async fn run(agents: usize, store: Option<&str>) -> Result<(), CliError> {
+pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> Result<(), CliError> {
     let fd_limit = procs::raise_nofile();
     if fd_limit != 0 && agents as u64 + 256 > fd_limit {
         return Err(err(format!("{agents} agents need about {} file descriptors; the limit is {fd_limit}", agents + 256)));
@@ -130,14 +167,15 @@ pub async fn run(agents: usize, store: Option<&str>) -> Result<(), CliError> {
     let failures = Arc::new(AtomicUsize::new(0));
     // After the measurement the hub is stopped; agents losing it then is expected.
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let alive = rollout.map(|_| Arc::new(Alive::default()));
     let t_connect = Instant::now();
     for act in activations {
-        let (url, tls, ids, done, gate, failures, finished) = (url.clone(), tls.clone(), id_tx.clone(), done_tx.clone(), gate.clone(), failures.clone(), finished.clone());
+        let (url, tls, ids, done, gate, failures, finished, alive) = (url.clone(), tls.clone(), id_tx.clone(), done_tx.clone(), gate.clone(), failures.clone(), finished.clone(), alive.clone());
         tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
             // The permit covers only the handshake phase.
             let (held_tx, mut held_rx) = mpsc::channel::<String>(1);
-            let fut = sim_agent(url, tls, act, held_tx, done);
+            let fut = sim_agent(url, tls, act, held_tx, done, alive);
             tokio::pin!(fut);
             let id = tokio::select! {
                 r = &mut fut => { if let Err(e) = r { failures.fetch_add(1, Ordering::Relaxed); tracing::warn!(error = %e, "simulated agent failed"); } return; }
@@ -172,6 +210,10 @@ pub async fn run(agents: usize, store: Option<&str>) -> Result<(), CliError> {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_connected = procs::rss_bytes(pid);
 
+    if let (Some(window), Some(alive)) = (rollout, &alive) {
+        tag_fleet(&client, &ids).await?;
+        return rollout_run(&client, window, agents, alive, &mut done_rx, pid, rss_connected, &finished).await;
+    }
     let t_fan = Instant::now();
     let mut calls = Vec::new();
     for chunk in ids.chunks(100) {
@@ -209,6 +251,83 @@ pub async fn run(agents: usize, store: Option<&str>) -> Result<(), CliError> {
     println!("  results stored per second:      {:.0}", stored as f64 / fan_time.as_secs_f64().max(1e-9));
     if stored < agents {
         return Err(err(format!("only {stored} of {agents} results were stored")));
+    }
+    Ok(())
+}
+
+/// Tags every simulated instance `bench=fleet` (100 per TagResources call).
+async fn tag_fleet(client: &Arc<crate::cli::Client>, ids: &[String]) -> Result<(), CliError> {
+    for chunk in ids.chunks(100) {
+        let c = client.clone();
+        let mut p: Vec<(String, String)> = vec![("ResourceType".into(), "instance".into()), ("Tag.1.Key".into(), "bench".into()), ("Tag.1.Value".into(), "fleet".into())];
+        p.extend(chunk.iter().enumerate().map(|(i, id)| (format!("ResourceId.{}", i + 1), id.clone())));
+        tokio::task::spawn_blocking(move || {
+            let refs: Vec<(&str, String)> = p.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+            c.call("TagResources", &refs)
+        })
+        .await
+        .map_err(err)??;
+    }
+    Ok(())
+}
+
+/// One tag-targeted RunCommand with `MaxConcurrency=window` to the whole
+/// simulated fleet; prints time to completion, the peak concurrency the
+/// agents saw, and the window the hub resolved.
+#[allow(clippy::too_many_arguments)]
+async fn rollout_run(
+    client: &Arc<crate::cli::Client>,
+    window: &str,
+    agents: usize,
+    alive: &Alive,
+    done_rx: &mut mpsc::UnboundedReceiver<()>,
+    pid: u32,
+    rss_connected: u64,
+    finished: &std::sync::atomic::AtomicBool,
+) -> Result<(), CliError> {
+    let t = Instant::now();
+    let c = client.clone();
+    let w = window.to_string();
+    let v = tokio::task::spawn_blocking(move || {
+        c.call(
+            "RunCommand",
+            &[
+                ("Type", "RunShellScript".into()),
+                ("CommandContent", "echo ok".into()),
+                ("ResourceTag.1.Key", "bench".into()),
+                ("ResourceTag.1.Value", "fleet".into()),
+                ("MaxConcurrency", w),
+            ],
+        )
+    })
+    .await
+    .map_err(err)??;
+    let api_time = t.elapsed();
+    let invoke_id = v["InvokeId"].as_str().unwrap_or_default().to_string();
+    let mut stored = 0usize;
+    while stored < agents {
+        match tokio::time::timeout(Duration::from_secs(300), done_rx.recv()).await {
+            Ok(Some(())) => stored += 1,
+            _ => break,
+        }
+    }
+    let total = t.elapsed();
+    finished.store(true, Ordering::Relaxed);
+    let rss_after = procs::rss_bytes(pid);
+    let c = client.clone();
+    let inv = tokio::task::spawn_blocking(move || c.call("DescribeInvocations", &[("InvokeId", invoke_id)])).await.map_err(err)??;
+    let resolved = inv["Invocations"]["Invocation"][0]["MaxConcurrency"].as_i64().unwrap_or(0);
+    let peak = alive.peak.load(Ordering::SeqCst);
+    println!("rollout benchmark ({agents} simulated agents tagged bench=fleet, MaxConcurrency {window} = {resolved}, runs hold {} ms)", ROLLOUT_HOLD.as_millis());
+    println!("  tag-targeted RunCommand call:   {:.3} s", api_time.as_secs_f64());
+    println!("  rollout complete (all stored):  {:.3} s  ({stored}/{agents} results)", total.as_secs_f64());
+    println!("  peak concurrency observed:      {peak} (window {resolved})");
+    println!("  hub RSS connected / after:      {:.1} / {:.1} MiB", mib(rss_connected), mib(rss_after));
+    if stored < agents {
+        return Err(err(format!("only {stored} of {agents} results were stored")));
+    }
+    if peak as i64 > resolved {
+        return Err(err(format!("the window was exceeded: {peak} runs at once, MaxConcurrency {resolved}")));
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod fanout;
 mod latency;
+mod listing;
 mod procs;
 
 use std::time::Duration;
@@ -18,6 +19,11 @@ pub enum BenchCmd {
         /// Hub store (`postgres://…`); default: SQLite in a temporary directory.
         #[arg(long)]
         store: Option<String>,
+        /// Instead: tag the fleet and reach it with one tag-targeted
+        /// RunCommand with this MaxConcurrency (`10%`, `500`); prints the
+        /// peak concurrency the agents saw.
+        #[arg(long, value_name = "N|P%")]
+        rollout: Option<String>,
     },
     /// API → result latency over sequential runs of `true`, vs bare fork/exec.
     Latency {
@@ -31,6 +37,17 @@ pub enum BenchCmd {
     Footprint {
         #[arg(long, default_value_t = 60)]
         secs: u64,
+    },
+    /// One DescribeInvocations page over invocations of many targets each:
+    /// the time must not grow with the targets.
+    Listing {
+        #[arg(long, default_value_t = 50)]
+        invocations: usize,
+        #[arg(long, default_value_t = 10_000)]
+        targets: usize,
+        /// Hub store (`postgres://…`); default: SQLite in a temporary directory.
+        #[arg(long)]
+        store: Option<String>,
     },
     /// Everything, small sizes: proves the benchmarks still run.
     Smoke,
@@ -48,11 +65,14 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
     crate::tls::install_crypto_provider();
     let rt = || tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| CliError::Usage(e.to_string()));
     match cmd {
-        BenchCmd::Fanout { agents, store } => rt()?.block_on(fanout::run(*agents, store.as_deref())),
+        BenchCmd::Fanout { agents, store, rollout } => rt()?.block_on(fanout::run(*agents, store.as_deref(), rollout.as_deref())),
         BenchCmd::Latency { runs, store } => latency::latency(*runs, store.as_deref()),
         BenchCmd::Footprint { secs } => latency::footprint(Duration::from_secs(*secs)),
+        BenchCmd::Listing { invocations, targets, store } => rt()?.block_on(listing::run(*invocations, *targets, store.as_deref())),
         BenchCmd::Smoke => {
-            rt()?.block_on(fanout::run(50, None))?;
+            rt()?.block_on(fanout::run(50, None, None))?;
+            rt()?.block_on(fanout::run(50, None, Some("50%")))?;
+            rt()?.block_on(listing::run(5, 200, None))?;
             latency::latency(20, None)?;
             latency::footprint(Duration::from_secs(2))
         }

@@ -33,7 +33,7 @@ pub(crate) trait Group: Send + Sync {
 /// A running script.
 pub(crate) struct Started {
     pub child: tokio::process::Child,
-    /// One merged pipe on Unix; stdout and stderr on Windows.
+    /// One pipe carrying stdout and stderr in the order they were written.
     pub outputs: Vec<Output>,
     pub group: Box<dyn Group>,
     /// Kept alive until the run ends; dropping it removes the script.

@@ -1,15 +1,22 @@
 //! Windows start: cmd.exe / powershell.exe in a fresh Job Object so timeout
 //! and stop end every process the script started (`TerminateJobObject`).
 //!
+//! stdout and stderr share one pipe, as on Unix: a fresh named pipe (inbound
+//! only, one instance, local clients only) whose server end the agent reads
+//! asynchronously and whose client end is both of the child's handles, so
+//! the kept output is in the order it was written.
+//!
 //! Limits, documented in docs/exec.md: the child is assigned to the job right
 //! after it starts, so a grandchild spawned in that first instant could
 //! escape; no graceful signal exists (terminate = kill); run-as another
-//! account is not supported yet. Not exercised by tests on this Linux host
-//! (cross-checked with `cargo check --target x86_64-pc-windows-gnu`).
+//! account is not supported yet. Exercised under Wine by tests/windows_wine.rs.
 
 use std::ffi::c_void;
 use std::path::PathBuf;
 use std::process::Stdio;
+
+use futures_util::FutureExt;
+use tokio::net::windows::named_pipe::{NamedPipeServer, PipeMode, ServerOptions};
 
 use windows_sys::Win32::Foundation::{CloseHandle, HANDLE};
 use windows_sys::Win32::System::JobObjects::{
@@ -74,6 +81,35 @@ impl Drop for Job {
     }
 }
 
+/// Pipe buffer: one read's worth (the runner reads 64 KiB at a time).
+const PIPE_BUFFER: u32 = 64 * 1024;
+
+/// One pipe for both output streams: the agent's (async, overlapped) server
+/// end and the child's (synchronous) client end. The name is unique per run
+/// and `first_pipe_instance` makes creation fail if anyone squatted it.
+fn output_pipe(invoke_id: &str) -> std::io::Result<(NamedPipeServer, std::fs::File)> {
+    let name = format!(r"\\.\pipe\deckhand-run-{}-{}", std::process::id(), uuid::Uuid::new_v4().simple());
+    let server = ServerOptions::new()
+        .access_inbound(true)
+        .access_outbound(false)
+        .first_pipe_instance(true)
+        .reject_remote_clients(true)
+        .max_instances(1)
+        .pipe_mode(PipeMode::Byte)
+        .in_buffer_size(PIPE_BUFFER)
+        .out_buffer_size(0)
+        .create(&name)?;
+    let client = std::fs::OpenOptions::new().write(true).open(&name)?;
+    // The client is already connected, so this completes at once; it is
+    // what tells the event loop to start reading. If it did not complete,
+    // the connect is in flight and reading starts when it does.
+    if let Some(Err(e)) = server.connect().now_or_never() {
+        return Err(e);
+    }
+    tracing::debug!(invoke_id, pipe = %name, "output pipe created");
+    Ok((server, client))
+}
+
 pub(crate) fn start(spec: &RunSpec) -> Result<Started, StartError> {
     let interp = interpreter::resolve_interpreter(&spec.command_type, &spec.script)?;
     if let Some(u) = spec.username.as_deref().filter(|u| !u.is_empty()) {
@@ -104,17 +140,22 @@ pub(crate) fn start(spec: &RunSpec) -> Result<Started, StartError> {
 
     let io_err = |what: &str, e: std::io::Error| StartError::new(codes::EXECUTION_EXCEPTION, format!("{what}: {e}"));
     let job = Job::new().map_err(|e| io_err("cannot create job object", e))?;
+    let (reader, writer) = output_pipe(&spec.invoke_id).map_err(|e| io_err("cannot create output pipe", e))?;
+    let writer2 = writer.try_clone().map_err(|e| io_err("cannot duplicate output pipe", e))?;
     let mut cmd = tokio::process::Command::new(&interp.program);
     cmd.args(interp.argv(script_dir.script()))
         .env_clear()
         .envs(env::windows(&spec.invoke_id, &spec.env))
         .current_dir(&cwd)
         .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::from(writer2))
         .creation_flags(CREATE_NEW_PROCESS_GROUP | CREATE_NO_WINDOW)
         .kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| io_err(&format!("cannot start {}", interp.program.display()), e))?;
+    let spawned = cmd.spawn();
+    // Drop our copies of the pipe's client end now, or EOF would never come.
+    drop(cmd);
+    let mut child = spawned.map_err(|e| io_err(&format!("cannot start {}", interp.program.display()), e))?;
     if let Some(h) = child.raw_handle() {
         // SAFETY: both handles are live.
         if unsafe { AssignProcessToJobObject(job.0, h as HANDLE) } == 0 {
@@ -123,12 +164,5 @@ pub(crate) fn start(spec: &RunSpec) -> Result<Started, StartError> {
             return Err(io_err("cannot put the script in its job object", e));
         }
     }
-    let mut outputs: Vec<super::Output> = Vec::new();
-    if let Some(o) = child.stdout.take() {
-        outputs.push(Box::pin(o));
-    }
-    if let Some(e) = child.stderr.take() {
-        outputs.push(Box::pin(e));
-    }
-    Ok(Started { child, outputs, group: Box::new(job), script_dir })
+    Ok(Started { child, outputs: vec![Box::pin(reader)], group: Box::new(job), script_dir })
 }

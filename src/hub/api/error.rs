@@ -24,10 +24,6 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, format!("InvalidParameter.{param}"), format!("The specified parameter \"{param}\" is not valid: {why}"))
     }
 
-    pub fn not_found(what: &str, id: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, format!("InvalidParameter.{what}"), format!("The specified {what} \"{id}\" does not exist."))
-    }
-
     pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error serving API request");
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", "The request processing has failed due to some unknown error.")
@@ -42,6 +38,29 @@ impl From<crate::hub::store::StoreError> for ApiError {
             tracing::error!(error = %e, "database disk full; refusing writes");
             return Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the hub's database disk is full");
         }
+        if e.is_busy() {
+            tracing::warn!(error = %e, "database busy past its timeout");
+            return Self::new(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the hub's database is busy; retry later");
+        }
         Self::internal(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hub::store::StoreError;
+
+    #[test]
+    fn a_full_database_disk_is_503_even_inside_a_failed_batch() {
+        let full = || StoreError::DiskFull(sqlx::Error::Protocol("database or disk is full".into()));
+        for e in [full(), StoreError::Batch(std::sync::Arc::new(full()))] {
+            let api = ApiError::from(e);
+            assert_eq!((api.status, api.code.as_str(), api.message.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the hub's database disk is full"));
+        }
+        let busy = ApiError::from(StoreError::Busy(sqlx::Error::PoolTimedOut));
+        assert_eq!((busy.status, busy.message.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "the hub's database is busy; retry later"));
+        let other = ApiError::from(StoreError::WriterStopped);
+        assert_eq!(other.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

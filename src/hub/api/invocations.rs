@@ -6,9 +6,10 @@ use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
 
 use super::error::ApiError;
+use super::fleet::{self, Resolved, Selector};
 use super::params::Params;
 use super::{Paging, Request};
-use crate::hub::store::{CommandRow, InvocationFilter, InvocationRow, ResultRow, TargetRow, now_str};
+use crate::hub::store::{CommandRow, InvocationFilter, InvocationRow, ResultRow, StatusFilter, TargetRow, now_str};
 use crate::lifecycle::{CommandType, Counts, ErrorCode, InvocationOverall, InvocationStatus, InvokeRecordStatus, InvokeStatus, RepeatMode, UnknownName, error_info};
 use crate::protocol::MAX_SCRIPT_BYTES;
 /// Seconds. Cloud Assistant documents 10..=86400; we also accept shorter
@@ -74,10 +75,18 @@ fn parameters(p: &Params, content: &str, enabled: bool, policy: crate::exec::par
     Ok(Value::Object(map).to_string())
 }
 
+/// Cloud Assistant's `RepeatMode=DryRun`: validate everything, run nothing.
+/// A request-only value: it never reaches the store or an agent.
+const DRY_RUN: &str = "DryRun";
+
 /// RepeatMode and Frequency, validated with the agent's own scheduler
 /// grammar so the API refuses what an agent could never fire.
+/// `DryRun` is validated as `Once`.
 fn repeat(p: &Params, timeout_secs: i64) -> Result<(RepeatMode, String), ApiError> {
-    let mode = named(p, "RepeatMode", RepeatMode::parse)?.unwrap_or(RepeatMode::Once);
+    let mode = match p.get("RepeatMode") {
+        Some(DRY_RUN) => RepeatMode::Once,
+        _ => named(p, "RepeatMode", RepeatMode::parse)?.unwrap_or(RepeatMode::Once),
+    };
     let freq = p.string("Frequency", 256)?.unwrap_or_default();
     if mode == RepeatMode::Period && freq.is_empty() {
         return Err(ApiError::missing("Frequency"));
@@ -87,6 +96,16 @@ fn repeat(p: &Params, timeout_secs: i64) -> Result<(RepeatMode, String), ApiErro
         crate::agent::schedule::validate_frequency(&freq, timeout, chrono::Utc::now()).map_err(|e| ApiError::invalid("Frequency", e))?;
     }
     Ok((mode, freq))
+}
+
+/// The targets of a new invocation, fixed here: the instances a selector
+/// (`ResourceTag.N`, deckhand's `Target*`) matches now, or the listed
+/// `InstanceId.N`.
+async fn targets(req: &Request<'_>) -> Result<Resolved, ApiError> {
+    match Selector::from_params(&req.params)? {
+        Some(sel) => fleet::resolve(req, &sel).await,
+        None => Ok(Resolved { targets: instances(req).await?, unreachable: Vec::new() }),
+    }
 }
 
 /// Target instances, de-duplicated, each known; with their names (one query).
@@ -117,10 +136,10 @@ async fn answer_for_token(req: &Request<'_>, token: &str) -> Result<Option<Value
 
 pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let p = &req.params;
-    if let Some(token) = p.string("ClientToken", 64)? {
-        if let Some(answer) = answer_for_token(req, &token).await? {
-            return Ok(answer);
-        }
+    if let Some(token) = p.string("ClientToken", 64)?
+        && let Some(answer) = answer_for_token(req, &token).await?
+    {
+        return Ok(answer);
     }
     let ctype = command_type(p)?;
     let content = decode_content(p, "CommandContent", "PlainText")?;
@@ -128,7 +147,8 @@ pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let parameters = parameters(p, &content, enable_parameter, req.hub.config.parameter_values)?;
     let timeout = p.int("Timeout", TIMEOUT_RANGE.0, TIMEOUT_RANGE.1)?.unwrap_or(DEFAULT_TIMEOUT);
     let (repeat_mode, frequency) = repeat(p, timeout)?;
-    let ids = instances(req).await?;
+    let resolved = targets(req).await?;
+    let window = fleet::window(p, resolved.targets.len(), repeat_mode)?;
     let cmd = CommandRow {
         command_id: new_id("c"),
         name: p.string("Name", 128)?.unwrap_or_default(),
@@ -143,16 +163,39 @@ pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
         visible: p.bool("KeepCommand")?.unwrap_or(false),
         invoke_times: 0,
     };
-    let inv = invocation_for(&cmd, parameters, repeat_mode, frequency, p.get("ClientToken").unwrap_or(""));
-    create_and_push(req, Some(&cmd), inv, &ids).await
+    let mut inv = invocation_for(&cmd, parameters, repeat_mode, frequency, p.get("ClientToken").unwrap_or(""));
+    inv.window = window;
+    if p.get("RepeatMode") == Some(DRY_RUN) {
+        return Ok(dry_run(&inv, &resolved));
+    }
+    inv.unreachable = resolved.unreachable;
+    create_and_push(req, Some(&cmd), inv, &resolved.targets).await
+}
+
+/// The answer to `RepeatMode=DryRun`: no ids (nothing was created), and
+/// what would have run (deckhand extension `DryRunResult`).
+fn dry_run(inv: &InvocationRow, resolved: &Resolved) -> Value {
+    let shown: Vec<&str> = resolved.targets.iter().take(MAX_INVOKE_INSTANCES as usize).map(|(id, _)| id.as_str()).collect();
+    json!({
+        "CommandId": "",
+        "InvokeId": "",
+        "DryRunResult": {
+            "TargetCount": resolved.targets.len(),
+            "UnreachableCount": resolved.unreachable.len(),
+            "InstanceIds": { "InstanceId": shown },
+            "MaxConcurrency": inv.window.max_concurrency,
+            "MaxErrors": inv.window.max_errors,
+            "BatchWait": inv.window.batch_wait_secs,
+        },
+    })
 }
 
 pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let p = &req.params;
-    if let Some(token) = p.string("ClientToken", 64)? {
-        if let Some(existing) = req.hub.store.find_by_client_token(&token).await? {
-            return Ok(json!({ "InvokeId": existing }));
-        }
+    if let Some(token) = p.string("ClientToken", 64)?
+        && let Some(existing) = req.hub.store.find_by_client_token(&token).await?
+    {
+        return Ok(json!({ "InvokeId": existing }));
     }
     let command_id = p.require("CommandId")?;
     let Some(mut cmd) = req.hub.store.get_command(command_id).await?.filter(|c| c.visible) else {
@@ -169,9 +212,18 @@ pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
     if let Some(w) = p.string("WorkingDir", 200)? {
         cmd.working_dir = w;
     }
-    let ids = instances(req).await?;
-    let inv = invocation_for(&cmd, parameters, repeat_mode, frequency, p.get("ClientToken").unwrap_or(""));
-    let mut v = create_and_push(req, None, inv, &ids).await?;
+    let resolved = targets(req).await?;
+    let mut inv = invocation_for(&cmd, parameters, repeat_mode, frequency, p.get("ClientToken").unwrap_or(""));
+    inv.window = fleet::window(p, resolved.targets.len(), repeat_mode)?;
+    if p.get("RepeatMode") == Some(DRY_RUN) {
+        let mut v = dry_run(&inv, &resolved);
+        if let Value::Object(m) = &mut v {
+            m.remove("CommandId");
+        }
+        return Ok(v);
+    }
+    inv.unreachable = resolved.unreachable;
+    let mut v = create_and_push(req, None, inv, &resolved.targets).await?;
     if let Value::Object(m) = &mut v {
         m.remove("CommandId");
     }
@@ -196,6 +248,8 @@ fn invocation_for(cmd: &CommandRow, parameters: String, repeat_mode: RepeatMode,
         client_token: token.to_string(),
         stop_requested: false,
         counts: Counts::default(),
+        window: Default::default(),
+        unreachable: Vec::new(),
     }
 }
 
@@ -217,7 +271,19 @@ async fn create_and_push(req: &Request<'_>, cmd: Option<&CommandRow>, inv: Invoc
         }
         Err(e) => return Err(e.into()),
     }
-    crate::hub::delivery::push_new(req.hub, &inv, targets);
+    if inv.window.max_concurrency > 0 {
+        // The store chose the first window: send what it released. The
+        // invocation is committed: a failed read here is not the caller's
+        // error (the backstop and reconnects deliver).
+        if let Err(e) = crate::hub::delivery::relay(req.hub, &inv.invoke_id, None).await {
+            tracing::warn!(invoke_id = %inv.invoke_id, error = %e, "first window not sent now; the backstop will");
+        }
+    } else {
+        // Instances matched while offline are settled already: never sent.
+        let unreachable: std::collections::HashSet<&str> = inv.unreachable.iter().map(String::as_str).collect();
+        let reachable: Vec<(String, String)> = targets.iter().filter(|(id, _)| !unreachable.contains(id.as_str())).cloned().collect();
+        crate::hub::delivery::push_new(req.hub, &inv, &reachable);
+    }
     crate::hub::cluster::announce(req.hub, crate::hub::cluster::Event::Invoke { id: inv.invoke_id.clone() }).await;
     tracing::info!(invoke_id = %inv.invoke_id, targets = ids.len(), "invocation created");
     Ok(json!({ "CommandId": inv.command_id, "InvokeId": inv.invoke_id }))
@@ -253,7 +319,7 @@ fn record_status_filter(p: &Params, field: &str) -> Result<Vec<InvocationStatus>
 /// DescribeInvocations' status filter: `InvokeStatus` (legacy names) or
 /// `InvocationStatus` (current names); a value in either vocabulary
 /// matches invocations whose kept aggregate has it.
-fn overall_status_filter(p: &Params) -> Result<Option<(Option<InvokeStatus>, Option<InvocationOverall>)>, ApiError> {
+fn overall_status_filter(p: &Params) -> Result<Option<StatusFilter>, ApiError> {
     let (field, v) = match (p.get("InvokeStatus"), p.get("InvocationStatus")) {
         (Some(v), _) => ("InvokeStatus", v),
         (None, Some(v)) => ("InvocationStatus", v),
@@ -309,6 +375,13 @@ pub async fn describe_invocations(req: &Request<'_>) -> Result<Value, ApiError> 
             "WorkingDir": inv.working_dir,
             "Timeout": inv.timeout_secs,
             "InvokeInstances": { "InvokeInstance": instances },
+            // deckhand extensions (docs/fleet.md): the resolved target
+            // count and the rollout window.
+            "TargetCount": inv.counts.total(),
+            "StatusCounts": InvocationStatus::ALL.iter().map(|st| (st.as_str().to_string(), Value::from(inv.counts.get(*st)))).collect::<Map<String, Value>>(),
+            "MaxConcurrency": inv.window.max_concurrency,
+            "MaxErrors": inv.window.max_errors,
+            "BatchWait": inv.window.batch_wait_secs,
         }));
     }
     let mut out = Map::new();
@@ -351,10 +424,10 @@ fn invoke_instance_json(req: &Request<'_>, t: &TargetRow, include_output: bool, 
 
 /// Running records show the live stream; final ones their stored output.
 fn live_or_stored(req: &Request<'_>, t: &TargetRow) -> Vec<u8> {
-    if !t.status.is_final() {
-        if let Some(live) = req.hub.live.get(&t.invoke_id, &t.instance_id) {
-            return live;
-        }
+    if !t.status.is_final()
+        && let Some(live) = req.hub.live.get(&t.invoke_id, &t.instance_id)
+    {
+        return live;
     }
     t.output.clone()
 }
@@ -364,17 +437,25 @@ pub async fn describe_invocation_results(req: &Request<'_>) -> Result<Value, Api
     let paging = Paging::from(p, 10, 50)?;
     let plain = wants_plain(p)?;
     let include_history = p.bool("IncludeHistory")?.unwrap_or(false);
-    let statuses = record_status_filter(p, "InvokeRecordStatus")?;
+    let mut statuses = record_status_filter(p, "InvokeRecordStatus")?;
+    // deckhand extension: filter by the per-instance InvocationStatus
+    // (`Failed` here means a non-zero exit, unlike the record level).
+    if let Some(one) = named(p, "InvocationStatus", InvocationStatus::parse)? {
+        if p.get("InvokeRecordStatus").is_some() {
+            return Err(ApiError::invalid("InvocationStatus", "give InvokeRecordStatus or InvocationStatus, not both"));
+        }
+        statuses = vec![one];
+    }
     let filter = InvocationFilter {
         invoke_id: p.get("InvokeId").map(str::to_string),
         instance_id: p.get("InstanceId").map(str::to_string),
         command_id: p.get("CommandId").map(str::to_string),
         ..Default::default()
     };
-    if let Some(id) = &filter.invoke_id {
-        if req.hub.store.get_invocation(id).await?.is_none() {
-            return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidInvokeId.NotFound", format!("The specified invocation \"{id}\" does not exist.")));
-        }
+    if let Some(id) = &filter.invoke_id
+        && req.hub.store.get_invocation(id).await?.is_none()
+    {
+        return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidInvokeId.NotFound", format!("The specified invocation \"{id}\" does not exist.")));
     }
     let (results, total) = if include_history {
         // Every record of every matching target, paged in SQL.
@@ -427,6 +508,69 @@ fn result_from_history(r: &ResultRow, plain: bool) -> Value {
         "FinishedTime": r.finish_time,
         "StopTime": stop_time(r.status, &r.finish_time),
     })
+}
+
+/// `ModifyInvocationAttribute` (Cloud Assistant): a `Period` invocation's
+/// `Frequency`, `CommandContent`, `Parameters`/`EnableParameter`, and more
+/// instances (`InstanceId.N`, each must exist). Validated as
+/// `RunCommand` validates them. Added instances and targets not yet
+/// delivered get the new definition; agents already holding the
+/// invocation keep the one they journaled (docs/fleet.md says why).
+pub async fn modify_invocation_attribute(req: &Request<'_>) -> Result<Value, ApiError> {
+    let p = &req.params;
+    let invoke_id = p.require("InvokeId")?;
+    let Some(inv) = req.hub.store.get_invocation(invoke_id).await? else {
+        return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidInvokeId.NotFound", format!("The specified invocation \"{invoke_id}\" does not exist.")));
+    };
+    if inv.repeat_mode != RepeatMode::Period {
+        return Err(ApiError::invalid("InvokeId", format!("only a Period invocation can be modified; this one is {}", inv.repeat_mode)));
+    }
+    let unsettled: i64 = InvocationStatus::ALL.iter().filter(|s| !s.is_final()).map(|s| inv.counts.get(*s)).sum();
+    if inv.stop_requested || unsettled == 0 {
+        return Err(ApiError::invalid("InvokeId", "the invocation is stopped or finished and can no longer be modified"));
+    }
+    let content = match p.get("CommandContent") {
+        Some(_) => Some(decode_content(p, "CommandContent", "PlainText")?),
+        None => None,
+    };
+    let frequency = p.string("Frequency", 256)?.filter(|f| !f.is_empty());
+    if let Some(f) = &frequency {
+        let timeout = std::time::Duration::from_secs(inv.timeout_secs.max(0) as u64);
+        crate::agent::schedule::validate_frequency(f, timeout, chrono::Utc::now()).map_err(|e| ApiError::invalid("Frequency", e))?;
+    }
+    let enable_parameter = p.bool("EnableParameter")?;
+    let script = content.as_deref().unwrap_or(&inv.content);
+    let enabled = enable_parameter.unwrap_or(inv.enable_parameter);
+    // Parameters are checked against the script they will be spliced into:
+    // the new one, or the stored one with the stored values.
+    let parameters = if p.get("Parameters").is_some() {
+        Some(parameters(p, script, enabled, req.hub.config.parameter_values)?)
+    } else {
+        if enabled && (content.is_some() || enable_parameter.is_some()) {
+            let stored: Map<String, Value> = serde_json::from_str(&inv.parameters).unwrap_or_default();
+            let builtins = crate::exec::params::Builtins::default();
+            crate::exec::params::render_script(script, true, &stored, &builtins, req.hub.config.parameter_values).map_err(|e| ApiError::invalid("Parameters", e))?;
+        }
+        None
+    };
+    let add = if p.list("InstanceId")?.is_empty() { Vec::new() } else { instances(req).await? };
+    let m = crate::hub::store::Modification {
+        invoke_id: invoke_id.to_string(),
+        content,
+        frequency,
+        parameters,
+        enable_parameter,
+        add: add.iter().map(|(id, _)| id.clone()).collect(),
+    };
+    let added = req.hub.store.modify_invocation(&m).await?;
+    if !added.is_empty() {
+        let fresh = req.hub.store.get_invocation(invoke_id).await?.ok_or_else(|| ApiError::internal("invocation vanished"))?;
+        let targets: Vec<(String, String)> = add.into_iter().filter(|(id, _)| added.contains(id)).collect();
+        crate::hub::delivery::push_new(req.hub, &fresh, &targets);
+        crate::hub::cluster::announce(req.hub, crate::hub::cluster::Event::Invoke { id: invoke_id.to_string() }).await;
+    }
+    tracing::info!(invoke_id, added = added.len(), "invocation modified");
+    Ok(json!({ "CommandId": inv.command_id }))
 }
 
 pub async fn stop_invocation(req: &Request<'_>) -> Result<Value, ApiError> {

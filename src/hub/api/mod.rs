@@ -7,6 +7,7 @@
 pub mod auth;
 mod commands;
 pub mod error;
+mod fleet;
 mod instances;
 mod invocations;
 pub mod params;
@@ -96,6 +97,7 @@ async fn dispatch(
         "DescribeInvocations" => invocations::describe_invocations(&req).await,
         "DescribeInvocationResults" => invocations::describe_invocation_results(&req).await,
         "StopInvocation" => invocations::stop_invocation(&req).await,
+        "ModifyInvocationAttribute" => invocations::modify_invocation_attribute(&req).await,
         "CreateCommand" => commands::create(&req).await,
         "DescribeCommands" => commands::describe(&req).await,
         "ModifyCommand" => commands::modify(&req).await,

@@ -81,8 +81,8 @@ impl Params {
                 out.push((i, v.clone()));
             }
         }
-        if out.is_empty() {
-            if let Some(v) = self.get(name) {
+        if out.is_empty()
+            && let Some(v) = self.get(name) {
                 if v.starts_with('[') {
                     let arr: Vec<String> = serde_json::from_str(v).map_err(|e| ApiError::invalid(name, e))?;
                     if arr.len() > MAX_LIST_ITEMS {
@@ -92,7 +92,6 @@ impl Params {
                 }
                 return Ok(vec![v.to_string()]);
             }
-        }
         out.sort_by_key(|(i, _)| *i);
         Ok(out.into_iter().map(|(_, v)| v).filter(|v| !v.is_empty()).collect())
     }

@@ -12,9 +12,12 @@ use super::{MAX_SKEW, SignatureError};
 /// over a 30-minute window); beyond it the oldest are forgotten first.
 pub const MAX_NONCES: usize = 200_000;
 
+/// Nonces by key with their time, and the same in insertion order for expiry.
+type Seen = (HashMap<String, DateTime<Utc>>, VecDeque<(DateTime<Utc>, String)>);
+
 #[derive(Default)]
 pub struct NonceCache {
-    inner: Mutex<(HashMap<String, DateTime<Utc>>, VecDeque<(DateTime<Utc>, String)>)>,
+    inner: Mutex<Seen>,
 }
 
 impl NonceCache {

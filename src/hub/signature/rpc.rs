@@ -35,11 +35,10 @@ pub(super) fn verify(parts: &RequestParts<'_>, lookup: &impl Fn(&str) -> Option<
     if method != "HMAC-SHA1" {
         return Err(SignatureError::UnsupportedMethod(method));
     }
-    if let Some(v) = get("SignatureVersion") {
-        if v != "1.0" {
+    if let Some(v) = get("SignatureVersion")
+        && v != "1.0" {
             return Err(SignatureError::Incomplete(format!("SignatureVersion {v:?} (expected 1.0)")));
         }
-    }
     let secret = lookup(&key_id).ok_or_else(|| SignatureError::UnknownKey(key_id.clone()))?;
     let sts = string_to_sign(parts.method, &params);
     if !same(&hmac_sha1_b64(&secret, &sts), &signature) {

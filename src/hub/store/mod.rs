@@ -21,7 +21,7 @@ use crate::protocol::{HostFacts, Invocation, RecordReport};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
+    Db(sqlx::Error),
     /// The database stayed locked (SQLite) or kept failing serialisation
     /// (PostgreSQL) past the busy timeout and the retries.
     #[error("database busy: {0}")]
@@ -32,6 +32,11 @@ pub enum StoreError {
     DiskFull(sqlx::Error),
     #[error("schema version {found} is newer than this hub understands ({known})")]
     SchemaTooNew { found: i64, known: i64 },
+    /// Replicas of an older release are alive on the shared database;
+    /// migrating under them would let them write rows this release reads
+    /// differently.
+    #[error("{replicas} replica(s) of an older release (schema version {version}) are running on this database; stop them before starting this release, which migrates the schema")]
+    OlderReplicasRunning { replicas: i64, version: i64 },
     /// A stored value this hub cannot read, named by table, column and row.
     #[error("stored value {table}.{column} of {id:?} cannot be read: {detail}")]
     Decode { table: &'static str, column: &'static str, id: String, detail: String },
@@ -55,6 +60,16 @@ impl StoreError {
         }
     }
 
+    /// Busy past the timeout and the retries, here or in a failed batch:
+    /// transient, worth a retry by the caller.
+    pub fn is_busy(&self) -> bool {
+        match self {
+            StoreError::Busy(_) => true,
+            StoreError::Batch(inner) => inner.is_busy(),
+            _ => false,
+        }
+    }
+
     /// Sorts a driver error by cause (SQLite result codes, PostgreSQL
     /// SQLSTATEs): full disk, busy, or anything else.
     pub fn classify(e: sqlx::Error) -> StoreError {
@@ -70,6 +85,14 @@ impl StoreError {
             Some("5") | Some("6") | Some("517") | Some("261") | Some("262") => StoreError::Busy(e),
             _ => StoreError::Db(e),
         }
+    }
+}
+
+/// Every driver error is sorted by cause where it enters (a full disk on
+/// any write path is `DiskFull`, whichever query met it).
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::classify(e)
     }
 }
 
@@ -146,6 +169,47 @@ pub struct InvocationRow {
     /// Targets per state, kept by the store with every transition
     /// (ignored on create: all targets start Pending).
     pub counts: Counts,
+    /// The rollout window (deckhand extension; default: none).
+    pub window: Window,
+    /// On create only: targets matched by tag or facts whose agent was
+    /// not connected. They are created settled (`Aborted`,
+    /// `ClientNotRunning`) and never sent. Not read back.
+    pub unreachable: Vec<String>,
+}
+
+/// Rate control of one invocation (deckhand extension, docs/fleet.md),
+/// resolved to counts at creation and kept on the invocation row, so
+/// every replica and a restarted hub drive the same window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    /// Targets sent and not yet settled at any moment; 0: no window.
+    pub max_concurrency: i64,
+    /// Settled-in-error targets tolerated; one more stops the rollout
+    /// (`None`: no limit).
+    pub max_errors: Option<i64>,
+    /// Seconds after the latest target settled before the next starts.
+    pub batch_wait_secs: i64,
+}
+
+/// `ModifyInvocationAttribute`: what to change on a stored invocation
+/// (`None`: unchanged) and instances to add as new targets.
+#[derive(Debug, Clone, Default)]
+pub struct Modification {
+    pub invoke_id: String,
+    /// Plain text.
+    pub content: Option<String>,
+    pub frequency: Option<String>,
+    /// JSON object of custom parameter values.
+    pub parameters: Option<String>,
+    pub enable_parameter: Option<bool>,
+    pub add: Vec<String>,
+}
+
+/// Targets a rollout window let go (they are to be sent now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    pub invoke_id: String,
+    pub instances: Vec<String>,
 }
 
 impl InvocationRow {
@@ -206,8 +270,12 @@ pub struct InvocationFilter {
     /// DescribeInvocations' `InvokeStatus`/`InvocationStatus`: an
     /// invocation matches when its legacy or its current aggregate status
     /// is one of these (filtered in SQL on the kept aggregates).
-    pub status: Option<(Option<InvokeStatus>, Option<InvocationOverall>)>,
+    pub status: Option<StatusFilter>,
 }
+
+/// An invocation-level status filter: the legacy and/or the current name
+/// (a value may be valid in one vocabulary or both).
+pub type StatusFilter = (Option<InvokeStatus>, Option<InvocationOverall>);
 
 /// One row of DescribeInvocationResults: a record, or a target that has
 /// none yet (with `IncludeHistory`).
@@ -322,6 +390,17 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>>;
     /// Marks stop requested; returns targets that are not yet final.
     async fn request_stop(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>>;
+    /// Applies `m` in one transaction; returns the instances it added as
+    /// targets (those already targets are skipped).
+    async fn modify_invocation(&self, m: &Modification) -> Result<Vec<String>>;
+    /// Moves every rollout window that can move (a slot free, `BatchWait`
+    /// passed, errors beyond `MaxErrors`); the backstop of the advance
+    /// made with each target transition, and what resumes windows after
+    /// a restart. Returns the targets released.
+    async fn advance_windows(&self) -> Result<Vec<Released>>;
+    /// Targets released by transactions of this store handle, after they
+    /// committed (the hub sends them through `hub::delivery`).
+    fn released(&self) -> tokio::sync::broadcast::Receiver<Released>;
     /// Aborts targets never delivered since before `cutoff` (RFC 3339):
     /// `DeliveryTimeout` when the agent is online, `ClientNotResponse`
     /// when it is not.

@@ -142,6 +142,25 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX invocations_invoke_status ON invocations (invoke_status, created_at);
     CREATE INDEX invocations_invocation_status ON invocations (invocation_status, created_at);
     "#,
+    // 5: fleet runs (issue #16, docs/fleet.md). The rollout window of an
+    // invocation lives here, so every replica and a restarted hub see the
+    // same one: `max_concurrency` (0: no window) and `max_errors` (-1: no
+    // limit) resolved to counts at creation, `batch_wait_secs`. A target
+    // the window holds back is `released = 0` (Pending, never sent);
+    // `released_at` is when it was let go (delivery timeouts count from it).
+    r#"
+    ALTER TABLE invocations ADD COLUMN max_concurrency INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE invocations ADD COLUMN max_errors INTEGER NOT NULL DEFAULT -1;
+    ALTER TABLE invocations ADD COLUMN batch_wait_secs INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE targets ADD COLUMN released INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE targets ADD COLUMN released_at TEXT NOT NULL DEFAULT '';
+    UPDATE targets SET released_at = created_at;
+    -- Invocations with held targets (the backstop pass) ...
+    CREATE INDEX targets_held ON targets (released, status, invoke_id);
+    -- ... and one window's standing and next targets in release order,
+    -- read from the index instead of sorting a large rollout each time.
+    CREATE INDEX targets_window ON targets (invoke_id, released, status, instance_id);
+    "#,
 ];
 
 /// The schema version whose data is rewritten in Rust after its DDL.

@@ -54,7 +54,7 @@ impl SqlStore {
         let sql = format!(
             "SELECT t.instance_id, t.status, inst.instance_name FROM targets t \
              LEFT JOIN instances inst ON inst.instance_id = t.instance_id \
-             WHERE t.invoke_id = ? AND t.status IN ({}) ORDER BY t.instance_id",
+             WHERE t.invoke_id = ? AND t.released = 1 AND t.status IN ({}) ORDER BY t.instance_id",
             placeholders(open.len())
         );
         let mut q = self.q(&sql).bind(invoke_id);
@@ -79,7 +79,7 @@ impl SqlStore {
         let rows = self
             .q("SELECT t.instance_id, t.invoke_id, t.status FROM targets t \
                 JOIN instances inst ON inst.instance_id = t.instance_id AND inst.hub_id = ? AND inst.online = 1 \
-                WHERE ((t.status = ? AND t.delivered = 0) OR t.status = ?) AND t.updated_at < ? \
+                WHERE ((t.status = ? AND t.delivered = 0 AND t.released = 1) OR t.status = ?) AND t.updated_at < ? \
                 ORDER BY t.updated_at LIMIT ?")
             .bind(hub_id)
             .bind(crate::lifecycle::TargetState::CREATED.status.as_str())

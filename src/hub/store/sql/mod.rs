@@ -19,6 +19,7 @@ mod cluster;
 mod dialect;
 mod reports;
 mod rows;
+mod window;
 mod writes;
 
 use dialect::Dialect;
@@ -75,7 +76,13 @@ pub struct SqlStore {
     d: Dialect,
     /// PostgreSQL URL, for the LISTEN connection (not pooled).
     url: String,
+    /// Targets released by this handle's committed transactions.
+    released: tokio::sync::broadcast::Sender<Released>,
 }
+
+/// Release announcements buffered for a slow hub; beyond it the hub
+/// learns of a lag and the backstop finds the rest.
+const RELEASED_QUEUE: usize = 1024;
 
 impl SqlStore {
     /// Opens the store named by `spec`: a `postgres://` or `postgresql://`
@@ -94,6 +101,7 @@ impl SqlStore {
         let pool = PoolOptions::<Any>::new()
             .max_connections(SQLITE_POOL)
             .acquire_timeout(BUSY_TIMEOUT)
+            .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
             .after_connect(|conn, _| {
                 Box::pin(async move {
                     // Durability and locking settings are per connection.
@@ -107,7 +115,7 @@ impl SqlStore {
             })
             .connect(&url)
             .await?;
-        let store = Self { pool, d: Dialect::Sqlite, url: String::new() };
+        let store = Self { pool, d: Dialect::Sqlite, url: String::new(), released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0 };
         store.migrate().await?;
         Ok(store)
     }
@@ -117,9 +125,10 @@ impl SqlStore {
         let pool = PoolOptions::<Any>::new()
             .max_connections(POSTGRES_POOL)
             .acquire_timeout(BUSY_TIMEOUT)
+            .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
             .connect(url)
             .await?;
-        let store = Self { pool, d: Dialect::Postgres, url: url.to_string() };
+        let store = Self { pool, d: Dialect::Postgres, url: url.to_string(), released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0 };
         store.migrate().await?;
         Ok(store)
     }
@@ -173,6 +182,18 @@ impl SqlStore {
         if current > known {
             return Err(StoreError::SchemaTooNew { found: current, known });
         }
+        // Replicas of the previous release still running on this database
+        // would keep writing the old status names without the kept counts:
+        // refuse to migrate under them, naming how many.
+        if self.d == Dialect::Postgres && current >= 3 && (current as usize) < schema::LIFECYCLE_STEP {
+            let alive: i64 = self.qs("SELECT COUNT(*) FROM hubs WHERE last_seen >= ?")
+                .bind(ago_str(crate::hub::cluster::DEAD_AFTER))
+                .fetch_one(&mut *tx)
+                .await?;
+            if alive > 0 {
+                return Err(StoreError::OlderReplicasRunning { replicas: alive, version: current });
+            }
+        }
         // All pending steps commit together: a crash mid-way leaves the old
         // schema, never half of a step.
         for (i, step) in schema::MIGRATIONS.iter().enumerate().skip(current as usize) {
@@ -219,6 +240,17 @@ impl SqlStore {
             other => other,
         }
     }
+}
+
+/// A connection goes back to the pool only outside any transaction. When a
+/// COMMIT fails on a full disk, SQLite has already rolled back, the driver's
+/// ROLLBACK then fails, and its transaction count stays at 1: reused, that
+/// connection refused every later BEGIN ("begin_with at non-zero
+/// transaction depth") until a restart (issue #14). Closing it instead
+/// costs one reconnect.
+fn fit_for_reuse(conn: &mut sqlx::AnyConnection) -> bool {
+    use sqlx::Connection;
+    !conn.is_in_transaction()
 }
 
 /// True for errors a retried transaction can get past: PostgreSQL's
@@ -546,7 +578,7 @@ impl Store for SqlStore {
             "SELECT i.*, t.status AS status, inst.instance_name AS inst_name FROM targets t \
              JOIN invocations i ON i.invoke_id = t.invoke_id \
              LEFT JOIN instances inst ON inst.instance_id = t.instance_id \
-             WHERE t.instance_id = ? AND t.status IN ({}) \
+             WHERE t.instance_id = ? AND t.released = 1 AND t.status IN ({}) \
              ORDER BY i.created_at, i.invoke_id",
             placeholders(open.len())
         );
@@ -583,6 +615,30 @@ impl Store for SqlStore {
                 other => return other,
             }
         }
+    }
+
+    async fn modify_invocation(&self, m: &Modification) -> Result<Vec<String>> {
+        let mut attempt = 0;
+        loop {
+            match sorted(self.modify_invocation_once(m).await) {
+                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn advance_windows(&self) -> Result<Vec<Released>> {
+        let mut attempt = 0;
+        loop {
+            match sorted(self.advance_windows_impl().await) {
+                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn released(&self) -> tokio::sync::broadcast::Receiver<Released> {
+        self.released.subscribe()
     }
 
     async fn expire_undelivered(&self, cutoff: &str) -> Result<u64> {

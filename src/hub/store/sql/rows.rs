@@ -132,6 +132,12 @@ pub(super) fn invocation_from(r: &AnyRow) -> Result<InvocationRow> {
         client_token: col(r, T, "client_token", &id)?,
         stop_requested: flag(r, T, "stop_requested", &id)?,
         counts: counts_from(r, &id)?,
+        window: Window {
+            max_concurrency: col(r, T, "max_concurrency", &id)?,
+            max_errors: Some(col::<i64>(r, T, "max_errors", &id)?).filter(|n| *n >= 0),
+            batch_wait_secs: col(r, T, "batch_wait_secs", &id)?,
+        },
+        unreachable: Vec::new(),
         invoke_id: id,
     })
 }

@@ -158,16 +158,40 @@ impl SqlStore {
         if let Some(cmd) = cmd {
             super::insert_command(&mut tx, self.d, cmd).await?;
         }
+        // Fixed at creation (issue #16): which targets start settled
+        // (matched while offline), which the window lets go now, and the
+        // per-state counts that follow from it.
+        let unreachable: std::collections::HashSet<&str> = inv.unreachable.iter().map(String::as_str).collect();
+        let offline = transition(TargetState::CREATED, Event::ClientNotRunning, inv.repeat_mode, &inv.frequency).unwrap_or(TargetState::CREATED);
+        let offline_code = Event::ClientNotRunning.error_code(false);
+        let mut order: Vec<&String> = instances.iter().collect();
+        order.sort();
+        let mut free = if inv.window.max_concurrency > 0 { inv.window.max_concurrency } else { i64::MAX };
         let mut counts = crate::lifecycle::Counts::default();
-        counts.set(TargetState::CREATED.status, instances.len() as i64);
+        let mut rows = Vec::with_capacity(order.len());
+        for id in order {
+            let (state, released) = if unreachable.contains(id.as_str()) {
+                (offline, false)
+            } else if free > 0 {
+                free -= 1;
+                (TargetState::CREATED, true)
+            } else {
+                (TargetState::CREATED, false)
+            };
+            counts.add(state.status, 1);
+            rows.push((id, state, released));
+        }
+        let count_cols: Vec<&str> = InvocationStatus::ALL.iter().map(|s| s.count_column()).collect();
         let sql = format!(
             "INSERT INTO invocations (invoke_id, command_id, command_name, command_type, content, timeout_secs, \
              working_dir, username, enable_parameter, parameters, repeat_mode, frequency, created_at, client_token, \
-             {}, invoke_status, invocation_status) \
-             VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            TargetState::CREATED.status.count_column()
+             {}, invoke_status, invocation_status, max_concurrency, max_errors, batch_wait_secs) \
+             VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,{},?,?,?,?,?)",
+            count_cols.join(", "),
+            vec!["?"; count_cols.len()].join(",")
         );
-        self.q(&sql)
+        let mut q = self
+            .q(&sql)
             .bind(&inv.invoke_id)
             .bind(&inv.command_id)
             .bind(&inv.command_name)
@@ -181,21 +205,36 @@ impl SqlStore {
             .bind(inv.repeat_mode.as_str())
             .bind(&inv.frequency)
             .bind(&inv.created_at)
-            .bind(&inv.client_token)
-            .bind(instances.len() as i64)
-            .bind(counts.legacy().as_str())
+            .bind(&inv.client_token);
+        for s in InvocationStatus::ALL {
+            q = q.bind(counts.get(*s));
+        }
+        q.bind(counts.legacy().as_str())
             .bind(counts.overall().as_str())
+            .bind(inv.window.max_concurrency)
+            .bind(inv.window.max_errors.unwrap_or(-1))
+            .bind(inv.window.batch_wait_secs)
             .execute(&mut *tx)
             .await?;
-        for i in instances {
-            self.q("INSERT INTO targets (invoke_id, instance_id, status, created_at, updated_at) VALUES (?,?,?,?,?)")
-                .bind(&inv.invoke_id)
-                .bind(i)
-                .bind(TargetState::CREATED.status.as_str())
-                .bind(&inv.created_at)
-                .bind(&inv.created_at)
-                .execute(&mut *tx)
-                .await?;
+        for (id, state, released) in rows {
+            let settled = state.status.is_final();
+            let code = if settled { offline_code.as_ref() } else { None };
+            self.q(
+                "INSERT INTO targets (invoke_id, instance_id, status, created_at, updated_at, released, released_at, \
+                 error_code, error_info, finish_time) VALUES (?,?,?,?,?,?,?,?,?,?)",
+            )
+            .bind(&inv.invoke_id)
+            .bind(id)
+            .bind(state.status.as_str())
+            .bind(&inv.created_at)
+            .bind(&inv.created_at)
+            .bind(released as i64)
+            .bind(if released { inv.created_at.as_str() } else { "" })
+            .bind(code.map(|c| c.as_str()).unwrap_or_default())
+            .bind(code.and_then(|c| c.fixed_info()).unwrap_or_default())
+            .bind(if settled { inv.created_at.as_str() } else { "" })
+            .execute(&mut *tx)
+            .await?;
         }
         self.q("UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = ?")
             .bind(&inv.command_id)
@@ -211,9 +250,18 @@ impl SqlStore {
         let mut tx = self.begin().await?;
         let mut effects = Vec::with_capacity(ops.len());
         let now = now_str();
+        // Invocations a report may have settled a target of: their windows
+        // move in this same transaction (issue #16).
+        let mut reported = std::collections::BTreeSet::new();
         for op in ops {
             let effect = match op {
-                WriteOp::Report { instance_id, report } => apply_report_tx(&mut tx, self.d, instance_id, report).await?,
+                WriteOp::Report { instance_id, report } => {
+                    let effect = apply_report_tx(&mut tx, self.d, instance_id, report).await?;
+                    if effect == ReportEffect::Applied && report.status.is_final() {
+                        reported.insert(report.invoke_id.clone());
+                    }
+                    effect
+                }
                 WriteOp::Delivered { invoke_id, instance_id } => {
                     if let Moved::Refused(r) = move_target(&mut tx, self.d, invoke_id, instance_id, Event::Delivered).await? {
                         tracing::debug!(invoke_id, instance_id, refusal = %r, "acknowledgement changes nothing");
@@ -227,8 +275,56 @@ impl SqlStore {
             };
             effects.push(effect);
         }
+        let released = super::window::advance_all(&mut tx, self.d, &reported).await?;
         tx.commit().await?;
+        self.announce_released(&released);
         Ok(effects)
+    }
+
+    pub(super) async fn modify_invocation_once(&self, m: &Modification) -> Result<Vec<String>> {
+        let mut tx = self.begin().await?;
+        let sql = format!("SELECT invoke_id FROM invocations WHERE invoke_id = ?{}", self.d.for_update());
+        let found: Option<String> = self.qs(&sql).bind(&m.invoke_id).fetch_optional(&mut *tx).await?;
+        if found.is_none() {
+            return Ok(Vec::new());
+        }
+        for (column, value) in [("content", &m.content), ("frequency", &m.frequency), ("parameters", &m.parameters)] {
+            if let Some(v) = value {
+                // Fixed column names only; the value is bound.
+                self.q(&format!("UPDATE invocations SET {column} = ? WHERE invoke_id = ?")).bind(v).bind(&m.invoke_id).execute(&mut *tx).await?;
+            }
+        }
+        if let Some(e) = m.enable_parameter {
+            self.q("UPDATE invocations SET enable_parameter = ? WHERE invoke_id = ?").bind(e as i64).bind(&m.invoke_id).execute(&mut *tx).await?;
+        }
+        let existing: Vec<String> = self.qs("SELECT instance_id FROM targets WHERE invoke_id = ?").bind(&m.invoke_id).fetch_all(&mut *tx).await?;
+        let existing: std::collections::HashSet<String> = existing.into_iter().collect();
+        let now = now_str();
+        let mut added = Vec::new();
+        for id in &m.add {
+            if existing.contains(id) || added.contains(id) {
+                continue;
+            }
+            self.q("INSERT INTO targets (invoke_id, instance_id, status, created_at, updated_at, released, released_at) VALUES (?,?,?,?,?,1,?)")
+                .bind(&m.invoke_id)
+                .bind(id)
+                .bind(TargetState::CREATED.status.as_str())
+                .bind(&now)
+                .bind(&now)
+                .bind(&now)
+                .execute(&mut *tx)
+                .await?;
+            added.push(id.clone());
+        }
+        if !added.is_empty() {
+            let c = TargetState::CREATED.status.count_column();
+            let sql = format!("UPDATE invocations SET {c} = {c} + ? WHERE invoke_id = ? RETURNING {}", count_columns());
+            let row = self.q(&sql).bind(added.len() as i64).bind(&m.invoke_id).fetch_one(&mut *tx).await?;
+            let counts = counts_from(&row, &m.invoke_id)?;
+            write_aggregates(&mut tx, self.d, &m.invoke_id, counts).await?;
+        }
+        tx.commit().await?;
+        Ok(added)
     }
 
     pub(super) async fn request_stop_once(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>> {
@@ -257,11 +353,13 @@ impl SqlStore {
         // so this query and `transition` cannot disagree.
         let states = crate::lifecycle::states_accepting(Event::DeliveryExpired);
         let mut expired = 0;
+        let mut touched = std::collections::BTreeSet::new();
         for st in states {
             let rows = self
                 .q("SELECT t.invoke_id, t.instance_id, COALESCE(inst.online, 0) AS online FROM targets t \
                     LEFT JOIN instances inst ON inst.instance_id = t.instance_id \
-                    WHERE t.status = ? AND t.delivered = ? AND t.created_at < ? ORDER BY t.invoke_id, t.instance_id")
+                    WHERE t.status = ? AND t.delivered = ? AND t.released = 1 AND t.released_at < ? \
+                    ORDER BY t.invoke_id, t.instance_id")
                 .bind(st.status.as_str())
                 .bind(st.delivered as i64)
                 .bind(cutoff)
@@ -274,10 +372,13 @@ impl SqlStore {
                 if let Moved::Changed { .. } = move_target(&mut tx, self.d, &invoke_id, &instance_id, Event::DeliveryExpired).await? {
                     self.stamp_error(&mut tx, &invoke_id, &instance_id, Event::DeliveryExpired.error_code(online)).await?;
                     expired += 1;
+                    touched.insert(invoke_id);
                 }
             }
         }
+        let released = super::window::advance_all(&mut tx, self.d, &touched).await?;
         tx.commit().await?;
+        self.announce_released(&released);
         Ok(expired)
     }
 
