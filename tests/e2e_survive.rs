@@ -151,9 +151,15 @@ fn stop_after_restart_reaches_a_reattached_run() {
     let mut a = hub.agent();
     let id = a.instance_id();
     hub.wait_online(&id);
-    let inv = hub.run("echo begun; sleep 120", &[&id], &[("Timeout", "300")]);
-    wait_until("supervisor started the script", WAIT, || {
-        (!a.supervisor_pids().is_empty()).then_some(())
+    let marker = tempfile::tempdir().unwrap();
+    let log = marker.path().join("ran.log");
+    let inv = hub.run(
+        &format!("echo begun; echo begun >> {}; sleep 120", log.display()),
+        &[&id],
+        &[("Timeout", "300")],
+    );
+    wait_until("script started", WAIT, || {
+        (lines(&log).len() == 1).then_some(())
     });
     a.kill();
     a.spawn();
@@ -208,7 +214,17 @@ fn sigterm_to_a_supervisor_stops_its_run() {
     let a = hub.agent();
     let id = a.instance_id();
     hub.wait_online(&id);
-    let inv = hub.run("echo begun; sleep 120", &[&id], &[("Timeout", "300")]);
+    let marker = tempfile::tempdir().unwrap();
+    let log = marker.path().join("ran.log");
+    let inv = hub.run(
+        &format!("echo begun; echo begun >> {}; sleep 120", log.display()),
+        &[&id],
+        &[("Timeout", "300")],
+    );
+    // The script has printed (the marker comes after the echo).
+    wait_until("script started", WAIT, || {
+        (lines(&log).len() == 1).then_some(())
+    });
     let pid = wait_until("supervisor started the script", WAIT, || {
         a.supervisor_pids().first().copied()
     });

@@ -618,17 +618,28 @@ fn supervise(dir: &Path) -> Result<(), SuperviseError> {
             source,
         })?
         .into();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("start runtime", dir))?;
+    // SIGTERM/SIGINT must be a stop, never a silent death, from the moment
+    // `ran` names our pid (the agent and operators signal that pid).
+    let signals = {
+        let _rt = rt.enter();
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+        (
+            term.map_err(io("handle SIGTERM", dir))?,
+            int.map_err(io("handle SIGINT", dir))?,
+        )
+    };
     write_reserved(
         dir,
         RAN,
         RAN_RESERVE,
         format!("{}\n", std::process::id()).as_bytes(),
     )?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(io("start runtime", dir))?;
-    let outcome = rt.block_on(run_spooled(dir, spec));
+    let outcome = rt.block_on(run_spooled(dir, spec, signals));
     let body = serde_json::to_vec(&StoredOutcome::from(&outcome)).map_err(|source| {
         SuperviseError::Decode {
             path: dir.join(RESULT),
@@ -683,24 +694,23 @@ fn hold_lock(dir: &Path) -> Result<(), SuperviseError> {
     Ok(())
 }
 
-async fn run_spooled(dir: &Path, spec: RunSpec) -> RunOutcome {
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+async fn run_spooled(dir: &Path, spec: RunSpec, signals: Signals) -> RunOutcome {
     let stop = CancellationToken::new();
     // A stop: the agent's stop file, or SIGTERM/SIGINT sent to us directly.
     let stop_file = dir.join(STOP);
     let s = stop.clone();
+    let (mut term, mut int) = signals;
     tokio::spawn(async move {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-        let mut int =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).ok();
         loop {
             if stop_file.exists() {
                 break;
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
-                Some(()) = async { term.as_mut()?.recv().await } => break,
-                Some(()) = async { int.as_mut()?.recv().await } => break,
+                _ = term.recv() => break,
+                _ = int.recv() => break,
             }
         }
         tracing::info!("stop requested");
