@@ -280,7 +280,7 @@ pub mod report_limits {
 pub enum ReportError {
     #[error("report for invocation id of {0} bytes; the limit is {max}", max = report_limits::MAX_ID)]
     IdTooLong(usize),
-    #[error("report output is not valid base64")]
+    #[error("report field output_b64 is not valid base64")]
     OutputNotBase64,
 }
 
