@@ -3,7 +3,8 @@
 //! ack makes them durable), the agent says it is degraded (status, log),
 //! and everything recovers by itself when space returns.
 //!
-//! As root the state dir is a real 4 MiB tmpfs filled to the last byte.
+//! As root the state dir is a real 4 MiB tmpfs filled to the last byte (CI
+//! runs as root and sets DECKHAND_REQUIRE_TMPFS=1 so it cannot fall back).
 //! Elsewhere (no mount permission) the documented fault hook
 //! `DECKHAND_FAULT_JOURNAL_FULL` stands in for the full disk: it makes
 //! journal appends fail with ENOSPC while a flag file exists.
@@ -138,6 +139,12 @@ fn full_state_dir_keeps_every_result_and_recovers_by_itself() {
     let full = match small_state_dir(&a.state_dir(), scratch.path()) {
         Some(f) => f,
         None => {
+            // CI runs as root and sets this: there the real tmpfs must be used.
+            assert!(
+                std::env::var_os("DECKHAND_REQUIRE_TMPFS").is_none()
+                    || std::env::var_os("DECKHAND_TEST_DISK_FULL_HOOK").is_some(),
+                "cannot mount tmpfs but DECKHAND_REQUIRE_TMPFS is set"
+            );
             let flag = scratch.path().join("journal-full");
             a.env.push((
                 "DECKHAND_FAULT_JOURNAL_FULL".into(),
