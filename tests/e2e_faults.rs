@@ -20,14 +20,18 @@ fn status(hub: &Hub, invoke_id: &str) -> String {
 }
 
 #[test]
-fn agent_killed_mid_run_reports_execution_interrupted() {
+fn agent_and_supervisor_killed_mid_run_report_execution_interrupted() {
     let hub = Hub::start();
     let mut a = hub.agent();
     let id = a.instance_id();
     hub.wait_online(&id);
     let inv = hub.run("sleep 30", &[&id], &[("Timeout", "120")]);
     wait_until("running", WAIT, || (status(&hub, &inv) == "Running").then_some(()));
+    wait_until("supervisor started the script", WAIT, || (!a.supervisor_pids().is_empty()).then_some(()));
     a.kill(); // SIGKILL
+    // The run would survive the agent alone (tests/e2e_survive.rs); with its
+    // supervisor gone too, as after a reboot, the outcome is unknown.
+    a.kill_supervisors();
     a.spawn();
     let r = &hub.wait_final(&inv, WAIT)[0];
     assert_eq!(r["InvokeRecordStatus"], "Failed", "{r}");
@@ -58,6 +62,7 @@ fn queued_invocation_survives_agent_kill_and_runs_once() {
         bytes.windows(second.len()).any(|w| w == second.as_bytes()).then_some(())
     });
     a.kill();
+    a.kill_supervisors();
     a.spawn();
     assert_eq!(hub.wait_final(&first, WAIT)[0]["ErrorCode"], "ExecutionInterrupted");
     let r = &hub.wait_final(&second, WAIT)[0];

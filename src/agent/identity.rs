@@ -61,6 +61,7 @@ pub fn host_facts() -> HostFacts {
         memory_bytes: sys.map(|s| s.total_memory()).unwrap_or(0),
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
         boot_id: boot_id(),
+        journal_degraded: None,
     }
 }
 

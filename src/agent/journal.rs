@@ -19,6 +19,10 @@ use serde::de::DeserializeOwned;
 pub const JOURNAL_FILE: &str = "journal.log";
 /// Name of the compaction temp file; a leftover one is a crashed compaction.
 pub const JOURNAL_TMP_FILE: &str = "journal.log.tmp";
+/// Side file written and removed to test for free space.
+pub const JOURNAL_PROBE_FILE: &str = "journal.probe";
+/// Size of that probe: room for an acceptance (script ≤ 16 KiB) and more.
+const PROBE_BYTES: usize = 64 * 1024;
 /// Where bytes dropped at `open` are kept aside for an operator to inspect:
 /// an undecodable record or a cut tail is never replayed (no crash loop)
 /// and never silently lost.
@@ -104,6 +108,8 @@ pub enum JournalError {
     },
     #[error("journal record could not be encoded: {0}")]
     Encode(#[source] serde_json::Error),
+    #[error("journal degraded ({held} change(s) held in memory): {reason}")]
+    Held { held: usize, reason: String },
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> JournalError + 'a {
@@ -227,16 +233,36 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         }
         // One write of the whole frame; on failure, cut back so a partial
         // frame never sits in front of later appends.
-        if let Err(e) = self.file.write_all(&frame) {
+        if let Err(e) = fault_injected().map_or_else(|| self.file.write_all(&frame), Err) {
             let _ = self.file.set_len(self.size);
             return Err(io_err("write", &self.path)(e));
         }
-        self.file
-            .sync_data()
-            .map_err(io_err("fdatasync", &self.path))?;
+        // A frame whose sync failed is cut too: the caller retries it, and
+        // it must not end up in the file twice.
+        if let Err(e) = self.file.sync_data() {
+            let _ = self.file.set_len(self.size);
+            return Err(io_err("fdatasync", &self.path)(e));
+        }
         self.size = new_size;
         self.records += 1;
         Ok(())
+    }
+
+    /// Whether the journal's disk takes a write of one full-size record
+    /// now (written to a side file, synced, removed). Used to tell when a
+    /// full state dir has room again.
+    pub fn probe(&self) -> Result<(), JournalError> {
+        let path = self.dir.join(JOURNAL_PROBE_FILE);
+        let result = (|| {
+            if let Some(e) = fault_injected() {
+                return Err(e);
+            }
+            let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&path)?;
+            f.write_all(&vec![0u8; PROBE_BYTES])?;
+            f.sync_data()
+        })();
+        let _ = fs::remove_file(&path);
+        result.map_err(io_err("probe", &path))
     }
 
     /// Replaces the journal with exactly `live`: temp file, fsync, atomic
@@ -296,6 +322,16 @@ impl<T> Journal<T> {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Test hook: `DECKHAND_FAULT_JOURNAL_FULL=<path>` makes every append fail
+/// with ENOSPC while `<path>` exists (for a disk-full test where no small
+/// file system can be mounted; see docs/journal.md).
+fn fault_injected() -> Option<io::Error> {
+    static FLAG: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let flag = FLAG.get_or_init(|| std::env::var_os("DECKHAND_FAULT_JOURNAL_FULL").map(PathBuf::from)).as_ref()?;
+    // ENOSPC (28 on Linux and macOS).
+    flag.exists().then(|| io::Error::from_raw_os_error(28))
 }
 
 /// Encodes one record as a complete frame.

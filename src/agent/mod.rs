@@ -47,6 +47,10 @@ pub struct AgentConfig {
     pub max_concurrent: usize,
     pub backoff_base: Duration,
     pub backoff_cap: Duration,
+    /// The agent's own binary, re-executed as each run's supervisor so runs
+    /// outlive the agent (Unix; see docs/exec.md). `None` (the default, and
+    /// on Windows): runs are the agent's children and die with it.
+    pub supervisor: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -61,6 +65,7 @@ impl AgentConfig {
             max_concurrent: 8,
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(60),
+            supervisor: None,
         }
     }
 }
@@ -106,9 +111,10 @@ pub fn ensure_state_dir(dir: &std::path::Path) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Runs the agent until `shutdown` fires. Runs in progress are left to
-/// finish in the background only while the process lives; their state is
-/// journaled, so a restart reports them (see docs/journal.md).
+/// Runs the agent until `shutdown` fires. With `supervisor` set, runs in
+/// progress outlive this process and a restart re-attaches to them;
+/// without, they end with it and a restart reports them interrupted (see
+/// docs/journal.md).
 pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(), AgentError> {
     ensure_state_dir(&config.state_dir)?;
     let urls = HubUrl::parse_list(&config.hub)?;
@@ -121,13 +127,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let script_root = (!nix::unistd::geteuid().is_root()).then(|| config.state_dir.join("scripts"));
     #[cfg(not(unix))]
     let script_root = None;
-    let (runner, mut live_rx) = Runner::new(state, config.max_concurrent, script_root);
+    let supervision = config.supervisor.clone().filter(|_| cfg!(unix)).map(|program| runner::Supervision { program, runs_root: config.state_dir.join("runs") });
+    let (runner, mut live_rx) = Runner::new(state, config.max_concurrent, script_root, supervision);
     let mut identity = identity::load(&config.state_dir)?;
     if let Some(id) = &identity {
         runner.set_instance_id(&id.instance_id);
     }
+    runner.sweep_run_dirs(&recovery.interrupted);
     for (inv, seq) in recovery.interrupted {
-        runner.report_interrupted(&inv, seq);
+        // Supervised runs are watched to their real end; others are lost.
+        runner.reattach(inv.clone(), seq);
         // A schedule outlives one interrupted run: resume it.
         if Runner::is_repeating(&inv) {
             runner.spawn(inv);
@@ -192,9 +201,15 @@ fn spawn_status_writer(dir: PathBuf, status: SharedStatus, runner: Arc<Runner>, 
             let snapshot = {
                 let mut s = status.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 s.running = runner.running_ids();
-                let st = runner.state.lock().unwrap_or_else(|e| e.into_inner());
+                let mut st = runner.state.lock().unwrap_or_else(|e| e.into_inner());
+                // The retry of a failing journal rides on this tick.
+                if st.degraded().is_some() {
+                    st.retry_held();
+                }
                 s.journal_backlog = st.backlog();
                 s.open_invocations = st.open_count();
+                s.journal_degraded = st.degraded().map(str::to_string);
+                s.journal_held = st.held_count();
                 s.updated_at = chrono::Utc::now().to_rfc3339();
                 s
             };
@@ -283,7 +298,9 @@ async fn connect_and_serve(
 ) -> Result<(), AgentError> {
     let (config, url, tls, runner) = (ctx.config, ctx.url, ctx.tls, ctx.runner);
     let mut ws = transport::dial(url, tls, config.insecure_loopback).await?;
-    let facts = identity::host_facts();
+    let mut facts = identity::host_facts();
+    facts.journal_degraded = journal_degraded(runner);
+    let degraded_told = facts.journal_degraded.is_some();
     // The saved identity is the truth: a credential rotated during the
     // previous connection was saved there, not into this copy.
     if let Some(saved) = identity::load(&config.state_dir)? {
@@ -309,7 +326,7 @@ async fn connect_and_serve(
         s.instance_id = id.instance_id.clone();
     });
     let started = tokio::time::Instant::now();
-    let result = session(ctx, &mut ws, live_rx, hb).await;
+    let result = session(ctx, &mut ws, live_rx, hb, degraded_told).await;
     // The back-off starts over only after a session that proved the hub
     // healthy by lasting; one that fails at once (a hub whose database
     // disk is full accepts hello but not our reports) keeps the delays
@@ -323,7 +340,15 @@ async fn connect_and_serve(
 /// A session that lasted this long resets the reconnect back-off.
 const HEALTHY_SESSION: Duration = Duration::from_secs(10);
 
-async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveChunk>, hb: Duration) -> Result<(), AgentError> {
+/// The journal's trouble, as told to the hub in the hello facts (bounded).
+fn journal_degraded(runner: &Runner) -> Option<String> {
+    let mut why = runner.state.lock().unwrap_or_else(|e| e.into_inner()).degraded()?.to_string();
+    protocol::truncate_text(&mut why, protocol::MAX_DEGRADED_TEXT);
+    Some(why)
+}
+
+/// `degraded_told`: whether this connection's hello said the journal was failing.
+async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveChunk>, hb: Duration, degraded_told: bool) -> Result<(), AgentError> {
     let (runner, shutdown) = (ctx.runner, ctx.shutdown);
     let mut stamp = tokio::time::interval(service::LOOP_TICK);
     // Reports the hub has not acknowledged are sent again on every connection.
@@ -333,6 +358,8 @@ async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveCh
     // Nothing from the hub for two heartbeats: the link is dead.
     let dead_after = hb * 2;
     let mut last_heard = tokio::time::Instant::now();
+    // An invocation arrived that the journal could not take.
+    let mut resync_owed = false;
     loop {
         ctx.live.stamp();
         // Send whatever is pending beyond what this connection already sent.
@@ -350,7 +377,17 @@ async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveCh
                 return Ok(());
             }
             _ = runner.outbox_ready.notified() => {}
-            _ = stamp.tick() => {}
+            _ = stamp.tick() => {
+                let healthy = runner.state.lock().unwrap_or_else(|e| e.into_inner()).degraded().is_none();
+                if resync_owed && healthy {
+                    return Err(AgentError::Lost("journal writable again; reconnecting to be sent what could not be accepted".into()));
+                }
+                // The hub learns of the journal's state from the hello facts:
+                // a change is worth a reconnect (rare: once per episode each way).
+                if healthy == degraded_told {
+                    return Err(AgentError::Lost("journal state changed; reconnecting to tell the hub".into()));
+                }
+            }
             _ = ticker.tick() => {
                 if last_heard.elapsed() > dead_after {
                     return Err(AgentError::Lost(format!("no frame from hub for {:?}", last_heard.elapsed())));
@@ -368,8 +405,17 @@ async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveCh
                     HubMsg::Invoke { invocation } => {
                         let invoke_id = invocation.invoke_id.clone();
                         // Journal first; ack only what is durably ours.
-                        runner.accept(*invocation)?;
-                        send(ws, &AgentMsg::InvokeAck { invoke_id }).await?;
+                        match runner.accept(*invocation) {
+                            Ok(()) => send(ws, &AgentMsg::InvokeAck { invoke_id }).await?,
+                            Err(e) => {
+                                // Not acknowledged: the hub keeps it for us. Once the
+                                // journal works again we reconnect, and it is re-sent.
+                                if !resync_owed {
+                                    tracing::warn!(error = %e, "cannot journal an invocation; not accepting it until the journal can be written");
+                                }
+                                resync_owed = true;
+                            }
+                        }
                     }
                     HubMsg::Stop { invoke_id } => runner.stop(&invoke_id),
                     HubMsg::ReportAck { report_id } => {

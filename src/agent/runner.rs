@@ -1,7 +1,13 @@
 //! Turns accepted invocations into runs: bounded concurrency (FIFO), stop
 //! tokens, parameter rendering, and the reports each run produces.
+//!
+//! On Unix, with a [`Supervision`] configured, each script runs under its own
+//! supervisor process (see [`crate::exec::supervise`]) and this module only
+//! watches its run directory, so a restarted agent re-attaches to runs the
+//! previous one started ([`Runner::reattach`]).
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
@@ -28,6 +34,17 @@ pub struct Runner {
     instance_id: Mutex<String>,
     /// Where per-run script directories go (None: the engine's default).
     script_root: Option<std::path::PathBuf>,
+    /// Runs outlive the agent (Unix); None: runs are the agent's children.
+    supervision: Option<Supervision>,
+}
+
+/// How scripts are run apart from the agent.
+#[derive(Debug, Clone)]
+pub struct Supervision {
+    /// The agent's own binary, re-executed as `__supervise <run dir>`.
+    pub program: PathBuf,
+    /// Parent of the run directories (`<state dir>/runs`).
+    pub runs_root: PathBuf,
 }
 
 #[derive(Debug)]
@@ -43,7 +60,7 @@ pub(super) fn now() -> String {
 }
 
 impl Runner {
-    pub fn new(state: AgentState, max_concurrent: usize, script_root: Option<std::path::PathBuf>) -> (Arc<Self>, mpsc::Receiver<LiveChunk>) {
+    pub fn new(state: AgentState, max_concurrent: usize, script_root: Option<PathBuf>, supervision: Option<Supervision>) -> (Arc<Self>, mpsc::Receiver<LiveChunk>) {
         let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
         let r = Arc::new(Self {
             state: Mutex::new(state),
@@ -53,6 +70,7 @@ impl Runner {
             stops: Mutex::new(HashMap::new()),
             instance_id: Mutex::new(String::new()),
             script_root,
+            supervision,
         });
         (r, live_rx)
     }
@@ -65,14 +83,31 @@ impl Runner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Journals and reports; a journal failure is logged loudly but the
-    /// report is still attempted in memory-less form by the caller's retry.
-    pub(super) fn report(&self, report: RecordReport, closes: bool) {
+    /// Journals and reports. A journal that cannot be written holds the
+    /// report in memory (see `state`), and it is sent all the same.
+    /// Returns whether the report is on disk.
+    pub(super) fn report(&self, report: RecordReport, closes: bool) -> bool {
         let invoke_id = report.invoke_id.clone();
-        match self.state().report(report, closes) {
-            Ok(_) => self.outbox_ready.notify_one(),
-            Err(e) => tracing::error!(invoke_id, error = %e, "cannot journal report"),
+        let mut st = self.state();
+        match st.report(report, closes) {
+            Ok(_) => {
+                // Held in memory when the journal is failing: sent all the same.
+                let durable = st.is_durable();
+                drop(st);
+                self.outbox_ready.notify_one();
+                durable
+            }
+            Err(e) => {
+                tracing::error!(invoke_id, error = %e, "cannot journal report");
+                false
+            }
         }
+    }
+
+    /// The stop token of an invocation, shared by its schedule and a run
+    /// re-attached after a restart.
+    fn token(&self, invoke_id: &str) -> CancellationToken {
+        self.stops.lock().unwrap_or_else(|e| e.into_inner()).entry(invoke_id.to_string()).or_default().clone()
     }
 
     /// Called for every `Invoke` frame. Returns after journaling, so the
@@ -89,8 +124,7 @@ impl Runner {
     /// Starts (or queues) the work of an accepted invocation: one run, a
     /// schedule (`Period`), or a wait for the next boot.
     pub fn spawn(self: &Arc<Self>, inv: Invocation) {
-        let token = CancellationToken::new();
-        self.stops.lock().unwrap_or_else(|e| e.into_inner()).insert(inv.invoke_id.clone(), token.clone());
+        let token = self.token(&inv.invoke_id);
         let me = self.clone();
         tokio::spawn(async move {
             let id = inv.invoke_id.clone();
@@ -116,6 +150,112 @@ impl Runner {
         tracing::warn!(invoke_id = %inv.invoke_id, "run interrupted by agent restart");
         let info = "the agent restarted while the script was running; its outcome is unknown";
         self.report(ended(inv, record_seq, InvocationStatus::Error, Some(ErrorCode::ExecutionInterrupted), info), closes);
+    }
+
+    /// A run that was going when the previous agent died. Supervised: watch
+    /// its run directory and report the real outcome (a supervisor that is
+    /// gone too means `ExecutionInterrupted`; one that never started the
+    /// script starts it now). Otherwise: [`Self::report_interrupted`].
+    pub fn reattach(self: &Arc<Self>, inv: Invocation, record_seq: u32) {
+        let dir = self.run_dir(&inv, record_seq).filter(|d| d.is_dir());
+        let Some(dir) = dir else {
+            self.report_interrupted(&inv, record_seq);
+            return;
+        };
+        let closes = !Self::is_repeating(&inv);
+        let token = self.token(&inv.invoke_id);
+        let me = self.clone();
+        tracing::info!(invoke_id = %inv.invoke_id, record_seq, "re-attaching to a run that outlived the previous agent");
+        tokio::spawn(async move {
+            // Already running: it takes a slot if one is free, but it cannot wait for one.
+            let permit = me.slots.clone().try_acquire_owned().ok();
+            match me.watch(&inv, record_seq, &dir, token.clone(), true).await {
+                Watched::Finished(out) => {
+                    drop(permit);
+                    let report = outcome_report(&inv, record_seq, &out);
+                    tracing::info!(invoke_id = %inv.invoke_id, status = report.status.as_str(), exit_code = ?report.exit_code, "re-attached run finished");
+                    if me.report(report, closes) {
+                        remove_dir(dir).await;
+                    }
+                }
+                Watched::Vanished => {
+                    drop(permit);
+                    me.report_interrupted(&inv, record_seq);
+                    remove_dir(dir).await;
+                }
+                Watched::NeverRan => {
+                    drop(permit);
+                    tracing::info!(invoke_id = %inv.invoke_id, "the previous agent died before the run started; starting it now");
+                    remove_dir(dir).await;
+                    me.run_once(inv.clone(), record_seq, token, closes).await;
+                }
+            }
+            if closes {
+                me.stops.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.invoke_id);
+            }
+        });
+    }
+
+    /// Run directories of runs nobody will watch (a crash after the final
+    /// report was journaled): removed at start, except `keep`'s.
+    pub fn sweep_run_dirs(&self, keep: &[(Invocation, u32)]) {
+        let Some(sup) = &self.supervision else { return };
+        let keep: Vec<PathBuf> = keep.iter().filter_map(|(inv, seq)| self.run_dir(inv, *seq)).collect();
+        #[cfg(unix)]
+        for d in exec::supervise::stale_dirs(&sup.runs_root, &keep) {
+            tracing::info!(dir = %d.display(), "removing a finished run's directory");
+            exec::supervise::remove(&d);
+        }
+        #[cfg(not(unix))]
+        let _ = (sup, keep);
+    }
+
+    fn run_dir(&self, inv: &Invocation, record_seq: u32) -> Option<PathBuf> {
+        #[cfg(unix)]
+        {
+            let sup = self.supervision.as_ref()?;
+            exec::supervise::run_dir(&sup.runs_root, &inv.invoke_id, record_seq).ok()
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (inv, record_seq);
+            None
+        }
+    }
+
+    /// Forwards live output of a run to the connection, numbering offsets.
+    fn live_forwarder(&self, inv: &Invocation, record_seq: u32) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
+        let (chunk_tx, mut chunk_rx) = mpsc::channel::<Vec<u8>>(4);
+        let live = self.live_tx.clone();
+        let invoke_id = inv.invoke_id.clone();
+        let forward = tokio::spawn(async move {
+            let mut offset = 0u64;
+            while let Some(data) = chunk_rx.recv().await {
+                let len = data.len() as u64;
+                let _ = live.try_send(LiveChunk { invoke_id: invoke_id.clone(), record_seq, offset, data });
+                offset += len;
+            }
+        });
+        (chunk_tx, forward)
+    }
+
+    async fn watch(&self, inv: &Invocation, record_seq: u32, dir: &std::path::Path, stop: CancellationToken, from_end: bool) -> Watched {
+        #[cfg(unix)]
+        {
+            let (tx, forward) = self.live_forwarder(inv, record_seq);
+            let w = exec::supervise::watch(dir, stop, Some(tx), from_end).await;
+            let _ = forward.await;
+            match w {
+                exec::supervise::Watched::Finished(o) => Watched::Finished(o),
+                exec::supervise::Watched::NeverRan => Watched::NeverRan,
+                exec::supervise::Watched::Vanished => Watched::Vanished,
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (inv, record_seq, dir, stop, from_end);
+            Watched::Vanished
+        }
     }
 
     /// Invocations with a run queued or in progress.
@@ -174,42 +314,83 @@ impl Runner {
         };
         drop(permit);
         tracing::info!(invoke_id = %inv.invoke_id, status = report.status.as_str(), exit_code = ?report.exit_code, "run finished");
-        self.report(report, closes);
+        let durable = self.report(report, closes);
+        // The run directory holds the result until the report is on disk:
+        // a crash before that re-attaches and reports it again.
+        if durable && let Some(dir) = self.run_dir(&inv, record_seq) {
+            remove_dir(dir).await;
+        }
     }
 
     async fn script_run(&self, inv: &Invocation, record_seq: u32, spec: RunSpec, stop: CancellationToken) -> RecordReport {
-        let (chunk_tx, mut chunk_rx) = mpsc::channel::<Vec<u8>>(4);
-        let live = self.live_tx.clone();
-        let invoke_id = inv.invoke_id.clone();
-        let forward = tokio::spawn(async move {
-            let mut offset = 0u64;
-            while let Some(data) = chunk_rx.recv().await {
-                let len = data.len() as u64;
-                let _ = live.try_send(LiveChunk { invoke_id: invoke_id.clone(), record_seq, offset, data });
-                offset += len;
+        #[cfg(unix)]
+        if let (Some(sup), Some(dir)) = (&self.supervision, self.run_dir(inv, record_seq)) {
+            let launched = exec::supervise::launch(&sup.program, &dir, &spec);
+            match launched {
+                Ok(()) | Err(exec::supervise::SuperviseError::Busy(_)) => {
+                    return match self.watch(inv, record_seq, &dir, stop, false).await {
+                        Watched::Finished(out) => outcome_report(inv, record_seq, &out),
+                        Watched::Vanished => {
+                            let info = "the run's supervisor ended without a result; its outcome is unknown";
+                            ended(inv, record_seq, InvocationStatus::Error, Some(ErrorCode::ExecutionInterrupted), info)
+                        }
+                        Watched::NeverRan => {
+                            let info = "the run's supervisor exited before starting the script (see supervisor.log in its run directory)";
+                            ended(inv, record_seq, InvocationStatus::Invalid, ErrorCode::parse(exec::codes::EXECUTION_EXCEPTION), info)
+                        }
+                    };
+                }
+                Err(e) => {
+                    // No run directory (state dir full, unwritable): the run
+                    // still happens, as the agent's child.
+                    tracing::warn!(invoke_id = %inv.invoke_id, error = %e, "cannot supervise the run apart from the agent; running it in-process");
+                    exec::supervise::remove(&dir);
+                }
             }
-        });
+        }
+        let (chunk_tx, forward) = self.live_forwarder(inv, record_seq);
         let out = exec::run(spec, stop, Some(chunk_tx)).await;
         let _ = forward.await;
-        let status = match out.termination {
-            Termination::Exited if out.exit_code == Some(0) => InvocationStatus::Success,
-            Termination::Exited => InvocationStatus::Failed,
-            Termination::TimedOut => InvocationStatus::Timeout,
-            Termination::Stopped => InvocationStatus::Terminated,
-            Termination::FailedToStart => InvocationStatus::Invalid,
-        };
-        RecordReport {
-            invoke_id: inv.invoke_id.clone(),
-            record_seq,
-            status,
-            exit_code: out.exit_code.map(i64::from),
-            output_b64: base64::engine::general_purpose::STANDARD.encode(&out.output),
-            dropped: out.dropped,
-            error_code: ErrorCode::parse(&out.error_code),
-            error_info: out.error_info,
-            start_time: out.start_time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-            finish_time: out.finish_time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
-        }
+        outcome_report(inv, record_seq, &out)
+    }
+}
+
+/// How watching a supervised run ended (platform-neutral mirror of
+/// `exec::supervise::Watched`; elsewhere only `Vanished` is ever made).
+#[cfg_attr(not(unix), allow(dead_code))]
+enum Watched {
+    Finished(Box<exec::RunOutcome>),
+    NeverRan,
+    Vanished,
+}
+
+async fn remove_dir(dir: PathBuf) {
+    #[cfg(unix)]
+    let _ = tokio::task::spawn_blocking(move || exec::supervise::remove(&dir)).await;
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+/// The final report of a script run.
+fn outcome_report(inv: &Invocation, record_seq: u32, out: &exec::RunOutcome) -> RecordReport {
+    let status = match out.termination {
+        Termination::Exited if out.exit_code == Some(0) => InvocationStatus::Success,
+        Termination::Exited => InvocationStatus::Failed,
+        Termination::TimedOut => InvocationStatus::Timeout,
+        Termination::Stopped => InvocationStatus::Terminated,
+        Termination::FailedToStart => InvocationStatus::Invalid,
+    };
+    RecordReport {
+        invoke_id: inv.invoke_id.clone(),
+        record_seq,
+        status,
+        exit_code: out.exit_code.map(i64::from),
+        output_b64: base64::engine::general_purpose::STANDARD.encode(&out.output),
+        dropped: out.dropped,
+        error_code: ErrorCode::parse(&out.error_code),
+        error_info: out.error_info.clone(),
+        start_time: out.start_time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
+        finish_time: out.finish_time.format("%Y-%m-%dT%H:%M:%SZ").to_string(),
     }
 }
 

@@ -101,7 +101,17 @@ pub struct Status {
     pub journal_backlog: usize,
     pub open_invocations: usize,
     pub updated_at: String,
+    /// Why the journal cannot be written, while it cannot (the agent is degraded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_degraded: Option<String>,
+    /// Journal changes (reports, acks) held in memory until the disk takes them.
+    #[serde(default)]
+    pub journal_held: usize,
 }
+
+/// status.json is padded to this size, so it can be rewritten in place when
+/// the state dir is full (the padding is JSON whitespace).
+const STATUS_RESERVE: usize = 16 * 1024;
 
 pub fn status_path(state_dir: &Path) -> PathBuf {
     state_dir.join("status.json")
@@ -111,9 +121,28 @@ pub fn status_path(state_dir: &Path) -> PathBuf {
 pub fn write_status(state_dir: &Path, s: &Status) {
     let path = status_path(state_dir);
     let tmp = path.with_extension("json.tmp");
-    let body = serde_json::to_vec_pretty(s).expect("status serializes");
-    if std::fs::write(&tmp, body).and_then(|_| std::fs::rename(&tmp, &path)).is_err() {
-        tracing::debug!("could not write status file");
+    let mut body = serde_json::to_vec_pretty(s).expect("status serializes");
+    if body.len() < STATUS_RESERVE {
+        body.resize(STATUS_RESERVE - 1, b' ');
+        body.push(b'\n');
+    }
+    if std::fs::write(&tmp, &body).and_then(|_| std::fs::rename(&tmp, &path)).is_ok() {
+        return;
+    }
+    let _ = std::fs::remove_file(&tmp);
+    // A full disk: overwrite the existing (padded) file in place, which
+    // needs no new blocks, so `deckhand-agent status` can still say so.
+    let in_place = std::fs::OpenOptions::new().write(true).open(&path).and_then(|mut f| {
+        use std::io::Write;
+        let len = f.metadata()?.len();
+        if (body.len() as u64) > len {
+            return Err(std::io::Error::other("status larger than the file it would overwrite"));
+        }
+        f.write_all(&body)?;
+        f.set_len(body.len() as u64)
+    });
+    if let Err(e) = in_place {
+        tracing::debug!(error = %e, "could not write status file");
     }
 }
 

@@ -1,6 +1,14 @@
 //! The agent's durable state: which invocations it accepted and which
 //! reports the hub has not acknowledged yet. Every change is journaled
 //! before it is acted on or reported, so a restart loses nothing.
+//!
+//! A journal that cannot be written (state dir full, I/O error) does not
+//! lose results: every change but an acceptance is then *held* — applied in
+//! memory, queued in order, and retried by [`AgentState::retry_held`] — and
+//! the state says it is degraded ([`AgentState::degraded`]). Reports keep
+//! flowing to the hub, whose acknowledgement makes them durable there. An
+//! acceptance alone must be on disk before it is acknowledged, so it fails
+//! instead (the hub delivers the invocation again later).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
@@ -24,7 +32,15 @@ const REMEMBER_FINISHED: usize = 10_000;
 pub enum Entry {
     Accepted { invocation: Invocation },
     Started { invoke_id: String, record_seq: u32 },
-    Report { report_id: u64, report: RecordReport },
+    /// `closes`: this final report also ends the invocation — one record,
+    /// so a crash cannot leave a final report without the end (older
+    /// journals follow it with a separate `Finished`).
+    Report {
+        report_id: u64,
+        report: RecordReport,
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        closes: bool,
+    },
     Acked { report_id: u64 },
     Finished { invoke_id: String },
     /// A periodic fire: its record number and nominal instant (RFC 3339).
@@ -51,7 +67,15 @@ pub struct AgentState {
     next_report_id: u64,
     fires: HashMap<String, (u32, String)>,
     boot_seen: HashMap<String, String>,
+    /// Changes applied in memory that the journal could not take yet, in order.
+    held: VecDeque<Entry>,
+    /// Why the journal is failing, while it is.
+    degraded: Option<String>,
 }
+
+/// Changes held in memory at most; beyond it the oldest are dropped (logged).
+/// Each is small (a report ≤ ~40 KiB), and reports are also acked away.
+const MAX_HELD: usize = 100_000;
 
 impl AgentState {
     pub fn open(dir: &Path) -> Result<(Self, Recovery), JournalError> {
@@ -66,6 +90,8 @@ impl AgentState {
             next_report_id: 1,
             fires: HashMap::new(),
             boot_seen: HashMap::new(),
+            held: VecDeque::new(),
+            degraded: None,
         };
         for e in entries {
             s.apply(e);
@@ -88,8 +114,11 @@ impl AgentState {
             Entry::Started { invoke_id, record_seq } => {
                 self.started.insert(invoke_id, record_seq);
             }
-            Entry::Report { report_id, report } => {
-                self.next_report_id = self.next_report_id.max(report_id + 1);
+            Entry::Report { report_id, report, closes } => {
+                if closes {
+                    self.apply(Entry::Finished { invoke_id: report.invoke_id.clone() });
+                }
+                self.next_report_id = self.next_report_id.max(report_id.saturating_add(1));
                 // A final report ends that record's run: it is no longer
                 // "started" (periodic invocations stay open between runs).
                 if report.status.is_final() && self.started.get(&report.invoke_id) == Some(&report.record_seq) {
@@ -123,19 +152,124 @@ impl AgentState {
         }
     }
 
+    /// Journals `e` and applies it; when the disk refuses, holds it (see
+    /// the module doc). Errors only for records no retry can write.
     fn write(&mut self, e: Entry) -> Result<(), JournalError> {
-        self.journal.append(&e)?;
+        if !self.held.is_empty() {
+            self.retry_held();
+        }
+        if self.held.is_empty() {
+            match self.journal.append(&e) {
+                Ok(()) => {}
+                Err(err) if is_disk_trouble(&err) => {
+                    self.enter_degraded(&err);
+                    self.hold(e.clone());
+                }
+                Err(err) => return Err(err),
+            }
+        } else {
+            self.hold(e.clone());
+        }
         self.apply(e);
         Ok(())
     }
 
+    /// Journals `e` only if it reaches the disk now (held changes first, to
+    /// keep the order); nothing is applied otherwise.
+    fn write_durable(&mut self, e: Entry) -> Result<(), JournalError> {
+        if !self.held.is_empty() {
+            self.retry_held();
+        }
+        if let Some(reason) = &self.degraded {
+            return Err(JournalError::Held { held: self.held.len(), reason: reason.clone() });
+        }
+        if let Err(err) = self.journal.append(&e) {
+            if is_disk_trouble(&err) {
+                self.enter_degraded(&err);
+            }
+            return Err(err);
+        }
+        self.apply(e);
+        Ok(())
+    }
+
+    fn hold(&mut self, e: Entry) {
+        self.held.push_back(e);
+        if self.held.len() > MAX_HELD {
+            self.held.pop_front();
+            tracing::error!(limit = MAX_HELD, "too many journal changes held in memory; the oldest is dropped");
+        }
+    }
+
+    fn enter_degraded(&mut self, err: &JournalError) {
+        if self.degraded.is_none() {
+            // Once per episode, not per write: a full disk must not flood the log.
+            tracing::error!(error = %err, "journal cannot be written; holding changes in memory and reporting anyway (agent degraded)");
+        }
+        self.degraded = Some(err.to_string());
+    }
+
+    /// Writes held changes, oldest first, until one fails. Returns true when
+    /// nothing is held any more (the agent is healthy again).
+    pub fn retry_held(&mut self) -> bool {
+        let before = self.held.len();
+        while let Some(e) = self.held.front() {
+            match self.journal.append(e) {
+                Ok(()) => {
+                    self.held.pop_front();
+                }
+                Err(JournalError::FileFull { .. }) if self.compact_now().is_ok() => {
+                    // The file reached its size limit: the compacted file
+                    // holds the live state, held changes included.
+                    self.held.clear();
+                }
+                Err(err) if is_disk_trouble(&err) => {
+                    self.degraded = Some(err.to_string());
+                    return false;
+                }
+                Err(err) => {
+                    // Cannot ever be written: keep going without it.
+                    tracing::error!(error = %err, "held journal change can never be written; dropped");
+                    self.held.pop_front();
+                }
+            }
+        }
+        // Nothing held (only acceptances failed): ask the disk directly.
+        if before == 0
+            && self.degraded.is_some()
+            && let Err(err) = self.journal.probe()
+        {
+            self.degraded = Some(err.to_string());
+            return false;
+        }
+        if self.degraded.take().is_some() {
+            tracing::info!(written = before, "journal writable again; held changes written (agent healthy)");
+            if let Err(e) = self.maybe_compact() {
+                tracing::warn!(error = %e, "journal compaction failed");
+            }
+        }
+        true
+    }
+
+    /// Why the journal is failing, while it is.
+    pub fn degraded(&self) -> Option<&str> {
+        self.degraded.as_deref()
+    }
+
+    /// Changes held in memory, not yet on disk.
+    pub fn held_count(&self) -> usize {
+        self.held.len()
+    }
+
     /// True if this invocation is new (journaled now); false if we already
     /// have it or already finished it (a re-delivery: just re-ack).
+    /// Never held: an acknowledged invocation must survive a crash, or a
+    /// re-delivery after restart could run it a second time.
     pub fn accept(&mut self, inv: &Invocation) -> Result<bool, JournalError> {
         if self.open.contains_key(&inv.invoke_id) || self.finished.contains(&inv.invoke_id) {
             return Ok(false);
         }
-        self.write(Entry::Accepted { invocation: inv.clone() })?;
+        self.write_durable(Entry::Accepted { invocation: inv.clone() })?;
         Ok(true)
     }
 
@@ -160,12 +294,8 @@ impl AgentState {
                 self.write(Entry::Acked { report_id: k })?;
             }
         }
-        let invoke_id = report.invoke_id.clone();
-        self.write(Entry::Report { report_id: id, report })?;
-        if closes {
-            self.write(Entry::Finished { invoke_id })?;
-        }
-        self.maybe_compact()?;
+        self.write(Entry::Report { report_id: id, report, closes })?;
+        self.compact_quietly();
         Ok(id)
     }
 
@@ -197,9 +327,21 @@ impl AgentState {
     pub fn ack(&mut self, report_id: u64) -> Result<(), JournalError> {
         if self.pending.contains_key(&report_id) {
             self.write(Entry::Acked { report_id })?;
-            self.maybe_compact()?;
+            self.compact_quietly();
         }
         Ok(())
+    }
+
+    /// A failed compaction leaves the old journal whole: log it, carry on.
+    fn compact_quietly(&mut self) {
+        if let Err(e) = self.maybe_compact() {
+            tracing::warn!(error = %e, "journal compaction failed; the journal stays as it is");
+        }
+    }
+
+    /// True when every change is on disk.
+    pub fn is_durable(&self) -> bool {
+        self.held.is_empty()
     }
 
     pub fn pending(&self) -> impl Iterator<Item = (&u64, &RecordReport)> {
@@ -215,9 +357,17 @@ impl AgentState {
     }
 
     fn maybe_compact(&mut self) -> Result<(), JournalError> {
-        if self.journal.size_bytes() < COMPACT_AFTER_BYTES {
+        // While changes are held the file is not the whole truth: compacting
+        // now would write the in-memory state out of order with them.
+        if self.journal.size_bytes() < COMPACT_AFTER_BYTES || !self.held.is_empty() {
             return Ok(());
         }
+        self.compact_now()
+    }
+
+    /// Rewrites the journal as the in-memory live set, which already
+    /// includes every held change: success makes them all durable.
+    fn compact_now(&mut self) -> Result<(), JournalError> {
         let mut live = Vec::new();
         for inv in self.open.values() {
             live.push(Entry::Accepted { invocation: inv.clone() });
@@ -226,7 +376,7 @@ impl AgentState {
             live.push(Entry::Started { invoke_id: id.clone(), record_seq: *seq });
         }
         for (id, r) in &self.pending {
-            live.push(Entry::Report { report_id: *id, report: r.clone() });
+            live.push(Entry::Report { report_id: *id, report: r.clone(), closes: false });
         }
         for id in &self.finished {
             live.push(Entry::Finished { invoke_id: id.clone() });
@@ -240,5 +390,60 @@ impl AgentState {
         self.journal.compact(&live)?;
         tracing::info!(entries = live.len(), "journal compacted");
         Ok(())
+    }
+}
+
+/// Failures a later retry may get past (disk full, I/O error, the journal's
+/// size limit before compaction), as opposed to a record that can never be
+/// written.
+fn is_disk_trouble(e: &JournalError) -> bool {
+    matches!(e, JournalError::Io { .. } | JournalError::FileFull { .. })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inv(id: &str) -> Invocation {
+        serde_json::from_value(serde_json::json!({
+            "invoke_id": id, "command_id": "c-1", "command_type": "RunShellScript",
+            "content": "true", "timeout_secs": 0, "working_dir": "", "enable_parameter": false, "parameters": {},
+        }))
+        .unwrap()
+    }
+
+    fn final_report(id: &str) -> RecordReport {
+        RecordReport {
+            invoke_id: id.into(),
+            record_seq: 0,
+            status: InvocationStatus::Success,
+            exit_code: Some(0),
+            output_b64: String::new(),
+            dropped: 0,
+            error_code: None,
+            error_info: String::new(),
+            start_time: String::new(),
+            finish_time: String::new(),
+        }
+    }
+
+    /// A crash right after a one-shot's final report must not make the
+    /// restarted agent think the invocation was never started (it used to
+    /// be two records, and the run ran again).
+    #[test]
+    fn final_report_ends_the_invocation_in_the_same_record() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (mut st, _) = AgentState::open(d.path()).unwrap();
+            assert!(st.accept(&inv("t-1")).unwrap());
+            st.started("t-1", 0).unwrap();
+            st.report(final_report("t-1"), true).unwrap();
+        }
+        let (st, rec) = AgentState::open(d.path()).unwrap();
+        assert!(rec.to_run.is_empty() && rec.interrupted.is_empty(), "{rec:?}");
+        assert_eq!((st.open_count(), st.backlog()), (0, 1));
+        // The journal holds exactly three records: accepted, started, report.
+        let (_, entries, _) = Journal::<Entry>::open(d.path(), JournalLimits::default()).unwrap();
+        assert_eq!(entries.len(), 3);
     }
 }

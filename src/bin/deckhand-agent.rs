@@ -97,6 +97,11 @@ enum Cmd {
         #[command(subcommand)]
         cmd: deckhand::kubelet::KubeletCmd,
     },
+    /// Internal: supervise one run in the given run directory (started by
+    /// the agent itself; see docs/exec.md).
+    #[cfg(unix)]
+    #[command(name = "__supervise", hide = true)]
+    Supervise { dir: PathBuf },
     /// Validate the configuration and print the effective settings.
     Config {
         #[command(subcommand)]
@@ -107,6 +112,22 @@ enum Cmd {
 #[derive(Debug, Subcommand)]
 enum ConfigCmd {
     Check(Flags),
+}
+
+/// This binary, resolved once at start: an upgrade may replace the file
+/// later, and the path (not the deleted inode) is what supervisors run.
+/// `DECKHAND_AGENT_NO_SUPERVISOR=1` keeps runs as the agent's children.
+fn supervisor_program() -> Option<PathBuf> {
+    if !cfg!(unix) || std::env::var_os("DECKHAND_AGENT_NO_SUPERVISOR").is_some_and(|v| v == "1") {
+        return None;
+    }
+    match std::env::current_exe() {
+        Ok(p) => Some(p),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot find our own binary; runs will not outlive the agent");
+            None
+        }
+    }
 }
 
 #[cfg(windows)]
@@ -135,7 +156,8 @@ fn run() -> anyhow::Result<()> {
         Cmd::Run(flags) => {
             let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());
             init_log(file.log_json.unwrap_or(false));
-            let cfg = file.resolve()?;
+            let mut cfg = file.resolve()?;
+            cfg.supervisor = supervisor_program();
             // One thread: the agent is mostly idle and I/O bound; a single
             // scheduler thread (plus the blocking pool on demand) keeps idle
             // RSS low (fewer stacks and malloc arenas).
@@ -165,6 +187,10 @@ fn run() -> anyhow::Result<()> {
                 println!("last heartbeat:  {}", if s.last_heartbeat_ack.is_empty() { "-" } else { &s.last_heartbeat_ack });
                 println!("running:         {}", if s.running.is_empty() { "-".to_string() } else { s.running.join(", ") });
                 println!("journal backlog: {} report(s) not yet acknowledged", s.journal_backlog);
+                match &s.journal_degraded {
+                    Some(why) => println!("journal:         DEGRADED: {} change(s) held in memory, retried every few seconds: {why}", s.journal_held),
+                    None => println!("journal:         ok"),
+                }
                 println!("pid / updated:   {} / {}", s.pid, s.updated_at);
             }
             Ok(())
@@ -205,6 +231,11 @@ fn run() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let code = rt.block_on(deckhand::kubelet::run_cmd(cmd))?;
             std::process::exit(code);
+        }
+        #[cfg(unix)]
+        Cmd::Supervise { dir } => {
+            init_log(false);
+            std::process::exit(deckhand::exec::supervise::supervise_main(&dir));
         }
         Cmd::Config { action: ConfigCmd::Check(flags) } => {
             let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());

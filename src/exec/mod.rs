@@ -9,7 +9,8 @@
 //! Layout: `interpreter` (type → argv), `scriptfile` (private per-run dir),
 //! `env` (clean environment), `capture` (cap), `runner` (the wait/kill/drain
 //! loop, platform neutral), `spawn/unix.rs` + `kill` (Unix process groups),
-//! `spawn/windows.rs` (Job Objects).
+//! `spawn/windows.rs` (Job Objects), `supervise` (Unix: a per-run supervisor
+//! process and run directory, so a run outlives the agent).
 
 mod capture;
 mod env;
@@ -21,6 +22,8 @@ pub mod params;
 mod runner;
 mod scriptfile;
 mod spawn;
+#[cfg(unix)]
+pub mod supervise;
 #[cfg(unix)]
 mod user;
 

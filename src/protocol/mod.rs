@@ -53,7 +53,15 @@ pub struct HostFacts {
     /// Changes on every boot; lets the hub and scheduler detect reboots.
     #[serde(default)]
     pub boot_id: String,
+    /// deckhand extension: why the agent's journal cannot be written (state
+    /// dir full…), absent when it is healthy. The agent reconnects when this
+    /// changes, so the hub's copy follows it (docs/journal.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal_degraded: Option<String>,
 }
+
+/// Longest `HostFacts::journal_degraded` an agent sends.
+pub const MAX_DEGRADED_TEXT: usize = 512;
 
 /// One invocation as the agent must run it, for one instance.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]

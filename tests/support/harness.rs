@@ -293,6 +293,26 @@ impl Agent {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
     }
+
+    /// Pids of the run supervisors that started a script (from each run
+    /// directory's `ran` file); runs outlive the agent process.
+    /// Only live supervisors: a finished run's directory may name a pid
+    /// that has since been reused by an unrelated process.
+    pub fn supervisor_pids(&self) -> Vec<u32> {
+        let Ok(rd) = std::fs::read_dir(self.state_dir().join("runs")) else { return vec![] };
+        rd.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("ran")).ok()?.trim().parse().ok())
+            .filter(|pid: &u32| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|a| a == b"__supervise"))
+            })
+            .collect()
+    }
+
+    /// SIGKILL to every run supervisor: what a reboot does to them.
+    pub fn kill_supervisors(&self) {
+        for pid in self.supervisor_pids() {
+            unsafe_kill(pid, "KILL");
+        }
+    }
 }
 
 impl Drop for Agent {
@@ -301,6 +321,10 @@ impl Drop for Agent {
             eprintln!("---- agent log ----\n{}", self.log());
         }
         self.kill();
+        // A supervisor's SIGTERM is a stop: it ends its script's tree too.
+        for pid in self.supervisor_pids() {
+            unsafe_kill(pid, "TERM");
+        }
     }
 }
 

@@ -127,6 +127,9 @@ fn instance_json(i: &InstanceRow) -> Value {
         "CpuCount": i.facts.cpu_count,
         "MemoryBytes": i.facts.memory_bytes,
         "AgentVersion": i.facts.agent_version,
+        // deckhand extension: the agent cannot write its journal (state dir
+        // full…); results still arrive. null when healthy (docs/journal.md).
+        "AgentJournalDegraded": i.facts.journal_degraded,
         "Connected": online,
         "Status": if online { "Online" } else { "Offline" },
         "LastSeen": i.last_seen,

@@ -1,0 +1,830 @@
+//! Runs that outlive the agent (Unix): a per-run supervisor process and the
+//! run directory it shares with the agent.
+//!
+//! Owns the run directory `<runs root>/<invoke id>.<record seq>/`:
+//!
+//! | file | written by | meaning |
+//! |---|---|---|
+//! | `spec.json` | agent, before launch | the [`RunSpec`] to run |
+//! | `lock` | — | `flock`ed by the supervisor for its whole life (the agent takes it first and hands the locked descriptor over as fd 3, so there is no moment where a launched run is unlocked) |
+//! | `ran` | supervisor, before the script starts | the script was started: never start it again |
+//! | `output.spool` | supervisor | live output, first [`SPOOL_CAP`] bytes |
+//! | `stop` | agent | a stop request (the supervisor polls for it) |
+//! | `result.json` | supervisor, atomically | the [`RunOutcome`] |
+//! | `supervisor.log` | supervisor | its own log (stderr) |
+//! | `ran.reserve`, `result.reserve` | agent, before launch | space set aside so `ran` and `result.json` can still be written when the state dir fills up meanwhile (overwritten in place, then renamed) |
+//!
+//! The supervisor is the agent's binary re-executed with a hidden
+//! subcommand, in its own session (`setsid`), so neither a signal to the
+//! agent's process group nor the agent's death reaches it; it runs the
+//! script with the ordinary engine ([`super::run`]), which enforces the
+//! timeout and kills the tree on a stop. The agent only ever reads files, so
+//! the first agent and a restarted one watch a run the same way.
+//!
+//! At most once: the script starts only under the lock and only if `ran`
+//! is absent; `ran` is synced before the script starts.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use chrono::{DateTime, Utc};
+use nix::libc;
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{RunOutcome, RunSpec, Termination, codes};
+
+/// Hidden subcommand of `deckhand-agent` that runs one supervisor.
+pub const SUBCOMMAND: &str = "__supervise";
+/// Live output spooled per run; beyond it live output stops (the result
+/// still carries the head + tail kept by the output cap).
+pub const SPOOL_CAP: u64 = 1024 * 1024;
+/// Largest `spec.json` / `result.json` read back (the script is ≤ 16 KiB,
+/// kept output ≤ 512 KiB before base64).
+const MAX_FILE_BYTES: u64 = 2 * 1024 * 1024;
+/// How often the agent looks at a run directory, and the supervisor at `stop`.
+const POLL: Duration = Duration::from_millis(100);
+/// How often the agent checks whether the supervisor still holds the lock.
+const LIVENESS_EVERY: u32 = 10;
+/// Seconds a supervisor keeps retrying to write a result (an hour).
+const RESULT_RETRIES: u32 = 3600;
+/// The descriptor the locked `lock` file is handed over as.
+const LOCK_FD: i32 = 3;
+
+const SPEC: &str = "spec.json";
+const LOCK: &str = "lock";
+const RAN: &str = "ran";
+const SPOOL: &str = "output.spool";
+const STOP: &str = "stop";
+const RESULT: &str = "result.json";
+const LOG: &str = "supervisor.log";
+const RAN_RESERVE: &str = "ran.reserve";
+const RESULT_RESERVE: &str = "result.reserve";
+/// Longest invoke id used verbatim in a directory name.
+const MAX_NAME_ID: usize = 64;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SuperviseError {
+    #[error("run directory {path}: {op}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invoke id is {0} bytes; a supervised run needs at most {MAX_NAME_ID}")]
+    IdTooLong(usize),
+    #[error("a supervisor already holds {0}")]
+    Busy(PathBuf),
+    #[error("{path} is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")]
+    TooLarge { path: PathBuf, size: u64 },
+    #[error("{path}: {source}")]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SuperviseError + 'a {
+    move |source| SuperviseError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// The directory of one run (one record of one invocation). Invoke ids come
+/// from the hub: anything but `[A-Za-z0-9_-]` is hex-encoded, so the name can
+/// never leave `root`.
+pub fn run_dir(root: &Path, invoke_id: &str, record_seq: u32) -> Result<PathBuf, SuperviseError> {
+    if invoke_id.len() > MAX_NAME_ID {
+        return Err(SuperviseError::IdTooLong(invoke_id.len()));
+    }
+    let plain = !invoke_id.is_empty()
+        && invoke_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let name = if plain {
+        invoke_id.to_string()
+    } else {
+        format!(
+            "x{}",
+            invoke_id
+                .bytes()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        )
+    };
+    Ok(root.join(format!("{name}.{record_seq}")))
+}
+
+/// [`RunSpec`] as stored in `spec.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredSpec {
+    invoke_id: String,
+    command_type: String,
+    script: String,
+    working_dir: Option<PathBuf>,
+    username: Option<String>,
+    timeout_ms: u64,
+    env: Vec<(String, String)>,
+    output_cap: usize,
+    kill_grace_ms: u64,
+    drain_timeout_ms: u64,
+    script_root: Option<PathBuf>,
+}
+
+impl From<&RunSpec> for StoredSpec {
+    fn from(s: &RunSpec) -> Self {
+        Self {
+            invoke_id: s.invoke_id.clone(),
+            command_type: s.command_type.clone(),
+            script: s.script.clone(),
+            working_dir: s.working_dir.clone(),
+            username: s.username.clone(),
+            timeout_ms: s.timeout.as_millis().min(u64::MAX as u128) as u64,
+            env: s.env.clone(),
+            output_cap: s.output_cap,
+            kill_grace_ms: s.kill_grace.as_millis().min(u64::MAX as u128) as u64,
+            drain_timeout_ms: s.drain_timeout.as_millis().min(u64::MAX as u128) as u64,
+            script_root: s.script_root.clone(),
+        }
+    }
+}
+
+impl From<StoredSpec> for RunSpec {
+    fn from(s: StoredSpec) -> Self {
+        RunSpec {
+            invoke_id: s.invoke_id,
+            command_type: s.command_type,
+            script: s.script,
+            working_dir: s.working_dir,
+            username: s.username,
+            timeout: Duration::from_millis(s.timeout_ms),
+            env: s.env,
+            output_cap: s.output_cap,
+            kill_grace: Duration::from_millis(s.kill_grace_ms),
+            drain_timeout: Duration::from_millis(s.drain_timeout_ms),
+            script_root: s.script_root,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum StoredTermination {
+    Exited,
+    TimedOut,
+    Stopped,
+    FailedToStart,
+}
+
+/// [`RunOutcome`] as stored in `result.json`.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredOutcome {
+    termination: StoredTermination,
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    error_code: String,
+    error_info: String,
+    output_b64: String,
+    dropped: u64,
+    start_time: DateTime<Utc>,
+    finish_time: DateTime<Utc>,
+}
+
+impl From<&RunOutcome> for StoredOutcome {
+    fn from(o: &RunOutcome) -> Self {
+        Self {
+            termination: match o.termination {
+                Termination::Exited => StoredTermination::Exited,
+                Termination::TimedOut => StoredTermination::TimedOut,
+                Termination::Stopped => StoredTermination::Stopped,
+                Termination::FailedToStart => StoredTermination::FailedToStart,
+            },
+            exit_code: o.exit_code,
+            signal: o.signal,
+            error_code: o.error_code.clone(),
+            error_info: o.error_info.clone(),
+            output_b64: base64::engine::general_purpose::STANDARD.encode(&o.output),
+            dropped: o.dropped,
+            start_time: o.start_time,
+            finish_time: o.finish_time,
+        }
+    }
+}
+
+impl StoredOutcome {
+    fn into_outcome(self) -> RunOutcome {
+        let output = base64::engine::general_purpose::STANDARD
+            .decode(self.output_b64.as_bytes())
+            .unwrap_or_default();
+        RunOutcome {
+            termination: match self.termination {
+                StoredTermination::Exited => Termination::Exited,
+                StoredTermination::TimedOut => Termination::TimedOut,
+                StoredTermination::Stopped => Termination::Stopped,
+                StoredTermination::FailedToStart => Termination::FailedToStart,
+            },
+            exit_code: self.exit_code,
+            signal: self.signal,
+            error_code: self.error_code,
+            error_info: self.error_info,
+            output,
+            dropped: self.dropped,
+            start_time: self.start_time,
+            finish_time: self.finish_time,
+        }
+    }
+}
+
+fn private_dir(dir: &Path) -> Result<(), SuperviseError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::create_dir_all(dir).map_err(io("create", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io("chmod", dir))
+}
+
+/// Writes `name` in `dir` atomically and durably (temp, fsync, rename, fsync dir).
+fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> Result<(), SuperviseError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(io("open", &tmp))?;
+        f.write_all(body).map_err(io("write", &tmp))?;
+        f.sync_all().map_err(io("fsync", &tmp))?;
+    }
+    fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", dir))
+}
+
+/// Like [`write_atomic`], but when the disk is full, writes `body` into the
+/// space reserved at launch (`reserve`, overwritten in place: no new blocks;
+/// JSON ignores the trailing padding) and renames it to `name`.
+fn write_reserved(
+    dir: &Path,
+    name: &str,
+    reserve: &str,
+    body: &[u8],
+) -> Result<(), SuperviseError> {
+    let first = match write_atomic(dir, name, body) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    let _ = fs::remove_file(dir.join(format!("{name}.tmp")));
+    let path = dir.join(reserve);
+    let fits = fs::metadata(&path)
+        .map(|m| m.len() >= body.len() as u64)
+        .unwrap_or(false);
+    if !fits {
+        return Err(first);
+    }
+    tracing::warn!(error = %first, file = name, "writing into the space reserved for it");
+    {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        f.write_all(body).map_err(io("write", &path))?;
+        f.sync_all().map_err(io("fsync", &path))?;
+    }
+    let target = dir.join(name);
+    fs::rename(&path, &target).map_err(io("rename", &path))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io("fsync", dir))
+}
+
+fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, SuperviseError> {
+    let f = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io("open", path)(e)),
+    };
+    let mut buf = Vec::new();
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut buf)
+        .map_err(io("read", path))?;
+    if buf.len() as u64 > MAX_FILE_BYTES {
+        return Err(SuperviseError::TooLarge {
+            path: path.to_path_buf(),
+            size: buf.len() as u64,
+        });
+    }
+    Ok(Some(buf))
+}
+
+fn open_lock(dir: &Path) -> Result<File, SuperviseError> {
+    let path = dir.join(LOCK);
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(io("open", &path))
+}
+
+/// Non-blocking exclusive `flock`; false when someone else holds it.
+fn try_lock(f: &File) -> bool {
+    // SAFETY: flock on a descriptor we own; no memory is involved.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// Prepares `dir` for `spec` and starts a supervisor for it with `program`
+/// (the agent's own binary). Returns once the supervisor process exists;
+/// it is reaped by a background task while the agent lives.
+pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<(), SuperviseError> {
+    private_dir(dir)?;
+    let lock = open_lock(dir)?;
+    if !try_lock(&lock) {
+        return Err(SuperviseError::Busy(dir.to_path_buf()));
+    }
+    let body =
+        serde_json::to_vec(&StoredSpec::from(spec)).map_err(|source| SuperviseError::Decode {
+            path: dir.join(SPEC),
+            source,
+        })?;
+    write_atomic(dir, SPEC, &body)?;
+    // Kept output is at most the cap, base64 grows it by 4/3; the rest of a
+    // result (codes, times, error text) fits in the extra 8 KiB.
+    let result_room = spec.output_cap.min(super::MAX_OUTPUT_CAP) / 3 * 4 + 8 * 1024;
+    write_atomic(dir, RESULT_RESERVE, &vec![b' '; result_room])?;
+    write_atomic(dir, RAN_RESERVE, &[b' '; 64])?;
+    let log_path = dir.join(LOG);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&log_path)
+        .map_err(io("open", &log_path))?;
+    let mut cmd = std::process::Command::new(program);
+    cmd.arg(SUBCOMMAND)
+        .arg(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    cmd.env(
+        "DECKHAND_LOG",
+        std::env::var("DECKHAND_LOG").unwrap_or_else(|_| "info".into()),
+    );
+    let lock_fd = lock.as_raw_fd();
+    // SAFETY: between fork and exec we only make async-signal-safe calls
+    // (setsid, dup2, fcntl) on values computed before the fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The locked descriptor becomes fd 3, inherited across exec: the
+            // lock (bound to the open file, not the process) passes to the
+            // supervisor without ever being released.
+            if lock_fd == LOCK_FD {
+                let flags = libc::fcntl(LOCK_FD, libc::F_GETFD);
+                if flags < 0 || libc::fcntl(LOCK_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(lock_fd, LOCK_FD) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = tokio::process::Command::from(cmd)
+        .spawn()
+        .map_err(io("start supervisor", program))?;
+    // Our copy of the lock closes here; the supervisor's keeps it held.
+    drop(lock);
+    tokio::spawn(async move {
+        let _ = child.wait().await;
+    });
+    Ok(())
+}
+
+/// How watching a run ended.
+#[derive(Debug)]
+pub enum Watched {
+    /// The supervisor wrote its result.
+    Finished(Box<RunOutcome>),
+    /// No supervisor and no trace of a start: the script never ran (the
+    /// agent died between preparing the directory and the supervisor's start).
+    NeverRan,
+    /// The supervisor is gone without a result (killed, or the host rebooted).
+    Vanished,
+}
+
+/// What the directory says right now, without waiting.
+pub fn inspect(dir: &Path) -> Option<Watched> {
+    if let Some(w) = finished(dir) {
+        return Some(w);
+    }
+    if !dir.is_dir() {
+        // Removed under us (by hand): nothing will ever appear there.
+        return Some(Watched::Vanished);
+    }
+    let lock = open_lock(dir).ok()?;
+    if !try_lock(&lock) {
+        return None;
+    }
+    // Gone: a result may have landed between the two looks.
+    Some(finished(dir).unwrap_or_else(|| {
+        if dir.join(RAN).exists() {
+            Watched::Vanished
+        } else {
+            Watched::NeverRan
+        }
+    }))
+}
+
+fn finished(dir: &Path) -> Option<Watched> {
+    let path = dir.join(RESULT);
+    match read_bounded(&path) {
+        Ok(None) => None,
+        Ok(Some(b)) => match serde_json::from_slice::<StoredOutcome>(&b) {
+            Ok(o) => Some(Watched::Finished(Box::new(o.into_outcome()))),
+            Err(e) => Some(unreadable(&SuperviseError::Decode { path, source: e })),
+        },
+        Err(e) => Some(unreadable(&e)),
+    }
+}
+
+fn unreadable(e: &SuperviseError) -> Watched {
+    tracing::error!(error = %e, "run result unreadable");
+    Watched::Finished(Box::new(RunOutcome::failed(
+        Utc::now(),
+        codes::EXECUTION_EXCEPTION,
+        format!("the run's result could not be read: {e}"),
+    )))
+}
+
+/// Follows a supervised run until it ends: forwards new spooled output to
+/// `live` (from the start, or from the spool's current end when
+/// `from_end`: the hub already showed the rest before a restart), turns
+/// `stop` into a stop file, and returns the outcome.
+pub async fn watch(
+    dir: &Path,
+    stop: CancellationToken,
+    live: Option<mpsc::Sender<Vec<u8>>>,
+    from_end: bool,
+) -> Watched {
+    let spool = dir.join(SPOOL);
+    let mut offset = if from_end {
+        fs::metadata(&spool).map(|m| m.len()).unwrap_or(0)
+    } else {
+        0
+    };
+    let mut stop_written = false;
+    let mut tick = 0u32;
+    loop {
+        if stop.is_cancelled() && !stop_written {
+            stop_written = true;
+            if let Err(e) = write_atomic(dir, STOP, b"stop\n") {
+                // No room for the file (state dir full): tell the live
+                // supervisor directly; SIGTERM is a stop to it.
+                tracing::warn!(error = %e, "cannot write the stop file; signalling the supervisor");
+                signal_supervisor(dir);
+            }
+        }
+        offset = forward(&spool, offset, live.as_ref()).await;
+        let check_alive = tick.is_multiple_of(LIVENESS_EVERY);
+        tick = tick.wrapping_add(1);
+        let done = if check_alive {
+            inspect(dir)
+        } else {
+            finished(dir)
+        };
+        if let Some(w) = done {
+            forward(&spool, offset, live.as_ref()).await;
+            return w;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = stop.cancelled(), if !stop_written => {}
+        }
+    }
+}
+
+/// SIGTERM to the supervisor named in `ran`, only while it still holds the
+/// run's lock and its command line is a supervisor's (never a recycled pid).
+fn signal_supervisor(dir: &Path) {
+    let Ok(text) = fs::read_to_string(dir.join(RAN)) else {
+        return;
+    };
+    let Ok(pid) = text.trim().parse::<i32>() else {
+        return;
+    };
+    if pid <= 1 {
+        return;
+    }
+    let held = open_lock(dir).map(|l| !try_lock(&l)).unwrap_or(false);
+    let ours = fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|c| c.split(|b| *b == 0).any(|arg| arg == SUBCOMMAND.as_bytes()))
+        .unwrap_or(false);
+    if held && ours {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+    }
+}
+
+/// Sends spool bytes past `offset`; returns the new offset.
+async fn forward(spool: &Path, offset: u64, live: Option<&mpsc::Sender<Vec<u8>>>) -> u64 {
+    let Ok(mut f) = File::open(spool) else {
+        return offset;
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(offset);
+    if len <= offset || f.seek(SeekFrom::Start(offset)).is_err() {
+        return offset;
+    }
+    let mut buf = Vec::new();
+    if f.take((len - offset).min(SPOOL_CAP))
+        .read_to_end(&mut buf)
+        .is_err()
+    {
+        return offset;
+    }
+    let n = buf.len() as u64;
+    if let Some(tx) = live {
+        // Best effort, as in-process live output: a full queue drops.
+        let _ = tx.try_send(buf);
+    }
+    offset + n
+}
+
+/// Removes a finished run's directory (best effort).
+pub fn remove(dir: &Path) {
+    if let Err(e) = fs::remove_dir_all(dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot remove run directory");
+    }
+}
+
+/// Run directories under `root` no supervisor holds (left by a crash after
+/// the final report was journaled), except those in `keep`.
+pub fn stale_dirs(root: &Path, keep: &[PathBuf]) -> Vec<PathBuf> {
+    let Ok(rd) = fs::read_dir(root) else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && !keep.contains(p))
+        .filter(|p| open_lock(p).map(|l| try_lock(&l)).unwrap_or(false))
+        .collect()
+}
+
+/// The supervisor: `deckhand-agent __supervise <dir>`. Returns the process
+/// exit code (0: a result was written or the run had already been started).
+pub fn supervise_main(dir: &Path) -> i32 {
+    match supervise(dir) {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!(dir = %dir.display(), error = %e, "supervisor failed");
+            1
+        }
+    }
+}
+
+fn supervise(dir: &Path) -> Result<(), SuperviseError> {
+    hold_lock(dir)?;
+    let ran = dir.join(RAN);
+    if ran.exists() {
+        tracing::warn!(dir = %dir.display(), "run already started once; not starting it again");
+        return Ok(());
+    }
+    let spec_path = dir.join(SPEC);
+    let body = read_bounded(&spec_path)?
+        .ok_or_else(|| io("read", &spec_path)(std::io::ErrorKind::NotFound.into()))?;
+    let spec: RunSpec = serde_json::from_slice::<StoredSpec>(&body)
+        .map_err(|source| SuperviseError::Decode {
+            path: spec_path.clone(),
+            source,
+        })?
+        .into();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("start runtime", dir))?;
+    // SIGTERM/SIGINT must be a stop, never a silent death, from the moment
+    // `ran` names our pid (the agent and operators signal that pid).
+    let signals = {
+        let _rt = rt.enter();
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
+        let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
+        (
+            term.map_err(io("handle SIGTERM", dir))?,
+            int.map_err(io("handle SIGINT", dir))?,
+        )
+    };
+    write_reserved(
+        dir,
+        RAN,
+        RAN_RESERVE,
+        format!("{}\n", std::process::id()).as_bytes(),
+    )?;
+    let outcome = rt.block_on(run_spooled(dir, spec, signals));
+    let body = serde_json::to_vec(&StoredOutcome::from(&outcome)).map_err(|source| {
+        SuperviseError::Decode {
+            path: dir.join(RESULT),
+            source,
+        }
+    })?;
+    // The script ran: its result must not be lost to a passing disk
+    // problem. Keep the lock (the agent keeps waiting) and retry.
+    let mut attempt = 0u32;
+    loop {
+        match write_reserved(dir, RESULT, RESULT_RESERVE, &body) {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < RESULT_RETRIES => {
+                if attempt == 0 {
+                    tracing::error!(error = %e, "cannot write the run's result; retrying every second");
+                }
+                attempt += 1;
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Makes sure this process holds the run's lock: normally fd 3, handed
+/// over locked by the agent (checked to be that very file); otherwise it
+/// takes the lock itself or gives up.
+fn hold_lock(dir: &Path) -> Result<(), SuperviseError> {
+    let lock = open_lock(dir)?;
+    let meta = lock.metadata().map_err(io("stat", &dir.join(LOCK)))?;
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat writes into the struct we own; a bad fd only returns -1.
+    let inherited = unsafe { libc::fstat(LOCK_FD, &mut st) } == 0
+        && st.st_dev as u64 == meta.dev()
+        && st.st_ino as u64 == meta.ino();
+    if inherited {
+        // Keep the script from inheriting the lock: it must end with us.
+        // SAFETY: fcntl on a descriptor verified above.
+        unsafe {
+            let flags = libc::fcntl(LOCK_FD, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(LOCK_FD, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+        return Ok(());
+    }
+    if !try_lock(&lock) {
+        return Err(SuperviseError::Busy(dir.to_path_buf()));
+    }
+    // Held until exit.
+    std::mem::forget(lock);
+    Ok(())
+}
+
+type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
+
+async fn run_spooled(dir: &Path, spec: RunSpec, signals: Signals) -> RunOutcome {
+    let stop = CancellationToken::new();
+    // A stop: the agent's stop file, or SIGTERM/SIGINT sent to us directly.
+    let stop_file = dir.join(STOP);
+    let s = stop.clone();
+    let (mut term, mut int) = signals;
+    tokio::spawn(async move {
+        loop {
+            if stop_file.exists() {
+                break;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(POLL) => {}
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        tracing::info!("stop requested");
+        s.cancel();
+    });
+    let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
+    let spool_path = dir.join(SPOOL);
+    let writer = tokio::spawn(async move {
+        let mut f = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&spool_path)
+            .ok();
+        let mut written = 0u64;
+        while let Some(chunk) = rx.recv().await {
+            let room = SPOOL_CAP.saturating_sub(written) as usize;
+            let part = &chunk[..chunk.len().min(room)];
+            if part.is_empty() {
+                continue;
+            }
+            if let Some(file) = f.as_mut()
+                && file.write_all(part).is_err()
+            {
+                // Disk full or gone: live output stops; the result still has it.
+                f = None;
+            }
+            written += part.len() as u64;
+        }
+    });
+    let outcome = super::run(spec, stop, Some(tx)).await;
+    let _ = writer.await;
+    outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_dir_names_stay_inside_root() {
+        let root = Path::new("/r");
+        assert_eq!(
+            run_dir(root, "t-abc_1", 3).unwrap(),
+            Path::new("/r/t-abc_1.3")
+        );
+        assert_eq!(
+            run_dir(root, "../x", 0).unwrap(),
+            Path::new("/r/x2e2e2f78.0")
+        );
+        assert_eq!(run_dir(root, "", 0).unwrap(), Path::new("/r/x.0"));
+        assert!(matches!(
+            run_dir(root, &"a".repeat(65), 0),
+            Err(SuperviseError::IdTooLong(65))
+        ));
+    }
+
+    #[test]
+    fn spec_round_trips() {
+        let mut s = RunSpec::new("t-1", "RunShellScript", "echo hi");
+        s.timeout = Duration::from_millis(1500);
+        s.env = vec![("A".into(), "b".into())];
+        let back: RunSpec = serde_json::from_slice::<StoredSpec>(
+            &serde_json::to_vec(&StoredSpec::from(&s)).unwrap(),
+        )
+        .unwrap()
+        .into();
+        assert_eq!(
+            (
+                back.invoke_id.as_str(),
+                back.script.as_str(),
+                back.timeout,
+                back.env.clone()
+            ),
+            ("t-1", "echo hi", s.timeout, s.env.clone())
+        );
+    }
+
+    #[test]
+    fn never_ran_vanished_and_finished_are_told_apart() {
+        let d = tempfile::tempdir().unwrap();
+        let dir = d.path().join("t-1.0");
+        private_dir(&dir).unwrap();
+        assert!(matches!(inspect(&dir), Some(Watched::NeverRan)));
+        write_atomic(&dir, RAN, b"1\n").unwrap();
+        assert!(matches!(inspect(&dir), Some(Watched::Vanished)));
+        // A held lock means a live supervisor: nothing to say yet.
+        let held = open_lock(&dir).unwrap();
+        assert!(try_lock(&held));
+        assert!(inspect(&dir).is_none());
+        drop(held);
+        let o = RunOutcome {
+            output: b"done\n".to_vec(),
+            exit_code: Some(0),
+            termination: Termination::Exited,
+            ..RunOutcome::failed(Utc::now(), "", "")
+        };
+        write_atomic(
+            &dir,
+            RESULT,
+            &serde_json::to_vec(&StoredOutcome::from(&o)).unwrap(),
+        )
+        .unwrap();
+        match inspect(&dir) {
+            Some(Watched::Finished(o)) => assert_eq!(
+                (o.output.as_slice(), o.exit_code),
+                (&b"done\n"[..], Some(0))
+            ),
+            other => panic!("{other:?}"),
+        }
+        write_atomic(&dir, RESULT, b"{not json").unwrap();
+        match inspect(&dir) {
+            Some(Watched::Finished(o)) => assert_eq!(o.error_code, codes::EXECUTION_EXCEPTION),
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Runs that survive an agent restart (issue #14): real hub and agent
+//! processes; the agent is killed with SIGKILL while scripts run under
+//! their supervisors, restarted, and must report each run's real outcome —
+//! once, with its output — including stops and timeouts that happen while
+//! no agent is there.
+
+#![cfg(unix)]
+
+#[path = "support/harness.rs"]
+mod harness;
+
+use std::time::Duration;
+
+use harness::{Hub, output_of, wait_until};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn status(hub: &Hub, invoke_id: &str) -> String {
+    let v = hub
+        .call("DescribeInvocationResults", &[("InvokeId", invoke_id)])
+        .unwrap();
+    v["Invocation"]["InvocationResults"]["InvocationResult"][0]["InvokeRecordStatus"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
+}
+
+fn lines(path: &std::path::Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn twenty_runs_survive_agent_kill9_with_real_output_none_twice() {
+    let hub = Hub::start();
+    let mut a = hub.agent();
+    // Every run in flight at once, none queued.
+    a.extra = vec!["--max-concurrent".into(), "32".into()];
+    a.restart();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    let marker = tempfile::tempdir().unwrap();
+    let log = marker.path().join("ran.log");
+    let invs: Vec<String> = (0..20)
+        .map(|i| {
+            hub.run(
+                &format!("echo run-{i} >> {}; sleep 3; echo done-{i}", log.display()),
+                &[&id],
+                &[("Timeout", "60")],
+            )
+        })
+        .collect();
+    // Every script has started (its first line is written) before the kill.
+    wait_until("20 scripts started", WAIT, || {
+        (lines(&log).len() == 20).then_some(())
+    });
+    a.kill(); // SIGKILL, mid-sleep for all 20
+    assert!(
+        invs.iter().all(|inv| status(&hub, inv) != "Finished"),
+        "no run finished before the kill"
+    );
+    a.spawn();
+    for (i, inv) in invs.iter().enumerate() {
+        let r = &hub.wait_final(inv, WAIT)[0];
+        assert_eq!(r["InvokeRecordStatus"], "Finished", "{r}");
+        assert_eq!(r["InvocationStatus"], "Success", "{r}");
+        assert_eq!(r["ExitCode"], 0, "{r}");
+        assert_eq!(
+            String::from_utf8(output_of(r)).unwrap(),
+            format!("done-{i}\n"),
+            "{inv}"
+        );
+    }
+    let mut ran = lines(&log);
+    assert_eq!(ran.len(), 20, "each run started exactly once: {ran:?}");
+    ran.sort();
+    ran.dedup();
+    assert_eq!(ran.len(), 20, "no run started twice");
+    assert!(
+        a.log()
+            .contains("re-attaching to a run that outlived the previous agent"),
+        "the restarted agent re-attached"
+    );
+    // Finished runs leave no run directory behind.
+    wait_until("run directories removed", WAIT, || {
+        let n = std::fs::read_dir(a.state_dir().join("runs"))
+            .map(|d| d.count())
+            .unwrap_or(0);
+        (n == 0).then_some(())
+    });
+}
+
+#[test]
+fn stop_and_timeout_cross_an_agent_restart() {
+    let hub = Hub::start();
+    let mut a = hub.agent();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    let marker = tempfile::tempdir().unwrap();
+    let stopped_log = marker.path().join("stopped.log");
+    let timed_log = marker.path().join("timed.log");
+    // Each script notes it started, then outlives the agent's absence.
+    let stopped = hub.run(
+        &format!(
+            "echo begun >> {}; echo begun; sleep 120; echo not-reached",
+            stopped_log.display()
+        ),
+        &[&id],
+        &[("Timeout", "300")],
+    );
+    let timed = hub.run(
+        &format!(
+            "echo begun >> {}; echo begun; sleep 120; echo not-reached",
+            timed_log.display()
+        ),
+        &[&id],
+        &[("Timeout", "5")],
+    );
+    wait_until("both started", WAIT, || {
+        (lines(&stopped_log).len() == 1 && lines(&timed_log).len() == 1).then_some(())
+    });
+    a.kill();
+    hub.wait_offline(&id);
+    // The stop is owed to an agent that is not there; the hub sends it
+    // when the restarted agent connects, which re-attached first.
+    hub.call("StopInvocation", &[("InvokeId", &stopped)])
+        .unwrap();
+    a.spawn();
+    let r = &hub.wait_final(&stopped, WAIT)[0];
+    assert_eq!(r["InvokeRecordStatus"], "Stopped", "{r}");
+    assert_eq!(r["InvocationStatus"], "Terminated", "{r}");
+    assert_eq!(
+        output_of(r),
+        b"begun\n",
+        "output from before the restart kept: {r}"
+    );
+    let r = &hub.wait_final(&timed, WAIT)[0];
+    assert_eq!(r["InvocationStatus"], "Timeout", "{r}");
+    assert_eq!(r["ErrorCode"], "ExecutionTimeout", "{r}");
+    assert_eq!(output_of(r), b"begun\n", "{r}");
+    assert_eq!(lines(&stopped_log).len(), 1, "not run again");
+    assert_eq!(lines(&timed_log).len(), 1, "not run again");
+}
+
+#[test]
+fn stop_after_restart_reaches_a_reattached_run() {
+    let hub = Hub::start();
+    let mut a = hub.agent();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    let marker = tempfile::tempdir().unwrap();
+    let log = marker.path().join("ran.log");
+    let inv = hub.run(
+        &format!("echo begun; echo begun >> {}; sleep 120", log.display()),
+        &[&id],
+        &[("Timeout", "300")],
+    );
+    wait_until("script started", WAIT, || {
+        (lines(&log).len() == 1).then_some(())
+    });
+    a.kill();
+    a.spawn();
+    hub.wait_online(&id);
+    wait_until("re-attached", WAIT, || {
+        a.log().contains("re-attaching to a run").then_some(())
+    });
+    hub.call("StopInvocation", &[("InvokeId", &inv)]).unwrap();
+    let r = &hub.wait_final(&inv, WAIT)[0];
+    assert_eq!(r["InvocationStatus"], "Terminated", "{r}");
+    assert_eq!(output_of(r), b"begun\n", "{r}");
+}
+
+/// What `systemctl restart` does under `KillMode=process`: SIGTERM to the
+/// agent alone, a graceful exit, a new agent.
+#[test]
+fn graceful_restart_mid_run_keeps_runs_and_their_output() {
+    let hub = Hub::start();
+    let mut a = hub.agent();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    let marker = tempfile::tempdir().unwrap();
+    let log = marker.path().join("ran.log");
+    let invs: Vec<String> = (0..3)
+        .map(|i| {
+            hub.run(
+                &format!("echo run-{i} >> {}; sleep 2; echo done-{i}", log.display()),
+                &[&id],
+                &[("Timeout", "60")],
+            )
+        })
+        .collect();
+    wait_until("3 scripts started", WAIT, || {
+        (lines(&log).len() == 3).then_some(())
+    });
+    assert!(a.terminate().success(), "graceful exit");
+    a.spawn();
+    for (i, inv) in invs.iter().enumerate() {
+        let r = &hub.wait_final(inv, WAIT)[0];
+        assert_eq!(r["InvocationStatus"], "Success", "{r}");
+        assert_eq!(output_of(r), format!("done-{i}\n").as_bytes());
+    }
+    assert_eq!(lines(&log).len(), 3, "none ran twice");
+}
+
+/// SIGTERM to a run's supervisor is a stop: the tree ends and the result
+/// says `Terminated` (what the agent falls back to when it cannot write a
+/// stop file, and what the test harness does on cleanup).
+#[test]
+fn sigterm_to_a_supervisor_stops_its_run() {
+    let hub = Hub::start();
+    let a = hub.agent();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    let marker = tempfile::tempdir().unwrap();
+    let log = marker.path().join("ran.log");
+    let inv = hub.run(
+        &format!("echo begun; echo begun >> {}; sleep 120", log.display()),
+        &[&id],
+        &[("Timeout", "300")],
+    );
+    // The script has printed (the marker comes after the echo).
+    wait_until("script started", WAIT, || {
+        (lines(&log).len() == 1).then_some(())
+    });
+    let pid = wait_until("supervisor started the script", WAIT, || {
+        a.supervisor_pids().first().copied()
+    });
+    harness::unsafe_kill(pid, "TERM");
+    let r = &hub.wait_final(&inv, WAIT)[0];
+    assert_eq!(r["InvocationStatus"], "Terminated", "{r}");
+    assert_eq!(output_of(r), b"begun\n", "{r}");
+}
