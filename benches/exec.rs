@@ -19,15 +19,12 @@ fn stats(mut v: Vec<Duration>) -> (Duration, Duration) {
 
 #[cfg(unix)]
 fn main() {
-    let n: usize =
-        std::env::var("DECKHAND_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(200).clamp(10, 100_000);
+    let n: usize = std::env::var("DECKHAND_BENCH_N").ok().and_then(|s| s.parse().ok()).unwrap_or(200).clamp(10, 100_000);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     // The default script root, and one on tmpfs to show what the file system costs.
     let shm = std::path::Path::new("/dev/shm").is_dir().then(|| format!("/dev/shm/deckhand-bench-{}", std::process::id()));
-    let engine_spec = |root: Option<&String>| RunSpec {
-        script_root: root.map(Into::into),
-        ..RunSpec::new("bench", "RunShellScript", "true")
-    };
+    let engine_spec =
+        |root: Option<&String>| RunSpec { script_root: root.map(Into::into), ..RunSpec::new("bench", "RunShellScript", "true") };
 
     // Warm up both paths (page cache, first-spawn costs).
     for _ in 0..5 {
@@ -61,7 +58,11 @@ fn main() {
             }
             let t = Instant::now();
             let s = rt.block_on(async { c.spawn().expect("sh").wait().await.expect("wait") });
-            if hook { tokio_hook.push(t.elapsed()) } else { tokio_plain.push(t.elapsed()) }
+            if hook {
+                tokio_hook.push(t.elapsed())
+            } else {
+                tokio_plain.push(t.elapsed())
+            }
             assert!(s.success());
         }
     }

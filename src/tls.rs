@@ -106,11 +106,7 @@ pub struct DevPki {
 /// Creates (once) a CA and a server certificate for `localhost`/127.0.0.1,
 /// so dev mode runs real TLS with the CA pinned by the local agent and CLI.
 pub fn ensure_dev_pki(dir: &Path) -> Result<DevPki, TlsError> {
-    let pki = DevPki {
-        ca_cert: dir.join("ca.pem"),
-        server_cert: dir.join("hub.pem"),
-        server_key: dir.join("hub-key.pem"),
-    };
+    let pki = DevPki { ca_cert: dir.join("ca.pem"), server_cert: dir.join("hub.pem"), server_key: dir.join("hub-key.pem") };
     if pki.ca_cert.exists() && pki.server_cert.exists() && pki.server_key.exists() {
         return Ok(pki);
     }

@@ -79,7 +79,16 @@ async fn blackholed_link_is_detected_and_recovered() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let mut agent = std::process::Command::new(env!("CARGO_BIN_EXE_deckhand-agent"))
-        .args(["run", "--hub", &format!("https://{}", proxy.addr()), "--ca-file", hub.ca.to_str().unwrap(), "--backoff-cap-secs", "1", "--state-dir"])
+        .args([
+            "run",
+            "--hub",
+            &format!("https://{}", proxy.addr()),
+            "--ca-file",
+            hub.ca.to_str().unwrap(),
+            "--backoff-cap-secs",
+            "1",
+            "--state-dir",
+        ])
         .arg(&state)
         .args(["--activation-id", v["ActivationId"].as_str().unwrap(), "--activation-code", v["ActivationCode"].as_str().unwrap()])
         .stderr(std::process::Stdio::null())
@@ -148,7 +157,15 @@ fn chaos_kill_agents_and_hub_nothing_lost_nothing_twice() {
         let script = format!("echo run-{i} >> {}; sleep 0.{}; echo out-{i}", log.display(), next(5));
         let inv = loop {
             // The hub may be restarting: retry the submission.
-            match hub.call("RunCommand", &[("Type", "RunShellScript"), ("CommandContent", &script), ("InstanceId.1", target), ("ClientToken", &format!("chaos-{i}"))]) {
+            match hub.call(
+                "RunCommand",
+                &[
+                    ("Type", "RunShellScript"),
+                    ("CommandContent", &script),
+                    ("InstanceId.1", target),
+                    ("ClientToken", &format!("chaos-{i}")),
+                ],
+            ) {
                 Ok(v) => break v["InvokeId"].as_str().unwrap().to_string(),
                 Err(_) => std::thread::sleep(Duration::from_millis(100)),
             }

@@ -25,13 +25,8 @@ const WAIT: Duration = Duration::from_secs(120);
 /// Each run writes its start and end (nanoseconds since the epoch) to a
 /// file named after the invocation and the instance.
 fn script(marks: &Path, sleep: &str, exit: u8) -> String {
-    let f = format!(
-        "{}/{{{{ACS::InvokeId}}}}.{{{{ACS::InstanceId}}}}",
-        marks.display()
-    );
-    format!(
-        "echo \"start $(date +%s%N)\" >> {f}; sleep {sleep}; echo \"end $(date +%s%N)\" >> {f}; exit {exit}"
-    )
+    let f = format!("{}/{{{{ACS::InvokeId}}}}.{{{{ACS::InstanceId}}}}", marks.display());
+    format!("echo \"start $(date +%s%N)\" >> {f}; sleep {sleep}; echo \"end $(date +%s%N)\" >> {f}; exit {exit}")
 }
 
 /// (instance, start ns, end ns) of every run of `invoke_id`, from the files
@@ -44,22 +39,9 @@ fn runs(marks: &Path, invoke_id: &str) -> Vec<(String, u128, u128)> {
             continue;
         };
         let text = std::fs::read_to_string(marks.join(&name)).unwrap();
-        let starts: Vec<u128> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("start "))
-            .map(|n| n.parse().unwrap())
-            .collect();
-        let ends: Vec<u128> = text
-            .lines()
-            .filter_map(|l| l.strip_prefix("end "))
-            .map(|n| n.parse().unwrap())
-            .collect();
-        assert_eq!(
-            starts.len(),
-            1,
-            "{instance} ran {} times: {text}",
-            starts.len()
-        );
+        let starts: Vec<u128> = text.lines().filter_map(|l| l.strip_prefix("start ")).map(|n| n.parse().unwrap()).collect();
+        let ends: Vec<u128> = text.lines().filter_map(|l| l.strip_prefix("end ")).map(|n| n.parse().unwrap()).collect();
+        assert_eq!(starts.len(), 1, "{instance} ran {} times: {text}", starts.len());
         assert_eq!(ends.len(), 1, "{instance}: {text}");
         out.push((instance.to_string(), starts[0], ends[0]));
     }
@@ -68,10 +50,7 @@ fn runs(marks: &Path, invoke_id: &str) -> Vec<(String, u128, u128)> {
 
 /// Most runs alive at one instant, from their own timestamps.
 fn peak_overlap(runs: &[(String, u128, u128)]) -> usize {
-    let mut events: Vec<(u128, i32)> = runs
-        .iter()
-        .flat_map(|(_, s, e)| [(*s, 1), (*e, -1)])
-        .collect();
+    let mut events: Vec<(u128, i32)> = runs.iter().flat_map(|(_, s, e)| [(*s, 1), (*e, -1)]).collect();
     // An end at the same nanosecond as a start counts first (not overlapping).
     events.sort();
     let (mut now, mut peak) = (0i32, 0i32);
@@ -87,24 +66,13 @@ fn results(hub: &Hub, invoke_id: &str) -> Vec<Value> {
 }
 
 fn by_status<'a>(results: &'a [Value], status: &str) -> BTreeSet<&'a str> {
-    results
-        .iter()
-        .filter(|r| r["InvocationStatus"] == status)
-        .map(|r| r["InstanceId"].as_str().unwrap())
-        .collect()
+    results.iter().filter(|r| r["InvocationStatus"] == status).map(|r| r["InstanceId"].as_str().unwrap()).collect()
 }
 
 fn tag_all(hub: &Hub, ids: &[String], value: &str) {
-    let mut p: Vec<(String, String)> = vec![
-        ("ResourceType".into(), "instance".into()),
-        ("Tag.1.Key".into(), "env".into()),
-        ("Tag.1.Value".into(), value.into()),
-    ];
-    p.extend(
-        ids.iter()
-            .enumerate()
-            .map(|(i, id)| (format!("ResourceId.{}", i + 1), id.clone())),
-    );
+    let mut p: Vec<(String, String)> =
+        vec![("ResourceType".into(), "instance".into()), ("Tag.1.Key".into(), "env".into()), ("Tag.1.Value".into(), value.into())];
+    p.extend(ids.iter().enumerate().map(|(i, id)| (format!("ResourceId.{}", i + 1), id.clone())));
     let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     hub.call("TagResources", &p).expect("TagResources");
 }
@@ -132,16 +100,9 @@ fn tags_windows_max_errors_and_a_hub_kill() {
         hub.wait_online(id);
     }
     let tag = |ids: &[String], value: &str| {
-        let mut p: Vec<(String, String)> = vec![
-            ("ResourceType".into(), "instance".into()),
-            ("Tag.1.Key".into(), "env".into()),
-            ("Tag.1.Value".into(), value.into()),
-        ];
-        p.extend(
-            ids.iter()
-                .enumerate()
-                .map(|(i, id)| (format!("ResourceId.{}", i + 1), id.clone())),
-        );
+        let mut p: Vec<(String, String)> =
+            vec![("ResourceType".into(), "instance".into()), ("Tag.1.Key".into(), "env".into()), ("Tag.1.Value".into(), value.into())];
+        p.extend(ids.iter().enumerate().map(|(i, id)| (format!("ResourceId.{}", i + 1), id.clone())));
         let p: Vec<(&str, &str)> = p.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         hub.call("TagResources", &p).expect("TagResources");
     };
@@ -173,141 +134,59 @@ fn tags_windows_max_errors_and_a_hub_kill() {
     assert_eq!(v["DryRunResult"]["TargetCount"], AGENTS - 1, "{v}");
     assert_eq!(v["DryRunResult"]["MaxConcurrency"], 3, "{v}");
     assert_eq!(v["InvokeId"], "", "{v}");
-    assert_eq!(
-        hub.call("DescribeInvocations", &[]).unwrap()["TotalCount"],
-        before
-    );
+    assert_eq!(hub.call("DescribeInvocations", &[]).unwrap()["TotalCount"], before);
     // InvokeCommand resolves ResourceTag the same way (a key without a value
     // matches any value: prod and dev alike).
-    let cmd = hub
-        .call(
-            "CreateCommand",
-            &[
-                ("Name", "fleet"),
-                ("Type", "RunShellScript"),
-                ("CommandContent", "dHJ1ZQ=="),
-            ],
-        )
-        .unwrap();
+    let cmd = hub.call("CreateCommand", &[("Name", "fleet"), ("Type", "RunShellScript"), ("CommandContent", "dHJ1ZQ==")]).unwrap();
     let v = hub
-        .call(
-            "InvokeCommand",
-            &[
-                ("CommandId", cmd["CommandId"].as_str().unwrap()),
-                ("ResourceTag.1.Key", "env"),
-                ("RepeatMode", "DryRun"),
-            ],
-        )
+        .call("InvokeCommand", &[("CommandId", cmd["CommandId"].as_str().unwrap()), ("ResourceTag.1.Key", "env"), ("RepeatMode", "DryRun")])
         .unwrap();
     assert_eq!(v["DryRunResult"]["TargetCount"], AGENTS, "{v}");
     assert_eq!(v["DryRunResult"]["UnreachableCount"], 1, "{v}");
     let e = hub
         .call(
             "RunCommand",
-            &[
-                ("Type", "RunShellScript"),
-                ("CommandContent", "true"),
-                ("ResourceTag.1.Key", "env"),
-                ("InstanceId.1", ids[0].as_str()),
-            ],
+            &[("Type", "RunShellScript"), ("CommandContent", "true"), ("ResourceTag.1.Key", "env"), ("InstanceId.1", ids[0].as_str())],
         )
         .unwrap_err();
     assert!(e.to_string().contains("InvalidParameter.InstanceId"), "{e}");
 
     // 1. Tag targeting with MaxConcurrency=5: exactly the tagged instances,
     // never more than five running at once by the scripts' own clocks.
-    let first = run_tagged(
-        &hub,
-        &script(marks.path(), "0.5", 0),
-        &[("MaxConcurrency", "5")],
-    );
+    let first = run_tagged(&hub, &script(marks.path(), "0.5", 0), &[("MaxConcurrency", "5")]);
     let r = results(&hub, &first);
-    let targeted: BTreeSet<&str> = r
-        .iter()
-        .map(|r| r["InstanceId"].as_str().unwrap())
-        .collect();
+    let targeted: BTreeSet<&str> = r.iter().map(|r| r["InstanceId"].as_str().unwrap()).collect();
     assert_eq!(targeted, prod, "exactly the instances tagged env=prod");
     assert_eq!(by_status(&r, "Success"), online_prod);
-    let aborted: Vec<&Value> = r
-        .iter()
-        .filter(|r| r["InstanceId"] == offline.as_str())
-        .collect();
+    let aborted: Vec<&Value> = r.iter().filter(|r| r["InstanceId"] == offline.as_str()).collect();
     assert_eq!(aborted[0]["InvocationStatus"], "Aborted", "{}", aborted[0]);
-    assert_eq!(
-        aborted[0]["ErrorCode"], "ClientNotRunning",
-        "{}",
-        aborted[0]
-    );
+    assert_eq!(aborted[0]["ErrorCode"], "ClientNotRunning", "{}", aborted[0]);
     let ran = runs(marks.path(), &first);
-    assert_eq!(
-        ran.iter().map(|r| r.0.as_str()).collect::<BTreeSet<_>>(),
-        online_prod,
-        "each online tagged instance ran once"
-    );
+    assert_eq!(ran.iter().map(|r| r.0.as_str()).collect::<BTreeSet<_>>(), online_prod, "each online tagged instance ran once");
     let peak = peak_overlap(&ran);
     assert!(peak <= 5, "MaxConcurrency 5 exceeded: {peak} ran at once");
-    assert!(
-        peak >= 2,
-        "the window ran targets side by side (peak {peak})"
-    );
+    assert!(peak >= 2, "the window ran targets side by side (peak {peak})");
     // The resolved list is fixed and visible in DescribeInvocations.
-    let v = hub
-        .call("DescribeInvocations", &[("InvokeId", &first)])
-        .unwrap();
+    let v = hub.call("DescribeInvocations", &[("InvokeId", &first)]).unwrap();
     let inv = &v["Invocations"]["Invocation"][0];
-    let listed: BTreeSet<&str> = inv["InvokeInstances"]["InvokeInstance"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["InstanceId"].as_str().unwrap())
-        .collect();
+    let listed: BTreeSet<&str> =
+        inv["InvokeInstances"]["InvokeInstance"].as_array().unwrap().iter().map(|i| i["InstanceId"].as_str().unwrap()).collect();
     assert_eq!(listed, prod);
-    assert_eq!(
-        (inv["MaxConcurrency"].clone(), inv["TargetCount"].clone()),
-        (Value::from(5), Value::from(PROD)),
-        "{inv}"
-    );
+    assert_eq!((inv["MaxConcurrency"].clone(), inv["TargetCount"].clone()), (Value::from(5), Value::from(PROD)), "{inv}");
 
     // 2. MaxErrors=2 with failing scripts, two at a time: the third error
     // stops the rollout; what was running finishes, the rest never start.
-    let second = run_tagged(
-        &hub,
-        &script(marks.path(), "0.3", 1),
-        &[("MaxConcurrency", "2"), ("MaxErrors", "2")],
-    );
+    let second = run_tagged(&hub, &script(marks.path(), "0.3", 1), &[("MaxConcurrency", "2"), ("MaxErrors", "2")]);
     let r = results(&hub, &second);
-    let ran: BTreeSet<String> = runs(marks.path(), &second)
-        .into_iter()
-        .map(|r| r.0)
-        .collect();
+    let ran: BTreeSet<String> = runs(marks.path(), &second).into_iter().map(|r| r.0).collect();
     let failed = by_status(&r, "Failed");
-    assert_eq!(
-        failed
-            .iter()
-            .map(|s| s.to_string())
-            .collect::<BTreeSet<_>>(),
-        ran,
-        "every run failed and nothing else ran"
-    );
-    assert!(
-        (3..=4).contains(&ran.len()),
-        "MaxErrors 2 with a window of 2 runs 3 or 4 targets, ran {}",
-        ran.len()
-    );
-    let cancelled: Vec<&Value> = r
-        .iter()
-        .filter(|r| r["InvocationStatus"] == "Cancelled")
-        .collect();
+    assert_eq!(failed.iter().map(|s| s.to_string()).collect::<BTreeSet<_>>(), ran, "every run failed and nothing else ran");
+    assert!((3..=4).contains(&ran.len()), "MaxErrors 2 with a window of 2 runs 3 or 4 targets, ran {}", ran.len());
+    let cancelled: Vec<&Value> = r.iter().filter(|r| r["InvocationStatus"] == "Cancelled").collect();
     assert_eq!(cancelled.len(), PROD - 1 - ran.len(), "{r:?}");
     for c in &cancelled {
         assert_eq!(c["ErrorCode"], "MaxErrorsExceeded", "{c}");
-        assert!(
-            c["ErrorInfo"]
-                .as_str()
-                .unwrap()
-                .contains("more than MaxErrors 2"),
-            "{c}"
-        );
+        assert!(c["ErrorInfo"].as_str().unwrap().contains("more than MaxErrors 2"), "{c}");
         assert!(!ran.contains(c["InstanceId"].as_str().unwrap()));
     }
 
@@ -315,18 +194,8 @@ fn tags_windows_max_errors_and_a_hub_kill() {
     // is not a terminal, a failure's first line, and `--json` at the end.
     let cli = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_deckhand"))
-            .args([
-                "--endpoint",
-                &hub.url,
-                "--ca-file",
-                hub.ca.to_str().unwrap(),
-            ])
-            .args([
-                "--access-key-id",
-                harness::AK_ID,
-                "--access-key-secret",
-                harness::AK_SECRET,
-            ])
+            .args(["--endpoint", &hub.url, "--ca-file", hub.ca.to_str().unwrap()])
+            .args(["--access-key-id", harness::AK_ID, "--access-key-secret", harness::AK_SECRET])
             .args(["--config", "/nonexistent/cli.json"])
             .args(args)
             .output()
@@ -346,59 +215,31 @@ fn tags_windows_max_errors_and_a_hub_kill() {
     ]);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        stdout
-            .lines()
-            .any(|l| l.contains("settled: ") && l.contains("Running")),
-        "live plain lines: {stdout}"
-    );
+    assert!(stdout.lines().any(|l| l.contains("settled: ") && l.contains("Running")), "live plain lines: {stdout}");
     assert!(stdout.contains("Failed: first-line-of-failure"), "{stdout}");
     let last = stdout.lines().last().unwrap_or("");
     assert!(
         last.contains(&format!("6 of {} targets", AGENTS - PROD)) && last.contains("Cancelled"),
         "MaxErrors 1 stopped the rollout: {stdout}"
     );
-    let out = cli(&[
-        "--json",
-        "run",
-        "--tag",
-        "env",
-        "--os",
-        "linux",
-        "--hostname",
-        "*",
-        "--max-concurrency",
-        "4",
-        "--",
-        "true",
-    ]);
+    let out = cli(&["--json", "run", "--tag", "env", "--os", "linux", "--hostname", "*", "--max-concurrency", "4", "--", "true"]);
     // Not every target succeeded (one was offline): exit 1.
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     // `--tag env` (any value): prod and dev, the offline one settled at once.
     assert_eq!(v["TargetCount"], AGENTS, "{v}");
     assert_eq!(
-        (
-            v["StatusCounts"]["Success"].clone(),
-            v["StatusCounts"]["Aborted"].clone()
-        ),
+        (v["StatusCounts"]["Success"].clone(), v["StatusCounts"]["Aborted"].clone()),
         (Value::from(AGENTS - 1), Value::from(1)),
         "{v}"
     );
     assert_eq!(
-        (
-            v["Failures"][0]["InstanceId"].as_str(),
-            v["Failures"][0]["ErrorCode"].as_str()
-        ),
+        (v["Failures"][0]["InstanceId"].as_str(), v["Failures"][0]["ErrorCode"].as_str()),
         (Some(offline.as_str()), Some("ClientNotRunning")),
         "{v}"
     );
     let out = cli(&["run", "--all", "--dry-run", "--", "true"]);
-    assert!(
-        String::from_utf8_lossy(&out.stdout)
-            .contains(&format!("dry run: {} target(s)", AGENTS - 1)),
-        "{out:?}"
-    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("dry run: {} target(s)", AGENTS - 1)), "{out:?}");
     assert!(!dev.is_empty());
     // On a terminal (a pty from util-linux `script`): the indicatif bar
     // with settled/total, counts per state and an ETA.
@@ -411,55 +252,27 @@ fn tags_windows_max_errors_and_a_hub_kill() {
         harness::AK_ID,
         harness::AK_SECRET
     );
-    let out = std::process::Command::new("script")
-        .args(["-qec", &line, "/dev/null"])
-        .output()
-        .expect("script(1) from util-linux");
+    let out = std::process::Command::new("script").args(["-qec", &line, "/dev/null"]).output().expect("script(1) from util-linux");
     let tty = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{tty}");
-    assert!(
-        tty.contains("settled") && tty.contains("ETA") && tty.contains("[="),
-        "a bar was drawn: {tty:?}"
-    );
-    assert!(
-        tty.contains(&format!("6 of {} targets", AGENTS - PROD)),
-        "{tty:?}"
-    );
+    assert!(tty.contains("settled") && tty.contains("ETA") && tty.contains("[="), "a bar was drawn: {tty:?}");
+    assert!(tty.contains(&format!("6 of {} targets", AGENTS - PROD)), "{tty:?}");
 
     // 3. SIGKILL the hub mid-rollout: the window resumes where it was, the
     // targets already run are not run again.
-    let third = run_tagged(
-        &hub,
-        &script(marks.path(), "1", 0),
-        &[("MaxConcurrency", "3")],
-    );
+    let third = run_tagged(&hub, &script(marks.path(), "1", 0), &[("MaxConcurrency", "3")]);
     wait_until("some targets of the rollout settled", WAIT, || {
-        let v = hub
-            .call(
-                "DescribeInvocationResults",
-                &[
-                    ("InvokeId", &third),
-                    ("InvokeRecordStatus", "Finished"),
-                    ("PageSize", "50"),
-                ],
-            )
-            .ok()?;
+        let v =
+            hub.call("DescribeInvocationResults", &[("InvokeId", &third), ("InvokeRecordStatus", "Finished"), ("PageSize", "50")]).ok()?;
         (v["Invocation"]["TotalCount"].as_i64()? >= 4).then_some(())
     });
     hub.restart();
     let r = results(&hub, &third);
     assert_eq!(by_status(&r, "Success"), online_prod, "{r:?}");
     let ran = runs(marks.path(), &third);
-    assert_eq!(
-        ran.len(),
-        PROD - 1,
-        "each online tagged instance ran exactly once across the kill"
-    );
+    assert_eq!(ran.len(), PROD - 1, "each online tagged instance ran exactly once across the kill");
     let peak = peak_overlap(&ran);
-    assert!(
-        peak <= 3,
-        "MaxConcurrency 3 exceeded across the restart: {peak}"
-    );
+    assert!(peak <= 3, "MaxConcurrency 3 exceeded across the restart: {peak}");
     drop(agents);
 }
 
@@ -469,9 +282,7 @@ fn tags_windows_max_errors_and_a_hub_kill() {
 #[test]
 fn window_holds_across_two_replicas_on_postgres() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let Some(db) = rt.block_on(pg::TestDb::create(
-        "e2e_fleet::window_holds_across_two_replicas_on_postgres",
-    )) else {
+    let Some(db) = rt.block_on(pg::TestDb::create("e2e_fleet::window_holds_across_two_replicas_on_postgres")) else {
         return;
     };
     let store = ["--store", db.url.as_str()];
@@ -479,30 +290,17 @@ fn window_holds_across_two_replicas_on_postgres() {
     let b = Hub::start_replica(&a, &store);
     let urls = [a.url.clone(), b.url.clone()];
     // Agent i starts on replica i % 2 and knows the other one.
-    let agents: Vec<Agent> = (0..20)
-        .map(|i| b.agent_via(&format!("{},{}", urls[i % 2], urls[(i + 1) % 2])))
-        .collect();
+    let agents: Vec<Agent> = (0..20).map(|i| b.agent_via(&format!("{},{}", urls[i % 2], urls[(i + 1) % 2]))).collect();
     let ids: Vec<String> = agents.iter().map(Agent::instance_id).collect();
     for id in &ids {
         b.wait_online(id);
     }
     tag_all(&b, &ids, "prod");
     let marks = tempfile::tempdir().unwrap();
-    let invoke_id = run_tagged(
-        &a,
-        &script(marks.path(), "0.5", 0),
-        &[("MaxConcurrency", "4")],
-    );
+    let invoke_id = run_tagged(&a, &script(marks.path(), "0.5", 0), &[("MaxConcurrency", "4")]);
     wait_until("a few targets settled", WAIT, || {
         let v = b
-            .call(
-                "DescribeInvocationResults",
-                &[
-                    ("InvokeId", &invoke_id),
-                    ("InvokeRecordStatus", "Finished"),
-                    ("PageSize", "50"),
-                ],
-            )
+            .call("DescribeInvocationResults", &[("InvokeId", &invoke_id), ("InvokeRecordStatus", "Finished"), ("PageSize", "50")])
             .ok()?;
         (v["Invocation"]["TotalCount"].as_i64()? >= 3).then_some(())
     });
@@ -514,14 +312,8 @@ fn window_holds_across_two_replicas_on_postgres() {
     let ran = runs(marks.path(), &invoke_id);
     assert_eq!(ran.len(), ids.len(), "each instance ran exactly once");
     let peak = peak_overlap(&ran);
-    assert!(
-        peak <= 4,
-        "MaxConcurrency 4 exceeded across replicas: {peak}"
-    );
-    assert!(
-        peak >= 2,
-        "the window ran targets side by side (peak {peak})"
-    );
+    assert!(peak <= 4, "MaxConcurrency 4 exceeded across replicas: {peak}");
+    assert!(peak >= 2, "the window ran targets side by side (peak {peak})");
     drop(agents);
     rt.block_on(db.drop_db());
 }
@@ -543,62 +335,25 @@ fn an_added_instance_fires_the_modified_schedule() {
     let invoke_id = hub.run(
         &fire("v1"),
         &[&ia],
-        &[
-            ("EnableParameter", "true"),
-            ("RepeatMode", "Period"),
-            ("Frequency", "*/10 * * * * ?"),
-            ("Timeout", "5"),
-        ],
+        &[("EnableParameter", "true"), ("RepeatMode", "Period"), ("Frequency", "*/10 * * * * ?"), ("Timeout", "5")],
     );
     let text = || std::fs::read_to_string(&file).unwrap_or_default();
-    wait_until("a first fire on A", WAIT, || {
-        text().contains(&format!("v1 {ia}")).then_some(())
-    });
+    wait_until("a first fire on A", WAIT, || text().contains(&format!("v1 {ia}")).then_some(()));
     hub.call(
         "ModifyInvocationAttribute",
-        &[
-            ("InvokeId", invoke_id.as_str()),
-            ("CommandContent", fire("v2").as_str()),
-            ("InstanceId.1", ib.as_str()),
-        ],
+        &[("InvokeId", invoke_id.as_str()), ("CommandContent", fire("v2").as_str()), ("InstanceId.1", ib.as_str())],
     )
     .expect("ModifyInvocationAttribute");
-    wait_until("B fires the modified script", WAIT, || {
-        text().contains(&format!("v2 {ib}")).then_some(())
-    });
-    assert!(
-        !text().contains(&format!("v1 {ib}")),
-        "B never ran the old script: {}",
-        text()
-    );
-    let v = hub
-        .call(
-            "DescribeInvocations",
-            &[
-                ("InvokeId", invoke_id.as_str()),
-                ("ContentEncoding", "PlainText"),
-            ],
-        )
-        .unwrap();
+    wait_until("B fires the modified script", WAIT, || text().contains(&format!("v2 {ib}")).then_some(()));
+    assert!(!text().contains(&format!("v1 {ib}")), "B never ran the old script: {}", text());
+    let v = hub.call("DescribeInvocations", &[("InvokeId", invoke_id.as_str()), ("ContentEncoding", "PlainText")]).unwrap();
     let inv = &v["Invocations"]["Invocation"][0];
     assert_eq!(inv["CommandContent"], fire("v2").as_str(), "{inv}");
-    assert_eq!(
-        inv["InvokeInstances"]["InvokeInstance"]
-            .as_array()
-            .map(Vec::len),
-        Some(2),
-        "{inv}"
-    );
+    assert_eq!(inv["InvokeInstances"]["InvokeInstance"].as_array().map(Vec::len), Some(2), "{inv}");
     // Only Period invocations change.
     let once = hub.run("true", &[&ia], &[]);
-    let e = hub
-        .call(
-            "ModifyInvocationAttribute",
-            &[("InvokeId", once.as_str()), ("Frequency", "rate(5m)")],
-        )
-        .unwrap_err();
+    let e = hub.call("ModifyInvocationAttribute", &[("InvokeId", once.as_str()), ("Frequency", "rate(5m)")]).unwrap_err();
     assert!(e.to_string().contains("InvalidParameter.InvokeId"), "{e}");
-    hub.call("StopInvocation", &[("InvokeId", invoke_id.as_str())])
-        .unwrap();
+    hub.call("StopInvocation", &[("InvokeId", invoke_id.as_str())]).unwrap();
     drop((a, b));
 }

@@ -83,7 +83,8 @@ fn output_over_24_kib_keeps_head_and_tail() {
 #[test]
 fn bad_requests_get_alibaba_style_errors() {
     let hub = Hub::start();
-    let err = hub.call("RunCommand", &[("Type", "RunShellScript"), ("CommandContent", "true"), ("InstanceId.1", "mi-doesnotexist")]).unwrap_err();
+    let err =
+        hub.call("RunCommand", &[("Type", "RunShellScript"), ("CommandContent", "true"), ("InstanceId.1", "mi-doesnotexist")]).unwrap_err();
     let s = err.to_string();
     assert!(s.contains("InvalidInstance.NotFound") && s.contains("HTTP 404") && s.contains("mi-doesnotexist"), "{s}");
 
@@ -93,7 +94,10 @@ fn bad_requests_get_alibaba_style_errors() {
     let s = hub.call("RunCommand", &[("Type", "RunShellScript"), ("InstanceId.1", "x")]).unwrap_err().to_string();
     assert!(s.contains("MissingParameter.CommandContent") && s.contains("HTTP 400"), "{s}");
 
-    let s = hub.call("RunCommand", &[("Type", "RunShellScript"), ("CommandContent", "true"), ("InstanceId.1", "x"), ("Timeout", "abc")]).unwrap_err().to_string();
+    let s = hub
+        .call("RunCommand", &[("Type", "RunShellScript"), ("CommandContent", "true"), ("InstanceId.1", "x"), ("Timeout", "abc")])
+        .unwrap_err()
+        .to_string();
     assert!(s.contains("InvalidParameter.Timeout") && s.contains("not an integer"), "{s}");
 
     let big = "x".repeat(16 * 1024 + 1);
@@ -106,10 +110,22 @@ fn bad_requests_get_alibaba_style_errors() {
     let s = hub.call("DescribeInvocationResults", &[("InvokeId", "t-nope")]).unwrap_err().to_string();
     assert!(s.contains("InvalidInvokeId.NotFound"), "{s}");
     // Signatures: a wrong secret and an unknown key are refused.
-    let wrong = deckhand::cli::Client::new(deckhand::cli::ClientConfig { endpoint: hub.url.clone(), access_key_id: harness::AK_ID.into(), access_key_secret: "wrong".into(), ca_file: Some(hub.ca.clone()) }).unwrap();
+    let wrong = deckhand::cli::Client::new(deckhand::cli::ClientConfig {
+        endpoint: hub.url.clone(),
+        access_key_id: harness::AK_ID.into(),
+        access_key_secret: "wrong".into(),
+        ca_file: Some(hub.ca.clone()),
+    })
+    .unwrap();
     let s = wrong.call("DescribeInvocations", &[]).unwrap_err().to_string();
     assert!(s.contains("SignatureDoesNotMatch") && s.contains("HTTP 400"), "{s}");
-    let nobody = deckhand::cli::Client::new(deckhand::cli::ClientConfig { endpoint: hub.url.clone(), access_key_id: "LTAInobody".into(), access_key_secret: "x".into(), ca_file: Some(hub.ca.clone()) }).unwrap();
+    let nobody = deckhand::cli::Client::new(deckhand::cli::ClientConfig {
+        endpoint: hub.url.clone(),
+        access_key_id: "LTAInobody".into(),
+        access_key_secret: "x".into(),
+        ca_file: Some(hub.ca.clone()),
+    })
+    .unwrap();
     let s = nobody.call("DescribeInvocations", &[]).unwrap_err().to_string();
     assert!(s.contains("InvalidAccessKeyId.NotFound") && s.contains("HTTP 404"), "{s}");
     // The hub keeps serving after all of that.

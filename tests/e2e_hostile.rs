@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use deckhand::agent::transport::{self, HubUrl, Ws};
-use deckhand::protocol::{self, AgentMsg, HostFacts, HubMsg, PROTOCOL_VERSION, RecordReport};
 use deckhand::lifecycle::InvocationStatus;
+use deckhand::protocol::{self, AgentMsg, HostFacts, HubMsg, PROTOCOL_VERSION, RecordReport};
 use futures_util::{SinkExt, StreamExt};
 use harness::{Hub, output_of, wait_until};
 use tokio_tungstenite::tungstenite::Message;
@@ -90,14 +90,33 @@ fn multibyte_parameters_neither_crash_nor_mislead() {
     let r = &hub.wait_final(&id, WAIT)[0];
     assert_eq!(String::from_utf8(output_of(r)).unwrap(), "{{abcdé}} 1\n");
     // A saved command with it: DescribeCommands keeps answering.
-    let c = hub.call("CreateCommand", &[("Name", "mb"), ("Type", "RunShellScript"), ("CommandContent", &B64.encode("echo {{abcdé}} {{ é }}")), ("EnableParameter", "true")]).unwrap();
+    let c = hub
+        .call(
+            "CreateCommand",
+            &[
+                ("Name", "mb"),
+                ("Type", "RunShellScript"),
+                ("CommandContent", &B64.encode("echo {{abcdé}} {{ é }}")),
+                ("EnableParameter", "true"),
+            ],
+        )
+        .unwrap();
     for _ in 0..2 {
         let v = hub.call("DescribeCommands", &[("CommandId", c["CommandId"].as_str().unwrap())]).unwrap();
         assert_eq!(v["TotalCount"], 1, "{v}");
     }
     // A multi-byte parameter name is refused by the hub, naming the field.
     let e = hub
-        .call("RunCommand", &[("Type", "RunShellScript"), ("CommandContent", "echo hi"), ("InstanceId.1", &ia), ("EnableParameter", "true"), ("Parameters", r#"{"abcdé":"1"}"#)])
+        .call(
+            "RunCommand",
+            &[
+                ("Type", "RunShellScript"),
+                ("CommandContent", "echo hi"),
+                ("InstanceId.1", &ia),
+                ("EnableParameter", "true"),
+                ("Parameters", r#"{"abcdé":"1"}"#),
+            ],
+        )
         .unwrap_err()
         .to_string();
     assert!(e.contains("InvalidParameter") && e.contains("Parameters"), "{e}");
@@ -119,7 +138,16 @@ fn strict_parameter_values_are_an_operator_setting() {
     let ia = a.instance_id();
     hub.wait_online(&ia);
     let e = hub
-        .call("RunCommand", &[("Type", "RunShellScript"), ("CommandContent", "echo {{v}}"), ("InstanceId.1", &ia), ("EnableParameter", "true"), ("Parameters", r#"{"v":"a b;reboot"}"#)])
+        .call(
+            "RunCommand",
+            &[
+                ("Type", "RunShellScript"),
+                ("CommandContent", "echo {{v}}"),
+                ("InstanceId.1", &ia),
+                ("EnableParameter", "true"),
+                ("Parameters", r#"{"v":"a b;reboot"}"#),
+            ],
+        )
         .unwrap_err()
         .to_string();
     assert!(e.contains("InvalidParameter.Parameters") || (e.contains("InvalidParameter") && e.contains("strict")), "{e}");
@@ -208,9 +236,10 @@ async fn rogue_agent_cannot_flood_live_output_or_oversize_reports() {
     send(&mut ws, &AgentMsg::Report { report_id: next, report: report(&invoke_id, 0, &vec![b'z'; 700 * 1024], u64::MAX) }).await;
     loop {
         if let Some(HubMsg::ReportAck { report_id }) = recv(&mut ws).await
-            && report_id == next {
-                break;
-            }
+            && report_id == next
+        {
+            break;
+        }
     }
     assert_eq!(inv, invoke_id);
     let v = hub.call("DescribeInvocationResults", &[("InvokeId", invoke_id.as_str()), ("IncludeHistory", "true")]).unwrap();

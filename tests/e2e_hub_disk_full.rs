@@ -28,7 +28,8 @@ impl Drop for Mount {
 
 fn mount_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
     std::fs::create_dir_all(dir).ok()?;
-    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"]).arg(dir).status().ok()?.success();
+    let ok =
+        Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"]).arg(dir).status().ok()?.success();
     ok.then(|| Mount(dir.to_path_buf()))
 }
 

@@ -34,12 +34,21 @@ fn kubelet_plan_runs_as_an_invocation_and_bad_plans_fail_cleanly() {
 
     // Seed 002's Bottlerocket TOML pasted into the request (deckhand extension `explicit`), and
     // a version-picked ACK rule: the node's plan comes back through the hub as written.
-    let toml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kubelet/seed002/bottlerocket-userdata.toml")).unwrap();
+    let toml =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kubelet/seed002/bottlerocket-userdata.toml")).unwrap();
     for (content, want) in [
-        (serde_json::json!({"policy": "explicit", "explicit": toml, "cpus": 4, "memory": "16Gi", "configPath": cfg, "dryRun": true}), "~ systemReserved.memory: (unset) -> 500Mi"),
-        (serde_json::json!({"policy": "ack", "kubernetesVersion": "1.27", "cpus": 4, "memory": "8Gi", "configPath": cfg, "dryRun": true}), "rule: ACK rule for Kubernetes 1.20-1.27 (Kubernetes 1.27, as given)"),
+        (
+            serde_json::json!({"policy": "explicit", "explicit": toml, "cpus": 4, "memory": "16Gi", "configPath": cfg, "dryRun": true}),
+            "~ systemReserved.memory: (unset) -> 500Mi",
+        ),
+        (
+            serde_json::json!({"policy": "ack", "kubernetesVersion": "1.27", "cpus": 4, "memory": "8Gi", "configPath": cfg, "dryRun": true}),
+            "rule: ACK rule for Kubernetes 1.20-1.27 (Kubernetes 1.27, as given)",
+        ),
     ] {
-        let v = hub.call("RunCommand", &[("Type", "ApplyKubeletReserved"), ("CommandContent", &content.to_string()), ("InstanceId.1", &id)]).unwrap();
+        let v = hub
+            .call("RunCommand", &[("Type", "ApplyKubeletReserved"), ("CommandContent", &content.to_string()), ("InstanceId.1", &id)])
+            .unwrap();
         let r = &hub.wait_final(v["InvokeId"].as_str().unwrap(), Duration::from_secs(30))[0];
         assert_eq!(r["InvokeRecordStatus"], "Finished", "{r}");
         let out = String::from_utf8(output_of(r)).unwrap();

@@ -17,7 +17,13 @@ use harness::Hub;
 use serde_json::Value;
 
 fn as_key(hub: &Hub, id: &str, secret: &str) -> Client {
-    Client::new(ClientConfig { endpoint: hub.url.clone(), access_key_id: id.into(), access_key_secret: secret.into(), ca_file: Some(hub.ca.clone()) }).expect("client")
+    Client::new(ClientConfig {
+        endpoint: hub.url.clone(),
+        access_key_id: id.into(),
+        access_key_secret: secret.into(),
+        ca_file: Some(hub.ca.clone()),
+    })
+    .expect("client")
 }
 
 fn code(r: Result<Value, CliError>) -> (u16, String, String) {
@@ -30,7 +36,10 @@ fn code(r: Result<Value, CliError>) -> (u16, String, String) {
 #[test]
 fn a_key_disabled_through_one_replica_is_refused_at_once_by_another() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let Some(db) = rt.block_on(pg::TestDb::create("e2e_permissions::a_key_disabled_through_one_replica_is_refused_at_once_by_another")) else { return };
+    let Some(db) = rt.block_on(pg::TestDb::create("e2e_permissions::a_key_disabled_through_one_replica_is_refused_at_once_by_another"))
+    else {
+        return;
+    };
     let store = ["--store", db.url.as_str()];
     let a = Hub::start_with(&store);
     let b = Hub::start_replica(&a, &store);
@@ -39,7 +48,9 @@ fn a_key_disabled_through_one_replica_is_refused_at_once_by_another() {
     let (id, secret) = (created["AccessKeyId"].as_str().unwrap().to_string(), created["AccessKeySecret"].as_str().unwrap().to_string());
     let on_b = as_key(&b, &id, &secret);
     on_b.call("DescribeInvocations", &[]).expect("allowed on b");
-    let (status, c, message) = code(on_b.call("RunCommand", &[("Type", "RunShellScript".into()), ("CommandContent", "id".into()), ("InstanceId.1", "mi-x".into())]));
+    let (status, c, message) = code(
+        on_b.call("RunCommand", &[("Type", "RunShellScript".into()), ("CommandContent", "id".into()), ("InstanceId.1", "mi-x".into())]),
+    );
     assert_eq!((status, c.as_str()), (403, "Forbidden.RAM"));
     assert!(message.contains("RunCommand") && message.contains(&id), "{message}");
     a.call("DisableAccessKey", &[("UserAccessKeyId", &id)]).expect("disable through a");
@@ -55,7 +66,13 @@ fn a_key_disabled_through_one_replica_is_refused_at_once_by_another() {
         .map(|e| (e["Action"].as_str().unwrap().to_string(), e["Outcome"].as_str().unwrap().to_string()))
         .collect();
     outcomes.sort();
-    assert_eq!(outcomes, [("DescribeInvocations".to_string(), "InvalidAccessKeyId.Inactive".to_string()), ("RunCommand".to_string(), "Forbidden.RAM".to_string())]);
+    assert_eq!(
+        outcomes,
+        [
+            ("DescribeInvocations".to_string(), "InvalidAccessKeyId.Inactive".to_string()),
+            ("RunCommand".to_string(), "Forbidden.RAM".to_string())
+        ]
+    );
     drop(b);
     drop(a);
     rt.block_on(db.drop_db());
@@ -102,7 +119,8 @@ fn cli_manages_keys_and_policies_and_reads_the_audit_trail() {
     assert_eq!(listed[0]["Status"], "Inactive");
     assert!(listed[0].get("AccessKeySecret").is_none());
     let trail = json(cli(&["--json", "audit", "--key", &id]));
-    let outcomes: Vec<(&str, &str)> = trail.as_array().unwrap().iter().map(|e| (e["Action"].as_str().unwrap(), e["Outcome"].as_str().unwrap())).collect();
+    let outcomes: Vec<(&str, &str)> =
+        trail.as_array().unwrap().iter().map(|e| (e["Action"].as_str().unwrap(), e["Outcome"].as_str().unwrap())).collect();
     assert_eq!(outcomes, [("CreateActivation", "Forbidden.RAM"), ("DescribeManagedInstances", "Forbidden.RAM")], "newest first");
     let mine = json(cli(&["--json", "audit", "--key", harness::AK_ID, "--action", "SetAccessKeyPolicy"]));
     assert_eq!(mine.as_array().unwrap().len(), 2, "{mine}");

@@ -159,10 +159,14 @@ async fn protocol_1_agent_reports_are_read_as_meant() {
     // A report whose output is not base64 is refused, not stored empty.
     let inv2 = hub.run("echo x", &[&id], &[]);
     assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::Invoke { .. })));
-    let bad = format!(r#"{{"type":"report","report_id":2,"report":{{"invoke_id":"{inv2}","record_seq":0,"status":"Success","exit_code":0,"output_b64":"%%%","start_time":"2026-11-24T00:00:00Z"}}}}"#);
+    let bad = format!(
+        r#"{{"type":"report","report_id":2,"report":{{"invoke_id":"{inv2}","record_seq":0,"status":"Success","exit_code":0,"output_b64":"%%%","start_time":"2026-11-24T00:00:00Z"}}}}"#
+    );
     ws.send(Message::Text(bad.into())).await.unwrap();
     match next_msg(&mut ws).await {
-        Some(HubMsg::Error { code, message, fatal: false }) => assert!(code == "InvalidReport" && message.contains("output_b64"), "{code}: {message}"),
+        Some(HubMsg::Error { code, message, fatal: false }) => {
+            assert!(code == "InvalidReport" && message.contains("output_b64"), "{code}: {message}")
+        }
         other => panic!("expected InvalidReport, got {other:?}"),
     }
     assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::ReportAck { report_id: 2 })));

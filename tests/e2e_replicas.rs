@@ -22,7 +22,10 @@ const WAIT: Duration = Duration::from_secs(90);
 /// Each run appends its instance id to a file named after the invocation,
 /// so runs can be counted after the fact.
 fn script(marks: &Path, tag: &str, sleep_secs: u32) -> String {
-    format!("sleep {sleep_secs}; echo '{{{{ACS::InstanceId}}}}' >> {}/{{{{ACS::InvokeId}}}}; echo {tag} {{{{ACS::InstanceId}}}}", marks.display())
+    format!(
+        "sleep {sleep_secs}; echo '{{{{ACS::InstanceId}}}}' >> {}/{{{{ACS::InvokeId}}}}; echo {tag} {{{{ACS::InstanceId}}}}",
+        marks.display()
+    )
 }
 
 fn run(hub: &Hub, script: &str, ids: &[String]) -> String {
@@ -34,14 +37,26 @@ fn statuses(hub: &Hub, invoke_id: &str) -> BTreeMap<String, String> {
     let Ok(v) = hub.call("DescribeInvocationResults", &[("InvokeId", invoke_id), ("PageSize", "50")]) else { return BTreeMap::new() };
     v["Invocation"]["InvocationResults"]["InvocationResult"]
         .as_array()
-        .map(|l| l.iter().map(|r| (r["InstanceId"].as_str().unwrap_or("").to_string(), r["InvokeRecordStatus"].as_str().unwrap_or("").to_string())).collect())
+        .map(|l| {
+            l.iter()
+                .map(|r| (r["InstanceId"].as_str().unwrap_or("").to_string(), r["InvokeRecordStatus"].as_str().unwrap_or("").to_string()))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// Finished fires of a schedule on one instance.
 fn finished_fires(hub: &Hub, invoke_id: &str, instance_id: &str) -> usize {
-    let Ok(v) = hub.call("DescribeInvocationResults", &[("InvokeId", invoke_id), ("InstanceId", instance_id), ("IncludeHistory", "true"), ("PageSize", "50")]) else { return 0 };
-    v["Invocation"]["InvocationResults"]["InvocationResult"].as_array().map(|l| l.iter().filter(|r| r["InvokeRecordStatus"] == "Finished").count()).unwrap_or(0)
+    let Ok(v) = hub.call(
+        "DescribeInvocationResults",
+        &[("InvokeId", invoke_id), ("InstanceId", instance_id), ("IncludeHistory", "true"), ("PageSize", "50")],
+    ) else {
+        return 0;
+    };
+    v["Invocation"]["InvocationResults"]["InvocationResult"]
+        .as_array()
+        .map(|l| l.iter().filter(|r| r["InvokeRecordStatus"] == "Finished").count())
+        .unwrap_or(0)
 }
 
 /// Every target Finished, exit 0, with its own output; and the marker file
@@ -73,7 +88,8 @@ fn three_replicas_twenty_agents_survive_a_replica_kill() {
     let c = Hub::start_replica(&a, &store);
     let urls = [a.url.clone(), b.url.clone(), c.url.clone()];
     // Agent i starts on replica i % 3 and knows the other two.
-    let agents: Vec<Agent> = (0..AGENTS).map(|i| b.agent_via(&(0..3).map(|k| urls[(i + k) % 3].as_str()).collect::<Vec<_>>().join(","))).collect();
+    let agents: Vec<Agent> =
+        (0..AGENTS).map(|i| b.agent_via(&(0..3).map(|k| urls[(i + k) % 3].as_str()).collect::<Vec<_>>().join(","))).collect();
     let ids: Vec<String> = agents.iter().map(Agent::instance_id).collect();
     for id in &ids {
         c.wait_online(id);
@@ -90,7 +106,12 @@ fn three_replicas_twenty_agents_survive_a_replica_kill() {
     // A retry with the same ClientToken through another replica is the
     // same invocation, not a second run.
     let once = |hub: &Hub| {
-        let v = hub.call("RunCommand", &[("Type", "RunShellScript"), ("CommandContent", "true"), ("InstanceId.1", &ids[1]), ("ClientToken", "retry-1")]).unwrap();
+        let v = hub
+            .call(
+                "RunCommand",
+                &[("Type", "RunShellScript"), ("CommandContent", "true"), ("InstanceId.1", &ids[1]), ("ClientToken", "retry-1")],
+            )
+            .unwrap();
         v["InvokeId"].as_str().unwrap().to_string()
     };
     assert_eq!(once(&b), once(&c));
@@ -101,7 +122,9 @@ fn three_replicas_twenty_agents_survive_a_replica_kill() {
     let before = token(&agents[0]);
     let v = c.call("RotateInstanceCredential", &[("InstanceId.1", &ids[0])]).unwrap();
     assert_eq!(v["RotatedInstances"]["InstanceId"][0], ids[0].as_str(), "{v}");
-    wait_until("rotated credential saved by the agent", WAIT, || (token(&agents[0]) != before && !token(&agents[0]).is_empty()).then_some(()));
+    wait_until("rotated credential saved by the agent", WAIT, || {
+        (token(&agents[0]) != before && !token(&agents[0]).is_empty()).then_some(())
+    });
 
     // A schedule, every 10 s (the minimum), created through C before A dies.
     let periodic = {
@@ -112,7 +135,9 @@ fn three_replicas_twenty_agents_survive_a_replica_kill() {
 
     // Long runs, then A dies with a third of them in flight.
     let second = run(&b, &script(marks.path(), "second", 4), &ids);
-    wait_until("every target running", WAIT, || (statuses(&c, &second).values().filter(|s| *s == "Running").count() == AGENTS).then_some(()));
+    wait_until("every target running", WAIT, || {
+        (statuses(&c, &second).values().filter(|s| *s == "Running").count() == AGENTS).then_some(())
+    });
     a.kill();
     // Created while A's agents are moving to B and C.
     let third = run(&c, &script(marks.path(), "third", 0), &ids);

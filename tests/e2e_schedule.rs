@@ -67,7 +67,16 @@ fn at_fires_once_and_bad_frequencies_are_refused() {
 
     for (freq, needle) in [("rate(2s)", "60"), ("0 0 25 * * ?", "hour"), ("at(2001-01-01T00:00:00Z)", "future"), ("every tuesday", "")] {
         let e = hub
-            .call("RunCommand", &[("Type", "RunShellScript"), ("CommandContent", "true"), ("InstanceId.1", &id), ("RepeatMode", "Period"), ("Frequency", freq)])
+            .call(
+                "RunCommand",
+                &[
+                    ("Type", "RunShellScript"),
+                    ("CommandContent", "true"),
+                    ("InstanceId.1", &id),
+                    ("RepeatMode", "Period"),
+                    ("Frequency", freq),
+                ],
+            )
             .unwrap_err()
             .to_string();
         assert!(e.contains("InvalidParameter.Frequency") && e.contains(needle), "{freq}: {e}");

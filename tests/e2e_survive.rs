@@ -16,21 +16,12 @@ use harness::{Hub, output_of, wait_until};
 const WAIT: Duration = Duration::from_secs(60);
 
 fn status(hub: &Hub, invoke_id: &str) -> String {
-    let v = hub
-        .call("DescribeInvocationResults", &[("InvokeId", invoke_id)])
-        .unwrap();
-    v["Invocation"]["InvocationResults"]["InvocationResult"][0]["InvokeRecordStatus"]
-        .as_str()
-        .unwrap_or("")
-        .to_string()
+    let v = hub.call("DescribeInvocationResults", &[("InvokeId", invoke_id)]).unwrap();
+    v["Invocation"]["InvocationResults"]["InvocationResult"][0]["InvokeRecordStatus"].as_str().unwrap_or("").to_string()
 }
 
 fn lines(path: &std::path::Path) -> Vec<String> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
+    std::fs::read_to_string(path).unwrap_or_default().lines().map(str::to_string).collect()
 }
 
 #[test]
@@ -45,50 +36,29 @@ fn twenty_runs_survive_agent_kill9_with_real_output_none_twice() {
     let marker = tempfile::tempdir().unwrap();
     let log = marker.path().join("ran.log");
     let invs: Vec<String> = (0..20)
-        .map(|i| {
-            hub.run(
-                &format!("echo run-{i} >> {}; sleep 3; echo done-{i}", log.display()),
-                &[&id],
-                &[("Timeout", "60")],
-            )
-        })
+        .map(|i| hub.run(&format!("echo run-{i} >> {}; sleep 3; echo done-{i}", log.display()), &[&id], &[("Timeout", "60")]))
         .collect();
     // Every script has started (its first line is written) before the kill.
-    wait_until("20 scripts started", WAIT, || {
-        (lines(&log).len() == 20).then_some(())
-    });
+    wait_until("20 scripts started", WAIT, || (lines(&log).len() == 20).then_some(()));
     a.kill(); // SIGKILL, mid-sleep for all 20
-    assert!(
-        invs.iter().all(|inv| status(&hub, inv) != "Finished"),
-        "no run finished before the kill"
-    );
+    assert!(invs.iter().all(|inv| status(&hub, inv) != "Finished"), "no run finished before the kill");
     a.spawn();
     for (i, inv) in invs.iter().enumerate() {
         let r = &hub.wait_final(inv, WAIT)[0];
         assert_eq!(r["InvokeRecordStatus"], "Finished", "{r}");
         assert_eq!(r["InvocationStatus"], "Success", "{r}");
         assert_eq!(r["ExitCode"], 0, "{r}");
-        assert_eq!(
-            String::from_utf8(output_of(r)).unwrap(),
-            format!("done-{i}\n"),
-            "{inv}"
-        );
+        assert_eq!(String::from_utf8(output_of(r)).unwrap(), format!("done-{i}\n"), "{inv}");
     }
     let mut ran = lines(&log);
     assert_eq!(ran.len(), 20, "each run started exactly once: {ran:?}");
     ran.sort();
     ran.dedup();
     assert_eq!(ran.len(), 20, "no run started twice");
-    assert!(
-        a.log()
-            .contains("re-attaching to a run that outlived the previous agent"),
-        "the restarted agent re-attached"
-    );
+    assert!(a.log().contains("re-attaching to a run that outlived the previous agent"), "the restarted agent re-attached");
     // Finished runs leave no run directory behind.
     wait_until("run directories removed", WAIT, || {
-        let n = std::fs::read_dir(a.state_dir().join("runs"))
-            .map(|d| d.count())
-            .unwrap_or(0);
+        let n = std::fs::read_dir(a.state_dir().join("runs")).map(|d| d.count()).unwrap_or(0);
         (n == 0).then_some(())
     });
 }
@@ -104,39 +74,23 @@ fn stop_and_timeout_cross_an_agent_restart() {
     let timed_log = marker.path().join("timed.log");
     // Each script notes it started, then outlives the agent's absence.
     let stopped = hub.run(
-        &format!(
-            "echo begun >> {}; echo begun; sleep 120; echo not-reached",
-            stopped_log.display()
-        ),
+        &format!("echo begun >> {}; echo begun; sleep 120; echo not-reached", stopped_log.display()),
         &[&id],
         &[("Timeout", "300")],
     );
-    let timed = hub.run(
-        &format!(
-            "echo begun >> {}; echo begun; sleep 120; echo not-reached",
-            timed_log.display()
-        ),
-        &[&id],
-        &[("Timeout", "5")],
-    );
-    wait_until("both started", WAIT, || {
-        (lines(&stopped_log).len() == 1 && lines(&timed_log).len() == 1).then_some(())
-    });
+    let timed =
+        hub.run(&format!("echo begun >> {}; echo begun; sleep 120; echo not-reached", timed_log.display()), &[&id], &[("Timeout", "5")]);
+    wait_until("both started", WAIT, || (lines(&stopped_log).len() == 1 && lines(&timed_log).len() == 1).then_some(()));
     a.kill();
     hub.wait_offline(&id);
     // The stop is owed to an agent that is not there; the hub sends it
     // when the restarted agent connects, which re-attached first.
-    hub.call("StopInvocation", &[("InvokeId", &stopped)])
-        .unwrap();
+    hub.call("StopInvocation", &[("InvokeId", &stopped)]).unwrap();
     a.spawn();
     let r = &hub.wait_final(&stopped, WAIT)[0];
     assert_eq!(r["InvokeRecordStatus"], "Stopped", "{r}");
     assert_eq!(r["InvocationStatus"], "Terminated", "{r}");
-    assert_eq!(
-        output_of(r),
-        b"begun\n",
-        "output from before the restart kept: {r}"
-    );
+    assert_eq!(output_of(r), b"begun\n", "output from before the restart kept: {r}");
     let r = &hub.wait_final(&timed, WAIT)[0];
     assert_eq!(r["InvocationStatus"], "Timeout", "{r}");
     assert_eq!(r["ErrorCode"], "ExecutionTimeout", "{r}");
@@ -153,20 +107,12 @@ fn stop_after_restart_reaches_a_reattached_run() {
     hub.wait_online(&id);
     let marker = tempfile::tempdir().unwrap();
     let log = marker.path().join("ran.log");
-    let inv = hub.run(
-        &format!("echo begun; echo begun >> {}; sleep 120", log.display()),
-        &[&id],
-        &[("Timeout", "300")],
-    );
-    wait_until("script started", WAIT, || {
-        (lines(&log).len() == 1).then_some(())
-    });
+    let inv = hub.run(&format!("echo begun; echo begun >> {}; sleep 120", log.display()), &[&id], &[("Timeout", "300")]);
+    wait_until("script started", WAIT, || (lines(&log).len() == 1).then_some(()));
     a.kill();
     a.spawn();
     hub.wait_online(&id);
-    wait_until("re-attached", WAIT, || {
-        a.log().contains("re-attaching to a run").then_some(())
-    });
+    wait_until("re-attached", WAIT, || a.log().contains("re-attaching to a run").then_some(()));
     hub.call("StopInvocation", &[("InvokeId", &inv)]).unwrap();
     let r = &hub.wait_final(&inv, WAIT)[0];
     assert_eq!(r["InvocationStatus"], "Terminated", "{r}");
@@ -184,17 +130,9 @@ fn graceful_restart_mid_run_keeps_runs_and_their_output() {
     let marker = tempfile::tempdir().unwrap();
     let log = marker.path().join("ran.log");
     let invs: Vec<String> = (0..3)
-        .map(|i| {
-            hub.run(
-                &format!("echo run-{i} >> {}; sleep 2; echo done-{i}", log.display()),
-                &[&id],
-                &[("Timeout", "60")],
-            )
-        })
+        .map(|i| hub.run(&format!("echo run-{i} >> {}; sleep 2; echo done-{i}", log.display()), &[&id], &[("Timeout", "60")]))
         .collect();
-    wait_until("3 scripts started", WAIT, || {
-        (lines(&log).len() == 3).then_some(())
-    });
+    wait_until("3 scripts started", WAIT, || (lines(&log).len() == 3).then_some(()));
     assert!(a.terminate().success(), "graceful exit");
     a.spawn();
     for (i, inv) in invs.iter().enumerate() {
@@ -216,18 +154,10 @@ fn sigterm_to_a_supervisor_stops_its_run() {
     hub.wait_online(&id);
     let marker = tempfile::tempdir().unwrap();
     let log = marker.path().join("ran.log");
-    let inv = hub.run(
-        &format!("echo begun; echo begun >> {}; sleep 120", log.display()),
-        &[&id],
-        &[("Timeout", "300")],
-    );
+    let inv = hub.run(&format!("echo begun; echo begun >> {}; sleep 120", log.display()), &[&id], &[("Timeout", "300")]);
     // The script has printed (the marker comes after the echo).
-    wait_until("script started", WAIT, || {
-        (lines(&log).len() == 1).then_some(())
-    });
-    let pid = wait_until("supervisor started the script", WAIT, || {
-        a.supervisor_pids().first().copied()
-    });
+    wait_until("script started", WAIT, || (lines(&log).len() == 1).then_some(()));
+    let pid = wait_until("supervisor started the script", WAIT, || a.supervisor_pids().first().copied());
     harness::unsafe_kill(pid, "TERM");
     let r = &hub.wait_final(&inv, WAIT)[0];
     assert_eq!(r["InvocationStatus"], "Terminated", "{r}");

@@ -54,8 +54,7 @@ async fn hundred_mib_keeps_head_and_tail_in_bounded_memory() {
 async fn invalid_utf8_is_preserved_and_live_chunks_match() {
     let t = tempfile::tempdir().unwrap();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(1024);
-    let o =
-        run(spec(t.path(), "printf '\\377\\376ok\\n'; printf 'x\\200y' >&2"), CancellationToken::new(), Some(tx)).await;
+    let o = run(spec(t.path(), "printf '\\377\\376ok\\n'; printf 'x\\200y' >&2"), CancellationToken::new(), Some(tx)).await;
     assert_eq!(o.output, b"\xff\xfeok\nx\x80y");
     assert_eq!(o.dropped, 0);
     let mut seen = Vec::new();
@@ -70,12 +69,7 @@ async fn full_live_channel_never_blocks_the_child() {
     let t = tempfile::tempdir().unwrap();
     // Capacity 1 and nobody reading: every chunk after the first is dropped.
     let (tx, rx) = mpsc::channel::<Vec<u8>>(1);
-    let o = run(
-        spec(t.path(), "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done"),
-        CancellationToken::new(),
-        Some(tx),
-    )
-    .await;
+    let o = run(spec(t.path(), "i=0; while [ $i -lt 2000 ]; do echo line $i; i=$((i+1)); done"), CancellationToken::new(), Some(tx)).await;
     drop(rx);
     assert_eq!(o.termination, Termination::Exited);
     assert!(o.output.ends_with(b"line 1999\n"));

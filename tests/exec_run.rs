@@ -72,9 +72,7 @@ async fn unsupported_types_are_not_applicable() {
     assert_eq!(o.termination, Termination::FailedToStart);
     assert_eq!(o.error_code, codes::COMMAND_NOT_APPLICABLE);
     assert!(o.error_info.contains("RunBatScript"));
-    let has_pwsh = ["/usr/bin/pwsh", "/usr/local/bin/pwsh", "/opt/microsoft/powershell/7/pwsh"]
-        .iter()
-        .any(|p| Path::new(p).exists());
+    let has_pwsh = ["/usr/bin/pwsh", "/usr/local/bin/pwsh", "/opt/microsoft/powershell/7/pwsh"].iter().any(|p| Path::new(p).exists());
     let mut s = spec(t.path(), "Write-Output \"ps $($PSVersionTable.PSVersion.Major)\"");
     s.command_type = "RunPowerShellScript".into();
     let o = go(s).await;
@@ -169,9 +167,7 @@ async fn run_as_another_user() {
     }
     let name = format!("dkh{}", std::process::id() % 100000);
     let group = format!("{name}g");
-    let sh = |args: &[&str]| {
-        std::process::Command::new(args[0]).args(&args[1..]).status().map(|s| s.success()).unwrap_or(false)
-    };
+    let sh = |args: &[&str]| std::process::Command::new(args[0]).args(&args[1..]).status().map(|s| s.success()).unwrap_or(false);
     if !sh(&["groupadd", &group]) || !sh(&["useradd", "-m", "-s", "/bin/sh", "-G", &group, &name]) {
         println!("skipping run_as_another_user: useradd/groupadd unavailable");
         return;
@@ -221,14 +217,9 @@ async fn parameters_cannot_inject_commands() {
     let e = params::render_script("echo {{msg}}", true, &custom, &b, params::ValuePolicy::Strict).unwrap_err();
     assert!(matches!(e, params::ParamError::UnsafeValue { .. }), "{e}");
     // Through the environment: printed verbatim, never executed.
-    let script = params::render_script(
-        "printf '%s\\n' \"$DECKHAND_PARAM_MSG\" {{ACS::InstanceId}}",
-        true,
-        &custom,
-        &b,
-        params::ValuePolicy::Any,
-    )
-    .unwrap();
+    let script =
+        params::render_script("printf '%s\\n' \"$DECKHAND_PARAM_MSG\" {{ACS::InstanceId}}", true, &custom, &b, params::ValuePolicy::Any)
+            .unwrap();
     let mut s = spec(t.path(), &script);
     s.env = params::param_env(&custom).unwrap();
     let o = go(s).await;

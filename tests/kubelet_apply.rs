@@ -95,13 +95,7 @@ async fn node(fixture: &str, healthy_if: impl Fn(&str) -> bool + Send + Sync + '
         _dir: dir,
         config: config.clone(),
         original,
-        kubelet: StandInKubelet {
-            config,
-            healthy,
-            restarts: AtomicUsize::new(0),
-            fail_restart: false,
-            healthy_if: Box::new(healthy_if),
-        },
+        kubelet: StandInKubelet { config, healthy, restarts: AtomicUsize::new(0), fail_restart: false, healthy_if: Box::new(healthy_if) },
         health_url,
     }
 }
@@ -144,12 +138,8 @@ async fn run(n: &Node, cmd: KubeletCmd) -> Result<String, KubeletError> {
 }
 
 fn backups(n: &Node) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = std::fs::read_dir(&n.dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.to_string_lossy().ends_with(".bak"))
-        .collect();
+    let mut v: Vec<PathBuf> =
+        std::fs::read_dir(&n.dir).unwrap().flatten().map(|e| e.path()).filter(|p| p.to_string_lossy().ends_with(".bak")).collect();
     v.sort();
     v
 }
@@ -185,8 +175,7 @@ async fn explicit_apply_on_eks_backs_up_restarts_preserves_keys_and_is_idempoten
     assert_eq!(n.kubelet.restarts.load(Ordering::SeqCst), 1);
 
     let before: serde_json::Value = serde_json::from_str(&n.original).unwrap();
-    let after: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&n.config).unwrap()).unwrap();
+    let after: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&n.config).unwrap()).unwrap();
     for (k, v) in before.as_object().unwrap() {
         if !["kubeReserved", "systemReserved", "evictionHard"].contains(&k.as_str()) {
             assert_eq!(&after[k], v, "key {k} preserved");
@@ -194,10 +183,7 @@ async fn explicit_apply_on_eks_backs_up_restarts_preserves_keys_and_is_idempoten
     }
     assert_eq!(after["kubeReserved"]["memory"], "200Mi");
     assert_eq!(after["systemReserved"]["ephemeral-storage"], "1Gi");
-    assert_eq!(
-        after["evictionHard"],
-        serde_json::json!({"memory.available": "100Mi", "nodefs.available": "10%"})
-    );
+    assert_eq!(after["evictionHard"], serde_json::json!({"memory.available": "100Mi", "nodefs.available": "10%"}));
     let b = backups(&n);
     assert_eq!(b.len(), 1);
     assert_eq!(std::fs::read_to_string(&b[0]).unwrap(), n.original, "backup holds the original");
@@ -223,18 +209,17 @@ async fn kubeadm_yaml_keeps_every_other_line() {
     let kept: Vec<&str> = n
         .original
         .lines()
-        .filter(|l| {
-            !l.starts_with("evictionHard:")
-                && !l.starts_with("  imagefs.available")
-                && !l.starts_with("  memory.available")
-        })
+        .filter(|l| !l.starts_with("evictionHard:") && !l.starts_with("  imagefs.available") && !l.starts_with("  memory.available"))
         .collect();
     let mut it = text.lines();
     for line in &kept {
         assert!(it.any(|l| l == *line), "line {line:?} kept in order:\n{text}");
     }
     assert!(text.contains("kubeReserved:\n  cpu: \"80m\"\n  memory: \"2663Mi\"\n"), "{text}");
-    assert!(text.contains("evictionHard:\n  memory.available: \"100Mi\"\n  nodefs.available: \"10%\"\n  nodefs.inodesFree: \"5%\"\n"), "{text}");
+    assert!(
+        text.contains("evictionHard:\n  memory.available: \"100Mi\"\n  nodefs.available: \"10%\"\n  nodefs.inodesFree: \"5%\"\n"),
+        "{text}"
+    );
     assert_eq!(n.kubelet.restarts.load(Ordering::SeqCst), 1);
 
     let out = run(&n, apply_cmd(&n, args(&n, PolicyName::Gke))).await.unwrap();
@@ -245,18 +230,13 @@ async fn kubeadm_yaml_keeps_every_other_line() {
 #[tokio::test]
 async fn unhealthy_kubelet_is_rolled_back_and_restarted() {
     // The stand-in kubelet only comes up with the config it had before.
-    let original =
-        std::fs::read_to_string(Path::new(FIXTURES).join("eks-kubelet-config.json")).unwrap();
+    let original = std::fs::read_to_string(Path::new(FIXTURES).join("eks-kubelet-config.json")).unwrap();
     let n = node("eks-kubelet-config.json", move |t| t == original).await;
     let err = run(&n, apply_cmd(&n, seed_explicit(&n))).await.unwrap_err();
     assert_eq!(err.code(), "KubeletUnhealthy");
     assert!(matches!(err, KubeletError::Unhealthy { recovered: true, .. }), "{err}");
     assert_eq!(std::fs::read_to_string(&n.config).unwrap(), n.original, "rolled back");
-    assert_eq!(
-        n.kubelet.restarts.load(Ordering::SeqCst),
-        2,
-        "restarted with new config, then with the backup"
-    );
+    assert_eq!(n.kubelet.restarts.load(Ordering::SeqCst), 2, "restarted with new config, then with the backup");
     assert_eq!(backups(&n).len(), 1);
 }
 
@@ -288,23 +268,11 @@ async fn plan_changes_nothing() {
 #[tokio::test]
 async fn malformed_configs_are_refused_untouched() {
     let cases: [(&str, &str, &str); 5] = [
-        (
-            "kubelet-config.json",
-            "{\"kind\": \"KubeletConfiguration\", \"maxPods\": ",
-            "invalid JSON",
-        ),
+        ("kubelet-config.json", "{\"kind\": \"KubeletConfiguration\", \"maxPods\": ", "invalid JSON"),
         ("kubelet-config.json", "{\"kind\": \"Pod\"}", "not KubeletConfiguration"),
         ("kubelet-config.json", "{\"kubeReserved\": {\"cpu\": \"lots\"}}", "kubeReserved.cpu"),
-        (
-            "config.yaml",
-            "kind: KubeletConfiguration\n---\nkind: KubeletConfiguration\n",
-            "more than one YAML document",
-        ),
-        (
-            "config.yaml",
-            "kind: KubeletConfiguration\nkubeReserved:\n  cpu:\n    nested: 1\n",
-            "nested or uneven",
-        ),
+        ("config.yaml", "kind: KubeletConfiguration\n---\nkind: KubeletConfiguration\n", "more than one YAML document"),
+        ("config.yaml", "kind: KubeletConfiguration\nkubeReserved:\n  cpu:\n    nested: 1\n", "nested or uneven"),
     ];
     for (name, text, want) in cases {
         let dir = tempfile::tempdir().unwrap();
@@ -316,11 +284,7 @@ async fn malformed_configs_are_refused_untouched() {
         assert_eq!(err.code(), "KubeletConfigMalformed", "{name}: {err}");
         assert!(err.to_string().contains(want), "{err}");
         assert_eq!(std::fs::read_to_string(&config).unwrap(), text, "untouched");
-        assert_eq!(
-            std::fs::read_dir(dir.path()).unwrap().count(),
-            1,
-            "no backup or temp file left"
-        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1, "no backup or temp file left");
         assert_eq!(n.kubelet.restarts.load(Ordering::SeqCst), 0);
     }
 }
@@ -349,11 +313,7 @@ async fn missing_config_is_reported() {
 #[tokio::test]
 async fn enforce_kube_reserved_without_cgroup_is_refused() {
     let n = node("eks-kubelet-config.json", |_| true).await;
-    let text = n.original.replacen(
-        "\"maxPods\": 58,",
-        "\"maxPods\": 58,\n  \"enforceNodeAllocatable\": [\"pods\", \"kube-reserved\"],",
-        1,
-    );
+    let text = n.original.replacen("\"maxPods\": 58,", "\"maxPods\": 58,\n  \"enforceNodeAllocatable\": [\"pods\", \"kube-reserved\"],", 1);
     std::fs::write(&n.config, &text).unwrap();
     let err = run(&n, apply_cmd(&n, seed_explicit(&n))).await.unwrap_err();
     assert_eq!(err.code(), "InvalidKubeletPlan");
@@ -363,8 +323,7 @@ async fn enforce_kube_reserved_without_cgroup_is_refused() {
 
 #[tokio::test]
 async fn invocations_report_diff_and_codes() {
-    let original =
-        std::fs::read_to_string(Path::new(FIXTURES).join("eks-kubelet-config.json")).unwrap();
+    let original = std::fs::read_to_string(Path::new(FIXTURES).join("eks-kubelet-config.json")).unwrap();
     let n = node("eks-kubelet-config.json", move |t| t == original).await;
     let base = serde_json::json!({
         "policy": "explicit", "cpus": 4, "memory": "16Gi", "ephemeralStorage": "100Gi",
@@ -383,12 +342,7 @@ async fn invocations_report_diff_and_codes() {
     let o = run_invocation_with(&base.to_string(), &n.kubelet).await;
     assert!(!o.ok);
     assert_eq!(o.error_code, "KubeletUnhealthy");
-    assert!(
-        o.output.contains("~ kubeReserved.memory: 893Mi -> 500Mi")
-            && o.output.contains("rolled back"),
-        "{}",
-        o.output
-    );
+    assert!(o.output.contains("~ kubeReserved.memory: 893Mi -> 500Mi") && o.output.contains("rolled back"), "{}", o.output);
     assert_eq!(std::fs::read_to_string(&n.config).unwrap(), n.original);
 
     for bad in [
@@ -408,19 +362,11 @@ async fn invocations_report_diff_and_codes() {
 
 #[tokio::test]
 async fn plan_runs_offline_for_a_hypothetical_node() {
-    if Path::new("/etc/kubernetes/kubelet/kubelet-config.json").exists()
-        || Path::new("/var/lib/kubelet/config.yaml").exists()
-    {
+    if Path::new("/etc/kubernetes/kubelet/kubelet-config.json").exists() || Path::new("/var/lib/kubelet/config.yaml").exists() {
         return; // a real node: detection would (rightly) find its config
     }
     let n = node("eks-kubelet-config.json", |_| true).await;
-    let a = PlanArgs {
-        config: None,
-        max_pods: Some(29),
-        cpus: Some(2),
-        memory: Some("8Gi".into()),
-        ..args(&n, PolicyName::Eks)
-    };
+    let a = PlanArgs { config: None, max_pods: Some(29), cpus: Some(2), memory: Some("8Gi".into()), ..args(&n, PolicyName::Eks) };
     let out = run(&n, KubeletCmd::Plan { args: a.clone() }).await.unwrap();
     assert!(out.contains("offline plan"), "{out}");
     assert!(out.contains("~ kubeReserved.memory: (unset) -> 574Mi"), "{out}");
@@ -440,8 +386,7 @@ fn flags_and_drop_ins_that_override_the_file_are_warned() {
     std::fs::copy(Path::new(FIXTURES).join("eks-kubelet-config.json"), &config).unwrap();
     let dropins = dir.path().join("kubelet.conf.d");
     std::fs::create_dir(&dropins).unwrap();
-    std::fs::write(dropins.join("10-reserved.conf"), "{\"kubeReserved\": {\"cpu\": \"1\"}}")
-        .unwrap();
+    std::fs::write(dropins.join("10-reserved.conf"), "{\"kubeReserved\": {\"cpu\": \"1\"}}").unwrap();
     std::fs::write(dropins.join("20-other.conf"), "{\"maxPods\": 10}").unwrap();
     let argv: Vec<String> = vec![
         "/usr/bin/kubelet".into(),

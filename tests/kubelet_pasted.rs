@@ -94,11 +94,7 @@ async fn plan(a: PlanArgs) -> Result<String, deckhand::kubelet::KubeletError> {
 
 fn eks_config(dir: &Path) -> PathBuf {
     let cfg = dir.join("kubelet-config.json");
-    std::fs::copy(
-        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kubelet/eks-kubelet-config.json"),
-        &cfg,
-    )
-    .unwrap();
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kubelet/eks-kubelet-config.json"), &cfg).unwrap();
     cfg
 }
 
@@ -113,24 +109,17 @@ async fn each_seed_form_gives_the_same_plan_as_its_json() {
         assert_eq!(from_paste, ExplicitSpec::from_json(&equivalent).unwrap(), "{name}");
         assert!(from_paste.kube_reserved.is_some() && from_paste.eviction_hard.is_some(), "{name}");
 
-        let by_file =
-            plan(PlanArgs { explicit: Some(seed(name)), ..plan_args(&cfg, PolicyName::Explicit) })
-                .await
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let by_json = plan(PlanArgs {
-            explicit_json: Some(equivalent.to_string()),
-            ..plan_args(&cfg, PolicyName::Explicit)
-        })
-        .await
-        .unwrap();
+        let by_file = plan(PlanArgs { explicit: Some(seed(name)), ..plan_args(&cfg, PolicyName::Explicit) })
+            .await
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let by_json =
+            plan(PlanArgs { explicit_json: Some(equivalent.to_string()), ..plan_args(&cfg, PolicyName::Explicit) }).await.unwrap();
         assert_eq!(by_file, by_json, "{name}: same plan as the equivalent JSON");
         assert!(by_file.contains("change: yes"), "{name}: {by_file}");
     }
     // What the new user tried first: the TOML block handed to --explicit-json.
     let toml = std::fs::read_to_string(seed("bottlerocket-userdata.toml")).unwrap();
-    let out = plan(PlanArgs { explicit_json: Some(toml), ..plan_args(&cfg, PolicyName::Explicit) })
-        .await
-        .unwrap();
+    let out = plan(PlanArgs { explicit_json: Some(toml), ..plan_args(&cfg, PolicyName::Explicit) }).await.unwrap();
     assert!(out.contains("~ evictionHard.memory.available: 100Mi -> 15%"), "{out}");
     assert!(out.contains("~ systemReserved.memory: (unset) -> 500Mi"), "{out}");
 }
@@ -142,18 +131,10 @@ async fn a_named_format_overrides_detection_and_errors_point_at_the_line() {
     // A TOML block saved without an extension and named by --explicit-format.
     let plain = dir.path().join("user-data");
     std::fs::copy(seed("bottlerocket-userdata.toml"), &plain).unwrap();
-    let a = PlanArgs {
-        explicit: Some(plain.clone()),
-        explicit_format: Some(PastedFormat::Toml),
-        ..plan_args(&cfg, PolicyName::Explicit)
-    };
+    let a = PlanArgs { explicit: Some(plain.clone()), explicit_format: Some(PastedFormat::Toml), ..plan_args(&cfg, PolicyName::Explicit) };
     assert!(plan(a).await.unwrap().contains("systemReserved.cpu: (unset) -> 100m"));
     // The same text read as YAML is refused, naming the format and the line.
-    let a = PlanArgs {
-        explicit: Some(plain.clone()),
-        explicit_format: Some(PastedFormat::Yaml),
-        ..plan_args(&cfg, PolicyName::Explicit)
-    };
+    let a = PlanArgs { explicit: Some(plain.clone()), explicit_format: Some(PastedFormat::Yaml), ..plan_args(&cfg, PolicyName::Explicit) };
     let e = plan(a).await.unwrap_err().to_string();
     assert!(e.contains("line ") && e.contains("YAML"), "{e}");
     // A typo on line 7 of the eksctl block.
@@ -166,18 +147,9 @@ async fn a_named_format_overrides_detection_and_errors_point_at_the_line() {
     std::fs::write(&bad, typo).unwrap();
     let a = PlanArgs { explicit: Some(bad.clone()), ..plan_args(&cfg, PolicyName::Explicit) };
     let e = plan(a).await.unwrap_err().to_string();
-    assert!(
-        e.contains(&format!(
-            "--explicit {}: line 9: kubeReserved.ephemeral-storage",
-            bad.display()
-        )),
-        "{e}"
-    );
+    assert!(e.contains(&format!("--explicit {}: line 9: kubeReserved.ephemeral-storage", bad.display())), "{e}");
     // --explicit with another policy is refused, as every explicit value is.
-    let a = PlanArgs {
-        explicit: Some(seed("karpenter-provisioner.yaml")),
-        ..plan_args(&cfg, PolicyName::Eks)
-    };
+    let a = PlanArgs { explicit: Some(seed("karpenter-provisioner.yaml")), ..plan_args(&cfg, PolicyName::Eks) };
     assert!(plan(a).await.unwrap_err().to_string().contains("use --policy explicit"));
 }
 
@@ -193,22 +165,11 @@ async fn version_aware_policies_through_the_cli() {
         ..plan_args(&cfg, policy)
     };
     let old = plan(with(PolicyName::Ack, Some("v1.27.9-aliyun.1"))).await.unwrap();
-    assert!(
-        old.contains("rule: ACK rule for Kubernetes 1.20-1.27 (Kubernetes 1.27, as given)"),
-        "{old}"
-    );
-    assert!(
-        old.contains("kubeReserved.cpu: 80m -> 50m")
-            && old.contains("kubeReserved.memory: 893Mi -> 922Mi"),
-        "{old}"
-    );
+    assert!(old.contains("rule: ACK rule for Kubernetes 1.20-1.27 (Kubernetes 1.27, as given)"), "{old}");
+    assert!(old.contains("kubeReserved.cpu: 80m -> 50m") && old.contains("kubeReserved.memory: 893Mi -> 922Mi"), "{old}");
     let new = plan(with(PolicyName::Ack, Some("1.28"))).await.unwrap();
     assert!(new.contains("rule: ACK rule for Kubernetes >= 1.28"), "{new}");
-    assert!(
-        new.contains("kubeReserved.cpu: 80m -> 40m")
-            && new.contains("kubeReserved.memory: 893Mi -> 480Mi"),
-        "{new}"
-    );
+    assert!(new.contains("kubeReserved.cpu: 80m -> 40m") && new.contains("kubeReserved.memory: 893Mi -> 480Mi"), "{new}");
     // Unknown version (no kubelet runs here): the current rule, and the plan says so.
     let unknown = plan(with(PolicyName::Aks, None)).await.unwrap();
     assert!(unknown.contains("rule: AKS rule for Kubernetes >= 1.29\n"), "{unknown}");
@@ -216,10 +177,7 @@ async fn version_aware_policies_through_the_cli() {
     let pre = plan(with(PolicyName::Aks, Some("1.28"))).await.unwrap();
     assert!(pre.contains("evictionHard.memory.available: 100Mi -> 750Mi"), "{pre}");
     let tke = plan(with(PolicyName::Tke, None)).await.unwrap();
-    assert!(
-        tke.contains("kubeReserved.memory: 893Mi -> 1843Mi") && !tke.contains("warning"),
-        "{tke}"
-    );
+    assert!(tke.contains("kubeReserved.memory: 893Mi -> 1843Mi") && !tke.contains("warning"), "{tke}");
     let e = plan(with(PolicyName::Ack, Some("2.0"))).await.unwrap_err().to_string();
     assert!(e.contains("only Kubernetes 1.x"), "{e}");
 }
@@ -240,10 +198,7 @@ fn run_bin(exe: &str, args: &[&str]) -> (Option<i32>, String) {
 fn assert_chain_only(what: &str, code: Option<i32>, stderr: &str, wants: &[&str]) {
     assert!(matches!(code, Some(c) if c != 0), "{what}: exit {code:?}\n{stderr}");
     assert!(!stderr.to_lowercase().contains("backtrace"), "{what}: {stderr}");
-    assert!(
-        !stderr.contains("Caused by") && !stderr.contains("at src/"),
-        "{what}: Debug form printed: {stderr}"
-    );
+    assert!(!stderr.contains("Caused by") && !stderr.contains("at src/"), "{what}: Debug form printed: {stderr}");
     for w in wants {
         assert!(stderr.contains(w), "{what}: want {w:?} in {stderr}");
     }
@@ -254,29 +209,12 @@ fn binaries_print_the_message_chain_without_a_backtrace() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = eks_config(dir.path());
     let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
-        "[settings.kubernetes.kube-reserved]\ncpu = \"100m\"\nmemory = \"lots\"\n",
-    )
-    .unwrap();
+    std::fs::write(&bad, "[settings.kubernetes.kube-reserved]\ncpu = \"100m\"\nmemory = \"lots\"\n").unwrap();
     let cfg_s = cfg.to_str().unwrap();
     let bad_s = bad.to_str().unwrap();
     let (code, err) = run_bin(
         env!("CARGO_BIN_EXE_deckhand-agent"),
-        &[
-            "kubelet",
-            "plan",
-            "--policy",
-            "explicit",
-            "--explicit",
-            bad_s,
-            "--config",
-            cfg_s,
-            "--cpus",
-            "2",
-            "--memory",
-            "8Gi",
-        ],
+        &["kubelet", "plan", "--policy", "explicit", "--explicit", bad_s, "--config", cfg_s, "--cpus", "2", "--memory", "8Gi"],
     );
     assert_chain_only(
         "deckhand-agent kubelet plan",
@@ -286,26 +224,9 @@ fn binaries_print_the_message_chain_without_a_backtrace() {
     );
     let (code, err) = run_bin(
         env!("CARGO_BIN_EXE_deckhand"),
-        &[
-            "kubelet-plan",
-            "--policy",
-            "explicit",
-            "--explicit",
-            bad_s,
-            "--config",
-            cfg_s,
-            "--cpus",
-            "2",
-            "--memory",
-            "8Gi",
-        ],
+        &["kubelet-plan", "--policy", "explicit", "--explicit", bad_s, "--config", cfg_s, "--cpus", "2", "--memory", "8Gi"],
     );
-    assert_chain_only(
-        "deckhand kubelet-plan",
-        code,
-        &err,
-        &["error: ", "line 3: kubeReserved.memory"],
-    );
+    assert_chain_only("deckhand kubelet-plan", code, &err, &["error: ", "line 3: kubeReserved.memory"]);
     // The same binary reads a pasted block from stdin (`--explicit -`) and succeeds.
     let mut child = Command::new(env!("CARGO_BIN_EXE_deckhand-agent"))
         .args(["kubelet", "plan", "--policy", "explicit", "--explicit", "-", "--config", cfg_s])
@@ -326,15 +247,9 @@ fn binaries_print_the_message_chain_without_a_backtrace() {
     assert!(stdout.contains("~ systemReserved.memory: (unset) -> 500Mi"), "{stdout}");
     // Other exit paths of the daemons: a config file that is not there.
     let missing = dir.path().join("absent.toml");
-    let (code, err) = run_bin(
-        env!("CARGO_BIN_EXE_deckhand-agent"),
-        &["--config", missing.to_str().unwrap(), "config", "check"],
-    );
+    let (code, err) = run_bin(env!("CARGO_BIN_EXE_deckhand-agent"), &["--config", missing.to_str().unwrap(), "config", "check"]);
     assert_chain_only("deckhand-agent config check", code, &err, &["error: "]);
-    let (code, err) = run_bin(
-        env!("CARGO_BIN_EXE_deckhand-hub"),
-        &["--config", missing.to_str().unwrap(), "config", "check"],
-    );
+    let (code, err) = run_bin(env!("CARGO_BIN_EXE_deckhand-hub"), &["--config", missing.to_str().unwrap(), "config", "check"]);
     assert_chain_only("deckhand-hub config check", code, &err, &["error: "]);
 }
 
@@ -342,48 +257,27 @@ fn binaries_print_the_message_chain_without_a_backtrace() {
 async fn invocations_take_pasted_settings_and_a_kubernetes_version() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = eks_config(dir.path());
-    let base =
-        json!({"cpus": 4, "memory": "8Gi", "maxPods": 64, "configPath": cfg, "dryRun": true});
+    let base = json!({"cpus": 4, "memory": "8Gi", "maxPods": 64, "configPath": cfg, "dryRun": true});
     let with = |extra: serde_json::Value| {
         let mut v = base.clone();
         v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         v.to_string()
     };
     let toml = std::fs::read_to_string(seed("bottlerocket-userdata.toml")).unwrap();
-    let o = run_invocation_with(&with(json!({"policy": "explicit", "explicit": toml})), &NoRestart)
-        .await;
+    let o = run_invocation_with(&with(json!({"policy": "explicit", "explicit": toml})), &NoRestart).await;
     assert!(o.ok, "{o:?}");
     assert!(o.output.contains("~ systemReserved.memory: (unset) -> 500Mi"), "{}", o.output);
-    let o = run_invocation_with(
-        &with(json!({"policy": "ack", "kubernetesVersion": "1.27"})),
-        &NoRestart,
-    )
-    .await;
+    let o = run_invocation_with(&with(json!({"policy": "ack", "kubernetesVersion": "1.27"})), &NoRestart).await;
     assert!(o.ok && o.output.contains("rule: ACK rule for Kubernetes 1.20-1.27"), "{}", o.output);
-    let o = run_invocation_with(
-        &with(json!({"policy": "cce", "kubernetesVersion": "v1.19.16-r4"})),
-        &NoRestart,
-    )
-    .await;
-    assert!(
-        o.ok && o.output.contains("kubeReserved.memory: 893Mi -> 1224Mi")
-            && !o.output.contains("warning"),
-        "{}",
-        o.output
-    );
+    let o = run_invocation_with(&with(json!({"policy": "cce", "kubernetesVersion": "v1.19.16-r4"})), &NoRestart).await;
+    assert!(o.ok && o.output.contains("kubeReserved.memory: 893Mi -> 1224Mi") && !o.output.contains("warning"), "{}", o.output);
     for (bad, want) in [
         (
             json!({"policy": "explicit", "explicit": "[settings.kubernetes.kube-reserved]\ncpu = true\n"}),
             "explicit: line 2: kubeReserved.cpu",
         ),
-        (
-            json!({"policy": "explicit", "explicit": "kubeReserved: {cpu: 1}", "explicitFormat": "ini"}),
-            "explicitFormat must be",
-        ),
-        (
-            json!({"policy": "explicit", "explicit": "kubeReserved: {cpu: 1}", "kubeletArgs": "--kube-reserved=cpu=1"}),
-            "not both",
-        ),
+        (json!({"policy": "explicit", "explicit": "kubeReserved: {cpu: 1}", "explicitFormat": "ini"}), "explicitFormat must be"),
+        (json!({"policy": "explicit", "explicit": "kubeReserved: {cpu: 1}", "kubeletArgs": "--kube-reserved=cpu=1"}), "not both"),
         (json!({"policy": "eks", "explicit": "kubeReserved: {cpu: 1}"}), "use policy explicit"),
         (json!({"policy": "ack", "kubernetesVersion": "latest"}), "kubernetes version"),
     ] {

@@ -12,8 +12,7 @@ type Unit = BTreeMap<String, BTreeMap<String, Vec<String>>>;
 
 fn load(name: &str) -> Unit {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd").join(name);
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     let mut unit = Unit::new();
     let mut section = String::new();
     for (no, line) in text.lines().enumerate() {
@@ -25,15 +24,9 @@ fn load(name: &str) -> Unit {
             section = s.to_string();
             continue;
         }
-        let (k, v) = line
-            .split_once('=')
-            .unwrap_or_else(|| panic!("{name}:{}: not key=value: {line}", no + 1));
+        let (k, v) = line.split_once('=').unwrap_or_else(|| panic!("{name}:{}: not key=value: {line}", no + 1));
         assert!(!section.is_empty(), "{name}:{}: directive outside a section", no + 1);
-        unit.entry(section.clone())
-            .or_default()
-            .entry(k.trim().to_string())
-            .or_default()
-            .push(v.trim().to_string());
+        unit.entry(section.clone()).or_default().entry(k.trim().to_string()).or_default().push(v.trim().to_string());
     }
     unit
 }
@@ -56,10 +49,7 @@ fn agent_unit_is_notify_with_watchdog_and_spares_scripts() {
     expect(&u, "KillMode", "process");
     expect(&u, "StateDirectory", "deckhand/agent");
     expect(&u, "StateDirectoryMode", "0700");
-    let watchdog: u64 = service(&u, "WatchdogSec")
-        .expect("WatchdogSec is set")
-        .parse()
-        .expect("WatchdogSec is plain seconds");
+    let watchdog: u64 = service(&u, "WatchdogSec").expect("WatchdogSec is set").parse().expect("WatchdogSec is plain seconds");
     assert!((10..=300).contains(&watchdog), "WatchdogSec {watchdog} outside 10..=300 s");
     let oom: i32 = service(&u, "OOMScoreAdjust").expect("OOMScoreAdjust is set").parse().unwrap();
     assert!((-999..0).contains(&oom), "agent OOMScoreAdjust {oom} must be negative, not -1000");

@@ -39,20 +39,14 @@ async fn echo_server() -> SocketAddr {
 async fn roundtrip(s: &mut TcpStream, msg: &[u8]) -> Vec<u8> {
     s.write_all(msg).await.unwrap();
     let mut got = vec![0u8; msg.len()];
-    tokio::time::timeout(IO_BOUND, s.read_exact(&mut got))
-        .await
-        .expect("echo in time")
-        .unwrap();
+    tokio::time::timeout(IO_BOUND, s.read_exact(&mut got)).await.expect("echo in time").unwrap();
     got
 }
 
 /// Reads until EOF or error; true if the connection was closed.
 async fn closed(s: &mut TcpStream) -> bool {
     let mut b = [0u8; 64];
-    matches!(
-        tokio::time::timeout(IO_BOUND, s.read(&mut b)).await,
-        Ok(Ok(0)) | Ok(Err(_))
-    )
+    matches!(tokio::time::timeout(IO_BOUND, s.read(&mut b)).await, Ok(Ok(0)) | Ok(Err(_)))
 }
 
 async fn wait_active(p: &FaultProxy, n: u64) {
@@ -115,11 +109,7 @@ async fn delay_holds_each_chunk_at_least_that_long() {
     let t = Instant::now();
     roundtrip(&mut a, b"slow").await;
     // Delayed once each way; only a lower bound is asserted (no flaky upper bound).
-    assert!(
-        t.elapsed() >= Duration::from_millis(300),
-        "elapsed {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() >= Duration::from_millis(300), "elapsed {:?}", t.elapsed());
 }
 
 #[tokio::test]
@@ -140,11 +130,7 @@ async fn blackhole_stops_forwarding_without_closing() {
 #[tokio::test]
 async fn dead_upstream_is_counted_and_client_closed() {
     // Bind then drop to get a port with nothing listening.
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
     let p = FaultProxy::start(dead).await;
     let mut a = TcpStream::connect(p.addr()).await.unwrap();
     assert!(closed(&mut a).await);

@@ -136,12 +136,26 @@ fn report(invoke_id: &str, seq: u32, status: S, output: &[u8]) -> WriteOp {
 }
 
 async fn register(store: &SqlStore, activation: &str, id: &str) -> bool {
-    let inst = InstanceRow { instance_id: id.into(), instance_name: id.into(), token_hash: "h".into(), registered_at: now_str(), ..Default::default() };
+    let inst = InstanceRow {
+        instance_id: id.into(),
+        instance_name: id.into(),
+        token_hash: "h".into(),
+        registered_at: now_str(),
+        ..Default::default()
+    };
     store.register_instance(activation, &inst).await.unwrap()
 }
 
 async fn activation(store: &SqlStore, id: &str, count: i64) {
-    let a = ActivationRow { activation_id: id.into(), code_hash: "x".into(), instance_count: count, time_to_live_hours: 4, ip_address_range: "0.0.0.0/0".into(), created_at: now_str(), ..Default::default() };
+    let a = ActivationRow {
+        activation_id: id.into(),
+        code_hash: "x".into(),
+        instance_count: count,
+        time_to_live_hours: 4,
+        ip_address_range: "0.0.0.0/0".into(),
+        created_at: now_str(),
+        ..Default::default()
+    };
     store.create_activation(&a).await.unwrap();
 }
 
@@ -252,7 +266,13 @@ async fn invocation_lifecycle_keeps_binary_output_and_ignores_duplicates(e: &Eng
         report("t-1", 0, S::Failed, &bytes),
         // Resent after a reconnect: ignored.
         report("t-1", 0, S::Running, b""),
-        WriteOp::Report { instance_id: "i-9".into(), report: match report("t-1", 0, S::Failed, b"") { WriteOp::Report { report, .. } => report, _ => unreachable!() } },
+        WriteOp::Report {
+            instance_id: "i-9".into(),
+            report: match report("t-1", 0, S::Failed, b"") {
+                WriteOp::Report { report, .. } => report,
+                _ => unreachable!(),
+            },
+        },
         WriteOp::Touch { instance_id: "i-1".into() },
     ];
     let effects = s.apply_batch(&ops).await.unwrap();
@@ -278,7 +298,9 @@ async fn periodic_records_count_fires_and_keep_target_running(e: &Engine) {
     s.apply_batch(&[WriteOp::Delivered { invoke_id: "t-p".into(), instance_id: "i-1".into() }]).await.unwrap();
     assert_eq!(s.targets("t-p").await.unwrap()[0].status, S::Running);
     for seq in 1..=3 {
-        s.apply_batch(&[report("t-p", seq, S::Running, b""), report("t-p", seq, S::Failed, format!("fire {seq}").as_bytes())]).await.unwrap();
+        s.apply_batch(&[report("t-p", seq, S::Running, b""), report("t-p", seq, S::Failed, format!("fire {seq}").as_bytes())])
+            .await
+            .unwrap();
     }
     // A late report of an earlier fire does not lower the count.
     s.apply_batch(&[report("t-p", 1, S::Failed, b"late")]).await.unwrap();
@@ -308,7 +330,10 @@ async fn lists_filter_and_paginate(e: &Engine) {
     assert_eq!(s.list_invocations(&f, page(0, 10)).await.unwrap().1, 3);
     let f = InvocationFilter { command_type: Some(CommandType::RunPowerShellScript), ..Default::default() };
     assert_eq!(s.list_invocations(&f, page(0, 10)).await.unwrap().1, 3);
-    let (targets, total) = s.list_targets(&InvocationFilter { instance_id: Some("i-c".into()), ..Default::default() }, &[S::Pending], page(0, 2)).await.unwrap();
+    let (targets, total) = s
+        .list_targets(&InvocationFilter { instance_id: Some("i-c".into()), ..Default::default() }, &[S::Pending], page(0, 2))
+        .await
+        .unwrap();
     assert_eq!((targets.len(), total), (2, 4));
     assert_eq!(s.list_targets(&all, &[S::Failed], page(0, 10)).await.unwrap().1, 0);
     // A page beyond the end is empty and still counts.
@@ -322,7 +347,13 @@ async fn stop_marks_undelivered_stopped_and_delivered_stopping(e: &Engine) {
     s.apply_batch(&[
         WriteOp::Delivered { invoke_id: "t-s".into(), instance_id: "i-1".into() },
         WriteOp::Delivered { invoke_id: "t-s".into(), instance_id: "i-3".into() },
-        WriteOp::Report { instance_id: "i-3".into(), report: match report("t-s", 0, S::Failed, b"done") { WriteOp::Report { report, .. } => report, _ => unreachable!() } },
+        WriteOp::Report {
+            instance_id: "i-3".into(),
+            report: match report("t-s", 0, S::Failed, b"done") {
+                WriteOp::Report { report, .. } => report,
+                _ => unreachable!(),
+            },
+        },
     ])
     .await
     .unwrap();
@@ -331,7 +362,10 @@ async fn stop_marks_undelivered_stopped_and_delivered_stopping(e: &Engine) {
     let t = s.targets("t-s").await.unwrap();
     assert_eq!(t.iter().map(|t| t.status).collect::<Vec<_>>(), [S::Stopping, S::Cancelled, S::Failed]);
     let inv = s.get_invocation("t-s").await.unwrap().unwrap();
-    assert_eq!((inv.counts.get(S::Stopping), inv.counts.get(S::Cancelled), inv.counts.get(S::Failed), inv.counts.get(S::Pending)), (1, 1, 1, 0));
+    assert_eq!(
+        (inv.counts.get(S::Stopping), inv.counts.get(S::Cancelled), inv.counts.get(S::Failed), inv.counts.get(S::Pending)),
+        (1, 1, 1, 0)
+    );
     assert_eq!((inv.invoke_status(), inv.invocation_status()), (InvokeStatus::Stopping, InvocationOverall::Stopping));
     assert!(s.get_invocation("t-s").await.unwrap().unwrap().stop_requested);
     // What a replica relays the stop to: the one target still Stopping.
@@ -462,7 +496,9 @@ async fn status_filter_pages_in_sql_on_kept_counts(e: &Engine) {
 
 async fn history_pages_in_sql(e: &Engine) {
     let s = e.open().await;
-    s.create_invocation(&invocation("t-h", "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)"), &["i-1".into(), "i-2".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-h", "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)"), &["i-1".into(), "i-2".into()])
+        .await
+        .unwrap();
     for seq in 1..=5 {
         s.apply_batch(&[report("t-h", seq, S::Success, format!("fire {seq}").as_bytes())]).await.unwrap();
     }
@@ -473,7 +509,10 @@ async fn history_pages_in_sql(e: &Engine) {
     assert_eq!(rows.iter().map(|r| r.record_seq).collect::<Vec<_>>(), [Some(1), Some(2), Some(3), Some(4)]);
     assert_eq!(rows[0].output, b"fire 1");
     let (rows, _) = s.list_history(&f, &[], page(4, 4)).await.unwrap();
-    assert_eq!(rows.iter().map(|r| (r.instance_id.as_str(), r.record_seq, r.status)).collect::<Vec<_>>(), [("i-1", Some(5), S::Success), ("i-2", None, S::Pending)]);
+    assert_eq!(
+        rows.iter().map(|r| (r.instance_id.as_str(), r.record_seq, r.status)).collect::<Vec<_>>(),
+        [("i-1", Some(5), S::Success), ("i-2", None, S::Pending)]
+    );
     let (rows, total) = s.list_history(&f, &[S::Pending], page(0, 10)).await.unwrap();
     assert_eq!((rows.len(), total), (1, 1));
 }
@@ -497,7 +536,9 @@ async fn deregistering_releases_unsettled_targets(e: &Engine) {
     assert!(register(&s, "act", "i-1").await);
     s.create_invocation(&invocation("t-d", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into()]).await.unwrap();
     s.create_invocation(&invocation("t-r", "2026-11-23T00:00:01Z", ONCE, ""), &["i-1".into()]).await.unwrap();
-    s.apply_batch(&[WriteOp::Delivered { invoke_id: "t-r".into(), instance_id: "i-1".into() }, report("t-r", 0, S::Running, b"")]).await.unwrap();
+    s.apply_batch(&[WriteOp::Delivered { invoke_id: "t-r".into(), instance_id: "i-1".into() }, report("t-r", 0, S::Running, b"")])
+        .await
+        .unwrap();
     assert!(s.deregister_instance("i-1").await.unwrap());
     let never = &s.targets("t-d").await.unwrap()[0];
     assert_eq!((never.status, never.error_code.clone()), (S::Aborted, Some(ErrorCode::InstanceReleased)));
@@ -512,7 +553,8 @@ async fn deregistering_releases_unsettled_targets(e: &Engine) {
 async fn full_database_is_classified_as_disk_full() {
     use sqlx::{Connection, Executor};
     let dir = tempfile::tempdir().unwrap();
-    let mut c = sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("full.db").display())).await.unwrap();
+    let mut c =
+        sqlx::sqlite::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", dir.path().join("full.db").display())).await.unwrap();
     c.execute("CREATE TABLE t (b BLOB)").await.unwrap();
     let pages: i64 = sqlx::query_scalar("PRAGMA page_count").fetch_one(&mut c).await.unwrap();
     c.execute(sqlx::AssertSqlSafe(format!("PRAGMA max_page_count = {pages}"))).await.unwrap();
@@ -604,8 +646,16 @@ async fn two_replicas_share_one_window(e: &Engine) {
         peak = peak.max(now.len());
         // Two replicas settle two targets of the window at the same moment.
         let (x, y) = (now.first().cloned(), now.get(1).cloned());
-        let fa = async { if let Some(x) = &x { a.apply_batch(&[report_from("t-r", x, S::Success)]).await.unwrap(); } };
-        let fb = async { if let Some(y) = &y { b.apply_batch(&[report_from("t-r", y, S::Success)]).await.unwrap(); } };
+        let fa = async {
+            if let Some(x) = &x {
+                a.apply_batch(&[report_from("t-r", x, S::Success)]).await.unwrap();
+            }
+        };
+        let fb = async {
+            if let Some(y) = &y {
+                b.apply_batch(&[report_from("t-r", y, S::Success)]).await.unwrap();
+            }
+        };
         tokio::join!(fa, fb);
         done += usize::from(x.is_some()) + usize::from(y.is_some());
         // Either replica's backstop pass may run meanwhile; neither overfills.

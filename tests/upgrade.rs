@@ -79,7 +79,11 @@ fn hub_database_of_0_1_0_is_read_intact() {
     ];
     for (kind, record, instance, code) in expected {
         let r = result(&hub, &id(kind));
-        assert_eq!((r["InvokeRecordStatus"].as_str(), r["InvocationStatus"].as_str(), r["ErrorCode"].as_str()), (Some(record), Some(instance), Some(code)), "{kind}: {r}");
+        assert_eq!(
+            (r["InvokeRecordStatus"].as_str(), r["InvocationStatus"].as_str(), r["ErrorCode"].as_str()),
+            (Some(record), Some(instance), Some(code)),
+            "{kind}: {r}"
+        );
     }
     assert_eq!(output_of(&result(&hub, &id("ok"))), b"ok\n");
     assert_eq!(output_of(&result(&hub, &id("nonzero"))), b"bad\n");
@@ -122,7 +126,11 @@ fn agent_0_1_0_keeps_working_against_this_hub() {
     hub.wait_online(&instance);
     let nonzero = hub.run("echo old; exit 3", &[&instance], &[]);
     let r = &hub.wait_final(&nonzero, WAIT)[0];
-    assert_eq!((r["InvokeRecordStatus"].as_str(), r["InvocationStatus"].as_str(), r["ErrorCode"].as_str()), (Some("Finished"), Some("Failed"), Some("ExitCodeNonzero")), "{r}");
+    assert_eq!(
+        (r["InvokeRecordStatus"].as_str(), r["InvocationStatus"].as_str(), r["ErrorCode"].as_str()),
+        (Some("Finished"), Some("Failed"), Some("ExitCodeNonzero")),
+        "{r}"
+    );
     let timeout = hub.run("sleep 30", &[&instance], &[("Timeout", "1")]);
     let r = &hub.wait_final(&timeout, WAIT)[0];
     assert_eq!((r["InvokeRecordStatus"].as_str(), r["InvocationStatus"].as_str()), (Some("Failed"), Some("Timeout")), "{r}");
@@ -149,7 +157,9 @@ fn postgres_database_of_0_1_0_is_migrated() {
     let id = agent.instance_id();
     old.wait_online(&id);
     let status = |hub: &Hub, inv: &str| result(hub, inv)["InvokeRecordStatus"].as_str().unwrap_or("").to_string();
-    let settled = |hub: &Hub, inv: &str| wait_until("0.1.0 final", WAIT, || matches!(status(hub, inv).as_str(), "Finished" | "Failed" | "Stopped" | "Timeout").then_some(()));
+    let settled = |hub: &Hub, inv: &str| {
+        wait_until("0.1.0 final", WAIT, || matches!(status(hub, inv).as_str(), "Finished" | "Failed" | "Stopped" | "Timeout").then_some(()))
+    };
     let ok = old.run("echo pg-ok", &[&id], &[]);
     settled(&old, &ok);
     let timeout = old.run("sleep 30", &[&id], &[("Timeout", "1")]);
@@ -175,7 +185,11 @@ fn postgres_database_of_0_1_0_is_migrated() {
     let r = result(&new, &ok);
     assert_eq!((r["InvocationStatus"].as_str(), output_of(&r)), (Some("Success"), b"pg-ok\n".to_vec()), "{r}");
     let r = result(&new, &timeout);
-    assert_eq!((r["InvokeRecordStatus"].as_str(), r["InvocationStatus"].as_str(), r["ErrorCode"].as_str()), (Some("Failed"), Some("Timeout"), Some("ExecutionTimeout")), "{r}");
+    assert_eq!(
+        (r["InvokeRecordStatus"].as_str(), r["InvocationStatus"].as_str(), r["ErrorCode"].as_str()),
+        (Some("Failed"), Some("Timeout"), Some("ExecutionTimeout")),
+        "{r}"
+    );
     let r = result(&new, &stopped);
     assert_eq!((r["InvokeRecordStatus"].as_str(), r["InvocationStatus"].as_str()), (Some("Stopped"), Some("Terminated")), "{r}");
     assert_eq!(invocation(&new, &ok)["InvocationStatus"], "Success");
@@ -197,7 +211,11 @@ fn make_upgrade_fixtures() {
     kinds.insert("instance".into(), id.clone());
     let status = |inv: &str| result(&hub, inv)["InvokeRecordStatus"].as_str().unwrap_or("").to_string();
     // 0.1.0's record states, "Timeout" included.
-    let final_ = |inv: &str| wait_until(&format!("{inv} final (0.1.0)"), WAIT, || matches!(status(inv).as_str(), "Finished" | "Failed" | "Stopped" | "Timeout").then_some(()));
+    let final_ = |inv: &str| {
+        wait_until(&format!("{inv} final (0.1.0)"), WAIT, || {
+            matches!(status(inv).as_str(), "Finished" | "Failed" | "Stopped" | "Timeout").then_some(())
+        })
+    };
 
     let ok = hub.run("echo ok", &[&id], &[]);
     final_(&ok);

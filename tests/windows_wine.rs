@@ -296,16 +296,26 @@ fn windows_agent_under_wine_console_and_service() {
     let console_log = wine.dir.path().join("console-agent.log");
     let child = wine
         .cmd(&agent_exe)
-        .args(["run", "--hub", &hub.url, "--ca-file", &ca, "--backoff-cap-secs", "1", "--activation-id", &act_id, "--activation-code", &act_code])
+        .args([
+            "run",
+            "--hub",
+            &hub.url,
+            "--ca-file",
+            &ca,
+            "--backoff-cap-secs",
+            "1",
+            "--activation-id",
+            &act_id,
+            "--activation-code",
+            &act_code,
+        ])
         .env("DECKHAND_LOG", "info,deckhand=debug")
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&console_log).expect("log file"))
         .spawn()
         .expect("start the console agent");
     let mut console = Console(child);
-    let dump = |what: &str| {
-        format!("{what}\n---- console agent log ----\n{}", std::fs::read_to_string(&console_log).unwrap_or_default())
-    };
+    let dump = |what: &str| format!("{what}\n---- console agent log ----\n{}", std::fs::read_to_string(&console_log).unwrap_or_default());
     let id = match (0..1200).find_map(|_| {
         if let Ok(Some(s)) = console.0.try_wait() {
             panic!("{}", dump(&format!("the console agent exited with {s}")));
@@ -327,7 +337,9 @@ fn windows_agent_under_wine_console_and_service() {
     // ---- service mode: the config file in its default place, installed
     // with `service install`, started by the service manager. Wine ends
     // services when no other Wine process is left: keep one alive.
-    let _keepalive = Console(wine.cmd("ping").args(["-n", "86400", "127.0.0.1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("keep-alive"));
+    let _keepalive = Console(
+        wine.cmd("ping").args(["-n", "86400", "127.0.0.1"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("keep-alive"),
+    );
     std::fs::write(
         wine.host(r"C:\ProgramData\deckhand\agent.toml"),
         format!("hub = \"{}\"\nca_file = '{ca}'\nbackoff_cap_secs = 1\n", hub.url),

@@ -144,13 +144,28 @@ impl AgentFile {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(hub, state_dir, ca_file, client_cert, client_key, insecure_loopback, max_concurrent, backoff_cap_secs, activation_id, activation_code, log_json);
+        take!(
+            hub,
+            state_dir,
+            ca_file,
+            client_cert,
+            client_key,
+            insecure_loopback,
+            max_concurrent,
+            backoff_cap_secs,
+            activation_id,
+            activation_code,
+            log_json
+        );
         self
     }
 
     /// Validates every key and builds the runtime config.
     pub fn resolve(&self) -> Result<AgentConfig, ConfigError> {
-        let hub = self.hub.clone().ok_or(ConfigError::Invalid { key: "hub", message: "required (flag --hub, env DECKHAND_AGENT_HUB, or `hub` in agent.toml)".into() })?;
+        let hub = self.hub.clone().ok_or(ConfigError::Invalid {
+            key: "hub",
+            message: "required (flag --hub, env DECKHAND_AGENT_HUB, or `hub` in agent.toml)".into(),
+        })?;
         HubUrl::parse_list(&hub).map_err(|e| ConfigError::Invalid { key: "hub", message: e.to_string() })?;
         let mut cfg = AgentConfig::new(hub, self.state_dir.clone().unwrap_or_else(default_state_dir));
         if let Some(ca) = &self.ca_file {
@@ -178,7 +193,12 @@ impl AgentFile {
         cfg.activation = match (&self.activation_id, &self.activation_code) {
             (Some(i), Some(c)) => Some((i.clone(), c.clone())),
             (None, None) => None,
-            _ => return Err(ConfigError::Invalid { key: "activation_code", message: "activation_id and activation_code go together".into() }),
+            _ => {
+                return Err(ConfigError::Invalid {
+                    key: "activation_code",
+                    message: "activation_id and activation_code go together".into(),
+                });
+            }
         };
         Ok(cfg)
     }

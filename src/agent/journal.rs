@@ -101,11 +101,7 @@ pub enum JournalError {
     #[error("journal file would reach {size} bytes, over max_file_bytes = {limit}; compact first")]
     FileFull { size: u64, limit: u64 },
     #[error("journal file {path} is {size} bytes, over max_file_bytes = {limit}")]
-    FileTooLarge {
-        path: PathBuf,
-        size: u64,
-        limit: u64,
-    },
+    FileTooLarge { path: PathBuf, size: u64, limit: u64 },
     #[error("journal record could not be encoded: {0}")]
     Encode(#[source] serde_json::Error),
     #[error("journal degraded ({held} change(s) held in memory): {reason}")]
@@ -113,11 +109,7 @@ pub enum JournalError {
 }
 
 fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> JournalError + 'a {
-    move |source| JournalError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| JournalError::Io { op, path: path.to_path_buf(), source }
 }
 
 /// An open journal of records of type `T`.
@@ -135,10 +127,7 @@ pub struct Journal<T> {
 impl<T: Serialize + DeserializeOwned> Journal<T> {
     /// Opens (creating if needed) the journal in `dir`, returning every
     /// complete record in append order and what had to be dropped.
-    pub fn open(
-        dir: &Path,
-        limits: JournalLimits,
-    ) -> Result<(Journal<T>, Vec<T>, RecoveryReport), JournalError> {
+    pub fn open(dir: &Path, limits: JournalLimits) -> Result<(Journal<T>, Vec<T>, RecoveryReport), JournalError> {
         create_private_dir(dir)?;
         let path = dir.join(JOURNAL_FILE);
         let tmp = dir.join(JOURNAL_TMP_FILE);
@@ -157,15 +146,10 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         let mut file = open_private(&path, false)?;
         let len = file.metadata().map_err(io_err("stat", &path))?.len();
         if len > limits.max_file_bytes {
-            return Err(JournalError::FileTooLarge {
-                path,
-                size: len,
-                limit: limits.max_file_bytes,
-            });
+            return Err(JournalError::FileTooLarge { path, size: len, limit: limits.max_file_bytes });
         }
         let mut bytes = Vec::with_capacity(len as usize);
-        file.read_to_end(&mut bytes)
-            .map_err(io_err("read", &path))?;
+        file.read_to_end(&mut bytes).map_err(io_err("read", &path))?;
 
         let scan = scan::<T>(&bytes, limits.max_record_bytes);
         report.kept_records = scan.records.len() as u64;
@@ -197,10 +181,7 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
             // drop them without losing the good records after them.
             journal.compact(&scan.records)?;
         } else if scan.good_end < bytes.len() as u64 {
-            journal
-                .file
-                .set_len(scan.good_end)
-                .map_err(io_err("truncate", &path))?;
+            journal.file.set_len(scan.good_end).map_err(io_err("truncate", &path))?;
             journal.file.sync_all().map_err(io_err("fsync", &path))?;
         }
         if !report.is_clean() {
@@ -226,10 +207,7 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         let frame = encode_frame(rec, self.limits.max_record_bytes)?;
         let new_size = self.size + frame.len() as u64;
         if new_size > self.limits.max_file_bytes {
-            return Err(JournalError::FileFull {
-                size: new_size,
-                limit: self.limits.max_file_bytes,
-            });
+            return Err(JournalError::FileFull { size: new_size, limit: self.limits.max_file_bytes });
         }
         // One write of the whole frame; on failure, cut back so a partial
         // frame never sits in front of later appends.
@@ -274,10 +252,7 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
             buf.extend_from_slice(&encode_frame(rec, self.limits.max_record_bytes)?);
         }
         if buf.len() as u64 > self.limits.max_file_bytes {
-            return Err(JournalError::FileFull {
-                size: buf.len() as u64,
-                limit: self.limits.max_file_bytes,
-            });
+            return Err(JournalError::FileFull { size: buf.len() as u64, limit: self.limits.max_file_bytes });
         }
         {
             let mut f = open_private(&tmp, true)?;
@@ -309,8 +284,7 @@ impl<T> Journal<T> {
     /// True when the file has grown past `compact_after_bytes` or
     /// `compact_after_records`: the caller should `compact` its live set.
     pub fn needs_compaction(&self) -> bool {
-        self.size > self.limits.compact_after_bytes
-            || self.records > self.limits.compact_after_records
+        self.size > self.limits.compact_after_bytes || self.records > self.limits.compact_after_records
     }
 
     /// The limits this journal was opened with.
@@ -338,10 +312,7 @@ fn fault_injected() -> Option<io::Error> {
 fn encode_frame<T: Serialize>(rec: &T, max: u32) -> Result<Vec<u8>, JournalError> {
     let payload = serde_json::to_vec(rec).map_err(JournalError::Encode)?;
     if payload.len() > max as usize {
-        return Err(JournalError::RecordTooLarge {
-            size: payload.len(),
-            limit: max,
-        });
+        return Err(JournalError::RecordTooLarge { size: payload.len(), limit: max });
     }
     let mut frame = Vec::with_capacity(FRAME_HEADER_BYTES + payload.len());
     frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -384,20 +355,14 @@ fn scan<T: DeserializeOwned>(bytes: &[u8], max: u32) -> Scan<T> {
     while off < bytes.len() {
         let rest = &bytes[off..];
         let bad = if rest.len() < FRAME_HEADER_BYTES {
-            Some(format!(
-                "torn frame header ({} of {FRAME_HEADER_BYTES} bytes)",
-                rest.len()
-            ))
+            Some(format!("torn frame header ({} of {FRAME_HEADER_BYTES} bytes)", rest.len()))
         } else {
             let len = u32::from_le_bytes(rest[0..4].try_into().unwrap_or([0; 4]));
             let crc = u32::from_le_bytes(rest[4..8].try_into().unwrap_or([0; 4]));
             if len > max {
                 Some(format!("frame length {len} over max_record_bytes = {max}"))
             } else if rest.len() < FRAME_HEADER_BYTES + len as usize {
-                Some(format!(
-                    "torn frame payload ({} of {len} bytes)",
-                    rest.len() - FRAME_HEADER_BYTES
-                ))
+                Some(format!("torn frame payload ({} of {len} bytes)", rest.len() - FRAME_HEADER_BYTES))
             } else {
                 let payload = &rest[FRAME_HEADER_BYTES..FRAME_HEADER_BYTES + len as usize];
                 if crc32fast::hash(payload) != crc {
@@ -508,8 +473,7 @@ fn open_private(path: &Path, truncate: bool) -> Result<File, JournalError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(fs::Permissions::from_mode(0o600))
-            .map_err(io_err("chmod", path))?;
+        f.set_permissions(fs::Permissions::from_mode(0o600)).map_err(io_err("chmod", path))?;
     }
     Ok(f)
 }
@@ -519,8 +483,7 @@ fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .map_err(io_err("chmod", dir))?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io_err("chmod", dir))?;
     }
     Ok(())
 }
@@ -529,9 +492,7 @@ fn create_private_dir(dir: &Path) -> Result<(), JournalError> {
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     #[cfg(unix)]
     {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io_err("fsync dir", dir))?;
+        File::open(dir).and_then(|d| d.sync_all()).map_err(io_err("fsync dir", dir))?;
     }
     // Windows cannot open a directory as a File; rename there is already
     // MoveFileEx with write-through semantics via std.

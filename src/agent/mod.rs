@@ -27,8 +27,8 @@ use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
-use crate::protocol::{self, AgentMsg, HubMsg, PROTOCOL_VERSION};
 use crate::backoff::Backoff;
+use crate::protocol::{self, AgentMsg, HubMsg, PROTOCOL_VERSION};
 use identity::Identity;
 use runner::{LiveChunk, Runner};
 use transport::{HubUrl, Ws};
@@ -96,7 +96,10 @@ impl AgentError {
     /// Refusals that retrying cannot fix: stop instead of hammering the hub.
     fn is_fatal(&self) -> bool {
         matches!(self, Self::Refused { code, .. } if code.starts_with("Invalid") || code.starts_with("Activation") || code == "IpNotAllowed")
-            || matches!(self, Self::NotRegistered(_) | Self::Dial(transport::DialError::BadUrl(_) | transport::DialError::InsecureRefused(_)))
+            || matches!(
+                self,
+                Self::NotRegistered(_) | Self::Dial(transport::DialError::BadUrl(_) | transport::DialError::InsecureRefused(_))
+            )
     }
 }
 
@@ -119,7 +122,10 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     ensure_state_dir(&config.state_dir)?;
     let urls = HubUrl::parse_list(&config.hub)?;
     let mut current = 0usize;
-    let tls = crate::tls::client_config_with_cert(config.ca_file.as_deref(), config.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))?;
+    let tls = crate::tls::client_config_with_cert(
+        config.ca_file.as_deref(),
+        config.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    )?;
     let (state, recovery) = state::AgentState::open(&config.state_dir.join("journal"))?;
     // Root uses the engine's /run default; anyone else keeps scripts under
     // its own 0700 state dir, where no other local user can interfere.
@@ -127,7 +133,11 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let script_root = (!nix::unistd::geteuid().is_root()).then(|| config.state_dir.join("scripts"));
     #[cfg(not(unix))]
     let script_root = None;
-    let supervision = config.supervisor.clone().filter(|_| cfg!(unix)).map(|program| runner::Supervision { program, runs_root: config.state_dir.join("runs") });
+    let supervision = config
+        .supervisor
+        .clone()
+        .filter(|_| cfg!(unix))
+        .map(|program| runner::Supervision { program, runs_root: config.state_dir.join("runs") });
     let (runner, mut live_rx) = Runner::new(state, config.max_concurrent, script_root, supervision);
     let mut identity = identity::load(&config.state_dir)?;
     if let Some(id) = &identity {
@@ -149,7 +159,8 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     live.stamp();
     service::notify_ready();
     service::spawn_watchdog(live.clone(), shutdown.clone());
-    let status = Arc::new(std::sync::Mutex::new(service::Status { pid: std::process::id(), hub: config.hub.clone(), ..Default::default() }));
+    let status =
+        Arc::new(std::sync::Mutex::new(service::Status { pid: std::process::id(), hub: config.hub.clone(), ..Default::default() }));
     spawn_status_writer(config.state_dir.clone(), status.clone(), runner.clone(), shutdown.clone());
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     let result = loop {
@@ -245,7 +256,10 @@ pub async fn register(config: &AgentConfig) -> Result<Identity, AgentError> {
         return Ok(id);
     }
     let url = HubUrl::parse_list(&config.hub)?.swap_remove(0);
-    let tls = crate::tls::client_config_with_cert(config.ca_file.as_deref(), config.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())))?;
+    let tls = crate::tls::client_config_with_cert(
+        config.ca_file.as_deref(),
+        config.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    )?;
     let mut ws = transport::dial(&url, &tls, config.insecure_loopback).await?;
     let id = register_on(&mut ws, config).await?;
     let _ = ws.close(None).await;
@@ -311,7 +325,8 @@ async fn connect_and_serve(
     }
     let id = identity.clone().expect("identity set above");
     runner.set_instance_id(&id.instance_id);
-    send(&mut ws, &AgentMsg::Hello { protocol: PROTOCOL_VERSION, instance_id: id.instance_id.clone(), token: id.token.clone(), facts }).await?;
+    send(&mut ws, &AgentMsg::Hello { protocol: PROTOCOL_VERSION, instance_id: id.instance_id.clone(), token: id.token.clone(), facts })
+        .await?;
     let hb = match tokio::time::timeout(transport::CONNECT_TIMEOUT, recv(&mut ws)).await {
         Err(_) => return Err(AgentError::Lost("no welcome from hub".into())),
         Ok(r) => match r? {
@@ -348,7 +363,13 @@ fn journal_degraded(runner: &Runner) -> Option<String> {
 }
 
 /// `degraded_told`: whether this connection's hello said the journal was failing.
-async fn session(ctx: &Ctx<'_>, ws: &mut Ws, live_rx: &mut mpsc::Receiver<LiveChunk>, hb: Duration, degraded_told: bool) -> Result<(), AgentError> {
+async fn session(
+    ctx: &Ctx<'_>,
+    ws: &mut Ws,
+    live_rx: &mut mpsc::Receiver<LiveChunk>,
+    hb: Duration,
+    degraded_told: bool,
+) -> Result<(), AgentError> {
     let (runner, shutdown) = (ctx.runner, ctx.shutdown);
     let mut stamp = tokio::time::interval(service::LOOP_TICK);
     // Reports the hub has not acknowledged are sent again on every connection.

@@ -55,7 +55,10 @@ impl Runner {
                     if current.as_ref().is_some_and(|h| !h.is_finished()) {
                         tracing::warn!(invoke_id = %inv.invoke_id, record_seq = seq, "previous run still going; fire skipped");
                         let info = "the previous run had not finished when this fire was due; skipped";
-                        self.report(ended(&inv, seq, InvocationStatus::Cancelled, ErrorCode::parse("PreviousRunStillRunning"), info), false);
+                        self.report(
+                            ended(&inv, seq, InvocationStatus::Cancelled, ErrorCode::parse("PreviousRunStillRunning"), info),
+                            false,
+                        );
                         continue;
                     }
                     let me = self.clone();

@@ -60,7 +60,12 @@ pub(super) fn now() -> String {
 }
 
 impl Runner {
-    pub fn new(state: AgentState, max_concurrent: usize, script_root: Option<PathBuf>, supervision: Option<Supervision>) -> (Arc<Self>, mpsc::Receiver<LiveChunk>) {
+    pub fn new(
+        state: AgentState,
+        max_concurrent: usize,
+        script_root: Option<PathBuf>,
+        supervision: Option<Supervision>,
+    ) -> (Arc<Self>, mpsc::Receiver<LiveChunk>) {
         let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
         let r = Arc::new(Self {
             state: Mutex::new(state),
@@ -304,7 +309,18 @@ impl Runner {
         }
         let start = now();
         self.report(
-            RecordReport { invoke_id: inv.invoke_id.clone(), record_seq, status: InvocationStatus::Running, exit_code: None, output_b64: String::new(), dropped: 0, error_code: None, error_info: String::new(), start_time: start.clone(), finish_time: String::new() },
+            RecordReport {
+                invoke_id: inv.invoke_id.clone(),
+                record_seq,
+                status: InvocationStatus::Running,
+                exit_code: None,
+                output_b64: String::new(),
+                dropped: 0,
+                error_code: None,
+                error_info: String::new(),
+                start_time: start.clone(),
+                finish_time: String::new(),
+            },
             false,
         );
         let report = if inv.command_type == CommandType::ApplyKubeletReserved {
@@ -405,17 +421,37 @@ async fn kubelet_run(inv: &Invocation, record_seq: u32, start: String, _stop: Ca
     let timeout = std::time::Duration::from_secs(inv.timeout_secs.max(1));
     let outcome = match tokio::time::timeout(timeout, crate::kubelet::run_invocation(&inv.content)).await {
         Ok(o) => o,
-        Err(_) => return RecordReport { start_time: start, ..ended(inv, record_seq, InvocationStatus::Timeout, Some(ErrorCode::ExecutionTimeout), "") },
+        Err(_) => {
+            return RecordReport {
+                start_time: start,
+                ..ended(inv, record_seq, InvocationStatus::Timeout, Some(ErrorCode::ExecutionTimeout), "")
+            };
+        }
     };
     let output_b64 = base64::engine::general_purpose::STANDARD.encode(outcome.output.as_bytes());
     let finish_time = now();
     if outcome.ok {
-        RecordReport { invoke_id: inv.invoke_id.clone(), record_seq, status: InvocationStatus::Success, exit_code: Some(0), output_b64, dropped: 0, error_code: None, error_info: String::new(), start_time: start, finish_time }
+        RecordReport {
+            invoke_id: inv.invoke_id.clone(),
+            record_seq,
+            status: InvocationStatus::Success,
+            exit_code: Some(0),
+            output_b64,
+            dropped: 0,
+            error_code: None,
+            error_info: String::new(),
+            start_time: start,
+            finish_time,
+        }
     } else {
         let info = format!("kubelet reservation not applied: {}", outcome.error_code);
         // The apply did not complete (refused, or rolled back): Error, not
         // Failed, which Cloud Assistant keeps for a non-zero exit code.
-        RecordReport { output_b64, start_time: start, ..ended(inv, record_seq, InvocationStatus::Error, ErrorCode::parse(&outcome.error_code), &info) }
+        RecordReport {
+            output_b64,
+            start_time: start,
+            ..ended(inv, record_seq, InvocationStatus::Error, ErrorCode::parse(&outcome.error_code), &info)
+        }
     }
 }
 

@@ -30,8 +30,13 @@ const REMEMBER_FINISHED: usize = 10_000;
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "k", rename_all = "snake_case")]
 pub enum Entry {
-    Accepted { invocation: Invocation },
-    Started { invoke_id: String, record_seq: u32 },
+    Accepted {
+        invocation: Invocation,
+    },
+    Started {
+        invoke_id: String,
+        record_seq: u32,
+    },
     /// `closes`: this final report also ends the invocation — one record,
     /// so a crash cannot leave a final report without the end (older
     /// journals follow it with a separate `Finished`).
@@ -41,12 +46,23 @@ pub enum Entry {
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         closes: bool,
     },
-    Acked { report_id: u64 },
-    Finished { invoke_id: String },
+    Acked {
+        report_id: u64,
+    },
+    Finished {
+        invoke_id: String,
+    },
     /// A periodic fire: its record number and nominal instant (RFC 3339).
-    Fired { invoke_id: String, record_seq: u32, scheduled: String },
+    Fired {
+        invoke_id: String,
+        record_seq: u32,
+        scheduled: String,
+    },
     /// The boot a reboot-triggered invocation last saw.
-    BootSeen { invoke_id: String, boot_id: String },
+    BootSeen {
+        invoke_id: String,
+        boot_id: String,
+    },
 }
 
 /// What the agent must do after reopening its state.
@@ -287,7 +303,9 @@ impl AgentState {
             let stale: Vec<u64> = self
                 .pending
                 .iter()
-                .filter(|(_, r)| r.invoke_id == report.invoke_id && r.record_seq == report.record_seq && r.status == InvocationStatus::Running)
+                .filter(|(_, r)| {
+                    r.invoke_id == report.invoke_id && r.record_seq == report.record_seq && r.status == InvocationStatus::Running
+                })
                 .map(|(k, _)| *k)
                 .collect();
             for k in stale {

@@ -119,12 +119,9 @@ pub async fn dial(url: &HubUrl, tls: &Arc<rustls::ClientConfig>, insecure_loopba
     // buffer (default 128 KiB) keeps idle RSS down.
     cfg.read_buffer_size = 4096;
     cfg.write_buffer_size = 0;
-    let (ws, _) = tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        tokio_tungstenite::client_async_with_config(url.ws_url(), stream, Some(cfg)),
-    )
-    .await
-    .map_err(|_| DialError::Timeout { addr, after: CONNECT_TIMEOUT })??;
+    let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::client_async_with_config(url.ws_url(), stream, Some(cfg)))
+        .await
+        .map_err(|_| DialError::Timeout { addr, after: CONNECT_TIMEOUT })??;
     Ok(ws)
 }
 

@@ -177,7 +177,8 @@ fn run() -> anyhow::Result<()> {
             let dir = state_dir
                 .or_else(|| AgentFile::discover(args.config.as_deref()).ok().and_then(|f| f.state_dir))
                 .unwrap_or_else(deckhand::agent::config::default_state_dir);
-            let s = deckhand::agent::service::read_status(&dir).with_context(|| format!("no status in {} (is the agent running?)", dir.display()))?;
+            let s = deckhand::agent::service::read_status(&dir)
+                .with_context(|| format!("no status in {} (is the agent running?)", dir.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
             } else {
@@ -188,7 +189,9 @@ fn run() -> anyhow::Result<()> {
                 println!("running:         {}", if s.running.is_empty() { "-".to_string() } else { s.running.join(", ") });
                 println!("journal backlog: {} report(s) not yet acknowledged", s.journal_backlog);
                 match &s.journal_degraded {
-                    Some(why) => println!("journal:         DEGRADED: {} change(s) held in memory, retried every few seconds: {why}", s.journal_held),
+                    Some(why) => {
+                        println!("journal:         DEGRADED: {} change(s) held in memory, retried every few seconds: {why}", s.journal_held)
+                    }
                     None => println!("journal:         ok"),
                 }
                 println!("pid / updated:   {} / {}", s.pid, s.updated_at);
@@ -217,7 +220,11 @@ fn run() -> anyhow::Result<()> {
             match action {
                 ServiceCmd::Install => {
                     deckhand::agent::winsvc::install(args.config.as_deref())?;
-                    println!("service {} installed (automatic start); start it with: sc.exe start {}", deckhand::agent::winsvc::SERVICE_NAME, deckhand::agent::winsvc::SERVICE_NAME);
+                    println!(
+                        "service {} installed (automatic start); start it with: sc.exe start {}",
+                        deckhand::agent::winsvc::SERVICE_NAME,
+                        deckhand::agent::winsvc::SERVICE_NAME
+                    );
                 }
                 ServiceCmd::Uninstall => {
                     deckhand::agent::winsvc::uninstall()?;
@@ -241,7 +248,14 @@ fn run() -> anyhow::Result<()> {
             let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());
             let cfg = file.resolve()?;
             println!("configuration OK");
-            println!("hub = {:?}\nstate_dir = {:?}\nca_file = {:?}\nmax_concurrent = {}\nbackoff_cap_secs = {}", cfg.hub, cfg.state_dir, cfg.ca_file, cfg.max_concurrent, cfg.backoff_cap.as_secs());
+            println!(
+                "hub = {:?}\nstate_dir = {:?}\nca_file = {:?}\nmax_concurrent = {}\nbackoff_cap_secs = {}",
+                cfg.hub,
+                cfg.state_dir,
+                cfg.ca_file,
+                cfg.max_concurrent,
+                cfg.backoff_cap.as_secs()
+            );
             Ok(())
         }
     }

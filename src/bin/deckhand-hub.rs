@@ -105,7 +105,16 @@ fn run() -> anyhow::Result<()> {
     if let Some(Cmd::Config { action: ConfigCmd::Check }) = args.command {
         println!("configuration OK");
         println!("store = {}", deckhand::hub::config::redact(&store_spec));
-        println!("listen = {}\ndata_dir = {:?}\ntls = {}\naccess_keys = {}\nheartbeat_secs = {}\ndelivery_timeout_secs = {}\nparameter_values = {}", cfg.listen, file.data_dir(), cfg.tls.is_some(), cfg.access_keys.len(), cfg.heartbeat.as_secs(), cfg.delivery_timeout.as_secs(), cfg.parameter_values.as_str());
+        println!(
+            "listen = {}\ndata_dir = {:?}\ntls = {}\naccess_keys = {}\nheartbeat_secs = {}\ndelivery_timeout_secs = {}\nparameter_values = {}",
+            cfg.listen,
+            file.data_dir(),
+            cfg.tls.is_some(),
+            cfg.access_keys.len(),
+            cfg.heartbeat.as_secs(),
+            cfg.delivery_timeout.as_secs(),
+            cfg.parameter_values.as_str()
+        );
         return Ok(());
     }
     init_log(file.log_json.unwrap_or(false));

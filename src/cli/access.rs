@@ -23,9 +23,15 @@ pub enum KeysCmd {
     /// List stored keys (hub.toml keys are not listed: they are full access).
     List,
     /// Refuse every call signed with this key, on every replica, at once.
-    Disable { key_id: String },
-    Enable { key_id: String },
-    Delete { key_id: String },
+    Disable {
+        key_id: String,
+    },
+    Enable {
+        key_id: String,
+    },
+    Delete {
+        key_id: String,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -91,7 +97,14 @@ pub fn keys(cli: &Cli, cmd: &KeysCmd) -> Result<(), CliError> {
             println!("{:<24} {:<9} {:<8} {:<20} DESCRIPTION", "ACCESS KEY ID", "STATUS", "POLICY", "CREATED");
             for k in list {
                 let policy = if s(&k, "PolicyDocument").is_empty() { "none" } else { "set" };
-                println!("{:<24} {:<9} {:<8} {:<20} {}", s(&k, "AccessKeyId"), s(&k, "Status"), policy, s(&k, "CreateTime"), s(&k, "Description"));
+                println!(
+                    "{:<24} {:<9} {:<8} {:<20} {}",
+                    s(&k, "AccessKeyId"),
+                    s(&k, "Status"),
+                    policy,
+                    s(&k, "CreateTime"),
+                    s(&k, "Description")
+                );
             }
         }
         KeysCmd::Disable { key_id } => {

@@ -43,18 +43,11 @@ impl Progress {
                 }
             }
         }
-        Progress {
-            total: inv.get("TargetCount").and_then(Value::as_i64).unwrap_or(0),
-            counts,
-        }
+        Progress { total: inv.get("TargetCount").and_then(Value::as_i64).unwrap_or(0), counts }
     }
 
     pub fn settled(&self) -> i64 {
-        self.counts
-            .iter()
-            .filter(|(s, _)| s.is_final())
-            .map(|(_, n)| n)
-            .sum()
+        self.counts.iter().filter(|(s, _)| s.is_final()).map(|(_, n)| n).sum()
     }
 
     pub fn done(&self) -> bool {
@@ -68,16 +61,8 @@ impl Progress {
     /// `Success 40 · Running 10 · Pending 48 · Failed 2`, non-zero only,
     /// in the lifecycle's order.
     pub fn summary(&self) -> String {
-        let parts: Vec<String> = self
-            .counts
-            .iter()
-            .map(|(s, n)| format!("{s} {n}"))
-            .collect();
-        if parts.is_empty() {
-            "waiting".to_string()
-        } else {
-            parts.join(" · ")
-        }
+        let parts: Vec<String> = self.counts.iter().map(|(s, n)| format!("{s} {n}")).collect();
+        if parts.is_empty() { "waiting".to_string() } else { parts.join(" · ") }
     }
 
     /// Remaining time at the rate so far; `None` before anything settled.
@@ -93,26 +78,14 @@ impl Progress {
 
 /// The statuses whose instances are reported as failures, one line each.
 fn failure_statuses() -> Vec<InvocationStatus> {
-    InvocationStatus::ALL
-        .iter()
-        .copied()
-        .filter(|s| s.outcome() == Some(Outcome::Failed))
-        .collect()
+    InvocationStatus::ALL.iter().copied().filter(|s| s.outcome() == Some(Outcome::Failed)).collect()
 }
 
 /// The first line of a result's output, or its ErrorInfo when it printed nothing.
 fn first_line(r: &Value) -> String {
     let out = s(r, "Output");
-    let line = out
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("")
-        .trim();
-    let line = if line.is_empty() {
-        s(r, "ErrorInfo")
-    } else {
-        line.to_string()
-    };
+    let line = out.lines().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
+    let line = if line.is_empty() { s(r, "ErrorInfo") } else { line.to_string() };
     line.chars().take(FIRST_LINE_CHARS).collect()
 }
 
@@ -141,16 +114,13 @@ impl Display {
             return Display::Quiet;
         }
         if !std::io::stdout().is_terminal() {
-            return Display::Plain {
-                last: String::new(),
-            };
+            return Display::Plain { last: String::new() };
         }
         let bar = indicatif::ProgressBar::new(0);
-        let style = indicatif::ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} settled  {msg}  ETA {eta}",
-        )
-        .map(|s| s.progress_chars("=> "))
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+        let style =
+            indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] [{bar:30}] {pos}/{len} settled  {msg}  ETA {eta}")
+                .map(|s| s.progress_chars("=> "))
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
         bar.set_style(style);
         bar.enable_steady_tick(Duration::from_millis(200));
         Display::Bar(bar)
@@ -166,10 +136,7 @@ impl Display {
             Display::Plain { last } => {
                 let line = format!("{}/{} settled: {}", p.settled(), p.total, p.summary());
                 if *last != line {
-                    let eta = p
-                        .eta(elapsed)
-                        .map(|d| format!(" (ETA {})", fmt_secs(d)))
-                        .unwrap_or_default();
+                    let eta = p.eta(elapsed).map(|d| format!(" (ETA {})", fmt_secs(d))).unwrap_or_default();
                     println!("[{}] {line}{eta}", fmt_secs(elapsed));
                     *last = line;
                 }
@@ -195,34 +162,20 @@ impl Display {
 
 /// Follows `invoke_id` until every target settled (or `give_up`); returns
 /// the exit code: 0 when every target succeeded.
-pub fn follow(
-    client: &Client,
-    json_out: bool,
-    invoke_id: &str,
-    give_up: Instant,
-) -> Result<i32, CliError> {
+pub fn follow(client: &Client, json_out: bool, invoke_id: &str, give_up: Instant) -> Result<i32, CliError> {
     let started = Instant::now();
     let mut display = Display::new(json_out);
     let mut seen: BTreeMap<InvocationStatus, i64> = BTreeMap::new();
     let mut shown: BTreeSet<String> = BTreeSet::new();
     let mut failures: Vec<Value> = Vec::new();
     let progress = loop {
-        let v = client.call(
-            "DescribeInvocations",
-            &[("InvokeId", invoke_id.to_string())],
-        )?;
-        let inv = items(&v, "Invocations", "Invocation")
-            .first()
-            .cloned()
-            .cloned()
-            .unwrap_or(Value::Null);
+        let v = client.call("DescribeInvocations", &[("InvokeId", invoke_id.to_string())])?;
+        let inv = items(&v, "Invocations", "Invocation").first().cloned().cloned().unwrap_or(Value::Null);
         let p = Progress::from_invocation(&inv);
         display.update(&p, started.elapsed());
         // New failures since the last poll: fetch only the statuses whose count grew.
         for st in failure_statuses() {
-            if p.get(st) <= seen.get(&st).copied().unwrap_or(0)
-                || failures.len() >= MAX_FAILURES_SHOWN
-            {
+            if p.get(st) <= seen.get(&st).copied().unwrap_or(0) || failures.len() >= MAX_FAILURES_SHOWN {
                 continue;
             }
             let r = client.call(
@@ -242,7 +195,9 @@ pub fn follow(
                 }
                 let line = first_line(res);
                 display.line(&format!("✗ {id} {st}: {line}"));
-                failures.push(json!({ "InstanceId": id, "InvocationStatus": st.as_str(), "ErrorCode": s(res, "ErrorCode"), "FirstLine": line }));
+                failures.push(
+                    json!({ "InstanceId": id, "InvocationStatus": st.as_str(), "ErrorCode": s(res, "ErrorCode"), "FirstLine": line }),
+                );
             }
             seen.insert(st, p.get(st));
         }
@@ -251,9 +206,7 @@ pub fn follow(
         }
         if Instant::now() > give_up {
             display.finish();
-            return Err(CliError::Usage(format!(
-                "gave up waiting for {invoke_id}; see `deckhand results {invoke_id}`"
-            )));
+            return Err(CliError::Usage(format!("gave up waiting for {invoke_id}; see `deckhand results {invoke_id}`")));
         }
         std::thread::sleep(POLL);
     };
@@ -261,11 +214,8 @@ pub fn follow(
     let ok = progress.get(InvocationStatus::Success) == progress.total;
     let failed_total: i64 = failure_statuses().iter().map(|s| progress.get(*s)).sum();
     if json_out {
-        let counts: serde_json::Map<String, Value> = progress
-            .counts
-            .iter()
-            .map(|(s, n)| (s.as_str().to_string(), Value::from(*n)))
-            .collect();
+        let counts: serde_json::Map<String, Value> =
+            progress.counts.iter().map(|(s, n)| (s.as_str().to_string(), Value::from(*n))).collect();
         let out = json!({
             "InvokeId": invoke_id,
             "TargetCount": progress.total,
@@ -276,10 +226,7 @@ pub fn follow(
         println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
     } else {
         if failed_total as usize > failures.len() {
-            println!(
-                "… {} more failures: deckhand results {invoke_id}",
-                failed_total as usize - failures.len()
-            );
+            println!("… {} more failures: deckhand results {invoke_id}", failed_total as usize - failures.len());
         }
         println!(
             "{invoke_id}: {} of {} targets in {}: {}",
@@ -302,31 +249,15 @@ mod tests {
         let p = Progress::from_invocation(&inv);
         assert_eq!((p.total, p.settled(), p.done()), (10, 5, false));
         assert_eq!(p.summary(), "Pending 3 · Running 2 · Success 4 · Failed 1");
-        assert_eq!(
-            p.eta(Duration::from_secs(10)),
-            Some(Duration::from_secs(10))
-        );
+        assert_eq!(p.eta(Duration::from_secs(10)), Some(Duration::from_secs(10)));
         assert_eq!(Progress::default().eta(Duration::from_secs(3)), None);
-        assert!(
-            Progress::from_invocation(&json!({"TargetCount": 1, "StatusCounts": {"Cancelled": 1}}))
-                .done()
-        );
+        assert!(Progress::from_invocation(&json!({"TargetCount": 1, "StatusCounts": {"Cancelled": 1}})).done());
+        assert_eq!(first_line(&json!({"Output": "\n  boom: disk full\nmore", "ErrorInfo": "x"})), "boom: disk full");
         assert_eq!(
-            first_line(&json!({"Output": "\n  boom: disk full\nmore", "ErrorInfo": "x"})),
-            "boom: disk full"
-        );
-        assert_eq!(
-            first_line(
-                &json!({"Output": "", "ErrorInfo": "the command execution has been timeout"})
-            ),
+            first_line(&json!({"Output": "", "ErrorInfo": "the command execution has been timeout"})),
             "the command execution has been timeout"
         );
-        assert_eq!(
-            first_line(&json!({"Output": "é".repeat(500)}))
-                .chars()
-                .count(),
-            FIRST_LINE_CHARS
-        );
+        assert_eq!(first_line(&json!({"Output": "é".repeat(500)})).chars().count(), FIRST_LINE_CHARS);
         assert_eq!(fmt_secs(Duration::from_secs(3725)), "1h02m");
     }
 }

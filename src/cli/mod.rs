@@ -17,7 +17,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-pub use client::{Client, ClientConfig, CliError};
+pub use client::{CliError, Client, ClientConfig};
 pub use dev::{shutdown_on_signal, wait_for_signal};
 
 #[derive(Debug, Parser)]
@@ -140,7 +140,8 @@ pub fn main(cli: Cli) -> anyhow_free::Result<i32> {
         Command::Stop { invoke_id, instances } => show::stop(&cli, invoke_id, instances).map(|_| 0),
         Command::KubeletPlan { args } => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| CliError::Usage(e.to_string()))?;
-            rt.block_on(crate::kubelet::run_cmd(crate::kubelet::KubeletCmd::Plan { args: args.clone() })).map_err(|e| CliError::Usage(e.to_string()))
+            rt.block_on(crate::kubelet::run_cmd(crate::kubelet::KubeletCmd::Plan { args: args.clone() }))
+                .map_err(|e| CliError::Usage(e.to_string()))
         }
         Command::Bench { what } => bench::run(what).map(|_| 0),
         Command::Keys { cmd } => access::keys(&cli, cmd).map(|_| 0),

@@ -51,7 +51,15 @@ pub fn instances(cli: &Cli) -> Result<(), CliError> {
     }
     println!("{:<26} {:<8} {:<24} {:<8} {:<6} LAST SEEN", "INSTANCE", "STATUS", "HOSTNAME", "OS", "CPUS");
     for i in list {
-        println!("{:<26} {:<8} {:<24} {:<8} {:<6} {}", s(&i, "InstanceId"), s(&i, "Status"), s(&i, "Hostname"), s(&i, "OsType"), s(&i, "CpuCount"), s(&i, "LastSeen"));
+        println!(
+            "{:<26} {:<8} {:<24} {:<8} {:<6} {}",
+            s(&i, "InstanceId"),
+            s(&i, "Status"),
+            s(&i, "Hostname"),
+            s(&i, "OsType"),
+            s(&i, "CpuCount"),
+            s(&i, "LastSeen")
+        );
     }
     Ok(())
 }
@@ -149,7 +157,11 @@ pub fn activate(cli: &Cli, count: u32, ttl: u32, name: Option<&str>) -> Result<(
         println!("{}", serde_json::to_string_pretty(&v).expect("json"));
     } else {
         println!("ActivationId:   {}\nActivationCode: {}", s(&v, "ActivationId"), s(&v, "ActivationCode"));
-        println!("register a machine with:\n  deckhand-agent run --hub <HUB URL> --activation-id {} --activation-code {}", s(&v, "ActivationId"), s(&v, "ActivationCode"));
+        println!(
+            "register a machine with:\n  deckhand-agent run --hub <HUB URL> --activation-id {} --activation-code {}",
+            s(&v, "ActivationId"),
+            s(&v, "ActivationCode")
+        );
     }
     Ok(())
 }

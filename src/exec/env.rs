@@ -78,12 +78,7 @@ pub fn validate(extra: &[(String, String)]) -> Result<(), StartError> {
 /// Unix environment: PATH, HOME, USER, LOGNAME, SHELL, PWD, locale/TZ from the
 /// agent, `DECKHAND_INVOKE_ID`, then `extra` (which may override any of them).
 #[cfg_attr(windows, allow(dead_code))]
-pub fn unix(
-    id: &Identity<'_>,
-    cwd: &std::path::Path,
-    invoke_id: &str,
-    extra: &[(String, String)],
-) -> Vec<(OsString, OsString)> {
+pub fn unix(id: &Identity<'_>, cwd: &std::path::Path, invoke_id: &str, extra: &[(String, String)]) -> Vec<(OsString, OsString)> {
     let mut env: Vec<(OsString, OsString)> = vec![
         ("PATH".into(), UNIX_PATH.into()),
         ("HOME".into(), id.home.into()),

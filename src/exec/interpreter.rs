@@ -53,12 +53,7 @@ pub fn resolve_interpreter(command_type: &str, script: &str) -> Result<Interpret
 }
 
 /// The rules, with the OS and the program lookup injectable.
-pub fn resolve_for(
-    os: Os,
-    command_type: &str,
-    script: &str,
-    find: &dyn Fn(&str) -> Option<PathBuf>,
-) -> Result<Interpreter, StartError> {
+pub fn resolve_for(os: Os, command_type: &str, script: &str, find: &dyn Fn(&str) -> Option<PathBuf>) -> Result<Interpreter, StartError> {
     let not_here = |why: String| StartError::new(codes::COMMAND_NOT_APPLICABLE, why);
     match (command_type, os) {
         ("RunShellScript", Os::Unix) => shell(script),
@@ -85,9 +80,9 @@ pub fn resolve_for(
             Ok(Interpreter { program, args: vec!["/D".into(), "/C".into()], extension: "bat" })
         }
         ("RunShellScript" | "RunBatScript", _) => Err(not_here(format!("{command_type} cannot run on {os:?} hosts"))),
-        (other, _) => Err(not_here(format!(
-            "unknown command type {other:?}; expected RunShellScript, RunPowerShellScript or RunBatScript"
-        ))),
+        (other, _) => {
+            Err(not_here(format!("unknown command type {other:?}; expected RunShellScript, RunPowerShellScript or RunBatScript")))
+        }
     }
 }
 
@@ -110,10 +105,7 @@ fn shell(script: &str) -> Result<Interpreter, StartError> {
     };
     let program = PathBuf::from(prog);
     if !program.is_absolute() {
-        return Err(StartError::new(
-            codes::INVALID_COMMAND_CONTENT,
-            format!("the #! line must name an absolute path, got {prog:?}"),
-        ));
+        return Err(StartError::new(codes::INVALID_COMMAND_CONTENT, format!("the #! line must name an absolute path, got {prog:?}")));
     }
     if !program.is_file() {
         return Err(StartError::new(

@@ -106,12 +106,7 @@ pub struct RunSpec {
 impl RunSpec {
     /// A spec with every optional field at its default.
     pub fn new(invoke_id: impl Into<String>, command_type: impl Into<String>, script: impl Into<String>) -> Self {
-        Self {
-            invoke_id: invoke_id.into(),
-            command_type: command_type.into(),
-            script: script.into(),
-            ..Self::default()
-        }
+        Self { invoke_id: invoke_id.into(), command_type: command_type.into(), script: script.into(), ..Self::default() }
     }
 }
 

@@ -142,8 +142,7 @@ pub fn render_script(
         return Ok(content.to_string());
     }
     let values = custom_values(custom)?;
-    let mut all: BTreeMap<String, (String, String)> =
-        values.into_iter().map(|(name, v)| (name.to_ascii_lowercase(), (name, v))).collect();
+    let mut all: BTreeMap<String, (String, String)> = values.into_iter().map(|(name, v)| (name.to_ascii_lowercase(), (name, v))).collect();
     for (name, v) in builtins.entries() {
         all.insert(name.to_ascii_lowercase(), (name.to_string(), v.to_string()));
     }
@@ -284,17 +283,14 @@ fn substitute(template: &str, values: &BTreeMap<String, (String, String)>, polic
             Placeholder::Builtin(n) => (n, true),
         };
         let Some((display, value)) = values.get(&name.to_ascii_lowercase()) else {
-            return Err(if builtin {
-                ParamError::UnknownBuiltin(name.to_string())
-            } else {
-                ParamError::Missing(name.to_string())
-            });
+            return Err(if builtin { ParamError::UnknownBuiltin(name.to_string()) } else { ParamError::Missing(name.to_string()) });
         };
         if policy == ValuePolicy::Strict
-            && let Err(ch) = is_safe_value(value) {
-                let env = if builtin { "(built-ins have none)".to_string() } else { env_name(display) };
-                return Err(ParamError::UnsafeValue { name: display.clone(), ch, env });
-            }
+            && let Err(ch) = is_safe_value(value)
+        {
+            let env = if builtin { "(built-ins have none)".to_string() } else { env_name(display) };
+            return Err(ParamError::UnsafeValue { name: display.clone(), ch, env });
+        }
         out.push_str(before);
         out.push_str(value);
         rest = tail;

@@ -183,24 +183,12 @@ pub(super) async fn run(spec: RunSpec, stop: CancellationToken, mut live: Option
             (Some(0), _, _) => (String::new(), String::new()),
             (Some(c), _, _) => (codes::EXIT_CODE_NONZERO.to_string(), format!("exit code {c}")),
             (None, Some(sig), _) => (codes::EXIT_CODE_NONZERO.to_string(), format!("killed by signal {sig}")),
-            (None, None, Some(Err(e))) => {
-                (codes::EXECUTION_EXCEPTION.to_string(), format!("cannot wait for the script: {e}"))
-            }
+            (None, None, Some(Err(e))) => (codes::EXECUTION_EXCEPTION.to_string(), format!("cannot wait for the script: {e}")),
             (None, None, _) => (codes::EXECUTION_EXCEPTION.to_string(), "exit status unknown".to_string()),
         },
     };
     tracing::info!(invoke_id, ?termination, exit_code, signal, kept = output.len(), dropped, live_dropped, "run ended");
-    RunOutcome {
-        termination,
-        exit_code,
-        signal,
-        error_code,
-        error_info,
-        output,
-        dropped,
-        start_time,
-        finish_time: Utc::now(),
-    }
+    RunOutcome { termination, exit_code, signal, error_code, error_info, output, dropped, start_time, finish_time: Utc::now() }
 }
 
 async fn read(out: &mut Option<Output>, buf: &mut [u8]) -> std::io::Result<usize> {

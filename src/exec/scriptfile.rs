@@ -51,11 +51,8 @@ impl ScriptDir {
             StartError::new(codes::EXECUTION_EXCEPTION, format!("cannot {what} {}: {e}", p.display()))
         };
         prepare_root(root, owner.is_some()).map_err(|e| fail("prepare script root", root, e))?;
-        let id: String = invoke_id
-            .chars()
-            .filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-            .take(MAX_NAME_ID_CHARS)
-            .collect();
+        let id: String =
+            invoke_id.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_').take(MAX_NAME_ID_CHARS).collect();
         let dir = root.join(format!("{}-{:016x}", if id.is_empty() { "run" } else { &id }, rand::random::<u64>()));
         make_private_dir(&dir).map_err(|e| fail("create script directory", &dir, e))?;
         // From here on the guard removes the directory if anything fails.
@@ -67,8 +64,7 @@ impl ScriptDir {
         if let Some((uid, gid)) = owner {
             use nix::unistd::{Gid, Uid, chown};
             for p in [&guard.script, &guard.dir] {
-                chown(p.as_path(), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid)))
-                    .map_err(|e| fail("hand over", p, e.into()))?;
+                chown(p.as_path(), Some(Uid::from_raw(uid)), Some(Gid::from_raw(gid))).map_err(|e| fail("hand over", p, e.into()))?;
             }
         }
         #[cfg(not(unix))]
@@ -102,10 +98,7 @@ fn prepare_root(root: &Path, run_as_other: bool) -> std::io::Result<()> {
     let md = fs::symlink_metadata(root)?;
     let me = nix::unistd::Uid::effective().as_raw();
     if !md.file_type().is_dir() || md.uid() != me {
-        return Err(std::io::Error::other(format!(
-            "must be a directory owned by uid {me} (found owner {}, symlink or file?)",
-            md.uid()
-        )));
+        return Err(std::io::Error::other(format!("must be a directory owned by uid {me} (found owner {}, symlink or file?)", md.uid())));
     }
     if md.mode() & 0o022 != 0 {
         return Err(std::io::Error::other(format!(

@@ -94,11 +94,7 @@ pub enum SuperviseError {
 }
 
 fn io<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> SuperviseError + 'a {
-    move |source| SuperviseError::Io {
-        op,
-        path: path.to_path_buf(),
-        source,
-    }
+    move |source| SuperviseError::Io { op, path: path.to_path_buf(), source }
 }
 
 /// The directory of one run (one record of one invocation). Invoke ids come
@@ -108,21 +104,9 @@ pub fn run_dir(root: &Path, invoke_id: &str, record_seq: u32) -> Result<PathBuf,
     if invoke_id.len() > MAX_NAME_ID {
         return Err(SuperviseError::IdTooLong(invoke_id.len()));
     }
-    let plain = !invoke_id.is_empty()
-        && invoke_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-    let name = if plain {
-        invoke_id.to_string()
-    } else {
-        format!(
-            "x{}",
-            invoke_id
-                .bytes()
-                .map(|b| format!("{b:02x}"))
-                .collect::<String>()
-        )
-    };
+    let plain = !invoke_id.is_empty() && invoke_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let name =
+        if plain { invoke_id.to_string() } else { format!("x{}", invoke_id.bytes().map(|b| format!("{b:02x}")).collect::<String>()) };
     Ok(root.join(format!("{name}.{record_seq}")))
 }
 
@@ -224,9 +208,7 @@ impl From<&RunOutcome> for StoredOutcome {
 
 impl StoredOutcome {
     fn into_outcome(self) -> RunOutcome {
-        let output = base64::engine::general_purpose::STANDARD
-            .decode(self.output_b64.as_bytes())
-            .unwrap_or_default();
+        let output = base64::engine::general_purpose::STANDARD.decode(self.output_b64.as_bytes()).unwrap_or_default();
         RunOutcome {
             termination: match self.termination {
                 StoredTermination::Exited => Termination::Exited,
@@ -257,57 +239,37 @@ fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> Result<(), SuperviseErro
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
     {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io("open", &tmp))?;
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io("open", &tmp))?;
         f.write_all(body).map_err(io("write", &tmp))?;
         f.sync_all().map_err(io("fsync", &tmp))?;
     }
     fs::rename(&tmp, &path).map_err(io("rename", &tmp))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync", dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))
 }
 
 /// Like [`write_atomic`], but when the disk is full, writes `body` into the
 /// space reserved at launch (`reserve`, overwritten in place: no new blocks;
 /// JSON ignores the trailing padding) and renames it to `name`.
-fn write_reserved(
-    dir: &Path,
-    name: &str,
-    reserve: &str,
-    body: &[u8],
-) -> Result<(), SuperviseError> {
+fn write_reserved(dir: &Path, name: &str, reserve: &str, body: &[u8]) -> Result<(), SuperviseError> {
     let first = match write_atomic(dir, name, body) {
         Ok(()) => return Ok(()),
         Err(e) => e,
     };
     let _ = fs::remove_file(dir.join(format!("{name}.tmp")));
     let path = dir.join(reserve);
-    let fits = fs::metadata(&path)
-        .map(|m| m.len() >= body.len() as u64)
-        .unwrap_or(false);
+    let fits = fs::metadata(&path).map(|m| m.len() >= body.len() as u64).unwrap_or(false);
     if !fits {
         return Err(first);
     }
     tracing::warn!(error = %first, file = name, "writing into the space reserved for it");
     {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .open(&path)
-            .map_err(io("open", &path))?;
+        let mut f = OpenOptions::new().write(true).open(&path).map_err(io("open", &path))?;
         f.write_all(body).map_err(io("write", &path))?;
         f.sync_all().map_err(io("fsync", &path))?;
     }
     let target = dir.join(name);
     fs::rename(&path, &target).map_err(io("rename", &path))?;
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io("fsync", dir))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))
 }
 
 fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, SuperviseError> {
@@ -317,28 +279,16 @@ fn read_bounded(path: &Path) -> Result<Option<Vec<u8>>, SuperviseError> {
         Err(e) => return Err(io("open", path)(e)),
     };
     let mut buf = Vec::new();
-    f.take(MAX_FILE_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(io("read", path))?;
+    f.take(MAX_FILE_BYTES + 1).read_to_end(&mut buf).map_err(io("read", path))?;
     if buf.len() as u64 > MAX_FILE_BYTES {
-        return Err(SuperviseError::TooLarge {
-            path: path.to_path_buf(),
-            size: buf.len() as u64,
-        });
+        return Err(SuperviseError::TooLarge { path: path.to_path_buf(), size: buf.len() as u64 });
     }
     Ok(Some(buf))
 }
 
 fn open_lock(dir: &Path) -> Result<File, SuperviseError> {
     let path = dir.join(LOCK);
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(io("open", &path))
+    OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(&path).map_err(io("open", &path))
 }
 
 /// Non-blocking exclusive `flock`; false when someone else holds it.
@@ -356,11 +306,7 @@ pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<(), Supervis
     if !try_lock(&lock) {
         return Err(SuperviseError::Busy(dir.to_path_buf()));
     }
-    let body =
-        serde_json::to_vec(&StoredSpec::from(spec)).map_err(|source| SuperviseError::Decode {
-            path: dir.join(SPEC),
-            source,
-        })?;
+    let body = serde_json::to_vec(&StoredSpec::from(spec)).map_err(|source| SuperviseError::Decode { path: dir.join(SPEC), source })?;
     write_atomic(dir, SPEC, &body)?;
     // Kept output is at most the cap, base64 grows it by 4/3; the rest of a
     // result (codes, times, error text) fits in the extra 8 KiB.
@@ -368,22 +314,10 @@ pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<(), Supervis
     write_atomic(dir, RESULT_RESERVE, &vec![b' '; result_room])?;
     write_atomic(dir, RAN_RESERVE, &[b' '; 64])?;
     let log_path = dir.join(LOG);
-    let log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .mode(0o600)
-        .open(&log_path)
-        .map_err(io("open", &log_path))?;
+    let log = OpenOptions::new().create(true).append(true).mode(0o600).open(&log_path).map_err(io("open", &log_path))?;
     let mut cmd = std::process::Command::new(program);
-    cmd.arg(SUBCOMMAND)
-        .arg(dir)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log);
-    cmd.env(
-        "DECKHAND_LOG",
-        std::env::var("DECKHAND_LOG").unwrap_or_else(|_| "info".into()),
-    );
+    cmd.arg(SUBCOMMAND).arg(dir).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
+    cmd.env("DECKHAND_LOG", std::env::var("DECKHAND_LOG").unwrap_or_else(|_| "info".into()));
     let lock_fd = lock.as_raw_fd();
     // SAFETY: between fork and exec we only make async-signal-safe calls
     // (setsid, dup2, fcntl) on values computed before the fork.
@@ -406,9 +340,7 @@ pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<(), Supervis
             Ok(())
         });
     }
-    let mut child = tokio::process::Command::from(cmd)
-        .spawn()
-        .map_err(io("start supervisor", program))?;
+    let mut child = tokio::process::Command::from(cmd).spawn().map_err(io("start supervisor", program))?;
     // Our copy of the lock closes here; the supervisor's keeps it held.
     drop(lock);
     tokio::spawn(async move {
@@ -443,13 +375,7 @@ pub fn inspect(dir: &Path) -> Option<Watched> {
         return None;
     }
     // Gone: a result may have landed between the two looks.
-    Some(finished(dir).unwrap_or_else(|| {
-        if dir.join(RAN).exists() {
-            Watched::Vanished
-        } else {
-            Watched::NeverRan
-        }
-    }))
+    Some(finished(dir).unwrap_or_else(|| if dir.join(RAN).exists() { Watched::Vanished } else { Watched::NeverRan }))
 }
 
 fn finished(dir: &Path) -> Option<Watched> {
@@ -477,18 +403,9 @@ fn unreadable(e: &SuperviseError) -> Watched {
 /// `live` (from the start, or from the spool's current end when
 /// `from_end`: the hub already showed the rest before a restart), turns
 /// `stop` into a stop file, and returns the outcome.
-pub async fn watch(
-    dir: &Path,
-    stop: CancellationToken,
-    live: Option<mpsc::Sender<Vec<u8>>>,
-    from_end: bool,
-) -> Watched {
+pub async fn watch(dir: &Path, stop: CancellationToken, live: Option<mpsc::Sender<Vec<u8>>>, from_end: bool) -> Watched {
     let spool = dir.join(SPOOL);
-    let mut offset = if from_end {
-        fs::metadata(&spool).map(|m| m.len()).unwrap_or(0)
-    } else {
-        0
-    };
+    let mut offset = if from_end { fs::metadata(&spool).map(|m| m.len()).unwrap_or(0) } else { 0 };
     let mut stop_written = false;
     let mut tick = 0u32;
     loop {
@@ -504,11 +421,7 @@ pub async fn watch(
         offset = forward(&spool, offset, live.as_ref()).await;
         let check_alive = tick.is_multiple_of(LIVENESS_EVERY);
         tick = tick.wrapping_add(1);
-        let done = if check_alive {
-            inspect(dir)
-        } else {
-            finished(dir)
-        };
+        let done = if check_alive { inspect(dir) } else { finished(dir) };
         if let Some(w) = done {
             forward(&spool, offset, live.as_ref()).await;
             return w;
@@ -533,14 +446,10 @@ fn signal_supervisor(dir: &Path) {
         return;
     }
     let held = open_lock(dir).map(|l| !try_lock(&l)).unwrap_or(false);
-    let ours = fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|c| c.split(|b| *b == 0).any(|arg| arg == SUBCOMMAND.as_bytes()))
-        .unwrap_or(false);
+    let ours =
+        fs::read(format!("/proc/{pid}/cmdline")).map(|c| c.split(|b| *b == 0).any(|arg| arg == SUBCOMMAND.as_bytes())).unwrap_or(false);
     if held && ours {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGTERM);
     }
 }
 
@@ -554,10 +463,7 @@ async fn forward(spool: &Path, offset: u64, live: Option<&mpsc::Sender<Vec<u8>>>
         return offset;
     }
     let mut buf = Vec::new();
-    if f.take((len - offset).min(SPOOL_CAP))
-        .read_to_end(&mut buf)
-        .is_err()
-    {
+    if f.take((len - offset).min(SPOOL_CAP)).read_to_end(&mut buf).is_err() {
         return offset;
     }
     let n = buf.len() as u64;
@@ -610,42 +516,22 @@ fn supervise(dir: &Path) -> Result<(), SuperviseError> {
         return Ok(());
     }
     let spec_path = dir.join(SPEC);
-    let body = read_bounded(&spec_path)?
-        .ok_or_else(|| io("read", &spec_path)(std::io::ErrorKind::NotFound.into()))?;
-    let spec: RunSpec = serde_json::from_slice::<StoredSpec>(&body)
-        .map_err(|source| SuperviseError::Decode {
-            path: spec_path.clone(),
-            source,
-        })?
-        .into();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(io("start runtime", dir))?;
+    let body = read_bounded(&spec_path)?.ok_or_else(|| io("read", &spec_path)(std::io::ErrorKind::NotFound.into()))?;
+    let spec: RunSpec =
+        serde_json::from_slice::<StoredSpec>(&body).map_err(|source| SuperviseError::Decode { path: spec_path.clone(), source })?.into();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io("start runtime", dir))?;
     // SIGTERM/SIGINT must be a stop, never a silent death, from the moment
     // `ran` names our pid (the agent and operators signal that pid).
     let signals = {
         let _rt = rt.enter();
         let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate());
         let int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
-        (
-            term.map_err(io("handle SIGTERM", dir))?,
-            int.map_err(io("handle SIGINT", dir))?,
-        )
+        (term.map_err(io("handle SIGTERM", dir))?, int.map_err(io("handle SIGINT", dir))?)
     };
-    write_reserved(
-        dir,
-        RAN,
-        RAN_RESERVE,
-        format!("{}\n", std::process::id()).as_bytes(),
-    )?;
+    write_reserved(dir, RAN, RAN_RESERVE, format!("{}\n", std::process::id()).as_bytes())?;
     let outcome = rt.block_on(run_spooled(dir, spec, signals));
-    let body = serde_json::to_vec(&StoredOutcome::from(&outcome)).map_err(|source| {
-        SuperviseError::Decode {
-            path: dir.join(RESULT),
-            source,
-        }
-    })?;
+    let body =
+        serde_json::to_vec(&StoredOutcome::from(&outcome)).map_err(|source| SuperviseError::Decode { path: dir.join(RESULT), source })?;
     // The script ran: its result must not be lost to a passing disk
     // problem. Keep the lock (the agent keeps waiting) and retry.
     let mut attempt = 0u32;
@@ -672,9 +558,7 @@ fn hold_lock(dir: &Path) -> Result<(), SuperviseError> {
     let meta = lock.metadata().map_err(io("stat", &dir.join(LOCK)))?;
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: fstat writes into the struct we own; a bad fd only returns -1.
-    let inherited = unsafe { libc::fstat(LOCK_FD, &mut st) } == 0
-        && st.st_dev as u64 == meta.dev()
-        && st.st_ino as u64 == meta.ino();
+    let inherited = unsafe { libc::fstat(LOCK_FD, &mut st) } == 0 && st.st_dev as u64 == meta.dev() && st.st_ino as u64 == meta.ino();
     if inherited {
         // Keep the script from inheriting the lock: it must end with us.
         // SAFETY: fcntl on a descriptor verified above.
@@ -719,12 +603,7 @@ async fn run_spooled(dir: &Path, spec: RunSpec, signals: Signals) -> RunOutcome 
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(64);
     let spool_path = dir.join(SPOOL);
     let writer = tokio::spawn(async move {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&spool_path)
-            .ok();
+        let mut f = OpenOptions::new().create(true).append(true).mode(0o600).open(&spool_path).ok();
         let mut written = 0u64;
         while let Some(chunk) = rx.recv().await {
             let room = SPOOL_CAP.saturating_sub(written) as usize;
@@ -753,19 +632,10 @@ mod tests {
     #[test]
     fn run_dir_names_stay_inside_root() {
         let root = Path::new("/r");
-        assert_eq!(
-            run_dir(root, "t-abc_1", 3).unwrap(),
-            Path::new("/r/t-abc_1.3")
-        );
-        assert_eq!(
-            run_dir(root, "../x", 0).unwrap(),
-            Path::new("/r/x2e2e2f78.0")
-        );
+        assert_eq!(run_dir(root, "t-abc_1", 3).unwrap(), Path::new("/r/t-abc_1.3"));
+        assert_eq!(run_dir(root, "../x", 0).unwrap(), Path::new("/r/x2e2e2f78.0"));
         assert_eq!(run_dir(root, "", 0).unwrap(), Path::new("/r/x.0"));
-        assert!(matches!(
-            run_dir(root, &"a".repeat(65), 0),
-            Err(SuperviseError::IdTooLong(65))
-        ));
+        assert!(matches!(run_dir(root, &"a".repeat(65), 0), Err(SuperviseError::IdTooLong(65))));
     }
 
     #[test]
@@ -773,18 +643,9 @@ mod tests {
         let mut s = RunSpec::new("t-1", "RunShellScript", "echo hi");
         s.timeout = Duration::from_millis(1500);
         s.env = vec![("A".into(), "b".into())];
-        let back: RunSpec = serde_json::from_slice::<StoredSpec>(
-            &serde_json::to_vec(&StoredSpec::from(&s)).unwrap(),
-        )
-        .unwrap()
-        .into();
+        let back: RunSpec = serde_json::from_slice::<StoredSpec>(&serde_json::to_vec(&StoredSpec::from(&s)).unwrap()).unwrap().into();
         assert_eq!(
-            (
-                back.invoke_id.as_str(),
-                back.script.as_str(),
-                back.timeout,
-                back.env.clone()
-            ),
+            (back.invoke_id.as_str(), back.script.as_str(), back.timeout, back.env.clone()),
             ("t-1", "echo hi", s.timeout, s.env.clone())
         );
     }
@@ -808,17 +669,9 @@ mod tests {
             termination: Termination::Exited,
             ..RunOutcome::failed(Utc::now(), "", "")
         };
-        write_atomic(
-            &dir,
-            RESULT,
-            &serde_json::to_vec(&StoredOutcome::from(&o)).unwrap(),
-        )
-        .unwrap();
+        write_atomic(&dir, RESULT, &serde_json::to_vec(&StoredOutcome::from(&o)).unwrap()).unwrap();
         match inspect(&dir) {
-            Some(Watched::Finished(o)) => assert_eq!(
-                (o.output.as_slice(), o.exit_code),
-                (&b"done\n"[..], Some(0))
-            ),
+            Some(Watched::Finished(o)) => assert_eq!((o.output.as_slice(), o.exit_code), (&b"done\n"[..], Some(0))),
             other => panic!("{other:?}"),
         }
         write_atomic(&dir, RESULT, b"{not json").unwrap();

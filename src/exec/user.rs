@@ -33,9 +33,7 @@ pub fn resolve(username: Option<&str>) -> Result<Account, StartError> {
     let user = match username.filter(|u| !u.is_empty()) {
         None => User::from_uid(me)
             .map_err(|e| StartError::new(codes::EXECUTION_EXCEPTION, format!("cannot look up uid {me}: {e}")))?
-            .ok_or_else(|| {
-                StartError::new(codes::ACCOUNT_NOT_EXISTS, format!("the agent's uid {me} has no passwd entry"))
-            })?,
+            .ok_or_else(|| StartError::new(codes::ACCOUNT_NOT_EXISTS, format!("the agent's uid {me} has no passwd entry")))?,
         Some(name) => {
             if name.len() > MAX_USERNAME_BYTES || name.contains('\0') {
                 return Err(StartError::new(
@@ -45,9 +43,7 @@ pub fn resolve(username: Option<&str>) -> Result<Account, StartError> {
             }
             User::from_name(name)
                 .map_err(|e| StartError::new(codes::EXECUTION_EXCEPTION, format!("cannot look up user {name:?}: {e}")))?
-                .ok_or_else(|| {
-                    StartError::new(codes::ACCOUNT_NOT_EXISTS, format!("user {name:?} does not exist on this host"))
-                })?
+                .ok_or_else(|| StartError::new(codes::ACCOUNT_NOT_EXISTS, format!("user {name:?} does not exist on this host")))?
         }
     };
     let switch = user.uid != me;
@@ -60,9 +56,7 @@ pub fn resolve(username: Option<&str>) -> Result<Account, StartError> {
     let groups = if switch {
         let cname = CString::new(user.name.clone()).expect("checked for NUL above");
         let mut g: Vec<u32> = getgrouplist(&cname, user.gid)
-            .map_err(|e| {
-                StartError::new(codes::EXECUTION_EXCEPTION, format!("cannot list groups of {:?}: {e}", user.name))
-            })?
+            .map_err(|e| StartError::new(codes::EXECUTION_EXCEPTION, format!("cannot list groups of {:?}: {e}", user.name)))?
             .into_iter()
             .map(Gid::as_raw)
             .collect();
@@ -71,15 +65,7 @@ pub fn resolve(username: Option<&str>) -> Result<Account, StartError> {
     } else {
         Vec::new()
     };
-    Ok(Account {
-        name: user.name,
-        uid: user.uid.as_raw(),
-        gid: user.gid.as_raw(),
-        home: user.dir,
-        shell: user.shell,
-        groups,
-        switch,
-    })
+    Ok(Account { name: user.name, uid: user.uid.as_raw(), gid: user.gid.as_raw(), home: user.dir, shell: user.shell, groups, switch })
 }
 
 #[cfg(test)]

@@ -123,15 +123,13 @@ pub async fn upgrade(
     // Small initial buffers: they grow for the rare large frame, and at
     // 10,000 connections the tungstenite defaults (128 KiB each) would
     // dominate hub memory.
-    ws.read_buffer_size(4096)
-        .write_buffer_size(0)
-        .max_message_size(MAX_FRAME_BYTES)
-        .max_frame_size(MAX_FRAME_BYTES)
-        .on_upgrade(move |socket| async move {
+    ws.read_buffer_size(4096).write_buffer_size(0).max_message_size(MAX_FRAME_BYTES).max_frame_size(MAX_FRAME_BYTES).on_upgrade(
+        move |socket| async move {
             if let Err(e) = connection(hub, socket, peer).await {
                 tracing::info!(%peer, error = %e, "agent connection ended");
             }
-        })
+        },
+    )
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +215,15 @@ async fn recv(ws: &mut WebSocket) -> Result<AgentMsg, ConnError> {
             },
             Message::Close(_) => return Err(ConnError::Closed),
             Message::Binary(_) => {
-                send(ws, &HubMsg::Error { code: "MalformedFrame".into(), message: "binary frames are not part of the protocol".into(), fatal: false }).await?;
+                send(
+                    ws,
+                    &HubMsg::Error {
+                        code: "MalformedFrame".into(),
+                        message: "binary frames are not part of the protocol".into(),
+                        fatal: false,
+                    },
+                )
+                .await?;
             }
             _ => {}
         }
@@ -225,11 +231,17 @@ async fn recv(ws: &mut WebSocket) -> Result<AgentMsg, ConnError> {
 }
 
 async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Result<(), ConnError> {
-    let first = tokio::time::timeout(HELLO_TIMEOUT, recv_first(&mut ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??;
+    let first =
+        tokio::time::timeout(HELLO_TIMEOUT, recv_first(&mut ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??;
     let first = match first {
         AgentMsg::Register { protocol, activation_id, activation_code, facts } => {
             if !protocol::hub_speaks(protocol) {
-                return Err(refuse(&mut ws, "UnsupportedProtocol", format!("agent speaks protocol {protocol}, hub speaks {OLDEST_AGENT_PROTOCOL} to {PROTOCOL_VERSION}")).await);
+                return Err(refuse(
+                    &mut ws,
+                    "UnsupportedProtocol",
+                    format!("agent speaks protocol {protocol}, hub speaks {OLDEST_AGENT_PROTOCOL} to {PROTOCOL_VERSION}"),
+                )
+                .await);
             }
             match register(&hub, &activation_id, &activation_code, &facts, peer).await? {
                 Ok((instance_id, token)) => send(&mut ws, &HubMsg::Registered { instance_id, token }).await?,
@@ -243,7 +255,12 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
         return Err(refuse(&mut ws, "ProtocolViolation", "first message must be hello or register".into()).await);
     };
     if !protocol::hub_speaks(protocol) {
-        return Err(refuse(&mut ws, "UnsupportedProtocol", format!("agent speaks protocol {protocol}, hub speaks {OLDEST_AGENT_PROTOCOL} to {PROTOCOL_VERSION}")).await);
+        return Err(refuse(
+            &mut ws,
+            "UnsupportedProtocol",
+            format!("agent speaks protocol {protocol}, hub speaks {OLDEST_AGENT_PROTOCOL} to {PROTOCOL_VERSION}"),
+        )
+        .await);
     }
     // Ids are ours (`mi-` + hex): anything else cannot be known, and is
     // refused before it reaches the store or a log line.
@@ -260,7 +277,14 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
             hub.store.promote_pending_token(&instance_id).await?;
             tracing::info!(instance_id, "rotated credential in use");
         }
-        _ => return Err(refuse(&mut ws, "InvalidCredential", format!("unknown instance {} or wrong token", super::edge::shown_id(&instance_id))).await),
+        _ => {
+            return Err(refuse(
+                &mut ws,
+                "InvalidCredential",
+                format!("unknown instance {} or wrong token", super::edge::shown_id(&instance_id)),
+            )
+            .await);
+        }
     }
     let hb = hub.config.heartbeat;
     // Recorded before `welcome`: when the database cannot be written the
@@ -269,7 +293,8 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     if let Err(e) = hub.store.instance_connected(&instance_id, &hub.id, &facts, &peer.ip().to_string()).await {
         return Err(unavailable(&mut ws, e).await);
     }
-    send(&mut ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) }).await?;
+    send(&mut ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) })
+        .await?;
     let (tx, mut rx) = mpsc::channel(OUTBOX);
     let conn_id = hub.agents.insert(&instance_id, tx);
     tracing::info!(instance_id, %peer, "agent connected");
@@ -287,13 +312,7 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     result
 }
 
-async fn session(
-    hub: &Hub,
-    ws: &mut WebSocket,
-    instance_id: &str,
-    rx: &mut mpsc::Receiver<HubMsg>,
-    hb: Duration,
-) -> Result<(), ConnError> {
+async fn session(hub: &Hub, ws: &mut WebSocket, instance_id: &str, rx: &mut mpsc::Receiver<HubMsg>, hb: Duration) -> Result<(), ConnError> {
     let mut mine = Delivered::default();
     // Resync: everything owed to this instance, built by the delivery service.
     for msg in super::delivery::resync(hub, instance_id).await? {
@@ -386,9 +405,21 @@ async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, mine: &Deliver
                     send(ws, &HubMsg::ReportAck { report_id }).await?;
                 }
                 ReportEffect::NotATarget => {
-                    tracing::warn!(invoke_id = super::edge::shown_id(&invoke_id), instance_id, "report for an invocation this instance is not a target of");
+                    tracing::warn!(
+                        invoke_id = super::edge::shown_id(&invoke_id),
+                        instance_id,
+                        "report for an invocation this instance is not a target of"
+                    );
                     // Ack so the agent stops retrying a report that can never land.
-                    send(ws, &HubMsg::Error { code: "NotATarget".into(), message: format!("instance {instance_id} is not a target of {invoke_id}"), fatal: false }).await?;
+                    send(
+                        ws,
+                        &HubMsg::Error {
+                            code: "NotATarget".into(),
+                            message: format!("instance {instance_id} is not a target of {invoke_id}"),
+                            fatal: false,
+                        },
+                    )
+                    .await?;
                     send(ws, &HubMsg::ReportAck { report_id }).await?;
                 }
             }
@@ -399,7 +430,12 @@ async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, mine: &Deliver
             // unanswered (live output is best effort).
             if !mine.contains(&invoke_id) {
                 if let Some(suppressed) = super::edge::peer_warnings().allow() {
-                    tracing::warn!(instance_id, invoke_id = super::edge::shown_id(&invoke_id), suppressed, "live output for an invocation not delivered to this agent; dropped");
+                    tracing::warn!(
+                        instance_id,
+                        invoke_id = super::edge::shown_id(&invoke_id),
+                        suppressed,
+                        "live output for an invocation not delivered to this agent; dropped"
+                    );
                 }
                 return Ok(());
             }

@@ -242,7 +242,9 @@ impl Policy {
                         .into_iter()
                         .map(|p| match p.strip_prefix("tag:") {
                             Some(kv) => match kv.split_once('=') {
-                                Some((k, v)) if !k.is_empty() => Ok(InstancePattern::Tag { key: k.to_string(), value: Pattern::new(v, false) }),
+                                Some((k, v)) if !k.is_empty() => {
+                                    Ok(InstancePattern::Tag { key: k.to_string(), value: Pattern::new(v, false) })
+                                }
                                 _ => Err(PolicyError::BadInstance { index, pattern: p.clone() }),
                             },
                             None => Ok(InstancePattern::Id(Pattern::new(&p, false))),
@@ -466,7 +468,12 @@ pub fn check(principal: &Principal, a: &Access<'_>) -> Result<(), Denied> {
         Principal::Configured { .. } => return Ok(()),
         Principal::Stored { key_id, policy } => (key_id, policy),
     };
-    let deny = |instance: Option<&str>, explicit| Denied { key_id: key_id.clone(), action: a.action.to_string(), instance: instance.map(str::to_string), explicit };
+    let deny = |instance: Option<&str>, explicit| Denied {
+        key_id: key_id.clone(),
+        action: a.action.to_string(),
+        instance: instance.map(str::to_string),
+        explicit,
+    };
     let Some(policy) = policy else { return Err(deny(None, false)) };
     let applicable = policy.applicable(a);
     if a.targets.is_empty() {
@@ -596,9 +603,18 @@ mod tests {
         assert!(matches!(Policy::parse("[]"), Err(PolicyError::Json(_))));
         assert!(matches!(Policy::parse(r#"{"Statement":[{"Effect":"Allow","Action":"*","Bogus":1}]}"#), Err(PolicyError::Json(_))));
         assert!(matches!(Policy::parse(r#"{"Version":"2","Statement":[]}"#), Err(PolicyError::Version(_))));
-        assert!(matches!(Policy::parse(r#"{"Statement":[{"Effect":"Allow","Action":[]}]}"#), Err(PolicyError::Empty { field: "Action", .. })));
-        assert!(matches!(Policy::parse(r#"{"Statement":[{"Effect":"Allow","Action":"*","Instance":"tag:=x"}]}"#), Err(PolicyError::BadInstance { .. })));
-        assert!(matches!(Policy::parse(r#"{"Statement":[{"Effect":"Allow","Action":"*","CommandType":"Bash"}]}"#), Err(PolicyError::BadCommandType { .. })));
+        assert!(matches!(
+            Policy::parse(r#"{"Statement":[{"Effect":"Allow","Action":[]}]}"#),
+            Err(PolicyError::Empty { field: "Action", .. })
+        ));
+        assert!(matches!(
+            Policy::parse(r#"{"Statement":[{"Effect":"Allow","Action":"*","Instance":"tag:=x"}]}"#),
+            Err(PolicyError::BadInstance { .. })
+        ));
+        assert!(matches!(
+            Policy::parse(r#"{"Statement":[{"Effect":"Allow","Action":"*","CommandType":"Bash"}]}"#),
+            Err(PolicyError::BadCommandType { .. })
+        ));
         let many = format!(r#"{{"Statement":[{}]}}"#, vec![r#"{"Effect":"Allow","Action":"x"}"#; MAX_STATEMENTS + 1].join(","));
         assert!(matches!(Policy::parse(&many), Err(PolicyError::TooManyStatements(_))));
         assert!(matches!(Policy::parse(&" ".repeat(MAX_DOCUMENT_BYTES + 1)), Err(PolicyError::TooLarge(_))));

@@ -64,7 +64,21 @@ impl HubFile {
         macro_rules! take {
             ($($f:ident),*) => { $( if other.$f.is_some() { self.$f = other.$f; } )* };
         }
-        take!(listen, data_dir, store, tls_cert, tls_key, agent_client_ca, insecure_loopback, access_keys, heartbeat_secs, delivery_timeout_secs, log_json, parameter_values, audit_retention_days);
+        take!(
+            listen,
+            data_dir,
+            store,
+            tls_cert,
+            tls_key,
+            agent_client_ca,
+            insecure_loopback,
+            access_keys,
+            heartbeat_secs,
+            delivery_timeout_secs,
+            log_json,
+            parameter_values,
+            audit_retention_days
+        );
         self
     }
 
@@ -79,7 +93,10 @@ impl HubFile {
             Some(s) if s.starts_with("postgres://") || s.starts_with("postgresql://") => Ok(s.to_string()),
             Some(s) => match s.strip_prefix("sqlite://") {
                 Some(path) if !path.is_empty() => Ok(path.to_string()),
-                _ => Err(ConfigError::Invalid { key: "store", message: format!("{:?} is neither postgres://… nor sqlite:///path", redact(s)) }),
+                _ => Err(ConfigError::Invalid {
+                    key: "store",
+                    message: format!("{:?} is neither postgres://… nor sqlite:///path", redact(s)),
+                }),
             },
         }
     }
@@ -87,7 +104,9 @@ impl HubFile {
     pub fn resolve(&self) -> Result<HubConfig, ConfigError> {
         self.store_spec()?;
         let listen_s = self.listen.clone().unwrap_or_else(|| DEFAULT_LISTEN.into());
-        let listen: SocketAddr = listen_s.parse().map_err(|_| ConfigError::Invalid { key: "listen", message: format!("{listen_s:?} is not an address like 0.0.0.0:7070") })?;
+        let listen: SocketAddr = listen_s
+            .parse()
+            .map_err(|_| ConfigError::Invalid { key: "listen", message: format!("{listen_s:?} is not an address like 0.0.0.0:7070") })?;
         let mut cfg = HubConfig::new(listen);
         match (&self.tls_cert, &self.tls_key) {
             (Some(c), Some(k)) => {
@@ -100,10 +119,18 @@ impl HubFile {
             }
             (None, None) if self.insecure_loopback == Some(true) => {
                 if !listen.ip().is_loopback() {
-                    return Err(ConfigError::Invalid { key: "insecure_loopback", message: format!("plain HTTP is refused on non-loopback address {listen}") });
+                    return Err(ConfigError::Invalid {
+                        key: "insecure_loopback",
+                        message: format!("plain HTTP is refused on non-loopback address {listen}"),
+                    });
                 }
             }
-            (None, None) => return Err(ConfigError::Invalid { key: "tls_cert", message: "required (or insecure_loopback = true for a loopback-only test hub)".into() }),
+            (None, None) => {
+                return Err(ConfigError::Invalid {
+                    key: "tls_cert",
+                    message: "required (or insecure_loopback = true for a loopback-only test hub)".into(),
+                });
+            }
             _ => return Err(ConfigError::Invalid { key: "tls_key", message: "tls_cert and tls_key go together".into() }),
         }
         if let Some(ca) = &self.agent_client_ca {

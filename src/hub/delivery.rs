@@ -27,12 +27,7 @@ fn send_invoke(hub: &Hub, instance_id: &str, invocation: Invocation) -> bool {
 }
 
 fn send_stop(hub: &Hub, instance_id: &str, invoke_id: &str) -> bool {
-    hub.agents.send(
-        instance_id,
-        HubMsg::Stop {
-            invoke_id: invoke_id.to_string(),
-        },
-    )
+    hub.agents.send(instance_id, HubMsg::Stop { invoke_id: invoke_id.to_string() })
 }
 
 /// A just-created invocation to those of its targets connected here;
@@ -52,11 +47,7 @@ pub fn stop(hub: &Hub, invoke_id: &str, instances: &[String]) {
 
 /// A stored invocation to the agents this replica holds (every unsettled
 /// target, or only `only`). The invocation is read once, not per target.
-pub async fn relay(
-    hub: &Hub,
-    invoke_id: &str,
-    only: Option<&HashSet<String>>,
-) -> Result<(), StoreError> {
+pub async fn relay(hub: &Hub, invoke_id: &str, only: Option<&HashSet<String>>) -> Result<(), StoreError> {
     let Some(inv) = hub.store.get_invocation(invoke_id).await? else {
         return Ok(());
     };
@@ -66,11 +57,7 @@ pub async fn relay(
             continue;
         }
         if send_invoke(hub, &instance_id, wire(hub, &inv, d.instance_name)) {
-            tracing::debug!(
-                invoke_id,
-                instance_id,
-                "pushed invocation announced by another replica"
-            );
+            tracing::debug!(invoke_id, instance_id, "pushed invocation announced by another replica");
         }
     }
     Ok(())

@@ -8,10 +8,10 @@ pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod edge;
-pub mod signature;
 mod live;
 mod rollout;
 mod server;
+pub mod signature;
 pub mod store;
 mod writer;
 
@@ -117,7 +117,8 @@ pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: Cancellatio
     tracing::info!(open_files_limit = fds, hub_id = %id, shared_store = store.shared(), "starting hub");
     // Alone on its store, a starting hub knows no agent is connected; with
     // replicas, only those of replicas that stopped are released.
-    let cutoff = if store.shared() { store::ago_str(cluster::DEAD_AFTER) } else { store::stamp(chrono::Utc::now() + chrono::Duration::days(1)) };
+    let cutoff =
+        if store.shared() { store::ago_str(cluster::DEAD_AFTER) } else { store::stamp(chrono::Utc::now() + chrono::Duration::days(1)) };
     store.release_dead_hubs(&cutoff).await?;
     store.hub_alive(&id).await?;
     let hub = Arc::new(Hub {

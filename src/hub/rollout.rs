@@ -54,12 +54,6 @@ async fn send(hub: &Hub, r: Released) {
     if let Err(e) = super::delivery::relay(hub, &r.invoke_id, Some(&only)).await {
         tracing::warn!(invoke_id = %r.invoke_id, error = %e, "sending released targets");
     }
-    super::cluster::announce(
-        hub,
-        super::cluster::Event::Invoke {
-            id: r.invoke_id.clone(),
-        },
-    )
-    .await;
+    super::cluster::announce(hub, super::cluster::Event::Invoke { id: r.invoke_id.clone() }).await;
     tracing::debug!(invoke_id = %r.invoke_id, released = r.instances.len(), "released targets sent");
 }

@@ -92,7 +92,14 @@ pub async fn serve(hub: Arc<Hub>, shutdown: CancellationToken) -> Result<(), Hub
     Ok(())
 }
 
-async fn connection(sock: TcpStream, peer: SocketAddr, tls: Option<TlsAcceptor>, app: Router, slot: PendingSlot, shutdown: CancellationToken) {
+async fn connection(
+    sock: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    app: Router,
+    slot: PendingSlot,
+    shutdown: CancellationToken,
+) {
     let Some(acceptor) = tls else {
         return serve_http(TokioIo::new(sock), Peer(peer, false), app, slot, shutdown).await;
     };

@@ -53,10 +53,7 @@ pub fn check_writable(path: &Path) -> Result<std::fs::Metadata, KubeletError> {
 /// Copy `path` to `<dir>/<name>.deckhand-<UTC timestamp>.bak`, then prune old backups.
 pub fn backup(path: &Path, dir: Option<&Path>) -> Result<PathBuf, KubeletError> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("kubelet-config");
-    let dir = dir
-        .map(Path::to_path_buf)
-        .or_else(|| path.parent().map(Path::to_path_buf))
-        .unwrap_or_else(|| PathBuf::from("."));
+    let dir = dir.map(Path::to_path_buf).or_else(|| path.parent().map(Path::to_path_buf)).unwrap_or_else(|| PathBuf::from("."));
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
     let dest = dir.join(format!("{name}.deckhand-{stamp}.bak"));
     std::fs::copy(path, &dest).map_err(io(&dest))?;
@@ -72,11 +69,7 @@ fn prune_backups(dir: &Path, name: &str) {
     let mut found: Vec<PathBuf> = rd
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".bak"))
-        })
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".bak")))
         .collect();
     // Timestamps sort lexically.
     found.sort();
@@ -96,8 +89,7 @@ pub fn atomic_write(path: &Path, text: &str) -> Result<(), KubeletError> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("kubelet-config");
     let tmp = dir.join(format!(".{name}.deckhand-tmp"));
     let _ = std::fs::remove_file(&tmp);
-    let mut f =
-        std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp))?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(io(&tmp))?;
     let result = (|| {
         f.write_all(text.as_bytes())?;
         if let Some(m) = &meta {
@@ -120,35 +112,23 @@ pub fn atomic_write(path: &Path, text: &str) -> Result<(), KubeletError> {
 }
 
 /// Apply `plan`: write, restart, wait healthy; roll back on failure.
-pub async fn apply<S: ServiceManager>(
-    plan: &Plan,
-    opts: &ApplyOptions,
-    svc: &S,
-) -> Result<ApplyOutcome, KubeletError> {
+pub async fn apply<S: ServiceManager>(plan: &Plan, opts: &ApplyOptions, svc: &S) -> Result<ApplyOutcome, KubeletError> {
     if !plan.changed {
         tracing::info!(config = %plan.config_path.display(), "kubelet reservation already applied; nothing to do");
         return Ok(ApplyOutcome::Unchanged);
     }
     if plan.offline {
-        return Err(KubeletError::NoConfigFound(
-            "an offline plan has no config file to apply to".into(),
-        ));
+        return Err(KubeletError::NoConfigFound("an offline plan has no config file to apply to".into()));
     }
     if opts.health_timeout.is_zero() || opts.health_timeout > MAX_HEALTH_TIMEOUT {
-        return Err(KubeletError::InvalidPlan(format!(
-            "health timeout must be 1s..=600s, got {:?}",
-            opts.health_timeout
-        )));
+        return Err(KubeletError::InvalidPlan(format!("health timeout must be 1s..=600s, got {:?}", opts.health_timeout)));
     }
     let path = &plan.config_path;
     check_writable(path)?;
     // The plan was computed from a snapshot; refuse if someone changed the file since.
     let current = std::fs::read_to_string(path).map_err(io(path))?;
     if current != plan.old_text {
-        return Err(KubeletError::Refused(format!(
-            "{} changed since the plan was made; plan again",
-            path.display()
-        )));
+        return Err(KubeletError::Refused(format!("{} changed since the plan was made; plan again", path.display())));
     }
     let backup_path = backup(path, opts.backup_dir.as_deref())?;
     atomic_write(path, &plan.new_text)?;
@@ -156,12 +136,10 @@ pub async fn apply<S: ServiceManager>(
 
     let failure = match svc.restart(&opts.unit).await {
         Err(reason) => Some(Err(reason)),
-        Ok(()) => {
-            match wait_healthy(&opts.health_url, opts.health_timeout, opts.poll_interval).await {
-                Ok(()) => None,
-                Err(last) => Some(Ok(last)),
-            }
-        }
+        Ok(()) => match wait_healthy(&opts.health_url, opts.health_timeout, opts.poll_interval).await {
+            Ok(()) => None,
+            Err(last) => Some(Ok(last)),
+        },
     };
     let Some(failure) = failure else {
         tracing::info!(config = %path.display(), "kubelet healthy with new reservation");
@@ -172,20 +150,14 @@ pub async fn apply<S: ServiceManager>(
     let original = std::fs::read_to_string(&backup_path).map_err(io(&backup_path))?;
     atomic_write(path, &original)?;
     let recovered = match svc.restart(&opts.unit).await {
-        Ok(()) => {
-            wait_healthy(&opts.health_url, opts.health_timeout, opts.poll_interval).await.is_ok()
-        }
+        Ok(()) => wait_healthy(&opts.health_url, opts.health_timeout, opts.poll_interval).await.is_ok(),
         Err(e) => {
             tracing::error!(unit = %opts.unit, error = %e, "restart after rollback failed");
             false
         }
     };
     match failure {
-        Err(reason) => Err(KubeletError::RestartFailed {
-            unit: opts.unit.clone(),
-            reason,
-            backup: backup_path,
-        }),
+        Err(reason) => Err(KubeletError::RestartFailed { unit: opts.unit.clone(), reason, backup: backup_path }),
         Ok(last) => {
             tracing::error!(url = %opts.health_url, last = %last, recovered, "rolled back kubelet config");
             Err(KubeletError::Unhealthy {

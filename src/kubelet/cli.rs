@@ -111,8 +111,7 @@ pub enum KubeletCmd {
 
 fn quantity_bytes(field: &str, s: &str) -> Result<u64, KubeletError> {
     let q = Quantity::parse(s).map_err(|e| KubeletError::InvalidPlan(format!("{field}: {e}")))?;
-    u64::try_from(q.units_ceil())
-        .map_err(|_| KubeletError::InvalidPlan(format!("{field}: {s} is negative")))
+    u64::try_from(q.units_ceil()).map_err(|_| KubeletError::InvalidPlan(format!("{field}: {s} is negative")))
 }
 
 /// Read `--explicit FILE|-`, bounded at `MAX_PASTED_BYTES`.
@@ -126,14 +125,9 @@ fn read_pasted(path: &Path) -> Result<String, KubeletError> {
         std::fs::File::open(path).map_err(io)?.take(limit).read_to_end(&mut buf).map_err(io)?;
     }
     if buf.len() > MAX_PASTED_BYTES {
-        return Err(KubeletError::InvalidPlan(format!(
-            "--explicit {}: more than {MAX_PASTED_BYTES} bytes",
-            path.display()
-        )));
+        return Err(KubeletError::InvalidPlan(format!("--explicit {}: more than {MAX_PASTED_BYTES} bytes", path.display())));
     }
-    String::from_utf8(buf).map_err(|_| {
-        KubeletError::InvalidPlan(format!("--explicit {}: not UTF-8 text", path.display()))
-    })
+    String::from_utf8(buf).map_err(|_| KubeletError::InvalidPlan(format!("--explicit {}: not UTF-8 text", path.display())))
 }
 
 /// Turn the flags into a plan request, refusing inconsistent ones.
@@ -152,12 +146,9 @@ pub fn plan_request(a: &PlanArgs) -> Result<PlanRequest, KubeletError> {
         PolicyName::Tke => Policy::Tke,
         PolicyName::Cce => Policy::Cce,
         PolicyName::Explicit => {
-            let sources =
-                [a.kubelet_args.is_some(), a.explicit_json.is_some(), a.explicit.is_some()];
+            let sources = [a.kubelet_args.is_some(), a.explicit_json.is_some(), a.explicit.is_some()];
             if sources.iter().filter(|x| **x).count() > 1 {
-                return Err(KubeletError::InvalidPlan(
-                    "give one of --kubelet-args, --explicit-json and --explicit".into(),
-                ));
+                return Err(KubeletError::InvalidPlan("give one of --kubelet-args, --explicit-json and --explicit".into()));
             }
             let mut spec = if let Some(args) = &a.kubelet_args {
                 ExplicitSpec::from_kubelet_args(args)?
@@ -165,18 +156,14 @@ pub fn plan_request(a: &PlanArgs) -> Result<PlanRequest, KubeletError> {
                 // `--explicit-json` keeps its name but reads every pasted form, so a TOML
                 // block given to it works too (it is what operators tried first).
                 pasted::parse(js, None).map_err(|e| match e {
-                    KubeletError::InvalidPlan(m) => {
-                        KubeletError::InvalidPlan(format!("--explicit-json: {m}"))
-                    }
+                    KubeletError::InvalidPlan(m) => KubeletError::InvalidPlan(format!("--explicit-json: {m}")),
                     e => e,
                 })?
             } else if let Some(path) = &a.explicit {
                 let text = read_pasted(path)?;
                 let format = a.explicit_format.or_else(|| PastedFormat::from_extension(path));
                 pasted::parse(&text, format).map_err(|e| match e {
-                    KubeletError::InvalidPlan(m) => {
-                        KubeletError::InvalidPlan(format!("--explicit {}: {m}", path.display()))
-                    }
+                    KubeletError::InvalidPlan(m) => KubeletError::InvalidPlan(format!("--explicit {}: {m}", path.display())),
                     e => e,
                 })?
             } else {
@@ -200,10 +187,7 @@ pub fn plan_request(a: &PlanArgs) -> Result<PlanRequest, KubeletError> {
         }
     };
     if explicit_given && a.policy != PolicyName::Explicit {
-        return Err(KubeletError::InvalidPlan(format!(
-            "explicit values given with --policy {}; use --policy explicit",
-            policy.name()
-        )));
+        return Err(KubeletError::InvalidPlan(format!("explicit values given with --policy {}; use --policy explicit", policy.name())));
     }
     Ok(PlanRequest {
         policy,
@@ -212,11 +196,7 @@ pub fn plan_request(a: &PlanArgs) -> Result<PlanRequest, KubeletError> {
         memory_bytes: a.memory.as_deref().map(|m| quantity_bytes("memory", m)).transpose()?,
         max_pods: a.max_pods,
         kubernetes_version: a.kubernetes_version.as_deref().map(KubeVersion::parse).transpose()?,
-        ephemeral_storage_bytes: a
-            .ephemeral_storage
-            .as_deref()
-            .map(|m| quantity_bytes("ephemeral-storage", m))
-            .transpose()?,
+        ephemeral_storage_bytes: a.ephemeral_storage.as_deref().map(|m| quantity_bytes("ephemeral-storage", m)).transpose()?,
         allow_offline: false,
     })
 }
@@ -228,25 +208,12 @@ pub async fn run_cmd(cmd: KubeletCmd) -> Result<i32, KubeletError> {
 }
 
 /// As `run_cmd`, with the service manager and output given (tests use stand-ins).
-pub async fn run_cmd_with<S: ServiceManager>(
-    cmd: KubeletCmd,
-    svc: &S,
-    out: &mut (dyn Write + Send),
-) -> Result<i32, KubeletError> {
+pub async fn run_cmd_with<S: ServiceManager>(cmd: KubeletCmd, svc: &S, out: &mut (dyn Write + Send)) -> Result<i32, KubeletError> {
     let (args, apply_opts) = match cmd {
         KubeletCmd::Plan { args } => (args, None),
-        KubeletCmd::Apply {
-            args,
-            unit,
-            health_url,
-            health_timeout_secs,
-            health_poll_ms,
-            backup_dir,
-        } => {
+        KubeletCmd::Apply { args, unit, health_url, health_timeout_secs, health_poll_ms, backup_dir } => {
             if !(10..=10_000).contains(&health_poll_ms) {
-                return Err(KubeletError::InvalidPlan(format!(
-                    "--health-poll-ms must be 10..=10000, got {health_poll_ms}"
-                )));
+                return Err(KubeletError::InvalidPlan(format!("--health-poll-ms must be 10..=10000, got {health_poll_ms}")));
             }
             let opts = ApplyOptions {
                 unit,
@@ -273,11 +240,7 @@ pub async fn run_cmd_with<S: ServiceManager>(
         } else {
             let _ = write!(out, "{}", plan.render_diff());
             if let Some((result, backup)) = extra {
-                let _ = writeln!(
-                    out,
-                    "result: {result}{}",
-                    backup.map(|b| format!(" (backup {})", b.display())).unwrap_or_default()
-                );
+                let _ = writeln!(out, "result: {result}{}", backup.map(|b| format!(" (backup {})", b.display())).unwrap_or_default());
             }
         }
     };

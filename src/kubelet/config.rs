@@ -60,13 +60,9 @@ impl KubeletConfigFile {
             _ => KubeletError::Io { path: path.to_path_buf(), source: e },
         })?;
         if meta.len() > MAX_CONFIG_BYTES {
-            return Err(malformed(
-                path,
-                format!("file is {} bytes, more than the {MAX_CONFIG_BYTES} limit", meta.len()),
-            ));
+            return Err(malformed(path, format!("file is {} bytes, more than the {MAX_CONFIG_BYTES} limit", meta.len())));
         }
-        let bytes = std::fs::read(path)
-            .map_err(|e| KubeletError::Io { path: path.to_path_buf(), source: e })?;
+        let bytes = std::fs::read(path).map_err(|e| KubeletError::Io { path: path.to_path_buf(), source: e })?;
         let text = String::from_utf8(bytes).map_err(|_| malformed(path, "file is not UTF-8"))?;
         Ok(Self::from_text(path, text))
     }
@@ -98,10 +94,7 @@ impl KubeletConfigFile {
         };
         let again = KubeletConfigFile { text: out.clone(), ..self.clone() }.state()?;
         if &again.reservation != r {
-            return Err(malformed(
-                &self.path,
-                "edited config did not read back as planned; refusing to write it",
-            ));
+            return Err(malformed(&self.path, "edited config did not read back as planned; refusing to write it"));
         }
         Ok(out)
     }
@@ -110,8 +103,7 @@ impl KubeletConfigFile {
 // ---------- JSON ----------
 
 fn json_root(path: &Path, text: &str) -> Result<Map<String, Value>, KubeletError> {
-    let v: Value =
-        serde_json::from_str(text).map_err(|e| malformed(path, format!("invalid JSON: {e}")))?;
+    let v: Value = serde_json::from_str(text).map_err(|e| malformed(path, format!("invalid JSON: {e}")))?;
     let Value::Object(m) = v else {
         return Err(malformed(path, "top level is not a JSON object"));
     };
@@ -131,9 +123,7 @@ fn json_state(path: &Path, text: &str) -> Result<ConfigState, KubeletError> {
             Some(Value::Object(o)) => o
                 .iter()
                 .map(|(k, v)| {
-                    v.as_str()
-                        .map(|s| (k.clone(), s.to_string()))
-                        .ok_or_else(|| malformed(path, format!("{key}.{k} is not a string")))
+                    v.as_str().map(|s| (k.clone(), s.to_string())).ok_or_else(|| malformed(path, format!("{key}.{k} is not a string")))
                 })
                 .collect(),
             Some(_) => Err(malformed(path, format!("{key} is not an object"))),
@@ -147,24 +137,12 @@ fn json_state(path: &Path, text: &str) -> Result<ConfigState, KubeletError> {
         None | Some(Value::Null) => vec![],
         Some(Value::Array(a)) => a
             .iter()
-            .map(|v| {
-                v.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| malformed(path, "enforceNodeAllocatable has a non-string item"))
-            })
+            .map(|v| v.as_str().map(str::to_string).ok_or_else(|| malformed(path, "enforceNodeAllocatable has a non-string item")))
             .collect::<Result<_, _>>()?,
         Some(_) => return Err(malformed(path, "enforceNodeAllocatable is not a list")),
     };
-    st.kube_reserved_cgroup = m
-        .get("kubeReservedCgroup")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
-    st.system_reserved_cgroup = m
-        .get("systemReservedCgroup")
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string);
+    st.kube_reserved_cgroup = m.get("kubeReservedCgroup").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    st.system_reserved_cgroup = m.get("systemReservedCgroup").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
     st.max_pods = m.get("maxPods").and_then(Value::as_u64).and_then(|n| u32::try_from(n).ok());
     st.cpu_manager_policy = m.get("cpuManagerPolicy").and_then(Value::as_str).map(str::to_string);
     Ok(st)
@@ -174,32 +152,23 @@ fn json_render(path: &Path, text: &str, r: &Reservation) -> Result<String, Kubel
     let mut m = json_root(path, text)?;
     let maps: [(&str, Vec<(String, String)>); 3] = [
         ("kubeReserved", r.kube_reserved.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()),
-        (
-            "systemReserved",
-            r.system_reserved.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
-        ),
+        ("systemReserved", r.system_reserved.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()),
         ("evictionHard", r.eviction_hard.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()),
     ];
     for (key, entries) in maps {
         if entries.is_empty() {
             m.remove(key);
         } else {
-            let obj: Map<String, Value> =
-                entries.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+            let obj: Map<String, Value> = entries.into_iter().map(|(k, v)| (k, Value::String(v))).collect();
             m.insert(key.to_string(), Value::Object(obj));
         }
     }
-    let mut out = serde_json::to_string_pretty(&Value::Object(m))
-        .map_err(|e| malformed(path, e.to_string()))?;
+    let mut out = serde_json::to_string_pretty(&Value::Object(m)).map_err(|e| malformed(path, e.to_string()))?;
     out.push('\n');
     Ok(out)
 }
 
-pub(super) fn resources(
-    path: &Path,
-    field: &str,
-    entries: Vec<(String, String)>,
-) -> Result<ResourceMap, KubeletError> {
+pub(super) fn resources(path: &Path, field: &str, entries: Vec<(String, String)>) -> Result<ResourceMap, KubeletError> {
     let mut out = ResourceMap::new();
     for (k, v) in entries {
         let q = Quantity::parse(&v).map_err(|e| malformed(path, format!("{field}.{k}: {e}")))?;
@@ -208,14 +177,10 @@ pub(super) fn resources(
     Ok(out)
 }
 
-pub(super) fn signals(
-    path: &Path,
-    entries: Vec<(String, String)>,
-) -> Result<EvictionMap, KubeletError> {
+pub(super) fn signals(path: &Path, entries: Vec<(String, String)>) -> Result<EvictionMap, KubeletError> {
     let mut out = EvictionMap::new();
     for (k, v) in entries {
-        let t =
-            Threshold::parse(&v).map_err(|e| malformed(path, format!("evictionHard.{k}: {e}")))?;
+        let t = Threshold::parse(&v).map_err(|e| malformed(path, format!("evictionHard.{k}: {e}")))?;
         out.insert(k, t);
     }
     Ok(out)
@@ -224,15 +189,11 @@ pub(super) fn signals(
 /// Which owned keys a kubelet command line sets as flags; flags win over the config file,
 /// so editing the file would not take effect for those (reported as a warning).
 pub fn flags_override(args: &[String]) -> Vec<&'static str> {
-    [
-        ("--kube-reserved", "kubeReserved"),
-        ("--system-reserved", "systemReserved"),
-        ("--eviction-hard", "evictionHard"),
-    ]
-    .into_iter()
-    .filter(|(flag, _)| args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}="))))
-    .map(|(_, name)| name)
-    .collect()
+    [("--kube-reserved", "kubeReserved"), ("--system-reserved", "systemReserved"), ("--eviction-hard", "evictionHard")]
+        .into_iter()
+        .filter(|(flag, _)| args.iter().any(|a| a == flag || a.starts_with(&format!("{flag}="))))
+        .map(|(_, name)| name)
+        .collect()
 }
 
 #[cfg(test)]
@@ -260,27 +221,15 @@ mod tests {
 
     #[test]
     fn format_detection() {
-        assert_eq!(
-            KubeletConfigFile::from_text(Path::new("/c"), " {}".into()).format,
-            ConfigFormat::Json
-        );
-        assert_eq!(
-            KubeletConfigFile::from_text(Path::new("/c"), "kind: x".into()).format,
-            ConfigFormat::Yaml
-        );
-        assert_eq!(
-            KubeletConfigFile::from_text(Path::new("/c.yml"), "{}".into()).format,
-            ConfigFormat::Yaml
-        );
+        assert_eq!(KubeletConfigFile::from_text(Path::new("/c"), " {}".into()).format, ConfigFormat::Json);
+        assert_eq!(KubeletConfigFile::from_text(Path::new("/c"), "kind: x".into()).format, ConfigFormat::Yaml);
+        assert_eq!(KubeletConfigFile::from_text(Path::new("/c.yml"), "{}".into()).format, ConfigFormat::Yaml);
     }
 
     #[test]
     fn flags_on_the_command_line_are_noticed() {
         let args: Vec<String> =
-            ["kubelet", "--kube-reserved=cpu=1", "--eviction-hard", "memory.available<1Mi"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
+            ["kubelet", "--kube-reserved=cpu=1", "--eviction-hard", "memory.available<1Mi"].iter().map(|s| s.to_string()).collect();
         assert_eq!(flags_override(&args), vec!["kubeReserved", "evictionHard"]);
     }
 }

@@ -43,25 +43,14 @@ impl ExplicitSpec {
     /// Fill the maps the operator left out from `current`.
     pub fn over(&self, current: &Reservation) -> Reservation {
         Reservation {
-            kube_reserved: self
-                .kube_reserved
-                .clone()
-                .unwrap_or_else(|| current.kube_reserved.clone()),
-            system_reserved: self
-                .system_reserved
-                .clone()
-                .unwrap_or_else(|| current.system_reserved.clone()),
-            eviction_hard: self
-                .eviction_hard
-                .clone()
-                .unwrap_or_else(|| current.eviction_hard.clone()),
+            kube_reserved: self.kube_reserved.clone().unwrap_or_else(|| current.kube_reserved.clone()),
+            system_reserved: self.system_reserved.clone().unwrap_or_else(|| current.system_reserved.clone()),
+            eviction_hard: self.eviction_hard.clone().unwrap_or_else(|| current.eviction_hard.clone()),
         }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.kube_reserved.is_none()
-            && self.system_reserved.is_none()
-            && self.eviction_hard.is_none()
+        self.kube_reserved.is_none() && self.system_reserved.is_none() && self.eviction_hard.is_none()
     }
 
     /// Parse a kubelet argument string such as bootstrap.sh's `--kubelet-extra-args`.
@@ -83,10 +72,7 @@ impl ExplicitSpec {
             }
         }
         if spec.is_empty() {
-            return Err(bad(
-                "no --kube-reserved, --system-reserved or --eviction-hard found in kubelet args"
-                    .into(),
-            ));
+            return Err(bad("no --kube-reserved, --system-reserved or --eviction-hard found in kubelet args".into()));
         }
         Ok(spec)
     }
@@ -104,17 +90,9 @@ impl ExplicitSpec {
     }
 }
 
-pub(super) fn insert_resource(
-    field: &str,
-    out: &mut ResourceMap,
-    name: &str,
-    value: &str,
-) -> Result<(), KubeletError> {
+pub(super) fn insert_resource(field: &str, out: &mut ResourceMap, name: &str, value: &str) -> Result<(), KubeletError> {
     if !RESOURCES.contains(&name) {
-        return Err(bad(format!(
-            "{field}: unknown resource {name:?} (expected one of {})",
-            RESOURCES.join(", ")
-        )));
+        return Err(bad(format!("{field}: unknown resource {name:?} (expected one of {})", RESOURCES.join(", "))));
     }
     let q = Quantity::parse(value).map_err(|e| bad(format!("{field}.{name}: {e}")))?;
     if q.nanos() < 0 {
@@ -126,16 +104,9 @@ pub(super) fn insert_resource(
     Ok(())
 }
 
-pub(super) fn insert_signal(
-    out: &mut EvictionMap,
-    name: &str,
-    value: &str,
-) -> Result<(), KubeletError> {
+pub(super) fn insert_signal(out: &mut EvictionMap, name: &str, value: &str) -> Result<(), KubeletError> {
     if !SIGNALS.contains(&name) {
-        return Err(bad(format!(
-            "evictionHard: unknown signal {name:?} (expected one of {})",
-            SIGNALS.join(", ")
-        )));
+        return Err(bad(format!("evictionHard: unknown signal {name:?} (expected one of {})", SIGNALS.join(", "))));
     }
     let t = Threshold::parse(value).map_err(|e| bad(format!("evictionHard.{name}: {e}")))?;
     if out.insert(name.to_string(), t).is_some() {
@@ -153,9 +124,7 @@ pub fn parse_resource_list(field: &str, s: &str) -> Result<ResourceMap, KubeletE
     let s = s.split_once('=').filter(|(k, _)| k.starts_with("--")).map(|(_, v)| v).unwrap_or(s);
     let mut out = ResourceMap::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (k, v) = item
-            .split_once('=')
-            .ok_or_else(|| bad(format!("{field}: {item:?} is not name=quantity")))?;
+        let (k, v) = item.split_once('=').ok_or_else(|| bad(format!("{field}: {item:?} is not name=quantity")))?;
         insert_resource(field, &mut out, k.trim(), v.trim())?;
     }
     Ok(out)
@@ -170,9 +139,7 @@ pub fn parse_eviction_list(s: &str) -> Result<EvictionMap, KubeletError> {
     let s = s.strip_prefix("--eviction-hard=").unwrap_or(s);
     let mut out = EvictionMap::new();
     for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
-        let (k, v) = item
-            .split_once('<')
-            .ok_or_else(|| bad(format!("evictionHard: {item:?} is not signal<threshold")))?;
+        let (k, v) = item.split_once('<').ok_or_else(|| bad(format!("evictionHard: {item:?} is not signal<threshold")))?;
         insert_signal(&mut out, k.trim(), v.trim())?;
     }
     Ok(out)
@@ -214,8 +181,7 @@ mod tests {
         assert_eq!(b.eviction_hard.unwrap()["memory.available"].to_string(), "15%");
         let k = ExplicitSpec::from_json(&karpenter).unwrap();
         assert_eq!(k.kube_reserved.unwrap()["ephemeral-storage"].to_string(), "3Gi");
-        let flags =
-            ExplicitSpec::from_json(&json!({"kubeReserved": "cpu=200m,memory=1Gi"})).unwrap();
+        let flags = ExplicitSpec::from_json(&json!({"kubeReserved": "cpu=200m,memory=1Gi"})).unwrap();
         assert_eq!(flags.kube_reserved.unwrap()["memory"].to_string(), "1Gi");
         assert!(flags.system_reserved.is_none(), "left-out map stays as configured");
     }
@@ -237,11 +203,6 @@ mod tests {
             assert!(e.contains(want), "{v}: {e}");
         }
         assert!(ExplicitSpec::from_kubelet_args("--v=2").is_err());
-        assert!(
-            parse_resource_list("kube-reserved", "cpu=1,cpu=2")
-                .unwrap_err()
-                .to_string()
-                .contains("twice")
-        );
+        assert!(parse_resource_list("kube-reserved", "cpu=1,cpu=2").unwrap_err().to_string().contains("twice"));
     }
 }

@@ -85,8 +85,7 @@ pub fn detect_kubelet_version() -> Option<KubeVersion> {
 
 /// Run `<exe> --version` (bounded in time and output) and parse `Kubernetes v1.30.2`.
 pub fn kubelet_version_of(exe: &Path) -> Result<KubeVersion, KubeletError> {
-    let fail =
-        |why: String| KubeletError::InvalidPlan(format!("{} --version: {why}", exe.display()));
+    let fail = |why: String| KubeletError::InvalidPlan(format!("{} --version: {why}", exe.display()));
     let mut child = Command::new(exe)
         .arg("--version")
         .stdin(Stdio::null())
@@ -132,13 +131,7 @@ fn running_kubelet() -> Option<(u32, Vec<String>)> {
         }
         let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
         let pid: u32 = pid.parse().ok()?;
-        return Some((
-            pid,
-            raw.split(|b| *b == 0)
-                .filter(|a| !a.is_empty())
-                .map(|a| String::from_utf8_lossy(a).into_owned())
-                .collect(),
-        ));
+        return Some((pid, raw.split(|b| *b == 0).filter(|a| !a.is_empty()).map(|a| String::from_utf8_lossy(a).into_owned()).collect()));
     }
     None
 }
@@ -159,10 +152,7 @@ pub fn flag_value(args: &[String], flag: &str) -> Option<String> {
 
 /// The config to edit: the override, else the running kubelet's `--config`, else the EKS
 /// path, else the kubeadm path.
-pub fn locate_config(
-    override_path: Option<&Path>,
-    kubelet_args: Option<&[String]>,
-) -> Result<PathBuf, KubeletError> {
+pub fn locate_config(override_path: Option<&Path>, kubelet_args: Option<&[String]>) -> Result<PathBuf, KubeletError> {
     if let Some(p) = override_path {
         return Ok(p.to_path_buf());
     }
@@ -174,9 +164,7 @@ pub fn locate_config(
             return Ok(PathBuf::from(p));
         }
     }
-    Err(KubeletError::NoConfigFound(format!(
-        "the kubelet's --config, {EKS_CONFIG}, {KUBEADM_CONFIG}"
-    )))
+    Err(KubeletError::NoConfigFound(format!("the kubelet's --config, {EKS_CONFIG}, {KUBEADM_CONFIG}")))
 }
 
 #[cfg(test)]
@@ -185,14 +173,8 @@ mod tests {
 
     #[test]
     fn config_location_prefers_override_then_kubelet_flag() {
-        let args: Vec<String> = ["/usr/bin/kubelet", "--config", "/etc/k/kc.yaml", "--v=2"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-        assert_eq!(
-            locate_config(Some(Path::new("/x.json")), Some(&args)).unwrap(),
-            PathBuf::from("/x.json")
-        );
+        let args: Vec<String> = ["/usr/bin/kubelet", "--config", "/etc/k/kc.yaml", "--v=2"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(locate_config(Some(Path::new("/x.json")), Some(&args)).unwrap(), PathBuf::from("/x.json"));
         assert_eq!(locate_config(None, Some(&args)).unwrap(), PathBuf::from("/etc/k/kc.yaml"));
         let eq: Vec<String> = vec!["kubelet".into(), "--config=/a.json".into()];
         assert_eq!(flag_value(&eq, "--config").as_deref(), Some("/a.json"));

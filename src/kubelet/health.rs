@@ -33,8 +33,7 @@ impl HealthUrl {
         if s.len() > 2048 {
             return Err(bad("longer than 2048 characters"));
         }
-        let rest =
-            s.strip_prefix("http://").ok_or_else(|| bad("only http:// URLs are supported"))?;
+        let rest = s.strip_prefix("http://").ok_or_else(|| bad("only http:// URLs are supported"))?;
         let (authority, path) = match rest.find('/') {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
@@ -43,9 +42,7 @@ impl HealthUrl {
             return Err(bad("path contains whitespace"));
         }
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => {
-                (h, p.parse::<u16>().map_err(|_| bad("port is not a number 1..=65535"))?)
-            }
+            Some((h, p)) => (h, p.parse::<u16>().map_err(|_| bad("port is not a number 1..=65535"))?),
             None => (authority, 80),
         };
         if host.is_empty() || port == 0 {
@@ -59,8 +56,7 @@ impl HealthUrl {
 pub async fn get_status(url: &HealthUrl, timeout: Duration) -> Result<u16, String> {
     let fut = async {
         let host = url.host.trim_start_matches('[').trim_end_matches(']');
-        let mut s =
-            TcpStream::connect((host, url.port)).await.map_err(|e| format!("connect: {e}"))?;
+        let mut s = TcpStream::connect((host, url.port)).await.map_err(|e| format!("connect: {e}"))?;
         let req = format!(
             "GET {} HTTP/1.1\r\nHost: {}:{}\r\nUser-Agent: deckhand-agent\r\nConnection: close\r\n\r\n",
             url.path, url.host, url.port
@@ -80,9 +76,7 @@ pub async fn get_status(url: &HealthUrl, timeout: Duration) -> Result<u16, Strin
         let line = line.lines().next().unwrap_or("");
         let mut parts = line.split_whitespace();
         match (parts.next(), parts.next()) {
-            (Some(v), Some(code)) if v.starts_with("HTTP/1.") => {
-                code.parse::<u16>().map_err(|_| format!("bad status line {line:?}"))
-            }
+            (Some(v), Some(code)) if v.starts_with("HTTP/1.") => code.parse::<u16>().map_err(|_| format!("bad status line {line:?}")),
             _ => Err(format!("bad status line {line:?}")),
         }
     };
@@ -95,11 +89,7 @@ pub const REQUIRED_SUCCESSES: u32 = 3;
 
 /// Poll until `REQUIRED_SUCCESSES` consecutive 200s or `total` elapses. Returns the last
 /// failure on timeout.
-pub async fn wait_healthy(
-    url: &HealthUrl,
-    total: Duration,
-    interval: Duration,
-) -> Result<(), String> {
+pub async fn wait_healthy(url: &HealthUrl, total: Duration, interval: Duration) -> Result<(), String> {
     let deadline = tokio::time::Instant::now() + total;
     let mut last = String::from("never probed");
     let mut streak = 0;
@@ -126,10 +116,7 @@ pub async fn wait_healthy(
             }
         }
         tracing::debug!(url = %url, last = %last, "kubelet not healthy yet");
-        tokio::time::sleep(
-            interval.min(deadline.saturating_duration_since(tokio::time::Instant::now())),
-        )
-        .await;
+        tokio::time::sleep(interval.min(deadline.saturating_duration_since(tokio::time::Instant::now()))).await;
     }
 }
 
@@ -175,9 +162,7 @@ mod tests {
         let u = HealthUrl::parse(DEFAULT_HEALTH_URL).unwrap();
         assert_eq!((u.host.as_str(), u.port, u.path.as_str()), ("127.0.0.1", 10248, "/healthz"));
         assert_eq!(HealthUrl::parse("http://localhost").unwrap().port, 80);
-        for bad in
-            ["https://127.0.0.1/healthz", "http://:80/", "http://h:x/", "http://h:0/", "ftp://x"]
-        {
+        for bad in ["https://127.0.0.1/healthz", "http://:80/", "http://h:x/", "http://h:0/", "ftp://x"] {
             assert!(HealthUrl::parse(bad).is_err(), "{bad}");
         }
     }

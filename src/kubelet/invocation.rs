@@ -73,13 +73,10 @@ fn bytes_field(field: &str, s: &str) -> Result<u64, KubeletError> {
 
 fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), KubeletError> {
     if content.len() > MAX_CONTENT_BYTES {
-        return Err(invalid(format!(
-            "content is {} bytes, more than {MAX_CONTENT_BYTES}",
-            content.len()
-        )));
+        return Err(invalid(format!("content is {} bytes, more than {MAX_CONTENT_BYTES}", content.len())));
     }
-    let r: Request = serde_json::from_str(content)
-        .map_err(|e| invalid(format!("content is not a valid {INVOCATION_TYPE} request: {e}")))?;
+    let r: Request =
+        serde_json::from_str(content).map_err(|e| invalid(format!("content is not a valid {INVOCATION_TYPE} request: {e}")))?;
     let has_explicit = r.kube_reserved.is_some()
         || r.system_reserved.is_some()
         || r.eviction_hard.is_some()
@@ -97,11 +94,8 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
                 .explicit_format
                 .as_deref()
                 .map(|f| {
-                    <PastedFormat as clap::ValueEnum>::from_str(f, true).map_err(|_| {
-                        invalid(format!(
-                            "explicitFormat must be toml, yaml, json or kubelet-args; got {f:?}"
-                        ))
-                    })
+                    <PastedFormat as clap::ValueEnum>::from_str(f, true)
+                        .map_err(|_| invalid(format!("explicitFormat must be toml, yaml, json or kubelet-args; got {f:?}")))
                 })
                 .transpose()?;
             let mut spec = match (&r.kubelet_args, &r.explicit) {
@@ -116,11 +110,7 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
                 (None, None) => ExplicitSpec::default(),
             };
             let mut obj = serde_json::Map::new();
-            for (k, v) in [
-                ("kubeReserved", &r.kube_reserved),
-                ("systemReserved", &r.system_reserved),
-                ("evictionHard", &r.eviction_hard),
-            ] {
+            for (k, v) in [("kubeReserved", &r.kube_reserved), ("systemReserved", &r.system_reserved), ("evictionHard", &r.eviction_hard)] {
                 if let Some(v) = v {
                     obj.insert(k.into(), v.clone());
                 }
@@ -130,23 +120,16 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
             spec.system_reserved = from_obj.system_reserved.or(spec.system_reserved);
             spec.eviction_hard = from_obj.eviction_hard.or(spec.eviction_hard);
             if spec.is_empty() {
-                return Err(invalid(
-                    "policy explicit needs kubeReserved, systemReserved, evictionHard, kubeletArgs or explicit",
-                ));
+                return Err(invalid("policy explicit needs kubeReserved, systemReserved, evictionHard, kubeletArgs or explicit"));
             }
             Policy::Explicit(spec)
         }
         other => {
-            return Err(invalid(format!(
-                "policy must be one of eks, gke, aks, ack, tke, cce, explicit; got {other:?}"
-            )));
+            return Err(invalid(format!("policy must be one of eks, gke, aks, ack, tke, cce, explicit; got {other:?}")));
         }
     };
     if has_explicit && !matches!(policy, Policy::Explicit(_)) {
-        return Err(invalid(format!(
-            "explicit values given with policy {}; use policy explicit",
-            policy.name()
-        )));
+        return Err(invalid(format!("explicit values given with policy {}; use policy explicit", policy.name())));
     }
     let secs = r.health_timeout_secs.unwrap_or(60);
     if !(1..=600).contains(&secs) {
@@ -163,11 +146,7 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
         memory_bytes: r.memory.as_deref().map(|m| bytes_field("memory", m)).transpose()?,
         max_pods: r.max_pods,
         kubernetes_version: r.kubernetes_version.as_deref().map(KubeVersion::parse).transpose()?,
-        ephemeral_storage_bytes: r
-            .ephemeral_storage
-            .as_deref()
-            .map(|m| bytes_field("ephemeralStorage", m))
-            .transpose()?,
+        ephemeral_storage_bytes: r.ephemeral_storage.as_deref().map(|m| bytes_field("ephemeralStorage", m)).transpose()?,
         allow_offline: false,
     };
     let opts = ApplyOptions {
@@ -189,11 +168,7 @@ pub async fn run_invocation(content: &str) -> InvocationOutcome {
 pub async fn run_invocation_with<S: ServiceManager>(content: &str, svc: &S) -> InvocationOutcome {
     let fail = |output: String, e: KubeletError| {
         tracing::warn!(code = e.code(), error = %e, "kubelet invocation failed");
-        InvocationOutcome {
-            ok: false,
-            output: format!("{output}error: {e}\n"),
-            error_code: e.code().to_string(),
-        }
+        InvocationOutcome { ok: false, output: format!("{output}error: {e}\n"), error_code: e.code().to_string() }
     };
     let (req, opts, dry_run) = match parse_request(content) {
         Ok(x) => x,
@@ -205,26 +180,17 @@ pub async fn run_invocation_with<S: ServiceManager>(content: &str, svc: &S) -> I
         Ok(Ok(p)) => p,
         Ok(Err(e)) => return fail(String::new(), e),
         Err(e) => {
-            return fail(
-                String::new(),
-                KubeletError::InvalidPlan(format!("planning stopped: {e}")),
-            );
+            return fail(String::new(), KubeletError::InvalidPlan(format!("planning stopped: {e}")));
         }
     };
     let diff = plan.render_diff();
     if dry_run {
-        return InvocationOutcome {
-            ok: true,
-            output: format!("{diff}result: dry run, nothing changed\n"),
-            error_code: String::new(),
-        };
+        return InvocationOutcome { ok: true, output: format!("{diff}result: dry run, nothing changed\n"), error_code: String::new() };
     }
     match apply(&plan, &opts, svc).await {
-        Ok(ApplyOutcome::Unchanged) => InvocationOutcome {
-            ok: true,
-            output: format!("{diff}result: unchanged\n"),
-            error_code: String::new(),
-        },
+        Ok(ApplyOutcome::Unchanged) => {
+            InvocationOutcome { ok: true, output: format!("{diff}result: unchanged\n"), error_code: String::new() }
+        }
         Ok(ApplyOutcome::Applied { backup }) => InvocationOutcome {
             ok: true,
             output: format!("{diff}result: applied (backup {})\n", backup.display()),

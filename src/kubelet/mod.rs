@@ -62,9 +62,7 @@ impl KubeletError {
     pub fn code(&self) -> &'static str {
         match self {
             KubeletError::InvalidPlan(_) | KubeletError::Refused(_) => "InvalidKubeletPlan",
-            KubeletError::ConfigMissing(_) | KubeletError::NoConfigFound(_) => {
-                "KubeletConfigMissing"
-            }
+            KubeletError::ConfigMissing(_) | KubeletError::NoConfigFound(_) => "KubeletConfigMissing",
             KubeletError::ConfigMalformed { .. } => "KubeletConfigMalformed",
             KubeletError::ConfigReadOnly(_) => "KubeletConfigReadOnly",
             KubeletError::Io { .. } => "KubeletIoError",

@@ -11,9 +11,7 @@ use std::collections::BTreeMap;
 use saphyr::{LoadableYamlNode, MarkedYaml, Scalar, YamlData};
 
 use super::KubeletError;
-use super::explicit::{
-    ExplicitSpec, insert_resource, insert_signal, parse_eviction_list, parse_resource_list,
-};
+use super::explicit::{ExplicitSpec, insert_resource, insert_signal, parse_eviction_list, parse_resource_list};
 use super::policy::{EvictionMap, ResourceMap};
 
 /// Bound on pasted text (same as an `ApplyKubeletReserved` request).
@@ -49,8 +47,7 @@ impl PastedFormat {
         if text.trim_start().starts_with('{') {
             return PastedFormat::Json;
         }
-        let mut lines =
-            text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).peekable();
+        let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).peekable();
         let first_is_assignment = lines.peek().is_some_and(|l| match (l.find('='), l.find(':')) {
             (Some(eq), Some(colon)) => eq < colon && !l.starts_with("--"),
             (Some(_), None) => !l.starts_with('-') && !l.contains(" --"),
@@ -62,9 +59,7 @@ impl PastedFormat {
         if first_is_assignment || text.lines().any(|l| is_toml_header(l.trim_end())) {
             return PastedFormat::Toml;
         }
-        let has_flag = ["--kube-reserved", "--system-reserved", "--eviction-hard"]
-            .iter()
-            .any(|f| text.contains(f));
+        let has_flag = ["--kube-reserved", "--system-reserved", "--eviction-hard"].iter().any(|f| text.contains(f));
         let has_mapping = lines.iter().any(|l| l.ends_with(':') || l.contains(": "));
         if has_flag && !has_mapping {
             return PastedFormat::KubeletArgs;
@@ -79,27 +74,21 @@ fn is_toml_header(l: &str) -> bool {
     l.starts_with('[')
         && l.ends_with(']')
         && !inner.is_empty()
-        && inner
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '"' | '\'' | ' '))
+        && inner.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '"' | '\'' | ' '))
         && inner.contains(|c: char| c.is_ascii_alphabetic())
 }
 
 /// Parse pasted text in `format` (None: detected) into the operator's maps.
 pub fn parse(text: &str, format: Option<PastedFormat>) -> Result<ExplicitSpec, KubeletError> {
     if text.len() > MAX_PASTED_BYTES {
-        return Err(bad(format!(
-            "pasted settings are {} bytes, more than {MAX_PASTED_BYTES}",
-            text.len()
-        )));
+        return Err(bad(format!("pasted settings are {} bytes, more than {MAX_PASTED_BYTES}", text.len())));
     }
     let format = format.unwrap_or_else(|| PastedFormat::detect(text));
     let roots = match format {
         PastedFormat::KubeletArgs => return ExplicitSpec::from_kubelet_args(text),
         PastedFormat::Json => {
-            let v: serde_json::Value = serde_json::from_str(text).map_err(|e| {
-                bad(format!("line {}, column {}: not valid JSON: {e}", e.line(), e.column()))
-            })?;
+            let v: serde_json::Value =
+                serde_json::from_str(text).map_err(|e| bad(format!("line {}, column {}: not valid JSON: {e}", e.line(), e.column())))?;
             vec![Node::from_json(&v, 0)?]
         }
         PastedFormat::Toml => vec![toml_tree(text)?],
@@ -172,14 +161,10 @@ impl Node {
             return Err(bad(format!("nested more than {MAX_DEPTH} levels deep")));
         }
         let value = match v {
-            J::Object(m) => Value::Map(
-                m.iter()
-                    .map(|(k, v)| Ok((k.clone(), Node::from_json(v, depth + 1)?)))
-                    .collect::<Result<_, KubeletError>>()?,
-            ),
-            J::Array(a) => Value::Seq(
-                a.iter().map(|v| Node::from_json(v, depth + 1)).collect::<Result<_, _>>()?,
-            ),
+            J::Object(m) => {
+                Value::Map(m.iter().map(|(k, v)| Ok((k.clone(), Node::from_json(v, depth + 1)?))).collect::<Result<_, KubeletError>>()?)
+            }
+            J::Array(a) => Value::Seq(a.iter().map(|v| Node::from_json(v, depth + 1)).collect::<Result<_, _>>()?),
             J::String(s) => Value::Text(s.clone()),
             J::Number(n) => Value::Text(n.to_string()),
             J::Bool(_) => Value::Other("a boolean"),
@@ -202,12 +187,7 @@ fn toml_tree(text: &str) -> Result<Node, KubeletError> {
     toml_table(text, doc.get_ref(), Some(line_of(text, doc.span().start)), 0)
 }
 
-fn toml_table(
-    text: &str,
-    t: &toml::de::DeTable<'_>,
-    line: Option<usize>,
-    depth: usize,
-) -> Result<Node, KubeletError> {
+fn toml_table(text: &str, t: &toml::de::DeTable<'_>, line: Option<usize>, depth: usize) -> Result<Node, KubeletError> {
     let mut entries = Vec::new();
     for (k, v) in t.iter() {
         entries.push((k.get_ref().to_string(), toml_value(text, v, depth + 1)?));
@@ -215,24 +195,15 @@ fn toml_table(
     Ok(Node { line, value: Value::Map(entries) })
 }
 
-fn toml_value(
-    text: &str,
-    v: &toml::Spanned<toml::de::DeValue<'_>>,
-    depth: usize,
-) -> Result<Node, KubeletError> {
+fn toml_value(text: &str, v: &toml::Spanned<toml::de::DeValue<'_>>, depth: usize) -> Result<Node, KubeletError> {
     use toml::de::DeValue as T;
     let line = Some(line_of(text, v.span().start));
     if depth > MAX_DEPTH {
-        return Err(bad(format!(
-            "line {}: nested more than {MAX_DEPTH} levels deep",
-            line_of(text, v.span().start)
-        )));
+        return Err(bad(format!("line {}: nested more than {MAX_DEPTH} levels deep", line_of(text, v.span().start))));
     }
     let value = match v.get_ref() {
         T::Table(t) => return toml_table(text, t, line, depth),
-        T::Array(a) => {
-            Value::Seq(a.iter().map(|x| toml_value(text, x, depth + 1)).collect::<Result<_, _>>()?)
-        }
+        T::Array(a) => Value::Seq(a.iter().map(|x| toml_value(text, x, depth + 1)).collect::<Result<_, _>>()?),
         T::String(s) => Value::Text(s.to_string()),
         T::Integer(i) => Value::Text(i.as_str().to_string()),
         T::Float(f) => Value::Text(f.as_str().to_string()),
@@ -243,18 +214,14 @@ fn toml_value(
 }
 
 fn yaml_trees(text: &str) -> Result<Vec<Node>, KubeletError> {
-    let docs = MarkedYaml::load_from_str(text)
-        .map_err(|e| bad(format!("line {}: not valid YAML: {}", e.marker().line(), e.info())))?;
+    let docs = MarkedYaml::load_from_str(text).map_err(|e| bad(format!("line {}: not valid YAML: {}", e.marker().line(), e.info())))?;
     docs.iter().map(|d| yaml_node(d, 0)).collect()
 }
 
 fn yaml_node(y: &MarkedYaml<'_>, depth: usize) -> Result<Node, KubeletError> {
     let line = Some(y.span.start.line());
     if depth > MAX_DEPTH {
-        return Err(bad(format!(
-            "line {}: nested more than {MAX_DEPTH} levels deep",
-            y.span.start.line()
-        )));
+        return Err(bad(format!("line {}: nested more than {MAX_DEPTH} levels deep", y.span.start.line())));
     }
     let value = match &y.data {
         YamlData::Mapping(m) => {
@@ -270,9 +237,7 @@ fn yaml_node(y: &MarkedYaml<'_>, depth: usize) -> Result<Node, KubeletError> {
             }
             Value::Map(entries)
         }
-        YamlData::Sequence(s) => {
-            Value::Seq(s.iter().map(|x| yaml_node(x, depth + 1)).collect::<Result<_, _>>()?)
-        }
+        YamlData::Sequence(s) => Value::Seq(s.iter().map(|x| yaml_node(x, depth + 1)).collect::<Result<_, _>>()?),
         YamlData::Value(Scalar::String(s)) => Value::Text(s.to_string()),
         YamlData::Representation(s, _, _) => Value::Text(s.to_string()),
         YamlData::Value(Scalar::Integer(i)) => Value::Text(i.to_string()),
@@ -286,11 +251,8 @@ fn yaml_node(y: &MarkedYaml<'_>, depth: usize) -> Result<Node, KubeletError> {
 }
 
 /// Every key a holder can have, in both spellings.
-const KEYS: [(&str, &str); 3] = [
-    ("kubeReserved", "kube-reserved"),
-    ("systemReserved", "system-reserved"),
-    ("evictionHard", "eviction-hard"),
-];
+const KEYS: [(&str, &str); 3] =
+    [("kubeReserved", "kube-reserved"), ("systemReserved", "system-reserved"), ("evictionHard", "eviction-hard")];
 
 fn is_holder(entries: &[(String, Node)]) -> bool {
     entries.iter().any(|(k, _)| KEYS.iter().any(|(a, b)| k == a || k == b))
@@ -299,13 +261,7 @@ fn is_holder(entries: &[(String, Node)]) -> bool {
 /// Collect the maps that hold reservation keys, with their paths. A string holding a
 /// Bottlerocket TOML block (Karpenter `userData: |`) is searched too, its lines counted from
 /// where its first line sits in `text`.
-fn find_holders(
-    text: &str,
-    node: &Node,
-    path: String,
-    out: &mut Vec<(String, Node)>,
-    depth: usize,
-) -> Result<(), KubeletError> {
+fn find_holders(text: &str, node: &Node, path: String, out: &mut Vec<(String, Node)>, depth: usize) -> Result<(), KubeletError> {
     if depth > MAX_DEPTH {
         return Ok(());
     }
@@ -341,9 +297,7 @@ fn find_holders(
 /// first non-blank line of `s` appears in `text` at or after `from`.
 fn embedded_offset(text: &str, s: &str, from: Option<usize>) -> usize {
     let from = from.unwrap_or(1);
-    let Some((first_idx, first)) =
-        s.lines().enumerate().find(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i, l.trim()))
-    else {
+    let Some((first_idx, first)) = s.lines().enumerate().find(|(_, l)| !l.trim().is_empty()).map(|(i, l)| (i, l.trim())) else {
         return from.saturating_sub(1);
     };
     text.lines()
@@ -370,9 +324,7 @@ fn shift(e: KubeletError, by: usize, path: &str) -> KubeletError {
             let renumbered = m
                 .strip_prefix("line ")
                 .and_then(|r| r.split_once(':'))
-                .and_then(|(n, rest)| {
-                    n.parse::<usize>().ok().map(|n| format!("line {}:{rest}", n + by))
-                })
+                .and_then(|(n, rest)| n.parse::<usize>().ok().map(|n| format!("line {}:{rest}", n + by)))
                 .unwrap_or(m);
             bad(format!("{renumbered} (in {path})"))
         }
@@ -397,9 +349,7 @@ pub(crate) fn spec_from_holder(node: &Node) -> Result<ExplicitSpec, KubeletError
     let pick = |a: &str, b: &str| -> Result<Option<&Node>, KubeletError> {
         let mut found = entries.iter().filter(|(k, _)| k == a || k == b);
         match (found.next(), found.next()) {
-            (Some(_), Some((_, second))) => {
-                Err(on_line(second.line, bad(format!("both {a} and {b} given; use one"))))
-            }
+            (Some(_), Some((_, second))) => Err(on_line(second.line, bad(format!("both {a} and {b} given; use one")))),
             (first, _) => Ok(first.map(|(_, v)| v)),
         }
     };
@@ -432,25 +382,15 @@ fn resources(field: &str, node: &Node) -> Result<ResourceMap, KubeletError> {
             let mut out = ResourceMap::new();
             for (k, v) in entries {
                 let Value::Text(s) = &v.value else {
-                    return Err(on_line(
-                        v.line,
-                        bad(format!(
-                            "{field}.{k} must be a quantity like \"200m\", not {}",
-                            describe(&v.value)
-                        )),
-                    ));
+                    return Err(on_line(v.line, bad(format!("{field}.{k} must be a quantity like \"200m\", not {}", describe(&v.value)))));
                 };
                 insert_resource(field, &mut out, k, s).map_err(|e| on_line(v.line, e))?;
             }
             Ok(out)
         }
-        other => Err(on_line(
-            node.line,
-            bad(format!(
-                "{field} must be a mapping or a \"cpu=200m,memory=1Gi\" string, not {}",
-                describe(other)
-            )),
-        )),
+        other => {
+            Err(on_line(node.line, bad(format!("{field} must be a mapping or a \"cpu=200m,memory=1Gi\" string, not {}", describe(other)))))
+        }
     }
 }
 
@@ -463,10 +403,7 @@ fn signals(node: &Node) -> Result<EvictionMap, KubeletError> {
                 let Value::Text(s) = &v.value else {
                     return Err(on_line(
                         v.line,
-                        bad(format!(
-                            "evictionHard.{k} must be a threshold like \"100Mi\" or \"10%\", not {}",
-                            describe(&v.value)
-                        )),
+                        bad(format!("evictionHard.{k} must be a threshold like \"100Mi\" or \"10%\", not {}", describe(&v.value))),
                     ));
                 };
                 insert_signal(&mut out, k, s).map_err(|e| on_line(v.line, e))?;
@@ -475,10 +412,7 @@ fn signals(node: &Node) -> Result<EvictionMap, KubeletError> {
         }
         other => Err(on_line(
             node.line,
-            bad(format!(
-                "evictionHard must be a mapping or a \"memory.available<100Mi\" string, not {}",
-                describe(other)
-            )),
+            bad(format!("evictionHard must be a mapping or a \"memory.available<100Mi\" string, not {}", describe(other))),
         )),
     }
 }
@@ -497,14 +431,8 @@ mod tests {
             ("settings.kubernetes.kube-reserved.cpu = \"1\"\n", PastedFormat::Toml),
             ("kubeReserved:\n  cpu: 100m\n", PastedFormat::Yaml),
             ("instanceTypes: [ \"m6i.xlarge\" ]\nkubeReserved: {cpu: 1}\n", PastedFormat::Yaml),
-            (
-                "--kube-reserved=cpu=1 --eviction-hard=memory.available<1Mi",
-                PastedFormat::KubeletArgs,
-            ),
-            (
-                "/etc/eks/bootstrap.sh test --kubelet-extra-args '--kube-reserved=cpu=200m'",
-                PastedFormat::KubeletArgs,
-            ),
+            ("--kube-reserved=cpu=1 --eviction-hard=memory.available<1Mi", PastedFormat::KubeletArgs),
+            ("/etc/eks/bootstrap.sh test --kubelet-extra-args '--kube-reserved=cpu=200m'", PastedFormat::KubeletArgs),
         ];
         for (text, want) in cases {
             assert_eq!(PastedFormat::detect(text), want, "{text:?}");
@@ -514,32 +442,17 @@ mod tests {
     #[test]
     fn refusals_name_the_line() {
         let cases = [
-            (
-                "[settings.kubernetes.kube-reserved]\ncpu = \"100m\"\nmemory = \"lots\"\n",
-                "line 3: kubeReserved.memory",
-            ),
-            (
-                "[settings.kubernetes.kube-reserved]\ncpu = \"100m\"\ncpu = \"1\"\n",
-                "line 3: not valid TOML",
-            ),
-            (
-                "[settings.kubernetes.eviction-hard]\n\"memory.free\" = \"1Mi\"\n",
-                "line 2: evictionHard: unknown signal",
-            ),
+            ("[settings.kubernetes.kube-reserved]\ncpu = \"100m\"\nmemory = \"lots\"\n", "line 3: kubeReserved.memory"),
+            ("[settings.kubernetes.kube-reserved]\ncpu = \"100m\"\ncpu = \"1\"\n", "line 3: not valid TOML"),
+            ("[settings.kubernetes.eviction-hard]\n\"memory.free\" = \"1Mi\"\n", "line 2: evictionHard: unknown signal"),
             (
                 "nodeGroups:\n  - name: x\n    kubeletExtraConfig:\n      kubeReserved:\n        gpu: \"1\"\n",
                 "line 5: kubeReserved: unknown resource \"gpu\"",
             ),
             ("kubeReserved:\n  cpu: true\n", "line 2: kubeReserved.cpu must be a quantity"),
             ("kubeReserved:\n  cpu: 1\n kube: [\n", "not valid YAML"),
-            (
-                "kubeReserved: {cpu: 1}\nkube-reserved: {cpu: 2}\n",
-                "line 2: both kubeReserved and kube-reserved",
-            ),
-            (
-                "a:\n  kubeReserved: {cpu: 1}\nb:\n  kubeReserved: {cpu: 1}\n",
-                "2 places (a (line 2), b (line 4))",
-            ),
+            ("kubeReserved: {cpu: 1}\nkube-reserved: {cpu: 2}\n", "line 2: both kubeReserved and kube-reserved"),
+            ("a:\n  kubeReserved: {cpu: 1}\nb:\n  kubeReserved: {cpu: 1}\n", "2 places (a (line 2), b (line 4))"),
             ("name: nothing here\n", "no kubeReserved"),
             ("{\"kubeReserved\": {\"cpu\": \"1\"},}", "line 1, column"),
         ];
@@ -552,9 +465,7 @@ mod tests {
         let deep = format!("{}kubeReserved: {{cpu: 1}}{}", "a: {".repeat(40), "}".repeat(40));
         assert!(parse(&deep, None).unwrap_err().to_string().contains("levels deep"));
         // Nesting far past the bound, within the size bound: refused, never a stack overflow.
-        for (open, close, format) in
-            [("[", "]", PastedFormat::Toml), ("[", "]", PastedFormat::Yaml), ("[", "]", PastedFormat::Json)]
-        {
+        for (open, close, format) in [("[", "]", PastedFormat::Toml), ("[", "]", PastedFormat::Yaml), ("[", "]", PastedFormat::Json)] {
             let prefix = if format == PastedFormat::Toml { "a = " } else { "" };
             let text = format!("{prefix}{}{}", open.repeat(20_000), close.repeat(20_000));
             assert!(parse(&text, Some(format)).is_err(), "{format:?}");

@@ -68,10 +68,7 @@ pub fn build(req: &PlanRequest) -> Result<Plan, KubeletError> {
 }
 
 /// As `build`, with the kubelet's argv given (None: no kubelet running).
-pub fn build_with(
-    req: &PlanRequest,
-    kubelet_args: Option<&[String]>,
-) -> Result<Plan, KubeletError> {
+pub fn build_with(req: &PlanRequest, kubelet_args: Option<&[String]>) -> Result<Plan, KubeletError> {
     let given = req.kubernetes_version.map(|v| (v, "as given"));
     build_versioned(req, kubelet_args, given)
 }
@@ -81,19 +78,14 @@ fn build_versioned(
     kubelet_args: Option<&[String]>,
     version: Option<(KubeVersion, &'static str)>,
 ) -> Result<Plan, KubeletError> {
-    let (path, file, offline) = match facts::locate_config(req.config_path.as_deref(), kubelet_args)
-    {
+    let (path, file, offline) = match facts::locate_config(req.config_path.as_deref(), kubelet_args) {
         Ok(path) => {
             let file = KubeletConfigFile::load(&path)?;
             (path, file, false)
         }
         Err(KubeletError::NoConfigFound(_)) if req.allow_offline => {
             let path = PathBuf::from("(none: offline plan against an empty KubeletConfiguration)");
-            let file = KubeletConfigFile {
-                path: path.clone(),
-                format: ConfigFormat::Json,
-                text: "{}".into(),
-            };
+            let file = KubeletConfigFile { path: path.clone(), format: ConfigFormat::Json, text: "{}".into() };
             (path, file, true)
         }
         Err(e) => return Err(e),
@@ -103,12 +95,9 @@ fn build_versioned(
         cpus: req.cpus.unwrap_or_else(facts::detect_cpus),
         memory_bytes: req.memory_bytes.unwrap_or_else(facts::detect_memory_bytes),
         max_pods: req.max_pods.or(state.max_pods).unwrap_or(facts::DEFAULT_MAX_PODS),
-        ephemeral_storage_bytes: req
-            .ephemeral_storage_bytes
-            .or_else(facts::detect_ephemeral_storage_bytes),
+        ephemeral_storage_bytes: req.ephemeral_storage_bytes.or_else(facts::detect_ephemeral_storage_bytes),
     };
-    let (after, choice) =
-        req.policy.compute_for(&node, version.map(|(v, _)| v), &state.reservation)?;
+    let (after, choice) = req.policy.compute_for(&node, version.map(|(v, _)| v), &state.reservation)?;
     let after_state = ConfigState { reservation: after.clone(), ..state.clone() };
     let mut warnings: Vec<String> = choice.warning.into_iter().collect();
     warnings.extend(validate(&node, &after, &after_state)?);
@@ -154,10 +143,7 @@ pub fn drop_in_overrides(dir: &Path) -> Vec<String> {
         let text = std::fs::read_to_string(&p).unwrap_or_default();
         for key in super::config::OWNED_KEYS {
             if text.contains(key) {
-                out.push(format!(
-                    "drop-in {} sets {key}, which overrides the config file",
-                    p.display()
-                ));
+                out.push(format!("drop-in {} sets {key}, which overrides the config file", p.display()));
             }
         }
     }
@@ -200,17 +186,13 @@ impl Plan {
             f.cpus,
             Quantity::from_bytes(f.memory_bytes),
             f.max_pods,
-            f.ephemeral_storage_bytes
-                .map(|e| format!(", {} ephemeral-storage", bytes(e as i128)))
-                .unwrap_or_default()
+            f.ephemeral_storage_bytes.map(|e| format!(", {} ephemeral-storage", bytes(e as i128))).unwrap_or_default()
         );
         let _ = writeln!(
             out,
             "rule: {}{}",
             self.rule,
-            self.kubernetes_version
-                .map(|(v, from)| format!(" (Kubernetes {v}, {from})"))
-                .unwrap_or_default()
+            self.kubernetes_version.map(|(v, from)| format!(" (Kubernetes {v}, {from})")).unwrap_or_default()
         );
         let before = entries(&self.before);
         let after = entries(&self.after);
@@ -218,32 +200,21 @@ impl Plan {
         keys.sort();
         keys.dedup();
         for k in keys {
-            let b =
-                before.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str()).unwrap_or("(unset)");
-            let a =
-                after.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str()).unwrap_or("(unset)");
+            let b = before.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str()).unwrap_or("(unset)");
+            let a = after.iter().find(|(x, _)| x == k).map(|(_, v)| v.as_str()).unwrap_or("(unset)");
             let mark = if a == b { "  " } else { "~ " };
             let _ = writeln!(out, "{mark}{k}: {b} -> {a}");
         }
         let (ab, aa) = (&self.allocatable_before, &self.allocatable_after);
         let _ = writeln!(out, "allocatable.cpu: {}m -> {}m", ab.cpu_millis, aa.cpu_millis);
-        let _ = writeln!(
-            out,
-            "allocatable.memory: {} -> {}",
-            bytes(ab.memory_bytes),
-            bytes(aa.memory_bytes)
-        );
+        let _ = writeln!(out, "allocatable.memory: {} -> {}", bytes(ab.memory_bytes), bytes(aa.memory_bytes));
         if let (Some(b), Some(a)) = (ab.ephemeral_storage_bytes, aa.ephemeral_storage_bytes) {
             let _ = writeln!(out, "allocatable.ephemeral-storage: {} -> {}", bytes(b), bytes(a));
         }
         for w in &self.warnings {
             let _ = writeln!(out, "warning: {w}");
         }
-        let _ = writeln!(
-            out,
-            "{}",
-            if self.changed { "change: yes" } else { "change: none (already applied)" }
-        );
+        let _ = writeln!(out, "{}", if self.changed { "change: yes" } else { "change: none (already applied)" });
         out
     }
 

@@ -35,10 +35,7 @@ impl NodeFacts {
     /// Refuse facts no real node has, naming the field and the limit.
     pub fn check(&self) -> Result<(), KubeletError> {
         if self.cpus == 0 || self.cpus > MAX_CPUS {
-            return Err(KubeletError::InvalidPlan(format!(
-                "cpus must be 1..={MAX_CPUS}, got {}",
-                self.cpus
-            )));
+            return Err(KubeletError::InvalidPlan(format!("cpus must be 1..={MAX_CPUS}, got {}", self.cpus)));
         }
         if self.memory_bytes < MIN_MEMORY_BYTES || self.memory_bytes > MAX_MEMORY_BYTES {
             return Err(KubeletError::InvalidPlan(format!(
@@ -47,10 +44,7 @@ impl NodeFacts {
             )));
         }
         if self.max_pods == 0 || self.max_pods > MAX_PODS_LIMIT {
-            return Err(KubeletError::InvalidPlan(format!(
-                "maxPods must be 1..={MAX_PODS_LIMIT}, got {}",
-                self.max_pods
-            )));
+            return Err(KubeletError::InvalidPlan(format!("maxPods must be 1..={MAX_PODS_LIMIT}, got {}", self.max_pods)));
         }
         Ok(())
     }
@@ -68,15 +62,11 @@ impl Threshold {
     pub fn parse(s: &str) -> Result<Threshold, String> {
         if let Some(p) = s.strip_suffix('%') {
             let (int, frac) = p.split_once('.').unwrap_or((p, ""));
-            let ok = !int.is_empty()
-                && int.len() <= 3
-                && frac.len() <= 3
-                && int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit());
+            let ok = !int.is_empty() && int.len() <= 3 && frac.len() <= 3 && int.bytes().chain(frac.bytes()).all(|b| b.is_ascii_digit());
             if !ok {
                 return Err(format!("threshold {s:?} is not a percentage like 10% or 7.5%"));
             }
-            let v: u32 = int.parse::<u32>().unwrap_or(0) * 1000
-                + format!("{frac:0<3}").parse::<u32>().unwrap_or(0);
+            let v: u32 = int.parse::<u32>().unwrap_or(0) * 1000 + format!("{frac:0<3}").parse::<u32>().unwrap_or(0);
             if v > 100_000 {
                 return Err(format!("threshold {s:?} is above 100%"));
             }
@@ -201,10 +191,7 @@ impl Policy {
     pub fn rule_for(&self, version: Option<KubeVersion>) -> RuleChoice {
         let unknown = |rule: Rule, newest: &str| RuleChoice {
             rule,
-            warning: Some(format!(
-                "kubelet version unknown: used the {} ({newest}); pass --kubernetes-version to choose",
-                rule.describe()
-            )),
+            warning: Some(format!("kubelet version unknown: used the {} ({newest}); pass --kubernetes-version to choose", rule.describe())),
         };
         let plain = |rule: Rule| RuleChoice { rule, warning: None };
         match (self, version) {
@@ -242,11 +229,7 @@ impl Policy {
     }
 
     /// As `compute`; for `explicit`, maps the operator left out keep `current`.
-    pub fn compute_over(
-        &self,
-        facts: &NodeFacts,
-        current: &Reservation,
-    ) -> Result<Reservation, KubeletError> {
+    pub fn compute_over(&self, facts: &NodeFacts, current: &Reservation) -> Result<Reservation, KubeletError> {
         self.compute_for(facts, None, current).map(|(r, _)| r)
     }
 
@@ -282,9 +265,7 @@ fn laddered(total: u64, ranges: &[(u64, u64, u64)]) -> u64 {
     ranges
         .iter()
         .filter(|(start, _, _)| total > *start)
-        .map(|(start, end, rate)| {
-            ((total.min(*end) - start) as u128 * *rate as u128 / 10_000) as u64
-        })
+        .map(|(start, end, rate)| ((total.min(*end) - start) as u128 * *rate as u128 / 10_000) as u64)
         .sum()
 }
 
@@ -299,13 +280,7 @@ pub fn cpu_ladder_millis(cpus: u32) -> u64 {
 pub fn tiered_memory_bytes(memory: u64) -> u64 {
     laddered(
         memory,
-        &[
-            (0, 4 * GI, 2500),
-            (4 * GI, 8 * GI, 2000),
-            (8 * GI, 16 * GI, 1000),
-            (16 * GI, 128 * GI, 600),
-            (128 * GI, u64::MAX, 200),
-        ],
+        &[(0, 4 * GI, 2500), (4 * GI, 8 * GI, 2000), (8 * GI, 16 * GI, 1000), (16 * GI, 128 * GI, 600), (128 * GI, u64::MAX, 200)],
     )
 }
 
@@ -344,11 +319,7 @@ pub fn eks(f: &NodeFacts) -> Reservation {
     kube.insert("cpu".into(), Quantity::from_millis(cpu_ladder_millis(f.cpus) as i64));
     kube.insert("ephemeral-storage".into(), Quantity::from_bytes(GI));
     kube.insert("memory".into(), Quantity::from_mebibytes(255 + 11 * f.max_pods as u64));
-    Reservation {
-        kube_reserved: kube,
-        system_reserved: ResourceMap::new(),
-        eviction_hard: eviction("100Mi", &NODEFS),
-    }
+    Reservation { kube_reserved: kube, system_reserved: ResourceMap::new(), eviction_hard: eviction("100Mi", &NODEFS) }
 }
 
 /// GKE node allocatable: CPU ladder, tiered memory; eviction memory.available<100Mi.
@@ -356,11 +327,7 @@ pub fn gke(f: &NodeFacts) -> Reservation {
     let mut kube = ResourceMap::new();
     kube.insert("cpu".into(), Quantity::from_millis(cpu_ladder_millis(f.cpus) as i64));
     kube.insert("memory".into(), ceil_mi(gke_memory_bytes(f.memory_bytes)));
-    Reservation {
-        kube_reserved: kube,
-        system_reserved: ResourceMap::new(),
-        eviction_hard: eviction("100Mi", &NODEFS),
-    }
+    Reservation { kube_reserved: kube, system_reserved: ResourceMap::new(), eviction_hard: eviction("100Mi", &NODEFS) }
 }
 
 /// AKS kube-reserved CPU in millicores. The published table (1:60, 2:100, 4:140, 8:180,
@@ -383,11 +350,7 @@ pub fn aks(f: &NodeFacts) -> Reservation {
     let mut kube = ResourceMap::new();
     kube.insert("cpu".into(), Quantity::from_millis(aks_cpu_millis(f.cpus) as i64));
     kube.insert("memory".into(), ceil_mi(by_pods.min(quarter)));
-    Reservation {
-        kube_reserved: kube,
-        system_reserved: ResourceMap::new(),
-        eviction_hard: eviction("100Mi", &NODEFS),
-    }
+    Reservation { kube_reserved: kube, system_reserved: ResourceMap::new(), eviction_hard: eviction("100Mi", &NODEFS) }
 }
 
 /// ACK total CPU reservation in millicores: 100m up to 4 cores, then 2.5% per core to 64,
@@ -442,15 +405,8 @@ fn ack_split(cpu: u64, mem_mi: u64) -> Reservation {
 pub fn aks_before_129(f: &NodeFacts) -> Reservation {
     let mut kube = ResourceMap::new();
     kube.insert("cpu".into(), Quantity::from_millis(aks_cpu_millis(f.cpus) as i64));
-    kube.insert(
-        "memory".into(),
-        Quantity::from_mebibytes(tiered_memory_bytes(f.memory_bytes) / MI),
-    );
-    Reservation {
-        kube_reserved: kube,
-        system_reserved: ResourceMap::new(),
-        eviction_hard: eviction("750Mi", &NODEFS),
-    }
+    kube.insert("memory".into(), Quantity::from_mebibytes(tiered_memory_bytes(f.memory_bytes) / MI));
+    Reservation { kube_reserved: kube, system_reserved: ResourceMap::new(), eviction_hard: eviction("750Mi", &NODEFS) }
 }
 
 /// Tencent TKE: the same CPU ladder and memory tiers as ACK 1.20-1.27 (its page's examples:
@@ -461,20 +417,13 @@ pub fn tke(f: &NodeFacts) -> Reservation {
     let mut kube = ResourceMap::new();
     kube.insert("cpu".into(), Quantity::from_millis(ack_cpu_millis(f.cpus) as i64));
     kube.insert("memory".into(), Quantity::from_mebibytes(ack_memory_mebibytes(f.memory_bytes)));
-    Reservation {
-        kube_reserved: kube,
-        system_reserved: ResourceMap::new(),
-        eviction_hard: eviction("100Mi", &NODEFS),
-    }
+    Reservation { kube_reserved: kube, system_reserved: ResourceMap::new(), eviction_hard: eviction("100Mi", &NODEFS) }
 }
 
 /// CCE v1, system components: 0 up to 8GiB, 10 % of 8-16GiB, 6 % of 16-128GiB, 2 % above;
 /// in hundredths of a MiB so the tiers add exactly.
 fn cce_system_centi_mi(memory: u64) -> u64 {
-    let r = laddered(
-        memory,
-        &[(8 * GI, 16 * GI, 1000), (16 * GI, 128 * GI, 600), (128 * GI, u64::MAX, 200)],
-    );
+    let r = laddered(memory, &[(8 * GI, 16 * GI, 1000), (16 * GI, 128 * GI, 600), (128 * GI, u64::MAX, 200)]);
     (r as u128 * 100 / MI as u128) as u64
 }
 
@@ -502,19 +451,12 @@ pub fn cce_v1(f: &NodeFacts) -> Reservation {
     let mut kube = ResourceMap::new();
     let mut system = ResourceMap::new();
     kube.insert("cpu".into(), Quantity::from_millis(cpu_ladder_millis(f.cpus) as i64));
-    kube.insert(
-        "memory".into(),
-        Quantity::from_mebibytes(cce_kubelet_centi_mi(f.memory_bytes, f.max_pods) / 100),
-    );
+    kube.insert("memory".into(), Quantity::from_mebibytes(cce_kubelet_centi_mi(f.memory_bytes, f.max_pods) / 100));
     let sys = cce_system_centi_mi(f.memory_bytes) / 100;
     if sys > 0 {
         system.insert("memory".into(), Quantity::from_mebibytes(sys));
     }
-    Reservation {
-        kube_reserved: kube,
-        system_reserved: system,
-        eviction_hard: eviction("100Mi", &NODEFS),
-    }
+    Reservation { kube_reserved: kube, system_reserved: system, eviction_hard: eviction("100Mi", &NODEFS) }
 }
 
 #[cfg(test)]
@@ -532,19 +474,7 @@ mod tests {
     #[test]
     fn cpu_ladder_matches_eks_bootstrap() {
         // (vCPUs, millicores) worked with the bootstrap.sh integer arithmetic.
-        let table = [
-            (1, 60),
-            (2, 70),
-            (3, 75),
-            (4, 80),
-            (8, 90),
-            (16, 110),
-            (32, 150),
-            (48, 190),
-            (64, 230),
-            (96, 310),
-            (192, 550),
-        ];
+        let table = [(1, 60), (2, 70), (3, 75), (4, 80), (8, 90), (16, 110), (32, 150), (48, 190), (64, 230), (96, 310), (192, 550)];
         for (cpus, want) in table {
             assert_eq!(cpu_ladder_millis(cpus), want, "{cpus} vCPU");
         }
@@ -586,12 +516,7 @@ mod tests {
             (256 * GI, "12166Mi"),
         ];
         for (mem, want) in table {
-            let r = gke(&NodeFacts {
-                cpus: 4,
-                memory_bytes: mem,
-                max_pods: 110,
-                ephemeral_storage_bytes: None,
-            });
+            let r = gke(&NodeFacts { cpus: 4, memory_bytes: mem, max_pods: 110, ephemeral_storage_bytes: None });
             assert_eq!(s(&r.kube_reserved, "memory"), want, "{mem}");
             assert_eq!(s(&r.kube_reserved, "cpu"), "80m");
         }
@@ -599,8 +524,7 @@ mod tests {
 
     #[test]
     fn aks_table() {
-        for (cpus, want) in [(1, 60), (2, 100), (4, 140), (8, 180), (16, 260), (32, 420), (64, 740)]
-        {
+        for (cpus, want) in [(1, 60), (2, 100), (4, 140), (8, 180), (16, 260), (32, 420), (64, 740)] {
             assert_eq!(aks_cpu_millis(cpus), want, "{cpus} cores (published table)");
         }
         // Microsoft's examples: 8GB/30 pods -> 650MB; 4GB/70 pods -> 25% of memory.
@@ -614,12 +538,7 @@ mod tests {
     #[test]
     fn ack_reproduces_published_example() {
         // ACK's policy page: capacity cpu 4 / memory 7925980Ki -> allocatable 3900m / 5824732Ki.
-        let f = NodeFacts {
-            cpus: 4,
-            memory_bytes: 7_925_980 * 1024,
-            max_pods: 64,
-            ephemeral_storage_bytes: None,
-        };
+        let f = NodeFacts { cpus: 4, memory_bytes: 7_925_980 * 1024, max_pods: 64, ephemeral_storage_bytes: None };
         let r = ack(&f);
         let a = crate::kubelet::validate::allocatable(&f, &r);
         assert_eq!(a.cpu_millis, 3900);
@@ -635,17 +554,7 @@ mod tests {
     #[test]
     fn ack_table() {
         // (vCPU, total cpu m) and (GiB, total MiB): ladder worked by hand.
-        for (cpus, want) in [
-            (1, 100),
-            (2, 100),
-            (4, 100),
-            (8, 200),
-            (32, 800),
-            (64, 1600),
-            (96, 2000),
-            (128, 2400),
-            (196, 2740),
-        ] {
+        for (cpus, want) in [(1, 100), (2, 100), (4, 100), (8, 200), (32, 800), (64, 1600), (96, 2000), (128, 2400), (196, 2740)] {
             assert_eq!(ack_cpu_millis(cpus), want, "{cpus} vCPU");
         }
         for (gi, want) in [(2, 512), (4, 1024), (8, 1843), (16, 2662), (32, 3645), (448, 16097)] {
@@ -653,25 +562,13 @@ mod tests {
         }
         // Odd totals give kubeReserved the extra unit.
         let r = ack(&facts(8, 8, 110));
-        assert_eq!(
-            (s(&r.kube_reserved, "memory"), s(&r.system_reserved, "memory")),
-            ("922Mi".into(), "921Mi".into())
-        );
-        assert_eq!(
-            (s(&r.kube_reserved, "cpu"), s(&r.system_reserved, "cpu")),
-            ("100m".into(), "100m".into())
-        );
+        assert_eq!((s(&r.kube_reserved, "memory"), s(&r.system_reserved, "memory")), ("922Mi".into(), "921Mi".into()));
+        assert_eq!((s(&r.kube_reserved, "cpu"), s(&r.system_reserved, "cpu")), ("100m".into(), "100m".into()));
     }
 
     /// Total (kubeReserved + systemReserved) cpu millicores and memory MiB of a reservation.
     fn totals(r: &Reservation) -> (i128, i128) {
-        let sum = |k: &str| -> i128 {
-            [&r.kube_reserved, &r.system_reserved]
-                .iter()
-                .filter_map(|m| m.get(k))
-                .map(|q| q.nanos())
-                .sum()
-        };
+        let sum = |k: &str| -> i128 { [&r.kube_reserved, &r.system_reserved].iter().filter_map(|m| m.get(k)).map(|q| q.nanos()).sum() };
         (sum("cpu") / 1_000_000, sum("memory") / 1_000_000_000 / (MI as i128))
     }
 
@@ -709,15 +606,9 @@ mod tests {
         assert_eq!(ack_128_memory_mebibytes(2 * GI, 64), 512);
         // The CPU figures: 4 cores -> 80m, 32 cores -> 150m, split 50/50.
         let r = ack_128(&facts(32, 64, 110));
-        assert_eq!(
-            (s(&r.kube_reserved, "cpu"), s(&r.system_reserved, "cpu")),
-            ("75m".into(), "75m".into())
-        );
+        assert_eq!((s(&r.kube_reserved, "cpu"), s(&r.system_reserved, "cpu")), ("75m".into(), "75m".into()));
         let r = ack_128(&facts(4, 8, 110));
-        assert_eq!(
-            (s(&r.kube_reserved, "memory"), s(&r.system_reserved, "memory")),
-            ("733Mi".into(), "732Mi".into())
-        );
+        assert_eq!((s(&r.kube_reserved, "memory"), s(&r.system_reserved, "memory")), ("733Mi".into(), "732Mi".into()));
     }
 
     #[test]
@@ -738,15 +629,10 @@ mod tests {
         assert_eq!((a.cpu_millis, a.memory_bytes), (1900, 4_668_348 * 1024));
         for (gi, mi) in [(4, 1024), (8, 1843), (16, 2662), (32, 3645), (64, 5611), (256, 12165)] {
             let r = aks_before_129(&facts(4, gi, 30));
-            assert_eq!(
-                s(&r.kube_reserved, "memory"),
-                Quantity::from_mebibytes(mi).to_string(),
-                "{gi}GiB"
-            );
+            assert_eq!(s(&r.kube_reserved, "memory"), Quantity::from_mebibytes(mi).to_string(), "{gi}GiB");
         }
         // 1.29 and later: the page's two examples.
-        let (r, _) =
-            Policy::Aks.compute_for(&facts(2, 8, 30), v(30), &Reservation::default()).unwrap();
+        let (r, _) = Policy::Aks.compute_for(&facts(2, 8, 30), v(30), &Reservation::default()).unwrap();
         assert_eq!(s(&r.kube_reserved, "memory"), "650Mi");
         assert_eq!(r.eviction_hard["memory.available"].to_string(), "100Mi");
     }
@@ -765,11 +651,7 @@ mod tests {
             (196, 320, "2740m", "13475Mi"),
         ] {
             let r = Policy::Tke.compute(&facts(cpus, gi, 64)).unwrap();
-            assert_eq!(
-                (s(&r.kube_reserved, "cpu"), s(&r.kube_reserved, "memory")),
-                (cpu.into(), mem.into()),
-                "{cpus}c/{gi}G"
-            );
+            assert_eq!((s(&r.kube_reserved, "cpu"), s(&r.kube_reserved, "memory")), (cpu.into(), mem.into()), "{cpus}c/{gi}G");
             assert!(r.system_reserved.is_empty());
             assert_eq!(r.eviction_hard["memory.available"].to_string(), "100Mi");
         }
@@ -802,13 +684,7 @@ mod tests {
 
     #[test]
     fn facts_out_of_bounds_are_refused() {
-        for f in [
-            facts(0, 8, 10),
-            facts(5000, 8, 10),
-            facts(2, 0, 10),
-            facts(2, 8, 0),
-            facts(2, 8, 5000),
-        ] {
+        for f in [facts(0, 8, 10), facts(5000, 8, 10), facts(2, 0, 10), facts(2, 8, 0), facts(2, 8, 5000)] {
             let e = Policy::Eks.compute(&f).unwrap_err().to_string();
             assert!(e.contains("must be"), "{e}");
         }

@@ -36,9 +36,7 @@ pub enum QuantityError {
     TooLong(String),
     #[error("quantity {0:?} has no digits")]
     NoDigits(String),
-    #[error(
-        "quantity {input:?} has an unknown suffix {suffix:?} (expected Ki|Mi|Gi|Ti|Pi|Ei, n|u|m|k|M|G|T|P|E, or e<N>)"
-    )]
+    #[error("quantity {input:?} has an unknown suffix {suffix:?} (expected Ki|Mi|Gi|Ti|Pi|Ei, n|u|m|k|M|G|T|P|E, or e<N>)")]
     BadSuffix { input: String, suffix: String },
     #[error("quantity {0:?} has a malformed exponent")]
     BadExponent(String),
@@ -71,17 +69,7 @@ impl Ord for Quantity {
 }
 
 const BINARY: [(&str, u32); 6] = [("Ki", 1), ("Mi", 2), ("Gi", 3), ("Ti", 4), ("Pi", 5), ("Ei", 6)];
-const DECIMAL: [(&str, i32); 9] = [
-    ("n", -9),
-    ("u", -6),
-    ("m", -3),
-    ("k", 3),
-    ("M", 6),
-    ("G", 9),
-    ("T", 12),
-    ("P", 15),
-    ("E", 18),
-];
+const DECIMAL: [(&str, i32); 9] = [("n", -9), ("u", -6), ("m", -3), ("k", 3), ("M", 6), ("G", 9), ("T", 12), ("P", 15), ("E", 18)];
 
 fn pow10(e: u32) -> Option<u128> {
     10u128.checked_pow(e)
@@ -199,26 +187,18 @@ impl Quantity {
         if digits.len() > 38 {
             return Err(QuantityError::OutOfRange(input.to_string()));
         }
-        let mut mantissa: u128 = if digits.is_empty() {
-            0
-        } else {
-            digits.parse().map_err(|_| QuantityError::OutOfRange(input.to_string()))?
-        };
+        let mut mantissa: u128 =
+            if digits.is_empty() { 0 } else { digits.parse().map_err(|_| QuantityError::OutOfRange(input.to_string()))? };
         if binary_pow > 0 {
             let mult = 1024u128.pow(binary_pow);
-            mantissa = mantissa
-                .checked_mul(mult)
-                .ok_or_else(|| QuantityError::OutOfRange(input.to_string()))?;
+            mantissa = mantissa.checked_mul(mult).ok_or_else(|| QuantityError::OutOfRange(input.to_string()))?;
         }
         // Decimal exponent that takes the mantissa to nano-units.
         let e = exp10 as i64 - frac_digits.len() as i64 + 9;
         let nanos: u128 = if mantissa == 0 {
             0
         } else if e >= 0 {
-            let p = u32::try_from(e)
-                .ok()
-                .and_then(pow10)
-                .ok_or_else(|| QuantityError::OutOfRange(input.to_string()))?;
+            let p = u32::try_from(e).ok().and_then(pow10).ok_or_else(|| QuantityError::OutOfRange(input.to_string()))?;
             mantissa.checked_mul(p).ok_or_else(|| QuantityError::OutOfRange(input.to_string()))?
         } else {
             // Finer than 1n: round up, like apimachinery.
@@ -241,10 +221,7 @@ impl Quantity {
         }
         let sign = if self.nanos < 0 { "-" } else { "" };
         let abs = self.nanos.unsigned_abs();
-        if self.format == Format::BinarySI
-            && abs >= 1024 * NANO as u128
-            && abs.is_multiple_of(NANO as u128)
-        {
+        if self.format == Format::BinarySI && abs >= 1024 * NANO as u128 && abs.is_multiple_of(NANO as u128) {
             let mut v = abs / NANO as u128;
             let mut k = 0;
             while k < BINARY.len() && v.is_multiple_of(1024) {
@@ -271,11 +248,7 @@ impl Quantity {
             }
             _ => match exp {
                 0 => String::new(),
-                _ => DECIMAL
-                    .iter()
-                    .find(|(_, e)| *e == exp)
-                    .map(|(s, _)| s.to_string())
-                    .unwrap_or_default(),
+                _ => DECIMAL.iter().find(|(_, e)| *e == exp).map(|(s, _)| s.to_string()).unwrap_or_default(),
             },
         };
         format!("{sign}{mantissa}{suffix}")
@@ -436,10 +409,7 @@ mod tests {
         use proptest::prelude::*;
 
         fn suffix() -> impl Strategy<Value = &'static str> {
-            prop::sample::select(vec![
-                "", "n", "u", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti", "e3", "e-3", "e6",
-                "E2",
-            ])
+            prop::sample::select(vec!["", "n", "u", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti", "e3", "e-3", "e6", "E2"])
         }
 
         proptest! {

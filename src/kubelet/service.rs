@@ -22,25 +22,16 @@ impl ServiceManager for Systemctl {
             return Err(format!("invalid unit name {unit:?}"));
         }
         tracing::info!(unit, "restarting via systemctl");
-        let child = tokio::process::Command::new("systemctl")
-            .args(["restart", "--", unit])
-            .kill_on_drop(true)
-            .output();
+        let child = tokio::process::Command::new("systemctl").args(["restart", "--", unit]).kill_on_drop(true).output();
         let out = tokio::time::timeout(RESTART_TIMEOUT, child)
             .await
-            .map_err(|_| {
-                format!("systemctl restart {unit} did not finish within {RESTART_TIMEOUT:?}")
-            })?
+            .map_err(|_| format!("systemctl restart {unit} did not finish within {RESTART_TIMEOUT:?}"))?
             .map_err(|e| format!("cannot run systemctl: {e}"))?;
         if out.status.success() {
             Ok(())
         } else {
             let err = String::from_utf8_lossy(&out.stderr);
-            Err(format!(
-                "systemctl restart {unit} exited {}: {}",
-                out.status,
-                err.trim().chars().take(500).collect::<String>()
-            ))
+            Err(format!("systemctl restart {unit} exited {}: {}", out.status, err.trim().chars().take(500).collect::<String>()))
         }
     }
 }

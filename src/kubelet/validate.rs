@@ -21,8 +21,7 @@ pub struct Allocatable {
 pub const MEMORY_WARN_PERCENT: i128 = 50;
 
 fn reserved_units(r: &Reservation, name: &str) -> i128 {
-    r.kube_reserved.get(name).map(|q| q.units_ceil()).unwrap_or(0)
-        + r.system_reserved.get(name).map(|q| q.units_ceil()).unwrap_or(0)
+    r.kube_reserved.get(name).map(|q| q.units_ceil()).unwrap_or(0) + r.system_reserved.get(name).map(|q| q.units_ceil()).unwrap_or(0)
 }
 
 /// Eviction map kubelet actually uses: its built-in defaults when none is configured.
@@ -40,8 +39,7 @@ pub fn allocatable(f: &NodeFacts, r: &Reservation) -> Allocatable {
     let eviction = effective_eviction(r);
     let cpu_reserved = r.kube_reserved.get("cpu").map(|q| q.millis_ceil()).unwrap_or(0)
         + r.system_reserved.get("cpu").map(|q| q.millis_ceil()).unwrap_or(0);
-    let mem_evict =
-        eviction.get("memory.available").map(|t| t.amount_of(f.memory_bytes)).unwrap_or(0) as i128;
+    let mem_evict = eviction.get("memory.available").map(|t| t.amount_of(f.memory_bytes)).unwrap_or(0) as i128;
     let ephemeral = f.ephemeral_storage_bytes.map(|cap| {
         let evict = eviction.get("nodefs.available").map(|t| t.amount_of(cap)).unwrap_or(0) as i128;
         cap as i128 - reserved_units(r, "ephemeral-storage") - evict
@@ -54,21 +52,14 @@ pub fn allocatable(f: &NodeFacts, r: &Reservation) -> Allocatable {
 }
 
 /// Refuse a plan that would starve pods or stop kubelet from starting; return warnings.
-pub fn validate(
-    f: &NodeFacts,
-    r: &Reservation,
-    after: &ConfigState,
-) -> Result<Vec<String>, KubeletError> {
+pub fn validate(f: &NodeFacts, r: &Reservation, after: &ConfigState) -> Result<Vec<String>, KubeletError> {
     let a = allocatable(f, r);
     let mut refusals = Vec::new();
     if a.cpu_millis <= 0 {
         refusals.push(format!("allocatable cpu would be {}m of {} vCPU", a.cpu_millis, f.cpus));
     }
     if a.memory_bytes <= 0 {
-        refusals.push(format!(
-            "allocatable memory would be {} bytes of {}",
-            a.memory_bytes, f.memory_bytes
-        ));
+        refusals.push(format!("allocatable memory would be {} bytes of {}", a.memory_bytes, f.memory_bytes));
     }
     if let Some(e) = a.ephemeral_storage_bytes.filter(|e| *e <= 0) {
         refusals.push(format!("allocatable ephemeral-storage would be {e} bytes"));
@@ -83,7 +74,9 @@ pub fn validate(
     }
     let cpu_reserved = f.cpus as i128 * 1000 - a.cpu_millis;
     if after.cpu_manager_policy.as_deref() == Some("static") && cpu_reserved <= 0 {
-        refusals.push("cpuManagerPolicy is static but no CPU is reserved (kubeReserved/systemReserved cpu); kubelet would refuse to start".into());
+        refusals.push(
+            "cpuManagerPolicy is static but no CPU is reserved (kubeReserved/systemReserved cpu); kubelet would refuse to start".into(),
+        );
     }
     if !refusals.is_empty() {
         return Err(KubeletError::Refused(refusals.join("; ")));
@@ -125,20 +118,13 @@ mod tests {
     #[test]
     fn starving_plans_are_refused_and_low_memory_warned() {
         let f = facts(2, GI, None);
-        let spec = crate::kubelet::explicit::ExplicitSpec::from_kubelet_args(
-            "--kube-reserved=cpu=2,memory=1Gi",
-        )
-        .unwrap();
+        let spec = crate::kubelet::explicit::ExplicitSpec::from_kubelet_args("--kube-reserved=cpu=2,memory=1Gi").unwrap();
         let r = Policy::Explicit(spec).compute(&f).unwrap();
         let e = validate(&f, &r, &ConfigState::default()).unwrap_err().to_string();
-        assert!(
-            e.contains("allocatable cpu would be 0m") && e.contains("allocatable memory"),
-            "{e}"
-        );
+        assert!(e.contains("allocatable cpu would be 0m") && e.contains("allocatable memory"), "{e}");
 
         // EKS on a 1Gi node with 29 pods: 574Mi + 100Mi reserved leaves < 50%.
-        let f =
-            NodeFacts { cpus: 2, memory_bytes: GI, max_pods: 29, ephemeral_storage_bytes: None };
+        let f = NodeFacts { cpus: 2, memory_bytes: GI, max_pods: 29, ephemeral_storage_bytes: None };
         let w = validate(&f, &policy::eks(&f), &ConfigState::default()).unwrap();
         assert!(w[0].contains("below 50%"), "{w:?}");
     }
@@ -147,10 +133,7 @@ mod tests {
     fn enforce_kube_reserved_needs_cgroup() {
         let f = facts(4, 16 * GI, None);
         let r = policy::eks(&f);
-        let mut st = ConfigState {
-            enforce_node_allocatable: vec!["pods".into(), "kube-reserved".into()],
-            ..Default::default()
-        };
+        let mut st = ConfigState { enforce_node_allocatable: vec!["pods".into(), "kube-reserved".into()], ..Default::default() };
         let e = validate(&f, &r, &st).unwrap_err().to_string();
         assert!(e.contains("kubeReservedCgroup is not set"), "{e}");
         st.kube_reserved_cgroup = Some("/kube-reserved".into());

@@ -46,9 +46,7 @@ impl KubeVersion {
             minor.get(..end).unwrap_or("")
         };
         let num = |p: &str| -> Option<u32> {
-            (!p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| p.parse().ok())
-                .flatten()
+            (!p.is_empty() && p.len() <= 3 && p.bytes().all(|b| b.is_ascii_digit())).then(|| p.parse().ok()).flatten()
         };
         let major = num(major).ok_or_else(|| bad("major version is not a number"))?;
         let minor = num(minor_digits).ok_or_else(|| bad("minor version is not a number"))?;

@@ -38,26 +38,15 @@ fn yaml_blocks(path: &Path, text: &str) -> Result<Vec<Block>, KubeletError> {
             if blocks.is_empty() {
                 continue;
             }
-            return Err(malformed(
-                path,
-                format!("line {n}: more than one YAML document; refusing to edit"),
-            ));
+            return Err(malformed(path, format!("line {n}: more than one YAML document; refusing to edit")));
         }
         if line == "..." {
-            return Err(malformed(
-                path,
-                format!("line {n}: YAML document end marker; refusing to edit"),
-            ));
+            return Err(malformed(path, format!("line {n}: YAML document end marker; refusing to edit")));
         }
         if line.starts_with(' ') || line.starts_with('-') {
-            let b = blocks.last_mut().ok_or_else(|| {
-                malformed(path, format!("line {n}: indented line before any top-level key"))
-            })?;
+            let b = blocks.last_mut().ok_or_else(|| malformed(path, format!("line {n}: indented line before any top-level key")))?;
             if !b.inline.is_empty() && !line.trim_start().starts_with('#') {
-                return Err(malformed(
-                    path,
-                    format!("line {n}: {} has both an inline value and indented lines", b.key),
-                ));
+                return Err(malformed(path, format!("line {n}: {} has both an inline value and indented lines", b.key)));
             }
             if !line.trim_start().starts_with('#') {
                 b.children.push(line.to_string());
@@ -68,19 +57,11 @@ fn yaml_blocks(path: &Path, text: &str) -> Result<Vec<Block>, KubeletError> {
         let (key, rest) = line
             .split_once(':')
             .filter(|(k, r)| is_plain_key(k) && (r.is_empty() || r.starts_with(' ')))
-            .ok_or_else(|| {
-                malformed(path, format!("line {n}: not a top-level `key: value` line"))
-            })?;
+            .ok_or_else(|| malformed(path, format!("line {n}: not a top-level `key: value` line")))?;
         if blocks.iter().any(|b| b.key == key) {
             return Err(malformed(path, format!("line {n}: duplicate top-level key {key}")));
         }
-        blocks.push(Block {
-            key: key.to_string(),
-            start: i,
-            end: i + 1,
-            inline: strip_comment(rest.trim()),
-            children: vec![],
-        });
+        blocks.push(Block { key: key.to_string(), start: i, end: i + 1, inline: strip_comment(rest.trim()), children: vec![] });
     }
     Ok(blocks)
 }
@@ -105,24 +86,17 @@ fn strip_comment(s: &str) -> String {
 fn unquote(path: &Path, s: &str) -> Result<String, KubeletError> {
     let s = strip_comment(s.trim());
     if s.starts_with(['&', '*', '!', '|', '>']) {
-        return Err(malformed(
-            path,
-            format!("YAML anchors, aliases, tags and block scalars are not supported: {s}"),
-        ));
+        return Err(malformed(path, format!("YAML anchors, aliases, tags and block scalars are not supported: {s}")));
     }
     if let Some(inner) = s.strip_prefix('"') {
-        let inner = inner
-            .strip_suffix('"')
-            .ok_or_else(|| malformed(path, format!("unterminated string {s}")))?;
+        let inner = inner.strip_suffix('"').ok_or_else(|| malformed(path, format!("unterminated string {s}")))?;
         if inner.contains('\\') || inner.contains('"') {
             return Err(malformed(path, format!("escaped strings are not supported: {s}")));
         }
         return Ok(inner.to_string());
     }
     if let Some(inner) = s.strip_prefix('\'') {
-        let inner = inner
-            .strip_suffix('\'')
-            .ok_or_else(|| malformed(path, format!("unterminated string {s}")))?;
+        let inner = inner.strip_suffix('\'').ok_or_else(|| malformed(path, format!("unterminated string {s}")))?;
         return Ok(inner.replace("''", "'"));
     }
     Ok(s)
@@ -137,9 +111,7 @@ fn yaml_map(path: &Path, b: &Block) -> Result<Vec<(String, String)>, KubeletErro
             .and_then(|s| s.strip_suffix('}'))
             .ok_or_else(|| malformed(path, format!("{} must be a mapping", b.key)))?;
         for item in inner.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-            let (k, v) = item
-                .split_once(':')
-                .ok_or_else(|| malformed(path, format!("{}: {item:?} is not key: value", b.key)))?;
+            let (k, v) = item.split_once(':').ok_or_else(|| malformed(path, format!("{}: {item:?} is not key: value", b.key)))?;
             out.push((unquote(path, k)?, unquote(path, v)?));
         }
         return Ok(out);
@@ -148,18 +120,13 @@ fn yaml_map(path: &Path, b: &Block) -> Result<Vec<(String, String)>, KubeletErro
     for c in &b.children {
         let ind = c.len() - c.trim_start().len();
         if ind != indent || indent == 0 {
-            return Err(malformed(
-                path,
-                format!("{}: nested or uneven indentation is not supported", b.key),
-            ));
+            return Err(malformed(path, format!("{}: nested or uneven indentation is not supported", b.key)));
         }
         let (k, v) = c
             .trim()
             .split_once(": ")
             .or_else(|| c.trim().strip_suffix(':').map(|k| (k, "")))
-            .ok_or_else(|| {
-                malformed(path, format!("{}: {:?} is not key: value", b.key, c.trim()))
-            })?;
+            .ok_or_else(|| malformed(path, format!("{}: {:?} is not key: value", b.key, c.trim())))?;
         out.push((unquote(path, k)?, unquote(path, v)?));
     }
     Ok(out)
@@ -172,20 +139,12 @@ fn yaml_list(path: &Path, b: &Block) -> Result<Vec<String>, KubeletError> {
             .strip_prefix('[')
             .and_then(|s| s.strip_suffix(']'))
             .ok_or_else(|| malformed(path, format!("{} must be a list", b.key)))?;
-        return inner
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(|s| unquote(path, s))
-            .collect();
+        return inner.split(',').map(str::trim).filter(|s| !s.is_empty()).map(|s| unquote(path, s)).collect();
     }
     b.children
         .iter()
         .map(|c| {
-            let item = c
-                .trim_start()
-                .strip_prefix('-')
-                .ok_or_else(|| malformed(path, format!("{} must be a list", b.key)))?;
+            let item = c.trim_start().strip_prefix('-').ok_or_else(|| malformed(path, format!("{} must be a list", b.key)))?;
             unquote(path, item)
         })
         .collect()
@@ -244,10 +203,7 @@ pub(super) fn render(path: &Path, text: &str, r: &Reservation) -> Result<String,
     }
     let wanted: [(&str, Vec<(String, String)>); 3] = [
         ("kubeReserved", r.kube_reserved.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()),
-        (
-            "systemReserved",
-            r.system_reserved.iter().map(|(k, v)| (k.clone(), v.to_string())).collect(),
-        ),
+        ("systemReserved", r.system_reserved.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()),
         ("evictionHard", r.eviction_hard.iter().map(|(k, v)| (k.clone(), v.to_string())).collect()),
     ];
     let mut replace: Vec<(usize, usize, Vec<String>)> = Vec::new();
@@ -302,10 +258,7 @@ mod tests {
     fn yaml_render_replaces_only_owned_blocks() {
         let text = "apiVersion: kubelet.config.k8s.io/v1beta1\nkubeReserved: {cpu: 100m}\n# keep me\nauthentication:\n  anonymous:\n    enabled: false\nsystemReserved:\n  cpu: 1\nkind: KubeletConfiguration\n";
         let f = yaml(text);
-        let r = Reservation {
-            kube_reserved: res(&[("cpu", "70m"), ("memory", "574Mi")]),
-            ..Default::default()
-        };
+        let r = Reservation { kube_reserved: res(&[("cpu", "70m"), ("memory", "574Mi")]), ..Default::default() };
         let out = f.render(&r).unwrap();
         assert_eq!(
             out,
@@ -338,10 +291,7 @@ mod tests {
         use crate::kubelet::policy::{EvictionMap, Threshold};
         use proptest::prelude::*;
 
-        const FIXTURE: &str = include_str!(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/fixtures/kubelet/kubeadm-config.yaml"
-        ));
+        const FIXTURE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kubelet/kubeadm-config.yaml"));
 
         proptest! {
             #[test]

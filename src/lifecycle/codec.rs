@@ -14,11 +14,7 @@ pub struct UnknownName {
 
 impl UnknownName {
     pub(crate) fn new(field: &'static str, value: &str, names: &[&str]) -> Self {
-        Self {
-            field,
-            value: value.chars().take(64).collect(),
-            accepted: names.join(", "),
-        }
+        Self { field, value: value.chars().take(64).collect(), accepted: names.join(", ") }
     }
 }
 

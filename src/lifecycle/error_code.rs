@@ -113,9 +113,7 @@ pub mod opt_serde {
         s.serialize_str(v.as_ref().map(ErrorCode::as_str).unwrap_or(""))
     }
 
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<ErrorCode>, D::Error> {
+    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<ErrorCode>, D::Error> {
         let s = <std::borrow::Cow<'de, str> as serde::Deserialize>::deserialize(d)?;
         Ok(ErrorCode::parse(&s))
     }

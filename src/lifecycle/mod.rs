@@ -23,8 +23,6 @@ mod wire;
 pub use codec::UnknownName;
 pub use error_code::{ErrorCode, MAX_ERROR_CODE_LEN, error_info, opt_serde};
 pub use kinds::{CommandType, RepeatMode};
-pub use status::{
-    Counts, InvocationOverall, InvocationStatus, InvokeRecordStatus, InvokeStatus, Outcome,
-};
+pub use status::{Counts, InvocationOverall, InvocationStatus, InvokeRecordStatus, InvokeStatus, Outcome};
 pub use transition::{Event, Refusal, TargetState, states_accepting, transition};
 pub use wire::reported_status;

@@ -128,11 +128,7 @@ impl InvocationStatus {
 
     /// The per-instance statuses an `InvokeRecordStatus` filter selects.
     pub fn with_record_status(r: InvokeRecordStatus) -> Vec<InvocationStatus> {
-        Self::ALL
-            .iter()
-            .copied()
-            .filter(|s| s.record_status() == r)
-            .collect()
+        Self::ALL.iter().copied().filter(|s| s.record_status() == r).collect()
     }
 
     /// Column name of this status's count on the invocation row.
@@ -163,10 +159,7 @@ pub struct Counts([i64; 12]);
 
 impl Counts {
     fn index(s: InvocationStatus) -> usize {
-        InvocationStatus::ALL
-            .iter()
-            .position(|x| *x == s)
-            .unwrap_or(0)
+        InvocationStatus::ALL.iter().position(|x| *x == s).unwrap_or(0)
     }
 
     pub fn get(&self, s: InvocationStatus) -> i64 {

@@ -19,23 +19,9 @@ fn events() -> Vec<Event> {
 
 /// The expected next state, written as a table independent of the
 /// implementation's structure.
-fn expected(
-    from: TargetState,
-    e: Event,
-    mode: RepeatMode,
-    frequency: &str,
-) -> Result<TargetState, Refusal> {
-    let final_ = matches!(
-        from.status,
-        S::Invalid
-            | S::Aborted
-            | S::Success
-            | S::Failed
-            | S::Error
-            | S::Timeout
-            | S::Cancelled
-            | S::Terminated
-    );
+fn expected(from: TargetState, e: Event, mode: RepeatMode, frequency: &str) -> Result<TargetState, Refusal> {
+    let final_ =
+        matches!(from.status, S::Invalid | S::Aborted | S::Success | S::Failed | S::Error | S::Timeout | S::Cancelled | S::Terminated);
     if final_ {
         return Err(Refusal::Final(from.status));
     }
@@ -58,9 +44,7 @@ fn expected(
             }
         }
         Event::Reported(S::Pending | S::Stopping | S::Aborted) => {
-            let Event::Reported(r) = e else {
-                unreachable!()
-            };
+            let Event::Reported(r) = e else { unreachable!() };
             Err(Refusal::NotReportable(r))
         }
         Event::Reported(r) => {
@@ -76,23 +60,15 @@ fn expected(
         }
         Event::StopRequested if from.delivered => st(S::Stopping, true),
         Event::StopRequested => st(S::Cancelled, false),
-        Event::DeliveryExpired if from.status == S::Pending && !from.delivered => {
-            st(S::Aborted, false)
-        }
-        Event::DeliveryExpired => Err(Refusal::NotApplicable {
-            event: e,
-            status: from.status,
-            delivered: from.delivered,
-        }),
+        Event::DeliveryExpired if from.status == S::Pending && !from.delivered => st(S::Aborted, false),
+        Event::DeliveryExpired => Err(Refusal::NotApplicable { event: e, status: from.status, delivered: from.delivered }),
         Event::InstanceDeregistered if from.delivered => st(S::Error, true),
         Event::InstanceDeregistered => st(S::Aborted, false),
         Event::ClientNotRunning if from == TargetState::CREATED => st(S::Aborted, false),
         Event::RolloutHalted if from == TargetState::CREATED => st(S::Cancelled, false),
-        Event::ClientNotRunning | Event::RolloutHalted => Err(Refusal::NotApplicable {
-            event: e,
-            status: from.status,
-            delivered: from.delivered,
-        }),
+        Event::ClientNotRunning | Event::RolloutHalted => {
+            Err(Refusal::NotApplicable { event: e, status: from.status, delivered: from.delivered })
+        }
     }
 }
 
@@ -103,11 +79,7 @@ fn every_state_event_and_mode() {
         for e in events() {
             for mode in RepeatMode::ALL {
                 for freq in ["rate(5m)", "at(2030-01-01T00:00:00Z)"] {
-                    assert_eq!(
-                        transition(from, e, *mode, freq),
-                        expected(from, e, *mode, freq),
-                        "{from:?} {e:?} {mode} {freq}"
-                    );
+                    assert_eq!(transition(from, e, *mode, freq), expected(from, e, *mode, freq), "{from:?} {e:?} {mode} {freq}");
                     checked += 1;
                 }
             }
@@ -120,52 +92,23 @@ fn every_state_event_and_mode() {
 fn the_paths_the_api_shows() {
     let once = |s, e| transition(s, e, RepeatMode::Once, "").map(|t| t.status);
     let created = TargetState::CREATED;
-    let delivered = TargetState {
-        status: S::Pending,
-        delivered: true,
-    };
-    let running = TargetState {
-        status: S::Running,
-        delivered: true,
-    };
+    let delivered = TargetState { status: S::Pending, delivered: true };
+    let running = TargetState { status: S::Running, delivered: true };
     // Stop before delivery: Cancelled at once; stop while running: Stopping, then Terminated.
     assert_eq!(once(created, Event::StopRequested), Ok(S::Cancelled));
     assert_eq!(once(running, Event::StopRequested), Ok(S::Stopping));
-    let stopping = TargetState {
-        status: S::Stopping,
-        delivered: true,
-    };
+    let stopping = TargetState { status: S::Stopping, delivered: true };
     assert_eq!(once(stopping, Event::Reported(S::Running)), Ok(S::Stopping));
-    assert_eq!(
-        once(stopping, Event::Reported(S::Terminated)),
-        Ok(S::Terminated)
-    );
+    assert_eq!(once(stopping, Event::Reported(S::Terminated)), Ok(S::Terminated));
     assert_eq!(once(delivered, Event::Reported(S::Timeout)), Ok(S::Timeout));
     assert_eq!(once(created, Event::DeliveryExpired), Ok(S::Aborted));
     assert_eq!(
-        once(delivered, Event::DeliveryExpired)
-            .unwrap_err()
-            .to_string(),
+        once(delivered, Event::DeliveryExpired).unwrap_err().to_string(),
         "DeliveryExpired does not apply to a target in Pending (delivered: true)"
     );
-    assert_eq!(
-        once(
-            TargetState {
-                status: S::Success,
-                delivered: true
-            },
-            Event::Reported(S::Failed)
-        ),
-        Err(Refusal::Final(S::Success))
-    );
-    assert_eq!(
-        Event::DeliveryExpired.error_code(true),
-        Some(ErrorCode::DeliveryTimeout)
-    );
-    assert_eq!(
-        Event::DeliveryExpired.error_code(false),
-        Some(ErrorCode::ClientNotResponse)
-    );
+    assert_eq!(once(TargetState { status: S::Success, delivered: true }, Event::Reported(S::Failed)), Err(Refusal::Final(S::Success)));
+    assert_eq!(Event::DeliveryExpired.error_code(true), Some(ErrorCode::DeliveryTimeout));
+    assert_eq!(Event::DeliveryExpired.error_code(false), Some(ErrorCode::ClientNotResponse));
     let accepting = states_accepting(Event::DeliveryExpired);
     assert_eq!(accepting, vec![TargetState::CREATED]);
 }
@@ -191,10 +134,7 @@ fn record_status_has_no_timeout_and_maps_every_instance_status() {
     for (s, r) in table {
         assert_eq!(s.record_status(), r, "{s}");
     }
-    assert_eq!(
-        InvocationStatus::with_record_status(R::Stopped),
-        vec![S::Cancelled, S::Terminated]
-    );
+    assert_eq!(InvocationStatus::with_record_status(R::Stopped), vec![S::Cancelled, S::Terminated]);
     assert_eq!(
         S::NAMES,
         [
@@ -227,12 +167,7 @@ fn aggregation_tables_are_exhaustive() {
                     let counts = Counts::of(states);
                     let has = |s| states.contains(&s);
                     let count = |f: &dyn Fn(S) -> bool| states.iter().filter(|s| f(**s)).count();
-                    let failed_class = |s: S| {
-                        matches!(
-                            s,
-                            S::Invalid | S::Aborted | S::Failed | S::Error | S::Timeout
-                        )
-                    };
+                    let failed_class = |s: S| matches!(s, S::Invalid | S::Aborted | S::Failed | S::Error | S::Timeout);
                     let stopped_class = |s: S| matches!(s, S::Cancelled | S::Terminated);
                     let settled = if has(S::Running) {
                         None
@@ -260,8 +195,7 @@ fn aggregation_tables_are_exhaustive() {
                         }
                     };
                     assert_eq!(counts.overall().as_str(), overall, "{states:?}");
-                    let record_failed =
-                        |s: S| matches!(s, S::Invalid | S::Aborted | S::Error | S::Timeout);
+                    let record_failed = |s: S| matches!(s, S::Invalid | S::Aborted | S::Error | S::Timeout);
                     let legacy = match settled {
                         None => "Running",
                         Some(s) if !s.is_empty() => s,
@@ -285,22 +219,10 @@ fn aggregation_tables_are_exhaustive() {
     }
     assert_eq!(checked, 12 * 12 * 12 * 3);
     // Seed 001's examples.
-    assert_eq!(
-        Counts::of(&[S::Success, S::Terminated]).legacy(),
-        InvokeStatus::Finished
-    );
-    assert_eq!(
-        Counts::of(&[S::Timeout, S::Success]).legacy(),
-        InvokeStatus::PartialFailed
-    );
-    assert_eq!(
-        Counts::of(&[S::Failed, S::Success]).legacy(),
-        InvokeStatus::Finished
-    );
-    assert_eq!(
-        Counts::of(&[S::Failed, S::Success]).overall(),
-        InvocationOverall::PartialFailed
-    );
+    assert_eq!(Counts::of(&[S::Success, S::Terminated]).legacy(), InvokeStatus::Finished);
+    assert_eq!(Counts::of(&[S::Timeout, S::Success]).legacy(), InvokeStatus::PartialFailed);
+    assert_eq!(Counts::of(&[S::Failed, S::Success]).legacy(), InvokeStatus::Finished);
+    assert_eq!(Counts::of(&[S::Failed, S::Success]).overall(), InvocationOverall::PartialFailed);
     assert_eq!(Counts::default().overall(), InvocationOverall::Pending);
 }
 
@@ -315,31 +237,13 @@ fn what_a_010_agent_sends_is_read_as_meant() {
         ("Stopped", None, false, None, S::Cancelled),
         ("Stopped", Some(143), true, None, S::Terminated),
         ("Timeout", None, true, None, S::Timeout),
-        (
-            "Failed",
-            None,
-            false,
-            Some(&ErrorCode::DirectoryNotExists),
-            S::Invalid,
-        ),
+        ("Failed", None, false, Some(&ErrorCode::DirectoryNotExists), S::Invalid),
         ("Failed", None, true, interrupted.as_ref(), S::Error),
         ("Failed", Some(2), true, None, S::Failed),
-        (
-            "Failed",
-            None,
-            true,
-            Some(&ErrorCode::DirectoryNotExists),
-            S::Invalid,
-        ),
+        ("Failed", None, true, Some(&ErrorCode::DirectoryNotExists), S::Invalid),
         ("Failed", None, true, None, S::Error),
         ("Failed", None, true, Some(&ErrorCode::ExitCodeNonzero), S::Failed),
-        (
-            "Failed",
-            None,
-            false,
-            Some(&ErrorCode::ClientNotResponse),
-            S::Aborted,
-        ),
+        ("Failed", None, false, Some(&ErrorCode::ClientNotResponse), S::Aborted),
         ("Running", None, true, None, S::Running),
         // Protocol 2 names read as themselves.
         ("Success", Some(0), true, None, S::Success),
@@ -347,20 +251,10 @@ fn what_a_010_agent_sends_is_read_as_meant() {
         ("Terminated", None, true, None, S::Terminated),
     ];
     for (raw, exit, started, code, want) in table {
-        assert_eq!(
-            reported_status(raw, *exit, *started, *code),
-            Ok(*want),
-            "{raw} {exit:?} {started}"
-        );
+        assert_eq!(reported_status(raw, *exit, *started, *code), Ok(*want), "{raw} {exit:?} {started}");
     }
     let e = reported_status("Exploded", None, true, None).unwrap_err();
-    assert_eq!(
-        e.to_string(),
-        format!(
-            "InvocationStatus \"Exploded\" is not one of {}",
-            S::NAMES.join(", ")
-        )
-    );
+    assert_eq!(e.to_string(), format!("InvocationStatus \"Exploded\" is not one of {}", S::NAMES.join(", ")));
 }
 
 #[test]
@@ -386,27 +280,9 @@ fn codec_round_trips_and_error_codes() {
         assert_eq!(c.fixed_info().is_some(), !deckhand_own, "{name}");
     }
     assert_eq!(ErrorCode::parse(""), None);
-    assert_eq!(
-        ErrorCode::parse("KubeletUnhealthy"),
-        Some(ErrorCode::Other("KubeletUnhealthy".into()))
-    );
-    assert_eq!(
-        ErrorCode::parse(&"x".repeat(500)).unwrap().as_str().len(),
-        MAX_ERROR_CODE_LEN
-    );
-    assert_eq!(
-        error_info(Some(&ErrorCode::ExecutionTimeout), "killed after 5 s"),
-        "the command execution has been timeout"
-    );
-    assert_eq!(
-        error_info(
-            Some(&ErrorCode::Other("KubeletUnhealthy".into())),
-            "kubelet did not come back"
-        ),
-        "kubelet did not come back"
-    );
-    assert!(
-        RepeatMode::Period.keeps_target_running("rate(5m)")
-            && !RepeatMode::Period.keeps_target_running(" at(2030-01-01T00:00:00Z)")
-    );
+    assert_eq!(ErrorCode::parse("KubeletUnhealthy"), Some(ErrorCode::Other("KubeletUnhealthy".into())));
+    assert_eq!(ErrorCode::parse(&"x".repeat(500)).unwrap().as_str().len(), MAX_ERROR_CODE_LEN);
+    assert_eq!(error_info(Some(&ErrorCode::ExecutionTimeout), "killed after 5 s"), "the command execution has been timeout");
+    assert_eq!(error_info(Some(&ErrorCode::Other("KubeletUnhealthy".into())), "kubelet did not come back"), "kubelet did not come back");
+    assert!(RepeatMode::Period.keeps_target_running("rate(5m)") && !RepeatMode::Period.keeps_target_running(" at(2030-01-01T00:00:00Z)"));
 }

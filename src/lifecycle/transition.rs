@@ -16,10 +16,7 @@ pub struct TargetState {
 
 impl TargetState {
     /// Every target starts here when the invocation is created.
-    pub const CREATED: TargetState = TargetState {
-        status: InvocationStatus::Pending,
-        delivered: false,
-    };
+    pub const CREATED: TargetState = TargetState { status: InvocationStatus::Pending, delivered: false };
 
     /// Every state a target can be in (for exhaustive tests and for
     /// deriving bulk updates).
@@ -27,10 +24,7 @@ impl TargetState {
         let mut v = Vec::new();
         for s in InvocationStatus::ALL {
             for delivered in [false, true] {
-                v.push(TargetState {
-                    status: *s,
-                    delivered,
-                });
+                v.push(TargetState { status: *s, delivered });
             }
         }
         v
@@ -86,11 +80,7 @@ pub enum Refusal {
     /// The event does not apply to this state (a delivery timeout on a
     /// target already delivered, …).
     #[error("{event:?} does not apply to a target in {status} (delivered: {delivered})")]
-    NotApplicable {
-        event: Event,
-        status: InvocationStatus,
-        delivered: bool,
-    },
+    NotApplicable { event: Event, status: InvocationStatus, delivered: bool },
     /// An agent reported a status only the hub may set.
     #[error("an agent cannot report {0}")]
     NotReportable(InvocationStatus),
@@ -116,21 +106,12 @@ pub enum Refusal {
 /// - `ClientNotRunning`: a target just created and never sent → `Aborted`.
 /// - `RolloutHalted`: a target never sent → `Cancelled` (it did not start,
 ///   as a stop before the start).
-pub fn transition(
-    state: TargetState,
-    event: Event,
-    mode: RepeatMode,
-    frequency: &str,
-) -> Result<TargetState, Refusal> {
+pub fn transition(state: TargetState, event: Event, mode: RepeatMode, frequency: &str) -> Result<TargetState, Refusal> {
     use InvocationStatus as S;
     if state.status.is_final() {
         return Err(Refusal::Final(state.status));
     }
-    let not_applicable = Err(Refusal::NotApplicable {
-        event,
-        status: state.status,
-        delivered: state.delivered,
-    });
+    let not_applicable = Err(Refusal::NotApplicable { event, status: state.status, delivered: state.delivered });
     let to = |status: InvocationStatus, delivered: bool| Ok(TargetState { status, delivered });
     match event {
         Event::Delivered => {
@@ -182,12 +163,5 @@ pub fn transition(
 /// The states in which `event` changes a target (whatever the mode), for
 /// bulk SQL updates that must agree with [`transition`].
 pub fn states_accepting(event: Event) -> Vec<TargetState> {
-    TargetState::all()
-        .into_iter()
-        .filter(|s| {
-            RepeatMode::ALL
-                .iter()
-                .any(|m| transition(*s, event, *m, "").is_ok())
-        })
-        .collect()
+    TargetState::all().into_iter().filter(|s| RepeatMode::ALL.iter().any(|m| transition(*s, event, *m, "").is_ok())).collect()
 }

@@ -32,14 +32,7 @@ pub fn reported_status(
         "Stopped" => S::Cancelled,
         "Failed" if code == Some(&ErrorCode::ExecutionInterrupted) => S::Error,
         // Only a 0.1.0 hub wrote these (its delivery sweeper), into its own rows.
-        "Failed"
-            if matches!(
-                code,
-                Some(ErrorCode::ClientNotResponse | ErrorCode::DeliveryTimeout)
-            ) =>
-        {
-            S::Aborted
-        }
+        "Failed" if matches!(code, Some(ErrorCode::ClientNotResponse | ErrorCode::DeliveryTimeout)) => S::Aborted,
         // A protocol 2 agent's Failed: a non-zero exit (a script killed by
         // a signal from elsewhere has no exit code, but this code).
         "Failed" if exit_code.is_some() || code == Some(&ErrorCode::ExitCodeNonzero) => S::Failed,

@@ -173,20 +173,10 @@ impl TryFrom<RawReport> for RecordReport {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum AgentMsg {
     /// First frame on every connection of a registered agent.
-    Hello {
-        protocol: u32,
-        instance_id: String,
-        token: String,
-        facts: HostFacts,
-    },
+    Hello { protocol: u32, instance_id: String, token: String, facts: HostFacts },
     /// First frame of an unregistered agent: trade an activation for an
     /// instance id and credential.
-    Register {
-        protocol: u32,
-        activation_id: String,
-        activation_code: String,
-        facts: HostFacts,
-    },
+    Register { protocol: u32, activation_id: String, activation_code: String, facts: HostFacts },
     Heartbeat {
         /// Unix millis on the agent, echoed back for round-trip time.
         sent_ms: u64,
@@ -219,16 +209,29 @@ pub enum HubMsg {
         heartbeat_secs: u64,
     },
     /// Answer to `Register`: the agent stores these and then says `Hello`.
-    Registered { instance_id: String, token: String },
+    Registered {
+        instance_id: String,
+        token: String,
+    },
     /// A new credential: store it (atomically), answer `credential_saved`,
     /// and use it from the next connection. Until then both work.
-    RotateCredential { token: String },
+    RotateCredential {
+        token: String,
+    },
     // Boxed: the other messages are small, and every agent's outbox slot
     // would otherwise be as large as an invocation (issue #21).
-    Invoke { invocation: Box<Invocation> },
-    Stop { invoke_id: String },
-    HeartbeatAck { sent_ms: u64 },
-    ReportAck { report_id: u64 },
+    Invoke {
+        invocation: Box<Invocation>,
+    },
+    Stop {
+        invoke_id: String,
+    },
+    HeartbeatAck {
+        sent_ms: u64,
+    },
+    ReportAck {
+        report_id: u64,
+    },
     /// A refusal; the sender closes the connection after a fatal one.
     Error {
         code: String,

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use deckhand::cli::{Client, ClientConfig, CliError};
+use deckhand::cli::{CliError, Client, ClientConfig};
 use serde_json::Value;
 
 pub const AK_ID: &str = "LTAItestkey0001";
@@ -79,7 +79,15 @@ impl Hub {
     pub fn start_binary(bin: PathBuf, dir: tempfile::TempDir, extra: &[&str]) -> Self {
         deckhand::tls::install_crypto_provider();
         let pki = deckhand::tls::ensure_dev_pki(dir.path()).expect("pki");
-        let mut hub = Self { child: None, url: String::new(), ca: pki.ca_cert, dir, extra: extra.iter().map(|s| s.to_string()).collect(), port: 0, bin };
+        let mut hub = Self {
+            child: None,
+            url: String::new(),
+            ca: pki.ca_cert,
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            port: 0,
+            bin,
+        };
         hub.spawn();
         hub
     }
@@ -106,13 +114,20 @@ impl Hub {
             .spawn()
             .expect("spawn hub");
         self.child = Some(child);
-        let url = wait_until("hub address file", Duration::from_secs(20), || std::fs::read_to_string(&addr_file).ok().filter(|s| !s.is_empty()));
+        let url =
+            wait_until("hub address file", Duration::from_secs(20), || std::fs::read_to_string(&addr_file).ok().filter(|s| !s.is_empty()));
         self.port = url.rsplit(':').next().unwrap().parse().unwrap();
         self.url = url;
     }
 
     pub fn client(&self) -> Client {
-        Client::new(ClientConfig { endpoint: self.url.clone(), access_key_id: AK_ID.into(), access_key_secret: AK_SECRET.into(), ca_file: Some(self.ca.clone()) }).expect("client")
+        Client::new(ClientConfig {
+            endpoint: self.url.clone(),
+            access_key_id: AK_ID.into(),
+            access_key_secret: AK_SECRET.into(),
+            ca_file: Some(self.ca.clone()),
+        })
+        .expect("client")
     }
 
     pub fn call(&self, action: &str, params: &[(&str, &str)]) -> Result<Value, CliError> {
@@ -155,7 +170,16 @@ impl Hub {
         let v = self.call("CreateActivation", &[("InstanceCount", "1")]).expect("activation");
         let id = v["ActivationId"].as_str().unwrap().to_string();
         let code = v["ActivationCode"].as_str().unwrap().to_string();
-        let mut a = Agent { child: None, dir: tempfile::tempdir().expect("tempdir"), hub_url: hub_urls.to_string(), ca: self.ca.clone(), activation: Some((id, code)), extra: vec![], env: vec![], bin };
+        let mut a = Agent {
+            child: None,
+            dir: tempfile::tempdir().expect("tempdir"),
+            hub_url: hub_urls.to_string(),
+            ca: self.ca.clone(),
+            activation: Some((id, code)),
+            extra: vec![],
+            env: vec![],
+            bin,
+        };
         a.spawn();
         a.instance_id();
         a
@@ -195,7 +219,8 @@ impl Hub {
         wait_until(&format!("{invoke_id} final"), timeout, || {
             let v = self.call("DescribeInvocationResults", &[("InvokeId", invoke_id), ("PageSize", "50")]).ok()?;
             let list = v["Invocation"]["InvocationResults"]["InvocationResult"].as_array()?.clone();
-            let done = !list.is_empty() && list.iter().all(|r| matches!(r["InvokeRecordStatus"].as_str(), Some("Finished" | "Failed" | "Stopped")));
+            let done = !list.is_empty()
+                && list.iter().all(|r| matches!(r["InvokeRecordStatus"].as_str(), Some("Finished" | "Failed" | "Stopped")));
             done.then_some(list)
         })
     }
@@ -260,7 +285,8 @@ impl Agent {
             use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(dir.path().join("state/identity.json"), std::fs::Permissions::from_mode(0o600));
         }
-        let mut a = Agent { child: None, dir, hub_url: hub.url.clone(), ca: hub.ca.clone(), activation: None, extra: vec![], env: vec![], bin };
+        let mut a =
+            Agent { child: None, dir, hub_url: hub.url.clone(), ca: hub.ca.clone(), activation: None, extra: vec![], env: vec![], bin };
         a.spawn();
         a
     }

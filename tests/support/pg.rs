@@ -35,7 +35,9 @@ pub async fn admin_url(test: &str) -> Option<String> {
             if std::env::var("DECKHAND_REQUIRE_PG").is_ok_and(|v| v == "1") {
                 panic!("{test}: PostgreSQL required (DECKHAND_REQUIRE_PG=1) but {url} is unreachable: {why}");
             }
-            eprintln!("SKIPPED {test}: no PostgreSQL server at {url} ({why}); start one with `eval \"$(bash .ci/postgres.sh start /tmp/pg)\"`");
+            eprintln!(
+                "SKIPPED {test}: no PostgreSQL server at {url} ({why}); start one with `eval \"$(bash .ci/postgres.sh start /tmp/pg)\"`"
+            );
             None
         }
     }

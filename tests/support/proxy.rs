@@ -46,25 +46,12 @@ pub struct FaultProxy {
 impl FaultProxy {
     /// Binds 127.0.0.1:0 and forwards every accepted connection to `upstream`.
     pub async fn start(upstream: SocketAddr) -> FaultProxy {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("proxy bind 127.0.0.1:0");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("proxy bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("proxy local_addr");
         let shared = Arc::new(Shared::default());
         let (cut_tx, _) = watch::channel(0u64);
-        let accept_task = tokio::spawn(accept_loop(
-            listener,
-            upstream,
-            shared.clone(),
-            cut_tx.clone(),
-        ));
-        FaultProxy {
-            addr,
-            upstream,
-            shared,
-            cut_tx,
-            accept_task,
-        }
+        let accept_task = tokio::spawn(accept_loop(listener, upstream, shared.clone(), cut_tx.clone()));
+        FaultProxy { addr, upstream, shared, cut_tx, accept_task }
     }
 
     /// Address clients should dial instead of the upstream.
@@ -132,12 +119,7 @@ impl Drop for FaultProxy {
     }
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    upstream: SocketAddr,
-    shared: Arc<Shared>,
-    cut_tx: watch::Sender<u64>,
-) {
+async fn accept_loop(listener: TcpListener, upstream: SocketAddr, shared: Arc<Shared>, cut_tx: watch::Sender<u64>) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
             // Transient accept errors (EMFILE...) should not kill the proxy.
@@ -155,20 +137,14 @@ async fn accept_loop(
     }
 }
 
-async fn handle(
-    client: TcpStream,
-    upstream: SocketAddr,
-    shared: Arc<Shared>,
-    mut cut_rx: watch::Receiver<u64>,
-) {
-    let server =
-        match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(upstream)).await {
-            Ok(Ok(s)) => s,
-            _ => {
-                shared.upstream_failed.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-        };
+async fn handle(client: TcpStream, upstream: SocketAddr, shared: Arc<Shared>, mut cut_rx: watch::Receiver<u64>) {
+    let server = match tokio::time::timeout(UPSTREAM_CONNECT_TIMEOUT, TcpStream::connect(upstream)).await {
+        Ok(Ok(s)) => s,
+        _ => {
+            shared.upstream_failed.fetch_add(1, Ordering::SeqCst);
+            return;
+        }
+    };
     let _ = client.set_nodelay(true);
     let _ = server.set_nodelay(true);
     shared.active.fetch_add(1, Ordering::SeqCst);
@@ -186,11 +162,7 @@ async fn handle(
     shared.active.fetch_sub(1, Ordering::SeqCst);
 }
 
-async fn pump(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    shared: Arc<Shared>,
-) {
+async fn pump(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, shared: Arc<Shared>) {
     let mut buf = vec![0u8; CHUNK_BYTES];
     loop {
         let n = match from.read(&mut buf).await {

@@ -11,10 +11,7 @@ struct Rec {
 }
 
 fn rec(id: u64) -> Rec {
-    Rec {
-        id,
-        body: format!("result-{id}-{}", "x".repeat((id % 7) as usize)),
-    }
+    Rec { id, body: format!("result-{id}-{}", "x".repeat((id % 7) as usize)) }
 }
 
 fn open(dir: &Path) -> (Journal<Rec>, Vec<Rec>, RecoveryReport) {
@@ -51,10 +48,7 @@ fn round_trip_and_reopen_after_append() {
     assert_eq!(recs.len(), 6);
     assert_eq!(recs[5], rec(5));
     assert_eq!(j.record_count(), 6);
-    assert_eq!(
-        j.size_bytes(),
-        fs::metadata(d.path().join(JOURNAL_FILE)).unwrap().len()
-    );
+    assert_eq!(j.size_bytes(), fs::metadata(d.path().join(JOURNAL_FILE)).unwrap().len());
 }
 
 #[cfg(unix)]
@@ -66,11 +60,7 @@ fn file_and_dir_are_private() {
     let (mut j, _, _) = open(&dir);
     j.append(&rec(1)).unwrap();
     j.compact(&[rec(1)]).unwrap();
-    let fm = fs::metadata(dir.join(JOURNAL_FILE))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
+    let fm = fs::metadata(dir.join(JOURNAL_FILE)).unwrap().permissions().mode() & 0o777;
     let dm = fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
     assert_eq!(fm, 0o600);
     assert_eq!(dm, 0o700);
@@ -88,10 +78,7 @@ fn torn_tail_is_cut_and_later_appends_are_clean() {
     assert_eq!(rep.dropped_bytes, (cut - ends[1]) as u64);
     assert_eq!(rep.dropped_records, 1);
     assert_eq!(rep.first_bad_offset, Some(ends[1] as u64));
-    assert_eq!(
-        fs::metadata(d.path().join(JOURNAL_FILE)).unwrap().len(),
-        ends[1] as u64
-    );
+    assert_eq!(fs::metadata(d.path().join(JOURNAL_FILE)).unwrap().len(), ends[1] as u64);
     j.append(&rec(9)).unwrap();
     drop(j);
     let (_, recs, rep) = open(d.path());
@@ -107,10 +94,7 @@ fn undecodable_record_is_skipped_and_later_ones_kept() {
     drop(j);
     // A frame with a valid crc whose JSON is not a Rec (e.g. a schema change).
     let frame = encode_frame(&"not a record", 1 << 20).unwrap();
-    let mut f = OpenOptions::new()
-        .append(true)
-        .open(d.path().join(JOURNAL_FILE))
-        .unwrap();
+    let mut f = OpenOptions::new().append(true).open(d.path().join(JOURNAL_FILE)).unwrap();
     f.write_all(&frame).unwrap();
     drop(f);
     let (mut j, recs, rep) = open(d.path());
@@ -128,20 +112,11 @@ fn undecodable_record_is_skipped_and_later_ones_kept() {
 #[test]
 fn record_size_limit_is_enforced_with_clear_error() {
     let d = tempfile::tempdir().unwrap();
-    let limits = JournalLimits {
-        max_record_bytes: 64,
-        ..JournalLimits::default()
-    };
+    let limits = JournalLimits { max_record_bytes: 64, ..JournalLimits::default() };
     let (mut j, _, _) = Journal::<Rec>::open(d.path(), limits).unwrap();
-    let big = Rec {
-        id: 1,
-        body: "y".repeat(100),
-    };
+    let big = Rec { id: 1, body: "y".repeat(100) };
     let err = j.append(&big).unwrap_err();
-    assert!(
-        matches!(err, JournalError::RecordTooLarge { limit: 64, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, JournalError::RecordTooLarge { limit: 64, .. }), "{err:?}");
     assert!(err.to_string().contains("max_record_bytes = 64"), "{err}");
     assert_eq!(j.size_bytes(), 0, "nothing written on rejection");
     j.append(&rec(1)).unwrap();
@@ -150,12 +125,7 @@ fn record_size_limit_is_enforced_with_clear_error() {
 #[test]
 fn file_size_limit_and_compaction_policy() {
     let d = tempfile::tempdir().unwrap();
-    let limits = JournalLimits {
-        max_file_bytes: 200,
-        compact_after_bytes: 100,
-        compact_after_records: 1000,
-        ..JournalLimits::default()
-    };
+    let limits = JournalLimits { max_file_bytes: 200, compact_after_bytes: 100, compact_after_records: 1000, ..JournalLimits::default() };
     let (mut j, _, _) = Journal::<Rec>::open(d.path(), limits).unwrap();
     assert!(!j.needs_compaction());
     let mut n = 0;
@@ -166,10 +136,7 @@ fn file_size_limit_and_compaction_policy() {
         }
         assert!(n < 100, "limit never hit");
     };
-    assert!(
-        matches!(err, JournalError::FileFull { limit: 200, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, JournalError::FileFull { limit: 200, .. }), "{err:?}");
     assert!(j.needs_compaction());
     j.compact(&[rec(n - 1)]).unwrap();
     assert!(!j.needs_compaction());
@@ -179,10 +146,7 @@ fn file_size_limit_and_compaction_policy() {
     let (_, recs, _) = Journal::<Rec>::open(d.path(), limits).unwrap();
     assert_eq!(recs, vec![rec(n - 1), rec(n)]);
 
-    let few = JournalLimits {
-        compact_after_records: 2,
-        ..JournalLimits::default()
-    };
+    let few = JournalLimits { compact_after_records: 2, ..JournalLimits::default() };
     let d2 = tempfile::tempdir().unwrap();
     let (mut j, _, _) = Journal::<Rec>::open(d2.path(), few).unwrap();
     j.append(&rec(0)).unwrap();
@@ -196,10 +160,7 @@ fn file_size_limit_and_compaction_policy() {
 fn oversized_file_is_refused_on_open() {
     let d = tempfile::tempdir().unwrap();
     write_n(d.path(), 10);
-    let limits = JournalLimits {
-        max_file_bytes: 50,
-        ..JournalLimits::default()
-    };
+    let limits = JournalLimits { max_file_bytes: 50, ..JournalLimits::default() };
     let err = Journal::<Rec>::open(d.path(), limits).unwrap_err();
     assert!(err.to_string().contains("max_file_bytes = 50"), "{err}");
 }
@@ -271,18 +232,11 @@ fn truncate_at_every_offset_keeps_complete_records() {
         fs::write(c.path().join(JOURNAL_FILE), &bytes[..cut]).unwrap();
         let (_, recs, rep) = open(c.path());
         let complete = ends.iter().filter(|&&e| e <= cut).count();
-        assert_eq!(
-            recs,
-            (0..complete as u64).map(rec).collect::<Vec<_>>(),
-            "cut {cut}"
-        );
+        assert_eq!(recs, (0..complete as u64).map(rec).collect::<Vec<_>>(), "cut {cut}");
         let good = if complete == 0 { 0 } else { ends[complete - 1] };
         assert_eq!(rep.dropped_bytes, (cut - good) as u64, "cut {cut}");
         assert_eq!(rep.dropped_records, u64::from(cut > good), "cut {cut}");
-        assert_eq!(
-            fs::metadata(c.path().join(JOURNAL_FILE)).unwrap().len(),
-            good as u64
-        );
+        assert_eq!(fs::metadata(c.path().join(JOURNAL_FILE)).unwrap().len(), good as u64);
     }
 }
 
@@ -356,12 +310,7 @@ fn kill_9_mid_append_loses_no_acknowledged_record() {
     use std::process::{Command, Stdio};
     let d = tempfile::tempdir().unwrap();
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "agent::journal::tests::child_appender",
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["agent::journal::tests::child_appender", "--exact", "--nocapture", "--test-threads=1"])
         .env(CHILD_ENV, d.path())
         .stdout(Stdio::piped())
         .spawn()
@@ -380,19 +329,11 @@ fn kill_9_mid_append_loses_no_acknowledged_record() {
     child.wait().unwrap();
     let acked = acked.expect("child acknowledged nothing");
     let (mut j, recs, _) = open(d.path());
-    assert!(
-        recs.len() as u64 > acked,
-        "acked {acked}, recovered {}",
-        recs.len()
-    );
+    assert!(recs.len() as u64 > acked, "acked {acked}, recovered {}", recs.len());
     for (i, r) in recs.iter().enumerate() {
         assert_eq!(*r, rec(i as u64));
     }
-    eprintln!(
-        "kill -9: acknowledged {}, recovered {}",
-        acked + 1,
-        recs.len()
-    );
+    eprintln!("kill -9: acknowledged {}, recovered {}", acked + 1, recs.len());
     j.append(&rec(u64::MAX)).unwrap();
 }
 

@@ -12,7 +12,7 @@ use chrono::{DateTime, Datelike, Offset, TimeZone, Timelike, Utc};
 use croner::parser::{CronParser, Seconds, Year};
 use croner::{Cron, JobType};
 
-use super::{ScheduleError, Zone, MAX_YEAR, MIN_YEAR};
+use super::{MAX_YEAR, MIN_YEAR, ScheduleError, Zone};
 
 /// RunCommand docs: "The minimum interval must be 10 seconds or more".
 pub const MIN_CRON_INTERVAL: Duration = Duration::from_secs(10);
@@ -122,15 +122,45 @@ struct Field {
 }
 
 const MONTHS: &[(&str, u32)] = &[
-    ("JAN", 1), ("FEB", 2), ("MAR", 3), ("APR", 4), ("MAY", 5), ("JUN", 6),
-    ("JUL", 7), ("AUG", 8), ("SEP", 9), ("OCT", 10), ("NOV", 11), ("DEC", 12),
-    ("JANUARY", 1), ("FEBRUARY", 2), ("MARCH", 3), ("APRIL", 4), ("JUNE", 6), ("JULY", 7),
-    ("AUGUST", 8), ("SEPTEMBER", 9), ("OCTOBER", 10), ("NOVEMBER", 11), ("DECEMBER", 12),
+    ("JAN", 1),
+    ("FEB", 2),
+    ("MAR", 3),
+    ("APR", 4),
+    ("MAY", 5),
+    ("JUN", 6),
+    ("JUL", 7),
+    ("AUG", 8),
+    ("SEP", 9),
+    ("OCT", 10),
+    ("NOV", 11),
+    ("DEC", 12),
+    ("JANUARY", 1),
+    ("FEBRUARY", 2),
+    ("MARCH", 3),
+    ("APRIL", 4),
+    ("JUNE", 6),
+    ("JULY", 7),
+    ("AUGUST", 8),
+    ("SEPTEMBER", 9),
+    ("OCTOBER", 10),
+    ("NOVEMBER", 11),
+    ("DECEMBER", 12),
 ];
 const WEEKDAYS: &[(&str, u32)] = &[
-    ("SUN", 0), ("MON", 1), ("TUE", 2), ("WED", 3), ("THU", 4), ("FRI", 5), ("SAT", 6),
-    ("SUNDAY", 0), ("MONDAY", 1), ("TUESDAY", 2), ("WEDNESDAY", 3), ("THURSDAY", 4),
-    ("FRIDAY", 5), ("SATURDAY", 6),
+    ("SUN", 0),
+    ("MON", 1),
+    ("TUE", 2),
+    ("WED", 3),
+    ("THU", 4),
+    ("FRI", 5),
+    ("SAT", 6),
+    ("SUNDAY", 0),
+    ("MONDAY", 1),
+    ("TUESDAY", 2),
+    ("WEDNESDAY", 3),
+    ("THURSDAY", 4),
+    ("FRIDAY", 5),
+    ("SATURDAY", 6),
 ];
 
 const SECOND: Field = Field { name: "second", min: 0, max: 59, names: &[], hint: "" };
@@ -225,9 +255,11 @@ fn normalize_entry(spec: &Field, raw: &str, e: &str) -> Result<String, ScheduleE
         }
         if let Some((day, nth)) = e.split_once('#') {
             let d = value(spec, raw, day)?;
-            let n: u32 = nth.parse().ok().filter(|n| (1..=5).contains(n)).ok_or_else(|| {
-                field_err(spec, raw, format!("'#{nth}': the week of the month must be 1 to 5"))
-            })?;
+            let n: u32 = nth
+                .parse()
+                .ok()
+                .filter(|n| (1..=5).contains(n))
+                .ok_or_else(|| field_err(spec, raw, format!("'#{nth}': the week of the month must be 1 to 5")))?;
             return Ok(format!("{}#{n}", d % 7));
         }
     }
@@ -261,9 +293,11 @@ fn normalize_entry(spec: &Field, raw: &str, e: &str) -> Result<String, ScheduleE
         None => Ok(base),
         Some(s) => {
             let span = spec.max - spec.min;
-            let n: u32 = s.parse().ok().filter(|n| (1..=span.max(1)).contains(n)).ok_or_else(|| {
-                field_err(spec, raw, format!("step '/{s}' must be a whole number from 1 to {}", span.max(1)))
-            })?;
+            let n: u32 = s
+                .parse()
+                .ok()
+                .filter(|n| (1..=span.max(1)).contains(n))
+                .ok_or_else(|| field_err(spec, raw, format!("step '/{s}' must be a whole number from 1 to {}", span.max(1))))?;
             Ok(format!("{base}/{n}"))
         }
     }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Datelike, NaiveDateTime, Utc};
 
-use super::{ScheduleError, Zone, MAX_YEAR};
+use super::{MAX_YEAR, ScheduleError, Zone};
 
 /// RunCommand docs: "The interval can be anywhere from 60 seconds to 7 days".
 pub const MIN_RATE: Duration = Duration::from_secs(60);
@@ -80,9 +80,7 @@ pub(super) fn parse_at(expr: &str, inner: &str) -> Result<DateTime<Utc>, Schedul
             None => Zone::Utc,
             Some(z) => Zone::parse(z)?,
         };
-        zone.resolve(naive).ok_or_else(|| {
-            err(format!("{wall} does not exist in {zone} (skipped by a daylight-saving change)"))
-        })?
+        zone.resolve(naive).ok_or_else(|| err(format!("{wall} does not exist in {zone} (skipped by a daylight-saving change)")))?
     };
     if instant.year() > MAX_YEAR {
         return Err(err(format!("the latest allowed year is {MAX_YEAR}")));

@@ -12,11 +12,11 @@
 mod cron;
 mod forms;
 mod reboot;
-mod zone;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_cron;
+mod zone;
 
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ use chrono::{DateTime, TimeDelta, Utc};
 
 pub use cron::{CronSchedule, MIN_CRON_INTERVAL};
 pub use forms::{MAX_RATE, MIN_RATE};
-pub use reboot::{reboot_due, RepeatMode};
+pub use reboot::{RepeatMode, reboot_due};
 pub use zone::Zone;
 
 /// Longest `Frequency` accepted (the hub's parameter limit too).
@@ -223,11 +223,9 @@ impl Schedule {
     /// command's Timeout, so one run ends before the next is due.
     pub fn validate_timeout(&self, timeout: Duration, now: DateTime<Utc>) -> Result<(), ScheduleError> {
         match self.min_interval(now) {
-            Some(iv) if iv < timeout => Err(ScheduleError::ShorterThanTimeout {
-                expr: self.source(),
-                interval_secs: iv.as_secs(),
-                timeout_secs: timeout.as_secs(),
-            }),
+            Some(iv) if iv < timeout => {
+                Err(ScheduleError::ShorterThanTimeout { expr: self.source(), interval_secs: iv.as_secs(), timeout_secs: timeout.as_secs() })
+            }
             _ => Ok(()),
         }
     }

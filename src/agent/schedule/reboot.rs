@@ -3,7 +3,6 @@
 //! since an invocation last looked, by comparing boot ids (Linux
 //! `/proc/sys/kernel/random/boot_id`; see `agent::identity::boot_id`).
 
-
 /// The type lives in the lifecycle module; the scheduler re-exports it
 /// for its own callers.
 pub use crate::lifecycle::RepeatMode;

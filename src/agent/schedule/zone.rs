@@ -74,11 +74,7 @@ impl Zone {
             let s = target.to_string_lossy().into_owned();
             s.split_once("zoneinfo/").map(|(_, name)| name.to_string())
         };
-        [from_env, from_file(), from_link()]
-            .into_iter()
-            .flatten()
-            .find_map(|name| Zone::parse(&name).ok())
-            .unwrap_or(Zone::Utc)
+        [from_env, from_file(), from_link()].into_iter().flatten().find_map(|name| Zone::parse(&name).ok()).unwrap_or(Zone::Utc)
     }
 }
 

@@ -95,7 +95,8 @@ async fn sim_agent(
 ) -> Result<(), CliError> {
     let mut ws = transport::dial(&url, &tls, false).await.map_err(err)?;
     let facts = HostFacts { hostname: "sim".into(), os_type: "linux".into(), agent_version: "bench".into(), ..Default::default() };
-    send(&mut ws, &AgentMsg::Register { protocol: PROTOCOL_VERSION, activation_id: act.0, activation_code: act.1, facts: facts.clone() }).await?;
+    send(&mut ws, &AgentMsg::Register { protocol: PROTOCOL_VERSION, activation_id: act.0, activation_code: act.1, facts: facts.clone() })
+        .await?;
     let (instance_id, token) = match recv(&mut ws).await? {
         HubMsg::Registered { instance_id, token } => (instance_id, token),
         other => return Err(err(format!("register: {other:?}"))),
@@ -154,7 +155,11 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
     for chunk in 0..agents.div_ceil(PER_ACTIVATION) {
         let n = (agents - chunk * PER_ACTIVATION).min(PER_ACTIVATION);
         let c = client.clone();
-        let v = tokio::task::spawn_blocking(move || c.call("CreateActivation", &[("InstanceCount", n.to_string()), ("TimeToLiveInHours", "1".into())])).await.map_err(err)??;
+        let v = tokio::task::spawn_blocking(move || {
+            c.call("CreateActivation", &[("InstanceCount", n.to_string()), ("TimeToLiveInHours", "1".into())])
+        })
+        .await
+        .map_err(err)??;
         let id = v["ActivationId"].as_str().unwrap_or_default().to_string();
         let code = v["ActivationCode"].as_str().unwrap_or_default().to_string();
         activations.extend(std::iter::repeat_n((id, code), n));
@@ -170,7 +175,8 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
     let alive = rollout.map(|_| Arc::new(Alive::default()));
     let t_connect = Instant::now();
     for act in activations {
-        let (url, tls, ids, done, gate, failures, finished, alive) = (url.clone(), tls.clone(), id_tx.clone(), done_tx.clone(), gate.clone(), failures.clone(), finished.clone(), alive.clone());
+        let (url, tls, ids, done, gate, failures, finished, alive) =
+            (url.clone(), tls.clone(), id_tx.clone(), done_tx.clone(), gate.clone(), failures.clone(), finished.clone(), alive.clone());
         tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
             // The permit covers only the handshake phase.
@@ -205,7 +211,11 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
     }
     let connect_time = t_connect.elapsed();
     if ids.len() < agents {
-        return Err(err(format!("only {} of {agents} simulated agents connected ({} failed)", ids.len(), failures.load(Ordering::Relaxed))));
+        return Err(err(format!(
+            "only {} of {agents} simulated agents connected ({} failed)",
+            ids.len(),
+            failures.load(Ordering::Relaxed)
+        )));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_connected = procs::rss_bytes(pid);
@@ -259,7 +269,8 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
 async fn tag_fleet(client: &Arc<crate::cli::Client>, ids: &[String]) -> Result<(), CliError> {
     for chunk in ids.chunks(100) {
         let c = client.clone();
-        let mut p: Vec<(String, String)> = vec![("ResourceType".into(), "instance".into()), ("Tag.1.Key".into(), "bench".into()), ("Tag.1.Value".into(), "fleet".into())];
+        let mut p: Vec<(String, String)> =
+            vec![("ResourceType".into(), "instance".into()), ("Tag.1.Key".into(), "bench".into()), ("Tag.1.Value".into(), "fleet".into())];
         p.extend(chunk.iter().enumerate().map(|(i, id)| (format!("ResourceId.{}", i + 1), id.clone())));
         tokio::task::spawn_blocking(move || {
             let refs: Vec<(&str, String)> = p.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
@@ -318,7 +329,10 @@ async fn rollout_run(
     let inv = tokio::task::spawn_blocking(move || c.call("DescribeInvocations", &[("InvokeId", invoke_id)])).await.map_err(err)??;
     let resolved = inv["Invocations"]["Invocation"][0]["MaxConcurrency"].as_i64().unwrap_or(0);
     let peak = alive.peak.load(Ordering::SeqCst);
-    println!("rollout benchmark ({agents} simulated agents tagged bench=fleet, MaxConcurrency {window} = {resolved}, runs hold {} ms)", ROLLOUT_HOLD.as_millis());
+    println!(
+        "rollout benchmark ({agents} simulated agents tagged bench=fleet, MaxConcurrency {window} = {resolved}, runs hold {} ms)",
+        ROLLOUT_HOLD.as_millis()
+    );
     println!("  tag-targeted RunCommand call:   {:.3} s", api_time.as_secs_f64());
     println!("  rollout complete (all stored):  {:.3} s  ({stored}/{agents} results)", total.as_secs_f64());
     println!("  peak concurrency observed:      {peak} (window {resolved})");

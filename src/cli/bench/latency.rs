@@ -25,7 +25,12 @@ pub fn start_agent(hub: &BenchHub, dir: &std::path::Path, client: &Client) -> Re
         .arg(&hub.ca)
         .arg("--state-dir")
         .arg(&state)
-        .args(["--activation-id", v["ActivationId"].as_str().unwrap_or(""), "--activation-code", v["ActivationCode"].as_str().unwrap_or("")])
+        .args([
+            "--activation-id",
+            v["ActivationId"].as_str().unwrap_or(""),
+            "--activation-code",
+            v["ActivationCode"].as_str().unwrap_or(""),
+        ])
         .env("DECKHAND_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -52,7 +57,15 @@ pub fn start_agent(hub: &BenchHub, dir: &std::path::Path, client: &Client) -> Re
 
 fn run_and_wait(client: &Client, instance: &str, script: &str, timeout: Duration) -> Result<Duration, CliError> {
     let t0 = Instant::now();
-    let v = client.call("RunCommand", &[("Type", "RunShellScript".into()), ("CommandContent", script.into()), ("InstanceId.1", instance.into()), ("Timeout", "600".into())])?;
+    let v = client.call(
+        "RunCommand",
+        &[
+            ("Type", "RunShellScript".into()),
+            ("CommandContent", script.into()),
+            ("InstanceId.1", instance.into()),
+            ("Timeout", "600".into()),
+        ],
+    )?;
     let id = v["InvokeId"].as_str().unwrap_or("").to_string();
     loop {
         let r = client.call("DescribeInvocationResults", &[("InvokeId", id.clone())])?;
@@ -122,7 +135,14 @@ pub fn footprint(window: Duration) -> Result<(), CliError> {
     // 8 concurrent scripts.
     let mut ids = Vec::new();
     for _ in 0..8 {
-        let v = client.call("RunCommand", &[("Type", "RunShellScript".into()), ("CommandContent", "for i in $(seq 1 50); do echo line $i; sleep 0.02; done".into()), ("InstanceId.1", instance.clone())])?;
+        let v = client.call(
+            "RunCommand",
+            &[
+                ("Type", "RunShellScript".into()),
+                ("CommandContent", "for i in $(seq 1 50); do echo line $i; sleep 0.02; done".into()),
+                ("InstanceId.1", instance.clone()),
+            ],
+        )?;
         ids.push(v["InvokeId"].as_str().unwrap_or("").to_string());
     }
     let mut peak_busy = 0;

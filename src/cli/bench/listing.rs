@@ -89,11 +89,20 @@ pub async fn run(invocations: usize, targets: usize, store_spec: Option<&str>) -
         }
         let created = t0.elapsed();
         let page = measure(&store).await?;
-        println!("  {n:>6} targets each: page {:>8.2} ms   (created {} targets in {:.1} s)", page.as_secs_f64() * 1e3, n * invocations, created.as_secs_f64());
+        println!(
+            "  {n:>6} targets each: page {:>8.2} ms   (created {} targets in {:.1} s)",
+            page.as_secs_f64() * 1e3,
+            n * invocations,
+            created.as_secs_f64()
+        );
         results.push(page);
     }
     if let [a, b] = results[..] {
-        println!("  ratio {:.2}x for {}x the targets (flat = kept aggregates at work)", b.as_secs_f64() / a.as_secs_f64().max(1e-9), targets / small.max(1));
+        println!(
+            "  ratio {:.2}x for {}x the targets (flat = kept aggregates at work)",
+            b.as_secs_f64() / a.as_secs_f64().max(1e-9),
+            targets / small.max(1)
+        );
     }
     Ok(())
 }

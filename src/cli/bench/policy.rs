@@ -23,16 +23,26 @@ pub fn run(statements: usize, calls: usize) -> Result<(), CliError> {
     let policy = Policy::parse(&doc).map_err(|e| CliError::Usage(e.to_string()))?;
     let parse = parse_start.elapsed();
     let principal = Principal::Stored { key_id: "bench".into(), policy: Some(Arc::new(policy)) };
-    let tags: Vec<Vec<(String, String)>> = (0..10).map(|i| vec![("env".to_string(), "staging".to_string()), ("rack".to_string(), format!("r{i}"))]).collect();
+    let tags: Vec<Vec<(String, String)>> =
+        (0..10).map(|i| vec![("env".to_string(), "staging".to_string()), ("rack".to_string(), format!("r{i}"))]).collect();
     let ids: Vec<String> = (0..10).map(|i| format!("mi-{i:020}")).collect();
-    println!("policy evaluation: one policy of {statements} statements, {calls} calls each (build: {})", if cfg!(debug_assertions) { "debug, unoptimised: expect several times the release figure" } else { "release" });
+    println!(
+        "policy evaluation: one policy of {statements} statements, {calls} calls each (build: {})",
+        if cfg!(debug_assertions) { "debug, unoptimised: expect several times the release figure" } else { "release" }
+    );
     println!("  parse once:                {:.1} µs", parse.as_secs_f64() * 1e6);
     for n in [1usize, 10] {
         let start = Instant::now();
         let mut allowed = 0usize;
         for _ in 0..calls {
             let targets = ids.iter().zip(&tags).take(n).map(|(id, t)| Target { id, tags: t }).collect();
-            let a = Access { action: "RunCommand", targets, command_type: Some(CommandType::RunShellScript), command_id: None, username: Some("") };
+            let a = Access {
+                action: "RunCommand",
+                targets,
+                command_type: Some(CommandType::RunShellScript),
+                command_id: None,
+                username: Some(""),
+            };
             allowed += check(&principal, std::hint::black_box(&a)).is_ok() as usize;
         }
         let per_call = start.elapsed().as_secs_f64() * 1e6 / calls.max(1) as f64;

@@ -59,9 +59,10 @@ pub fn wait_file(path: &Path, timeout: Duration) -> Result<String, CliError> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Ok(s) = std::fs::read_to_string(path)
-            && !s.is_empty() {
-                return Ok(s);
-            }
+            && !s.is_empty()
+        {
+            return Ok(s);
+        }
         if Instant::now() > deadline {
             return Err(CliError::Usage(format!("bench: {} did not appear within {timeout:?}", path.display())));
         }

@@ -69,25 +69,8 @@ fn name_rules() {
 
 #[test]
 fn injection_attempts_are_refused_before_running() {
-    for evil in [
-        "; rm -rf /",
-        "$(id)",
-        "`id`",
-        "a b",
-        "x|y",
-        "x&y",
-        "x\ny",
-        "'",
-        "\"",
-        "*",
-        "~",
-        "%PATH%",
-        "a>b",
-        "{a}",
-        "\\",
-        "a;b",
-        "ａ",
-    ] {
+    for evil in ["; rm -rf /", "$(id)", "`id`", "a b", "x|y", "x&y", "x\ny", "'", "\"", "*", "~", "%PATH%", "a>b", "{a}", "\\", "a;b", "ａ"]
+    {
         let e = render_script("echo {{v}}", true, &map(json!({ "v": evil })), &b(), ValuePolicy::Strict).unwrap_err();
         match e {
             ParamError::UnsafeValue { ref name, ref env, .. } => {

@@ -41,8 +41,8 @@ pub(crate) fn start(spec: &RunSpec) -> Result<Started, StartError> {
         .stderr(writer2);
 
     // Everything the child needs is allocated here, in the parent.
-    let cwd_c = CString::new(cwd.as_os_str().as_bytes())
-        .map_err(|_| StartError::new(codes::DIRECTORY_NOT_EXISTS, "WorkingDir contains NUL"))?;
+    let cwd_c =
+        CString::new(cwd.as_os_str().as_bytes()).map_err(|_| StartError::new(codes::DIRECTORY_NOT_EXISTS, "WorkingDir contains NUL"))?;
     let switch = account.switch;
     let (uid, gid) = (account.uid, account.gid);
     let groups: Vec<libc::gid_t> = account.groups.clone();
@@ -64,11 +64,7 @@ pub(crate) fn start(spec: &RunSpec) -> Result<Started, StartError> {
             // (a restrictive service UMask would make every file they create private).
             libc::umask(0o022);
             // Groups and gid first: after setuid we no longer may change them.
-            if switch
-                && (libc::setgroups(groups.len() as _, groups.as_ptr()) < 0
-                    || libc::setgid(gid) < 0
-                    || libc::setuid(uid) < 0)
-            {
+            if switch && (libc::setgroups(groups.len() as _, groups.as_ptr()) < 0 || libc::setgid(gid) < 0 || libc::setuid(uid) < 0) {
                 return Err(std::io::Error::last_os_error());
             }
             if libc::chdir(cwd_c.as_ptr()) < 0 {
@@ -88,11 +84,9 @@ pub(crate) fn start(spec: &RunSpec) -> Result<Started, StartError> {
             format!("cannot start {} as {:?} in {}: {e}", interp.program.display(), account.name, cwd.display()),
         )
     })?;
-    let pgid = child
-        .id()
-        .ok_or_else(|| StartError::new(codes::EXECUTION_EXCEPTION, "child exited before its pid was read"))?;
-    let output = tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader))
-        .map_err(|e| io_err("cannot register output pipe", e))?;
+    let pgid = child.id().ok_or_else(|| StartError::new(codes::EXECUTION_EXCEPTION, "child exited before its pid was read"))?;
+    let output =
+        tokio::net::unix::pipe::Receiver::from_owned_fd(OwnedFd::from(reader)).map_err(|e| io_err("cannot register output pipe", e))?;
     Ok(Started { child, outputs: vec![Box::pin(output)], group: Box::new(ProcessGroup::new(pgid)), script_dir })
 }
 
@@ -102,10 +96,7 @@ fn working_dir(requested: Option<&Path>, home: &Path) -> Result<PathBuf, StartEr
     match requested.filter(|p| !p.as_os_str().is_empty()) {
         Some(d) => {
             if !d.is_absolute() {
-                return Err(StartError::new(
-                    codes::DIRECTORY_NOT_EXISTS,
-                    format!("WorkingDir {} must be an absolute path", d.display()),
-                ));
+                return Err(StartError::new(codes::DIRECTORY_NOT_EXISTS, format!("WorkingDir {} must be an absolute path", d.display())));
             }
             if !d.is_dir() {
                 return Err(StartError::new(

@@ -25,28 +25,34 @@ pub async fn authenticate(
     body: &[u8],
     params: &super::params::Params,
 ) -> Result<(signature::Verified, Principal), ApiError> {
-    let hdrs: Vec<(String, String)> = headers
-        .iter()
-        .filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string())))
-        .collect();
-    let form_body = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    let parts = RequestParts { method: method.as_str(), path: uri.path(), raw_query: uri.query().unwrap_or(""), headers: &hdrs, body, form_body };
+    let hdrs: Vec<(String, String)> =
+        headers.iter().filter_map(|(k, v)| Some((k.as_str().to_ascii_lowercase(), v.to_str().ok()?.to_string()))).collect();
+    let form_body =
+        headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let parts =
+        RequestParts { method: method.as_str(), path: uri.path(), raw_query: uri.query().unwrap_or(""), headers: &hdrs, body, form_body };
     // The key id the request claims (the signature is checked below):
     // a configured key wins over a stored one of the same id.
     let claimed = claimed_key_id(headers, params);
     let stored = match claimed.as_deref() {
-        Some(id) if id.len() <= MAX_KEY_ID_CHARS && !hub.config.access_keys.iter().any(|(k, _)| k == id) => hub.store.get_access_key(id).await?,
+        Some(id) if id.len() <= MAX_KEY_ID_CHARS && !hub.config.access_keys.iter().any(|(k, _)| k == id) => {
+            hub.store.get_access_key(id).await?
+        }
         _ => None,
     };
     let lookup = |id: &str| {
-        hub.config.access_keys.iter().find(|(k, _)| k == id).map(|(_, s)| s.clone()).or_else(|| stored.as_ref().filter(|k| k.key_id == id).map(|k| k.secret.clone()))
+        hub.config
+            .access_keys
+            .iter()
+            .find(|(k, _)| k == id)
+            .map(|(_, s)| s.clone())
+            .or_else(|| stored.as_ref().filter(|k| k.key_id == id).map(|k| k.secret.clone()))
     };
     let v = match signature::verify(&parts, lookup, &hub.nonces, chrono::Utc::now()) {
         Ok(v) => v,
-        Err(e) => return Err(ApiError::new(StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST), e.code(), e.to_string())),
+        Err(e) => {
+            return Err(ApiError::new(StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::BAD_REQUEST), e.code(), e.to_string()));
+        }
     };
     tracing::debug!(access_key_id = %v.access_key_id, "request authenticated");
     let principal = match stored.filter(|k| k.key_id == v.access_key_id) {
@@ -54,7 +60,11 @@ pub async fn authenticate(
         // Refused only after the signature verified: only the key's
         // holder learns that it is disabled.
         Some(k) if !k.enabled => {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "InvalidAccessKeyId.Inactive", format!("Specified access key is disabled: {}", k.key_id)));
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "InvalidAccessKeyId.Inactive",
+                format!("Specified access key is disabled: {}", k.key_id),
+            ));
         }
         Some(k) => {
             // Stored documents were validated when set; one that no longer

@@ -41,7 +41,8 @@ pub async fn create(req: &Request<'_>) -> Result<Value, ApiError> {
 pub async fn describe(req: &Request<'_>) -> Result<Value, ApiError> {
     let p = &req.params;
     let paging = Paging::from(p, 10, 50)?;
-    let (rows, total) = req.hub.store.list_commands(p.get("CommandId"), p.get("Name"), named(p, "Type", CommandType::parse)?, paging.page).await?;
+    let (rows, total) =
+        req.hub.store.list_commands(p.get("CommandId"), p.get("Name"), named(p, "Type", CommandType::parse)?, paging.page).await?;
     let list: Vec<Value> = rows
         .iter()
         .map(|c| {

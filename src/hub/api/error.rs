@@ -17,11 +17,19 @@ impl ApiError {
     }
 
     pub fn missing(param: &str) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, format!("MissingParameter.{param}"), format!("The input parameter \"{param}\" that is mandatory for processing this request is not supplied."))
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            format!("MissingParameter.{param}"),
+            format!("The input parameter \"{param}\" that is mandatory for processing this request is not supplied."),
+        )
     }
 
     pub fn invalid(param: &str, why: impl std::fmt::Display) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, format!("InvalidParameter.{param}"), format!("The specified parameter \"{param}\" is not valid: {why}"))
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            format!("InvalidParameter.{param}"),
+            format!("The specified parameter \"{param}\" is not valid: {why}"),
+        )
     }
 
     pub fn internal(e: impl std::fmt::Display) -> Self {
@@ -56,7 +64,10 @@ mod tests {
         let full = || StoreError::DiskFull(sqlx::Error::Protocol("database or disk is full".into()));
         for e in [full(), StoreError::Batch(std::sync::Arc::new(full()))] {
             let api = ApiError::from(e);
-            assert_eq!((api.status, api.code.as_str(), api.message.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the hub's database disk is full"));
+            assert_eq!(
+                (api.status, api.code.as_str(), api.message.as_str()),
+                (StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the hub's database disk is full")
+            );
         }
         let busy = ApiError::from(StoreError::Busy(sqlx::Error::PoolTimedOut));
         assert_eq!((busy.status, busy.message.as_str()), (StatusCode::SERVICE_UNAVAILABLE, "the hub's database is busy; retry later"));

@@ -53,18 +53,12 @@ impl Selector {
                 return Err(ApiError::invalid("ResourceTag.N.Key", "must not be empty"));
             }
             if v.chars().count() > 128 {
-                return Err(ApiError::invalid(
-                    "ResourceTag.N.Value",
-                    "longer than 128 characters",
-                ));
+                return Err(ApiError::invalid("ResourceTag.N.Value", "longer than 128 characters"));
             }
             tags.push((k, (!v.is_empty()).then_some(v)));
         }
         if tags.len() > MAX_RESOURCE_TAGS {
-            return Err(ApiError::invalid(
-                "ResourceTag",
-                format!("{} tags, the limit is {MAX_RESOURCE_TAGS}", tags.len()),
-            ));
+            return Err(ApiError::invalid("ResourceTag", format!("{} tags, the limit is {MAX_RESOURCE_TAGS}", tags.len())));
         }
         let word = |field: &str| -> Result<Option<String>, ApiError> {
             let v = p.string(field, 64)?;
@@ -75,9 +69,7 @@ impl Selector {
             all_online: p.bool("TargetAll")?.unwrap_or(false),
             os_type: word("TargetOsType")?,
             arch: word("TargetArch")?,
-            hostname: p
-                .string("TargetHostname", MAX_GLOB_LEN)?
-                .filter(|s| !s.is_empty()),
+            hostname: p.string("TargetHostname", MAX_GLOB_LEN)?.filter(|s| !s.is_empty()),
         };
         if sel == Selector::default() {
             return Ok(None);
@@ -94,22 +86,13 @@ impl Selector {
     /// Whether `inst` is selected (its connection state aside, except for
     /// `TargetAll`, which selects only connected instances).
     pub fn matches(&self, inst: &InstanceRow) -> bool {
-        let tags_ok = self.tags.iter().all(|(k, v)| {
-            inst.tags
-                .iter()
-                .any(|(ik, iv)| ik == k && v.as_ref().is_none_or(|v| v == iv))
-        });
-        let eq = |want: &Option<String>, have: &str| {
-            want.as_ref().is_none_or(|w| w.eq_ignore_ascii_case(have))
-        };
+        let tags_ok = self.tags.iter().all(|(k, v)| inst.tags.iter().any(|(ik, iv)| ik == k && v.as_ref().is_none_or(|v| v == iv)));
+        let eq = |want: &Option<String>, have: &str| want.as_ref().is_none_or(|w| w.eq_ignore_ascii_case(have));
         tags_ok
             && (!self.all_online || inst.online)
             && eq(&self.os_type, &inst.facts.os_type)
             && eq(&self.arch, &inst.facts.arch)
-            && self
-                .hostname
-                .as_ref()
-                .is_none_or(|g| glob_match(g, &inst.facts.hostname))
+            && self.hostname.as_ref().is_none_or(|g| glob_match(g, &inst.facts.hostname))
     }
 }
 
@@ -159,17 +142,10 @@ pub struct Resolved {
 /// key may not reach refuses the whole call, naming it, never silently
 /// dropping it.
 pub async fn resolve(req: &Request<'_>, sel: &Selector, action: &str) -> Result<Resolved, ApiError> {
-    let page = Page {
-        offset: 0,
-        limit: MAX_FLEET_TARGETS as i64 * 2,
-    };
+    let page = Page { offset: 0, limit: MAX_FLEET_TARGETS as i64 * 2 };
     let (rows, total) = req.hub.store.list_instances(&[], None, page).await?;
     if total > page.limit {
-        tracing::warn!(
-            total,
-            read = page.limit,
-            "more registered instances than a selector reads; the rest are not matched"
-        );
+        tracing::warn!(total, read = page.limit, "more registered instances than a selector reads; the rest are not matched");
     }
     let matched: Vec<InstanceRow> = rows.into_iter().filter(|i| sel.matches(i)).collect();
     super::guard::authorize_resolved(req, action, &matched).await?;
@@ -178,16 +154,13 @@ pub async fn resolve(req: &Request<'_>, sel: &Selector, action: &str) -> Result<
         if out.targets.len() == MAX_FLEET_TARGETS {
             return Err(ApiError::invalid(
                 "ResourceTag",
-                format!(
-                    "the selector matches more than {MAX_FLEET_TARGETS} instances, the limit of one invocation"
-                ),
+                format!("the selector matches more than {MAX_FLEET_TARGETS} instances, the limit of one invocation"),
             ));
         }
         if !inst.online {
             out.unreachable.push(inst.instance_id.clone());
         }
-        out.targets
-            .push((inst.instance_id.clone(), inst.instance_name.clone()));
+        out.targets.push((inst.instance_id.clone(), inst.instance_name.clone()));
     }
     if out.targets.is_empty() {
         return Err(ApiError::new(
@@ -201,23 +174,14 @@ pub async fn resolve(req: &Request<'_>, sel: &Selector, action: &str) -> Result<
 
 /// A count (`10`) or a percentage of `targets` (`10%`), as SSM accepts.
 /// Percentages of concurrency round up (never 0), of errors down.
-fn count_or_percent(
-    p: &Params,
-    field: &str,
-    targets: usize,
-    min: i64,
-    round_up: bool,
-) -> Result<Option<i64>, ApiError> {
+fn count_or_percent(p: &Params, field: &str, targets: usize, min: i64, round_up: bool) -> Result<Option<i64>, ApiError> {
     let Some(raw) = p.get(field).map(str::trim) else {
         return Ok(None);
     };
     let bad = || {
         ApiError::invalid(
             field,
-            format!(
-                "{:?} is not a count ({min}..=100000) or a percentage (0%..=100%)",
-                raw.chars().take(16).collect::<String>()
-            ),
+            format!("{:?} is not a count ({min}..=100000) or a percentage (0%..=100%)", raw.chars().take(16).collect::<String>()),
         )
     };
     if let Some(pct) = raw.strip_suffix('%') {
@@ -226,11 +190,7 @@ fn count_or_percent(
             return Err(bad());
         }
         let t = targets as i64;
-        let n = if round_up {
-            (t * pct + 99) / 100
-        } else {
-            t * pct / 100
-        };
+        let n = if round_up { (t * pct + 99) / 100 } else { t * pct / 100 };
         return Ok(Some(n.max(min)));
     }
     let n: i64 = raw.parse().map_err(|_| bad())?;
@@ -254,21 +214,13 @@ pub fn window(p: &Params, targets: usize, mode: RepeatMode) -> Result<Window, Ap
     if mode != RepeatMode::Once {
         return Err(ApiError::invalid(
             "MaxConcurrency",
-            format!(
-                "rate control applies to RepeatMode Once only, not {mode}: a {mode} target stays armed and never frees its slot"
-            ),
+            format!("rate control applies to RepeatMode Once only, not {mode}: a {mode} target stays armed and never frees its slot"),
         ));
     }
     Ok(Window {
         // MaxErrors or BatchWait alone: a window as wide as the fleet
         // (BatchWait alone: one at a time).
-        max_concurrency: max_concurrency.unwrap_or(
-            if batch_wait.is_some() && max_errors.is_none() {
-                1
-            } else {
-                targets as i64
-            },
-        ),
+        max_concurrency: max_concurrency.unwrap_or(if batch_wait.is_some() && max_errors.is_none() { 1 } else { targets as i64 }),
         max_errors,
         batch_wait_secs: batch_wait.unwrap_or(0),
     })
@@ -282,57 +234,23 @@ mod tests {
     fn inst(id: &str, tags: &[(&str, &str)], online: bool, os: &str, host: &str) -> InstanceRow {
         InstanceRow {
             instance_id: id.into(),
-            tags: tags
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            tags: tags.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             online,
-            facts: HostFacts {
-                os_type: os.into(),
-                hostname: host.into(),
-                arch: "x86_64".into(),
-                ..Default::default()
-            },
+            facts: HostFacts { os_type: os.into(), hostname: host.into(), arch: "x86_64".into(), ..Default::default() },
             ..Default::default()
         }
     }
 
     #[test]
     fn tags_all_must_match_and_a_bare_key_matches_any_value() {
-        let p = Params::parse(
-            "ResourceTag.1.Key=env&ResourceTag.1.Value=prod&ResourceTag.2.Key=team",
-            b"",
-        )
-        .unwrap();
+        let p = Params::parse("ResourceTag.1.Key=env&ResourceTag.1.Value=prod&ResourceTag.2.Key=team", b"").unwrap();
         let sel = Selector::from_params(&p).unwrap().unwrap();
-        assert!(sel.matches(&inst(
-            "a",
-            &[("env", "prod"), ("team", "x")],
-            true,
-            "linux",
-            "h"
-        )));
+        assert!(sel.matches(&inst("a", &[("env", "prod"), ("team", "x")], true, "linux", "h")));
         assert!(!sel.matches(&inst("b", &[("env", "prod")], true, "linux", "h")));
-        assert!(!sel.matches(&inst(
-            "c",
-            &[("env", "dev"), ("team", "x")],
-            true,
-            "linux",
-            "h"
-        )));
+        assert!(!sel.matches(&inst("c", &[("env", "dev"), ("team", "x")], true, "linux", "h")));
         // Offline instances match (they end ClientNotRunning), except under TargetAll.
-        assert!(sel.matches(&inst(
-            "d",
-            &[("env", "prod"), ("team", "")],
-            false,
-            "linux",
-            "h"
-        )));
-        let all = Selector::from_params(
-            &Params::parse("TargetAll=true&TargetOsType=Linux", b"").unwrap(),
-        )
-        .unwrap()
-        .unwrap();
+        assert!(sel.matches(&inst("d", &[("env", "prod"), ("team", "")], false, "linux", "h")));
+        let all = Selector::from_params(&Params::parse("TargetAll=true&TargetOsType=Linux", b"").unwrap()).unwrap().unwrap();
         assert!(all.matches(&inst("e", &[], true, "linux", "h")));
         assert!(!all.matches(&inst("f", &[], false, "linux", "h")));
         assert!(!all.matches(&inst("g", &[], true, "windows", "h")));
@@ -341,23 +259,10 @@ mod tests {
     #[test]
     fn selector_and_instance_ids_do_not_mix_and_none_is_none() {
         let p = Params::parse("ResourceTag.1.Key=env&InstanceId.1=i-1", b"").unwrap();
-        assert_eq!(
-            Selector::from_params(&p).unwrap_err().code,
-            "InvalidParameter.InstanceId"
-        );
-        assert_eq!(
-            Selector::from_params(&Params::parse("InstanceId.1=i-1", b"").unwrap()).unwrap(),
-            None
-        );
-        let many: String = (1..=21)
-            .map(|i| format!("ResourceTag.{i}.Key=k{i}&"))
-            .collect();
-        assert_eq!(
-            Selector::from_params(&Params::parse(&many, b"").unwrap())
-                .unwrap_err()
-                .code,
-            "InvalidParameter.ResourceTag"
-        );
+        assert_eq!(Selector::from_params(&p).unwrap_err().code, "InvalidParameter.InstanceId");
+        assert_eq!(Selector::from_params(&Params::parse("InstanceId.1=i-1", b"").unwrap()).unwrap(), None);
+        let many: String = (1..=21).map(|i| format!("ResourceTag.{i}.Key=k{i}&")).collect();
+        assert_eq!(Selector::from_params(&Params::parse(&many, b"").unwrap()).unwrap_err().code, "InvalidParameter.ResourceTag");
     }
 
     #[test]
@@ -380,38 +285,17 @@ mod tests {
         assert_eq!(w("", 10).unwrap(), Window::default());
         assert_eq!(
             w("MaxConcurrency=10%25&MaxErrors=3", 95).unwrap(),
-            Window {
-                max_concurrency: 10,
-                max_errors: Some(3),
-                batch_wait_secs: 0
-            }
+            Window { max_concurrency: 10, max_errors: Some(3), batch_wait_secs: 0 }
         );
         assert_eq!(
             w("MaxConcurrency=1%25&MaxErrors=10%25", 5).unwrap(),
-            Window {
-                max_concurrency: 1,
-                max_errors: Some(0),
-                batch_wait_secs: 0
-            }
+            Window { max_concurrency: 1, max_errors: Some(0), batch_wait_secs: 0 }
         );
         assert_eq!(w("MaxErrors=0", 7).unwrap().max_concurrency, 7);
-        assert_eq!(
-            w("MaxConcurrency=0", 7).unwrap_err().code,
-            "InvalidParameter.MaxConcurrency"
-        );
-        assert_eq!(
-            w("MaxConcurrency=150%25", 7).unwrap_err().code,
-            "InvalidParameter.MaxConcurrency"
-        );
-        assert_eq!(
-            w("MaxErrors=x", 7).unwrap_err().code,
-            "InvalidParameter.MaxErrors"
-        );
-        let period = window(
-            &Params::parse("MaxConcurrency=2", b"").unwrap(),
-            7,
-            RepeatMode::Period,
-        );
+        assert_eq!(w("MaxConcurrency=0", 7).unwrap_err().code, "InvalidParameter.MaxConcurrency");
+        assert_eq!(w("MaxConcurrency=150%25", 7).unwrap_err().code, "InvalidParameter.MaxConcurrency");
+        assert_eq!(w("MaxErrors=x", 7).unwrap_err().code, "InvalidParameter.MaxErrors");
+        let period = window(&Params::parse("MaxConcurrency=2", b"").unwrap(), 7, RepeatMode::Period);
         assert_eq!(period.unwrap_err().code, "InvalidParameter.MaxConcurrency");
     }
 }

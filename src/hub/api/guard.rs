@@ -50,11 +50,21 @@ pub async fn authorize(hub: &Hub, principal: &Principal, action: &str, params: &
 /// instances added, so each must be allowed for this key (with the call's
 /// command type, command and user) or the whole call is refused naming the
 /// first that is not. Call it after resolving, before creating anything.
-pub async fn authorize_resolved(req: &super::Request<'_>, action: &str, resolved: &[crate::hub::store::InstanceRow]) -> Result<(), ApiError> {
+pub async fn authorize_resolved(
+    req: &super::Request<'_>,
+    action: &str,
+    resolved: &[crate::hub::store::InstanceRow],
+) -> Result<(), ApiError> {
     authorize_with(req.hub, &req.principal, action, &req.params, resolved).await
 }
 
-async fn authorize_with(hub: &Hub, principal: &Principal, action: &str, params: &Params, resolved: &[crate::hub::store::InstanceRow]) -> Result<(), ApiError> {
+async fn authorize_with(
+    hub: &Hub,
+    principal: &Principal,
+    action: &str,
+    params: &Params,
+    resolved: &[crate::hub::store::InstanceRow],
+) -> Result<(), ApiError> {
     if matches!(principal, Principal::Configured { .. }) {
         return Ok(());
     }
@@ -102,5 +112,9 @@ async fn authorize_with(hub: &Hub, principal: &Principal, action: &str, params: 
 
 /// Alibaba's answer to a RAM refusal, with the action (and instance) named.
 pub fn forbidden(d: &authz::Denied) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "Forbidden.RAM", format!("User not authorized to operate on the specified resource, or this API doesn't support RAM. {d}."))
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "Forbidden.RAM",
+        format!("User not authorized to operate on the specified resource, or this API doesn't support RAM. {d}."),
+    )
 }

@@ -41,7 +41,11 @@ pub fn ip_in_range(ip: &IpAddr, range: &str) -> bool {
 }
 
 fn not_found_activation(id: &str) -> ApiError {
-    ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidActivationId.NotFound", format!("The specified activation \"{id}\" does not exist."))
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "InvalidActivationId.NotFound",
+        format!("The specified activation \"{id}\" does not exist."),
+    )
 }
 
 fn not_found_instance(id: &str) -> ApiError {
@@ -108,7 +112,11 @@ pub async fn delete_activation(req: &Request<'_>) -> Result<Value, ApiError> {
     let id = req.params.require("ActivationId")?;
     let Some(a) = req.hub.store.get_activation(id).await? else { return Err(not_found_activation(id)) };
     if !req.hub.store.delete_activation(id).await? {
-        return Err(ApiError::new(axum::http::StatusCode::FORBIDDEN, "Activation.InUse", format!("Activation \"{id}\" still has registered instances; deregister them first.")));
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "Activation.InUse",
+            format!("Activation \"{id}\" still has registered instances; deregister them first."),
+        ));
     }
     Ok(json!({ "Activation": activation_json(&a) }))
 }

@@ -10,7 +10,10 @@ use super::fleet::{self, Resolved, Selector};
 use super::params::Params;
 use super::{Paging, Request};
 use crate::hub::store::{CommandRow, InvocationFilter, InvocationRow, ResultRow, StatusFilter, TargetRow, now_str};
-use crate::lifecycle::{CommandType, Counts, ErrorCode, InvocationOverall, InvocationStatus, InvokeRecordStatus, InvokeStatus, RepeatMode, UnknownName, error_info};
+use crate::lifecycle::{
+    CommandType, Counts, ErrorCode, InvocationOverall, InvocationStatus, InvokeRecordStatus, InvokeStatus, RepeatMode, UnknownName,
+    error_info,
+};
 use crate::protocol::MAX_SCRIPT_BYTES;
 /// Seconds. Cloud Assistant documents 10..=86400; we also accept shorter
 /// timeouts (down to 1 s), which scripts in tests and health probes want.
@@ -122,7 +125,11 @@ async fn instances(req: &Request<'_>) -> Result<Vec<(String, String)>, ApiError>
     ids.into_iter()
         .map(|id| match names.get(&id) {
             Some(name) => Ok((id, name.clone())),
-            None => Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidInstance.NotFound", format!("The specified instance \"{id}\" does not exist."))),
+            None => Err(ApiError::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "InvalidInstance.NotFound",
+                format!("The specified instance \"{id}\" does not exist."),
+            )),
         })
         .collect()
 }
@@ -199,7 +206,11 @@ pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
     }
     let command_id = p.require("CommandId")?;
     let Some(mut cmd) = req.hub.store.get_command(command_id).await?.filter(|c| c.visible) else {
-        return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidCommandId.NotFound", format!("The specified command \"{command_id}\" does not exist.")));
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "InvalidCommandId.NotFound",
+            format!("The specified command \"{command_id}\" does not exist."),
+        ));
     };
     let parameters = parameters(p, &cmd.content, cmd.enable_parameter, req.value_policy())?;
     if let Some(t) = p.int("Timeout", TIMEOUT_RANGE.0, TIMEOUT_RANGE.1)? {
@@ -256,7 +267,12 @@ fn invocation_for(cmd: &CommandRow, parameters: String, repeat_mode: RepeatMode,
 /// Commits the invocation (with its command for RunCommand) first, then
 /// pushes it to whoever is online;
 /// offline targets get it when they connect.
-async fn create_and_push(req: &Request<'_>, cmd: Option<&CommandRow>, inv: InvocationRow, targets: &[(String, String)]) -> Result<Value, ApiError> {
+async fn create_and_push(
+    req: &Request<'_>,
+    cmd: Option<&CommandRow>,
+    inv: InvocationRow,
+    targets: &[(String, String)],
+) -> Result<Value, ApiError> {
     let ids: Vec<String> = targets.iter().map(|(i, _)| i.clone()).collect();
     let created = match cmd {
         Some(cmd) => req.hub.store.run_command(cmd, &inv, &ids).await,
@@ -312,7 +328,10 @@ fn record_status_filter(p: &Params, field: &str) -> Result<Vec<InvocationStatus>
         return Ok(InvocationStatus::with_record_status(r));
     }
     InvocationStatus::parse(s).map(|one| vec![one]).map_err(|_| {
-        ApiError::invalid(field, format!("{s:?} is not one of {} (or a per-instance InvocationStatus)", InvokeRecordStatus::NAMES.join(", ")))
+        ApiError::invalid(
+            field,
+            format!("{s:?} is not one of {} (or a per-instance InvocationStatus)", InvokeRecordStatus::NAMES.join(", ")),
+        )
     })
 }
 
@@ -455,7 +474,11 @@ pub async fn describe_invocation_results(req: &Request<'_>) -> Result<Value, Api
     if let Some(id) = &filter.invoke_id
         && req.hub.store.get_invocation(id).await?.is_none()
     {
-        return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidInvokeId.NotFound", format!("The specified invocation \"{id}\" does not exist.")));
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "InvalidInvokeId.NotFound",
+            format!("The specified invocation \"{id}\" does not exist."),
+        ));
     }
     let (results, total) = if include_history {
         // Every record of every matching target, paged in SQL.
@@ -520,7 +543,11 @@ pub async fn modify_invocation_attribute(req: &Request<'_>) -> Result<Value, Api
     let p = &req.params;
     let invoke_id = p.require("InvokeId")?;
     let Some(inv) = req.hub.store.get_invocation(invoke_id).await? else {
-        return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidInvokeId.NotFound", format!("The specified invocation \"{invoke_id}\" does not exist.")));
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "InvalidInvokeId.NotFound",
+            format!("The specified invocation \"{invoke_id}\" does not exist."),
+        ));
     };
     if inv.repeat_mode != RepeatMode::Period {
         return Err(ApiError::invalid("InvokeId", format!("only a Period invocation can be modified; this one is {}", inv.repeat_mode)));
@@ -549,7 +576,8 @@ pub async fn modify_invocation_attribute(req: &Request<'_>) -> Result<Value, Api
         if enabled && (content.is_some() || enable_parameter.is_some()) {
             let stored: Map<String, Value> = serde_json::from_str(&inv.parameters).unwrap_or_default();
             let builtins = crate::exec::params::Builtins::default();
-            crate::exec::params::render_script(script, true, &stored, &builtins, req.hub.config.parameter_values).map_err(|e| ApiError::invalid("Parameters", e))?;
+            crate::exec::params::render_script(script, true, &stored, &builtins, req.hub.config.parameter_values)
+                .map_err(|e| ApiError::invalid("Parameters", e))?;
         }
         None
     };
@@ -577,7 +605,11 @@ pub async fn stop_invocation(req: &Request<'_>) -> Result<Value, ApiError> {
     let p = &req.params;
     let invoke_id = p.require("InvokeId")?;
     if req.hub.store.get_invocation(invoke_id).await?.is_none() {
-        return Err(ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidInvokeId.NotFound", format!("The specified invocation \"{invoke_id}\" does not exist.")));
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "InvalidInvokeId.NotFound",
+            format!("The specified invocation \"{invoke_id}\" does not exist."),
+        ));
     }
     let only = p.list("InstanceId")?;
     let notify = req.hub.store.request_stop(invoke_id, &only).await?;

@@ -17,7 +17,11 @@ fn policy_param(req: &Request<'_>) -> Result<Option<String>, ApiError> {
 }
 
 fn key_not_found(id: &str) -> ApiError {
-    ApiError::new(axum::http::StatusCode::NOT_FOUND, "InvalidAccessKeyId.NotFound", format!("The specified access key \"{id}\" does not exist."))
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "InvalidAccessKeyId.NotFound",
+        format!("The specified access key \"{id}\" does not exist."),
+    )
 }
 
 pub async fn create(req: &Request<'_>) -> Result<Value, ApiError> {
@@ -27,7 +31,15 @@ pub async fn create(req: &Request<'_>) -> Result<Value, ApiError> {
     let key_id = format!("LTAIdh{:016x}", rand::random::<u64>());
     let secret = crate::hub::agents::new_token();
     let now = now_str();
-    let row = AccessKeyRow { key_id: key_id.clone(), secret: secret.clone(), description, enabled: true, policy, created_at: now.clone(), updated_at: now };
+    let row = AccessKeyRow {
+        key_id: key_id.clone(),
+        secret: secret.clone(),
+        description,
+        enabled: true,
+        policy,
+        created_at: now.clone(),
+        updated_at: now,
+    };
     req.hub.store.create_access_key(&row).await?;
     tracing::info!(access_key_id = %key_id, "access key created");
     Ok(json!({ "AccessKeyId": key_id, "AccessKeySecret": secret }))

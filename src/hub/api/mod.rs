@@ -96,12 +96,14 @@ async fn dispatch(
     facts: &mut audit::CallFacts,
 ) -> Result<Value, ApiError> {
     if body.len() > MAX_BODY_BYTES {
-        return Err(ApiError::new(axum::http::StatusCode::PAYLOAD_TOO_LARGE, "InvalidParameter.Body", format!("request body is {} bytes, the limit is {MAX_BODY_BYTES}", body.len())));
+        return Err(ApiError::new(
+            axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+            "InvalidParameter.Body",
+            format!("request body is {} bytes, the limit is {MAX_BODY_BYTES}", body.len()),
+        ));
     }
-    let is_form = headers
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    let is_form =
+        headers.get("content-type").and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
     let params = Params::parse(uri.query().unwrap_or(""), if is_form { body } else { b"" })?;
     let (verified, principal) = match auth::authenticate(hub, method, uri, headers, body, &params).await {
         Ok(v) => v,
@@ -110,7 +112,8 @@ async fn dispatch(
             // unverified calls name no key and are only logged.
             if e.code == "InvalidAccessKeyId.Inactive" {
                 facts.key_id = auth::claimed_key_id(headers, &params);
-                facts.action = params.get("Action").or_else(|| headers.get("x-acs-action").and_then(|v| v.to_str().ok())).map(str::to_string);
+                facts.action =
+                    params.get("Action").or_else(|| headers.get("x-acs-action").and_then(|v| v.to_str().ok())).map(str::to_string);
             }
             return Err(e);
         }
@@ -190,7 +193,10 @@ impl Paging {
             };
             // A forged offset must not overflow `offset + limit` later.
             if offset > MAX_OFFSET {
-                return Err(ApiError::invalid("NextToken", format!("offset {offset} is beyond the largest this hub issues ({MAX_OFFSET})")));
+                return Err(ApiError::invalid(
+                    "NextToken",
+                    format!("offset {offset} is beyond the largest this hub issues ({MAX_OFFSET})"),
+                ));
             }
             return Ok(Self { page: Page { offset, limit: size }, page_number: offset / size + 1, page_size: size });
         }
@@ -236,7 +242,6 @@ pub async fn sweeper(hub: Arc<Hub>) {
         }
     }
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -82,16 +82,17 @@ impl Params {
             }
         }
         if out.is_empty()
-            && let Some(v) = self.get(name) {
-                if v.starts_with('[') {
-                    let arr: Vec<String> = serde_json::from_str(v).map_err(|e| ApiError::invalid(name, e))?;
-                    if arr.len() > MAX_LIST_ITEMS {
-                        return Err(ApiError::invalid(name, format!("{} items, the limit is {MAX_LIST_ITEMS}", arr.len())));
-                    }
-                    return Ok(arr);
+            && let Some(v) = self.get(name)
+        {
+            if v.starts_with('[') {
+                let arr: Vec<String> = serde_json::from_str(v).map_err(|e| ApiError::invalid(name, e))?;
+                if arr.len() > MAX_LIST_ITEMS {
+                    return Err(ApiError::invalid(name, format!("{} items, the limit is {MAX_LIST_ITEMS}", arr.len())));
                 }
-                return Ok(vec![v.to_string()]);
+                return Ok(arr);
             }
+            return Ok(vec![v.to_string()]);
+        }
         out.sort_by_key(|(i, _)| *i);
         Ok(out.into_iter().map(|(_, v)| v).filter(|v| !v.is_empty()).collect())
     }

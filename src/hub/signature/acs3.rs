@@ -17,16 +17,18 @@ fn field<'a>(auth: &'a str, name: &str) -> Option<&'a str> {
 
 pub(super) fn canonical_request(parts: &RequestParts<'_>, signed_headers: &[&str], payload_hash: &str) -> String {
     let query = canonical(&pairs(parts.raw_query.as_bytes()));
-    let headers: String = signed_headers
-        .iter()
-        .map(|h| format!("{h}:{}\n", parts.header(h).unwrap_or("").trim()))
-        .collect();
+    let headers: String = signed_headers.iter().map(|h| format!("{h}:{}\n", parts.header(h).unwrap_or("").trim())).collect();
     let path = if parts.path.is_empty() { "/" } else { parts.path };
     format!("{}\n{path}\n{query}\n{headers}\n{}\n{payload_hash}", parts.method.to_uppercase(), signed_headers.join(";"))
 }
 
-pub(super) fn verify(parts: &RequestParts<'_>, auth: &str, lookup: &impl Fn(&str) -> Option<String>) -> Result<(Verified, String, String), SignatureError> {
-    let rest = auth.strip_prefix(ALGORITHM).ok_or_else(|| SignatureError::UnsupportedMethod(auth.split(' ').next().unwrap_or("").to_string()))?;
+pub(super) fn verify(
+    parts: &RequestParts<'_>,
+    auth: &str,
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<(Verified, String, String), SignatureError> {
+    let rest =
+        auth.strip_prefix(ALGORITHM).ok_or_else(|| SignatureError::UnsupportedMethod(auth.split(' ').next().unwrap_or("").to_string()))?;
     let incomplete = |what: &str| SignatureError::Incomplete(format!("Authorization lacks {what}"));
     let key_id = field(rest.trim(), "Credential").ok_or_else(|| incomplete("Credential"))?.to_string();
     let signed = field(rest.trim(), "SignedHeaders").ok_or_else(|| incomplete("SignedHeaders"))?;
@@ -65,5 +67,9 @@ pub fn sign(parts: &RequestParts<'_>, signed_headers: &[&str], key_id: &str, sec
     let sts = format!("{ALGORITHM}\n{}", hex::encode(Sha256::digest(creq.as_bytes())));
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
     mac.update(sts.as_bytes());
-    format!("{ALGORITHM} Credential={key_id},SignedHeaders={},Signature={}", signed_headers.join(";"), hex::encode(mac.finalize().into_bytes()))
+    format!(
+        "{ALGORITHM} Credential={key_id},SignedHeaders={},Signature={}",
+        signed_headers.join(";"),
+        hex::encode(mac.finalize().into_bytes())
+    )
 }

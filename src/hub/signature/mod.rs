@@ -125,7 +125,10 @@ pub fn verify(
 fn check_time(ts: &str, now: DateTime<Utc>) -> Result<(), SignatureError> {
     let t = DateTime::parse_from_rfc3339(ts).map_err(|_| SignatureError::BadTimestamp(ts.to_string()))?.with_timezone(&Utc);
     if t < now - MAX_SKEW || t > now + MAX_SKEW {
-        return Err(SignatureError::Expired(format!("{ts} is more than 15 minutes from the server time {}", now.format("%Y-%m-%dT%H:%M:%SZ"))));
+        return Err(SignatureError::Expired(format!(
+            "{ts} is more than 15 minutes from the server time {}",
+            now.format("%Y-%m-%dT%H:%M:%SZ")
+        )));
     }
     Ok(())
 }

@@ -20,7 +20,10 @@ fn hmac_sha1_b64(secret: &str, data: &str) -> String {
 }
 
 /// Returns the verified key, the nonce and the timestamp.
-pub(super) fn verify(parts: &RequestParts<'_>, lookup: &impl Fn(&str) -> Option<String>) -> Result<(Verified, String, String), SignatureError> {
+pub(super) fn verify(
+    parts: &RequestParts<'_>,
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<(Verified, String, String), SignatureError> {
     let mut params = pairs(parts.raw_query.as_bytes());
     if parts.form_body {
         params.extend(pairs(parts.body));
@@ -36,9 +39,10 @@ pub(super) fn verify(parts: &RequestParts<'_>, lookup: &impl Fn(&str) -> Option<
         return Err(SignatureError::UnsupportedMethod(method));
     }
     if let Some(v) = get("SignatureVersion")
-        && v != "1.0" {
-            return Err(SignatureError::Incomplete(format!("SignatureVersion {v:?} (expected 1.0)")));
-        }
+        && v != "1.0"
+    {
+        return Err(SignatureError::Incomplete(format!("SignatureVersion {v:?} (expected 1.0)")));
+    }
     let secret = lookup(&key_id).ok_or_else(|| SignatureError::UnknownKey(key_id.clone()))?;
     let sts = string_to_sign(parts.method, &params);
     if !same(&hmac_sha1_b64(&secret, &sts), &signature) {
@@ -51,7 +55,9 @@ pub(super) fn verify(parts: &RequestParts<'_>, lookup: &impl Fn(&str) -> Option<
 /// Adds the common signature parameters and the signature to `params`,
 /// exactly as the classic SDK does (for our own CLI).
 pub fn sign_rpc_v1(method: &str, params: &mut Vec<(String, String)>, key_id: &str, secret: &str, nonce: &str, timestamp: &str) {
-    params.retain(|(k, _)| !matches!(k.as_str(), "AccessKeyId" | "SignatureMethod" | "SignatureVersion" | "SignatureNonce" | "Timestamp" | "Signature"));
+    params.retain(|(k, _)| {
+        !matches!(k.as_str(), "AccessKeyId" | "SignatureMethod" | "SignatureVersion" | "SignatureNonce" | "Timestamp" | "Signature")
+    });
     params.push(("AccessKeyId".into(), key_id.into()));
     params.push(("SignatureMethod".into(), "HMAC-SHA1".into()));
     params.push(("SignatureVersion".into(), "1.0".into()));

@@ -11,7 +11,11 @@ fn now() -> DateTime<Utc> {
 }
 
 fn rpc_query(ts: &str, nonce: &str) -> String {
-    let mut p = vec![("Action".to_string(), "DescribeInvocations".to_string()), ("RegionId".into(), "cn-hangzhou".into()), ("InstanceId.1".into(), "i-a b*~".into())];
+    let mut p = vec![
+        ("Action".to_string(), "DescribeInvocations".to_string()),
+        ("RegionId".into(), "cn-hangzhou".into()),
+        ("InstanceId.1".into(), "i-a b*~".into()),
+    ];
     sign_rpc_v1("GET", &mut p, "AKID", "SECRET", nonce, ts);
     form_urlencoded::Serializer::new(String::new()).extend_pairs(p).finish()
 }

@@ -35,7 +35,9 @@ pub enum StoreError {
     /// Replicas of an older release are alive on the shared database;
     /// migrating under them would let them write rows this release reads
     /// differently.
-    #[error("{replicas} replica(s) of an older release (schema version {version}) are running on this database; stop them before starting this release, which migrates the schema")]
+    #[error(
+        "{replicas} replica(s) of an older release (schema version {version}) are running on this database; stop them before starting this release, which migrates the schema"
+    )]
     OlderReplicasRunning { replicas: i64, version: i64 },
     /// A stored value this hub cannot read, named by table, column and row.
     #[error("stored value {table}.{column} of {id:?} cannot be read: {detail}")]
@@ -398,7 +400,13 @@ pub trait Store: Send + Sync + 'static {
     // Commands.
     async fn create_command(&self, c: &CommandRow) -> Result<()>;
     async fn get_command(&self, id: &str) -> Result<Option<CommandRow>>;
-    async fn list_commands(&self, id: Option<&str>, name: Option<&str>, ctype: Option<CommandType>, page: Page) -> Result<(Vec<CommandRow>, i64)>;
+    async fn list_commands(
+        &self,
+        id: Option<&str>,
+        name: Option<&str>,
+        ctype: Option<CommandType>,
+        page: Page,
+    ) -> Result<(Vec<CommandRow>, i64)>;
     async fn update_command(&self, c: &CommandRow) -> Result<()>;
     async fn delete_command(&self, id: &str) -> Result<bool>;
 

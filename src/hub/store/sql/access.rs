@@ -66,12 +66,24 @@ impl SqlStore {
     }
 
     pub(super) async fn set_access_key_enabled_impl(&self, id: &str, enabled: bool) -> Result<bool> {
-        let r = self.q("UPDATE access_keys SET enabled = ?, updated_at = ? WHERE key_id = ?").bind(enabled as i64).bind(now_str()).bind(id).execute(&self.pool).await?;
+        let r = self
+            .q("UPDATE access_keys SET enabled = ?, updated_at = ? WHERE key_id = ?")
+            .bind(enabled as i64)
+            .bind(now_str())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() > 0)
     }
 
     pub(super) async fn set_access_key_policy_impl(&self, id: &str, policy: &str) -> Result<bool> {
-        let r = self.q("UPDATE access_keys SET policy = ?, updated_at = ? WHERE key_id = ?").bind(policy).bind(now_str()).bind(id).execute(&self.pool).await?;
+        let r = self
+            .q("UPDATE access_keys SET policy = ?, updated_at = ? WHERE key_id = ?")
+            .bind(policy)
+            .bind(now_str())
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -81,22 +93,20 @@ impl SqlStore {
     }
 
     pub(super) async fn record_audit_impl(&self, e: &AuditEvent) -> Result<()> {
-        self.q(
-            "INSERT INTO audit_events (event_id, at, key_id, source, action, targets, outcome, request_id, invoke_id, detail) \
-             VALUES (?,?,?,?,?,?,?,?,?,?)",
-        )
-        .bind(&e.event_id)
-        .bind(&e.at)
-        .bind(&e.key_id)
-        .bind(&e.source)
-        .bind(&e.action)
-        .bind(&e.targets)
-        .bind(&e.outcome)
-        .bind(&e.request_id)
-        .bind(&e.invoke_id)
-        .bind(&e.detail)
-        .execute(&self.pool)
-        .await?;
+        self.q("INSERT INTO audit_events (event_id, at, key_id, source, action, targets, outcome, request_id, invoke_id, detail) \
+             VALUES (?,?,?,?,?,?,?,?,?,?)")
+            .bind(&e.event_id)
+            .bind(&e.at)
+            .bind(&e.key_id)
+            .bind(&e.source)
+            .bind(&e.action)
+            .bind(&e.targets)
+            .bind(&e.outcome)
+            .bind(&e.request_id)
+            .bind(&e.invoke_id)
+            .bind(&e.detail)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -7,8 +7,8 @@ use std::time::Duration;
 use sqlx::postgres::PgListener;
 use tokio::sync::mpsc;
 
-use super::rows::{col, key, placeholders, status_col};
 use super::super::*;
+use super::rows::{col, key, placeholders, status_col};
 use super::{Dialect, SqlStore};
 
 /// The one NOTIFY channel every replica listens on.
@@ -30,10 +30,7 @@ impl SqlStore {
         // A replica that missed its liveness deadline (a stalled database,
         // say) had its agents released by another; those it still holds
         // come back online here.
-        self.q("UPDATE instances SET online = 1 WHERE hub_id = ? AND online = 0")
-            .bind(hub_id)
-            .execute(&self.pool)
-            .await?;
+        self.q("UPDATE instances SET online = 1 WHERE hub_id = ? AND online = 0").bind(hub_id).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -66,7 +63,11 @@ impl SqlStore {
             .map(|r| {
                 let id: String = key(r, "targets", "instance_id")?;
                 let name: Option<String> = col(r, "instances", "instance_name", &id)?;
-                Ok(Delivery { status: status_col(r, "targets", &format!("{invoke_id}/{id}"))?, instance_name: name.unwrap_or_default(), instance_id: id })
+                Ok(Delivery {
+                    status: status_col(r, "targets", &format!("{invoke_id}/{id}"))?,
+                    instance_name: name.unwrap_or_default(),
+                    instance_id: id,
+                })
             })
             .collect()
     }

@@ -187,7 +187,8 @@ impl SqlStore {
         // would keep writing the old status names without the kept counts:
         // refuse to migrate under them, naming how many.
         if self.d == Dialect::Postgres && current >= 3 && (current as usize) < schema::LIFECYCLE_STEP {
-            let alive: i64 = self.qs("SELECT COUNT(*) FROM hubs WHERE last_seen >= ?")
+            let alive: i64 = self
+                .qs("SELECT COUNT(*) FROM hubs WHERE last_seen >= ?")
                 .bind(ago_str(crate::hub::cluster::DEAD_AFTER))
                 .fetch_one(&mut *tx)
                 .await?;
@@ -272,20 +273,18 @@ fn sorted<T>(r: Result<T>) -> Result<T> {
 #[async_trait]
 impl Store for SqlStore {
     async fn create_activation(&self, a: &ActivationRow) -> Result<()> {
-        self.q(
-            "INSERT INTO activations (activation_id, code_hash, instance_name, description, instance_count, \
-             time_to_live_hours, ip_address_range, created_at) VALUES (?,?,?,?,?,?,?,?)",
-        )
-        .bind(&a.activation_id)
-        .bind(&a.code_hash)
-        .bind(&a.instance_name)
-        .bind(&a.description)
-        .bind(a.instance_count)
-        .bind(a.time_to_live_hours)
-        .bind(&a.ip_address_range)
-        .bind(&a.created_at)
-        .execute(&self.pool)
-        .await?;
+        self.q("INSERT INTO activations (activation_id, code_hash, instance_name, description, instance_count, \
+             time_to_live_hours, ip_address_range, created_at) VALUES (?,?,?,?,?,?,?,?)")
+            .bind(&a.activation_id)
+            .bind(&a.code_hash)
+            .bind(&a.instance_name)
+            .bind(&a.description)
+            .bind(a.instance_count)
+            .bind(a.time_to_live_hours)
+            .bind(&a.ip_address_range)
+            .bind(&a.created_at)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -309,13 +308,12 @@ impl Store for SqlStore {
     }
 
     async fn delete_activation(&self, id: &str) -> Result<bool> {
-        let r = self.q(
-            "DELETE FROM activations WHERE activation_id = ? AND NOT EXISTS \
-             (SELECT 1 FROM instances WHERE activation_id = activations.activation_id)",
-        )
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
+        let r = self
+            .q("DELETE FROM activations WHERE activation_id = ? AND NOT EXISTS \
+             (SELECT 1 FROM instances WHERE activation_id = activations.activation_id)")
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -323,29 +321,26 @@ impl Store for SqlStore {
         let mut tx = self.begin().await?;
         // The count check and the insert commit together, so two machines
         // racing for the last slot cannot both register.
-        let claimed = self.q(
-            "UPDATE activations SET registered_count = registered_count + 1 \
-             WHERE activation_id = ? AND disabled = 0 AND registered_count < instance_count",
-        )
-        .bind(activation_id)
-        .execute(&mut *tx)
-        .await?;
+        let claimed = self
+            .q("UPDATE activations SET registered_count = registered_count + 1 \
+             WHERE activation_id = ? AND disabled = 0 AND registered_count < instance_count")
+            .bind(activation_id)
+            .execute(&mut *tx)
+            .await?;
         if claimed.rows_affected() == 0 {
             return Ok(false);
         }
-        self.q(
-            "INSERT INTO instances (instance_id, instance_name, token_hash, facts, ip, registered_at, activation_id) \
-             VALUES (?,?,?,?,?,?,?)",
-        )
-        .bind(&inst.instance_id)
-        .bind(&inst.instance_name)
-        .bind(&inst.token_hash)
-        .bind(serde_json::to_string(&inst.facts).unwrap_or_default())
-        .bind(&inst.ip)
-        .bind(&inst.registered_at)
-        .bind(activation_id)
-        .execute(&mut *tx)
-        .await?;
+        self.q("INSERT INTO instances (instance_id, instance_name, token_hash, facts, ip, registered_at, activation_id) \
+             VALUES (?,?,?,?,?,?,?)")
+            .bind(&inst.instance_id)
+            .bind(&inst.instance_name)
+            .bind(&inst.token_hash)
+            .bind(serde_json::to_string(&inst.facts).unwrap_or_default())
+            .bind(&inst.ip)
+            .bind(&inst.registered_at)
+            .bind(activation_id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -373,10 +368,8 @@ impl Store for SqlStore {
 
     async fn deregister_instance(&self, id: &str) -> Result<bool> {
         let mut tx = self.begin().await?;
-        let act: Option<String> = self.qs("SELECT activation_id FROM instances WHERE instance_id = ?")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let act: Option<String> =
+            self.qs("SELECT activation_id FROM instances WHERE instance_id = ?").bind(id).fetch_optional(&mut *tx).await?;
         let Some(act) = act else { return Ok(false) };
         self.release_targets(&mut tx, id).await?;
         self.q("DELETE FROM instances WHERE instance_id = ?").bind(id).execute(&mut *tx).await?;
@@ -461,7 +454,13 @@ impl Store for SqlStore {
         r.as_ref().map(command_from).transpose()
     }
 
-    async fn list_commands(&self, id: Option<&str>, name: Option<&str>, ctype: Option<CommandType>, page: Page) -> Result<(Vec<CommandRow>, i64)> {
+    async fn list_commands(
+        &self,
+        id: Option<&str>,
+        name: Option<&str>,
+        ctype: Option<CommandType>,
+        page: Page,
+    ) -> Result<(Vec<CommandRow>, i64)> {
         let mut clauses = vec!["visible = 1".to_string()];
         let mut binds = Vec::new();
         for (col, v) in [("command_id", id), ("name", name), ("command_type", ctype.map(|t| t.as_str()))] {
@@ -476,19 +475,17 @@ impl Store for SqlStore {
     }
 
     async fn update_command(&self, c: &CommandRow) -> Result<()> {
-        self.q(
-            "UPDATE commands SET name = ?, description = ?, content = ?, working_dir = ?, timeout_secs = ?, \
-             username = ? WHERE command_id = ?",
-        )
-        .bind(&c.name)
-        .bind(&c.description)
-        .bind(&c.content)
-        .bind(&c.working_dir)
-        .bind(c.timeout_secs)
-        .bind(&c.username)
-        .bind(&c.command_id)
-        .execute(&self.pool)
-        .await?;
+        self.q("UPDATE commands SET name = ?, description = ?, content = ?, working_dir = ?, timeout_secs = ?, \
+             username = ? WHERE command_id = ?")
+            .bind(&c.name)
+            .bind(&c.description)
+            .bind(&c.content)
+            .bind(&c.working_dir)
+            .bind(c.timeout_secs)
+            .bind(&c.username)
+            .bind(&c.command_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -506,10 +503,7 @@ impl Store for SqlStore {
     }
 
     async fn find_by_client_token(&self, token: &str) -> Result<Option<String>> {
-        Ok(self.qs("SELECT invoke_id FROM invocations WHERE client_token = ? LIMIT 1")
-            .bind(token)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(self.qs("SELECT invoke_id FROM invocations WHERE client_token = ? LIMIT 1").bind(token).fetch_optional(&self.pool).await?)
     }
 
     async fn get_invocation(&self, id: &str) -> Result<Option<InvocationRow>> {
@@ -524,16 +518,14 @@ impl Store for SqlStore {
     }
 
     async fn targets(&self, invoke_id: &str) -> Result<Vec<TargetRow>> {
-        let rows = self.q("SELECT * FROM targets WHERE invoke_id = ? ORDER BY instance_id")
-            .bind(invoke_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = self.q("SELECT * FROM targets WHERE invoke_id = ? ORDER BY instance_id").bind(invoke_id).fetch_all(&self.pool).await?;
         rows.iter().map(|r| target_from(r, true)).collect()
     }
 
     async fn some_targets(&self, invoke_id: &str, limit: i64, with_output: bool) -> Result<Vec<TargetRow>> {
         let cols = if with_output { format!("{TARGET_COLS}, t.output") } else { TARGET_COLS.to_string() };
-        let rows = self.q(&format!("SELECT {cols} FROM targets t WHERE t.invoke_id = ? ORDER BY t.instance_id LIMIT ?"))
+        let rows = self
+            .q(&format!("SELECT {cols} FROM targets t WHERE t.invoke_id = ? ORDER BY t.instance_id LIMIT ?"))
             .bind(invoke_id)
             .bind(limit)
             .fetch_all(&self.pool)
@@ -544,7 +536,15 @@ impl Store for SqlStore {
     async fn list_targets(&self, f: &InvocationFilter, statuses: &[InvocationStatus], page: Page) -> Result<(Vec<TargetRow>, i64)> {
         let (w, binds) = target_where(f, statuses, "t.status");
         let from = "FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id";
-        let (rows, total) = self.page_of(&format!("{TARGET_COLS}, t.output"), &format!("{from} {w}"), "t.created_at DESC, t.invoke_id, t.instance_id", &binds, page).await?;
+        let (rows, total) = self
+            .page_of(
+                &format!("{TARGET_COLS}, t.output"),
+                &format!("{from} {w}"),
+                "t.created_at DESC, t.invoke_id, t.instance_id",
+                &binds,
+                page,
+            )
+            .await?;
         let rows: Result<Vec<_>> = rows.iter().map(|r| target_from(r, true)).collect();
         Ok((rows?, total))
     }
@@ -559,13 +559,16 @@ impl Store for SqlStore {
         );
         let (w, binds) = target_where(f, statuses, "CASE WHEN r.record_seq IS NULL THEN t.status ELSE r.status END");
         let from = "FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id                     LEFT JOIN records r ON r.invoke_id = t.invoke_id AND r.instance_id = t.instance_id";
-        let (rows, total) = self.page_of(&select, &format!("{from} {w}"), "t.created_at DESC, t.invoke_id, t.instance_id, r.record_seq", &binds, page).await?;
+        let (rows, total) = self
+            .page_of(&select, &format!("{from} {w}"), "t.created_at DESC, t.invoke_id, t.instance_id, r.record_seq", &binds, page)
+            .await?;
         let rows: Result<Vec<_>> = rows.iter().map(result_from).collect();
         Ok((rows?, total))
     }
 
     async fn records(&self, invoke_id: &str, instance_id: &str) -> Result<Vec<RecordRow>> {
-        let rows = self.q("SELECT * FROM records WHERE invoke_id = ? AND instance_id = ? ORDER BY record_seq")
+        let rows = self
+            .q("SELECT * FROM records WHERE invoke_id = ? AND instance_id = ? ORDER BY record_seq")
             .bind(invoke_id)
             .bind(instance_id)
             .fetch_all(&self.pool)

@@ -4,33 +4,40 @@
 
 use sqlx::{Any, AssertSqlSafe, Transaction};
 
+use super::super::*;
 use super::dialect::Dialect;
 use super::rows::status_col;
-use super::super::*;
 use super::writes::{Moved, move_target};
 use crate::lifecycle::Event;
 
-pub(super) async fn apply_report_tx(tx: &mut Transaction<'static, Any>, d: Dialect, instance_id: &str, r: &RecordReport) -> Result<ReportEffect> {
+pub(super) async fn apply_report_tx(
+    tx: &mut Transaction<'static, Any>,
+    d: Dialect,
+    instance_id: &str,
+    r: &RecordReport,
+) -> Result<ReportEffect> {
     // Refused before anything is written: storing an empty output in
     // place of one we could not read would hide the loss.
     let output = match base64_decode(&r.output_b64) {
         Ok(o) => o,
         Err(e) => return Ok(ReportEffect::Refused(format!("output_b64 is not valid base64: {e}"))),
     };
-    let existing = sqlx::query(AssertSqlSafe(d.sql("SELECT status FROM records WHERE invoke_id = ? AND instance_id = ? AND record_seq = ?")))
-        .bind(&r.invoke_id)
-        .bind(instance_id)
-        .bind(r.record_seq as i64)
-        .fetch_optional(&mut **tx)
-        .await?;
+    let existing =
+        sqlx::query(AssertSqlSafe(d.sql("SELECT status FROM records WHERE invoke_id = ? AND instance_id = ? AND record_seq = ?")))
+            .bind(&r.invoke_id)
+            .bind(instance_id)
+            .bind(r.record_seq as i64)
+            .fetch_optional(&mut **tx)
+            .await?;
     // A one-shot invocation has exactly one record, number 0: a rogue agent
     // cannot add hundreds (issue #14).
     if r.record_seq != 0 {
-        let once: Option<i64> = sqlx::query_scalar(AssertSqlSafe(d.sql("SELECT 1 FROM invocations WHERE invoke_id = ? AND repeat_mode = ?")))
-            .bind(&r.invoke_id)
-            .bind(RepeatMode::Once.as_str())
-            .fetch_optional(&mut **tx)
-            .await?;
+        let once: Option<i64> =
+            sqlx::query_scalar(AssertSqlSafe(d.sql("SELECT 1 FROM invocations WHERE invoke_id = ? AND repeat_mode = ?")))
+                .bind(&r.invoke_id)
+                .bind(RepeatMode::Once.as_str())
+                .fetch_optional(&mut **tx)
+                .await?;
         if once.is_some() {
             return Ok(ReportEffect::Refused(format!("a Once invocation has only record 0, not {}", r.record_seq)));
         }

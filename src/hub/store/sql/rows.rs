@@ -42,7 +42,13 @@ fn json_col<T: serde::de::DeserializeOwned>(r: &AnyRow, table: &'static str, col
     serde_json::from_str(&s).map_err(|e| StoreError::Decode { table, column, id: id.to_string(), detail: e.to_string() })
 }
 
-fn named<T>(r: &AnyRow, table: &'static str, column: &'static str, id: &str, parse: impl Fn(&str) -> std::result::Result<T, crate::lifecycle::UnknownName>) -> Result<T> {
+fn named<T>(
+    r: &AnyRow,
+    table: &'static str,
+    column: &'static str,
+    id: &str,
+    parse: impl Fn(&str) -> std::result::Result<T, crate::lifecycle::UnknownName>,
+) -> Result<T> {
     let s: String = col(r, table, column, id)?;
     parse(&s).map_err(|e| StoreError::Decode { table, column, id: id.to_string(), detail: e.to_string() })
 }
@@ -107,7 +113,12 @@ pub(super) fn counts_from(r: &AnyRow, id: &str) -> Result<Counts> {
     let mut c = Counts::default();
     for s in InvocationStatus::ALL {
         let column = s.count_column();
-        let n: i64 = r.try_get(column).map_err(|e| StoreError::Decode { table: "invocations", column, id: id.to_string(), detail: e.to_string() })?;
+        let n: i64 = r.try_get(column).map_err(|e| StoreError::Decode {
+            table: "invocations",
+            column,
+            id: id.to_string(),
+            detail: e.to_string(),
+        })?;
         c.set(*s, n);
     }
     Ok(c)
@@ -248,9 +259,7 @@ pub(super) fn invocation_where(f: &InvocationFilter, alias: &str) -> (String, Ve
         clauses.push(format!("({})", either.join(" OR ")));
     }
     if let Some(i) = &f.instance_id {
-        clauses.push(format!(
-            "EXISTS (SELECT 1 FROM targets t2 WHERE t2.invoke_id = {alias}invoke_id AND t2.instance_id = ?)"
-        ));
+        clauses.push(format!("EXISTS (SELECT 1 FROM targets t2 WHERE t2.invoke_id = {alias}invoke_id AND t2.instance_id = ?)"));
         binds.push(i.clone());
     }
     let w = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };

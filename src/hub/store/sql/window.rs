@@ -32,17 +32,12 @@ struct Standing {
     errors: i64,
 }
 
-async fn standing(
-    tx: &mut Transaction<'static, Any>,
-    d: Dialect,
-    invoke_id: &str,
-) -> Result<Standing> {
-    let rows = sqlx::query(AssertSqlSafe(d.sql(
-        "SELECT status, COUNT(*) AS n FROM targets WHERE invoke_id = ? AND released = 1 GROUP BY status",
-    )))
-    .bind(invoke_id)
-    .fetch_all(&mut **tx)
-    .await?;
+async fn standing(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str) -> Result<Standing> {
+    let rows =
+        sqlx::query(AssertSqlSafe(d.sql("SELECT status, COUNT(*) AS n FROM targets WHERE invoke_id = ? AND released = 1 GROUP BY status")))
+            .bind(invoke_id)
+            .fetch_all(&mut **tx)
+            .await?;
     let mut st = Standing::default();
     for row in rows {
         let status = status_col(&row, "targets", invoke_id)?;
@@ -57,12 +52,7 @@ async fn standing(
 }
 
 /// Held targets of one invocation, in release order (instance id), at most `limit`.
-async fn held(
-    tx: &mut Transaction<'static, Any>,
-    d: Dialect,
-    invoke_id: &str,
-    limit: i64,
-) -> Result<Vec<String>> {
+async fn held(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str, limit: i64) -> Result<Vec<String>> {
     let ids = sqlx::query_scalar(AssertSqlSafe(d.sql(
         "SELECT instance_id FROM targets WHERE invoke_id = ? AND released = 0 AND status = ? AND delivered = 0 \
          ORDER BY instance_id LIMIT ?",
@@ -79,21 +69,10 @@ async fn held(
 /// when errors exceed `MaxErrors`, otherwise releases held targets into
 /// the free slots (unless `BatchWait` has not passed). Returns the
 /// targets released. No-op for an invocation without a window.
-pub(super) async fn advance(
-    tx: &mut Transaction<'static, Any>,
-    d: Dialect,
-    invoke_id: &str,
-) -> Result<Vec<String>> {
+pub(super) async fn advance(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str) -> Result<Vec<String>> {
     // Locks the invocation row: every advance of one window is serialised.
-    let sql = format!(
-        "SELECT max_concurrency, max_errors, batch_wait_secs FROM invocations WHERE invoke_id = ?{}",
-        d.for_update()
-    );
-    let Some(row) = sqlx::query(AssertSqlSafe(d.sql(&sql)))
-        .bind(invoke_id)
-        .fetch_optional(&mut **tx)
-        .await?
-    else {
+    let sql = format!("SELECT max_concurrency, max_errors, batch_wait_secs FROM invocations WHERE invoke_id = ?{}", d.for_update());
+    let Some(row) = sqlx::query(AssertSqlSafe(d.sql(&sql))).bind(invoke_id).fetch_optional(&mut **tx).await? else {
         return Ok(Vec::new());
     };
     let max_concurrency: i64 = col(&row, "invocations", "max_concurrency", invoke_id)?;
@@ -117,9 +96,9 @@ pub(super) async fn advance(
     let ids = held(tx, d, invoke_id, slots).await?;
     let now = now_str();
     for id in &ids {
-        sqlx::query(AssertSqlSafe(d.sql(
-            "UPDATE targets SET released = 1, released_at = ?, updated_at = ? WHERE invoke_id = ? AND instance_id = ?",
-        )))
+        sqlx::query(AssertSqlSafe(
+            d.sql("UPDATE targets SET released = 1, released_at = ?, updated_at = ? WHERE invoke_id = ? AND instance_id = ?"),
+        ))
         .bind(&now)
         .bind(&now)
         .bind(invoke_id)
@@ -128,12 +107,7 @@ pub(super) async fn advance(
         .await?;
     }
     if !ids.is_empty() {
-        tracing::debug!(
-            invoke_id,
-            released = ids.len(),
-            in_flight = st.in_flight,
-            "rollout window moved"
-        );
+        tracing::debug!(invoke_id, released = ids.len(), in_flight = st.in_flight, "rollout window moved");
     }
     Ok(ids)
 }
@@ -142,17 +116,8 @@ pub(super) async fn advance(
 /// target settled (true when none has: the first window waits for nothing).
 /// The hub's clock decides: a settled target's `updated_at` is when the
 /// hub committed its final state (`finish_time` is the agent's clock).
-async fn batch_wait_passed(
-    tx: &mut Transaction<'static, Any>,
-    d: Dialect,
-    invoke_id: &str,
-    batch_wait: i64,
-) -> Result<bool> {
-    let finals: Vec<InvocationStatus> = InvocationStatus::ALL
-        .iter()
-        .copied()
-        .filter(|s| s.is_final())
-        .collect();
+async fn batch_wait_passed(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str, batch_wait: i64) -> Result<bool> {
+    let finals: Vec<InvocationStatus> = InvocationStatus::ALL.iter().copied().filter(|s| s.is_final()).collect();
     let sql = format!(
         "SELECT MAX(updated_at) FROM targets WHERE invoke_id = ? AND released = 1 AND status IN ({})",
         vec!["?"; finals.len()].join(",")
@@ -172,43 +137,26 @@ async fn batch_wait_passed(
 /// Errors exceeded `MaxErrors`: every held target ends `Cancelled`
 /// through the lifecycle, with an ErrorInfo that says why. Targets
 /// already sent run to their end.
-async fn halt(
-    tx: &mut Transaction<'static, Any>,
-    d: Dialect,
-    invoke_id: &str,
-    errors: i64,
-    max_errors: i64,
-) -> Result<()> {
+async fn halt(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str, errors: i64, max_errors: i64) -> Result<()> {
     let ids = held(tx, d, invoke_id, i64::MAX).await?;
     let code = Event::RolloutHalted.error_code(false);
-    let info = format!(
-        "the rollout stopped before this instance started: {errors} targets ended in error, more than MaxErrors {max_errors}"
-    );
+    let info =
+        format!("the rollout stopped before this instance started: {errors} targets ended in error, more than MaxErrors {max_errors}");
     let mut cancelled = 0u64;
     for id in &ids {
-        if let Moved::Changed { .. } =
-            move_target(tx, d, invoke_id, id, Event::RolloutHalted).await?
-        {
-            sqlx::query(AssertSqlSafe(d.sql(
-                "UPDATE targets SET error_code = ?, error_info = ? WHERE invoke_id = ? AND instance_id = ?",
-            )))
-            .bind(code.as_ref().map(|c| c.as_str()).unwrap_or_default())
-            .bind(&info)
-            .bind(invoke_id)
-            .bind(id)
-            .execute(&mut **tx)
-            .await?;
+        if let Moved::Changed { .. } = move_target(tx, d, invoke_id, id, Event::RolloutHalted).await? {
+            sqlx::query(AssertSqlSafe(d.sql("UPDATE targets SET error_code = ?, error_info = ? WHERE invoke_id = ? AND instance_id = ?")))
+                .bind(code.as_ref().map(|c| c.as_str()).unwrap_or_default())
+                .bind(&info)
+                .bind(invoke_id)
+                .bind(id)
+                .execute(&mut **tx)
+                .await?;
             cancelled += 1;
         }
     }
     if cancelled > 0 {
-        tracing::info!(
-            invoke_id,
-            errors,
-            max_errors,
-            cancelled,
-            "rollout stopped: errors exceeded MaxErrors"
-        );
+        tracing::info!(invoke_id, errors, max_errors, cancelled, "rollout stopped: errors exceeded MaxErrors");
     }
     Ok(())
 }
@@ -227,10 +175,7 @@ impl SqlStore {
             let instances = advance(&mut tx, self.d, &invoke_id).await?;
             tx.commit().await?;
             if !instances.is_empty() {
-                out.push(Released {
-                    invoke_id,
-                    instances,
-                });
+                out.push(Released { invoke_id, instances });
             }
         }
         Ok(out)
@@ -256,10 +201,7 @@ pub(super) async fn advance_all(
     for invoke_id in invoke_ids {
         let instances = advance(tx, d, invoke_id).await?;
         if !instances.is_empty() {
-            out.push(Released {
-                invoke_id: invoke_id.clone(),
-                instances,
-            });
+            out.push(Released { invoke_id: invoke_id.clone(), instances });
         }
     }
     Ok(out)

@@ -9,11 +9,11 @@
 
 use sqlx::{Any, AssertSqlSafe, Transaction};
 
+use super::super::*;
+use super::SqlStore;
 use super::dialect::Dialect;
 use super::reports::apply_report_tx;
 use super::rows::{col, counts_from, key, status_col};
-use super::super::*;
-use super::SqlStore;
 use crate::lifecycle::{Event, Refusal, TargetState, transition};
 
 /// Every count column, for `RETURNING` and recounts.
@@ -27,13 +27,22 @@ pub(super) enum Moved {
     /// No such target.
     Missing,
     Refused(Refusal),
-    Changed { from: TargetState, to: TargetState },
+    Changed {
+        from: TargetState,
+        to: TargetState,
+    },
 }
 
 /// Applies `event` to one target inside `tx`: reads it (locked), asks the
 /// lifecycle for the next state, writes it, and moves the invocation's
 /// counts and aggregate statuses in the same transaction.
-pub(super) async fn move_target(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str, instance_id: &str, event: Event) -> Result<Moved> {
+pub(super) async fn move_target(
+    tx: &mut Transaction<'static, Any>,
+    d: Dialect,
+    invoke_id: &str,
+    instance_id: &str,
+    event: Event,
+) -> Result<Moved> {
     let sql = format!(
         "SELECT t.status, t.delivered, i.repeat_mode, i.frequency FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id \
          WHERE t.invoke_id = ? AND t.instance_id = ?{}",
@@ -44,7 +53,12 @@ pub(super) async fn move_target(tx: &mut Transaction<'static, Any>, d: Dialect, 
     let id = format!("{invoke_id}/{instance_id}");
     let from = TargetState { status: status_col(&row, "targets", &id)?, delivered: col::<i64>(&row, "targets", "delivered", &id)? != 0 };
     let mode_s: String = col(&row, "invocations", "repeat_mode", invoke_id)?;
-    let mode = RepeatMode::parse(&mode_s).map_err(|e| StoreError::Decode { table: "invocations", column: "repeat_mode", id: invoke_id.to_string(), detail: e.to_string() })?;
+    let mode = RepeatMode::parse(&mode_s).map_err(|e| StoreError::Decode {
+        table: "invocations",
+        column: "repeat_mode",
+        id: invoke_id.to_string(),
+        detail: e.to_string(),
+    })?;
     let frequency: String = col(&row, "invocations", "frequency", invoke_id)?;
     let to = match transition(from, event, mode, &frequency) {
         Ok(to) => to,
@@ -73,7 +87,13 @@ pub(super) async fn move_target(tx: &mut Transaction<'static, Any>, d: Dialect, 
 
 /// Moves one target from `from` to `to` in the invocation's counts and
 /// rewrites its two aggregate statuses from the new counts.
-async fn shift_counts(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str, from: InvocationStatus, to: InvocationStatus) -> Result<()> {
+async fn shift_counts(
+    tx: &mut Transaction<'static, Any>,
+    d: Dialect,
+    invoke_id: &str,
+    from: InvocationStatus,
+    to: InvocationStatus,
+) -> Result<()> {
     if from == to {
         return Ok(());
     }
@@ -99,10 +119,13 @@ async fn write_aggregates(tx: &mut Transaction<'static, Any>, d: Dialect, invoke
 async fn recount_all(tx: &mut Transaction<'static, Any>, d: Dialect) -> Result<()> {
     for s in InvocationStatus::ALL {
         let c = s.count_column();
-        let sql = format!("UPDATE invocations SET {c} = (SELECT COUNT(*) FROM targets t WHERE t.invoke_id = invocations.invoke_id AND t.status = ?)");
+        let sql = format!(
+            "UPDATE invocations SET {c} = (SELECT COUNT(*) FROM targets t WHERE t.invoke_id = invocations.invoke_id AND t.status = ?)"
+        );
         sqlx::query(AssertSqlSafe(d.sql(&sql))).bind(s.as_str()).execute(&mut **tx).await?;
     }
-    let rows = sqlx::query(AssertSqlSafe(d.sql(&format!("SELECT invoke_id, {} FROM invocations", count_columns())))).fetch_all(&mut **tx).await?;
+    let rows =
+        sqlx::query(AssertSqlSafe(d.sql(&format!("SELECT invoke_id, {} FROM invocations", count_columns())))).fetch_all(&mut **tx).await?;
     for row in rows {
         let id = key(&row, "invocations", "invoke_id")?;
         let counts = counts_from(&row, &id)?;
@@ -137,7 +160,10 @@ pub(super) async fn upgrade_lifecycle(tx: &mut Transaction<'static, Any>, d: Dia
             if status.as_str() == raw && new_code == raw_code {
                 continue;
             }
-            let upd = format!("UPDATE {table} SET status = ?, error_code = ? WHERE invoke_id = ? AND instance_id = ?{}", if table == "records" { " AND record_seq = ?" } else { "" });
+            let upd = format!(
+                "UPDATE {table} SET status = ?, error_code = ? WHERE invoke_id = ? AND instance_id = ?{}",
+                if table == "records" { " AND record_seq = ?" } else { "" }
+            );
             let mut q = sqlx::query(AssertSqlSafe(d.sql(&upd))).bind(status.as_str()).bind(new_code).bind(&invoke_id).bind(&instance_id);
             if table == "records" {
                 q = q.bind(record_seq);
@@ -162,7 +188,8 @@ impl SqlStore {
         // (matched while offline), which the window lets go now, and the
         // per-state counts that follow from it.
         let unreachable: std::collections::HashSet<&str> = inv.unreachable.iter().map(String::as_str).collect();
-        let offline = transition(TargetState::CREATED, Event::ClientNotRunning, inv.repeat_mode, &inv.frequency).unwrap_or(TargetState::CREATED);
+        let offline =
+            transition(TargetState::CREATED, Event::ClientNotRunning, inv.repeat_mode, &inv.frequency).unwrap_or(TargetState::CREATED);
         let offline_code = Event::ClientNotRunning.error_code(false);
         let mut order: Vec<&String> = instances.iter().collect();
         order.sort();
@@ -219,27 +246,22 @@ impl SqlStore {
         for (id, state, released) in rows {
             let settled = state.status.is_final();
             let code = if settled { offline_code.as_ref() } else { None };
-            self.q(
-                "INSERT INTO targets (invoke_id, instance_id, status, created_at, updated_at, released, released_at, \
-                 error_code, error_info, finish_time) VALUES (?,?,?,?,?,?,?,?,?,?)",
-            )
-            .bind(&inv.invoke_id)
-            .bind(id)
-            .bind(state.status.as_str())
-            .bind(&inv.created_at)
-            .bind(&inv.created_at)
-            .bind(released as i64)
-            .bind(if released { inv.created_at.as_str() } else { "" })
-            .bind(code.map(|c| c.as_str()).unwrap_or_default())
-            .bind(code.and_then(|c| c.fixed_info()).unwrap_or_default())
-            .bind(if settled { inv.created_at.as_str() } else { "" })
-            .execute(&mut *tx)
-            .await?;
+            self.q("INSERT INTO targets (invoke_id, instance_id, status, created_at, updated_at, released, released_at, \
+                 error_code, error_info, finish_time) VALUES (?,?,?,?,?,?,?,?,?,?)")
+                .bind(&inv.invoke_id)
+                .bind(id)
+                .bind(state.status.as_str())
+                .bind(&inv.created_at)
+                .bind(&inv.created_at)
+                .bind(released as i64)
+                .bind(if released { inv.created_at.as_str() } else { "" })
+                .bind(code.map(|c| c.as_str()).unwrap_or_default())
+                .bind(code.and_then(|c| c.fixed_info()).unwrap_or_default())
+                .bind(if settled { inv.created_at.as_str() } else { "" })
+                .execute(&mut *tx)
+                .await?;
         }
-        self.q("UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = ?")
-            .bind(&inv.command_id)
-            .execute(&mut *tx)
-            .await?;
+        self.q("UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = ?").bind(&inv.command_id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -269,7 +291,11 @@ impl SqlStore {
                     ReportEffect::Applied
                 }
                 WriteOp::Touch { instance_id } => {
-                    self.q("UPDATE instances SET last_seen = ? WHERE instance_id = ?").bind(&now).bind(instance_id).execute(&mut *tx).await?;
+                    self.q("UPDATE instances SET last_seen = ? WHERE instance_id = ?")
+                        .bind(&now)
+                        .bind(instance_id)
+                        .execute(&mut *tx)
+                        .await?;
                     ReportEffect::Applied
                 }
             };
@@ -291,13 +317,22 @@ impl SqlStore {
         for (column, value) in [("content", &m.content), ("frequency", &m.frequency), ("parameters", &m.parameters)] {
             if let Some(v) = value {
                 // Fixed column names only; the value is bound.
-                self.q(&format!("UPDATE invocations SET {column} = ? WHERE invoke_id = ?")).bind(v).bind(&m.invoke_id).execute(&mut *tx).await?;
+                self.q(&format!("UPDATE invocations SET {column} = ? WHERE invoke_id = ?"))
+                    .bind(v)
+                    .bind(&m.invoke_id)
+                    .execute(&mut *tx)
+                    .await?;
             }
         }
         if let Some(e) = m.enable_parameter {
-            self.q("UPDATE invocations SET enable_parameter = ? WHERE invoke_id = ?").bind(e as i64).bind(&m.invoke_id).execute(&mut *tx).await?;
+            self.q("UPDATE invocations SET enable_parameter = ? WHERE invoke_id = ?")
+                .bind(e as i64)
+                .bind(&m.invoke_id)
+                .execute(&mut *tx)
+                .await?;
         }
-        let existing: Vec<String> = self.qs("SELECT instance_id FROM targets WHERE invoke_id = ?").bind(&m.invoke_id).fetch_all(&mut *tx).await?;
+        let existing: Vec<String> =
+            self.qs("SELECT instance_id FROM targets WHERE invoke_id = ?").bind(&m.invoke_id).fetch_all(&mut *tx).await?;
         let existing: std::collections::HashSet<String> = existing.into_iter().collect();
         let now = now_str();
         let mut added = Vec::new();
@@ -330,7 +365,8 @@ impl SqlStore {
     pub(super) async fn request_stop_once(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>> {
         let mut tx = self.begin().await?;
         self.q("UPDATE invocations SET stop_requested = 1 WHERE invoke_id = ?").bind(invoke_id).execute(&mut *tx).await?;
-        let ids: Vec<String> = self.qs("SELECT instance_id FROM targets WHERE invoke_id = ? ORDER BY instance_id").bind(invoke_id).fetch_all(&mut *tx).await?;
+        let ids: Vec<String> =
+            self.qs("SELECT instance_id FROM targets WHERE invoke_id = ? ORDER BY instance_id").bind(invoke_id).fetch_all(&mut *tx).await?;
         let mut notify = Vec::new();
         for id in ids {
             if !instances.is_empty() && !instances.contains(&id) {
@@ -382,7 +418,13 @@ impl SqlStore {
         Ok(expired)
     }
 
-    async fn stamp_error(&self, tx: &mut Transaction<'static, Any>, invoke_id: &str, instance_id: &str, code: Option<ErrorCode>) -> Result<()> {
+    async fn stamp_error(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        invoke_id: &str,
+        instance_id: &str,
+        code: Option<ErrorCode>,
+    ) -> Result<()> {
         let Some(code) = code else { return Ok(()) };
         self.q("UPDATE targets SET error_code = ?, error_info = ? WHERE invoke_id = ? AND instance_id = ?")
             .bind(code.as_str())
@@ -397,7 +439,11 @@ impl SqlStore {
     /// Settles every unsettled target of a deregistered instance
     /// (`InstanceReleased`), inside the deregistration transaction.
     pub(super) async fn release_targets(&self, tx: &mut Transaction<'static, Any>, instance_id: &str) -> Result<()> {
-        let ids: Vec<String> = self.qs("SELECT invoke_id FROM targets WHERE instance_id = ? ORDER BY invoke_id").bind(instance_id).fetch_all(&mut **tx).await?;
+        let ids: Vec<String> = self
+            .qs("SELECT invoke_id FROM targets WHERE instance_id = ? ORDER BY invoke_id")
+            .bind(instance_id)
+            .fetch_all(&mut **tx)
+            .await?;
         for invoke_id in ids {
             if let Moved::Changed { .. } = move_target(tx, self.d, &invoke_id, instance_id, Event::InstanceDeregistered).await? {
                 self.stamp_error(tx, &invoke_id, instance_id, Event::InstanceDeregistered.error_code(false)).await?;
