@@ -230,19 +230,21 @@ async fn recv(ws: &mut WebSocket) -> Result<AgentMsg, ConnError> {
     }
 }
 
+/// Refuses (fatally) an agent whose protocol version this hub does not speak.
+async fn check_protocol(ws: &mut WebSocket, protocol: u32) -> Result<(), ConnError> {
+    if protocol::hub_speaks(protocol) {
+        return Ok(());
+    }
+    let message = format!("agent speaks protocol {protocol}, hub speaks {OLDEST_AGENT_PROTOCOL} to {PROTOCOL_VERSION}");
+    Err(refuse(ws, "UnsupportedProtocol", message).await)
+}
+
 async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Result<(), ConnError> {
     let first =
         tokio::time::timeout(HELLO_TIMEOUT, recv_first(&mut ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??;
     let first = match first {
         AgentMsg::Register { protocol, activation_id, activation_code, facts } => {
-            if !protocol::hub_speaks(protocol) {
-                return Err(refuse(
-                    &mut ws,
-                    "UnsupportedProtocol",
-                    format!("agent speaks protocol {protocol}, hub speaks {OLDEST_AGENT_PROTOCOL} to {PROTOCOL_VERSION}"),
-                )
-                .await);
-            }
+            check_protocol(&mut ws, protocol).await?;
             match register(&hub, &activation_id, &activation_code, &facts, peer).await? {
                 Ok((instance_id, token)) => send(&mut ws, &HubMsg::Registered { instance_id, token }).await?,
                 Err((code, msg)) => return Err(refuse(&mut ws, code, msg).await),
@@ -254,14 +256,7 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     let AgentMsg::Hello { protocol, instance_id, token, facts } = first else {
         return Err(refuse(&mut ws, "ProtocolViolation", "first message must be hello or register".into()).await);
     };
-    if !protocol::hub_speaks(protocol) {
-        return Err(refuse(
-            &mut ws,
-            "UnsupportedProtocol",
-            format!("agent speaks protocol {protocol}, hub speaks {OLDEST_AGENT_PROTOCOL} to {PROTOCOL_VERSION}"),
-        )
-        .await);
-    }
+    check_protocol(&mut ws, protocol).await?;
     // Ids are ours (`mi-` + hex): anything else cannot be known, and is
     // refused before it reaches the store or a log line.
     if super::edge::shown_id(&instance_id) != instance_id {
