@@ -174,7 +174,7 @@ impl Runner {
         tokio::spawn(async move {
             // Already running: it takes a slot if one is free, but it cannot wait for one.
             let permit = me.slots.clone().try_acquire_owned().ok();
-            match me.watch(&inv, record_seq, &dir, token.clone(), true).await {
+            match me.watch(&inv, record_seq, &dir, token.clone(), true, None).await {
                 Watched::Finished(out) => {
                     drop(permit);
                     let report = outcome_report(&inv, record_seq, &out);
@@ -244,11 +244,19 @@ impl Runner {
         (chunk_tx, forward)
     }
 
-    async fn watch(&self, inv: &Invocation, record_seq: u32, dir: &std::path::Path, stop: CancellationToken, from_end: bool) -> Watched {
+    async fn watch(
+        &self,
+        inv: &Invocation,
+        record_seq: u32,
+        dir: &std::path::Path,
+        stop: CancellationToken,
+        from_end: bool,
+        exited: Option<exec::supervise::Exited>,
+    ) -> Watched {
         #[cfg(unix)]
         {
             let (tx, forward) = self.live_forwarder(inv, record_seq);
-            let w = exec::supervise::watch(dir, stop, Some(tx), from_end).await;
+            let w = exec::supervise::watch(dir, stop, Some(tx), from_end, exited).await;
             let _ = forward.await;
             match w {
                 exec::supervise::Watched::Finished(o) => Watched::Finished(o),
@@ -342,26 +350,29 @@ impl Runner {
         #[cfg(unix)]
         if let (Some(sup), Some(dir)) = (&self.supervision, self.run_dir(inv, record_seq)) {
             let launched = exec::supervise::launch(&sup.program, &dir, &spec);
-            match launched {
-                Ok(()) | Err(exec::supervise::SuperviseError::Busy(_)) => {
-                    return match self.watch(inv, record_seq, &dir, stop, false).await {
-                        Watched::Finished(out) => outcome_report(inv, record_seq, &out),
-                        Watched::Vanished => {
-                            let info = "the run's supervisor ended without a result; its outcome is unknown";
-                            ended(inv, record_seq, InvocationStatus::Error, Some(ErrorCode::ExecutionInterrupted), info)
-                        }
-                        Watched::NeverRan => {
-                            let info = "the run's supervisor exited before starting the script (see supervisor.log in its run directory)";
-                            ended(inv, record_seq, InvocationStatus::Invalid, ErrorCode::parse(exec::codes::EXECUTION_EXCEPTION), info)
-                        }
-                    };
-                }
+            let exited = match launched {
+                Ok(exited) => Some(Some(exited)),
+                Err(exec::supervise::SuperviseError::Busy(_)) => Some(None),
                 Err(e) => {
                     // No run directory (state dir full, unwritable): the run
                     // still happens, as the agent's child.
                     tracing::warn!(invoke_id = %inv.invoke_id, error = %e, "cannot supervise the run apart from the agent; running it in-process");
                     exec::supervise::remove(&dir);
+                    None
                 }
+            };
+            if let Some(exited) = exited {
+                return match self.watch(inv, record_seq, &dir, stop, false, exited).await {
+                    Watched::Finished(out) => outcome_report(inv, record_seq, &out),
+                    Watched::Vanished => {
+                        let info = "the run's supervisor ended without a result; its outcome is unknown";
+                        ended(inv, record_seq, InvocationStatus::Error, Some(ErrorCode::ExecutionInterrupted), info)
+                    }
+                    Watched::NeverRan => {
+                        let info = "the run's supervisor exited before starting the script (see supervisor.log in its run directory)";
+                        ended(inv, record_seq, InvocationStatus::Invalid, ErrorCode::parse(exec::codes::EXECUTION_EXCEPTION), info)
+                    }
+                };
             }
         }
         let (chunk_tx, forward) = self.live_forwarder(inv, record_seq);

@@ -299,8 +299,10 @@ fn try_lock(f: &File) -> bool {
 
 /// Prepares `dir` for `spec` and starts a supervisor for it with `program`
 /// (the agent's own binary). Returns once the supervisor process exists;
-/// it is reaped by a background task while the agent lives.
-pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<(), SuperviseError> {
+/// it is reaped by a background task while the agent lives, which fires
+/// the returned [`Exited`] when it ends (its result is on disk by then), so
+/// [`watch`] reads the result at once instead of at its next poll.
+pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<Exited, SuperviseError> {
     private_dir(dir)?;
     let lock = open_lock(dir)?;
     if !try_lock(&lock) {
@@ -343,11 +345,16 @@ pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<(), Supervis
     let mut child = tokio::process::Command::from(cmd).spawn().map_err(io("start supervisor", program))?;
     // Our copy of the lock closes here; the supervisor's keeps it held.
     drop(lock);
+    let (exited, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         let _ = child.wait().await;
+        let _ = exited.send(());
     });
-    Ok(())
+    Ok(rx)
 }
+
+/// Fires when a supervisor this agent started has exited.
+pub type Exited = tokio::sync::oneshot::Receiver<()>;
 
 /// How watching a run ended.
 #[derive(Debug)]
@@ -403,7 +410,17 @@ fn unreadable(e: &SuperviseError) -> Watched {
 /// `live` (from the start, or from the spool's current end when
 /// `from_end`: the hub already showed the rest before a restart), turns
 /// `stop` into a stop file, and returns the outcome.
-pub async fn watch(dir: &Path, stop: CancellationToken, live: Option<mpsc::Sender<Vec<u8>>>, from_end: bool) -> Watched {
+///
+/// `exited` (from [`launch`]; `None` for a run re-attached after a restart,
+/// whose supervisor is not our child) wakes the loop when the supervisor
+/// ends; polling remains the fallback.
+pub async fn watch(
+    dir: &Path,
+    stop: CancellationToken,
+    live: Option<mpsc::Sender<Vec<u8>>>,
+    from_end: bool,
+    mut exited: Option<Exited>,
+) -> Watched {
     let spool = dir.join(SPOOL);
     let mut offset = if from_end { fs::metadata(&spool).map(|m| m.len()).unwrap_or(0) } else { 0 };
     let mut stop_written = false;
@@ -429,6 +446,10 @@ pub async fn watch(dir: &Path, stop: CancellationToken, live: Option<mpsc::Sende
         tokio::select! {
             _ = tokio::time::sleep(POLL) => {}
             _ = stop.cancelled(), if !stop_written => {}
+            _ = async { if let Some(rx) = exited.as_mut() { let _ = rx.await; } }, if exited.is_some() => {
+                // Once: the supervisor is gone, the next look finds its result.
+                exited = None;
+            }
         }
     }
 }
