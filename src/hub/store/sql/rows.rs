@@ -29,8 +29,7 @@ fn flag(r: &AnyRow, table: &'static str, column: &'static str, id: &str) -> Resu
 
 /// A stored status through the lifecycle codec.
 pub(super) fn status_col(r: &AnyRow, table: &'static str, id: &str) -> Result<InvocationStatus> {
-    let s: String = col(r, table, "status", id)?;
-    InvocationStatus::parse(&s).map_err(|e| StoreError::Decode { table, column: "status", id: id.to_string(), detail: e.to_string() })
+    named(r, table, "status", id, InvocationStatus::parse)
 }
 
 fn error_code_col(r: &AnyRow, table: &'static str, id: &str) -> Result<Option<ErrorCode>> {
