@@ -167,7 +167,10 @@ async fn unavailable(ws: &mut WebSocket, e: super::store::StoreError) -> ConnErr
     } else {
         "the hub cannot use its database right now; retry later".to_string()
     };
-    if let Some(suppressed) = super::edge::peer_warnings().allow() {
+    // Its own limiter: a flood of peer garbage must not hide this one.
+    static STORE_WARNINGS: std::sync::OnceLock<super::edge::LogLimiter> = std::sync::OnceLock::new();
+    let limiter = STORE_WARNINGS.get_or_init(|| super::edge::LogLimiter::new(Duration::from_secs(10), 10));
+    if let Some(suppressed) = limiter.allow() {
         tracing::warn!(error = %e, suppressed, "agent turned away: store unavailable");
     }
     let _ = refuse(ws, "ServiceUnavailable", message).await;
