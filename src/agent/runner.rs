@@ -251,7 +251,8 @@ impl Runner {
         dir: &std::path::Path,
         stop: CancellationToken,
         from_end: bool,
-        exited: Option<exec::supervise::Exited>,
+        // `exec::supervise::Exited`, spelled out: that module is Unix-only.
+        exited: Option<tokio::sync::oneshot::Receiver<()>>,
     ) -> Watched {
         #[cfg(unix)]
         {
@@ -266,7 +267,7 @@ impl Runner {
         }
         #[cfg(not(unix))]
         {
-            let _ = (inv, record_seq, dir, stop, from_end);
+            let _ = (inv, record_seq, dir, stop, from_end, exited);
             Watched::Vanished
         }
     }
