@@ -23,8 +23,10 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     // The default script root, and one on tmpfs to show what the file system costs.
     let shm = std::path::Path::new("/dev/shm").is_dir().then(|| format!("/dev/shm/deckhand-bench-{}", std::process::id()));
-    let engine_spec =
-        |root: Option<&String>| RunSpec { script_root: root.map(Into::into), ..RunSpec::new("bench", "RunShellScript", "true") };
+    let engine_spec = |root: Option<&String>| RunSpec {
+        script_root: root.map(Into::into),
+        ..RunSpec::new("bench", deckhand::lifecycle::CommandType::RunShellScript, "true")
+    };
 
     // Warm up both paths (page cache, first-spawn costs).
     for _ in 0..5 {

@@ -17,7 +17,7 @@ fn spec(root: &Path, script: &str) -> RunSpec {
         script_root: Some(root.to_path_buf()),
         kill_grace: Duration::from_millis(500),
         drain_timeout: Duration::from_millis(500),
-        ..RunSpec::new("t-kill", "RunShellScript", script)
+        ..RunSpec::new("t-kill", deckhand::lifecycle::CommandType::RunShellScript, script)
     }
 }
 

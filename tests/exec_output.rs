@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 fn spec(root: &Path, script: &str) -> RunSpec {
-    RunSpec { script_root: Some(root.to_path_buf()), ..RunSpec::new("t-out", "RunShellScript", script) }
+    RunSpec { script_root: Some(root.to_path_buf()), ..RunSpec::new("t-out", deckhand::lifecycle::CommandType::RunShellScript, script) }
 }
 
 /// Peak resident set size of this process so far, in KiB.

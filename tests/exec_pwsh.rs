@@ -21,8 +21,10 @@ async fn powershell_type_runs_pwsh_with_file_argument() {
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
     // SAFETY: this test binary has a single test; nothing else reads PATH concurrently.
     unsafe { std::env::set_var("PATH", path) };
-    let spec =
-        RunSpec { script_root: Some(t.path().join("scripts")), ..RunSpec::new("t-ps", "RunPowerShellScript", "Write-Output 'hello'") };
+    let spec = RunSpec {
+        script_root: Some(t.path().join("scripts")),
+        ..RunSpec::new("t-ps", deckhand::lifecycle::CommandType::RunPowerShellScript, "Write-Output 'hello'")
+    };
     let o = run(spec, CancellationToken::new(), None).await;
     assert_eq!(o.termination, Termination::Exited, "{o:?}");
     assert_eq!(String::from_utf8_lossy(&o.output), "argv: -NoProfile -NonInteractive -File FILE\next-ok\nWrite-Output 'hello'");

@@ -8,7 +8,7 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 fn spec(root: &Path, script: &str) -> RunSpec {
-    RunSpec { script_root: Some(root.to_path_buf()), ..RunSpec::new("t-test", "RunShellScript", script) }
+    RunSpec { script_root: Some(root.to_path_buf()), ..RunSpec::new("t-test", deckhand::lifecycle::CommandType::RunShellScript, script) }
 }
 
 async fn go(s: RunSpec) -> RunOutcome {
@@ -67,14 +67,14 @@ async fn shebang_line_is_honoured() {
 async fn unsupported_types_are_not_applicable() {
     let t = tempfile::tempdir().unwrap();
     let mut s = spec(t.path(), "echo x");
-    s.command_type = "RunBatScript".into();
+    s.command_type = deckhand::lifecycle::CommandType::RunBatScript;
     let o = go(s).await;
     assert_eq!(o.termination, Termination::FailedToStart);
     assert_eq!(o.error_code, codes::COMMAND_NOT_APPLICABLE);
     assert!(o.error_info.contains("RunBatScript"));
     let has_pwsh = ["/usr/bin/pwsh", "/usr/local/bin/pwsh", "/opt/microsoft/powershell/7/pwsh"].iter().any(|p| Path::new(p).exists());
     let mut s = spec(t.path(), "Write-Output \"ps $($PSVersionTable.PSVersion.Major)\"");
-    s.command_type = "RunPowerShellScript".into();
+    s.command_type = deckhand::lifecycle::CommandType::RunPowerShellScript;
     let o = go(s).await;
     if has_pwsh {
         assert!(out(&o).starts_with("ps "), "{o:?}");
@@ -241,7 +241,8 @@ async fn stopped_before_start_runs_nothing() {
 
 #[tokio::test]
 async fn scripts_get_umask_022_whatever_the_agent_has() {
-    let mut spec = deckhand::exec::RunSpec::new("t-umask".to_string(), "RunShellScript".to_string(), "umask".to_string());
+    let mut spec =
+        deckhand::exec::RunSpec::new("t-umask".to_string(), deckhand::lifecycle::CommandType::RunShellScript, "umask".to_string());
     spec.timeout = std::time::Duration::from_secs(10);
     // As under a service with UMask=0077: the script must still get 0022.
     let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));

@@ -41,7 +41,9 @@ pub struct JournalLimits {
     /// Largest journal file (bytes); appends beyond it fail until compaction
     /// and `open` refuses a larger file. Default 256 MiB.
     pub max_file_bytes: u64,
-    /// Compaction is advised once the file exceeds this size. Default 8 MiB.
+    /// Compaction is advised once the file exceeds this size. Default 4 MiB:
+    /// the live set is small (open invocations, unacknowledged reports), so
+    /// compacting often is cheap.
     pub compact_after_bytes: u64,
     /// Compaction is advised once the file holds this many records. Default 10 000.
     pub compact_after_records: u64,
@@ -52,7 +54,7 @@ impl Default for JournalLimits {
         Self {
             max_record_bytes: 1024 * 1024,
             max_file_bytes: 256 * 1024 * 1024,
-            compact_after_bytes: 8 * 1024 * 1024,
+            compact_after_bytes: 4 * 1024 * 1024,
             compact_after_records: 10_000,
         }
     }
@@ -272,11 +274,13 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
 
 impl<T> Journal<T> {
     /// Current size of the journal file in bytes.
+    #[cfg(test)]
     pub fn size_bytes(&self) -> u64 {
         self.size
     }
 
     /// Number of frames in the file (live and superseded).
+    #[cfg(test)]
     pub fn record_count(&self) -> u64 {
         self.records
     }
@@ -285,16 +289,6 @@ impl<T> Journal<T> {
     /// `compact_after_records`: the caller should `compact` its live set.
     pub fn needs_compaction(&self) -> bool {
         self.size > self.limits.compact_after_bytes || self.records > self.limits.compact_after_records
-    }
-
-    /// The limits this journal was opened with.
-    pub fn limits(&self) -> JournalLimits {
-        self.limits
-    }
-
-    /// Path of the live journal file.
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 

@@ -6,13 +6,13 @@
 //! [`AgentConfig`], [`run`], [`register`], [`identity`], [`schedule`].
 
 pub mod config;
-pub mod identity;
-pub mod journal;
-pub mod periodic;
-pub mod runner;
-pub mod schedule;
+pub(crate) mod identity;
+pub(crate) mod journal;
+pub(crate) mod periodic;
+pub(crate) mod runner;
+pub(crate) mod schedule;
 pub mod service;
-pub mod state;
+pub(crate) mod state;
 pub mod transport;
 #[cfg(windows)]
 pub mod winsvc;

@@ -19,9 +19,6 @@ use super::journal::{Journal, JournalError, JournalLimits};
 use crate::lifecycle::InvocationStatus;
 use crate::protocol::{Invocation, RecordReport};
 
-/// Compact when the journal grows past this; the live set is small (open
-/// invocations and unacknowledged reports), so compaction is cheap.
-const COMPACT_AFTER_BYTES: u64 = 4 * 1024 * 1024;
 /// Ids of finished invocations remembered so a late re-delivery is not
 /// run twice. Bounded: the hub only re-delivers non-final work, so this
 /// guards the window between our final report and its acknowledgement.
@@ -377,7 +374,7 @@ impl AgentState {
     fn maybe_compact(&mut self) -> Result<(), JournalError> {
         // While changes are held the file is not the whole truth: compacting
         // now would write the in-memory state out of order with them.
-        if self.journal.size_bytes() < COMPACT_AFTER_BYTES || !self.held.is_empty() {
+        if !self.journal.needs_compaction() || !self.held.is_empty() {
             return Ok(());
         }
         self.compact_now()

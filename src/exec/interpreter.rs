@@ -9,6 +9,7 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::{StartError, codes};
+use crate::lifecycle::CommandType;
 
 /// Kernel limit on a `#!` line (Linux ≥ 5.1: 256 bytes including `#!`).
 const MAX_SHEBANG_BYTES: usize = 256;
@@ -48,16 +49,21 @@ impl Interpreter {
 }
 
 /// Resolve for this OS, looking programs up on the agent's PATH.
-pub fn resolve_interpreter(command_type: &str, script: &str) -> Result<Interpreter, StartError> {
+pub fn resolve_interpreter(command_type: CommandType, script: &str) -> Result<Interpreter, StartError> {
     resolve_for(Os::current(), command_type, script, &find_program)
 }
 
 /// The rules, with the OS and the program lookup injectable.
-pub fn resolve_for(os: Os, command_type: &str, script: &str, find: &dyn Fn(&str) -> Option<PathBuf>) -> Result<Interpreter, StartError> {
+pub fn resolve_for(
+    os: Os,
+    command_type: CommandType,
+    script: &str,
+    find: &dyn Fn(&str) -> Option<PathBuf>,
+) -> Result<Interpreter, StartError> {
     let not_here = |why: String| StartError::new(codes::COMMAND_NOT_APPLICABLE, why);
     match (command_type, os) {
-        ("RunShellScript", Os::Unix) => shell(script),
-        ("RunPowerShellScript", _) => {
+        (CommandType::RunShellScript, Os::Unix) => shell(script),
+        (CommandType::RunPowerShellScript, _) => {
             let names: &[&str] = match os {
                 Os::Windows => &["powershell.exe", "pwsh.exe"],
                 Os::Unix => &["pwsh", "powershell"],
@@ -74,15 +80,15 @@ pub fn resolve_for(os: Os, command_type: &str, script: &str, find: &dyn Fn(&str)
             args.push("-File".into());
             Ok(Interpreter { program, args, extension: "ps1" })
         }
-        ("RunBatScript", Os::Windows) => {
+        (CommandType::RunBatScript, Os::Windows) => {
             let program = find("cmd.exe").unwrap_or_else(|| PathBuf::from(r"C:\Windows\System32\cmd.exe"));
             // /D: no AutoRun registry commands; /C: run then exit.
             Ok(Interpreter { program, args: vec!["/D".into(), "/C".into()], extension: "bat" })
         }
-        ("RunShellScript" | "RunBatScript", _) => Err(not_here(format!("{command_type} cannot run on {os:?} hosts"))),
-        (other, _) => {
-            Err(not_here(format!("unknown command type {other:?}; expected RunShellScript, RunPowerShellScript or RunBatScript")))
-        }
+        (CommandType::RunShellScript | CommandType::RunBatScript, _) => Err(not_here(format!("{command_type} cannot run on {os:?} hosts"))),
+        // Not a script: the agent's runner handles it before exec (a spec
+        // of this type reaching here is refused, never guessed at).
+        (CommandType::ApplyKubeletReserved, _) => Err(not_here(format!("{command_type} is not a script type"))),
     }
 }
 
@@ -147,49 +153,49 @@ mod tests {
 
     #[test]
     fn plain_shell_uses_bin_sh() {
-        let i = resolve_for(Os::Unix, "RunShellScript", "echo hi", &none).unwrap();
+        let i = resolve_for(Os::Unix, CommandType::RunShellScript, "echo hi", &none).unwrap();
         assert_eq!(i.program, PathBuf::from("/bin/sh"));
         assert_eq!(i.argv(Path::new("/t/s.sh")), vec![OsString::from("/t/s.sh")]);
     }
 
     #[test]
     fn shebang_program_and_one_argument() {
-        let i = resolve_for(Os::Unix, "RunShellScript", "#!/usr/bin/env  sh -e \r\necho", &none).unwrap();
+        let i = resolve_for(Os::Unix, CommandType::RunShellScript, "#!/usr/bin/env  sh -e \r\necho", &none).unwrap();
         assert_eq!(i.program, PathBuf::from("/usr/bin/env"));
         assert_eq!(i.args, vec![OsString::from("sh -e")]);
     }
 
     #[test]
     fn shebang_errors_are_clear() {
-        let e = resolve_for(Os::Unix, "RunShellScript", "#!bash\n", &none).unwrap_err();
+        let e = resolve_for(Os::Unix, CommandType::RunShellScript, "#!bash\n", &none).unwrap_err();
         assert_eq!(e.code, codes::INVALID_COMMAND_CONTENT);
-        let e = resolve_for(Os::Unix, "RunShellScript", "#!/nonexistent/python9\n", &none).unwrap_err();
+        let e = resolve_for(Os::Unix, CommandType::RunShellScript, "#!/nonexistent/python9\n", &none).unwrap_err();
         assert_eq!(e.code, codes::COMMAND_NOT_APPLICABLE);
         assert!(e.info.contains("/nonexistent/python9"));
         let long = format!("#!/bin/{}\n", "a".repeat(300));
-        assert!(resolve_for(Os::Unix, "RunShellScript", &long, &none).unwrap_err().info.contains("256"));
+        assert!(resolve_for(Os::Unix, CommandType::RunShellScript, &long, &none).unwrap_err().info.contains("256"));
     }
 
     #[test]
     fn windows_types() {
-        let p = resolve_for(Os::Windows, "RunPowerShellScript", "", &all).unwrap();
+        let p = resolve_for(Os::Windows, CommandType::RunPowerShellScript, "", &all).unwrap();
         assert_eq!(p.program, PathBuf::from("/x/powershell.exe"));
         let args: Vec<_> = p.args.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(args, ["-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-File"]);
         assert_eq!(p.extension, "ps1");
-        let b = resolve_for(Os::Windows, "RunBatScript", "", &none).unwrap();
+        let b = resolve_for(Os::Windows, CommandType::RunBatScript, "", &none).unwrap();
         assert_eq!(b.extension, "bat");
-        let e = resolve_for(Os::Windows, "RunShellScript", "", &all).unwrap_err();
+        let e = resolve_for(Os::Windows, CommandType::RunShellScript, "", &all).unwrap_err();
         assert_eq!(e.code, codes::COMMAND_NOT_APPLICABLE);
     }
 
     #[test]
     fn unix_rejects_bat_and_missing_pwsh() {
-        assert_eq!(resolve_for(Os::Unix, "RunBatScript", "", &all).unwrap_err().code, codes::COMMAND_NOT_APPLICABLE);
-        let e = resolve_for(Os::Unix, "RunPowerShellScript", "", &none).unwrap_err();
+        assert_eq!(resolve_for(Os::Unix, CommandType::RunBatScript, "", &all).unwrap_err().code, codes::COMMAND_NOT_APPLICABLE);
+        let e = resolve_for(Os::Unix, CommandType::RunPowerShellScript, "", &none).unwrap_err();
         assert_eq!(e.code, codes::COMMAND_NOT_APPLICABLE);
-        let p = resolve_for(Os::Unix, "RunPowerShellScript", "", &all).unwrap();
+        let p = resolve_for(Os::Unix, CommandType::RunPowerShellScript, "", &all).unwrap();
         assert_eq!(p.program, PathBuf::from("/x/pwsh"));
-        assert_eq!(resolve_for(Os::Unix, "RunPerlScript", "", &all).unwrap_err().code, codes::COMMAND_NOT_APPLICABLE);
+        assert_eq!(resolve_for(Os::Unix, CommandType::ApplyKubeletReserved, "", &all).unwrap_err().code, codes::COMMAND_NOT_APPLICABLE);
     }
 }

@@ -29,7 +29,7 @@ pub fn spec_for(inv: &Invocation, instance_id: &str) -> Result<RunSpec, ParamErr
         username: inv.username.clone().filter(|u| !u.is_empty()),
         timeout: if inv.timeout_secs == 0 { DEFAULT_TIMEOUT } else { Duration::from_secs(inv.timeout_secs) },
         env,
-        ..RunSpec::new(inv.invoke_id.clone(), inv.command_type.as_str(), script)
+        ..RunSpec::new(inv.invoke_id.clone(), inv.command_type, script)
     })
 }
 

@@ -40,6 +40,8 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::lifecycle::CommandType;
+
 /// Error codes put in [`RunOutcome::error_code`]. Names follow Cloud
 /// Assistant's `DescribeInvocationResults` ErrorCode values where one exists.
 pub mod codes {
@@ -79,8 +81,9 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
 #[derive(Debug, Clone)]
 pub struct RunSpec {
     pub invoke_id: String,
-    /// Cloud Assistant type name: `RunShellScript`, `RunPowerShellScript`, `RunBatScript`.
-    pub command_type: String,
+    /// The script's type (`RunShellScript`, `RunPowerShellScript`,
+    /// `RunBatScript`); other types are not scripts and refused at start.
+    pub command_type: CommandType,
     /// Final script text (parameters already rendered, see [`params::render_script`]).
     pub script: String,
     /// Default: the run-as user's home directory (`/root` for root).
@@ -105,8 +108,8 @@ pub struct RunSpec {
 
 impl RunSpec {
     /// A spec with every optional field at its default.
-    pub fn new(invoke_id: impl Into<String>, command_type: impl Into<String>, script: impl Into<String>) -> Self {
-        Self { invoke_id: invoke_id.into(), command_type: command_type.into(), script: script.into(), ..Self::default() }
+    pub fn new(invoke_id: impl Into<String>, command_type: CommandType, script: impl Into<String>) -> Self {
+        Self { invoke_id: invoke_id.into(), command_type, script: script.into(), ..Self::default() }
     }
 }
 
@@ -114,7 +117,7 @@ impl Default for RunSpec {
     fn default() -> Self {
         Self {
             invoke_id: String::new(),
-            command_type: "RunShellScript".to_string(),
+            command_type: CommandType::RunShellScript,
             script: String::new(),
             working_dir: None,
             username: None,

@@ -40,6 +40,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::{RunOutcome, RunSpec, Termination, codes};
+use crate::lifecycle::CommandType;
 
 /// Hidden subcommand of `deckhand-agent` that runs one supervisor.
 pub const SUBCOMMAND: &str = "__supervise";
@@ -114,7 +115,7 @@ pub fn run_dir(root: &Path, invoke_id: &str, record_seq: u32) -> Result<PathBuf,
 #[derive(Debug, Serialize, Deserialize)]
 struct StoredSpec {
     invoke_id: String,
-    command_type: String,
+    command_type: CommandType,
     script: String,
     working_dir: Option<PathBuf>,
     username: Option<String>,
@@ -130,7 +131,7 @@ impl From<&RunSpec> for StoredSpec {
     fn from(s: &RunSpec) -> Self {
         Self {
             invoke_id: s.invoke_id.clone(),
-            command_type: s.command_type.clone(),
+            command_type: s.command_type,
             script: s.script.clone(),
             working_dir: s.working_dir.clone(),
             username: s.username.clone(),
@@ -661,7 +662,7 @@ mod tests {
 
     #[test]
     fn spec_round_trips() {
-        let mut s = RunSpec::new("t-1", "RunShellScript", "echo hi");
+        let mut s = RunSpec::new("t-1", CommandType::RunShellScript, "echo hi");
         s.timeout = Duration::from_millis(1500);
         s.env = vec![("A".into(), "b".into())];
         let back: RunSpec = serde_json::from_slice::<StoredSpec>(&serde_json::to_vec(&StoredSpec::from(&s)).unwrap()).unwrap().into();

@@ -1,17 +1,17 @@
 //! The control plane: agent WebSocket endpoint, Cloud Assistant OpenAPI,
 //! and the durable store. Public surface: [`HubConfig`], [`run`], [`Hub`].
 
-pub mod agents;
-pub mod api;
-pub mod authz;
-pub mod cluster;
+pub(crate) mod agents;
+pub(crate) mod api;
+pub(crate) mod authz;
+pub(crate) mod cluster;
 pub mod config;
-pub mod delivery;
+pub(crate) mod delivery;
 pub mod edge;
 mod live;
 mod rollout;
 mod server;
-pub mod signature;
+pub(crate) mod signature;
 pub mod store;
 mod writer;
 

@@ -12,21 +12,21 @@
 
 use std::path::PathBuf;
 
-pub mod apply;
+pub(crate) mod apply;
 pub mod cli;
-pub mod config;
+pub(crate) mod config;
 pub mod explicit;
-pub mod facts;
-pub mod health;
+pub(crate) mod facts;
+pub(crate) mod health;
 pub mod invocation;
 pub mod pasted;
 pub mod plan;
 pub mod policy;
-pub mod quantity;
+pub(crate) mod quantity;
 pub mod service;
-pub mod validate;
-pub mod version;
-pub mod yaml;
+pub(crate) mod validate;
+pub(crate) mod version;
+pub(crate) mod yaml;
 
 pub use cli::{KubeletCmd, run_cmd};
 pub use invocation::{InvocationOutcome, run_invocation};

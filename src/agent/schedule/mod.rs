@@ -23,8 +23,7 @@ use std::time::Duration;
 use chrono::{DateTime, TimeDelta, Utc};
 
 pub use cron::{CronSchedule, MIN_CRON_INTERVAL};
-pub use forms::{MAX_RATE, MIN_RATE};
-pub use reboot::{RepeatMode, reboot_due};
+pub use reboot::reboot_due;
 pub use zone::Zone;
 
 /// Longest `Frequency` accepted (the hub's parameter limit too).
@@ -198,6 +197,7 @@ impl Schedule {
     /// The next fire strictly after `after`. For `Rate`, `after` is the
     /// anchor (creation or the previous nominal fire): the answer is
     /// `after + period`.
+    #[cfg(test)]
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
             Schedule::Rate(d) => after.checked_add_signed(TimeDelta::from_std(*d).ok()?),

@@ -17,7 +17,7 @@ use super::{super::env, super::interpreter, super::kill::ProcessGroup, super::sc
 use crate::exec::{RunSpec, StartError, codes};
 
 pub(crate) fn start(spec: &RunSpec) -> Result<Started, StartError> {
-    let interp = interpreter::resolve_interpreter(&spec.command_type, &spec.script)?;
+    let interp = interpreter::resolve_interpreter(spec.command_type, &spec.script)?;
     let account = user::resolve(spec.username.as_deref())?;
     env::validate(&spec.env)?;
     let cwd = working_dir(spec.working_dir.as_deref(), &account.home)?;

@@ -111,7 +111,7 @@ fn output_pipe(invoke_id: &str) -> std::io::Result<(NamedPipeServer, std::fs::Fi
 }
 
 pub(crate) fn start(spec: &RunSpec) -> Result<Started, StartError> {
-    let interp = interpreter::resolve_interpreter(&spec.command_type, &spec.script)?;
+    let interp = interpreter::resolve_interpreter(spec.command_type, &spec.script)?;
     if let Some(u) = spec.username.as_deref().filter(|u| !u.is_empty()) {
         let me = std::env::var("USERNAME").unwrap_or_default();
         if !u.eq_ignore_ascii_case(&me) {

@@ -5,18 +5,17 @@
 //! the audit record of each call (`audit`), action dispatch, Alibaba-style
 //! responses and errors, and pagination. Each action family lives in its own file.
 
-pub mod audit;
-pub mod auth;
+pub(crate) mod audit;
+pub(crate) mod auth;
 mod commands;
-pub mod error;
+pub(crate) mod error;
 mod fleet;
-pub mod guard;
+pub(crate) mod guard;
 mod instances;
 mod invocations;
 mod keys;
-pub mod params;
+pub(crate) mod params;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -40,7 +39,6 @@ pub const MAX_BODY_BYTES: usize = 256 * 1024;
 pub struct Request<'a> {
     pub hub: &'a Arc<Hub>,
     pub params: Params,
-    pub peer: SocketAddr,
     /// Who is calling (its policy was checked before the handler runs).
     pub principal: crate::hub::authz::Principal,
 }
@@ -63,7 +61,7 @@ pub async fn handle(
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
     let mut facts = audit::CallFacts::default();
-    let result = dispatch(&hub, peer, &method, &uri, &headers, &body, &mut facts).await;
+    let result = dispatch(&hub, &method, &uri, &headers, &body, &mut facts).await;
     audit::record(&hub, facts, peer, &request_id, &result).await;
     match result {
         Ok(mut v) => {
@@ -88,7 +86,6 @@ pub async fn handle(
 
 async fn dispatch(
     hub: &Arc<Hub>,
-    peer: SocketAddr,
     method: &Method,
     uri: &Uri,
     headers: &HeaderMap,
@@ -131,7 +128,7 @@ async fn dispatch(
         }
     }
     guard::authorize(hub, &principal, &action, &params).await?;
-    let req = Request { hub, params, peer, principal };
+    let req = Request { hub, params, principal };
     tracing::debug!(action, "API call");
     match action.as_str() {
         "RunCommand" => invocations::run_command(&req).await,

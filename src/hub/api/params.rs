@@ -29,10 +29,6 @@ impl Params {
         Ok(Self { map })
     }
 
-    pub fn raw(&self) -> &BTreeMap<String, String> {
-        &self.map
-    }
-
     pub fn get(&self, k: &str) -> Option<&str> {
         self.map.get(k).map(String::as_str).filter(|v| !v.is_empty())
     }
