@@ -160,6 +160,14 @@ def test_staging_key_cannot_reach_prod_by_id_or_tag():
     by_tag.set_Tags([{"Key": "env", "Value": "prod"}])
     assert_forbidden(refused(lambda: call(by_tag, key)), "RunCommand")
     assert call(DescribeInvocationsRequest.DescribeInvocationsRequest())["TotalCount"] == before
+    # Listings: naming its own invocation or instance reads it; a listing
+    # naming nothing (the whole fleet's results, prod's output included)
+    # is refused, not silently narrowed.
+    mine = DescribeInvocationResultsRequest.DescribeInvocationResultsRequest()
+    mine.set_InvokeId(ok["InvokeId"])
+    assert call(mine, key)["Invocation"]["TotalCount"] == 1
+    assert_forbidden(refused(lambda: call(DescribeInvocationResultsRequest.DescribeInvocationResultsRequest(), key)), "DescribeInvocationResults")
+    assert_forbidden(refused(lambda: call(DescribeInvocationsRequest.DescribeInvocationsRequest(), key)), "DescribeInvocations")
     events = audit(key[0], "RunCommand")
     outcomes = sorted((ev["Outcome"], ev["InvokeId"]) for ev in events)
     assert outcomes == sorted([("Success", ok["InvokeId"])] + [("Forbidden.RAM", "")] * 3), events
