@@ -740,6 +740,11 @@ async fn access_keys_and_audit_events_round_trip_across_replicas(e: &Engine) {
     assert_eq!(rows.iter().map(|r| r.event_id.as_str()).collect::<Vec<_>>(), ["e004"], "newest first");
     let since = AuditFilter { since: Some("2026-11-13T00:00:00Z".into()), ..Default::default() };
     assert_eq!(b.list_audit(&since, page(0, 10)).await.unwrap().1, 2);
-    assert_eq!(a.prune_audit("2026-11-13T00:00:00Z").await.unwrap(), 2);
+    assert_eq!(a.prune_audit("2026-11-13T00:00:00Z", 1000).await.unwrap(), 2);
     assert_eq!(b.list_audit(&AuditFilter::default(), page(0, 10)).await.unwrap().1, 2);
+    // The count bound: the newest one is kept, by time.
+    assert_eq!(a.prune_audit("2026-11-13T00:00:00Z", 1).await.unwrap(), 1);
+    let (left, total) = b.list_audit(&AuditFilter::default(), page(0, 10)).await.unwrap();
+    assert_eq!((total, left[0].event_id.as_str()), (1, "e004"));
+    assert_eq!(a.prune_audit("2026-11-13T00:00:00Z", 1).await.unwrap(), 0);
 }

@@ -48,6 +48,10 @@ pub struct HubFile {
     /// Audit trail events older than this many days are pruned
     /// (1..=3650, default 90; docs/permissions.md).
     pub audit_retention_days: Option<u64>,
+    /// The audit trail keeps at most this many events, the oldest pruned
+    /// first (1000..=1000000000, default 1000000): a bound that holds
+    /// whatever the call rate.
+    pub audit_max_events: Option<u64>,
 }
 
 impl HubFile {
@@ -77,7 +81,8 @@ impl HubFile {
             delivery_timeout_secs,
             log_json,
             parameter_values,
-            audit_retention_days
+            audit_retention_days,
+            audit_max_events
         );
         self
     }
@@ -158,6 +163,11 @@ impl HubFile {
             return Err(ConfigError::Invalid { key: "audit_retention_days", message: format!("{days} is outside 1..=3650") });
         }
         cfg.audit_retention = Duration::from_secs(days * 86_400);
+        let max_events = self.audit_max_events.unwrap_or(crate::hub::DEFAULT_AUDIT_MAX_EVENTS);
+        if !(1000..=1_000_000_000).contains(&max_events) {
+            return Err(ConfigError::Invalid { key: "audit_max_events", message: format!("{max_events} is outside 1000..=1000000000") });
+        }
+        cfg.audit_max_events = max_events;
         for pair in self.access_keys.iter().flatten() {
             let Some((id, secret)) = pair.split_once(':').filter(|(i, s)| !i.is_empty() && !s.is_empty()) else {
                 return Err(ConfigError::Invalid { key: "access_keys", message: "each entry must be ID:SECRET".into() });

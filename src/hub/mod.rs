@@ -60,7 +60,12 @@ pub struct HubConfig {
     pub parameter_values: crate::exec::params::ValuePolicy,
     /// The audit trail keeps events this long (`audit_retention_days`).
     pub audit_retention: Duration,
+    /// ... and at most this many (`audit_max_events`).
+    pub audit_max_events: u64,
 }
+
+/// Default bound on the audit trail's size in events.
+pub const DEFAULT_AUDIT_MAX_EVENTS: u64 = 1_000_000;
 
 impl HubConfig {
     pub fn new(listen: SocketAddr) -> Self {
@@ -75,6 +80,7 @@ impl HubConfig {
             region_id: "deckhand".to_string(),
             parameter_values: crate::exec::params::ValuePolicy::Any,
             audit_retention: Duration::from_secs(90 * 86_400),
+            audit_max_events: DEFAULT_AUDIT_MAX_EVENTS,
         }
     }
 }

@@ -137,11 +137,12 @@ pub async fn describe(req: &Request<'_>) -> Result<Value, ApiError> {
     Ok(Value::Object(out))
 }
 
-/// Background task: deletes events older than the retention, hourly.
+/// Background task: deletes events older than the retention, and the
+/// oldest beyond `audit_max_events`, hourly.
 pub async fn pruner(hub: Arc<Hub>) {
     loop {
         let cutoff = crate::hub::store::ago_str(hub.config.audit_retention);
-        match hub.store.prune_audit(&cutoff).await {
+        match hub.store.prune_audit(&cutoff, hub.config.audit_max_events).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(pruned = n, "audit events past retention deleted"),
             Err(e) => tracing::warn!(error = %e, "audit pruner"),

@@ -470,8 +470,9 @@ pub trait Store: Send + Sync + 'static {
     async fn record_audit(&self, e: &AuditEvent) -> Result<()>;
     /// One page of events, newest first.
     async fn list_audit(&self, f: &AuditFilter, page: Page) -> Result<(Vec<AuditEvent>, i64)>;
-    /// Deletes events older than `cutoff`; returns how many.
-    async fn prune_audit(&self, cutoff: &str) -> Result<u64>;
+    /// Deletes events older than `cutoff`, then all but the newest `keep`;
+    /// returns how many.
+    async fn prune_audit(&self, cutoff: &str, keep: u64) -> Result<u64>;
 
     // Replicas (see `hub::cluster`).
     /// True when several hubs may share this store (PostgreSQL).

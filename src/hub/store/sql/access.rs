@@ -124,8 +124,17 @@ impl SqlStore {
         Ok((rows.iter().map(event_from).collect::<Result<_>>()?, total))
     }
 
-    pub(super) async fn prune_audit_impl(&self, cutoff: &str) -> Result<u64> {
+    pub(super) async fn prune_audit_impl(&self, cutoff: &str, keep: u64) -> Result<u64> {
         let r = self.q("DELETE FROM audit_events WHERE at < ?").bind(cutoff).execute(&self.pool).await?;
-        Ok(r.rows_affected())
+        // The newest event past `keep` and everything older go, in the
+        // listing's order (at, event_id). Fewer events: the subquery has no
+        // row, the comparison is NULL and nothing is deleted.
+        let keep = i64::try_from(keep).unwrap_or(i64::MAX);
+        let over = self
+            .q("DELETE FROM audit_events WHERE (at, event_id) <= (SELECT at, event_id FROM audit_events ORDER BY at DESC, event_id DESC LIMIT 1 OFFSET ?)")
+            .bind(keep)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() + over.rows_affected())
     }
 }

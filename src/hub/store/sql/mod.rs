@@ -687,8 +687,8 @@ impl Store for SqlStore {
         self.list_audit_impl(f, page).await
     }
 
-    async fn prune_audit(&self, cutoff: &str) -> Result<u64> {
-        self.prune_audit_impl(cutoff).await
+    async fn prune_audit(&self, cutoff: &str, keep: u64) -> Result<u64> {
+        self.prune_audit_impl(cutoff, keep).await
     }
 
     fn shared(&self) -> bool {
