@@ -127,3 +127,56 @@ fn cli_manages_keys_and_policies_and_reads_the_audit_trail() {
     assert!(cli(&["keys", "delete", &id]).status.success());
     assert_eq!(json(cli(&["--json", "keys", "list"])), serde_json::json!([]));
 }
+
+/// Stored secrets are sealed at rest (docs/permissions.md): the row holds
+/// no plaintext, the key file is private, a restart reads it back, and a
+/// secret stored unsealed (before sealing existed) is sealed at the next
+/// start and keeps working.
+#[test]
+fn stored_secrets_are_sealed_at_rest_and_survive_restarts() {
+    use deckhand::hub::store::{AccessKeyRow, SqlStore, Store};
+    let mut hub = Hub::start();
+    let created = hub
+        .call(
+            "CreateAccessKey",
+            &[("Description", "sealed"), ("PolicyDocument", r#"{"Statement":[{"Effect":"Allow","Action":"Describe*"}]}"#)],
+        )
+        .unwrap();
+    let (id, secret) = (created["AccessKeyId"].as_str().unwrap().to_string(), created["AccessKeySecret"].as_str().unwrap().to_string());
+    assert!(as_key(&hub, &id, &secret).call("DescribeInvocations", &[]).is_ok());
+    let data = hub.dir.path().join("data");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(data.join("secrets.key")).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = rt.block_on(SqlStore::open_sqlite(&data.join("hub.db"))).unwrap();
+    let row = rt.block_on(store.get_access_key(&id)).unwrap().unwrap();
+    assert!(row.secret.starts_with("sealed:v1:") && !row.secret.contains(&secret), "stored as {:?}", row.secret);
+    // A row as an older hub wrote it: the secret in clear.
+    let legacy = AccessKeyRow {
+        key_id: "LTAIdhlegacy0001".into(),
+        secret: "legacy-secret-in-clear".into(),
+        description: "old".into(),
+        enabled: true,
+        policy: r#"{"Statement":[{"Effect":"Allow","Action":"Describe*"}]}"#.into(),
+        created_at: "2026-11-01T00:00:00Z".into(),
+        updated_at: "2026-11-01T00:00:00Z".into(),
+    };
+    rt.block_on(store.create_access_key(&legacy)).unwrap();
+    hub.restart();
+    assert!(as_key(&hub, &id, &secret).call("DescribeInvocations", &[]).is_ok(), "the key file is read back after a restart");
+    assert!(as_key(&hub, &legacy.key_id, &legacy.secret).call("DescribeInvocations", &[]).is_ok());
+    let resealed = rt.block_on(store.get_access_key(&legacy.key_id)).unwrap().unwrap();
+    assert!(resealed.secret.starts_with("sealed:v1:") && !resealed.secret.contains("legacy-secret"), "{:?}", resealed.secret);
+    // The key file lost: a new one is made, the sealed secrets open with
+    // nothing — the keys are refused like unknown ones (never a crash) and
+    // the start says why.
+    std::fs::remove_file(data.join("secrets.key")).unwrap();
+    hub.restart();
+    let (status, code_, _) = code(as_key(&hub, &id, &secret).call("DescribeInvocations", &[]));
+    assert_eq!((status, code_.as_str()), (404, "InvalidAccessKeyId.NotFound"));
+    assert!(hub.log().contains("sealed with another secrets_key_file"), "{}", hub.log());
+    assert!(!hub.log().contains(&secret) && !hub.log().contains("legacy-secret-in-clear"), "a secret reached the log");
+}

@@ -99,6 +99,7 @@ fn run() -> anyhow::Result<()> {
         parameter_values: f.parameter_values.as_deref().map(|v| if v == "strict" { ValuePolicy::Strict } else { ValuePolicy::Any }),
         audit_retention_days: None,
         audit_max_events: None,
+        secrets_key_file: None,
     });
     let mut cfg = file.resolve()?;
     let store_spec = file.store_spec()?;
@@ -125,6 +126,16 @@ fn run() -> anyhow::Result<()> {
     if !store_spec.starts_with("postgres") {
         let db = std::path::Path::new(store_spec.strip_prefix("sqlite://").unwrap_or(&store_spec));
         deckhand::config::private_sqlite_files(db).with_context(|| format!("making {} private", db.display()))?;
+    }
+    if cfg.secrets.is_none() {
+        if store_spec.starts_with("postgres") {
+            tracing::warn!("no secrets_key_file: stored AccessKey secrets are kept unsealed in PostgreSQL (docs/permissions.md)");
+        } else {
+            let path = data_dir.join("secrets.key");
+            let sealer =
+                deckhand::hub::sealed::SecretBox::create_or_load(&path).with_context(|| format!("secrets key {}", path.display()))?;
+            cfg.secrets = Some(Arc::new(sealer));
+        }
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {

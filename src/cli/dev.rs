@@ -100,6 +100,7 @@ async fn run_async(args: &DevArgs) -> Result<(), CliError> {
     let mut hub_cfg = HubConfig::new(args.listen);
     hub_cfg.tls = Some((pki.server_cert.clone(), pki.server_key.clone()));
     hub_cfg.access_keys = vec![(key.id.clone(), key.secret.clone())];
+    hub_cfg.secrets = Some(Arc::new(crate::hub::sealed::SecretBox::create_or_load(&dir.join("secrets.key")).map_err(err)?));
     let hub_task = tokio::spawn(hub::run(hub_cfg, store, shutdown.clone()));
 
     let mut agent_cfg = AgentConfig::new(endpoint.clone(), agent_dir);

@@ -52,6 +52,10 @@ pub struct HubFile {
     /// first (1000..=1000000000, default 1000000): a bound that holds
     /// whatever the call rate.
     pub audit_max_events: Option<u64>,
+    /// AES-256 key (64 hex digits) sealing the stored AccessKey secrets.
+    /// Default with SQLite: `<data_dir>/secrets.key`, created at first
+    /// start; with PostgreSQL every replica must name the same file.
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 impl HubFile {
@@ -82,7 +86,8 @@ impl HubFile {
             log_json,
             parameter_values,
             audit_retention_days,
-            audit_max_events
+            audit_max_events,
+            secrets_key_file
         );
         self
     }
@@ -168,6 +173,11 @@ impl HubFile {
             return Err(ConfigError::Invalid { key: "audit_max_events", message: format!("{max_events} is outside 1000..=1000000000") });
         }
         cfg.audit_max_events = max_events;
+        if let Some(path) = &self.secrets_key_file {
+            let b = super::sealed::SecretBox::load(path)
+                .map_err(|e| ConfigError::Invalid { key: "secrets_key_file", message: e.to_string() })?;
+            cfg.secrets = Some(std::sync::Arc::new(b));
+        }
         for pair in self.access_keys.iter().flatten() {
             let Some((id, secret)) = pair.split_once(':').filter(|(i, s)| !i.is_empty() && !s.is_empty()) else {
                 return Err(ConfigError::Invalid { key: "access_keys", message: "each entry must be ID:SECRET".into() });

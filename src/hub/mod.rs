@@ -10,6 +10,7 @@ pub(crate) mod delivery;
 pub mod edge;
 mod live;
 mod rollout;
+pub mod sealed;
 mod server;
 pub(crate) mod signature;
 pub mod store;
@@ -62,6 +63,9 @@ pub struct HubConfig {
     pub audit_retention: Duration,
     /// ... and at most this many (`audit_max_events`).
     pub audit_max_events: u64,
+    /// Seals stored AccessKey secrets (`secrets_key_file`; docs/permissions.md).
+    /// `None`: stored secrets are kept as written (PostgreSQL without a key file).
+    pub secrets: Option<Arc<sealed::SecretBox>>,
 }
 
 /// Default bound on the audit trail's size in events.
@@ -81,6 +85,7 @@ impl HubConfig {
             parameter_values: crate::exec::params::ValuePolicy::Any,
             audit_retention: Duration::from_secs(90 * 86_400),
             audit_max_events: DEFAULT_AUDIT_MAX_EVENTS,
+            secrets: None,
         }
     }
 }
@@ -127,6 +132,22 @@ pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: Cancellatio
         if store.shared() { store::ago_str(cluster::DEAD_AFTER) } else { store::stamp(chrono::Utc::now() + chrono::Duration::days(1)) };
     store.release_dead_hubs(&cutoff).await?;
     store.hub_alive(&id).await?;
+    if let Some(sealer) = &config.secrets {
+        match sealed::reseal_stored(store.as_ref(), sealer).await {
+            Ok(r) => {
+                if r.sealed > 0 {
+                    tracing::info!(sealed = r.sealed, "stored access key secrets written before sealing are now sealed");
+                }
+                if r.foreign > 0 {
+                    tracing::error!(
+                        keys = r.foreign,
+                        "stored access keys are sealed with another secrets_key_file: they cannot sign until that file is restored"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "sealing stored access key secrets; they stay readable as they are"),
+        }
+    }
     let hub = Arc::new(Hub {
         id,
         writer: writer::Writer::spawn(store.clone()),

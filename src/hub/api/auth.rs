@@ -46,7 +46,7 @@ pub async fn authenticate(
             .iter()
             .find(|(k, _)| k == id)
             .map(|(_, s)| s.clone())
-            .or_else(|| stored.as_ref().filter(|k| k.key_id == id).map(|k| k.secret.clone()))
+            .or_else(|| stored.as_ref().filter(|k| k.key_id == id).and_then(|k| open_secret(hub, k)))
     };
     let v = match signature::verify(&parts, lookup, &hub.nonces, chrono::Utc::now()) {
         Ok(v) => v,
@@ -107,4 +107,17 @@ pub fn sign_request(params: &mut Vec<(String, String)>, key_id: &str, secret: &s
     let nonce = uuid::Uuid::new_v4().to_string();
     let ts = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     signature::sign_rpc_v1("POST", params, key_id, secret, &nonce, &ts);
+}
+
+/// A stored key's secret, unsealed. One that cannot be opened (another
+/// hub's key file, a damaged row) verifies nothing: the call fails like an
+/// unknown key's, and operators get the reason (never the value) in the log.
+fn open_secret(hub: &crate::hub::Hub, k: &crate::hub::store::AccessKeyRow) -> Option<String> {
+    match crate::hub::sealed::open(hub.config.secrets.as_deref(), &k.secret) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::error!(access_key_id = %k.key_id, error = %e, "stored access key secret cannot be used");
+            None
+        }
+    }
 }

@@ -33,7 +33,7 @@ pub async fn create(req: &Request<'_>) -> Result<Value, ApiError> {
     let now = now_str();
     let row = AccessKeyRow {
         key_id: key_id.clone(),
-        secret: secret.clone(),
+        secret: crate::hub::sealed::to_store(req.hub.config.secrets.as_deref(), &secret).map_err(ApiError::internal)?,
         description,
         enabled: true,
         policy,

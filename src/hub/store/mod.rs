@@ -467,6 +467,8 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces the policy document (already validated by the caller).
     async fn set_access_key_policy(&self, id: &str, policy: &str) -> Result<bool>;
     async fn delete_access_key(&self, id: &str) -> Result<bool>;
+    /// Replaces a key's stored secret if it still is `old` (sealing at start).
+    async fn reseal_access_key(&self, id: &str, old: &str, new: &str) -> Result<bool>;
     async fn record_audit(&self, e: &AuditEvent) -> Result<()>;
     /// One page of events, newest first.
     async fn list_audit(&self, f: &AuditFilter, page: Page) -> Result<(Vec<AuditEvent>, i64)>;

@@ -92,6 +92,17 @@ impl SqlStore {
         Ok(r.rows_affected() > 0)
     }
 
+    pub(super) async fn reseal_access_key_impl(&self, id: &str, old: &str, new: &str) -> Result<bool> {
+        let r = self
+            .q("UPDATE access_keys SET secret = ? WHERE key_id = ? AND secret = ?")
+            .bind(new)
+            .bind(id)
+            .bind(old)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     pub(super) async fn record_audit_impl(&self, e: &AuditEvent) -> Result<()> {
         self.q("INSERT INTO audit_events (event_id, at, key_id, source, action, targets, outcome, request_id, invoke_id, detail) \
              VALUES (?,?,?,?,?,?,?,?,?,?)")

@@ -679,6 +679,10 @@ impl Store for SqlStore {
         self.delete_access_key_impl(id).await
     }
 
+    async fn reseal_access_key(&self, id: &str, old: &str, new: &str) -> Result<bool> {
+        self.reseal_access_key_impl(id, old, new).await
+    }
+
     async fn record_audit(&self, e: &AuditEvent) -> Result<()> {
         self.record_audit_impl(e).await
     }
