@@ -110,6 +110,7 @@ fn invocation(id: &str, created_at: &str, repeat_mode: RepeatMode, frequency: &s
         stop_requested: false,
         counts: Default::default(),
         window: Default::default(),
+        revision: 0,
         unreachable: Vec::new(),
     }
 }
