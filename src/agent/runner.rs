@@ -361,7 +361,10 @@ impl Runner {
             false,
         );
         let report = if inv.command_type == CommandType::ApplyKubeletReserved {
-            kubelet_run(&inv, record_seq, start, stop).await
+            // Parameters (`{{name}}`, `{{ACS::InstanceId}}`) are spliced into
+            // the request as into a script, so one invocation can name a
+            // per-node path or health URL.
+            kubelet_run(&inv, &spec.script, record_seq, start, stop).await
         } else {
             self.script_run(&inv, record_seq, spec, stop).await
         };
@@ -457,9 +460,9 @@ fn outcome_report(inv: &Invocation, record_seq: u32, out: &exec::RunOutcome) -> 
 /// A stop request does not interrupt an apply: cutting it between the
 /// write and the health check would skip the rollback. The apply is
 /// bounded by its own health timeout and by the invocation timeout.
-async fn kubelet_run(inv: &Invocation, record_seq: u32, start: String, _stop: CancellationToken) -> RecordReport {
+async fn kubelet_run(inv: &Invocation, content: &str, record_seq: u32, start: String, _stop: CancellationToken) -> RecordReport {
     let timeout = std::time::Duration::from_secs(inv.timeout_secs.max(1));
-    let outcome = match tokio::time::timeout(timeout, crate::kubelet::run_invocation(&inv.content)).await {
+    let outcome = match tokio::time::timeout(timeout, crate::kubelet::run_invocation(content)).await {
         Ok(o) => o,
         Err(_) => {
             return RecordReport {
