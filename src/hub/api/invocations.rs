@@ -597,8 +597,12 @@ pub async fn modify_invocation_attribute(req: &Request<'_>) -> Result<Value, Api
     if revised {
         // Every unsettled target held here, added ones included, gets the
         // new revision; other replicas do the same for theirs on the
-        // announcement, and agents offline now get it on reconnect.
-        crate::hub::delivery::relay(req.hub, invoke_id, None).await?;
+        // announcement, and agents offline now get it on reconnect. The
+        // change is committed: a failed push is not the caller's error (an
+        // agent missing it gets the newest revision when it reconnects).
+        if let Err(e) = crate::hub::delivery::relay(req.hub, invoke_id, None).await {
+            tracing::warn!(invoke_id, error = %e, "pushing the modified invocation; agents get it on reconnect");
+        }
     } else if !added.is_empty() {
         let fresh = req.hub.store.get_invocation(invoke_id).await?.ok_or_else(|| ApiError::internal("invocation vanished"))?;
         let targets: Vec<(String, String)> = add.into_iter().filter(|(id, _)| added.contains(id)).collect();
