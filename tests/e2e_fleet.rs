@@ -318,10 +318,98 @@ fn window_holds_across_two_replicas_on_postgres() {
     rt.block_on(db.drop_db());
 }
 
-/// `ModifyInvocationAttribute` on a running schedule with real agents: an
-/// instance added later is sent the new definition and fires it; it never
-/// runs the old script. (Agents that journaled the old one keep it: the
-/// documented limit, docs/fleet.md, not asserted here.)
+/// Lines `<tag> <instance> <unix ns>` the schedule's runs appended, per instance, in file order.
+fn fires(file: &Path) -> std::collections::BTreeMap<String, Vec<(String, u128)>> {
+    let mut out: std::collections::BTreeMap<String, Vec<(String, u128)>> = Default::default();
+    for line in std::fs::read_to_string(file).unwrap_or_default().lines() {
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        if let [tag, instance, ns] = parts[..]
+            && let Ok(ns) = ns.parse()
+        {
+            out.entry(instance.to_string()).or_default().push((tag.to_string(), ns));
+        }
+    }
+    out
+}
+
+/// `ModifyInvocationAttribute` reaches agents that already hold (journaled
+/// and armed) a periodic invocation: a new `Frequency` and `Parameters`
+/// re-arm every instance's schedule, then new `CommandContent` replaces
+/// the script; each is observed from what the runs themselves write. The
+/// old schedule fires at seconds 0, 10, 20…; the new one at 5, 15, 25…,
+/// so each run's own clock tells which schedule fired it. A 0.1.0 agent
+/// (when its binary is available) keeps the copy it holds, as documented.
+#[test]
+fn a_modified_schedule_reaches_the_agents_that_hold_it() {
+    let hub = Hub::start();
+    let agents: Vec<Agent> = (0..3).map(|_| hub.agent()).collect();
+    let old =
+        std::env::var_os("DECKHAND_V010_BIN").map(|dir| hub.agent_binary(&hub.url, std::path::PathBuf::from(dir).join("deckhand-agent")));
+    let ids: Vec<String> = agents.iter().map(Agent::instance_id).collect();
+    let old_id = old.as_ref().map(Agent::instance_id);
+    let everyone: Vec<&str> = ids.iter().chain(old_id.iter()).map(String::as_str).collect();
+    for id in &everyone {
+        hub.wait_online(id);
+    }
+    let marks = tempfile::tempdir().unwrap();
+    let file = marks.path().join("fires");
+    let script = |tag: &str| format!("echo \"{tag} {{{{ACS::InstanceId}}}} $(date +%s%N)\" >> {}", file.display());
+    let invoke_id = hub.run(
+        &script("{{ver}}"),
+        &everyone,
+        &[
+            ("EnableParameter", "true"),
+            ("Parameters", r#"{"ver":"v1"}"#),
+            ("RepeatMode", "Period"),
+            ("Frequency", "0/10 * * * * ?"),
+            ("Timeout", "5"),
+        ],
+    );
+    let count = |instance: &str, tag: &str| fires(&file).get(instance).map_or(0, |f| f.iter().filter(|(t, _)| t == tag).count());
+    for id in &everyone {
+        wait_until(&format!("a first v1 fire on {id}"), WAIT, || (count(id, "v1") >= 1).then_some(()));
+    }
+    hub.call(
+        "ModifyInvocationAttribute",
+        &[("InvokeId", invoke_id.as_str()), ("Frequency", "5/10 * * * * ?"), ("Parameters", r#"{"ver":"v2"}"#)],
+    )
+    .expect("ModifyInvocationAttribute");
+    for id in &ids {
+        wait_until(&format!("two v2 fires on {id}"), WAIT, || (count(id, "v2") >= 2).then_some(()));
+    }
+    let seen = fires(&file);
+    for id in &ids {
+        let f = &seen[id];
+        let first_v2 = f.iter().position(|(t, _)| t == "v2").unwrap();
+        assert!(f[first_v2..].iter().all(|(t, _)| t == "v2"), "{id} ran the old definition after the new one: {f:?}");
+        // Which schedule fired a run, from the run's own clock: the old
+        // one in seconds 0–4 of each ten, the new one in 5–9.
+        let phase = |ns: u128| (ns / 1_000_000_000) % 10;
+        assert!(f[..first_v2].iter().all(|(_, ns)| phase(*ns) < 5), "{id}: {f:?}");
+        assert!(f[first_v2..].iter().all(|(_, ns)| phase(*ns) >= 5), "{id} still fires on the old schedule: {f:?}");
+    }
+    // New content, with the stored (modified) parameter values.
+    hub.call("ModifyInvocationAttribute", &[("InvokeId", invoke_id.as_str()), ("CommandContent", script("c3-{{ver}}").as_str())])
+        .expect("ModifyInvocationAttribute");
+    for id in &ids {
+        wait_until(&format!("the new content on {id}"), WAIT, || (count(id, "c3-v2") >= 1).then_some(()));
+    }
+    if let Some(old_id) = &old_id {
+        // Protocol 1 ignores the revision: the 0.1.0 agent keeps firing
+        // what it journaled (docs/protocol.md), and is not disturbed.
+        let before = count(old_id, "v1");
+        wait_until("the 0.1.0 agent fires again", WAIT, || (count(old_id, "v1") > before).then_some(()));
+        assert_eq!(count(old_id, "v2") + count(old_id, "c3-v2"), 0, "{:?}", fires(&file).get(old_id));
+    }
+    let v = hub.call("DescribeInvocations", &[("InvokeId", invoke_id.as_str()), ("ContentEncoding", "PlainText")]).unwrap();
+    let inv = &v["Invocations"]["Invocation"][0];
+    assert_eq!(inv["Frequency"], "5/10 * * * * ?", "{inv}");
+    hub.call("StopInvocation", &[("InvokeId", invoke_id.as_str())]).unwrap();
+    let r = hub.wait_final(&invoke_id, WAIT);
+    assert!(r.iter().all(|r| r["InvokeRecordStatus"] == "Stopped"), "{r:?}");
+    drop((agents, old));
+}
+
 #[test]
 fn an_added_instance_fires_the_modified_schedule() {
     let hub = Hub::start();

@@ -85,7 +85,50 @@ suite!(
     two_replicas_share_one_window,
     batch_wait_spaces_releases_by_the_hub_clock,
     access_keys_and_audit_events_round_trip_across_replicas,
+    modifications_raise_the_revision_and_reach_the_wire_form,
+    instances_stream_in_keyset_pages,
 );
+
+/// `ModifyInvocationAttribute` (issue #16): a change to what runs raises
+/// the revision by one, which the wire form (resync on reconnect) carries;
+/// adding instances alone does not.
+async fn modifications_raise_the_revision_and_reach_the_wire_form(e: &Engine) {
+    let s = e.open().await;
+    s.create_invocation(&invocation("t-m", "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)"), &["i-1".into()]).await.unwrap();
+    assert_eq!(s.get_invocation("t-m").await.unwrap().unwrap().revision, 0);
+    let change = Modification { invoke_id: "t-m".into(), content: Some("echo v2".into()), ..Default::default() };
+    assert!(change.changes_definition());
+    s.modify_invocation(&change).await.unwrap();
+    let add = Modification { invoke_id: "t-m".into(), add: vec!["i-2".into()], ..Default::default() };
+    assert!(!add.changes_definition());
+    assert_eq!(s.modify_invocation(&add).await.unwrap(), ["i-2"]);
+    let freq = Modification { invoke_id: "t-m".into(), frequency: Some("rate(5m)".into()), ..Default::default() };
+    s.modify_invocation(&freq).await.unwrap();
+    let inv = s.get_invocation("t-m").await.unwrap().unwrap();
+    assert_eq!((inv.revision, inv.content.as_str(), inv.frequency.as_str()), (2, "echo v2", "rate(5m)"));
+    let owed = s.undelivered_for("i-2").await.unwrap();
+    assert_eq!((owed[0].invocation.revision, owed[0].invocation.content.as_str()), (2, "echo v2"));
+}
+
+/// Fleet selectors stream the registered instances in keyset pages by id
+/// (issue #16): every instance exactly once, in order, whatever the page size.
+async fn instances_stream_in_keyset_pages(e: &Engine) {
+    let s = e.open().await;
+    activation(&s, "act-k", 10).await;
+    for i in [3, 1, 7, 5, 2, 9, 4] {
+        assert!(register(&s, "act-k", &format!("i-{i}")).await);
+    }
+    let mut seen = Vec::new();
+    let mut after = String::new();
+    loop {
+        let page = s.instances_after(&after, 3).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = last.instance_id.clone();
+        seen.extend(page.into_iter().map(|i| i.instance_id));
+    }
+    assert_eq!(seen, ["i-1", "i-2", "i-3", "i-4", "i-5", "i-7", "i-9"]);
+    assert!(s.instances_after("i-9", 3).await.unwrap().is_empty());
+}
 
 fn page(offset: i64, limit: i64) -> Page {
     Page { offset, limit }
@@ -110,6 +153,7 @@ fn invocation(id: &str, created_at: &str, repeat_mode: RepeatMode, frequency: &s
         stop_requested: false,
         counts: Default::default(),
         window: Default::default(),
+        revision: 0,
         unreachable: Vec::new(),
     }
 }

@@ -6,15 +6,17 @@
 //! as a storm; a fire due while the previous run is still going is skipped
 //! and recorded as a `Cancelled` record (it never started) with ErrorCode
 //! `PreviousRunStillRunning`; `StopInvocation` ends the schedule and kills
-//! the run in progress.
+//! the run in progress; a new revision (`ModifyInvocationAttribute`)
+//! re-arms the schedule with the new definition.
 
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::runner::{Runner, ended, now, stopped_before_start};
-use super::schedule::{self, Due, Zone};
+use super::schedule::{self, Due, Schedule, Zone};
 use crate::lifecycle::{ErrorCode, InvocationStatus, RepeatMode};
 use crate::protocol::Invocation;
 
@@ -23,25 +25,54 @@ use crate::protocol::Invocation;
 const MAX_SLEEP: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Runner {
-    pub(super) async fn periodic(self: &Arc<Self>, inv: Invocation, stop: CancellationToken) {
-        let freq = inv.frequency.clone().unwrap_or_default();
-        let sched = match schedule::parse(&freq) {
-            // A cron without a zone runs in the instance's own zone.
-            Ok(s) => s.with_default_zone(Zone::system()),
-            Err(e) => {
-                // Cloud Assistant's code for a Frequency the client cannot use.
-                self.report(ended(&inv, 1, InvocationStatus::Invalid, Some(ErrorCode::BadCronExpression), &e.to_string()), true);
-                return;
-            }
-        };
+    /// A `Period` invocation's schedule. `revisions` carries its newest
+    /// definition: a `ModifyInvocationAttribute` revision re-arms the
+    /// schedule at once (new frequency, content and parameters for the next
+    /// fire); a run already going finishes with the definition it started with.
+    pub(super) async fn periodic(self: &Arc<Self>, mut revisions: watch::Receiver<Invocation>, stop: CancellationToken) {
+        let mut inv = revisions.borrow_and_update().clone();
+        let Some(mut sched) = self.schedule_of(&inv, 1) else { return };
         let created = DateTime::parse_from_rfc3339(&inv.created_at).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now());
         let (mut seq, mut last_fire) = match self.state().last_fire(&inv.invoke_id) {
             Some((seq, at)) => (seq, DateTime::parse_from_rfc3339(&at).ok().map(|t| t.with_timezone(&Utc))),
             None => (0, None),
         };
+        // When the schedule was last re-armed by a revision: fires count
+        // from then, so a new frequency does not fire at once for slots it
+        // would have had before the change.
+        let mut rearmed: Option<DateTime<Utc>> = None;
         let mut current: Option<tokio::task::JoinHandle<()>> = None;
+        // The sender lives in the runner for as long as this task does; if
+        // it is gone anyway, stop listening rather than spin.
+        let mut listening = true;
+        // `changed()` below marks the new value seen: remember it was.
+        let mut revised = false;
+        let mut invalid = false;
         loop {
-            let due = sched.next_due(created, last_fire, Utc::now());
+            if listening && (std::mem::take(&mut revised) || revisions.has_changed().unwrap_or(false)) {
+                let next = revisions.borrow_and_update().clone();
+                match self.schedule_of_quiet(&next) {
+                    Ok(s) => {
+                        tracing::info!(invoke_id = %next.invoke_id, revision = next.revision, frequency = ?next.frequency, "schedule re-armed with a new revision");
+                        sched = s;
+                        inv = next;
+                        rearmed = Some(Utc::now());
+                    }
+                    Err(e) => {
+                        // The hub validates with the same grammar, so only a
+                        // version skew gets here: end as a bad first frequency does.
+                        inv = next;
+                        invalid = true;
+                        self.report(ended(&inv, seq + 1, InvocationStatus::Invalid, Some(ErrorCode::BadCronExpression), &e), true);
+                        break;
+                    }
+                }
+            }
+            let anchor = match (&sched, rearmed) {
+                (Schedule::At(_), _) | (_, None) => last_fire,
+                (_, Some(r)) => Some(last_fire.map_or(r, |l| l.max(r))),
+            };
+            let due = sched.next_due(created, anchor, Utc::now());
             match due {
                 Due::Now { scheduled, missed } => {
                     if missed > 0 {
@@ -70,6 +101,10 @@ impl Runner {
                     tokio::select! {
                         _ = stop.cancelled() => break,
                         _ = tokio::time::sleep(wait) => {}
+                        changed = revisions.changed(), if listening => {
+                            listening = changed.is_ok();
+                            revised = listening;
+                        }
                     }
                 }
                 Due::Done { .. } => break,
@@ -77,24 +112,38 @@ impl Runner {
         }
         // Stopped, or no fires left: let the run in progress end (a stop
         // kills it through the child token), then close the invocation.
-        let had_run = match current {
-            Some(h) => {
-                let _ = h.await;
-                true
-            }
-            None => false,
-        };
+        if let Some(h) = current {
+            let _ = h.await;
+        }
+        if invalid {
+            return;
+        }
         if stop.is_cancelled() {
             // The hub needs a Stopped record to mark the instance Stopped.
             let mut r = stopped_before_start(&inv, seq + 1);
             r.error_info = "schedule stopped".into();
             self.report(r, true);
-        } else {
-            let _ = had_run;
-            if let Err(e) = self.state().close(&inv.invoke_id) {
-                tracing::error!(invoke_id = %inv.invoke_id, error = %e, "cannot journal close");
+        } else if let Err(e) = self.state().close(&inv.invoke_id) {
+            tracing::error!(invoke_id = %inv.invoke_id, error = %e, "cannot journal close");
+        }
+    }
+
+    /// The schedule of `inv`; a frequency the agent cannot use ends the
+    /// invocation `Invalid` with Cloud Assistant's code for it (record `seq`).
+    fn schedule_of(&self, inv: &Invocation, seq: u32) -> Option<Schedule> {
+        match self.schedule_of_quiet(inv) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.report(ended(inv, seq, InvocationStatus::Invalid, Some(ErrorCode::BadCronExpression), &e), true);
+                None
             }
         }
+    }
+
+    fn schedule_of_quiet(&self, inv: &Invocation) -> Result<Schedule, String> {
+        let freq = inv.frequency.clone().unwrap_or_default();
+        // A cron without a zone runs in the instance's own zone.
+        schedule::parse(&freq).map(|s| s.with_default_zone(Zone::system())).map_err(|e| e.to_string())
     }
 
     /// `NextRebootOnly` / `EveryReboot`: remember the boot we were accepted

@@ -11,10 +11,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use base64::Engine;
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::state::AgentState;
+use super::state::{Accepted, AgentState};
 use crate::exec::{self, RunSpec, Termination};
 use crate::lifecycle::{CommandType, ErrorCode, InvocationStatus, RepeatMode};
 use crate::protocol::{Invocation, RecordReport};
@@ -31,6 +31,9 @@ pub struct Runner {
     pub live_tx: mpsc::Sender<LiveChunk>,
     slots: Arc<Semaphore>,
     stops: Mutex<HashMap<String, CancellationToken>>,
+    /// The newest definition of each invocation whose work is going, for
+    /// a schedule to pick up a `ModifyInvocationAttribute` revision.
+    revisions: Mutex<HashMap<String, watch::Sender<Invocation>>>,
     instance_id: Mutex<String>,
     /// Where per-run script directories go (None: the engine's default).
     script_root: Option<std::path::PathBuf>,
@@ -73,6 +76,7 @@ impl Runner {
             live_tx,
             slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
             stops: Mutex::new(HashMap::new()),
+            revisions: Mutex::new(HashMap::new()),
             instance_id: Mutex::new(String::new()),
             script_root,
             supervision,
@@ -118,27 +122,51 @@ impl Runner {
     /// Called for every `Invoke` frame. Returns after journaling, so the
     /// caller can acknowledge; the run itself proceeds in the background.
     pub fn accept(self: &Arc<Self>, inv: Invocation) -> Result<(), super::journal::JournalError> {
-        let fresh = self.state().accept(&inv)?;
-        if fresh {
-            tracing::info!(invoke_id = %inv.invoke_id, command_type = %inv.command_type, "invocation accepted");
-            self.spawn(inv);
+        let accepted = self.state().accept(&inv)?;
+        match accepted {
+            Accepted::New => {
+                tracing::info!(invoke_id = %inv.invoke_id, command_type = %inv.command_type, "invocation accepted");
+                self.spawn(inv);
+            }
+            Accepted::Revised => self.revise(inv),
+            Accepted::Duplicate => {}
         }
         Ok(())
+    }
+
+    /// A journaled revision reaches the work in progress: a schedule
+    /// re-arms with it at once; a run already going keeps the definition
+    /// it started with (the next fire uses the new one).
+    fn revise(&self, inv: Invocation) {
+        let (invoke_id, revision) = (inv.invoke_id.clone(), inv.revision);
+        let tx = self.revisions.lock().unwrap_or_else(|e| e.into_inner()).get(&invoke_id).cloned();
+        match tx {
+            Some(tx) => {
+                tx.send_replace(inv);
+                tracing::info!(invoke_id, revision, "invocation revised; schedule re-armed");
+            }
+            // Journaled: whatever starts it later (a restart) reads the new copy.
+            None => tracing::info!(invoke_id, revision, "invocation revised while no work of it is going"),
+        }
     }
 
     /// Starts (or queues) the work of an accepted invocation: one run, a
     /// schedule (`Period`), or a wait for the next boot.
     pub fn spawn(self: &Arc<Self>, inv: Invocation) {
         let token = self.token(&inv.invoke_id);
+        // Registered before the task starts: a revision arriving at once is not missed.
+        let (rev_tx, revisions) = watch::channel(inv.clone());
+        self.revisions.lock().unwrap_or_else(|e| e.into_inner()).insert(inv.invoke_id.clone(), rev_tx);
         let me = self.clone();
         tokio::spawn(async move {
             let id = inv.invoke_id.clone();
             match inv.repeat_mode {
-                RepeatMode::Period => me.periodic(inv, token).await,
+                RepeatMode::Period => me.periodic(revisions, token).await,
                 RepeatMode::NextRebootOnly | RepeatMode::EveryReboot => me.on_boot(inv, token).await,
                 RepeatMode::Once => me.run_once(inv, 0, token, true).await,
             }
             me.stops.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            me.revisions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
         });
     }
 
@@ -333,7 +361,10 @@ impl Runner {
             false,
         );
         let report = if inv.command_type == CommandType::ApplyKubeletReserved {
-            kubelet_run(&inv, record_seq, start, stop).await
+            // Parameters (`{{name}}`, `{{ACS::InstanceId}}`) are spliced into
+            // the request as into a script, so one invocation can name a
+            // per-node path or health URL.
+            kubelet_run(&inv, &spec.script, record_seq, start, stop).await
         } else {
             self.script_run(&inv, record_seq, spec, stop).await
         };
@@ -429,9 +460,9 @@ fn outcome_report(inv: &Invocation, record_seq: u32, out: &exec::RunOutcome) -> 
 /// A stop request does not interrupt an apply: cutting it between the
 /// write and the health check would skip the rollback. The apply is
 /// bounded by its own health timeout and by the invocation timeout.
-async fn kubelet_run(inv: &Invocation, record_seq: u32, start: String, _stop: CancellationToken) -> RecordReport {
+async fn kubelet_run(inv: &Invocation, content: &str, record_seq: u32, start: String, _stop: CancellationToken) -> RecordReport {
     let timeout = std::time::Duration::from_secs(inv.timeout_secs.max(1));
-    let outcome = match tokio::time::timeout(timeout, crate::kubelet::run_invocation(&inv.content)).await {
+    let outcome = match tokio::time::timeout(timeout, crate::kubelet::run_invocation(content)).await {
         Ok(o) => o,
         Err(_) => {
             return RecordReport {

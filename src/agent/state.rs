@@ -62,6 +62,19 @@ pub enum Entry {
     },
 }
 
+/// What [`AgentState::accept`] made of a delivered invocation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Never seen: journaled, to be run.
+    New,
+    /// A higher revision of an open invocation: journaled in place of the
+    /// held copy; its schedule is to be re-armed.
+    Revised,
+    /// Already held at this or a newer revision, or already finished: a
+    /// re-delivery, only acknowledged.
+    Duplicate,
+}
+
 /// What the agent must do after reopening its state.
 #[derive(Debug, Default)]
 pub struct Recovery {
@@ -121,9 +134,15 @@ impl AgentState {
 
     fn apply(&mut self, e: Entry) {
         match e {
-            Entry::Accepted { invocation } => {
-                self.open.insert(invocation.invoke_id.clone(), invocation);
-            }
+            // A later revision of an open invocation (ModifyInvocationAttribute)
+            // replaces it; an older or equal one never does, so replaying the
+            // journal in any order of deliveries ends on the newest copy.
+            Entry::Accepted { invocation } => match self.open.get(&invocation.invoke_id) {
+                Some(held) if held.revision >= invocation.revision => {}
+                _ => {
+                    self.open.insert(invocation.invoke_id.clone(), invocation);
+                }
+            },
             Entry::Started { invoke_id, record_seq } => {
                 self.started.insert(invoke_id, record_seq);
             }
@@ -274,16 +293,26 @@ impl AgentState {
         self.held.len()
     }
 
-    /// True if this invocation is new (journaled now); false if we already
-    /// have it or already finished it (a re-delivery: just re-ack).
-    /// Never held: an acknowledged invocation must survive a crash, or a
-    /// re-delivery after restart could run it a second time.
-    pub fn accept(&mut self, inv: &Invocation) -> Result<bool, JournalError> {
-        if self.open.contains_key(&inv.invoke_id) || self.finished.contains(&inv.invoke_id) {
-            return Ok(false);
+    /// What a delivered invocation is to us, journaled before it is
+    /// acknowledged. Never held: an acknowledged invocation (or revision)
+    /// must survive a crash, or a re-delivery after restart could run it a
+    /// second time or fall back to the older definition.
+    pub fn accept(&mut self, inv: &Invocation) -> Result<Accepted, JournalError> {
+        if self.finished.contains(&inv.invoke_id) {
+            return Ok(Accepted::Duplicate);
         }
+        let fresh = match self.open.get(&inv.invoke_id) {
+            None => true,
+            Some(held) if inv.revision > held.revision => false,
+            Some(_) => return Ok(Accepted::Duplicate),
+        };
         self.write_durable(Entry::Accepted { invocation: inv.clone() })?;
-        Ok(true)
+        Ok(if fresh { Accepted::New } else { Accepted::Revised })
+    }
+
+    /// The definition held for an open invocation (its newest revision).
+    pub fn held_invocation(&self, invoke_id: &str) -> Option<&Invocation> {
+        self.open.get(invoke_id)
     }
 
     pub fn started(&mut self, invoke_id: &str, record_seq: u32) -> Result<(), JournalError> {
@@ -450,7 +479,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         {
             let (mut st, _) = AgentState::open(d.path()).unwrap();
-            assert!(st.accept(&inv("t-1")).unwrap());
+            assert_eq!(st.accept(&inv("t-1")).unwrap(), Accepted::New);
             st.started("t-1", 0).unwrap();
             st.report(final_report("t-1"), true).unwrap();
         }
@@ -460,5 +489,36 @@ mod tests {
         // The journal holds exactly three records: accepted, started, report.
         let (_, entries, _) = Journal::<Entry>::open(d.path(), JournalLimits::default()).unwrap();
         assert_eq!(entries.len(), 3);
+    }
+
+    fn revision(id: &str, revision: u64, content: &str) -> Invocation {
+        Invocation { revision, content: content.into(), ..inv(id) }
+    }
+
+    /// ModifyInvocationAttribute on the agent: a higher revision replaces
+    /// the journaled copy; a replayed older (or equal) one never does, and
+    /// the newest survives a restart and a compaction.
+    #[test]
+    fn revisions_replace_the_held_copy_only_forwards() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (mut st, _) = AgentState::open(d.path()).unwrap();
+            assert_eq!(st.accept(&revision("t-p", 0, "v0")).unwrap(), Accepted::New);
+            assert_eq!(st.accept(&revision("t-p", 0, "v0")).unwrap(), Accepted::Duplicate);
+            assert_eq!(st.accept(&revision("t-p", 2, "v2")).unwrap(), Accepted::Revised);
+            // A delayed delivery of revision 1 after 2: ignored.
+            assert_eq!(st.accept(&revision("t-p", 1, "v1")).unwrap(), Accepted::Duplicate);
+            assert_eq!(st.held_invocation("t-p").map(|i| i.content.as_str()), Some("v2"));
+        }
+        let (mut st, rec) = AgentState::open(d.path()).unwrap();
+        assert_eq!(rec.to_run.len(), 1);
+        assert_eq!((rec.to_run[0].revision, rec.to_run[0].content.as_str()), (2, "v2"));
+        st.compact_now().unwrap();
+        drop(st);
+        let (mut st, rec) = AgentState::open(d.path()).unwrap();
+        assert_eq!(rec.to_run[0].content, "v2");
+        // Once finished, no revision brings it back.
+        st.close("t-p").unwrap();
+        assert_eq!(st.accept(&revision("t-p", 3, "v3")).unwrap(), Accepted::Duplicate);
     }
 }

@@ -160,9 +160,18 @@ impl Display {
     }
 }
 
-/// Follows `invoke_id` until every target settled (or `give_up`); returns
-/// the exit code: 0 when every target succeeded.
-pub fn follow(client: &Client, json_out: bool, invoke_id: &str, give_up: Instant) -> Result<i32, CliError> {
+/// How a followed rollout ended.
+pub struct Followed {
+    /// 0 when every target succeeded, else 1.
+    pub code: i32,
+    /// `InvokeId`, `TargetCount`, `StatusCounts`, `Failures`,
+    /// `ElapsedSeconds`: what `--json` prints (the caller prints it, and
+    /// may add to it).
+    pub summary: Value,
+}
+
+/// Follows `invoke_id` until every target settled (or `give_up`).
+pub fn follow(client: &Client, json_out: bool, invoke_id: &str, give_up: Instant) -> Result<Followed, CliError> {
     let started = Instant::now();
     let mut display = Display::new(json_out);
     let mut seen: BTreeMap<InvocationStatus, i64> = BTreeMap::new();
@@ -213,18 +222,15 @@ pub fn follow(client: &Client, json_out: bool, invoke_id: &str, give_up: Instant
     display.finish();
     let ok = progress.get(InvocationStatus::Success) == progress.total;
     let failed_total: i64 = failure_statuses().iter().map(|s| progress.get(*s)).sum();
-    if json_out {
-        let counts: serde_json::Map<String, Value> =
-            progress.counts.iter().map(|(s, n)| (s.as_str().to_string(), Value::from(*n))).collect();
-        let out = json!({
-            "InvokeId": invoke_id,
-            "TargetCount": progress.total,
-            "StatusCounts": counts,
-            "Failures": failures,
-            "ElapsedSeconds": started.elapsed().as_secs_f64(),
-        });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap_or_default());
-    } else {
+    let counts: serde_json::Map<String, Value> = progress.counts.iter().map(|(s, n)| (s.as_str().to_string(), Value::from(*n))).collect();
+    let summary = json!({
+        "InvokeId": invoke_id,
+        "TargetCount": progress.total,
+        "StatusCounts": counts,
+        "Failures": failures,
+        "ElapsedSeconds": started.elapsed().as_secs_f64(),
+    });
+    if !json_out {
         if failed_total as usize > failures.len() {
             println!("… {} more failures: deckhand results {invoke_id}", failed_total as usize - failures.len());
         }
@@ -236,7 +242,7 @@ pub fn follow(client: &Client, json_out: bool, invoke_id: &str, give_up: Instant
             progress.summary()
         );
     }
-    Ok(if ok { 0 } else { 1 })
+    Ok(Followed { code: if ok { 0 } else { 1 }, summary })
 }
 
 #[cfg(test)]

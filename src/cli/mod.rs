@@ -10,6 +10,7 @@ mod bench;
 pub mod client;
 pub(crate) mod dev;
 mod fleet;
+mod kubelet;
 mod run;
 mod show;
 
@@ -77,6 +78,12 @@ pub enum Command {
         #[command(flatten)]
         args: crate::kubelet::cli::PlanArgs,
     },
+    /// Kubelet reservations: `plan` (as kubelet-plan) and `apply`, a policy
+    /// rolled over a node pool a window at a time (docs/kubelet.md).
+    Kubelet {
+        #[command(subcommand)]
+        cmd: KubeletCommand,
+    },
     /// Benchmarks (print figures; see docs/performance.md).
     Bench {
         #[command(subcommand)]
@@ -103,6 +110,16 @@ pub enum Command {
         #[arg(long)]
         name: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KubeletCommand {
+    /// Plan reservations (as `deckhand kubelet-plan`).
+    Plan(crate::kubelet::cli::PlanArgs),
+    /// Roll a reservation policy over the selected nodes: one
+    /// `ApplyKubeletReserved` invocation with a rollout window, followed
+    /// live, then a per-node summary (before → after allocatable, result).
+    Apply(kubelet::ApplyArgs),
 }
 
 impl Cli {
@@ -143,6 +160,12 @@ pub fn main(cli: Cli) -> anyhow_free::Result<i32> {
             rt.block_on(crate::kubelet::run_cmd(crate::kubelet::KubeletCmd::Plan { args: args.clone() }))
                 .map_err(|e| CliError::Usage(e.to_string()))
         }
+        Command::Kubelet { cmd: KubeletCommand::Plan(args) } => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| CliError::Usage(e.to_string()))?;
+            rt.block_on(crate::kubelet::run_cmd(crate::kubelet::KubeletCmd::Plan { args: args.clone() }))
+                .map_err(|e| CliError::Usage(e.to_string()))
+        }
+        Command::Kubelet { cmd: KubeletCommand::Apply(args) } => kubelet::apply(&cli, args),
         Command::Bench { what } => bench::run(what).map(|_| 0),
         Command::Keys { cmd } => access::keys(&cli, cmd).map(|_| 0),
         Command::Policy { cmd } => access::policy(&cli, cmd).map(|_| 0),

@@ -17,13 +17,43 @@ use super::{Cli, CliError};
 /// that a thousand terminals do not load the hub.
 const POLL: Duration = Duration::from_millis(250);
 /// Longest a fleet rollout is followed (a week).
-const FLEET_GIVE_UP: Duration = Duration::from_secs(7 * 86_400);
+pub(super) const FLEET_GIVE_UP: Duration = Duration::from_secs(7 * 86_400);
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
     /// Target instance id (repeatable, up to 100).
     #[arg(long = "instance", short = 'i', required_unless_present_any = ["tags", "all", "os", "arch", "hostname"])]
     pub instances: Vec<String>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// Resolve targets and validate everything; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Timeout per run, e.g. 60s, 5m, 1h.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// RunShellScript, RunPowerShellScript or RunBatScript.
+    #[arg(long = "type", default_value_t = CommandType::RunShellScript, value_parser = CommandType::parse)]
+    pub command_type: CommandType,
+    #[arg(long)]
+    pub username: Option<String>,
+    #[arg(long)]
+    pub working_dir: Option<String>,
+    /// Custom parameter `name=value` (repeatable); enables `{{name}}`.
+    #[arg(long = "param")]
+    pub params: Vec<String>,
+    /// Submit and print the invoke id without waiting.
+    #[arg(long)]
+    pub no_wait: bool,
+    /// The script (use `--` before it).
+    #[arg(required = true, last = true)]
+    pub script: Vec<String>,
+}
+
+/// Which instances of a fleet, and how fast (issue #16): shared by
+/// `deckhand run` and `deckhand kubelet apply`.
+#[derive(Debug, clap::Args)]
+pub struct FleetArgs {
     /// Target every instance carrying this tag: KEY=VALUE, or KEY for any
     /// value (repeatable; an instance must carry all of them).
     #[arg(long = "tag", value_name = "KEY[=VALUE]")]
@@ -49,33 +79,12 @@ pub struct RunArgs {
     /// Pause after a target settles before the next starts, e.g. 5s.
     #[arg(long, value_parser = parse_duration)]
     pub batch_wait: Option<Duration>,
-    /// Resolve targets and validate everything; run nothing.
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Timeout per run, e.g. 60s, 5m, 1h.
-    #[arg(long, default_value = "60s", value_parser = parse_duration)]
-    pub timeout: Duration,
-    /// RunShellScript, RunPowerShellScript or RunBatScript.
-    #[arg(long = "type", default_value_t = CommandType::RunShellScript, value_parser = CommandType::parse)]
-    pub command_type: CommandType,
-    #[arg(long)]
-    pub username: Option<String>,
-    #[arg(long)]
-    pub working_dir: Option<String>,
-    /// Custom parameter `name=value` (repeatable); enables `{{name}}`.
-    #[arg(long = "param")]
-    pub params: Vec<String>,
-    /// Submit and print the invoke id without waiting.
-    #[arg(long)]
-    pub no_wait: bool,
-    /// The script (use `--` before it).
-    #[arg(required = true, last = true)]
-    pub script: Vec<String>,
 }
 
-/// Adds the selector and rollout window parameters; true when the run
-/// targets a fleet (a selector or a window), which the live fleet view follows.
-fn fleet_params(args: &RunArgs, p: &mut Vec<(String, String)>) -> bool {
+/// Adds the selector and rollout window parameters (and `RepeatMode=DryRun`
+/// when `dry_run`); true when the run targets a fleet (a selector or a
+/// window), which the live fleet view follows.
+pub(super) fn fleet_params(args: &FleetArgs, dry_run: bool, p: &mut Vec<(String, String)>) -> bool {
     for (i, t) in args.tags.iter().enumerate() {
         let (k, v) = t.split_once('=').unwrap_or((t.as_str(), ""));
         p.push((format!("ResourceTag.{}.Key", i + 1), k.to_string()));
@@ -95,7 +104,7 @@ fn fleet_params(args: &RunArgs, p: &mut Vec<(String, String)>) -> bool {
     extend("MaxConcurrency", args.max_concurrency.clone());
     extend("MaxErrors", args.max_errors.clone());
     extend("BatchWait", args.batch_wait.map(|d| d.as_secs().to_string()));
-    extend("RepeatMode", args.dry_run.then(|| "DryRun".to_string()));
+    extend("RepeatMode", dry_run.then(|| "DryRun".to_string()));
     let selector = !args.tags.is_empty() || args.all || args.os.is_some() || args.arch.is_some() || args.hostname.is_some();
     selector || args.max_concurrency.is_some() || args.max_errors.is_some() || args.batch_wait.is_some()
 }
@@ -125,7 +134,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
     for (i, id) in args.instances.iter().enumerate() {
         p.push((format!("InstanceId.{}", i + 1), id.clone()));
     }
-    let fleet = fleet_params(args, &mut p);
+    let fleet = fleet_params(&args.fleet, args.dry_run, &mut p);
     if let Some(u) = &args.username {
         p.push(("Username".into(), u.clone()));
     }
@@ -172,7 +181,11 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
         // A rollout takes many run timeouts; every target settles by itself
         // (run timeout, delivery timeout), so this bound only ends the wait
         // on a hub that stops answering with progress.
-        return super::fleet::follow(&client, cli.json, &invoke_id, Instant::now() + FLEET_GIVE_UP);
+        let followed = super::fleet::follow(&client, cli.json, &invoke_id, Instant::now() + FLEET_GIVE_UP)?;
+        if cli.json {
+            println!("{}", serde_json::to_string_pretty(&followed.summary).unwrap_or_default());
+        }
+        return Ok(followed.code);
     }
     if !cli.json {
         eprintln!("invocation {invoke_id} on {} instance(s)", args.instances.len());

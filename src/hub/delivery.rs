@@ -1,8 +1,9 @@
 //! The one delivery path: what is owed to instance X, in its wire form,
 //! and the only code that hands invocations and stops to agent sessions.
 //!
-//! Four triggers use it: the API push after `RunCommand`/`InvokeCommand`
-//! and `StopInvocation` ([`push_new`], [`stop`]); a replica relaying
+//! Four triggers use it: the API push after `RunCommand`/`InvokeCommand`,
+//! `ModifyInvocationAttribute` (a new revision to every unsettled target)
+//! and `StopInvocation` ([`push_new`], [`relay`], [`stop`]); a replica relaying
 //! another replica's announcement and the backstop redelivering stalled
 //! work ([`relay`], [`relay_stop`]); and an agent reconnecting
 //! ([`resync`]). The wire form (with the hub's region) is built here only

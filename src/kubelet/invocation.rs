@@ -159,6 +159,13 @@ fn parse_request(content: &str) -> Result<(PlanRequest, ApplyOptions, bool), Kub
     Ok((req, opts, r.dry_run))
 }
 
+/// Checks a request as the agent will read it, without planning: what
+/// `deckhand kubelet apply` runs before sending one to a fleet, so a bad
+/// flag fails once on the operator's side instead of on every node.
+pub fn validate_request(content: &str) -> Result<(), KubeletError> {
+    parse_request(content).map(|_| ())
+}
+
 /// Run one `ApplyKubeletReserved` invocation with the real systemctl.
 pub async fn run_invocation(content: &str) -> InvocationOutcome {
     run_invocation_with(content, &Systemctl).await

@@ -93,6 +93,18 @@ pub struct Invocation {
     /// When the hub accepted it (RFC 3339): the anchor of `rate()` schedules.
     #[serde(default)]
     pub created_at: String,
+    /// Which definition this is: 0 as created, +1 for each
+    /// `ModifyInvocationAttribute` that changed what runs. An agent holding
+    /// the invocation replaces its copy only with a higher revision, so a
+    /// replayed older delivery never undoes a newer one. Absent on the wire
+    /// when 0; agents that predate it ignore the field and keep the copy
+    /// they hold (docs/protocol.md).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub revision: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn default_repeat_mode() -> RepeatMode {

@@ -357,8 +357,16 @@ def test_classic_sdk_modify_invocation_attribute():
     req.set_Parameters(json.dumps({"greeting": "hi"}))
     req.set_RepeatMode("Period")
     req.set_Frequency("0 0 0 1 1 ? 2099")
+    req.set_Timeout(5)
     req.set_InstanceIds([INSTANCE])
     invoke_id = classic_call(req)["InvokeId"]
+    # The agent holds (journaled, armed) the schedule before it is changed.
+    results_of = DescribeInvocationResultsRequest.DescribeInvocationResultsRequest()
+    results_of.set_InvokeId(invoke_id)
+    deadline = time.time() + 30
+    while classic_call(results_of)["Invocation"]["InvocationResults"]["InvocationResult"][0]["InvocationStatus"] != "Running":
+        assert time.time() < deadline, "the schedule was never armed on the agent"
+        time.sleep(0.2)
     m = ModifyInvocationAttributeRequest.ModifyInvocationAttributeRequest()
     m.set_InvokeId(invoke_id)
     m.set_Frequency("0 30 0 1 1 ? 2099")
@@ -372,6 +380,25 @@ def test_classic_sdk_modify_invocation_attribute():
     assert inv["Frequency"] == "0 30 0 1 1 ? 2099"
     assert json.loads(inv["Parameters"]) == {"greeting": "hello"}
     assert {i["InstanceId"] for i in inv["InvokeInstances"]["InvokeInstance"]} == {INSTANCE, OFFLINE}
+    # The agent that already held the schedule picks the change up: made
+    # to fire every 10 s, it runs with the new parameter value.
+    m = ModifyInvocationAttributeRequest.ModifyInvocationAttributeRequest()
+    m.set_InvokeId(invoke_id)
+    m.set_Frequency("*/10 * * * * ?")
+    classic_call(m)
+    history = DescribeInvocationResultsRequest.DescribeInvocationResultsRequest()
+    history.set_InvokeId(invoke_id)
+    history.set_InstanceId(INSTANCE)
+    history.set_IncludeHistory(True)
+    deadline = time.time() + 45
+    while True:
+        runs = classic_call(history)["Invocation"]["InvocationResults"]["InvocationResult"]
+        outputs = [base64.b64decode(r["Output"]) for r in runs if r["InvocationStatus"] == "Success"]
+        if outputs:
+            break
+        assert time.time() < deadline, runs
+        time.sleep(0.2)
+    assert outputs[0] == b"hello\n", outputs
     # Refused as RunCommand refuses: a schedule the agents cannot fire, a
     # parameter the script does not have.
     bad = ModifyInvocationAttributeRequest.ModifyInvocationAttributeRequest()

@@ -39,6 +39,7 @@ fn invocation(id: String, n: usize) -> InvocationRow {
         stop_requested: false,
         counts: Default::default(),
         window: Default::default(),
+        revision: 0,
         unreachable: Vec::new(),
     }
 }

@@ -14,7 +14,7 @@ use axum::http::StatusCode;
 use super::Request;
 use super::error::ApiError;
 use super::params::Params;
-use crate::hub::store::{InstanceRow, Page, Window};
+use crate::hub::store::{InstanceRow, Window};
 use crate::lifecycle::RepeatMode;
 
 /// Most targets one tag- or fact-targeted invocation may reach: one
@@ -136,33 +136,47 @@ pub struct Resolved {
     pub unreachable: Vec<String>,
 }
 
-/// Resolves `sel` against every registered instance (read once, bounded).
-/// Every matched instance must be one the caller's key may touch with this
-/// `action` (its policy is checked again with them; issue #18): a match the
-/// key may not reach refuses the whole call, naming it, never silently
-/// dropping it.
+/// Registered instances read per page while resolving a selector: memory
+/// is one page of rows plus the matches' ids and names, whatever the fleet.
+const RESOLVE_PAGE: i64 = 1000;
+
+/// Resolves `sel` against every registered instance, streamed in keyset
+/// pages by instance id (never the whole fleet in memory; matches bounded
+/// by [`MAX_FLEET_TARGETS`]). Every matched instance must be one the
+/// caller's key may touch with this `action` (its policy is checked again
+/// with each page's matches; issue #18): a match the key may not reach
+/// refuses the whole call, naming it, never silently dropping it.
 pub async fn resolve(req: &Request<'_>, sel: &Selector, action: &str) -> Result<Resolved, ApiError> {
-    let page = Page { offset: 0, limit: MAX_FLEET_TARGETS as i64 * 2 };
-    let (rows, total) = req.hub.store.list_instances(&[], None, page).await?;
-    if total > page.limit {
-        tracing::warn!(total, read = page.limit, "more registered instances than a selector reads; the rest are not matched");
-    }
-    let matched: Vec<InstanceRow> = rows.into_iter().filter(|i| sel.matches(i)).collect();
-    super::guard::authorize_resolved(req, action, &matched).await?;
     let mut out = Resolved::default();
-    for inst in &matched {
-        if out.targets.len() == MAX_FLEET_TARGETS {
+    let mut after = String::new();
+    loop {
+        let page = req.hub.store.instances_after(&after, RESOLVE_PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = last.instance_id.clone();
+        let last_page = (page.len() as i64) < RESOLVE_PAGE;
+        let matched: Vec<InstanceRow> = page.into_iter().filter(|i| sel.matches(i)).collect();
+        if out.targets.len() + matched.len() > MAX_FLEET_TARGETS {
             return Err(ApiError::invalid(
                 "ResourceTag",
                 format!("the selector matches more than {MAX_FLEET_TARGETS} instances, the limit of one invocation"),
             ));
         }
-        if !inst.online {
-            out.unreachable.push(inst.instance_id.clone());
+        if !matched.is_empty() {
+            super::guard::authorize_resolved(req, action, &matched).await?;
         }
-        out.targets.push((inst.instance_id.clone(), inst.instance_name.clone()));
+        for inst in matched {
+            if !inst.online {
+                out.unreachable.push(inst.instance_id.clone());
+            }
+            out.targets.push((inst.instance_id, inst.instance_name));
+        }
+        if last_page {
+            break;
+        }
     }
     if out.targets.is_empty() {
+        // The call itself is decided even when nothing matched.
+        super::guard::authorize_resolved(req, action, &[]).await?;
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "InvalidInstance.NotFound",

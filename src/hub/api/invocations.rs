@@ -260,6 +260,7 @@ fn invocation_for(cmd: &CommandRow, parameters: String, repeat_mode: RepeatMode,
         stop_requested: false,
         counts: Counts::default(),
         window: Default::default(),
+        revision: 0,
         unreachable: Vec::new(),
     }
 }
@@ -536,9 +537,10 @@ fn result_from_history(r: &ResultRow, plain: bool) -> Value {
 /// `ModifyInvocationAttribute` (Cloud Assistant): a `Period` invocation's
 /// `Frequency`, `CommandContent`, `Parameters`/`EnableParameter`, and more
 /// instances (`InstanceId.N`, each must exist). Validated as
-/// `RunCommand` validates them. Added instances and targets not yet
-/// delivered get the new definition; agents already holding the
-/// invocation keep the one they journaled (docs/fleet.md says why).
+/// `RunCommand` validates them. A change to what runs raises the
+/// invocation's revision and is re-delivered, through the one delivery
+/// path, to every unsettled target: agents holding the invocation replace
+/// their copy and re-arm their schedule (docs/fleet.md).
 pub async fn modify_invocation_attribute(req: &Request<'_>) -> Result<Value, ApiError> {
     let p = &req.params;
     let invoke_id = p.require("InvokeId")?;
@@ -591,13 +593,25 @@ pub async fn modify_invocation_attribute(req: &Request<'_>) -> Result<Value, Api
         add: add.iter().map(|(id, _)| id.clone()).collect(),
     };
     let added = req.hub.store.modify_invocation(&m).await?;
-    if !added.is_empty() {
+    let revised = m.changes_definition();
+    if revised {
+        // Every unsettled target held here, added ones included, gets the
+        // new revision; other replicas do the same for theirs on the
+        // announcement, and agents offline now get it on reconnect. The
+        // change is committed: a failed push is not the caller's error (an
+        // agent missing it gets the newest revision when it reconnects).
+        if let Err(e) = crate::hub::delivery::relay(req.hub, invoke_id, None).await {
+            tracing::warn!(invoke_id, error = %e, "pushing the modified invocation; agents get it on reconnect");
+        }
+    } else if !added.is_empty() {
         let fresh = req.hub.store.get_invocation(invoke_id).await?.ok_or_else(|| ApiError::internal("invocation vanished"))?;
         let targets: Vec<(String, String)> = add.into_iter().filter(|(id, _)| added.contains(id)).collect();
         crate::hub::delivery::push_new(req.hub, &fresh, &targets);
+    }
+    if revised || !added.is_empty() {
         crate::hub::cluster::announce(req.hub, crate::hub::cluster::Event::Invoke { id: invoke_id.to_string() }).await;
     }
-    tracing::info!(invoke_id, added = added.len(), "invocation modified");
+    tracing::info!(invoke_id, added = added.len(), revised, "invocation modified");
     Ok(json!({ "CommandId": inv.command_id }))
 }
 

@@ -173,6 +173,9 @@ pub struct InvocationRow {
     pub counts: Counts,
     /// The rollout window (deckhand extension; default: none).
     pub window: Window,
+    /// 0 as created; +1 for each `ModifyInvocationAttribute` that changed
+    /// what runs (content, frequency, parameters). Sent to agents.
+    pub revision: i64,
     /// On create only: targets matched by tag or facts whose agent was
     /// not connected. They are created settled (`Aborted`,
     /// `ClientNotRunning`) and never sent. Not read back.
@@ -205,6 +208,14 @@ pub struct Modification {
     pub parameters: Option<String>,
     pub enable_parameter: Option<bool>,
     pub add: Vec<String>,
+}
+
+impl Modification {
+    /// Whether what runs changes (agents holding it must be sent the new
+    /// revision), as opposed to only adding instances.
+    pub fn changes_definition(&self) -> bool {
+        self.content.is_some() || self.frequency.is_some() || self.parameters.is_some() || self.enable_parameter.is_some()
+    }
 }
 
 /// Targets a rollout window let go (they are to be sent now).
@@ -384,6 +395,10 @@ pub trait Store: Send + Sync + 'static {
     async fn register_instance(&self, activation_id: &str, inst: &InstanceRow) -> Result<bool>;
     async fn get_instance(&self, id: &str) -> Result<Option<InstanceRow>>;
     async fn list_instances(&self, ids: &[String], name: Option<&str>, page: Page) -> Result<(Vec<InstanceRow>, i64)>;
+    /// At most `limit` instances whose id sorts after `after` ('' for the
+    /// first page), by id: the keyset pages a fleet selector streams
+    /// through, so resolving one never holds the whole fleet in memory.
+    async fn instances_after(&self, after: &str, limit: i64) -> Result<Vec<InstanceRow>>;
     async fn deregister_instance(&self, id: &str) -> Result<bool>;
     /// The agent now holds a session on replica `hub_id`.
     async fn instance_connected(&self, id: &str, hub_id: &str, facts: &HostFacts, ip: &str) -> Result<()>;
@@ -443,8 +458,9 @@ pub trait Store: Send + Sync + 'static {
     async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>>;
     /// Marks stop requested; returns targets that are not yet final.
     async fn request_stop(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>>;
-    /// Applies `m` in one transaction; returns the instances it added as
-    /// targets (those already targets are skipped).
+    /// Applies `m` in one transaction (the revision goes up by one when
+    /// `m.changes_definition()`); returns the instances it added as targets
+    /// (those already targets are skipped).
     async fn modify_invocation(&self, m: &Modification) -> Result<Vec<String>>;
     /// Moves every rollout window that can move (a slot free, `BatchWait`
     /// passed, errors beyond `MaxErrors`); the backstop of the advance

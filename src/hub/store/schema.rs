@@ -193,6 +193,13 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX audit_events_at ON audit_events (at, event_id);
     CREATE INDEX audit_events_key ON audit_events (key_id, at);
     "#,
+    // 7: fleet follow-ups (issue #16). `revision` counts the
+    // ModifyInvocationAttribute changes of what an invocation runs; it goes
+    // to agents on the wire so one holding the invocation replaces its copy
+    // with a newer one only (docs/fleet.md).
+    r#"
+    ALTER TABLE invocations ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version whose data is rewritten in Rust after its DDL.

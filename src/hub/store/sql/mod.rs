@@ -366,6 +366,16 @@ impl Store for SqlStore {
         Ok((rows.iter().map(instance_from).collect::<Result<_>>()?, total))
     }
 
+    async fn instances_after(&self, after: &str, limit: i64) -> Result<Vec<InstanceRow>> {
+        let rows = self
+            .q("SELECT * FROM instances WHERE instance_id > ? ORDER BY instance_id LIMIT ?")
+            .bind(after)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(instance_from).collect()
+    }
+
     async fn deregister_instance(&self, id: &str) -> Result<bool> {
         let mut tx = self.begin().await?;
         let act: Option<String> =

@@ -147,6 +147,7 @@ pub(super) fn invocation_from(r: &AnyRow) -> Result<InvocationRow> {
             max_errors: Some(col::<i64>(r, T, "max_errors", &id)?).filter(|n| *n >= 0),
             batch_wait_secs: col(r, T, "batch_wait_secs", &id)?,
         },
+        revision: col(r, T, "revision", &id)?,
         unreachable: Vec::new(),
         invoke_id: id,
     })

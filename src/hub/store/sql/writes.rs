@@ -331,6 +331,9 @@ impl SqlStore {
                 .execute(&mut *tx)
                 .await?;
         }
+        if m.changes_definition() {
+            self.q("UPDATE invocations SET revision = revision + 1 WHERE invoke_id = ?").bind(&m.invoke_id).execute(&mut *tx).await?;
+        }
         let existing: Vec<String> =
             self.qs("SELECT instance_id FROM targets WHERE invoke_id = ?").bind(&m.invoke_id).fetch_all(&mut *tx).await?;
         let existing: std::collections::HashSet<String> = existing.into_iter().collect();
