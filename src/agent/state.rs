@@ -311,6 +311,7 @@ impl AgentState {
     }
 
     /// The definition held for an open invocation (its newest revision).
+    #[cfg(test)]
     pub fn held_invocation(&self, invoke_id: &str) -> Option<&Invocation> {
         self.open.get(invoke_id)
     }
