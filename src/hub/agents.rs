@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::Hub;
+use super::metrics::Direction;
 use super::store::{InstanceRow, ReportEffect, WriteOp, now_str};
 use crate::protocol::{self, AgentMsg, HubMsg, MAX_FRAME_BYTES, OLDEST_AGENT_PROTOCOL, PROTOCOL_VERSION};
 
@@ -149,8 +150,20 @@ enum ConnError {
 }
 
 async fn send(ws: &mut WebSocket, msg: &HubMsg) -> Result<(), ConnError> {
-    ws.send(Message::Text(protocol::encode(msg).into())).await?;
+    let text = protocol::encode(msg);
+    super::metrics::get().frame(Direction::Out, text.len());
+    ws.send(Message::Text(text.into())).await?;
     Ok(())
+}
+
+/// Counts an incoming data frame (control frames are the transport's).
+fn count_in(frame: &Message) {
+    let len = match frame {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => return,
+    };
+    super::metrics::get().frame(Direction::In, len);
 }
 
 async fn refuse(ws: &mut WebSocket, code: &str, message: String) -> ConnError {
@@ -182,7 +195,9 @@ async fn unavailable(ws: &mut WebSocket, e: super::store::StoreError) -> ConnErr
 async fn recv_first(ws: &mut WebSocket, peer: SocketAddr) -> Result<AgentMsg, ConnError> {
     loop {
         let Some(frame) = ws.recv().await else { return Err(ConnError::Closed) };
-        let problem = match frame? {
+        let frame = frame?;
+        count_in(&frame);
+        let problem = match frame {
             Message::Text(t) if t.len() > MAX_PRE_HELLO_FRAME => {
                 format!("a first frame of {} bytes exceeds the limit of {MAX_PRE_HELLO_FRAME} bytes", t.len())
             }
@@ -206,7 +221,9 @@ async fn recv_first(ws: &mut WebSocket, peer: SocketAddr) -> Result<AgentMsg, Co
 async fn recv(ws: &mut WebSocket) -> Result<AgentMsg, ConnError> {
     loop {
         let Some(frame) = ws.recv().await else { return Err(ConnError::Closed) };
-        match frame? {
+        let frame = frame?;
+        count_in(&frame);
+        match frame {
             Message::Text(t) => match protocol::decode::<AgentMsg>(t.as_str()) {
                 Ok(m) => return Ok(m),
                 Err(e) => {
@@ -386,9 +403,12 @@ async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, mine: &Deliver
             };
             let invoke_id = report.invoke_id.clone();
             match hub.writer.write(WriteOp::Report { instance_id: instance_id.to_string(), report: report.clone() }).await? {
-                ReportEffect::Applied | ReportEffect::Duplicate => {
+                effect @ (ReportEffect::Applied | ReportEffect::Duplicate) => {
                     if report.status.is_final() {
                         hub.live.clear(&invoke_id, instance_id);
+                        if effect == ReportEffect::Applied {
+                            super::metrics::get().result_stored();
+                        }
                     }
                     tracing::debug!(invoke_id, instance_id, status = %report.status, "report stored");
                     send(ws, &HubMsg::ReportAck { report_id }).await?;

@@ -15,6 +15,10 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/deckhand/hub";
 
 pub use crate::config::ConfigError;
 
+/// Shortest `metrics_token` accepted: a guessable token would expose the
+/// fleet's figures to anyone who can reach the listener.
+const MIN_METRICS_TOKEN: usize = 16;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HubFile {
@@ -48,6 +52,9 @@ pub struct HubFile {
     /// Audit trail events older than this many days are pruned
     /// (1..=3650, default 90; docs/permissions.md).
     pub audit_retention_days: Option<u64>,
+    /// `/metrics` requires `Authorization: Bearer <this>` (at least 16
+    /// characters); unset, it is served to loopback peers only.
+    pub metrics_token: Option<String>,
 }
 
 impl HubFile {
@@ -77,7 +84,8 @@ impl HubFile {
             delivery_timeout_secs,
             log_json,
             parameter_values,
-            audit_retention_days
+            audit_retention_days,
+            metrics_token
         );
         self
     }
@@ -158,6 +166,15 @@ impl HubFile {
             return Err(ConfigError::Invalid { key: "audit_retention_days", message: format!("{days} is outside 1..=3650") });
         }
         cfg.audit_retention = Duration::from_secs(days * 86_400);
+        if let Some(t) = &self.metrics_token {
+            if t.len() < MIN_METRICS_TOKEN || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::Invalid {
+                    key: "metrics_token",
+                    message: format!("must be at least {MIN_METRICS_TOKEN} printable ASCII characters without spaces"),
+                });
+            }
+            cfg.metrics_token = Some(t.clone());
+        }
         for pair in self.access_keys.iter().flatten() {
             let Some((id, secret)) = pair.split_once(':').filter(|(i, s)| !i.is_empty() && !s.is_empty()) else {
                 return Err(ConfigError::Invalid { key: "access_keys", message: "each entry must be ID:SECRET".into() });

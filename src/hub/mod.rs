@@ -9,6 +9,7 @@ pub mod config;
 pub mod delivery;
 pub mod edge;
 mod live;
+pub mod metrics;
 mod rollout;
 mod server;
 pub mod signature;
@@ -60,6 +61,8 @@ pub struct HubConfig {
     pub parameter_values: crate::exec::params::ValuePolicy,
     /// The audit trail keeps events this long (`audit_retention_days`).
     pub audit_retention: Duration,
+    /// Bearer token `/metrics` requires; `None`: loopback peers only.
+    pub metrics_token: Option<String>,
 }
 
 impl HubConfig {
@@ -75,6 +78,7 @@ impl HubConfig {
             region_id: "deckhand".to_string(),
             parameter_values: crate::exec::params::ValuePolicy::Any,
             audit_retention: Duration::from_secs(90 * 86_400),
+            metrics_token: None,
         }
     }
 }

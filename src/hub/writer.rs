@@ -59,7 +59,10 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(WriteOp, Option<Repl
                 Err(_) => break,
             }
         }
-        match store.apply_batch(&ops).await {
+        let started = std::time::Instant::now();
+        let applied = store.apply_batch(&ops).await;
+        super::metrics::get().batch(ops.len(), started.elapsed());
+        match applied {
             Ok(effects) => {
                 for (r, e) in replies.drain(..).zip(effects) {
                     if let Some(r) = r {
