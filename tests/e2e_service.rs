@@ -60,9 +60,25 @@ fn status_reports_connection_and_backlog() {
     assert_eq!(s["instance_id"], id.as_str());
     assert_eq!(s["hub"], hub.url.as_str());
     assert_eq!(s["journal_backlog"], 0);
+    // The agent's own figures (issue #21): one run, its reports acknowledged.
+    let invoke_id = hub.run("echo figures", &[&id], &[]);
+    hub.wait_final(&invoke_id, Duration::from_secs(30));
+    let f = wait_until("figures after one run", Duration::from_secs(30), || {
+        let out = agent_bin().args(["status", "--json", "--state-dir"]).arg(a.state_dir()).output().ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        let f = v["figures"].clone();
+        (f["runs_finished"] == 1 && f["reports_acked"].as_u64()? >= 2).then_some(f)
+    });
+    assert_eq!(f["connections"], 1, "{f}");
+    assert!(f["rss_bytes"].as_u64().unwrap() > 1024 * 1024, "{f}");
+    assert!(f["threads"].as_u64().unwrap() >= 1, "{f}");
+    // Welcome, the invocation, two report acks at least; hello, ack, two reports.
+    assert!(f["frames_in"].as_u64().unwrap() >= 4 && f["frames_out"].as_u64().unwrap() >= 4, "{f}");
+    assert!(f["bytes_in"].as_u64().unwrap() > f["frames_in"].as_u64().unwrap(), "{f}");
     let out = agent_bin().args(["status", "--state-dir"]).arg(a.state_dir()).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("connected:       true") && text.contains(&id), "{text}");
+    assert!(text.contains("1 run(s) finished") && text.contains("MiB resident"), "{text}");
 }
 
 #[test]

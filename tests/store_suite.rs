@@ -87,6 +87,7 @@ suite!(
     access_keys_and_audit_events_round_trip_across_replicas,
     modifications_raise_the_revision_and_reach_the_wire_form,
     instances_stream_in_keyset_pages,
+    many_targets_insert_in_batches_and_state_counts_sum_them,
 );
 
 /// `ModifyInvocationAttribute` (issue #16): a change to what runs raises
@@ -791,4 +792,30 @@ async fn access_keys_and_audit_events_round_trip_across_replicas(e: &Engine) {
     let (left, total) = b.list_audit(&AuditFilter::default(), page(0, 10)).await.unwrap();
     assert_eq!((total, left[0].event_id.as_str()), (1, "e004"));
     assert_eq!(a.prune_audit("2026-11-13T00:00:00Z", 1).await.unwrap(), 0);
+}
+
+/// Issue #21: targets go in as multi-row INSERTs (1,201 spans three
+/// statements), and the `/metrics` state figures sum the kept counts.
+async fn many_targets_insert_in_batches_and_state_counts_sum_them(e: &Engine) {
+    let s = e.open().await;
+    let empty = s.state_counts().await.unwrap();
+    assert!(empty.invocations.is_empty(), "{empty:?}");
+    assert_eq!(empty.targets.total(), 0);
+    let many: Vec<String> = (0..1201).map(|i| format!("i-{i:04}")).collect();
+    s.create_invocation(&invocation("t-many", "2026-11-23T00:00:00Z", ONCE, ""), &many).await.unwrap();
+    let stored = s.targets("t-many").await.unwrap();
+    assert_eq!(stored.len(), many.len());
+    assert_eq!(stored.iter().map(|t| t.instance_id.clone()).collect::<Vec<_>>(), many, "every target, in order");
+    assert!(stored.iter().all(|t| t.status == S::Pending));
+    s.create_invocation(&invocation("t-one", "2026-11-23T00:00:01Z", ONCE, ""), &["i-1".into()]).await.unwrap();
+    s.apply_batch(&[WriteOp::Delivered { invoke_id: "t-one".into(), instance_id: "i-1".into() }, report("t-one", 0, S::Success, b"ok")])
+        .await
+        .unwrap();
+    let c = s.state_counts().await.unwrap();
+    assert_eq!(c.targets.get(S::Pending), 1201);
+    assert_eq!(c.targets.get(S::Success), 1);
+    assert_eq!(c.targets.total(), 1202);
+    let mut inv = c.invocations.clone();
+    inv.sort_by_key(|(st, _)| st.as_str());
+    assert_eq!(inv, vec![(InvocationOverall::Pending, 1), (InvocationOverall::Success, 1)]);
 }

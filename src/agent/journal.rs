@@ -206,6 +206,19 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
 
     /// Appends one record; returns only after it is written and fdatasync'd.
     pub fn append(&mut self, rec: &T) -> Result<(), JournalError> {
+        self.append_with(rec, true)
+    }
+
+    /// Appends one record without waiting for the disk: it becomes durable
+    /// with the next synced append (fdatasync flushes the whole file), or
+    /// is lost in a crash before that. Only for records whose loss is
+    /// harmless (issue #21: a report acknowledgement; lost, the report is
+    /// sent again and the hub answers it as a duplicate).
+    pub fn append_unsynced(&mut self, rec: &T) -> Result<(), JournalError> {
+        self.append_with(rec, false)
+    }
+
+    fn append_with(&mut self, rec: &T, sync: bool) -> Result<(), JournalError> {
         let frame = encode_frame(rec, self.limits.max_record_bytes)?;
         let new_size = self.size + frame.len() as u64;
         if new_size > self.limits.max_file_bytes {
@@ -219,7 +232,7 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         }
         // A frame whose sync failed is cut too: the caller retries it, and
         // it must not end up in the file twice.
-        if let Err(e) = self.file.sync_data() {
+        if sync && let Err(e) = self.file.sync_data() {
             let _ = self.file.set_len(self.size);
             return Err(io_err("fdatasync", &self.path)(e));
         }

@@ -6,6 +6,7 @@
 //! [`AgentConfig`], [`run`], [`register`], [`identity`], [`schedule`].
 
 pub mod config;
+pub mod figures;
 pub(crate) mod identity;
 pub(crate) mod journal;
 pub(crate) mod periodic;
@@ -224,7 +225,14 @@ fn spawn_status_writer(dir: PathBuf, status: SharedStatus, runner: Arc<Runner>, 
                 s.updated_at = chrono::Utc::now().to_rfc3339();
                 s
             };
-            service::write_status(&dir, &snapshot);
+            // Off the event loop: /proc reads and a file write (issue #21).
+            let d = dir.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let mut snapshot = snapshot;
+                snapshot.figures = figures::snapshot();
+                service::write_status(&d, &snapshot)
+            })
+            .await;
             if shutdown.is_cancelled() {
                 return;
             }
@@ -284,7 +292,9 @@ async fn register_on(ws: &mut Ws, config: &AgentConfig) -> Result<Identity, Agen
 }
 
 async fn send(ws: &mut Ws, msg: &AgentMsg) -> Result<(), AgentError> {
-    ws.send(Message::Text(protocol::encode(msg).into())).await?;
+    let text = protocol::encode(msg);
+    figures::frame_out(text.len());
+    ws.send(Message::Text(text.into())).await?;
     Ok(())
 }
 
@@ -294,10 +304,13 @@ async fn recv(ws: &mut Ws) -> Result<HubMsg, AgentError> {
         match ws.next().await {
             None => return Err(AgentError::Lost("hub closed the connection".into())),
             Some(Err(e)) => return Err(e.into()),
-            Some(Ok(Message::Text(t))) => match protocol::decode::<HubMsg>(t.as_str()) {
-                Ok(m) => return Ok(m),
-                Err(e) => tracing::warn!(error = %e, "ignored malformed hub frame"),
-            },
+            Some(Ok(Message::Text(t))) => {
+                figures::frame_in(t.len());
+                match protocol::decode::<HubMsg>(t.as_str()) {
+                    Ok(m) => return Ok(m),
+                    Err(e) => tracing::warn!(error = %e, "ignored malformed hub frame"),
+                }
+            }
             Some(Ok(Message::Close(_))) => return Err(AgentError::Lost("hub closed the connection".into())),
             Some(Ok(_)) => {}
         }
@@ -336,6 +349,7 @@ async fn connect_and_serve(
         },
     };
     tracing::info!(instance_id = %id.instance_id, hub = %url.ws_url(), "connected");
+    figures::connected();
     set_status(ctx.status, |s| {
         s.connected = true;
         s.instance_id = id.instance_id.clone();
@@ -441,6 +455,7 @@ async fn session(
                     HubMsg::Stop { invoke_id } => runner.stop(&invoke_id),
                     HubMsg::ReportAck { report_id } => {
                         runner.state.lock().unwrap_or_else(|e| e.into_inner()).ack(report_id)?;
+                        figures::report_acked();
                     }
                     HubMsg::HeartbeatAck { .. } => set_status(ctx.status, |s| s.last_heartbeat_ack = chrono::Utc::now().to_rfc3339()),
                     HubMsg::Error { code, message, fatal } => {

@@ -265,7 +265,9 @@ impl Runner {
             let mut offset = 0u64;
             while let Some(data) = chunk_rx.recv().await {
                 let len = data.len() as u64;
-                let _ = live.try_send(LiveChunk { invoke_id: invoke_id.clone(), record_seq, offset, data });
+                if live.try_send(LiveChunk { invoke_id: invoke_id.clone(), record_seq, offset, data }).is_err() {
+                    super::figures::live_chunk_dropped();
+                }
                 offset += len;
             }
         });
@@ -369,6 +371,7 @@ impl Runner {
             self.script_run(&inv, record_seq, spec, stop).await
         };
         drop(permit);
+        super::figures::run_finished();
         tracing::info!(invoke_id = %inv.invoke_id, status = report.status.as_str(), exit_code = ?report.exit_code, "run finished");
         let durable = self.report(report, closes);
         // The run directory holds the result until the report is on disk:
@@ -381,7 +384,7 @@ impl Runner {
     async fn script_run(&self, inv: &Invocation, record_seq: u32, spec: RunSpec, stop: CancellationToken) -> RecordReport {
         #[cfg(unix)]
         if let (Some(sup), Some(dir)) = (&self.supervision, self.run_dir(inv, record_seq)) {
-            let launched = exec::supervise::launch(&sup.program, &dir, &spec);
+            let launched = exec::supervise::launch_off_loop(sup.program.clone(), dir.clone(), spec.clone()).await;
             let exited = match launched {
                 Ok(exited) => Some(Some(exited)),
                 Err(exec::supervise::SuperviseError::Busy(_)) => Some(None),

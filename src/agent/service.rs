@@ -107,6 +107,9 @@ pub struct Status {
     /// Journal changes (reports, acks) held in memory until the disk takes them.
     #[serde(default)]
     pub journal_held: usize,
+    /// The agent's own figures (memory, CPU, frames, runs; issue #21).
+    #[serde(default)]
+    pub figures: super::figures::Figures,
 }
 
 /// status.json is padded to this size, so it can be rewritten in place when

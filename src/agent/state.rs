@@ -187,11 +187,18 @@ impl AgentState {
     /// Journals `e` and applies it; when the disk refuses, holds it (see
     /// the module doc). Errors only for records no retry can write.
     fn write(&mut self, e: Entry) -> Result<(), JournalError> {
+        self.write_with(e, true)
+    }
+
+    /// `sync: false` for entries whose loss in a crash is harmless (see
+    /// `Journal::append_unsynced`).
+    fn write_with(&mut self, e: Entry, sync: bool) -> Result<(), JournalError> {
         if !self.held.is_empty() {
             self.retry_held();
         }
         if self.held.is_empty() {
-            match self.journal.append(&e) {
+            let appended = if sync { self.journal.append(&e) } else { self.journal.append_unsynced(&e) };
+            match appended {
                 Ok(()) => {}
                 Err(err) if is_disk_trouble(&err) => {
                     self.enter_degraded(&err);
@@ -371,7 +378,9 @@ impl AgentState {
 
     pub fn ack(&mut self, report_id: u64) -> Result<(), JournalError> {
         if self.pending.contains_key(&report_id) {
-            self.write(Entry::Acked { report_id })?;
+            // Not synced (issue #21): a lost ack costs one resend, which the
+            // hub stores as a duplicate; two fdatasyncs per run saved.
+            self.write_with(Entry::Acked { report_id }, false)?;
             self.compact_quietly();
         }
         Ok(())

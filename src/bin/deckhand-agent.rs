@@ -194,6 +194,21 @@ fn run() -> anyhow::Result<()> {
                     }
                     None => println!("journal:         ok"),
                 }
+                let f = &s.figures;
+                println!(
+                    "memory:          {:.2} MiB resident, {} thread(s), {:.2} s CPU",
+                    f.rss_bytes as f64 / 1048576.0,
+                    f.threads,
+                    f.cpu_ms as f64 / 1000.0
+                );
+                println!(
+                    "since start:     {} connection(s), {} run(s) finished, {} report(s) acknowledged",
+                    f.connections, f.runs_finished, f.reports_acked
+                );
+                println!(
+                    "frames:          {} in ({} B), {} out ({} B); {} live chunk(s) dropped",
+                    f.frames_in, f.bytes_in, f.frames_out, f.bytes_out, f.live_chunks_dropped
+                );
                 println!("pid / updated:   {} / {}", s.pid, s.updated_at);
             }
             Ok(())

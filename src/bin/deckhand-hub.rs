@@ -59,6 +59,9 @@ struct Flags {
     /// `strict` (only letters, digits and `._-:/@+,=`; docs/exec.md).
     #[arg(long, global = true, env = "DECKHAND_HUB_PARAMETER_VALUES", value_parser = ["any", "strict"])]
     parameter_values: Option<String>,
+    /// Bearer token `/metrics` requires (default: loopback peers only).
+    #[arg(long, global = true, env = "DECKHAND_HUB_METRICS_TOKEN", hide_env_values = true)]
+    metrics_token: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -100,6 +103,7 @@ fn run() -> anyhow::Result<()> {
         audit_retention_days: None,
         audit_max_events: None,
         secrets_key_file: None,
+        metrics_token: f.metrics_token.clone(),
     });
     let mut cfg = file.resolve()?;
     let store_spec = file.store_spec()?;

@@ -92,6 +92,25 @@ impl Client {
         Ok(Self { cfg, http })
     }
 
+    /// A plain GET of `path` on the endpoint (e.g. `/metrics`), with an
+    /// optional bearer token: (HTTP status, body).
+    pub fn get(&self, path: &str, bearer: Option<&str>) -> Result<(u16, String), CliError> {
+        let url = self.cfg.endpoint.trim_end_matches('/').to_string() + path;
+        let mut req = self.http.get(&url);
+        if let Some(t) = bearer {
+            req = req.header("authorization", format!("Bearer {t}"));
+        }
+        let resp = req.call().map_err(|e| CliError::Transport { endpoint: url.clone(), message: e.to_string() })?;
+        let status = resp.status().as_u16();
+        let text = resp
+            .into_body()
+            .with_config()
+            .limit(16 * 1024 * 1024)
+            .read_to_string()
+            .map_err(|e| CliError::Transport { endpoint: url.clone(), message: e.to_string() })?;
+        Ok((status, text))
+    }
+
     /// One RPC call; `params` excludes the common ones (added here).
     pub fn call(&self, action: &str, params: &[(&str, String)]) -> Result<Value, CliError> {
         let mut all: Vec<(String, String)> = params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();

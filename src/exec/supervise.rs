@@ -248,6 +248,21 @@ fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> Result<(), SuperviseErro
     File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))
 }
 
+/// Writes `name` in `dir` atomically (temp, rename) but not durably: for
+/// the files a launch prepares, synced together by one directory fsync.
+/// Their data need not survive a power loss: the supervisor reads them while
+/// running, and a crash that loses them also ends the supervisor before it
+/// synced `ran`, so the run is known never to have started.
+fn write_prepared(dir: &Path, name: &str, body: &[u8]) -> Result<(), SuperviseError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let path = dir.join(name);
+    {
+        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io("open", &tmp))?;
+        f.write_all(body).map_err(io("write", &tmp))?;
+    }
+    fs::rename(&tmp, &path).map_err(io("rename", &tmp))
+}
+
 /// Like [`write_atomic`], but when the disk is full, writes `body` into the
 /// space reserved at launch (`reserve`, overwritten in place: no new blocks;
 /// JSON ignores the trailing padding) and renames it to `name`.
@@ -310,12 +325,16 @@ pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<Exited, Supe
         return Err(SuperviseError::Busy(dir.to_path_buf()));
     }
     let body = serde_json::to_vec(&StoredSpec::from(spec)).map_err(|source| SuperviseError::Decode { path: dir.join(SPEC), source })?;
-    write_atomic(dir, SPEC, &body)?;
+    // Issue #21: these three cost six fsyncs before every supervised run;
+    // now one (the directory, below). `ran` and `result.json`, which the
+    // at-most-once rule and the reported result rest on, stay synced.
+    write_prepared(dir, SPEC, &body)?;
     // Kept output is at most the cap, base64 grows it by 4/3; the rest of a
     // result (codes, times, error text) fits in the extra 8 KiB.
     let result_room = spec.output_cap.min(super::MAX_OUTPUT_CAP) / 3 * 4 + 8 * 1024;
-    write_atomic(dir, RESULT_RESERVE, &vec![b' '; result_room])?;
-    write_atomic(dir, RAN_RESERVE, &[b' '; 64])?;
+    write_prepared(dir, RESULT_RESERVE, &vec![b' '; result_room])?;
+    write_prepared(dir, RAN_RESERVE, &[b' '; 64])?;
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))?;
     let log_path = dir.join(LOG);
     let log = OpenOptions::new().create(true).append(true).mode(0o600).open(&log_path).map_err(io("open", &log_path))?;
     let mut cmd = std::process::Command::new(program);
@@ -352,6 +371,16 @@ pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<Exited, Supe
         let _ = exited.send(());
     });
     Ok(rx)
+}
+
+/// [`launch`] on a blocking thread: its fsync and the fork/exec of the
+/// supervisor must not stall the agent's single-threaded event loop
+/// (issue #21), where heartbeats, acks and other runs' reports wait.
+pub async fn launch_off_loop(program: PathBuf, dir: PathBuf, spec: RunSpec) -> Result<Exited, SuperviseError> {
+    let at = dir.clone();
+    tokio::task::spawn_blocking(move || launch(&program, &dir, &spec))
+        .await
+        .unwrap_or_else(|e| Err(SuperviseError::Io { op: "launch", path: at, source: std::io::Error::other(e.to_string()) }))
 }
 
 /// Fires when a supervisor this agent started has exited.

@@ -27,8 +27,56 @@ pub struct Account {
     pub switch: bool,
 }
 
-/// Resolve `username` (None: the agent's own user).
+/// Accounts remembered between runs (issue #21: every run read and parsed
+/// /etc/passwd and /etc/group). An entry is dropped when either file
+/// changes (size, mtime or inode) and after [`CACHE_TTL`] in any case, for
+/// accounts that come from NSS sources other than the files.
+const CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+/// Most accounts remembered; beyond it the cache starts over.
+const CACHE_MAX: usize = 64;
+
+/// What identifies the files' current contents.
+type Stamp = [(u64, i64, i64, u64); 2];
+
+fn stamp() -> Stamp {
+    use std::os::unix::fs::MetadataExt;
+    ["/etc/passwd", "/etc/group"].map(|p| std::fs::metadata(p).map(|m| (m.size(), m.mtime(), m.mtime_nsec(), m.ino())).unwrap_or_default())
+}
+
+struct Cache {
+    stamp: Stamp,
+    entries: std::collections::HashMap<Option<String>, (std::time::Instant, Account)>,
+}
+
+static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
+
+/// Resolve `username` (None: the agent's own user), from the cache while
+/// the account files are unchanged.
 pub fn resolve(username: Option<&str>) -> Result<Account, StartError> {
+    let key = username.filter(|u| !u.is_empty()).map(str::to_string);
+    let now = stamp();
+    {
+        let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+        let cache = guard.get_or_insert_with(|| Cache { stamp: now, entries: Default::default() });
+        if cache.stamp != now || cache.entries.len() >= CACHE_MAX {
+            *cache = Cache { stamp: now, entries: Default::default() };
+        }
+        if let Some((at, account)) = cache.entries.get(&key)
+            && at.elapsed() < CACHE_TTL
+        {
+            return Ok(account.clone());
+        }
+    }
+    // Looked up outside the lock (NSS may be slow); only successes are kept.
+    let account = lookup(key.as_deref())?;
+    let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(cache) = guard.as_mut().filter(|c| c.stamp == now) {
+        cache.entries.insert(key, (std::time::Instant::now(), account.clone()));
+    }
+    Ok(account)
+}
+
+fn lookup(username: Option<&str>) -> Result<Account, StartError> {
     let me = Uid::effective();
     let user = match username.filter(|u| !u.is_empty()) {
         None => User::from_uid(me)
@@ -78,6 +126,19 @@ mod tests {
         assert_eq!(e.code, codes::ACCOUNT_NOT_EXISTS);
         assert!(e.info.contains("no-such-user-deckhand-x"));
         assert_eq!(resolve(Some("a\0b")).unwrap_err().code, codes::ACCOUNT_NOT_EXISTS);
+    }
+
+    #[test]
+    fn cached_account_is_the_looked_up_one() {
+        let first = resolve(None).unwrap();
+        let again = resolve(None).unwrap();
+        let fresh = lookup(None).unwrap();
+        for a in [&again, &fresh] {
+            assert_eq!((a.uid, a.gid, &a.name, &a.home, a.switch), (first.uid, first.gid, &first.name, &first.home, first.switch));
+        }
+        // Failures are not remembered: still refused, with the name.
+        assert_eq!(resolve(Some("no-such-user-deckhand-y")).unwrap_err().code, codes::ACCOUNT_NOT_EXISTS);
+        assert!(CACHE.lock().unwrap().as_ref().is_some_and(|c| !c.entries.contains_key(&Some("no-such-user-deckhand-y".into()))));
     }
 
     #[test]

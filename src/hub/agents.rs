@@ -18,6 +18,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use super::Hub;
+use super::metrics::Direction;
 use super::store::{InstanceRow, ReportEffect, WriteOp, now_str};
 use crate::protocol::{self, AgentMsg, HubMsg, MAX_FRAME_BYTES, OLDEST_AGENT_PROTOCOL, PROTOCOL_VERSION};
 
@@ -30,6 +31,9 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest frame accepted before the agent has authenticated: `register`
 /// and `hello` carry ids and host facts, a few KiB at most.
 pub const MAX_PRE_HELLO_FRAME: usize = 64 * 1024;
+/// Store writes one session may have in flight (submitted, not yet
+/// committed) before it stops reading the agent's frames.
+const MAX_IN_FLIGHT: usize = 64;
 /// Invocation ids one session remembers as delivered to its agent; live
 /// output is accepted only for those (a rogue agent cannot fill the hub
 /// with output for invocations that are not its own).
@@ -149,8 +153,20 @@ enum ConnError {
 }
 
 async fn send(ws: &mut WebSocket, msg: &HubMsg) -> Result<(), ConnError> {
-    ws.send(Message::Text(protocol::encode(msg).into())).await?;
+    let text = protocol::encode(msg);
+    super::metrics::get().frame(Direction::Out, text.len());
+    ws.send(Message::Text(text.into())).await?;
     Ok(())
+}
+
+/// Counts an incoming data frame (control frames are the transport's).
+fn count_in(frame: &Message) {
+    let len = match frame {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) => b.len(),
+        _ => return,
+    };
+    super::metrics::get().frame(Direction::In, len);
 }
 
 async fn refuse(ws: &mut WebSocket, code: &str, message: String) -> ConnError {
@@ -182,7 +198,9 @@ async fn unavailable(ws: &mut WebSocket, e: super::store::StoreError) -> ConnErr
 async fn recv_first(ws: &mut WebSocket, peer: SocketAddr) -> Result<AgentMsg, ConnError> {
     loop {
         let Some(frame) = ws.recv().await else { return Err(ConnError::Closed) };
-        let problem = match frame? {
+        let frame = frame?;
+        count_in(&frame);
+        let problem = match frame {
             Message::Text(t) if t.len() > MAX_PRE_HELLO_FRAME => {
                 format!("a first frame of {} bytes exceeds the limit of {MAX_PRE_HELLO_FRAME} bytes", t.len())
             }
@@ -206,7 +224,9 @@ async fn recv_first(ws: &mut WebSocket, peer: SocketAddr) -> Result<AgentMsg, Co
 async fn recv(ws: &mut WebSocket) -> Result<AgentMsg, ConnError> {
     loop {
         let Some(frame) = ws.recv().await else { return Err(ConnError::Closed) };
-        match frame? {
+        let frame = frame?;
+        count_in(&frame);
+        match frame {
             Message::Text(t) => match protocol::decode::<AgentMsg>(t.as_str()) {
                 Ok(m) => return Ok(m),
                 Err(e) => {
@@ -322,10 +342,19 @@ async fn session(hub: &Hub, ws: &mut WebSocket, instance_id: &str, rx: &mut mpsc
     // Two missed heartbeats plus slack for a slow link.
     let dead_after = hb * 2 + Duration::from_secs(2);
     let mut deadline = tokio::time::Instant::now() + dead_after;
+    // Writes submitted and not yet committed, oldest first: the next frame
+    // is read meanwhile (issue #21), and each answer still goes out only
+    // after its commit.
+    let mut in_flight = futures_util::stream::FuturesOrdered::new();
     loop {
         tokio::select! {
             _ = hub.shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep_until(deadline) => return Err(ConnError::HeartbeatLost),
+            Some(committed) = futures_util::StreamExt::next(&mut in_flight), if !in_flight.is_empty() => {
+                for msg in committed? {
+                    send(ws, &msg).await?;
+                }
+            }
             out = rx.recv() => match out {
                 Some(msg) => {
                     if let HubMsg::Invoke { invocation } = &msg {
@@ -336,13 +365,18 @@ async fn session(hub: &Hub, ws: &mut WebSocket, instance_id: &str, rx: &mut mpsc
                 // Registry replaced us (newer connection) or dropped us (slow).
                 None => return Ok(()),
             },
-            msg = recv(ws) => {
+            msg = recv(ws), if in_flight.len() < MAX_IN_FLIGHT => {
                 deadline = tokio::time::Instant::now() + dead_after;
-                handle(hub, ws, instance_id, &mine, msg?).await?;
+                if let Some(committing) = handle(hub, ws, instance_id, &mine, msg?).await? {
+                    in_flight.push_back(committing);
+                }
             }
         }
     }
 }
+
+/// A store write in flight and the frames to send the agent once it commits.
+type Committing<'a> = std::pin::Pin<Box<dyn Future<Output = Result<Vec<HubMsg>, ConnError>> + Send + 'a>>;
 
 /// Invocations delivered to this session's agent (bounded).
 #[derive(Default)]
@@ -360,14 +394,26 @@ impl Delivered {
     }
 }
 
-async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, mine: &Delivered, msg: AgentMsg) -> Result<(), ConnError> {
+/// Answers one agent message. A message whose answer must wait for a commit
+/// returns that wait (`Some`), already queued in the writer in order.
+async fn handle<'h>(
+    hub: &'h Hub,
+    ws: &mut WebSocket,
+    instance_id: &str,
+    mine: &Delivered,
+    msg: AgentMsg,
+) -> Result<Option<Committing<'h>>, ConnError> {
     match msg {
         AgentMsg::Heartbeat { sent_ms } => {
             hub.writer.write_lossy(WriteOp::Touch { instance_id: instance_id.to_string() });
             send(ws, &HubMsg::HeartbeatAck { sent_ms }).await?;
         }
         AgentMsg::InvokeAck { invoke_id } => {
-            hub.writer.write(WriteOp::Delivered { invoke_id, instance_id: instance_id.to_string() }).await?;
+            let committed = hub.writer.submit(WriteOp::Delivered { invoke_id, instance_id: instance_id.to_string() }).await?;
+            return Ok(Some(Box::pin(async move {
+                committed.await?;
+                Ok(Vec::new())
+            })));
         }
         AgentMsg::Report { report_id, report } => {
             // The hub enforces the caps itself: an agent cannot store more
@@ -381,46 +427,15 @@ async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, mine: &Deliver
                     // Acked: a report that can never be stored must not be retried forever.
                     send(ws, &HubMsg::Error { code: "InvalidReport".into(), message: e.to_string(), fatal: false }).await?;
                     send(ws, &HubMsg::ReportAck { report_id }).await?;
-                    return Ok(());
+                    return Ok(None);
                 }
             };
-            let invoke_id = report.invoke_id.clone();
-            match hub.writer.write(WriteOp::Report { instance_id: instance_id.to_string(), report: report.clone() }).await? {
-                ReportEffect::Applied | ReportEffect::Duplicate => {
-                    if report.status.is_final() {
-                        hub.live.clear(&invoke_id, instance_id);
-                    }
-                    tracing::debug!(invoke_id, instance_id, status = %report.status, "report stored");
-                    send(ws, &HubMsg::ReportAck { report_id }).await?;
-                }
-                ReportEffect::Refused(why) => {
-                    // Logged without the payload; acknowledged so the agent
-                    // does not resend a report that can never be stored.
-                    if let Some(suppressed) = super::edge::peer_warnings().allow() {
-                        tracing::warn!(invoke_id, instance_id, reason = %why, suppressed, "report refused");
-                    }
-                    send(ws, &HubMsg::Error { code: "InvalidReport".into(), message: why, fatal: false }).await?;
-                    send(ws, &HubMsg::ReportAck { report_id }).await?;
-                }
-                ReportEffect::NotATarget => {
-                    tracing::warn!(
-                        invoke_id = super::edge::shown_id(&invoke_id),
-                        instance_id,
-                        "report for an invocation this instance is not a target of"
-                    );
-                    // Ack so the agent stops retrying a report that can never land.
-                    send(
-                        ws,
-                        &HubMsg::Error {
-                            code: "NotATarget".into(),
-                            message: format!("instance {instance_id} is not a target of {invoke_id}"),
-                            fatal: false,
-                        },
-                    )
-                    .await?;
-                    send(ws, &HubMsg::ReportAck { report_id }).await?;
-                }
-            }
+            let committed = hub.writer.submit(WriteOp::Report { instance_id: instance_id.to_string(), report: report.clone() }).await?;
+            let instance_id = instance_id.to_string();
+            return Ok(Some(Box::pin(async move {
+                let effect = committed.await?;
+                Ok(after_report(hub, &instance_id, report_id, &report, effect))
+            })));
         }
         AgentMsg::Output { invoke_id, record_seq: _, offset: _, data_b64 } => {
             use base64::Engine;
@@ -435,7 +450,7 @@ async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, mine: &Deliver
                         "live output for an invocation not delivered to this agent; dropped"
                     );
                 }
-                return Ok(());
+                return Ok(None);
             }
             if let Ok(data) = base64::engine::general_purpose::STANDARD.decode(data_b64) {
                 hub.live.push(&invoke_id, instance_id, &data);
@@ -449,7 +464,43 @@ async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, mine: &Deliver
             send(ws, &HubMsg::Error { code: "ProtocolViolation".into(), message: "already authenticated".into(), fatal: false }).await?;
         }
     }
-    Ok(())
+    Ok(None)
+}
+
+/// What the agent is told once its report's transaction committed: always
+/// the acknowledgement (a report that can never be stored must not be
+/// resent forever), after an error for one that was refused.
+fn after_report(hub: &Hub, instance_id: &str, report_id: u64, report: &protocol::RecordReport, effect: ReportEffect) -> Vec<HubMsg> {
+    let invoke_id = report.invoke_id.as_str();
+    let ack = HubMsg::ReportAck { report_id };
+    match effect {
+        ReportEffect::Applied | ReportEffect::Duplicate => {
+            if report.status.is_final() {
+                hub.live.clear(invoke_id, instance_id);
+                if effect == ReportEffect::Applied {
+                    super::metrics::get().result_stored();
+                }
+            }
+            tracing::debug!(invoke_id, instance_id, status = %report.status, "report stored");
+            vec![ack]
+        }
+        ReportEffect::Refused(why) => {
+            // Logged without the payload.
+            if let Some(suppressed) = super::edge::peer_warnings().allow() {
+                tracing::warn!(invoke_id, instance_id, reason = %why, suppressed, "report refused");
+            }
+            vec![HubMsg::Error { code: "InvalidReport".into(), message: why, fatal: false }, ack]
+        }
+        ReportEffect::NotATarget => {
+            tracing::warn!(
+                invoke_id = super::edge::shown_id(invoke_id),
+                instance_id,
+                "report for an invocation this instance is not a target of"
+            );
+            let message = format!("instance {instance_id} is not a target of {invoke_id}");
+            vec![HubMsg::Error { code: "NotATarget".into(), message, fatal: false }, ack]
+        }
+    }
 }
 
 type RegisterOutcome = Result<(String, String), (&'static str, String)>;

@@ -15,6 +15,10 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/deckhand/hub";
 
 pub use crate::config::ConfigError;
 
+/// Shortest `metrics_token` accepted: a guessable token would expose the
+/// fleet's figures to anyone who can reach the listener.
+const MIN_METRICS_TOKEN: usize = 16;
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HubFile {
@@ -56,6 +60,9 @@ pub struct HubFile {
     /// Default with SQLite: `<data_dir>/secrets.key`, created at first
     /// start; with PostgreSQL every replica must name the same file.
     pub secrets_key_file: Option<PathBuf>,
+    /// `/metrics` requires `Authorization: Bearer <this>` (at least 16
+    /// characters); unset, it is served to loopback peers only.
+    pub metrics_token: Option<String>,
 }
 
 impl HubFile {
@@ -87,7 +94,8 @@ impl HubFile {
             parameter_values,
             audit_retention_days,
             audit_max_events,
-            secrets_key_file
+            secrets_key_file,
+            metrics_token
         );
         self
     }
@@ -177,6 +185,15 @@ impl HubFile {
             let b = super::sealed::SecretBox::load(path)
                 .map_err(|e| ConfigError::Invalid { key: "secrets_key_file", message: e.to_string() })?;
             cfg.secrets = Some(std::sync::Arc::new(b));
+        }
+        if let Some(t) = &self.metrics_token {
+            if t.len() < MIN_METRICS_TOKEN || !t.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(ConfigError::Invalid {
+                    key: "metrics_token",
+                    message: format!("must be at least {MIN_METRICS_TOKEN} printable ASCII characters without spaces"),
+                });
+            }
+            cfg.metrics_token = Some(t.clone());
         }
         for pair in self.access_keys.iter().flatten() {
             let Some((id, secret)) = pair.split_once(':').filter(|(i, s)| !i.is_empty() && !s.is_empty()) else {

@@ -56,6 +56,7 @@ impl LiveOutput {
             || inv_bytes + growth > MAX_INVOCATION_BYTES
         {
             m.refused += 1;
+            super::metrics::get().live_output_dropped();
             return;
         }
         let buf = m.records.entry(key).or_default();

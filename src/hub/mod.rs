@@ -9,6 +9,7 @@ pub mod config;
 pub(crate) mod delivery;
 pub mod edge;
 mod live;
+pub mod metrics;
 mod rollout;
 pub mod sealed;
 mod server;
@@ -66,6 +67,8 @@ pub struct HubConfig {
     /// Seals stored AccessKey secrets (`secrets_key_file`; docs/permissions.md).
     /// `None`: stored secrets are kept as written (PostgreSQL without a key file).
     pub secrets: Option<Arc<sealed::SecretBox>>,
+    /// Bearer token `/metrics` requires; `None`: loopback peers only.
+    pub metrics_token: Option<String>,
 }
 
 /// Default bound on the audit trail's size in events.
@@ -86,6 +89,7 @@ impl HubConfig {
             audit_retention: Duration::from_secs(90 * 86_400),
             audit_max_events: DEFAULT_AUDIT_MAX_EVENTS,
             secrets: None,
+            metrics_token: None,
         }
     }
 }

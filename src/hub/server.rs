@@ -36,6 +36,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/", any(api::handle))
         .route("/agent/v1/ws", get(agents::upgrade))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(super::metrics::scrape))
         .with_state(hub)
 }
 

@@ -31,9 +31,17 @@ impl Writer {
 
     /// Applies `op` durably; returns once its transaction committed.
     pub async fn write(&self, op: WriteOp) -> Result<ReportEffect, StoreError> {
+        self.submit(op).await?.await
+    }
+
+    /// Queues `op` (waiting only for room in the queue, so ops keep the
+    /// order they were submitted in) and returns what resolves once its
+    /// transaction committed. A session submits the next frame's op while
+    /// the previous one is still committing: both can share one batch.
+    pub async fn submit(&self, op: WriteOp) -> Result<impl Future<Output = Result<ReportEffect, StoreError>> + use<>, StoreError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send((op, Some(reply))).await.map_err(|_| StoreError::WriterStopped)?;
-        rx.await.map_err(|_| StoreError::WriterStopped)?.map_err(StoreError::Batch)
+        Ok(async move { rx.await.map_err(|_| StoreError::WriterStopped)?.map_err(StoreError::Batch) })
     }
 
     /// Fire and forget (heartbeat `last_seen`): dropped when the queue is full.
@@ -59,7 +67,10 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(WriteOp, Option<Repl
                 Err(_) => break,
             }
         }
-        match store.apply_batch(&ops).await {
+        let started = std::time::Instant::now();
+        let applied = store.apply_batch(&ops).await;
+        super::metrics::get().batch(ops.len(), started.elapsed());
+        match applied {
             Ok(effects) => {
                 for (r, e) in replies.drain(..).zip(effects) {
                     if let Some(r) = r {

@@ -51,6 +51,20 @@ fn round_trip_and_reopen_after_append() {
     assert_eq!(j.size_bytes(), fs::metadata(d.path().join(JOURNAL_FILE)).unwrap().len());
 }
 
+#[test]
+fn unsynced_appends_are_framed_like_the_rest_and_read_back() {
+    let d = tempfile::tempdir().unwrap();
+    let (mut j, _, _) = open(d.path());
+    j.append(&rec(0)).unwrap();
+    j.append_unsynced(&rec(1)).unwrap();
+    j.append(&rec(2)).unwrap();
+    assert_eq!(j.size_bytes(), fs::metadata(d.path().join(JOURNAL_FILE)).unwrap().len());
+    drop(j);
+    let (_, recs, rep) = open(d.path());
+    assert_eq!(recs, (0..3).map(rec).collect::<Vec<_>>());
+    assert!(rep.is_clean(), "{rep:?}");
+}
+
 #[cfg(unix)]
 #[test]
 fn file_and_dir_are_private() {

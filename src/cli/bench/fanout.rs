@@ -225,6 +225,7 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
         return rollout_run(&client, window, agents, alive, &mut done_rx, pid, rss_connected, &finished).await;
     }
     let t_fan = Instant::now();
+    let cpu_fan = procs::cpu_time(pid);
     let mut calls = Vec::new();
     for chunk in ids.chunks(100) {
         let c = client.clone();
@@ -249,6 +250,7 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
         }
     }
     let fan_time = t_fan.elapsed();
+    let hub_cpu = procs::cpu_time(pid).saturating_sub(cpu_fan);
     finished.store(true, Ordering::Relaxed);
     let rss_after = procs::rss_bytes(pid);
     let per_conn = rss_connected.saturating_sub(rss_idle) as f64 / agents.max(1) as f64;
@@ -259,6 +261,27 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
     println!("  RunCommand calls ({}):          {:.3} s", agents.div_ceil(100), api_time.as_secs_f64());
     println!("  fan-out complete (all stored):  {:.3} s  ({stored}/{agents} results)", fan_time.as_secs_f64());
     println!("  results stored per second:      {:.0}", stored as f64 / fan_time.as_secs_f64().max(1e-9));
+    println!(
+        "  hub CPU during the fan-out:     {:.2} s ({:.0} % of one core; {:.3} ms per result)",
+        hub_cpu.as_secs_f64(),
+        hub_cpu.as_secs_f64() / fan_time.as_secs_f64().max(1e-9) * 100.0,
+        hub_cpu.as_secs_f64() * 1000.0 / stored.max(1) as f64
+    );
+    // The hub's own figures (loopback may read /metrics).
+    let scraped = {
+        let c = client.clone();
+        tokio::task::spawn_blocking(move || c.get("/metrics", None)).await.map_err(err)?
+    };
+    if let Ok((200, text)) = scraped {
+        let v = |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<f64>().ok()).unwrap_or(0.0);
+        let batches = v("deckhand_hub_store_batch_operations_count").max(1.0);
+        println!(
+            "  group commits (from /metrics):  {:.0}, {:.1} operations and {:.2} ms each on average",
+            batches,
+            v("deckhand_hub_store_batch_operations_sum") / batches,
+            v("deckhand_hub_store_batch_seconds_sum") * 1000.0 / batches
+        );
+    }
     if stored < agents {
         return Err(err(format!("only {stored} of {agents} results were stored")));
     }

@@ -6,6 +6,7 @@ mod latency;
 mod listing;
 mod policy;
 mod procs;
+mod signature;
 
 use std::time::Duration;
 
@@ -57,6 +58,11 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 20_000)]
         calls: usize,
     },
+    /// Signature canonicalisation of one signed RunCommand: now and before.
+    Signature {
+        #[arg(long, default_value_t = 20_000)]
+        calls: usize,
+    },
     /// Everything, small sizes: proves the benchmarks still run.
     Smoke,
 }
@@ -78,8 +84,10 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
         BenchCmd::Footprint { secs } => latency::footprint(Duration::from_secs(*secs)),
         BenchCmd::Listing { invocations, targets, store } => rt()?.block_on(listing::run(*invocations, *targets, store.as_deref())),
         BenchCmd::Policy { statements, calls } => policy::run(*statements, *calls),
+        BenchCmd::Signature { calls } => signature::run(*calls),
         BenchCmd::Smoke => {
             policy::run(100, 200)?;
+            signature::run(200)?;
             rt()?.block_on(fanout::run(50, None, None))?;
             rt()?.block_on(fanout::run(50, None, Some("50%")))?;
             rt()?.block_on(listing::run(5, 200, None))?;

@@ -18,22 +18,12 @@ pub fn sibling(name: &str) -> Result<PathBuf, CliError> {
 
 /// Resident set size of a process in bytes (Linux).
 pub fn rss_bytes(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kb| kb * 1024)
-        .unwrap_or(0)
+    crate::agent::figures::rss_bytes(&pid.to_string())
 }
 
-/// User + system CPU time of a process (Linux, clock ticks at 100 Hz).
+/// User + system CPU time of a process (Linux).
 pub fn cpu_time(pid: u32) -> Duration {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    Duration::from_millis(ticks * 10)
+    Duration::from_millis(crate::agent::figures::cpu_ms(&pid.to_string()))
 }
 
 pub use crate::hub::raise_fd_limit as raise_nofile;

@@ -472,15 +472,6 @@ pub async fn describe_invocation_results(req: &Request<'_>) -> Result<Value, Api
         command_id: p.get("CommandId").map(str::to_string),
         ..Default::default()
     };
-    if let Some(id) = &filter.invoke_id
-        && req.hub.store.get_invocation(id).await?.is_none()
-    {
-        return Err(ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
-            "InvalidInvokeId.NotFound",
-            format!("The specified invocation \"{id}\" does not exist."),
-        ));
-    }
     let (results, total) = if include_history {
         // Every record of every matching target, paged in SQL.
         let (rows, total) = req.hub.store.list_history(&filter, &statuses, paging.page).await?;
@@ -489,6 +480,19 @@ pub async fn describe_invocation_results(req: &Request<'_>) -> Result<Value, Api
         let (targets, total) = req.hub.store.list_targets(&filter, &statuses, paging.page).await?;
         (targets.iter().map(|t| result_from_target(req, t, plain)).collect(), total)
     };
+    // Only an empty answer needs to know whether the invocation exists: a
+    // result proves it, and the lookup was a third query on every poll
+    // (issue #21).
+    if total == 0
+        && let Some(id) = &filter.invoke_id
+        && req.hub.store.get_invocation(id).await?.is_none()
+    {
+        return Err(ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "InvalidInvokeId.NotFound",
+            format!("The specified invocation \"{id}\" does not exist."),
+        ));
+    }
     let mut inner = Map::new();
     inner.insert("InvocationResults".into(), json!({ "InvocationResult": results }));
     paging.annotate(&mut inner, total);

@@ -19,7 +19,7 @@ mod tests;
 
 use chrono::{DateTime, Utc};
 
-pub use encode::percent_encode;
+pub use encode::{canonical, pairs, percent_encode};
 pub use nonce::NonceCache;
 pub use rpc::sign_rpc_v1;
 

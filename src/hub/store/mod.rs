@@ -513,6 +513,19 @@ pub trait Store: Send + Sync + 'static {
     /// Announcements from every replica, this one included; `None` when
     /// the store is not shared.
     fn subscribe(&self) -> Option<mpsc::Receiver<Notice>>;
+
+    // Operations (`hub::metrics`).
+    /// How many invocations are in each overall status and how many targets
+    /// in each per-instance status, from the counts kept on invocation rows
+    /// (one pass over invocations; targets are not read).
+    async fn state_counts(&self) -> Result<StateCounts>;
+}
+
+/// See [`Store::state_counts`].
+#[derive(Debug, Clone, Default)]
+pub struct StateCounts {
+    pub invocations: Vec<(InvocationOverall, i64)>,
+    pub targets: Counts,
 }
 
 /// An invocation owed to one instance (wire form without the region,

@@ -516,6 +516,30 @@ impl Store for SqlStore {
         Ok(self.qs("SELECT invoke_id FROM invocations WHERE client_token = ? LIMIT 1").bind(token).fetch_optional(&self.pool).await?)
     }
 
+    async fn state_counts(&self) -> Result<StateCounts> {
+        let rows =
+            self.q("SELECT invocation_status, COUNT(*) AS n FROM invocations GROUP BY invocation_status").fetch_all(&self.pool).await?;
+        let mut invocations = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let s: String = col(r, "invocations", "invocation_status", "(all)")?;
+            let status = InvocationOverall::parse(&s).map_err(|e| StoreError::Decode {
+                table: "invocations",
+                column: "invocation_status",
+                id: "(all)".into(),
+                detail: e.to_string(),
+            })?;
+            invocations.push((status, col(r, "invocations", "n", "(all)")?));
+        }
+        // CAST: PostgreSQL's SUM of a BIGINT is a NUMERIC.
+        let sums: Vec<String> = InvocationStatus::ALL
+            .iter()
+            .map(|s| s.count_column())
+            .map(|c| format!("CAST(COALESCE(SUM({c}), 0) AS BIGINT) AS {c}"))
+            .collect();
+        let row = self.q(&format!("SELECT {} FROM invocations", sums.join(", "))).fetch_one(&self.pool).await?;
+        Ok(StateCounts { invocations, targets: counts_from(&row, "(all)")? })
+    }
+
     async fn get_invocation(&self, id: &str) -> Result<Option<InvocationRow>> {
         let r = self.q("SELECT * FROM invocations WHERE invoke_id = ?").bind(id).fetch_optional(&self.pool).await?;
         r.as_ref().map(invocation_from).transpose()

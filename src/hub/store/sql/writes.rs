@@ -16,6 +16,10 @@ use super::reports::apply_report_tx;
 use super::rows::{col, counts_from, key, status_col};
 use crate::lifecycle::{Event, Refusal, TargetState, transition};
 
+/// Targets per INSERT statement: 10 bound values each, so 5,000 values,
+/// well inside SQLite's 32,766 and PostgreSQL's 65,535 per statement.
+const TARGET_ROWS_PER_INSERT: usize = 500;
+
 /// Every count column, for `RETURNING` and recounts.
 fn count_columns() -> String {
     InvocationStatus::ALL.iter().map(|s| s.count_column()).collect::<Vec<_>>().join(", ")
@@ -243,23 +247,31 @@ impl SqlStore {
             .bind(inv.window.batch_wait_secs)
             .execute(&mut *tx)
             .await?;
-        for (id, state, released) in rows {
-            let settled = state.status.is_final();
-            let code = if settled { offline_code.as_ref() } else { None };
-            self.q("INSERT INTO targets (invoke_id, instance_id, status, created_at, updated_at, released, released_at, \
-                 error_code, error_info, finish_time) VALUES (?,?,?,?,?,?,?,?,?,?)")
-                .bind(&inv.invoke_id)
-                .bind(id)
-                .bind(state.status.as_str())
-                .bind(&inv.created_at)
-                .bind(&inv.created_at)
-                .bind(released as i64)
-                .bind(if released { inv.created_at.as_str() } else { "" })
-                .bind(code.map(|c| c.as_str()).unwrap_or_default())
-                .bind(code.and_then(|c| c.fixed_info()).unwrap_or_default())
-                .bind(if settled { inv.created_at.as_str() } else { "" })
-                .execute(&mut *tx)
-                .await?;
+        // Multi-row INSERTs (issue #21: one statement per target cost a
+        // round trip each under the write lock, 100 for one RunCommand).
+        for chunk in rows.chunks(TARGET_ROWS_PER_INSERT) {
+            let sql = format!(
+                "INSERT INTO targets (invoke_id, instance_id, status, created_at, updated_at, released, released_at, \
+                 error_code, error_info, finish_time) VALUES {}",
+                vec!["(?,?,?,?,?,?,?,?,?,?)"; chunk.len()].join(",")
+            );
+            let mut q = self.q(&sql);
+            for (id, state, released) in chunk {
+                let settled = state.status.is_final();
+                let code = if settled { offline_code.as_ref() } else { None };
+                q = q
+                    .bind(&inv.invoke_id)
+                    .bind(*id)
+                    .bind(state.status.as_str())
+                    .bind(&inv.created_at)
+                    .bind(&inv.created_at)
+                    .bind(*released as i64)
+                    .bind(if *released { inv.created_at.as_str() } else { "" })
+                    .bind(code.map(|c| c.as_str()).unwrap_or_default())
+                    .bind(code.and_then(|c| c.fixed_info()).unwrap_or_default())
+                    .bind(if settled { inv.created_at.as_str() } else { "" });
+            }
+            q.execute(&mut *tx).await?;
         }
         self.q("UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = ?").bind(&inv.command_id).execute(&mut *tx).await?;
         tx.commit().await?;

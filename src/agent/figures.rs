@@ -1,0 +1,145 @@
+//! The agent's own figures, shown by `deckhand-agent status` (issue #21):
+//! counters bumped where the events happen, and the process's memory,
+//! threads and CPU read from `/proc` when the status file is written.
+//!
+//! Owns reading a process's figures from `/proc` (Linux); the benchmarks
+//! call it for the processes they measure. Elsewhere those read as zero.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::{Deserialize, Serialize};
+
+/// One counter per event; process-wide (one agent per process).
+#[derive(Default)]
+struct Counters {
+    connections: AtomicU64,
+    frames_in: AtomicU64,
+    frames_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    runs_finished: AtomicU64,
+    reports_acked: AtomicU64,
+    live_chunks_dropped: AtomicU64,
+}
+
+static COUNTERS: Counters = Counters {
+    connections: AtomicU64::new(0),
+    frames_in: AtomicU64::new(0),
+    frames_out: AtomicU64::new(0),
+    bytes_in: AtomicU64::new(0),
+    bytes_out: AtomicU64::new(0),
+    runs_finished: AtomicU64::new(0),
+    reports_acked: AtomicU64::new(0),
+    live_chunks_dropped: AtomicU64::new(0),
+};
+
+fn bump(c: &AtomicU64, n: u64) {
+    c.fetch_add(n, Ordering::Relaxed);
+}
+
+/// A session with the hub began (hello answered).
+pub fn connected() {
+    bump(&COUNTERS.connections, 1);
+}
+
+/// A WebSocket data frame of `bytes` to or from the hub.
+pub fn frame_out(bytes: usize) {
+    bump(&COUNTERS.frames_out, 1);
+    bump(&COUNTERS.bytes_out, bytes as u64);
+}
+
+pub fn frame_in(bytes: usize) {
+    bump(&COUNTERS.frames_in, 1);
+    bump(&COUNTERS.bytes_in, bytes as u64);
+}
+
+pub fn run_finished() {
+    bump(&COUNTERS.runs_finished, 1);
+}
+
+pub fn report_acked() {
+    bump(&COUNTERS.reports_acked, 1);
+}
+
+/// A live output chunk dropped because the queue to the hub was full.
+pub fn live_chunk_dropped() {
+    bump(&COUNTERS.live_chunks_dropped, 1);
+}
+
+/// What status.json carries (all zero from an agent that predates them).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Figures {
+    pub rss_bytes: u64,
+    pub threads: u64,
+    pub cpu_ms: u64,
+    pub connections: u64,
+    pub frames_in: u64,
+    pub frames_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub runs_finished: u64,
+    pub reports_acked: u64,
+    pub live_chunks_dropped: u64,
+}
+
+/// The figures now (reads `/proc/self`).
+pub fn snapshot() -> Figures {
+    let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+    let c = &COUNTERS;
+    Figures {
+        rss_bytes: rss_bytes("self"),
+        threads: status_field("self", "Threads:").unwrap_or(0),
+        cpu_ms: cpu_ms("self"),
+        connections: get(&c.connections),
+        frames_in: get(&c.frames_in),
+        frames_out: get(&c.frames_out),
+        bytes_in: get(&c.bytes_in),
+        bytes_out: get(&c.bytes_out),
+        runs_finished: get(&c.runs_finished),
+        reports_acked: get(&c.reports_acked),
+        live_chunks_dropped: get(&c.live_chunks_dropped),
+    }
+}
+
+/// A numeric field of `/proc/<pid>/status` (`pid` may be `self`), unit dropped.
+fn status_field(pid: &str, name: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines().find_map(|l| l.strip_prefix(name))?.split_whitespace().next()?.parse().ok()
+}
+
+/// Resident memory of a process, bytes (0 where unknown).
+pub fn rss_bytes(pid: &str) -> u64 {
+    status_field(pid, "VmRSS:").map_or(0, |kb| kb * 1024)
+}
+
+/// User + system CPU time of a process, ms (Linux's 100 Hz clock ticks).
+pub fn cpu_ms(pid: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    ticks * 10
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_and_process_figures() {
+        let before = snapshot();
+        frame_out(10);
+        frame_in(7);
+        report_acked();
+        let after = snapshot();
+        assert!(after.frames_out > before.frames_out && after.bytes_out >= before.bytes_out + 10);
+        assert!(after.frames_in > before.frames_in && after.bytes_in >= before.bytes_in + 7);
+        assert!(after.reports_acked > before.reports_acked);
+        if cfg!(target_os = "linux") {
+            assert!(after.rss_bytes > 1024 * 1024, "{after:?}");
+            assert!(after.threads >= 1, "{after:?}");
+        }
+    }
+}
