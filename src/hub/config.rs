@@ -48,6 +48,8 @@ pub struct HubFile {
     /// Audit trail events older than this many days are pruned
     /// (1..=3650, default 90; docs/permissions.md).
     pub audit_retention_days: Option<u64>,
+    /// The web console (docs/console.md).
+    pub console: Option<super::console::ConsoleFile>,
 }
 
 impl HubFile {
@@ -77,7 +79,8 @@ impl HubFile {
             delivery_timeout_secs,
             log_json,
             parameter_values,
-            audit_retention_days
+            audit_retention_days,
+            console
         );
         self
     }
@@ -158,6 +161,10 @@ impl HubFile {
             return Err(ConfigError::Invalid { key: "audit_retention_days", message: format!("{days} is outside 1..=3650") });
         }
         cfg.audit_retention = Duration::from_secs(days * 86_400);
+        cfg.console = self.console.clone().unwrap_or_default().resolve().map_err(|e| match e {
+            super::console::ConsoleError::Config { key, message } => ConfigError::Invalid { key, message },
+            other => ConfigError::Invalid { key: "console", message: other.to_string() },
+        })?;
         for pair in self.access_keys.iter().flatten() {
             let Some((id, secret)) = pair.split_once(':').filter(|(i, s)| !i.is_empty() && !s.is_empty()) else {
                 return Err(ConfigError::Invalid { key: "access_keys", message: "each entry must be ID:SECRET".into() });

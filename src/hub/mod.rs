@@ -6,6 +6,7 @@ pub mod api;
 pub mod authz;
 pub mod cluster;
 pub mod config;
+pub mod console;
 pub mod delivery;
 pub mod edge;
 mod live;
@@ -60,6 +61,8 @@ pub struct HubConfig {
     pub parameter_values: crate::exec::params::ValuePolicy,
     /// The audit trail keeps events this long (`audit_retention_days`).
     pub audit_retention: Duration,
+    /// The web console (`[console]` in hub.toml; docs/console.md).
+    pub console: console::ConsoleConfig,
 }
 
 impl HubConfig {
@@ -75,6 +78,7 @@ impl HubConfig {
             region_id: "deckhand".to_string(),
             parameter_values: crate::exec::params::ValuePolicy::Any,
             audit_retention: Duration::from_secs(90 * 86_400),
+            console: console::ConsoleConfig::default(),
         }
     }
 }
@@ -106,6 +110,9 @@ pub struct Hub {
     pub nonces: api::auth::NonceCache,
     /// Parsed policies of stored keys (see `authz::PolicyCache`).
     pub policies: authz::PolicyCache,
+    /// Signed-in console users (this replica's memory; `console::session`).
+    pub console_sessions: console::Sessions,
+    pub console_limiter: console::SignInLimiter,
     pub shutdown: CancellationToken,
 }
 
@@ -129,6 +136,8 @@ pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: Cancellatio
         live: live::LiveOutput::default(),
         nonces: api::auth::NonceCache::default(),
         policies: authz::PolicyCache::default(),
+        console_sessions: console::Sessions::default(),
+        console_limiter: console::SignInLimiter::default(),
         config: config.clone(),
         shutdown: shutdown.clone(),
     });
