@@ -106,7 +106,7 @@ async function signInAttempt(page, user, password) {
     await shot(page, "06-invocation-running");
     await page.locator("#invoke-status .badge[data-status=Success]").waitFor();
     await liveOut.filter({ hasText: "done-marker-two" }).waitFor();
-    check((await page.textContent(`tr[data-instance='${instanceId}'] td:nth-child(4)`)).trim() === "0", "final output and exit code 0 shown");
+    check((await page.textContent(`tr[data-instance='${instanceId}'] td.exit`)).trim() === "0", "final output and exit code 0 shown");
     await shot(page, "07-invocation-finished");
 
     // Stop a long run.

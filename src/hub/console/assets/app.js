@@ -128,6 +128,7 @@ const TITLES = { overview: "Overview", instances: "Instances", run: "Run command
 function route() {
   if ($("shell").hidden) return;
   closeStreams();
+  $("flash").hidden = true;
   const [path, query] = (location.hash.slice(2) || "overview").split("?");
   const [name, arg] = path.split("/");
   const page = PAGES[name] ? name : "overview";
@@ -164,13 +165,14 @@ async function overview() {
   const o = await answer(r);
   const total = o.Invocations.reduce((a, x) => a + x.Count, 0);
   const failed = o.Invocations.filter((x) => x.Status === "Failed" || x.Status === "PartialFailed").reduce((a, x) => a + x.Count, 0);
-  const stat = (label, n, colour, id) => h("div", { class: "stat", style: "--c:" + colour, id }, h("div", { class: "l" }, label), h("div", { class: "n" }, n));
+  // Colours come from classes: the page's CSP allows no inline style.
+  const stat = (label, n, tone, id) => h("div", { class: "stat t-" + tone, id }, h("div", { class: "l" }, label), h("div", { class: "n" }, n));
   stats.append(
-    stat("Instances online", o.Online, "#16a34a", "stat-online"),
-    stat("Instances offline", o.Offline, "#94a3b8", "stat-offline"),
-    stat("Invocations (24 h)", total, "#2563eb", "stat-invocations"),
-    stat("Failed (24 h)", failed, "#dc2626", "stat-failed"));
-  chart.append(drawChart(o), h("div", { class: "legend" }, CHART.map(([s, c]) => h("span", {}, h("i", { style: "background:" + c }), s))));
+    stat("Instances online", o.Online, "ok", "stat-online"),
+    stat("Instances offline", o.Offline, "idle", "stat-offline"),
+    stat("Invocations (24 h)", total, "run", "stat-invocations"),
+    stat("Failed (24 h)", failed, "bad", "stat-failed"));
+  chart.append(drawChart(o), h("div", { class: "legend" }, CHART.map(([s]) => h("span", {}, h("i", { class: "lg-" + s }), s))));
   const body = h("div", {});
   recent.append(body);
   watch("DescribeInvocations", { PageSize: 8 }, (j) => body.replaceChildren(invocationTable(j.Invocations.Invocation)));
@@ -285,15 +287,15 @@ async function run(_, q) {
   const submit = h("button", { class: "primary wide", id: "run-submit", type: "button" }, "Run");
   const targets = h("div", { class: "card" }, h("h2", {}, "Targets"),
     h("div", { class: "radio" }, h("label", {}, byId, "Selected instances"), h("label", {}, byTag, "By tag")),
-    h("div", { style: "height:10px" }), picker, tagBox, h("div", { style: "height:14px" }), submit);
+    picker, tagBox, submit);
   view().append(h("div", { class: "grid2" }, form, targets));
   const j = await api("DescribeManagedInstances", { PageSize: 50 });
   for (const i of j.Instances.Instance) {
     picker.append(h("label", {}, h("input", { type: "checkbox", class: "target", value: i.InstanceId, checked: preset.has(i.InstanceId) || (preset.size === 0 && j.Instances.Instance.length === 1) }),
-      badge(i.Status), h("span", {}, i.InstanceName || i.InstanceId), h("span", { class: "mono muted" }, i.InstanceId)));
+      h("span", { class: "who2" }, h("b", {}, i.InstanceName || i.Hostname || i.InstanceId), h("span", { class: "mono muted" }, i.InstanceId)), badge(i.Status)));
   }
   if (!j.Instances.Instance.length) picker.append(h("div", { class: "empty" }, "No instances registered."));
-  if (j.TotalCount > 50) picker.append(h("div", { class: "muted", style: "padding:8px 10px" }, `Showing 50 of ${j.TotalCount}; target the rest by tag.`));
+  if (j.TotalCount > 50) picker.append(h("div", { class: "muted note" }, `Showing 50 of ${j.TotalCount}; target the rest by tag.`));
   submit.addEventListener("click", async () => {
     const p = {
       Type: type.value, CommandContent: script.value, ContentEncoding: "PlainText",
@@ -357,7 +359,7 @@ async function invocation(id) {
     try { await api("StopInvocation", { InvokeId: id }); flash("Stop requested", true); } catch (e) { flashError(e); stop.disabled = false; }
   } }, "Stop");
   const script = h("pre", { class: "out", id: "invoke-script" });
-  head.append(kv, h("div", { style: "margin-top:14px;display:flex;gap:10px" }, stop));
+  head.append(kv, h("div", { class: "actions" }, stop));
   const results = h("div", { class: "card" }, h("h2", {}, "Instances", h("span", { class: "live", id: "live-mark" }, "live")));
   const table_ = h("div", {}); const outs = h("div", {});
   results.append(table_, outs);
@@ -368,7 +370,7 @@ async function invocation(id) {
     const v = j.Invocations.Invocation[0];
     if (!v) return;
     $("invoke-status").replaceChildren(badge(v.InvocationStatus));
-    const item = (k, val) => h("div", {}, h("span", {}, k), val);
+    const item = (k, val) => h("div", {}, h("span", { class: "k" }, k), val);
     kv.replaceChildren(item("Command", v.CommandName || "—"), item("Type", v.CommandType), item("Created", when(v.CreationTime)),
       item("Repeat", v.RepeatMode + (v.Frequency ? " · " + v.Frequency : "")), item("Targets", String(v.TargetCount)),
       item("Run as", v.Username || "default"), item("Timeout", v.Timeout + " s"), item("Progress", progress(v)));
@@ -390,13 +392,13 @@ async function invocation(id) {
   // Each target's current run, live output included while it runs.
   watch("DescribeInvocationResults", { InvokeId: id, ContentEncoding: "PlainText", PageSize: 50 }, (j) => {
     const list = j.Invocation.InvocationResults.InvocationResult;
-    table_.replaceChildren(table(["Instance", "Run", "Status", "Exit code", "Error", "Started", "Finished"], list.map((r) => h("tr", { "data-instance": r.InstanceId },
-      h("td", { class: "mono" }, r.InstanceId), h("td", {}, "#" + r.Repeats), h("td", {}, badge(r.InvocationStatus)),
-      h("td", { class: "mono" }, r.ExitCode ?? "—"),
+    table_.replaceChildren(table(["Instance", "Status", "Exit code", "Error", "Started", "Finished"], list.map((r) => h("tr", { "data-instance": r.InstanceId },
+      h("td", { class: "mono" }, r.InstanceId), h("td", {}, badge(r.InvocationStatus)),
+      h("td", { class: "mono exit" }, r.ExitCode ?? "—"),
       h("td", {}, r.ErrorCode ? h("span", { title: r.ErrorInfo }, r.ErrorCode) : "—"),
       h("td", {}, when(r.StartTime)), h("td", {}, when(r.FinishedTime)))), "No results yet."));
     outs.replaceChildren(...list.map((r) => h("div", { class: "outblock" },
-      h("h3", {}, h("span", { class: "mono" }, r.InstanceId), "run #" + r.Repeats, badge(r.InvocationStatus)),
+      h("h3", {}, h("span", { class: "mono" }, r.InstanceId), badge(r.InvocationStatus), r.Dropped ? h("span", { class: "muted" }, `(${r.Dropped} bytes dropped)`) : null),
       h("pre", { class: "out output", "data-instance": r.InstanceId }, r.Output || (r.InvocationStatus === "Running" ? "(waiting for output…)" : "(no output)")))));
   });
 }
