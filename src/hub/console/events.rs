@@ -51,7 +51,7 @@ pub async fn watch(
 ) -> Response {
     let (token, s) = match session_of(&hub, &headers) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return super::api_error(e),
     };
     let query = query.unwrap_or_default();
     if query.len() > crate::hub::api::MAX_BODY_BYTES {

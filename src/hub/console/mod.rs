@@ -107,23 +107,27 @@ fn cookie_token(headers: &HeaderMap) -> Option<String> {
 }
 
 /// The session of a request, or the 401 the page answers by showing sign-in.
-fn session_of(hub: &Hub, headers: &HeaderMap) -> Result<(String, session::Session), Response> {
+fn session_of(hub: &Hub, headers: &HeaderMap) -> Result<(String, session::Session), ApiError> {
     let c = &hub.config.console;
-    let token = cookie_token(headers).ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "Console.SignInRequired", "sign in first"))?;
+    let token = cookie_token(headers).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "Console.SignInRequired", "sign in first"))?;
     let s = hub
         .console_sessions
         .get(&token, c.session_ttl, c.idle_timeout)
-        .ok_or_else(|| refuse(StatusCode::UNAUTHORIZED, "Console.SessionExpired", "the session has ended; sign in again"))?;
+        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "Console.SessionExpired", "the session has ended; sign in again"))?;
     Ok((token, s))
 }
 
 /// The session of a state-changing request: its CSRF header must match.
-fn session_with_csrf(hub: &Hub, headers: &HeaderMap) -> Result<(String, session::Session), Response> {
+fn session_with_csrf(hub: &Hub, headers: &HeaderMap) -> Result<(String, session::Session), ApiError> {
     let (token, s) = session_of(hub, headers)?;
     let sent = headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
     if !session::csrf_ok(&s, sent) {
         tracing::info!(user = %s.who.label(), "console request without a valid CSRF token refused");
-        return Err(refuse(StatusCode::FORBIDDEN, "Console.CsrfTokenInvalid", format!("the {CSRF_HEADER} header is missing or wrong")));
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "Console.CsrfTokenInvalid",
+            format!("the {CSRF_HEADER} header is missing or wrong"),
+        ));
     }
     Ok((token, s))
 }
@@ -256,7 +260,7 @@ async fn key_matches(hub: &Hub, id: &str, secret: &str) -> Option<()> {
 async fn sign_out(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     let (token, s) = match session_with_csrf(&hub, &headers) {
         Ok(x) => x,
-        Err(r) => return r,
+        Err(e) => return api_error(e),
     };
     hub.console_sessions.remove(&token);
     tracing::info!(user = %s.who.label(), "console sign-out");
@@ -272,7 +276,7 @@ async fn whoami(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
             axum::Json(json!({ "User": s.who.label(), "CsrfToken": s.csrf, "FullAccess": full, "Region": hub.config.region_id }))
                 .into_response()
         }
-        Err(r) => r,
+        Err(e) => api_error(e),
     }
 }
 
@@ -287,7 +291,7 @@ async fn call(
 ) -> Response {
     let s = match session_with_csrf(&hub, &headers) {
         Ok((_, s)) => s,
-        Err(r) => return r,
+        Err(e) => return api_error(e),
     };
     match run(&hub, peer, &s.who, &action, &body).await {
         Ok(v) => axum::Json(v).into_response(),
@@ -323,7 +327,7 @@ pub(super) async fn run(hub: &Arc<Hub>, peer: SocketAddr, who: &Who, action: &st
 async fn overview(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
     let s = match session_of(&hub, &headers) {
         Ok((_, s)) => s,
-        Err(r) => return r,
+        Err(e) => return api_error(e),
     };
     let result = async {
         let principal = principal_of(&hub, &s.who).await?;

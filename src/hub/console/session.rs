@@ -168,10 +168,13 @@ pub fn csrf_ok(session: &Session, sent: Option<&str>) -> bool {
     sent.is_some_and(|t| super::users::same_secret(&session.csrf, t))
 }
 
+/// Recent failure times by key (an address or a name).
+type Failures = HashMap<String, VecDeque<Instant>>;
+
 /// Failed sign-ins per address and per user name over [`FAILURE_WINDOW`].
 #[derive(Default)]
 pub struct SignInLimiter {
-    inner: Mutex<(HashMap<String, VecDeque<Instant>>, HashMap<String, VecDeque<Instant>>)>,
+    inner: Mutex<(Failures, Failures)>,
 }
 
 /// The limiter's key for an address: IPv6 by /64 (one host often holds a
