@@ -85,6 +85,7 @@ suite!(
     two_replicas_share_one_window,
     batch_wait_spaces_releases_by_the_hub_clock,
     access_keys_and_audit_events_round_trip_across_replicas,
+    overview_counts_instances_and_invocations_by_hour,
 );
 
 fn page(offset: i64, limit: i64) -> Page {
@@ -742,4 +743,29 @@ async fn access_keys_and_audit_events_round_trip_across_replicas(e: &Engine) {
     assert_eq!(b.list_audit(&since, page(0, 10)).await.unwrap().1, 2);
     assert_eq!(a.prune_audit("2026-11-13T00:00:00Z").await.unwrap(), 2);
     assert_eq!(b.list_audit(&AuditFilter::default(), page(0, 10)).await.unwrap().1, 2);
+}
+
+/// The console's Overview: two grouped queries, the same answer on both engines.
+async fn overview_counts_instances_and_invocations_by_hour(e: &Engine) {
+    let s = e.open().await;
+    activation(&s, "a-1", 5).await;
+    for id in ["i-1", "i-2", "i-3"] {
+        assert!(register(&s, "a-1", id).await);
+    }
+    s.instance_connected("i-1", "hub-a", &HostFacts::default(), "10.0.0.1").await.unwrap();
+    for (id, at) in [
+        ("t-old", "2026-11-22T00:00:00Z"),
+        ("t-a", "2026-11-23T01:10:00Z"),
+        ("t-b", "2026-11-23T01:50:00Z"),
+        ("t-c", "2026-11-23T02:05:00Z"),
+    ] {
+        s.create_invocation(&invocation(id, at, ONCE, ""), &["i-1".to_string()]).await.unwrap();
+    }
+    let o = s.overview("2026-11-23T00:00:00Z").await.unwrap();
+    assert_eq!((o.online, o.offline), (1, 2));
+    assert_eq!(
+        o.invocations,
+        vec![("2026-11-23T01".to_string(), InvocationOverall::Pending, 2), ("2026-11-23T02".to_string(), InvocationOverall::Pending, 1)],
+        "the invocation before the window is not counted"
+    );
 }
