@@ -87,6 +87,17 @@ async function signInAttempt(page, user, password) {
     await row.locator(".badge[data-status=Online]").waitFor();
     const instanceId = await row.getAttribute("data-instance");
     check(instanceId && instanceId.length > 3, "instances page lists the dev agent online: " + instanceId);
+    // Tag editing: add two tags, remove one; the row updates by itself.
+    for (const tag of ["env=dev", "team=platform"]) {
+      page.once("dialog", (d) => d.accept(tag));
+      await row.locator("button:has-text('+ tag')").click();
+      await row.locator(`.tag:has-text('${tag}')`).waitFor();
+    }
+    page.once("dialog", (d) => d.accept("scratch=1"));
+    await row.locator("button:has-text('+ tag')").click();
+    await row.locator(".tag:has-text('scratch=1') button").click();
+    await row.locator(".tag:has-text('scratch=1')").waitFor({ state: "detached" });
+    check(true, "tags added and removed from the instances page");
     await shot(page, "04-instances");
 
     // Overview screenshot after some activity is taken at the end.
