@@ -160,7 +160,8 @@ async function signInAttempt(page, user, password) {
     }, instanceId);
     await page.click("a[data-page=schedules]");
     await page.locator(`a:has-text('${sched}')`).waitFor();
-    check(true, "schedules page lists the periodic invocation");
+    const next = await page.locator(`tr:has(a:has-text('${sched}')) td:nth-child(5)`).textContent();
+    check(/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d$/.test(next.trim()), "schedules page lists the periodic invocation with its next fire: " + next);
     await shot(page, "10-schedules");
 
     await page.click("a[data-page=overview]");

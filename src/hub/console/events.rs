@@ -109,6 +109,9 @@ pub async fn watch(
                     if let Value::Object(m) = &mut v {
                         m.remove("RequestId");
                     }
+                    if w.action == "DescribeInvocations" {
+                        super::schedules::annotate(&mut v, chrono::Utc::now());
+                    }
                     if w.last.as_ref() == Some(&v) {
                         continue;
                     }

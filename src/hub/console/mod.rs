@@ -9,6 +9,7 @@
 //! server-sent events (`events`). docs/console.md is the operator's view.
 
 mod events;
+mod schedules;
 mod session;
 pub mod users;
 

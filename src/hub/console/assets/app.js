@@ -234,7 +234,7 @@ async function instances(_, q) {
       h("td", {}, h("div", {}, i.OsType || "—"), h("div", { class: "muted" }, i.OsVersion || "")),
       h("td", { class: "mono" }, i.AgentVersion || "—"),
       h("td", { class: "mono" }, i.IntranetIp || "—"),
-      h("td", {}, when(i.LastSeen)),
+      h("td", { class: "nowrap" }, when(i.LastSeen)),
       h("td", {}, tagEditor(i))));
     card.replaceChildren(table(["", "Instance", "Status", "OS", "Agent", "IP", "Last seen", "Tags"], rows, "No instances match."),
       pager(j.TotalCount, pageNo, (p) => go(p)));
@@ -414,19 +414,17 @@ async function schedules(_, q) {
     const rows = j.Invocations.Invocation.map((v) => h("tr", {},
       h("td", {}, h("a", { href: "#/invocation/" + encodeURIComponent(v.InvokeId), class: "mono" }, v.InvokeId)),
       h("td", {}, v.CommandName || "—"), h("td", { class: "mono" }, v.Frequency), h("td", {}, badge(v.InvocationStatus)),
-      h("td", {}, nextFire(v.Frequency)), h("td", {}, progress(v)), h("td", {}, when(v.CreationTime))));
+      h("td", { class: "nowrap" }, nextFire(v)), h("td", {}, progress(v)), h("td", { class: "nowrap" }, when(v.CreationTime))));
     body.replaceChildren(table(["Invocation", "Command", "Frequency", "Status", "Next fire", "Runs", "Created"], rows, "No periodic invocations."),
       pager(j.TotalCount, pageNo, (p) => { location.hash = "#/schedules?page=" + p; }));
   });
 }
-// Next fire for the forms the page can work out alone (`rate(…)` is
-// relative to each agent's own start; cron is evaluated by the agent).
-function nextFire(freq) {
-  const m = /^at\((.+)\)$/.exec(freq || "");
-  if (m) return when(m[1]);
-  const r = /^rate\((\d+)([smhd])\)$/.exec(freq || "");
-  if (r) return "every " + r[1] + r[2];
-  return h("span", { class: "muted", title: "evaluated on each agent in its time zone" }, "by cron on agent");
+// Next fire, worked out on the hub with the agents' own parser. A cron
+// without a zone fires in each agent's zone: shown in UTC and marked.
+function nextFire(v) {
+  if (v.InvocationStatus !== "Running" && v.InvocationStatus !== "Pending" && v.InvocationStatus !== "Scheduled") return h("span", { class: "muted" }, "—");
+  if (!v.ConsoleNextFire) return h("span", { class: "muted" }, "none left");
+  return h("span", {}, when(v.ConsoleNextFire), v.ConsoleNextFireZoneKnown ? null : h("span", { class: "muted", title: "the cron names no zone: each agent uses its own" }, " UTC*"));
 }
 
 // ---------- boot ----------
