@@ -33,6 +33,10 @@ use super::api::{self, ApiError, audit, params::Params};
 use super::authz::Principal;
 use super::server::Peer;
 
+/// Password checks (argon2) running at once on this hub.
+pub const MAX_PASSWORD_CHECKS: usize = 4;
+static PASSWORD_CHECKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(MAX_PASSWORD_CHECKS);
+
 /// The session cookie's name.
 pub const COOKIE: &str = "deckhand_console";
 /// The header carrying the CSRF token on every state-changing request.
@@ -217,7 +221,12 @@ async fn sign_in(State(hub): State<Arc<Hub>>, ConnectInfo(Peer(peer, _)): Connec
         key_matches(&hub, &form.access_key_id, secret).await.map(|()| Who::Key { access_key_id: form.access_key_id.clone() })
     } else {
         let (users, n, p) = (c.users.clone(), name.clone(), secret.clone());
-        // argon2 is deliberately slow: off the async workers.
+        // argon2 is deliberately slow and takes ~19 MiB per check: off the
+        // async workers, and only a few at once whatever the number of
+        // addresses trying (the others wait their turn).
+        let Ok(_permit) = PASSWORD_CHECKS.acquire().await else {
+            return refuse(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the hub is shutting down");
+        };
         match tokio::task::spawn_blocking(move || users::verify(&users, &n, &p)).await {
             Ok(Some(u)) => Some(Who::User { name: u.name, access_key_id: u.access_key_id }),
             _ => None,

@@ -406,7 +406,7 @@ async function invocation(id) {
 // ---------- Schedules ----------
 async function schedules(_, q) {
   const pageNo = Number(q.get("page") || 1);
-  const card = h("div", { class: "card" }, h("h2", {}, "Periodic and reboot invocations", h("a", { href: "#/run" }, "+ New schedule")));
+  const card = h("div", { class: "card" }, h("h2", {}, "Periodic invocations", h("a", { href: "#/run" }, "+ New schedule")));
   const body = h("div", {});
   card.append(body);
   view().append(card);
@@ -415,7 +415,7 @@ async function schedules(_, q) {
       h("td", {}, h("a", { href: "#/invocation/" + encodeURIComponent(v.InvokeId), class: "mono" }, v.InvokeId)),
       h("td", {}, v.CommandName || "—"), h("td", { class: "mono" }, v.Frequency), h("td", {}, badge(v.InvocationStatus)),
       h("td", { class: "nowrap" }, nextFire(v)), h("td", {}, progress(v)), h("td", { class: "nowrap" }, when(v.CreationTime))));
-    body.replaceChildren(table(["Invocation", "Command", "Frequency", "Status", "Next fire", "Runs", "Created"], rows, "No periodic invocations."),
+    body.replaceChildren(table(["Invocation", "Command", "Frequency", "Status", "Next fire", "Targets", "Created"], rows, "No periodic invocations."),
       pager(j.TotalCount, pageNo, (p) => { location.hash = "#/schedules?page=" + p; }));
   });
 }
