@@ -158,7 +158,7 @@ function table(headers, rows, emptyText) {
 const CHART = [["Success", "#16a34a"], ["Failed", "#dc2626"], ["PartialFailed", "#ea8c00"], ["Running", "#2563eb"], ["Pending", "#94a3b8"], ["Scheduled", "#cbd5e1"], ["Stopping", "#f59e0b"], ["Stopped", "#7c3aed"]];
 async function overview() {
   const stats = h("div", { class: "stats" });
-  const chart = h("div", { class: "card chart" }, h("h2", {}, "Invocations in the last 24 hours"));
+  const chart = h("div", { class: "card chart" }, h("h2", {}, "Invocations in the last 24 hours (UTC)"));
   const recent = h("div", { class: "card" }, h("h2", {}, "Recent invocations", h("span", { class: "live" }, "live")));
   view().append(stats, chart, recent);
   const r = await fetch("/console/overview", { credentials: "same-origin" });
