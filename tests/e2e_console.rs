@@ -1,8 +1,9 @@
 //! The console's HTTP contract against a real hub (TLS, SQLite), without a
 //! browser (tests/console_browser.rs drives the pages): a console session
 //! acts with exactly its principal's API permissions and is audited like
-//! an API call; CSRF, cross-site sign-in, disabled keys, watch limits and
-//! `[console] enabled = false`.
+//! an API call; a hub.toml console user acts with its bound key; CSRF,
+//! cross-site and form sign-in, disabled keys, per-user sign-in limits,
+//! hostile bodies and cookies, watch limits and `[console] enabled = false`.
 
 #[path = "support/harness.rs"]
 mod harness;
@@ -157,4 +158,76 @@ fn console_can_be_turned_off() {
     let b = Browser::new(&hub);
     assert_eq!(b.get("/console/").status, 404);
     assert!(hub.call("DescribeInvocations", &[]).is_ok(), "the API is unaffected");
+}
+
+#[test]
+fn a_console_user_is_bound_to_its_key_and_hostile_requests_are_refused_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hub.toml");
+    let hash = deckhand::hub::console::hash_password("s3cret-pass").unwrap();
+    // The key is created after start: a user's key is resolved per request.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[console]\naccess_key_sign_in = false\n[[console.users]]\nname = \"ops\"\npassword_hash = \"{hash}\"\naccess_key_id = \"LTAIconsoleops01\"\n"
+        ),
+    )
+    .unwrap();
+    let hub = Hub::start_with(&["--config", cfg.to_str().unwrap()]);
+    let mut b = Browser::new(&hub);
+    // The user's key does not exist yet: the right password still gives no session.
+    let r = b.sign_in(serde_json::json!({ "user": "ops", "password": "s3cret-pass" }), None);
+    assert_eq!((r.status, r.json["Code"].as_str()), (403, Some("InvalidAccessKeyId.NotFound")), "{}", r.json);
+    // AccessKey sign-in is off on this hub.
+    let r = b.sign_in(serde_json::json!({ "access_key_id": harness::AK_ID, "access_key_secret": harness::AK_SECRET }), None);
+    assert_eq!((r.status, r.json["Code"].as_str()), (403, Some("Console.AccessKeySignInDisabled")));
+
+    // Hostile input: refused with the field named, never a panic.
+    let raw =
+        |body: &[u8], ct: &str| Browser::answer(b.http.post(format!("{}/console/sign-in", hub.url)).header("content-type", ct).send(body));
+    let r = raw(b"{not json", "application/json");
+    assert_eq!((r.status, r.json["Code"].as_str()), (400, Some("InvalidParameter.Body")));
+    let r = raw(b"user=ops&password=x", "application/x-www-form-urlencoded");
+    assert_eq!((r.status, r.json["Code"].as_str()), (403, Some("Console.CrossSiteRefused")), "a form post cannot sign in");
+    let long = serde_json::json!({ "user": "ops", "password": "x".repeat(5000) }).to_string();
+    let r = raw(long.as_bytes(), "application/json");
+    assert_eq!((r.status, r.json["Code"].as_str()), (400, Some("InvalidParameter.Password")));
+    let r = Browser::answer(
+        b.http.get(format!("{}/console/session", hub.url)).header("cookie", format!("deckhand_console={}; x=;;=", "z".repeat(64))).call(),
+    );
+    assert_eq!(r.status, 401);
+    let big = vec![b'a'; 300 * 1024];
+    let r = Browser::answer(b.http.post(format!("{}/console/api/DescribeInvocations", hub.url)).send(&big[..]));
+    assert_eq!(r.status, 413, "bodies are bounded as on the API");
+
+    // Wrong passwords for one user are limited, whatever the address says.
+    for _ in 0..5 {
+        assert_eq!(b.sign_in(serde_json::json!({ "user": "ops", "password": "guess" }), None).status, 401);
+    }
+    let r = b.sign_in(serde_json::json!({ "user": "ops", "password": "guess" }), None);
+    assert_eq!((r.status, r.json["Code"].as_str()), (429, Some("Throttling.SignIn")));
+    assert!(r.headers.iter().any(|(k, v)| k == "retry-after" && v.parse::<u64>().is_ok_and(|s| s > 0)), "Retry-After");
+    // Even the right password waits out the window.
+    let r = b.sign_in(serde_json::json!({ "user": "ops", "password": "s3cret-pass" }), None);
+    assert_eq!(r.status, 429);
+    // Another user is not affected by ops' failures (fewer than 10 from this address).
+    let r = b.sign_in(serde_json::json!({ "user": "nobody", "password": "x" }), None);
+    assert_eq!(r.status, 401);
+
+    // Bind ops to a stored key with a read-only policy (hub.toml changed,
+    // hub restarted): ops signs in and has exactly that key's rights.
+    let created = hub.call("CreateAccessKey", &[("PolicyDocument", r#"{"Statement":[{"Effect":"Allow","Action":"Describe*"}]}"#)]).unwrap();
+    let key = created["AccessKeyId"].as_str().unwrap().to_string();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace("LTAIconsoleops01", &key);
+    std::fs::write(&cfg, text).unwrap();
+    let mut hub = hub;
+    hub.restart();
+    let mut b = Browser::new(&hub);
+    let r = b.sign_in(serde_json::json!({ "user": "ops", "password": "s3cret-pass" }), None);
+    assert_eq!(r.status, 200, "{}", r.json);
+    assert_eq!(b.get("/console/session").json["FullAccess"], false);
+    assert_eq!(b.call("DescribeManagedInstances", &[], Some(&b.csrf)).status, 200);
+    let r = b.call("RunCommand", &[("Type", "RunShellScript"), ("CommandContent", "id"), ("InstanceId.1", "mi-x")], Some(&b.csrf));
+    assert_eq!((r.status, r.json["Code"].as_str()), (403, Some("Forbidden.RAM")), "{}", r.json);
+    assert!(r.json["Message"].as_str().unwrap().contains(&key), "refused as the key: {}", r.json);
 }
