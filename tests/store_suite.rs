@@ -88,6 +88,7 @@ suite!(
     modifications_raise_the_revision_and_reach_the_wire_form,
     instances_stream_in_keyset_pages,
     many_targets_insert_in_batches_and_state_counts_sum_them,
+    overview_counts_instances_and_invocations_by_hour,
 );
 
 /// `ModifyInvocationAttribute` (issue #16): a change to what runs raises
@@ -818,4 +819,29 @@ async fn many_targets_insert_in_batches_and_state_counts_sum_them(e: &Engine) {
     let mut inv = c.invocations.clone();
     inv.sort_by_key(|(st, _)| st.as_str());
     assert_eq!(inv, vec![(InvocationOverall::Pending, 1), (InvocationOverall::Success, 1)]);
+}
+
+/// The console's Overview: two grouped queries, the same answer on both engines.
+async fn overview_counts_instances_and_invocations_by_hour(e: &Engine) {
+    let s = e.open().await;
+    activation(&s, "a-1", 5).await;
+    for id in ["i-1", "i-2", "i-3"] {
+        assert!(register(&s, "a-1", id).await);
+    }
+    s.instance_connected("i-1", "hub-a", &HostFacts::default(), "10.0.0.1").await.unwrap();
+    for (id, at) in [
+        ("t-old", "2026-11-22T00:00:00Z"),
+        ("t-a", "2026-11-23T01:10:00Z"),
+        ("t-b", "2026-11-23T01:50:00Z"),
+        ("t-c", "2026-11-23T02:05:00Z"),
+    ] {
+        s.create_invocation(&invocation(id, at, ONCE, ""), &["i-1".to_string()]).await.unwrap();
+    }
+    let o = s.overview("2026-11-23T00:00:00Z").await.unwrap();
+    assert_eq!((o.online, o.offline), (1, 2));
+    assert_eq!(
+        o.invocations,
+        vec![("2026-11-23T01".to_string(), InvocationOverall::Pending, 2), ("2026-11-23T02".to_string(), InvocationOverall::Pending, 1)],
+        "the invocation before the window is not counted"
+    );
 }

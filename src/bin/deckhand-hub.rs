@@ -68,6 +68,9 @@ struct Flags {
 enum Cmd {
     /// Serve (the default).
     Serve,
+    /// Read a password from standard input and print its argon2id hash
+    /// for `password_hash` of a `[[console.users]]` entry (docs/console.md).
+    ConsolePasswordHash,
     /// Validate the configuration and print the effective settings.
     Config {
         #[command(subcommand)]
@@ -86,6 +89,15 @@ fn main() -> std::process::ExitCode {
 
 fn run() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Cmd::ConsolePasswordHash) = args.command {
+        // One line; the trailing newline is not part of the password.
+        let mut line = String::new();
+        std::io::stdin().read_line(&mut line).context("reading the password from standard input")?;
+        let password = line.trim_end_matches(['\n', '\r']);
+        anyhow::ensure!(!password.is_empty(), "empty password on standard input");
+        println!("{}", deckhand::hub::console::hash_password(password)?);
+        return Ok(());
+    }
     let f = &args.flags;
     let file = HubFile::discover(args.config.as_deref())?.overlay(HubFile {
         listen: f.listen.clone(),
@@ -104,6 +116,7 @@ fn run() -> anyhow::Result<()> {
         audit_max_events: None,
         secrets_key_file: None,
         metrics_token: f.metrics_token.clone(),
+        console: None,
     });
     let mut cfg = file.resolve()?;
     let store_spec = file.store_spec()?;
@@ -112,14 +125,16 @@ fn run() -> anyhow::Result<()> {
         println!("configuration OK");
         println!("store = {}", deckhand::hub::config::redact(&store_spec));
         println!(
-            "listen = {}\ndata_dir = {:?}\ntls = {}\naccess_keys = {}\nheartbeat_secs = {}\ndelivery_timeout_secs = {}\nparameter_values = {}",
+            "listen = {}\ndata_dir = {:?}\ntls = {}\naccess_keys = {}\nheartbeat_secs = {}\ndelivery_timeout_secs = {}\nparameter_values = {}\nconsole = {} ({} users)",
             cfg.listen,
             file.data_dir(),
             cfg.tls.is_some(),
             cfg.access_keys.len(),
             cfg.heartbeat.as_secs(),
             cfg.delivery_timeout.as_secs(),
-            cfg.parameter_values.as_str()
+            cfg.parameter_values.as_str(),
+            if cfg.console.enabled { "enabled" } else { "disabled" },
+            cfg.console.users.len()
         );
         return Ok(());
     }

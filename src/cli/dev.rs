@@ -50,6 +50,36 @@ fn dev_key(dir: &Path) -> Result<DevKey, CliError> {
     Ok(key)
 }
 
+/// The dev console's sign-in, made once per data dir.
+#[derive(Serialize, Deserialize)]
+struct DevConsoleUser {
+    name: String,
+    password: String,
+}
+
+fn dev_console_user(dir: &Path) -> Result<DevConsoleUser, CliError> {
+    let path = dir.join("console-user.json");
+    if let Ok(b) = std::fs::read(&path) {
+        return serde_json::from_slice(&b).map_err(|source| CliError::Parse { path, source });
+    }
+    let user = DevConsoleUser { name: "admin".into(), password: uuid::Uuid::new_v4().simple().to_string() };
+    crate::tls::write_private(&path, serde_json::to_string_pretty(&user).expect("json").as_bytes(), 0o600).map_err(err)?;
+    Ok(user)
+}
+
+/// The hub's bound URL, once it has written it (it does so right after
+/// binding, before accepting).
+async fn wait_for_addr(path: &Path) -> String {
+    loop {
+        if let Ok(s) = std::fs::read_to_string(path)
+            && !s.trim().is_empty()
+        {
+            return s.trim().to_string();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 pub fn run(args: &DevArgs) -> Result<(), CliError> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(err)?;
     rt.block_on(run_async(args))
@@ -79,7 +109,26 @@ async fn run_async(args: &DevArgs) -> Result<(), CliError> {
         store.create_activation(&row).await.map_err(err)?;
         activation = Some((row.activation_id, code));
     }
-    let endpoint = format!("https://{}", args.listen);
+    let console = dev_console_user(&dir)?;
+    let shutdown = CancellationToken::new();
+    let mut hub_cfg = HubConfig::new(args.listen);
+    hub_cfg.tls = Some((pki.server_cert.clone(), pki.server_key.clone()));
+    hub_cfg.access_keys = vec![(key.id.clone(), key.secret.clone())];
+    hub_cfg.secrets = Some(Arc::new(crate::hub::sealed::SecretBox::create_or_load(&dir.join("secrets.key")).map_err(err)?));
+    let password_hash = crate::hub::console::hash_password(&console.password).map_err(err)?;
+    hub_cfg.console.users = vec![crate::hub::console::users::User { name: console.name.clone(), password_hash, access_key_id: None }];
+    // The agent starts only once the hub listens (no "connection refused"
+    // on every start): the hub writes its bound address when it does.
+    let addr_file = dir.join("hub.addr");
+    let _ = std::fs::remove_file(&addr_file);
+    hub_cfg.addr_file = Some(addr_file.clone());
+    let mut hub_task = tokio::spawn(hub::run(hub_cfg, store, shutdown.clone()));
+    let bound = tokio::select! {
+        a = wait_for_addr(&addr_file) => a,
+        r = &mut hub_task => return Err(err(format!("hub stopped: {}", match r { Ok(Err(e)) => e.to_string(), other => format!("{other:?}") }))),
+    };
+    let endpoint = bound.replace("http://", "https://");
+
     let cli_cfg = ClientConfig {
         endpoint: endpoint.clone(),
         access_key_id: key.id.clone(),
@@ -96,13 +145,6 @@ async fn run_async(args: &DevArgs) -> Result<(), CliError> {
         crate::tls::write_private(&cli_path, cfg_json.as_bytes(), 0o600).map_err(err)?;
     }
 
-    let shutdown = CancellationToken::new();
-    let mut hub_cfg = HubConfig::new(args.listen);
-    hub_cfg.tls = Some((pki.server_cert.clone(), pki.server_key.clone()));
-    hub_cfg.access_keys = vec![(key.id.clone(), key.secret.clone())];
-    hub_cfg.secrets = Some(Arc::new(crate::hub::sealed::SecretBox::create_or_load(&dir.join("secrets.key")).map_err(err)?));
-    let hub_task = tokio::spawn(hub::run(hub_cfg, store, shutdown.clone()));
-
     let mut agent_cfg = AgentConfig::new(endpoint.clone(), agent_dir);
     agent_cfg.ca_file = Some(pki.ca_cert.clone());
     agent_cfg.activation = activation;
@@ -111,6 +153,8 @@ async fn run_async(args: &DevArgs) -> Result<(), CliError> {
 
     println!("deckhand dev mode");
     println!("  hub:        {endpoint} (TLS, CA {})", pki.ca_cert.display());
+    println!("  console:    {endpoint}/console/");
+    println!("  sign in:    {} / {}", console.name, console.password);
     println!("  data dir:   {}", dir.display());
     if args.no_cli_config {
         println!("  CLI config: {} (pass --config)", dir.join("cli.json").display());
@@ -122,6 +166,8 @@ async fn run_async(args: &DevArgs) -> Result<(), CliError> {
     println!("  deckhand instances");
     println!("  deckhand run -i <INSTANCE> -- 'uname -a; uptime'");
     println!("Ctrl-C stops hub and agent.");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
 
     tokio::select! {
         _ = crate::cli::dev::wait_for_signal() => {}

@@ -63,6 +63,8 @@ pub struct HubFile {
     /// `/metrics` requires `Authorization: Bearer <this>` (at least 16
     /// characters); unset, it is served to loopback peers only.
     pub metrics_token: Option<String>,
+    /// The web console (docs/console.md).
+    pub console: Option<super::console::ConsoleFile>,
 }
 
 impl HubFile {
@@ -95,7 +97,8 @@ impl HubFile {
             audit_retention_days,
             audit_max_events,
             secrets_key_file,
-            metrics_token
+            metrics_token,
+            console
         );
         self
     }
@@ -195,6 +198,10 @@ impl HubFile {
             }
             cfg.metrics_token = Some(t.clone());
         }
+        cfg.console = self.console.clone().unwrap_or_default().resolve().map_err(|e| match e {
+            super::console::ConsoleError::Config { key, message } => ConfigError::Invalid { key, message },
+            other => ConfigError::Invalid { key: "console", message: other.to_string() },
+        })?;
         for pair in self.access_keys.iter().flatten() {
             let Some((id, secret)) = pair.split_once(':').filter(|(i, s)| !i.is_empty() && !s.is_empty()) else {
                 return Err(ConfigError::Invalid { key: "access_keys", message: "each entry must be ID:SECRET".into() });

@@ -6,6 +6,7 @@ pub(crate) mod api;
 pub(crate) mod authz;
 pub(crate) mod cluster;
 pub mod config;
+pub mod console;
 pub(crate) mod delivery;
 pub mod edge;
 mod live;
@@ -69,6 +70,8 @@ pub struct HubConfig {
     pub secrets: Option<Arc<sealed::SecretBox>>,
     /// Bearer token `/metrics` requires; `None`: loopback peers only.
     pub metrics_token: Option<String>,
+    /// The web console (`[console]` in hub.toml; docs/console.md).
+    pub console: console::ConsoleConfig,
 }
 
 /// Default bound on the audit trail's size in events.
@@ -90,6 +93,7 @@ impl HubConfig {
             audit_max_events: DEFAULT_AUDIT_MAX_EVENTS,
             secrets: None,
             metrics_token: None,
+            console: console::ConsoleConfig::default(),
         }
     }
 }
@@ -121,6 +125,9 @@ pub struct Hub {
     pub nonces: api::auth::NonceCache,
     /// Parsed policies of stored keys (see `authz::PolicyCache`).
     pub policies: authz::PolicyCache,
+    /// Signed-in console users (this replica's memory; `console::session`).
+    pub console_sessions: console::Sessions,
+    pub console_limiter: console::SignInLimiter,
     pub shutdown: CancellationToken,
 }
 
@@ -160,6 +167,8 @@ pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: Cancellatio
         live: live::LiveOutput::default(),
         nonces: api::auth::NonceCache::default(),
         policies: authz::PolicyCache::default(),
+        console_sessions: console::Sessions::default(),
+        console_limiter: console::SignInLimiter::default(),
         config: config.clone(),
         shutdown: shutdown.clone(),
     });

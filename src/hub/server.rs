@@ -32,7 +32,9 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Peer(pub SocketAddr, pub bool);
 
 pub fn router(hub: Arc<Hub>) -> Router {
+    let console = if hub.config.console.enabled { super::console::router() } else { Router::new() };
     Router::new()
+        .merge(console)
         .route("/", any(api::handle))
         .route("/agent/v1/ws", get(agents::upgrade))
         .route("/healthz", get(|| async { "ok" }))
@@ -56,7 +58,10 @@ pub async fn serve(hub: Arc<Hub>, shutdown: CancellationToken) -> Result<(), Hub
     let scheme = if tls.is_some() { "https" } else { "http" };
     tracing::info!(addr = %local, scheme, "hub listening");
     if let Some(f) = &hub.config.addr_file {
-        std::fs::write(f, format!("{scheme}://{local}"))?;
+        // Written aside and renamed, so a reader never sees half an address.
+        let tmp = f.with_extension("tmp");
+        std::fs::write(&tmp, format!("{scheme}://{local}"))?;
+        std::fs::rename(&tmp, f)?;
     }
     crate::agent::service::notify_ready();
     let app = router(hub.clone());

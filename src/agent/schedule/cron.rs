@@ -41,6 +41,11 @@ impl CronSchedule {
         &self.source
     }
 
+    /// The zone written in the expression, if any.
+    pub fn zone(&self) -> Option<Zone> {
+        self.zone
+    }
+
     /// Fills in the zone used when the expression names none (the agent
     /// passes [`Zone::system`]); an explicit zone is kept.
     pub fn with_default_zone(mut self, zone: Zone) -> Self {

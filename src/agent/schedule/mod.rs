@@ -197,7 +197,6 @@ impl Schedule {
     /// The next fire strictly after `after`. For `Rate`, `after` is the
     /// anchor (creation or the previous nominal fire): the answer is
     /// `after + period`.
-    #[cfg(test)]
     pub fn next_after(&self, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
         match self {
             Schedule::Rate(d) => after.checked_add_signed(TimeDelta::from_std(*d).ok()?),

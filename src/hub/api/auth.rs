@@ -57,33 +57,39 @@ pub async fn authenticate(
     tracing::debug!(access_key_id = %v.access_key_id, "request authenticated");
     let principal = match stored.filter(|k| k.key_id == v.access_key_id) {
         None => Principal::Configured { key_id: v.access_key_id.clone() },
-        // Refused only after the signature verified: only the key's
-        // holder learns that it is disabled.
-        Some(k) if !k.enabled => {
-            return Err(ApiError::new(
-                StatusCode::FORBIDDEN,
-                "InvalidAccessKeyId.Inactive",
-                format!("Specified access key is disabled: {}", k.key_id),
-            ));
-        }
-        Some(k) => {
-            // Stored documents were validated when set; one that no longer
-            // parses (written by a newer release) gives no access.
-            let policy = if k.policy.is_empty() {
-                None
-            } else {
-                match hub.policies.get_or_parse(&k.key_id, &k.policy) {
-                    Ok(p) => Some(p),
-                    Err(e) => {
-                        tracing::warn!(access_key_id = %k.key_id, error = %e, "stored policy unreadable; the key has no access");
-                        None
-                    }
-                }
-            };
-            Principal::Stored { key_id: k.key_id, policy }
-        }
+        Some(k) => stored_principal(hub, k)?,
     };
     Ok((v, principal))
+}
+
+/// The principal of a stored key whose secret was proven: refused when
+/// the key is disabled, with no access when its policy no longer parses.
+/// Shared with the console, which proves the secret at sign-in and
+/// re-reads the key on every request.
+pub fn stored_principal(hub: &Hub, k: crate::hub::store::AccessKeyRow) -> Result<Principal, ApiError> {
+    // Refused only after the secret was proven: only the key's holder
+    // learns that it is disabled.
+    if !k.enabled {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "InvalidAccessKeyId.Inactive",
+            format!("Specified access key is disabled: {}", k.key_id),
+        ));
+    }
+    // Stored documents were validated when set; one that no longer
+    // parses (written by a newer release) gives no access.
+    let policy = if k.policy.is_empty() {
+        None
+    } else {
+        match hub.policies.get_or_parse(&k.key_id, &k.policy) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(access_key_id = %k.key_id, error = %e, "stored policy unreadable; the key has no access");
+                None
+            }
+        }
+    };
+    Ok(Principal::Stored { key_id: k.key_id, policy })
 }
 
 /// Longest AccessKey id looked up in the store (ids deckhand issues are

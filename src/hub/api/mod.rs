@@ -119,6 +119,22 @@ async fn dispatch(
     };
     // Only what the signature covers names the action (issue #14).
     let Some(action) = verified.action(params.get("Action")) else { return Err(ApiError::missing("Action")) };
+    execute(hub, principal, &action, params, facts).await
+}
+
+/// Runs one action for an authenticated principal: the authorization hook
+/// (`guard`), then the handler. The signed API and the console
+/// (`hub::console`) both come through here, so a call is authorized the same
+/// way whichever door it came in by; the caller records `facts` in the audit
+/// trail.
+pub async fn execute(
+    hub: &Arc<Hub>,
+    principal: crate::hub::authz::Principal,
+    action: &str,
+    params: Params,
+    facts: &mut audit::CallFacts,
+) -> Result<Value, ApiError> {
+    let action = action.to_string();
     facts.key_id = Some(principal.key_id().to_string());
     facts.action = Some(action.clone());
     facts.targets = guard::named_instances(&params).unwrap_or_default();

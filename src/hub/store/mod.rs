@@ -309,6 +309,15 @@ pub struct ResultRow {
     pub finish_time: String,
 }
 
+/// What the console's Overview shows (see [`Store::overview`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overview {
+    pub online: i64,
+    pub offline: i64,
+    /// (hour `YYYY-MM-DDTHH`, status, invocations), oldest hour first.
+    pub invocations: Vec<(String, InvocationOverall, i64)>,
+}
+
 /// Offset pagination; `NextToken` is the offset encoded by the API layer.
 #[derive(Debug, Clone, Copy)]
 pub struct Page {
@@ -491,6 +500,12 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes events older than `cutoff`, then all but the newest `keep`;
     /// returns how many.
     async fn prune_audit(&self, cutoff: &str, keep: u64) -> Result<u64>;
+
+    /// The console's Overview (`hub::console`): instances online and
+    /// offline, and invocations created since `since` counted by hour
+    /// (`2026-11-24T10`) and aggregate status. Two grouped queries, so its
+    /// cost does not grow with what is sent to the browser.
+    async fn overview(&self, since: &str) -> Result<Overview>;
 
     // Replicas (see `hub::cluster`).
     /// True when several hubs may share this store (PostgreSQL).

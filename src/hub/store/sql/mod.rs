@@ -729,6 +729,33 @@ impl Store for SqlStore {
         self.prune_audit_impl(cutoff, keep).await
     }
 
+    async fn overview(&self, since: &str) -> Result<Overview> {
+        let mut out = Overview::default();
+        let rows = self.q("SELECT online, COUNT(*) AS n FROM instances GROUP BY online").fetch_all(&self.pool).await?;
+        for r in &rows {
+            let n: i64 = col(r, "instances", "n", "overview")?;
+            if col::<i64>(r, "instances", "online", "overview")? != 0 {
+                out.online += n;
+            } else {
+                out.offline += n;
+            }
+        }
+        let rows = self
+            .q("SELECT SUBSTR(created_at, 1, 13) AS hour, invocation_status, COUNT(*) AS n FROM invocations \
+                WHERE created_at >= ? GROUP BY SUBSTR(created_at, 1, 13), invocation_status ORDER BY hour")
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        for r in &rows {
+            let status: String = col(r, "invocations", "invocation_status", "overview")?;
+            // Rows written before the aggregate column existed have none:
+            // they are older than any 24 h window, so skipping is exact.
+            let Ok(status) = InvocationOverall::parse(&status) else { continue };
+            out.invocations.push((col(r, "invocations", "hour", "overview")?, status, col(r, "invocations", "n", "overview")?));
+        }
+        Ok(out)
+    }
+
     fn shared(&self) -> bool {
         self.d == Dialect::Postgres
     }
