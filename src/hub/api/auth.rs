@@ -118,7 +118,7 @@ pub fn sign_request(params: &mut Vec<(String, String)>, key_id: &str, secret: &s
 /// A stored key's secret, unsealed. One that cannot be opened (another
 /// hub's key file, a damaged row) verifies nothing: the call fails like an
 /// unknown key's, and operators get the reason (never the value) in the log.
-fn open_secret(hub: &crate::hub::Hub, k: &crate::hub::store::AccessKeyRow) -> Option<String> {
+pub(crate) fn open_secret(hub: &crate::hub::Hub, k: &crate::hub::store::AccessKeyRow) -> Option<String> {
     match crate::hub::sealed::open(hub.config.secrets.as_deref(), &k.secret) {
         Ok(s) => Some(s),
         Err(e) => {

@@ -264,7 +264,9 @@ async fn key_matches(hub: &Hub, id: &str, secret: &str) -> Option<()> {
         return None;
     }
     let stored = hub.store.get_access_key(id).await.ok()??;
-    users::same_secret(&stored.secret, secret).then_some(())
+    // Stored secrets are sealed at rest: opened by the API's one helper.
+    let plain = api::auth::open_secret(hub, &stored)?;
+    users::same_secret(&plain, secret).then_some(())
 }
 
 async fn sign_out(State(hub): State<Arc<Hub>>, headers: HeaderMap) -> Response {
