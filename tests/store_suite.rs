@@ -111,6 +111,7 @@ fn invocation(id: &str, created_at: &str, repeat_mode: RepeatMode, frequency: &s
         counts: Default::default(),
         window: Default::default(),
         unreachable: Vec::new(),
+        file: None,
     }
 }
 

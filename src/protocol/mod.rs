@@ -93,6 +93,55 @@ pub struct Invocation {
     /// When the hub accepted it (RFC 3339): the anchor of `rate()` schedules.
     #[serde(default)]
     pub created_at: String,
+    /// A file delivery (`command_type` `SendFile`): where and how to write
+    /// the file. Its bytes are not in `content`: the agent pulls them in
+    /// chunks ([`AgentMsg::FileChunkRequest`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<FileSpec>,
+}
+
+/// The oldest agent protocol that understands file deliveries
+/// (`SendFile`); an older agent's targets are settled `Invalid` /
+/// `ClientNeedUpgrade` by the hub instead of being sent one.
+pub const FILE_PROTOCOL: u32 = 2;
+
+/// Bytes per chunk of a delivered file, as stored by the hub and pulled by
+/// the agent: 128 KiB base64-encodes to 171 KiB, well inside a frame and
+/// inside one API request (the `PutFileContent` upload).
+pub const FILE_CHUNK_BYTES: usize = 128 * 1024;
+
+/// Largest file deckhand delivers (deckhand extension; Cloud Assistant's
+/// own `Content` limit is 32 KiB, [`MAX_FILE_CONTENT_BYTES`]).
+pub const MAX_FILE_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Cloud Assistant's `SendFile` `Content` limit: 32 KiB after decoding.
+pub const MAX_FILE_CONTENT_BYTES: usize = 32 * 1024;
+
+/// What a file delivery writes, as `SendFile` asked for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileSpec {
+    /// File name (no directory part), as given.
+    pub name: String,
+    /// Absolute directory; created when missing.
+    pub target_dir: String,
+    /// `chmod`-style octal, e.g. `0644`.
+    pub mode: String,
+    /// User and group names; empty: the agent's own.
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub group: String,
+    pub overwrite: bool,
+    /// Size in bytes and lowercase hex SHA-256 of the content.
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl FileSpec {
+    /// Chunks the content is pulled in.
+    pub fn chunks(&self) -> u64 {
+        self.size.div_ceil(FILE_CHUNK_BYTES as u64)
+    }
 }
 
 fn default_repeat_mode() -> RepeatMode {
@@ -189,6 +238,9 @@ pub enum AgentMsg {
     /// The new credential from `rotate_credential` is stored durably; the
     /// hub may now forget the old one.
     CredentialSaved,
+    /// Chunk `seq` (of [`FILE_CHUNK_BYTES`]) of a file delivery's content;
+    /// answered with [`HubMsg::FileChunk`]. Asked again after a reconnect.
+    FileChunkRequest { invoke_id: String, seq: u64 },
     /// Live output while running; best effort, not journaled.
     Output {
         invoke_id: String,
@@ -225,6 +277,16 @@ pub enum HubMsg {
     },
     Stop {
         invoke_id: String,
+    },
+    /// Answer to `file_chunk_request`: the chunk's bytes, or `error` (the
+    /// instance is not a target, the chunk does not exist) and no data.
+    FileChunk {
+        invoke_id: String,
+        seq: u64,
+        #[serde(default)]
+        data_b64: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        error: String,
     },
     HeartbeatAck {
         sent_ms: u64,

@@ -40,6 +40,7 @@ fn invocation(id: String, n: usize) -> InvocationRow {
         counts: Default::default(),
         window: Default::default(),
         unreachable: Vec::new(),
+        file: None,
     }
 }
 

@@ -9,6 +9,7 @@ pub mod audit;
 pub mod auth;
 mod commands;
 pub mod error;
+mod files;
 mod fleet;
 pub mod guard;
 mod instances;
@@ -140,6 +141,10 @@ async fn dispatch(
         "DescribeInvocationResults" => invocations::describe_invocation_results(&req).await,
         "StopInvocation" => invocations::stop_invocation(&req).await,
         "ModifyInvocationAttribute" => invocations::modify_invocation_attribute(&req).await,
+        "SendFile" => files::send_file(&req).await,
+        "DescribeSendFileResults" => files::describe_send_file_results(&req).await,
+        // deckhand extension (docs/files.md): content larger than `Content` allows.
+        "PutFileContent" => files::put_file_content(&req).await,
         "CreateCommand" => commands::create(&req).await,
         "DescribeCommands" => commands::describe(&req).await,
         "ModifyCommand" => commands::modify(&req).await,
