@@ -89,6 +89,21 @@ codes! {
 }
 
 impl ErrorCode {
+    /// SendFile's own codes (0.1.0 agents never sent them, so a `Failed`
+    /// with one of these is a file delivery's `Failed`).
+    pub fn is_file_code(&self) -> bool {
+        matches!(
+            self,
+            ErrorCode::FileCreateFail
+                | ErrorCode::FileAlreadyExists
+                | ErrorCode::FileContentInvalid
+                | ErrorCode::FileNameInvalid
+                | ErrorCode::FilePathInvalid
+                | ErrorCode::FileAuthorityInvalid
+                | ErrorCode::UserGroupNotExists
+        )
+    }
+
     /// Codes that say the run could not start on this instance (its type,
     /// account, directory, schedule or a parameter): `Invalid` runs.
     pub fn is_start_failure(&self) -> bool {

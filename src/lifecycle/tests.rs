@@ -244,6 +244,9 @@ fn what_a_010_agent_sends_is_read_as_meant() {
         ("Failed", None, true, None, S::Error),
         ("Failed", None, true, Some(&ErrorCode::ExitCodeNonzero), S::Failed),
         ("Failed", None, false, Some(&ErrorCode::ClientNotResponse), S::Aborted),
+        // A protocol 2 file delivery's Failed carries a SendFile code, no exit code.
+        ("Failed", None, true, Some(&ErrorCode::FileAlreadyExists), S::Failed),
+        ("Failed", None, true, Some(&ErrorCode::FileCreateFail), S::Failed),
         ("Running", None, true, None, S::Running),
         // Protocol 2 names read as themselves.
         ("Success", Some(0), true, None, S::Success),
