@@ -207,9 +207,8 @@ async fn write_file(inv: &Invocation, fetcher: &Fetcher) -> Result<(), Failure> 
     // Checks, user lookups and directory creation may block (NSS, slow disks).
     let spec2 = spec.clone();
     let tmp2 = tmp.clone();
-    let mut open = tokio::task::spawn_blocking(move || os::prepare(&spec2, &tmp2))
-        .await
-        .map_err(|e| Failure::io("preparing the target", e))??;
+    let mut open =
+        tokio::task::spawn_blocking(move || os::prepare(&spec2, &tmp2)).await.map_err(|e| Failure::io("preparing the target", e))??;
     let filled = fill(&mut open, inv, &spec, fetcher).await;
     tokio::task::spawn_blocking(move || match filled {
         Ok(()) => open.commit(&spec),
@@ -227,10 +226,9 @@ async fn fill(open: &mut os::Open, inv: &Invocation, spec: &FileSpec, fetcher: &
     let mut hasher = Sha256::new();
     let mut written = 0u64;
     for seq in 0..spec.chunks() {
-        let data = fetcher
-            .fetch(&inv.invoke_id, seq)
-            .await
-            .map_err(|e| Failure::failed(ErrorCode::FileContentInvalid, format!("the content of file is invalid: the hub did not send chunk {seq}: {e}")))?;
+        let data = fetcher.fetch(&inv.invoke_id, seq).await.map_err(|e| {
+            Failure::failed(ErrorCode::FileContentInvalid, format!("the content of file is invalid: the hub did not send chunk {seq}: {e}"))
+        })?;
         let expected = (spec.size - seq * FILE_CHUNK_BYTES as u64).min(FILE_CHUNK_BYTES as u64);
         if data.len() as u64 != expected {
             return Err(Failure::failed(
@@ -315,7 +313,9 @@ mod os {
                         continue;
                     }
                     Err(Errno::ENOENT) => created = true,
-                    Err(Errno::ENOTDIR) => return Err(Failure::invalid(ErrorCode::FilePathInvalid, "File path is invalid: a component is not a directory")),
+                    Err(Errno::ENOTDIR) => {
+                        return Err(Failure::invalid(ErrorCode::FilePathInvalid, "File path is invalid: a component is not a directory"));
+                    }
                     Err(e) => return Err(Failure::io("opening the target directory", e)),
                 }
             }
@@ -324,9 +324,10 @@ mod os {
                 Err(e) => return Err(Failure::io("creating the target directory", e)),
             }
             fd = openat(&fd, name, flags | OFlag::O_NOFOLLOW, Mode::empty()).map_err(|e| match e {
-                Errno::ELOOP | Errno::ENOTDIR => {
-                    Failure::invalid(ErrorCode::FilePathInvalid, "File path is invalid: a symbolic link appeared where a directory was created")
-                }
+                Errno::ELOOP | Errno::ENOTDIR => Failure::invalid(
+                    ErrorCode::FilePathInvalid,
+                    "File path is invalid: a symbolic link appeared where a directory was created",
+                ),
                 e => Failure::io("opening a created directory", e),
             })?;
         }

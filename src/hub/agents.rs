@@ -466,7 +466,13 @@ async fn handle(hub: &Hub, ws: &mut WebSocket, instance_id: &str, mine: &Deliver
                 }
                 None => {
                     if let Some(suppressed) = super::edge::peer_warnings().allow() {
-                        tracing::warn!(instance_id, invoke_id = super::edge::shown_id(&invoke_id), seq, suppressed, "file chunk not available to this agent");
+                        tracing::warn!(
+                            instance_id,
+                            invoke_id = super::edge::shown_id(&invoke_id),
+                            seq,
+                            suppressed,
+                            "file chunk not available to this agent"
+                        );
                     }
                     let error = format!("no chunk {seq} of a file delivery to {instance_id} with that invocation id");
                     HubMsg::FileChunk { invoke_id: super::edge::shown_id(&invoke_id).to_string(), seq, data_b64: String::new(), error }

@@ -105,10 +105,11 @@ pub struct Invocation {
 /// `ClientNeedUpgrade` by the hub instead of being sent one.
 pub const FILE_PROTOCOL: u32 = 2;
 
-/// Bytes per chunk of a delivered file, as stored by the hub and pulled by
-/// the agent: 128 KiB base64-encodes to 171 KiB, well inside a frame and
-/// inside one API request (the `PutFileContent` upload).
-pub const FILE_CHUNK_BYTES: usize = 128 * 1024;
+/// Bytes per chunk of a delivered file, as uploaded (`PutFileContent`),
+/// stored by the hub and pulled by the agent: 48 KiB base64-encodes to
+/// exactly 64 KiB, the API's bound on one parameter value, and sits well
+/// inside a frame.
+pub const FILE_CHUNK_BYTES: usize = 48 * 1024;
 
 /// Largest file deckhand delivers (deckhand extension; Cloud Assistant's
 /// own `Content` limit is 32 KiB, [`MAX_FILE_CONTENT_BYTES`]).

@@ -17,7 +17,7 @@ use super::invocations::{MAX_INVOKE_INSTANCES, create_and_push, error_fields, ne
 use super::params::Params;
 use super::{Paging, Request};
 use crate::hub::store::{FileRow, InvocationFilter, InvocationRow, TargetRow, now_str};
-use crate::lifecycle::{CommandType, Counts, RepeatMode};
+use crate::lifecycle::{CommandType, Counts, InvocationStatus, RepeatMode};
 use crate::protocol::{FILE_CHUNK_BYTES, FileSpec, MAX_FILE_BYTES, MAX_FILE_CONTENT_BYTES};
 
 /// Cloud Assistant raises a `Timeout` below 10 s to 10 s; so does deckhand.
@@ -54,7 +54,10 @@ fn decode_file_content(p: &Params) -> Result<(Vec<u8>, String), ApiError> {
         }
         t if t.eq_ignore_ascii_case("PlainText") => (raw.as_bytes().to_vec(), "PlainText"),
         other => {
-            return Err(ApiError::invalid("ContentType", format!("{:?} is not PlainText or Base64", other.chars().take(32).collect::<String>())));
+            return Err(ApiError::invalid(
+                "ContentType",
+                format!("{:?} is not PlainText or Base64", other.chars().take(32).collect::<String>()),
+            ));
         }
     };
     if bytes.len() > MAX_FILE_CONTENT_BYTES {
@@ -239,7 +242,10 @@ pub async fn describe_send_file_results(req: &Request<'_>) -> Result<Value, ApiE
             "InvocationStatus": inv.invocation_status().as_str(),
             "VmCount": inv.counts.total(),
             "InvokeInstances": { "InvokeInstance": instances },
-            // deckhand extensions (docs/files.md).
+            // deckhand extensions (docs/files.md): as DescribeInvocations'
+            // (the CLI's fleet view follows them).
+            "TargetCount": inv.counts.total(),
+            "StatusCounts": InvocationStatus::ALL.iter().map(|st| (st.as_str().to_string(), Value::from(inv.counts.get(*st)))).collect::<Map<String, Value>>(),
             "Size": file.spec.size,
             "ContentSha256": file.spec.sha256,
             "Timeout": inv.timeout_secs,

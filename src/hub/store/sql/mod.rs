@@ -658,11 +658,11 @@ impl Store for SqlStore {
     async fn put_file_chunk(&self, sha256: &str, size: i64, seq: i64, data: &[u8]) -> Result<()> {
         let mut tx = self.begin().await?;
         self.q("INSERT INTO file_contents (sha256, size, created_at) VALUES (?,?,?) ON CONFLICT (sha256) DO NOTHING")
-        .bind(sha256)
-        .bind(size)
-        .bind(now_str())
-        .execute(&mut *tx)
-        .await?;
+            .bind(sha256)
+            .bind(size)
+            .bind(now_str())
+            .execute(&mut *tx)
+            .await?;
         self.q("INSERT INTO file_chunks (sha256, seq, data) VALUES (?,?,?) ON CONFLICT (sha256, seq) DO NOTHING")
             .bind(sha256)
             .bind(seq)
@@ -678,8 +678,7 @@ impl Store for SqlStore {
             return Ok(None);
         };
         let size: i64 = col(&r, "file_contents", "size", sha256)?;
-        let chunks_present: i64 =
-            self.qs("SELECT COUNT(*) FROM file_chunks WHERE sha256 = ?").bind(sha256).fetch_one(&self.pool).await?;
+        let chunks_present: i64 = self.qs("SELECT COUNT(*) FROM file_chunks WHERE sha256 = ?").bind(sha256).fetch_one(&self.pool).await?;
         Ok(Some(FileContent { size, chunks_present }))
     }
 

@@ -59,9 +59,12 @@ fn file_col(r: &AnyRow, id: &str) -> Result<Option<FileRow>> {
     if s.is_empty() {
         return Ok(None);
     }
-    serde_json::from_str(&s)
-        .map(Some)
-        .map_err(|e| StoreError::Decode { table: "invocations", column: "file_spec", id: id.to_string(), detail: e.to_string() })
+    serde_json::from_str(&s).map(Some).map_err(|e| StoreError::Decode {
+        table: "invocations",
+        column: "file_spec",
+        id: id.to_string(),
+        detail: e.to_string(),
+    })
 }
 
 pub(super) fn activation_from(r: &AnyRow) -> Result<ActivationRow> {
