@@ -35,6 +35,9 @@ const REQUEST_QUEUE: usize = 64;
 /// A chunk not answered in this time is asked again (the connection loop
 /// also asks every outstanding chunk again after a reconnect).
 const ASK_AGAIN: Duration = Duration::from_secs(10);
+/// Chunks asked for ahead of the one being written (memory: this many
+/// chunks of `FILE_CHUNK_BYTES`, well inside the agent's budget).
+const PULL_AHEAD: u64 = 4;
 /// Longest file name, in bytes (NAME_MAX on Linux filesystems).
 const MAX_NAME_BYTES: usize = 255;
 
@@ -222,18 +225,31 @@ async fn write_file(inv: &Invocation, fetcher: &Fetcher) -> Result<(), Failure> 
 }
 
 /// Pulls every chunk into the temporary file, checking size and digest.
+/// Up to [`PULL_AHEAD`] chunks are asked for at once (a round trip per
+/// chunk would bound the rate by the link's latency); they are written in
+/// order as they arrive, so at most that many are held.
 async fn fill(open: &mut os::Open, inv: &Invocation, spec: &FileSpec, fetcher: &Fetcher) -> Result<(), Failure> {
+    use futures_util::StreamExt;
     let mut hasher = Sha256::new();
     let mut written = 0u64;
-    for seq in 0..spec.chunks() {
-        let data = fetcher.fetch(&inv.invoke_id, seq).await.map_err(|e| {
-            Failure::failed(ErrorCode::FileContentInvalid, format!("the content of file is invalid: the hub did not send chunk {seq}: {e}"))
+    let total = spec.chunks();
+    let mut next = 0u64;
+    let mut pulls = futures_util::stream::FuturesOrdered::new();
+    for seq in 0..total {
+        while next < total && next < seq + PULL_AHEAD {
+            let n = next;
+            pulls.push_back(async move { (n, fetcher.fetch(&inv.invoke_id, n).await) });
+            next += 1;
+        }
+        let Some((n, answer)) = pulls.next().await else { break };
+        let data = answer.map_err(|e| {
+            Failure::failed(ErrorCode::FileContentInvalid, format!("the content of file is invalid: the hub did not send chunk {n}: {e}"))
         })?;
-        let expected = (spec.size - seq * FILE_CHUNK_BYTES as u64).min(FILE_CHUNK_BYTES as u64);
+        let expected = (spec.size - n * FILE_CHUNK_BYTES as u64).min(FILE_CHUNK_BYTES as u64);
         if data.len() as u64 != expected {
             return Err(Failure::failed(
                 ErrorCode::FileContentInvalid,
-                format!("the content of file is invalid: chunk {seq} is {} bytes, not {expected}", data.len()),
+                format!("the content of file is invalid: chunk {n} is {} bytes, not {expected}", data.len()),
             ));
         }
         hasher.update(&data);
