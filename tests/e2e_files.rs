@@ -21,7 +21,7 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// Deterministic bytes that differ from chunk to chunk.
 fn content(size: usize, seed: u8) -> Vec<u8> {
-    (0..size).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[(i % 4) as usize] ^ seed).collect()
+    (0..size).map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[i % 4] ^ seed).collect()
 }
 
 fn sha(data: &[u8]) -> String {

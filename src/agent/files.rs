@@ -200,7 +200,7 @@ pub async fn deliver(inv: &Invocation, fetcher: &Fetcher, stop: CancellationToke
 }
 
 async fn write_file(inv: &Invocation, fetcher: &Fetcher) -> Result<(), Failure> {
-    let Some(spec) = inv.file.clone() else {
+    let Some(spec) = inv.file.as_deref().cloned() else {
         return Err(Failure::invalid(ErrorCode::FileContentInvalid, "the invocation carries no file"));
     };
     if spec.size > MAX_FILE_BYTES {

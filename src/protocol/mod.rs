@@ -95,9 +95,10 @@ pub struct Invocation {
     pub created_at: String,
     /// A file delivery (`command_type` `SendFile`): where and how to write
     /// the file. Its bytes are not in `content`: the agent pulls them in
-    /// chunks ([`AgentMsg::FileChunkRequest`]).
+    /// chunks ([`AgentMsg::FileChunkRequest`]). Boxed: most invocations
+    /// have none, and the agent's journal entries stay small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub file: Option<FileSpec>,
+    pub file: Option<Box<FileSpec>>,
 }
 
 /// The oldest agent protocol that understands file deliveries

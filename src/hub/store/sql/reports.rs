@@ -128,6 +128,6 @@ pub fn to_wire(inv: &InvocationRow, instance_name: String) -> Invocation {
         instance_name,
         region_id: String::new(),
         created_at: inv.created_at.clone(),
-        file: inv.file.as_ref().map(|f| f.spec.clone()),
+        file: inv.file.as_ref().map(|f| Box::new(f.spec.clone())),
     }
 }
