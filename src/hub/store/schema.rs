@@ -210,7 +210,7 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE TABLE file_chunks (
         sha256 TEXT NOT NULL,
         seq INTEGER NOT NULL,
-        data BLOB NOT NULL,
+        data BLOB NOT NULL DEFAULT x'',
         PRIMARY KEY (sha256, seq)
     );
     "#,
