@@ -57,7 +57,7 @@ fn wait_file_final(hub: &Hub, invoke_id: &str) -> serde_json::Value {
     wait_until("file delivery settled", WAIT, || {
         let r = file_result(hub, invoke_id);
         let st = r["InvocationStatus"].as_str().unwrap_or("");
-        (!matches!(st, "" | "Pending" | "Running")).then_some(r)
+        deckhand::lifecycle::InvocationStatus::parse(st).is_ok_and(|s| s.is_final()).then_some(r)
     })
 }
 
@@ -108,6 +108,34 @@ fn agent_killed_mid_write_leaves_the_old_file_or_the_new_never_a_torn_one() {
     assert!(std::fs::read(&target).unwrap() == new, "the delivery done again after the restart wrote the new file");
     assert!(!part.exists(), "no temporary file is left");
     assert!(a.log().contains("starting it again"), "the restarted agent did the delivery again");
+
+    // Stopped mid-write (the same content, stored once, sent again): the
+    // delivery ends Terminated and its temporary file is removed.
+    let stopped = hub
+        .call(
+            "SendFile",
+            &[
+                ("Name", "stopped.bin"),
+                ("TargetDir", dir.path().to_str().unwrap()),
+                ("ContentSha256", &digest),
+                ("Timeout", "600"),
+                ("InstanceId.1", &id),
+            ],
+        )
+        .unwrap()["InvokeId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let part = dir.path().join(format!(".deckhand-{stopped}.part"));
+    wait_until("the agent is writing the second file", WAIT, || {
+        let len = std::fs::metadata(&part).ok()?.len();
+        (len > 0 && len < new.len() as u64).then_some(())
+    });
+    hub.call("StopInvocation", &[("InvokeId", &stopped)]).unwrap();
+    let r = wait_file_final(&hub, &stopped);
+    assert_eq!(r["InvocationStatus"], "Terminated", "{r}");
+    assert!(!part.exists(), "a stopped delivery removes its temporary file");
+    assert!(!dir.path().join("stopped.bin").exists(), "a stopped delivery writes nothing");
 }
 
 async fn connect(hub: &Hub) -> Ws {

@@ -213,15 +213,10 @@ async fn write_file(inv: &Invocation, fetcher: &Fetcher) -> Result<(), Failure> 
     let mut open =
         tokio::task::spawn_blocking(move || os::prepare(&spec2, &tmp2)).await.map_err(|e| Failure::io("preparing the target", e))??;
     let filled = fill(&mut open, inv, &spec, fetcher).await;
-    tokio::task::spawn_blocking(move || match filled {
-        Ok(()) => open.commit(&spec),
-        Err(f) => {
-            open.abandon();
-            Err(f)
-        }
-    })
-    .await
-    .map_err(|e| Failure::io("finishing the file", e))?
+    // A failure drops (and so removes) the temporary file; a stop or a
+    // timeout drops this whole future, with the same effect.
+    filled?;
+    tokio::task::spawn_blocking(move || open.commit(&spec)).await.map_err(|e| Failure::io("finishing the file", e))?
 }
 
 /// Pulls every chunk into the temporary file, checking size and digest.
@@ -280,7 +275,9 @@ mod os {
     use crate::lifecycle::ErrorCode;
     use crate::protocol::FileSpec;
 
-    /// The temporary file, open in the opened target directory.
+    /// The temporary file, open in the opened target directory. Dropped
+    /// before it was renamed into place (a failure, a stop, a timeout), it
+    /// removes itself.
     pub struct Open {
         dir: OwnedFd,
         file: File,
@@ -288,6 +285,15 @@ mod os {
         mode: u32,
         owner: Option<Uid>,
         group: Option<Gid>,
+        renamed: bool,
+    }
+
+    impl Drop for Open {
+        fn drop(&mut self) {
+            if !self.renamed {
+                let _ = unlinkat(&self.dir, self.tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+            }
+        }
     }
 
     fn owner_of(spec: &FileSpec) -> Result<(Option<Uid>, Option<Gid>), Failure> {
@@ -364,7 +370,7 @@ mod os {
         // 0600 until complete: nobody reads a half-written file.
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = openat(&dir, tmp, flags, Mode::from_bits_truncate(0o600)).map_err(|e| Failure::io("creating the temporary file", e))?;
-        Ok(Open { dir, file: File::from(fd), tmp: tmp.to_string(), mode, owner, group })
+        Ok(Open { dir, file: File::from(fd), tmp: tmp.to_string(), mode, owner, group, renamed: false })
     }
 
     impl Open {
@@ -372,19 +378,13 @@ mod os {
             self.file.write_all(data)
         }
 
-        pub fn abandon(self) {
-            let _ = unlinkat(&self.dir, self.tmp.as_str(), UnlinkatFlags::NoRemoveDir);
+        /// Checks the target and renames the file into place (removed
+        /// instead, by `Drop`, when that fails).
+        pub fn commit(mut self, spec: &FileSpec) -> Result<(), Failure> {
+            self.finish(spec)
         }
 
-        pub fn commit(self, spec: &FileSpec) -> Result<(), Failure> {
-            let r = self.finish(spec);
-            if r.is_err() {
-                let _ = unlinkat(&self.dir, self.tmp.as_str(), UnlinkatFlags::NoRemoveDir);
-            }
-            r
-        }
-
-        fn finish(&self, spec: &FileSpec) -> Result<(), Failure> {
+        fn finish(&mut self, spec: &FileSpec) -> Result<(), Failure> {
             // Owner before mode: chown clears set-id bits.
             if self.owner.is_some() || self.group.is_some() {
                 fchown(&self.file, self.owner, self.group).map_err(|e| {
@@ -416,6 +416,7 @@ mod os {
                 Err(e) => return Err(Failure::io("checking the target", e)),
             }
             rename(&self.dir, &self.tmp, name, spec.overwrite)?;
+            self.renamed = true;
             // The rename is durable once the directory is.
             nix::unistd::fsync(&self.dir).map_err(|e| Failure::io("flushing the target directory", e))?;
             Ok(())
@@ -452,10 +453,21 @@ mod os {
     use crate::lifecycle::ErrorCode;
     use crate::protocol::FileSpec;
 
+    /// Removes the temporary file when dropped before the rename.
     pub struct Open {
         dir: PathBuf,
-        file: File,
+        file: Option<File>,
         tmp: PathBuf,
+        renamed: bool,
+    }
+
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.file.take();
+            if !self.renamed {
+                let _ = std::fs::remove_file(&self.tmp);
+            }
+        }
     }
 
     pub fn prepare(spec: &FileSpec, tmp: &str) -> Result<Open, Failure> {
@@ -466,44 +478,39 @@ mod os {
         let tmp = dir.join(tmp);
         let _ = std::fs::remove_file(&tmp);
         let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Failure::io("creating the temporary file", e))?;
-        Ok(Open { dir, file, tmp })
+        Ok(Open { dir, file: Some(file), tmp, renamed: false })
     }
 
     impl Open {
         pub fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
-            self.file.write_all(data)
-        }
-
-        pub fn abandon(self) {
-            drop(self.file);
-            let _ = std::fs::remove_file(&self.tmp);
-        }
-
-        pub fn commit(self, spec: &FileSpec) -> Result<(), Failure> {
-            let target = self.dir.join(&spec.name);
-            let r = (|| {
-                self.file.sync_all().map_err(|e| Failure::io("flushing the temporary file", e))?;
-                match std::fs::symlink_metadata(&target) {
-                    Ok(m) if m.file_type().is_symlink() => {
-                        return Err(Failure::failed(
-                            ErrorCode::FileCreateFail,
-                            "the file creation is failed: the target is a symbolic link, which deckhand never follows or replaces",
-                        ));
-                    }
-                    Ok(m) if m.is_dir() => {
-                        return Err(Failure::failed(ErrorCode::FileCreateFail, "the file creation is failed: the target is a directory"));
-                    }
-                    Ok(_) if !spec.overwrite => return Err(Failure::failed(ErrorCode::FileAlreadyExists, "File already exists")),
-                    _ => {}
-                }
-                Ok(())
-            })();
-            drop(self.file);
-            let r = r.and_then(|()| std::fs::rename(&self.tmp, &target).map_err(|e| Failure::io("renaming the temporary file", e)));
-            if r.is_err() {
-                let _ = std::fs::remove_file(&self.tmp);
+            match &mut self.file {
+                Some(f) => f.write_all(data),
+                None => Err(std::io::Error::other("the temporary file is closed")),
             }
-            r
+        }
+
+        pub fn commit(mut self, spec: &FileSpec) -> Result<(), Failure> {
+            let target = self.dir.join(&spec.name);
+            // Closed before the rename: Windows does not rename an open file.
+            let file = self.file.take().ok_or_else(|| Failure::io("flushing the temporary file", "already closed"))?;
+            file.sync_all().map_err(|e| Failure::io("flushing the temporary file", e))?;
+            drop(file);
+            match std::fs::symlink_metadata(&target) {
+                Ok(m) if m.file_type().is_symlink() => {
+                    return Err(Failure::failed(
+                        ErrorCode::FileCreateFail,
+                        "the file creation is failed: the target is a symbolic link, which deckhand never follows or replaces",
+                    ));
+                }
+                Ok(m) if m.is_dir() => {
+                    return Err(Failure::failed(ErrorCode::FileCreateFail, "the file creation is failed: the target is a directory"));
+                }
+                Ok(_) if !spec.overwrite => return Err(Failure::failed(ErrorCode::FileAlreadyExists, "File already exists")),
+                _ => {}
+            }
+            std::fs::rename(&self.tmp, &target).map_err(|e| Failure::io("renaming the temporary file", e))?;
+            self.renamed = true;
+            Ok(())
         }
     }
 }
