@@ -229,3 +229,52 @@ async fn an_old_agent_gets_client_need_upgrade_and_chunks_go_only_to_targets() {
         }
     }
 }
+
+/// `deckhand send-file`: a small file goes as `Content`, a larger one is
+/// uploaded in chunks and sent by digest; the exit status says whether
+/// every instance succeeded, and a failure is named with its code's text.
+#[test]
+fn cli_send_file_small_and_large_and_reports_failures() {
+    let hub = Hub::start();
+    let a = hub.agent();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    let local = tempfile::tempdir().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_deckhand"))
+            .args(["--endpoint", &hub.url, "--ca-file", hub.ca.to_str().unwrap()])
+            .args(["--access-key-id", harness::AK_ID, "--access-key-secret", harness::AK_SECRET])
+            .args(["--config", "/nonexistent/cli.json"])
+            .args(args)
+            .output()
+            .expect("run cli")
+    };
+    let small = local.path().join("small.conf");
+    std::fs::write(&small, b"key = value\n").unwrap();
+    // 200 KiB + 1: over Content's 32 KiB, five chunks, the last one byte.
+    let large = local.path().join("large.bin");
+    let large_bytes = content(4 * FILE_CHUNK_BYTES + 1, 3);
+    std::fs::write(&large, &large_bytes).unwrap();
+    let to = out_dir.path().join("etc/app");
+    let to = to.to_str().unwrap();
+    for (file, mode) in [(&small, "0600"), (&large, "0755")] {
+        let out = cli(&["send-file", file.to_str().unwrap(), "--to", to, "-i", &id, "--mode", mode]);
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{text}\n{}", a.log());
+        assert!(text.contains("Success 1"), "{text}");
+    }
+    assert_eq!(std::fs::read(out_dir.path().join("etc/app/small.conf")).unwrap(), b"key = value\n");
+    assert!(std::fs::read(out_dir.path().join("etc/app/large.bin")).unwrap() == large_bytes, "the large file arrived intact");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out_dir.path().join("etc/app/large.bin")).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode, 0o755);
+    }
+    // Again without --overwrite: FileAlreadyExists, exit status 1.
+    let out = cli(&["send-file", small.to_str().unwrap(), "--to", to, "-i", &id]);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("File already exists"), "{text}");
+}
