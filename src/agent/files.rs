@@ -166,11 +166,16 @@ fn temp_name(invoke_id: &str) -> String {
 }
 
 /// Delivers one file: the final report of the delivery.
-pub async fn deliver(inv: &Invocation, fetcher: &Fetcher, stop: CancellationToken) -> RecordReport {
+///
+/// `rerun`: the delivery is being done again after the agent restarted. If
+/// the previous agent had already renamed the file into place, the target
+/// holds exactly this content; without `Overwrite` that is this delivery's
+/// own file, not `FileAlreadyExists`.
+pub async fn deliver(inv: &Invocation, fetcher: &Fetcher, stop: CancellationToken, rerun: bool) -> RecordReport {
     let start = super::runner::now();
     let timeout = Duration::from_secs(inv.timeout_secs.max(1));
     let outcome = tokio::select! {
-        r = tokio::time::timeout(timeout, write_file(inv, fetcher)) => match r {
+        r = tokio::time::timeout(timeout, write_file(inv, fetcher, rerun)) => match r {
             Ok(r) => r,
             Err(_) => Err(Failure {
                 status: InvocationStatus::Timeout,
@@ -199,7 +204,7 @@ pub async fn deliver(inv: &Invocation, fetcher: &Fetcher, stop: CancellationToke
     }
 }
 
-async fn write_file(inv: &Invocation, fetcher: &Fetcher) -> Result<(), Failure> {
+async fn write_file(inv: &Invocation, fetcher: &Fetcher, rerun: bool) -> Result<(), Failure> {
     let Some(spec) = inv.file.as_deref().cloned() else {
         return Err(Failure::invalid(ErrorCode::FileContentInvalid, "the invocation carries no file"));
     };
@@ -210,8 +215,9 @@ async fn write_file(inv: &Invocation, fetcher: &Fetcher) -> Result<(), Failure> 
     // Checks, user lookups and directory creation may block (NSS, slow disks).
     let spec2 = spec.clone();
     let tmp2 = tmp.clone();
-    let mut open =
-        tokio::task::spawn_blocking(move || os::prepare(&spec2, &tmp2)).await.map_err(|e| Failure::io("preparing the target", e))??;
+    let mut open = tokio::task::spawn_blocking(move || os::prepare(&spec2, &tmp2, rerun))
+        .await
+        .map_err(|e| Failure::io("preparing the target", e))??;
     let filled = fill(&mut open, inv, &spec, fetcher).await;
     // A failure drops (and so removes) the temporary file; a stop or a
     // timeout drops this whole future, with the same effect.
@@ -257,6 +263,28 @@ async fn fill(open: &mut os::Open, inv: &Invocation, spec: &FileSpec, fetcher: &
     Ok(())
 }
 
+/// Whether `f` holds exactly the content `spec` describes (read in chunks).
+fn holds_content(mut f: std::fs::File, spec: &FileSpec) -> bool {
+    use std::io::Read;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; FILE_CHUNK_BYTES];
+    let mut size = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                hasher.update(&buf[..n]);
+                size += n as u64;
+                if size > spec.size {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
+    size == spec.size && hex::encode(hasher.finalize()) == spec.sha256
+}
+
 #[cfg(unix)]
 mod os {
     //! The Unix write: every step relative to the target directory's descriptor.
@@ -286,6 +314,7 @@ mod os {
         owner: Option<Uid>,
         group: Option<Gid>,
         renamed: bool,
+        rerun: bool,
     }
 
     impl Drop for Open {
@@ -356,7 +385,7 @@ mod os {
         Ok(fd)
     }
 
-    pub fn prepare(spec: &FileSpec, tmp: &str) -> Result<Open, Failure> {
+    pub fn prepare(spec: &FileSpec, tmp: &str, rerun: bool) -> Result<Open, Failure> {
         check_name(&spec.name)?;
         let path = check_dir(&spec.target_dir)?;
         let mode = parse_mode(&spec.mode)?;
@@ -370,7 +399,7 @@ mod os {
         // 0600 until complete: nobody reads a half-written file.
         let flags = OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
         let fd = openat(&dir, tmp, flags, Mode::from_bits_truncate(0o600)).map_err(|e| Failure::io("creating the temporary file", e))?;
-        Ok(Open { dir, file: File::from(fd), tmp: tmp.to_string(), mode, owner, group, renamed: false })
+        Ok(Open { dir, file: File::from(fd), tmp: tmp.to_string(), mode, owner, group, renamed: false, rerun })
     }
 
     impl Open {
@@ -382,6 +411,13 @@ mod os {
         /// instead, by `Drop`, when that fails).
         pub fn commit(mut self, spec: &FileSpec) -> Result<(), Failure> {
             self.finish(spec)
+        }
+
+        /// The target is this delivery's file, renamed into place by the
+        /// agent that died before reporting.
+        fn holds_new_content(&self, spec: &FileSpec) -> bool {
+            let flags = OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC;
+            openat(&self.dir, spec.name.as_str(), flags, Mode::empty()).is_ok_and(|fd| super::holds_content(File::from(fd), spec))
         }
 
         fn finish(&mut self, spec: &FileSpec) -> Result<(), Failure> {
@@ -409,6 +445,9 @@ mod os {
                         return Err(Failure::failed(ErrorCode::FileCreateFail, "the file creation is failed: the target is a directory"));
                     }
                     if !spec.overwrite {
+                        if self.rerun && self.holds_new_content(spec) {
+                            return Ok(());
+                        }
                         return Err(Failure::failed(ErrorCode::FileAlreadyExists, "File already exists"));
                     }
                 }
@@ -459,6 +498,7 @@ mod os {
         file: Option<File>,
         tmp: PathBuf,
         renamed: bool,
+        rerun: bool,
     }
 
     impl Drop for Open {
@@ -470,7 +510,7 @@ mod os {
         }
     }
 
-    pub fn prepare(spec: &FileSpec, tmp: &str) -> Result<Open, Failure> {
+    pub fn prepare(spec: &FileSpec, tmp: &str, rerun: bool) -> Result<Open, Failure> {
         check_name(&spec.name)?;
         let dir = check_dir(&spec.target_dir)?;
         parse_mode(&spec.mode)?;
@@ -478,7 +518,7 @@ mod os {
         let tmp = dir.join(tmp);
         let _ = std::fs::remove_file(&tmp);
         let file = OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| Failure::io("creating the temporary file", e))?;
-        Ok(Open { dir, file: Some(file), tmp, renamed: false })
+        Ok(Open { dir, file: Some(file), tmp, renamed: false, rerun })
     }
 
     impl Open {
@@ -505,7 +545,13 @@ mod os {
                 Ok(m) if m.is_dir() => {
                     return Err(Failure::failed(ErrorCode::FileCreateFail, "the file creation is failed: the target is a directory"));
                 }
-                Ok(_) if !spec.overwrite => return Err(Failure::failed(ErrorCode::FileAlreadyExists, "File already exists")),
+                Ok(_) if !spec.overwrite => {
+                    // The previous agent renamed it into place, then died.
+                    if self.rerun && File::open(&target).is_ok_and(|f| super::holds_content(f, spec)) {
+                        return Ok(());
+                    }
+                    return Err(Failure::failed(ErrorCode::FileAlreadyExists, "File already exists"));
+                }
                 _ => {}
             }
             std::fs::rename(&self.tmp, &target).map_err(|e| Failure::io("renaming the temporary file", e))?;
@@ -534,5 +580,55 @@ mod tests {
             assert_eq!(parse_mode(bad).unwrap_err().code, ErrorCode::FileAuthorityInvalid, "{bad:?}");
         }
         assert_eq!(temp_name("f-1/../x"), ".deckhand-f-1x.part");
+    }
+
+    fn spec_for(dir: &std::path::Path, data: &[u8], overwrite: bool) -> FileSpec {
+        FileSpec {
+            name: "f.bin".into(),
+            target_dir: dir.display().to_string(),
+            mode: "0640".into(),
+            owner: String::new(),
+            group: String::new(),
+            overwrite,
+            size: data.len() as u64,
+            sha256: hex::encode(Sha256::digest(data)),
+        }
+    }
+
+    fn write(spec: &FileSpec, data: &[u8], rerun: bool) -> Result<(), Failure> {
+        let mut open = os::prepare(spec, ".deckhand-f-1.part", rerun)?;
+        open.write(data).unwrap();
+        open.commit(spec)
+    }
+
+    /// The write path itself: created directories, the rename, no temporary
+    /// file left, `FileAlreadyExists` unless this is a re-run that finds its
+    /// own content in place, a dropped write leaving nothing.
+    #[test]
+    fn atomic_write_and_reruns() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b");
+        let spec = spec_for(&dir, b"new", false);
+        write(&spec, b"new", false).unwrap();
+        assert_eq!(std::fs::read(dir.join("f.bin")).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no temporary file left");
+        assert_eq!(write(&spec, b"new", false).unwrap_err().code, ErrorCode::FileAlreadyExists);
+        write(&spec, b"new", true).unwrap();
+        let other = spec_for(&dir, b"other", false);
+        assert_eq!(write(&other, b"other", true).unwrap_err().code, ErrorCode::FileAlreadyExists, "someone else's file");
+        assert_eq!(std::fs::read(dir.join("f.bin")).unwrap(), b"new");
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+        drop(os::prepare(&spec_for(&dir, b"x", true), ".deckhand-f-2.part", false).unwrap());
+        assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "a dropped write removes its temporary file");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(dir.join("f.bin")).unwrap().permissions().mode() & 0o7777, 0o640);
+            std::os::unix::fs::symlink(root.path().join("victim"), dir.join("link")).unwrap();
+            let mut link = spec_for(&dir, b"y", true);
+            link.name = "link".into();
+            assert_eq!(write(&link, b"y", false).unwrap_err().code, ErrorCode::FileCreateFail);
+            assert!(!root.path().join("victim").exists(), "nothing written through the link");
+        }
     }
 }

@@ -38,6 +38,8 @@ pub struct Runner {
     supervision: Option<Supervision>,
     /// Chunk pulls of file deliveries (answered by the connection loop).
     pub files: super::files::Fetcher,
+    /// File deliveries being done again after a restart (see `files::deliver`).
+    file_reruns: Mutex<std::collections::HashSet<String>>,
 }
 
 /// How scripts are run apart from the agent.
@@ -79,6 +81,7 @@ impl Runner {
             script_root,
             supervision,
             files: super::files::Fetcher::default(),
+            file_reruns: Mutex::new(Default::default()),
         });
         (r, live_rx)
     }
@@ -169,6 +172,7 @@ impl Runner {
         // atomic, so the target holds the old file or the new one.
         if inv.command_type.is_file() {
             tracing::info!(invoke_id = %inv.invoke_id, "file delivery interrupted by the agent's restart; starting it again");
+            self.file_reruns.lock().unwrap_or_else(|e| e.into_inner()).insert(inv.invoke_id.clone());
             let (token, me) = (self.token(&inv.invoke_id), self.clone());
             tokio::spawn(async move {
                 let id = inv.invoke_id.clone();
@@ -350,7 +354,10 @@ impl Runner {
             false,
         );
         let report = match spec {
-            None => super::files::deliver(&inv, &self.files, stop).await,
+            None => {
+                let rerun = self.file_reruns.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.invoke_id);
+                super::files::deliver(&inv, &self.files, stop, rerun).await
+            }
             Some(_) if inv.command_type == CommandType::ApplyKubeletReserved => kubelet_run(&inv, record_seq, start, stop).await,
             Some(spec) => self.script_run(&inv, record_seq, spec, stop).await,
         };
