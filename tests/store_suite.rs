@@ -89,6 +89,7 @@ suite!(
     instances_stream_in_keyset_pages,
     many_targets_insert_in_batches_and_state_counts_sum_them,
     overview_counts_instances_and_invocations_by_hour,
+    file_content_is_stored_once_and_served_only_to_targets,
 );
 
 /// `ModifyInvocationAttribute` (issue #16): a change to what runs raises
@@ -157,6 +158,7 @@ fn invocation(id: &str, created_at: &str, repeat_mode: RepeatMode, frequency: &s
         window: Default::default(),
         revision: 0,
         unreachable: Vec::new(),
+        file: None,
     }
 }
 
@@ -844,4 +846,62 @@ async fn overview_counts_instances_and_invocations_by_hour(e: &Engine) {
         vec![("2026-11-23T01".to_string(), InvocationOverall::Pending, 2), ("2026-11-23T02".to_string(), InvocationOverall::Pending, 1)],
         "the invocation before the window is not counted"
     );
+}
+
+/// SendFile (issue #19): content stored once per digest in chunks, a file
+/// delivery round-trips with its spec, a chunk is served only to a target
+/// of a delivery using it, and command listings leave file deliveries out.
+async fn file_content_is_stored_once_and_served_only_to_targets(e: &Engine) {
+    use deckhand::protocol::FileSpec;
+    let s = e.open().await;
+    activation(&s, "act", 10).await;
+    assert!(register(&s, "act", "i-1").await);
+    assert!(register(&s, "act", "i-2").await);
+    let sha = "ab".repeat(32);
+    assert_eq!(s.file_content(&sha).await.unwrap(), None);
+    s.put_file_chunk(&sha, 5, 1, b"ef").await.unwrap();
+    assert_eq!(s.file_content(&sha).await.unwrap(), Some(FileContent { size: 5, chunks_present: 1 }));
+    s.put_file_chunk(&sha, 5, 0, b"abc").await.unwrap();
+    // Again (a retried upload, or another delivery's): kept once, unchanged.
+    s.put_file_chunk(&sha, 5, 0, b"xyz").await.unwrap();
+    assert_eq!(s.file_content(&sha).await.unwrap(), Some(FileContent { size: 5, chunks_present: 2 }));
+    assert_eq!(s.file_chunk(&sha, 0).await.unwrap().as_deref(), Some(&b"abc"[..]));
+    let spec = FileSpec {
+        name: "app.conf".into(),
+        target_dir: "/etc/app".into(),
+        mode: "0640".into(),
+        owner: String::new(),
+        group: "adm".into(),
+        overwrite: true,
+        size: 5,
+        sha256: sha.clone(),
+    };
+    let mut inv = invocation("f-1", "2026-11-23T00:00:00Z", ONCE, "");
+    inv.command_type = CommandType::SendFile;
+    inv.command_name = "app.conf".into();
+    inv.file = Some(FileRow { spec: spec.clone(), description: "d".into(), content_type: "Base64".into() });
+    s.create_invocation(&inv, &["i-1".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-cmd", "2026-11-23T00:00:01Z", ONCE, ""), &["i-1".into()]).await.unwrap();
+    let back = s.get_invocation("f-1").await.unwrap().unwrap();
+    assert_eq!(back.file.as_ref().map(|f| &f.spec), Some(&spec));
+    assert!(s.get_invocation("t-cmd").await.unwrap().unwrap().file.is_none());
+    // The wire form carries the spec for the agent.
+    let owed = s.undelivered_for("i-1").await.unwrap();
+    let wire = owed.iter().find(|o| o.invocation.invoke_id == "f-1").unwrap();
+    assert_eq!(wire.invocation.file.as_deref(), Some(&spec));
+    assert_eq!(s.file_chunk_for("f-1", "i-1", 1).await.unwrap().as_deref(), Some(&b"ef"[..]));
+    assert_eq!(s.file_chunk_for("f-1", "i-2", 0).await.unwrap(), None, "not a target");
+    assert_eq!(s.file_chunk_for("f-1", "i-1", 2).await.unwrap(), None, "no such chunk");
+    assert_eq!(s.file_chunk_for("t-cmd", "i-1", 0).await.unwrap(), None, "a command has no content");
+    // Listings: commands by default, file deliveries only when asked for (by name too).
+    let (cmds, _) = s.list_invocations(&InvocationFilter::default(), page(0, 10)).await.unwrap();
+    assert_eq!(cmds.iter().map(|i| i.invoke_id.as_str()).collect::<Vec<_>>(), vec!["t-cmd"]);
+    let files = InvocationFilter { command_type: Some(CommandType::SendFile), file_name: Some("app.conf".into()), ..Default::default() };
+    let (found, total) = s.list_invocations(&files, page(0, 10)).await.unwrap();
+    assert_eq!((found.len(), total, found[0].invoke_id.as_str()), (1, 1, "f-1"));
+    let none = InvocationFilter { command_type: Some(CommandType::SendFile), file_name: Some("other".into()), ..Default::default() };
+    assert_eq!(s.list_invocations(&none, page(0, 10)).await.unwrap().1, 0);
+    s.delete_file_content(&sha).await.unwrap();
+    assert_eq!(s.file_content(&sha).await.unwrap(), None);
+    assert_eq!(s.file_chunk(&sha, 0).await.unwrap(), None);
 }

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod figures;
+pub(crate) mod files;
 pub(crate) mod identity;
 pub(crate) mod journal;
 pub(crate) mod periodic;
@@ -395,6 +396,12 @@ async fn session(
     let mut last_heard = tokio::time::Instant::now();
     // An invocation arrived that the journal could not take.
     let mut resync_owed = false;
+    // File deliveries' chunk pulls go out on this connection; those asked
+    // on the previous one are asked again.
+    let mut file_requests = runner.files.requests().await;
+    for (invoke_id, seq) in runner.files.outstanding() {
+        send(ws, &AgentMsg::FileChunkRequest { invoke_id, seq }).await?;
+    }
     loop {
         ctx.live.stamp();
         // Send whatever is pending beyond what this connection already sent.
@@ -430,6 +437,9 @@ async fn session(
                 let sent_ms = chrono::Utc::now().timestamp_millis().max(0) as u64;
                 send(ws, &AgentMsg::Heartbeat { sent_ms }).await?;
             }
+            Some((invoke_id, seq)) = file_requests.recv() => {
+                send(ws, &AgentMsg::FileChunkRequest { invoke_id, seq }).await?;
+            }
             Some(chunk) = live_rx.recv() => {
                 let data_b64 = base64::engine::general_purpose::STANDARD.encode(&chunk.data);
                 send(ws, &AgentMsg::Output { invoke_id: chunk.invoke_id, record_seq: chunk.record_seq, offset: chunk.offset, data_b64 }).await?;
@@ -453,6 +463,7 @@ async fn session(
                         }
                     }
                     HubMsg::Stop { invoke_id } => runner.stop(&invoke_id),
+                    HubMsg::FileChunk { invoke_id, seq, data_b64, error } => runner.files.answered(&invoke_id, seq, &data_b64, &error),
                     HubMsg::ReportAck { report_id } => {
                         runner.state.lock().unwrap_or_else(|e| e.into_inner()).ack(report_id)?;
                         figures::report_acked();

@@ -39,6 +39,10 @@ pub struct Runner {
     script_root: Option<std::path::PathBuf>,
     /// Runs outlive the agent (Unix); None: runs are the agent's children.
     supervision: Option<Supervision>,
+    /// Chunk pulls of file deliveries (answered by the connection loop).
+    pub files: super::files::Fetcher,
+    /// File deliveries being done again after a restart (see `files::deliver`).
+    file_reruns: Mutex<std::collections::HashSet<String>>,
 }
 
 /// How scripts are run apart from the agent.
@@ -80,6 +84,8 @@ impl Runner {
             instance_id: Mutex::new(String::new()),
             script_root,
             supervision,
+            files: super::files::Fetcher::default(),
+            file_reruns: Mutex::new(Default::default()),
         });
         (r, live_rx)
     }
@@ -190,6 +196,19 @@ impl Runner {
     /// gone too means `ExecutionInterrupted`; one that never started the
     /// script starts it now). Otherwise: [`Self::report_interrupted`].
     pub fn reattach(self: &Arc<Self>, inv: Invocation, record_seq: u32) {
+        // A file delivery is done again from the start: the write is
+        // atomic, so the target holds the old file or the new one.
+        if inv.command_type.is_file() {
+            tracing::info!(invoke_id = %inv.invoke_id, "file delivery interrupted by the agent's restart; starting it again");
+            self.file_reruns.lock().unwrap_or_else(|e| e.into_inner()).insert(inv.invoke_id.clone());
+            let (token, me) = (self.token(&inv.invoke_id), self.clone());
+            tokio::spawn(async move {
+                let id = inv.invoke_id.clone();
+                me.run_once(inv, record_seq, token, true).await;
+                me.stops.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            });
+            return;
+        }
         let dir = self.run_dir(&inv, record_seq).filter(|d| d.is_dir());
         let Some(dir) = dir else {
             self.report_interrupted(&inv, record_seq);
@@ -331,11 +350,13 @@ impl Runner {
             }
         };
         let instance_id = self.instance_id.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        // Parameters are rendered (and refused) before anything runs.
+        // Parameters are rendered (and refused) before anything runs. A
+        // file delivery has none, and checks its own fields as it writes.
         let spec = match exec::spec_for(&inv, &instance_id) {
+            _ if inv.command_type.is_file() => None,
             Ok(mut spec) => {
                 spec.script_root = self.script_root.clone();
-                spec
+                Some(spec)
             }
             Err(e) => {
                 // Could not start here (type, user, directory, parameters): Invalid.
@@ -362,13 +383,18 @@ impl Runner {
             },
             false,
         );
-        let report = if inv.command_type == CommandType::ApplyKubeletReserved {
+        let report = match spec {
+            None => {
+                let rerun = self.file_reruns.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.invoke_id);
+                super::files::deliver(&inv, &self.files, stop, rerun).await
+            }
             // Parameters (`{{name}}`, `{{ACS::InstanceId}}`) are spliced into
             // the request as into a script, so one invocation can name a
             // per-node path or health URL.
-            kubelet_run(&inv, &spec.script, record_seq, start, stop).await
-        } else {
-            self.script_run(&inv, record_seq, spec, stop).await
+            Some(spec) if inv.command_type == CommandType::ApplyKubeletReserved => {
+                kubelet_run(&inv, &spec.script, record_seq, start, stop).await
+            }
+            Some(spec) => self.script_run(&inv, record_seq, spec, stop).await,
         };
         drop(permit);
         super::figures::run_finished();

@@ -170,15 +170,48 @@ pub struct Followed {
     pub summary: Value,
 }
 
+/// What is followed: a command's invocation, or a file delivery (whose
+/// counts come from DescribeSendFileResults, and whose failures are its
+/// listed `InvokeInstances`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FollowKind {
+    Command,
+    File,
+}
+
 /// Follows `invoke_id` until every target settled (or `give_up`).
 pub fn follow(client: &Client, json_out: bool, invoke_id: &str, give_up: Instant) -> Result<Followed, CliError> {
+    follow_kind(client, json_out, invoke_id, give_up, FollowKind::Command)
+}
+
+/// Failures of status `st` of a followed invocation, as result objects.
+fn failures_of(client: &Client, invoke_id: &str, inv: &Value, st: InvocationStatus, kind: FollowKind) -> Result<Vec<Value>, CliError> {
+    if kind == FollowKind::File {
+        let list = items(inv, "InvokeInstances", "InvokeInstance");
+        return Ok(list.into_iter().filter(|r| s(r, "InvocationStatus") == st.as_str()).cloned().collect());
+    }
+    let r = client.call(
+        "DescribeInvocationResults",
+        &[
+            ("InvokeId", invoke_id.to_string()),
+            ("InvocationStatus", st.as_str().to_string()),
+            ("ContentEncoding", "PlainText".into()),
+            ("PageSize", "50".into()),
+        ],
+    )?;
+    let inner = r.get("Invocation").cloned().unwrap_or(Value::Null);
+    Ok(items(&inner, "InvocationResults", "InvocationResult").into_iter().cloned().collect())
+}
+
+pub fn follow_kind(client: &Client, json_out: bool, invoke_id: &str, give_up: Instant, kind: FollowKind) -> Result<Followed, CliError> {
     let started = Instant::now();
     let mut display = Display::new(json_out);
     let mut seen: BTreeMap<InvocationStatus, i64> = BTreeMap::new();
     let mut shown: BTreeSet<String> = BTreeSet::new();
     let mut failures: Vec<Value> = Vec::new();
     let progress = loop {
-        let v = client.call("DescribeInvocations", &[("InvokeId", invoke_id.to_string())])?;
+        let action = if kind == FollowKind::File { "DescribeSendFileResults" } else { "DescribeInvocations" };
+        let v = client.call(action, &[("InvokeId", invoke_id.to_string())])?;
         let inv = items(&v, "Invocations", "Invocation").first().cloned().cloned().unwrap_or(Value::Null);
         let p = Progress::from_invocation(&inv);
         display.update(&p, started.elapsed());
@@ -187,17 +220,7 @@ pub fn follow(client: &Client, json_out: bool, invoke_id: &str, give_up: Instant
             if p.get(st) <= seen.get(&st).copied().unwrap_or(0) || failures.len() >= MAX_FAILURES_SHOWN {
                 continue;
             }
-            let r = client.call(
-                "DescribeInvocationResults",
-                &[
-                    ("InvokeId", invoke_id.to_string()),
-                    ("InvocationStatus", st.as_str().to_string()),
-                    ("ContentEncoding", "PlainText".into()),
-                    ("PageSize", "50".into()),
-                ],
-            )?;
-            let inner = r.get("Invocation").cloned().unwrap_or(Value::Null);
-            for res in items(&inner, "InvocationResults", "InvocationResult") {
+            for res in &failures_of(client, invoke_id, &inv, st, kind)? {
                 let id = s(res, "InstanceId");
                 if failures.len() >= MAX_FAILURES_SHOWN || !shown.insert(id.clone()) {
                     continue;

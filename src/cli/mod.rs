@@ -12,6 +12,7 @@ pub(crate) mod dev;
 mod fleet;
 mod kubelet;
 mod run;
+mod sendfile;
 mod show;
 
 use std::path::PathBuf;
@@ -51,6 +52,9 @@ pub enum Command {
     /// Run a script on instances (by id, tag or facts, optionally in a
     /// rate-controlled rollout) and follow it live.
     Run(run::RunArgs),
+    /// Put a local file on instances (by id or tag) and follow each one
+    /// (Cloud Assistant SendFile; larger than 32 KiB: docs/files.md).
+    SendFile(sendfile::SendFileArgs),
     /// List managed instances.
     Instances,
     /// List recent invocations.
@@ -151,6 +155,7 @@ pub fn main(cli: Cli) -> anyhow_free::Result<i32> {
     match &cli.command {
         Command::Dev(args) => dev::run(args).map(|_| 0),
         Command::Run(args) => run::run(&cli, args),
+        Command::SendFile(args) => sendfile::run(&cli, args),
         Command::Instances => show::instances(&cli).map(|_| 0),
         Command::Invocations { limit } => show::invocations(&cli, *limit).map(|_| 0),
         Command::Results { invoke_id, history } => show::results(&cli, invoke_id, *history),

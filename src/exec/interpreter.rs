@@ -88,7 +88,7 @@ pub fn resolve_for(
         (CommandType::RunShellScript | CommandType::RunBatScript, _) => Err(not_here(format!("{command_type} cannot run on {os:?} hosts"))),
         // Not a script: the agent's runner handles it before exec (a spec
         // of this type reaching here is refused, never guessed at).
-        (CommandType::ApplyKubeletReserved, _) => Err(not_here(format!("{command_type} is not a script type"))),
+        (CommandType::ApplyKubeletReserved | CommandType::SendFile, _) => Err(not_here(format!("{command_type} is not a script type"))),
     }
 }
 

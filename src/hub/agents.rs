@@ -43,6 +43,8 @@ const MAX_SESSION_INVOCATIONS: usize = 10_000;
 struct Session {
     conn_id: u64,
     tx: mpsc::Sender<HubMsg>,
+    /// The protocol the agent said it speaks (what it can be sent).
+    protocol: u32,
 }
 
 /// Connected agents by instance id.
@@ -53,9 +55,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    fn insert(&self, instance_id: &str, tx: mpsc::Sender<HubMsg>) -> u64 {
+    fn insert(&self, instance_id: &str, tx: mpsc::Sender<HubMsg>, protocol: u32) -> u64 {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
-        let old = self.lock().insert(instance_id.to_string(), Session { conn_id, tx });
+        let old = self.lock().insert(instance_id.to_string(), Session { conn_id, tx, protocol });
         if old.is_some() {
             // The old socket's task notices its sender is gone when it next sends.
             tracing::info!(instance_id, "agent reconnected; replacing older session");
@@ -78,6 +80,11 @@ impl Registry {
 
     pub fn is_online(&self, instance_id: &str) -> bool {
         self.lock().contains_key(instance_id)
+    }
+
+    /// The protocol version of the agent's session here, if connected.
+    pub fn protocol(&self, instance_id: &str) -> Option<u32> {
+        self.lock().get(instance_id).map(|s| s.protocol)
     }
 
     pub fn count(&self) -> usize {
@@ -314,7 +321,7 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     send(&mut ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) })
         .await?;
     let (tx, mut rx) = mpsc::channel(OUTBOX);
-    let conn_id = hub.agents.insert(&instance_id, tx);
+    let conn_id = hub.agents.insert(&instance_id, tx, protocol);
     tracing::info!(instance_id, %peer, "agent connected");
     let result = match session(&hub, &mut ws, &instance_id, &mut rx, hb).await {
         // Unacknowledged reports stay in the agent's journal; it sends them
@@ -455,6 +462,38 @@ async fn handle<'h>(
             if let Ok(data) = base64::engine::general_purpose::STANDARD.decode(data_b64) {
                 hub.live.push(&invoke_id, instance_id, &data);
             }
+        }
+        AgentMsg::FileChunkRequest { invoke_id, seq } => {
+            // Served only to a target of that file delivery (checked in the
+            // same query that reads the chunk); ids too long to be ours and
+            // sequence numbers beyond the largest file are refused unread.
+            let max_seq = crate::protocol::MAX_FILE_BYTES / crate::protocol::FILE_CHUNK_BYTES as u64;
+            let chunk = if invoke_id.len() > protocol::report_limits::MAX_ID || seq > max_seq {
+                None
+            } else {
+                hub.store.file_chunk_for(&invoke_id, instance_id, seq as i64).await?
+            };
+            let msg = match chunk {
+                Some(data) => {
+                    use base64::Engine;
+                    let data_b64 = base64::engine::general_purpose::STANDARD.encode(data);
+                    HubMsg::FileChunk { invoke_id, seq, data_b64, error: String::new() }
+                }
+                None => {
+                    if let Some(suppressed) = super::edge::peer_warnings().allow() {
+                        tracing::warn!(
+                            instance_id,
+                            invoke_id = super::edge::shown_id(&invoke_id),
+                            seq,
+                            suppressed,
+                            "file chunk not available to this agent"
+                        );
+                    }
+                    let error = format!("no chunk {seq} of a file delivery to {instance_id} with that invocation id");
+                    HubMsg::FileChunk { invoke_id: super::edge::shown_id(&invoke_id).to_string(), seq, data_b64: String::new(), error }
+                }
+            };
+            send(ws, &msg).await?;
         }
         AgentMsg::CredentialSaved => {
             hub.store.promote_pending_token(instance_id).await?;

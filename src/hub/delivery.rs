@@ -12,9 +12,9 @@
 use std::collections::HashSet;
 
 use super::Hub;
-use super::store::{InvocationRow, StoreError};
-use crate::lifecycle::InvocationStatus;
-use crate::protocol::{HubMsg, Invocation};
+use super::store::{InvocationRow, StoreError, WriteOp};
+use crate::lifecycle::{ErrorCode, InvocationStatus};
+use crate::protocol::{FILE_PROTOCOL, HubMsg, Invocation, RecordReport};
 
 /// The wire form of a stored invocation for one instance of this hub.
 pub fn wire(hub: &Hub, inv: &InvocationRow, instance_name: String) -> Invocation {
@@ -24,7 +24,36 @@ pub fn wire(hub: &Hub, inv: &InvocationRow, instance_name: String) -> Invocation
 }
 
 fn send_invoke(hub: &Hub, instance_id: &str, invocation: Invocation) -> bool {
+    if invocation.file.is_some() && hub.agents.protocol(instance_id).is_some_and(|p| p < FILE_PROTOCOL) {
+        let writer = hub.writer.clone();
+        let (instance_id, invoke_id) = (instance_id.to_string(), invocation.invoke_id);
+        tokio::spawn(async move { settle_old_agent(&writer, instance_id, invoke_id).await });
+        return false;
+    }
     hub.agents.send(instance_id, HubMsg::Invoke { invocation: Box::new(invocation) })
+}
+
+/// An agent older than file deliveries would not understand one: its
+/// target is settled `Invalid` / `ClientNeedUpgrade` (Cloud Assistant's
+/// code for exactly this) instead of being sent something it cannot do.
+async fn settle_old_agent(writer: &super::writer::Writer, instance_id: String, invoke_id: String) {
+    let report = RecordReport {
+        invoke_id: invoke_id.clone(),
+        record_seq: 0,
+        status: InvocationStatus::Invalid,
+        exit_code: None,
+        output_b64: String::new(),
+        dropped: 0,
+        error_code: Some(ErrorCode::ClientNeedUpgrade),
+        error_info: format!("the agent speaks protocol 1; file deliveries need protocol {FILE_PROTOCOL} (upgrade deckhand-agent)"),
+        start_time: String::new(),
+        finish_time: super::store::now_str(),
+    };
+    match writer.write(WriteOp::Report { instance_id: instance_id.clone(), report }).await {
+        Ok(_) => tracing::info!(invoke_id, instance_id, "file delivery refused for an agent too old to take it"),
+        // Still Pending: the next resync or the backstop tries again.
+        Err(e) => tracing::warn!(invoke_id, instance_id, error = %e, "cannot settle a file delivery for an old agent"),
+    }
 }
 
 fn send_stop(hub: &Hub, instance_id: &str, invoke_id: &str) -> bool {
@@ -83,7 +112,12 @@ pub fn restop(hub: &Hub, instance_id: &str, invoke_id: &str) {
 /// unsettled invocation, followed by its stop when one is owed.
 pub async fn resync(hub: &Hub, instance_id: &str) -> Result<Vec<HubMsg>, StoreError> {
     let mut out = Vec::new();
+    let too_old_for_files = hub.agents.protocol(instance_id).is_some_and(|p| p < FILE_PROTOCOL);
     for owed in hub.store.undelivered_for(instance_id).await? {
+        if too_old_for_files && owed.invocation.file.is_some() {
+            settle_old_agent(&hub.writer, instance_id.to_string(), owed.invocation.invoke_id).await;
+            continue;
+        }
         let mut invocation = owed.invocation;
         invocation.region_id = hub.config.region_id.clone();
         let invoke_id = invocation.invoke_id.clone();

@@ -69,6 +69,19 @@ codes! {
     ExecutionException = "ExecutionException", Some("the command execution got an exception");
     ExecutionInterrupted = "ExecutionInterrupted", Some("the command execution has been interrupted");
     ExitCodeNonzero = "ExitCodeNonzero", Some("the command execution exit code is not zero");
+    // SendFile's per-instance codes (DescribeSendFileResults). No fixed
+    // text: Alibaba's file ErrorInfo values are not one per code ("Owner
+    // not exists" and "Group not exists" share UserGroupNotExists, "Mode
+    // is invalid" and "the authority of file is invalid" share
+    // FileAuthorityInvalid), so the agent sends Alibaba's text for the
+    // case, or the cause where Alibaba only says "unknown error".
+    FileCreateFail = "FileCreateFail", None;
+    FileAlreadyExists = "FileAlreadyExists", None;
+    FileContentInvalid = "FileContentInvalid", None;
+    FileNameInvalid = "FileNameInvalid", None;
+    FilePathInvalid = "FilePathInvalid", None;
+    FileAuthorityInvalid = "FileAuthorityInvalid", None;
+    UserGroupNotExists = "UserGroupNotExists", None;
     // deckhand extension (rate control, docs/fleet.md): no Alibaba code
     // exists for a target a halted rollout never started. No fixed text:
     // the stored ErrorInfo gives the counts that stopped the rollout.
@@ -76,6 +89,21 @@ codes! {
 }
 
 impl ErrorCode {
+    /// SendFile's own codes (0.1.0 agents never sent them, so a `Failed`
+    /// with one of these is a file delivery's `Failed`).
+    pub fn is_file_code(&self) -> bool {
+        matches!(
+            self,
+            ErrorCode::FileCreateFail
+                | ErrorCode::FileAlreadyExists
+                | ErrorCode::FileContentInvalid
+                | ErrorCode::FileNameInvalid
+                | ErrorCode::FilePathInvalid
+                | ErrorCode::FileAuthorityInvalid
+                | ErrorCode::UserGroupNotExists
+        )
+    }
+
     /// Codes that say the run could not start on this instance (its type,
     /// account, directory, schedule or a parameter): `Invalid` runs.
     pub fn is_start_failure(&self) -> bool {

@@ -10,6 +10,30 @@ named_enum! {
         RunBatScript = "RunBatScript",
         /// deckhand extension: apply kubelet reserved resources (docs/kubelet.md).
         ApplyKubeletReserved = "ApplyKubeletReserved",
+        /// The kind of invocation `SendFile` creates (Cloud Assistant keeps
+        /// file deliveries apart from commands; so does deckhand: the
+        /// command actions refuse this name, `DescribeInvocations` leaves
+        /// these out, `DescribeSendFileResults` lists only these).
+        SendFile = "SendFile",
+    }
+}
+
+impl CommandType {
+    /// Whether this is a file delivery rather than a command.
+    pub fn is_file(self) -> bool {
+        self == CommandType::SendFile
+    }
+
+    /// A command's `Type` (CreateCommand, RunCommand, a policy): any name
+    /// but the file kind, which only the `SendFile` action creates.
+    pub fn parse_command(s: &str) -> Result<Self, super::UnknownName> {
+        match Self::parse(s) {
+            Ok(t) if !t.is_file() => Ok(t),
+            _ => {
+                let names: Vec<&str> = Self::NAMES.iter().copied().filter(|n| *n != CommandType::SendFile.as_str()).collect();
+                Err(super::UnknownName::new("Type", s, &names))
+            }
+        }
     }
 }
 

@@ -244,6 +244,9 @@ fn what_a_010_agent_sends_is_read_as_meant() {
         ("Failed", None, true, None, S::Error),
         ("Failed", None, true, Some(&ErrorCode::ExitCodeNonzero), S::Failed),
         ("Failed", None, false, Some(&ErrorCode::ClientNotResponse), S::Aborted),
+        // A protocol 2 file delivery's Failed carries a SendFile code, no exit code.
+        ("Failed", None, true, Some(&ErrorCode::FileAlreadyExists), S::Failed),
+        ("Failed", None, true, Some(&ErrorCode::FileCreateFail), S::Failed),
         ("Running", None, true, None, S::Running),
         // Protocol 2 names read as themselves.
         ("Success", Some(0), true, None, S::Success),
@@ -269,15 +272,20 @@ fn codec_round_trips_and_error_codes() {
     assert!(RepeatMode::parse("once").is_err());
     for t in CommandType::ALL {
         assert_eq!(CommandType::parse(t.as_str()), Ok(*t));
+        // A command's Type is any kind but the file delivery's.
+        assert_eq!(CommandType::parse_command(t.as_str()).is_ok(), !t.is_file(), "{t}");
     }
+    assert!(CommandType::parse_command("SendFile").unwrap_err().accepted.contains("RunShellScript"));
+    assert!(!CommandType::parse_command("SendFile").unwrap_err().accepted.contains("SendFile"));
     for name in ErrorCode::KNOWN {
         let c = ErrorCode::parse(name).unwrap();
         assert_eq!(c.as_str(), *name);
         assert!(!matches!(c, ErrorCode::Other(_)));
         // Alibaba's codes carry Alibaba's fixed text; deckhand's own
-        // (rate control) carries the stored detail instead.
-        let deckhand_own = c == ErrorCode::MaxErrorsExceeded;
-        assert_eq!(c.fixed_info().is_some(), !deckhand_own, "{name}");
+        // (rate control) and SendFile's (whose texts are not one per code)
+        // carry the stored detail instead.
+        let detail_shown = c == ErrorCode::MaxErrorsExceeded || c.is_file_code();
+        assert_eq!(c.fixed_info().is_some(), !detail_shown, "{name}");
     }
     assert_eq!(ErrorCode::parse(""), None);
     assert_eq!(ErrorCode::parse("KubeletUnhealthy"), Some(ErrorCode::Other("KubeletUnhealthy".into())));

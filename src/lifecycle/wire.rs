@@ -14,7 +14,8 @@ use super::{ErrorCode, InvocationStatus, UnknownName};
 /// - `Failed` → `Error` when the run was interrupted (0.1.0's
 ///   `InstanceRestarted`); `Aborted` for a 0.1.0 hub's delivery timeout
 ///   (`ClientNotResponse`, read from its stored rows); `Failed` with an
-///   exit code (a protocol 2 agent's `Failed` always has one); `Invalid`
+///   exit code (a protocol 2 agent's `Failed` always has one, or a
+///   SendFile code such as `FileAlreadyExists`); `Invalid`
 ///   when it could not start (no start time, or a could-not-start code
 ///   such as `DirectoryNotExists`); otherwise `Error` (0.1.0's failed
 ///   kubelet apply).
@@ -36,6 +37,8 @@ pub fn reported_status(
         // A protocol 2 agent's Failed: a non-zero exit (a script killed by
         // a signal from elsewhere has no exit code, but this code).
         "Failed" if exit_code.is_some() || code == Some(&ErrorCode::ExitCodeNonzero) => S::Failed,
+        // A file delivery that could not create the file (protocol 2 only).
+        "Failed" if code.is_some_and(ErrorCode::is_file_code) => S::Failed,
         "Failed" if !started || code.is_some_and(ErrorCode::is_start_failure) => S::Invalid,
         "Failed" => S::Error,
         other => InvocationStatus::parse(other)?,

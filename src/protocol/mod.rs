@@ -101,10 +101,61 @@ pub struct Invocation {
     /// they hold (docs/protocol.md).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub revision: u64,
+    /// A file delivery (`command_type` `SendFile`): where and how to write
+    /// the file. Its bytes are not in `content`: the agent pulls them in
+    /// chunks ([`AgentMsg::FileChunkRequest`]). Boxed: most invocations
+    /// have none, and the agent's journal entries stay small.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<Box<FileSpec>>,
 }
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+/// The oldest agent protocol that understands file deliveries
+/// (`SendFile`); an older agent's targets are settled `Invalid` /
+/// `ClientNeedUpgrade` by the hub instead of being sent one.
+pub const FILE_PROTOCOL: u32 = 2;
+
+/// Bytes per chunk of a delivered file, as uploaded (`PutFileContent`),
+/// stored by the hub and pulled by the agent: 48 KiB base64-encodes to
+/// exactly 64 KiB, the API's bound on one parameter value, and sits well
+/// inside a frame.
+pub const FILE_CHUNK_BYTES: usize = 48 * 1024;
+
+/// Largest file deckhand delivers (deckhand extension; Cloud Assistant's
+/// own `Content` limit is 32 KiB, [`MAX_FILE_CONTENT_BYTES`]).
+pub const MAX_FILE_BYTES: u64 = 100 * 1024 * 1024;
+
+/// Cloud Assistant's `SendFile` `Content` limit: 32 KiB after decoding.
+pub const MAX_FILE_CONTENT_BYTES: usize = 32 * 1024;
+
+/// What a file delivery writes, as `SendFile` asked for it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileSpec {
+    /// File name (no directory part), as given.
+    pub name: String,
+    /// Absolute directory; created when missing.
+    pub target_dir: String,
+    /// `chmod`-style octal, e.g. `0644`.
+    pub mode: String,
+    /// User and group names; empty: the agent's own.
+    #[serde(default)]
+    pub owner: String,
+    #[serde(default)]
+    pub group: String,
+    pub overwrite: bool,
+    /// Size in bytes and lowercase hex SHA-256 of the content.
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl FileSpec {
+    /// Chunks the content is pulled in.
+    pub fn chunks(&self) -> u64 {
+        self.size.div_ceil(FILE_CHUNK_BYTES as u64)
+    }
 }
 
 fn default_repeat_mode() -> RepeatMode {
@@ -201,6 +252,9 @@ pub enum AgentMsg {
     /// The new credential from `rotate_credential` is stored durably; the
     /// hub may now forget the old one.
     CredentialSaved,
+    /// Chunk `seq` (of [`FILE_CHUNK_BYTES`]) of a file delivery's content;
+    /// answered with [`HubMsg::FileChunk`]. Asked again after a reconnect.
+    FileChunkRequest { invoke_id: String, seq: u64 },
     /// Live output while running; best effort, not journaled.
     Output {
         invoke_id: String,
@@ -237,6 +291,16 @@ pub enum HubMsg {
     },
     Stop {
         invoke_id: String,
+    },
+    /// Answer to `file_chunk_request`: the chunk's bytes, or `error` (the
+    /// instance is not a target, the chunk does not exist) and no data.
+    FileChunk {
+        invoke_id: String,
+        seq: u64,
+        #[serde(default)]
+        data_b64: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        error: String,
     },
     HeartbeatAck {
         sent_ms: u64,

@@ -29,9 +29,11 @@ from aliyunsdkecs.request.v20140526 import (
     DescribeCommandsRequest,
     DescribeInvocationResultsRequest,
     DescribeInvocationsRequest,
+    DescribeSendFileResultsRequest,
     InvokeCommandRequest,
     ModifyInvocationAttributeRequest,
     RunCommandRequest,
+    SendFileRequest,
     StopInvocationRequest,
     TagResourcesRequest,
 )
@@ -416,3 +418,142 @@ def test_classic_sdk_modify_invocation_attribute():
     stop = StopInvocationRequest.StopInvocationRequest()
     stop.set_InvokeId(invoke_id)
     classic_call(stop)
+
+
+# SendFile (issue #19). The agent runs on this host, so the test reads what
+# it wrote. Per-instance statuses a file delivery settles in:
+FILE_FINAL = {"Success", "Failed", "Invalid", "Timeout", "Error", "Aborted", "Cancelled", "Terminated"}
+
+
+def file_result_classic(invoke_id, timeout=30):
+    """Polls DescribeSendFileResults (classic SDK) until the instance settles."""
+    deadline = time.time() + timeout
+    while True:
+        req = DescribeSendFileResultsRequest.DescribeSendFileResultsRequest()
+        req.set_InvokeId(invoke_id)
+        inv = classic_call(req)["Invocations"]["Invocation"][0]
+        inst = inv["InvokeInstances"]["InvokeInstance"][0]
+        if inst["InvocationStatus"] in FILE_FINAL:
+            return inv, inst
+        assert time.time() < deadline, f"{invoke_id} not final: {inv}"
+        time.sleep(0.2)
+
+
+def send_file_tea(client, **kw):
+    req = ecs.SendFileRequest(region_id="cn-hangzhou", instance_id=[INSTANCE], timeout=30, **kw)
+    return client.send_file_with_options(req, RUNTIME).body.invoke_id
+
+
+def file_result_tea(client, invoke_id, timeout=30):
+    deadline = time.time() + timeout
+    while True:
+        req = ecs.DescribeSendFileResultsRequest(region_id="cn-hangzhou", invoke_id=invoke_id)
+        inv = client.describe_send_file_results_with_options(req, RUNTIME).body.invocations.invocation[0]
+        inst = inv.invoke_instances.invoke_instance[0]
+        if inst.invocation_status in FILE_FINAL:
+            return inv, inst
+        assert time.time() < deadline, inv.to_map()
+        time.sleep(0.2)
+
+
+def test_classic_sdk_send_file_and_results():
+    target = f"/tmp/deckhand-sdk-{uuid.uuid4().hex[:8]}/etc/app"
+    body = b"listen = 8080\n\x00\xff binary survives\n"
+    req = SendFileRequest.SendFileRequest()
+    req.set_Name("app.conf")
+    req.set_TargetDir(target)
+    req.set_Content(base64.b64encode(body).decode())
+    req.set_ContentType("Base64")
+    req.set_FileMode("0640")
+    req.set_Description("sdk test file")
+    req.set_InstanceIds([INSTANCE])
+    res = classic_call(req)
+    assert res["InvokeId"].startswith("f-") and res["RequestId"]
+    inv, inst = file_result_classic(res["InvokeId"])
+    assert (inst["InstanceId"], inst["InvocationStatus"], inst["ErrorCode"]) == (INSTANCE, "Success", "")
+    assert inv["InvocationStatus"] == "Success"
+    assert (inv["Name"], inv["TargetDir"], inv["FileMode"], inv["ContentType"]) == ("app.conf", target, "0640", "Base64")
+    assert inv["Overwrite"] == "false" and inv["VmCount"] == 1 and inv["Description"] == "sdk test file"
+    assert base64.b64decode(inv["Content"]) == body
+    path = os.path.join(target, "app.conf")
+    with open(path, "rb") as f:
+        assert f.read() == body
+    assert os.stat(path).st_mode & 0o7777 == 0o640
+    # No temporary file is left beside it.
+    assert os.listdir(target) == ["app.conf"]
+    # File deliveries are not commands: DescribeInvocations leaves them out.
+    d = DescribeInvocationsRequest.DescribeInvocationsRequest()
+    d.set_InvokeId(res["InvokeId"])
+    assert classic_call(d)["Invocations"]["Invocation"] == []
+    # Filters: by name, and a name that matches nothing.
+    q = DescribeSendFileResultsRequest.DescribeSendFileResultsRequest()
+    q.set_Name("app.conf")
+    q.set_InstanceId(INSTANCE)
+    assert res["InvokeId"] in {i["InvokeId"] for i in classic_call(q)["Invocations"]["Invocation"]}
+    q.set_Name("no-such-file.conf")
+    assert classic_call(q)["Invocations"]["Invocation"] == []
+
+
+def test_tea_sdk_send_file_overwrite_false_is_file_already_exists():
+    client = tea()
+    target = f"/tmp/deckhand-sdk-{uuid.uuid4().hex[:8]}"
+    os.makedirs(target)
+    path = os.path.join(target, "motd")
+    with open(path, "w") as f:
+        f.write("old\n")
+    invoke_id = send_file_tea(client, name="motd", target_dir=target, content="new\n", overwrite=False)
+    inv, inst = file_result_tea(client, invoke_id)
+    assert (inst.invocation_status, inst.error_code, inst.error_info) == ("Failed", "FileAlreadyExists", "File already exists")
+    assert inv.invocation_status == "Failed"
+    with open(path) as f:
+        assert f.read() == "old\n"
+    # Overwrite=true replaces it.
+    invoke_id = send_file_tea(client, name="motd", target_dir=target, content="new\n", overwrite=True)
+    _, inst = file_result_tea(client, invoke_id)
+    assert inst.invocation_status == "Success", inst.to_map()
+    with open(path) as f:
+        assert f.read() == "new\n"
+
+
+def test_tea_sdk_send_file_bad_owner_is_user_group_not_exists():
+    client = tea()
+    target = f"/tmp/deckhand-sdk-{uuid.uuid4().hex[:8]}"
+    invoke_id = send_file_tea(client, name="x.conf", target_dir=target, content="x", file_owner="deckhand-no-such-user")
+    _, inst = file_result_tea(client, invoke_id)
+    assert (inst.invocation_status, inst.error_code, inst.error_info) == ("Invalid", "UserGroupNotExists", "Owner not exists")
+    invoke_id = send_file_tea(client, name="x.conf", target_dir=target, content="x", file_group="deckhand-no-such-group")
+    _, inst = file_result_tea(client, invoke_id)
+    assert (inst.invocation_status, inst.error_code, inst.error_info) == ("Invalid", "UserGroupNotExists", "Group not exists")
+    assert not os.path.exists(os.path.join(target, "x.conf"))
+
+
+def test_send_file_refuses_a_symlink_at_the_target():
+    client = tea()
+    target = f"/tmp/deckhand-sdk-{uuid.uuid4().hex[:8]}"
+    os.makedirs(target)
+    victim = os.path.join(target, "victim")
+    with open(victim, "w") as f:
+        f.write("untouched\n")
+    os.symlink(victim, os.path.join(target, "link.conf"))
+    invoke_id = send_file_tea(client, name="link.conf", target_dir=target, content="pwned\n", overwrite=True)
+    _, inst = file_result_tea(client, invoke_id)
+    assert (inst.invocation_status, inst.error_code) == ("Failed", "FileCreateFail"), inst.to_map()
+    assert "symbolic link" in inst.error_info
+    with open(victim) as f:
+        assert f.read() == "untouched\n"
+    assert os.path.islink(os.path.join(target, "link.conf"))
+    # Bad names and paths get Alibaba's codes.
+    invoke_id = send_file_tea(client, name="../escape", target_dir=target, content="x")
+    _, inst = file_result_tea(client, invoke_id)
+    assert (inst.invocation_status, inst.error_code) == ("Invalid", "FileNameInvalid")
+    invoke_id = send_file_tea(client, name="ok", target_dir="relative/dir", content="x")
+    _, inst = file_result_tea(client, invoke_id)
+    assert (inst.invocation_status, inst.error_code) == ("Invalid", "FilePathInvalid")
+
+
+def test_send_file_content_limit_is_32_kib():
+    from Tea.exceptions import TeaException
+
+    with pytest.raises(TeaException) as e:
+        send_file_tea(tea(), name="big", target_dir="/tmp", content="x" * (32 * 1024 + 1))
+    assert e.value.code == "InvalidParameter.Content"

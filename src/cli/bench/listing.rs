@@ -41,6 +41,7 @@ fn invocation(id: String, n: usize) -> InvocationRow {
         window: Default::default(),
         revision: 0,
         unreachable: Vec::new(),
+        file: None,
     }
 }
 

@@ -6,6 +6,7 @@ mod latency;
 mod listing;
 mod policy;
 mod procs;
+mod sendfile;
 mod signature;
 
 use std::time::Duration;
@@ -63,6 +64,14 @@ pub enum BenchCmd {
         #[arg(long, default_value_t = 20_000)]
         calls: usize,
     },
+    /// One file to N real agents (SendFile with uploaded content): MB/s
+    /// and each agent's peak RSS while it writes (docs/files.md).
+    Sendfile {
+        #[arg(long, default_value_t = 100)]
+        size_mib: u64,
+        #[arg(long, default_value_t = 20)]
+        agents: usize,
+    },
     /// Everything, small sizes: proves the benchmarks still run.
     Smoke,
 }
@@ -85,6 +94,7 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
         BenchCmd::Listing { invocations, targets, store } => rt()?.block_on(listing::run(*invocations, *targets, store.as_deref())),
         BenchCmd::Policy { statements, calls } => policy::run(*statements, *calls),
         BenchCmd::Signature { calls } => signature::run(*calls),
+        BenchCmd::Sendfile { size_mib, agents } => sendfile::run(*size_mib, *agents),
         BenchCmd::Smoke => {
             policy::run(100, 200)?;
             signature::run(200)?;
@@ -92,6 +102,7 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
             rt()?.block_on(fanout::run(50, None, Some("50%")))?;
             rt()?.block_on(listing::run(5, 200, None))?;
             latency::latency(20, None)?;
+            sendfile::run(1, 2)?;
             latency::footprint(Duration::from_secs(2))
         }
     }

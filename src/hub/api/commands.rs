@@ -17,7 +17,7 @@ fn not_found(id: &str) -> ApiError {
 pub async fn create(req: &Request<'_>) -> Result<Value, ApiError> {
     let p = &req.params;
     let name = p.string("Name", 128)?.ok_or_else(|| ApiError::missing("Name"))?;
-    let t = named(p, "Type", CommandType::parse)?.ok_or_else(|| ApiError::missing("Type"))?;
+    let t = named(p, "Type", CommandType::parse_command)?.ok_or_else(|| ApiError::missing("Type"))?;
     // CreateCommand's CommandContent is Base64 unless told otherwise.
     let content = decode_content(p, "CommandContent", "Base64")?;
     let cmd = CommandRow {

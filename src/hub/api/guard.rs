@@ -39,7 +39,7 @@ pub fn named_instances(params: &Params) -> Result<Vec<String>, ApiError> {
 /// selector (`authorize_resolved`, called by `fleet::resolve`), so a key
 /// limited to `env=staging` can target `env=staging` by tag.
 pub async fn authorize(hub: &Hub, principal: &Principal, action: &str, params: &Params) -> Result<(), ApiError> {
-    if matches!(action, "RunCommand" | "InvokeCommand") && super::fleet::Selector::from_params(params)?.is_some() {
+    if matches!(action, "RunCommand" | "InvokeCommand" | "SendFile") && super::fleet::Selector::from_params(params)?.is_some() {
         return Ok(());
     }
     authorize_with(hub, principal, action, params, &[]).await
@@ -71,7 +71,7 @@ async fn authorize_with(
     let mut ids = named_instances(params)?;
     // A call naming an invocation but no instance touches its targets.
     if ids.is_empty()
-        && matches!(action, "StopInvocation" | "DescribeInvocationResults" | "DescribeInvocations")
+        && matches!(action, "StopInvocation" | "DescribeInvocationResults" | "DescribeInvocations" | "DescribeSendFileResults")
         && let Some(invoke_id) = params.get("InvokeId")
     {
         ids = hub.store.some_targets(invoke_id, MAX_INVOCATION_TARGETS, false).await?.into_iter().map(|t| t.instance_id).collect();

@@ -32,7 +32,7 @@ pub fn named<T>(p: &Params, field: &str, parse: impl Fn(&str) -> Result<T, Unkno
     p.get(field).map(|v| parse(v).map_err(|e| ApiError::invalid(field, e))).transpose()
 }
 
-fn new_id(prefix: &str) -> String {
+pub(super) fn new_id(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..22])
 }
 
@@ -53,7 +53,7 @@ pub fn decode_content(p: &Params, field: &str, default_encoding: &str) -> Result
 }
 
 fn command_type(p: &Params) -> Result<CommandType, ApiError> {
-    named(p, "Type", CommandType::parse)?.ok_or_else(|| ApiError::missing("Type"))
+    named(p, "Type", CommandType::parse_command)?.ok_or_else(|| ApiError::missing("Type"))
 }
 
 /// Parameters JSON object, bounded; every `{{name}}` used must have a value.
@@ -104,7 +104,7 @@ fn repeat(p: &Params, timeout_secs: i64) -> Result<(RepeatMode, String), ApiErro
 /// The targets of a new invocation, fixed here: the instances a selector
 /// (`ResourceTag.N`, deckhand's `Target*`) matches now, or the listed
 /// `InstanceId.N`.
-async fn targets(req: &Request<'_>, action: &str) -> Result<Resolved, ApiError> {
+pub(super) async fn targets(req: &Request<'_>, action: &str) -> Result<Resolved, ApiError> {
     match Selector::from_params(&req.params)? {
         Some(sel) => fleet::resolve(req, &sel, action).await,
         None => Ok(Resolved { targets: instances(req).await?, unreachable: Vec::new() }),
@@ -135,7 +135,7 @@ async fn instances(req: &Request<'_>) -> Result<Vec<(String, String)>, ApiError>
 }
 
 /// The answer already given for `token` (ClientToken idempotency), if any.
-async fn answer_for_token(req: &Request<'_>, token: &str) -> Result<Option<Value>, ApiError> {
+pub(super) async fn answer_for_token(req: &Request<'_>, token: &str) -> Result<Option<Value>, ApiError> {
     let Some(existing) = req.hub.store.find_by_client_token(token).await? else { return Ok(None) };
     let inv = req.hub.store.get_invocation(&existing).await?.ok_or_else(|| ApiError::internal("token row vanished"))?;
     Ok(Some(json!({ "CommandId": inv.command_id, "InvokeId": inv.invoke_id })))
@@ -262,13 +262,14 @@ fn invocation_for(cmd: &CommandRow, parameters: String, repeat_mode: RepeatMode,
         window: Default::default(),
         revision: 0,
         unreachable: Vec::new(),
+        file: None,
     }
 }
 
 /// Commits the invocation (with its command for RunCommand) first, then
 /// pushes it to whoever is online;
 /// offline targets get it when they connect.
-async fn create_and_push(
+pub(super) async fn create_and_push(
     req: &Request<'_>,
     cmd: Option<&CommandRow>,
     inv: InvocationRow,
@@ -339,7 +340,7 @@ fn record_status_filter(p: &Params, field: &str) -> Result<Vec<InvocationStatus>
 /// DescribeInvocations' status filter: `InvokeStatus` (legacy names) or
 /// `InvocationStatus` (current names); a value in either vocabulary
 /// matches invocations whose kept aggregate has it.
-fn overall_status_filter(p: &Params) -> Result<Option<StatusFilter>, ApiError> {
+pub(super) fn overall_status_filter(p: &Params) -> Result<Option<StatusFilter>, ApiError> {
     let (field, v) = match (p.get("InvokeStatus"), p.get("InvocationStatus")) {
         (Some(v), _) => ("InvokeStatus", v),
         (None, Some(v)) => ("InvocationStatus", v),
@@ -365,10 +366,11 @@ pub async fn describe_invocations(req: &Request<'_>) -> Result<Value, ApiError> 
         invoke_id: p.get("InvokeId").map(str::to_string),
         command_id: p.get("CommandId").map(str::to_string),
         instance_id: p.get("InstanceId").map(str::to_string),
-        command_type: named(p, "CommandType", CommandType::parse)?,
+        command_type: named(p, "CommandType", CommandType::parse_command)?,
         command_name: p.get("CommandName").map(str::to_string),
         repeat_mode: named(p, "RepeatMode", RepeatMode::parse)?,
         status: overall_status_filter(p)?,
+        file_name: None,
     };
     // Filtered and paged in SQL on the kept aggregates: TotalCount and
     // NextToken count matching invocations, and no target is read to
@@ -412,7 +414,7 @@ pub async fn describe_invocations(req: &Request<'_>) -> Result<Value, ApiError> 
 
 /// `ErrorCode` and `ErrorInfo` as the API shows them: Alibaba's fixed text
 /// where the code has one, otherwise the stored detail.
-fn error_fields(code: &Option<ErrorCode>, info: &str) -> (String, String) {
+pub(super) fn error_fields(code: &Option<ErrorCode>, info: &str) -> (String, String) {
     (code.as_ref().map(|c| c.as_str().to_string()).unwrap_or_default(), error_info(code.as_ref(), info))
 }
 

@@ -9,6 +9,7 @@ pub(crate) mod audit;
 pub(crate) mod auth;
 mod commands;
 pub(crate) mod error;
+mod files;
 mod fleet;
 pub(crate) mod guard;
 mod instances;
@@ -155,6 +156,10 @@ pub async fn execute(
         "DescribeInvocationResults" => invocations::describe_invocation_results(&req).await,
         "StopInvocation" => invocations::stop_invocation(&req).await,
         "ModifyInvocationAttribute" => invocations::modify_invocation_attribute(&req).await,
+        "SendFile" => files::send_file(&req).await,
+        "DescribeSendFileResults" => files::describe_send_file_results(&req).await,
+        // deckhand extension (docs/files.md): content larger than `Content` allows.
+        "PutFileContent" => files::put_file_content(&req).await,
         "CreateCommand" => commands::create(&req).await,
         "DescribeCommands" => commands::describe(&req).await,
         "ModifyCommand" => commands::modify(&req).await,

@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use tokio::sync::mpsc;
 
 use crate::lifecycle::{CommandType, Counts, ErrorCode, InvocationOverall, InvocationStatus, InvokeStatus, RepeatMode};
-use crate::protocol::{HostFacts, Invocation, RecordReport};
+use crate::protocol::{FileSpec, HostFacts, Invocation, RecordReport};
 
 /// What went wrong in the store, with the cause kept: a busy database is
 /// not a corrupt one, and a full disk is neither.
@@ -180,6 +180,27 @@ pub struct InvocationRow {
     /// not connected. They are created settled (`Aborted`,
     /// `ClientNotRunning`) and never sent. Not read back.
     pub unreachable: Vec<String>,
+    /// A file delivery (`command_type` `SendFile`); `None` for commands.
+    pub file: Option<FileRow>,
+}
+
+/// What `SendFile` asked for: the agent's part ([`FileSpec`]) and what
+/// only the API shows. Stored as JSON in `invocations.file_spec`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct FileRow {
+    pub spec: FileSpec,
+    #[serde(default)]
+    pub description: String,
+    /// `PlainText` or `Base64`, as the caller sent `Content`.
+    #[serde(default)]
+    pub content_type: String,
+}
+
+/// Stored file content: its size and how many of its chunks are present.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileContent {
+    pub size: i64,
+    pub chunks_present: i64,
 }
 
 /// Rate control of one invocation (deckhand extension, docs/fleet.md),
@@ -284,6 +305,8 @@ pub struct InvocationFilter {
     /// invocation matches when its legacy or its current aggregate status
     /// is one of these (filtered in SQL on the kept aggregates).
     pub status: Option<StatusFilter>,
+    /// deckhand: a file delivery's `Name` (DescribeSendFileResults).
+    pub file_name: Option<String>,
 }
 
 /// An invocation-level status filter: the legacy and/or the current name
@@ -483,6 +506,21 @@ pub trait Store: Send + Sync + 'static {
     /// `DeliveryTimeout` when the agent is online, `ClientNotResponse`
     /// when it is not.
     async fn expire_undelivered(&self, cutoff: &str) -> Result<u64>;
+
+    // File content (SendFile, docs/files.md), stored once per digest.
+    /// Stores chunk `seq` of the content with digest `sha256` and total
+    /// `size`; a chunk already present is kept (same digest, same bytes
+    /// once verified). A digest already stored with another size: refused
+    /// by the caller before this is reached.
+    async fn put_file_chunk(&self, sha256: &str, size: i64, seq: i64, data: &[u8]) -> Result<()>;
+    async fn file_content(&self, sha256: &str) -> Result<Option<FileContent>>;
+    /// Forgets a content and its chunks (an upload that did not verify).
+    async fn delete_file_content(&self, sha256: &str) -> Result<()>;
+    /// Chunk `seq` of a stored content.
+    async fn file_chunk(&self, sha256: &str, seq: i64) -> Result<Option<Vec<u8>>>;
+    /// Chunk `seq` of the content of file delivery `invoke_id`, only when
+    /// `instance_id` is one of its targets (what an agent may pull).
+    async fn file_chunk_for(&self, invoke_id: &str, instance_id: &str, seq: i64) -> Result<Option<Vec<u8>>>;
 
     // Access keys and the audit trail (see `hub::authz`).
     async fn create_access_key(&self, k: &AccessKeyRow) -> Result<()>;

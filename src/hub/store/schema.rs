@@ -200,6 +200,27 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE invocations ADD COLUMN revision INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 8: SendFile (issue #19, docs/files.md). A file delivery is an invocation
+    // (command_type 'SendFile') whose `file_spec` holds the JSON of
+    // `store::FileRow` and `file_sha256` its content's digest. The content
+    // is stored once, however many invocations and targets use it:
+    // `file_contents` by digest, its bytes in `file_chunks` of
+    // `protocol::FILE_CHUNK_BYTES` (the unit agents pull), numbered from 0.
+    r#"
+    ALTER TABLE invocations ADD COLUMN file_spec TEXT NOT NULL DEFAULT '';
+    ALTER TABLE invocations ADD COLUMN file_sha256 TEXT NOT NULL DEFAULT '';
+    CREATE TABLE file_contents (
+        sha256 TEXT PRIMARY KEY,
+        size INTEGER NOT NULL,
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE file_chunks (
+        sha256 TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        data BLOB NOT NULL DEFAULT x'',
+        PRIMARY KEY (sha256, seq)
+    );
+    "#,
 ];
 
 /// The schema version whose data is rewritten in Rust after its DDL.

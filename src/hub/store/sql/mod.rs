@@ -689,6 +689,53 @@ impl Store for SqlStore {
         }
     }
 
+    async fn put_file_chunk(&self, sha256: &str, size: i64, seq: i64, data: &[u8]) -> Result<()> {
+        let mut tx = self.begin().await?;
+        self.q("INSERT INTO file_contents (sha256, size, created_at) VALUES (?,?,?) ON CONFLICT (sha256) DO NOTHING")
+            .bind(sha256)
+            .bind(size)
+            .bind(now_str())
+            .execute(&mut *tx)
+            .await?;
+        self.q("INSERT INTO file_chunks (sha256, seq, data) VALUES (?,?,?) ON CONFLICT (sha256, seq) DO NOTHING")
+            .bind(sha256)
+            .bind(seq)
+            .bind(data)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn file_content(&self, sha256: &str) -> Result<Option<FileContent>> {
+        let Some(r) = self.q("SELECT size FROM file_contents WHERE sha256 = ?").bind(sha256).fetch_optional(&self.pool).await? else {
+            return Ok(None);
+        };
+        let size: i64 = col(&r, "file_contents", "size", sha256)?;
+        let chunks_present: i64 = self.qs("SELECT COUNT(*) FROM file_chunks WHERE sha256 = ?").bind(sha256).fetch_one(&self.pool).await?;
+        Ok(Some(FileContent { size, chunks_present }))
+    }
+
+    async fn delete_file_content(&self, sha256: &str) -> Result<()> {
+        let mut tx = self.begin().await?;
+        self.q("DELETE FROM file_chunks WHERE sha256 = ?").bind(sha256).execute(&mut *tx).await?;
+        self.q("DELETE FROM file_contents WHERE sha256 = ?").bind(sha256).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn file_chunk(&self, sha256: &str, seq: i64) -> Result<Option<Vec<u8>>> {
+        Ok(self.qs("SELECT data FROM file_chunks WHERE sha256 = ? AND seq = ?").bind(sha256).bind(seq).fetch_optional(&self.pool).await?)
+    }
+
+    async fn file_chunk_for(&self, invoke_id: &str, instance_id: &str, seq: i64) -> Result<Option<Vec<u8>>> {
+        let sql = "SELECT c.data FROM invocations i \
+                   JOIN targets t ON t.invoke_id = i.invoke_id AND t.instance_id = ? \
+                   JOIN file_chunks c ON c.sha256 = i.file_sha256 AND c.seq = ? \
+                   WHERE i.invoke_id = ? AND i.file_sha256 <> ''";
+        Ok(self.qs(sql).bind(instance_id).bind(seq).bind(invoke_id).fetch_optional(&self.pool).await?)
+    }
+
     async fn create_access_key(&self, k: &AccessKeyRow) -> Result<()> {
         self.create_access_key_impl(k).await
     }

@@ -129,5 +129,6 @@ pub fn to_wire(inv: &InvocationRow, instance_name: String) -> Invocation {
         region_id: String::new(),
         created_at: inv.created_at.clone(),
         revision: inv.revision.max(0) as u64,
+        file: inv.file.as_ref().map(|f| Box::new(f.spec.clone())),
     }
 }

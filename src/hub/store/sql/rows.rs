@@ -52,6 +52,21 @@ fn named<T>(
     parse(&s).map_err(|e| StoreError::Decode { table, column, id: id.to_string(), detail: e.to_string() })
 }
 
+/// `invocations.file_spec`: '' for a command, JSON of a `FileRow` for a
+/// file delivery.
+fn file_col(r: &AnyRow, id: &str) -> Result<Option<FileRow>> {
+    let s: String = col(r, "invocations", "file_spec", id)?;
+    if s.is_empty() {
+        return Ok(None);
+    }
+    serde_json::from_str(&s).map(Some).map_err(|e| StoreError::Decode {
+        table: "invocations",
+        column: "file_spec",
+        id: id.to_string(),
+        detail: e.to_string(),
+    })
+}
+
 pub(super) fn activation_from(r: &AnyRow) -> Result<ActivationRow> {
     const T: &str = "activations";
     let id = key(r, T, "activation_id")?;
@@ -149,6 +164,7 @@ pub(super) fn invocation_from(r: &AnyRow) -> Result<InvocationRow> {
         },
         revision: col(r, T, "revision", &id)?,
         unreachable: Vec::new(),
+        file: file_col(r, &id)?,
         invoke_id: id,
     })
 }
@@ -241,6 +257,14 @@ pub(super) fn invocation_where(f: &InvocationFilter, alias: &str) -> (String, Ve
     add("command_type", f.command_type.map(|t| t.as_str()));
     add("command_name", f.command_name.as_deref());
     add("repeat_mode", f.repeat_mode.map(|m| m.as_str()));
+    // A file delivery's command_name is its file name.
+    add("command_name", f.file_name.as_deref());
+    // File deliveries are listed only when asked for by type (the
+    // SendFile family), as Cloud Assistant keeps them apart.
+    if f.command_type.is_none() {
+        clauses.push(format!("{alias}command_type <> ?"));
+        binds.push(crate::lifecycle::CommandType::SendFile.as_str().to_string());
+    }
     if let Some((legacy, current)) = &f.status {
         // Both aggregates are kept on the row (see `writes::move_target`),
         // so this filter runs before paging, in SQL.

@@ -216,8 +216,8 @@ impl SqlStore {
         let sql = format!(
             "INSERT INTO invocations (invoke_id, command_id, command_name, command_type, content, timeout_secs, \
              working_dir, username, enable_parameter, parameters, repeat_mode, frequency, created_at, client_token, \
-             {}, invoke_status, invocation_status, max_concurrency, max_errors, batch_wait_secs) \
-             VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,{},?,?,?,?,?)",
+             {}, invoke_status, invocation_status, max_concurrency, max_errors, batch_wait_secs, file_spec, file_sha256) \
+             VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,{},?,?,?,?,?,?,?)",
             count_cols.join(", "),
             vec!["?"; count_cols.len()].join(",")
         );
@@ -245,6 +245,12 @@ impl SqlStore {
             .bind(inv.window.max_concurrency)
             .bind(inv.window.max_errors.unwrap_or(-1))
             .bind(inv.window.batch_wait_secs)
+            .bind(match &inv.file {
+                // Serializing plain strings and numbers cannot fail.
+                Some(f) => serde_json::to_string(f).unwrap_or_default(),
+                None => String::new(),
+            })
+            .bind(inv.file.as_ref().map(|f| f.spec.sha256.as_str()).unwrap_or(""))
             .execute(&mut *tx)
             .await?;
         // Multi-row INSERTs (issue #21: one statement per target cost a
