@@ -9,8 +9,10 @@ pub mod config;
 pub mod identity;
 pub mod journal;
 pub mod periodic;
+pub mod proxy;
 pub mod runner;
 pub mod schedule;
+pub mod selfcheck;
 pub mod service;
 pub mod state;
 pub mod transport;
@@ -51,6 +53,14 @@ pub struct AgentConfig {
     /// outlive the agent (Unix; see docs/exec.md). `None` (the default, and
     /// on Windows): runs are the agent's children and die with it.
     pub supervisor: Option<PathBuf>,
+    /// The HTTP CONNECT proxy to the hub, hosts that bypass it, and whether
+    /// scripts see it (docs/operations.md, "Proxies").
+    pub proxy: proxy::ProxySettings,
+    /// Ceilings on the agent's own memory and CPU ([`selfcheck`]).
+    pub limits: selfcheck::Limits,
+    /// Under systemd, the slice supervisors run in (empty: the agent's own
+    /// cgroup); see [`crate::exec::scope`].
+    pub runs_slice: String,
 }
 
 impl AgentConfig {
@@ -66,6 +76,9 @@ impl AgentConfig {
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(60),
             supervisor: None,
+            proxy: proxy::ProxySettings::default(),
+            limits: selfcheck::Limits::default(),
+            runs_slice: crate::exec::scope::DEFAULT_SLICE.to_string(),
         }
     }
 }
@@ -90,6 +103,8 @@ pub enum AgentError {
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("connection lost: {0}")]
     Lost(String),
+    #[error("the agent's own {what} stayed over its ceiling for {checks} checks; restarting")]
+    OverLimit { what: &'static str, checks: u32 },
 }
 
 impl AgentError {
@@ -133,12 +148,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let script_root = (!nix::unistd::geteuid().is_root()).then(|| config.state_dir.join("scripts"));
     #[cfg(not(unix))]
     let script_root = None;
-    let supervision = config
-        .supervisor
-        .clone()
-        .filter(|_| cfg!(unix))
-        .map(|program| runner::Supervision { program, runs_root: config.state_dir.join("runs") });
-    let (runner, mut live_rx) = Runner::new(state, config.max_concurrent, script_root, supervision);
+    let scope = match &config.supervisor {
+        Some(_) if cfg!(unix) && !config.runs_slice.is_empty() => crate::exec::scope::detect(&config.runs_slice).await,
+        _ => None,
+    };
+    let supervision = config.supervisor.clone().filter(|_| cfg!(unix)).map(|program| runner::Supervision {
+        program,
+        runs_root: config.state_dir.join("runs"),
+        scope,
+    });
+    let (runner, mut live_rx) = Runner::new(state, config.max_concurrent, script_root, supervision, config.proxy.script_env());
     let mut identity = identity::load(&config.state_dir)?;
     if let Some(id) = &identity {
         runner.set_instance_id(&id.instance_id);
@@ -162,6 +181,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let status =
         Arc::new(std::sync::Mutex::new(service::Status { pid: std::process::id(), hub: config.hub.clone(), ..Default::default() }));
     spawn_status_writer(config.state_dir.clone(), status.clone(), runner.clone(), shutdown.clone());
+    let mut over_limit = spawn_self_check(config.limits, status.clone(), shutdown.clone());
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     let result = loop {
         if shutdown.is_cancelled() {
@@ -171,6 +191,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         let ctx = Ctx { config: &config, url, tls: &tls, runner: &runner, live: &live, status: &status, shutdown: &shutdown };
         let result = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            Ok(what) = over_limit.wait_for(Option::is_some) => break Err(AgentError::OverLimit { what: (*what).unwrap_or("usage"), checks: selfcheck::STRIKES }),
             r = connect_and_serve(&ctx, &mut identity, &mut live_rx, &mut backoff) => r,
         };
         set_status(&status, |s| s.connected = false);
@@ -236,6 +257,65 @@ fn spawn_status_writer(dir: PathBuf, status: SharedStatus, runner: Arc<Runner>, 
     });
 }
 
+/// Checks the agent's own usage every [`selfcheck::CHECK_EVERY`], keeps
+/// the status file's figures current, and resolves with what stayed over
+/// its ceiling (the agent then exits to be restarted, see [`selfcheck`]).
+fn spawn_self_check(
+    limits: selfcheck::Limits,
+    status: SharedStatus,
+    shutdown: CancellationToken,
+) -> tokio::sync::watch::Receiver<Option<&'static str>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    set_status(&status, |s| {
+        s.memory_max_bytes = limits.memory_max_bytes;
+        s.cpu_max_percent = limits.cpu_max_percent;
+    });
+    tokio::spawn(async move {
+        let mut monitor = selfcheck::Monitor::new(limits);
+        let mut tick = tokio::time::interval(selfcheck::CHECK_EVERY);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(usage) = selfcheck::read_usage() else { return };
+            let (sample, verdict) = monitor.observe(std::time::Instant::now(), usage);
+            set_status(&status, |s| {
+                s.rss_bytes = sample.rss_bytes;
+                s.cpu_percent = sample.cpu_percent.map(|p| (p * 10.0).round() / 10.0);
+            });
+            let (rss, max) = (sample.rss_bytes, limits.memory_max_bytes);
+            match verdict {
+                selfcheck::Verdict::Within => {}
+                selfcheck::Verdict::Over { what, strikes } => {
+                    tracing::warn!(
+                        what,
+                        strikes,
+                        rss_bytes = rss,
+                        memory_max_bytes = max,
+                        cpu_percent = sample.cpu_percent,
+                        cpu_max_percent = limits.cpu_max_percent,
+                        "agent over its own ceiling"
+                    )
+                }
+                selfcheck::Verdict::Restart { what } => {
+                    tracing::error!(
+                        what,
+                        rss_bytes = rss,
+                        memory_max_bytes = max,
+                        cpu_percent = sample.cpu_percent,
+                        cpu_max_percent = limits.cpu_max_percent,
+                        "agent stayed over its own ceiling; exiting to be restarted (runs in flight continue under their supervisors)"
+                    );
+                    let _ = tx.send(Some(what));
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// What one connection attempt needs from the agent.
 struct Ctx<'a> {
     config: &'a AgentConfig,
@@ -260,7 +340,7 @@ pub async fn register(config: &AgentConfig) -> Result<Identity, AgentError> {
         config.ca_file.as_deref(),
         config.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
     )?;
-    let mut ws = transport::dial(&url, &tls, config.insecure_loopback).await?;
+    let mut ws = transport::dial_via(&url, &tls, config.insecure_loopback, config.proxy.for_host(&url.host)).await?;
     let id = register_on(&mut ws, config).await?;
     let _ = ws.close(None).await;
     Ok(id)
@@ -311,7 +391,7 @@ async fn connect_and_serve(
     backoff: &mut Backoff,
 ) -> Result<(), AgentError> {
     let (config, url, tls, runner) = (ctx.config, ctx.url, ctx.tls, ctx.runner);
-    let mut ws = transport::dial(url, tls, config.insecure_loopback).await?;
+    let mut ws = transport::dial_via(url, tls, config.insecure_loopback, config.proxy.for_host(&url.host)).await?;
     let mut facts = identity::host_facts();
     facts.journal_degraded = journal_degraded(runner);
     let degraded_told = facts.journal_degraded.is_some();

@@ -36,6 +36,9 @@ pub struct Runner {
     script_root: Option<std::path::PathBuf>,
     /// Runs outlive the agent (Unix); None: runs are the agent's children.
     supervision: Option<Supervision>,
+    /// Given to every script under its invocation's own variables (the
+    /// proxy, when the operator passes it on).
+    script_env: Vec<(String, String)>,
 }
 
 /// How scripts are run apart from the agent.
@@ -45,6 +48,8 @@ pub struct Supervision {
     pub program: PathBuf,
     /// Parent of the run directories (`<state dir>/runs`).
     pub runs_root: PathBuf,
+    /// Under systemd: start each supervisor in its own scope of this slice.
+    pub scope: Option<exec::scope::Scope>,
 }
 
 #[derive(Debug)]
@@ -65,6 +70,7 @@ impl Runner {
         max_concurrent: usize,
         script_root: Option<PathBuf>,
         supervision: Option<Supervision>,
+        script_env: Vec<(String, String)>,
     ) -> (Arc<Self>, mpsc::Receiver<LiveChunk>) {
         let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
         let r = Arc::new(Self {
@@ -76,6 +82,7 @@ impl Runner {
             instance_id: Mutex::new(String::new()),
             script_root,
             supervision,
+            script_env,
         });
         (r, live_rx)
     }
@@ -305,6 +312,8 @@ impl Runner {
         let spec = match exec::spec_for(&inv, &instance_id) {
             Ok(mut spec) => {
                 spec.script_root = self.script_root.clone();
+                // First, so the invocation's own variables win.
+                spec.env.splice(0..0, self.script_env.iter().cloned());
                 spec
             }
             Err(e) => {
@@ -350,7 +359,7 @@ impl Runner {
     async fn script_run(&self, inv: &Invocation, record_seq: u32, spec: RunSpec, stop: CancellationToken) -> RecordReport {
         #[cfg(unix)]
         if let (Some(sup), Some(dir)) = (&self.supervision, self.run_dir(inv, record_seq)) {
-            let launched = exec::supervise::launch(&sup.program, &dir, &spec);
+            let launched = exec::supervise::launch(&sup.program, &dir, &spec, sup.scope.as_ref());
             let exited = match launched {
                 Ok(exited) => Some(Some(exited)),
                 Err(exec::supervise::SuperviseError::Busy(_)) => Some(None),

@@ -107,6 +107,16 @@ pub struct Status {
     /// Journal changes (reports, acks) held in memory until the disk takes them.
     #[serde(default)]
     pub journal_held: usize,
+    /// The agent's own resident memory at the last self-check, and its ceiling.
+    #[serde(default)]
+    pub rss_bytes: u64,
+    #[serde(default)]
+    pub memory_max_bytes: u64,
+    /// The agent's own CPU use over the last check interval, percent of one core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    #[serde(default)]
+    pub cpu_max_percent: u32,
 }
 
 /// status.json is padded to this size, so it can be rewritten in place when

@@ -49,6 +49,15 @@ struct Flags {
     backoff_cap_secs: Option<u64>,
     #[arg(long)]
     log_json: bool,
+    /// HTTP CONNECT proxy to the hub, http://[user:password@]host:port ("direct": none).
+    #[arg(long, env = "DECKHAND_AGENT_PROXY", hide_env_values = true)]
+    proxy: Option<String>,
+    /// Hosts reached without the proxy, comma-separated.
+    #[arg(long, env = "DECKHAND_AGENT_NO_PROXY")]
+    no_proxy: Option<String>,
+    /// Give scripts the proxy variables (http_proxy, https_proxy, no_proxy).
+    #[arg(long)]
+    pass_proxy_env: bool,
 }
 
 impl Flags {
@@ -65,6 +74,10 @@ impl Flags {
             activation_id: self.activation_id.clone(),
             activation_code: self.activation_code.clone(),
             log_json: self.log_json.then_some(true),
+            proxy: self.proxy.clone(),
+            no_proxy: self.no_proxy.clone(),
+            pass_proxy_env: self.pass_proxy_env.then_some(true),
+            ..Default::default()
         }
     }
 }
@@ -162,7 +175,14 @@ fn run() -> anyhow::Result<()> {
             // scheduler thread (plus the blocking pool on demand) keeps idle
             // RSS low (fewer stacks and malloc arenas).
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(async move { deckhand::agent::run(cfg, deckhand::cli::shutdown_on_signal()).await.context("agent") })
+            match rt.block_on(async move { deckhand::agent::run(cfg, deckhand::cli::shutdown_on_signal()).await }) {
+                // Its own distinct status: the service manager restarts it.
+                Err(e @ deckhand::agent::AgentError::OverLimit { .. }) => {
+                    eprintln!("deckhand-agent: {e}");
+                    std::process::exit(deckhand::agent::selfcheck::EXIT_OVER_LIMIT);
+                }
+                r => r.context("agent"),
+            }
         }
         Cmd::Register(flags) => {
             let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());
@@ -194,6 +214,14 @@ fn run() -> anyhow::Result<()> {
                     }
                     None => println!("journal:         ok"),
                 }
+                let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+                let cpu = s.cpu_percent.map_or("-".to_string(), |p| format!("{p:.1}%"));
+                let rss = if s.rss_bytes == 0 { "-".to_string() } else { format!("{:.1} MiB", mib(s.rss_bytes)) };
+                println!(
+                    "self:            memory {rss} of {:.0} MiB, cpu {cpu} of {}% (scripts not counted)",
+                    mib(s.memory_max_bytes),
+                    s.cpu_max_percent
+                );
                 println!("pid / updated:   {} / {}", s.pid, s.updated_at);
             }
             Ok(())
@@ -249,12 +277,14 @@ fn run() -> anyhow::Result<()> {
             let cfg = file.resolve()?;
             println!("configuration OK");
             println!(
-                "hub = {:?}\nstate_dir = {:?}\nca_file = {:?}\nmax_concurrent = {}\nbackoff_cap_secs = {}",
+                "hub = {:?}\nstate_dir = {:?}\nca_file = {:?}\nmax_concurrent = {}\nbackoff_cap_secs = {}\nproxy = {}\npass_proxy_env = {}",
                 cfg.hub,
                 cfg.state_dir,
                 cfg.ca_file,
                 cfg.max_concurrent,
-                cfg.backoff_cap.as_secs()
+                cfg.backoff_cap.as_secs(),
+                cfg.proxy.proxy.as_ref().map_or("direct".to_string(), |p| p.to_string()),
+                cfg.proxy.pass_to_scripts
             );
             Ok(())
         }
