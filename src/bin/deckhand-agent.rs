@@ -277,14 +277,17 @@ fn run() -> anyhow::Result<()> {
             let cfg = file.resolve()?;
             println!("configuration OK");
             println!(
-                "hub = {:?}\nstate_dir = {:?}\nca_file = {:?}\nmax_concurrent = {}\nbackoff_cap_secs = {}\nproxy = {}\npass_proxy_env = {}",
+                "hub = {:?}\nstate_dir = {:?}\nca_file = {:?}\nmax_concurrent = {}\nbackoff_cap_secs = {}\nproxy = {}\npass_proxy_env = {}\nmemory_max_mib = {}\ncpu_max_percent = {}\nruns_slice = {:?}",
                 cfg.hub,
                 cfg.state_dir,
                 cfg.ca_file,
                 cfg.max_concurrent,
                 cfg.backoff_cap.as_secs(),
                 cfg.proxy.proxy.as_ref().map_or("direct".to_string(), |p| p.to_string()),
-                cfg.proxy.pass_to_scripts
+                cfg.proxy.pass_to_scripts,
+                cfg.limits.memory_max_bytes >> 20,
+                cfg.limits.cpu_max_percent,
+                cfg.runs_slice
             );
             Ok(())
         }
