@@ -141,6 +141,9 @@ pub struct AgentFile {
     /// Under systemd, the slice each run's supervisor is started in
     /// (default `deckhand-runs.slice`; `""`: runs share the agent's cgroup).
     pub runs_slice: Option<String>,
+    /// Self-update: the base64 ed25519 public key builds must be signed
+    /// with; absent: updates offered by the hub are refused.
+    pub update_public_key: Option<String>,
 }
 
 impl AgentFile {
@@ -180,7 +183,8 @@ impl AgentFile {
             pass_proxy_env,
             memory_max_mib,
             cpu_max_percent,
-            runs_slice
+            runs_slice,
+            update_public_key
         );
         self
     }
@@ -234,6 +238,9 @@ impl AgentFile {
                 });
             }
             cfg.runs_slice = slice.clone();
+        }
+        if let Some(k) = &self.update_public_key {
+            cfg.update_key = Some(super::update::UpdateKey::parse(k).map_err(|e| ConfigError::Invalid { key: "update_public_key", message: e.to_string() })?);
         }
         cfg.proxy = ProxySettings::resolve(self.proxy.as_deref(), self.no_proxy.as_deref(), self.pass_proxy_env.unwrap_or(false), |name| {
             std::env::var(name).ok()

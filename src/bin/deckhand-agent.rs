@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use deckhand::agent::config::AgentFile;
 
 #[derive(Debug, Parser)]
-#[command(name = "deckhand-agent", version, about = "deckhand node agent")]
+#[command(name = "deckhand-agent", version = deckhand_version(), about = "deckhand node agent")]
 struct Args {
     /// Config file (default /etc/deckhand/agent.toml, Windows %ProgramData%\deckhand\agent.toml, when it exists).
     #[arg(long, global = true, env = "DECKHAND_AGENT_CONFIG")]
@@ -115,6 +115,10 @@ enum Cmd {
     #[cfg(unix)]
     #[command(name = "__supervise", hide = true)]
     Supervise { dir: PathBuf },
+    /// Internal: a downloaded agent build proving it can reach the hub
+    /// before it is installed (self-update; docs/operations.md).
+    #[command(name = "__update-trial", hide = true)]
+    UpdateTrial(Flags),
     /// Validate the configuration and print the effective settings.
     Config {
         #[command(subcommand)]
@@ -154,6 +158,11 @@ enum ServiceCmd {
     Uninstall,
 }
 
+/// `--version`: the version slot this binary carries (what the hub sees).
+fn deckhand_version() -> &'static str {
+    Box::leak(deckhand::agent::identity::agent_version().into_boxed_str())
+}
+
 fn init_log(json: bool) {
     deckhand::config::init_logging(json);
 }
@@ -171,6 +180,8 @@ fn run() -> anyhow::Result<()> {
             init_log(file.log_json.unwrap_or(false));
             let mut cfg = file.resolve()?;
             cfg.supervisor = supervisor_program();
+            // Resolved before any swap: afterwards /proc/self/exe names a deleted file.
+            cfg.exe = std::env::current_exe().ok();
             // One thread: the agent is mostly idle and I/O bound; a single
             // scheduler thread (plus the blocking pool on demand) keeps idle
             // RSS low (fewer stacks and malloc arenas).
@@ -183,6 +194,15 @@ fn run() -> anyhow::Result<()> {
                 }
                 r => r.context("agent"),
             }
+        }
+        Cmd::UpdateTrial(flags) => {
+            let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());
+            init_log(file.log_json.unwrap_or(false));
+            let cfg = file.resolve()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let version = rt.block_on(deckhand::agent::trial_hello(&cfg)).context("update trial")?;
+            println!("{version}");
+            Ok(())
         }
         Cmd::Register(flags) => {
             let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());

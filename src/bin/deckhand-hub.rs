@@ -98,6 +98,7 @@ fn run() -> anyhow::Result<()> {
         log_json: f.log_json.then_some(true),
         parameter_values: f.parameter_values.as_deref().map(|v| if v == "strict" { ValuePolicy::Strict } else { ValuePolicy::Any }),
         audit_retention_days: None,
+        agent_update: None,
     });
     let mut cfg = file.resolve()?;
     let store_spec = file.store_spec()?;

@@ -48,6 +48,9 @@ pub struct HubFile {
     /// Audit trail events older than this many days are pruned
     /// (1..=3650, default 90; docs/permissions.md).
     pub audit_retention_days: Option<u64>,
+    /// deckhand extension: agent self-update (`[agent_update]`:
+    /// `builds_dir`, `version`, `percent`, `window`; docs/operations.md).
+    pub agent_update: Option<super::updates::AgentUpdateFile>,
 }
 
 impl HubFile {
@@ -77,7 +80,8 @@ impl HubFile {
             delivery_timeout_secs,
             log_json,
             parameter_values,
-            audit_retention_days
+            audit_retention_days,
+            agent_update
         );
         self
     }
@@ -158,6 +162,10 @@ impl HubFile {
             return Err(ConfigError::Invalid { key: "audit_retention_days", message: format!("{days} is outside 1..=3650") });
         }
         cfg.audit_retention = Duration::from_secs(days * 86_400);
+        if let Some(u) = &self.agent_update {
+            let catalog = super::updates::Catalog::load(u).map_err(|e| ConfigError::Invalid { key: "agent_update", message: e.to_string() })?;
+            cfg.agent_updates = Some(std::sync::Arc::new(catalog));
+        }
         for pair in self.access_keys.iter().flatten() {
             let Some((id, secret)) = pair.split_once(':').filter(|(i, s)| !i.is_empty() && !s.is_empty()) else {
                 return Err(ConfigError::Invalid { key: "access_keys", message: "each entry must be ID:SECRET".into() });

@@ -13,6 +13,7 @@ mod rollout;
 mod server;
 pub mod signature;
 pub mod store;
+pub mod updates;
 mod writer;
 
 use std::net::SocketAddr;
@@ -60,6 +61,8 @@ pub struct HubConfig {
     pub parameter_values: crate::exec::params::ValuePolicy,
     /// The audit trail keeps events this long (`audit_retention_days`).
     pub audit_retention: Duration,
+    /// Agent builds and the self-update policy (`[agent_update]`).
+    pub agent_updates: Option<Arc<updates::Catalog>>,
 }
 
 impl HubConfig {
@@ -75,6 +78,7 @@ impl HubConfig {
             region_id: "deckhand".to_string(),
             parameter_values: crate::exec::params::ValuePolicy::Any,
             audit_retention: Duration::from_secs(90 * 86_400),
+            agent_updates: None,
         }
     }
 }
