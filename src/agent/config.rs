@@ -240,7 +240,10 @@ impl AgentFile {
             cfg.runs_slice = slice.clone();
         }
         if let Some(k) = &self.update_public_key {
-            cfg.update_key = Some(super::update::UpdateKey::parse(k).map_err(|e| ConfigError::Invalid { key: "update_public_key", message: e.to_string() })?);
+            cfg.update_key = Some(
+                super::update::UpdateKey::parse(k)
+                    .map_err(|e| ConfigError::Invalid { key: "update_public_key", message: e.to_string() })?,
+            );
         }
         cfg.proxy = ProxySettings::resolve(self.proxy.as_deref(), self.no_proxy.as_deref(), self.pass_proxy_env.unwrap_or(false), |name| {
             std::env::var(name).ok()

@@ -595,7 +595,13 @@ async fn session(
 
 /// Checks an offer: `Ok(None)` when there is nothing to do (already this
 /// version), a started download when it is acceptable.
-fn begin_update(config: &AgentConfig, version: &str, size: u64, sha256: &str, signature: &str) -> Result<Option<update::Download>, update::UpdateError> {
+fn begin_update(
+    config: &AgentConfig,
+    version: &str,
+    size: u64,
+    sha256: &str,
+    signature: &str,
+) -> Result<Option<update::Download>, update::UpdateError> {
     if version == identity::agent_version() {
         return Ok(None);
     }
@@ -701,7 +707,8 @@ fn spawn_update_guard(config: &AgentConfig) {
         }
         tracing::error!(version = %p.to, back_to = %p.from, "the new agent did not reach the hub in time; rolling back");
         update::clear_pending(&state_dir);
-        let why = format!("version {} did not reach the hub within {:?} of starting; rolled back to {}", p.to, update::SWAP_DEADLINE, p.from);
+        let why =
+            format!("version {} did not reach the hub within {:?} of starting; rolled back to {}", p.to, update::SWAP_DEADLINE, p.from);
         let _ = update::save_failed(&state_dir, &p.to, &why);
         match update::rollback(&exe) {
             Ok(()) => {
@@ -731,7 +738,12 @@ pub async fn trial_hello(config: &AgentConfig) -> Result<String, AgentError> {
             }
         };
         let version = identity::agent_version();
-        let hello = AgentMsg::Trial { protocol: PROTOCOL_VERSION, instance_id: id.instance_id.clone(), token: id.token.clone(), agent_version: version.clone() };
+        let hello = AgentMsg::Trial {
+            protocol: PROTOCOL_VERSION,
+            instance_id: id.instance_id.clone(),
+            token: id.token.clone(),
+            agent_version: version.clone(),
+        };
         send(&mut ws, &hello).await?;
         match tokio::time::timeout(transport::CONNECT_TIMEOUT, recv(&mut ws)).await {
             Ok(Ok(HubMsg::Welcome { .. })) => {

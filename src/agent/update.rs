@@ -94,7 +94,9 @@ impl UpdateKey {
 
     /// Whether `signature` is this key's signature of `message`.
     pub fn verify(&self, message: &[u8], signature: &[u8]) -> Result<(), UpdateError> {
-        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.0).verify(message, signature).map_err(|_| UpdateError::Signature)
+        ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &self.0)
+            .verify(message, signature)
+            .map_err(|_| UpdateError::Signature)
     }
 }
 
@@ -224,7 +226,11 @@ pub fn previous_path(exe: &Path) -> PathBuf {
 /// [`TRIAL_TIMEOUT`] having printed `version`.
 pub async fn trial(staged: &Path, args: &[std::ffi::OsString], version: &str) -> Result<(), UpdateError> {
     let mut cmd = tokio::process::Command::new(staged);
-    cmd.args(args).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null()).kill_on_drop(true);
+    cmd.args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
     let child = cmd.spawn().map_err(|e| UpdateError::Trial(format!("cannot start it: {e}")))?;
     let out = match tokio::time::timeout(TRIAL_TIMEOUT, child.wait_with_output()).await {
         Err(_) => return Err(UpdateError::Trial(format!("it did not reach the hub within {TRIAL_TIMEOUT:?}"))),

@@ -293,8 +293,11 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     if trial {
         // Welcome and nothing else: the running agent keeps its session and
         // the store keeps its facts until the new binary really takes over.
-        send(&mut ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) })
-            .await?;
+        send(
+            &mut ws,
+            &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) },
+        )
+        .await?;
         tracing::info!(instance_id, "agent update trial reached the hub");
         let _ = ws.close().await;
         return Ok(());

@@ -163,7 +163,8 @@ impl HubFile {
         }
         cfg.audit_retention = Duration::from_secs(days * 86_400);
         if let Some(u) = &self.agent_update {
-            let catalog = super::updates::Catalog::load(u).map_err(|e| ConfigError::Invalid { key: "agent_update", message: e.to_string() })?;
+            let catalog =
+                super::updates::Catalog::load(u).map_err(|e| ConfigError::Invalid { key: "agent_update", message: e.to_string() })?;
             cfg.agent_updates = Some(std::sync::Arc::new(catalog));
         }
         for pair in self.access_keys.iter().flatten() {

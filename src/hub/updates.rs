@@ -176,7 +176,8 @@ impl Catalog {
             return None;
         }
         // Stale offers free their slot (and count as failures).
-        let stale: Vec<String> = p.in_flight.iter().filter(|(_, (_, at))| at.elapsed() > IN_FLIGHT_TIMEOUT).map(|(i, _)| i.clone()).collect();
+        let stale: Vec<String> =
+            p.in_flight.iter().filter(|(_, (_, at))| at.elapsed() > IN_FLIGHT_TIMEOUT).map(|(i, _)| i.clone()).collect();
         for i in stale {
             if let Some((v, _)) = p.in_flight.remove(&i) {
                 tracing::warn!(instance_id = %i, version = %v, "agent update timed out");
@@ -189,7 +190,12 @@ impl Catalog {
         }
         p.in_flight.insert(instance_id.to_string(), (target.to_string(), Instant::now()));
         tracing::info!(instance_id, version = target, in_flight = p.in_flight.len(), slots, "offering agent update");
-        Some(HubMsg::UpdateOffer { version: build.version.clone(), size: build.size, sha256: build.sha256.clone(), signature: build.signature.clone() })
+        Some(HubMsg::UpdateOffer {
+            version: build.version.clone(),
+            size: build.size,
+            sha256: build.sha256.clone(),
+            signature: build.signature.clone(),
+        })
     }
 
     /// The chunk of `version` for this platform at `offset` (only to an
@@ -288,10 +294,13 @@ mod tests {
         let digest = hex::encode(Sha256::digest(b"build two"));
         std::fs::write(
             dir.join("two.toml"),
-            format!("version = \"2.0\"\nos = \"linux\"\narch = \"x86_64\"\nfile = \"agent-2\"\nsha256 = \"{digest}\"\nsignature = \"{sig}\"\n"),
+            format!(
+                "version = \"2.0\"\nos = \"linux\"\narch = \"x86_64\"\nfile = \"agent-2\"\nsha256 = \"{digest}\"\nsignature = \"{sig}\"\n"
+            ),
         )
         .unwrap();
-        let file = AgentUpdateFile { builds_dir: dir.into(), version: Some("2.0".into()), percent: Some(percent), window: window.map(Into::into) };
+        let file =
+            AgentUpdateFile { builds_dir: dir.into(), version: Some("2.0".into()), percent: Some(percent), window: window.map(Into::into) };
         Catalog::load(&file).unwrap()
     }
 

@@ -7,8 +7,8 @@ use serde_json::{Map, Value, json};
 use super::error::ApiError;
 use super::{Paging, Request};
 use crate::hub::agents::hash_token;
-use crate::hub::updates::AgentUpdateState;
 use crate::hub::store::{ActivationRow, InstanceRow, now_str};
+use crate::hub::updates::AgentUpdateState;
 
 /// Cloud Assistant bounds: 1..=1000 instances per activation, TTL up to 876,000 h.
 const MAX_ACTIVATION_INSTANCES: i64 = 1000;
