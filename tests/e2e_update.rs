@@ -203,3 +203,33 @@ fn a_tampered_build_is_refused_by_signature() {
     assert_eq!(std::fs::read(&a.bin).unwrap(), std::fs::read(env!("CARGO_BIN_EXE_deckhand-agent")).unwrap());
     assert!(!a.log().contains("downloading agent update"), "a build refused by signature is not even downloaded");
 }
+
+#[test]
+fn the_guard_puts_the_previous_binary_back_when_the_new_one_keeps_dying() {
+    // What the unit's ExecStartPre= does before each start after a swap:
+    // the previous (real) binary counts the starts and, past the limit,
+    // puts itself back.
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, state) = (dir.path().join("deckhand-agent"), dir.path().join("state"));
+    let previous = dir.path().join("deckhand-agent.previous");
+    std::fs::write(&bin, b"#!/bin/sh\nexit 1\n").unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_deckhand-agent"), &previous).unwrap();
+    std::fs::create_dir_all(state.join("update")).unwrap();
+    let deadline = chrono::Utc::now().timestamp() + 600;
+    std::fs::write(state.join("update/pending.json"), format!(r#"{{"from":"{N}","to":"0.5.0","deadline":{deadline}}}"#)).unwrap();
+    let guard = || {
+        let out = std::process::Command::new(&previous).arg("__update-guard").arg("--state-dir").arg(&state).arg(&bin).output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+    for n in 1..=3 {
+        assert!(guard().contains(&format!("start {n} since the update")));
+        assert_eq!(std::fs::read(&bin).unwrap(), b"#!/bin/sh\nexit 1\n");
+    }
+    assert!(guard().contains(&format!("update to 0.5.0 did not stay up; rolled back to {N}")));
+    assert_eq!(std::fs::read(&bin).unwrap(), std::fs::read(env!("CARGO_BIN_EXE_deckhand-agent")).unwrap());
+    assert!(!previous.exists() && !state.join("update/pending.json").exists());
+    let failed: serde_json::Value = serde_json::from_slice(&std::fs::read(state.join("update/failed.json")).unwrap()).unwrap();
+    assert_eq!(failed["version"], "0.5.0");
+    assert_eq!(failed["reported"], false, "told to the hub by the next session");
+}

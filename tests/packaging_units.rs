@@ -60,6 +60,12 @@ fn agent_unit_limits_the_agent_alone_above_its_own_ceilings() {
     assert!(quota > selfcheck::DEFAULT_CPU_MAX_PERCENT, "CPUQuota={quota}% is not above the agent's own ceiling");
     let weight: u32 = service(&u, "CPUWeight").and_then(|w| w.parse().ok()).expect("CPUWeight=");
     assert!(weight > 100, "the agent must win CPU over the runs slice (default weight 100)");
+    // Self-update: the previous binary guards each start after a swap.
+    let pre = service(&u, "ExecStartPre").expect("ExecStartPre=");
+    assert!(
+        pre.starts_with('-') && pre.contains("deckhand-agent.previous") && pre.contains("__update-guard /usr/bin/deckhand-agent"),
+        "{pre}"
+    );
     // The slice scripts go to is the one the agent uses.
     let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/deckhand-agent.service")).unwrap();
     assert!(text.contains(deckhand::exec::scope::DEFAULT_SLICE));

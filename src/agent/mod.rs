@@ -624,7 +624,12 @@ async fn update_failed(config: &AgentConfig, ws: &mut Ws, version: &str, e: &upd
     let mut error = e.to_string();
     protocol::truncate_text(&mut error, protocol::MAX_UPDATE_TEXT);
     tracing::warn!(error = %error, "agent update refused or failed; staying on this version");
-    if !matches!(e, update::UpdateError::AlreadyFailed(_)) && update::save_failed(&config.state_dir, &version, &error).is_ok() {
+    // Remembered only when trying the build cost something (a trial, a
+    // swap): a refused signature or digest is checked again cheaply, and a
+    // corrected build under the same version must still be accepted.
+    if matches!(e, update::UpdateError::Trial(_) | update::UpdateError::Io { .. })
+        && update::save_failed(&config.state_dir, &version, &error).is_ok()
+    {
         update::mark_failed_reported(&config.state_dir);
     }
     send(ws, &AgentMsg::UpdateResult { version, ok: false, error }).await
@@ -644,7 +649,7 @@ async fn finish_update(config: &AgentConfig, ws: &mut Ws, d: update::Download) -
         return update_failed(config, ws, &version, &e).await;
     }
     let deadline = chrono::Utc::now().timestamp().saturating_add(update::SWAP_DEADLINE.as_secs() as i64);
-    let pending = update::Pending { from: identity::agent_version(), to: version.clone(), deadline };
+    let pending = update::Pending { from: identity::agent_version(), to: version.clone(), deadline, starts: 0 };
     if let Err(e) = update::save_pending(&config.state_dir, &pending).and_then(|()| update::install(&exe, &staged)) {
         update::clear_pending(&config.state_dir);
         return update_failed(config, ws, &version, &e).await;

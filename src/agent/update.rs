@@ -307,6 +307,48 @@ pub struct Pending {
     pub to: String,
     /// Unix seconds by which the new binary must have reached the hub.
     pub deadline: i64,
+    /// Starts the service manager made since the swap (counted by
+    /// [`guard`]); a binary that dies at every start is rolled back.
+    #[serde(default)]
+    pub starts: u32,
+}
+
+/// Service starts after a swap before [`guard`] gives up on the new binary.
+pub const MAX_STARTS: u32 = 3;
+
+/// What [`guard`] did.
+#[derive(Debug, PartialEq)]
+pub enum Guarded {
+    /// No swap in progress.
+    Nothing,
+    /// A swap in progress, this start counted.
+    Counted(u32),
+    /// The new binary used up its starts or its deadline: the previous one is back.
+    RolledBack { from: String, to: String },
+}
+
+/// `deckhand-agent.previous __update-guard <binary>`, run by the service
+/// manager before each start (`ExecStartPre=`): the known-good previous
+/// binary decides, so a new binary that dies at every start — before its
+/// own deadline check can run — is still replaced.
+pub fn guard(state_dir: &Path, binary: &Path, now_unix: i64) -> Result<Guarded, UpdateError> {
+    let Some(mut p) = load_pending(state_dir) else { return Ok(Guarded::Nothing) };
+    p.starts = p.starts.saturating_add(1);
+    if p.starts <= MAX_STARTS && now_unix <= p.deadline {
+        save_pending(state_dir, &p)?;
+        return Ok(Guarded::Counted(p.starts));
+    }
+    rollback(binary)?;
+    clear_pending(state_dir);
+    let why = format!(
+        "version {} did not stay up ({} starts, deadline passed: {}); rolled back to {}",
+        p.to,
+        p.starts - 1,
+        now_unix > p.deadline,
+        p.from
+    );
+    save_failed(state_dir, &p.to, &why)?;
+    Ok(Guarded::RolledBack { from: p.to, to: p.from })
 }
 
 /// A version that failed here, reported to the hub from the next session.
@@ -462,7 +504,7 @@ mod tests {
     fn markers_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         assert!(load_pending(dir.path()).is_none());
-        let p = Pending { from: "1".into(), to: "2".into(), deadline: 42 };
+        let p = Pending { from: "1".into(), to: "2".into(), deadline: 42, starts: 0 };
         save_pending(dir.path(), &p).unwrap();
         assert_eq!(load_pending(dir.path()), Some(p));
         clear_pending(dir.path());
@@ -470,6 +512,29 @@ mod tests {
         save_failed(dir.path(), "2", "trial failed").unwrap();
         mark_failed_reported(dir.path());
         assert_eq!(load_failed(dir.path()).unwrap(), Failed { version: "2".into(), error: "trial failed".into(), reported: true });
+    }
+
+    #[test]
+    fn guard_rolls_back_a_binary_that_keeps_dying() {
+        let dir = tempfile::tempdir().unwrap();
+        let exe = dir.path().join("deckhand-agent");
+        std::fs::write(&exe, b"new").unwrap();
+        std::fs::write(previous_path(&exe), b"old").unwrap();
+        assert_eq!(guard(dir.path(), &exe, 0).unwrap(), Guarded::Nothing);
+        save_pending(dir.path(), &Pending { from: "1".into(), to: "2".into(), deadline: 100, starts: 0 }).unwrap();
+        for n in 1..=MAX_STARTS {
+            assert_eq!(guard(dir.path(), &exe, 10).unwrap(), Guarded::Counted(n));
+        }
+        assert_eq!(std::fs::read(&exe).unwrap(), b"new");
+        assert_eq!(guard(dir.path(), &exe, 10).unwrap(), Guarded::RolledBack { from: "2".into(), to: "1".into() });
+        assert_eq!(std::fs::read(&exe).unwrap(), b"old");
+        assert!(load_pending(dir.path()).is_none());
+        assert!(load_failed(dir.path()).unwrap().error.contains("did not stay up"));
+        // The deadline alone is enough.
+        std::fs::write(previous_path(&exe), b"older").unwrap();
+        save_pending(dir.path(), &Pending { from: "1".into(), to: "3".into(), deadline: 100, starts: 0 }).unwrap();
+        assert!(matches!(guard(dir.path(), &exe, 101).unwrap(), Guarded::RolledBack { .. }));
+        assert_eq!(std::fs::read(&exe).unwrap(), b"older");
     }
 
     #[test]

@@ -119,6 +119,16 @@ enum Cmd {
     /// before it is installed (self-update; docs/operations.md).
     #[command(name = "__update-trial", hide = true)]
     UpdateTrial(Flags),
+    /// Internal: run by the service manager before each start, as the
+    /// previous binary kept by a self-update: rolls a new binary back when
+    /// it keeps dying (docs/operations.md).
+    #[command(name = "__update-guard", hide = true)]
+    UpdateGuard {
+        #[arg(long, env = "DECKHAND_AGENT_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// The installed binary (e.g. /usr/bin/deckhand-agent).
+        binary: PathBuf,
+    },
     /// Validate the configuration and print the effective settings.
     Config {
         #[command(subcommand)]
@@ -202,6 +212,20 @@ fn run() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let version = rt.block_on(deckhand::agent::trial_hello(&cfg)).context("update trial")?;
             println!("{version}");
+            Ok(())
+        }
+        Cmd::UpdateGuard { state_dir, binary } => {
+            init_log(false);
+            let dir = state_dir
+                .or_else(|| AgentFile::discover(args.config.as_deref()).ok().and_then(|f| f.state_dir))
+                .unwrap_or_else(deckhand::agent::config::default_state_dir);
+            match deckhand::agent::update::guard(&dir, &binary, chrono::Utc::now().timestamp())? {
+                deckhand::agent::update::Guarded::RolledBack { from, to } => {
+                    eprintln!("deckhand-agent: update to {from} did not stay up; rolled back to {to}")
+                }
+                deckhand::agent::update::Guarded::Counted(n) => eprintln!("deckhand-agent: start {n} since the update"),
+                deckhand::agent::update::Guarded::Nothing => {}
+            }
             Ok(())
         }
         Cmd::Register(flags) => {
