@@ -245,6 +245,8 @@ impl ProxySettings {
 pub enum ConnectError {
     #[error("proxy {proxy} answered CONNECT with HTTP {status} ({meaning})")]
     Status { proxy: String, status: u16, meaning: &'static str },
+    #[error("the hub's host name cannot be sent in a CONNECT request (empty, or holds spaces or control characters)")]
+    BadTarget,
     #[error("proxy {proxy} sent no valid HTTP response to CONNECT")]
     Malformed { proxy: String },
     #[error("proxy {proxy} sent a response header over {MAX_RESPONSE_HEADER_BYTES} bytes")]
@@ -281,6 +283,10 @@ pub async fn connect(tcp: &mut TcpStream, proxy: &Proxy, host: &str, port: u16, 
 
 async fn handshake(tcp: &mut TcpStream, proxy: &Proxy, host: &str, port: u16, name: &str) -> Result<(), ConnectError> {
     let io = |source| ConnectError::Io { proxy: name.to_string(), source };
+    // The hub's name goes into a request line: nothing that could end it.
+    if host.is_empty() || host.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ConnectError::BadTarget);
+    }
     tcp.write_all(proxy.request(host, port).as_bytes()).await.map_err(io)?;
     // Byte at a time: the header is small, and reading past its end would
     // swallow the start of the tunnel.
@@ -381,6 +387,44 @@ mod tests {
         assert!(vars.contains(&("https_proxy".into(), "http://mine:2".into())), "{vars:?}");
         assert!(ProxySettings::resolve(Some(DIRECT), None, true, env).unwrap().proxy.is_none());
         assert!(ProxySettings::resolve(None, None, false, |_| None).unwrap().proxy.is_none());
+    }
+
+    /// A one-shot proxy on 127.0.0.1 that reads the request header, then
+    /// sends `answer` and closes.
+    async fn answering(answer: Vec<u8>) -> (Proxy, TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut head = Vec::new();
+            while !head.ends_with(b"\r\n\r\n") {
+                match s.read_u8().await {
+                    Ok(b) => head.push(b),
+                    Err(_) => return,
+                }
+            }
+            let _ = s.write_all(&answer).await;
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        (Proxy::parse(&format!("http://u:pw@{addr}")).unwrap(), tcp)
+    }
+
+    #[tokio::test]
+    async fn handshake_outcomes_over_real_sockets() {
+        let t = Duration::from_secs(5);
+        let (p, mut tcp) = answering(b"HTTP/1.1 200 Connection established\r\n\r\n".to_vec()).await;
+        connect(&mut tcp, &p, "hub", 443, t).await.unwrap();
+        let (p, mut tcp) = answering(b"HTTP/1.1 407 Nope\r\nProxy-Authenticate: Basic\r\n\r\nsecret body".to_vec()).await;
+        let e = connect(&mut tcp, &p, "hub", 443, t).await.unwrap_err().to_string();
+        assert!(e.contains("HTTP 407") && !e.contains("Nope") && !e.contains("secret") && !e.contains("pw"), "{e}");
+        let (p, mut tcp) = answering(vec![b'x'; MAX_RESPONSE_HEADER_BYTES + 10]).await;
+        assert!(matches!(connect(&mut tcp, &p, "hub", 443, t).await, Err(ConnectError::TooLarge { .. })));
+        let (p, mut tcp) = answering(b"HTTP/1.1 200".to_vec()).await;
+        assert!(matches!(connect(&mut tcp, &p, "hub", 443, t).await, Err(ConnectError::Closed { .. })));
+        let (p, mut tcp) = answering(b"garbage\r\n\r\n".to_vec()).await;
+        assert!(matches!(connect(&mut tcp, &p, "hub", 443, t).await, Err(ConnectError::Malformed { .. })));
+        let (p, mut tcp) = answering(Vec::new()).await;
+        assert!(matches!(connect(&mut tcp, &p, "hub\r\nX-Injected: 1", 443, t).await, Err(ConnectError::BadTarget)));
     }
 
     #[test]
