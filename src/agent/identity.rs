@@ -98,6 +98,7 @@ pub fn host_facts() -> HostFacts {
         agent_version: agent_version(),
         boot_id: boot_id(),
         journal_degraded: None,
+        self_update: true,
     }
 }
 

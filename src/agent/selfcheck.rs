@@ -72,12 +72,14 @@ pub fn read_usage() -> Option<Usage> {
 }
 
 /// `statm`'s second field: resident pages.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn resident_pages(statm: &str) -> Option<u64> {
     statm.split_ascii_whitespace().nth(1)?.parse().ok()
 }
 
 /// `utime + stime` (fields 14 and 15) of `stat`. The command name (field 2)
 /// may hold spaces and parentheses, so fields are counted after the last `)`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn cpu_ticks(stat: &str) -> Option<u64> {
     let (_, rest) = stat.rsplit_once(')')?;
     let mut fields = rest.split_ascii_whitespace().skip(11);

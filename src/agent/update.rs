@@ -282,11 +282,14 @@ pub fn rollback(exe: &Path) -> Result<(), UpdateError> {
     Ok(())
 }
 
+/// Makes the renames durable (Unix; Windows has no directory handle to sync).
 fn sync_dir(exe: &Path) {
     #[cfg(unix)]
     if let Some(dir) = exe.parent() {
         let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
     }
+    #[cfg(not(unix))]
+    let _ = exe;
 }
 
 /// Replaces this process with `exe` and the same arguments (same pid, so

@@ -167,7 +167,7 @@ impl Catalog {
     /// `connected` agents are updating, and not a version that failed there.
     pub fn offer_for(&self, instance_id: &str, facts: &HostFacts, connected: usize, now: chrono::DateTime<chrono::Utc>) -> Option<HubMsg> {
         let target = self.target.as_deref()?;
-        if facts.agent_version == target || !self.in_window(now) {
+        if !facts.self_update || facts.agent_version == target || !self.in_window(now) {
             return None;
         }
         let build = self.build(target, &facts.os_type, &facts.arch)?;
@@ -305,7 +305,7 @@ mod tests {
     }
 
     fn facts(version: &str) -> HostFacts {
-        HostFacts { os_type: "linux".into(), arch: "x86_64".into(), agent_version: version.into(), ..Default::default() }
+        HostFacts { os_type: "linux".into(), arch: "x86_64".into(), agent_version: version.into(), self_update: true, ..Default::default() }
     }
 
     #[tokio::test]
@@ -318,6 +318,8 @@ mod tests {
         assert!(c.offer_for("mi-b", &facts("1.0"), 4, now).is_some());
         assert!(c.offer_for("mi-c", &facts("1.0"), 4, now).is_none(), "50% of 4 is 2 at a time");
         assert!(c.offer_for("mi-d", &facts("2.0"), 4, now).is_none(), "already there");
+        let old = HostFacts { self_update: false, ..facts("1.0") };
+        assert!(c.offer_for("mi-e", &old, 4, now).is_none(), "an agent that predates self-update is never offered a build");
         let Some(HubMsg::UpdateChunk { data_b64, .. }) = c.chunk("mi-a", &facts("1.0"), "2.0", 0).await else { panic!() };
         assert_eq!(base64::engine::general_purpose::STANDARD.decode(data_b64).unwrap(), b"build two");
         assert!(c.chunk("mi-c", &facts("1.0"), "2.0", 0).await.is_none(), "not offered to mi-c");

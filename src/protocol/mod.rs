@@ -58,6 +58,10 @@ pub struct HostFacts {
     /// changes, so the hub's copy follows it (docs/journal.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal_degraded: Option<String>,
+    /// deckhand extension: the agent understands `update_offer` (agents
+    /// before self-update leave it out and are never offered a build).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub self_update: bool,
 }
 
 /// Longest `HostFacts::journal_degraded` an agent sends.
