@@ -40,6 +40,37 @@ fn expect(unit: &Unit, key: &str, want: &str) {
     assert_eq!(service(unit, key), Some(want), "[Service] {key}");
 }
 
+/// `NNNM` as bytes.
+fn mebibytes(v: &str) -> u64 {
+    v.strip_suffix('M').and_then(|n| n.parse::<u64>().ok()).unwrap_or_else(|| panic!("{v} is not NNNM")) << 20
+}
+
+#[test]
+fn agent_unit_limits_the_agent_alone_above_its_own_ceilings() {
+    use deckhand::agent::selfcheck;
+    let u = load("deckhand-agent.service");
+    let max = mebibytes(service(&u, "MemoryMax").expect("MemoryMax="));
+    let high = mebibytes(service(&u, "MemoryHigh").expect("MemoryHigh="));
+    let low = mebibytes(service(&u, "MemoryLow").expect("MemoryLow="));
+    let own = selfcheck::Limits::default().memory_max_bytes;
+    // The agent restarts itself (gracefully, runs kept) before the kernel
+    // throttles or kills it, and its idle ~8 MiB is protected from reclaim.
+    assert!(low >= 16 << 20 && low < own && own < high && high < max, "low {low} own {own} high {high} max {max}");
+    let quota: u32 = service(&u, "CPUQuota").and_then(|q| q.strip_suffix('%')).and_then(|q| q.parse().ok()).expect("CPUQuota=N%");
+    assert!(quota > selfcheck::DEFAULT_CPU_MAX_PERCENT, "CPUQuota={quota}% is not above the agent's own ceiling");
+    let weight: u32 = service(&u, "CPUWeight").and_then(|w| w.parse().ok()).expect("CPUWeight=");
+    assert!(weight > 100, "the agent must win CPU over the runs slice (default weight 100)");
+    // Self-update: the previous binary guards each start after a swap.
+    let pre = service(&u, "ExecStartPre").expect("ExecStartPre=");
+    assert!(
+        pre.starts_with('-') && pre.contains("deckhand-agent.previous") && pre.contains("__update-guard /usr/bin/deckhand-agent"),
+        "{pre}"
+    );
+    // The slice scripts go to is the one the agent uses.
+    let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/deckhand-agent.service")).unwrap();
+    assert!(text.contains(deckhand::exec::scope::DEFAULT_SLICE));
+}
+
 #[test]
 fn agent_unit_is_notify_with_watchdog_and_spares_scripts() {
     let u = load("deckhand-agent.service");

@@ -10,6 +10,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::AgentConfig;
+use super::proxy::ProxySettings;
+use super::selfcheck;
 use super::transport::HubUrl;
 
 /// Unix default config file; see [`default_path`] for the platform's.
@@ -122,6 +124,26 @@ pub struct AgentFile {
     pub activation_code: Option<String>,
     /// Log as JSON lines.
     pub log_json: Option<bool>,
+    /// HTTP CONNECT proxy to the hub, `http://[user:password@]host:port`;
+    /// absent: `https_proxy`/`HTTPS_PROXY` from the environment; `"direct"`:
+    /// no proxy whatever the environment says.
+    pub proxy: Option<String>,
+    /// Hosts reached without the proxy (comma-separated); absent:
+    /// `no_proxy`/`NO_PROXY` from the environment.
+    pub no_proxy: Option<String>,
+    /// Give scripts `http_proxy`/`https_proxy`/`no_proxy` (default false).
+    pub pass_proxy_env: Option<bool>,
+    /// The agent's own resident memory ceiling in MiB (16..=65536, default
+    /// 128); sustained excess restarts the agent (docs/operations.md).
+    pub memory_max_mib: Option<u64>,
+    /// The agent's own CPU ceiling, percent of one core (5..=100, default 50).
+    pub cpu_max_percent: Option<u32>,
+    /// Under systemd, the slice each run's supervisor is started in
+    /// (default `deckhand-runs.slice`; `""`: runs share the agent's cgroup).
+    pub runs_slice: Option<String>,
+    /// Self-update: the base64 ed25519 public key builds must be signed
+    /// with; absent: updates offered by the hub are refused.
+    pub update_public_key: Option<String>,
 }
 
 impl AgentFile {
@@ -155,7 +177,14 @@ impl AgentFile {
             backoff_cap_secs,
             activation_id,
             activation_code,
-            log_json
+            log_json,
+            proxy,
+            no_proxy,
+            pass_proxy_env,
+            memory_max_mib,
+            cpu_max_percent,
+            runs_slice,
+            update_public_key
         );
         self
     }
@@ -190,6 +219,36 @@ impl AgentFile {
             return Err(ConfigError::Invalid { key: "backoff_cap_secs", message: format!("{cap} is outside 1..={MAX_BACKOFF_CAP_SECS}") });
         }
         cfg.backoff_cap = Duration::from_secs(cap);
+        let mem = self.memory_max_mib.unwrap_or(selfcheck::DEFAULT_MEMORY_MAX_MIB);
+        if !selfcheck::MEMORY_MAX_MIB_RANGE.contains(&mem) {
+            let r = selfcheck::MEMORY_MAX_MIB_RANGE;
+            return Err(ConfigError::Invalid { key: "memory_max_mib", message: format!("{mem} is outside {}..={}", r.start(), r.end()) });
+        }
+        let cpu = self.cpu_max_percent.unwrap_or(selfcheck::DEFAULT_CPU_MAX_PERCENT);
+        if !selfcheck::CPU_MAX_PERCENT_RANGE.contains(&cpu) {
+            let r = selfcheck::CPU_MAX_PERCENT_RANGE;
+            return Err(ConfigError::Invalid { key: "cpu_max_percent", message: format!("{cpu} is outside {}..={}", r.start(), r.end()) });
+        }
+        cfg.limits = selfcheck::Limits { memory_max_bytes: mem * 1024 * 1024, cpu_max_percent: cpu };
+        if let Some(slice) = &self.runs_slice {
+            if !slice.is_empty() && !crate::exec::scope::valid_slice(slice) {
+                return Err(ConfigError::Invalid {
+                    key: "runs_slice",
+                    message: "must be a unit name like deckhand-runs.slice, or empty".into(),
+                });
+            }
+            cfg.runs_slice = slice.clone();
+        }
+        if let Some(k) = &self.update_public_key {
+            cfg.update_key = Some(
+                super::update::UpdateKey::parse(k)
+                    .map_err(|e| ConfigError::Invalid { key: "update_public_key", message: e.to_string() })?,
+            );
+        }
+        cfg.proxy = ProxySettings::resolve(self.proxy.as_deref(), self.no_proxy.as_deref(), self.pass_proxy_env.unwrap_or(false), |name| {
+            std::env::var(name).ok()
+        })
+        .map_err(|e| ConfigError::Invalid { key: e.key(), message: e.to_string() })?;
         cfg.activation = match (&self.activation_id, &self.activation_code) {
             (Some(i), Some(c)) => Some((i.clone(), c.clone())),
             (None, None) => None,
@@ -220,8 +279,16 @@ mod tests {
         let flags = AgentFile { max_concurrent: Some(300), ..Default::default() };
         let e = file.clone().overlay(flags).resolve().unwrap_err().to_string();
         assert!(e.contains("max_concurrent") && e.contains("1..=256"), "{e}");
-        let cfg = file.resolve().unwrap();
+        let cfg = file.clone().resolve().unwrap();
         assert_eq!(cfg.max_concurrent, 4);
+        assert_eq!(cfg.limits, selfcheck::Limits::default());
+        let e = file.clone().overlay(AgentFile { memory_max_mib: Some(8), ..Default::default() }).resolve().unwrap_err().to_string();
+        assert_eq!(e, "memory_max_mib: 8 is outside 16..=65536");
+        let e = file.clone().overlay(AgentFile { cpu_max_percent: Some(0), ..Default::default() }).resolve().unwrap_err().to_string();
+        assert_eq!(e, "cpu_max_percent: 0 is outside 5..=100");
+        let e =
+            file.clone().overlay(AgentFile { proxy: Some("socks5://p:1".into()), ..Default::default() }).resolve().unwrap_err().to_string();
+        assert!(e.starts_with("proxy: proxy URL scheme \"socks5\""), "{e}");
         assert_eq!(cfg.backoff_cap, Duration::from_secs(60));
         let e = AgentFile::default().resolve().unwrap_err().to_string();
         assert!(e.starts_with("hub: required"), "{e}");

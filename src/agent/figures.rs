@@ -108,24 +108,66 @@ fn status_field(pid: &str, name: &str) -> Option<u64> {
     s.lines().find_map(|l| l.strip_prefix(name))?.split_whitespace().next()?.parse().ok()
 }
 
-/// Resident memory of a process, bytes (0 where unknown).
-pub fn rss_bytes(pid: &str) -> u64 {
-    status_field(pid, "VmRSS:").map_or(0, |kb| kb * 1024)
+/// Resident memory (bytes) and user + system CPU time of a process
+/// (`pid` may be `self`); `None` where /proc is unavailable or unreadable.
+pub fn usage(pid: &str) -> Option<(u64, std::time::Duration)> {
+    #[cfg(target_os = "linux")]
+    {
+        let statm = std::fs::read_to_string(format!("/proc/{pid}/statm")).ok()?;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE).ok()??;
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK).ok()??;
+        let (page, hz) = (u64::try_from(page).ok()?, u64::try_from(hz).ok().filter(|&h| h > 0)?);
+        let ticks = cpu_ticks(&stat)?;
+        Some((resident_pages(&statm)?.saturating_mul(page), std::time::Duration::from_millis(ticks.saturating_mul(1000) / hz)))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = pid;
+        None
+    }
 }
 
-/// User + system CPU time of a process, ms (Linux's 100 Hz clock ticks).
+/// Resident memory of a process, bytes (0 where unknown).
+pub fn rss_bytes(pid: &str) -> u64 {
+    usage(pid).map_or(0, |(rss, _)| rss)
+}
+
+/// User + system CPU time of a process, ms (0 where unknown).
 pub fn cpu_ms(pid: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the parenthesised command name; utime and stime are 14 and 15.
-    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    ticks * 10
+    usage(pid).map_or(0, |(_, cpu)| u64::try_from(cpu.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// `statm`'s second field: resident pages.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn resident_pages(statm: &str) -> Option<u64> {
+    statm.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
+/// `utime + stime` (fields 14 and 15) of `stat`. The command name (field 2)
+/// may hold spaces and parentheses, so fields are counted after the last `)`.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_ascii_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime.saturating_add(stime))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_proc_files_including_odd_command_names() {
+        assert_eq!(resident_pages("5000 2048 300 10 0 900 0\n"), Some(2048));
+        assert_eq!(resident_pages("garbage"), None);
+        let stat = "42 (a) b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 1 0 100 1000 200";
+        assert_eq!(cpu_ticks(stat), Some(300));
+        assert_eq!(cpu_ticks("42 (x) S 1"), None);
+        assert_eq!(cpu_ticks("no paren"), None);
+    }
 
     #[test]
     fn counters_and_process_figures() {

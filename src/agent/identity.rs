@@ -47,6 +47,42 @@ pub fn save(state_dir: &Path, id: &Identity) -> Result<(), IdentityError> {
     Ok(())
 }
 
+/// Marks the version slot inside the binary.
+pub const VERSION_SLOT_PREFIX: &[u8] = b"DECKHAND_AGENT_VERSION=";
+/// Bytes of the whole slot (prefix, version, NUL padding).
+pub const VERSION_SLOT_BYTES: usize = 80;
+
+const fn version_slot() -> [u8; VERSION_SLOT_BYTES] {
+    let mut slot = [0u8; VERSION_SLOT_BYTES];
+    let v = env!("CARGO_PKG_VERSION").as_bytes();
+    let mut i = 0;
+    while i < VERSION_SLOT_PREFIX.len() {
+        slot[i] = VERSION_SLOT_PREFIX[i];
+        i += 1;
+    }
+    let mut j = 0;
+    while j < v.len() && i + j < VERSION_SLOT_BYTES {
+        slot[i + j] = v[j];
+        j += 1;
+    }
+    slot
+}
+
+/// The version this binary reports, kept in one fixed-size slot of the
+/// binary rather than folded into the code: a build is identified by its
+/// bytes, and the self-update tests make "version N+1" by rewriting the
+/// slot in a copy of this binary (tests/e2e_update.rs).
+#[used]
+static VERSION_SLOT: [u8; VERSION_SLOT_BYTES] = version_slot();
+
+pub fn agent_version() -> String {
+    // black_box: read the bytes in the binary, not a compile-time copy.
+    let slot = std::hint::black_box(&VERSION_SLOT);
+    let v = slot.get(VERSION_SLOT_PREFIX.len()..).unwrap_or_default();
+    let end = v.iter().position(|&b| b == 0).unwrap_or(v.len());
+    String::from_utf8_lossy(v.get(..end).unwrap_or_default()).into_owned()
+}
+
 /// Host facts via sysinfo; cheap enough to call once per connection.
 pub fn host_facts() -> HostFacts {
     use sysinfo::{MemoryRefreshKind, RefreshKind, System};
@@ -59,9 +95,10 @@ pub fn host_facts() -> HostFacts {
         arch: System::cpu_arch(),
         cpu_count: std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1),
         memory_bytes: sys.map(|s| s.total_memory()).unwrap_or(0),
-        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        agent_version: agent_version(),
         boot_id: boot_id(),
         journal_degraded: None,
+        self_update: true,
     }
 }
 

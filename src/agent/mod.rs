@@ -8,14 +8,17 @@
 pub mod config;
 pub mod figures;
 pub(crate) mod files;
-pub(crate) mod identity;
+pub mod identity;
 pub(crate) mod journal;
 pub(crate) mod periodic;
+pub(crate) mod proxy;
 pub(crate) mod runner;
 pub(crate) mod schedule;
+pub mod selfcheck;
 pub mod service;
 pub(crate) mod state;
 pub mod transport;
+pub mod update;
 #[cfg(windows)]
 pub mod winsvc;
 
@@ -53,6 +56,18 @@ pub struct AgentConfig {
     /// outlive the agent (Unix; see docs/exec.md). `None` (the default, and
     /// on Windows): runs are the agent's children and die with it.
     pub supervisor: Option<PathBuf>,
+    /// The HTTP CONNECT proxy to the hub, hosts that bypass it, and whether
+    /// scripts see it (docs/operations.md, "Proxies").
+    pub proxy: proxy::ProxySettings,
+    /// Ceilings on the agent's own memory and CPU ([`selfcheck`]).
+    pub limits: selfcheck::Limits,
+    /// Under systemd, the slice supervisors run in (empty: the agent's own
+    /// cgroup); see [`crate::exec::scope`].
+    pub runs_slice: String,
+    /// Self-update: the pinned signing key (none: updates refused) and
+    /// this agent's binary as resolved at start ([`update`]).
+    pub update_key: Option<update::UpdateKey>,
+    pub exe: Option<PathBuf>,
 }
 
 impl AgentConfig {
@@ -68,6 +83,11 @@ impl AgentConfig {
             backoff_base: Duration::from_millis(500),
             backoff_cap: Duration::from_secs(60),
             supervisor: None,
+            proxy: proxy::ProxySettings::default(),
+            limits: selfcheck::Limits::default(),
+            runs_slice: crate::exec::scope::DEFAULT_SLICE.to_string(),
+            update_key: None,
+            exe: None,
         }
     }
 }
@@ -92,6 +112,10 @@ pub enum AgentError {
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("connection lost: {0}")]
     Lost(String),
+    #[error("update: {0}")]
+    Update(#[from] update::UpdateError),
+    #[error("the agent's own {what} stayed over its ceiling for {checks} checks; restarting")]
+    OverLimit { what: &'static str, checks: u32 },
 }
 
 impl AgentError {
@@ -135,12 +159,16 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let script_root = (!nix::unistd::geteuid().is_root()).then(|| config.state_dir.join("scripts"));
     #[cfg(not(unix))]
     let script_root = None;
-    let supervision = config
-        .supervisor
-        .clone()
-        .filter(|_| cfg!(unix))
-        .map(|program| runner::Supervision { program, runs_root: config.state_dir.join("runs") });
-    let (runner, mut live_rx) = Runner::new(state, config.max_concurrent, script_root, supervision);
+    let scope = match &config.supervisor {
+        Some(_) if cfg!(unix) && !config.runs_slice.is_empty() => crate::exec::scope::detect(&config.runs_slice).await,
+        _ => None,
+    };
+    let supervision = config.supervisor.clone().filter(|_| cfg!(unix)).map(|program| runner::Supervision {
+        program,
+        runs_root: config.state_dir.join("runs"),
+        scope,
+    });
+    let (runner, mut live_rx) = Runner::new(state, config.max_concurrent, script_root, supervision, config.proxy.script_env());
     let mut identity = identity::load(&config.state_dir)?;
     if let Some(id) = &identity {
         runner.set_instance_id(&id.instance_id);
@@ -157,6 +185,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     for inv in recovery.to_run {
         runner.spawn(inv);
     }
+    spawn_update_guard(&config);
     let live = Arc::new(service::Liveness::default());
     live.stamp();
     service::notify_ready();
@@ -164,6 +193,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
     let status =
         Arc::new(std::sync::Mutex::new(service::Status { pid: std::process::id(), hub: config.hub.clone(), ..Default::default() }));
     spawn_status_writer(config.state_dir.clone(), status.clone(), runner.clone(), shutdown.clone());
+    let mut over_limit = spawn_self_check(config.limits, status.clone(), shutdown.clone());
     let mut backoff = Backoff::new(config.backoff_base, config.backoff_cap);
     let result = loop {
         if shutdown.is_cancelled() {
@@ -173,6 +203,7 @@ pub async fn run(config: AgentConfig, shutdown: CancellationToken) -> Result<(),
         let ctx = Ctx { config: &config, url, tls: &tls, runner: &runner, live: &live, status: &status, shutdown: &shutdown };
         let result = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
+            Ok(what) = over_limit.wait_for(Option::is_some) => break Err(AgentError::OverLimit { what: (*what).unwrap_or("usage"), checks: selfcheck::STRIKES }),
             r = connect_and_serve(&ctx, &mut identity, &mut live_rx, &mut backoff) => r,
         };
         set_status(&status, |s| s.connected = false);
@@ -245,6 +276,65 @@ fn spawn_status_writer(dir: PathBuf, status: SharedStatus, runner: Arc<Runner>, 
     });
 }
 
+/// Checks the agent's own usage every [`selfcheck::CHECK_EVERY`], keeps
+/// the status file's figures current, and resolves with what stayed over
+/// its ceiling (the agent then exits to be restarted, see [`selfcheck`]).
+fn spawn_self_check(
+    limits: selfcheck::Limits,
+    status: SharedStatus,
+    shutdown: CancellationToken,
+) -> tokio::sync::watch::Receiver<Option<&'static str>> {
+    let (tx, rx) = tokio::sync::watch::channel(None);
+    set_status(&status, |s| {
+        s.memory_max_bytes = limits.memory_max_bytes;
+        s.cpu_max_percent = limits.cpu_max_percent;
+    });
+    tokio::spawn(async move {
+        let mut monitor = selfcheck::Monitor::new(limits);
+        let mut tick = tokio::time::interval(selfcheck::CHECK_EVERY);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(usage) = selfcheck::read_usage() else { return };
+            let (sample, verdict) = monitor.observe(std::time::Instant::now(), usage);
+            set_status(&status, |s| {
+                s.rss_bytes = sample.rss_bytes;
+                s.cpu_percent = sample.cpu_percent.map(|p| (p * 10.0).round() / 10.0);
+            });
+            let (rss, max) = (sample.rss_bytes, limits.memory_max_bytes);
+            match verdict {
+                selfcheck::Verdict::Within => {}
+                selfcheck::Verdict::Over { what, strikes } => {
+                    tracing::warn!(
+                        what,
+                        strikes,
+                        rss_bytes = rss,
+                        memory_max_bytes = max,
+                        cpu_percent = sample.cpu_percent,
+                        cpu_max_percent = limits.cpu_max_percent,
+                        "agent over its own ceiling"
+                    )
+                }
+                selfcheck::Verdict::Restart { what } => {
+                    tracing::error!(
+                        what,
+                        rss_bytes = rss,
+                        memory_max_bytes = max,
+                        cpu_percent = sample.cpu_percent,
+                        cpu_max_percent = limits.cpu_max_percent,
+                        "agent stayed over its own ceiling; exiting to be restarted (runs in flight continue under their supervisors)"
+                    );
+                    let _ = tx.send(Some(what));
+                    return;
+                }
+            }
+        }
+    });
+    rx
+}
+
 /// What one connection attempt needs from the agent.
 struct Ctx<'a> {
     config: &'a AgentConfig,
@@ -269,7 +359,7 @@ pub async fn register(config: &AgentConfig) -> Result<Identity, AgentError> {
         config.ca_file.as_deref(),
         config.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
     )?;
-    let mut ws = transport::dial(&url, &tls, config.insecure_loopback).await?;
+    let mut ws = transport::dial_via(&url, &tls, config.insecure_loopback, config.proxy.for_host(&url.host)).await?;
     let id = register_on(&mut ws, config).await?;
     let _ = ws.close(None).await;
     Ok(id)
@@ -325,7 +415,7 @@ async fn connect_and_serve(
     backoff: &mut Backoff,
 ) -> Result<(), AgentError> {
     let (config, url, tls, runner) = (ctx.config, ctx.url, ctx.tls, ctx.runner);
-    let mut ws = transport::dial(url, tls, config.insecure_loopback).await?;
+    let mut ws = transport::dial_via(url, tls, config.insecure_loopback, config.proxy.for_host(&url.host)).await?;
     let mut facts = identity::host_facts();
     facts.journal_degraded = journal_degraded(runner);
     let degraded_told = facts.journal_degraded.is_some();
@@ -350,6 +440,7 @@ async fn connect_and_serve(
         },
     };
     tracing::info!(instance_id = %id.instance_id, hub = %url.ws_url(), "connected");
+    settle_update(&config.state_dir, &mut ws).await?;
     figures::connected();
     set_status(ctx.status, |s| {
         s.connected = true;
@@ -402,6 +493,8 @@ async fn session(
     for (invoke_id, seq) in runner.files.outstanding() {
         send(ws, &AgentMsg::FileChunkRequest { invoke_id, seq }).await?;
     }
+    // A build being downloaded (self-update).
+    let mut download: Option<update::Download> = None;
     loop {
         ctx.live.stamp();
         // Send whatever is pending beyond what this connection already sent.
@@ -484,9 +577,215 @@ async fn session(
                         send(ws, &AgentMsg::CredentialSaved).await?;
                         tracing::info!(instance_id = %id.instance_id, "credential rotated");
                     }
+                    HubMsg::UpdateOffer { version, size, sha256, signature } => {
+                        if let Some(d) = download.take() {
+                            d.abandon();
+                        }
+                        match begin_update(ctx.config, &version, size, &sha256, &signature) {
+                            Ok(None) => {}
+                            Ok(Some(d)) => {
+                                tracing::info!(version = %d.offer.version, size, "downloading agent update");
+                                send(ws, &AgentMsg::UpdateFetch { version: d.offer.version.clone(), offset: 0 }).await?;
+                                download = Some(d);
+                            }
+                            Err(e) => update_failed(ctx.config, ws, &version, &e).await?,
+                        }
+                    }
+                    HubMsg::UpdateChunk { version, offset, data_b64 } => {
+                        let Some(d) = download.as_mut().filter(|d| d.offer.version == version) else { continue };
+                        let appended = base64::engine::general_purpose::STANDARD
+                            .decode(data_b64.as_bytes())
+                            .map_err(|_| update::UpdateError::BadOffer { field: "chunk", why: "not base64".into() })
+                            .and_then(|data| d.append(offset, &data));
+                        match appended {
+                            Err(e) => {
+                                if let Some(d) = download.take() {
+                                    d.abandon();
+                                }
+                                update_failed(ctx.config, ws, &version, &e).await?;
+                            }
+                            Ok(()) if d.complete() => {
+                                if let Some(d) = download.take() {
+                                    finish_update(ctx.config, ws, d).await?;
+                                }
+                            }
+                            Ok(()) => send(ws, &AgentMsg::UpdateFetch { version, offset: d.received() }).await?,
+                        }
+                    }
                     HubMsg::Welcome { .. } | HubMsg::Registered { .. } => {}
                 }
             }
         }
     }
+}
+
+/// Checks an offer: `Ok(None)` when there is nothing to do (already this
+/// version), a started download when it is acceptable.
+fn begin_update(
+    config: &AgentConfig,
+    version: &str,
+    size: u64,
+    sha256: &str,
+    signature: &str,
+) -> Result<Option<update::Download>, update::UpdateError> {
+    if version == identity::agent_version() {
+        return Ok(None);
+    }
+    if !cfg!(unix) {
+        return Err(update::UpdateError::Unsupported);
+    }
+    let key = config.update_key.as_ref().ok_or(update::UpdateError::NoKey)?;
+    let exe = config.exe.as_deref().ok_or(update::UpdateError::Unsupported)?;
+    let offer = update::Offer::parse(version, size, sha256, signature)?;
+    if update::load_failed(&config.state_dir).is_some_and(|f| f.version == offer.version) {
+        return Err(update::UpdateError::AlreadyFailed(offer.version));
+    }
+    update::Download::start(exe, offer, key).map(Some)
+}
+
+/// Records and reports a failed update; the agent stays on its version.
+async fn update_failed(config: &AgentConfig, ws: &mut Ws, version: &str, e: &update::UpdateError) -> Result<(), AgentError> {
+    let mut version = version.to_string();
+    protocol::truncate_text(&mut version, 64);
+    let mut error = e.to_string();
+    protocol::truncate_text(&mut error, protocol::MAX_UPDATE_TEXT);
+    tracing::warn!(error = %error, "agent update refused or failed; staying on this version");
+    // Remembered only when trying the build cost something (a trial, a
+    // swap): a refused signature or digest is checked again cheaply, and a
+    // corrected build under the same version must still be accepted.
+    if matches!(e, update::UpdateError::Trial(_) | update::UpdateError::Io { .. })
+        && update::save_failed(&config.state_dir, &version, &error).is_ok()
+    {
+        update::mark_failed_reported(&config.state_dir);
+    }
+    send(ws, &AgentMsg::UpdateResult { version, ok: false, error }).await
+}
+
+/// The whole build is here: verify, try, swap, and start it in place.
+async fn finish_update(config: &AgentConfig, ws: &mut Ws, d: update::Download) -> Result<(), AgentError> {
+    let version = d.offer.version.clone();
+    let Some(exe) = config.exe.clone() else { return update_failed(config, ws, &version, &update::UpdateError::Unsupported).await };
+    let staged = match d.finish() {
+        Ok(p) => p,
+        Err(e) => return update_failed(config, ws, &version, &e).await,
+    };
+    let args = update::trial_args(std::env::args_os().skip(1));
+    if let Err(e) = update::trial(&staged, &args, &version).await {
+        let _ = std::fs::remove_file(&staged);
+        return update_failed(config, ws, &version, &e).await;
+    }
+    let deadline = chrono::Utc::now().timestamp().saturating_add(update::SWAP_DEADLINE.as_secs() as i64);
+    let pending = update::Pending { from: identity::agent_version(), to: version.clone(), deadline, starts: 0 };
+    if let Err(e) = update::save_pending(&config.state_dir, &pending).and_then(|()| update::install(&exe, &staged)) {
+        update::clear_pending(&config.state_dir);
+        return update_failed(config, ws, &version, &e).await;
+    }
+    tracing::info!(from = %pending.from, to = %version, "agent update installed; restarting into it");
+    let _ = ws.close(None).await;
+    restart_into(config, &exe, &version)
+}
+
+/// Replaces this process with `exe` (Unix). If that fails, the previous
+/// binary is put back and the failure is kept for the next session.
+fn restart_into(config: &AgentConfig, exe: &std::path::Path, version: &str) -> Result<(), AgentError> {
+    #[cfg(unix)]
+    {
+        let e = update::restart_in_place(exe);
+        tracing::error!(error = %e, "cannot start the new agent binary; rolling back");
+        update::clear_pending(&config.state_dir);
+        let _ = update::save_failed(&config.state_dir, version, &e.to_string());
+        update::rollback(exe)?;
+        Err(AgentError::Update(e))
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (config, exe, version);
+        Err(AgentError::Update(update::UpdateError::Unsupported))
+    }
+}
+
+/// After a welcome: a swap in progress is complete, a failure not yet
+/// told is told.
+async fn settle_update(state_dir: &std::path::Path, ws: &mut Ws) -> Result<(), AgentError> {
+    if let Some(p) = update::load_pending(state_dir).filter(|p| p.to == identity::agent_version()) {
+        update::clear_pending(state_dir);
+        tracing::info!(from = %p.from, to = %p.to, "agent update complete");
+        send(ws, &AgentMsg::UpdateResult { version: p.to, ok: true, error: String::new() }).await?;
+    }
+    if let Some(f) = update::load_failed(state_dir).filter(|f| !f.reported) {
+        send(ws, &AgentMsg::UpdateResult { version: f.version, ok: false, error: f.error }).await?;
+        update::mark_failed_reported(state_dir);
+    }
+    Ok(())
+}
+
+/// Just swapped in: if this binary has not reached the hub by the
+/// deadline, put the previous one back and start it.
+fn spawn_update_guard(config: &AgentConfig) {
+    let Some(p) = update::load_pending(&config.state_dir) else { return };
+    let (Some(exe), true) = (config.exe.clone(), p.to == identity::agent_version()) else {
+        // Not the binary the marker expects: a rollback already happened.
+        update::clear_pending(&config.state_dir);
+        return;
+    };
+    let state_dir = config.state_dir.clone();
+    let config = config.clone();
+    tokio::spawn(async move {
+        let wait = (p.deadline - chrono::Utc::now().timestamp()).clamp(0, update::SWAP_DEADLINE.as_secs() as i64);
+        tokio::time::sleep(Duration::from_secs(wait as u64)).await;
+        if update::load_pending(&state_dir).as_ref() != Some(&p) {
+            return;
+        }
+        tracing::error!(version = %p.to, back_to = %p.from, "the new agent did not reach the hub in time; rolling back");
+        update::clear_pending(&state_dir);
+        let why =
+            format!("version {} did not reach the hub within {:?} of starting; rolled back to {}", p.to, update::SWAP_DEADLINE, p.from);
+        let _ = update::save_failed(&state_dir, &p.to, &why);
+        match update::rollback(&exe) {
+            Ok(()) => {
+                let _ = restart_into(&config, &exe, &p.from);
+            }
+            Err(e) => tracing::error!(error = %e, "rollback failed"),
+        }
+    });
+}
+
+/// `deckhand-agent __update-trial`: this binary, not yet installed, says a
+/// trial hello to the hub with the agent's identity and prints its version
+/// once welcomed.
+pub async fn trial_hello(config: &AgentConfig) -> Result<String, AgentError> {
+    let id = identity::load(&config.state_dir)?.ok_or_else(|| AgentError::NotRegistered(config.state_dir.clone()))?;
+    let tls = crate::tls::client_config_with_cert(
+        config.ca_file.as_deref(),
+        config.client_cert.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+    )?;
+    let mut last = AgentError::Lost("no hub URL".into());
+    for url in HubUrl::parse_list(&config.hub)? {
+        let mut ws = match transport::dial_via(&url, &tls, config.insecure_loopback, config.proxy.for_host(&url.host)).await {
+            Ok(ws) => ws,
+            Err(e) => {
+                last = e.into();
+                continue;
+            }
+        };
+        let version = identity::agent_version();
+        let hello = AgentMsg::Trial {
+            protocol: PROTOCOL_VERSION,
+            instance_id: id.instance_id.clone(),
+            token: id.token.clone(),
+            agent_version: version.clone(),
+        };
+        send(&mut ws, &hello).await?;
+        match tokio::time::timeout(transport::CONNECT_TIMEOUT, recv(&mut ws)).await {
+            Ok(Ok(HubMsg::Welcome { .. })) => {
+                let _ = ws.close(None).await;
+                return Ok(version);
+            }
+            Ok(Ok(HubMsg::Error { code, message, .. })) => last = AgentError::Refused { code, message },
+            Ok(Ok(_)) => last = AgentError::Lost("unexpected answer to trial".into()),
+            Ok(Err(e)) => last = e,
+            Err(_) => last = AgentError::Lost("no welcome from hub".into()),
+        }
+    }
+    Err(last)
 }

@@ -43,6 +43,9 @@ pub struct Runner {
     pub files: super::files::Fetcher,
     /// File deliveries being done again after a restart (see `files::deliver`).
     file_reruns: Mutex<std::collections::HashSet<String>>,
+    /// Given to every script under its invocation's own variables (the
+    /// proxy, when the operator passes it on).
+    script_env: Vec<(String, String)>,
 }
 
 /// How scripts are run apart from the agent.
@@ -52,6 +55,8 @@ pub struct Supervision {
     pub program: PathBuf,
     /// Parent of the run directories (`<state dir>/runs`).
     pub runs_root: PathBuf,
+    /// Under systemd: start each supervisor in its own scope of this slice.
+    pub scope: Option<exec::scope::Scope>,
 }
 
 #[derive(Debug)]
@@ -72,6 +77,7 @@ impl Runner {
         max_concurrent: usize,
         script_root: Option<PathBuf>,
         supervision: Option<Supervision>,
+        script_env: Vec<(String, String)>,
     ) -> (Arc<Self>, mpsc::Receiver<LiveChunk>) {
         let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
         let r = Arc::new(Self {
@@ -86,6 +92,7 @@ impl Runner {
             supervision,
             files: super::files::Fetcher::default(),
             file_reruns: Mutex::new(Default::default()),
+            script_env,
         });
         (r, live_rx)
     }
@@ -356,6 +363,8 @@ impl Runner {
             _ if inv.command_type.is_file() => None,
             Ok(mut spec) => {
                 spec.script_root = self.script_root.clone();
+                // First, so the invocation's own variables win.
+                spec.env.splice(0..0, self.script_env.iter().cloned());
                 Some(spec)
             }
             Err(e) => {
@@ -410,7 +419,7 @@ impl Runner {
     async fn script_run(&self, inv: &Invocation, record_seq: u32, spec: RunSpec, stop: CancellationToken) -> RecordReport {
         #[cfg(unix)]
         if let (Some(sup), Some(dir)) = (&self.supervision, self.run_dir(inv, record_seq)) {
-            let launched = exec::supervise::launch_off_loop(sup.program.clone(), dir.clone(), spec.clone()).await;
+            let launched = exec::supervise::launch_off_loop(sup.program.clone(), dir.clone(), spec.clone(), sup.scope.clone()).await;
             let exited = match launched {
                 Ok(exited) => Some(Some(exited)),
                 Err(exec::supervise::SuperviseError::Busy(_)) => Some(None),

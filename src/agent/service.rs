@@ -110,6 +110,16 @@ pub struct Status {
     /// The agent's own figures (memory, CPU, frames, runs; issue #21).
     #[serde(default)]
     pub figures: super::figures::Figures,
+    /// The agent's own resident memory at the last self-check, and its ceiling.
+    #[serde(default)]
+    pub rss_bytes: u64,
+    #[serde(default)]
+    pub memory_max_bytes: u64,
+    /// The agent's own CPU use over the last check interval, percent of one core.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_percent: Option<f64>,
+    #[serde(default)]
+    pub cpu_max_percent: u32,
 }
 
 /// status.json is padded to this size, so it can be rewritten in place when

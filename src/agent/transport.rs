@@ -1,5 +1,6 @@
-//! Dialing the hub: TCP, then TLS (rustls, pinned CA or system roots),
-//! then the WebSocket handshake, each under its own timeout.
+//! Dialing the hub: TCP (directly or through an HTTP CONNECT tunnel, see
+//! [`super::proxy`]), then TLS (rustls, pinned CA or system roots), then
+//! the WebSocket handshake, each under its own timeout.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use super::proxy::Proxy;
 use crate::protocol::MAX_FRAME_BYTES;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -33,6 +35,8 @@ pub enum DialError {
     Timeout { addr: String, after: Duration },
     #[error("connecting to {addr}: {source}")]
     Io { addr: String, source: std::io::Error },
+    #[error("{0}")]
+    Proxy(#[from] super::proxy::ConnectError),
     #[error("TLS: {0}")]
     Tls(String),
     #[error("websocket handshake: {0}")]
@@ -90,13 +94,38 @@ impl HubUrl {
     }
 }
 
+/// Dials the hub directly.
 pub async fn dial(url: &HubUrl, tls: &Arc<rustls::ClientConfig>, insecure_loopback: bool) -> Result<Ws, DialError> {
+    dial_via(url, tls, insecure_loopback, None).await
+}
+
+/// Dials the hub, through `proxy` when given: TCP to the proxy, CONNECT to
+/// the hub, then TLS with the hub's name exactly as without a proxy.
+pub async fn dial_via(
+    url: &HubUrl,
+    tls: &Arc<rustls::ClientConfig>,
+    insecure_loopback: bool,
+    proxy: Option<&Proxy>,
+) -> Result<Ws, DialError> {
     let addr = format!("{}:{}", url.host, url.port);
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&addr))
+    // The first hop: the proxy if any (named without its credentials).
+    let (first_hop, first_addr) = match proxy {
+        Some(p) => (format!("proxy {p}"), (p.host.clone(), p.port)),
+        None => (addr.clone(), (url.host.clone(), url.port)),
+    };
+    let mut tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((first_addr.0.as_str(), first_addr.1)))
         .await
-        .map_err(|_| DialError::Timeout { addr: addr.clone(), after: CONNECT_TIMEOUT })?
-        .map_err(|source| DialError::Io { addr: addr.clone(), source })?;
+        .map_err(|_| DialError::Timeout { addr: first_hop.clone(), after: CONNECT_TIMEOUT })?
+        .map_err(|source| DialError::Io { addr: first_hop.clone(), source })?;
     let _ = tcp.set_nodelay(true);
+    if let Some(p) = proxy {
+        if !url.tls {
+            // The loopback exemption is about the hub's own address, which
+            // a tunnel hides.
+            return Err(DialError::InsecureRefused(addr));
+        }
+        super::proxy::connect(&mut tcp, p, &url.host, url.port, CONNECT_TIMEOUT).await?;
+    }
     let stream: Box<dyn Io> = if url.tls {
         let name = ServerName::try_from(url.host.clone()).map_err(|e| DialError::Tls(e.to_string()))?;
         let connector = tokio_rustls::TlsConnector::from(tls.clone());

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use deckhand::agent::config::AgentFile;
 
 #[derive(Debug, Parser)]
-#[command(name = "deckhand-agent", version, about = "deckhand node agent")]
+#[command(name = "deckhand-agent", version = deckhand_version(), about = "deckhand node agent")]
 struct Args {
     /// Config file (default /etc/deckhand/agent.toml, Windows %ProgramData%\deckhand\agent.toml, when it exists).
     #[arg(long, global = true, env = "DECKHAND_AGENT_CONFIG")]
@@ -49,6 +49,15 @@ struct Flags {
     backoff_cap_secs: Option<u64>,
     #[arg(long)]
     log_json: bool,
+    /// HTTP CONNECT proxy to the hub, http://[user:password@]host:port ("direct": none).
+    #[arg(long, env = "DECKHAND_AGENT_PROXY", hide_env_values = true)]
+    proxy: Option<String>,
+    /// Hosts reached without the proxy, comma-separated.
+    #[arg(long, env = "DECKHAND_AGENT_NO_PROXY")]
+    no_proxy: Option<String>,
+    /// Give scripts the proxy variables (http_proxy, https_proxy, no_proxy).
+    #[arg(long)]
+    pass_proxy_env: bool,
 }
 
 impl Flags {
@@ -65,6 +74,10 @@ impl Flags {
             activation_id: self.activation_id.clone(),
             activation_code: self.activation_code.clone(),
             log_json: self.log_json.then_some(true),
+            proxy: self.proxy.clone(),
+            no_proxy: self.no_proxy.clone(),
+            pass_proxy_env: self.pass_proxy_env.then_some(true),
+            ..Default::default()
         }
     }
 }
@@ -102,6 +115,20 @@ enum Cmd {
     #[cfg(unix)]
     #[command(name = "__supervise", hide = true)]
     Supervise { dir: PathBuf },
+    /// Internal: a downloaded agent build proving it can reach the hub
+    /// before it is installed (self-update; docs/operations.md).
+    #[command(name = "__update-trial", hide = true)]
+    UpdateTrial(Flags),
+    /// Internal: run by the service manager before each start, as the
+    /// previous binary kept by a self-update: rolls a new binary back when
+    /// it keeps dying (docs/operations.md).
+    #[command(name = "__update-guard", hide = true)]
+    UpdateGuard {
+        #[arg(long, env = "DECKHAND_AGENT_STATE_DIR")]
+        state_dir: Option<PathBuf>,
+        /// The installed binary (e.g. /usr/bin/deckhand-agent).
+        binary: PathBuf,
+    },
     /// Validate the configuration and print the effective settings.
     Config {
         #[command(subcommand)]
@@ -141,6 +168,11 @@ enum ServiceCmd {
     Uninstall,
 }
 
+/// `--version`: the version slot this binary carries (what the hub sees).
+fn deckhand_version() -> &'static str {
+    Box::leak(deckhand::agent::identity::agent_version().into_boxed_str())
+}
+
 fn init_log(json: bool) {
     deckhand::config::init_logging(json);
 }
@@ -158,11 +190,43 @@ fn run() -> anyhow::Result<()> {
             init_log(file.log_json.unwrap_or(false));
             let mut cfg = file.resolve()?;
             cfg.supervisor = supervisor_program();
+            // Resolved before any swap: afterwards /proc/self/exe names a deleted file.
+            cfg.exe = std::env::current_exe().ok();
             // One thread: the agent is mostly idle and I/O bound; a single
             // scheduler thread (plus the blocking pool on demand) keeps idle
             // RSS low (fewer stacks and malloc arenas).
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            rt.block_on(async move { deckhand::agent::run(cfg, deckhand::cli::shutdown_on_signal()).await.context("agent") })
+            match rt.block_on(async move { deckhand::agent::run(cfg, deckhand::cli::shutdown_on_signal()).await }) {
+                // Its own distinct status: the service manager restarts it.
+                Err(e @ deckhand::agent::AgentError::OverLimit { .. }) => {
+                    eprintln!("deckhand-agent: {e}");
+                    std::process::exit(deckhand::agent::selfcheck::EXIT_OVER_LIMIT);
+                }
+                r => r.context("agent"),
+            }
+        }
+        Cmd::UpdateTrial(flags) => {
+            let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());
+            init_log(file.log_json.unwrap_or(false));
+            let cfg = file.resolve()?;
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let version = rt.block_on(deckhand::agent::trial_hello(&cfg)).context("update trial")?;
+            println!("{version}");
+            Ok(())
+        }
+        Cmd::UpdateGuard { state_dir, binary } => {
+            init_log(false);
+            let dir = state_dir
+                .or_else(|| AgentFile::discover(args.config.as_deref()).ok().and_then(|f| f.state_dir))
+                .unwrap_or_else(deckhand::agent::config::default_state_dir);
+            match deckhand::agent::update::guard(&dir, &binary, chrono::Utc::now().timestamp())? {
+                deckhand::agent::update::Guarded::RolledBack { from, to } => {
+                    eprintln!("deckhand-agent: update to {from} did not stay up; rolled back to {to}")
+                }
+                deckhand::agent::update::Guarded::Counted(n) => eprintln!("deckhand-agent: start {n} since the update"),
+                deckhand::agent::update::Guarded::Nothing => {}
+            }
+            Ok(())
         }
         Cmd::Register(flags) => {
             let file = AgentFile::discover(args.config.as_deref())?.overlay(flags.as_file());
@@ -208,6 +272,14 @@ fn run() -> anyhow::Result<()> {
                 println!(
                     "frames:          {} in ({} B), {} out ({} B); {} live chunk(s) dropped",
                     f.frames_in, f.bytes_in, f.frames_out, f.bytes_out, f.live_chunks_dropped
+                );
+                let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+                let cpu = s.cpu_percent.map_or("-".to_string(), |p| format!("{p:.1}%"));
+                let rss = if s.rss_bytes == 0 { "-".to_string() } else { format!("{:.1} MiB", mib(s.rss_bytes)) };
+                println!(
+                    "self:            memory {rss} of {:.0} MiB, cpu {cpu} of {}% (scripts not counted)",
+                    mib(s.memory_max_bytes),
+                    s.cpu_max_percent
                 );
                 println!("pid / updated:   {} / {}", s.pid, s.updated_at);
             }
@@ -264,12 +336,17 @@ fn run() -> anyhow::Result<()> {
             let cfg = file.resolve()?;
             println!("configuration OK");
             println!(
-                "hub = {:?}\nstate_dir = {:?}\nca_file = {:?}\nmax_concurrent = {}\nbackoff_cap_secs = {}",
+                "hub = {:?}\nstate_dir = {:?}\nca_file = {:?}\nmax_concurrent = {}\nbackoff_cap_secs = {}\nproxy = {}\npass_proxy_env = {}\nmemory_max_mib = {}\ncpu_max_percent = {}\nruns_slice = {:?}",
                 cfg.hub,
                 cfg.state_dir,
                 cfg.ca_file,
                 cfg.max_concurrent,
-                cfg.backoff_cap.as_secs()
+                cfg.backoff_cap.as_secs(),
+                cfg.proxy.proxy.as_ref().map_or("direct".to_string(), |p| p.to_string()),
+                cfg.proxy.pass_to_scripts,
+                cfg.limits.memory_max_bytes >> 20,
+                cfg.limits.cpu_max_percent,
+                cfg.runs_slice
             );
             Ok(())
         }

@@ -117,6 +117,7 @@ fn run() -> anyhow::Result<()> {
         secrets_key_file: None,
         metrics_token: f.metrics_token.clone(),
         console: None,
+        agent_update: None,
     });
     let mut cfg = file.resolve()?;
     let store_spec = file.store_spec()?;

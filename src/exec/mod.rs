@@ -20,6 +20,7 @@ mod invocation;
 mod kill;
 pub mod params;
 mod runner;
+pub mod scope;
 mod scriptfile;
 mod spawn;
 #[cfg(unix)]

@@ -318,7 +318,9 @@ fn try_lock(f: &File) -> bool {
 /// it is reaped by a background task while the agent lives, which fires
 /// the returned [`Exited`] when it ends (its result is on disk by then), so
 /// [`watch`] reads the result at once instead of at its next poll.
-pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<Exited, SuperviseError> {
+/// With `scope`, the supervisor starts in a systemd scope of its own
+/// ([`super::scope`]), outside the agent's cgroup.
+pub fn launch(program: &Path, dir: &Path, spec: &RunSpec, scope: Option<&super::scope::Scope>) -> Result<Exited, SuperviseError> {
     private_dir(dir)?;
     let lock = open_lock(dir)?;
     if !try_lock(&lock) {
@@ -337,7 +339,15 @@ pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<Exited, Supe
     File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))?;
     let log_path = dir.join(LOG);
     let log = OpenOptions::new().create(true).append(true).mode(0o600).open(&log_path).map_err(io("open", &log_path))?;
-    let mut cmd = std::process::Command::new(program);
+    let mut cmd = match scope {
+        Some(scope) => {
+            let (wrapper, args) = scope.wrap(program);
+            let mut c = std::process::Command::new(wrapper);
+            c.args(args);
+            c
+        }
+        None => std::process::Command::new(program),
+    };
     cmd.arg(SUBCOMMAND).arg(dir).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
     cmd.env("DECKHAND_LOG", std::env::var("DECKHAND_LOG").unwrap_or_else(|_| "info".into()));
     let lock_fd = lock.as_raw_fd();
@@ -376,9 +386,14 @@ pub fn launch(program: &Path, dir: &Path, spec: &RunSpec) -> Result<Exited, Supe
 /// [`launch`] on a blocking thread: its fsync and the fork/exec of the
 /// supervisor must not stall the agent's single-threaded event loop
 /// (issue #21), where heartbeats, acks and other runs' reports wait.
-pub async fn launch_off_loop(program: PathBuf, dir: PathBuf, spec: RunSpec) -> Result<Exited, SuperviseError> {
+pub async fn launch_off_loop(
+    program: PathBuf,
+    dir: PathBuf,
+    spec: RunSpec,
+    scope: Option<super::scope::Scope>,
+) -> Result<Exited, SuperviseError> {
     let at = dir.clone();
-    tokio::task::spawn_blocking(move || launch(&program, &dir, &spec))
+    tokio::task::spawn_blocking(move || launch(&program, &dir, &spec, scope.as_ref()))
         .await
         .unwrap_or_else(|e| Err(SuperviseError::Io { op: "launch", path: at, source: std::io::Error::other(e.to_string()) }))
 }

@@ -38,6 +38,8 @@ const MAX_IN_FLIGHT: usize = 64;
 /// output is accepted only for those (a rogue agent cannot fill the hub
 /// with output for invocations that are not its own).
 const MAX_SESSION_INVOCATIONS: usize = 10_000;
+/// How often a session asks whether its agent may be offered an update.
+const UPDATE_CHECK: Duration = Duration::from_secs(1);
 
 #[derive(Clone)]
 struct Session {
@@ -283,8 +285,11 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
         }
         other => other,
     };
-    let AgentMsg::Hello { protocol, instance_id, token, facts } = first else {
-        return Err(refuse(&mut ws, "ProtocolViolation", "first message must be hello or register".into()).await);
+    let (protocol, instance_id, token, facts, trial) = match first {
+        AgentMsg::Hello { protocol, instance_id, token, facts } => (protocol, instance_id, token, facts, false),
+        // A new agent binary proving it can reach us (self-update).
+        AgentMsg::Trial { protocol, instance_id, token, agent_version: _ } => (protocol, instance_id, token, Default::default(), true),
+        _ => return Err(refuse(&mut ws, "ProtocolViolation", "first message must be hello or register".into()).await),
     };
     check_protocol(&mut ws, protocol).await?;
     // Ids are ours (`mi-` + hex): anything else cannot be known, and is
@@ -312,6 +317,21 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
         }
     }
     let hb = hub.config.heartbeat;
+    if trial {
+        // Welcome and nothing else: the running agent keeps its session and
+        // the store keeps its facts until the new binary really takes over.
+        send(
+            &mut ws,
+            &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) },
+        )
+        .await?;
+        tracing::info!(instance_id, "agent update trial reached the hub");
+        let _ = ws.close().await;
+        return Ok(());
+    }
+    if let Some(updates) = &hub.config.agent_updates {
+        updates.connected(&instance_id, &facts);
+    }
     // Recorded before `welcome`: when the database cannot be written the
     // agent is refused before its back-off resets, so a fleet waits with
     // growing delays instead of reconnecting several times a second.
@@ -323,7 +343,7 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     let (tx, mut rx) = mpsc::channel(OUTBOX);
     let conn_id = hub.agents.insert(&instance_id, tx, protocol);
     tracing::info!(instance_id, %peer, "agent connected");
-    let result = match session(&hub, &mut ws, &instance_id, &mut rx, hb).await {
+    let result = match session(&hub, &mut ws, &instance_id, &facts, &mut rx, hb).await {
         // Unacknowledged reports stay in the agent's journal; it sends them
         // again after its back-off, once space is back.
         Err(ConnError::Store(e)) => Err(unavailable(&mut ws, e).await),
@@ -337,7 +357,14 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     result
 }
 
-async fn session(hub: &Hub, ws: &mut WebSocket, instance_id: &str, rx: &mut mpsc::Receiver<HubMsg>, hb: Duration) -> Result<(), ConnError> {
+async fn session(
+    hub: &Hub,
+    ws: &mut WebSocket,
+    instance_id: &str,
+    facts: &crate::protocol::HostFacts,
+    rx: &mut mpsc::Receiver<HubMsg>,
+    hb: Duration,
+) -> Result<(), ConnError> {
     let mut mine = Delivered::default();
     // Resync: everything owed to this instance, built by the delivery service.
     for msg in super::delivery::resync(hub, instance_id).await? {
@@ -353,9 +380,17 @@ async fn session(hub: &Hub, ws: &mut WebSocket, instance_id: &str, rx: &mut mpsc
     // is read meanwhile (issue #21), and each answer still goes out only
     // after its commit.
     let mut in_flight = futures_util::stream::FuturesOrdered::new();
+    // Self-update: whether this agent may be offered a build now.
+    let mut update_tick = tokio::time::interval(UPDATE_CHECK);
     loop {
         tokio::select! {
             _ = hub.shutdown.cancelled() => return Ok(()),
+            _ = update_tick.tick(), if hub.config.agent_updates.is_some() => {
+                let offer = hub.config.agent_updates.as_ref().and_then(|u| u.offer_for(instance_id, facts, hub.agents.count(), chrono::Utc::now()));
+                if let Some(offer) = offer {
+                    send(ws, &offer).await?;
+                }
+            }
             _ = tokio::time::sleep_until(deadline) => return Err(ConnError::HeartbeatLost),
             Some(committed) = futures_util::StreamExt::next(&mut in_flight), if !in_flight.is_empty() => {
                 for msg in committed? {
@@ -374,7 +409,7 @@ async fn session(hub: &Hub, ws: &mut WebSocket, instance_id: &str, rx: &mut mpsc
             },
             msg = recv(ws), if in_flight.len() < MAX_IN_FLIGHT => {
                 deadline = tokio::time::Instant::now() + dead_after;
-                if let Some(committing) = handle(hub, ws, instance_id, &mine, msg?).await? {
+                if let Some(committing) = handle(hub, ws, instance_id, facts, &mine, msg?).await? {
                     in_flight.push_back(committing);
                 }
             }
@@ -407,6 +442,7 @@ async fn handle<'h>(
     hub: &'h Hub,
     ws: &mut WebSocket,
     instance_id: &str,
+    facts: &crate::protocol::HostFacts,
     mine: &Delivered,
     msg: AgentMsg,
 ) -> Result<Option<Committing<'h>>, ConnError> {
@@ -499,7 +535,24 @@ async fn handle<'h>(
             hub.store.promote_pending_token(instance_id).await?;
             tracing::info!(instance_id, "credential rotated");
         }
-        AgentMsg::Hello { .. } | AgentMsg::Register { .. } => {
+        AgentMsg::UpdateFetch { version, offset } => {
+            let chunk = match &hub.config.agent_updates {
+                Some(u) => u.chunk(instance_id, facts, &version, offset).await,
+                None => None,
+            };
+            let msg = chunk.unwrap_or_else(|| HubMsg::Error {
+                code: "UpdateNotOffered".into(),
+                message: "no such build offered to this agent, or offset past its end".into(),
+                fatal: false,
+            });
+            send(ws, &msg).await?;
+        }
+        AgentMsg::UpdateResult { version, ok, error } => {
+            if let Some(u) = &hub.config.agent_updates {
+                u.result(instance_id, &version, ok, &error);
+            }
+        }
+        AgentMsg::Hello { .. } | AgentMsg::Register { .. } | AgentMsg::Trial { .. } => {
             send(ws, &HubMsg::Error { code: "ProtocolViolation".into(), message: "already authenticated".into(), fatal: false }).await?;
         }
     }

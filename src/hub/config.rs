@@ -65,6 +65,9 @@ pub struct HubFile {
     pub metrics_token: Option<String>,
     /// The web console (docs/console.md).
     pub console: Option<super::console::ConsoleFile>,
+    /// deckhand extension: agent self-update (`[agent_update]`:
+    /// `builds_dir`, `version`, `percent`, `window`; docs/operations.md).
+    pub agent_update: Option<super::updates::AgentUpdateFile>,
 }
 
 impl HubFile {
@@ -98,7 +101,8 @@ impl HubFile {
             audit_max_events,
             secrets_key_file,
             metrics_token,
-            console
+            console,
+            agent_update
         );
         self
     }
@@ -202,6 +206,11 @@ impl HubFile {
             super::console::ConsoleError::Config { key, message } => ConfigError::Invalid { key, message },
             other => ConfigError::Invalid { key: "console", message: other.to_string() },
         })?;
+        if let Some(u) = &self.agent_update {
+            let catalog =
+                super::updates::Catalog::load(u).map_err(|e| ConfigError::Invalid { key: "agent_update", message: e.to_string() })?;
+            cfg.agent_updates = Some(std::sync::Arc::new(catalog));
+        }
         for pair in self.access_keys.iter().flatten() {
             let Some((id, secret)) = pair.split_once(':').filter(|(i, s)| !i.is_empty() && !s.is_empty()) else {
                 return Err(ConfigError::Invalid { key: "access_keys", message: "each entry must be ID:SECRET".into() });

@@ -16,6 +16,7 @@ pub mod sealed;
 mod server;
 pub(crate) mod signature;
 pub mod store;
+pub mod updates;
 mod writer;
 
 use std::net::SocketAddr;
@@ -72,6 +73,8 @@ pub struct HubConfig {
     pub metrics_token: Option<String>,
     /// The web console (`[console]` in hub.toml; docs/console.md).
     pub console: console::ConsoleConfig,
+    /// Agent builds and the self-update policy (`[agent_update]`).
+    pub agent_updates: Option<Arc<updates::Catalog>>,
 }
 
 /// Default bound on the audit trail's size in events.
@@ -94,6 +97,7 @@ impl HubConfig {
             secrets: None,
             metrics_token: None,
             console: console::ConsoleConfig::default(),
+            agent_updates: None,
         }
     }
 }

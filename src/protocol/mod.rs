@@ -58,6 +58,10 @@ pub struct HostFacts {
     /// changes, so the hub's copy follows it (docs/journal.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal_degraded: Option<String>,
+    /// deckhand extension: the agent understands `update_offer` (agents
+    /// before self-update leave it out and are never offered a build).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub self_update: bool,
 }
 
 /// Longest `HostFacts::journal_degraded` an agent sends.
@@ -231,6 +235,13 @@ impl TryFrom<RawReport> for RecordReport {
     }
 }
 
+/// What an agent build's ed25519 signature covers: the version, OS,
+/// architecture and digest together, so a signed build cannot be offered
+/// as another version or for another platform.
+pub fn update_statement(version: &str, os: &str, arch: &str, sha256_hex: &str) -> String {
+    format!("deckhand-agent-build\nversion={version}\nos={os}\narch={arch}\nsha256={sha256_hex}\n")
+}
+
 /// Messages the agent sends.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -263,7 +274,24 @@ pub enum AgentMsg {
         offset: u64,
         data_b64: String,
     },
+    /// deckhand extension (self-update): first and only frame of a new
+    /// agent binary on trial. The hub checks the credential and answers
+    /// `welcome`, then closes; the session of the running agent is kept.
+    Trial { protocol: u32, instance_id: String, token: String, agent_version: String },
+    /// deckhand extension (self-update): send the offered build from `offset`.
+    UpdateFetch { version: String, offset: u64 },
+    /// deckhand extension (self-update): the offered build was refused or
+    /// failed on this agent (`ok: false`), or is installed and running.
+    UpdateResult { version: String, ok: bool, error: String },
 }
+
+/// Largest chunk of an agent build in one `update_chunk` (base64 makes it
+/// 4/3 larger, still far below [`MAX_FRAME_BYTES`]).
+pub const UPDATE_CHUNK_BYTES: usize = 256 * 1024;
+/// Largest agent build an agent downloads.
+pub const MAX_UPDATE_BYTES: u64 = 128 * 1024 * 1024;
+/// Longest version string and error text in update messages.
+pub const MAX_UPDATE_TEXT: usize = 512;
 
 /// Messages the hub sends.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -307,6 +335,22 @@ pub enum HubMsg {
     },
     ReportAck {
         report_id: u64,
+    },
+    /// deckhand extension (self-update): a build for this agent's OS and
+    /// architecture. `sha256` is hex; `signature` the base64 ed25519
+    /// signature of [`update_statement`], checked against the key pinned in
+    /// the agent's config.
+    UpdateOffer {
+        version: String,
+        size: u64,
+        sha256: String,
+        signature: String,
+    },
+    /// deckhand extension (self-update): bytes of the offered build.
+    UpdateChunk {
+        version: String,
+        offset: u64,
+        data_b64: String,
     },
     /// A refusal; the sender closes the connection after a fatal one.
     Error {

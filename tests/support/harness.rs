@@ -167,10 +167,19 @@ impl Hub {
 
     /// A newly registered agent running `bin` (another release's agent).
     pub fn agent_binary(&self, hub_urls: &str, bin: PathBuf) -> Agent {
+        let mut a = self.agent_unstarted(hub_urls, bin);
+        a.spawn();
+        a.instance_id();
+        a
+    }
+
+    /// An agent with an activation of its own, not yet started: set
+    /// `extra`/`env`, then [`Agent::spawn`].
+    pub fn agent_unstarted(&self, hub_urls: &str, bin: PathBuf) -> Agent {
         let v = self.call("CreateActivation", &[("InstanceCount", "1")]).expect("activation");
         let id = v["ActivationId"].as_str().unwrap().to_string();
         let code = v["ActivationCode"].as_str().unwrap().to_string();
-        let mut a = Agent {
+        Agent {
             child: None,
             dir: tempfile::tempdir().expect("tempdir"),
             hub_url: hub_urls.to_string(),
@@ -179,10 +188,7 @@ impl Hub {
             extra: vec![],
             env: vec![],
             bin,
-        };
-        a.spawn();
-        a.instance_id();
-        a
+        }
     }
 
     pub fn wait_online(&self, instance_id: &str) {
@@ -264,6 +270,11 @@ impl Agent {
             .args(if self.extra.iter().any(|a| a == "--backoff-cap-secs") { &[][..] } else { &["--backoff-cap-secs", "1"][..] })
             .args(&self.extra)
             .env("DECKHAND_LOG", "info,deckhand=debug")
+            // The machine's own proxy settings must not reach test agents.
+            .env_remove("https_proxy")
+            .env_remove("HTTPS_PROXY")
+            .env_remove("no_proxy")
+            .env_remove("NO_PROXY")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::OpenOptions::new().create(true).append(true).open(d.join("agent.log")).unwrap()));

@@ -8,6 +8,7 @@ use super::error::ApiError;
 use super::{Paging, Request};
 use crate::hub::agents::hash_token;
 use crate::hub::store::{ActivationRow, InstanceRow, now_str};
+use crate::hub::updates::AgentUpdateState;
 
 /// Cloud Assistant bounds: 1..=1000 instances per activation, TTL up to 876,000 h.
 const MAX_ACTIVATION_INSTANCES: i64 = 1000;
@@ -211,14 +212,24 @@ pub async fn cloud_assistant_status(req: &Request<'_>) -> Result<Value, ApiError
         .iter()
         .map(|i| {
             let online = i.online;
-            json!({
+            let mut v = json!({
                 "InstanceId": i.instance_id,
                 "CloudAssistantStatus": if online { "true" } else { "false" },
                 "CloudAssistantVersion": i.facts.agent_version,
                 "LastHeartbeatTime": i.last_seen,
                 "OSType": i.facts.os_type,
                 "SupportSessionManager": false,
-            })
+            });
+            // deckhand extension: the agent's self-update as this hub saw it.
+            let update = req.hub.config.agent_updates.as_ref().and_then(|u| u.state_of(&i.instance_id));
+            if let (Some(update), Some(obj)) = (update, v.as_object_mut()) {
+                let shown = match update {
+                    AgentUpdateState::InProgress { version } => json!({ "Status": "InProgress", "Version": version }),
+                    AgentUpdateState::Failed { version, error } => json!({ "Status": "Failed", "Version": version, "Error": error }),
+                };
+                obj.insert("DeckhandAgentUpdate".into(), shown);
+            }
+            v
         })
         .collect();
     let mut out = Map::new();
