@@ -372,8 +372,15 @@ async fn lists_filter_and_paginate(e: &Engine) {
     assert_eq!(total, 7);
     // Newest first, whatever the database's locale.
     assert_eq!(rows.iter().map(|r| r.invoke_id.as_str()).collect::<Vec<_>>(), ["t-6", "t-5", "t-4"]);
-    let (rows, _) = s.list_invocations(&all, page(6, 3)).await.unwrap();
-    assert_eq!(rows.len(), 1);
+    // Every page shape gives the same total: short last page (its count is
+    // taken from the rows), exactly full, short first page, zero-sized.
+    let (rows, total) = s.list_invocations(&all, page(6, 3)).await.unwrap();
+    assert_eq!((rows.len(), total), (1, 7));
+    assert_eq!(s.list_invocations(&all, page(4, 3)).await.unwrap().1, 7);
+    assert_eq!(s.list_invocations(&all, page(0, 7)).await.unwrap().1, 7);
+    assert_eq!(s.list_invocations(&all, page(0, 50)).await.unwrap().1, 7);
+    let (rows, total) = s.list_invocations(&all, page(0, 0)).await.unwrap();
+    assert_eq!((rows.len(), total), (0, 7));
     let f = InvocationFilter { instance_id: Some("i-a".into()), ..Default::default() };
     assert_eq!(s.list_invocations(&f, page(0, 10)).await.unwrap().1, 3);
     let f = InvocationFilter { command_type: Some(CommandType::RunPowerShellScript), ..Default::default() };

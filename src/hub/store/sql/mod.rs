@@ -154,13 +154,19 @@ impl SqlStore {
             count = count.bind(b);
             rows = rows.bind(b);
         }
-        let total = count.fetch_one(&self.pool).await?;
-        // Zero or beyond the end: no rows to read, only the count.
-        if page.limit <= 0 || page.offset >= total {
-            return Ok((Vec::new(), total));
+        if page.limit <= 0 {
+            return Ok((Vec::new(), count.fetch_one(&self.pool).await?));
         }
         let rows = rows.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
-        Ok((rows, total))
+        // A short page that is not past the end already tells the total:
+        // the count query is skipped (issue #21: most calls, and every
+        // poll of one invocation's results, read a single short page).
+        let short = (rows.len() as i64) < page.limit;
+        if short && (page.offset == 0 || !rows.is_empty()) {
+            let total = page.offset + rows.len() as i64;
+            return Ok((rows, total));
+        }
+        Ok((rows, count.fetch_one(&self.pool).await?))
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Any>> {
