@@ -423,6 +423,10 @@ def test_classic_sdk_modify_invocation_attribute():
 # SendFile (issue #19). The agent runs on this host, so the test reads what
 # it wrote. Per-instance statuses a file delivery settles in:
 FILE_FINAL = {"Success", "Failed", "Invalid", "Timeout", "Error", "Aborted", "Cancelled", "Terminated"}
+# The invocation's aggregate and its instances are read one after the other,
+# so a poll can see the instance settled a moment before the aggregate: wait
+# for both.
+INVOCATION_OPEN = {"Pending", "Scheduled", "Running", "Stopping"}
 
 
 def file_result_classic(invoke_id, timeout=30):
@@ -433,7 +437,7 @@ def file_result_classic(invoke_id, timeout=30):
         req.set_InvokeId(invoke_id)
         inv = classic_call(req)["Invocations"]["Invocation"][0]
         inst = inv["InvokeInstances"]["InvokeInstance"][0]
-        if inst["InvocationStatus"] in FILE_FINAL:
+        if inst["InvocationStatus"] in FILE_FINAL and inv["InvocationStatus"] not in INVOCATION_OPEN:
             return inv, inst
         assert time.time() < deadline, f"{invoke_id} not final: {inv}"
         time.sleep(0.2)
@@ -450,7 +454,7 @@ def file_result_tea(client, invoke_id, timeout=30):
         req = ecs.DescribeSendFileResultsRequest(region_id="cn-hangzhou", invoke_id=invoke_id)
         inv = client.describe_send_file_results_with_options(req, RUNTIME).body.invocations.invocation[0]
         inst = inv.invoke_instances.invoke_instance[0]
-        if inst.invocation_status in FILE_FINAL:
+        if inst.invocation_status in FILE_FINAL and inv.invocation_status not in INVOCATION_OPEN:
             return inv, inst
         assert time.time() < deadline, inv.to_map()
         time.sleep(0.2)
