@@ -179,3 +179,30 @@ fn hub_and_agent_shut_down_gracefully_on_sigterm() {
     assert!(a.terminate().success());
     assert!(hub.terminate().success());
 }
+
+/// `Connected` (deckhand extension) filters DescribeManagedInstances in the
+/// store, so TotalCount and pages count only the instances asked for (the
+/// console's Instances page filters this way at any fleet size).
+#[test]
+fn managed_instances_filter_by_connection_in_the_store() {
+    let hub = Hub::start();
+    let a = hub.agent();
+    let mut b = hub.agent();
+    let (ia, ib) = (a.instance_id(), b.instance_id());
+    hub.wait_online(&ia);
+    hub.wait_online(&ib);
+    b.kill();
+    hub.wait_offline(&ib);
+    let ids = |connected: &str| {
+        let v = hub.call("DescribeManagedInstances", &[("Connected", connected), ("PageSize", "1")]).unwrap();
+        let list: Vec<String> =
+            v["Instances"]["Instance"].as_array().unwrap().iter().map(|i| i["InstanceId"].as_str().unwrap().to_string()).collect();
+        (v["TotalCount"].as_i64().unwrap(), list)
+    };
+    assert_eq!(ids("true"), (1, vec![ia.clone()]));
+    assert_eq!(ids("false"), (1, vec![ib.clone()]));
+    let all = hub.call("DescribeManagedInstances", &[]).unwrap();
+    assert_eq!(all["TotalCount"], 2);
+    let e = hub.call("DescribeManagedInstances", &[("Connected", "maybe")]).unwrap_err();
+    assert!(format!("{e:?}").contains("Connected"), "{e:?}");
+}

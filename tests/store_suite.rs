@@ -256,10 +256,10 @@ async fn activation_slots_hold_under_concurrent_registration(e: &Engine) {
     assert_eq!(won, 5);
     let act = a.get_activation("act-race").await.unwrap().unwrap();
     assert_eq!(act.registered_count, 5);
-    let (_, total) = a.list_instances(&[], None, page(0, 100)).await.unwrap();
+    let (_, total) = a.list_instances(&[], None, None, page(0, 100)).await.unwrap();
     assert_eq!(total, 5);
     // Deregistering counts, and an activation in use cannot be deleted.
-    let (rows, _) = a.list_instances(&[], None, page(0, 1)).await.unwrap();
+    let (rows, _) = a.list_instances(&[], None, None, page(0, 1)).await.unwrap();
     assert!(!a.delete_activation("act-race").await.unwrap());
     assert!(a.deregister_instance(&rows[0].instance_id).await.unwrap());
     assert!(!a.deregister_instance(&rows[0].instance_id).await.unwrap());

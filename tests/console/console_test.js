@@ -99,6 +99,14 @@ async function signInAttempt(page, user, password) {
     await row.locator(".tag:has-text('scratch=1')").waitFor({ state: "detached" });
     check(true, "tags added and removed from the instances page");
     await shot(page, "04-instances");
+    // The status filter is applied by the hub: Offline lists nobody, Online the agent.
+    await page.selectOption("#instance-status", "Offline");
+    await page.click("form.toolbar button[type=submit]");
+    await page.locator("text=No instances match.").waitFor();
+    await page.selectOption("#instance-status", "Online");
+    await page.click("form.toolbar button[type=submit]");
+    await page.locator(`tr[data-instance='${instanceId}'] .badge[data-status=Online]`).waitFor();
+    check(true, "the Online/Offline filter is applied by the hub");
 
     // Overview screenshot after some activity is taken at the end.
     // Run a script and watch its live output appear before it finishes.

@@ -80,7 +80,7 @@ async fn authorize_with(
         HashMap::new()
     } else {
         let page = crate::hub::store::Page { offset: 0, limit: ids.len() as i64 };
-        hub.store.list_instances(&ids, None, page).await?.0.into_iter().map(|r| (r.instance_id, r.tags)).collect()
+        hub.store.list_instances(&ids, None, None, page).await?.0.into_iter().map(|r| (r.instance_id, r.tags)).collect()
     };
     let none: Vec<(String, String)> = Vec::new();
     let mut targets: Vec<Target<'_>> = ids.iter().map(|id| Target { id, tags: tags.get(id).unwrap_or(&none) }).collect();

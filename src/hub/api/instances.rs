@@ -153,7 +153,10 @@ fn instance_json(i: &InstanceRow) -> Value {
 pub async fn describe_managed_instances(req: &Request<'_>) -> Result<Value, ApiError> {
     let paging = Paging::from(&req.params, 10, 50)?;
     let ids = req.params.list("InstanceId")?;
-    let (rows, total) = req.hub.store.list_instances(&ids, req.params.get("InstanceName"), paging.page).await?;
+    // deckhand extension: `Connected=true|false` filters in the store, so a
+    // page of 10,000 instances is still one page (docs/api.md).
+    let online = req.params.bool("Connected")?;
+    let (rows, total) = req.hub.store.list_instances(&ids, req.params.get("InstanceName"), online, paging.page).await?;
     let mut out = Map::new();
     out.insert("Instances".into(), json!({ "Instance": rows.iter().map(instance_json).collect::<Vec<_>>() }));
     paging.annotate(&mut out, total);
@@ -207,7 +210,7 @@ pub async fn deregister(req: &Request<'_>) -> Result<Value, ApiError> {
 pub async fn cloud_assistant_status(req: &Request<'_>) -> Result<Value, ApiError> {
     let paging = Paging::from(&req.params, 10, 50)?;
     let ids = req.params.list("InstanceId")?;
-    let (rows, total) = req.hub.store.list_instances(&ids, None, paging.page).await?;
+    let (rows, total) = req.hub.store.list_instances(&ids, None, None, paging.page).await?;
     let list: Vec<Value> = rows
         .iter()
         .map(|i| {
@@ -278,7 +281,7 @@ pub async fn list_tag_resources(req: &Request<'_>) -> Result<Value, ApiError> {
     check_resource_type(req)?;
     let ids = req.params.list("ResourceId")?;
     let want = req.params.tags("Tag")?;
-    let (rows, _) = req.hub.store.list_instances(&ids, None, crate::hub::store::Page { offset: 0, limit: 1000 }).await?;
+    let (rows, _) = req.hub.store.list_instances(&ids, None, None, crate::hub::store::Page { offset: 0, limit: 1000 }).await?;
     let mut list = Vec::new();
     for i in rows {
         for (k, v) in &i.tags {

@@ -120,7 +120,7 @@ async fn instances(req: &Request<'_>) -> Result<Vec<(String, String)>, ApiError>
     let mut seen = std::collections::HashSet::new();
     ids.retain(|i| seen.insert(i.clone()));
     let page = crate::hub::store::Page { offset: 0, limit: ids.len() as i64 };
-    let (rows, _) = req.hub.store.list_instances(&ids, None, page).await?;
+    let (rows, _) = req.hub.store.list_instances(&ids, None, None, page).await?;
     let names: std::collections::HashMap<_, _> = rows.into_iter().map(|r| (r.instance_id, r.instance_name)).collect();
     ids.into_iter()
         .map(|id| match names.get(&id) {

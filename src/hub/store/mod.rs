@@ -426,7 +426,9 @@ pub trait Store: Send + Sync + 'static {
     /// Atomically checks the activation's remaining count and registers.
     async fn register_instance(&self, activation_id: &str, inst: &InstanceRow) -> Result<bool>;
     async fn get_instance(&self, id: &str) -> Result<Option<InstanceRow>>;
-    async fn list_instances(&self, ids: &[String], name: Option<&str>, page: Page) -> Result<(Vec<InstanceRow>, i64)>;
+    /// `online`: only connected (`Some(true)`) or disconnected instances.
+    async fn list_instances(&self, ids: &[String], name: Option<&str>, online: Option<bool>, page: Page)
+    -> Result<(Vec<InstanceRow>, i64)>;
     /// At most `limit` instances whose id sorts after `after` ('' for the
     /// first page), by id: the keyset pages a fleet selector streams
     /// through, so resolving one never holds the whole fleet in memory.

@@ -215,7 +215,7 @@ async function instances(_, q) {
   const box = h("input", { id: "instance-search", placeholder: "Instance ID or exact name", value: search });
   const sel = h("select", { id: "instance-status" }, ["", "Online", "Offline"].map((s) => h("option", { value: s, selected: s === status }, s || "Any status")));
   const form = h("form", { class: "toolbar", onsubmit: (e) => { e.preventDefault(); go(1, box.value.trim(), sel.value); } },
-    h("label", { class: "grow" }, "Search", box), h("label", {}, "Status (this page)", sel), h("button", { type: "submit" }, "Search"),
+    h("label", { class: "grow" }, "Search", box), h("label", {}, "Status", sel), h("button", { type: "submit" }, "Search"),
     h("button", { type: "button", class: "primary", id: "run-selected", onclick: () => {
       const ids = [...document.querySelectorAll("input.pick:checked")].map((c) => c.value);
       location.hash = "#/run?" + new URLSearchParams({ instances: ids.join(",") });
@@ -224,9 +224,10 @@ async function instances(_, q) {
   view().append(h("div", { class: "card" }, form), card);
   const params = { PageNumber: pageNo, PageSize: PAGE };
   if (/^(mi-|i-)/.test(search)) params["InstanceId.1"] = search; else if (search) params.InstanceName = search;
+  // Filtered by the hub (deckhand's `Connected`), so pages and totals hold at any fleet size.
+  if (status) params.Connected = String(status === "Online");
   watch("DescribeManagedInstances", params, (j) => {
-    let list = j.Instances.Instance;
-    if (status) list = list.filter((i) => i.Status === status);
+    const list = j.Instances.Instance;
     const rows = list.map((i) => h("tr", { "data-instance": i.InstanceId },
       h("td", {}, h("input", { type: "checkbox", class: "pick", value: i.InstanceId })),
       h("td", {}, h("div", {}, h("b", {}, i.InstanceName || i.Hostname || "—")), h("div", { class: "mono muted" }, i.InstanceId)),

@@ -356,7 +356,13 @@ impl Store for SqlStore {
         r.as_ref().map(instance_from).transpose()
     }
 
-    async fn list_instances(&self, ids: &[String], name: Option<&str>, page: Page) -> Result<(Vec<InstanceRow>, i64)> {
+    async fn list_instances(
+        &self,
+        ids: &[String],
+        name: Option<&str>,
+        online: Option<bool>,
+        page: Page,
+    ) -> Result<(Vec<InstanceRow>, i64)> {
         let mut clauses = Vec::new();
         let mut binds: Vec<String> = Vec::new();
         if !ids.is_empty() {
@@ -366,6 +372,10 @@ impl Store for SqlStore {
         if let Some(n) = name {
             clauses.push("instance_name = ?".to_string());
             binds.push(n.to_string());
+        }
+        // A literal, not a bind: the binds are text and `online` an integer.
+        if let Some(on) = online {
+            clauses.push(format!("online = {}", i32::from(on)));
         }
         let w = if clauses.is_empty() { String::new() } else { format!("WHERE {}", clauses.join(" AND ")) };
         let (rows, total) = self.page_of("*", &format!("FROM instances {w}"), "registered_at, instance_id", &binds, page).await?;
