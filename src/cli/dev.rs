@@ -63,7 +63,8 @@ fn dev_console_user(dir: &Path) -> Result<DevConsoleUser, CliError> {
         return serde_json::from_slice(&b).map_err(|source| CliError::Parse { path, source });
     }
     let user = DevConsoleUser { name: "admin".into(), password: uuid::Uuid::new_v4().simple().to_string() };
-    crate::tls::write_private(&path, serde_json::to_string_pretty(&user).expect("json").as_bytes(), 0o600).map_err(err)?;
+    let body = serde_json::to_string_pretty(&user).map_err(err)?;
+    crate::tls::write_private(&path, body.as_bytes(), 0o600).map_err(err)?;
     Ok(user)
 }
 
