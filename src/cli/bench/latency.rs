@@ -6,7 +6,7 @@
 //! footprint: a connected, idle agent's RSS and CPU over a window, then
 //! RSS while 8 scripts run at once and while one prints 1 GiB.
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::procs::{self, BenchHub, Proc, mib, percentile};
@@ -17,42 +17,8 @@ fn err(e: impl std::fmt::Display) -> CliError {
 }
 
 /// Starts a real agent registered with `hub`; returns it and its instance id.
-pub fn start_agent(hub: &BenchHub, dir: &std::path::Path, client: &Client) -> Result<(Proc, String), CliError> {
-    let v = client.call("CreateActivation", &[("InstanceCount", "1".into())])?;
-    let state = dir.join("agent-state");
-    let child = Command::new(procs::sibling("deckhand-agent")?)
-        .args(["run", "--hub", &hub.url, "--ca-file"])
-        .arg(&hub.ca)
-        .arg("--state-dir")
-        .arg(&state)
-        .args([
-            "--activation-id",
-            v["ActivationId"].as_str().unwrap_or(""),
-            "--activation-code",
-            v["ActivationCode"].as_str().unwrap_or(""),
-        ])
-        .env("DECKHAND_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .map_err(err)?;
-    let proc = Proc { child };
-    let ident = procs::wait_file(&state.join("identity.json"), Duration::from_secs(30))?;
-    let id: serde_json::Value = serde_json::from_str(&ident).map_err(err)?;
-    let instance = id["instance_id"].as_str().unwrap_or("").to_string();
-    // Wait until it is online.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let v = client.call("DescribeCloudAssistantStatus", &[("InstanceId.1", instance.clone())])?;
-        if v["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"][0]["CloudAssistantStatus"] == "true" {
-            break;
-        }
-        if Instant::now() > deadline {
-            return Err(err("agent did not come online"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((proc, instance))
+fn start_agent(hub: &BenchHub, dir: &std::path::Path, client: &Client) -> Result<(Proc, String), CliError> {
+    procs::start_agents(hub, dir, client, 1, Duration::from_secs(30))?.pop().ok_or_else(|| err("no agent started"))
 }
 
 /// One run's latency and how many `DescribeInvocationResults` polls it took.

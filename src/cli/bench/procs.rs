@@ -115,3 +115,50 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 pub fn mib(b: u64) -> f64 {
     b as f64 / (1024.0 * 1024.0)
 }
+
+/// Starts `n` real agents registered with one activation and waits (up to
+/// `timeout` for each step) until the hub shows every one online; their
+/// processes and instance ids.
+pub fn start_agents(
+    hub: &BenchHub,
+    dir: &Path,
+    client: &crate::cli::Client,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<(Proc, String)>, CliError> {
+    let v = client.call("CreateActivation", &[("InstanceCount", n.to_string())])?;
+    let (aid, code) = (v["ActivationId"].as_str().unwrap_or("").to_string(), v["ActivationCode"].as_str().unwrap_or("").to_string());
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let state = dir.join(format!("agent-{i}"));
+        let child = Command::new(sibling("deckhand-agent")?)
+            .args(["run", "--hub", &hub.url, "--ca-file"])
+            .arg(&hub.ca)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--activation-id", &aid, "--activation-code", &code])
+            .env("DECKHAND_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| CliError::Usage(format!("bench: {e}")))?;
+        let proc = Proc { child };
+        let ident = wait_file(&state.join("identity.json"), timeout)?;
+        let id: serde_json::Value = serde_json::from_str(&ident).map_err(|e| CliError::Usage(format!("bench: {e}")))?;
+        out.push((proc, id["instance_id"].as_str().unwrap_or("").to_string()));
+    }
+    let deadline = Instant::now() + timeout;
+    for (_, id) in &out {
+        loop {
+            let v = client.call("DescribeCloudAssistantStatus", &[("InstanceId.1", id.clone())])?;
+            if v["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"][0]["CloudAssistantStatus"] == "true" {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(CliError::Usage("bench: agents did not come online".into()));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    Ok(out)
+}

@@ -7,57 +7,17 @@
 //! and wrote the file (sampled from /proc every 20 ms), with the largest
 //! of them. Every agent writes into its own directory, checked afterwards.
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
 
-use super::procs::{self, Proc, mib};
-use crate::cli::{CliError, Client};
+use super::procs::{self, mib};
+use crate::cli::CliError;
 use crate::protocol::FILE_CHUNK_BYTES;
 
 fn err(e: impl std::fmt::Display) -> CliError {
     CliError::Usage(format!("bench: {e}"))
-}
-
-/// Starts `n` agents registered with one activation; their pids and ids.
-fn start_agents(hub: &procs::BenchHub, dir: &std::path::Path, client: &Client, n: usize) -> Result<Vec<(Proc, String)>, CliError> {
-    let v = client.call("CreateActivation", &[("InstanceCount", n.to_string())])?;
-    let (aid, code) = (v["ActivationId"].as_str().unwrap_or("").to_string(), v["ActivationCode"].as_str().unwrap_or("").to_string());
-    let mut out = Vec::with_capacity(n);
-    for i in 0..n {
-        let state = dir.join(format!("agent-{i}"));
-        let child = Command::new(procs::sibling("deckhand-agent")?)
-            .args(["run", "--hub", &hub.url, "--ca-file"])
-            .arg(&hub.ca)
-            .arg("--state-dir")
-            .arg(&state)
-            .args(["--activation-id", &aid, "--activation-code", &code])
-            .env("DECKHAND_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(err)?;
-        let proc = Proc { child };
-        let ident = procs::wait_file(&state.join("identity.json"), Duration::from_secs(60))?;
-        let id: serde_json::Value = serde_json::from_str(&ident).map_err(err)?;
-        out.push((proc, id["instance_id"].as_str().unwrap_or("").to_string()));
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for (_, id) in &out {
-        loop {
-            let v = client.call("DescribeCloudAssistantStatus", &[("InstanceId.1", id.clone())])?;
-            if v["InstanceCloudAssistantStatusSet"]["InstanceCloudAssistantStatus"][0]["CloudAssistantStatus"] == "true" {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(err("agents did not come online"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-    Ok(out)
 }
 
 /// Deterministic content, generated chunk by chunk (never held whole).
@@ -78,7 +38,7 @@ pub fn run(size_mib: u64, agents: usize) -> Result<(), CliError> {
     let dir = tempfile::tempdir().map_err(err)?;
     let hub = procs::start_hub(dir.path(), &["--heartbeat-secs", "5"])?;
     let client = hub.client()?;
-    let fleet = start_agents(&hub, dir.path(), &client, agents)?;
+    let fleet = procs::start_agents(&hub, dir.path(), &client, agents, Duration::from_secs(60))?;
     let chunks = size.div_ceil(FILE_CHUNK_BYTES as u64);
     let mut hasher = Sha256::new();
     for seq in 0..chunks {
