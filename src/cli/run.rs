@@ -81,17 +81,23 @@ pub struct FleetArgs {
     pub batch_wait: Option<Duration>,
 }
 
-/// Adds the selector and rollout window parameters (and `RepeatMode=DryRun`
-/// when `dry_run`); true when the run targets a fleet (a selector or a
-/// window), which the live fleet view follows.
-pub(super) fn fleet_params(args: &FleetArgs, dry_run: bool, p: &mut Vec<(String, String)>) -> bool {
-    for (i, t) in args.tags.iter().enumerate() {
+/// `--tag KEY[=VALUE]` flags as Cloud Assistant's `ResourceTag.N.Key` /
+/// `ResourceTag.N.Value` (a key alone matches any value).
+pub(super) fn tag_params(tags: &[String], p: &mut Vec<(String, String)>) {
+    for (i, t) in tags.iter().enumerate() {
         let (k, v) = t.split_once('=').unwrap_or((t.as_str(), ""));
         p.push((format!("ResourceTag.{}.Key", i + 1), k.to_string()));
         if !v.is_empty() {
             p.push((format!("ResourceTag.{}.Value", i + 1), v.to_string()));
         }
     }
+}
+
+/// Adds the selector and rollout window parameters (and `RepeatMode=DryRun`
+/// when `dry_run`); true when the run targets a fleet (a selector or a
+/// window), which the live fleet view follows.
+pub(super) fn fleet_params(args: &FleetArgs, dry_run: bool, p: &mut Vec<(String, String)>) -> bool {
+    tag_params(&args.tags, p);
     let mut extend = |k: &str, v: Option<String>| {
         if let Some(v) = v {
             p.push((k.to_string(), v));

@@ -152,13 +152,7 @@ pub fn run(cli: &Cli, args: &SendFileArgs) -> Result<i32, CliError> {
     for (i, id) in args.instances.iter().enumerate() {
         p.push((format!("InstanceId.{}", i + 1), id.clone()));
     }
-    for (i, t) in args.tags.iter().enumerate() {
-        let (k, v) = t.split_once('=').unwrap_or((t.as_str(), ""));
-        p.push((format!("ResourceTag.{}.Key", i + 1), k.to_string()));
-        if !v.is_empty() {
-            p.push((format!("ResourceTag.{}.Value", i + 1), v.to_string()));
-        }
-    }
+    super::run::tag_params(&args.tags, &mut p);
     let refs: Vec<(&str, String)> = p.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let v = client.call("SendFile", &refs)?;
     let invoke_id = s(&v, "InvokeId");
