@@ -278,3 +278,65 @@ fn cli_send_file_small_and_large_and_reports_failures() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("File already exists"), "{text}");
 }
+
+/// `file_store_max_mib` bounds every stored content together: an upload
+/// that would pass it is refused with `QuotaExceeded.FileStore` naming the
+/// setting, before anything is stored; chunks of a content already stored
+/// (a retried upload) are still taken; a content verified once is sent
+/// again without being hashed again (its chunks never change).
+#[test]
+fn the_file_store_is_bounded_and_a_verified_content_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("hub.toml");
+    std::fs::write(&cfg, "file_store_max_mib = 1\n").unwrap();
+    let hub = Hub::start_with(&["--config", cfg.to_str().unwrap()]);
+    let agent = hub.agent();
+    let id = agent.instance_id();
+    hub.wait_online(&id);
+    let first = content(700 * 1024, 1);
+    let digest = upload(&hub, &first);
+    let target = tempfile::tempdir().unwrap();
+    let send = |name: &str| {
+        let r = hub
+            .call(
+                "SendFile",
+                &[
+                    ("InstanceId.1", id.as_str()),
+                    ("Name", name),
+                    ("TargetDir", target.path().to_str().unwrap()),
+                    ("ContentSha256", digest.as_str()),
+                    ("Overwrite", "true"),
+                ],
+            )
+            .expect("SendFile");
+        r["InvokeId"].as_str().unwrap().to_string()
+    };
+    let a = send("a.bin");
+    assert_eq!(wait_file_final(&hub, &a)["InvocationStatus"], "Success");
+    // A second content of 700 KiB does not fit beside the first (1 MiB in all).
+    let second = content(700 * 1024, 2);
+    let err = hub
+        .call(
+            "PutFileContent",
+            &[
+                ("ContentSha256", &sha(&second)),
+                ("Size", &second.len().to_string()),
+                ("ChunkIndex", "0"),
+                ("Content", &base64::engine::general_purpose::STANDARD.encode(&second[..FILE_CHUNK_BYTES])),
+            ],
+        )
+        .unwrap_err();
+    match err {
+        deckhand::cli::client::CliError::Api { status, code, message, .. } => {
+            assert_eq!((status, code.as_str()), (403, "QuotaExceeded.FileStore"));
+            assert!(message.contains("file_store_max_mib"), "{message}");
+        }
+        other => panic!("expected an API error, got {other}"),
+    }
+    // The first content's chunks are still accepted (a retried upload).
+    assert_eq!(upload(&hub, &first), digest);
+    // Sent again from the remembered verification: the same bytes arrive.
+    let b = send("b.bin");
+    assert_eq!(wait_file_final(&hub, &b)["InvocationStatus"], "Success");
+    assert_eq!(std::fs::read(target.path().join("b.bin")).unwrap(), first);
+}

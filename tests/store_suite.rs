@@ -90,6 +90,7 @@ suite!(
     many_targets_insert_in_batches_and_state_counts_sum_them,
     overview_counts_instances_and_invocations_by_hour,
     file_content_is_stored_once_and_served_only_to_targets,
+    file_contents_are_kept_while_used_and_pruned_after,
 );
 
 /// `ModifyInvocationAttribute` (issue #16): a change to what runs raises
@@ -867,11 +868,11 @@ async fn file_content_is_stored_once_and_served_only_to_targets(e: &Engine) {
     let sha = "ab".repeat(32);
     assert_eq!(s.file_content(&sha).await.unwrap(), None);
     s.put_file_chunk(&sha, 5, 1, b"ef").await.unwrap();
-    assert_eq!(s.file_content(&sha).await.unwrap(), Some(FileContent { size: 5, chunks_present: 1 }));
+    assert_eq!(s.file_content(&sha).await.unwrap(), Some(FileContent { size: 5, chunks_present: 1, verified: false }));
     s.put_file_chunk(&sha, 5, 0, b"abc").await.unwrap();
     // Again (a retried upload, or another delivery's): kept once, unchanged.
     s.put_file_chunk(&sha, 5, 0, b"xyz").await.unwrap();
-    assert_eq!(s.file_content(&sha).await.unwrap(), Some(FileContent { size: 5, chunks_present: 2 }));
+    assert_eq!(s.file_content(&sha).await.unwrap(), Some(FileContent { size: 5, chunks_present: 2, verified: false }));
     assert_eq!(s.file_chunk(&sha, 0).await.unwrap().as_deref(), Some(&b"abc"[..]));
     let spec = FileSpec {
         name: "app.conf".into(),
@@ -911,4 +912,61 @@ async fn file_content_is_stored_once_and_served_only_to_targets(e: &Engine) {
     s.delete_file_content(&sha).await.unwrap();
     assert_eq!(s.file_content(&sha).await.unwrap(), None);
     assert_eq!(s.file_chunk(&sha, 0).await.unwrap(), None);
+}
+
+/// Stored contents (docs/files.md, "How long contents are kept"): an idle
+/// upload is pruned after the retention; one a delivery not yet settled
+/// needs is kept whatever its age, and goes once the delivery settles; a
+/// small one a delivery names is kept (DescribeSendFileResults shows it);
+/// verification is remembered; the store's total is what the bound sees.
+async fn file_contents_are_kept_while_used_and_pruned_after(e: &Engine) {
+    use deckhand::protocol::{FileSpec, MAX_FILE_CONTENT_BYTES};
+    let s = e.open().await;
+    activation(&s, "act", 10).await;
+    assert!(register(&s, "act", "i-1").await);
+    let big = MAX_FILE_CONTENT_BYTES as i64 + 1;
+    let (idle, needed, small) = ("11".repeat(32), "22".repeat(32), "33".repeat(32));
+    s.put_file_chunk(&idle, big, 0, b"x").await.unwrap();
+    s.put_file_chunk(&needed, big, 0, b"y").await.unwrap();
+    s.put_file_chunk(&small, 3, 0, b"abc").await.unwrap();
+    assert_eq!(s.file_store_bytes().await.unwrap(), 2 * big + 3);
+    assert!(s.touch_file_content(&needed, true).await.unwrap());
+    assert!(s.file_content(&needed).await.unwrap().unwrap().verified);
+    assert!(!s.touch_file_content(&"44".repeat(32), true).await.unwrap(), "no such content");
+    let delivery = |id: &str, sha: &str, size: i64| {
+        let mut inv = invocation(id, "2026-11-23T00:00:00Z", ONCE, "");
+        inv.command_type = CommandType::SendFile;
+        let spec = FileSpec {
+            name: "f".into(),
+            target_dir: "/tmp".into(),
+            mode: "0644".into(),
+            owner: String::new(),
+            group: String::new(),
+            overwrite: true,
+            size: size as u64,
+            sha256: sha.to_string(),
+        };
+        inv.file = Some(FileRow { spec, description: String::new(), content_type: "Base64".into() });
+        inv
+    };
+    s.create_invocation(&delivery("f-needed", &needed, big), &["i-1".into()]).await.unwrap();
+    s.create_invocation(&delivery("f-small", &small, 3), &["i-1".into()]).await.unwrap();
+    // Nothing is older than a cutoff in the past.
+    assert_eq!(s.prune_file_contents("2000-01-01T00:00:00Z").await.unwrap(), 0);
+    // Everything is older than one in the future: only the idle upload goes.
+    let future = "2999-01-01T00:00:00Z";
+    assert_eq!(s.prune_file_contents(future).await.unwrap(), 1);
+    assert_eq!(s.file_content(&idle).await.unwrap(), None);
+    assert_eq!(s.file_chunk(&idle, 0).await.unwrap(), None, "its chunks go with it");
+    assert!(s.file_content(&needed).await.unwrap().is_some(), "a pending delivery still pulls it");
+    // The delivery settles: its large content is no longer needed.
+    s.apply_batch(&[WriteOp::Delivered { invoke_id: "f-needed".into(), instance_id: "i-1".into() }]).await.unwrap();
+    s.apply_batch(&[report("f-needed", 0, S::Success, b"")]).await.unwrap();
+    assert_eq!(s.prune_file_contents(future).await.unwrap(), 1);
+    assert_eq!(s.file_content(&needed).await.unwrap(), None);
+    // The small one stays while a delivery names it, settled or not.
+    s.apply_batch(&[WriteOp::Delivered { invoke_id: "f-small".into(), instance_id: "i-1".into() }]).await.unwrap();
+    s.apply_batch(&[report("f-small", 0, S::Success, b"")]).await.unwrap();
+    assert_eq!(s.prune_file_contents(future).await.unwrap(), 0);
+    assert_eq!(s.file_store_bytes().await.unwrap(), 3);
 }

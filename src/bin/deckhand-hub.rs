@@ -114,6 +114,8 @@ fn run() -> anyhow::Result<()> {
         parameter_values: f.parameter_values.as_deref().map(|v| if v == "strict" { ValuePolicy::Strict } else { ValuePolicy::Any }),
         audit_retention_days: None,
         audit_max_events: None,
+        file_retention_days: None,
+        file_store_max_mib: None,
         secrets_key_file: None,
         metrics_token: f.metrics_token.clone(),
         console: None,

@@ -56,6 +56,13 @@ pub struct HubFile {
     /// first (1000..=1000000000, default 1000000): a bound that holds
     /// whatever the call rate.
     pub audit_max_events: Option<u64>,
+    /// Stored SendFile contents not used for this many days are deleted,
+    /// unless a delivery still needs them (1..=3650, default 7;
+    /// docs/files.md).
+    pub file_retention_days: Option<u64>,
+    /// Bound on all stored SendFile contents, MiB (1..=1048576, default
+    /// 10240): an upload beyond it is refused with `QuotaExceeded.FileStore`.
+    pub file_store_max_mib: Option<u64>,
     /// AES-256 key (64 hex digits) sealing the stored AccessKey secrets.
     /// Default with SQLite: `<data_dir>/secrets.key`, created at first
     /// start; with PostgreSQL every replica must name the same file.
@@ -99,6 +106,8 @@ impl HubFile {
             parameter_values,
             audit_retention_days,
             audit_max_events,
+            file_retention_days,
+            file_store_max_mib,
             secrets_key_file,
             metrics_token,
             console,
@@ -188,6 +197,16 @@ impl HubFile {
             return Err(ConfigError::Invalid { key: "audit_max_events", message: format!("{max_events} is outside 1000..=1000000000") });
         }
         cfg.audit_max_events = max_events;
+        let days = self.file_retention_days.unwrap_or(crate::hub::DEFAULT_FILE_RETENTION_DAYS);
+        if !(1..=3650).contains(&days) {
+            return Err(ConfigError::Invalid { key: "file_retention_days", message: format!("{days} is outside 1..=3650") });
+        }
+        cfg.file_retention = Duration::from_secs(days * 86_400);
+        let mib = self.file_store_max_mib.unwrap_or(crate::hub::DEFAULT_FILE_STORE_MAX_MIB);
+        if !(1..=1_048_576).contains(&mib) {
+            return Err(ConfigError::Invalid { key: "file_store_max_mib", message: format!("{mib} is outside 1..=1048576 (1 TiB)") });
+        }
+        cfg.file_store_max_bytes = mib << 20;
         if let Some(path) = &self.secrets_key_file {
             let b = super::sealed::SecretBox::load(path)
                 .map_err(|e| ConfigError::Invalid { key: "secrets_key_file", message: e.to_string() })?;

@@ -66,6 +66,11 @@ pub struct HubConfig {
     pub audit_retention: Duration,
     /// ... and at most this many (`audit_max_events`).
     pub audit_max_events: u64,
+    /// Stored file contents unused this long are deleted unless a delivery
+    /// still needs them (`file_retention_days`; docs/files.md).
+    pub file_retention: Duration,
+    /// Bound on all stored file contents (`file_store_max_mib`).
+    pub file_store_max_bytes: u64,
     /// Seals stored AccessKey secrets (`secrets_key_file`; docs/permissions.md).
     /// `None`: stored secrets are kept as written (PostgreSQL without a key file).
     pub secrets: Option<Arc<sealed::SecretBox>>,
@@ -79,6 +84,10 @@ pub struct HubConfig {
 
 /// Default bound on the audit trail's size in events.
 pub const DEFAULT_AUDIT_MAX_EVENTS: u64 = 1_000_000;
+/// Default `file_retention_days`.
+pub const DEFAULT_FILE_RETENTION_DAYS: u64 = 7;
+/// Default `file_store_max_mib` (10 GiB).
+pub const DEFAULT_FILE_STORE_MAX_MIB: u64 = 10_240;
 
 impl HubConfig {
     pub fn new(listen: SocketAddr) -> Self {
@@ -94,6 +103,8 @@ impl HubConfig {
             parameter_values: crate::exec::params::ValuePolicy::Any,
             audit_retention: Duration::from_secs(90 * 86_400),
             audit_max_events: DEFAULT_AUDIT_MAX_EVENTS,
+            file_retention: Duration::from_secs(DEFAULT_FILE_RETENTION_DAYS * 86_400),
+            file_store_max_bytes: DEFAULT_FILE_STORE_MAX_MIB << 20,
             secrets: None,
             metrics_token: None,
             console: console::ConsoleConfig::default(),
@@ -180,5 +191,6 @@ pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: Cancellatio
     tokio::spawn(cluster::run(hub.clone()));
     tokio::spawn(rollout::run(hub.clone()));
     tokio::spawn(api::audit::pruner(hub.clone()));
+    tokio::spawn(api::files::pruner(hub.clone()));
     serve(hub, shutdown).await
 }

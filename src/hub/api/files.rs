@@ -75,6 +75,9 @@ fn decode_file_content(p: &Params) -> Result<(Vec<u8>, String), ApiError> {
 /// Stores `bytes` as a content (once per digest) and returns its digest.
 async fn store_content(req: &Request<'_>, bytes: &[u8]) -> Result<String, ApiError> {
     let sha = hex_sha256(bytes);
+    if req.hub.store.file_content(&sha).await?.is_none() {
+        within_file_store(req, bytes.len() as u64).await?;
+    }
     if bytes.is_empty() {
         // An empty file has no chunk; its content row still records it.
         req.hub.store.put_file_chunk(&sha, 0, 0, &[]).await?;
@@ -83,6 +86,42 @@ async fn store_content(req: &Request<'_>, bytes: &[u8]) -> Result<String, ApiErr
         req.hub.store.put_file_chunk(&sha, bytes.len() as i64, seq as i64, chunk).await?;
     }
     Ok(sha)
+}
+
+/// A new content of `size` bytes must fit in `file_store_max_mib` beside
+/// those stored (deckhand's bound; contents not used for
+/// `file_retention_days` are deleted by [`pruner`]).
+async fn within_file_store(req: &Request<'_>, size: u64) -> Result<(), ApiError> {
+    let max = req.hub.config.file_store_max_bytes;
+    let stored = req.hub.store.file_store_bytes().await?.max(0) as u64;
+    if stored.saturating_add(size) > max {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "QuotaExceeded.FileStore",
+            format!(
+                "the hub stores {stored} bytes of file contents and its limit is {max} bytes (file_store_max_mib); \
+                 this upload of {size} bytes does not fit until unused contents expire (file_retention_days)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Background task: hourly, deletes stored contents not used for
+/// `file_retention_days` that no delivery still needs.
+pub async fn pruner(hub: std::sync::Arc<crate::hub::Hub>) {
+    loop {
+        let cutoff = crate::hub::store::ago_str(hub.config.file_retention);
+        match hub.store.prune_file_contents(&cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(pruned = n, "unused file contents deleted"),
+            Err(e) => tracing::warn!(error = %e, "file content pruner"),
+        }
+        tokio::select! {
+            _ = hub.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+        }
+    }
 }
 
 /// Chunks a content of `size` bytes is stored in.
@@ -106,6 +145,11 @@ async fn uploaded_content(req: &Request<'_>, sha: &str) -> Result<u64, ApiError>
             format!("the upload is incomplete: {} of {expected} chunks are stored", c.chunks_present),
         ));
     }
+    if c.verified {
+        // Hashed once already: chunks are never changed once stored.
+        store.touch_file_content(sha, false).await?;
+        return Ok(size);
+    }
     let mut hasher = Sha256::new();
     let mut read = 0u64;
     for seq in 0..expected {
@@ -120,6 +164,7 @@ async fn uploaded_content(req: &Request<'_>, sha: &str) -> Result<u64, ApiError>
             "the uploaded chunks do not hash to this SHA-256 (or do not add up to its size); the upload was discarded, upload it again",
         ));
     }
+    store.touch_file_content(sha, true).await?;
     Ok(size)
 }
 
@@ -200,10 +245,12 @@ pub async fn put_file_content(req: &Request<'_>) -> Result<Value, ApiError> {
     if data.len() as u64 != expected {
         return Err(ApiError::invalid("Content", format!("chunk {seq} is {} bytes; it must be {expected} bytes", data.len())));
     }
-    if let Some(c) = req.hub.store.file_content(&sha).await?
-        && c.size as u64 != size
-    {
-        return Err(ApiError::invalid("Size", format!("this SHA-256 was uploaded with size {}, not {size}", c.size)));
+    match req.hub.store.file_content(&sha).await? {
+        Some(c) if c.size as u64 != size => {
+            return Err(ApiError::invalid("Size", format!("this SHA-256 was uploaded with size {}, not {size}", c.size)));
+        }
+        Some(_) => {}
+        None => within_file_store(req, size).await?,
     }
     req.hub.store.put_file_chunk(&sha, size as i64, seq as i64, &data).await?;
     let present = req.hub.store.file_content(&sha).await?.map(|c| c.chunks_present).unwrap_or(0);

@@ -9,7 +9,7 @@ pub(crate) mod audit;
 pub(crate) mod auth;
 mod commands;
 pub(crate) mod error;
-mod files;
+pub(crate) mod files;
 mod fleet;
 pub(crate) mod guard;
 mod instances;

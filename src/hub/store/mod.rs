@@ -201,6 +201,8 @@ pub struct FileRow {
 pub struct FileContent {
     pub size: i64,
     pub chunks_present: i64,
+    /// Its chunks were hashed to its digest once (`touch_file_content`).
+    pub verified: bool,
 }
 
 /// Rate control of one invocation (deckhand extension, docs/fleet.md),
@@ -516,8 +518,17 @@ pub trait Store: Send + Sync + 'static {
     /// by the caller before this is reached.
     async fn put_file_chunk(&self, sha256: &str, size: i64, seq: i64, data: &[u8]) -> Result<()>;
     async fn file_content(&self, sha256: &str) -> Result<Option<FileContent>>;
+    /// Marks a content used now, and verified (its chunks hash to its
+    /// digest) when `verified`; false when no such content is stored.
+    async fn touch_file_content(&self, sha256: &str, verified: bool) -> Result<bool>;
+    /// Bytes of all stored contents (what `file_store_max_mib` bounds).
+    async fn file_store_bytes(&self) -> Result<i64>;
     /// Forgets a content and its chunks (an upload that did not verify).
     async fn delete_file_content(&self, sha256: &str) -> Result<()>;
+    /// Deletes contents not used since `cutoff` that no delivery still
+    /// needs (docs/files.md, "How long contents are kept"); returns how
+    /// many.
+    async fn prune_file_contents(&self, cutoff: &str) -> Result<u64>;
     /// Chunk `seq` of a stored content.
     async fn file_chunk(&self, sha256: &str, seq: i64) -> Result<Option<Vec<u8>>>;
     /// Chunk `seq` of the content of file delivery `invoke_id`, only when

@@ -221,6 +221,17 @@ pub const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (sha256, seq)
     );
     "#,
+    // 9: stored file contents are kept only while used (docs/files.md,
+    // "How long contents are kept"). `used_at`: the last upload of a chunk
+    // or SendFile naming it; `verified`: its chunks were hashed to its
+    // digest once, so later SendFiles do not hash 100 MiB again.
+    r#"
+    ALTER TABLE file_contents ADD COLUMN used_at TEXT NOT NULL DEFAULT '';
+    ALTER TABLE file_contents ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
+    UPDATE file_contents SET used_at = created_at;
+    CREATE INDEX file_contents_used_at ON file_contents (used_at);
+    CREATE INDEX invocations_file_sha256 ON invocations (file_sha256);
+    "#,
 ];
 
 /// The schema version whose data is rewritten in Rust after its DDL.

@@ -707,10 +707,14 @@ impl Store for SqlStore {
 
     async fn put_file_chunk(&self, sha256: &str, size: i64, seq: i64, data: &[u8]) -> Result<()> {
         let mut tx = self.begin().await?;
-        self.q("INSERT INTO file_contents (sha256, size, created_at) VALUES (?,?,?) ON CONFLICT (sha256) DO NOTHING")
+        // An upload in progress keeps its content alive (`used_at`).
+        let now = now_str();
+        self.q("INSERT INTO file_contents (sha256, size, created_at, used_at) VALUES (?,?,?,?) \
+             ON CONFLICT (sha256) DO UPDATE SET used_at = excluded.used_at")
             .bind(sha256)
             .bind(size)
-            .bind(now_str())
+            .bind(&now)
+            .bind(&now)
             .execute(&mut *tx)
             .await?;
         self.q("INSERT INTO file_chunks (sha256, seq, data) VALUES (?,?,?) ON CONFLICT (sha256, seq) DO NOTHING")
@@ -724,12 +728,48 @@ impl Store for SqlStore {
     }
 
     async fn file_content(&self, sha256: &str) -> Result<Option<FileContent>> {
-        let Some(r) = self.q("SELECT size FROM file_contents WHERE sha256 = ?").bind(sha256).fetch_optional(&self.pool).await? else {
+        let Some(r) = self.q("SELECT size, verified FROM file_contents WHERE sha256 = ?").bind(sha256).fetch_optional(&self.pool).await?
+        else {
             return Ok(None);
         };
         let size: i64 = col(&r, "file_contents", "size", sha256)?;
+        let verified: i64 = col(&r, "file_contents", "verified", sha256)?;
         let chunks_present: i64 = self.qs("SELECT COUNT(*) FROM file_chunks WHERE sha256 = ?").bind(sha256).fetch_one(&self.pool).await?;
-        Ok(Some(FileContent { size, chunks_present }))
+        Ok(Some(FileContent { size, chunks_present, verified: verified != 0 }))
+    }
+
+    async fn touch_file_content(&self, sha256: &str, verified: bool) -> Result<bool> {
+        let sql = if verified {
+            "UPDATE file_contents SET used_at = ?, verified = 1 WHERE sha256 = ?"
+        } else {
+            "UPDATE file_contents SET used_at = ? WHERE sha256 = ?"
+        };
+        let done = self.q(sql).bind(now_str()).bind(sha256).execute(&self.pool).await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn file_store_bytes(&self) -> Result<i64> {
+        Ok(self.qs("SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM file_contents").fetch_one(&self.pool).await?)
+    }
+
+    async fn prune_file_contents(&self, cutoff: &str) -> Result<u64> {
+        // Kept whatever its age: a content a delivery not yet settled may
+        // still pull, and a small one (≤ `Content`'s 32 KiB) any delivery
+        // still names, because DescribeSendFileResults shows it.
+        let unsettled = unsettled().iter().map(|s| format!("i.{}", s.count_column())).collect::<Vec<_>>().join(" + ");
+        let gone = format!(
+            "used_at < ? AND NOT EXISTS (SELECT 1 FROM invocations i WHERE i.file_sha256 = file_contents.sha256 \
+             AND (({unsettled}) > 0 OR file_contents.size <= {}))",
+            crate::protocol::MAX_FILE_CONTENT_BYTES
+        );
+        let mut tx = self.begin().await?;
+        self.q(&format!("DELETE FROM file_chunks WHERE sha256 IN (SELECT sha256 FROM file_contents WHERE {gone})"))
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        let n = self.q(&format!("DELETE FROM file_contents WHERE {gone}")).bind(cutoff).execute(&mut *tx).await?.rows_affected();
+        tx.commit().await?;
+        Ok(n)
     }
 
     async fn delete_file_content(&self, sha256: &str) -> Result<()> {
