@@ -129,7 +129,7 @@ fn agents_update_half_at_a_time_and_runs_in_flight_survive() {
     let log = plain(&hub.log());
     let offers: Vec<&str> = log.lines().filter(|l| l.contains("offering agent update")).collect();
     assert_eq!(offers.len(), 2, "{log}");
-    assert!(offers.iter().all(|l| l.contains("in_flight=1") && l.contains("slots=1")), "{offers:?}");
+    assert!(offers.iter().all(|l| l.contains("in_progress=1") && l.contains("slots=1")), "{offers:?}");
     assert!(log.matches("agent reconnected with the new version").count() >= 1 || log.matches("agent updated").count() >= 1, "{log}");
     for a in &agents {
         // The swap: the new bytes at the path, the previous kept beside it.

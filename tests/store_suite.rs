@@ -91,6 +91,7 @@ suite!(
     overview_counts_instances_and_invocations_by_hour,
     file_content_is_stored_once_and_served_only_to_targets,
     file_contents_are_kept_while_used_and_pruned_after,
+    agent_update_slots_are_shared_by_replicas,
 );
 
 /// `ModifyInvocationAttribute` (issue #16): a change to what runs raises
@@ -969,4 +970,76 @@ async fn file_contents_are_kept_while_used_and_pruned_after(e: &Engine) {
     s.apply_batch(&[report("f-small", 0, S::Success, b"")]).await.unwrap();
     assert_eq!(s.prune_file_contents(future).await.unwrap(), 0);
     assert_eq!(s.file_store_bytes().await.unwrap(), 3);
+}
+
+/// Agent self-update (issue #20): the offer slots are counted in the store,
+/// so two replicas together never pass `percent` of the online fleet; a
+/// chunk goes only to an agent offered that version, by any replica; a
+/// failure is remembered by a new store handle (a restarted hub); a stale
+/// offer frees its slot as a failure; reconnecting on the target settles.
+async fn agent_update_slots_are_shared_by_replicas(e: &Engine) {
+    use base64::Engine as _;
+    use deckhand::hub::updates::{AgentUpdateFile, AgentUpdateState, Catalog};
+    use deckhand::protocol::HubMsg;
+    use sha2::Digest;
+    let (a, b) = (e.open().await, e.open().await);
+    activation(&a, "act", 10).await;
+    for i in 0..4 {
+        let id = format!("i-{i}");
+        assert!(register(&a, "act", &id).await);
+        a.instance_connected(&id, "hub-a", &HostFacts::default(), "127.0.0.1").await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("agent-2"), b"build two").unwrap();
+    let sig = base64::engine::general_purpose::STANDARD.encode([7u8; 64]);
+    let digest = hex::encode(sha2::Sha256::digest(b"build two"));
+    std::fs::write(
+        dir.path().join("two.toml"),
+        format!("version = \"2.0\"\nos = \"linux\"\narch = \"x86_64\"\nfile = \"agent-2\"\nsha256 = \"{digest}\"\nsignature = \"{sig}\"\n"),
+    )
+    .unwrap();
+    let file = AgentUpdateFile { builds_dir: dir.path().into(), version: Some("2.0".into()), percent: Some(50), window: None };
+    // One catalog per replica, as each hub process has its own.
+    let (ca, cb) = (Catalog::load(&file).unwrap(), Catalog::load(&file).unwrap());
+    let facts = |v: &str| HostFacts {
+        os_type: "linux".into(),
+        arch: "x86_64".into(),
+        agent_version: v.into(),
+        self_update: true,
+        ..Default::default()
+    };
+    let now = chrono::Utc::now();
+    assert!(matches!(ca.offer_for(a.as_ref(), "i-0", &facts("1.0"), now).await, Some(HubMsg::UpdateOffer { size: 9, .. })));
+    assert!(ca.offer_for(a.as_ref(), "i-0", &facts("1.0"), now).await.is_none(), "one offer at a time per agent");
+    assert!(cb.offer_for(b.as_ref(), "i-1", &facts("1.0"), now).await.is_some(), "the other replica takes the second slot");
+    assert!(ca.offer_for(a.as_ref(), "i-2", &facts("1.0"), now).await.is_none(), "50% of 4 online is 2, across replicas");
+    assert!(cb.offer_for(b.as_ref(), "i-3", &facts("1.0"), now).await.is_none());
+    assert!(ca.offer_for(a.as_ref(), "i-3", &facts("2.0"), now).await.is_none(), "already there");
+    let old = HostFacts { self_update: false, ..facts("1.0") };
+    assert!(ca.offer_for(a.as_ref(), "i-3", &old, now).await.is_none(), "an agent that predates self-update is never offered a build");
+    let Some(HubMsg::UpdateChunk { data_b64, .. }) = ca.chunk(a.as_ref(), "i-1", &facts("1.0"), "2.0", 0).await else {
+        panic!("i-1 was offered the build by the other replica")
+    };
+    assert_eq!(base64::engine::general_purpose::STANDARD.decode(data_b64).unwrap(), b"build two");
+    assert!(ca.chunk(a.as_ref(), "i-2", &facts("1.0"), "2.0", 0).await.is_none(), "not offered to i-2");
+    assert!(ca.chunk(a.as_ref(), "i-1", &facts("1.0"), "2.0", 9).await.is_none(), "past the end");
+    // i-1 fails; i-0 comes back on the target version.
+    cb.result(b.as_ref(), "i-1", "2.0", false, "trial failed").await;
+    ca.connected(a.as_ref(), "i-0", &facts("2.0")).await;
+    let states = ca.states_of(a.as_ref(), &["i-0".into(), "i-1".into()]).await;
+    assert_eq!(states, vec![("i-1".to_string(), AgentUpdateState::Failed { version: "2.0".into(), error: "trial failed".into() })]);
+    let restarted = e.open().await;
+    assert_eq!(
+        restarted.claim_update("i-1", "2.0", 100, "2000-01-01T00:00:00Z").await.unwrap(),
+        None,
+        "a failed version is not offered again"
+    );
+    // A stale offer frees its slot, counted as a failure.
+    assert_eq!(restarted.claim_update("i-2", "2.0", 1, "2000-01-01T00:00:00Z").await.unwrap(), Some(1));
+    assert_eq!(restarted.claim_update("i-3", "2.0", 1, "2000-01-01T00:00:00Z").await.unwrap(), None, "one slot, taken");
+    assert_eq!(restarted.claim_update("i-3", "2.0", 1, "2999-01-01T00:00:00Z").await.unwrap(), Some(1), "i-2's offer went stale");
+    match ca.state_of(a.as_ref(), "i-2").await {
+        Some(AgentUpdateState::Failed { error, .. }) => assert!(error.contains("no result within"), "{error}"),
+        other => panic!("i-2: {other:?}"),
+    }
 }

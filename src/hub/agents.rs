@@ -330,7 +330,7 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
         return Ok(());
     }
     if let Some(updates) = &hub.config.agent_updates {
-        updates.connected(&instance_id, &facts);
+        updates.connected(hub.store.as_ref(), &instance_id, &facts).await;
     }
     // Recorded before `welcome`: when the database cannot be written the
     // agent is refused before its back-off resets, so a fleet waits with
@@ -386,7 +386,10 @@ async fn session(
         tokio::select! {
             _ = hub.shutdown.cancelled() => return Ok(()),
             _ = update_tick.tick(), if hub.config.agent_updates.is_some() => {
-                let offer = hub.config.agent_updates.as_ref().and_then(|u| u.offer_for(instance_id, facts, hub.agents.count(), chrono::Utc::now()));
+                let offer = match &hub.config.agent_updates {
+                    Some(u) => u.offer_for(hub.store.as_ref(), instance_id, facts, chrono::Utc::now()).await,
+                    None => None,
+                };
                 if let Some(offer) = offer {
                     send(ws, &offer).await?;
                 }
@@ -537,7 +540,7 @@ async fn handle<'h>(
         }
         AgentMsg::UpdateFetch { version, offset } => {
             let chunk = match &hub.config.agent_updates {
-                Some(u) => u.chunk(instance_id, facts, &version, offset).await,
+                Some(u) => u.chunk(hub.store.as_ref(), instance_id, facts, &version, offset).await,
                 None => None,
             };
             let msg = chunk.unwrap_or_else(|| HubMsg::Error {
@@ -549,7 +552,7 @@ async fn handle<'h>(
         }
         AgentMsg::UpdateResult { version, ok, error } => {
             if let Some(u) = &hub.config.agent_updates {
-                u.result(instance_id, &version, ok, &error);
+                u.result(hub.store.as_ref(), instance_id, &version, ok, &error).await;
             }
         }
         AgentMsg::Hello { .. } | AgentMsg::Register { .. } | AgentMsg::Trial { .. } => {

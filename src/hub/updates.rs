@@ -8,10 +8,11 @@
 //! The hub never needs the signing key and does not check signatures:
 //! agents do, against the key pinned in their own config. It checks each
 //! build's sha256 at start so an operator's mistake shows up there.
-//! Progress is kept in memory per replica (a restarted hub offers again;
-//! agents refuse a version that already failed on them).
+//! Progress lives in the store (`Store::claim_update`), so replicas share
+//! the offer slots and a failure outlives a hub restart; each hub reads
+//! the fleet-wide counts at most once a second, so agents waiting for a
+//! slot cost no store traffic.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -20,7 +21,12 @@ use base64::Engine;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+pub use crate::hub::store::AgentUpdateState;
+use crate::hub::store::{Store, stamp};
 use crate::protocol::{HostFacts, HubMsg, MAX_UPDATE_BYTES, MAX_UPDATE_TEXT, UPDATE_CHUNK_BYTES};
+
+/// How stale each hub's copy of the fleet-wide counts may be.
+const PROGRESS_READ_EVERY: Duration = Duration::from_secs(1);
 
 /// Most builds read from `builds_dir`.
 pub const MAX_BUILDS: usize = 64;
@@ -81,12 +87,12 @@ pub struct Build {
     pub signature: String,
 }
 
+/// This hub's copy of the fleet-wide counts (see [`PROGRESS_READ_EVERY`]).
 #[derive(Debug, Default)]
 struct Progress {
-    /// Offered and not yet settled: instance → (version, since).
-    in_flight: HashMap<String, (String, Instant)>,
-    /// Last failure per instance: (version, error).
-    failed: HashMap<String, (String, String)>,
+    in_progress: i64,
+    online: i64,
+    read_at: Option<Instant>,
 }
 
 /// Builds, policy and progress; one per hub.
@@ -98,14 +104,6 @@ pub struct Catalog {
     /// Minutes after midnight UTC, [start, end).
     window: Option<(u32, u32)>,
     progress: Mutex<Progress>,
-}
-
-/// An agent's update as the hub last saw it (deckhand extension of
-/// DescribeCloudAssistantStatus).
-#[derive(Debug, Clone, PartialEq)]
-pub enum AgentUpdateState {
-    InProgress { version: String },
-    Failed { version: String, error: String },
 }
 
 fn parse_window(w: &str) -> Result<(u32, u32), UpdateConfigError> {
@@ -164,32 +162,32 @@ impl Catalog {
 
     /// What to offer `instance_id` now, if anything: the target version for
     /// its platform, inside the window, while fewer than `percent` of the
-    /// `connected` agents are updating, and not a version that failed there.
-    pub fn offer_for(&self, instance_id: &str, facts: &HostFacts, connected: usize, now: chrono::DateTime<chrono::Utc>) -> Option<HubMsg> {
+    /// online fleet (every replica's agents) are updating, and not a
+    /// version that failed there. Store errors offer nothing (logged).
+    pub async fn offer_for(
+        &self,
+        store: &dyn Store,
+        instance_id: &str,
+        facts: &HostFacts,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Option<HubMsg> {
         let target = self.target.as_deref()?;
         if !facts.self_update || facts.agent_version == target || !self.in_window(now) {
             return None;
         }
         let build = self.build(target, &facts.os_type, &facts.arch)?;
-        let mut p = self.progress();
-        if p.failed.get(instance_id).is_some_and(|(v, _)| v == target) || p.in_flight.contains_key(instance_id) {
-            return None;
-        }
-        // Stale offers free their slot (and count as failures).
-        let stale: Vec<String> =
-            p.in_flight.iter().filter(|(_, (_, at))| at.elapsed() > IN_FLIGHT_TIMEOUT).map(|(i, _)| i.clone()).collect();
-        for i in stale {
-            if let Some((v, _)) = p.in_flight.remove(&i) {
-                tracing::warn!(instance_id = %i, version = %v, "agent update timed out");
-                p.failed.insert(i, (v, format!("no result within {IN_FLIGHT_TIMEOUT:?}")));
+        let slots = self.free_slots(store).await?;
+        let stale_before = stamp(now - chrono::Duration::from_std(IN_FLIGHT_TIMEOUT).unwrap_or_default());
+        let in_progress = match store.claim_update(instance_id, target, slots, &stale_before).await {
+            Ok(Some(n)) => n,
+            Ok(None) => return None,
+            Err(e) => {
+                tracing::warn!(instance_id, error = %e, "cannot record an agent update offer");
+                return None;
             }
-        }
-        let slots = (connected * usize::from(self.percent) / 100).max(1);
-        if p.in_flight.len() >= slots {
-            return None;
-        }
-        p.in_flight.insert(instance_id.to_string(), (target.to_string(), Instant::now()));
-        tracing::info!(instance_id, version = target, in_flight = p.in_flight.len(), slots, "offering agent update");
+        };
+        self.progress().in_progress = in_progress;
+        tracing::info!(instance_id, version = target, in_progress, slots, "offering agent update");
         Some(HubMsg::UpdateOffer {
             version: build.version.clone(),
             size: build.size,
@@ -198,10 +196,32 @@ impl Catalog {
         })
     }
 
+    /// The slots (`percent` of the online fleet, at least one) when this
+    /// hub's copy of the counts says one may be free; `None` otherwise.
+    async fn free_slots(&self, store: &dyn Store) -> Option<i64> {
+        let fresh = self.progress().read_at.is_some_and(|t| t.elapsed() < PROGRESS_READ_EVERY);
+        if !fresh {
+            match store.update_progress().await {
+                Ok((in_progress, online)) => *self.progress() = Progress { in_progress, online, read_at: Some(Instant::now()) },
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read agent update progress");
+                    return None;
+                }
+            }
+        }
+        let p = self.progress();
+        let slots = (p.online.max(0) * i64::from(self.percent) / 100).max(1);
+        (p.in_progress < slots).then_some(slots)
+    }
+
     /// The chunk of `version` for this platform at `offset` (only to an
     /// agent it was offered to).
-    pub async fn chunk(&self, instance_id: &str, facts: &HostFacts, version: &str, offset: u64) -> Option<HubMsg> {
-        if self.progress().in_flight.get(instance_id).is_none_or(|(v, _)| v != version) {
+    pub async fn chunk(&self, store: &dyn Store, instance_id: &str, facts: &HostFacts, version: &str, offset: u64) -> Option<HubMsg> {
+        let offered = match self.state_of(store, instance_id).await {
+            Some(AgentUpdateState::InProgress { version: v }) => v == version,
+            _ => false,
+        };
+        if !offered {
             return None;
         }
         let build = self.build(version, &facts.os_type, &facts.arch)?;
@@ -226,39 +246,51 @@ impl Catalog {
     }
 
     /// The agent's own word on an update.
-    pub fn result(&self, instance_id: &str, version: &str, ok: bool, error: &str) {
+    pub async fn result(&self, store: &dyn Store, instance_id: &str, version: &str, ok: bool, error: &str) {
         let mut version = version.to_string();
         crate::protocol::truncate_text(&mut version, 64);
-        let mut p = self.progress();
-        p.in_flight.remove(instance_id);
-        if ok {
-            p.failed.remove(instance_id);
-            tracing::info!(instance_id, version, "agent updated");
-        } else {
+        let failure = (!ok).then(|| {
             let mut error = error.to_string();
             crate::protocol::truncate_text(&mut error, MAX_UPDATE_TEXT);
+            error
+        });
+        if let Err(e) = store.settle_update(instance_id, &version, failure.as_deref()).await.map(drop) {
+            tracing::warn!(instance_id, error = %e, "cannot record an agent update result");
+            return;
+        }
+        if ok {
+            tracing::info!(instance_id, version, "agent updated");
+        } else {
             // The agent's own text is bounded and kept for the API; the log
             // names the failure without echoing it.
             tracing::warn!(instance_id, version, "agent update failed on the agent (DescribeCloudAssistantStatus shows why)");
-            p.failed.insert(instance_id.to_string(), (version, error));
         }
     }
 
-    /// An agent said hello: running the version it was offered settles it.
-    pub fn connected(&self, instance_id: &str, facts: &HostFacts) {
-        let mut p = self.progress();
-        if p.in_flight.get(instance_id).is_some_and(|(v, _)| *v == facts.agent_version) {
-            p.in_flight.remove(instance_id);
-            tracing::info!(instance_id, version = %facts.agent_version, "agent reconnected with the new version");
+    /// An agent said hello: running the target version settles its offer.
+    pub async fn connected(&self, store: &dyn Store, instance_id: &str, facts: &HostFacts) {
+        if self.target.as_deref() != Some(facts.agent_version.as_str()) {
+            return;
+        }
+        match store.settle_update(instance_id, &facts.agent_version, None).await {
+            Ok(true) => tracing::info!(instance_id, version = %facts.agent_version, "agent reconnected with the new version"),
+            Ok(false) => {}
+            Err(e) => tracing::warn!(instance_id, error = %e, "cannot record an agent update result"),
         }
     }
 
-    pub fn state_of(&self, instance_id: &str) -> Option<AgentUpdateState> {
-        let p = self.progress();
-        if let Some((version, _)) = p.in_flight.get(instance_id) {
-            return Some(AgentUpdateState::InProgress { version: version.clone() });
-        }
-        p.failed.get(instance_id).map(|(version, error)| AgentUpdateState::Failed { version: version.clone(), error: error.clone() })
+    /// One instance's update state (see [`Catalog::states_of`]).
+    pub async fn state_of(&self, store: &dyn Store, instance_id: &str) -> Option<AgentUpdateState> {
+        self.states_of(store, &[instance_id.to_string()]).await.pop().map(|(_, s)| s)
+    }
+
+    /// The update state of those of `instance_ids` that have one (a store
+    /// error shows none, logged).
+    pub async fn states_of(&self, store: &dyn Store, instance_ids: &[String]) -> Vec<(String, AgentUpdateState)> {
+        store.update_states(instance_ids).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "cannot read agent update states");
+            Vec::new()
+        })
     }
 }
 
@@ -302,33 +334,6 @@ mod tests {
         let file =
             AgentUpdateFile { builds_dir: dir.into(), version: Some("2.0".into()), percent: Some(percent), window: window.map(Into::into) };
         Catalog::load(&file).unwrap()
-    }
-
-    fn facts(version: &str) -> HostFacts {
-        HostFacts { os_type: "linux".into(), arch: "x86_64".into(), agent_version: version.into(), self_update: true, ..Default::default() }
-    }
-
-    #[tokio::test]
-    async fn offers_within_percent_and_serves_chunks() {
-        let dir = tempfile::tempdir().unwrap();
-        let c = catalog(dir.path(), 50, None);
-        let now = chrono::Utc::now();
-        assert!(matches!(c.offer_for("mi-a", &facts("1.0"), 4, now), Some(HubMsg::UpdateOffer { size: 9, .. })));
-        assert!(c.offer_for("mi-a", &facts("1.0"), 4, now).is_none(), "one offer at a time per agent");
-        assert!(c.offer_for("mi-b", &facts("1.0"), 4, now).is_some());
-        assert!(c.offer_for("mi-c", &facts("1.0"), 4, now).is_none(), "50% of 4 is 2 at a time");
-        assert!(c.offer_for("mi-d", &facts("2.0"), 4, now).is_none(), "already there");
-        let old = HostFacts { self_update: false, ..facts("1.0") };
-        assert!(c.offer_for("mi-e", &old, 4, now).is_none(), "an agent that predates self-update is never offered a build");
-        let Some(HubMsg::UpdateChunk { data_b64, .. }) = c.chunk("mi-a", &facts("1.0"), "2.0", 0).await else { panic!() };
-        assert_eq!(base64::engine::general_purpose::STANDARD.decode(data_b64).unwrap(), b"build two");
-        assert!(c.chunk("mi-c", &facts("1.0"), "2.0", 0).await.is_none(), "not offered to mi-c");
-        assert!(c.chunk("mi-a", &facts("1.0"), "2.0", 9).await.is_none());
-        c.connected("mi-a", &facts("2.0"));
-        c.result("mi-b", "2.0", false, "trial failed");
-        assert_eq!(c.state_of("mi-b"), Some(AgentUpdateState::Failed { version: "2.0".into(), error: "trial failed".into() }));
-        assert!(c.offer_for("mi-b", &facts("1.0"), 4, now).is_none(), "a failed version is not offered again");
-        assert!(c.offer_for("mi-c", &facts("1.0"), 4, now).is_some());
     }
 
     #[test]

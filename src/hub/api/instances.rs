@@ -211,6 +211,11 @@ pub async fn cloud_assistant_status(req: &Request<'_>) -> Result<Value, ApiError
     let paging = Paging::from(&req.params, 10, 50)?;
     let ids = req.params.list("InstanceId")?;
     let (rows, total) = req.hub.store.list_instances(&ids, None, None, paging.page).await?;
+    // deckhand extension: each agent's self-update, one query for the page.
+    let updates = match &req.hub.config.agent_updates {
+        Some(u) => u.states_of(req.hub.store.as_ref(), &rows.iter().map(|i| i.instance_id.clone()).collect::<Vec<_>>()).await,
+        None => Vec::new(),
+    };
     let list: Vec<Value> = rows
         .iter()
         .map(|i| {
@@ -223,8 +228,7 @@ pub async fn cloud_assistant_status(req: &Request<'_>) -> Result<Value, ApiError
                 "OSType": i.facts.os_type,
                 "SupportSessionManager": false,
             });
-            // deckhand extension: the agent's self-update as this hub saw it.
-            let update = req.hub.config.agent_updates.as_ref().and_then(|u| u.state_of(&i.instance_id));
+            let update = updates.iter().find(|(id, _)| *id == i.instance_id).map(|(_, s)| s.clone());
             if let (Some(update), Some(obj)) = (update, v.as_object_mut()) {
                 let shown = match update {
                     AgentUpdateState::InProgress { version } => json!({ "Status": "InProgress", "Version": version }),

@@ -334,6 +334,16 @@ pub struct ResultRow {
     pub finish_time: String,
 }
 
+/// One agent's self-update as the store keeps it (see
+/// [`Store::claim_update`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentUpdateState {
+    /// Offered this version; not settled yet.
+    InProgress { version: String },
+    /// Its last update, to this version, failed (the agent's bounded text).
+    Failed { version: String, error: String },
+}
+
 /// What the console's Overview shows (see [`Store::overview`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Overview {
@@ -523,6 +533,22 @@ pub trait Store: Send + Sync + 'static {
     async fn touch_file_content(&self, sha256: &str, verified: bool) -> Result<bool>;
     /// Bytes of all stored contents (what `file_store_max_mib` bounds).
     async fn file_store_bytes(&self) -> Result<i64>;
+    // Agent self-update progress (`hub::updates`), shared by replicas.
+    /// In one serialized transaction: marks offers older than
+    /// `stale_before` failed ("no result within …"), then records
+    /// `instance_id` as updating to `version` unless it already is, its
+    /// last attempt at `version` failed, or `slots` updates are in
+    /// progress. When recorded (the caller offers the build): the updates
+    /// now in progress, this one included.
+    async fn claim_update(&self, instance_id: &str, version: &str, slots: i64, stale_before: &str) -> Result<Option<i64>>;
+    /// The agent's result: success forgets its row for `version`, failure
+    /// keeps it. True when a row changed.
+    async fn settle_update(&self, instance_id: &str, version: &str, failure: Option<&str>) -> Result<bool>;
+    /// Updates in progress, and instances online (the slots' base).
+    async fn update_progress(&self) -> Result<(i64, i64)>;
+    /// The update state of each of `instance_ids` that has one.
+    async fn update_states(&self, instance_ids: &[String]) -> Result<Vec<(String, AgentUpdateState)>>;
+
     /// Forgets a content and its chunks (an upload that did not verify).
     async fn delete_file_content(&self, sha256: &str) -> Result<()>;
     /// Deletes contents not used since `cutoff` that no delivery still

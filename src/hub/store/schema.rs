@@ -232,6 +232,21 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX file_contents_used_at ON file_contents (used_at);
     CREATE INDEX invocations_file_sha256 ON invocations (file_sha256);
     "#,
+    // 10: agent self-update progress, shared by every replica (issue #20,
+    // docs/operations.md): one row per instance offered a build
+    // (`InProgress`) or whose last update failed (`Failed`). The offer
+    // slots (`percent` of the online fleet) are counted here, so replicas
+    // together never exceed them, and failures survive a hub restart.
+    r#"
+    CREATE TABLE agent_updates (
+        instance_id TEXT PRIMARY KEY,
+        version TEXT NOT NULL,
+        state TEXT NOT NULL,
+        error TEXT NOT NULL DEFAULT '',
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX agent_updates_state ON agent_updates (state, updated_at);
+    "#,
 ];
 
 /// The schema version whose data is rewritten in Rust after its DDL.

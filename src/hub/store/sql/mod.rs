@@ -20,6 +20,7 @@ mod cluster;
 mod dialect;
 mod reports;
 mod rows;
+mod updates;
 mod window;
 mod writes;
 
@@ -770,6 +771,22 @@ impl Store for SqlStore {
         let n = self.q(&format!("DELETE FROM file_contents WHERE {gone}")).bind(cutoff).execute(&mut *tx).await?.rows_affected();
         tx.commit().await?;
         Ok(n)
+    }
+
+    async fn claim_update(&self, instance_id: &str, version: &str, slots: i64, stale_before: &str) -> Result<Option<i64>> {
+        self.claim_update_impl(instance_id, version, slots, stale_before).await
+    }
+
+    async fn settle_update(&self, instance_id: &str, version: &str, failure: Option<&str>) -> Result<bool> {
+        self.settle_update_impl(instance_id, version, failure).await
+    }
+
+    async fn update_progress(&self) -> Result<(i64, i64)> {
+        self.update_progress_impl().await
+    }
+
+    async fn update_states(&self, instance_ids: &[String]) -> Result<Vec<(String, AgentUpdateState)>> {
+        self.update_states_impl(instance_ids).await
     }
 
     async fn delete_file_content(&self, sha256: &str) -> Result<()> {
