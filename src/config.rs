@@ -16,6 +16,19 @@ pub enum ConfigError {
     Invalid { key: &'static str, message: String },
 }
 
+/// A numeric setting: `value`, else `default`, refused outside `range`
+/// with an error naming the key and the range.
+pub fn in_range<T>(key: &'static str, value: Option<T>, default: T, range: std::ops::RangeInclusive<T>) -> Result<T, ConfigError>
+where
+    T: PartialOrd + Copy + std::fmt::Display,
+{
+    let v = value.unwrap_or(default);
+    if !range.contains(&v) {
+        return Err(ConfigError::Invalid { key, message: format!("{v} is outside {}..={}", range.start(), range.end()) });
+    }
+    Ok(v)
+}
+
 /// Parses a TOML file; the types use `deny_unknown_fields`, so a misspelt
 /// key is an error naming it.
 pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {

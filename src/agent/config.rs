@@ -13,6 +13,7 @@ use super::AgentConfig;
 use super::proxy::ProxySettings;
 use super::selfcheck;
 use super::transport::HubUrl;
+use crate::config::in_range;
 
 /// Unix default config file; see [`default_path`] for the platform's.
 pub const DEFAULT_PATH: &str = "/etc/deckhand/agent.toml";
@@ -209,26 +210,10 @@ impl AgentFile {
             _ => return Err(ConfigError::Invalid { key: "client_key", message: "client_cert and client_key go together".into() }),
         };
         cfg.insecure_loopback = self.insecure_loopback.unwrap_or(false);
-        let mc = self.max_concurrent.unwrap_or(8);
-        if !(1..=MAX_CONCURRENT).contains(&mc) {
-            return Err(ConfigError::Invalid { key: "max_concurrent", message: format!("{mc} is outside 1..={MAX_CONCURRENT}") });
-        }
-        cfg.max_concurrent = mc;
-        let cap = self.backoff_cap_secs.unwrap_or(60);
-        if !(1..=MAX_BACKOFF_CAP_SECS).contains(&cap) {
-            return Err(ConfigError::Invalid { key: "backoff_cap_secs", message: format!("{cap} is outside 1..={MAX_BACKOFF_CAP_SECS}") });
-        }
-        cfg.backoff_cap = Duration::from_secs(cap);
-        let mem = self.memory_max_mib.unwrap_or(selfcheck::DEFAULT_MEMORY_MAX_MIB);
-        if !selfcheck::MEMORY_MAX_MIB_RANGE.contains(&mem) {
-            let r = selfcheck::MEMORY_MAX_MIB_RANGE;
-            return Err(ConfigError::Invalid { key: "memory_max_mib", message: format!("{mem} is outside {}..={}", r.start(), r.end()) });
-        }
-        let cpu = self.cpu_max_percent.unwrap_or(selfcheck::DEFAULT_CPU_MAX_PERCENT);
-        if !selfcheck::CPU_MAX_PERCENT_RANGE.contains(&cpu) {
-            let r = selfcheck::CPU_MAX_PERCENT_RANGE;
-            return Err(ConfigError::Invalid { key: "cpu_max_percent", message: format!("{cpu} is outside {}..={}", r.start(), r.end()) });
-        }
+        cfg.max_concurrent = in_range("max_concurrent", self.max_concurrent, 8, 1..=MAX_CONCURRENT)?;
+        cfg.backoff_cap = Duration::from_secs(in_range("backoff_cap_secs", self.backoff_cap_secs, 60, 1..=MAX_BACKOFF_CAP_SECS)?);
+        let mem = in_range("memory_max_mib", self.memory_max_mib, selfcheck::DEFAULT_MEMORY_MAX_MIB, selfcheck::MEMORY_MAX_MIB_RANGE)?;
+        let cpu = in_range("cpu_max_percent", self.cpu_max_percent, selfcheck::DEFAULT_CPU_MAX_PERCENT, selfcheck::CPU_MAX_PERCENT_RANGE)?;
         cfg.limits = selfcheck::Limits { memory_max_bytes: mem * 1024 * 1024, cpu_max_percent: cpu };
         if let Some(slice) = &self.runs_slice {
             if !slice.is_empty() && !crate::exec::scope::valid_slice(slice) {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::HubConfig;
+use crate::config::in_range;
 
 pub const DEFAULT_PATH: &str = "/etc/deckhand/hub.toml";
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7070";
@@ -176,37 +177,18 @@ impl HubFile {
             }
             cfg.agent_client_ca = Some(ca.clone());
         }
-        let hb = self.heartbeat_secs.unwrap_or(30);
-        if !(1..=3600).contains(&hb) {
-            return Err(ConfigError::Invalid { key: "heartbeat_secs", message: format!("{hb} is outside 1..=3600") });
-        }
-        cfg.heartbeat = Duration::from_secs(hb);
-        let dt = self.delivery_timeout_secs.unwrap_or(900);
-        if !(1..=2_592_000).contains(&dt) {
-            return Err(ConfigError::Invalid { key: "delivery_timeout_secs", message: format!("{dt} is outside 1..=2592000 (30 days)") });
-        }
-        cfg.delivery_timeout = Duration::from_secs(dt);
+        cfg.heartbeat = Duration::from_secs(in_range("heartbeat_secs", self.heartbeat_secs, 30, 1..=3600)?);
+        // Up to 30 days.
+        cfg.delivery_timeout = Duration::from_secs(in_range("delivery_timeout_secs", self.delivery_timeout_secs, 900, 1..=2_592_000)?);
         cfg.parameter_values = self.parameter_values.unwrap_or_default();
-        let days = self.audit_retention_days.unwrap_or(90);
-        if !(1..=3650).contains(&days) {
-            return Err(ConfigError::Invalid { key: "audit_retention_days", message: format!("{days} is outside 1..=3650") });
-        }
-        cfg.audit_retention = Duration::from_secs(days * 86_400);
-        let max_events = self.audit_max_events.unwrap_or(crate::hub::DEFAULT_AUDIT_MAX_EVENTS);
-        if !(1000..=1_000_000_000).contains(&max_events) {
-            return Err(ConfigError::Invalid { key: "audit_max_events", message: format!("{max_events} is outside 1000..=1000000000") });
-        }
-        cfg.audit_max_events = max_events;
-        let days = self.file_retention_days.unwrap_or(crate::hub::DEFAULT_FILE_RETENTION_DAYS);
-        if !(1..=3650).contains(&days) {
-            return Err(ConfigError::Invalid { key: "file_retention_days", message: format!("{days} is outside 1..=3650") });
-        }
+        cfg.audit_retention = Duration::from_secs(in_range("audit_retention_days", self.audit_retention_days, 90, 1..=3650)? * 86_400);
+        cfg.audit_max_events =
+            in_range("audit_max_events", self.audit_max_events, crate::hub::DEFAULT_AUDIT_MAX_EVENTS, 1000..=1_000_000_000)?;
+        let days = in_range("file_retention_days", self.file_retention_days, crate::hub::DEFAULT_FILE_RETENTION_DAYS, 1..=3650)?;
         cfg.file_retention = Duration::from_secs(days * 86_400);
-        let mib = self.file_store_max_mib.unwrap_or(crate::hub::DEFAULT_FILE_STORE_MAX_MIB);
-        if !(1..=1_048_576).contains(&mib) {
-            return Err(ConfigError::Invalid { key: "file_store_max_mib", message: format!("{mib} is outside 1..=1048576 (1 TiB)") });
-        }
-        cfg.file_store_max_bytes = mib << 20;
+        // Up to 1 TiB.
+        cfg.file_store_max_bytes =
+            in_range("file_store_max_mib", self.file_store_max_mib, crate::hub::DEFAULT_FILE_STORE_MAX_MIB, 1..=1_048_576)? << 20;
         if let Some(path) = &self.secrets_key_file {
             let b = super::sealed::SecretBox::load(path)
                 .map_err(|e| ConfigError::Invalid { key: "secrets_key_file", message: e.to_string() })?;
