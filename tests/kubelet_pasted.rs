@@ -165,7 +165,7 @@ async fn version_aware_policies_through_the_cli() {
         ..plan_args(&cfg, policy)
     };
     let old = plan(with(PolicyName::Ack, Some("v1.27.9-aliyun.1"))).await.unwrap();
-    assert!(old.contains("rule: ACK rule for Kubernetes 1.20-1.27 (Kubernetes 1.27, as given)"), "{old}");
+    assert!(old.contains("rule: ACK rule for Kubernetes 1.20-1.27 (Kubernetes 1.27.9, as given)"), "{old}");
     assert!(old.contains("kubeReserved.cpu: 80m -> 50m") && old.contains("kubeReserved.memory: 893Mi -> 922Mi"), "{old}");
     let new = plan(with(PolicyName::Ack, Some("1.28"))).await.unwrap();
     assert!(new.contains("rule: ACK rule for Kubernetes >= 1.28"), "{new}");
@@ -178,6 +178,15 @@ async fn version_aware_policies_through_the_cli() {
     assert!(pre.contains("evictionHard.memory.available: 100Mi -> 750Mi"), "{pre}");
     let tke = plan(with(PolicyName::Tke, None)).await.unwrap();
     assert!(tke.contains("kubeReserved.memory: 893Mi -> 1843Mi") && !tke.contains("warning"), "{tke}");
+    // CCE: its version table turns on the patch and -rN revision (v1.28.2-r0 on: model v2).
+    let v2 = plan(with(PolicyName::Cce, Some("v1.28.2-r0"))).await.unwrap();
+    assert!(v2.contains("rule: CCE memory model v2 (containerd) (Kubernetes 1.28.2-r0, as given)"), "{v2}");
+    assert!(v2.contains("kubeReserved.memory: 893Mi -> 820Mi") && v2.contains("systemReserved.memory: (unset) -> 600Mi"), "{v2}");
+    assert!(!v2.contains("warning"), "{v2}");
+    let v1 = plan(with(PolicyName::Cce, Some("1.21.3-r0"))).await.unwrap();
+    assert!(v1.contains("rule: CCE memory model v1 ") && v1.contains("kubeReserved.memory: 893Mi -> 1224Mi"), "{v1}");
+    let mixed = plan(with(PolicyName::Cce, Some("1.27.2-r0"))).await.unwrap();
+    assert!(mixed.contains("warning: CCE 1.27.2-r0: nodes of custom node pools before v1.27.4-r0"), "{mixed}");
     let e = plan(with(PolicyName::Ack, Some("2.0"))).await.unwrap_err().to_string();
     assert!(e.contains("only Kubernetes 1.x"), "{e}");
 }
