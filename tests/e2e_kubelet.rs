@@ -137,15 +137,19 @@ fn kubelet_apply_rolls_a_policy_over_a_node_pool_and_halts_at_max_errors() {
     let fixture = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/kubelet/eks-kubelet-config.json")).unwrap();
     let path = std::env::var("PATH").unwrap_or_default();
     let mut agents = Vec::new();
-    for _ in 0..11 {
-        let mut a = hub.agent();
+    for k in 0..11 {
+        // Each agent starts once, with the stand-in systemctl already first on its PATH: the
+        // node's directory is made before the agent has an id, and named by the id (which
+        // `{{ACS::InstanceId}}` gives the config and healthz paths) once it has one.
+        let slot = nodes.path().join(format!("slot-{k}"));
+        std::fs::create_dir_all(&slot).unwrap();
+        std::fs::write(slot.join("kubelet-config.json"), &fixture).unwrap();
+        stand_in_systemctl(&slot);
+        let mut a = hub.agent_unstarted(&hub.url, std::path::PathBuf::from(env!("CARGO_BIN_EXE_deckhand-agent")));
+        a.env.push(("PATH".into(), format!("{}:{path}", slot.join("bin").display())));
+        a.spawn();
         let id = a.instance_id();
-        let node = nodes.path().join(&id);
-        std::fs::create_dir_all(&node).unwrap();
-        std::fs::write(node.join("kubelet-config.json"), &fixture).unwrap();
-        stand_in_systemctl(&node);
-        a.env.push(("PATH".into(), format!("{}:{path}", node.join("bin").display())));
-        a.restart();
+        std::os::unix::fs::symlink(&slot, nodes.path().join(&id)).unwrap();
         agents.push((id, a));
     }
     agents.sort_by(|a, b| a.0.cmp(&b.0));

@@ -66,6 +66,49 @@ fn forms() -> Vec<(&'static str, PastedFormat, serde_json::Value)> {
     ]
 }
 
+/// Seed 002's code blocks exactly as its text has them (the extraction joined each block's
+/// lines with spaces), copied from the seed. Each fixture is that block with its line breaks
+/// and indentation restored and nothing else changed: collapsing the fixture's whitespace gives
+/// the seed's text back, token for token.
+const SEED_002_BLOCKS: [(&str, &str); 6] = [
+    (
+        "bootstrap-extra-args.txt",
+        r#"/etc/eks/bootstrap.sh {test} --kubelet-extra-args '--system-reserved=cpu=200m,memory=200Mi,ephemeral-storage=1Gi --kube-reserved=cpu=200m,memory=200Mi,ephemeral-storage=1Gi --kube-reserved-cgroup=/kube-reserved --eviction-hard=memory.available<100Mi,nodefs.available<10% --feature-gates=RotateKubeletServerCertificate=true'"#,
+    ),
+    (
+        "bottlerocket-userdata.toml",
+        r#"[settings.kubernetes.kube-reserved] cpu = "100m" memory = "500Mi" ephemeral-storage= "1Gi" [settings.kubernetes.system-reserved] cpu = "100m" memory = "500Mi" ephemeral-storage= "1Gi" [settings.kubernetes.eviction-hard] "memory.available" = "15%""#,
+    ),
+    (
+        "eksctl-kubeletextraconfig.yaml",
+        r#"nodeGroups: - name: ng-1 instanceType: m6a.xlarge desiredCapacity: 1 kubeletExtraConfig: # 设置预留资源 kubeReserved: cpu: "100m" memory: "500Mi" ephemeral-storage: "1Gi" kubeReservedCgroup: "/kube-reserved" systemReserved: cpu: "100m" memory: "500Mi" ephemeral-storage: "1Gi" evictionHard: memory.available: "200Mi" nodefs.available: "10%" featureGates: RotateKubeletServerCertificate: true # has to be enabled, otherwise it will be disabled"#,
+    ),
+    (
+        "eksctl-managed-bottlerocket.yaml",
+        r#"managedNodeGroups: - name: x86-br-ami amiFamily: Bottlerocket # 指定AMI类型 instanceTypes: [ "m6i.xlarge", "m6a.xlarge" ] minSize: 1 desiredCapacity: 1 maxSize: 2 volumeSize: 30 volumeType: gp3 volumeEncrypted: true updateConfig: maxUnavailablePercentage: 33 bottlerocket: # 设置bottlerocket参数 settings: kubernetes: kube-reserved: cpu: "100m" memory: "500Mi" ephemeral-storage: "1Gi" system-reserved: cpu: "100m" memory: "500Mi" ephemeral-storage: "1Gi" eviction-hard: "memory.available": "15%""#,
+    ),
+    (
+        "karpenter-bottlerocket-nodetemplate.yaml",
+        r#"apiVersion: karpenter.k8s.aws/v1alpha1 kind: AWSNodeTemplate metadata: name: br spec: subnetSelector: aws-ids: "subnet-077e3f24a51f979bf,subnet-0ddd33536fdafc3e9" # 设置Node子网 securityGroupSelector: aws-ids: "sg-04748bd94e6195921,sg-02ca123d0b291cc96" # 设置Node安全组 amiFamily: Bottlerocket # 指定AMI类型 userData: | [settings.kubernetes.kube-reserved] cpu = "100m" memory = "500Mi" ephemeral-storage= "1Gi" [settings.kubernetes.system-reserved] cpu = "100m" memory = "500Mi" ephemeral-storage= "1Gi" [settings.kubernetes.eviction-hard] "memory.available" = "15%""#,
+    ),
+    (
+        "karpenter-provisioner.yaml",
+        r#"apiVersion: karpenter.sh/v1alpha5 kind: Provisioner metadata: name: default spec: labels: intent: apps requirements: - key: karpenter.sh/capacity-type operator: In values: ["spot", "on-demand"] ttlSecondsAfterEmpty: 60 ttlSecondsUntilExpired: 1296000 providerRef: name: default kubeletConfiguration: # 指定预留资源 systemReserved: cpu: 500m memory: 500Mi ephemeral-storage: 1Gi kubeReserved: cpu: 500m memory: 500Mi ephemeral-storage: 3Gi evictionHard: memory.available: 5% nodefs.available: 10% nodefs.inodesFree: 10%"#,
+    ),
+];
+
+#[test]
+fn fixtures_are_seed_002_token_for_token() {
+    for (name, block) in SEED_002_BLOCKS {
+        let text = std::fs::read_to_string(seed(name)).unwrap();
+        let collapsed = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(collapsed, block, "{name}");
+    }
+    // Every fixture but the kebab-case variant (which is not in the seed) is checked.
+    let fixtures = std::fs::read_dir(seed("")).unwrap().count();
+    assert_eq!(fixtures, SEED_002_BLOCKS.len() + 2, "README.md and the kebab variant are the only others");
+}
+
 fn plan_args(config: &Path, policy: PolicyName) -> PlanArgs {
     PlanArgs {
         policy,
@@ -165,7 +208,7 @@ async fn version_aware_policies_through_the_cli() {
         ..plan_args(&cfg, policy)
     };
     let old = plan(with(PolicyName::Ack, Some("v1.27.9-aliyun.1"))).await.unwrap();
-    assert!(old.contains("rule: ACK rule for Kubernetes 1.20-1.27 (Kubernetes 1.27, as given)"), "{old}");
+    assert!(old.contains("rule: ACK rule for Kubernetes 1.20-1.27 (Kubernetes 1.27.9, as given)"), "{old}");
     assert!(old.contains("kubeReserved.cpu: 80m -> 50m") && old.contains("kubeReserved.memory: 893Mi -> 922Mi"), "{old}");
     let new = plan(with(PolicyName::Ack, Some("1.28"))).await.unwrap();
     assert!(new.contains("rule: ACK rule for Kubernetes >= 1.28"), "{new}");
@@ -178,6 +221,31 @@ async fn version_aware_policies_through_the_cli() {
     assert!(pre.contains("evictionHard.memory.available: 100Mi -> 750Mi"), "{pre}");
     let tke = plan(with(PolicyName::Tke, None)).await.unwrap();
     assert!(tke.contains("kubeReserved.memory: 893Mi -> 1843Mi") && !tke.contains("warning"), "{tke}");
+    // CCE: its version table turns on the patch and -rN revision (v1.28.2-r0 on: model v2).
+    let v2 = plan(with(PolicyName::Cce, Some("v1.28.2-r0"))).await.unwrap();
+    assert!(v2.contains("rule: CCE memory model v2 (containerd) (Kubernetes 1.28.2-r0, as given)"), "{v2}");
+    assert!(v2.contains("kubeReserved.memory: 893Mi -> 820Mi") && v2.contains("systemReserved.memory: (unset) -> 600Mi"), "{v2}");
+    assert!(!v2.contains("warning"), "{v2}");
+    let v1 = plan(with(PolicyName::Cce, Some("1.21.3-r0"))).await.unwrap();
+    assert!(v1.contains("rule: CCE memory model v1 ") && v1.contains("kubeReserved.memory: 893Mi -> 1224Mi"), "{v1}");
+    let mixed = plan(with(PolicyName::Cce, Some("1.27.2-r0"))).await.unwrap();
+    assert!(mixed.contains("warning: CCE 1.27.2-r0: nodes of custom node pools before v1.27.4-r0"), "{mixed}");
+    // A Docker node (its config names cri-dockerd): v2's per-pod figure is Docker's, and the
+    // plan says deckhand used containerd's.
+    let docker_dir = tempfile::tempdir().unwrap();
+    let docker_cfg = eks_config(docker_dir.path());
+    let mut doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&docker_cfg).unwrap()).unwrap();
+    doc["containerRuntimeEndpoint"] = json!("unix:///var/run/cri-dockerd.sock");
+    std::fs::write(&docker_cfg, doc.to_string()).unwrap();
+    let a = PlanArgs {
+        kubernetes_version: Some("1.29".into()),
+        cpus: Some(4),
+        memory: Some("8Gi".into()),
+        ..plan_args(&docker_cfg, PolicyName::Cce)
+    };
+    let docker = plan(a).await.unwrap();
+    assert!(docker.contains("warning: this kubelet uses Docker"), "{docker}");
+    assert!(!v2.contains("uses Docker"), "{v2}");
     let e = plan(with(PolicyName::Ack, Some("2.0"))).await.unwrap_err().to_string();
     assert!(e.contains("only Kubernetes 1.x"), "{e}");
 }

@@ -195,7 +195,8 @@ mod tests {
             p
         };
         let good = script("kubelet", "echo 'Kubernetes v1.27.3-eks-a5565ad'");
-        assert_eq!(kubelet_version_of(&good).unwrap(), KubeVersion::new(1, 27));
+        let v = kubelet_version_of(&good).unwrap();
+        assert_eq!((v.minor_line(), v.patch), ((1, 27), Some(3)));
         let junk = script("junk", "echo 'hello'");
         assert!(kubelet_version_of(&junk).unwrap_err().to_string().contains("kubernetes version"));
         let failing = script("failing", "exit 3");

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::KubeletError;
 use super::config::{ConfigFormat, ConfigState, KubeletConfigFile, flags_override};
 use super::facts;
-use super::policy::{NodeFacts, Policy, Reservation};
+use super::policy::{NodeFacts, Policy, Reservation, Rule};
 use super::quantity::Quantity;
 use super::validate::{Allocatable, allocatable, validate};
 use super::version::KubeVersion;
@@ -67,6 +67,20 @@ pub fn build(req: &PlanRequest) -> Result<Plan, KubeletError> {
     build_with(req, args.as_deref())
 }
 
+/// Whether the kubelet talks to Docker (dockershim or cri-dockerd) rather than containerd, by
+/// its runtime flags or its config's `containerRuntimeEndpoint`.
+fn runs_on_docker(kubelet_args: Option<&[String]>, config_text: &str) -> bool {
+    let dockerish = |v: &str| v == "docker" || v.contains("dockershim") || v.contains("cri-dockerd") || v.contains("docker.sock");
+    let by_flag = kubelet_args.is_some_and(|args| {
+        ["--container-runtime", "--container-runtime-endpoint"].iter().any(|f| facts::flag_value(args, f).is_some_and(|v| dockerish(&v)))
+    });
+    let by_config = config_text
+        .lines()
+        .filter(|l| l.contains("containerRuntimeEndpoint"))
+        .any(|l| l.contains("dockershim") || l.contains("cri-dockerd") || l.contains("docker.sock"));
+    by_flag || by_config
+}
+
 /// As `build`, with the kubelet's argv given (None: no kubelet running).
 pub fn build_with(req: &PlanRequest, kubelet_args: Option<&[String]>) -> Result<Plan, KubeletError> {
     let given = req.kubernetes_version.map(|v| (v, "as given"));
@@ -100,6 +114,12 @@ fn build_versioned(
     let (after, choice) = req.policy.compute_for(&node, version.map(|(v, _)| v), &state.reservation)?;
     let after_state = ConfigState { reservation: after.clone(), ..state.clone() };
     let mut warnings: Vec<String> = choice.warning.into_iter().collect();
+    if choice.rule == Rule::CceV2 && runs_on_docker(kubelet_args, &file.text) {
+        warnings.push(
+            "this kubelet uses Docker: CCE's v2 model reserves 20MiB per pod for Docker, deckhand planned containerd's 5MiB (set kubeReserved.memory with --policy explicit)"
+                .into(),
+        );
+    }
     warnings.extend(validate(&node, &after, &after_state)?);
     if let Some(args) = kubelet_args {
         for key in flags_override(args) {

@@ -140,6 +140,9 @@ pub enum Rule {
     Tke,
     /// Huawei CCE's published "v1" memory model (system components + kubelet by max pods).
     CceV1,
+    /// Huawei CCE's "v2" memory model: 400MiB + 25MiB/GiB for the system, 500MiB + 5MiB/pod
+    /// (containerd) for Kubernetes.
+    CceV2,
     Explicit,
 }
 
@@ -155,6 +158,7 @@ impl Rule {
             Rule::Ack128 => "ACK rule for Kubernetes >= 1.28",
             Rule::Tke => "TKE node resource reservation",
             Rule::CceV1 => "CCE memory model v1",
+            Rule::CceV2 => "CCE memory model v2 (containerd)",
             Rule::Explicit => "operator's values",
         }
     }
@@ -170,8 +174,15 @@ pub struct RuleChoice {
 const ACK_128: KubeVersion = KubeVersion::new(1, 28);
 const ACK_OLDEST: KubeVersion = KubeVersion::new(1, 20);
 const AKS_129: KubeVersion = KubeVersion::new(1, 29);
-/// CCE moved every line it supports to its v2 memory model by v1.21.4-r0 / v1.23.3-r0.
+/// CCE versions older than this reserve memory with the v1 model only.
 const CCE_V2_FROM: KubeVersion = KubeVersion::new(1, 21);
+/// CCE's own version table (cce_10_0178, "Relationship Between Node Resource Reservation and
+/// Cluster Versions"): per minor line, the first `1.minor.patch-r0` from which every node
+/// pool uses v2, and for 1.21/1.23 the first from which default node pools do (custom node
+/// pools keep v1 until the first threshold; earlier releases are v1 throughout). Lines not
+/// listed (1.22, 1.24, 1.26: never shipped by CCE; 1.29 on) are v2.
+const CCE_V2_EVERY_POOL: [(u32, u32); 5] = [(21, 13), (23, 12), (25, 7), (27, 4), (28, 2)];
+const CCE_V2_DEFAULT_POOLS: [(u32, u32); 2] = [(21, 4), (23, 3)];
 
 impl Policy {
     pub fn name(&self) -> &'static str {
@@ -206,19 +217,11 @@ impl Policy {
             (Policy::Ack, Some(v)) if v >= ACK_128 => plain(Rule::Ack128),
             (Policy::Ack, Some(v)) if v < ACK_OLDEST => RuleChoice {
                 rule: Rule::Ack120,
-                warning: Some(format!(
-                    "ACK publishes no rule before Kubernetes 1.20; used its 1.20-1.27 rule for {v}"
-                )),
+                warning: Some(format!("ACK publishes no rule before Kubernetes 1.20; used its 1.20-1.27 rule for {v}")),
             },
             (Policy::Ack, Some(_)) => plain(Rule::Ack120),
-            (Policy::Cce, Some(v)) if v < CCE_V2_FROM => plain(Rule::CceV1),
-            (Policy::Cce, _) => RuleChoice {
-                rule: Rule::CceV1,
-                warning: Some(
-                    "CCE clusters from v1.21.4-r0 / v1.23.3-r0 on reserve memory with CCE's v2 model; deckhand implements the published v1 model (see docs/kubelet.md)"
-                        .into(),
-                ),
-            },
+            (Policy::Cce, None) => unknown(Rule::CceV2, "the current one"),
+            (Policy::Cce, Some(v)) => cce_rule(v),
         }
     }
 
@@ -252,10 +255,35 @@ impl Policy {
             (Rule::Ack128, _) => ack_128(facts),
             (Rule::Tke, _) => tke(facts),
             (Rule::CceV1, _) => cce_v1(facts),
+            (Rule::CceV2, _) => cce_v2(facts),
             // Only `Policy::Explicit` resolves to `Rule::Explicit` (matched above).
             (Rule::Explicit, _) => current.clone(),
         };
         Ok((r, choice))
+    }
+}
+
+/// CCE's memory model for a known version (see `CCE_V2_EVERY_POOL`). Whether a node belongs
+/// to a default or a custom node pool cannot be seen on the node, so where CCE's table depends
+/// on it the rule is v2 (the default pools') and the plan says how to get v1.
+fn cce_rule(v: KubeVersion) -> RuleChoice {
+    let plain = |rule: Rule| RuleChoice { rule, warning: None };
+    if v < CCE_V2_FROM {
+        return plain(Rule::CceV1);
+    }
+    let Some(&(minor, every)) = CCE_V2_EVERY_POOL.iter().find(|(m, _)| *m == v.minor) else {
+        return plain(Rule::CceV2);
+    };
+    // `-rN` revisions above r0 are later than r0; the thresholds are all r0.
+    match v.patch {
+        Some(p) if p >= every => plain(Rule::CceV2),
+        Some(p) if CCE_V2_DEFAULT_POOLS.iter().any(|&(m, first)| m == minor && p < first) => plain(Rule::CceV1),
+        _ => RuleChoice {
+            rule: Rule::CceV2,
+            warning: Some(format!(
+                "CCE {v}: nodes of custom node pools before v1.{minor}.{every}-r0 reserve memory with CCE's v1 model, default node pools with v2; used v2 (pass --kubernetes-version 1.20 to plan v1)"
+            )),
+        },
     }
 }
 
@@ -361,10 +389,24 @@ pub fn ack_cpu_millis(cpus: u32) -> u64 {
     100 + laddered(total, &[(4000, 64_000, 250), (64_000, 128_000, 125), (128_000, u64::MAX, 50)])
 }
 
-/// ACK total memory reservation: the 25/20/10/6/2 % tiers, rounded down to whole MiB
-/// (reproduces ACK's published example to the KiB together with memory.available<300Mi).
+/// The 25/20/10/6/2 % memory tiers with **each tier** rounded down to whole MiB, as ACK's
+/// published table has them (256GiB -> 1024 + 819 + 819 + 6881 + 2621 = 12164MiB, where the
+/// exact sum 12165.12 would round to 12165; 512GiB -> 17407).
+fn tiered_memory_mebibytes_per_tier(memory: u64) -> u64 {
+    const TIERS: [(u64, u64, u64); 5] =
+        [(0, 4 * GI, 2500), (4 * GI, 8 * GI, 2000), (8 * GI, 16 * GI, 1000), (16 * GI, 128 * GI, 600), (128 * GI, u64::MAX, 200)];
+    TIERS
+        .iter()
+        .filter(|(start, _, _)| memory > *start)
+        .map(|(start, end, rate)| ((memory.min(*end) - start) as u128 * *rate as u128 / (10_000 * MI as u128)) as u64)
+        .sum()
+}
+
+/// ACK total memory reservation (1.20-1.27): the 25/20/10/6/2 % tiers, each rounded down to
+/// whole MiB. Reproduces every row of ACK's published example table and its worked node to
+/// the KiB (together with memory.available<300Mi).
 pub fn ack_memory_mebibytes(memory: u64) -> u64 {
-    tiered_memory_bytes(memory) / MI
+    tiered_memory_mebibytes_per_tier(memory)
 }
 
 /// Alibaba ACK (Kubernetes 1.20-1.27): the total reservation split 50/50 between kubeReserved
@@ -416,7 +458,8 @@ pub fn aks_before_129(f: &NodeFacts) -> Reservation {
 pub fn tke(f: &NodeFacts) -> Reservation {
     let mut kube = ResourceMap::new();
     kube.insert("cpu".into(), Quantity::from_millis(ack_cpu_millis(f.cpus) as i64));
-    kube.insert("memory".into(), Quantity::from_mebibytes(ack_memory_mebibytes(f.memory_bytes)));
+    // TKE's examples do not tell per-tier from total rounding; the total is rounded down.
+    kube.insert("memory".into(), Quantity::from_mebibytes(tiered_memory_bytes(f.memory_bytes) / MI));
     Reservation { kube_reserved: kube, system_reserved: ResourceMap::new(), eviction_hard: eviction("100Mi", &NODEFS) }
 }
 
@@ -456,6 +499,21 @@ pub fn cce_v1(f: &NodeFacts) -> Reservation {
     if sys > 0 {
         system.insert("memory".into(), Quantity::from_mebibytes(sys));
     }
+    Reservation { kube_reserved: kube, system_reserved: system, eviction_hard: eviction("100Mi", &NODEFS) }
+}
+
+/// Huawei CCE (memory model v2, cce_10_0178 "Node Memory Reservation Rule v2"): systemReserved
+/// memory = 400MiB + 25MiB per GiB of node memory (the exact product rounded down to whole
+/// MiB), kubeReserved memory = 500MiB + 5MiB per pod (the containerd figure; Docker nodes
+/// reserve 20MiB per pod, see docs/kubelet.md), CPU as in v1 (kubeReserved);
+/// memory.available<100Mi.
+pub fn cce_v2(f: &NodeFacts) -> Reservation {
+    let mut kube = ResourceMap::new();
+    let mut system = ResourceMap::new();
+    kube.insert("cpu".into(), Quantity::from_millis(cpu_ladder_millis(f.cpus) as i64));
+    kube.insert("memory".into(), Quantity::from_mebibytes(500 + 5 * f.max_pods as u64));
+    let kernel_mi = (f.memory_bytes as u128 * 25 / GI as u128) as u64;
+    system.insert("memory".into(), Quantity::from_mebibytes(400 + kernel_mi));
     Reservation { kube_reserved: kube, system_reserved: system, eviction_hard: eviction("100Mi", &NODEFS) }
 }
 
@@ -557,7 +615,7 @@ mod tests {
         for (cpus, want) in [(1, 100), (2, 100), (4, 100), (8, 200), (32, 800), (64, 1600), (96, 2000), (128, 2400), (196, 2740)] {
             assert_eq!(ack_cpu_millis(cpus), want, "{cpus} vCPU");
         }
-        for (gi, want) in [(2, 512), (4, 1024), (8, 1843), (16, 2662), (32, 3645), (448, 16097)] {
+        for (gi, want) in [(2, 512), (4, 1024), (8, 1843), (16, 2662), (32, 3645), (256, 12164), (448, 16096), (512, 17407)] {
             assert_eq!(ack_memory_mebibytes(gi * GI), want, "{gi} GiB");
         }
         // Odd totals give kubeReserved the extra unit.
@@ -584,21 +642,32 @@ mod tests {
         let unknown = Policy::Ack.rule_for(None);
         assert_eq!(unknown.rule, Rule::Ack128);
         assert!(unknown.warning.unwrap().contains("--kubernetes-version"));
-        // ACK's example node sizes (2c/4G, 4c/8G, 16c/32G, 64c/128G), 64 pods as in the page's
-        // worked example: (cpus, GiB, 1.20-1.27 totals, >= 1.28 totals) in (m, MiB).
-        for (cpus, gi, old, new) in [
-            (2, 4, (100, 1024), (70, 959)),
-            (4, 8, (100, 1843), (80, 959)),
-            (16, 32, (400, 3645), (110, 959)),
-            (64, 128, (1600, 9543), (230, 959)),
+        // ACK's published table "Example default resource reservations for ACK nodes" (ECS c7
+        // and ebmc7a, maximum pods as Terway shared-ENI gives them): (cpus, GiB, maxPods,
+        // 1.28+ totals, 1.20-1.27 totals) in (millicores, MiB), copied from the page.
+        for (cpus, gi, pods, new, old) in [
+            (2, 4, 15, (70, 420), (100, 1024)),
+            (4, 8, 48, (80, 783), (100, 1843)),
+            (8, 16, 48, (90, 783), (200, 2662)),
+            (16, 32, 213, (110, 2598), (400, 3645)),
+            (32, 64, 213, (150, 2598), (800, 5611)),
+            (64, 128, 213, (230, 2598), (1600, 9543)),
+            (128, 256, 423, (390, 4908), (2400, 12164)),
+            (256, 512, 453, (710, 5238), (3040, 17407)),
         ] {
-            let f = facts(cpus, gi, 64);
+            let f = facts(cpus, gi, pods);
             let (r, c) = Policy::Ack.compute_for(&f, v(27), &Reservation::default()).unwrap();
             assert_eq!((c.rule, totals(&r)), (Rule::Ack120, old), "{cpus}c/{gi}G 1.27");
             let (r, c) = Policy::Ack.compute_for(&f, v(28), &Reservation::default()).unwrap();
             assert_eq!((c.rule, totals(&r)), (Rule::Ack128, new), "{cpus}c/{gi}G 1.28");
             assert_eq!(r.eviction_hard["memory.available"].to_string(), "300Mi");
         }
+        // The page's worked lines: 256GiB with 213 pods -> min(11 x 213 + 255, 25 %) = 2598MiB
+        // (>= 1.28) and 11.88GiB (1.20-1.27); a 4-core node reserves 80m (40m + 40m) on >= 1.28.
+        assert_eq!(ack_128_memory_mebibytes(256 * GI, 213), 2598);
+        assert_eq!(ack_memory_mebibytes(256 * GI), 12164);
+        let r = ack_128(&facts(4, 8, 48));
+        assert_eq!((s(&r.kube_reserved, "cpu"), s(&r.system_reserved, "cpu")), ("40m".into(), "40m".into()));
         // >= 1.28 honours maxPods: the pod term wins until 25 % of memory is smaller.
         assert_eq!(ack_128_memory_mebibytes(4 * GI, 110), 1024, "25% of 4GiB < 11x110+255");
         assert_eq!(ack_128_memory_mebibytes(8 * GI, 110), 1465);
@@ -678,8 +747,54 @@ mod tests {
         let f = facts(2, 4, 20);
         let a = crate::kubelet::validate::allocatable(&f, &cce_v1(&f));
         assert_eq!(a.cpu_millis, 1930);
-        assert!(Policy::Cce.rule_for(None).warning.unwrap().contains("v2"));
-        assert!(Policy::Cce.rule_for(Some(KubeVersion::new(1, 19))).warning.is_none());
+        assert_eq!(Policy::Cce.rule_for(Some(KubeVersion::new(1, 19))), RuleChoice { rule: Rule::CceV1, warning: None });
+    }
+
+    #[test]
+    fn cce_v2_matches_its_published_rule() {
+        // cce_10_0178 "Node Memory Reservation Rule v2" with containerd, at the default maximum
+        // pods CCE gives each memory size (cce_10_0348 Table 1: 4GiB 20, 8GiB 40, 16GiB 60,
+        // 32GiB 80, 64GiB or above 110): (cpus, GiB, pods, cpu, kubeReserved.memory,
+        // systemReserved.memory) = (ladder, 500 + 5 x pods, 400 + 25 x GiB).
+        for (cpus, gi, pods, cpu, kube, sys) in [
+            (2, 4, 20, "70m", "600Mi", "500Mi"),
+            (4, 8, 40, "80m", "700Mi", "600Mi"),
+            (8, 16, 60, "90m", "800Mi", "800Mi"),
+            (16, 32, 80, "110m", "900Mi", "1200Mi"),
+            (32, 64, 110, "150m", "1050Mi", "2000Mi"),
+            (64, 256, 110, "230m", "1050Mi", "6800Mi"),
+        ] {
+            let r = cce_v2(&facts(cpus, gi, pods));
+            assert_eq!(s(&r.kube_reserved, "cpu"), cpu, "{cpus}c");
+            assert_eq!(s(&r.kube_reserved, "memory"), kube, "{gi}GiB/{pods} pods");
+            assert_eq!(s(&r.system_reserved, "memory"), sys, "{gi}GiB system");
+            assert_eq!(r.eviction_hard["memory.available"].to_string(), "100Mi");
+        }
+        // Memory that is not whole GiB (capacity is below the flavour): 25MiB/GiB rounded down.
+        let f = NodeFacts { memory_bytes: 7_660_952 * 1024, ..facts(4, 8, 40) };
+        assert_eq!(s(&cce_v2(&f).system_reserved, "memory"), "582Mi"); // 400 + 182.6
+    }
+
+    #[test]
+    fn cce_rules_follow_its_version_table() {
+        let rule = |s: &str| Policy::Cce.rule_for(Some(KubeVersion::parse(s).unwrap()));
+        // Every pool on v2: 1.29 on, and from each line's threshold.
+        for s in ["1.29", "v1.31.1-r0", "1.28.2-r0", "1.28.5", "1.27.4-r0", "1.25.7-r1", "1.23.12-r0", "1.21.13-r0", "1.24", "1.26.3"] {
+            assert_eq!(rule(s), RuleChoice { rule: Rule::CceV2, warning: None }, "{s}");
+        }
+        // v1 throughout: before 1.21, and 1.21 before v1.21.4-r0, 1.23 before v1.23.3-r0.
+        for s in ["1.19", "v1.19.16-r4", "1.21.3-r0", "1.23.2"] {
+            assert_eq!(rule(s), RuleChoice { rule: Rule::CceV1, warning: None }, "{s}");
+        }
+        // Custom pools v1, default pools v2 (or the patch is unknown): v2, and the plan says so.
+        for s in ["1.28.1-r0", "1.27", "1.25.6", "1.23.3-r0", "1.21.12-r0", "1.21"] {
+            let c = rule(s);
+            assert_eq!(c.rule, Rule::CceV2, "{s}");
+            assert!(c.warning.unwrap().contains("custom node pools"), "{s}");
+        }
+        let unknown = Policy::Cce.rule_for(None);
+        assert_eq!(unknown.rule, Rule::CceV2);
+        assert!(unknown.warning.unwrap().contains("--kubernetes-version"));
     }
 
     #[test]
