@@ -50,6 +50,7 @@ fn expected(from: TargetState, e: Event, mode: RepeatMode, frequency: &str) -> R
         Event::Reported(r) => {
             let stopping = from.status == S::Stopping;
             let status = match (repeating, r) {
+                (true, S::Cancelled) if !stopping => S::Running,
                 (_, S::Cancelled | S::Terminated) => r,
                 (true, _) if stopping => S::Stopping,
                 (true, _) => S::Running,
