@@ -94,7 +94,7 @@ fn history(hub: &Hub, invoke_id: &str) -> Vec<Value> {
 }
 
 fn periodic(hub: &Hub, script: &str, ids: &[&str], window: &[(&str, &str)]) -> String {
-    let mut extra = vec![("RepeatMode", "Period"), ("Frequency", EVERY_10S), ("Timeout", "9")];
+    let mut extra = vec![("EnableParameter", "true"), ("RepeatMode", "Period"), ("Frequency", EVERY_10S), ("Timeout", "9")];
     extra.extend_from_slice(window);
     hub.run(script, ids, &extra)
 }
@@ -211,7 +211,8 @@ async fn rogue(hub: &Hub, fire_grants: bool) -> (Ws, String) {
     let v = hub.call("CreateActivation", &[("InstanceCount", "1")]).unwrap();
     let (id, code) = (v["ActivationId"].as_str().unwrap().to_string(), v["ActivationCode"].as_str().unwrap().to_string());
     let mut ws = transport::dial(&HubUrl::parse(&hub.url).unwrap(), &tls(hub), false).await.expect("dial");
-    let facts = HostFacts { hostname: "rogue".into(), os_type: "linux".into(), agent_version: "rogue".into(), fire_grants, ..Default::default() };
+    let facts =
+        HostFacts { hostname: "rogue".into(), os_type: "linux".into(), agent_version: "rogue".into(), fire_grants, ..Default::default() };
     send(&mut ws, &AgentMsg::Register { protocol: PROTOCOL_VERSION, activation_id: id, activation_code: code, facts: facts.clone() }).await;
     let Some(HubMsg::Registered { instance_id, token }) = answer(&mut ws, WAIT).await else { panic!("register") };
     send(&mut ws, &AgentMsg::Hello { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), token, facts }).await;
@@ -277,11 +278,7 @@ async fn agents_that_do_not_ask_are_refused_and_hostile_requests_are_bounded() {
     }
     // A target, asking for a fire far off, a junk instant, record 0: denied, named.
     let mine = run(&[&bad_id]).unwrap()["InvokeId"].as_str().unwrap().to_string();
-    for (seq, at, why) in [
-        (1, now_plus(86_400), "limit is 300 s"),
-        (1, "x".repeat(5000), "RFC 3339"),
-        (0, now_plus(0), "record_seq 0"),
-    ] {
+    for (seq, at, why) in [(1, now_plus(86_400), "limit is 300 s"), (1, "x".repeat(5000), "RFC 3339"), (0, now_plus(0), "record_seq 0")] {
         send(&mut bad, &AgentMsg::FireRequest { invoke_id: mine.clone(), record_seq: seq, scheduled: at }).await;
         match answer(&mut bad, WAIT).await {
             Some(HubMsg::FireAnswer { granted: false, error_code, error_info, .. }) => {

@@ -101,7 +101,8 @@ impl Runner {
                     }
                     // A fire still waiting for the hub's grant ends now:
                     // this one takes its place.
-                    if current.as_ref().is_some_and(|h| !h.is_finished()) && ticket.as_ref().is_some_and(|t| t.supersede())
+                    if current.as_ref().is_some_and(|h| !h.is_finished())
+                        && ticket.as_ref().is_some_and(|t| t.supersede())
                         && let Some(h) = current.take()
                     {
                         let _ = h.await;
@@ -162,7 +163,14 @@ impl Runner {
     /// Ends `Cancelled` when the hub denies it or the next fire comes
     /// first (`ticket` superseded); a stop ends the wait silently (the
     /// schedule reports the stop).
-    async fn gated_fire(self: Arc<Self>, inv: Invocation, seq: u32, scheduled: DateTime<Utc>, ticket: Arc<Ticket>, stop: CancellationToken) {
+    async fn gated_fire(
+        self: Arc<Self>,
+        inv: Invocation,
+        seq: u32,
+        scheduled: DateTime<Utc>,
+        ticket: Arc<Ticket>,
+        stop: CancellationToken,
+    ) {
         let at = scheduled.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
         let answer = tokio::select! {
             a = self.grants.ask(&inv.invoke_id, seq, &at) => Some(a),

@@ -155,7 +155,12 @@ pub fn fire_reply(instance_id: &str, invoke_id: &str, record_seq: u32, outcome: 
         FireOutcome::NotATarget => {
             let shown = super::edge::shown_id(invoke_id);
             if let Some(suppressed) = super::edge::peer_warnings().allow() {
-                tracing::warn!(instance_id, invoke_id = shown, suppressed, "fire request for an invocation this instance is not a target of");
+                tracing::warn!(
+                    instance_id,
+                    invoke_id = shown,
+                    suppressed,
+                    "fire request for an invocation this instance is not a target of"
+                );
             }
             let message = format!("instance {instance_id} is not a target of {shown}");
             Some(HubMsg::Error { code: "NotATarget".into(), message, fatal: false })

@@ -251,7 +251,9 @@ pub fn window(p: &Params, targets: usize, mode: RepeatMode) -> Result<Window, Ap
     if mode != RepeatMode::Once && mode != RepeatMode::Period {
         return Err(ApiError::invalid(
             "MaxConcurrency",
-            format!("rate control applies to RepeatMode Once and Period only, not {mode}: a {mode} target stays armed and never frees its slot"),
+            format!(
+                "rate control applies to RepeatMode Once and Period only, not {mode}: a {mode} target stays armed and never frees its slot"
+            ),
         ));
     }
     Ok(Window {

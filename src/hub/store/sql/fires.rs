@@ -211,9 +211,9 @@ async fn advance(
     for row in rows {
         let instance_id = key(&row, "fires", "instance_id")?;
         let seq: i64 = col(&row, "fires", "record_seq", &instance_id)?;
-        sqlx::query(AssertSqlSafe(d.sql(
-            "UPDATE fires SET state = ?, error_info = ?, decided_at = ? WHERE invoke_id = ? AND instance_id = ? AND record_seq = ?",
-        )))
+        sqlx::query(AssertSqlSafe(
+            d.sql("UPDATE fires SET state = ?, error_info = ?, decided_at = ? WHERE invoke_id = ? AND instance_id = ? AND record_seq = ?"),
+        ))
         .bind(state.as_str())
         .bind(&info)
         .bind(&now)
@@ -232,7 +232,14 @@ async fn advance(
     match decision {
         FireDecision::Granted => tracing::debug!(invoke_id, fire_at, granted = out.len(), in_flight = st.in_flight, "fire window moved"),
         FireDecision::Denied { .. } => {
-            tracing::info!(invoke_id, fire_at, errors = st.errors, max_errors, denied = out.len(), "fire stopped: errors exceeded MaxErrors")
+            tracing::info!(
+                invoke_id,
+                fire_at,
+                errors = st.errors,
+                max_errors,
+                denied = out.len(),
+                "fire stopped: errors exceeded MaxErrors"
+            )
         }
     }
     Ok(out)
@@ -262,14 +269,13 @@ pub(super) async fn settle(
     if record_seq == 0 || !status.is_final() {
         return Ok(None);
     }
-    let row = sqlx::query(AssertSqlSafe(
-        d.sql("SELECT state, fire_at FROM fires WHERE invoke_id = ? AND instance_id = ? AND record_seq = ?"),
-    ))
-    .bind(invoke_id)
-    .bind(instance_id)
-    .bind(record_seq as i64)
-    .fetch_optional(&mut **tx)
-    .await?;
+    let row =
+        sqlx::query(AssertSqlSafe(d.sql("SELECT state, fire_at FROM fires WHERE invoke_id = ? AND instance_id = ? AND record_seq = ?")))
+            .bind(invoke_id)
+            .bind(instance_id)
+            .bind(record_seq as i64)
+            .fetch_optional(&mut **tx)
+            .await?;
     let Some(row) = row else { return Ok(None) };
     let state: String = col(&row, "fires", "state", invoke_id)?;
     let fire_at: String = col(&row, "fires", "fire_at", invoke_id)?;
@@ -290,7 +296,11 @@ pub(super) async fn settle(
 }
 
 /// Moves the windows of fires whose slots `settle` freed, inside `tx`.
-pub(super) async fn advance_settled(tx: &mut Transaction<'static, Any>, d: Dialect, fires: &BTreeSet<(String, String)>) -> Result<Vec<FireAnswer>> {
+pub(super) async fn advance_settled(
+    tx: &mut Transaction<'static, Any>,
+    d: Dialect,
+    fires: &BTreeSet<(String, String)>,
+) -> Result<Vec<FireAnswer>> {
     let mut out = Vec::new();
     for (invoke_id, fire_at) in fires {
         if let Some(Some(w)) = lock_window(tx, d, invoke_id).await? {
@@ -301,7 +311,13 @@ pub(super) async fn advance_settled(tx: &mut Transaction<'static, Any>, d: Diale
 }
 
 impl SqlStore {
-    pub(super) async fn fire_request_once(&self, invoke_id: &str, instance_id: &str, record_seq: u32, scheduled: &str) -> Result<FireOutcome> {
+    pub(super) async fn fire_request_once(
+        &self,
+        invoke_id: &str,
+        instance_id: &str,
+        record_seq: u32,
+        scheduled: &str,
+    ) -> Result<FireOutcome> {
         let mut tx = self.begin().await?;
         let outcome = self.fire_request_tx(&mut tx, invoke_id, instance_id, record_seq, scheduled).await?;
         tx.commit().await?;
@@ -349,7 +365,12 @@ impl SqlStore {
             let state: String = col(&row, "fires", "state", invoke_id)?;
             let info: String = col(&row, "fires", "error_info", invoke_id)?;
             let Some(state) = FireState::parse(&state) else {
-                return Err(StoreError::Decode { table: "fires", column: "state", id: invoke_id.to_string(), detail: "not a fire state".into() });
+                return Err(StoreError::Decode {
+                    table: "fires",
+                    column: "state",
+                    id: invoke_id.to_string(),
+                    detail: "not a fire state".into(),
+                });
             };
             return Ok((stored_decision(state, info).map_or(FireOutcome::Waiting, FireOutcome::Decided), Vec::new()));
         }
@@ -361,13 +382,12 @@ impl SqlStore {
             let info = format!("the fire's instant is {skew} s from the hub's clock; the limit is {MAX_FIRE_SKEW_SECS} s");
             return Ok((FireOutcome::Decided(denied(info)), Vec::new()));
         }
-        let newest: Option<i64> = sqlx::query_scalar(AssertSqlSafe(
-            d.sql("SELECT MAX(record_seq) FROM fires WHERE invoke_id = ? AND instance_id = ?"),
-        ))
-        .bind(invoke_id)
-        .bind(instance_id)
-        .fetch_one(&mut **tx)
-        .await?;
+        let newest: Option<i64> =
+            sqlx::query_scalar(AssertSqlSafe(d.sql("SELECT MAX(record_seq) FROM fires WHERE invoke_id = ? AND instance_id = ?")))
+                .bind(invoke_id)
+                .bind(instance_id)
+                .fetch_one(&mut **tx)
+                .await?;
         if let Some(newest) = newest
             && seq < newest
         {
@@ -391,9 +411,9 @@ impl SqlStore {
             .execute(&mut **tx)
             .await?;
         let fire_at = instant_str(at);
-        sqlx::query(AssertSqlSafe(d.sql(
-            "INSERT INTO fires (invoke_id, instance_id, record_seq, fire_at, state, requested_at) VALUES (?,?,?,?,?,?)",
-        )))
+        sqlx::query(AssertSqlSafe(
+            d.sql("INSERT INTO fires (invoke_id, instance_id, record_seq, fire_at, state, requested_at) VALUES (?,?,?,?,?,?)"),
+        ))
         .bind(invoke_id)
         .bind(instance_id)
         .bind(seq)

@@ -119,7 +119,13 @@ impl SqlStore {
             })
             .connect(&url)
             .await?;
-        let store = Self { pool, d: Dialect::Sqlite, url: String::new(), released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0, fires: tokio::sync::broadcast::channel(RELEASED_QUEUE).0 };
+        let store = Self {
+            pool,
+            d: Dialect::Sqlite,
+            url: String::new(),
+            released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0,
+            fires: tokio::sync::broadcast::channel(RELEASED_QUEUE).0,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -132,7 +138,13 @@ impl SqlStore {
             .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
             .connect(url)
             .await?;
-        let store = Self { pool, d: Dialect::Postgres, url: url.to_string(), released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0, fires: tokio::sync::broadcast::channel(RELEASED_QUEUE).0 };
+        let store = Self {
+            pool,
+            d: Dialect::Postgres,
+            url: url.to_string(),
+            released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0,
+            fires: tokio::sync::broadcast::channel(RELEASED_QUEUE).0,
+        };
         store.migrate().await?;
         Ok(store)
     }
