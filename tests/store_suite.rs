@@ -1016,4 +1016,6 @@ async fn periodic_windows_hold_each_fire_across_replicas(e: &Engine) {
     let FireOutcome::Decided(FireDecision::Denied { .. }) = a.fire_request("t-p", "i-1", 3, &fire2).await.unwrap() else {
         panic!("a stopped invocation's fire granted")
     };
+    // The backstop ends fires waiting on stopped targets and moves nothing.
+    assert!(b.advance_fires().await.unwrap().is_empty());
 }

@@ -432,8 +432,24 @@ impl SqlStore {
     }
 
     pub(super) async fn advance_fires_impl(&self) -> Result<Vec<FireAnswer>> {
+        // A fire waiting on a target that is stopped or settled will never
+        // be asked about again (the agent ends the wait silently on a stop).
+        let ended: Vec<InvocationStatus> =
+            InvocationStatus::ALL.iter().copied().filter(|s| s.is_final() || *s == InvocationStatus::Stopping).collect();
+        let sql = format!(
+            "UPDATE fires SET state = ? WHERE state = ? AND EXISTS (SELECT 1 FROM targets t WHERE t.invoke_id = fires.invoke_id \
+             AND t.instance_id = fires.instance_id AND t.status IN ({}))",
+            vec!["?"; ended.len()].join(",")
+        );
+        let mut q = self.q(&sql).bind(FireState::Done.as_str()).bind(FireState::Waiting.as_str());
+        for st in &ended {
+            q = q.bind(st.as_str());
+        }
+        q.execute(&self.pool).await?;
+        // Newest fires first: a fire whose agent went away waits until that
+        // agent asks about a later one, and must not crowd out live fires.
         let rows = self
-            .q("SELECT DISTINCT invoke_id, fire_at FROM fires WHERE state = ? ORDER BY invoke_id, fire_at LIMIT ?")
+            .q("SELECT DISTINCT invoke_id, fire_at FROM fires WHERE state = ? ORDER BY fire_at DESC, invoke_id LIMIT ?")
             .bind(FireState::Waiting.as_str())
             .bind(ADVANCE_BATCH)
             .fetch_all(&self.pool)
