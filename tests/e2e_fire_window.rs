@@ -322,7 +322,8 @@ async fn agents_that_do_not_ask_are_refused_and_hostile_requests_are_bounded() {
 }
 
 /// The window lives in the store: two replicas on one real PostgreSQL,
-/// agents split between them, one fire's window of two holds across both.
+/// agents split between them, one fire's window of two holds across both,
+/// and across the death of the replica that created the invocation.
 #[test]
 fn a_fire_window_holds_across_two_replicas_on_postgres() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -330,7 +331,7 @@ fn a_fire_window_holds_across_two_replicas_on_postgres() {
         return;
     };
     let store = ["--store", db.url.as_str()];
-    let a = Hub::start_with(&store);
+    let mut a = Hub::start_with(&store);
     let b = Hub::start_replica(&a, &store);
     let urls = [a.url.clone(), b.url.clone()];
     let agents: Vec<Agent> = (0..AGENTS).map(|i| b.agent_via(&format!("{},{}", urls[i % 2], urls[(i + 1) % 2]))).collect();
@@ -342,9 +343,20 @@ fn a_fire_window_holds_across_two_replicas_on_postgres() {
     let all: BTreeSet<String> = ids.iter().cloned().collect();
     let marks = tempfile::tempdir().unwrap();
     let invoke_id = periodic(&a, &script(marks.path(), "1.5", 0), &targets, &[("MaxConcurrency", "2")]);
-    wait_until("two fires that ran on every instance", WAIT, || {
-        let fires = check_fires(marks.path(), 2);
-        (fires.values().filter(|runs| runs.iter().map(|r| r.0.clone()).collect::<BTreeSet<_>>() == all).count() >= 2).then_some(())
+    let complete = |fires: &BTreeMap<u128, Vec<(String, u128, u128)>>| {
+        fires
+            .iter()
+            .filter(|(_, runs)| runs.iter().map(|r| r.0.clone()).collect::<BTreeSet<_>>() == all)
+            .map(|(f, _)| *f)
+            .collect::<Vec<_>>()
+    };
+    wait_until("two fires that ran on every instance", WAIT, || (complete(&check_fires(marks.path(), 2)).len() >= 2).then_some(()));
+    // The replica that created the invocation dies: its agents move to B,
+    // ask again there, and later fires still hold the window.
+    a.kill();
+    let killed_after = *runs_by_fire(marks.path()).keys().last().unwrap();
+    wait_until("a complete fire after the replica died", WAIT, || {
+        complete(&check_fires(marks.path(), 2)).iter().any(|f| *f > killed_after).then_some(())
     });
     stop(&b, &invoke_id);
     let fires = check_fires(marks.path(), 2);
