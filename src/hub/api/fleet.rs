@@ -339,6 +339,24 @@ mod tests {
     }
 
     #[test]
+    fn a_period_window_needs_every_agent_to_ask_before_fires() {
+        let mut r = Resolved::default();
+        let mut new = inst("mi-b", &[], true, "linux", "b");
+        new.facts.fire_grants = true;
+        r.note_fire_grants(&new);
+        let w = Window { max_concurrency: 2, max_errors: None, batch_wait_secs: 0 };
+        assert!(require_fire_grants(&w, RepeatMode::Period, &r).is_ok());
+        r.note_fire_grants(&inst("mi-z", &[], true, "linux", "z"));
+        r.note_fire_grants(&inst("mi-c", &[], true, "linux", "c"));
+        let e = require_fire_grants(&w, RepeatMode::Period, &r).unwrap_err();
+        assert_eq!(e.code, "InvalidParameter.MaxConcurrency");
+        assert!(e.message.contains("mi-c (and 1 more)"), "{}", e.message);
+        // No window, or a one-shot run: any agent will do.
+        assert!(require_fire_grants(&Window::default(), RepeatMode::Period, &r).is_ok());
+        assert!(require_fire_grants(&w, RepeatMode::Once, &r).is_ok());
+    }
+
+    #[test]
     fn windows_from_counts_and_percentages() {
         let w = |q: &str, n: usize| window(&Params::parse(q, b"").unwrap(), n, RepeatMode::Once);
         assert_eq!(w("", 10).unwrap(), Window::default());
