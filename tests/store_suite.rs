@@ -92,6 +92,7 @@ suite!(
     file_content_is_stored_once_and_served_only_to_targets,
     file_contents_are_kept_while_used_and_pruned_after,
     agent_update_slots_are_shared_by_replicas,
+    periodic_windows_hold_each_fire_across_replicas,
 );
 
 /// `ModifyInvocationAttribute` (issue #16): a change to what runs raises
@@ -1042,4 +1043,108 @@ async fn agent_update_slots_are_shared_by_replicas(e: &Engine) {
         Some(AgentUpdateState::Failed { error, .. }) => assert!(error.contains("no result within"), "{error}"),
         other => panic!("i-2: {other:?}"),
     }
+fn fire_report(invoke_id: &str, instance: &str, seq: u32, status: S) -> WriteOp {
+    match report_from(invoke_id, instance, status) {
+        WriteOp::Report { mut report, instance_id } => {
+            report.record_seq = seq;
+            WriteOp::Report { instance_id, report }
+        }
+        other => other,
+    }
+}
+
+/// Per-fire windows of a periodic invocation (issue #16, docs/fleet.md):
+/// every target is sent at once; each fire's requests are granted at most
+/// `MaxConcurrency` at a time, across two store handles (replicas); a
+/// fire's errors beyond `MaxErrors` deny the rest of that fire only; the
+/// next fire starts fresh; requests from non-targets, for far-off
+/// instants or older fires are refused. A skipped fire keeps the target Running.
+async fn periodic_windows_hold_each_fire_across_replicas(e: &Engine) {
+    let (a, b) = (e.open().await, e.open().await);
+    let mut announced = a.fire_answers();
+    let ids: Vec<String> = (1..=4).map(|i| format!("i-{i}")).collect();
+    let mut inv = invocation("t-p", "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)");
+    inv.window = Window { max_concurrency: 2, max_errors: Some(0), batch_wait_secs: 0 };
+    a.create_invocation(&inv, &ids).await.unwrap();
+    // Every target is sent, and told to ask before each fire.
+    assert_eq!(in_flight(&a, "t-p").await, ids);
+    assert!(a.undelivered_for("i-3").await.unwrap()[0].invocation.fire_window);
+    for id in &ids {
+        a.apply_batch(&[WriteOp::Delivered { invoke_id: "t-p".into(), instance_id: id.clone() }]).await.unwrap();
+    }
+    let fire1 = chrono::Utc::now().to_rfc3339();
+    // Four targets ask for fire 1 through two replicas at once: two granted.
+    let asks = ids.iter().enumerate().map(|(i, id)| {
+        let s = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let (id, at) = (id.clone(), fire1.clone());
+        tokio::spawn(async move { (id.clone(), s.fire_request("t-p", &id, 1, &at).await.unwrap()) })
+    });
+    let mut granted = Vec::new();
+    let mut waiting = Vec::new();
+    for h in asks {
+        match h.await.unwrap() {
+            (id, FireOutcome::Decided(FireDecision::Granted)) => granted.push(id),
+            (id, FireOutcome::Waiting) => waiting.push(id),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((granted.len(), waiting.len()), (2, 2), "granted {granted:?}");
+    // Asked again: the same answers, nothing more granted.
+    assert_eq!(b.fire_request("t-p", &waiting[0], 1, &fire1).await.unwrap(), FireOutcome::Waiting);
+    assert_eq!(a.fire_request("t-p", &granted[0], 1, &fire1).await.unwrap(), FireOutcome::Decided(FireDecision::Granted));
+    assert!(b.advance_fires().await.unwrap().is_empty(), "no slot is free");
+    // One run succeeds (on replica B): one waiting fire is granted, announced by B.
+    let mut announced_b = b.fire_answers();
+    b.apply_batch(&[fire_report("t-p", &granted[0], 1, S::Success)]).await.unwrap();
+    let got = announced_b.try_recv().unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!((got[0].record_seq, got[0].decision.clone()), (1, FireDecision::Granted));
+    assert!(waiting.contains(&got[0].instance_id));
+    let last = waiting.iter().find(|w| **w != got[0].instance_id).unwrap().clone();
+    // One run fails: errors 1 > MaxErrors 0, the last waiting fire is denied.
+    a.apply_batch(&[fire_report("t-p", &granted[1], 1, S::Failed)]).await.unwrap();
+    let got = announced.try_recv().unwrap();
+    assert_eq!(got[0].instance_id, last);
+    let FireDecision::Denied { code, info } = &got[0].decision else { panic!("{got:?}") };
+    assert_eq!(*code, ErrorCode::MaxErrorsExceeded);
+    assert!(info.contains("more than MaxErrors 0"), "{info}");
+    // What another replica relays: the decisions made recently.
+    let recent = b.recent_fire_answers("t-p", "2000-01-01T00:00:00Z").await.unwrap();
+    assert!(recent.iter().any(|r| r.instance_id == last && matches!(r.decision, FireDecision::Denied { .. })), "{recent:?}");
+    // The denied fire's Cancelled record keeps the target Running.
+    let mut denied = fire_report("t-p", &last, 1, S::Cancelled);
+    if let WriteOp::Report { report, .. } = &mut denied {
+        report.error_code = Some(ErrorCode::MaxErrorsExceeded);
+    }
+    a.apply_batch(&[denied]).await.unwrap();
+    let t = a.targets("t-p").await.unwrap();
+    assert!(t.iter().all(|t| t.status == S::Running), "{t:?}");
+    // The next fire starts fresh: two granted again despite fire 1's error.
+    let fire2 = (chrono::Utc::now() + chrono::Duration::seconds(60)).to_rfc3339();
+    let mut n = 0;
+    for id in &ids {
+        if a.fire_request("t-p", id, 2, &fire2).await.unwrap() == FireOutcome::Decided(FireDecision::Granted) {
+            n += 1;
+        }
+    }
+    assert_eq!(n, 2);
+    // Refused: not a target, an unknown invocation, a far-off instant, an older fire.
+    assert_eq!(a.fire_request("t-p", "i-99", 3, &fire2).await.unwrap(), FireOutcome::NotATarget);
+    assert_eq!(a.fire_request("t-none", "i-1", 3, &fire2).await.unwrap(), FireOutcome::NotATarget);
+    let far = (chrono::Utc::now() + chrono::Duration::days(1)).to_rfc3339();
+    let FireOutcome::Decided(FireDecision::Denied { code, info }) = a.fire_request("t-p", "i-1", 3, &far).await.unwrap() else {
+        panic!("far-off fire granted")
+    };
+    assert_eq!((code, info.contains("limit is 300 s")), (ErrorCode::FireNotGranted, true), "{info}");
+    let FireOutcome::Decided(FireDecision::Denied { info, .. }) = a.fire_request("t-p", "i-4", 1, &fire1).await.unwrap() else {
+        panic!("older fire")
+    };
+    assert!(info.contains("already settled") || info.contains("older"), "{info}");
+    // Stopped: no more grants.
+    a.request_stop("t-p", &[]).await.unwrap();
+    let FireOutcome::Decided(FireDecision::Denied { .. }) = a.fire_request("t-p", "i-1", 3, &fire2).await.unwrap() else {
+        panic!("a stopped invocation's fire granted")
+    };
+    // The backstop ends fires waiting on stopped targets and moves nothing.
+    assert!(b.advance_fires().await.unwrap().is_empty());
 }

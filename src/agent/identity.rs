@@ -99,6 +99,7 @@ pub fn host_facts() -> HostFacts {
         boot_id: boot_id(),
         journal_degraded: None,
         self_update: true,
+        fire_grants: true,
     }
 }
 

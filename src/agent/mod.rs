@@ -8,6 +8,7 @@
 pub mod config;
 pub mod figures;
 pub(crate) mod files;
+pub(crate) mod grants;
 pub mod identity;
 pub(crate) mod journal;
 pub(crate) mod periodic;
@@ -493,6 +494,12 @@ async fn session(
     for (invoke_id, seq) in runner.files.outstanding() {
         send(ws, &AgentMsg::FileChunkRequest { invoke_id, seq }).await?;
     }
+    // Fires of windowed periodic invocations waiting for the hub's grant:
+    // asked again on this connection (a restarted hub answers from its store).
+    let mut fire_requests = runner.grants.requests().await;
+    for ((invoke_id, record_seq), scheduled) in runner.grants.outstanding() {
+        send(ws, &AgentMsg::FireRequest { invoke_id, record_seq, scheduled }).await?;
+    }
     // A build being downloaded (self-update).
     let mut download: Option<update::Download> = None;
     loop {
@@ -533,6 +540,9 @@ async fn session(
             Some((invoke_id, seq)) = file_requests.recv() => {
                 send(ws, &AgentMsg::FileChunkRequest { invoke_id, seq }).await?;
             }
+            Some(((invoke_id, record_seq), scheduled)) = fire_requests.recv() => {
+                send(ws, &AgentMsg::FireRequest { invoke_id, record_seq, scheduled }).await?;
+            }
             Some(chunk) = live_rx.recv() => {
                 let data_b64 = base64::engine::general_purpose::STANDARD.encode(&chunk.data);
                 send(ws, &AgentMsg::Output { invoke_id: chunk.invoke_id, record_seq: chunk.record_seq, offset: chunk.offset, data_b64 }).await?;
@@ -557,6 +567,9 @@ async fn session(
                     }
                     HubMsg::Stop { invoke_id } => runner.stop(&invoke_id),
                     HubMsg::FileChunk { invoke_id, seq, data_b64, error } => runner.files.answered(&invoke_id, seq, &data_b64, &error),
+                    HubMsg::FireAnswer { invoke_id, record_seq, granted, error_code, error_info } => {
+                        runner.grants.answered(&invoke_id, record_seq, granted, &error_code, &error_info)
+                    }
                     HubMsg::ReportAck { report_id } => {
                         runner.state.lock().unwrap_or_else(|e| e.into_inner()).ack(report_id)?;
                         figures::report_acked();

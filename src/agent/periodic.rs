@@ -7,14 +7,20 @@
 //! and recorded as a `Cancelled` record (it never started) with ErrorCode
 //! `PreviousRunStillRunning`; `StopInvocation` ends the schedule and kills
 //! the run in progress; a new revision (`ModifyInvocationAttribute`)
-//! re-arms the schedule with the new definition.
+//! re-arms the schedule with the new definition. A windowed invocation
+//! (`fire_window`, docs/fleet.md) asks the hub before each fire
+//! (`agent::grants`) and runs only once granted; a fire still waiting when
+//! the next one is due ends `Cancelled` with ErrorCode `FireNotGranted`,
+//! one the hub denies ends `Cancelled` with the hub's code.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use super::grants::Answer;
 use super::runner::{Runner, ended, now, stopped_before_start};
 use super::schedule::{self, Due, Schedule, Zone};
 use crate::lifecycle::{ErrorCode, InvocationStatus, RepeatMode};
@@ -42,6 +48,8 @@ impl Runner {
         // would have had before the change.
         let mut rearmed: Option<DateTime<Utc>> = None;
         let mut current: Option<tokio::task::JoinHandle<()>> = None;
+        // The fire in `current`, when it waits for the hub's grant.
+        let mut ticket: Option<Arc<Ticket>> = None;
         // The sender lives in the runner for as long as this task does; if
         // it is gone anyway, stop listening rather than spin.
         let mut listening = true;
@@ -54,9 +62,17 @@ impl Runner {
                 match self.schedule_of_quiet(&next) {
                     Ok(s) => {
                         tracing::info!(invoke_id = %next.invoke_id, revision = next.revision, frequency = ?next.frequency, "schedule re-armed with a new revision");
+                        // A windowed invocation's fires must keep the nominal
+                        // instants every target shares (one window per
+                        // instant): a revision that keeps the frequency
+                        // keeps the anchor (the hub refuses a frequency
+                        // change on one).
+                        let keep_anchor = next.fire_window && next.frequency == inv.frequency;
                         sched = s;
                         inv = next;
-                        rearmed = Some(Utc::now());
+                        if !keep_anchor {
+                            rearmed = Some(Utc::now());
+                        }
                     }
                     Err(e) => {
                         // The hub validates with the same grammar, so only a
@@ -83,6 +99,14 @@ impl Runner {
                     if let Err(e) = self.state().fired(&inv.invoke_id, seq, scheduled.to_rfc3339()) {
                         tracing::error!(invoke_id = %inv.invoke_id, error = %e, "cannot journal fire");
                     }
+                    // A fire still waiting for the hub's grant ends now:
+                    // this one takes its place.
+                    if current.as_ref().is_some_and(|h| !h.is_finished())
+                        && ticket.as_ref().is_some_and(|t| t.supersede())
+                        && let Some(h) = current.take()
+                    {
+                        let _ = h.await;
+                    }
                     if current.as_ref().is_some_and(|h| !h.is_finished()) {
                         tracing::warn!(invoke_id = %inv.invoke_id, record_seq = seq, "previous run still going; fire skipped");
                         let info = "the previous run had not finished when this fire was due; skipped";
@@ -94,7 +118,14 @@ impl Runner {
                     }
                     let me = self.clone();
                     let (inv2, token) = (inv.clone(), stop.child_token());
-                    current = Some(tokio::spawn(async move { me.run_once(inv2, seq, token, false).await }));
+                    if inv.fire_window {
+                        let t = Arc::new(Ticket::default());
+                        ticket = Some(t.clone());
+                        current = Some(tokio::spawn(async move { me.gated_fire(inv2, seq, scheduled, t, token).await }));
+                    } else {
+                        ticket = None;
+                        current = Some(tokio::spawn(async move { me.run_once(inv2, seq, token, false).await }));
+                    }
                 }
                 Due::Wait { until, .. } => {
                     let wait = (until - Utc::now()).to_std().unwrap_or_default().min(MAX_SLEEP);
@@ -126,6 +157,37 @@ impl Runner {
         } else if let Err(e) = self.state().close(&inv.invoke_id) {
             tracing::error!(invoke_id = %inv.invoke_id, error = %e, "cannot journal close");
         }
+    }
+
+    /// One fire of a windowed invocation: ask the hub, run once granted.
+    /// Ends `Cancelled` when the hub denies it or the next fire comes
+    /// first (`ticket` superseded); a stop ends the wait silently (the
+    /// schedule reports the stop).
+    async fn gated_fire(
+        self: Arc<Self>,
+        inv: Invocation,
+        seq: u32,
+        scheduled: DateTime<Utc>,
+        ticket: Arc<Ticket>,
+        stop: CancellationToken,
+    ) {
+        let at = scheduled.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+        let answer = tokio::select! {
+            a = self.grants.ask(&inv.invoke_id, seq, &at) => Some(a),
+            _ = ticket.superseded.cancelled() => None,
+            _ = stop.cancelled() => return,
+        };
+        let (code, info) = match answer {
+            Some(Answer::Granted) if ticket.start() => {
+                tracing::debug!(invoke_id = %inv.invoke_id, record_seq = seq, "fire granted");
+                return self.run_once(inv, seq, stop, false).await;
+            }
+            Some(Answer::Denied { code, info }) => (code.unwrap_or(ErrorCode::FireNotGranted), info),
+            // Superseded (a grant arriving at the same moment is too late).
+            _ => (ErrorCode::FireNotGranted, format!("no slot in the rollout window of the fire due at {at} before the next fire was due")),
+        };
+        tracing::info!(invoke_id = %inv.invoke_id, record_seq = seq, code = %code, "fire not granted; not run");
+        self.report(ended(&inv, seq, InvocationStatus::Cancelled, Some(code), &info), false);
     }
 
     /// The schedule of `inv`; a frequency the agent cannot use ends the
@@ -180,5 +242,51 @@ impl Runner {
         r.error_info = "stopped before the next boot".into();
         debug_assert_eq!(r.status, InvocationStatus::Cancelled);
         self.report(r, true);
+    }
+}
+
+/// Whether a gated fire started or was superseded: decided once, by
+/// whichever comes first (a grant, or the next fire being due).
+#[derive(Default)]
+struct Ticket {
+    state: AtomicU8,
+    superseded: CancellationToken,
+}
+
+const WAITING: u8 = 0;
+const STARTED: u8 = 1;
+const SUPERSEDED: u8 = 2;
+
+impl Ticket {
+    /// The grant arrived: true when the fire may still run.
+    fn start(&self) -> bool {
+        self.state.compare_exchange(WAITING, STARTED, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// The next fire is due: true when this one was still waiting (it
+    /// now ends without running).
+    fn supersede(&self) -> bool {
+        let won = self.state.compare_exchange(WAITING, SUPERSEDED, Ordering::AcqRel, Ordering::Acquire).is_ok();
+        if won {
+            self.superseded.cancel();
+        }
+        won
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ticket_is_started_or_superseded_never_both() {
+        let t = Ticket::default();
+        assert!(t.start());
+        assert!(!t.supersede());
+        assert!(!t.superseded.is_cancelled());
+        let t = Ticket::default();
+        assert!(t.supersede());
+        assert!(t.superseded.is_cancelled());
+        assert!(!t.start());
     }
 }

@@ -41,6 +41,8 @@ pub struct Runner {
     supervision: Option<Supervision>,
     /// Chunk pulls of file deliveries (answered by the connection loop).
     pub files: super::files::Fetcher,
+    /// Fire requests of windowed periodic invocations (answered by the connection loop).
+    pub grants: super::grants::Gate,
     /// File deliveries being done again after a restart (see `files::deliver`).
     file_reruns: Mutex<std::collections::HashSet<String>>,
     /// Given to every script under its invocation's own variables (the
@@ -91,6 +93,7 @@ impl Runner {
             script_root,
             supervision,
             files: super::files::Fetcher::default(),
+            grants: super::grants::Gate::default(),
             file_reruns: Mutex::new(Default::default()),
             script_env,
         });

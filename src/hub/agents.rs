@@ -40,6 +40,11 @@ const MAX_IN_FLIGHT: usize = 64;
 const MAX_SESSION_INVOCATIONS: usize = 10_000;
 /// How often a session asks whether its agent may be offered an update.
 const UPDATE_CHECK: Duration = Duration::from_secs(1);
+/// Fire requests one session may make per second (each is a store
+/// transaction). A well-behaved agent asks once per fire and again every
+/// few seconds while held; beyond this a request is dropped unanswered and
+/// the agent's next ask gets through.
+const FIRE_REQUESTS_PER_SEC: u32 = 50;
 
 #[derive(Clone)]
 struct Session {
@@ -366,6 +371,7 @@ async fn session(
     hb: Duration,
 ) -> Result<(), ConnError> {
     let mut mine = Delivered::default();
+    let mut fire_budget = FireBudget::default();
     // Resync: everything owed to this instance, built by the delivery service.
     for msg in super::delivery::resync(hub, instance_id).await? {
         if let HubMsg::Invoke { invocation } = &msg {
@@ -412,7 +418,7 @@ async fn session(
             },
             msg = recv(ws), if in_flight.len() < MAX_IN_FLIGHT => {
                 deadline = tokio::time::Instant::now() + dead_after;
-                if let Some(committing) = handle(hub, ws, instance_id, facts, &mine, msg?).await? {
+                if let Some(committing) = handle(hub, ws, instance_id, facts, &mine, &mut fire_budget, msg?).await? {
                     in_flight.push_back(committing);
                 }
             }
@@ -439,6 +445,25 @@ impl Delivered {
     }
 }
 
+/// Fire requests this session made in the current second.
+#[derive(Default)]
+struct FireBudget {
+    second: Option<tokio::time::Instant>,
+    used: u32,
+}
+
+impl FireBudget {
+    fn allow(&mut self) -> bool {
+        let now = tokio::time::Instant::now();
+        if self.second.is_none_or(|s| now.duration_since(s) >= Duration::from_secs(1)) {
+            self.second = Some(now);
+            self.used = 0;
+        }
+        self.used += 1;
+        self.used <= FIRE_REQUESTS_PER_SEC
+    }
+}
+
 /// Answers one agent message. A message whose answer must wait for a commit
 /// returns that wait (`Some`), already queued in the writer in order.
 async fn handle<'h>(
@@ -447,9 +472,29 @@ async fn handle<'h>(
     instance_id: &str,
     facts: &crate::protocol::HostFacts,
     mine: &Delivered,
+    fire_budget: &mut FireBudget,
     msg: AgentMsg,
 ) -> Result<Option<Committing<'h>>, ConnError> {
     match msg {
+        AgentMsg::FireRequest { invoke_id, record_seq, scheduled } => {
+            if !fire_budget.allow() {
+                if let Some(suppressed) = super::edge::peer_warnings().allow() {
+                    tracing::warn!(instance_id, suppressed, limit = FIRE_REQUESTS_PER_SEC, "fire requests beyond the rate limit; dropped");
+                }
+                return Ok(None);
+            }
+            // Ids too long to be ours are refused unread; the store checks
+            // the rest (a target of that invocation, the instant's skew, the
+            // record number) with the invocation row locked.
+            let outcome = if invoke_id.len() > protocol::report_limits::MAX_ID {
+                crate::hub::store::FireOutcome::NotATarget
+            } else {
+                hub.store.fire_request(&invoke_id, instance_id, record_seq, &scheduled).await?
+            };
+            if let Some(msg) = super::delivery::fire_reply(instance_id, &invoke_id, record_seq, outcome) {
+                send(ws, &msg).await?;
+            }
+        }
         AgentMsg::Heartbeat { sent_ms } => {
             hub.writer.write_lossy(WriteOp::Touch { instance_id: instance_id.to_string() });
             send(ws, &HubMsg::HeartbeatAck { sent_ms }).await?;

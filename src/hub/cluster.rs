@@ -45,6 +45,9 @@ pub enum Event {
     Stop { id: String },
     /// Issue a new credential to this agent (only its replica can).
     Rotate { id: String },
+    /// Fires of this invocation were granted or denied: tell the agents
+    /// held here (per-fire rollout windows, docs/fleet.md).
+    Fires { id: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -123,6 +126,7 @@ async fn on_message(hub: &Hub, payload: &str) {
         Event::Invoke { id } => super::delivery::relay(hub, &id, None).await,
         Event::Stop { id } => super::delivery::relay_stop(hub, &id).await,
         Event::Rotate { id } => super::api::rotate_held(hub, &id).await.map(|_| ()),
+        Event::Fires { id } => super::delivery::relay_fire_answers(hub, &id).await,
     };
     if let Err(e) = result {
         tracing::warn!(error = %e, "announcement not handled; the backstop will deliver");

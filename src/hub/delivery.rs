@@ -7,12 +7,15 @@
 //! another replica's announcement and the backstop redelivering stalled
 //! work ([`relay`], [`relay_stop`]); and an agent reconnecting
 //! ([`resync`]). The wire form (with the hub's region) is built here only
-//! ([`wire`]), so no trigger can send a different one.
+//! ([`wire`]), so no trigger can send a different one. Fire decisions of
+//! per-fire rollout windows (docs/fleet.md) go out here too: the answer
+//! to the asking agent ([`fire_reply`]) and those a settle or the backstop
+//! made for others ([`fire_answers`], [`relay_fire_answers`]).
 
 use std::collections::HashSet;
 
 use super::Hub;
-use super::store::{InvocationRow, StoreError, WriteOp};
+use super::store::{FireAnswer, FireDecision, FireOutcome, InvocationRow, StoreError, WriteOp};
 use crate::lifecycle::{ErrorCode, InvocationStatus};
 use crate::protocol::{FILE_PROTOCOL, HubMsg, Invocation, RecordReport};
 
@@ -127,4 +130,76 @@ pub async fn resync(hub: &Hub, instance_id: &str) -> Result<Vec<HubMsg>, StoreEr
         }
     }
     Ok(out)
+}
+
+fn fire_msg(a: FireAnswer) -> HubMsg {
+    let (granted, error_code, error_info) = match a.decision {
+        FireDecision::Granted => (true, String::new(), String::new()),
+        FireDecision::Denied { code, info } => (false, code.as_str().to_string(), info),
+    };
+    HubMsg::FireAnswer { invoke_id: a.invoke_id, record_seq: a.record_seq, granted, error_code, error_info }
+}
+
+/// What an agent's own fire request is answered with: the decision, an
+/// error when it is not a target, nothing while the fire waits (the
+/// grant comes later through [`fire_answers`]).
+pub fn fire_reply(instance_id: &str, invoke_id: &str, record_seq: u32, outcome: FireOutcome) -> Option<HubMsg> {
+    match outcome {
+        FireOutcome::Waiting => None,
+        FireOutcome::Decided(decision) => {
+            if let FireDecision::Denied { code, .. } = &decision {
+                tracing::debug!(invoke_id, instance_id, record_seq, code = %code, "fire denied");
+            }
+            Some(fire_msg(FireAnswer { invoke_id: invoke_id.to_string(), instance_id: instance_id.to_string(), record_seq, decision }))
+        }
+        FireOutcome::NotATarget => {
+            let shown = super::edge::shown_id(invoke_id);
+            if let Some(suppressed) = super::edge::peer_warnings().allow() {
+                tracing::warn!(
+                    instance_id,
+                    invoke_id = shown,
+                    suppressed,
+                    "fire request for an invocation this instance is not a target of"
+                );
+            }
+            let message = format!("instance {instance_id} is not a target of {shown}");
+            Some(HubMsg::Error { code: "NotATarget".into(), message, fatal: false })
+        }
+    }
+}
+
+/// Fire decisions to the agents held here; the rest are announced to
+/// the other replicas (each relays those of its own agents).
+pub async fn fire_answers(hub: &Hub, answers: Vec<FireAnswer>) {
+    let mut elsewhere = std::collections::BTreeSet::new();
+    for a in answers {
+        if hub.agents.is_online(&a.instance_id) {
+            let (invoke_id, instance_id) = (a.invoke_id.clone(), a.instance_id.clone());
+            if hub.agents.send(&instance_id, fire_msg(a)) {
+                tracing::debug!(invoke_id, instance_id, "fire decision sent");
+            }
+        } else {
+            elsewhere.insert(a.invoke_id);
+        }
+    }
+    for id in elsewhere {
+        super::cluster::announce(hub, super::cluster::Event::Fires { id }).await;
+    }
+}
+
+/// How far back a replica relays another's fire decisions: announcements
+/// arrive within a second; an agent that misses one asks again.
+const FIRE_RELAY_WINDOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Another replica decided fires of `invoke_id`: the recent decisions to
+/// the agents held here (a repeated answer is dropped by the agent).
+pub async fn relay_fire_answers(hub: &Hub, invoke_id: &str) -> Result<(), StoreError> {
+    let since = super::store::ago_str(FIRE_RELAY_WINDOW);
+    for a in hub.store.recent_fire_answers(invoke_id, &since).await? {
+        if hub.agents.is_online(&a.instance_id) {
+            let instance_id = a.instance_id.clone();
+            hub.agents.send(&instance_id, fire_msg(a));
+        }
+    }
+    Ok(())
 }

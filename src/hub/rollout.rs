@@ -7,6 +7,10 @@
 //! elsewhere). A periodic pass over every open window is the backstop: it
 //! resumes windows after a restart, releases after `BatchWait`, and
 //! catches releases another replica's handle made.
+//!
+//! Per-fire windows of periodic invocations (`store::sql::fires`) go the
+//! same way: decisions announced by the store after commit, and the
+//! backstop pass over fire windows with a fire waiting.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -23,6 +27,7 @@ const BACKSTOP_EVERY: Duration = Duration::from_secs(1);
 
 pub async fn run(hub: Arc<Hub>) {
     let mut released = hub.store.released();
+    let mut fires = hub.store.fire_answers();
     let mut tick = tokio::time::interval(BACKSTOP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -35,14 +40,26 @@ pub async fn run(hub: Arc<Hub>) {
                 Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "rollout releases lagged; the backstop resends"),
                 Err(RecvError::Closed) => return,
             },
-            _ = tick.tick() => match hub.store.advance_windows().await {
-                Ok(list) => {
-                    for r in list {
-                        send(&hub, r).await;
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "advancing rollout windows"),
+            f = fires.recv() => match f {
+                Ok(answers) => super::delivery::fire_answers(&hub, answers).await,
+                // Missed: agents ask again for fires still waiting.
+                Err(RecvError::Lagged(n)) => tracing::warn!(missed = n, "fire decisions lagged; agents ask again"),
+                Err(RecvError::Closed) => return,
             },
+            _ = tick.tick() => {
+                match hub.store.advance_windows().await {
+                    Ok(list) => {
+                        for r in list {
+                            send(&hub, r).await;
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "advancing rollout windows"),
+                }
+                match hub.store.advance_fires().await {
+                    Ok(answers) => super::delivery::fire_answers(&hub, answers).await,
+                    Err(e) => tracing::warn!(error = %e, "advancing fire windows"),
+                }
+            }
         }
     }
 }

@@ -86,6 +86,11 @@ codes! {
     // exists for a target a halted rollout never started. No fixed text:
     // the stored ErrorInfo gives the counts that stopped the rollout.
     MaxErrorsExceeded = "MaxErrorsExceeded", None;
+    // deckhand extension (per-fire windows, docs/fleet.md): a fire of a
+    // windowed periodic invocation that never got the hub's grant (no slot
+    // before the next fire was due, or the request was refused). No fixed
+    // text: the stored ErrorInfo says which.
+    FireNotGranted = "FireNotGranted", None;
 }
 
 impl ErrorCode {

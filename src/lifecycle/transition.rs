@@ -128,6 +128,11 @@ pub fn transition(state: TargetState, event: Event, mode: RepeatMode, frequency:
             }
             let status = if mode.keeps_target_running(frequency) {
                 match r {
+                    // A Cancelled record of an armed schedule not being
+                    // stopped is one fire that never started (skipped: the
+                    // previous run still going, or no grant from its
+                    // rollout window); the schedule goes on.
+                    S::Cancelled if state.status != S::Stopping => S::Running,
                     S::Cancelled | S::Terminated => r,
                     _ if state.status == S::Stopping => S::Stopping,
                     _ => S::Running,

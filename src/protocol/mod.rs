@@ -62,6 +62,12 @@ pub struct HostFacts {
     /// before self-update leave it out and are never offered a build).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub self_update: bool,
+    /// deckhand extension: the agent asks the hub before each fire of an
+    /// invocation with `fire_window` ([`AgentMsg::FireRequest`]). The hub
+    /// refuses a per-fire rollout window on a target whose agent does not
+    /// say so (agents before it would fire unwindowed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fire_grants: bool,
 }
 
 /// Longest `HostFacts::journal_degraded` an agent sends.
@@ -111,6 +117,13 @@ pub struct Invocation {
     /// have none, and the agent's journal entries stay small.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<Box<FileSpec>>,
+    /// deckhand extension (issue #16): a `Period` invocation with a
+    /// rollout window. Before each fire the agent sends
+    /// [`AgentMsg::FireRequest`] and runs only once granted
+    /// ([`HubMsg::FireAnswer`]); a fire not granted before the next is
+    /// due ends `Cancelled` (`FireNotGranted`). Absent when false.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fire_window: bool,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -266,6 +279,12 @@ pub enum AgentMsg {
     /// Chunk `seq` (of [`FILE_CHUNK_BYTES`]) of a file delivery's content;
     /// answered with [`HubMsg::FileChunk`]. Asked again after a reconnect.
     FileChunkRequest { invoke_id: String, seq: u64 },
+    /// deckhand extension (per-fire rollout windows, docs/fleet.md): fire
+    /// `record_seq` of `invoke_id`, due at `scheduled` (RFC 3339, the
+    /// schedule's nominal instant, shared by every target of a `rate()`
+    /// schedule), may it run? Sent when the fire is due, again every few
+    /// seconds and after a reconnect until answered.
+    FireRequest { invoke_id: String, record_seq: u32, scheduled: String },
     /// Live output while running; best effort, not journaled.
     Output {
         invoke_id: String,
@@ -329,6 +348,19 @@ pub enum HubMsg {
         data_b64: String,
         #[serde(default, skip_serializing_if = "String::is_empty")]
         error: String,
+    },
+    /// deckhand extension: the answer to `fire_request` once the hub has
+    /// decided (a fire waiting for a slot gets no answer yet). `granted`:
+    /// run it now; otherwise the agent records the fire `Cancelled` with
+    /// `error_code` / `error_info` (`MaxErrorsExceeded`, `FireNotGranted`).
+    FireAnswer {
+        invoke_id: String,
+        record_seq: u32,
+        granted: bool,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        error_code: String,
+        #[serde(default, skip_serializing_if = "String::is_empty")]
+        error_info: String,
     },
     HeartbeatAck {
         sent_ms: u64,

@@ -134,6 +134,22 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 pub struct Resolved {
     pub targets: Vec<(String, String)>,
     pub unreachable: Vec<String>,
+    /// Reachable targets whose agent does not ask before a fire
+    /// (`HostFacts::fire_grants`): how many, and the first by id.
+    pub without_fire_grants: (usize, Option<String>),
+}
+
+impl Resolved {
+    /// Notes whether a reachable target's agent asks the hub before each fire.
+    pub fn note_fire_grants(&mut self, inst: &InstanceRow) {
+        if !inst.facts.fire_grants {
+            let (n, first) = &mut self.without_fire_grants;
+            *n += 1;
+            if first.as_ref().is_none_or(|f| inst.instance_id < *f) {
+                *first = Some(inst.instance_id.clone());
+            }
+        }
+    }
 }
 
 /// Registered instances read per page while resolving a selector: memory
@@ -167,6 +183,8 @@ pub async fn resolve(req: &Request<'_>, sel: &Selector, action: &str) -> Result<
         for inst in matched {
             if !inst.online {
                 out.unreachable.push(inst.instance_id.clone());
+            } else {
+                out.note_fire_grants(&inst);
             }
             out.targets.push((inst.instance_id, inst.instance_name));
         }
@@ -215,9 +233,11 @@ fn count_or_percent(p: &Params, field: &str, targets: usize, min: i64, round_up:
 }
 
 /// The rollout window the request asks for, resolved against the number
-/// of targets. Refused for repeating and boot-triggered modes: their
-/// targets stay armed (`Running`/`Scheduled`) and never free a slot, so a
-/// window would stall (docs/fleet.md says so).
+/// of targets. `Once`: a window over targets. `Period`: a window over each
+/// fire (`store::sql::fires`; `BatchWait` has no meaning there and is
+/// refused). Refused for boot-triggered modes: their targets stay armed
+/// (`Scheduled`/`Running`) and have no fire the hub could hold
+/// (docs/fleet.md says so).
 pub fn window(p: &Params, targets: usize, mode: RepeatMode) -> Result<Window, ApiError> {
     let max_concurrency = count_or_percent(p, "MaxConcurrency", targets, 1, true)?;
     let max_errors = count_or_percent(p, "MaxErrors", targets, 0, false)?;
@@ -225,10 +245,15 @@ pub fn window(p: &Params, targets: usize, mode: RepeatMode) -> Result<Window, Ap
     if max_concurrency.is_none() && max_errors.is_none() && batch_wait.is_none() {
         return Ok(Window::default());
     }
-    if mode != RepeatMode::Once {
+    if mode == RepeatMode::Period && batch_wait.is_some() {
+        return Err(ApiError::invalid("BatchWait", "BatchWait applies to RepeatMode Once only; a Period window is per fire"));
+    }
+    if mode != RepeatMode::Once && mode != RepeatMode::Period {
         return Err(ApiError::invalid(
             "MaxConcurrency",
-            format!("rate control applies to RepeatMode Once only, not {mode}: a {mode} target stays armed and never frees its slot"),
+            format!(
+                "rate control applies to RepeatMode Once and Period only, not {mode}: a {mode} target stays armed and never frees its slot"
+            ),
         ));
     }
     Ok(Window {
@@ -238,6 +263,26 @@ pub fn window(p: &Params, targets: usize, mode: RepeatMode) -> Result<Window, Ap
         max_errors,
         batch_wait_secs: batch_wait.unwrap_or(0),
     })
+}
+
+/// A per-fire window needs every reachable target's agent to ask before
+/// each fire: one that does not (0.1.0, or built before fire grants) would
+/// fire unwindowed, so the call is refused naming it.
+pub fn require_fire_grants(w: &Window, mode: RepeatMode, resolved: &Resolved) -> Result<(), ApiError> {
+    if mode != RepeatMode::Period || w.max_concurrency <= 0 {
+        return Ok(());
+    }
+    match &resolved.without_fire_grants {
+        (0, _) | (_, None) => Ok(()),
+        (n, Some(first)) => Err(ApiError::invalid(
+            "MaxConcurrency",
+            format!(
+                "instance {first}{} runs a deckhand-agent that does not ask the hub before each fire, so a Period window \
+                 cannot hold it; upgrade the agent, or run without MaxConcurrency/MaxErrors",
+                if *n > 1 { format!(" (and {} more)", n - 1) } else { String::new() }
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -294,6 +339,24 @@ mod tests {
     }
 
     #[test]
+    fn a_period_window_needs_every_agent_to_ask_before_fires() {
+        let mut r = Resolved::default();
+        let mut new = inst("mi-b", &[], true, "linux", "b");
+        new.facts.fire_grants = true;
+        r.note_fire_grants(&new);
+        let w = Window { max_concurrency: 2, max_errors: None, batch_wait_secs: 0 };
+        assert!(require_fire_grants(&w, RepeatMode::Period, &r).is_ok());
+        r.note_fire_grants(&inst("mi-z", &[], true, "linux", "z"));
+        r.note_fire_grants(&inst("mi-c", &[], true, "linux", "c"));
+        let e = require_fire_grants(&w, RepeatMode::Period, &r).unwrap_err();
+        assert_eq!(e.code, "InvalidParameter.MaxConcurrency");
+        assert!(e.message.contains("mi-c (and 1 more)"), "{}", e.message);
+        // No window, or a one-shot run: any agent will do.
+        assert!(require_fire_grants(&Window::default(), RepeatMode::Period, &r).is_ok());
+        assert!(require_fire_grants(&w, RepeatMode::Once, &r).is_ok());
+    }
+
+    #[test]
     fn windows_from_counts_and_percentages() {
         let w = |q: &str, n: usize| window(&Params::parse(q, b"").unwrap(), n, RepeatMode::Once);
         assert_eq!(w("", 10).unwrap(), Window::default());
@@ -309,7 +372,12 @@ mod tests {
         assert_eq!(w("MaxConcurrency=0", 7).unwrap_err().code, "InvalidParameter.MaxConcurrency");
         assert_eq!(w("MaxConcurrency=150%25", 7).unwrap_err().code, "InvalidParameter.MaxConcurrency");
         assert_eq!(w("MaxErrors=x", 7).unwrap_err().code, "InvalidParameter.MaxErrors");
-        let period = window(&Params::parse("MaxConcurrency=2", b"").unwrap(), 7, RepeatMode::Period);
-        assert_eq!(period.unwrap_err().code, "InvalidParameter.MaxConcurrency");
+        // Period: a window per fire; BatchWait has no meaning there.
+        let period = window(&Params::parse("MaxConcurrency=2&MaxErrors=50%25", b"").unwrap(), 7, RepeatMode::Period).unwrap();
+        assert_eq!(period, Window { max_concurrency: 2, max_errors: Some(3), batch_wait_secs: 0 });
+        let period = window(&Params::parse("MaxConcurrency=2&BatchWait=5", b"").unwrap(), 7, RepeatMode::Period);
+        assert_eq!(period.unwrap_err().code, "InvalidParameter.BatchWait");
+        let boot = window(&Params::parse("MaxConcurrency=2", b"").unwrap(), 7, RepeatMode::EveryReboot);
+        assert_eq!(boot.unwrap_err().code, "InvalidParameter.MaxConcurrency");
     }
 }

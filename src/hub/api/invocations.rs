@@ -107,12 +107,12 @@ fn repeat(p: &Params, timeout_secs: i64) -> Result<(RepeatMode, String), ApiErro
 pub(super) async fn targets(req: &Request<'_>, action: &str) -> Result<Resolved, ApiError> {
     match Selector::from_params(&req.params)? {
         Some(sel) => fleet::resolve(req, &sel, action).await,
-        None => Ok(Resolved { targets: instances(req).await?, unreachable: Vec::new() }),
+        None => instances(req).await,
     }
 }
 
 /// Target instances, de-duplicated, each known; with their names (one query).
-async fn instances(req: &Request<'_>) -> Result<Vec<(String, String)>, ApiError> {
+async fn instances(req: &Request<'_>) -> Result<Resolved, ApiError> {
     let mut ids = req.params.list("InstanceId")?;
     if ids.is_empty() {
         return Err(ApiError::missing("InstanceId"));
@@ -121,8 +121,13 @@ async fn instances(req: &Request<'_>) -> Result<Vec<(String, String)>, ApiError>
     ids.retain(|i| seen.insert(i.clone()));
     let page = crate::hub::store::Page { offset: 0, limit: ids.len() as i64 };
     let (rows, _) = req.hub.store.list_instances(&ids, None, None, page).await?;
+    let mut out = Resolved::default();
+    for r in &rows {
+        out.note_fire_grants(r);
+    }
     let names: std::collections::HashMap<_, _> = rows.into_iter().map(|r| (r.instance_id, r.instance_name)).collect();
-    ids.into_iter()
+    out.targets = ids
+        .into_iter()
         .map(|id| match names.get(&id) {
             Some(name) => Ok((id, name.clone())),
             None => Err(ApiError::new(
@@ -131,7 +136,8 @@ async fn instances(req: &Request<'_>) -> Result<Vec<(String, String)>, ApiError>
                 format!("The specified instance \"{id}\" does not exist."),
             )),
         })
-        .collect()
+        .collect::<Result<_, _>>()?;
+    Ok(out)
 }
 
 /// The answer already given for `token` (ClientToken idempotency), if any.
@@ -156,6 +162,7 @@ pub async fn run_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let (repeat_mode, frequency) = repeat(p, timeout)?;
     let resolved = targets(req, "RunCommand").await?;
     let window = fleet::window(p, resolved.targets.len(), repeat_mode)?;
+    fleet::require_fire_grants(&window, repeat_mode, &resolved)?;
     let cmd = CommandRow {
         command_id: new_id("c"),
         name: p.string("Name", 128)?.unwrap_or_default(),
@@ -226,6 +233,7 @@ pub async fn invoke_command(req: &Request<'_>) -> Result<Value, ApiError> {
     let resolved = targets(req, "InvokeCommand").await?;
     let mut inv = invocation_for(&cmd, parameters, repeat_mode, frequency, p.get("ClientToken").unwrap_or(""));
     inv.window = fleet::window(p, resolved.targets.len(), repeat_mode)?;
+    fleet::require_fire_grants(&inv.window, repeat_mode, &resolved)?;
     if p.get("RepeatMode") == Some(DRY_RUN) {
         let mut v = dry_run(&inv, &resolved);
         if let Value::Object(m) = &mut v {
@@ -569,6 +577,15 @@ pub async fn modify_invocation_attribute(req: &Request<'_>) -> Result<Value, Api
         None => None,
     };
     let frequency = p.string("Frequency", 256)?.filter(|f| !f.is_empty());
+    // A per-fire window groups fires by nominal instant, which every target
+    // derives from the same anchor; agents re-anchor a new frequency on
+    // their own clocks, so the window could no longer group them.
+    if frequency.as_ref().is_some_and(|f| *f != inv.frequency) && inv.window.max_concurrency > 0 {
+        return Err(ApiError::invalid(
+            "Frequency",
+            "the Frequency of a Period invocation with a rollout window (MaxConcurrency/MaxErrors) cannot be changed; stop it and run a new one",
+        ));
+    }
     if let Some(f) = &frequency {
         let timeout = std::time::Duration::from_secs(inv.timeout_secs.max(0) as u64);
         crate::agent::schedule::validate_frequency(f, timeout, chrono::Utc::now()).map_err(|e| ApiError::invalid("Frequency", e))?;
@@ -589,7 +606,13 @@ pub async fn modify_invocation_attribute(req: &Request<'_>) -> Result<Value, Api
         }
         None
     };
-    let add = if p.list("InstanceId")?.is_empty() { Vec::new() } else { instances(req).await? };
+    let add = if p.list("InstanceId")?.is_empty() {
+        Vec::new()
+    } else {
+        let resolved = instances(req).await?;
+        fleet::require_fire_grants(&inv.window, inv.repeat_mode, &resolved)?;
+        resolved.targets
+    };
     let m = crate::hub::store::Modification {
         invoke_id: invoke_id.to_string(),
         content,

@@ -241,6 +241,35 @@ impl Modification {
     }
 }
 
+/// The hub's decision on one fire of a windowed periodic invocation
+/// (docs/fleet.md, `store::sql::fires`), for the agent that asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FireAnswer {
+    pub invoke_id: String,
+    pub instance_id: String,
+    pub record_seq: u32,
+    pub decision: FireDecision,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FireDecision {
+    /// Run it now.
+    Granted,
+    /// Do not run it: the agent records the fire `Cancelled` with this
+    /// code (`MaxErrorsExceeded`, `FireNotGranted`) and text.
+    Denied { code: crate::lifecycle::ErrorCode, info: String },
+}
+
+/// What a fire request came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FireOutcome {
+    /// The asking instance is not a target of that invocation.
+    NotATarget,
+    /// Held: the fire's window has no free slot yet.
+    Waiting,
+    Decided(FireDecision),
+}
+
 /// Targets a rollout window let go (they are to be sent now).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Released {
@@ -516,6 +545,20 @@ pub trait Store: Send + Sync + 'static {
     /// Targets released by transactions of this store handle, after they
     /// committed (the hub sends them through `hub::delivery`).
     fn released(&self) -> tokio::sync::broadcast::Receiver<Released>;
+    /// Fire `record_seq` (nominal instant `scheduled`) of periodic
+    /// invocation `invoke_id` on `instance_id` asks to run: recorded and
+    /// decided in one transaction with the invocation row locked
+    /// (docs/fleet.md "Periodic invocations").
+    async fn fire_request(&self, invoke_id: &str, instance_id: &str, record_seq: u32, scheduled: &str) -> Result<FireOutcome>;
+    /// Moves every per-fire window with a waiting fire (the backstop:
+    /// after a restart, a missed announcement); returns the decisions.
+    async fn advance_fires(&self) -> Result<Vec<FireAnswer>>;
+    /// Fire decisions made by transactions of this store handle, after
+    /// they committed (the hub sends them through `hub::delivery`).
+    fn fire_answers(&self) -> tokio::sync::broadcast::Receiver<Vec<FireAnswer>>;
+    /// Decisions made since `since` (RFC 3339) on fires of `invoke_id`:
+    /// what a replica relays to the agents it holds.
+    async fn recent_fire_answers(&self, invoke_id: &str, since: &str) -> Result<Vec<FireAnswer>>;
     /// Aborts targets never delivered since before `cutoff` (RFC 3339):
     /// `DeliveryTimeout` when the agent is online, `ClientNotResponse`
     /// when it is not.

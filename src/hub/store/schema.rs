@@ -247,6 +247,28 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX agent_updates_state ON agent_updates (state, updated_at);
     "#,
+    // 11: per-fire rollout windows of periodic invocations (issue #16,
+    // docs/fleet.md, `store::sql::fires`): one row per fire an agent asked
+    // to run, (invocation, instance, record_seq). `fire_at` is the fire's
+    // nominal instant (UTC, whole seconds): the rows sharing it are one
+    // fire's window. `state`: waiting / granted / denied / done; `failed`:
+    // a granted fire that settled in error (MaxErrors counts them).
+    r#"
+    CREATE TABLE fires (
+        invoke_id TEXT NOT NULL,
+        instance_id TEXT NOT NULL,
+        record_seq INTEGER NOT NULL,
+        fire_at TEXT NOT NULL,
+        state TEXT NOT NULL,
+        failed INTEGER NOT NULL DEFAULT 0,
+        error_info TEXT NOT NULL DEFAULT '',
+        requested_at TEXT NOT NULL,
+        decided_at TEXT NOT NULL DEFAULT '',
+        PRIMARY KEY (invoke_id, instance_id, record_seq)
+    );
+    CREATE INDEX fires_window ON fires (invoke_id, fire_at, state);
+    CREATE INDEX fires_waiting ON fires (state, invoke_id, fire_at);
+    "#,
 ];
 
 /// The schema version whose data is rewritten in Rust after its DDL.

@@ -18,6 +18,7 @@ use sqlx::{Any, AssertSqlSafe, Executor, Transaction};
 mod access;
 mod cluster;
 mod dialect;
+mod fires;
 mod reports;
 mod rows;
 mod updates;
@@ -80,6 +81,8 @@ pub struct SqlStore {
     url: String,
     /// Targets released by this handle's committed transactions.
     released: tokio::sync::broadcast::Sender<Released>,
+    /// Fire decisions made by this handle's committed transactions.
+    fires: tokio::sync::broadcast::Sender<Vec<FireAnswer>>,
 }
 
 /// Release announcements buffered for a slow hub; beyond it the hub
@@ -117,7 +120,13 @@ impl SqlStore {
             })
             .connect(&url)
             .await?;
-        let store = Self { pool, d: Dialect::Sqlite, url: String::new(), released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0 };
+        let store = Self {
+            pool,
+            d: Dialect::Sqlite,
+            url: String::new(),
+            released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0,
+            fires: tokio::sync::broadcast::channel(RELEASED_QUEUE).0,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -130,7 +139,13 @@ impl SqlStore {
             .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
             .connect(url)
             .await?;
-        let store = Self { pool, d: Dialect::Postgres, url: url.to_string(), released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0 };
+        let store = Self {
+            pool,
+            d: Dialect::Postgres,
+            url: url.to_string(),
+            released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0,
+            fires: tokio::sync::broadcast::channel(RELEASED_QUEUE).0,
+        };
         store.migrate().await?;
         Ok(store)
     }
@@ -694,6 +709,34 @@ impl Store for SqlStore {
 
     fn released(&self) -> tokio::sync::broadcast::Receiver<Released> {
         self.released.subscribe()
+    }
+
+    async fn fire_request(&self, invoke_id: &str, instance_id: &str, record_seq: u32, scheduled: &str) -> Result<FireOutcome> {
+        let mut attempt = 0;
+        loop {
+            match sorted(self.fire_request_once(invoke_id, instance_id, record_seq, scheduled).await) {
+                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    async fn advance_fires(&self) -> Result<Vec<FireAnswer>> {
+        let mut attempt = 0;
+        loop {
+            match sorted(self.advance_fires_impl().await) {
+                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
+                other => return other,
+            }
+        }
+    }
+
+    fn fire_answers(&self) -> tokio::sync::broadcast::Receiver<Vec<FireAnswer>> {
+        self.fires.subscribe()
+    }
+
+    async fn recent_fire_answers(&self, invoke_id: &str, since: &str) -> Result<Vec<FireAnswer>> {
+        self.recent_fire_answers_impl(invoke_id, since).await
     }
 
     async fn expire_undelivered(&self, cutoff: &str) -> Result<u64> {

@@ -130,5 +130,6 @@ pub fn to_wire(inv: &InvocationRow, instance_name: String) -> Invocation {
         created_at: inv.created_at.clone(),
         revision: inv.revision.max(0) as u64,
         file: inv.file.as_ref().map(|f| Box::new(f.spec.clone())),
+        fire_window: inv.repeat_mode == RepeatMode::Period && inv.window.max_concurrency > 0,
     }
 }

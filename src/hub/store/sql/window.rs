@@ -71,10 +71,16 @@ async fn held(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str, l
 /// targets released. No-op for an invocation without a window.
 pub(super) async fn advance(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str) -> Result<Vec<String>> {
     // Locks the invocation row: every advance of one window is serialised.
-    let sql = format!("SELECT max_concurrency, max_errors, batch_wait_secs FROM invocations WHERE invoke_id = ?{}", d.for_update());
+    let sql =
+        format!("SELECT max_concurrency, max_errors, batch_wait_secs, repeat_mode FROM invocations WHERE invoke_id = ?{}", d.for_update());
     let Some(row) = sqlx::query(AssertSqlSafe(d.sql(&sql))).bind(invoke_id).fetch_optional(&mut **tx).await? else {
         return Ok(Vec::new());
     };
+    // A periodic invocation's window is per fire (`fires.rs`), not per target.
+    let mode: String = col(&row, "invocations", "repeat_mode", invoke_id)?;
+    if mode == crate::lifecycle::RepeatMode::Period.as_str() {
+        return Ok(Vec::new());
+    }
     let max_concurrency: i64 = col(&row, "invocations", "max_concurrency", invoke_id)?;
     let max_errors: i64 = col(&row, "invocations", "max_errors", invoke_id)?;
     let batch_wait: i64 = col(&row, "invocations", "batch_wait_secs", invoke_id)?;

@@ -197,7 +197,10 @@ impl SqlStore {
         let offline_code = Event::ClientNotRunning.error_code(false);
         let mut order: Vec<&String> = instances.iter().collect();
         order.sort();
-        let mut free = if inv.window.max_concurrency > 0 { inv.window.max_concurrency } else { i64::MAX };
+        // A periodic invocation's window holds back fires, not targets
+        // (`fires.rs`): every target is sent at once.
+        let per_target = inv.window.max_concurrency > 0 && inv.repeat_mode != RepeatMode::Period;
+        let mut free = if per_target { inv.window.max_concurrency } else { i64::MAX };
         let mut counts = crate::lifecycle::Counts::default();
         let mut rows = Vec::with_capacity(order.len());
         for id in order {
@@ -293,12 +296,20 @@ impl SqlStore {
         // Invocations a report may have settled a target of: their windows
         // move in this same transaction (issue #16).
         let mut reported = std::collections::BTreeSet::new();
+        // Fire windows (periodic invocations) whose slot a record freed.
+        let mut fires = std::collections::BTreeSet::new();
         for op in ops {
             let effect = match op {
                 WriteOp::Report { instance_id, report } => {
                     let effect = apply_report_tx(&mut tx, self.d, instance_id, report).await?;
                     if effect == ReportEffect::Applied && report.status.is_final() {
                         reported.insert(report.invoke_id.clone());
+                        // A windowed fire's record settled: its slot frees.
+                        if let Some(fire) =
+                            super::fires::settle(&mut tx, self.d, instance_id, &report.invoke_id, report.record_seq, report.status).await?
+                        {
+                            fires.insert(fire);
+                        }
                     }
                     effect
                 }
@@ -320,8 +331,10 @@ impl SqlStore {
             effects.push(effect);
         }
         let released = super::window::advance_all(&mut tx, self.d, &reported).await?;
+        let granted = super::fires::advance_settled(&mut tx, self.d, &fires).await?;
         tx.commit().await?;
         self.announce_released(&released);
+        self.announce_fires(granted);
         Ok(effects)
     }
 
