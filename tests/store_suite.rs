@@ -453,7 +453,7 @@ async fn undelivered_targets_expire(e: &Engine) {
     // An online agent that never acknowledged: the delivery timed out.
     activation(&s, "act", 5).await;
     assert!(register(&s, "act", "i-on").await);
-    s.instance_connected("i-on", "hub-a", &HostFacts::default(), "10.0.0.1").await.unwrap();
+    s.instance_connected("i-on", "hub-a", 1, &HostFacts::default(), "10.0.0.1").await.unwrap();
     s.create_invocation(&invocation("t-on", "2026-11-20T00:00:00Z", ONCE, ""), &["i-on".into()]).await.unwrap();
     assert_eq!(s.expire_undelivered("2026-11-21T00:00:00Z").await.unwrap(), 1);
     assert_eq!(s.targets("t-on").await.unwrap()[0].error_code, Some(ErrorCode::DeliveryTimeout));
@@ -469,13 +469,21 @@ async fn replicas_track_who_holds_each_agent(e: &Engine) {
     let facts = HostFacts { hostname: "h".into(), ..Default::default() };
     a.hub_alive("hub-a").await.unwrap();
     b.hub_alive("hub-b").await.unwrap();
-    a.instance_connected("i-1", "hub-a", &facts, "10.0.0.1").await.unwrap();
-    b.instance_connected("i-2", "hub-b", &facts, "10.0.0.2").await.unwrap();
+    a.instance_connected("i-1", "hub-a", 1, &facts, "10.0.0.1").await.unwrap();
+    b.instance_connected("i-2", "hub-b", 1, &facts, "10.0.0.2").await.unwrap();
     // i-1 moves to hub-b; hub-a's late disconnect must not take it offline.
-    b.instance_connected("i-1", "hub-b", &facts, "10.0.0.1").await.unwrap();
-    a.instance_disconnected("i-1", "hub-a").await.unwrap();
+    b.instance_connected("i-1", "hub-b", 1, &facts, "10.0.0.1").await.unwrap();
+    a.instance_disconnected("i-1", "hub-a", 1).await.unwrap();
     assert!(b.get_instance("i-1").await.unwrap().unwrap().online);
     assert_eq!(b.get_instance("i-1").await.unwrap().unwrap().facts.hostname, "h");
+    // i-1 reconnects to hub-b (session 2) while session 1's end is still
+    // being written: that "offline" landing last must not hide session 2.
+    b.instance_connected("i-1", "hub-b", 2, &facts, "10.0.0.1").await.unwrap();
+    b.instance_disconnected("i-1", "hub-b", 1).await.unwrap();
+    assert!(b.get_instance("i-1").await.unwrap().unwrap().online, "a stale session's end is ignored");
+    b.instance_disconnected("i-1", "hub-b", 2).await.unwrap();
+    assert!(!b.get_instance("i-1").await.unwrap().unwrap().online, "the current session's end takes it offline");
+    b.instance_connected("i-1", "hub-b", 3, &facts, "10.0.0.1").await.unwrap();
 
     // Work owed to hub-b's agents, and only theirs.
     a.create_invocation(&invocation("t-1", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into(), "i-2".into(), "i-9".into()]).await.unwrap();
@@ -494,7 +502,7 @@ async fn replicas_track_who_holds_each_agent(e: &Engine) {
     b.hub_alive("hub-b").await.unwrap();
     assert!(a.get_instance("i-2").await.unwrap().unwrap().online);
     // A clean disconnect is final.
-    b.instance_disconnected("i-2", "hub-b").await.unwrap();
+    b.instance_disconnected("i-2", "hub-b", 1).await.unwrap();
     b.hub_alive("hub-b").await.unwrap();
     assert!(!a.get_instance("i-2").await.unwrap().unwrap().online);
 }
@@ -840,7 +848,7 @@ async fn overview_counts_instances_and_invocations_by_hour(e: &Engine) {
     for id in ["i-1", "i-2", "i-3"] {
         assert!(register(&s, "a-1", id).await);
     }
-    s.instance_connected("i-1", "hub-a", &HostFacts::default(), "10.0.0.1").await.unwrap();
+    s.instance_connected("i-1", "hub-a", 1, &HostFacts::default(), "10.0.0.1").await.unwrap();
     for (id, at) in [
         ("t-old", "2026-11-22T00:00:00Z"),
         ("t-a", "2026-11-23T01:10:00Z"),
@@ -988,7 +996,7 @@ async fn agent_update_slots_are_shared_by_replicas(e: &Engine) {
     for i in 0..4 {
         let id = format!("i-{i}");
         assert!(register(&a, "act", &id).await);
-        a.instance_connected(&id, "hub-a", &HostFacts::default(), "127.0.0.1").await.unwrap();
+        a.instance_connected(&id, "hub-a", 1, &HostFacts::default(), "127.0.0.1").await.unwrap();
     }
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("agent-2"), b"build two").unwrap();
@@ -1043,6 +1051,8 @@ async fn agent_update_slots_are_shared_by_replicas(e: &Engine) {
         Some(AgentUpdateState::Failed { error, .. }) => assert!(error.contains("no result within"), "{error}"),
         other => panic!("i-2: {other:?}"),
     }
+}
+
 fn fire_report(invoke_id: &str, instance: &str, seq: u32, status: S) -> WriteOp {
     match report_from(invoke_id, instance, status) {
         WriteOp::Report { mut report, instance_id } => {

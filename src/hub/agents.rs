@@ -62,14 +62,18 @@ pub struct Registry {
 }
 
 impl Registry {
-    fn insert(&self, instance_id: &str, tx: mpsc::Sender<HubMsg>, protocol: u32) -> u64 {
-        let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
+    /// A session id, unique within this process (the store keeps it with
+    /// the instance's online state).
+    fn new_session(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn insert(&self, instance_id: &str, conn_id: u64, tx: mpsc::Sender<HubMsg>, protocol: u32) {
         let old = self.lock().insert(instance_id.to_string(), Session { conn_id, tx, protocol });
         if old.is_some() {
             // The old socket's task notices its sender is gone when it next sends.
             tracing::info!(instance_id, "agent reconnected; replacing older session");
         }
-        conn_id
     }
 
     fn remove(&self, instance_id: &str, conn_id: u64) -> bool {
@@ -340,13 +344,14 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     // Recorded before `welcome`: when the database cannot be written the
     // agent is refused before its back-off resets, so a fleet waits with
     // growing delays instead of reconnecting several times a second.
-    if let Err(e) = hub.store.instance_connected(&instance_id, &hub.id, &facts, &peer.ip().to_string()).await {
+    let conn_id = hub.agents.new_session();
+    if let Err(e) = hub.store.instance_connected(&instance_id, &hub.id, conn_id, &facts, &peer.ip().to_string()).await {
         return Err(unavailable(&mut ws, e).await);
     }
     send(&mut ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) })
         .await?;
     let (tx, mut rx) = mpsc::channel(OUTBOX);
-    let conn_id = hub.agents.insert(&instance_id, tx, protocol);
+    hub.agents.insert(&instance_id, conn_id, tx, protocol);
     tracing::info!(instance_id, %peer, "agent connected");
     let result = match session(&hub, &mut ws, &instance_id, &facts, &mut rx, hb).await {
         // Unacknowledged reports stay in the agent's journal; it sends them
@@ -355,7 +360,7 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
         other => other,
     };
     if hub.agents.remove(&instance_id, conn_id) {
-        hub.store.instance_disconnected(&instance_id, &hub.id).await?;
+        hub.store.instance_disconnected(&instance_id, &hub.id, conn_id).await?;
     }
     let _ = ws.close().await;
     tracing::info!(instance_id, "agent disconnected");

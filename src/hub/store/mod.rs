@@ -475,11 +475,13 @@ pub trait Store: Send + Sync + 'static {
     /// through, so resolving one never holds the whole fleet in memory.
     async fn instances_after(&self, after: &str, limit: i64) -> Result<Vec<InstanceRow>>;
     async fn deregister_instance(&self, id: &str) -> Result<bool>;
-    /// The agent now holds a session on replica `hub_id`.
-    async fn instance_connected(&self, id: &str, hub_id: &str, facts: &HostFacts, ip: &str) -> Result<()>;
-    /// The session on `hub_id` ended. No effect when the agent has already
-    /// reconnected to another replica.
-    async fn instance_disconnected(&self, id: &str, hub_id: &str) -> Result<()>;
+    /// The agent now holds session `session` (unique within the replica's
+    /// process) on replica `hub_id`.
+    async fn instance_connected(&self, id: &str, hub_id: &str, session: u64, facts: &HostFacts, ip: &str) -> Result<()>;
+    /// Session `session` on `hub_id` ended. No effect when the agent has
+    /// already connected again, to this replica or another, whatever order
+    /// the two writes land in.
+    async fn instance_disconnected(&self, id: &str, hub_id: &str, session: u64) -> Result<()>;
     /// Stores the next credential hash beside the current one.
     async fn set_pending_token(&self, id: &str, hash: &str) -> Result<()>;
     /// The agent holds the pending credential: it becomes the only one.

@@ -269,6 +269,13 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX fires_window ON fires (invoke_id, fire_at, state);
     CREATE INDEX fires_waiting ON fires (state, invoke_id, fire_at);
     "#,
+    // 12: which session of its replica last brought an instance online, so
+    // an old session's "offline" landing after a reconnect's "online"
+    // (both from one replica, in either order) cannot hide a connected
+    // agent.
+    r#"
+    ALTER TABLE instances ADD COLUMN session INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 /// The schema version whose data is rewritten in Rust after its DDL.

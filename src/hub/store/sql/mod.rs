@@ -423,9 +423,10 @@ impl Store for SqlStore {
         Ok(true)
     }
 
-    async fn instance_connected(&self, id: &str, hub_id: &str, facts: &HostFacts, ip: &str) -> Result<()> {
-        self.q("UPDATE instances SET online = 1, hub_id = ?, facts = ?, ip = ?, last_seen = ? WHERE instance_id = ?")
+    async fn instance_connected(&self, id: &str, hub_id: &str, session: u64, facts: &HostFacts, ip: &str) -> Result<()> {
+        self.q("UPDATE instances SET online = 1, hub_id = ?, session = ?, facts = ?, ip = ?, last_seen = ? WHERE instance_id = ?")
             .bind(hub_id)
+            .bind(session as i64)
             .bind(serde_json::to_string(facts).unwrap_or_default())
             .bind(ip)
             .bind(now_str())
@@ -435,11 +436,12 @@ impl Store for SqlStore {
         Ok(())
     }
 
-    async fn instance_disconnected(&self, id: &str, hub_id: &str) -> Result<()> {
-        self.q("UPDATE instances SET online = 0, hub_id = '', last_seen = ? WHERE instance_id = ? AND hub_id = ?")
+    async fn instance_disconnected(&self, id: &str, hub_id: &str, session: u64) -> Result<()> {
+        self.q("UPDATE instances SET online = 0, hub_id = '', last_seen = ? WHERE instance_id = ? AND hub_id = ? AND session = ?")
             .bind(now_str())
             .bind(id)
             .bind(hub_id)
+            .bind(session as i64)
             .execute(&self.pool)
             .await?;
         Ok(())
