@@ -16,6 +16,7 @@ use sqlx::query::{Query, QueryScalar};
 use sqlx::{Any, AssertSqlSafe, Executor, Transaction};
 
 mod access;
+mod batch;
 mod cluster;
 mod dialect;
 mod reports;
