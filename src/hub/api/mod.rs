@@ -387,6 +387,21 @@ pub async fn sweeper(hub: Arc<Hub>) {
 mod tests {
     use super::*;
 
+    /// A pre-serialized answer gets its `RequestId` like a tree does,
+    /// including the empty object.
+    #[tokio::test]
+    async fn body_answers_carry_the_request_id() {
+        for (body, want) in
+            [(&b"{\"A\":{\"B\":[1]}}"[..], json!({"A": {"B": [1]}, "RequestId": "R-1"})), (&b"{}"[..], json!({"RequestId": "R-1"}))]
+        {
+            let resp = Answer::Body(body.to_vec()).into_response("R-1");
+            assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/json"));
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+            assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), want);
+            assert_eq!(Answer::Body(body.to_vec()).into_value("R-1"), want);
+        }
+    }
+
     #[test]
     fn every_served_action_is_dispatched() {
         // The dispatch table's arms, read from this file: a name there that
