@@ -973,9 +973,9 @@ async fn one_batch_equals_the_same_ops_one_at_a_time(e: &Engine) {
         each.extend(s.apply_batch(&[op]).await.unwrap());
     }
     assert_eq!(one, each, "effects");
-    assert!(one.iter().any(|e| *e == ReportEffect::Duplicate));
+    assert!(one.contains(&ReportEffect::Duplicate));
     assert!(one.iter().any(|e| matches!(e, ReportEffect::Refused(_))));
-    assert!(one.iter().any(|e| *e == ReportEffect::NotATarget));
+    assert!(one.contains(&ReportEffect::NotATarget));
     for inv in ["a", "p"] {
         let (x, y) = (s.targets(&format!("one-{inv}")).await.unwrap(), s.targets(&format!("each-{inv}")).await.unwrap());
         assert_eq!(x.len(), y.len());
