@@ -152,11 +152,15 @@ fn base64_decode(s: &str) -> std::result::Result<Vec<u8>, base64::DecodeError> {
     base64::engine::general_purpose::STANDARD.decode(s)
 }
 
-/// A statement whose text depends on the row count: not kept in the
-/// connection's prepared-statement cache, where it would push out the
-/// fixed statements.
-fn dynamic(d: Dialect, sql: &str) -> sqlx::query::Query<'static, Any, sqlx::any::AnyArguments> {
-    sqlx::query(AssertSqlSafe(d.sql(sql))).persistent(false)
+/// Batches of at most this many rows keep their prepared statements (the
+/// common shapes of a quiet hub: one report, one acknowledgement).
+const CACHED_ROWS: usize = 2;
+
+/// A statement whose text depends on the row count: kept in the
+/// connection's prepared-statement cache only for the smallest batches,
+/// so the many larger shapes do not push out the fixed statements.
+fn dynamic(d: Dialect, sql: &str, rows: usize) -> sqlx::query::Query<'static, Any, sqlx::any::AnyArguments> {
+    sqlx::query(AssertSqlSafe(d.sql(sql))).persistent(rows <= CACHED_ROWS)
 }
 
 async fn read_invocations(tx: &mut Transaction<'static, Any>, d: Dialect, ids: &BTreeSet<&str>) -> Result<HashMap<String, Inv>> {
@@ -171,7 +175,7 @@ async fn read_invocations(tx: &mut Transaction<'static, Any>, d: Dialect, ids: &
             vec!["?"; chunk.len()].join(","),
             d.for_update()
         );
-        let mut q = dynamic(d, &sql);
+        let mut q = dynamic(d, &sql, chunk.len());
         for id in chunk {
             q = q.bind(*id);
         }
@@ -210,7 +214,7 @@ async fn read_targets(tx: &mut Transaction<'static, Any>, d: Dialect, keys: &BTr
             values(chunk.len(), 2),
             d.for_update_of("t")
         );
-        let mut q = dynamic(d, &sql);
+        let mut q = dynamic(d, &sql, chunk.len());
         for (inv, inst) in chunk {
             q = q.bind(*inv).bind(*inst);
         }
@@ -244,7 +248,7 @@ async fn read_records(tx: &mut Transaction<'static, Any>, d: Dialect, keys: &BTr
              FROM k JOIN records r ON r.invoke_id = k.k_inv AND r.instance_id = k.k_inst AND r.record_seq = k.k_seq",
             values(chunk.len(), 3)
         );
-        let mut q = dynamic(d, &sql);
+        let mut q = dynamic(d, &sql, chunk.len());
         for (inv, inst, seq) in chunk {
             q = q.bind(*inv).bind(*inst).bind(*seq);
         }
@@ -288,7 +292,7 @@ async fn write_records(
              finish_time = excluded.finish_time",
             values(chunk.len(), 11)
         );
-        let mut q = dynamic(d, &sql);
+        let mut q = dynamic(d, &sql, chunk.len());
         for ((inv, inst, seq), r, out) in chunk {
             q = q
                 .bind(inv.as_str())
@@ -334,7 +338,7 @@ async fn write_targets(
              FROM v WHERE targets.invoke_id = v.k_inv AND targets.instance_id = v.k_inst",
             values(chunk.len(), 14)
         );
-        let mut q = dynamic(d, &sql);
+        let mut q = dynamic(d, &sql, chunk.len());
         for ((inv, inst), t) in chunk {
             let rep = t.report.and_then(|i| report_of(ops, outputs, i));
             q = q
@@ -375,7 +379,7 @@ async fn write_counts(tx: &mut Transaction<'static, Any>, d: Dialect, invs: &Has
             values(chunk.len(), all.len() + 3),
             sets.join(", ")
         );
-        let mut q = dynamic(d, &sql);
+        let mut q = dynamic(d, &sql, chunk.len());
         for (id, inv) in chunk {
             q = q.bind(id.as_str());
             for s in all {
@@ -393,7 +397,7 @@ async fn touch(tx: &mut Transaction<'static, Any>, d: Dialect, ids: &BTreeSet<&s
     let ids: Vec<&str> = ids.iter().copied().collect();
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let sql = format!("UPDATE instances SET last_seen = ? WHERE instance_id IN ({})", vec!["?"; chunk.len()].join(","));
-        let mut q = dynamic(d, &sql).bind(now);
+        let mut q = dynamic(d, &sql, chunk.len()).bind(now);
         for id in chunk {
             q = q.bind(*id);
         }

@@ -602,7 +602,9 @@ impl Store for SqlStore {
 
     async fn list_targets(&self, f: &InvocationFilter, statuses: &[InvocationStatus], page: Page) -> Result<(Vec<TargetRow>, i64)> {
         let (w, binds) = target_where(f, statuses, "t.status");
-        let from = "FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id";
+        // The invocation row is joined only to filter by its command: the
+        // poll path (by InvokeId) reads the targets alone (issue #21).
+        let from = if f.command_id.is_some() { "FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id" } else { "FROM targets t" };
         let (rows, total) = self
             .page_of(
                 &format!("{TARGET_COLS}, t.output"),
