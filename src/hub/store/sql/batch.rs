@@ -6,8 +6,8 @@
 //! round trip, under the write lock. Here the batch is read once (its
 //! invocations, targets and records, locked on PostgreSQL), folded in
 //! memory operation by operation in submission order — every target
-//! transition still decided by `lifecycle::transition`, the same rules as
-//! [`super::writes::move_target`] and [`super::reports`] — and written
+//! transition still decided by `lifecycle::transition`, with the row
+//! changes of [`super::writes::move_target`] — and written
 //! back with one multi-row statement per table. The invocation counts move
 //! in the same transaction, and the rollout windows of invocations that
 //! had a target settled are advanced before the commit.
@@ -105,7 +105,7 @@ struct Fold {
 }
 
 impl Fold {
-    /// One report, with the rules of [`super::reports::apply_report_tx`]:
+    /// One report (the rules the per-report path had before issue #21):
     /// a Once invocation has only record 0; a record already final, or
     /// already in this state, makes the report a duplicate; a settled
     /// target keeps its state but the record is still kept.
