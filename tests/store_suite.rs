@@ -93,6 +93,7 @@ suite!(
     file_contents_are_kept_while_used_and_pruned_after,
     agent_update_slots_are_shared_by_replicas,
     periodic_windows_hold_each_fire_across_replicas,
+    one_batch_equals_the_same_ops_one_at_a_time,
 );
 
 /// `ModifyInvocationAttribute` (issue #16): a change to what runs raises
@@ -1157,4 +1158,107 @@ async fn periodic_windows_hold_each_fire_across_replicas(e: &Engine) {
     };
     // The backstop ends fires waiting on stopped targets and moves nothing.
     assert!(b.advance_fires().await.unwrap().is_empty());
+}
+/// Issue #21: the group-commit batch is read once, folded in memory and
+/// written with a few multi-row statements. Whatever shares a batch, the
+/// outcome must be what the same ops give applied one at a time: the
+/// effects, every target column, the records and the kept counts. 600
+/// targets span two statements of each kind; a periodic target, repeated
+/// and late reports, a Once record 1, a non-target and bad base64 ride along.
+async fn one_batch_equals_the_same_ops_one_at_a_time(e: &Engine) {
+    let s = e.open().await;
+    let ids: Vec<String> = (0..600).map(|i| format!("i-{i:04}")).collect();
+    let ops_for = |p: &str| -> Vec<WriteOp> {
+        let (a, per) = (format!("{p}-a"), format!("{p}-p"));
+        let mut ops = Vec::new();
+        for (k, id) in ids.iter().enumerate() {
+            if k % 7 != 0 {
+                ops.push(WriteOp::Delivered { invoke_id: a.clone(), instance_id: id.clone() });
+            }
+            if k % 11 != 0 {
+                ops.push(report_from(&a, id, S::Running));
+            }
+        }
+        for (k, id) in ids.iter().enumerate() {
+            let status = match k % 3 {
+                0 => S::Success,
+                1 => S::Failed,
+                _ => continue,
+            };
+            ops.push(report_from(&a, id, status));
+            if k % 5 == 0 {
+                // Resent after the final one: a duplicate.
+                ops.push(report_from(&a, id, S::Running));
+                ops.push(WriteOp::Delivered { invoke_id: a.clone(), instance_id: id.clone() });
+            }
+        }
+        ops.push(WriteOp::Delivered { invoke_id: per.clone(), instance_id: "i-1".into() });
+        for seq in 1..=2 {
+            ops.push(report(&per, seq, S::Running, b""));
+            ops.push(report(&per, seq, S::Failed, format!("fire {seq}").as_bytes()));
+        }
+        ops.push(report(&per, 1, S::Failed, b"late"));
+        ops.push(report(&a, 1, S::Running, b"")); // record 1 of a Once invocation
+        ops.push(report_from(&a, "i-none", S::Success)); // not a target
+        if let WriteOp::Report { instance_id, mut report } = report_from(&a, "i-0002", S::Success) {
+            report.output_b64 = "not base64!".into();
+            ops.push(WriteOp::Report { instance_id, report });
+        }
+        ops.push(WriteOp::Touch { instance_id: "i-0001".into() });
+        ops
+    };
+    for p in ["one", "each"] {
+        s.create_invocation(&invocation(&format!("{p}-a"), "2026-11-23T00:00:00Z", ONCE, ""), &ids).await.unwrap();
+        let per = invocation(&format!("{p}-p"), "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)");
+        s.create_invocation(&per, &["i-1".into()]).await.unwrap();
+    }
+    let one = s.apply_batch(&ops_for("one")).await.unwrap();
+    let mut each = Vec::new();
+    for op in ops_for("each") {
+        each.extend(s.apply_batch(&[op]).await.unwrap());
+    }
+    assert_eq!(one, each, "effects");
+    assert!(one.contains(&ReportEffect::Duplicate));
+    assert!(one.iter().any(|e| matches!(e, ReportEffect::Refused(_))));
+    assert!(one.contains(&ReportEffect::NotATarget));
+    for inv in ["a", "p"] {
+        let (x, y) = (s.targets(&format!("one-{inv}")).await.unwrap(), s.targets(&format!("each-{inv}")).await.unwrap());
+        assert_eq!(x.len(), y.len());
+        for (x, y) in x.iter().zip(&y) {
+            let cols = |t: &TargetRow| {
+                (
+                    t.instance_id.clone(),
+                    t.status,
+                    t.delivered,
+                    t.repeats,
+                    t.exit_code,
+                    t.output.clone(),
+                    t.error_code.clone(),
+                    t.start_time.clone(),
+                    t.finish_time.is_empty(),
+                )
+            };
+            assert_eq!(cols(x), cols(y), "target of {inv}");
+        }
+        let (ci, cj) = (
+            s.get_invocation(&format!("one-{inv}")).await.unwrap().unwrap(),
+            s.get_invocation(&format!("each-{inv}")).await.unwrap().unwrap(),
+        );
+        assert_eq!(ci.counts, cj.counts, "kept counts of {inv}");
+        let mut recount = deckhand::lifecycle::Counts::default();
+        for t in &x {
+            recount.add(t.status, 1);
+        }
+        assert_eq!(ci.counts, recount, "kept counts of {inv} match the targets");
+    }
+    let p = s.targets("one-p").await.unwrap();
+    assert_eq!((p[0].status, p[0].repeats), (S::Running, 2));
+    for id in ["i-0000", "i-0003", "i-0001"] {
+        let (x, y) = (s.records("one-a", id).await.unwrap(), s.records("each-a", id).await.unwrap());
+        assert_eq!(
+            x.iter().map(|r| (r.status, r.output.clone())).collect::<Vec<_>>(),
+            y.iter().map(|r| (r.status, r.output.clone())).collect::<Vec<_>>()
+        );
+        assert_eq!(x.len(), 1, "{id}");
+    }
 }

@@ -131,10 +131,10 @@ impl std::fmt::Display for ErrorCode {
 
 /// `ErrorInfo` to show: Alibaba's fixed text where the code has one,
 /// otherwise the detail given (which names the deckhand-specific cause).
-pub fn error_info(code: Option<&ErrorCode>, detail: &str) -> String {
+pub fn error_info<'a>(code: Option<&ErrorCode>, detail: &'a str) -> std::borrow::Cow<'a, str> {
     match code.and_then(ErrorCode::fixed_info) {
-        Some(fixed) => fixed.to_string(),
-        None => detail.to_string(),
+        Some(fixed) => fixed.into(),
+        None => detail.into(),
     }
 }
 

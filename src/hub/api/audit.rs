@@ -29,7 +29,7 @@ pub struct CallFacts {
 
 /// Whether a call is recorded: every call that may change something,
 /// whatever its outcome, and every refused one (403).
-pub fn wanted(action: &str, result: &Result<Value, ApiError>) -> bool {
+pub fn wanted(action: &str, result: &Result<super::Answer, ApiError>) -> bool {
     !crate::hub::authz::is_read_only(action) || matches!(result, Err(e) if e.status == axum::http::StatusCode::FORBIDDEN)
 }
 
@@ -53,7 +53,7 @@ fn event_id() -> String {
 
 /// Records one call. A failed write is logged, not answered: the call
 /// has already taken effect (docs/permissions.md says so).
-pub async fn record(hub: &Hub, facts: CallFacts, source: std::net::SocketAddr, request_id: &str, result: &Result<Value, ApiError>) {
+pub async fn record(hub: &Hub, facts: CallFacts, source: std::net::SocketAddr, request_id: &str, result: &Result<super::Answer, ApiError>) {
     let (Some(key_id), Some(action)) = (facts.key_id, facts.action) else { return };
     if !wanted(&action, result) {
         return;
@@ -63,7 +63,7 @@ pub async fn record(hub: &Hub, facts: CallFacts, source: std::net::SocketAddr, r
     // beside it is never read here).
     if let Ok(v) = result
         && action == "CreateAccessKey"
-        && let Some(id) = v.get("AccessKeyId").and_then(Value::as_str)
+        && let Some(id) = v.tree().and_then(|v| v.get("AccessKeyId")).and_then(Value::as_str)
     {
         named.push(id.to_string());
     }
@@ -73,7 +73,11 @@ pub async fn record(hub: &Hub, facts: CallFacts, source: std::net::SocketAddr, r
         targets.push_str(&format!(",…(+{})", facts.targets.len() - MAX_TARGETS_LISTED));
     }
     let (outcome, detail, invoke_id) = match result {
-        Ok(v) => ("Success".to_string(), String::new(), v.get("InvokeId").and_then(Value::as_str).unwrap_or("").to_string()),
+        Ok(v) => (
+            "Success".to_string(),
+            String::new(),
+            v.tree().and_then(|v| v.get("InvokeId")).and_then(Value::as_str).unwrap_or("").to_string(),
+        ),
         Err(e) => (e.code.clone(), bounded(&e.message, MAX_DETAIL_BYTES), String::new()),
     };
     let event = AuditEvent {

@@ -423,7 +423,7 @@ pub async fn describe_invocations(req: &Request<'_>) -> Result<Value, ApiError> 
 /// `ErrorCode` and `ErrorInfo` as the API shows them: Alibaba's fixed text
 /// where the code has one, otherwise the stored detail.
 pub(super) fn error_fields(code: &Option<ErrorCode>, info: &str) -> (String, String) {
-    (code.as_ref().map(|c| c.as_str().to_string()).unwrap_or_default(), error_info(code.as_ref(), info))
+    (code.as_ref().map(|c| c.as_str().to_string()).unwrap_or_default(), error_info(code.as_ref(), info).into_owned())
 }
 
 fn stop_time(status: InvocationStatus, finish_time: &str) -> String {
@@ -462,7 +462,7 @@ fn live_or_stored(req: &Request<'_>, t: &TargetRow) -> Vec<u8> {
     t.output.clone()
 }
 
-pub async fn describe_invocation_results(req: &Request<'_>) -> Result<Value, ApiError> {
+pub async fn describe_invocation_results(req: &Request<'_>) -> Result<Vec<u8>, ApiError> {
     let p = &req.params;
     let paging = Paging::from(p, 10, 50)?;
     let plain = wants_plain(p)?;
@@ -482,13 +482,13 @@ pub async fn describe_invocation_results(req: &Request<'_>) -> Result<Value, Api
         command_id: p.get("CommandId").map(str::to_string),
         ..Default::default()
     };
-    let (results, total) = if include_history {
+    let (history, targets, total) = if include_history {
         // Every record of every matching target, paged in SQL.
         let (rows, total) = req.hub.store.list_history(&filter, &statuses, paging.page).await?;
-        (rows.iter().map(|r| result_from_history(r, plain)).collect::<Vec<_>>(), total)
+        (rows, Vec::new(), total)
     } else {
         let (targets, total) = req.hub.store.list_targets(&filter, &statuses, paging.page).await?;
-        (targets.iter().map(|t| result_from_target(req, t, plain)).collect(), total)
+        (Vec::new(), targets, total)
     };
     // Only an empty answer needs to know whether the invocation exists: a
     // result proves it, and the lookup was a third query on every poll
@@ -503,49 +503,110 @@ pub async fn describe_invocation_results(req: &Request<'_>) -> Result<Value, Api
             format!("The specified invocation \"{id}\" does not exist."),
         ));
     }
-    let mut inner = Map::new();
-    inner.insert("InvocationResults".into(), json!({ "InvocationResult": results }));
-    paging.annotate(&mut inner, total);
-    Ok(json!({ "Invocation": Value::Object(inner) }))
+    let mut results: Vec<ResultOut<'_>> = history.iter().map(|r| result_from_history(r, plain)).collect();
+    results.extend(targets.iter().map(|t| result_from_target(req, t, plain)));
+    let answer = ResultsAnswer {
+        invocation: ResultsPage { invocation_results: ResultList { invocation_result: results }, paging: paging.fields(total) },
+    };
+    serde_json::to_vec(&answer).map_err(|e| ApiError::internal(format!("serializing the answer: {e}")))
 }
 
-fn result_from_target(req: &Request<'_>, t: &TargetRow, plain: bool) -> Value {
-    let output = live_or_stored(req, t);
-    let (code, info) = error_fields(&t.error_code, &t.error_info);
-    json!({
-        "InvokeId": t.invoke_id,
-        "InstanceId": t.instance_id,
-        "InvokeRecordStatus": t.status.record_status().as_str(),
-        "InvocationStatus": t.status.as_str(),
-        "Repeats": t.repeats,
-        "Output": encode_output(&output, plain),
-        "Dropped": t.dropped,
-        "ExitCode": t.exit_code,
-        "ErrorCode": code,
-        "ErrorInfo": info,
-        "StartTime": t.start_time,
-        "FinishedTime": t.finish_time,
-        "StopTime": stop_time(t.status, &t.finish_time),
-    })
+/// `DescribeInvocationResults`' answer, serialized straight to bytes
+/// (issue #21: the poll path builds no `Value` tree). Field names are
+/// Cloud Assistant's.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ResultsAnswer<'a> {
+    invocation: ResultsPage<'a>,
 }
 
-fn result_from_history(r: &ResultRow, plain: bool) -> Value {
-    let (code, info) = error_fields(&r.error_code, &r.error_info);
-    json!({
-        "InvokeId": r.invoke_id,
-        "InstanceId": r.instance_id,
-        "InvokeRecordStatus": r.status.record_status().as_str(),
-        "InvocationStatus": r.status.as_str(),
-        "Repeats": r.record_seq.unwrap_or(r.repeats),
-        "Output": encode_output(&r.output, plain),
-        "Dropped": r.dropped,
-        "ExitCode": r.exit_code,
-        "ErrorCode": code,
-        "ErrorInfo": info,
-        "StartTime": r.start_time,
-        "FinishedTime": r.finish_time,
-        "StopTime": stop_time(r.status, &r.finish_time),
-    })
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ResultsPage<'a> {
+    invocation_results: ResultList<'a>,
+    #[serde(flatten)]
+    paging: super::PageFields,
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ResultList<'a> {
+    invocation_result: Vec<ResultOut<'a>>,
+}
+
+/// One `InvocationResult`.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+struct ResultOut<'a> {
+    invoke_id: &'a str,
+    instance_id: &'a str,
+    invoke_record_status: &'static str,
+    invocation_status: &'static str,
+    repeats: i64,
+    output: String,
+    dropped: i64,
+    exit_code: Option<i64>,
+    error_code: &'a str,
+    error_info: std::borrow::Cow<'a, str>,
+    start_time: &'a str,
+    finished_time: &'a str,
+    stop_time: &'a str,
+}
+
+/// `ErrorCode` and `ErrorInfo` as the API shows them (Alibaba's fixed
+/// text where the code has one), borrowed from the row.
+fn error_pair<'a>(code: &'a Option<ErrorCode>, info: &'a str) -> (&'a str, std::borrow::Cow<'a, str>) {
+    (code.as_ref().map(|c| c.as_str()).unwrap_or_default(), error_info(code.as_ref(), info))
+}
+
+/// `StopTime`: the finish time of a stopped run, empty otherwise.
+fn stop_time_of(status: InvocationStatus, finish_time: &str) -> &str {
+    if status.record_status() == InvokeRecordStatus::Stopped { finish_time } else { "" }
+}
+
+fn result_from_target<'a>(req: &Request<'_>, t: &'a TargetRow, plain: bool) -> ResultOut<'a> {
+    let output = if !t.status.is_final()
+        && let Some(live) = req.hub.live.get(&t.invoke_id, &t.instance_id)
+    {
+        encode_output(&live, plain)
+    } else {
+        encode_output(&t.output, plain)
+    };
+    let (error_code, error_info) = error_pair(&t.error_code, &t.error_info);
+    ResultOut {
+        invoke_id: &t.invoke_id,
+        instance_id: &t.instance_id,
+        invoke_record_status: t.status.record_status().as_str(),
+        invocation_status: t.status.as_str(),
+        repeats: t.repeats,
+        output,
+        dropped: t.dropped,
+        exit_code: t.exit_code,
+        error_code,
+        error_info,
+        start_time: &t.start_time,
+        finished_time: &t.finish_time,
+        stop_time: stop_time_of(t.status, &t.finish_time),
+    }
+}
+
+fn result_from_history(r: &ResultRow, plain: bool) -> ResultOut<'_> {
+    let (error_code, error_info) = error_pair(&r.error_code, &r.error_info);
+    ResultOut {
+        invoke_id: &r.invoke_id,
+        instance_id: &r.instance_id,
+        invoke_record_status: r.status.record_status().as_str(),
+        invocation_status: r.status.as_str(),
+        repeats: r.record_seq.unwrap_or(r.repeats),
+        output: encode_output(&r.output, plain),
+        dropped: r.dropped,
+        exit_code: r.exit_code,
+        error_code,
+        error_info,
+        start_time: &r.start_time,
+        finished_time: &r.finish_time,
+        stop_time: stop_time_of(r.status, &r.finish_time),
+    }
 }
 
 /// `ModifyInvocationAttribute` (Cloud Assistant): a `Period` invocation's

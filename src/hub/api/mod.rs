@@ -52,6 +52,66 @@ impl Request<'_> {
     }
 }
 
+/// What an action answers: a JSON object, to which the response adds the
+/// call's `RequestId`.
+#[derive(Debug)]
+pub enum Answer {
+    /// Built as a tree (most actions).
+    Tree(Value),
+    /// Already serialized from typed structs (issue #21: the poll path
+    /// builds no tree): the bytes of one JSON object.
+    Body(Vec<u8>),
+}
+
+impl Answer {
+    /// The tree, when the answer is one (what the audit trail reads).
+    pub fn tree(&self) -> Option<&Value> {
+        match self {
+            Answer::Tree(v) => Some(v),
+            Answer::Body(_) => None,
+        }
+    }
+
+    /// The answer as a tree with its `RequestId` (the console's path;
+    /// a body that does not parse, which our own serializer cannot
+    /// produce, becomes an empty object).
+    pub fn into_value(self, request_id: &str) -> Value {
+        let v = match self {
+            Answer::Tree(v) => v,
+            Answer::Body(b) => serde_json::from_slice(&b).unwrap_or_else(|_| json!({})),
+        };
+        with_request_id(v, request_id)
+    }
+
+    fn into_response(self, request_id: &str) -> Response {
+        match self {
+            Answer::Tree(v) => axum::Json(with_request_id(v, request_id)).into_response(),
+            Answer::Body(mut b) => {
+                // `{…}` becomes `{…,"RequestId":"…"}`.
+                if b.last() == Some(&b'}') {
+                    b.pop();
+                    if b.len() > 1 {
+                        b.push(b',');
+                    }
+                    b.extend_from_slice(b"\"RequestId\":");
+                    // A string serializes infallibly into a Vec.
+                    let _ = serde_json::to_writer(&mut b, request_id);
+                    b.push(b'}');
+                }
+                ([(axum::http::header::CONTENT_TYPE, "application/json")], b).into_response()
+            }
+        }
+    }
+}
+
+/// Adds `RequestId` to an object answer.
+fn with_request_id(mut v: Value, request_id: &str) -> Value {
+    if let Value::Object(m) = &mut v {
+        m.insert("RequestId".into(), Value::String(request_id.to_string()));
+    }
+    v
+}
+
 pub async fn handle(
     State(hub): State<Arc<Hub>>,
     ConnectInfo(crate::hub::server::Peer(peer, _)): ConnectInfo<crate::hub::server::Peer>,
@@ -67,12 +127,7 @@ pub async fn handle(
     crate::hub::metrics::get().api_call(facts.action.as_deref(), result.as_ref().err().map(|e| e.code.as_str()), started.elapsed());
     audit::record(&hub, facts, peer, &request_id, &result).await;
     match result {
-        Ok(mut v) => {
-            if let Value::Object(m) = &mut v {
-                m.insert("RequestId".into(), Value::String(request_id));
-            }
-            axum::Json(v).into_response()
-        }
+        Ok(answer) => answer.into_response(&request_id),
         Err(e) => {
             tracing::info!(code = %e.code, status = e.status.as_u16(), "API request refused");
             let body = json!({
@@ -94,7 +149,7 @@ async fn dispatch(
     headers: &HeaderMap,
     body: &[u8],
     facts: &mut audit::CallFacts,
-) -> Result<Value, ApiError> {
+) -> Result<Answer, ApiError> {
     if body.len() > MAX_BODY_BYTES {
         return Err(ApiError::new(
             axum::http::StatusCode::PAYLOAD_TOO_LARGE,
@@ -134,7 +189,7 @@ pub async fn execute(
     action: &str,
     params: Params,
     facts: &mut audit::CallFacts,
-) -> Result<Value, ApiError> {
+) -> Result<Answer, ApiError> {
     let action = action.to_string();
     facts.key_id = Some(principal.key_id().to_string());
     facts.action = Some(action.clone());
@@ -149,11 +204,12 @@ pub async fn execute(
     guard::authorize(hub, &principal, &action, &params).await?;
     let req = Request { hub, params, principal };
     tracing::debug!(action, "API call");
-    match action.as_str() {
+    let tree = match action.as_str() {
         "RunCommand" => invocations::run_command(&req).await,
         "InvokeCommand" => invocations::invoke_command(&req).await,
         "DescribeInvocations" => invocations::describe_invocations(&req).await,
-        "DescribeInvocationResults" => invocations::describe_invocation_results(&req).await,
+        // Serialized straight to the body: the poll path (issue #21).
+        "DescribeInvocationResults" => return invocations::describe_invocation_results(&req).await.map(Answer::Body),
         "StopInvocation" => invocations::stop_invocation(&req).await,
         "ModifyInvocationAttribute" => invocations::modify_invocation_attribute(&req).await,
         "SendFile" => files::send_file(&req).await,
@@ -188,7 +244,8 @@ pub async fn execute(
             "InvalidAction.NotFound",
             format!("Specified api \"{other}\" is not found, please check your url and method."),
         )),
-    }
+    };
+    tree.map(Answer::Tree)
 }
 
 /// Every action `dispatch` serves, for bounded metric labels: the name as
@@ -266,14 +323,36 @@ impl Paging {
         Ok(Self { page: Page { offset: (number - 1) * size, limit: size }, page_number: number, page_size: size })
     }
 
+    /// `TotalCount`, `PageNumber`, `PageSize`, `NextToken` of a page.
+    pub fn fields(&self, total: i64) -> PageFields {
+        let next = self.page.offset + self.page.limit;
+        PageFields {
+            total_count: total,
+            page_number: self.page_number,
+            page_size: self.page_size,
+            next_token: if next < total { encode_token(next) } else { String::new() },
+        }
+    }
+
     /// Adds `TotalCount`, `PageNumber`, `PageSize`, `NextToken` to `obj`.
     pub fn annotate(&self, obj: &mut serde_json::Map<String, Value>, total: i64) {
-        let next = self.page.offset + self.page.limit;
-        obj.insert("TotalCount".into(), json!(total));
-        obj.insert("PageNumber".into(), json!(self.page_number));
-        obj.insert("PageSize".into(), json!(self.page_size));
-        obj.insert("NextToken".into(), json!(if next < total { encode_token(next) } else { String::new() }));
+        let f = self.fields(total);
+        obj.insert("TotalCount".into(), json!(f.total_count));
+        obj.insert("PageNumber".into(), json!(f.page_number));
+        obj.insert("PageSize".into(), json!(f.page_size));
+        obj.insert("NextToken".into(), json!(f.next_token));
     }
+}
+
+/// The paging fields of a listing answer, for answers serialized from
+/// typed structs (`#[serde(flatten)]` them beside the list).
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PageFields {
+    pub total_count: i64,
+    pub page_number: i64,
+    pub page_size: i64,
+    pub next_token: String,
 }
 
 fn encode_token(offset: i64) -> String {
@@ -307,6 +386,21 @@ pub async fn sweeper(hub: Arc<Hub>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pre-serialized answer gets its `RequestId` like a tree does,
+    /// including the empty object.
+    #[tokio::test]
+    async fn body_answers_carry_the_request_id() {
+        for (body, want) in
+            [(&b"{\"A\":{\"B\":[1]}}"[..], json!({"A": {"B": [1]}, "RequestId": "R-1"})), (&b"{}"[..], json!({"RequestId": "R-1"}))]
+        {
+            let resp = Answer::Body(body.to_vec()).into_response("R-1");
+            assert_eq!(resp.headers().get("content-type").and_then(|v| v.to_str().ok()), Some("application/json"));
+            let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap();
+            assert_eq!(serde_json::from_slice::<Value>(&bytes).unwrap(), want);
+            assert_eq!(Answer::Body(body.to_vec()).into_value("R-1"), want);
+        }
+    }
 
     #[test]
     fn every_served_action_is_dispatched() {

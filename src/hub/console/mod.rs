@@ -325,12 +325,7 @@ pub(super) async fn run(hub: &Arc<Hub>, peer: SocketAddr, who: &Who, action: &st
     }
     .await;
     audit::record(hub, facts, peer, &request_id, &result).await;
-    result.map(|mut v| {
-        if let Value::Object(m) = &mut v {
-            m.insert("RequestId".into(), Value::String(request_id));
-        }
-        v
-    })
+    result.map(|answer| answer.into_value(&request_id))
 }
 
 /// `GET /console/overview`: instances online/offline and the last 24 h

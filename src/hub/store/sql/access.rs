@@ -50,7 +50,7 @@ impl SqlStore {
             .bind(&k.policy)
             .bind(&k.created_at)
             .bind(&k.updated_at)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(())
     }
@@ -71,7 +71,7 @@ impl SqlStore {
             .bind(enabled as i64)
             .bind(now_str())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -82,13 +82,13 @@ impl SqlStore {
             .bind(policy)
             .bind(now_str())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(r.rows_affected() > 0)
     }
 
     pub(super) async fn delete_access_key_impl(&self, id: &str) -> Result<bool> {
-        let r = self.q("DELETE FROM access_keys WHERE key_id = ?").bind(id).execute(&self.pool).await?;
+        let r = self.q("DELETE FROM access_keys WHERE key_id = ?").bind(id).execute(&self.writes).await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -98,7 +98,7 @@ impl SqlStore {
             .bind(new)
             .bind(id)
             .bind(old)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -116,7 +116,7 @@ impl SqlStore {
             .bind(&e.request_id)
             .bind(&e.invoke_id)
             .bind(&e.detail)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(())
     }
@@ -136,7 +136,7 @@ impl SqlStore {
     }
 
     pub(super) async fn prune_audit_impl(&self, cutoff: &str, keep: u64) -> Result<u64> {
-        let r = self.q("DELETE FROM audit_events WHERE at < ?").bind(cutoff).execute(&self.pool).await?;
+        let r = self.q("DELETE FROM audit_events WHERE at < ?").bind(cutoff).execute(&self.writes).await?;
         // The newest event past `keep` and everything older go, in the
         // listing's order (at, event_id). Fewer events: the subquery has no
         // row, the comparison is NULL and nothing is deleted.
@@ -144,7 +144,7 @@ impl SqlStore {
         let over = self
             .q("DELETE FROM audit_events WHERE (at, event_id) <= (SELECT at, event_id FROM audit_events ORDER BY at DESC, event_id DESC LIMIT 1 OFFSET ?)")
             .bind(keep)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(r.rows_affected() + over.rows_affected())
     }

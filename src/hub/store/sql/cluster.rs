@@ -25,12 +25,12 @@ impl SqlStore {
         self.q("INSERT INTO hubs (hub_id, started_at, last_seen) VALUES (?1, ?2, ?2) ON CONFLICT (hub_id) DO UPDATE SET last_seen = ?2")
             .bind(hub_id)
             .bind(&now)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         // A replica that missed its liveness deadline (a stalled database,
         // say) had its agents released by another; those it still holds
         // come back online here.
-        self.q("UPDATE instances SET online = 1 WHERE hub_id = ? AND online = 0").bind(hub_id).execute(&self.pool).await?;
+        self.q("UPDATE instances SET online = 1 WHERE hub_id = ? AND online = 0").bind(hub_id).execute(&self.writes).await?;
         Ok(())
     }
 
@@ -38,9 +38,9 @@ impl SqlStore {
         let r = self
             .q("UPDATE instances SET online = 0 WHERE online = 1 AND hub_id NOT IN (SELECT hub_id FROM hubs WHERE last_seen >= ?)")
             .bind(cutoff)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
-        self.q("DELETE FROM hubs WHERE last_seen < ?").bind(cutoff).execute(&self.pool).await?;
+        self.q("DELETE FROM hubs WHERE last_seen < ?").bind(cutoff).execute(&self.writes).await?;
         Ok(r.rows_affected())
     }
 
@@ -103,7 +103,7 @@ impl SqlStore {
         if self.d != Dialect::Postgres {
             return Ok(());
         }
-        self.q("SELECT pg_notify(?, ?)").bind(CHANNEL).bind(payload).execute(&self.pool).await?;
+        self.q("SELECT pg_notify(?, ?)").bind(CHANNEL).bind(payload).execute(&self.writes).await?;
         Ok(())
     }
 

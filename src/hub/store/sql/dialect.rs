@@ -1,7 +1,7 @@
 //! The few places where SQLite and PostgreSQL SQL differ, in one room.
 //!
 //! Queries are written once in SQLite's spelling (`?` placeholders,
-//! `MAX(a, b)`, `BLOB`); [`Dialect`] rewrites them for PostgreSQL. Keeping
+//! `BLOB`); [`Dialect`] rewrites them for PostgreSQL. Keeping
 //! the difference this small is what lets one store implementation and one
 //! test suite cover both engines.
 
@@ -64,11 +64,12 @@ impl Dialect {
         }
     }
 
-    /// The two-argument maximum.
-    pub fn greatest(self) -> &'static str {
+    /// [`Dialect::for_update`] limited to the rows of `alias` (a query
+    /// joining a key list, whose rows are not table rows).
+    pub fn for_update_of(self, alias: &str) -> String {
         match self {
-            Dialect::Sqlite => "MAX",
-            Dialect::Postgres => "GREATEST",
+            Dialect::Sqlite => String::new(),
+            Dialect::Postgres => format!(" FOR UPDATE OF {alias}"),
         }
     }
 

@@ -445,7 +445,7 @@ impl SqlStore {
         for st in &ended {
             q = q.bind(st.as_str());
         }
-        q.execute(&self.pool).await?;
+        q.execute(&self.writes).await?;
         // Newest fires first: a fire whose agent went away waits until that
         // agent asks about a later one, and must not crowd out live fires.
         let rows = self

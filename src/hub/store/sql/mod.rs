@@ -16,6 +16,7 @@ use sqlx::query::{Query, QueryScalar};
 use sqlx::{Any, AssertSqlSafe, Executor, Transaction};
 
 mod access;
+mod batch;
 mod cluster;
 mod dialect;
 mod fires;
@@ -56,8 +57,8 @@ fn target_where(f: &InvocationFilter, statuses: &[InvocationStatus], status_expr
 
 use super::*;
 
-/// SQLite: four connections. WAL lets readers run beside the single
-/// writer; more would only queue on SQLite's write lock.
+/// SQLite: four connections for reads (WAL lets them run beside the
+/// writer), and one more that every write goes through (`writes`).
 const SQLITE_POOL: u32 = 4;
 /// PostgreSQL: enough for the API, the group-commit writer and agent
 /// sessions of one replica; N replicas use N times this (size the server's
@@ -75,7 +76,14 @@ const MIGRATION_LOCK: i64 = 0x6465_636b_6861_6e64; // "deckhand"
 
 #[derive(Clone)]
 pub struct SqlStore {
+    /// Reads (and, on PostgreSQL, writes).
     pool: sqlx::Pool<Any>,
+    /// Every write: on SQLite one connection, so writers queue here (woken
+    /// as soon as the one before commits) instead of in SQLite's busy
+    /// handler, which sleeps 1 to 100 ms between tries (issue #21: a
+    /// group commit spent most of its 84–330 ms there). On PostgreSQL the
+    /// same pool as reads.
+    writes: sqlx::Pool<Any>,
     d: Dialect,
     /// PostgreSQL URL, for the LISTEN connection (not pooled).
     url: String,
@@ -103,25 +111,28 @@ impl SqlStore {
     pub async fn open_sqlite(path: &std::path::Path) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        let pool = PoolOptions::<Any>::new()
-            .max_connections(SQLITE_POOL)
-            .acquire_timeout(BUSY_TIMEOUT)
-            .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
-            .after_connect(|conn, _| {
-                Box::pin(async move {
-                    // Durability and locking settings are per connection.
-                    conn.execute(
-                        "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-                         PRAGMA busy_timeout = 10000;",
-                    )
-                    .await?;
-                    Ok(())
+        let options = |max: u32| {
+            PoolOptions::<Any>::new()
+                .max_connections(max)
+                .acquire_timeout(BUSY_TIMEOUT)
+                .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        // Durability and locking settings are per connection.
+                        conn.execute(
+                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                             PRAGMA busy_timeout = 10000;",
+                        )
+                        .await?;
+                        Ok(())
+                    })
                 })
-            })
-            .connect(&url)
-            .await?;
+        };
+        let pool = options(SQLITE_POOL).connect(&url).await?;
+        let writes = options(1).connect(&url).await?;
         let store = Self {
             pool,
+            writes,
             d: Dialect::Sqlite,
             url: String::new(),
             released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0,
@@ -140,6 +151,7 @@ impl SqlStore {
             .connect(url)
             .await?;
         let store = Self {
+            writes: pool.clone(),
             pool,
             d: Dialect::Postgres,
             url: url.to_string(),
@@ -186,7 +198,7 @@ impl SqlStore {
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Any>> {
-        Ok(self.pool.begin_with(self.d.begin()).await?)
+        Ok(self.writes.begin_with(self.d.begin()).await?)
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -305,7 +317,7 @@ impl Store for SqlStore {
             .bind(a.time_to_live_hours)
             .bind(&a.ip_address_range)
             .bind(&a.created_at)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(())
     }
@@ -325,7 +337,7 @@ impl Store for SqlStore {
     }
 
     async fn set_activation_disabled(&self, id: &str) -> Result<bool> {
-        let r = self.q("UPDATE activations SET disabled = 1 WHERE activation_id = ?").bind(id).execute(&self.pool).await?;
+        let r = self.q("UPDATE activations SET disabled = 1 WHERE activation_id = ?").bind(id).execute(&self.writes).await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -334,7 +346,7 @@ impl Store for SqlStore {
             .q("DELETE FROM activations WHERE activation_id = ? AND NOT EXISTS \
              (SELECT 1 FROM instances WHERE activation_id = activations.activation_id)")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -431,7 +443,7 @@ impl Store for SqlStore {
             .bind(ip)
             .bind(now_str())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(())
     }
@@ -442,20 +454,20 @@ impl Store for SqlStore {
             .bind(id)
             .bind(hub_id)
             .bind(session as i64)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(())
     }
 
     async fn set_pending_token(&self, id: &str, hash: &str) -> Result<()> {
-        self.q("UPDATE instances SET pending_token_hash = ? WHERE instance_id = ?").bind(hash).bind(id).execute(&self.pool).await?;
+        self.q("UPDATE instances SET pending_token_hash = ? WHERE instance_id = ?").bind(hash).bind(id).execute(&self.writes).await?;
         Ok(())
     }
 
     async fn promote_pending_token(&self, id: &str) -> Result<()> {
         self.q("UPDATE instances SET token_hash = pending_token_hash, pending_token_hash = '' WHERE instance_id = ? AND pending_token_hash != ''")
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(())
     }
@@ -470,7 +482,7 @@ impl Store for SqlStore {
         self.q("UPDATE instances SET tags = ? WHERE instance_id = ?")
             .bind(serde_json::to_string(&merged).unwrap_or_default())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(())
     }
@@ -481,7 +493,7 @@ impl Store for SqlStore {
         self.q("UPDATE instances SET tags = ? WHERE instance_id = ?")
             .bind(serde_json::to_string(&kept).unwrap_or_default())
             .bind(id)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(())
     }
@@ -528,13 +540,13 @@ impl Store for SqlStore {
             .bind(c.timeout_secs)
             .bind(&c.username)
             .bind(&c.command_id)
-            .execute(&self.pool)
+            .execute(&self.writes)
             .await?;
         Ok(())
     }
 
     async fn delete_command(&self, id: &str) -> Result<bool> {
-        let r = self.q("DELETE FROM commands WHERE command_id = ? AND visible = 1").bind(id).execute(&self.pool).await?;
+        let r = self.q("DELETE FROM commands WHERE command_id = ? AND visible = 1").bind(id).execute(&self.writes).await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -603,7 +615,9 @@ impl Store for SqlStore {
 
     async fn list_targets(&self, f: &InvocationFilter, statuses: &[InvocationStatus], page: Page) -> Result<(Vec<TargetRow>, i64)> {
         let (w, binds) = target_where(f, statuses, "t.status");
-        let from = "FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id";
+        // The invocation row is joined only to filter by its command: the
+        // poll path (by InvokeId) reads the targets alone (issue #21).
+        let from = if f.command_id.is_some() { "FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id" } else { "FROM targets t" };
         let (rows, total) = self
             .page_of(
                 &format!("{TARGET_COLS}, t.output"),
@@ -790,7 +804,7 @@ impl Store for SqlStore {
         } else {
             "UPDATE file_contents SET used_at = ? WHERE sha256 = ?"
         };
-        let done = self.q(sql).bind(now_str()).bind(sha256).execute(&self.pool).await?;
+        let done = self.q(sql).bind(now_str()).bind(sha256).execute(&self.writes).await?;
         Ok(done.rows_affected() > 0)
     }
 

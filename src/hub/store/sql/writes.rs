@@ -1,18 +1,17 @@
 //! The store's multi-statement write transactions: creating an invocation
-//! with its targets, the group-commit batch, a stop request, delivery
-//! expiry, deregistration, and the 0.1.0 data upgrade. Each is one
-//! transaction; the `Store` impl wraps them with retries.
+//! with its targets, a stop request, delivery expiry, deregistration, and
+//! the 0.1.0 data upgrade (the group-commit batch is `batch.rs`). Each is
+//! one transaction; the `Store` impl wraps them with retries.
 //!
-//! Every target status change goes through [`move_target`], which asks
-//! `lifecycle::transition` and moves the invocation's kept counts in the
-//! same transaction.
+//! Every target status change here goes through [`move_target`], which
+//! asks `lifecycle::transition` and moves the invocation's kept counts in
+//! the same transaction (`batch.rs` folds the same rule over many targets).
 
 use sqlx::{Any, AssertSqlSafe, Transaction};
 
 use super::super::*;
 use super::SqlStore;
 use super::dialect::Dialect;
-use super::reports::apply_report_tx;
 use super::rows::{col, counts_from, key, status_col};
 use crate::lifecycle::{Event, Refusal, TargetState, transition};
 
@@ -285,57 +284,6 @@ impl SqlStore {
         self.q("UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = ?").bind(&inv.command_id).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(())
-    }
-
-    pub(super) async fn apply_batch_once(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>> {
-        // One transaction, one fsync, for the whole batch: this is what lets
-        // a hub absorb a fleet-wide fan-out.
-        let mut tx = self.begin().await?;
-        let mut effects = Vec::with_capacity(ops.len());
-        let now = now_str();
-        // Invocations a report may have settled a target of: their windows
-        // move in this same transaction (issue #16).
-        let mut reported = std::collections::BTreeSet::new();
-        // Fire windows (periodic invocations) whose slot a record freed.
-        let mut fires = std::collections::BTreeSet::new();
-        for op in ops {
-            let effect = match op {
-                WriteOp::Report { instance_id, report } => {
-                    let effect = apply_report_tx(&mut tx, self.d, instance_id, report).await?;
-                    if effect == ReportEffect::Applied && report.status.is_final() {
-                        reported.insert(report.invoke_id.clone());
-                        // A windowed fire's record settled: its slot frees.
-                        if let Some(fire) =
-                            super::fires::settle(&mut tx, self.d, instance_id, &report.invoke_id, report.record_seq, report.status).await?
-                        {
-                            fires.insert(fire);
-                        }
-                    }
-                    effect
-                }
-                WriteOp::Delivered { invoke_id, instance_id } => {
-                    if let Moved::Refused(r) = move_target(&mut tx, self.d, invoke_id, instance_id, Event::Delivered).await? {
-                        tracing::debug!(invoke_id, instance_id, refusal = %r, "acknowledgement changes nothing");
-                    }
-                    ReportEffect::Applied
-                }
-                WriteOp::Touch { instance_id } => {
-                    self.q("UPDATE instances SET last_seen = ? WHERE instance_id = ?")
-                        .bind(&now)
-                        .bind(instance_id)
-                        .execute(&mut *tx)
-                        .await?;
-                    ReportEffect::Applied
-                }
-            };
-            effects.push(effect);
-        }
-        let released = super::window::advance_all(&mut tx, self.d, &reported).await?;
-        let granted = super::fires::advance_settled(&mut tx, self.d, &fires).await?;
-        tx.commit().await?;
-        self.announce_released(&released);
-        self.announce_fires(granted);
-        Ok(effects)
     }
 
     pub(super) async fn modify_invocation_once(&self, m: &Modification) -> Result<Vec<String>> {
