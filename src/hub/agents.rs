@@ -24,8 +24,13 @@ use crate::protocol::{self, AgentMsg, HubMsg, MAX_FRAME_BYTES, OLDEST_AGENT_PROT
 
 /// Frames queued for one agent. A full queue means the agent is not
 /// reading; we drop the connection and let it resync on reconnect rather
-/// than buffer without bound.
+/// than buffer without bound. The queue holds boxed messages: tokio's
+/// channel allocates its first block of 32 slots when it is made, and a
+/// slot the size of a [`HubMsg`] made that 2.8 KB for every connected
+/// agent; boxed, 0.3 KB (issue #21).
 const OUTBOX: usize = 256;
+/// tungstenite's read buffer per connection (see [`upgrade`]).
+const WS_READ_BUFFER: usize = 1024;
 /// First frame must arrive within this.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest frame accepted before the agent has authenticated: `register`
@@ -44,7 +49,7 @@ const UPDATE_CHECK: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 struct Session {
     conn_id: u64,
-    tx: mpsc::Sender<HubMsg>,
+    tx: mpsc::Sender<Box<HubMsg>>,
     /// The protocol the agent said it speaks (what it can be sent).
     protocol: u32,
 }
@@ -57,7 +62,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    fn insert(&self, instance_id: &str, tx: mpsc::Sender<HubMsg>, protocol: u32) -> u64 {
+    fn insert(&self, instance_id: &str, tx: mpsc::Sender<Box<HubMsg>>, protocol: u32) -> u64 {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let old = self.lock().insert(instance_id.to_string(), Session { conn_id, tx, protocol });
         if old.is_some() {
@@ -98,7 +103,7 @@ impl Registry {
     pub fn send(&self, instance_id: &str, msg: HubMsg) -> bool {
         let session = self.lock().get(instance_id).cloned();
         let Some(s) = session else { return false };
-        match s.tx.try_send(msg) {
+        match s.tx.try_send(Box::new(msg)) {
             Ok(()) => true,
             Err(_) => {
                 tracing::warn!(instance_id, "agent outbox full or closed; dropping session to resync");
@@ -133,10 +138,13 @@ pub async fn upgrade(
         tracing::warn!(%peer, "agent connection without a client certificate refused (mTLS required)");
         return (axum::http::StatusCode::FORBIDDEN, "a client certificate signed by the agent CA is required").into_response();
     }
-    // Small initial buffers: they grow for the rare large frame, and at
-    // 10,000 connections the tungstenite defaults (128 KiB each) would
-    // dominate hub memory.
-    ws.read_buffer_size(4096).write_buffer_size(0).max_message_size(MAX_FRAME_BYTES).max_frame_size(MAX_FRAME_BYTES).on_upgrade(
+    // Small buffers: at 10,000 connections the tungstenite defaults
+    // (128 KiB each) would dominate hub memory. The read buffer is also the
+    // largest read tungstenite makes; rustls already holds 4 KiB of every
+    // connection's incoming bytes, so a second 4 KiB copy bought nothing but
+    // fewer reads of a frame larger than 1 KiB (issue #21). A frame larger
+    // than the buffer still grows it, within `max_frame_size`.
+    ws.read_buffer_size(WS_READ_BUFFER).write_buffer_size(0).max_message_size(MAX_FRAME_BYTES).max_frame_size(MAX_FRAME_BYTES).on_upgrade(
         move |socket| async move {
             if let Err(e) = connection(hub, socket, peer).await {
                 tracing::info!(%peer, error = %e, "agent connection ended");
@@ -271,17 +279,43 @@ async fn check_protocol(ws: &mut WebSocket, protocol: u32) -> Result<(), ConnErr
     Err(refuse(ws, "UnsupportedProtocol", message).await)
 }
 
+/// One agent connection, from its first frame to its end. Only what the
+/// session needs stays in this future: the handshake, each message's
+/// handling and the resync run in boxed futures that are freed when they
+/// finish, so a connected, idle agent costs the hub a few KiB (issue #21).
 async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Result<(), ConnError> {
-    let first =
-        tokio::time::timeout(HELLO_TIMEOUT, recv_first(&mut ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??;
+    let Some((instance_id, facts, protocol)) = Box::pin(open(&hub, &mut ws, peer)).await? else { return Ok(()) };
+    let hb = hub.config.heartbeat;
+    let (tx, mut rx) = mpsc::channel(OUTBOX);
+    let conn_id = hub.agents.insert(&instance_id, tx, protocol);
+    tracing::info!(instance_id, %peer, "agent connected");
+    let result = match session(&hub, &mut ws, &instance_id, &facts, &mut rx, hb).await {
+        // Unacknowledged reports stay in the agent's journal; it sends them
+        // again after its back-off, once space is back.
+        Err(ConnError::Store(e)) => Err(Box::pin(unavailable(&mut ws, e)).await),
+        other => other,
+    };
+    if hub.agents.remove(&instance_id, conn_id) {
+        hub.store.instance_disconnected(&instance_id, &hub.id).await?;
+    }
+    let _ = ws.close().await;
+    tracing::info!(instance_id, "agent disconnected");
+    result
+}
+
+/// The handshake: register (optionally), hello and its checks, `welcome`.
+/// The agent's instance id, facts and protocol once it may start a
+/// session; `None` for an update trial, which ends after `welcome`.
+async fn open(hub: &Hub, ws: &mut WebSocket, peer: SocketAddr) -> Result<Option<(String, protocol::HostFacts, u32)>, ConnError> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, recv_first(ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??;
     let first = match first {
         AgentMsg::Register { protocol, activation_id, activation_code, facts } => {
-            check_protocol(&mut ws, protocol).await?;
-            match register(&hub, &activation_id, &activation_code, &facts, peer).await? {
-                Ok((instance_id, token)) => send(&mut ws, &HubMsg::Registered { instance_id, token }).await?,
-                Err((code, msg)) => return Err(refuse(&mut ws, code, msg).await),
+            check_protocol(ws, protocol).await?;
+            match register(hub, &activation_id, &activation_code, &facts, peer).await? {
+                Ok((instance_id, token)) => send(ws, &HubMsg::Registered { instance_id, token }).await?,
+                Err((code, msg)) => return Err(refuse(ws, code, msg).await),
             }
-            tokio::time::timeout(HELLO_TIMEOUT, recv_first(&mut ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??
+            tokio::time::timeout(HELLO_TIMEOUT, recv_first(ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??
         }
         other => other,
     };
@@ -289,13 +323,13 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
         AgentMsg::Hello { protocol, instance_id, token, facts } => (protocol, instance_id, token, facts, false),
         // A new agent binary proving it can reach us (self-update).
         AgentMsg::Trial { protocol, instance_id, token, agent_version: _ } => (protocol, instance_id, token, Default::default(), true),
-        _ => return Err(refuse(&mut ws, "ProtocolViolation", "first message must be hello or register".into()).await),
+        _ => return Err(refuse(ws, "ProtocolViolation", "first message must be hello or register".into()).await),
     };
-    check_protocol(&mut ws, protocol).await?;
+    check_protocol(ws, protocol).await?;
     // Ids are ours (`mi-` + hex): anything else cannot be known, and is
     // refused before it reaches the store or a log line.
     if super::edge::shown_id(&instance_id) != instance_id {
-        return Err(refuse(&mut ws, "InvalidCredential", "malformed instance id".into()).await);
+        return Err(refuse(ws, "InvalidCredential", "malformed instance id".into()).await);
     }
     let known = hub.store.get_instance(&instance_id).await?;
     let presented = hash_token(&token);
@@ -309,7 +343,7 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
         }
         _ => {
             return Err(refuse(
-                &mut ws,
+                ws,
                 "InvalidCredential",
                 format!("unknown instance {} or wrong token", super::edge::shown_id(&instance_id)),
             )
@@ -320,14 +354,11 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     if trial {
         // Welcome and nothing else: the running agent keeps its session and
         // the store keeps its facts until the new binary really takes over.
-        send(
-            &mut ws,
-            &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) },
-        )
-        .await?;
+        send(ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) })
+            .await?;
         tracing::info!(instance_id, "agent update trial reached the hub");
         let _ = ws.close().await;
-        return Ok(());
+        return Ok(None);
     }
     if let Some(updates) = &hub.config.agent_updates {
         updates.connected(&instance_id, &facts);
@@ -336,25 +367,11 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     // agent is refused before its back-off resets, so a fleet waits with
     // growing delays instead of reconnecting several times a second.
     if let Err(e) = hub.store.instance_connected(&instance_id, &hub.id, &facts, &peer.ip().to_string()).await {
-        return Err(unavailable(&mut ws, e).await);
+        return Err(unavailable(ws, e).await);
     }
-    send(&mut ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) })
+    send(ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) })
         .await?;
-    let (tx, mut rx) = mpsc::channel(OUTBOX);
-    let conn_id = hub.agents.insert(&instance_id, tx, protocol);
-    tracing::info!(instance_id, %peer, "agent connected");
-    let result = match session(&hub, &mut ws, &instance_id, &facts, &mut rx, hb).await {
-        // Unacknowledged reports stay in the agent's journal; it sends them
-        // again after its back-off, once space is back.
-        Err(ConnError::Store(e)) => Err(unavailable(&mut ws, e).await),
-        other => other,
-    };
-    if hub.agents.remove(&instance_id, conn_id) {
-        hub.store.instance_disconnected(&instance_id, &hub.id).await?;
-    }
-    let _ = ws.close().await;
-    tracing::info!(instance_id, "agent disconnected");
-    result
+    Ok(Some((instance_id, facts, protocol)))
 }
 
 async fn session(
@@ -362,12 +379,12 @@ async fn session(
     ws: &mut WebSocket,
     instance_id: &str,
     facts: &crate::protocol::HostFacts,
-    rx: &mut mpsc::Receiver<HubMsg>,
+    rx: &mut mpsc::Receiver<Box<HubMsg>>,
     hb: Duration,
 ) -> Result<(), ConnError> {
     let mut mine = Delivered::default();
     // Resync: everything owed to this instance, built by the delivery service.
-    for msg in super::delivery::resync(hub, instance_id).await? {
+    for msg in Box::pin(super::delivery::resync(hub, instance_id)).await? {
         if let HubMsg::Invoke { invocation } = &msg {
             mine.note(&invocation.invoke_id);
         }
@@ -399,7 +416,7 @@ async fn session(
             }
             out = rx.recv() => match out {
                 Some(msg) => {
-                    if let HubMsg::Invoke { invocation } = &msg {
+                    if let HubMsg::Invoke { invocation } = &*msg {
                         mine.note(&invocation.invoke_id);
                     }
                     send(ws, &msg).await?
@@ -409,7 +426,7 @@ async fn session(
             },
             msg = recv(ws), if in_flight.len() < MAX_IN_FLIGHT => {
                 deadline = tokio::time::Instant::now() + dead_after;
-                if let Some(committing) = handle(hub, ws, instance_id, facts, &mine, msg?).await? {
+                if let Some(committing) = Box::pin(handle(hub, ws, instance_id, facts, &mine, msg?)).await? {
                     in_flight.push_back(committing);
                 }
             }
@@ -637,4 +654,26 @@ async fn register(
     }
     tracing::info!(instance_id, activation_id, "instance registered");
     Ok(Ok((instance_id, token)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an async fn returns, without calling it.
+    fn future_size<A, B, C, F: Future>(_: &impl Fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn per_connection_state_is_small() {
+        // What each connected agent holds for its whole life besides its
+        // buffers: the connection future (inside the task axum spawns).
+        let conn = future_size(&connection);
+        println!("connection future: {conn} B; WebSocket: {} B; HubMsg: {} B", size_of::<WebSocket>(), size_of::<HubMsg>());
+        // Debug builds lay futures out larger than release builds; this
+        // bound holds for both. Past it, box the state of the await that
+        // grew (as `open`, `handle` and `resync` are).
+        assert!(conn <= 3 * 1024, "connection future is {conn} bytes");
+    }
 }
