@@ -15,7 +15,6 @@ use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use futures_util::SinkExt;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
 use super::Hub;
 use super::metrics::Direction;
@@ -24,10 +23,10 @@ use crate::protocol::{self, AgentMsg, HubMsg, MAX_FRAME_BYTES, OLDEST_AGENT_PROT
 
 /// Frames queued for one agent. A full queue means the agent is not
 /// reading; we drop the connection and let it resync on reconnect rather
-/// than buffer without bound. The queue holds boxed messages: tokio's
-/// channel allocates its first block of 32 slots when it is made, and a
-/// slot the size of a [`HubMsg`] made that 2.8 KB for every connected
-/// agent; boxed, 0.3 KB (issue #21).
+/// than buffer without bound. The queue holds boxed messages in a flume
+/// channel, which allocates room only for messages queued: tokio's
+/// channel allocated a block of 32 [`HubMsg`] slots (2.8 KB) and a 512-byte
+/// cache-padded header for every connected agent (issue #21).
 const OUTBOX: usize = 256;
 /// tungstenite's read buffer per connection (see [`upgrade`]).
 const WS_READ_BUFFER: usize = 1024;
@@ -49,7 +48,7 @@ const UPDATE_CHECK: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 struct Session {
     conn_id: u64,
-    tx: mpsc::Sender<Box<HubMsg>>,
+    tx: flume::Sender<Box<HubMsg>>,
     /// The protocol the agent said it speaks (what it can be sent).
     protocol: u32,
 }
@@ -62,7 +61,7 @@ pub struct Registry {
 }
 
 impl Registry {
-    fn insert(&self, instance_id: &str, tx: mpsc::Sender<Box<HubMsg>>, protocol: u32) -> u64 {
+    fn insert(&self, instance_id: &str, tx: flume::Sender<Box<HubMsg>>, protocol: u32) -> u64 {
         let conn_id = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let old = self.lock().insert(instance_id.to_string(), Session { conn_id, tx, protocol });
         if old.is_some() {
@@ -290,7 +289,10 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     let opening = Box::pin(open(&hub, &mut ws, peer));
     let Some((instance_id, facts, protocol)) = opening.await? else { return Ok(()) };
     let hb = hub.config.heartbeat;
-    let (tx, mut rx) = mpsc::channel(OUTBOX);
+    let (tx, rx) = flume::bounded(OUTBOX);
+    // A stream keeps its waker registered between polls (a fresh
+    // `recv_async` each turn of the session loop would allocate one).
+    let mut rx = rx.into_stream();
     let conn_id = hub.agents.insert(&instance_id, tx, protocol);
     tracing::info!(instance_id, %peer, "agent connected");
     let result = match session(&hub, &mut ws, &instance_id, &facts, &mut rx, hb).await {
@@ -386,7 +388,7 @@ async fn session(
     ws: &mut WebSocket,
     instance_id: &str,
     facts: &crate::protocol::HostFacts,
-    rx: &mut mpsc::Receiver<Box<HubMsg>>,
+    rx: &mut flume::r#async::RecvStream<'static, Box<HubMsg>>,
     hb: Duration,
 ) -> Result<(), ConnError> {
     let mut mine = Delivered::default();
@@ -423,7 +425,7 @@ async fn session(
                     send(ws, &msg).await?;
                 }
             }
-            out = rx.recv() => match out {
+            out = futures_util::StreamExt::next(rx) => match out {
                 Some(msg) => {
                     if let HubMsg::Invoke { invocation } = &*msg {
                         mine.note(&invocation.invoke_id);
