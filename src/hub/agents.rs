@@ -409,11 +409,12 @@ async fn session(
     // after its commit.
     let mut in_flight = futures_util::stream::FuturesOrdered::new();
     // Self-update: whether this agent may be offered a build now.
-    let mut update_tick = tokio::time::interval(UPDATE_CHECK);
+    // Only when updates are offered: an interval allocates its timer.
+    let mut update_tick = hub.config.agent_updates.as_ref().map(|_| tokio::time::interval(UPDATE_CHECK));
     loop {
         tokio::select! {
             _ = hub.shutdown.cancelled() => return Ok(()),
-            _ = update_tick.tick(), if hub.config.agent_updates.is_some() => {
+            _ = tick(&mut update_tick), if update_tick.is_some() => {
                 let offer = hub.config.agent_updates.as_ref().and_then(|u| u.offer_for(instance_id, facts, hub.agents.count(), chrono::Utc::now()));
                 if let Some(offer) = offer {
                     send(ws, &offer).await?;
@@ -443,6 +444,16 @@ async fn session(
                 }
             }
         }
+    }
+}
+
+/// The next tick of an optional interval; never without one.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
