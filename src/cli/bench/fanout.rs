@@ -25,6 +25,9 @@ use crate::protocol::{self, AgentMsg, HostFacts, HubMsg, PROTOCOL_VERSION, Recor
 
 /// Handshakes in flight at once while connecting the simulated fleet.
 const CONNECT_PARALLELISM: usize = 128;
+/// RunCommand calls in flight at once (100 targets each): all of a
+/// 10,000-agent fleet's, a fifth of a 50,000-agent fleet's.
+const API_PARALLELISM: usize = 100;
 /// Activations allow at most 1000 instances each (Cloud Assistant's bound).
 const PER_ACTIVATION: usize = 1000;
 /// How long a simulated run lasts in a rollout run, so windows overlap
@@ -298,19 +301,27 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
     let t_fan = Instant::now();
     let cpu_fan = procs::cpu_time(pid);
     let mut calls = Vec::new();
+    // At most this many calls at once: each is a connection the hub counts
+    // as pending until its headers are in (at most 256 per address).
+    let api_gate = Arc::new(Semaphore::new(API_PARALLELISM));
     for chunk in ids.chunks(100) {
         let c = client.clone();
+        let gate = api_gate.clone();
         let mut p: Vec<(String, String)> = vec![("Type".into(), "RunShellScript".into()), ("CommandContent".into(), "echo ok".into())];
         for (i, id) in chunk.iter().enumerate() {
             p.push((format!("InstanceId.{}", i + 1), id.clone()));
         }
-        calls.push(tokio::task::spawn_blocking(move || {
-            let refs: Vec<(&str, String)> = p.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-            c.call("RunCommand", &refs)
+        calls.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let refs: Vec<(&str, String)> = p.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                c.call("RunCommand", &refs)
+            })
+            .await
         }));
     }
     for c in calls {
-        c.await.map_err(err)??;
+        c.await.map_err(err)?.map_err(err)??;
     }
     let api_time = t_fan.elapsed();
     let mut stored = 0usize;
