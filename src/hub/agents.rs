@@ -144,12 +144,26 @@ pub async fn upgrade(
     // fewer reads of a frame larger than 1 KiB (issue #21). A frame larger
     // than the buffer still grows it, within `max_frame_size`.
     ws.read_buffer_size(WS_READ_BUFFER).write_buffer_size(0).max_message_size(MAX_FRAME_BYTES).max_frame_size(MAX_FRAME_BYTES).on_upgrade(
-        move |socket| async move {
-            if let Err(e) = connection(hub, socket, peer).await {
-                tracing::info!(%peer, error = %e, "agent connection ended");
-            }
+        // The connection gets a task of its own, and axum's (which would
+        // hold the socket and this closure's state a second time for the
+        // connection's whole life) ends at once (issue #21).
+        move |socket| {
+            tokio::spawn(serve(hub, socket, peer));
+            std::future::ready(())
         },
     )
+}
+
+/// The connection's task: [`connection`], its end logged. Not an `async fn`:
+/// that would keep its own copy of the socket beside the one the
+/// connection future holds.
+fn serve(hub: Arc<Hub>, socket: WebSocket, peer: SocketAddr) -> impl Future<Output = ()> + Send {
+    use futures_util::FutureExt;
+    connection(hub, socket, peer).map(move |r| {
+        if let Err(e) = r {
+            tracing::info!(%peer, error = %e, "agent connection ended");
+        }
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -235,35 +249,28 @@ async fn recv_first(ws: &mut WebSocket, peer: SocketAddr) -> Result<AgentMsg, Co
     }
 }
 
-/// Next agent message; malformed frames are answered, not fatal (the agent
-/// has authenticated). Neither the answer nor the log quotes the frame.
-async fn recv(ws: &mut WebSocket) -> Result<AgentMsg, ConnError> {
+/// Next agent message, or the answer owed to a malformed frame (not fatal:
+/// the agent has authenticated). Neither the answer nor the log quotes the
+/// frame. The answer is returned, not sent here, so that this future, which
+/// lives as long as the session waits, stays small.
+async fn recv(ws: &mut WebSocket) -> Result<Result<AgentMsg, HubMsg>, ConnError> {
     loop {
         let Some(frame) = ws.recv().await else { return Err(ConnError::Closed) };
         let frame = frame?;
         count_in(&frame);
+        let malformed = |message: String| Ok(Err(HubMsg::Error { code: "MalformedFrame".into(), message, fatal: false }));
         match frame {
             Message::Text(t) => match protocol::decode::<AgentMsg>(t.as_str()) {
-                Ok(m) => return Ok(m),
+                Ok(m) => return Ok(Ok(m)),
                 Err(e) => {
                     if let Some(suppressed) = super::edge::peer_warnings().allow() {
                         tracing::warn!(error = %e, suppressed, "rejected agent frame");
                     }
-                    send(ws, &HubMsg::Error { code: "MalformedFrame".into(), message: e.to_string(), fatal: false }).await?;
+                    return malformed(e.to_string());
                 }
             },
             Message::Close(_) => return Err(ConnError::Closed),
-            Message::Binary(_) => {
-                send(
-                    ws,
-                    &HubMsg::Error {
-                        code: "MalformedFrame".into(),
-                        message: "binary frames are not part of the protocol".into(),
-                        fatal: false,
-                    },
-                )
-                .await?;
-            }
+            Message::Binary(_) => return malformed("binary frames are not part of the protocol".into()),
             _ => {}
         }
     }
@@ -436,12 +443,16 @@ async fn session(
                 // Registry replaced us (newer connection) or dropped us (slow).
                 None => return Ok(()),
             },
-            msg = recv(ws), if in_flight.len() < MAX_IN_FLIGHT => {
-                deadline = tokio::time::Instant::now() + dead_after;
-                let handling = Box::pin(handle(hub, ws, instance_id, facts, &mine, msg?));
-                if let Some(committing) = handling.await? {
-                    in_flight.push_back(committing);
+            msg = recv(ws), if in_flight.len() < MAX_IN_FLIGHT => match msg? {
+                Ok(msg) => {
+                    deadline = tokio::time::Instant::now() + dead_after;
+                    let handling = Box::pin(handle(hub, ws, instance_id, facts, &mine, msg));
+                    if let Some(committing) = handling.await? {
+                        in_flight.push_back(committing);
+                    }
                 }
+                // Answered; as before, only a well-formed frame counts as a sign of life.
+                Err(answer) => send(ws, &answer).await?,
             }
         }
     }
@@ -693,9 +704,9 @@ mod tests {
         // What each connected agent holds for its whole life besides its
         // buffers: the connection future (inside the task axum spawns).
         // The handshake alone is as large again; it is boxed and freed.
-        let conn = future_size(&connection);
+        let conn = future_size(&serve);
         let open = future_size(&open);
-        println!("connection future: {conn} B (handshake, boxed: {open} B); WebSocket: {} B", size_of::<WebSocket>());
+        println!("connection task's future: {conn} B (handshake, boxed: {open} B); WebSocket: {} B", size_of::<WebSocket>());
         // Debug builds lay futures out larger than release builds; this
         // bound holds for both. Past it, box the state of the await that
         // grew (as `open`, `handle` and `resync` are).
