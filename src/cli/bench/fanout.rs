@@ -57,7 +57,12 @@ impl Alive {
 /// bench's own API calls. Above this many agents the simulated fleet dials
 /// from several loopback addresses (127.0.0.1, 127.0.0.2, …), each with
 /// its own ports: a 50,000-agent run needs two.
+/// `DECKHAND_BENCH_PORTS_PER_SOURCE` sets a smaller figure, so that a
+/// small run exercises several source addresses.
 fn ports_per_source() -> usize {
+    if let Some(n) = std::env::var("DECKHAND_BENCH_PORTS_PER_SOURCE").ok().and_then(|v| v.parse::<usize>().ok()) {
+        return n.max(1);
+    }
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
     let ports = range
         .and_then(|r| {
