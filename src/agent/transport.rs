@@ -126,6 +126,13 @@ pub async fn dial_via(
         }
         super::proxy::connect(&mut tcp, p, &url.host, url.port, CONNECT_TIMEOUT).await?;
     }
+    handshake(tcp, url, tls, insecure_loopback).await
+}
+
+/// TLS (unless the URL is plain loopback) and the WebSocket handshake over
+/// an established TCP connection to the hub (or a tunnel to it).
+pub async fn handshake(tcp: TcpStream, url: &HubUrl, tls: &Arc<rustls::ClientConfig>, insecure_loopback: bool) -> Result<Ws, DialError> {
+    let addr = format!("{}:{}", url.host, url.port);
     let stream: Box<dyn Io> = if url.tls {
         let name = ServerName::try_from(url.host.clone()).map_err(|e| DialError::Tls(e.to_string()))?;
         let connector = tokio_rustls::TlsConnector::from(tls.clone());

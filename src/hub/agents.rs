@@ -15,7 +15,6 @@ use axum::extract::{ConnectInfo, State};
 use axum::response::Response;
 use futures_util::SinkExt;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
 
 use super::Hub;
 use super::metrics::Direction;
@@ -24,8 +23,13 @@ use crate::protocol::{self, AgentMsg, HubMsg, MAX_FRAME_BYTES, OLDEST_AGENT_PROT
 
 /// Frames queued for one agent. A full queue means the agent is not
 /// reading; we drop the connection and let it resync on reconnect rather
-/// than buffer without bound.
+/// than buffer without bound. The queue holds boxed messages in a flume
+/// channel, which allocates room only for messages queued: tokio's
+/// channel allocated a block of 32 [`HubMsg`] slots (2.8 KB) and a 512-byte
+/// cache-padded header for every connected agent (issue #21).
 const OUTBOX: usize = 256;
+/// tungstenite's read buffer per connection (see [`upgrade`]).
+const WS_READ_BUFFER: usize = 512;
 /// First frame must arrive within this.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest frame accepted before the agent has authenticated: `register`
@@ -49,7 +53,7 @@ const FIRE_REQUESTS_PER_SEC: u32 = 50;
 #[derive(Clone)]
 struct Session {
     conn_id: u64,
-    tx: mpsc::Sender<HubMsg>,
+    tx: flume::Sender<Box<HubMsg>>,
     /// The protocol the agent said it speaks (what it can be sent).
     protocol: u32,
 }
@@ -68,7 +72,7 @@ impl Registry {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    fn insert(&self, instance_id: &str, conn_id: u64, tx: mpsc::Sender<HubMsg>, protocol: u32) {
+    fn insert(&self, instance_id: &str, conn_id: u64, tx: flume::Sender<Box<HubMsg>>, protocol: u32) {
         let old = self.lock().insert(instance_id.to_string(), Session { conn_id, tx, protocol });
         if old.is_some() {
             // The old socket's task notices its sender is gone when it next sends.
@@ -107,7 +111,7 @@ impl Registry {
     pub fn send(&self, instance_id: &str, msg: HubMsg) -> bool {
         let session = self.lock().get(instance_id).cloned();
         let Some(s) = session else { return false };
-        match s.tx.try_send(msg) {
+        match s.tx.try_send(Box::new(msg)) {
             Ok(()) => true,
             Err(_) => {
                 tracing::warn!(instance_id, "agent outbox full or closed; dropping session to resync");
@@ -142,16 +146,33 @@ pub async fn upgrade(
         tracing::warn!(%peer, "agent connection without a client certificate refused (mTLS required)");
         return (axum::http::StatusCode::FORBIDDEN, "a client certificate signed by the agent CA is required").into_response();
     }
-    // Small initial buffers: they grow for the rare large frame, and at
-    // 10,000 connections the tungstenite defaults (128 KiB each) would
-    // dominate hub memory.
-    ws.read_buffer_size(4096).write_buffer_size(0).max_message_size(MAX_FRAME_BYTES).max_frame_size(MAX_FRAME_BYTES).on_upgrade(
-        move |socket| async move {
-            if let Err(e) = connection(hub, socket, peer).await {
-                tracing::info!(%peer, error = %e, "agent connection ended");
-            }
+    // Small buffers: at 10,000 connections the tungstenite defaults
+    // (128 KiB each) would dominate hub memory. The read buffer is also the
+    // largest read tungstenite makes; rustls already holds 4 KiB of every
+    // connection's incoming bytes, so a second 4 KiB copy bought nothing but
+    // fewer reads of a large frame (issue #21). `hello` and the usual
+    // reports fit; a larger frame grows the buffer, within `max_frame_size`.
+    ws.read_buffer_size(WS_READ_BUFFER).write_buffer_size(0).max_message_size(MAX_FRAME_BYTES).max_frame_size(MAX_FRAME_BYTES).on_upgrade(
+        // The connection gets a task of its own, and axum's (which would
+        // hold the socket and this closure's state a second time for the
+        // connection's whole life) ends at once (issue #21).
+        move |socket| {
+            tokio::spawn(serve(hub, socket, peer));
+            std::future::ready(())
         },
     )
+}
+
+/// The connection's task: [`connection`], its end logged. Not an `async fn`:
+/// that would keep its own copy of the socket beside the one the
+/// connection future holds.
+fn serve(hub: Arc<Hub>, socket: WebSocket, peer: SocketAddr) -> impl Future<Output = ()> + Send {
+    use futures_util::FutureExt;
+    connection(hub, socket, peer).map(move |r| {
+        if let Err(e) = r {
+            tracing::info!(%peer, error = %e, "agent connection ended");
+        }
+    })
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -237,35 +258,28 @@ async fn recv_first(ws: &mut WebSocket, peer: SocketAddr) -> Result<AgentMsg, Co
     }
 }
 
-/// Next agent message; malformed frames are answered, not fatal (the agent
-/// has authenticated). Neither the answer nor the log quotes the frame.
-async fn recv(ws: &mut WebSocket) -> Result<AgentMsg, ConnError> {
+/// Next agent message, or the answer owed to a malformed frame (not fatal:
+/// the agent has authenticated). Neither the answer nor the log quotes the
+/// frame. The answer is returned, not sent here, and both are boxed, so
+/// that the session's state while it waits stays small (issue #21).
+async fn recv(ws: &mut WebSocket) -> Result<Result<Box<AgentMsg>, Box<HubMsg>>, ConnError> {
     loop {
         let Some(frame) = ws.recv().await else { return Err(ConnError::Closed) };
         let frame = frame?;
         count_in(&frame);
+        let malformed = |message: String| Ok(Err(Box::new(HubMsg::Error { code: "MalformedFrame".into(), message, fatal: false })));
         match frame {
             Message::Text(t) => match protocol::decode::<AgentMsg>(t.as_str()) {
-                Ok(m) => return Ok(m),
+                Ok(m) => return Ok(Ok(Box::new(m))),
                 Err(e) => {
                     if let Some(suppressed) = super::edge::peer_warnings().allow() {
                         tracing::warn!(error = %e, suppressed, "rejected agent frame");
                     }
-                    send(ws, &HubMsg::Error { code: "MalformedFrame".into(), message: e.to_string(), fatal: false }).await?;
+                    return malformed(e.to_string());
                 }
             },
             Message::Close(_) => return Err(ConnError::Closed),
-            Message::Binary(_) => {
-                send(
-                    ws,
-                    &HubMsg::Error {
-                        code: "MalformedFrame".into(),
-                        message: "binary frames are not part of the protocol".into(),
-                        fatal: false,
-                    },
-                )
-                .await?;
-            }
+            Message::Binary(_) => return malformed("binary frames are not part of the protocol".into()),
             _ => {}
         }
     }
@@ -280,17 +294,55 @@ async fn check_protocol(ws: &mut WebSocket, protocol: u32) -> Result<(), ConnErr
     Err(refuse(ws, "UnsupportedProtocol", message).await)
 }
 
+/// One agent connection, from its first frame to its end. Only what the
+/// session needs stays in this future: the handshake, each message's
+/// handling and the resync run in boxed futures that are freed when they
+/// finish, so a connected, idle agent costs the hub a few KiB (issue #21).
 async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Result<(), ConnError> {
-    let first =
-        tokio::time::timeout(HELLO_TIMEOUT, recv_first(&mut ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??;
+    // Boxed in a statement of its own: a temporary lives to the end of its
+    // statement, so `Box::pin(open(…)).await` would keep room for the
+    // unboxed future across the await.
+    let conn_id = hub.agents.new_session();
+    let opening = Box::pin(open(&hub, &mut ws, peer, conn_id));
+    let Some((instance_id, facts, protocol)) = opening.await? else { return Ok(()) };
+    let hb = hub.config.heartbeat;
+    let (tx, rx) = flume::bounded(OUTBOX);
+    // A stream keeps its waker registered between polls (a fresh
+    // `recv_async` each turn of the session loop would allocate one).
+    let mut rx = rx.into_stream();
+    hub.agents.insert(&instance_id, conn_id, tx, protocol);
+    tracing::info!(instance_id, %peer, "agent connected");
+    let result = match session(&hub, &mut ws, &instance_id, &facts, &mut rx, hb).await {
+        // Unacknowledged reports stay in the agent's journal; it sends them
+        // again after its back-off, once space is back.
+        Err(ConnError::Store(e)) => {
+            let refusing = Box::pin(unavailable(&mut ws, e));
+            Err(refusing.await)
+        }
+        other => other,
+    };
+    if hub.agents.remove(&instance_id, conn_id) {
+        hub.store.instance_disconnected(&instance_id, &hub.id, conn_id).await?;
+    }
+    let _ = ws.close().await;
+    tracing::info!(instance_id, "agent disconnected");
+    result
+}
+
+/// The handshake: register (optionally), hello and its checks, `welcome`.
+/// The agent's instance id, facts and protocol once it may start a
+/// session; `None` for an update trial, which ends after `welcome`.
+/// The facts are boxed: the session keeps them, and inline they are 200 bytes.
+async fn open(hub: &Hub, ws: &mut WebSocket, peer: SocketAddr, conn_id: u64) -> Result<Option<(String, Box<protocol::HostFacts>, u32)>, ConnError> {
+    let first = tokio::time::timeout(HELLO_TIMEOUT, recv_first(ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??;
     let first = match first {
         AgentMsg::Register { protocol, activation_id, activation_code, facts } => {
-            check_protocol(&mut ws, protocol).await?;
-            match register(&hub, &activation_id, &activation_code, &facts, peer).await? {
-                Ok((instance_id, token)) => send(&mut ws, &HubMsg::Registered { instance_id, token }).await?,
-                Err((code, msg)) => return Err(refuse(&mut ws, code, msg).await),
+            check_protocol(ws, protocol).await?;
+            match register(hub, &activation_id, &activation_code, &facts, peer).await? {
+                Ok((instance_id, token)) => send(ws, &HubMsg::Registered { instance_id, token }).await?,
+                Err((code, msg)) => return Err(refuse(ws, code, msg).await),
             }
-            tokio::time::timeout(HELLO_TIMEOUT, recv_first(&mut ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??
+            tokio::time::timeout(HELLO_TIMEOUT, recv_first(ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??
         }
         other => other,
     };
@@ -298,13 +350,13 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
         AgentMsg::Hello { protocol, instance_id, token, facts } => (protocol, instance_id, token, facts, false),
         // A new agent binary proving it can reach us (self-update).
         AgentMsg::Trial { protocol, instance_id, token, agent_version: _ } => (protocol, instance_id, token, Default::default(), true),
-        _ => return Err(refuse(&mut ws, "ProtocolViolation", "first message must be hello or register".into()).await),
+        _ => return Err(refuse(ws, "ProtocolViolation", "first message must be hello or register".into()).await),
     };
-    check_protocol(&mut ws, protocol).await?;
+    check_protocol(ws, protocol).await?;
     // Ids are ours (`mi-` + hex): anything else cannot be known, and is
     // refused before it reaches the store or a log line.
     if super::edge::shown_id(&instance_id) != instance_id {
-        return Err(refuse(&mut ws, "InvalidCredential", "malformed instance id".into()).await);
+        return Err(refuse(ws, "InvalidCredential", "malformed instance id".into()).await);
     }
     let known = hub.store.get_instance(&instance_id).await?;
     let presented = hash_token(&token);
@@ -318,7 +370,7 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
         }
         _ => {
             return Err(refuse(
-                &mut ws,
+                ws,
                 "InvalidCredential",
                 format!("unknown instance {} or wrong token", super::edge::shown_id(&instance_id)),
             )
@@ -329,14 +381,11 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     if trial {
         // Welcome and nothing else: the running agent keeps its session and
         // the store keeps its facts until the new binary really takes over.
-        send(
-            &mut ws,
-            &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) },
-        )
-        .await?;
+        send(ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) })
+            .await?;
         tracing::info!(instance_id, "agent update trial reached the hub");
         let _ = ws.close().await;
-        return Ok(());
+        return Ok(None);
     }
     if let Some(updates) = &hub.config.agent_updates {
         updates.connected(hub.store.as_ref(), &instance_id, &facts).await;
@@ -344,27 +393,12 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     // Recorded before `welcome`: when the database cannot be written the
     // agent is refused before its back-off resets, so a fleet waits with
     // growing delays instead of reconnecting several times a second.
-    let conn_id = hub.agents.new_session();
     if let Err(e) = hub.store.instance_connected(&instance_id, &hub.id, conn_id, &facts, &peer.ip().to_string()).await {
-        return Err(unavailable(&mut ws, e).await);
+        return Err(unavailable(ws, e).await);
     }
-    send(&mut ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) })
+    send(ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) })
         .await?;
-    let (tx, mut rx) = mpsc::channel(OUTBOX);
-    hub.agents.insert(&instance_id, conn_id, tx, protocol);
-    tracing::info!(instance_id, %peer, "agent connected");
-    let result = match session(&hub, &mut ws, &instance_id, &facts, &mut rx, hb).await {
-        // Unacknowledged reports stay in the agent's journal; it sends them
-        // again after its back-off, once space is back.
-        Err(ConnError::Store(e)) => Err(unavailable(&mut ws, e).await),
-        other => other,
-    };
-    if hub.agents.remove(&instance_id, conn_id) {
-        hub.store.instance_disconnected(&instance_id, &hub.id, conn_id).await?;
-    }
-    let _ = ws.close().await;
-    tracing::info!(instance_id, "agent disconnected");
-    result
+    Ok(Some((instance_id, Box::new(facts), protocol)))
 }
 
 async fn session(
@@ -372,13 +406,15 @@ async fn session(
     ws: &mut WebSocket,
     instance_id: &str,
     facts: &crate::protocol::HostFacts,
-    rx: &mut mpsc::Receiver<HubMsg>,
+    rx: &mut flume::r#async::RecvStream<'static, Box<HubMsg>>,
     hb: Duration,
 ) -> Result<(), ConnError> {
     let mut mine = Delivered::default();
     let mut fire_budget = FireBudget::default();
     // Resync: everything owed to this instance, built by the delivery service.
-    for msg in super::delivery::resync(hub, instance_id).await? {
+    let owed = Box::pin(super::delivery::resync(hub, instance_id));
+    let owed = owed.await?;
+    for msg in owed {
         if let HubMsg::Invoke { invocation } = &msg {
             mine.note(&invocation.invoke_id);
         }
@@ -392,11 +428,12 @@ async fn session(
     // after its commit.
     let mut in_flight = futures_util::stream::FuturesOrdered::new();
     // Self-update: whether this agent may be offered a build now.
-    let mut update_tick = tokio::time::interval(UPDATE_CHECK);
+    // Only when updates are offered: an interval allocates its timer.
+    let mut update_tick = hub.config.agent_updates.as_ref().map(|_| tokio::time::interval(UPDATE_CHECK));
     loop {
         tokio::select! {
             _ = hub.shutdown.cancelled() => return Ok(()),
-            _ = update_tick.tick(), if hub.config.agent_updates.is_some() => {
+            _ = tick(&mut update_tick), if update_tick.is_some() => {
                 let offer = match &hub.config.agent_updates {
                     Some(u) => u.offer_for(hub.store.as_ref(), instance_id, facts, chrono::Utc::now()).await,
                     None => None,
@@ -411,9 +448,9 @@ async fn session(
                     send(ws, &msg).await?;
                 }
             }
-            out = rx.recv() => match out {
+            out = futures_util::StreamExt::next(rx) => match out {
                 Some(msg) => {
-                    if let HubMsg::Invoke { invocation } = &msg {
+                    if let HubMsg::Invoke { invocation } = &*msg {
                         mine.note(&invocation.invoke_id);
                     }
                     send(ws, &msg).await?
@@ -421,13 +458,28 @@ async fn session(
                 // Registry replaced us (newer connection) or dropped us (slow).
                 None => return Ok(()),
             },
-            msg = recv(ws), if in_flight.len() < MAX_IN_FLIGHT => {
-                deadline = tokio::time::Instant::now() + dead_after;
-                if let Some(committing) = handle(hub, ws, instance_id, facts, &mine, &mut fire_budget, msg?).await? {
-                    in_flight.push_back(committing);
+            msg = recv(ws), if in_flight.len() < MAX_IN_FLIGHT => match msg? {
+                Ok(msg) => {
+                    deadline = tokio::time::Instant::now() + dead_after;
+                    let handling = Box::pin(handle(hub, ws, instance_id, facts, &mine, &mut fire_budget, *msg));
+                    if let Some(committing) = handling.await? {
+                        in_flight.push_back(committing);
+                    }
                 }
+                // Answered; as before, only a well-formed frame counts as a sign of life.
+                Err(answer) => send(ws, &answer).await?,
             }
         }
+    }
+}
+
+/// The next tick of an optional interval; never without one.
+async fn tick(interval: &mut Option<tokio::time::Interval>) {
+    match interval {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
@@ -690,4 +742,34 @@ async fn register(
     }
     tracing::info!(instance_id, activation_id, "instance registered");
     Ok(Ok((instance_id, token)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future an async fn returns, without calling it.
+    fn future_size<A, B, C, F: Future>(_: &impl Fn(A, B, C) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    fn future_size4<A, B, C, D, F: Future>(_: &impl Fn(A, B, C, D) -> F) -> usize {
+        std::mem::size_of::<F>()
+    }
+
+    #[test]
+    fn per_connection_state_is_small() {
+        // What each connected agent holds for its whole life besides its
+        // buffers: the connection future (inside the task axum spawns).
+        // The handshake alone is as large again; it is boxed and freed.
+        let conn = future_size(&serve);
+        let open = future_size4(&open);
+        println!("connection task's future: {conn} B (handshake, boxed: {open} B); WebSocket: {} B", size_of::<WebSocket>());
+        // Debug builds lay futures out larger than release builds; this
+        // bound holds for both. Past it, box the state of the await that
+        // grew (as `open`, `handle` and `resync` are).
+        assert!(conn <= 2304, "connection future is {conn} bytes");
+        // An outbox slot is a pointer (see OUTBOX).
+        assert_eq!(size_of::<Box<HubMsg>>(), size_of::<usize>());
+    }
 }

@@ -8,6 +8,7 @@
 //! run holds for [`ROLLOUT_HOLD`], and the peak number of runs alive at
 //! once is measured on the agents' side (it must equal the window).
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -24,6 +25,9 @@ use crate::protocol::{self, AgentMsg, HostFacts, HubMsg, PROTOCOL_VERSION, Recor
 
 /// Handshakes in flight at once while connecting the simulated fleet.
 const CONNECT_PARALLELISM: usize = 128;
+/// RunCommand calls in flight at once (100 targets each): all of a
+/// 10,000-agent fleet's, a fifth of a 50,000-agent fleet's.
+const API_PARALLELISM: usize = 100;
 /// Activations allow at most 1000 instances each (Cloud Assistant's bound).
 const PER_ACTIVATION: usize = 1000;
 /// How long a simulated run lasts in a rollout run, so windows overlap
@@ -46,6 +50,52 @@ impl Alive {
     fn end(&self) {
         self.now.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// Ephemeral ports the kernel hands out per source address (Linux's
+/// `ip_local_port_range`, 28,232 by default), less a margin for the
+/// bench's own API calls. Above this many agents the simulated fleet dials
+/// from several loopback addresses (127.0.0.1, 127.0.0.2, …), each with
+/// its own ports: a 50,000-agent run needs two.
+/// `DECKHAND_BENCH_PORTS_PER_SOURCE` sets a smaller figure, so that a
+/// small run exercises several source addresses.
+fn ports_per_source() -> usize {
+    if let Some(n) = std::env::var("DECKHAND_BENCH_PORTS_PER_SOURCE").ok().and_then(|v| v.parse::<usize>().ok()) {
+        return n.max(1);
+    }
+    let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").ok();
+    let ports = range
+        .and_then(|r| {
+            let mut it = r.split_whitespace().filter_map(|p| p.parse::<usize>().ok());
+            Some(it.next_back()?.saturating_sub(it.next()?) + 1)
+        })
+        .unwrap_or(28_232);
+    ports.saturating_sub(2_000).max(1)
+}
+
+/// The loopback address simulated agent `i` dials from; `None` (the
+/// kernel's choice, 127.0.0.1) while one address has ports enough.
+fn source_for(i: usize, agents: usize, per_source: usize) -> Option<IpAddr> {
+    (agents > per_source).then(|| IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i / per_source).min(253) as u8)))
+}
+
+/// Dials the hub as an agent does, from `source` when given.
+async fn dial(url: &HubUrl, tls: &Arc<rustls::ClientConfig>, source: Option<IpAddr>) -> Result<Ws, CliError> {
+    let Some(ip) = source else { return transport::dial(url, tls, false).await.map_err(err) };
+    let hub = tokio::net::lookup_host((url.host.as_str(), url.port)).await.map_err(err)?.next().ok_or_else(|| err("no hub address"))?;
+    let sock = if hub.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.map_err(err)?;
+    sock.bind(SocketAddr::new(ip, 0)).map_err(|e| err(format!("binding source address {ip}: {e}")))?;
+    let tcp = sock.connect(hub).await.map_err(|e| err(format!("connecting from {ip}: {e}")))?;
+    let _ = tcp.set_nodelay(true);
+    transport::handshake(tcp, url, tls, false).await.map_err(err)
+}
+
+/// The machine's available memory (Linux `MemAvailable`), bytes.
+fn mem_available() -> u64 {
+    let info = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    info.lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
 }
 
 fn err(e: impl std::fmt::Display) -> CliError {
@@ -88,12 +138,13 @@ fn report(invoke_id: &str, status: InvocationStatus) -> RecordReport {
 async fn sim_agent(
     url: HubUrl,
     tls: Arc<rustls::ClientConfig>,
+    source: Option<IpAddr>,
     act: (String, String),
     ids: mpsc::Sender<String>,
     done: mpsc::UnboundedSender<()>,
     alive: Option<Arc<Alive>>,
 ) -> Result<(), CliError> {
-    let mut ws = transport::dial(&url, &tls, false).await.map_err(err)?;
+    let mut ws = dial(&url, &tls, source).await?;
     let facts = HostFacts { hostname: "sim".into(), os_type: "linux".into(), agent_version: "bench".into(), ..Default::default() };
     send(&mut ws, &AgentMsg::Register { protocol: PROTOCOL_VERSION, activation_id: act.0, activation_code: act.1, facts: facts.clone() })
         .await?;
@@ -140,8 +191,22 @@ async fn sim_agent(
 pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> Result<(), CliError> {
     let fd_limit = procs::raise_nofile();
     if fd_limit != 0 && agents as u64 + 256 > fd_limit {
-        return Err(err(format!("{agents} agents need about {} file descriptors; the limit is {fd_limit}", agents + 256)));
+        return Err(err(format!(
+            "{agents} agents need about {} file descriptors; the limit is {fd_limit} (raise it with `ulimit -n`; as root `ulimit -Hn` first)",
+            agents + 256
+        )));
     }
+    let per_source = ports_per_source();
+    let sources = agents.div_ceil(per_source).max(1);
+    if sources > 254 {
+        return Err(err(format!("{agents} agents need {sources} loopback source addresses of {per_source} ports each; at most 254 exist")));
+    }
+    println!(
+        "limits: {fd_limit} open files per process (bench and hub each need {}), {sources} loopback source address(es) of {per_source} ephemeral ports, {:.1} GiB memory available, {} cores shared by the bench's agents and the hub",
+        agents + 256,
+        mib(mem_available()) / 1024.0,
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    );
     let dir = tempfile::tempdir().map_err(err)?;
     let (store_args, store_name) = super::store_args(store);
     let mut args = vec!["--heartbeat-secs", "60"];
@@ -170,21 +235,32 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
     let gate = Arc::new(Semaphore::new(CONNECT_PARALLELISM));
     let failures = Arc::new(AtomicUsize::new(0));
+    // What stopped the first agent that failed: the limit a large run hit.
+    let first_failure = Arc::new(std::sync::Mutex::new(None::<String>));
     // After the measurement the hub is stopped; agents losing it then is expected.
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let alive = rollout.map(|_| Arc::new(Alive::default()));
     let t_connect = Instant::now();
-    for act in activations {
+    for (i, act) in activations.into_iter().enumerate() {
         let (url, tls, ids, done, gate, failures, finished, alive) =
             (url.clone(), tls.clone(), id_tx.clone(), done_tx.clone(), gate.clone(), failures.clone(), finished.clone(), alive.clone());
+        let first_failure = first_failure.clone();
+        let source = source_for(i, agents, per_source);
         tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
             // The permit covers only the handshake phase.
             let (held_tx, mut held_rx) = mpsc::channel::<String>(1);
-            let fut = sim_agent(url, tls, act, held_tx, done, alive);
+            let fut = sim_agent(url, tls, source, act, held_tx, done, alive);
             tokio::pin!(fut);
             let id = tokio::select! {
-                r = &mut fut => { if let Err(e) = r { failures.fetch_add(1, Ordering::Relaxed); tracing::warn!(error = %e, "simulated agent failed"); } return; }
+                r = &mut fut => {
+                    if let Err(e) = r {
+                        failures.fetch_add(1, Ordering::Relaxed);
+                        first_failure.lock().unwrap_or_else(|p| p.into_inner()).get_or_insert_with(|| e.to_string());
+                        tracing::warn!(error = %e, "simulated agent failed");
+                    }
+                    return;
+                }
                 id = held_rx.recv() => id,
             };
             drop(permit);
@@ -211,10 +287,13 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
     }
     let connect_time = t_connect.elapsed();
     if ids.len() < agents {
+        let first = first_failure.lock().unwrap_or_else(|p| p.into_inner()).clone().unwrap_or_else(|| "none failed; timed out".into());
         return Err(err(format!(
-            "only {} of {agents} simulated agents connected ({} failed)",
+            "only {} of {agents} simulated agents connected ({} failed; first failure: {first}; hub RSS {:.1} MiB, bench RSS {:.1} MiB)",
             ids.len(),
-            failures.load(Ordering::Relaxed)
+            failures.load(Ordering::Relaxed),
+            mib(procs::rss_bytes(pid)),
+            mib(procs::rss_bytes(std::process::id()))
         )));
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -227,19 +306,27 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
     let t_fan = Instant::now();
     let cpu_fan = procs::cpu_time(pid);
     let mut calls = Vec::new();
+    // At most this many calls at once: each is a connection the hub counts
+    // as pending until its headers are in (at most 256 per address).
+    let api_gate = Arc::new(Semaphore::new(API_PARALLELISM));
     for chunk in ids.chunks(100) {
         let c = client.clone();
+        let gate = api_gate.clone();
         let mut p: Vec<(String, String)> = vec![("Type".into(), "RunShellScript".into()), ("CommandContent".into(), "echo ok".into())];
         for (i, id) in chunk.iter().enumerate() {
             p.push((format!("InstanceId.{}", i + 1), id.clone()));
         }
-        calls.push(tokio::task::spawn_blocking(move || {
-            let refs: Vec<(&str, String)> = p.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-            c.call("RunCommand", &refs)
+        calls.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let refs: Vec<(&str, String)> = p.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                c.call("RunCommand", &refs)
+            })
+            .await
         }));
     }
     for c in calls {
-        c.await.map_err(err)??;
+        c.await.map_err(err)?.map_err(err)??;
     }
     let api_time = t_fan.elapsed();
     let mut stored = 0usize;
@@ -255,9 +342,14 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
     let rss_after = procs::rss_bytes(pid);
     let per_conn = rss_connected.saturating_sub(rss_idle) as f64 / agents.max(1) as f64;
     println!("fan-out benchmark ({agents} simulated agents, TLS WebSocket, store: {store_name})");
-    println!("  connect + register all agents:  {:.2} s", connect_time.as_secs_f64());
+    println!(
+        "  connect + register all agents:  {:.2} s ({:.0} agents/s)",
+        connect_time.as_secs_f64(),
+        agents as f64 / connect_time.as_secs_f64().max(1e-9)
+    );
     println!("  hub RSS idle / connected / after: {:.1} / {:.1} / {:.1} MiB", mib(rss_idle), mib(rss_connected), mib(rss_after));
     println!("  hub memory per connection:      {:.1} KiB", per_conn / 1024.0);
+    println!("  bench process RSS (the agents): {:.1} MiB", mib(procs::rss_bytes(std::process::id())));
     println!("  RunCommand calls ({}):          {:.3} s", agents.div_ceil(100), api_time.as_secs_f64());
     println!("  fan-out complete (all stored):  {:.3} s  ({stored}/{agents} results)", fan_time.as_secs_f64());
     println!("  results stored per second:      {:.0}", stored as f64 / fan_time.as_secs_f64().max(1e-9));
@@ -367,4 +459,17 @@ async fn rollout_run(
         return Err(err(format!("the window was exceeded: {peak} runs at once, MaxConcurrency {resolved}")));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn large_fleets_dial_from_several_loopback_addresses() {
+        assert_eq!(source_for(9_999, 10_000, 26_000), None);
+        assert_eq!(source_for(0, 50_000, 26_000), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1))));
+        assert_eq!(source_for(26_000, 50_000, 26_000), Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2))));
+        assert!(ports_per_source() >= 1);
+    }
 }
