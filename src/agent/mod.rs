@@ -257,6 +257,9 @@ fn spawn_status_writer(dir: PathBuf, status: SharedStatus, runner: Arc<Runner>, 
                 s.updated_at = chrono::Utc::now().to_rfc3339();
                 s
             };
+            // Changes nothing waited for (acks, a schedule's close) reach the
+            // disk within a tick.
+            runner.flush().await;
             // Off the event loop: /proc reads and a file write (issue #21).
             let d = dir.clone();
             let _ = tokio::task::spawn_blocking(move || {
@@ -498,9 +501,15 @@ async fn session(
     loop {
         ctx.live.stamp();
         // Send whatever is pending beyond what this connection already sent.
+        // Only reports on disk go out: one sync (off the event loop) for
+        // all that are waiting.
+        if runner.state().has_unsynced_reports() {
+            runner.flush().await;
+        }
         let batch: Vec<(u64, protocol::RecordReport)> = {
-            let st = runner.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.pending().filter(|(id, _)| **id > sent_upto).take(64).map(|(id, r)| (*id, r.clone())).collect()
+            let st = runner.state();
+            let below = st.sendable_below();
+            st.pending().filter(|(id, _)| **id > sent_upto && **id < below).take(64).map(|(id, r)| (*id, r.clone())).collect()
         };
         for (report_id, report) in batch {
             send(ws, &AgentMsg::Report { report_id, report }).await?;
@@ -543,7 +552,7 @@ async fn session(
                     HubMsg::Invoke { invocation } => {
                         let invoke_id = invocation.invoke_id.clone();
                         // Journal first; ack only what is durably ours.
-                        match runner.accept(*invocation) {
+                        match runner.accept(*invocation).await {
                             Ok(()) => send(ws, &AgentMsg::InvokeAck { invoke_id }).await?,
                             Err(e) => {
                                 // Not acknowledged: the hub keeps it for us. Once the
