@@ -264,6 +264,7 @@ fn spawn_status_writer(dir: PathBuf, status: SharedStatus, runner: Arc<Runner>, 
             let d = dir.clone();
             let _ = tokio::task::spawn_blocking(move || {
                 let mut snapshot = snapshot;
+                selfcheck::release_free_memory();
                 snapshot.figures = figures::snapshot();
                 service::write_status(&d, &snapshot)
             })

@@ -127,7 +127,9 @@ impl Runner {
     /// is degraded or the sync failed).
     pub(super) async fn flush(&self) -> bool {
         let _one = self.sync_lock.lock().await;
-        let point = match self.state().sync_point() {
+        // Bound first: a guard in the match's head would live through the arms.
+        let point = self.state().sync_point();
+        let point = match point {
             Ok(Some(p)) => p,
             Ok(None) => return self.state().is_durable(),
             Err(e) => {

@@ -31,6 +31,31 @@ pub const STRIKES: u32 = 3;
 /// (EX_TEMPFAIL: the service manager should start it again).
 pub const EXIT_OVER_LIMIT: i32 = 75;
 
+/// One malloc arena (glibc) for the whole agent (issue #21). Its event loop
+/// is one thread; the blocking threads it borrows now and then (journal
+/// syncs, the status file) would otherwise each get an arena of their own,
+/// whose pages stay resident for the life of the process. Called before
+/// any other thread starts.
+pub fn lean_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets one of glibc's allocator tunables; no
+    // pointer is passed, and no other thread exists yet.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Hands freed heap pages back to the kernel: glibc keeps them otherwise, so
+/// RSS would stay at the last burst's peak (a large report, a file chunk).
+/// Blocking (it walks the heap); called from the status tick's blocking task.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer and is thread-safe in glibc.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     pub memory_max_bytes: u64,
