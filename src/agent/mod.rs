@@ -241,10 +241,18 @@ fn set_status(status: &SharedStatus, f: impl FnOnce(&mut service::Status)) {
 /// Refreshes status.json every loop tick (and once more at shutdown).
 fn spawn_status_writer(dir: PathBuf, status: SharedStatus, runner: Arc<Runner>, shutdown: CancellationToken) {
     tokio::spawn(async move {
+        // Connected with no run going for this many ticks; None once the
+        // cold code was shed (until the next run).
+        let mut idle_ticks = Some(0u32);
         loop {
             let snapshot = {
                 let mut s = status.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 s.running = runner.running_ids();
+                idle_ticks = match idle_ticks {
+                    _ if !s.running.is_empty() || !s.connected => Some(0),
+                    Some(n) => Some(n + 1),
+                    None => None,
+                };
                 let mut st = runner.state.lock().unwrap_or_else(|e| e.into_inner());
                 // The retry of a failing journal rides on this tick.
                 if st.degraded().is_some() {
@@ -262,8 +270,16 @@ fn spawn_status_writer(dir: PathBuf, status: SharedStatus, runner: Arc<Runner>, 
             runner.flush().await;
             // Off the event loop: /proc reads and a file write (issue #21).
             let d = dir.clone();
+            let shed = idle_ticks.is_some_and(|n| n >= selfcheck::SHED_AFTER_IDLE_TICKS);
+            if shed {
+                idle_ticks = None;
+            }
             let _ = tokio::task::spawn_blocking(move || {
                 let mut snapshot = snapshot;
+                if shed {
+                    let bytes = selfcheck::shed_cold_code();
+                    tracing::debug!(bytes, "idle: cold code pages given back to the kernel");
+                }
                 selfcheck::release_free_memory();
                 snapshot.figures = figures::snapshot();
                 service::write_status(&d, &snapshot)
