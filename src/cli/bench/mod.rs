@@ -51,8 +51,9 @@ pub enum BenchCmd {
         /// measured in the same window: `NAME=PATH`; repeatable.
         #[arg(long, value_name = "NAME=PATH")]
         agent: Vec<footprint::PeerSpec>,
-        /// Time given to every agent to settle before the window.
-        #[arg(long, default_value_t = 10)]
+        /// Time given to every agent to settle before the window (the
+        /// agent gives its cold code back after 15 s connected and idle).
+        #[arg(long, default_value_t = 30)]
         settle_secs: u64,
     },
     /// One DescribeInvocations page over invocations of many targets each:
