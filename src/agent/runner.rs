@@ -131,7 +131,13 @@ impl Runner {
         let point = self.state().sync_point();
         let point = match point {
             Ok(Some(p)) => p,
-            Ok(None) => return self.state().is_durable(),
+            Ok(None) => {
+                // Synced by another path (a held change's synced append, a
+                // compaction): release the reports that covers.
+                let mut st = self.state();
+                st.synced(0);
+                return st.is_durable();
+            }
             Err(e) => {
                 self.state().sync_failed(&e);
                 self.outbox_ready.notify_one();

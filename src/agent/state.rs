@@ -445,7 +445,8 @@ impl AgentState {
         self.journal.sync_point()
     }
 
-    /// A sync up to append `upto` succeeded: those changes are on disk.
+    /// A sync up to append `upto` succeeded: those changes are on disk
+    /// (`upto` 0: only release reports something else synced).
     pub fn synced(&mut self, upto: u64) {
         self.journal.mark_synced(upto);
         while self.unsynced_reports.front().is_some_and(|(n, _)| self.journal.is_synced(*n)) {
