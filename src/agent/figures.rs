@@ -89,7 +89,7 @@ pub fn snapshot() -> Figures {
     let c = &COUNTERS;
     Figures {
         rss_bytes: rss_bytes("self"),
-        threads: status_field("self", "Threads:").unwrap_or(0),
+        threads: threads("self"),
         cpu_ms: cpu_ms("self"),
         connections: get(&c.connections),
         frames_in: get(&c.frames_in),
@@ -138,6 +138,52 @@ pub fn cpu_ms(pid: &str) -> u64 {
     usage(pid).map_or(0, |(_, cpu)| u64::try_from(cpu.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Proportional set size of a process in bytes (Linux): its private pages
+/// plus its share of pages mapped by others, from `/proc/<pid>/smaps_rollup`.
+/// Unlike RSS, summing it over processes does not count shared code twice.
+pub fn pss_bytes(pid: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    kib_field(&s, "Pss:").map(|k| k.saturating_mul(1024))
+}
+
+/// Threads of a process (0 where unknown).
+pub fn threads(pid: &str) -> u64 {
+    status_field(pid, "Threads:").unwrap_or(0)
+}
+
+/// `pid` and every process descended from it (Linux; just `pid` elsewhere),
+/// found by each process's parent in `/proc/<n>/stat`. A process that ends
+/// while the tree is read is left out.
+pub fn process_tree(pid: u32) -> Vec<u32> {
+    let mut parents: Vec<(u32, u32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for e in dir.flatten() {
+            let Some(n) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            if let Some(ppid) = std::fs::read_to_string(format!("/proc/{n}/stat")).ok().and_then(|s| parent_pid(&s)) {
+                parents.push((n, ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while let Some(&p) = tree.get(i) {
+        tree.extend(parents.iter().filter(|(_, pp)| *pp == p).map(|(n, _)| *n));
+        i += 1;
+    }
+    tree
+}
+
+/// `stat`'s fourth field, the parent pid (counted after the last `)`, as in [`cpu_ticks`]).
+fn parent_pid(stat: &str) -> Option<u32> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(1)?.parse().ok()
+}
+
+/// A `Name:   123 kB` line's number.
+fn kib_field(text: &str, name: &str) -> Option<u64> {
+    text.lines().find_map(|l| l.strip_prefix(name))?.split_whitespace().next()?.parse().ok()
+}
+
 /// `statm`'s second field: resident pages.
 #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 fn resident_pages(statm: &str) -> Option<u64> {
@@ -167,6 +213,10 @@ mod tests {
         assert_eq!(cpu_ticks(stat), Some(300));
         assert_eq!(cpu_ticks("42 (x) S 1"), None);
         assert_eq!(cpu_ticks("no paren"), None);
+        assert_eq!(parent_pid(stat), Some(1));
+        assert_eq!(parent_pid("7 (x) S"), None);
+        assert_eq!(kib_field("Rss:  900 kB\nPss:   512 kB\n", "Pss:"), Some(512));
+        assert_eq!(kib_field("Pss: lots", "Pss:"), None);
     }
 
     #[test]
@@ -182,6 +232,15 @@ mod tests {
         if cfg!(target_os = "linux") {
             assert!(after.rss_bytes > 1024 * 1024, "{after:?}");
             assert!(after.threads >= 1, "{after:?}");
+            let me = std::process::id();
+            let pss = pss_bytes(&me.to_string()).unwrap();
+            assert!(pss > 0 && pss <= after.rss_bytes * 2, "{pss}");
+            let mut child = std::process::Command::new("sleep").arg("5").spawn().unwrap();
+            let tree = process_tree(me);
+            let _ = child.kill();
+            let _ = child.wait();
+            assert_eq!(tree.first(), Some(&me));
+            assert!(tree.contains(&child.id()), "{tree:?}");
         }
     }
 }

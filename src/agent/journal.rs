@@ -1,9 +1,11 @@
 //! Durable, append-only, crash-safe record log for the agent (issue 4).
 //!
 //! Owns one file, `<dir>/journal.log`, made of frames
-//! `len: u32 LE | crc32(payload): u32 LE | payload (JSON)`. Every append is
-//! written and `fdatasync`'d before it returns, so a record that the caller
-//! acknowledges is on disk. `open` recovers every complete record and cuts a
+//! `len: u32 LE | crc32(payload): u32 LE | payload (JSON)`. An append is
+//! either written and `fdatasync`'d before it returns, or written only and
+//! made durable later by a [`SyncPoint`], which the agent runs on a blocking
+//! thread so its event loop never waits for the disk (issue #21); a record
+//! is acted on only once it is on disk. `open` recovers every complete record and cuts a
 //! torn/corrupt tail; `compact` rewrites the live set through a temp file and
 //! an atomic rename. No SQL engine: the agent stays lean. See docs/journal.md.
 
@@ -122,8 +124,37 @@ pub struct Journal<T> {
     file: File,
     size: u64,
     records: u64,
+    /// Frames appended by this process (never reset), and how many of them
+    /// are known to be on disk.
+    appended: u64,
+    synced: u64,
     limits: JournalLimits,
     _t: PhantomData<fn(T) -> T>,
+}
+
+/// What a deferred `fdatasync` covers: the journal file as it was and the
+/// appends made so far. [`SyncPoint::sync`] blocks; run it off the event loop.
+#[derive(Debug)]
+pub struct SyncPoint {
+    file: File,
+    path: PathBuf,
+    upto: u64,
+}
+
+impl SyncPoint {
+    /// The appends this sync makes durable (for [`Journal::mark_synced`]).
+    pub fn upto(&self) -> u64 {
+        self.upto
+    }
+
+    /// `fdatasync` of the journal file (it flushes every append before it).
+    pub fn sync(self) -> Result<u64, JournalError> {
+        if let Some(e) = fault_injected() {
+            return Err(io_err("fdatasync", &self.path)(e));
+        }
+        self.file.sync_data().map_err(io_err("fdatasync", &self.path))?;
+        Ok(self.upto)
+    }
 }
 
 impl<T: Serialize + DeserializeOwned> Journal<T> {
@@ -175,6 +206,8 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
             file,
             size: scan.good_end,
             records: scan.frames,
+            appended: 0,
+            synced: 0,
             limits,
             _t: PhantomData,
         };
@@ -238,7 +271,39 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         }
         self.size = new_size;
         self.records += 1;
+        self.appended += 1;
+        if sync {
+            self.synced = self.appended;
+        }
         Ok(())
+    }
+
+    /// Appends made by this process so far.
+    pub fn appended(&self) -> u64 {
+        self.appended
+    }
+
+    /// A sync covering every append so far, or `None` when they are all
+    /// on disk already.
+    pub fn sync_point(&self) -> Result<Option<SyncPoint>, JournalError> {
+        if self.synced >= self.appended {
+            return Ok(None);
+        }
+        // A second handle to the same file: the sync runs without the
+        // journal (and the agent's state lock). After a compaction it names
+        // the old file, whose sync is harmless: compaction synced everything.
+        let file = self.file.try_clone().map_err(io_err("dup", &self.path))?;
+        Ok(Some(SyncPoint { file, path: self.path.clone(), upto: self.appended }))
+    }
+
+    /// Records that a [`SyncPoint`] succeeded: appends up to `upto` are on disk.
+    pub fn mark_synced(&mut self, upto: u64) {
+        self.synced = self.synced.max(upto.min(self.appended));
+    }
+
+    /// Whether append number `n` (1-based, see [`Self::appended`]) is on disk.
+    pub fn is_synced(&self, n: u64) -> bool {
+        n <= self.synced
     }
 
     /// Whether the journal's disk takes a write of one full-size record
@@ -280,6 +345,7 @@ impl<T: Serialize + DeserializeOwned> Journal<T> {
         self.file = open_private(&self.path, false)?;
         self.size = buf.len() as u64;
         self.records = live.len() as u64;
+        self.synced = self.appended;
         tracing::info!(path = %self.path.display(), records = self.records, bytes = self.size, "journal compacted");
         Ok(())
     }

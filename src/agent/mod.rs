@@ -242,10 +242,18 @@ fn set_status(status: &SharedStatus, f: impl FnOnce(&mut service::Status)) {
 /// Refreshes status.json every loop tick (and once more at shutdown).
 fn spawn_status_writer(dir: PathBuf, status: SharedStatus, runner: Arc<Runner>, shutdown: CancellationToken) {
     tokio::spawn(async move {
+        // Connected with no run going for this many ticks; None once the
+        // cold code was shed (until the next run).
+        let mut idle_ticks = Some(0u32);
         loop {
             let snapshot = {
                 let mut s = status.lock().unwrap_or_else(|e| e.into_inner()).clone();
                 s.running = runner.running_ids();
+                idle_ticks = match idle_ticks {
+                    _ if !s.running.is_empty() || !s.connected => Some(0),
+                    Some(n) => Some(n + 1),
+                    None => None,
+                };
                 let mut st = runner.state.lock().unwrap_or_else(|e| e.into_inner());
                 // The retry of a failing journal rides on this tick.
                 if st.degraded().is_some() {
@@ -258,10 +266,22 @@ fn spawn_status_writer(dir: PathBuf, status: SharedStatus, runner: Arc<Runner>, 
                 s.updated_at = chrono::Utc::now().to_rfc3339();
                 s
             };
+            // Changes nothing waited for (acks, a schedule's close) reach the
+            // disk within a tick.
+            runner.flush().await;
             // Off the event loop: /proc reads and a file write (issue #21).
             let d = dir.clone();
+            let shed = idle_ticks.is_some_and(|n| n >= selfcheck::SHED_AFTER_IDLE_TICKS);
+            if shed {
+                idle_ticks = None;
+            }
             let _ = tokio::task::spawn_blocking(move || {
                 let mut snapshot = snapshot;
+                if shed {
+                    let bytes = selfcheck::shed_cold_code();
+                    tracing::debug!(bytes, "idle: cold code pages given back to the kernel");
+                }
+                selfcheck::release_free_memory();
                 snapshot.figures = figures::snapshot();
                 service::write_status(&d, &snapshot)
             })
@@ -505,9 +525,15 @@ async fn session(
     loop {
         ctx.live.stamp();
         // Send whatever is pending beyond what this connection already sent.
+        // Only reports on disk go out: one sync (off the event loop) for
+        // all that are waiting.
+        if runner.state().has_unsynced_reports() {
+            runner.flush().await;
+        }
         let batch: Vec<(u64, protocol::RecordReport)> = {
-            let st = runner.state.lock().unwrap_or_else(|e| e.into_inner());
-            st.pending().filter(|(id, _)| **id > sent_upto).take(64).map(|(id, r)| (*id, r.clone())).collect()
+            let st = runner.state();
+            let below = st.sendable_below();
+            st.pending().filter(|(id, _)| **id > sent_upto && **id < below).take(64).map(|(id, r)| (*id, r.clone())).collect()
         };
         for (report_id, report) in batch {
             send(ws, &AgentMsg::Report { report_id, report }).await?;
@@ -553,7 +579,7 @@ async fn session(
                     HubMsg::Invoke { invocation } => {
                         let invoke_id = invocation.invoke_id.clone();
                         // Journal first; ack only what is durably ours.
-                        match runner.accept(*invocation) {
+                        match runner.accept(*invocation).await {
                             Ok(()) => send(ws, &AgentMsg::InvokeAck { invoke_id }).await?,
                             Err(e) => {
                                 // Not acknowledged: the hub keeps it for us. Once the

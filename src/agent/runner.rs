@@ -27,6 +27,9 @@ pub const LIVE_QUEUE: usize = 16;
 /// a channel of live output chunks.
 pub struct Runner {
     pub state: Mutex<AgentState>,
+    /// One journal sync at a time: a caller that waited finds its changes
+    /// synced by the one before it (a group commit).
+    sync_lock: tokio::sync::Mutex<()>,
     pub outbox_ready: Notify,
     pub live_tx: mpsc::Sender<LiveChunk>,
     slots: Arc<Semaphore>,
@@ -84,6 +87,7 @@ impl Runner {
         let (live_tx, live_rx) = mpsc::channel(LIVE_QUEUE);
         let r = Arc::new(Self {
             state: Mutex::new(state),
+            sync_lock: tokio::sync::Mutex::new(()),
             outbox_ready: Notify::new(),
             live_tx,
             slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
@@ -108,25 +112,62 @@ impl Runner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Journals and reports. A journal that cannot be written holds the
-    /// report in memory (see `state`), and it is sent all the same.
-    /// Returns whether the report is on disk.
-    pub(super) fn report(&self, report: RecordReport, closes: bool) -> bool {
+    /// Journals a report; it goes out once [`Self::flush`] has put it on
+    /// disk (the connection loop flushes before sending). A journal that
+    /// cannot be written holds it in memory (see `state`), and it is sent
+    /// all the same.
+    pub(super) fn report(&self, report: RecordReport, closes: bool) {
         let invoke_id = report.invoke_id.clone();
-        let mut st = self.state();
-        match st.report(report, closes) {
-            Ok(_) => {
-                // Held in memory when the journal is failing: sent all the same.
-                let durable = st.is_durable();
-                drop(st);
-                self.outbox_ready.notify_one();
-                durable
+        if let Err(e) = self.state().report(report, closes) {
+            tracing::error!(invoke_id, error = %e, "cannot journal report");
+        }
+        self.outbox_ready.notify_one();
+    }
+
+    /// Puts every journal change made so far on disk: one `fdatasync` on a
+    /// blocking thread, so the event loop never waits for the disk (issue
+    /// #21). Returns whether they are all durable (false while the journal
+    /// is degraded or the sync failed).
+    pub(super) async fn flush(&self) -> bool {
+        let _one = self.sync_lock.lock().await;
+        // Bound first: a guard in the match's head would live through the arms.
+        let point = self.state().sync_point();
+        let point = match point {
+            Ok(Some(p)) => p,
+            Ok(None) => {
+                // Synced by another path (a held change's synced append, a
+                // compaction): release the reports that covers.
+                let mut st = self.state();
+                st.synced(0);
+                return st.is_durable();
             }
             Err(e) => {
-                tracing::error!(invoke_id, error = %e, "cannot journal report");
+                self.state().sync_failed(&e);
+                self.outbox_ready.notify_one();
+                return false;
+            }
+        };
+        let upto = point.upto();
+        let synced = tokio::task::spawn_blocking(move || point.sync()).await;
+        let mut st = self.state();
+        let ok = match synced {
+            Ok(Ok(_)) => {
+                st.synced(upto);
+                st.is_durable()
+            }
+            Ok(Err(e)) => {
+                st.sync_failed(&e);
                 false
             }
-        }
+            Err(e) => {
+                let e = super::journal::JournalError::Held { held: st.held_count(), reason: format!("journal sync task failed: {e}") };
+                st.sync_failed(&e);
+                false
+            }
+        };
+        drop(st);
+        self.outbox_ready.notify_one();
+        ok
     }
 
     /// The stop token of an invocation, shared by its schedule and a run
@@ -135,10 +176,21 @@ impl Runner {
         self.stops.lock().unwrap_or_else(|e| e.into_inner()).entry(invoke_id.to_string()).or_default().clone()
     }
 
-    /// Called for every `Invoke` frame. Returns after journaling, so the
-    /// caller can acknowledge; the run itself proceeds in the background.
-    pub fn accept(self: &Arc<Self>, inv: Invocation) -> Result<(), super::journal::JournalError> {
-        let accepted = self.state().accept(&inv)?;
+    /// Called for every `Invoke` frame. Returns once the acceptance is on
+    /// disk, so the caller can acknowledge; the run itself proceeds in the
+    /// background.
+    pub async fn accept(self: &Arc<Self>, inv: Invocation) -> Result<(), super::journal::JournalError> {
+        let (accepted, previous) = {
+            let mut st = self.state();
+            let previous = st.held_invocation(&inv.invoke_id).cloned();
+            (st.accept(&inv)?, previous)
+        };
+        if accepted != Accepted::Duplicate && !self.flush().await {
+            let mut st = self.state();
+            st.unaccept(&inv.invoke_id, previous);
+            let reason = st.degraded().unwrap_or("journal sync failed").to_string();
+            return Err(super::journal::JournalError::Held { held: st.held_count(), reason });
+        }
         match accepted {
             Accepted::New => {
                 tracing::info!(invoke_id = %inv.invoke_id, command_type = %inv.command_type, "invocation accepted");
@@ -236,7 +288,8 @@ impl Runner {
                     drop(permit);
                     let report = outcome_report(&inv, record_seq, &out);
                     tracing::info!(invoke_id = %inv.invoke_id, status = report.status.as_str(), exit_code = ?report.exit_code, "re-attached run finished");
-                    if me.report(report, closes) {
+                    me.report(report, closes);
+                    if me.flush().await {
                         remove_dir(dir).await;
                     }
                 }
@@ -395,6 +448,11 @@ impl Runner {
             },
             false,
         );
+        // The start (and a schedule's fire before it) on disk before the
+        // script starts, so a restart never runs it again; the Running
+        // report shares the sync. A failing journal holds them and the run
+        // goes on, as before.
+        self.flush().await;
         let report = match spec {
             None => {
                 let rerun = self.file_reruns.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.invoke_id);
@@ -411,10 +469,12 @@ impl Runner {
         drop(permit);
         super::figures::run_finished();
         tracing::info!(invoke_id = %inv.invoke_id, status = report.status.as_str(), exit_code = ?report.exit_code, "run finished");
-        let durable = self.report(report, closes);
+        self.report(report, closes);
         // The run directory holds the result until the report is on disk:
         // a crash before that re-attaches and reports it again.
-        if durable && let Some(dir) = self.run_dir(&inv, record_seq) {
+        if self.flush().await
+            && let Some(dir) = self.run_dir(&inv, record_seq)
+        {
             remove_dir(dir).await;
         }
     }

@@ -31,6 +31,84 @@ pub const STRIKES: u32 = 3;
 /// (EX_TEMPFAIL: the service manager should start it again).
 pub const EXIT_OVER_LIMIT: i32 = 75;
 
+/// One malloc arena (glibc) for the whole agent (issue #21). Its event loop
+/// is one thread; the blocking threads it borrows now and then (journal
+/// syncs, the status file) would otherwise each get an arena of their own,
+/// whose pages stay resident for the life of the process. Called before
+/// any other thread starts.
+pub fn lean_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets one of glibc's allocator tunables; no
+    // pointer is passed, and no other thread exists yet.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_ARENA_MAX, 1);
+    }
+}
+
+/// Hands freed heap pages back to the kernel: glibc keeps them otherwise, so
+/// RSS would stay at the last burst's peak (a large report, a file chunk).
+/// Blocking (it walks the heap); called from the status tick's blocking task.
+pub fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim takes no pointer and is thread-safe in glibc.
+    unsafe {
+        nix::libc::malloc_trim(0);
+    }
+}
+
+/// Status ticks (5 s each) the agent must be connected with no run going
+/// before it gives its cold code back ([`shed_cold_code`]): once after it
+/// starts, and once after each burst of runs.
+pub const SHED_AFTER_IDLE_TICKS: u32 = 3;
+
+/// Gives the kernel back the pages of the agent's own executable that are
+/// mapped but cold (issue #21): start-up (configuration, recovery, the TLS
+/// handshake) and the last runs touch most of the binary, and the kernel
+/// maps file pages around each fault, so an idle agent would keep nearly
+/// all of its code resident. `MADV_PAGEOUT` (Linux 5.4+; elsewhere or on
+/// older kernels nothing happens) reclaims the clean pages only this
+/// process maps; what is used again faults back in. Returns the bytes
+/// advised. Blocking (reads `/proc/self/maps`).
+pub fn shed_cold_code() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        // After a self-update swap both name the file " (deleted)".
+        let Ok(exe) = std::fs::read_link("/proc/self/exe") else { return 0 };
+        let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else { return 0 };
+        let mut advised = 0u64;
+        for (start, end) in mappings_of(&maps, &exe.to_string_lossy()) {
+            let Ok(len) = usize::try_from(end.saturating_sub(start)) else { continue };
+            // SAFETY: the range is one of this process's own mappings as the
+            // kernel lists it; MADV_PAGEOUT never changes their contents
+            // (clean pages are dropped and fault back in, dirty ones stay).
+            let r = unsafe { nix::libc::madvise(start as usize as *mut nix::libc::c_void, len, nix::libc::MADV_PAGEOUT) };
+            if r == 0 {
+                advised += len as u64;
+            }
+        }
+        advised
+    }
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
+/// (start, end) of every mapping of `path` in a `/proc/<pid>/maps` text.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+fn mappings_of(maps: &str, path: &str) -> Vec<(u64, u64)> {
+    maps.lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let range = f.next()?;
+            let name: Vec<&str> = f.skip(4).collect();
+            if name.join(" ") != path {
+                return None;
+            }
+            let (a, b) = range.split_once('-')?;
+            Some((u64::from_str_radix(a, 16).ok()?, u64::from_str_radix(b, 16).ok()?))
+        })
+        .collect()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Limits {
     pub memory_max_bytes: u64,
@@ -169,5 +247,21 @@ mod tests {
             m.observe(at(s * 10), u(1, s * 9_000));
         }
         assert_eq!(m.observe(at(STRIKES as u64 * 10), u(1, STRIKES as u64 * 9_000)).1, Verdict::Restart { what: "cpu" });
+    }
+
+    #[test]
+    fn finds_the_mappings_of_one_file_and_sheds_them() {
+        let maps = "55d0-55e0 r--p 00000000 08:01 42   /usr/bin/deckhand-agent (deleted)\n\
+                    55e0-5600 r-xp 00010000 08:01 42   /usr/bin/deckhand-agent (deleted)\n\
+                    7f00-7f10 r-xp 00000000 08:01 7    /usr/lib/libc.so.6\n\
+                    7ff0-7ff8 rw-p 00000000 00:00 0    [stack]\n\
+                    garbage\n";
+        assert_eq!(mappings_of(maps, "/usr/bin/deckhand-agent (deleted)"), vec![(0x55d0, 0x55e0), (0x55e0, 0x5600)]);
+        assert!(mappings_of(maps, "/usr/bin/deckhand-agent").is_empty());
+        if cfg!(target_os = "linux") {
+            // The test binary's own code: advised, and it keeps running.
+            assert!(shed_cold_code() > 0);
+            assert_eq!(mappings_of(maps, "/usr/lib/libc.so.6").len(), 1);
+        }
     }
 }

@@ -9,13 +9,22 @@
 //! flowing to the hub, whose acknowledgement makes them durable there. An
 //! acceptance alone must be on disk before it is acknowledged, so it fails
 //! instead (the hub delivers the invocation again later).
+//!
+//! Changes are appended without waiting for the disk; the runner makes them
+//! durable with one deferred `fdatasync` ([`AgentState::sync_point`], run on
+//! a blocking thread) before anything depends on them: an acceptance before
+//! its ack, a run's start before the script starts, a report before it is
+//! sent ([`AgentState::sendable_below`]). One sync covers every change made
+//! before it, so concurrent runs share them. A failed sync leaves the file's
+//! tail unknown: the state turns degraded and rewrites the journal from
+//! memory (a compaction) once the disk works again.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::journal::{Journal, JournalError, JournalLimits};
+use super::journal::{Journal, JournalError, JournalLimits, SyncPoint};
 use crate::lifecycle::InvocationStatus;
 use crate::protocol::{Invocation, RecordReport};
 
@@ -97,6 +106,13 @@ pub struct AgentState {
     held: VecDeque<Entry>,
     /// Why the journal is failing, while it is.
     degraded: Option<String>,
+    /// Reports appended but not yet synced, oldest first: (append number,
+    /// report id). None of them may be sent yet.
+    unsynced_reports: VecDeque<(u64, u64)>,
+    /// A deferred sync failed: what the file holds past the last good sync
+    /// is unknown, so it is rewritten from memory before anything else is
+    /// appended.
+    rewrite: bool,
 }
 
 /// Changes held in memory at most; beyond it the oldest are dropped (logged).
@@ -118,6 +134,8 @@ impl AgentState {
             boot_seen: HashMap::new(),
             held: VecDeque::new(),
             degraded: None,
+            unsynced_reports: VecDeque::new(),
+            rewrite: false,
         };
         for e in entries {
             s.apply(e);
@@ -184,22 +202,22 @@ impl AgentState {
         }
     }
 
-    /// Journals `e` and applies it; when the disk refuses, holds it (see
-    /// the module doc). Errors only for records no retry can write.
+    /// Journals `e` (appended, synced later: see the module doc) and
+    /// applies it; when the disk refuses, holds it. Errors only for records
+    /// no retry can write.
     fn write(&mut self, e: Entry) -> Result<(), JournalError> {
-        self.write_with(e, true)
-    }
-
-    /// `sync: false` for entries whose loss in a crash is harmless (see
-    /// `Journal::append_unsynced`).
-    fn write_with(&mut self, e: Entry, sync: bool) -> Result<(), JournalError> {
-        if !self.held.is_empty() {
+        // Awaiting a rewrite, only the status tick retries (a compaction
+        // per change would be too much on a failing disk).
+        if !self.held.is_empty() && !self.rewrite {
             self.retry_held();
         }
-        if self.held.is_empty() {
-            let appended = if sync { self.journal.append(&e) } else { self.journal.append_unsynced(&e) };
-            match appended {
-                Ok(()) => {}
+        if self.held.is_empty() && !self.rewrite {
+            match self.journal.append_unsynced(&e) {
+                Ok(()) => {
+                    if let Entry::Report { report_id, .. } = &e {
+                        self.unsynced_reports.push_back((self.journal.appended(), *report_id));
+                    }
+                }
                 Err(err) if is_disk_trouble(&err) => {
                     self.enter_degraded(&err);
                     self.hold(e.clone());
@@ -213,16 +231,17 @@ impl AgentState {
         Ok(())
     }
 
-    /// Journals `e` only if it reaches the disk now (held changes first, to
-    /// keep the order); nothing is applied otherwise.
+    /// Journals `e` only if the journal takes it now (held changes first,
+    /// to keep the order); nothing is applied otherwise. The caller syncs
+    /// before acting on it, and undoes it if that fails.
     fn write_durable(&mut self, e: Entry) -> Result<(), JournalError> {
-        if !self.held.is_empty() {
+        if !self.held.is_empty() && !self.rewrite {
             self.retry_held();
         }
         if let Some(reason) = &self.degraded {
             return Err(JournalError::Held { held: self.held.len(), reason: reason.clone() });
         }
-        if let Err(err) = self.journal.append(&e) {
+        if let Err(err) = self.journal.append_unsynced(&e) {
             if is_disk_trouble(&err) {
                 self.enter_degraded(&err);
             }
@@ -252,6 +271,24 @@ impl AgentState {
     /// nothing is held any more (the agent is healthy again).
     pub fn retry_held(&mut self) -> bool {
         let before = self.held.len();
+        if self.rewrite {
+            // After a failed sync, appending to the file would build on a
+            // tail of unknown content: the compacted file is the whole
+            // in-memory state, held changes included.
+            return match self.compact_now() {
+                Ok(()) => {
+                    self.held.clear();
+                    self.rewrite = false;
+                    self.degraded = None;
+                    tracing::info!(written = before, "journal rewritten after a failed sync (agent healthy)");
+                    true
+                }
+                Err(err) => {
+                    self.degraded = Some(err.to_string());
+                    false
+                }
+            };
+        }
         while let Some(e) = self.held.front() {
             match self.journal.append(e) {
                 Ok(()) => {
@@ -318,7 +355,6 @@ impl AgentState {
     }
 
     /// The definition held for an open invocation (its newest revision).
-    #[cfg(test)]
     pub fn held_invocation(&self, invoke_id: &str) -> Option<&Invocation> {
         self.open.get(invoke_id)
     }
@@ -376,14 +412,65 @@ impl AgentState {
         Ok(())
     }
 
+    /// An acceptance whose sync failed is forgotten (the previous revision
+    /// held again, if there was one), so the hub's re-delivery is taken
+    /// afresh instead of answered as a duplicate it never was on disk.
+    pub fn unaccept(&mut self, invoke_id: &str, previous: Option<Invocation>) {
+        match previous {
+            Some(inv) => {
+                self.open.insert(invoke_id.to_string(), inv);
+            }
+            None => {
+                self.open.remove(invoke_id);
+            }
+        }
+    }
+
     pub fn ack(&mut self, report_id: u64) -> Result<(), JournalError> {
         if self.pending.contains_key(&report_id) {
-            // Not synced (issue #21): a lost ack costs one resend, which the
-            // hub stores as a duplicate; two fdatasyncs per run saved.
-            self.write_with(Entry::Acked { report_id }, false)?;
+            // Never waited for (issue #21): a lost ack costs one resend,
+            // which the hub stores as a duplicate.
+            self.write(Entry::Acked { report_id })?;
             self.compact_quietly();
         }
         Ok(())
+    }
+
+    /// A sync of every change so far, or `None` when there is nothing to
+    /// sync (or the journal is degraded: its changes are held, not appended).
+    pub fn sync_point(&self) -> Result<Option<SyncPoint>, JournalError> {
+        if self.rewrite {
+            return Ok(None);
+        }
+        self.journal.sync_point()
+    }
+
+    /// A sync up to append `upto` succeeded: those changes are on disk
+    /// (`upto` 0: only release reports something else synced).
+    pub fn synced(&mut self, upto: u64) {
+        self.journal.mark_synced(upto);
+        while self.unsynced_reports.front().is_some_and(|(n, _)| self.journal.is_synced(*n)) {
+            self.unsynced_reports.pop_front();
+        }
+    }
+
+    /// A sync failed: the file's tail is unknown. Degraded (reports go out
+    /// as held ones do) until the journal is rewritten from memory.
+    pub fn sync_failed(&mut self, err: &JournalError) {
+        self.enter_degraded(err);
+        self.rewrite = true;
+        self.unsynced_reports.clear();
+    }
+
+    /// Whether any report waits for a sync before it may be sent.
+    pub fn has_unsynced_reports(&self) -> bool {
+        !self.unsynced_reports.is_empty()
+    }
+
+    /// Reports with an id below this may be sent: they are on disk (or
+    /// held while the journal is degraded, which are sent all the same).
+    pub fn sendable_below(&self) -> u64 {
+        self.unsynced_reports.front().map_or(u64::MAX, |(_, id)| *id)
     }
 
     /// A failed compaction leaves the old journal whole: log it, carry on.
@@ -393,9 +480,10 @@ impl AgentState {
         }
     }
 
-    /// True when every change is on disk.
+    /// True when no change is held in memory for want of a working
+    /// journal (appended changes may still wait for their sync).
     pub fn is_durable(&self) -> bool {
-        self.held.is_empty()
+        self.held.is_empty() && !self.rewrite
     }
 
     pub fn pending(&self) -> impl Iterator<Item = (&u64, &RecordReport)> {
@@ -413,7 +501,7 @@ impl AgentState {
     fn maybe_compact(&mut self) -> Result<(), JournalError> {
         // While changes are held the file is not the whole truth: compacting
         // now would write the in-memory state out of order with them.
-        if !self.journal.needs_compaction() || !self.held.is_empty() {
+        if !self.journal.needs_compaction() || !self.held.is_empty() || self.rewrite {
             return Ok(());
         }
         self.compact_now()
@@ -442,6 +530,8 @@ impl AgentState {
             live.push(Entry::BootSeen { invoke_id: id.clone(), boot_id: boot.clone() });
         }
         self.journal.compact(&live)?;
+        // Compaction synced everything.
+        self.unsynced_reports.clear();
         tracing::info!(entries = live.len(), "journal compacted");
         Ok(())
     }
@@ -499,6 +589,78 @@ mod tests {
         // The journal holds exactly three records: accepted, started, report.
         let (_, entries, _) = Journal::<Entry>::open(d.path(), JournalLimits::default()).unwrap();
         assert_eq!(entries.len(), 3);
+    }
+
+    /// Changes are appended without a sync; a report may go out only once
+    /// a sync covers it, and one sync covers every change before it.
+    #[test]
+    fn reports_wait_for_a_sync_that_covers_them() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut st, _) = AgentState::open(d.path()).unwrap();
+        assert!(st.sync_point().unwrap().is_none(), "nothing to sync yet");
+        st.accept(&inv("t-s")).unwrap();
+        st.started("t-s", 0).unwrap();
+        let id = st.report(final_report("t-s"), true).unwrap();
+        assert!(st.has_unsynced_reports());
+        assert_eq!(st.sendable_below(), id, "the report is not on disk yet");
+        let point = st.sync_point().unwrap().unwrap();
+        let upto = point.upto();
+        st.synced(point.sync().unwrap());
+        assert!(!st.has_unsynced_reports() && st.sendable_below() == u64::MAX && st.is_durable());
+        assert!(st.sync_point().unwrap().is_none(), "all synced: {upto}");
+        drop(st);
+        let (st, rec) = AgentState::open(d.path()).unwrap();
+        assert!(rec.to_run.is_empty() && rec.interrupted.is_empty());
+        assert_eq!(st.backlog(), 1);
+    }
+
+    /// A failed deferred sync: the file's tail is unknown, so the state is
+    /// degraded, reports go out as held ones do, later changes are held,
+    /// and recovery rewrites the journal from memory, losing nothing.
+    #[test]
+    fn a_failed_sync_degrades_and_rewrites_from_memory() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut st, _) = AgentState::open(d.path()).unwrap();
+        st.accept(&inv("t-f")).unwrap();
+        st.started("t-f", 0).unwrap();
+        let first = st.report(final_report("t-f"), true).unwrap();
+        st.sync_failed(&JournalError::Held { held: 0, reason: "EIO".into() });
+        assert!(st.degraded().is_some() && !st.is_durable());
+        assert_eq!(st.sendable_below(), u64::MAX, "degraded: reports are sent all the same");
+        // An acceptance is refused while degraded; other changes are held.
+        assert!(st.accept(&inv("t-g")).is_err());
+        let second = st.report(final_report("t-h"), false).unwrap();
+        assert!(st.held_count() >= 1);
+        assert!(st.sync_point().unwrap().is_none(), "nothing is appended while a rewrite is owed");
+        assert!(st.retry_held(), "the disk works: the journal is rewritten");
+        assert!(st.degraded().is_none() && st.is_durable() && st.held_count() == 0);
+        drop(st);
+        let (st, _) = AgentState::open(d.path()).unwrap();
+        let ids: Vec<u64> = st.pending().map(|(id, _)| *id).collect();
+        assert_eq!(ids, vec![first, second]);
+        assert_eq!(st.open_count(), 0);
+    }
+
+    /// An acceptance whose sync failed is forgotten, so the re-delivery is
+    /// new again (not a duplicate acknowledged without being on disk).
+    #[test]
+    fn an_unsynced_acceptance_is_forgotten_on_failure() {
+        let d = tempfile::tempdir().unwrap();
+        let (mut st, _) = AgentState::open(d.path()).unwrap();
+        assert_eq!(st.accept(&revision("t-u", 0, "v0")).unwrap(), Accepted::New);
+        let point = st.sync_point().unwrap().unwrap();
+        st.synced(point.sync().unwrap());
+        let previous = st.held_invocation("t-u").cloned();
+        assert_eq!(st.accept(&revision("t-u", 1, "v1")).unwrap(), Accepted::Revised);
+        st.sync_failed(&JournalError::Held { held: 0, reason: "EIO".into() });
+        st.unaccept("t-u", previous);
+        assert_eq!(st.held_invocation("t-u").map(|i| i.content.as_str()), Some("v0"));
+        assert!(st.retry_held());
+        assert_eq!(st.accept(&revision("t-u", 1, "v1")).unwrap(), Accepted::Revised);
+        st.unaccept("t-new", None);
+        assert_eq!(st.accept(&inv("t-new")).unwrap(), Accepted::New);
+        st.unaccept("t-new", None);
+        assert_eq!(st.accept(&inv("t-new")).unwrap(), Accepted::New);
     }
 
     fn revision(id: &str, revision: u64, content: &str) -> Invocation {

@@ -195,6 +195,7 @@ fn run() -> anyhow::Result<()> {
             // One thread: the agent is mostly idle and I/O bound; a single
             // scheduler thread (plus the blocking pool on demand) keeps idle
             // RSS low (fewer stacks and malloc arenas).
+            deckhand::agent::selfcheck::lean_allocator();
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             match rt.block_on(async move { deckhand::agent::run(cfg, deckhand::cli::shutdown_on_signal()).await }) {
                 // Its own distinct status: the service manager restarts it.

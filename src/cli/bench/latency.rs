@@ -2,14 +2,13 @@
 //!
 //! latency: RunCommand(`true`) → result visible in DescribeInvocationResults,
 //! sequentially, p50/p99; compared as a ratio with a bare `sh -c true`
-//! fork/exec measured the same way on the same machine.
-//! footprint: a connected, idle agent's RSS and CPU over a window, then
-//! RSS while 8 scripts run at once and while one prints 1 GiB.
+//! fork/exec measured the same way on the same machine. (The footprint
+//! benchmark is `footprint.rs`.)
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::procs::{self, BenchHub, Proc, mib, percentile};
+use super::procs::{self, BenchHub, Proc, percentile};
 use crate::cli::{CliError, Client};
 
 fn err(e: impl std::fmt::Display) -> CliError {
@@ -17,18 +16,18 @@ fn err(e: impl std::fmt::Display) -> CliError {
 }
 
 /// Starts a real agent registered with `hub`; returns it and its instance id.
-fn start_agent(hub: &BenchHub, dir: &std::path::Path, client: &Client) -> Result<(Proc, String), CliError> {
+pub(super) fn start_agent(hub: &BenchHub, dir: &std::path::Path, client: &Client) -> Result<(Proc, String), CliError> {
     procs::start_agents(hub, dir, client, 1, Duration::from_secs(30))?.pop().ok_or_else(|| err("no agent started"))
 }
 
 /// One run's latency and how many `DescribeInvocationResults` polls it took.
-struct Measured {
-    took: Duration,
+pub(super) struct Measured {
+    pub took: Duration,
     polls: u32,
     invoke_id: String,
 }
 
-fn run_and_wait(client: &Client, instance: &str, script: &str, timeout: Duration) -> Result<Measured, CliError> {
+pub(super) fn run_and_wait(client: &Client, instance: &str, script: &str, timeout: Duration) -> Result<Measured, CliError> {
     let t0 = Instant::now();
     let v = client.call(
         "RunCommand",
@@ -125,59 +124,4 @@ pub fn latency(runs: usize, store: Option<&str>) -> Result<(), CliError> {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
-}
-
-pub fn footprint(window: Duration) -> Result<(), CliError> {
-    let dir = tempfile::tempdir().map_err(err)?;
-    let hub = procs::start_hub(dir.path(), &["--heartbeat-secs", "5"])?;
-    let client = hub.client()?;
-    let (agent, instance) = start_agent(&hub, dir.path(), &client)?;
-    let pid = agent.pid();
-    std::thread::sleep(Duration::from_millis(500));
-    let cpu0 = procs::cpu_time(pid);
-    let t0 = Instant::now();
-    let mut peak_idle = 0;
-    while t0.elapsed() < window {
-        peak_idle = peak_idle.max(procs::rss_bytes(pid));
-        std::thread::sleep(Duration::from_millis(250));
-    }
-    let idle_cpu = (procs::cpu_time(pid) - cpu0).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
-
-    // 8 concurrent scripts.
-    let mut ids = Vec::new();
-    for _ in 0..8 {
-        let v = client.call(
-            "RunCommand",
-            &[
-                ("Type", "RunShellScript".into()),
-                ("CommandContent", "for i in $(seq 1 50); do echo line $i; sleep 0.02; done".into()),
-                ("InstanceId.1", instance.clone()),
-            ],
-        )?;
-        ids.push(v["InvokeId"].as_str().unwrap_or("").to_string());
-    }
-    let mut peak_busy = 0;
-    let t1 = Instant::now();
-    while t1.elapsed() < Duration::from_secs(3) {
-        peak_busy = peak_busy.max(procs::rss_bytes(pid));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    // One script printing 1 GiB.
-    let big = std::thread::spawn({
-        let client = hub.client()?;
-        let instance = instance.clone();
-        move || run_and_wait(&client, &instance, "head -c 1073741824 /dev/zero", Duration::from_secs(600)).map(|m| m.took)
-    });
-    let mut peak_gib = 0;
-    while !big.is_finished() {
-        peak_gib = peak_gib.max(procs::rss_bytes(pid));
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let gib_time = big.join().map_err(|_| err("1 GiB run panicked"))??;
-    println!("agent footprint (connected over TLS, heartbeats every 5 s)");
-    println!("  idle RSS (peak over {:.0} s):      {:.2} MiB", window.as_secs_f64(), mib(peak_idle));
-    println!("  idle CPU:                         {idle_cpu:.3} %");
-    println!("  RSS with 8 concurrent scripts:    {:.2} MiB", mib(peak_busy));
-    println!("  RSS while a script prints 1 GiB:  {:.2} MiB  (run took {:.1} s)", mib(peak_gib), gib_time.as_secs_f64());
-    Ok(())
 }

@@ -2,6 +2,7 @@
 //! Not a test: CI runs a short smoke form that only asserts completion.
 
 mod fanout;
+mod footprint;
 mod latency;
 mod listing;
 mod policy;
@@ -36,10 +37,24 @@ pub enum BenchCmd {
         #[arg(long)]
         store: Option<String>,
     },
-    /// Agent RSS and CPU: idle, 8 concurrent scripts, one printing 1 GiB.
+    /// Agent RSS, PSS, threads and CPU: idle (beside any `--peer` agents,
+    /// in the same window), then 8 concurrent scripts, one printing 1 GiB.
     Footprint {
         #[arg(long, default_value_t = 60)]
         secs: u64,
+        /// A peer agent measured beside deckhand's: `NAME=PROGRAM [ARGS]`
+        /// (split at spaces), started in its own scratch directory, which
+        /// is also its HOME; repeatable. docs/performance.md.
+        #[arg(long, value_name = "NAME=PROGRAM [ARGS]")]
+        peer: Vec<footprint::PeerSpec>,
+        /// Another build of deckhand-agent, connected to the same hub and
+        /// measured in the same window: `NAME=PATH`; repeatable.
+        #[arg(long, value_name = "NAME=PATH")]
+        agent: Vec<footprint::PeerSpec>,
+        /// Time given to every agent to settle before the window (the
+        /// agent gives its cold code back after 15 s connected and idle).
+        #[arg(long, default_value_t = 30)]
+        settle_secs: u64,
     },
     /// One DescribeInvocations page over invocations of many targets each:
     /// the time must not grow with the targets.
@@ -90,7 +105,9 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
     match cmd {
         BenchCmd::Fanout { agents, store, rollout } => rt()?.block_on(fanout::run(*agents, store.as_deref(), rollout.as_deref())),
         BenchCmd::Latency { runs, store } => latency::latency(*runs, store.as_deref()),
-        BenchCmd::Footprint { secs } => latency::footprint(Duration::from_secs(*secs)),
+        BenchCmd::Footprint { secs, peer, agent, settle_secs } => {
+            footprint::run(Duration::from_secs(*secs), peer, agent, Duration::from_secs(*settle_secs))
+        }
         BenchCmd::Listing { invocations, targets, store } => rt()?.block_on(listing::run(*invocations, *targets, store.as_deref())),
         BenchCmd::Policy { statements, calls } => policy::run(*statements, *calls),
         BenchCmd::Signature { calls } => signature::run(*calls),
@@ -105,7 +122,7 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
             rt()?.block_on(listing::run(50, 200, None))?;
             latency::latency(20, None)?;
             sendfile::run(1, 2)?;
-            latency::footprint(Duration::from_secs(2))
+            footprint::run(Duration::from_secs(2), &[], &[], Duration::ZERO)
         }
     }
 }

@@ -126,12 +126,24 @@ pub fn start_agents(
     n: usize,
     timeout: Duration,
 ) -> Result<Vec<(Proc, String)>, CliError> {
+    start_agents_of(&sibling("deckhand-agent")?, hub, dir, client, n, timeout)
+}
+
+/// [`start_agents`] with another agent binary (another build, to compare).
+pub fn start_agents_of(
+    program: &Path,
+    hub: &BenchHub,
+    dir: &Path,
+    client: &crate::cli::Client,
+    n: usize,
+    timeout: Duration,
+) -> Result<Vec<(Proc, String)>, CliError> {
     let v = client.call("CreateActivation", &[("InstanceCount", n.to_string())])?;
     let (aid, code) = (v["ActivationId"].as_str().unwrap_or("").to_string(), v["ActivationCode"].as_str().unwrap_or("").to_string());
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let state = dir.join(format!("agent-{i}"));
-        let child = Command::new(sibling("deckhand-agent")?)
+        let child = Command::new(program)
             .args(["run", "--hub", &hub.url, "--ca-file"])
             .arg(&hub.ca)
             .arg("--state-dir")
