@@ -333,7 +333,12 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
 /// The agent's instance id, facts and protocol once it may start a
 /// session; `None` for an update trial, which ends after `welcome`.
 /// The facts are boxed: the session keeps them, and inline they are 200 bytes.
-async fn open(hub: &Hub, ws: &mut WebSocket, peer: SocketAddr, conn_id: u64) -> Result<Option<(String, Box<protocol::HostFacts>, u32)>, ConnError> {
+async fn open(
+    hub: &Hub,
+    ws: &mut WebSocket,
+    peer: SocketAddr,
+    conn_id: u64,
+) -> Result<Option<(String, Box<protocol::HostFacts>, u32)>, ConnError> {
     let first = tokio::time::timeout(HELLO_TIMEOUT, recv_first(ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??;
     let first = match first {
         AgentMsg::Register { protocol, activation_id, activation_code, facts } => {
