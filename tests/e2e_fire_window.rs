@@ -333,8 +333,7 @@ fn a_fire_window_holds_across_two_replicas_on_postgres() {
     let store = ["--store", db.url.as_str()];
     let mut a = Hub::start_with(&store);
     let b = Hub::start_replica(&a, &store);
-    let urls = [a.url.clone(), b.url.clone()];
-    let agents: Vec<Agent> = (0..AGENTS).map(|i| b.agent_via(&format!("{},{}", urls[i % 2], urls[(i + 1) % 2]))).collect();
+    let agents = b.agents_across(&[&a, &b], AGENTS);
     let ids: Vec<String> = agents.iter().map(Agent::instance_id).collect();
     for id in &ids {
         b.wait_online(id);

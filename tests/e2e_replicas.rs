@@ -86,10 +86,8 @@ fn three_replicas_twenty_agents_survive_a_replica_kill() {
     let mut a = Hub::start_with(&store);
     let b = Hub::start_replica(&a, &store);
     let c = Hub::start_replica(&a, &store);
-    let urls = [a.url.clone(), b.url.clone(), c.url.clone()];
     // Agent i starts on replica i % 3 and knows the other two.
-    let agents: Vec<Agent> =
-        (0..AGENTS).map(|i| b.agent_via(&(0..3).map(|k| urls[(i + k) % 3].as_str()).collect::<Vec<_>>().join(","))).collect();
+    let agents = b.agents_across(&[&a, &b, &c], AGENTS);
     let ids: Vec<String> = agents.iter().map(Agent::instance_id).collect();
     for id in &ids {
         c.wait_online(id);

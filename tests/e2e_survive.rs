@@ -163,3 +163,30 @@ fn sigterm_to_a_supervisor_stops_its_run() {
     assert_eq!(r["InvocationStatus"], "Terminated", "{r}");
     assert_eq!(output_of(r), b"begun\n", "{r}");
 }
+
+/// A supervisor whose run directory is removed under it (the test
+/// harness's own cleanup did this: SIGTERM, then the state directory
+/// deleted during the stop) ends with its script. Before, it retried
+/// writing the result into the missing directory every second for an
+/// hour, a process left behind per such run.
+#[test]
+fn a_supervisor_whose_run_directory_is_removed_ends_with_its_script() {
+    let hub = Hub::start();
+    let mut a = hub.agent();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    let marker = tempfile::tempdir().unwrap();
+    let log = marker.path().join("ran.log");
+    hub.run(&format!("echo begun >> {}; sleep 2", log.display()), &[&id], &[("Timeout", "60")]);
+    wait_until("script started", WAIT, || (lines(&log).len() == 1).then_some(()));
+    let pid = wait_until("supervisor started the script", WAIT, || a.supervisor_pids().first().copied());
+    // No agent left to remove or read the directory: only the supervisor's
+    // own handling of the missing directory can end it.
+    a.kill();
+    std::fs::remove_dir_all(a.state_dir().join("runs")).unwrap();
+    let is_supervisor =
+        || std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.split(|b| *b == 0).any(|arg| arg == b"__supervise"));
+    assert!(is_supervisor(), "the supervisor outlives the agent's kill");
+    // The script sleeps 2 s; the old retry loop would hold on for an hour.
+    wait_until("the supervisor ended", WAIT, || (!is_supervisor()).then_some(()));
+}

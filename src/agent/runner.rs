@@ -53,8 +53,10 @@ pub struct Runner {
     script_env: Vec<(String, String)>,
 }
 
-/// How scripts are run apart from the agent.
+/// How scripts are run apart from the agent. Unix only: the agent never
+/// builds one on Windows, where scripts run in-process.
 #[derive(Debug, Clone)]
+#[cfg_attr(not(unix), allow(dead_code))]
 pub struct Supervision {
     /// The agent's own binary, re-executed as `__supervise <run dir>`.
     pub program: PathBuf,

@@ -86,6 +86,8 @@ pub enum SuperviseError {
     Busy(PathBuf),
     #[error("{path} is {size} bytes, over the {MAX_FILE_BYTES}-byte limit")]
     TooLarge { path: PathBuf, size: u64 },
+    #[error("run directory {0} was removed while the run went on; its result has no reader")]
+    Removed(PathBuf),
     #[error("{path}: {source}")]
     Decode {
         path: PathBuf,
@@ -576,6 +578,10 @@ pub fn supervise_main(dir: &Path) -> i32 {
 
 fn supervise(dir: &Path) -> Result<(), SuperviseError> {
     hold_lock(dir)?;
+    // The directory we were started for: retrying a result into another
+    // one (removed, then made again for a later run) would hand that run
+    // our result.
+    let home = fs::metadata(dir).map(|m| (m.dev(), m.ino())).map_err(io("stat", dir))?;
     let ran = dir.join(RAN);
     if ran.exists() {
         tracing::warn!(dir = %dir.display(), "run already started once; not starting it again");
@@ -604,6 +610,12 @@ fn supervise(dir: &Path) -> Result<(), SuperviseError> {
     loop {
         match write_reserved(dir, RESULT, RESULT_RESERVE, &body) {
             Ok(()) => return Ok(()),
+            // The agent removes a run directory only once nobody will read
+            // it (a deregistered instance, a wiped state directory): waiting
+            // an hour for it to come back would only leave us behind.
+            Err(_) if fs::metadata(dir).map(|m| (m.dev(), m.ino())).ok() != Some(home) => {
+                return Err(SuperviseError::Removed(dir.to_path_buf()));
+            }
             Err(e) if attempt < RESULT_RETRIES => {
                 if attempt == 0 {
                     tracing::error!(error = %e, "cannot write the run's result; retrying every second");

@@ -18,7 +18,9 @@ const MAX_VERSION_OUTPUT: u64 = 4096;
 
 /// kubelet's own default when the config does not set maxPods.
 pub const DEFAULT_MAX_PODS: u32 = 110;
-/// kubelet's default root dir; its filesystem is "nodefs".
+/// kubelet's default root dir; its filesystem is "nodefs". Read only on
+/// Unix: elsewhere ephemeral storage is not detected (None).
+#[cfg_attr(not(unix), allow(dead_code))]
 pub const KUBELET_ROOT: &str = "/var/lib/kubelet";
 /// Bound on /proc entries scanned looking for the kubelet.
 const MAX_PROC_SCAN: usize = 100_000;

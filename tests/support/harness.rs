@@ -165,6 +165,15 @@ impl Hub {
         self.agent_binary(hub_urls, PathBuf::from(env!("CARGO_BIN_EXE_deckhand-agent")))
     }
 
+    /// `n` agents registered through this hub, spread over `replicas`:
+    /// agent i dials `replicas[i % len]` first and knows the others, in
+    /// turn after it.
+    pub fn agents_across(&self, replicas: &[&Hub], n: usize) -> Vec<Agent> {
+        let urls: Vec<&str> = replicas.iter().map(|h| h.url.as_str()).collect();
+        let k = urls.len().max(1);
+        (0..n).map(|i| self.agent_via(&(0..k).filter_map(|j| urls.get((i + j) % k).copied()).collect::<Vec<_>>().join(","))).collect()
+    }
+
     /// A newly registered agent running `bin` (another release's agent).
     pub fn agent_binary(&self, hub_urls: &str, bin: PathBuf) -> Agent {
         let mut a = self.agent_unstarted(hub_urls, bin);

@@ -296,6 +296,23 @@ fn retryable(e: &StoreError) -> bool {
     matches!(db.code().as_deref(), Some("40001") | Some("40P01") | Some("5") | Some("517"))
 }
 
+/// Runs one write transaction, again (up to [`TX_RETRIES`] more times)
+/// while it fails on a conflict another writer caused (serialization
+/// failure, deadlock, SQLite busy); its error sorted as [`sorted`] does.
+async fn retrying<T, F, Fut>(mut once: F) -> Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    let mut attempt = 0;
+    loop {
+        match sorted(once().await) {
+            Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
+            other => return other,
+        }
+    }
+}
+
 /// Keeps a writer's error with its cause sorted (busy, disk full, other).
 fn sorted<T>(r: Result<T>) -> Result<T> {
     r.map_err(|e| match e {
@@ -684,43 +701,19 @@ impl Store for SqlStore {
     }
 
     async fn apply_batch(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>> {
-        let mut attempt = 0;
-        loop {
-            match sorted(self.apply_batch_once(ops).await) {
-                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
-                other => return other,
-            }
-        }
+        retrying(|| self.apply_batch_once(ops)).await
     }
 
     async fn request_stop(&self, invoke_id: &str, instances: &[String]) -> Result<Vec<String>> {
-        let mut attempt = 0;
-        loop {
-            match sorted(self.request_stop_once(invoke_id, instances).await) {
-                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
-                other => return other,
-            }
-        }
+        retrying(|| self.request_stop_once(invoke_id, instances)).await
     }
 
     async fn modify_invocation(&self, m: &Modification) -> Result<Vec<String>> {
-        let mut attempt = 0;
-        loop {
-            match sorted(self.modify_invocation_once(m).await) {
-                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
-                other => return other,
-            }
-        }
+        retrying(|| self.modify_invocation_once(m)).await
     }
 
     async fn advance_windows(&self) -> Result<Vec<Released>> {
-        let mut attempt = 0;
-        loop {
-            match sorted(self.advance_windows_impl().await) {
-                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
-                other => return other,
-            }
-        }
+        retrying(|| self.advance_windows_impl()).await
     }
 
     fn released(&self) -> tokio::sync::broadcast::Receiver<Released> {
@@ -728,23 +721,11 @@ impl Store for SqlStore {
     }
 
     async fn fire_request(&self, invoke_id: &str, instance_id: &str, record_seq: u32, scheduled: &str) -> Result<FireOutcome> {
-        let mut attempt = 0;
-        loop {
-            match sorted(self.fire_request_once(invoke_id, instance_id, record_seq, scheduled).await) {
-                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
-                other => return other,
-            }
-        }
+        retrying(|| self.fire_request_once(invoke_id, instance_id, record_seq, scheduled)).await
     }
 
     async fn advance_fires(&self) -> Result<Vec<FireAnswer>> {
-        let mut attempt = 0;
-        loop {
-            match sorted(self.advance_fires_impl().await) {
-                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
-                other => return other,
-            }
-        }
+        retrying(|| self.advance_fires_impl()).await
     }
 
     fn fire_answers(&self) -> tokio::sync::broadcast::Receiver<Vec<FireAnswer>> {
@@ -756,13 +737,7 @@ impl Store for SqlStore {
     }
 
     async fn expire_undelivered(&self, cutoff: &str) -> Result<u64> {
-        let mut attempt = 0;
-        loop {
-            match sorted(self.expire_undelivered_once(cutoff).await) {
-                Err(e) if retryable(&e) && attempt < TX_RETRIES => attempt += 1,
-                other => return other,
-            }
-        }
+        retrying(|| self.expire_undelivered_once(cutoff)).await
     }
 
     async fn put_file_chunk(&self, sha256: &str, size: i64, seq: i64, data: &[u8]) -> Result<()> {
