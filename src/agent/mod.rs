@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
@@ -406,7 +406,7 @@ async fn register_on(ws: &mut Ws, config: &AgentConfig) -> Result<Identity, Agen
 async fn send(ws: &mut Ws, msg: &AgentMsg) -> Result<(), AgentError> {
     let text = protocol::encode(msg);
     figures::frame_out(text.len());
-    ws.send(Message::Text(text.into())).await?;
+    transport::send_text(ws, text).await?;
     Ok(())
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -102,8 +102,41 @@ fn err(e: impl std::fmt::Display) -> CliError {
     CliError::Usage(format!("bench fanout: {e}"))
 }
 
+/// What the simulated agents' reports look like on the wire.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Shape {
+    /// Output bytes of each final report (before base64); 0: three bytes.
+    pub output_kib: usize,
+    /// Each message as one frame, as agents before issue #21's change (and
+    /// 0.1.0) sent them, instead of fragments of `MAX_SENT_FRAME`.
+    pub whole_frames: bool,
+}
+
+/// What every simulated agent does alike: the reports' output, the frame
+/// bound, and in a rollout run the count of runs alive.
+struct Wire {
+    output_b64: String,
+    max_frame: usize,
+    alive: Option<Arc<Alive>>,
+}
+
+impl Wire {
+    fn of(shape: Shape, alive: Option<Arc<Alive>>) -> Self {
+        use base64::Engine;
+        let output_b64 = match shape.output_kib {
+            0 => "b2sK".to_string(),
+            kib => base64::engine::general_purpose::STANDARD.encode(vec![b'x'; kib.saturating_mul(1024)]),
+        };
+        Self { output_b64, max_frame: if shape.whole_frames { usize::MAX } else { transport::MAX_SENT_FRAME }, alive }
+    }
+}
+
 async fn send(ws: &mut Ws, m: &AgentMsg) -> Result<(), CliError> {
-    ws.send(Message::Text(protocol::encode(m).into())).await.map_err(err)
+    send_framed(ws, m, transport::MAX_SENT_FRAME).await
+}
+
+async fn send_framed(ws: &mut Ws, m: &AgentMsg, max_frame: usize) -> Result<(), CliError> {
+    transport::send_text_framed(ws, protocol::encode(m), max_frame).await.map_err(err)
 }
 
 async fn recv(ws: &mut Ws) -> Result<HubMsg, CliError> {
@@ -117,14 +150,14 @@ async fn recv(ws: &mut Ws) -> Result<HubMsg, CliError> {
     }
 }
 
-fn report(invoke_id: &str, status: InvocationStatus) -> RecordReport {
+fn report(invoke_id: &str, status: InvocationStatus, output_b64: &str) -> RecordReport {
     let now = chrono::Utc::now().format("%Y-%m-%dT%H:%M:%SZ").to_string();
     RecordReport {
         invoke_id: invoke_id.to_string(),
         record_seq: 0,
         status,
         exit_code: status.is_final().then_some(0),
-        output_b64: if status.is_final() { "b2sK".into() } else { String::new() },
+        output_b64: if status.is_final() { output_b64.to_string() } else { String::new() },
         dropped: 0,
         error_code: None,
         error_info: String::new(),
@@ -142,7 +175,7 @@ async fn sim_agent(
     act: (String, String),
     ids: mpsc::Sender<String>,
     done: mpsc::UnboundedSender<()>,
-    alive: Option<Arc<Alive>>,
+    wire: Arc<Wire>,
 ) -> Result<(), CliError> {
     let mut ws = dial(&url, &tls, source).await?;
     let facts = HostFacts { hostname: "sim".into(), os_type: "linux".into(), agent_version: "bench".into(), ..Default::default() };
@@ -168,14 +201,15 @@ async fn sim_agent(
             m = recv(&mut ws) => match m? {
                 HubMsg::Invoke { invocation } => {
                     send(&mut ws, &AgentMsg::InvokeAck { invoke_id: invocation.invoke_id.clone() }).await?;
-                    send(&mut ws, &AgentMsg::Report { report_id: next_id, report: report(&invocation.invoke_id, InvocationStatus::Running) }).await?;
-                    if let Some(alive) = &alive {
+                    send(&mut ws, &AgentMsg::Report { report_id: next_id, report: report(&invocation.invoke_id, InvocationStatus::Running, "") }).await?;
+                    if let Some(alive) = &wire.alive {
                         // A run that lasts: the window's slots fill up.
                         alive.start();
                         tokio::time::sleep(ROLLOUT_HOLD).await;
                         alive.end();
                     }
-                    send(&mut ws, &AgentMsg::Report { report_id: next_id + 1, report: report(&invocation.invoke_id, InvocationStatus::Success) }).await?;
+                    let last = AgentMsg::Report { report_id: next_id + 1, report: report(&invocation.invoke_id, InvocationStatus::Success, &wire.output_b64) };
+                    send_framed(&mut ws, &last, wire.max_frame).await?;
                     final_ids.insert(next_id + 1);
                     next_id += 2;
                 }
@@ -188,7 +222,7 @@ async fn sim_agent(
     }
 }
 
-pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> Result<(), CliError> {
+pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>, shape: Shape) -> Result<(), CliError> {
     let fd_limit = procs::raise_nofile();
     if fd_limit != 0 && agents as u64 + 256 > fd_limit {
         return Err(err(format!(
@@ -240,17 +274,34 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
     // After the measurement the hub is stopped; agents losing it then is expected.
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let alive = rollout.map(|_| Arc::new(Alive::default()));
+    let wire = Arc::new(Wire::of(shape, alive.clone()));
+    if shape.output_kib > 0 || shape.whole_frames {
+        println!(
+            "reports: {} KiB of output each ({} bytes of base64), sent {}",
+            shape.output_kib,
+            wire.output_b64.len(),
+            if shape.whole_frames { "as one frame each (as before issue #21)".to_string() } else { format!("in frames of at most {} bytes", transport::MAX_SENT_FRAME) }
+        );
+    }
     let t_connect = Instant::now();
     for (i, act) in activations.into_iter().enumerate() {
-        let (url, tls, ids, done, gate, failures, finished, alive) =
-            (url.clone(), tls.clone(), id_tx.clone(), done_tx.clone(), gate.clone(), failures.clone(), finished.clone(), alive.clone());
+        let (url, tls, ids, done, gate, failures, finished, wire) = (
+            url.clone(),
+            tls.clone(),
+            id_tx.clone(),
+            done_tx.clone(),
+            gate.clone(),
+            failures.clone(),
+            finished.clone(),
+            wire.clone(),
+        );
         let first_failure = first_failure.clone();
         let source = source_for(i, agents, per_source);
         tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
             // The permit covers only the handshake phase.
             let (held_tx, mut held_rx) = mpsc::channel::<String>(1);
-            let fut = sim_agent(url, tls, source, act, held_tx, done, alive);
+            let fut = sim_agent(url, tls, source, act, held_tx, done, wire);
             tokio::pin!(fut);
             let id = tokio::select! {
                 r = &mut fut => {
@@ -305,41 +356,20 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
     }
     let t_fan = Instant::now();
     let cpu_fan = procs::cpu_time(pid);
-    let mut calls = Vec::new();
-    // At most this many calls at once: each is a connection the hub counts
-    // as pending until its headers are in (at most 256 per address).
-    let api_gate = Arc::new(Semaphore::new(API_PARALLELISM));
-    for chunk in ids.chunks(100) {
-        let c = client.clone();
-        let gate = api_gate.clone();
-        let mut p: Vec<(String, String)> = vec![("Type".into(), "RunShellScript".into()), ("CommandContent".into(), "echo ok".into())];
-        for (i, id) in chunk.iter().enumerate() {
-            p.push((format!("InstanceId.{}", i + 1), id.clone()));
-        }
-        calls.push(tokio::spawn(async move {
-            let _permit = gate.acquire_owned().await;
-            tokio::task::spawn_blocking(move || {
-                let refs: Vec<(&str, String)> = p.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
-                c.call("RunCommand", &refs)
-            })
-            .await
-        }));
-    }
-    for c in calls {
-        c.await.map_err(err)?.map_err(err)??;
-    }
-    let api_time = t_fan.elapsed();
-    let mut stored = 0usize;
-    while stored < agents {
-        match tokio::time::timeout(Duration::from_secs(120), done_rx.recv()).await {
-            Ok(Some(())) => stored += 1,
-            _ => break,
-        }
-    }
+    let (api_time, stored) = fan_out(&client, &ids, &mut done_rx).await?;
     let fan_time = t_fan.elapsed();
     let hub_cpu = procs::cpu_time(pid).saturating_sub(cpu_fan);
-    finished.store(true, Ordering::Relaxed);
     let rss_after = procs::rss_bytes(pid);
+    // With large reports, the same fan-out again: what the first left in
+    // the hub's RSS is either held per connection (it grows again) or
+    // memory the allocator reuses (it does not).
+    let rss_again = if shape.output_kib > 0 {
+        let (_, again) = fan_out(&client, &ids, &mut done_rx).await?;
+        (again == agents).then(|| procs::rss_bytes(pid))
+    } else {
+        None
+    };
+    finished.store(true, Ordering::Relaxed);
     let per_conn = rss_connected.saturating_sub(rss_idle) as f64 / agents.max(1) as f64;
     println!("fan-out benchmark ({agents} simulated agents, TLS WebSocket, store: {store_name})");
     println!(
@@ -349,6 +379,14 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
     );
     println!("  hub RSS idle / connected / after: {:.1} / {:.1} / {:.1} MiB", mib(rss_idle), mib(rss_connected), mib(rss_after));
     println!("  hub memory per connection:      {:.1} KiB", per_conn / 1024.0);
+    if let Some(again) = rss_again {
+        println!(
+            "  hub RSS after a second fan-out: {:.1} MiB (grew {:.1} KiB per connection in the first, {:.1} KiB in the second)",
+            mib(again),
+            rss_after.saturating_sub(rss_connected) as f64 / 1024.0 / agents.max(1) as f64,
+            again.saturating_sub(rss_after) as f64 / 1024.0 / agents.max(1) as f64
+        );
+    }
     println!("  bench process RSS (the agents): {:.1} MiB", mib(procs::rss_bytes(std::process::id())));
     println!("  RunCommand calls ({}):          {:.3} s", agents.div_ceil(100), api_time.as_secs_f64());
     println!("  fan-out complete (all stored):  {:.3} s  ({stored}/{agents} results)", fan_time.as_secs_f64());
@@ -381,6 +419,49 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>) -> R
 }
 
 /// Tags every simulated instance `bench=fleet` (100 per TagResources call).
+/// One `RunCommand` per 100 instances to all of `ids`, then the wait for
+/// every final report to be acknowledged as stored: the time the calls
+/// took and how many results were stored (within 120 s of each other).
+async fn fan_out(
+    client: &Arc<crate::cli::Client>,
+    ids: &[String],
+    done_rx: &mut mpsc::UnboundedReceiver<()>,
+) -> Result<(Duration, usize), CliError> {
+    let t_fan = Instant::now();
+    let mut calls = Vec::new();
+    // At most this many calls at once: each is a connection the hub counts
+    // as pending until its headers are in (at most 256 per address).
+    let api_gate = Arc::new(Semaphore::new(API_PARALLELISM));
+    for chunk in ids.chunks(100) {
+        let c = client.clone();
+        let gate = api_gate.clone();
+        let mut p: Vec<(String, String)> = vec![("Type".into(), "RunShellScript".into()), ("CommandContent".into(), "echo ok".into())];
+        for (i, id) in chunk.iter().enumerate() {
+            p.push((format!("InstanceId.{}", i + 1), id.clone()));
+        }
+        calls.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await;
+            tokio::task::spawn_blocking(move || {
+                let refs: Vec<(&str, String)> = p.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                c.call("RunCommand", &refs)
+            })
+            .await
+        }));
+    }
+    for c in calls {
+        c.await.map_err(err)?.map_err(err)??;
+    }
+    let api_time = t_fan.elapsed();
+    let mut stored = 0usize;
+    while stored < ids.len() {
+        match tokio::time::timeout(Duration::from_secs(120), done_rx.recv()).await {
+            Ok(Some(())) => stored += 1,
+            _ => break,
+        }
+    }
+    Ok((api_time, stored))
+}
+
 async fn tag_fleet(client: &Arc<crate::cli::Client>, ids: &[String]) -> Result<(), CliError> {
     for chunk in ids.chunks(100) {
         let c = client.clone();

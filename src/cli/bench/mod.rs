@@ -28,6 +28,15 @@ pub enum BenchCmd {
         /// peak concurrency the agents saw.
         #[arg(long, value_name = "N|P%")]
         rollout: Option<String>,
+        /// Output of each simulated run, in KiB (at most 24: the report's
+        /// cap); the hub's RSS after the fan-out shows what large reports
+        /// leave behind per connection.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=24))]
+        output_kib: u16,
+        /// The simulated agents send each message as one WebSocket frame,
+        /// as agents did before issue #21 (for a before/after in one run).
+        #[arg(long)]
+        whole_frames: bool,
     },
     /// API → result latency over sequential runs of `true`, vs bare fork/exec.
     Latency {
@@ -103,7 +112,10 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
     crate::tls::install_crypto_provider();
     let rt = || tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| CliError::Usage(e.to_string()));
     match cmd {
-        BenchCmd::Fanout { agents, store, rollout } => rt()?.block_on(fanout::run(*agents, store.as_deref(), rollout.as_deref())),
+        BenchCmd::Fanout { agents, store, rollout, output_kib, whole_frames } => {
+            let shape = fanout::Shape { output_kib: usize::from(*output_kib), whole_frames: *whole_frames };
+            rt()?.block_on(fanout::run(*agents, store.as_deref(), rollout.as_deref(), shape))
+        }
         BenchCmd::Latency { runs, store } => latency::latency(*runs, store.as_deref()),
         BenchCmd::Footprint { secs, peer, agent, settle_secs } => {
             footprint::run(Duration::from_secs(*secs), peer, agent, Duration::from_secs(*settle_secs))
@@ -115,8 +127,8 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
         BenchCmd::Smoke => {
             policy::run(100, 200)?;
             signature::run(200)?;
-            rt()?.block_on(fanout::run(50, None, None))?;
-            rt()?.block_on(fanout::run(50, None, Some("50%")))?;
+            rt()?.block_on(fanout::run(50, None, None, fanout::Shape { output_kib: 24, whole_frames: false }))?;
+            rt()?.block_on(fanout::run(50, None, Some("50%"), fanout::Shape::default()))?;
             // 50 invocations: both rounds fill the page of 50 (the second round
             // lists on top of the first), so only the targets differ.
             rt()?.block_on(listing::run(50, 200, None))?;
