@@ -406,7 +406,7 @@ async fn register_on(ws: &mut Ws, config: &AgentConfig) -> Result<Identity, Agen
 async fn send(ws: &mut Ws, msg: &AgentMsg) -> Result<(), AgentError> {
     let text = protocol::encode(msg);
     figures::frame_out(text.len());
-    transport::send_text(ws, text).await?;
+    protocol::frames::send_text(ws, text).await?;
     Ok(())
 }
 

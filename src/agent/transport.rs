@@ -9,12 +9,8 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use futures_util::SinkExt;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::protocol::frame::Frame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
-use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 use super::proxy::Proxy;
 use crate::protocol::MAX_FRAME_BYTES;
@@ -26,56 +22,6 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 pub type Ws = WebSocketStream<Box<dyn Io>>;
-
-/// Largest WebSocket frame the agent sends. A longer message (a report
-/// with output, a file chunk) goes out as fragments of at most this many
-/// bytes. The hub's WebSocket library keeps each connection's read buffer
-/// at the size of the largest frame it ever carried, so one 33 KiB report
-/// sent whole would cost the hub 33 KiB for the rest of the connection,
-/// times every agent of a fan-out (issue #21, docs/performance.md).
-pub const MAX_SENT_FRAME: usize = 1024;
-
-/// Where to cut `text` into frames of at most `max` bytes (`max` ≥ 4),
-/// each cut on a character boundary so every fragment is valid UTF-8 on
-/// its own (RFC 6455 allows cuts inside a character; not every peer's
-/// decoder takes them).
-pub fn fragment_bounds(text: &str, max: usize) -> Vec<std::ops::Range<usize>> {
-    let max = max.max(4);
-    let mut out = Vec::with_capacity(text.len() / max + 1);
-    let mut start = 0;
-    while text.len() - start > max {
-        let mut end = start + max;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        out.push(start..end);
-        start = end;
-    }
-    out.push(start..text.len());
-    out
-}
-
-/// Sends one text message, fragmented as [`MAX_SENT_FRAME`] says; short
-/// ones (nearly all: heartbeats, acks, reports without much output) as
-/// one frame.
-pub async fn send_text(ws: &mut Ws, text: String) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    send_text_framed(ws, text, MAX_SENT_FRAME).await
-}
-
-/// [`send_text`] with another frame bound (the fan-out bench compares).
-pub async fn send_text_framed(ws: &mut Ws, text: String, max: usize) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    if text.len() <= max {
-        return ws.send(Message::Text(text.into())).await;
-    }
-    let bounds = fragment_bounds(&text, max);
-    let all = Bytes::from(text.into_bytes());
-    let last = bounds.len().saturating_sub(1);
-    for (i, r) in bounds.into_iter().enumerate() {
-        let opcode = if i == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
-        ws.feed(Message::Frame(Frame::message(all.slice(r), opcode, i == last))).await?;
-    }
-    ws.flush().await
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
@@ -222,23 +168,6 @@ fn is_loopback(ip: &IpAddr) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn fragments_cover_the_text_on_character_boundaries() {
-        for text in ["", "a", &"x".repeat(1024), &"x".repeat(1025), &"é".repeat(700), &"日本語".repeat(300)] {
-            let bounds = fragment_bounds(text, 1024);
-            let mut next = 0;
-            for r in &bounds {
-                assert_eq!(r.start, next, "contiguous");
-                assert!(r.len() <= 1024, "bounded: {}", r.len());
-                assert!(text.get(r.clone()).is_some(), "on character boundaries");
-                next = r.end;
-            }
-            assert_eq!(next, text.len(), "the whole text");
-            // A cut moves back at most 3 bytes (a UTF-8 character is ≤ 4).
-            assert!(bounds.len() <= text.len().div_ceil(1021).max(1), "few fragments: {}", bounds.len());
-        }
-    }
 
     #[test]
     fn parses_a_list_of_replicas_with_bounds() {

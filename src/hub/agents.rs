@@ -10,11 +10,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
-use futures_util::SinkExt;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use hyper_util::rt::TokioIo;
 use sha2::{Digest, Sha256};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use super::Hub;
 use super::metrics::Direction;
@@ -30,6 +34,11 @@ use crate::protocol::{self, AgentMsg, HubMsg, MAX_FRAME_BYTES, OLDEST_AGENT_PROT
 const OUTBOX: usize = 256;
 /// tungstenite's read buffer per connection (see [`upgrade`]).
 const WS_READ_BUFFER: usize = 512;
+
+/// An agent's WebSocket, on the connection hyper hands over after the
+/// upgrade. tokio-tungstenite directly rather than axum's wrapper, whose
+/// messages cannot be sent as fragments (`protocol::frames`).
+type WebSocket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 /// First frame must arrive within this.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest frame accepted before the agent has authenticated: `register`
@@ -139,28 +148,73 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
 pub async fn upgrade(
     State(hub): State<Arc<Hub>>,
     ConnectInfo(super::server::Peer(peer, client_cert)): ConnectInfo<super::server::Peer>,
-    ws: WebSocketUpgrade,
+    mut req: Request,
 ) -> Response {
     if hub.config.agent_client_ca.is_some() && !client_cert {
-        use axum::response::IntoResponse;
         tracing::warn!(%peer, "agent connection without a client certificate refused (mTLS required)");
-        return (axum::http::StatusCode::FORBIDDEN, "a client certificate signed by the agent CA is required").into_response();
+        return (StatusCode::FORBIDDEN, "a client certificate signed by the agent CA is required").into_response();
     }
+    let accept = match accept_key(req.method(), req.headers()) {
+        Ok(accept) => accept,
+        Err(problem) => return (StatusCode::BAD_REQUEST, problem).into_response(),
+    };
+    let Some(upgrading) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+        return (StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded").into_response();
+    };
     // Small buffers: at 10,000 connections the tungstenite defaults
     // (128 KiB each) would dominate hub memory. The read buffer is also the
     // largest read tungstenite makes; rustls already holds 4 KiB of every
     // connection's incoming bytes, so a second 4 KiB copy bought nothing but
-    // fewer reads of a large frame (issue #21). `hello` and the usual
-    // reports fit; a larger frame grows the buffer, within `max_frame_size`.
-    ws.read_buffer_size(WS_READ_BUFFER).write_buffer_size(0).max_message_size(MAX_FRAME_BYTES).max_frame_size(MAX_FRAME_BYTES).on_upgrade(
-        // The connection gets a task of its own, and axum's (which would
-        // hold the socket and this closure's state a second time for the
-        // connection's whole life) ends at once (issue #21).
-        move |socket| {
-            tokio::spawn(serve(hub, socket, peer));
-            std::future::ready(())
-        },
-    )
+    // fewer reads of a large frame (issue #21). Agents send frames of at
+    // most 1 KiB (`protocol::frames`); a larger frame (0.1.0) grows the
+    // buffer, within `max_frame_size`.
+    let mut config = WebSocketConfig::default();
+    config.read_buffer_size = WS_READ_BUFFER;
+    config.write_buffer_size = 0;
+    config.max_message_size = Some(MAX_FRAME_BYTES);
+    config.max_frame_size = Some(MAX_FRAME_BYTES);
+    // The connection gets a task of its own, which holds only the socket
+    // and the session (issue #21).
+    tokio::spawn(async move {
+        match upgrading.await {
+            Ok(upgraded) => {
+                let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
+                serve(hub, ws, peer).await
+            }
+            Err(e) => tracing::info!(%peer, error = %e, "agent WebSocket upgrade failed"),
+        }
+    });
+    let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    response
+}
+
+/// Checks an agent's upgrade request (RFC 6455 §4.2.1) and derives the
+/// `Sec-WebSocket-Accept` it is owed; the problem otherwise (the request's
+/// values are not quoted).
+fn accept_key(method: &axum::http::Method, headers: &HeaderMap) -> Result<HeaderValue, &'static str> {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| v.to_str().is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token))))
+    };
+    if method != axum::http::Method::GET {
+        return Err("a WebSocket upgrade is a GET");
+    }
+    if !has_token(header::CONNECTION, "upgrade") || !has_token(header::UPGRADE, "websocket") {
+        return Err("expected Connection: upgrade and Upgrade: websocket");
+    }
+    if headers.get(header::SEC_WEBSOCKET_VERSION).map(HeaderValue::as_bytes) != Some(b"13") {
+        return Err("Sec-WebSocket-Version must be 13");
+    }
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY) else { return Err("Sec-WebSocket-Key is missing") };
+    // The key is 16 random bytes in base64 (24 characters).
+    if key.len() != 24 {
+        return Err("Sec-WebSocket-Key must be 24 characters");
+    }
+    HeaderValue::from_str(&tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()))
+        .map_err(|_| "Sec-WebSocket-Key cannot be answered")
 }
 
 /// The connection's task: [`connection`], its end logged. Not an `async fn`:
@@ -186,7 +240,7 @@ enum ConnError {
     #[error("heartbeat lost")]
     HeartbeatLost,
     #[error("websocket: {0}")]
-    Ws(#[from] axum::Error),
+    Ws(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("store: {0}")]
     Store(#[from] super::store::StoreError),
 }
@@ -194,7 +248,7 @@ enum ConnError {
 async fn send(ws: &mut WebSocket, msg: &HubMsg) -> Result<(), ConnError> {
     let text = protocol::encode(msg);
     super::metrics::get().frame(Direction::Out, text.len());
-    ws.send(Message::Text(text.into())).await?;
+    protocol::frames::send_text(ws, text).await?;
     Ok(())
 }
 
@@ -210,7 +264,7 @@ fn count_in(frame: &Message) {
 
 async fn refuse(ws: &mut WebSocket, code: &str, message: String) -> ConnError {
     let _ = send(ws, &HubMsg::Error { code: code.into(), message: message.clone(), fatal: true }).await;
-    let _ = ws.close().await;
+    let _ = ws.close(None).await;
     ConnError::Refused(format!("{code}: {message}"))
 }
 
@@ -236,7 +290,7 @@ async fn unavailable(ws: &mut WebSocket, e: super::store::StoreError) -> ConnErr
 /// is closed at once (issue #14). Nothing of the frame is logged or echoed.
 async fn recv_first(ws: &mut WebSocket, peer: SocketAddr) -> Result<AgentMsg, ConnError> {
     loop {
-        let Some(frame) = ws.recv().await else { return Err(ConnError::Closed) };
+        let Some(frame) = ws.next().await else { return Err(ConnError::Closed) };
         let frame = frame?;
         count_in(&frame);
         let problem = match frame {
@@ -264,7 +318,7 @@ async fn recv_first(ws: &mut WebSocket, peer: SocketAddr) -> Result<AgentMsg, Co
 /// that the session's state while it waits stays small (issue #21).
 async fn recv(ws: &mut WebSocket) -> Result<Result<Box<AgentMsg>, Box<HubMsg>>, ConnError> {
     loop {
-        let Some(frame) = ws.recv().await else { return Err(ConnError::Closed) };
+        let Some(frame) = ws.next().await else { return Err(ConnError::Closed) };
         let frame = frame?;
         count_in(&frame);
         let malformed = |message: String| Ok(Err(Box::new(HubMsg::Error { code: "MalformedFrame".into(), message, fatal: false })));
@@ -324,7 +378,7 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
     if hub.agents.remove(&instance_id, conn_id) {
         hub.store.instance_disconnected(&instance_id, &hub.id, conn_id).await?;
     }
-    let _ = ws.close().await;
+    let _ = ws.close(None).await;
     tracing::info!(instance_id, "agent disconnected");
     result
 }
@@ -389,7 +443,7 @@ async fn open(
         send(ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) })
             .await?;
         tracing::info!(instance_id, "agent update trial reached the hub");
-        let _ = ws.close().await;
+        let _ = ws.close(None).await;
         return Ok(None);
     }
     if let Some(updates) = &hub.config.agent_updates {

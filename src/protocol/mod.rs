@@ -2,11 +2,14 @@
 //!
 //! Owns: every message that crosses the agent WebSocket, the protocol
 //! versions, and the frame bounds. Statuses, modes and error codes are the
-//! lifecycle module's types (`crate::lifecycle`), spelled by its codec. JSON text frames, one message
-//! per frame, internally tagged by `"type"`. docs/protocol.md is the prose
+//! lifecycle module's types (`crate::lifecycle`), spelled by its codec. JSON text messages, one protocol
+//! message per WebSocket message (cut into frames of at most 1 KiB by
+//! [`frames`]), internally tagged by `"type"`. docs/protocol.md is the prose
 //! version of this file; keep the two in step.
 
 use serde::{Deserialize, Serialize};
+
+pub mod frames;
 
 pub use crate::lifecycle::{CommandType, ErrorCode, InvocationStatus, RepeatMode};
 

@@ -110,6 +110,19 @@ pub struct Shape {
     /// Each message as one frame, as agents before issue #21's change (and
     /// 0.1.0) sent them, instead of fragments of `MAX_SENT_FRAME`.
     pub whole_frames: bool,
+    /// Size of the script each `RunCommand` sends, in KiB; 0: `echo ok`.
+    pub script_kib: usize,
+}
+
+impl Shape {
+    /// The `CommandContent` of the fan-out's calls: `echo ok`, padded with
+    /// a comment to `script_kib`.
+    fn script(&self) -> String {
+        let mut script = "echo ok\n#".to_string();
+        let want = self.script_kib.saturating_mul(1024);
+        script.push_str(&"x".repeat(want.saturating_sub(script.len())));
+        script
+    }
 }
 
 /// What every simulated agent does alike: the reports' output, the frame
@@ -127,16 +140,16 @@ impl Wire {
             0 => "b2sK".to_string(),
             kib => base64::engine::general_purpose::STANDARD.encode(vec![b'x'; kib.saturating_mul(1024)]),
         };
-        Self { output_b64, max_frame: if shape.whole_frames { usize::MAX } else { transport::MAX_SENT_FRAME }, alive }
+        Self { output_b64, max_frame: if shape.whole_frames { usize::MAX } else { protocol::frames::MAX_SENT_FRAME }, alive }
     }
 }
 
 async fn send(ws: &mut Ws, m: &AgentMsg) -> Result<(), CliError> {
-    send_framed(ws, m, transport::MAX_SENT_FRAME).await
+    send_framed(ws, m, protocol::frames::MAX_SENT_FRAME).await
 }
 
 async fn send_framed(ws: &mut Ws, m: &AgentMsg, max_frame: usize) -> Result<(), CliError> {
-    transport::send_text_framed(ws, protocol::encode(m), max_frame).await.map_err(err)
+    protocol::frames::send_text_framed(ws, protocol::encode(m), max_frame).await.map_err(err)
 }
 
 async fn recv(ws: &mut Ws) -> Result<HubMsg, CliError> {
@@ -275,26 +288,25 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>, shap
     let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let alive = rollout.map(|_| Arc::new(Alive::default()));
     let wire = Arc::new(Wire::of(shape, alive.clone()));
+    if shape.script_kib > 0 {
+        println!("scripts: {} KiB each (the invocation the hub sends every agent)", shape.script_kib);
+    }
     if shape.output_kib > 0 || shape.whole_frames {
         println!(
             "reports: {} KiB of output each ({} bytes of base64), sent {}",
             shape.output_kib,
             wire.output_b64.len(),
-            if shape.whole_frames { "as one frame each (as before issue #21)".to_string() } else { format!("in frames of at most {} bytes", transport::MAX_SENT_FRAME) }
+            if shape.whole_frames {
+                "as one frame each (as before issue #21)".to_string()
+            } else {
+                format!("in frames of at most {} bytes", protocol::frames::MAX_SENT_FRAME)
+            }
         );
     }
     let t_connect = Instant::now();
     for (i, act) in activations.into_iter().enumerate() {
-        let (url, tls, ids, done, gate, failures, finished, wire) = (
-            url.clone(),
-            tls.clone(),
-            id_tx.clone(),
-            done_tx.clone(),
-            gate.clone(),
-            failures.clone(),
-            finished.clone(),
-            wire.clone(),
-        );
+        let (url, tls, ids, done, gate, failures, finished, wire) =
+            (url.clone(), tls.clone(), id_tx.clone(), done_tx.clone(), gate.clone(), failures.clone(), finished.clone(), wire.clone());
         let first_failure = first_failure.clone();
         let source = source_for(i, agents, per_source);
         tokio::spawn(async move {
@@ -356,15 +368,15 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>, shap
     }
     let t_fan = Instant::now();
     let cpu_fan = procs::cpu_time(pid);
-    let (api_time, stored) = fan_out(&client, &ids, &mut done_rx).await?;
+    let (api_time, stored) = fan_out(&client, &ids, &mut done_rx, &shape.script()).await?;
     let fan_time = t_fan.elapsed();
     let hub_cpu = procs::cpu_time(pid).saturating_sub(cpu_fan);
     let rss_after = procs::rss_bytes(pid);
     // With large reports, the same fan-out again: what the first left in
     // the hub's RSS is either held per connection (it grows again) or
     // memory the allocator reuses (it does not).
-    let rss_again = if shape.output_kib > 0 {
-        let (_, again) = fan_out(&client, &ids, &mut done_rx).await?;
+    let rss_again = if shape.output_kib > 0 || shape.script_kib > 0 {
+        let (_, again) = fan_out(&client, &ids, &mut done_rx, &shape.script()).await?;
         (again == agents).then(|| procs::rss_bytes(pid))
     } else {
         None
@@ -426,6 +438,7 @@ async fn fan_out(
     client: &Arc<crate::cli::Client>,
     ids: &[String],
     done_rx: &mut mpsc::UnboundedReceiver<()>,
+    script: &str,
 ) -> Result<(Duration, usize), CliError> {
     let t_fan = Instant::now();
     let mut calls = Vec::new();
@@ -435,7 +448,7 @@ async fn fan_out(
     for chunk in ids.chunks(100) {
         let c = client.clone();
         let gate = api_gate.clone();
-        let mut p: Vec<(String, String)> = vec![("Type".into(), "RunShellScript".into()), ("CommandContent".into(), "echo ok".into())];
+        let mut p: Vec<(String, String)> = vec![("Type".into(), "RunShellScript".into()), ("CommandContent".into(), script.to_string())];
         for (i, id) in chunk.iter().enumerate() {
             p.push((format!("InstanceId.{}", i + 1), id.clone()));
         }

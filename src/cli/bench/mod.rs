@@ -37,6 +37,11 @@ pub enum BenchCmd {
         /// as agents did before issue #21 (for a before/after in one run).
         #[arg(long)]
         whole_frames: bool,
+        /// Size of the script each run is sent, in KiB (at most 16: the
+        /// protocol's script bound); what large invocations leave in the
+        /// hub's RSS shows after the fan-out.
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=16))]
+        script_kib: u16,
     },
     /// API → result latency over sequential runs of `true`, vs bare fork/exec.
     Latency {
@@ -112,8 +117,9 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
     crate::tls::install_crypto_provider();
     let rt = || tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(|e| CliError::Usage(e.to_string()));
     match cmd {
-        BenchCmd::Fanout { agents, store, rollout, output_kib, whole_frames } => {
-            let shape = fanout::Shape { output_kib: usize::from(*output_kib), whole_frames: *whole_frames };
+        BenchCmd::Fanout { agents, store, rollout, output_kib, whole_frames, script_kib } => {
+            let shape =
+                fanout::Shape { output_kib: usize::from(*output_kib), whole_frames: *whole_frames, script_kib: usize::from(*script_kib) };
             rt()?.block_on(fanout::run(*agents, store.as_deref(), rollout.as_deref(), shape))
         }
         BenchCmd::Latency { runs, store } => latency::latency(*runs, store.as_deref()),
@@ -127,7 +133,7 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
         BenchCmd::Smoke => {
             policy::run(100, 200)?;
             signature::run(200)?;
-            rt()?.block_on(fanout::run(50, None, None, fanout::Shape { output_kib: 24, whole_frames: false }))?;
+            rt()?.block_on(fanout::run(50, None, None, fanout::Shape { output_kib: 24, script_kib: 12, whole_frames: false }))?;
             rt()?.block_on(fanout::run(50, None, Some("50%"), fanout::Shape::default()))?;
             // 50 invocations: both rounds fill the page of 50 (the second round
             // lists on top of the first), so only the targets differ.
