@@ -817,6 +817,36 @@ mod tests {
     }
 
     #[test]
+    fn upgrade_requests_are_checked_and_answered_as_rfc_6455_says() {
+        let request = |pairs: &[(&'static str, &'static str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(*k, HeaderValue::from_static(v));
+            }
+            h
+        };
+        let good = [
+            ("connection", "keep-alive, Upgrade"),
+            ("upgrade", "WebSocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ];
+        // RFC 6455 §1.3's own example.
+        assert_eq!(accept_key(&axum::http::Method::GET, &request(&good)).unwrap(), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        assert!(accept_key(&axum::http::Method::POST, &request(&good)).is_err());
+        for missing in 0..good.len() {
+            let fewer: Vec<_> = good.iter().enumerate().filter(|(i, _)| *i != missing).map(|(_, p)| *p).collect();
+            assert!(accept_key(&axum::http::Method::GET, &request(&fewer)).is_err(), "without {}", good[missing].0);
+        }
+        let mut bad_key = good;
+        bad_key[3] = ("sec-websocket-key", "short");
+        assert_eq!(accept_key(&axum::http::Method::GET, &request(&bad_key)), Err("Sec-WebSocket-Key must be 24 characters"));
+        let mut old_version = good;
+        old_version[2] = ("sec-websocket-version", "8");
+        assert!(accept_key(&axum::http::Method::GET, &request(&old_version)).is_err());
+    }
+
+    #[test]
     fn per_connection_state_is_small() {
         // What each connected agent holds for its whole life besides its
         // buffers: the connection future (inside the task axum spawns).
