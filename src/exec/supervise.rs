@@ -576,12 +576,17 @@ pub fn supervise_main(dir: &Path) -> i32 {
     }
 }
 
+/// Which directory `dir` names now (device and inode).
+fn identity(dir: &Path) -> std::io::Result<(u64, u64)> {
+    fs::metadata(dir).map(|m| (m.dev(), m.ino()))
+}
+
 fn supervise(dir: &Path) -> Result<(), SuperviseError> {
     hold_lock(dir)?;
     // The directory we were started for: retrying a result into another
     // one (removed, then made again for a later run) would hand that run
     // our result.
-    let home = fs::metadata(dir).map(|m| (m.dev(), m.ino())).map_err(io("stat", dir))?;
+    let home = identity(dir).map_err(io("stat", dir))?;
     let ran = dir.join(RAN);
     if ran.exists() {
         tracing::warn!(dir = %dir.display(), "run already started once; not starting it again");
@@ -613,7 +618,7 @@ fn supervise(dir: &Path) -> Result<(), SuperviseError> {
             // The agent removes a run directory only once nobody will read
             // it (a deregistered instance, a wiped state directory): waiting
             // an hour for it to come back would only leave us behind.
-            Err(_) if fs::metadata(dir).map(|m| (m.dev(), m.ino())).ok() != Some(home) => {
+            Err(_) if identity(dir).ok() != Some(home) => {
                 return Err(SuperviseError::Removed(dir.to_path_buf()));
             }
             Err(e) if attempt < RESULT_RETRIES => {

@@ -368,7 +368,8 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>, shap
     }
     let t_fan = Instant::now();
     let cpu_fan = procs::cpu_time(pid);
-    let (api_time, stored) = fan_out(&client, &ids, &mut done_rx, &shape.script()).await?;
+    let script = shape.script();
+    let (api_time, stored) = fan_out(&client, &ids, &mut done_rx, &script).await?;
     let fan_time = t_fan.elapsed();
     let hub_cpu = procs::cpu_time(pid).saturating_sub(cpu_fan);
     let rss_after = procs::rss_bytes(pid);
@@ -376,7 +377,7 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>, shap
     // the hub's RSS is either held per connection (it grows again) or
     // memory the allocator reuses (it does not).
     let rss_again = if shape.output_kib > 0 || shape.script_kib > 0 {
-        let (_, again) = fan_out(&client, &ids, &mut done_rx, &shape.script()).await?;
+        let (_, again) = fan_out(&client, &ids, &mut done_rx, &script).await?;
         (again == agents).then(|| procs::rss_bytes(pid))
     } else {
         None
@@ -430,7 +431,6 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>, shap
     Ok(())
 }
 
-/// Tags every simulated instance `bench=fleet` (100 per TagResources call).
 /// One `RunCommand` per 100 instances to all of `ids`, then the wait for
 /// every final report to be acknowledged as stored: the time the calls
 /// took and how many results were stored (within 120 s of each other).
@@ -475,6 +475,7 @@ async fn fan_out(
     Ok((api_time, stored))
 }
 
+/// Tags every simulated instance `bench=fleet` (100 per TagResources call).
 async fn tag_fleet(client: &Arc<crate::cli::Client>, ids: &[String]) -> Result<(), CliError> {
     for chunk in ids.chunks(100) {
         let c = client.clone();
