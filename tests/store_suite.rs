@@ -101,7 +101,7 @@ suite!(
 /// adding instances alone does not.
 async fn modifications_raise_the_revision_and_reach_the_wire_form(e: &Engine) {
     let s = e.open().await;
-    s.create_invocation(&invocation("t-m", "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)"), &["i-1".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-m", "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)"), &["i-1".into()], None).await.unwrap();
     assert_eq!(s.get_invocation("t-m").await.unwrap().unwrap().revision, 0);
     let change = Modification { invoke_id: "t-m".into(), content: Some("echo v2".into()), ..Default::default() };
     assert!(change.changes_definition());
@@ -275,13 +275,13 @@ async fn invocation_lifecycle_keeps_binary_output_and_ignores_duplicates(e: &Eng
     activation(&s, "act", 10).await;
     assert!(register(&s, "act", "i-1").await);
     assert!(register(&s, "act", "i-2").await);
-    s.create_invocation(&invocation("t-1", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into(), "i-2".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-1", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into(), "i-2".into()], None).await.unwrap();
     assert_eq!(s.find_by_client_token("tok-t-1").await.unwrap().as_deref(), Some("t-1"));
     assert_eq!(s.find_by_client_token("tok-none").await.unwrap(), None);
     // The same client token again (a retry through another replica) writes nothing.
     let mut again = invocation("t-1b", "2026-11-23T00:00:00Z", ONCE, "");
     again.client_token = "tok-t-1".into();
-    let err = s.create_invocation(&again, &["i-1".into()]).await.unwrap_err();
+    let err = s.create_invocation(&again, &["i-1".into()], None).await.unwrap_err();
     assert!(matches!(&err, StoreError::DuplicateClientToken(t) if t == "tok-t-1"), "{err}");
     assert!(s.get_invocation("t-1b").await.unwrap().is_none());
     // RunCommand's anonymous command commits with its invocation or not at all.
@@ -299,7 +299,22 @@ async fn invocation_lifecycle_keeps_binary_output_and_ignores_duplicates(e: &Eng
         visible: false,
         invoke_times: 0,
     };
-    let err = s.run_command(&cmd, &again, &["i-1".into()]).await.unwrap_err();
+    // The call's audit event commits with the invocation (one commit per
+    // call, issue #21), and not at all when the invocation does not.
+    let event = |request_id: &str, invoke_id: &str| AuditEvent {
+        event_id: format!("e-{request_id}"),
+        at: now_str(),
+        key_id: "k1".into(),
+        source: "127.0.0.1".into(),
+        action: "RunCommand".into(),
+        targets: "i-1".into(),
+        outcome: "Success".into(),
+        request_id: request_id.into(),
+        invoke_id: invoke_id.into(),
+        detail: String::new(),
+    };
+    let refused = event("R-dup", "t-1b");
+    let err = s.run_command(&cmd, &again, &["i-1".into()], Some(&refused)).await.unwrap_err();
     assert!(matches!(&err, StoreError::DuplicateClientToken(_)), "{err}");
     assert!(s.get_command("c-orphan").await.unwrap().is_none(), "no orphan command");
     assert!(s.targets("t-1b").await.unwrap().is_empty());
@@ -342,11 +357,19 @@ async fn invocation_lifecycle_keeps_binary_output_and_ignores_duplicates(e: &Eng
     // Only the unfinished target is still owed.
     assert_eq!(s.deliveries("t-1").await.unwrap().len(), 1);
     assert!(s.undelivered_for("i-1").await.unwrap().is_empty());
+    let mut fresh = invocation("t-1c", "2026-11-23T00:00:00Z", ONCE, "");
+    fresh.command_id = "c-audited".into();
+    let audited = CommandRow { command_id: "c-audited".into(), ..cmd.clone() };
+    s.run_command(&audited, &fresh, &["i-1".into()], Some(&event("R-ok", "t-1c"))).await.unwrap();
+    let (trail, _) = s.list_audit(&AuditFilter::default(), page(0, 10)).await.unwrap();
+    let requests: Vec<&str> = trail.iter().map(|e| e.request_id.as_str()).collect();
+    assert_eq!(requests, ["R-ok"], "only the committed call is in the trail");
+    assert_eq!(trail[0].invoke_id, "t-1c");
 }
 
 async fn periodic_records_count_fires_and_keep_target_running(e: &Engine) {
     let s = e.open().await;
-    s.create_invocation(&invocation("t-p", "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)"), &["i-1".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-p", "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)"), &["i-1".into()], None).await.unwrap();
     s.apply_batch(&[WriteOp::Delivered { invoke_id: "t-p".into(), instance_id: "i-1".into() }]).await.unwrap();
     assert_eq!(s.targets("t-p").await.unwrap()[0].status, S::Running);
     for seq in 1..=3 {
@@ -369,7 +392,7 @@ async fn lists_filter_and_paginate(e: &Engine) {
         let mut inv = invocation(&format!("t-{i}"), &format!("2026-11-23T00:00:0{i}Z"), ONCE, "");
         inv.command_type = if i % 2 == 0 { CommandType::RunShellScript } else { CommandType::RunPowerShellScript };
         let targets: Vec<String> = if i < 3 { vec!["i-a".into()] } else { vec!["i-b".into(), "i-c".into()] };
-        s.create_invocation(&inv, &targets).await.unwrap();
+        s.create_invocation(&inv, &targets, None).await.unwrap();
     }
     let all = InvocationFilter::default();
     let (rows, total) = s.list_invocations(&all, page(0, 3)).await.unwrap();
@@ -402,7 +425,7 @@ async fn lists_filter_and_paginate(e: &Engine) {
 
 async fn stop_marks_undelivered_stopped_and_delivered_stopping(e: &Engine) {
     let s = e.open().await;
-    s.create_invocation(&invocation("t-s", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into(), "i-2".into(), "i-3".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-s", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into(), "i-2".into(), "i-3".into()], None).await.unwrap();
     s.apply_batch(&[
         WriteOp::Delivered { invoke_id: "t-s".into(), instance_id: "i-1".into() },
         WriteOp::Delivered { invoke_id: "t-s".into(), instance_id: "i-3".into() },
@@ -442,8 +465,8 @@ async fn stop_marks_undelivered_stopped_and_delivered_stopping(e: &Engine) {
 
 async fn undelivered_targets_expire(e: &Engine) {
     let s = e.open().await;
-    s.create_invocation(&invocation("t-old", "2026-11-20T00:00:00Z", ONCE, ""), &["i-1".into()]).await.unwrap();
-    s.create_invocation(&invocation("t-new", "2099-01-01T00:00:00Z", ONCE, ""), &["i-1".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-old", "2026-11-20T00:00:00Z", ONCE, ""), &["i-1".into()], None).await.unwrap();
+    s.create_invocation(&invocation("t-new", "2099-01-01T00:00:00Z", ONCE, ""), &["i-1".into()], None).await.unwrap();
     assert_eq!(s.expire_undelivered("2026-11-21T00:00:00Z").await.unwrap(), 1);
     let t = &s.targets("t-old").await.unwrap()[0];
     // i-1 is not even registered, so offline: the client did not respond.
@@ -455,7 +478,7 @@ async fn undelivered_targets_expire(e: &Engine) {
     activation(&s, "act", 5).await;
     assert!(register(&s, "act", "i-on").await);
     s.instance_connected("i-on", "hub-a", 1, &HostFacts::default(), "10.0.0.1").await.unwrap();
-    s.create_invocation(&invocation("t-on", "2026-11-20T00:00:00Z", ONCE, ""), &["i-on".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-on", "2026-11-20T00:00:00Z", ONCE, ""), &["i-on".into()], None).await.unwrap();
     assert_eq!(s.expire_undelivered("2026-11-21T00:00:00Z").await.unwrap(), 1);
     assert_eq!(s.targets("t-on").await.unwrap()[0].error_code, Some(ErrorCode::DeliveryTimeout));
     assert_eq!(s.targets("t-new").await.unwrap()[0].status, S::Pending);
@@ -487,7 +510,7 @@ async fn replicas_track_who_holds_each_agent(e: &Engine) {
     b.instance_connected("i-1", "hub-b", 3, &facts, "10.0.0.1").await.unwrap();
 
     // Work owed to hub-b's agents, and only theirs.
-    a.create_invocation(&invocation("t-1", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into(), "i-2".into(), "i-9".into()]).await.unwrap();
+    a.create_invocation(&invocation("t-1", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into(), "i-2".into(), "i-9".into()], None).await.unwrap();
     let owed = b.stalled("hub-b", "2099-01-01T00:00:00Z", 10).await.unwrap();
     let mut ids: Vec<_> = owed.iter().map(|(i, inv, st)| (i.as_str(), inv.as_str(), *st)).collect();
     ids.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
@@ -535,7 +558,7 @@ async fn status_filter_pages_in_sql_on_kept_counts(e: &Engine) {
     let s = e.open().await;
     for i in 0..25 {
         let id = format!("t-{i:02}");
-        s.create_invocation(&invocation(&id, &format!("2026-11-23T00:00:{i:02}Z"), ONCE, ""), &["i-1".into()]).await.unwrap();
+        s.create_invocation(&invocation(&id, &format!("2026-11-23T00:00:{i:02}Z"), ONCE, ""), &["i-1".into()], None).await.unwrap();
         // 12 running, 4 succeeded, 9 never started.
         let mut ops = vec![WriteOp::Delivered { invoke_id: id.clone(), instance_id: "i-1".into() }];
         if i < 12 {
@@ -563,7 +586,7 @@ async fn status_filter_pages_in_sql_on_kept_counts(e: &Engine) {
 
 async fn history_pages_in_sql(e: &Engine) {
     let s = e.open().await;
-    s.create_invocation(&invocation("t-h", "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)"), &["i-1".into(), "i-2".into()])
+    s.create_invocation(&invocation("t-h", "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)"), &["i-1".into(), "i-2".into()], None)
         .await
         .unwrap();
     for seq in 1..=5 {
@@ -586,7 +609,7 @@ async fn history_pages_in_sql(e: &Engine) {
 
 async fn bad_output_is_refused_not_stored_empty(e: &Engine) {
     let s = e.open().await;
-    s.create_invocation(&invocation("t-b", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-b", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into()], None).await.unwrap();
     let mut bad = report("t-b", 0, S::Success, b"");
     if let WriteOp::Report { report, .. } = &mut bad {
         report.output_b64 = "not base64!".into();
@@ -601,8 +624,8 @@ async fn deregistering_releases_unsettled_targets(e: &Engine) {
     let s = e.open().await;
     activation(&s, "act", 5).await;
     assert!(register(&s, "act", "i-1").await);
-    s.create_invocation(&invocation("t-d", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into()]).await.unwrap();
-    s.create_invocation(&invocation("t-r", "2026-11-23T00:00:01Z", ONCE, ""), &["i-1".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-d", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into()], None).await.unwrap();
+    s.create_invocation(&invocation("t-r", "2026-11-23T00:00:01Z", ONCE, ""), &["i-1".into()], None).await.unwrap();
     s.apply_batch(&[WriteOp::Delivered { invoke_id: "t-r".into(), instance_id: "i-1".into() }, report("t-r", 0, S::Running, b"")])
         .await
         .unwrap();
@@ -660,7 +683,7 @@ async fn rollout_window_releases_in_order_and_halts_on_errors(e: &Engine) {
     let s = e.open().await;
     let mut released = s.released();
     let ids: Vec<String> = (1..=7).map(|i| format!("i-{i}")).collect();
-    s.create_invocation(&windowed("t-w", 2, Some(2), &["i-7"]), &ids).await.unwrap();
+    s.create_invocation(&windowed("t-w", 2, Some(2), &["i-7"]), &ids, None).await.unwrap();
     // The first window, in instance order; the offline match is settled at once.
     assert_eq!(in_flight(&s, "t-w").await, ["i-1", "i-2"]);
     let t = s.targets("t-w").await.unwrap();
@@ -679,7 +702,7 @@ async fn rollout_window_releases_in_order_and_halts_on_errors(e: &Engine) {
     assert!(s.targets("t-w").await.unwrap().iter().all(|t| t.status != S::Cancelled));
     while released.try_recv().is_ok() {}
 
-    s.create_invocation(&windowed("t-x", 2, Some(1), &[]), &ids).await.unwrap();
+    s.create_invocation(&windowed("t-x", 2, Some(1), &[]), &ids, None).await.unwrap();
     s.apply_batch(&[report_from("t-x", "i-1", S::Success)]).await.unwrap();
     let r = released.try_recv().expect("a release is announced after commit");
     assert_eq!((r.invoke_id.as_str(), r.instances.clone()), ("t-x", vec!["i-3".to_string()]));
@@ -704,7 +727,7 @@ async fn rollout_window_releases_in_order_and_halts_on_errors(e: &Engine) {
 async fn two_replicas_share_one_window(e: &Engine) {
     let (a, b) = (e.open().await, e.open().await);
     let ids: Vec<String> = (10..40).map(|i| format!("i-{i}")).collect();
-    a.create_invocation(&windowed("t-r", 3, None, &[]), &ids).await.unwrap();
+    a.create_invocation(&windowed("t-r", 3, None, &[]), &ids, None).await.unwrap();
     let mut done = 0;
     let mut peak = 0;
     while done < ids.len() {
@@ -737,7 +760,7 @@ async fn batch_wait_spaces_releases_by_the_hub_clock(e: &Engine) {
     let s = e.open().await;
     let mut inv = windowed("t-b", 1, None, &[]);
     inv.window.batch_wait_secs = 2;
-    s.create_invocation(&inv, &["i-1".into(), "i-2".into()]).await.unwrap();
+    s.create_invocation(&inv, &["i-1".into(), "i-2".into()], None).await.unwrap();
     assert_eq!(in_flight(&s, "t-b").await, ["i-1"]);
     // The report carries the agent's (old) finish time; the wait counts
     // from when the hub committed the result.
@@ -824,12 +847,12 @@ async fn many_targets_insert_in_batches_and_state_counts_sum_them(e: &Engine) {
     assert!(empty.invocations.is_empty(), "{empty:?}");
     assert_eq!(empty.targets.total(), 0);
     let many: Vec<String> = (0..1201).map(|i| format!("i-{i:04}")).collect();
-    s.create_invocation(&invocation("t-many", "2026-11-23T00:00:00Z", ONCE, ""), &many).await.unwrap();
+    s.create_invocation(&invocation("t-many", "2026-11-23T00:00:00Z", ONCE, ""), &many, None).await.unwrap();
     let stored = s.targets("t-many").await.unwrap();
     assert_eq!(stored.len(), many.len());
     assert_eq!(stored.iter().map(|t| t.instance_id.clone()).collect::<Vec<_>>(), many, "every target, in order");
     assert!(stored.iter().all(|t| t.status == S::Pending));
-    s.create_invocation(&invocation("t-one", "2026-11-23T00:00:01Z", ONCE, ""), &["i-1".into()]).await.unwrap();
+    s.create_invocation(&invocation("t-one", "2026-11-23T00:00:01Z", ONCE, ""), &["i-1".into()], None).await.unwrap();
     s.apply_batch(&[WriteOp::Delivered { invoke_id: "t-one".into(), instance_id: "i-1".into() }, report("t-one", 0, S::Success, b"ok")])
         .await
         .unwrap();
@@ -856,7 +879,7 @@ async fn overview_counts_instances_and_invocations_by_hour(e: &Engine) {
         ("t-b", "2026-11-23T01:50:00Z"),
         ("t-c", "2026-11-23T02:05:00Z"),
     ] {
-        s.create_invocation(&invocation(id, at, ONCE, ""), &["i-1".to_string()]).await.unwrap();
+        s.create_invocation(&invocation(id, at, ONCE, ""), &["i-1".to_string()], None).await.unwrap();
     }
     let o = s.overview("2026-11-23T00:00:00Z").await.unwrap();
     assert_eq!((o.online, o.offline), (1, 2));
@@ -899,8 +922,8 @@ async fn file_content_is_stored_once_and_served_only_to_targets(e: &Engine) {
     inv.command_type = CommandType::SendFile;
     inv.command_name = "app.conf".into();
     inv.file = Some(FileRow { spec: spec.clone(), description: "d".into(), content_type: "Base64".into() });
-    s.create_invocation(&inv, &["i-1".into()]).await.unwrap();
-    s.create_invocation(&invocation("t-cmd", "2026-11-23T00:00:01Z", ONCE, ""), &["i-1".into()]).await.unwrap();
+    s.create_invocation(&inv, &["i-1".into()], None).await.unwrap();
+    s.create_invocation(&invocation("t-cmd", "2026-11-23T00:00:01Z", ONCE, ""), &["i-1".into()], None).await.unwrap();
     let back = s.get_invocation("f-1").await.unwrap().unwrap();
     assert_eq!(back.file.as_ref().map(|f| &f.spec), Some(&spec));
     assert!(s.get_invocation("t-cmd").await.unwrap().unwrap().file.is_none());
@@ -960,8 +983,8 @@ async fn file_contents_are_kept_while_used_and_pruned_after(e: &Engine) {
         inv.file = Some(FileRow { spec, description: String::new(), content_type: "Base64".into() });
         inv
     };
-    s.create_invocation(&delivery("f-needed", &needed, big), &["i-1".into()]).await.unwrap();
-    s.create_invocation(&delivery("f-small", &small, 3), &["i-1".into()]).await.unwrap();
+    s.create_invocation(&delivery("f-needed", &needed, big), &["i-1".into()], None).await.unwrap();
+    s.create_invocation(&delivery("f-small", &small, 3), &["i-1".into()], None).await.unwrap();
     // Nothing is older than a cutoff in the past.
     assert_eq!(s.prune_file_contents("2000-01-01T00:00:00Z").await.unwrap(), 0);
     // Everything is older than one in the future: only the idle upload goes.
@@ -1076,7 +1099,7 @@ async fn periodic_windows_hold_each_fire_across_replicas(e: &Engine) {
     let ids: Vec<String> = (1..=4).map(|i| format!("i-{i}")).collect();
     let mut inv = invocation("t-p", "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)");
     inv.window = Window { max_concurrency: 2, max_errors: Some(0), batch_wait_secs: 0 };
-    a.create_invocation(&inv, &ids).await.unwrap();
+    a.create_invocation(&inv, &ids, None).await.unwrap();
     // Every target is sent, and told to ask before each fire.
     assert_eq!(in_flight(&a, "t-p").await, ids);
     assert!(a.undelivered_for("i-3").await.unwrap()[0].invocation.fire_window);
@@ -1208,9 +1231,9 @@ async fn one_batch_equals_the_same_ops_one_at_a_time(e: &Engine) {
         ops
     };
     for p in ["one", "each"] {
-        s.create_invocation(&invocation(&format!("{p}-a"), "2026-11-23T00:00:00Z", ONCE, ""), &ids).await.unwrap();
+        s.create_invocation(&invocation(&format!("{p}-a"), "2026-11-23T00:00:00Z", ONCE, ""), &ids, None).await.unwrap();
         let per = invocation(&format!("{p}-p"), "2026-11-23T00:00:00Z", RepeatMode::Period, "rate(1m)");
-        s.create_invocation(&per, &["i-1".into()]).await.unwrap();
+        s.create_invocation(&per, &["i-1".into()], None).await.unwrap();
     }
     let one = s.apply_batch(&ops_for("one")).await.unwrap();
     let mut each = Vec::new();

@@ -93,7 +93,7 @@ pub async fn run(invocations: usize, targets: usize, store_spec: Option<&str>) -
         let ids: Vec<String> = (0..*n).map(|i| format!("mi-bench-{i:06}")).collect();
         let t0 = Instant::now();
         for k in 0..invocations {
-            store.create_invocation(&invocation(format!("t-bench-{round}-{k:03}"), k), &ids).await.map_err(err)?;
+            store.create_invocation(&invocation(format!("t-bench-{round}-{k:03}"), k), &ids, None).await.map_err(err)?;
         }
         let created = t0.elapsed();
         let page = measure(&store).await?;

@@ -20,11 +20,52 @@ const MAX_DETAIL_BYTES: usize = 512;
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// What the dispatcher learned about a call, for its audit record.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct CallFacts {
     pub key_id: Option<String>,
     pub action: Option<String>,
     pub targets: Vec<String>,
+    /// The caller's address.
+    pub source: std::net::IpAddr,
+    pub request_id: String,
+    /// The handler wrote the call's success event in its own transaction
+    /// ([`CallFacts::success`]; issue #21: one commit per call, not two),
+    /// so [`record`] has nothing left to write.
+    pub written: bool,
+}
+
+impl CallFacts {
+    /// Facts of a call from `source`, answered under `request_id`.
+    pub fn new(source: std::net::SocketAddr, request_id: &str) -> Self {
+        Self { key_id: None, action: None, targets: Vec::new(), source: source.ip(), request_id: request_id.to_string(), written: false }
+    }
+
+    /// The success event of this call when it created `invoke_id`: what
+    /// [`record`] would write afterwards, for a store write that commits it
+    /// with the invocation. `None` when the call names no key or action.
+    pub fn success(&self, invoke_id: &str) -> Option<AuditEvent> {
+        Some(self.event(self.key_id.clone()?, self.action.clone()?, &self.targets, "Success".into(), String::new(), invoke_id.into()))
+    }
+
+    /// The one place an event is shaped (targets listed up to a bound).
+    fn event(&self, key_id: String, action: String, named: &[String], outcome: String, detail: String, invoke_id: String) -> AuditEvent {
+        let mut targets = named.iter().take(MAX_TARGETS_LISTED).cloned().collect::<Vec<_>>().join(",");
+        if named.len() > MAX_TARGETS_LISTED {
+            targets.push_str(&format!(",…(+{})", named.len() - MAX_TARGETS_LISTED));
+        }
+        AuditEvent {
+            event_id: event_id(),
+            at: now_str(),
+            key_id,
+            source: self.source.to_string(),
+            action,
+            targets: bounded(&targets, 8192),
+            outcome,
+            request_id: self.request_id.clone(),
+            invoke_id,
+            detail,
+        }
+    }
 }
 
 /// Whether a call is recorded: every call that may change something,
@@ -51,14 +92,18 @@ fn event_id() -> String {
     format!("{nanos:019}-{:016x}", rand::random::<u64>())
 }
 
-/// Records one call. A failed write is logged, not answered: the call
-/// has already taken effect (docs/permissions.md says so).
-pub async fn record(hub: &Hub, facts: CallFacts, source: std::net::SocketAddr, request_id: &str, result: &Result<super::Answer, ApiError>) {
-    let (Some(key_id), Some(action)) = (facts.key_id, facts.action) else { return };
+/// Records one call, unless its handler already did in the same
+/// transaction as its effect. A failed write is logged, not answered: the
+/// call has already taken effect (docs/permissions.md says so).
+pub async fn record(hub: &Hub, facts: CallFacts, result: &Result<super::Answer, ApiError>) {
+    if facts.written {
+        return;
+    }
+    let (Some(key_id), Some(action)) = (facts.key_id.clone(), facts.action.clone()) else { return };
     if !wanted(&action, result) {
         return;
     }
-    let mut named = facts.targets;
+    let mut named = facts.targets.clone();
     // CreateAccessKey names its new key only in the answer (the secret
     // beside it is never read here).
     if let Ok(v) = result
@@ -66,11 +111,6 @@ pub async fn record(hub: &Hub, facts: CallFacts, source: std::net::SocketAddr, r
         && let Some(id) = v.tree().and_then(|v| v.get("AccessKeyId")).and_then(Value::as_str)
     {
         named.push(id.to_string());
-    }
-    let facts = CallFacts { targets: named, ..Default::default() };
-    let mut targets = facts.targets.iter().take(MAX_TARGETS_LISTED).cloned().collect::<Vec<_>>().join(",");
-    if facts.targets.len() > MAX_TARGETS_LISTED {
-        targets.push_str(&format!(",…(+{})", facts.targets.len() - MAX_TARGETS_LISTED));
     }
     let (outcome, detail, invoke_id) = match result {
         Ok(v) => (
@@ -80,20 +120,9 @@ pub async fn record(hub: &Hub, facts: CallFacts, source: std::net::SocketAddr, r
         ),
         Err(e) => (e.code.clone(), bounded(&e.message, MAX_DETAIL_BYTES), String::new()),
     };
-    let event = AuditEvent {
-        event_id: event_id(),
-        at: now_str(),
-        key_id,
-        source: source.ip().to_string(),
-        action,
-        targets: bounded(&targets, 8192),
-        outcome,
-        request_id: request_id.to_string(),
-        invoke_id,
-        detail,
-    };
+    let event = facts.event(key_id, action, &named, outcome, detail, invoke_id);
     if let Err(e) = hub.store.record_audit(&event).await {
-        tracing::error!(error = %e, action = %event.action, request_id, "audit event not recorded");
+        tracing::error!(error = %e, action = %event.action, request_id = %facts.request_id, "audit event not recorded");
     }
 }
 

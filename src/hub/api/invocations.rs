@@ -284,11 +284,14 @@ pub(super) async fn create_and_push(
     targets: &[(String, String)],
 ) -> Result<Value, ApiError> {
     let ids: Vec<String> = targets.iter().map(|(i, _)| i.clone()).collect();
+    // The call's audit event commits with the invocation (issue #21).
+    let event = req.success_event(&inv.invoke_id);
     let created = match cmd {
-        Some(cmd) => req.hub.store.run_command(cmd, &inv, &ids).await,
-        None => req.hub.store.create_invocation(&inv, &ids).await,
+        Some(cmd) => req.hub.store.run_command(cmd, &inv, &ids, event.as_ref()).await,
+        None => req.hub.store.create_invocation(&inv, &ids, event.as_ref()).await,
     };
     match created {
+        Ok(()) if event.is_some() => req.success_audited(),
         Ok(()) => {}
         // The same ClientToken committed meanwhile (through another replica,
         // or a concurrent retry): answer with that invocation, run nothing new.

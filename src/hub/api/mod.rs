@@ -42,6 +42,11 @@ pub struct Request<'a> {
     pub params: Params,
     /// Who is calling (its policy was checked before the handler runs).
     pub principal: crate::hub::authz::Principal,
+    /// The call's audit facts, for a handler that commits its success
+    /// event with its own write ([`Request::success_event`]).
+    facts: &'a audit::CallFacts,
+    /// Set once that event is committed.
+    audited: std::sync::atomic::AtomicBool,
 }
 
 impl Request<'_> {
@@ -49,6 +54,19 @@ impl Request<'_> {
     /// limited to saved commands unless its policy says otherwise.
     pub fn value_policy(&self) -> crate::exec::params::ValuePolicy {
         self.principal.value_policy(self.hub.config.parameter_values)
+    }
+
+    /// The audit event of this call succeeding with `invoke_id`, to commit
+    /// in the same transaction as the invocation (then
+    /// [`Request::success_audited`]): the trail has the call exactly when
+    /// the call took effect, for one commit instead of two.
+    pub fn success_event(&self, invoke_id: &str) -> Option<crate::hub::store::AuditEvent> {
+        self.facts.success(invoke_id)
+    }
+
+    /// The event from [`Request::success_event`] is committed.
+    pub fn success_audited(&self) {
+        self.audited.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -121,11 +139,11 @@ pub async fn handle(
     body: Bytes,
 ) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
-    let mut facts = audit::CallFacts::default();
+    let mut facts = audit::CallFacts::new(peer, &request_id);
     let started = std::time::Instant::now();
     let result = dispatch(&hub, &method, &uri, &headers, &body, &mut facts).await;
     crate::hub::metrics::get().api_call(facts.action.as_deref(), result.as_ref().err().map(|e| e.code.as_str()), started.elapsed());
-    audit::record(&hub, facts, peer, &request_id, &result).await;
+    audit::record(&hub, facts, &result).await;
     match result {
         Ok(answer) => answer.into_response(&request_id),
         Err(e) => {
@@ -202,7 +220,7 @@ pub async fn execute(
         }
     }
     guard::authorize(hub, &principal, &action, &params).await?;
-    let req = Request { hub, params, principal };
+    let req = Request { hub, params, principal, facts: &*facts, audited: Default::default() };
     tracing::debug!(action, "API call");
     let tree = match action.as_str() {
         "RunCommand" => invocations::run_command(&req).await,
@@ -245,6 +263,8 @@ pub async fn execute(
             format!("Specified api \"{other}\" is not found, please check your url and method."),
         )),
     };
+    let written = req.audited.into_inner();
+    facts.written = written;
     tree.map(Answer::Tree)
 }
 

@@ -314,7 +314,7 @@ async fn call(
 /// One action for a session, audited like an API call.
 pub(super) async fn run(hub: &Arc<Hub>, peer: SocketAddr, who: &Who, action: &str, form: &[u8]) -> Result<Value, ApiError> {
     let request_id = uuid::Uuid::new_v4().to_string().to_uppercase();
-    let mut facts = audit::CallFacts::default();
+    let mut facts = audit::CallFacts::new(peer, &request_id);
     let result = async {
         if action.is_empty() || action.len() > 64 || !action.bytes().all(|b| b.is_ascii_alphanumeric()) {
             return Err(ApiError::invalid("Action", "not an action name"));
@@ -324,7 +324,7 @@ pub(super) async fn run(hub: &Arc<Hub>, peer: SocketAddr, who: &Who, action: &st
         api::execute(hub, principal, action, params, &mut facts).await
     }
     .await;
-    audit::record(hub, facts, peer, &request_id, &result).await;
+    audit::record(hub, facts, &result).await;
     result.map(|answer| answer.into_value(&request_id))
 }
 

@@ -504,13 +504,13 @@ pub trait Store: Send + Sync + 'static {
 
     // Invocations.
     /// Inserts the invocation and a Pending target per instance in one
-    /// transaction. A non-empty client token already used:
-    /// `DuplicateClientToken`, nothing written.
-    async fn create_invocation(&self, inv: &InvocationRow, instances: &[String]) -> Result<()>;
+    /// transaction, with the call's audit event when given. A non-empty
+    /// client token already used: `DuplicateClientToken`, nothing written.
+    async fn create_invocation(&self, inv: &InvocationRow, instances: &[String], audit: Option<&AuditEvent>) -> Result<()>;
     /// `RunCommand`: the command and the invocation (as
     /// `create_invocation`) in one transaction; nothing is written on a
     /// duplicate client token.
-    async fn run_command(&self, cmd: &CommandRow, inv: &InvocationRow, instances: &[String]) -> Result<()>;
+    async fn run_command(&self, cmd: &CommandRow, inv: &InvocationRow, instances: &[String], audit: Option<&AuditEvent>) -> Result<()>;
     async fn find_by_client_token(&self, token: &str) -> Result<Option<String>>;
     async fn get_invocation(&self, id: &str) -> Result<Option<InvocationRow>>;
     /// One page of invocations, filtered (status included) in SQL; reads

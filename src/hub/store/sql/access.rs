@@ -104,21 +104,27 @@ impl SqlStore {
     }
 
     pub(super) async fn record_audit_impl(&self, e: &AuditEvent) -> Result<()> {
-        self.q("INSERT INTO audit_events (event_id, at, key_id, source, action, targets, outcome, request_id, invoke_id, detail) \
-             VALUES (?,?,?,?,?,?,?,?,?,?)")
-            .bind(&e.event_id)
-            .bind(&e.at)
-            .bind(&e.key_id)
-            .bind(&e.source)
-            .bind(&e.action)
-            .bind(&e.targets)
-            .bind(&e.outcome)
-            .bind(&e.request_id)
-            .bind(&e.invoke_id)
-            .bind(&e.detail)
-            .execute(&self.writes)
-            .await?;
+        self.insert_audit(e).execute(&self.writes).await?;
         Ok(())
+    }
+
+    /// The one INSERT of an audit event: on its own, or inside the
+    /// transaction of the call it records (`create_invocation_once`).
+    pub(super) fn insert_audit<'e>(&self, e: &'e AuditEvent) -> Query<'e, Any, AnyArguments> {
+        sqlx::query(AssertSqlSafe(self.d.sql(
+            "INSERT INTO audit_events (event_id, at, key_id, source, action, targets, outcome, request_id, invoke_id, detail) \
+             VALUES (?,?,?,?,?,?,?,?,?,?)",
+        )))
+        .bind(&e.event_id)
+        .bind(&e.at)
+        .bind(&e.key_id)
+        .bind(&e.source)
+        .bind(&e.action)
+        .bind(&e.targets)
+        .bind(&e.outcome)
+        .bind(&e.request_id)
+        .bind(&e.invoke_id)
+        .bind(&e.detail)
     }
 
     pub(super) async fn list_audit_impl(&self, f: &AuditFilter, page: Page) -> Result<(Vec<AuditEvent>, i64)> {

@@ -268,8 +268,14 @@ async fn insert_command(tx: &mut Transaction<'static, Any>, d: Dialect, c: &Comm
 }
 
 impl SqlStore {
-    async fn create_invocation_with(&self, cmd: Option<&CommandRow>, inv: &InvocationRow, instances: &[String]) -> Result<()> {
-        match sorted(self.create_invocation_once(cmd, inv, instances).await) {
+    async fn create_invocation_with(
+        &self,
+        cmd: Option<&CommandRow>,
+        inv: &InvocationRow,
+        instances: &[String],
+        audit: Option<&AuditEvent>,
+    ) -> Result<()> {
+        match sorted(self.create_invocation_once(cmd, inv, instances, audit).await) {
             Err(StoreError::Db(sqlx::Error::Database(e))) if e.is_unique_violation() && !inv.client_token.is_empty() => {
                 Err(StoreError::DuplicateClientToken(inv.client_token.clone()))
             }
@@ -567,12 +573,12 @@ impl Store for SqlStore {
         Ok(r.rows_affected() > 0)
     }
 
-    async fn create_invocation(&self, inv: &InvocationRow, instances: &[String]) -> Result<()> {
-        self.create_invocation_with(None, inv, instances).await
+    async fn create_invocation(&self, inv: &InvocationRow, instances: &[String], audit: Option<&AuditEvent>) -> Result<()> {
+        self.create_invocation_with(None, inv, instances, audit).await
     }
 
-    async fn run_command(&self, cmd: &CommandRow, inv: &InvocationRow, instances: &[String]) -> Result<()> {
-        self.create_invocation_with(Some(cmd), inv, instances).await
+    async fn run_command(&self, cmd: &CommandRow, inv: &InvocationRow, instances: &[String], audit: Option<&AuditEvent>) -> Result<()> {
+        self.create_invocation_with(Some(cmd), inv, instances, audit).await
     }
 
     async fn find_by_client_token(&self, token: &str) -> Result<Option<String>> {

@@ -182,7 +182,13 @@ pub(super) async fn upgrade_lifecycle(tx: &mut Transaction<'static, Any>, d: Dia
 impl SqlStore {
     /// The invocation, its targets and (for `RunCommand`) its command, in
     /// one transaction: a duplicate ClientToken leaves no orphan command.
-    pub(super) async fn create_invocation_once(&self, cmd: Option<&CommandRow>, inv: &InvocationRow, instances: &[String]) -> Result<()> {
+    pub(super) async fn create_invocation_once(
+        &self,
+        cmd: Option<&CommandRow>,
+        inv: &InvocationRow,
+        instances: &[String],
+        audit: Option<&AuditEvent>,
+    ) -> Result<()> {
         let mut tx = self.begin().await?;
         if let Some(cmd) = cmd {
             super::insert_command(&mut tx, self.d, cmd).await?;
@@ -282,6 +288,9 @@ impl SqlStore {
             q.execute(&mut *tx).await?;
         }
         self.q("UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = ?").bind(&inv.command_id).execute(&mut *tx).await?;
+        if let Some(e) = audit {
+            self.insert_audit(e).execute(&mut *tx).await?;
+        }
         tx.commit().await?;
         Ok(())
     }
