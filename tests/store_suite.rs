@@ -425,7 +425,9 @@ async fn lists_filter_and_paginate(e: &Engine) {
 
 async fn stop_marks_undelivered_stopped_and_delivered_stopping(e: &Engine) {
     let s = e.open().await;
-    s.create_invocation(&invocation("t-s", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into(), "i-2".into(), "i-3".into()], None).await.unwrap();
+    s.create_invocation(&invocation("t-s", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into(), "i-2".into(), "i-3".into()], None)
+        .await
+        .unwrap();
     s.apply_batch(&[
         WriteOp::Delivered { invoke_id: "t-s".into(), instance_id: "i-1".into() },
         WriteOp::Delivered { invoke_id: "t-s".into(), instance_id: "i-3".into() },
@@ -510,7 +512,9 @@ async fn replicas_track_who_holds_each_agent(e: &Engine) {
     b.instance_connected("i-1", "hub-b", 3, &facts, "10.0.0.1").await.unwrap();
 
     // Work owed to hub-b's agents, and only theirs.
-    a.create_invocation(&invocation("t-1", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into(), "i-2".into(), "i-9".into()], None).await.unwrap();
+    a.create_invocation(&invocation("t-1", "2026-11-23T00:00:00Z", ONCE, ""), &["i-1".into(), "i-2".into(), "i-9".into()], None)
+        .await
+        .unwrap();
     let owed = b.stalled("hub-b", "2099-01-01T00:00:00Z", 10).await.unwrap();
     let mut ids: Vec<_> = owed.iter().map(|(i, inv, st)| (i.as_str(), inv.as_str(), *st)).collect();
     ids.sort_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));

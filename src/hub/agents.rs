@@ -174,12 +174,14 @@ pub async fn upgrade(
     config.max_message_size = Some(MAX_FRAME_BYTES);
     config.max_frame_size = Some(MAX_FRAME_BYTES);
     // The connection gets a task of its own, which holds only the socket
-    // and the session (issue #21).
+    // and the session (issue #21): spawned once the upgrade is done, so its
+    // future has no room for the upgrade's state (a task is allocated at
+    // the size of its largest state, for the connection's whole life).
     tokio::spawn(async move {
         match upgrading.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                serve(hub, ws, peer).await
+                tokio::spawn(serve(hub, ws, peer));
             }
             Err(e) => tracing::info!(%peer, error = %e, "agent WebSocket upgrade failed"),
         }
@@ -245,11 +247,14 @@ enum ConnError {
     Store(#[from] super::store::StoreError),
 }
 
-async fn send(ws: &mut WebSocket, msg: &HubMsg) -> Result<(), ConnError> {
+/// Encodes `msg` now and sends it. The sending is boxed: every await of a
+/// send in the session loop would otherwise reserve its 336 bytes in
+/// every connection's future for the connection's whole life (issue
+/// #21); the box lives only while a message goes out.
+fn send<'a>(ws: &'a mut WebSocket, msg: &HubMsg) -> std::pin::Pin<Box<dyn Future<Output = Result<(), ConnError>> + Send + 'a>> {
     let text = protocol::encode(msg);
     super::metrics::get().frame(Direction::Out, text.len());
-    protocol::frames::send_text(ws, text).await?;
-    Ok(())
+    Box::pin(async move { Ok(protocol::frames::send_text(ws, text).await?) })
 }
 
 /// Counts an incoming data frame (control frames are the transport's).
@@ -352,31 +357,44 @@ async fn check_protocol(ws: &mut WebSocket, protocol: u32) -> Result<(), ConnErr
 /// session needs stays in this future: the handshake, each message's
 /// handling and the resync run in boxed futures that are freed when they
 /// finish, so a connected, idle agent costs the hub a few KiB (issue #21).
-async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Result<(), ConnError> {
-    // Boxed in a statement of its own: a temporary lives to the end of its
-    // statement, so `Box::pin(open(…)).await` would keep room for the
-    // unboxed future across the await.
-    let conn_id = hub.agents.new_session();
-    let opening = Box::pin(open(&hub, &mut ws, peer, conn_id));
-    let Some((instance_id, facts, protocol)) = opening.await? else { return Ok(()) };
-    let hb = hub.config.heartbeat;
-    let (tx, rx) = flume::bounded(OUTBOX);
-    // A stream keeps its waker registered between polls (a fresh
-    // `recv_async` each turn of the session loop would allocate one).
-    let mut rx = rx.into_stream();
-    hub.agents.insert(&instance_id, conn_id, tx, protocol);
-    tracing::info!(instance_id, %peer, "agent connected");
-    let result = match session(&hub, &mut ws, &instance_id, &facts, &mut rx, hb).await {
+///
+/// Not an `async fn`: the future of one keeps its arguments twice, as
+/// arguments and as the locals they are moved into (360 bytes a
+/// connection); the async block uses them where they are.
+#[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
+fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> impl Future<Output = Result<(), ConnError>> + Send {
+    async move {
+        // Boxed in a statement of its own: a temporary lives to the end of its
+        // statement, so `Box::pin(open(…)).await` would keep room for the
+        // unboxed future across the await.
+        let conn_id = hub.agents.new_session();
+        let opening = Box::pin(open(&hub, &mut ws, peer, conn_id));
+        let Some((instance_id, facts, protocol)) = opening.await? else { return Ok(()) };
+        let hb = hub.config.heartbeat;
+        let (tx, rx) = flume::bounded(OUTBOX);
+        // A stream keeps its waker registered between polls (a fresh
+        // `recv_async` each turn of the session loop would allocate one).
+        let mut rx = rx.into_stream();
+        hub.agents.insert(&instance_id, conn_id, tx, protocol);
+        tracing::info!(instance_id, %peer, "agent connected");
+        let result = session(&hub, &mut ws, &instance_id, facts.as_deref(), &mut rx, hb).await;
+        // Boxed, as `open`: the connection's future keeps no room for it.
+        let ending = Box::pin(end(&hub, &mut ws, &instance_id, conn_id, result));
+        ending.await
+    }
+}
+
+/// The end of a session: a store failure told to the agent, the registry
+/// entry and the instance's connected state removed, the socket closed.
+async fn end(hub: &Hub, ws: &mut WebSocket, instance_id: &str, conn_id: u64, result: Result<(), ConnError>) -> Result<(), ConnError> {
+    let result = match result {
         // Unacknowledged reports stay in the agent's journal; it sends them
         // again after its back-off, once space is back.
-        Err(ConnError::Store(e)) => {
-            let refusing = Box::pin(unavailable(&mut ws, e));
-            Err(refusing.await)
-        }
+        Err(ConnError::Store(e)) => Err(unavailable(ws, e).await),
         other => other,
     };
-    if hub.agents.remove(&instance_id, conn_id) {
-        hub.store.instance_disconnected(&instance_id, &hub.id, conn_id).await?;
+    if hub.agents.remove(instance_id, conn_id) {
+        hub.store.instance_disconnected(instance_id, &hub.id, conn_id).await?;
     }
     let _ = ws.close(None).await;
     tracing::info!(instance_id, "agent disconnected");
@@ -386,13 +404,14 @@ async fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> Resul
 /// The handshake: register (optionally), hello and its checks, `welcome`.
 /// The agent's instance id, facts and protocol once it may start a
 /// session; `None` for an update trial, which ends after `welcome`.
-/// The facts are boxed: the session keeps them, and inline they are 200 bytes.
+/// The facts are boxed (inline they are 200 bytes), and returned only when
+/// the session needs them: for self-update offers.
 async fn open(
     hub: &Hub,
     ws: &mut WebSocket,
     peer: SocketAddr,
     conn_id: u64,
-) -> Result<Option<(String, Box<protocol::HostFacts>, u32)>, ConnError> {
+) -> Result<Option<(String, Option<Box<protocol::HostFacts>>, u32)>, ConnError> {
     let first = tokio::time::timeout(HELLO_TIMEOUT, recv_first(ws, peer)).await.map_err(|_| ConnError::HelloTimeout(HELLO_TIMEOUT))??;
     let first = match first {
         AgentMsg::Register { protocol, activation_id, activation_code, facts } => {
@@ -457,14 +476,17 @@ async fn open(
     }
     send(ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) })
         .await?;
-    Ok(Some((instance_id, Box::new(facts), protocol)))
+    // Only self-update reads the facts during a session: kept only when
+    // updates are offered (200 bytes a connection otherwise; issue #21).
+    let facts = hub.config.agent_updates.is_some().then(|| Box::new(facts));
+    Ok(Some((instance_id, facts, protocol)))
 }
 
 async fn session(
     hub: &Hub,
     ws: &mut WebSocket,
     instance_id: &str,
-    facts: &crate::protocol::HostFacts,
+    facts: Option<&crate::protocol::HostFacts>,
     rx: &mut flume::r#async::RecvStream<'static, Box<HubMsg>>,
     hb: Duration,
 ) -> Result<(), ConnError> {
@@ -493,9 +515,9 @@ async fn session(
         tokio::select! {
             _ = hub.shutdown.cancelled() => return Ok(()),
             _ = tick(&mut update_tick), if update_tick.is_some() => {
-                let offer = match &hub.config.agent_updates {
-                    Some(u) => u.offer_for(hub.store.as_ref(), instance_id, facts, chrono::Utc::now()).await,
-                    None => None,
+                let offer = match (&hub.config.agent_updates, facts) {
+                    (Some(u), Some(facts)) => u.offer_for(hub.store.as_ref(), instance_id, facts, chrono::Utc::now()).await,
+                    _ => None,
                 };
                 if let Some(offer) = offer {
                     send(ws, &offer).await?;
@@ -586,7 +608,7 @@ async fn handle<'h>(
     hub: &'h Hub,
     ws: &mut WebSocket,
     instance_id: &str,
-    facts: &crate::protocol::HostFacts,
+    facts: Option<&crate::protocol::HostFacts>,
     mine: &Delivered,
     fire_budget: &mut FireBudget,
     msg: AgentMsg,
@@ -700,9 +722,9 @@ async fn handle<'h>(
             tracing::info!(instance_id, "credential rotated");
         }
         AgentMsg::UpdateFetch { version, offset } => {
-            let chunk = match &hub.config.agent_updates {
-                Some(u) => u.chunk(hub.store.as_ref(), instance_id, facts, &version, offset).await,
-                None => None,
+            let chunk = match (&hub.config.agent_updates, facts) {
+                (Some(u), Some(facts)) => u.chunk(hub.store.as_ref(), instance_id, facts, &version, offset).await,
+                _ => None,
             };
             let msg = chunk.unwrap_or_else(|| HubMsg::Error {
                 code: "UpdateNotOffered".into(),
@@ -857,7 +879,7 @@ mod tests {
         // Debug builds lay futures out larger than release builds; this
         // bound holds for both. Past it, box the state of the await that
         // grew (as `open`, `handle` and `resync` are).
-        assert!(conn <= 2304, "connection future is {conn} bytes");
+        assert!(conn <= 1450, "connection future is {conn} bytes");
         // An outbox slot is a pointer (see OUTBOX).
         assert_eq!(size_of::<Box<HubMsg>>(), size_of::<usize>());
     }

@@ -58,13 +58,13 @@ pub(super) fn run_and_wait(client: &Client, instance: &str, script: &str, timeou
 /// invocation of one target), and the client's wall time per call: the
 /// price of each poll the latency figure includes.
 fn describe_cost(client: &Client, hub_pid: u32, invoke_id: &str, calls: usize) -> Result<(Duration, Duration), CliError> {
-    let cpu0 = procs::cpu_time(hub_pid);
+    let cpu0 = procs::cpu_time_fine(hub_pid);
     let t0 = Instant::now();
     for _ in 0..calls {
         client.call("DescribeInvocationResults", &[("InvokeId", invoke_id.to_string())])?;
     }
     let n = calls.max(1) as u32;
-    Ok(((procs::cpu_time(hub_pid).saturating_sub(cpu0)) / n, t0.elapsed() / n))
+    Ok(((procs::cpu_time_fine(hub_pid).saturating_sub(cpu0)) / n, t0.elapsed() / n))
 }
 
 pub fn latency(runs: usize, store: Option<&str>) -> Result<(), CliError> {
@@ -110,7 +110,11 @@ pub fn latency(runs: usize, store: Option<&str>) -> Result<(), CliError> {
     println!("  ratio deckhand p50 / bare p50:   {:.1}x", ms(p50) / ms(b50).max(1e-6));
     println!("the polling this includes (DescribeInvocationResults every 0.5 ms until final):");
     println!("  polls per run: {polls_per_run:.1}; one poll costs the client {:.3} ms wall", ms(per_call_wall));
-    println!("DescribeInvocationResults by id ({} calls): hub CPU {:.3} ms per call", runs.max(200), ms(per_call_cpu));
+    println!(
+        "DescribeInvocationResults by id ({} calls): hub CPU {:.3} ms per call (threads' schedstat, ns)",
+        runs.max(200),
+        ms(per_call_cpu)
+    );
     let net = ms(hub_cpu) - polls_per_run * ms(per_call_cpu);
     println!(
         "CPU per run: hub {:.2} ms (of which polling ≈ {:.2} ms, the run itself ≈ {:.2} ms), agent {:.2} ms (incl. supervisor and sh)",

@@ -60,6 +60,15 @@ use super::*;
 /// SQLite: four connections for reads (WAL lets them run beside the
 /// writer), and one more that every write goes through (`writes`).
 const SQLITE_POOL: u32 = 4;
+/// SQLite page cache of each read connection, KiB. Reads are point
+/// lookups and short pages, and the OS keeps the file's pages cached:
+/// SQLite's default (2 MiB a connection, 8 MiB for the pool) held the hub's
+/// RSS up by 0.6 KiB per agent at 10,000 agents for no measured gain
+/// (issue #21).
+const READ_CACHE_KIB: u32 = 512;
+/// The write connection keeps SQLite's default: every group commit walks
+/// the same index pages.
+const WRITE_CACHE_KIB: u32 = 2000;
 /// PostgreSQL: enough for the API, the group-commit writer and agent
 /// sessions of one replica; N replicas use N times this (size the server's
 /// `max_connections` accordingly).
@@ -111,25 +120,25 @@ impl SqlStore {
     pub async fn open_sqlite(path: &std::path::Path) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        let options = |max: u32| {
+        let options = |max: u32, cache_kib: u32| {
             PoolOptions::<Any>::new()
                 .max_connections(max)
                 .acquire_timeout(BUSY_TIMEOUT)
                 .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
-                .after_connect(|conn, _| {
+                .after_connect(move |conn, _| {
                     Box::pin(async move {
-                        // Durability and locking settings are per connection.
-                        conn.execute(
+                        // Durability, locking and cache settings are per connection.
+                        let pragmas = format!(
                             "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-                             PRAGMA busy_timeout = 10000;",
-                        )
-                        .await?;
+                             PRAGMA busy_timeout = 10000; PRAGMA cache_size = -{cache_kib};"
+                        );
+                        conn.execute(sqlx::AssertSqlSafe(pragmas)).await?;
                         Ok(())
                     })
                 })
         };
-        let pool = options(SQLITE_POOL).connect(&url).await?;
-        let writes = options(1).connect(&url).await?;
+        let pool = options(SQLITE_POOL, READ_CACHE_KIB).connect(&url).await?;
+        let writes = options(1, WRITE_CACHE_KIB).connect(&url).await?;
         let store = Self {
             pool,
             writes,
