@@ -276,20 +276,14 @@ async fn insert_command(tx: &mut Transaction<'static, Any>, d: Dialect, c: &Comm
     Ok(())
 }
 
-impl SqlStore {
-    async fn create_invocation_with(
-        &self,
-        cmd: Option<&CommandRow>,
-        inv: &InvocationRow,
-        instances: &[String],
-        audit: Option<&AuditEvent>,
-    ) -> Result<()> {
-        match sorted(self.create_invocation_once(cmd, inv, instances, audit).await) {
-            Err(StoreError::Db(sqlx::Error::Database(e))) if e.is_unique_violation() && !inv.client_token.is_empty() => {
-                Err(StoreError::DuplicateClientToken(inv.client_token.clone()))
-            }
-            other => other,
+/// A unique violation while creating an invocation with a ClientToken:
+/// the same token committed meanwhile (another replica, a concurrent retry).
+fn duplicate_token(r: Result<()>, inv: &InvocationRow) -> Result<()> {
+    match sorted(r) {
+        Err(StoreError::Db(sqlx::Error::Database(e))) if e.is_unique_violation() && !inv.client_token.is_empty() => {
+            Err(StoreError::DuplicateClientToken(inv.client_token.clone()))
         }
+        other => other,
     }
 }
 
@@ -583,11 +577,11 @@ impl Store for SqlStore {
     }
 
     async fn create_invocation(&self, inv: &InvocationRow, instances: &[String], audit: Option<&AuditEvent>) -> Result<()> {
-        self.create_invocation_with(None, inv, instances, audit).await
+        duplicate_token(self.create_invocation_once(None, inv, instances, audit).await, inv)
     }
 
     async fn run_command(&self, cmd: &CommandRow, inv: &InvocationRow, instances: &[String], audit: Option<&AuditEvent>) -> Result<()> {
-        self.create_invocation_with(Some(cmd), inv, instances, audit).await
+        duplicate_token(self.create_invocation_once(Some(cmd), inv, instances, audit).await, inv)
     }
 
     async fn find_by_client_token(&self, token: &str) -> Result<Option<String>> {
