@@ -44,27 +44,28 @@ impl CallFacts {
     /// [`record`] would write afterwards, for a store write that commits it
     /// with the invocation. `None` when the call names no key or action.
     pub fn success(&self, invoke_id: &str) -> Option<AuditEvent> {
-        Some(self.event(self.key_id.clone()?, self.action.clone()?, &self.targets, "Success".into(), String::new(), invoke_id.into()))
+        self.event(&self.targets, "Success".into(), String::new(), invoke_id.into())
     }
 
-    /// The one place an event is shaped (targets listed up to a bound).
-    fn event(&self, key_id: String, action: String, named: &[String], outcome: String, detail: String, invoke_id: String) -> AuditEvent {
+    /// The one place an event is shaped (targets listed up to a bound);
+    /// `None` for a call that names no key or action.
+    fn event(&self, named: &[String], outcome: String, detail: String, invoke_id: String) -> Option<AuditEvent> {
         let mut targets = named.iter().take(MAX_TARGETS_LISTED).cloned().collect::<Vec<_>>().join(",");
         if named.len() > MAX_TARGETS_LISTED {
             targets.push_str(&format!(",…(+{})", named.len() - MAX_TARGETS_LISTED));
         }
-        AuditEvent {
+        Some(AuditEvent {
             event_id: event_id(),
             at: now_str(),
-            key_id,
+            key_id: self.key_id.clone()?,
             source: self.source.to_string(),
-            action,
+            action: self.action.clone()?,
             targets: bounded(&targets, 8192),
             outcome,
             request_id: self.request_id.clone(),
             invoke_id,
             detail,
-        }
+        })
     }
 }
 
@@ -96,11 +97,8 @@ fn event_id() -> String {
 /// transaction as its effect. A failed write is logged, not answered: the
 /// call has already taken effect (docs/permissions.md says so).
 pub async fn record(hub: &Hub, facts: CallFacts, result: &Result<super::Answer, ApiError>) {
-    if facts.written {
-        return;
-    }
-    let (Some(key_id), Some(action)) = (facts.key_id.clone(), facts.action.clone()) else { return };
-    if !wanted(&action, result) {
+    let Some(action) = facts.action.as_deref() else { return };
+    if facts.written || !wanted(action, result) {
         return;
     }
     let mut named = facts.targets.clone();
@@ -120,7 +118,7 @@ pub async fn record(hub: &Hub, facts: CallFacts, result: &Result<super::Answer, 
         ),
         Err(e) => (e.code.clone(), bounded(&e.message, MAX_DETAIL_BYTES), String::new()),
     };
-    let event = facts.event(key_id, action, &named, outcome, detail, invoke_id);
+    let Some(event) = facts.event(&named, outcome, detail, invoke_id) else { return };
     if let Err(e) = hub.store.record_audit(&event).await {
         tracing::error!(error = %e, action = %event.action, request_id = %facts.request_id, "audit event not recorded");
     }

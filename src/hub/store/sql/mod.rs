@@ -62,8 +62,9 @@ use super::*;
 const SQLITE_POOL: u32 = 4;
 /// SQLite page cache of each read connection, KiB. Reads are point
 /// lookups and short pages, and the OS keeps the file's pages cached:
-/// SQLite's default (2 MiB a connection, 8 MiB for the pool) held the hub's
-/// RSS up by 0.6 KiB per agent at 10,000 agents for no measured gain
+/// SQLite's default (2 MiB a connection, 8 MiB for the pool) held up to
+/// 6 MiB more of the hub's RSS (about 0.2 KiB per agent in the 10,000-agent
+/// fan-out bench) for no measured gain in `DescribeInvocationResults`
 /// (issue #21).
 const READ_CACHE_KIB: u32 = 512;
 /// The write connection keeps SQLite's default: every group commit walks
