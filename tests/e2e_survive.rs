@@ -11,13 +11,23 @@ mod harness;
 
 use std::time::Duration;
 
-use harness::{Hub, output_of, wait_until};
+use harness::{Agent, Hub, output_of, wait_until};
 
 const WAIT: Duration = Duration::from_secs(60);
 
 fn status(hub: &Hub, invoke_id: &str) -> String {
     let v = hub.call("DescribeInvocationResults", &[("InvokeId", invoke_id)]).unwrap();
     v["Invocation"]["InvocationResults"]["InvocationResult"][0]["InvokeRecordStatus"].as_str().unwrap_or("").to_string()
+}
+
+/// A hub with one agent online, the agent's instance id, and a scratch
+/// directory where the scripts leave their marks.
+fn online() -> (Hub, Agent, String, tempfile::TempDir) {
+    let hub = Hub::start();
+    let a = hub.agent();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    (hub, a, id, tempfile::tempdir().unwrap())
 }
 
 fn lines(path: &std::path::Path) -> Vec<String> {
@@ -65,11 +75,7 @@ fn twenty_runs_survive_agent_kill9_with_real_output_none_twice() {
 
 #[test]
 fn stop_and_timeout_cross_an_agent_restart() {
-    let hub = Hub::start();
-    let mut a = hub.agent();
-    let id = a.instance_id();
-    hub.wait_online(&id);
-    let marker = tempfile::tempdir().unwrap();
+    let (hub, mut a, id, marker) = online();
     let stopped_log = marker.path().join("stopped.log");
     let timed_log = marker.path().join("timed.log");
     // Each script notes it started, then outlives the agent's absence.
@@ -101,11 +107,7 @@ fn stop_and_timeout_cross_an_agent_restart() {
 
 #[test]
 fn stop_after_restart_reaches_a_reattached_run() {
-    let hub = Hub::start();
-    let mut a = hub.agent();
-    let id = a.instance_id();
-    hub.wait_online(&id);
-    let marker = tempfile::tempdir().unwrap();
+    let (hub, mut a, id, marker) = online();
     let log = marker.path().join("ran.log");
     let inv = hub.run(&format!("echo begun; echo begun >> {}; sleep 120", log.display()), &[&id], &[("Timeout", "300")]);
     wait_until("script started", WAIT, || (lines(&log).len() == 1).then_some(()));
@@ -123,11 +125,7 @@ fn stop_after_restart_reaches_a_reattached_run() {
 /// agent alone, a graceful exit, a new agent.
 #[test]
 fn graceful_restart_mid_run_keeps_runs_and_their_output() {
-    let hub = Hub::start();
-    let mut a = hub.agent();
-    let id = a.instance_id();
-    hub.wait_online(&id);
-    let marker = tempfile::tempdir().unwrap();
+    let (hub, mut a, id, marker) = online();
     let log = marker.path().join("ran.log");
     let invs: Vec<String> = (0..3)
         .map(|i| hub.run(&format!("echo run-{i} >> {}; sleep 2; echo done-{i}", log.display()), &[&id], &[("Timeout", "60")]))
@@ -148,11 +146,7 @@ fn graceful_restart_mid_run_keeps_runs_and_their_output() {
 /// stop file, and what the test harness does on cleanup).
 #[test]
 fn sigterm_to_a_supervisor_stops_its_run() {
-    let hub = Hub::start();
-    let a = hub.agent();
-    let id = a.instance_id();
-    hub.wait_online(&id);
-    let marker = tempfile::tempdir().unwrap();
+    let (hub, a, id, marker) = online();
     let log = marker.path().join("ran.log");
     let inv = hub.run(&format!("echo begun; echo begun >> {}; sleep 120", log.display()), &[&id], &[("Timeout", "300")]);
     // The script has printed (the marker comes after the echo).
@@ -171,11 +165,7 @@ fn sigterm_to_a_supervisor_stops_its_run() {
 /// hour, a process left behind per such run.
 #[test]
 fn a_supervisor_whose_run_directory_is_removed_ends_with_its_script() {
-    let hub = Hub::start();
-    let mut a = hub.agent();
-    let id = a.instance_id();
-    hub.wait_online(&id);
-    let marker = tempfile::tempdir().unwrap();
+    let (hub, mut a, id, marker) = online();
     let log = marker.path().join("ran.log");
     hub.run(&format!("echo begun >> {}; sleep 2", log.display()), &[&id], &[("Timeout", "60")]);
     wait_until("script started", WAIT, || (lines(&log).len() == 1).then_some(()));
