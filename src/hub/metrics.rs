@@ -71,6 +71,7 @@ fn latency_histogram() -> Histogram {
 pub struct Metrics {
     registry: Registry,
     agents_connected: Gauge,
+    api_waiting: Gauge,
     invocations: Family<StateLabel, Gauge>,
     targets: Family<StateLabel, Gauge>,
     results_stored: Counter,
@@ -95,6 +96,7 @@ impl Metrics {
     fn new() -> Self {
         let mut m = Self {
             agents_connected: Gauge::default(),
+            api_waiting: Gauge::default(),
             invocations: Family::default(),
             targets: Family::default(),
             results_stored: Counter::default(),
@@ -109,6 +111,11 @@ impl Metrics {
         };
         let registry = &mut m.registry;
         registry.register("agents_connected", "Agents holding a session on this hub", m.agents_connected.clone());
+        registry.register(
+            "api_waiting_calls",
+            "DescribeInvocationResults calls holding their answer for a change (WaitSeconds)",
+            m.api_waiting.clone(),
+        );
         registry.register("invocations", "Invocations in the store by InvocationStatus (read when scraped)", m.invocations.clone());
         registry.register("targets", "Targets in the store by per-instance InvocationStatus (read when scraped)", m.targets.clone());
         registry.register("results_stored", "Final results of runs committed to the store", m.results_stored.clone());
@@ -164,6 +171,7 @@ impl Metrics {
     /// The figures read when scraped, then the whole registry as text.
     async fn render(&self, hub: &Hub) -> Result<String, super::store::StoreError> {
         self.agents_connected.set(hub.agents.count() as i64);
+        self.api_waiting.set(hub.changes.waiting() as i64);
         let s = hub.store.state_counts().await?;
         for st in InvocationOverall::ALL {
             let n = s.invocations.iter().find(|(x, _)| x == st).map_or(0, |(_, n)| *n);

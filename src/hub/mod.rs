@@ -4,6 +4,7 @@
 pub(crate) mod agents;
 pub(crate) mod api;
 pub(crate) mod authz;
+pub mod changes;
 pub(crate) mod cluster;
 pub mod config;
 pub mod console;
@@ -136,6 +137,8 @@ pub struct Hub {
     pub agents: agents::Registry,
     pub live: live::LiveOutput,
     pub writer: writer::Writer,
+    /// Committed invocation changes, for calls that wait on them.
+    pub changes: Arc<changes::Changes>,
     pub config: HubConfig,
     pub nonces: api::auth::NonceCache,
     /// Parsed policies of stored keys (see `authz::PolicyCache`).
@@ -174,9 +177,11 @@ pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: Cancellatio
             Err(e) => tracing::warn!(error = %e, "sealing stored access key secrets; they stay readable as they are"),
         }
     }
+    let changes = Arc::new(changes::Changes::default());
     let hub = Arc::new(Hub {
         id,
-        writer: writer::Writer::spawn(store.clone()),
+        writer: writer::Writer::spawn(store.clone(), changes.clone()),
+        changes,
         store,
         agents: agents::Registry::default(),
         live: live::LiveOutput::default(),

@@ -1,12 +1,14 @@
 //! Group commit for the hub's small, frequent writes (agent reports,
 //! delivery acks, heartbeats): one task drains a bounded queue and applies
 //! what is waiting in one transaction, so a fleet-wide fan-out costs a
-//! handful of fsyncs instead of one per report.
+//! handful of fsyncs instead of one per report. Once a batch committed,
+//! the invocations it touched are announced (`hub::changes`).
 
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::changes::Changes;
 use super::store::{ReportEffect, Store, StoreError, WriteOp};
 
 /// Queue bound: senders wait (back-pressure on agent sockets) beyond it.
@@ -23,9 +25,9 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn spawn(store: Arc<dyn Store>) -> Self {
+    pub fn spawn(store: Arc<dyn Store>, changes: Arc<Changes>) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(store, rx));
+        tokio::spawn(run(store, changes, rx));
         Self { tx }
     }
 
@@ -50,7 +52,7 @@ impl Writer {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(WriteOp, Option<Reply>)>) {
+async fn run(store: Arc<dyn Store>, changes: Arc<Changes>, mut rx: mpsc::Receiver<(WriteOp, Option<Reply>)>) {
     let mut ops = Vec::with_capacity(MAX_BATCH);
     let mut replies = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.recv().await {
@@ -72,6 +74,13 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::Receiver<(WriteOp, Option<Repl
         super::metrics::get().batch(ops.len(), started.elapsed());
         match applied {
             Ok(effects) => {
+                for op in &ops {
+                    match op {
+                        WriteOp::Report { report, .. } => changes.announce(&report.invoke_id),
+                        WriteOp::Delivered { invoke_id, .. } => changes.announce(invoke_id),
+                        WriteOp::Touch { .. } => {}
+                    }
+                }
                 for (r, e) in replies.drain(..).zip(effects) {
                     if let Some(r) = r {
                         let _ = r.send(Ok(e));

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use super::latency::{run_and_wait, start_agent};
+use super::latency::{Follow, run_and_wait, start_agent};
 use super::procs::{self, mib};
 use crate::agent::figures;
 use crate::cli::CliError;
@@ -233,7 +233,7 @@ pub fn run(window: Duration, peers: &[PeerSpec], agents: &[PeerSpec], settle: Du
     let big = std::thread::spawn({
         let client = hub.client()?;
         let instance = instance.clone();
-        move || run_and_wait(&client, &instance, "head -c 1073741824 /dev/zero", Duration::from_secs(600)).map(|m| m.took)
+        move || run_and_wait(&client, &instance, "head -c 1073741824 /dev/zero", Duration::from_secs(600), Follow::Poll).map(|m| m.took)
     });
     let mut peak_gib = 0;
     while !big.is_finished() {

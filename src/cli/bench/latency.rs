@@ -20,14 +20,24 @@ pub(super) fn start_agent(hub: &BenchHub, dir: &std::path::Path, client: &Client
     procs::start_agents(hub, dir, client, 1, Duration::from_secs(30))?.pop().ok_or_else(|| err("no agent started"))
 }
 
-/// One run's latency and how many `DescribeInvocationResults` polls it took.
+/// One run's latency and how many `DescribeInvocationResults` calls it took.
 pub(super) struct Measured {
     pub took: Duration,
-    polls: u32,
+    calls: u32,
     invoke_id: String,
 }
 
-pub(super) fn run_and_wait(client: &Client, instance: &str, script: &str, timeout: Duration) -> Result<Measured, CliError> {
+/// How the bench learns that a run finished.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Follow {
+    /// `WaitSeconds` (a deckhand extension): the hub answers when the
+    /// result changes, so the figure is not the polling's granularity.
+    Wait,
+    /// Plain polling every 0.5 ms, as a client without the extension does.
+    Poll,
+}
+
+pub(super) fn run_and_wait(client: &Client, instance: &str, script: &str, timeout: Duration, follow: Follow) -> Result<Measured, CliError> {
     let t0 = Instant::now();
     let v = client.call(
         "RunCommand",
@@ -39,18 +49,24 @@ pub(super) fn run_and_wait(client: &Client, instance: &str, script: &str, timeou
         ],
     )?;
     let id = v["InvokeId"].as_str().unwrap_or("").to_string();
-    let mut polls = 0;
+    let mut calls = 0;
+    let mut params = vec![("InvokeId", id.clone())];
+    if follow == Follow::Wait {
+        params.push(("WaitSeconds", crate::hub::changes::MAX_WAIT_SECONDS.to_string()));
+    }
     loop {
-        let r = client.call("DescribeInvocationResults", &[("InvokeId", id.clone())])?;
-        polls += 1;
+        let r = client.call("DescribeInvocationResults", &params)?;
+        calls += 1;
         let st = r["Invocation"]["InvocationResults"]["InvocationResult"][0]["InvocationStatus"].as_str().unwrap_or("").to_string();
         if crate::lifecycle::InvocationStatus::parse(&st).is_ok_and(|s| s.is_final()) {
-            return Ok(Measured { took: t0.elapsed(), polls, invoke_id: id });
+            return Ok(Measured { took: t0.elapsed(), calls, invoke_id: id });
         }
         if t0.elapsed() > timeout {
             return Err(err(format!("{id} not final after {timeout:?}")));
         }
-        std::thread::sleep(Duration::from_micros(500));
+        if follow == Follow::Poll {
+            std::thread::sleep(Duration::from_micros(500));
+        }
     }
 }
 
@@ -67,6 +83,34 @@ fn describe_cost(client: &Client, hub_pid: u32, invoke_id: &str, calls: usize) -
     Ok(((procs::cpu_time_fine(hub_pid).saturating_sub(cpu0)) / n, t0.elapsed() / n))
 }
 
+/// One series of sequential runs followed the same way.
+struct Series {
+    /// Sorted.
+    lat: Vec<Duration>,
+    calls_per_run: f64,
+    hub_cpu: Duration,
+    agent_cpu: Duration,
+    last: String,
+}
+
+fn series(client: &Client, instance: &str, hub_pid: u32, agent_pid: u32, runs: usize, follow: Follow) -> Result<Series, CliError> {
+    let mut lat = Vec::with_capacity(runs);
+    let mut calls = 0u64;
+    let mut last = String::new();
+    let (hub_cpu0, agent_cpu0) = (procs::cpu_time_fine(hub_pid), procs::cpu_time(agent_pid));
+    for _ in 0..runs {
+        let m = run_and_wait(client, instance, "true", Duration::from_secs(30), follow)?;
+        lat.push(m.took);
+        calls += u64::from(m.calls);
+        last = m.invoke_id;
+    }
+    let n = runs.max(1) as u32;
+    let hub_cpu = procs::cpu_time_fine(hub_pid).saturating_sub(hub_cpu0) / n;
+    let agent_cpu = procs::cpu_time(agent_pid).saturating_sub(agent_cpu0) / n;
+    lat.sort();
+    Ok(Series { lat, calls_per_run: calls as f64 / f64::from(n), hub_cpu, agent_cpu, last })
+}
+
 pub fn latency(runs: usize, store: Option<&str>) -> Result<(), CliError> {
     let dir = tempfile::tempdir().map_err(err)?;
     let (store_args, store_name) = super::store_args(store);
@@ -76,25 +120,14 @@ pub fn latency(runs: usize, store: Option<&str>) -> Result<(), CliError> {
     let client = hub.client()?;
     let (agent, instance) = start_agent(&hub, dir.path(), &client)?;
     // Warm up connections and caches.
-    let mut last = String::new();
     for _ in 0..3 {
-        last = run_and_wait(&client, &instance, "true", Duration::from_secs(30))?.invoke_id;
+        run_and_wait(&client, &instance, "true", Duration::from_secs(30), Follow::Poll)?;
     }
-    let mut lat = Vec::with_capacity(runs);
-    let mut polls = 0u64;
-    let (hub_cpu0, agent_cpu0) = (procs::cpu_time(hub_pid), procs::cpu_time(agent.pid()));
-    for _ in 0..runs {
-        let m = run_and_wait(&client, &instance, "true", Duration::from_secs(30))?;
-        lat.push(m.took);
-        polls += u64::from(m.polls);
-        last = m.invoke_id;
-    }
-    let n = runs.max(1) as u32;
-    let hub_cpu = procs::cpu_time(hub_pid).saturating_sub(hub_cpu0) / n;
-    let agent_cpu = procs::cpu_time(agent.pid()).saturating_sub(agent_cpu0) / n;
-    lat.sort();
-    let (per_call_cpu, per_call_wall) = describe_cost(&client, hub_pid, &last, runs.max(200))?;
-    let polls_per_run = polls as f64 / f64::from(n);
+    // Same build, same processes, back to back: the two ways of following
+    // a run compare as a ratio.
+    let waited = series(&client, &instance, hub_pid, agent.pid(), runs, Follow::Wait)?;
+    let polled = series(&client, &instance, hub_pid, agent.pid(), runs, Follow::Poll)?;
+    let (per_call_cpu, per_call_wall) = describe_cost(&client, hub_pid, &polled.last, runs.max(200))?;
     let mut bare = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
@@ -102,27 +135,38 @@ pub fn latency(runs: usize, store: Option<&str>) -> Result<(), CliError> {
         bare.push(t.elapsed());
     }
     bare.sort();
-    let (p50, p99) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
     let b50 = percentile(&bare, 0.5);
-    println!("latency benchmark ({runs} sequential runs of `true`, API → result visible, TLS on loopback)");
-    println!("  p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms", ms(p50), ms(p99), ms(*lat.last().unwrap_or(&Duration::ZERO)));
-    println!("  bare `sh -c true` fork/exec p50: {:.2} ms", ms(b50));
-    println!("  ratio deckhand p50 / bare p50:   {:.1}x", ms(p50) / ms(b50).max(1e-6));
-    println!("the polling this includes (DescribeInvocationResults every 0.5 ms until final):");
-    println!("  polls per run: {polls_per_run:.1}; one poll costs the client {:.3} ms wall", ms(per_call_wall));
+    println!("latency benchmark ({runs} sequential runs of `true` each way, API → result visible, TLS on loopback)");
+    for (name, s) in [("waiting (WaitSeconds)", &waited), ("polling every 0.5 ms", &polled)] {
+        let (p50, p99) = (percentile(&s.lat, 0.5), percentile(&s.lat, 0.99));
+        println!(
+            "  {name:<22} p50 {:.2} ms   p99 {:.2} ms   max {:.2} ms   ({:.1} DescribeInvocationResults calls a run)",
+            ms(p50),
+            ms(p99),
+            ms(*s.lat.last().unwrap_or(&Duration::ZERO)),
+            s.calls_per_run
+        );
+    }
+    let (w50, p50) = (percentile(&waited.lat, 0.5), percentile(&polled.lat, 0.5));
+    println!("  ratio polling p50 / waiting p50:   {:.2}x", ms(p50) / ms(w50).max(1e-6));
+    println!("  bare `sh -c true` fork/exec p50:   {:.2} ms", ms(b50));
+    println!("  ratio waiting p50 / bare p50:      {:.1}x", ms(w50) / ms(b50).max(1e-6));
     println!(
-        "DescribeInvocationResults by id ({} calls): hub CPU {:.3} ms per call (threads' schedstat, ns)",
+        "DescribeInvocationResults by id ({} calls): hub CPU {:.3} ms per call (threads' schedstat, ns); one call costs the client {:.3} ms wall",
         runs.max(200),
-        ms(per_call_cpu)
+        ms(per_call_cpu),
+        ms(per_call_wall)
     );
-    let net = ms(hub_cpu) - polls_per_run * ms(per_call_cpu);
-    println!(
-        "CPU per run: hub {:.2} ms (of which polling ≈ {:.2} ms, the run itself ≈ {:.2} ms), agent {:.2} ms (incl. supervisor and sh)",
-        ms(hub_cpu),
-        polls_per_run * ms(per_call_cpu),
-        net.max(0.0),
-        ms(agent_cpu)
-    );
+    for (name, s) in [("waiting", &waited), ("polling", &polled)] {
+        let calls = s.calls_per_run * ms(per_call_cpu);
+        println!(
+            "CPU per run, {name}: hub {:.2} ms (of which its Describe calls ≈ {:.2} ms, the run itself ≈ {:.2} ms), agent {:.2} ms (incl. supervisor and sh)",
+            ms(s.hub_cpu),
+            calls,
+            (ms(s.hub_cpu) - calls).max(0.0),
+            ms(s.agent_cpu)
+        );
+    }
     Ok(())
 }
 

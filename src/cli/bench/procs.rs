@@ -97,7 +97,9 @@ pub fn start_hub(dir: &Path, extra: &[&str]) -> Result<BenchHub, CliError> {
         .arg(&addr_file)
         .args(["--access-key", &format!("{}:{}", key.0, key.1)])
         .args(extra)
-        .env("DECKHAND_LOG", "warn")
+        // `DECKHAND_BENCH_HUB_LOG`: the hub's log filter while profiling
+        // (the log is `hub.log` in the bench's directory while it runs).
+        .env("DECKHAND_LOG", std::env::var("DECKHAND_BENCH_HUB_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::null())
         .stderr(Stdio::from(std::fs::File::create(dir.join("hub.log")).map_err(|e| CliError::Usage(e.to_string()))?))
         .spawn()

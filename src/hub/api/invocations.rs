@@ -1,6 +1,8 @@
 //! RunCommand, InvokeCommand, DescribeInvocations, DescribeInvocationResults,
 //! StopInvocation.
 
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
@@ -9,7 +11,8 @@ use super::error::ApiError;
 use super::fleet::{self, Resolved, Selector};
 use super::params::Params;
 use super::{Paging, Request};
-use crate::hub::store::{CommandRow, InvocationFilter, InvocationRow, ResultRow, StatusFilter, TargetRow, now_str};
+use crate::hub::changes;
+use crate::hub::store::{CommandRow, InvocationFilter, InvocationRow, Page, ResultRow, StatusFilter, TargetRow, now_str};
 use crate::lifecycle::{
     CommandType, Counts, ErrorCode, InvocationOverall, InvocationStatus, InvokeRecordStatus, InvokeStatus, RepeatMode, UnknownName,
     error_info,
@@ -485,14 +488,33 @@ pub async fn describe_invocation_results(req: &Request<'_>) -> Result<Vec<u8>, A
         command_id: p.get("CommandId").map(str::to_string),
         ..Default::default()
     };
-    let (history, targets, total) = if include_history {
-        // Every record of every matching target, paged in SQL.
-        let (rows, total) = req.hub.store.list_history(&filter, &statuses, paging.page).await?;
-        (rows, Vec::new(), total)
-    } else {
-        let (targets, total) = req.hub.store.list_targets(&filter, &statuses, paging.page).await?;
-        (Vec::new(), targets, total)
+    // deckhand extension: hold the answer until what it shows changes
+    // (`hub::changes`; docs/api.md). Listening starts before the first
+    // read, so a change committed in between is not missed.
+    let wait = p.int("WaitSeconds", 0, changes::MAX_WAIT_SECONDS)?.unwrap_or(0);
+    let mut listener = match (&filter.invoke_id, wait) {
+        (_, 0) => None,
+        (None, _) => return Err(ApiError::invalid("WaitSeconds", "needs InvokeId: a wait follows one invocation")),
+        // Every slot taken: answer at once, as without WaitSeconds.
+        (Some(_), _) => req.hub.changes.listen(),
     };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(wait.unsigned_abs());
+    let (mut history, mut targets, mut total) = read_results(req, &filter, &statuses, paging.page, include_history).await?;
+    if let (Some(l), Some(id)) = (listener.as_mut(), &filter.invoke_id) {
+        let shown = shown_statuses(&history, &targets);
+        // Nothing to wait for: no results yet means no targets at all, and
+        // settled results stay as they are.
+        let mut waiting = !shown.is_empty() && shown.iter().any(|(_, s)| !s.is_final());
+        while waiting && l.next(id, deadline, Some(changes::RECHECK), &req.hub.shutdown).await == changes::Wake::Maybe {
+            (history, targets, total) = read_results(req, &filter, &statuses, paging.page, include_history).await?;
+            waiting = shown_statuses(&history, &targets) == shown;
+        }
+        if waiting {
+            // Over (deadline or shutdown): answer what the store holds now.
+            (history, targets, total) = read_results(req, &filter, &statuses, paging.page, include_history).await?;
+        }
+    }
+    drop(listener);
     // Only an empty answer needs to know whether the invocation exists: a
     // result proves it, and the lookup was a third query on every poll
     // (issue #21).
@@ -724,4 +746,32 @@ pub async fn stop_invocation(req: &Request<'_>) -> Result<Value, ApiError> {
     crate::hub::cluster::announce(req.hub, crate::hub::cluster::Event::Stop { id: invoke_id.to_string() }).await;
     tracing::info!(invoke_id, instances = notify.len(), "stop requested");
     Ok(json!({}))
+}
+
+/// One page of `DescribeInvocationResults`: the records (`IncludeHistory`)
+/// or the targets, and the total matching.
+async fn read_results(
+    req: &Request<'_>,
+    filter: &InvocationFilter,
+    statuses: &[InvocationStatus],
+    page: Page,
+    include_history: bool,
+) -> Result<(Vec<ResultRow>, Vec<TargetRow>, i64), ApiError> {
+    Ok(if include_history {
+        let (rows, total) = req.hub.store.list_history(filter, statuses, page).await?;
+        (rows, Vec::new(), total)
+    } else {
+        let (targets, total) = req.hub.store.list_targets(filter, statuses, page).await?;
+        (Vec::new(), targets, total)
+    })
+}
+
+/// What a waiting call compares: each shown result's instance, record and
+/// status, in page order.
+fn shown_statuses(history: &[ResultRow], targets: &[TargetRow]) -> Vec<((String, Option<i64>), InvocationStatus)> {
+    history
+        .iter()
+        .map(|r| ((r.instance_id.clone(), r.record_seq), r.status))
+        .chain(targets.iter().map(|t| ((t.instance_id.clone(), None), t.status)))
+        .collect()
 }
