@@ -180,3 +180,24 @@ fn a_supervisor_whose_run_directory_is_removed_ends_with_its_script() {
     // The script sleeps 2 s; the old retry loop would hold on for an hour.
     wait_until("the supervisor ended", WAIT, || (!is_supervisor()).then_some(()));
 }
+
+/// The supervisor writes the result first and removes the script's
+/// directory after it (issue #21: the removal is off the path to the
+/// result); it is still removed, and the reported output is whole.
+#[test]
+fn a_supervised_runs_script_directory_is_removed_after_its_result() {
+    let (hub, a, id, _scratch) = online();
+    let inv = hub.run("echo \"$0\"; tr '\\0' ' ' < /proc/$PPID/cmdline; echo; echo last line", &[&id], &[("Timeout", "60")]);
+    let results = hub.wait_final(&inv, WAIT);
+    assert_eq!(results[0]["InvocationStatus"], "Success", "{results:?}");
+    let out = String::from_utf8(output_of(&results[0])).unwrap();
+    let mut lines = out.lines();
+    let script = std::path::PathBuf::from(lines.next().expect("the script's path"));
+    // Its parent was the run's supervisor, not the agent.
+    assert!(lines.next().is_some_and(|l| l.contains("__supervise")), "{out}");
+    assert_eq!(lines.next(), Some("last line"), "{out}");
+    assert!(script.is_absolute() && script.parent().is_some(), "{out}");
+    let dir = script.parent().unwrap().to_path_buf();
+    wait_until("the script's directory removed", WAIT, || (!dir.exists()).then_some(()));
+    drop(a);
+}

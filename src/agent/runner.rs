@@ -453,8 +453,10 @@ impl Runner {
         // The start (and a schedule's fire before it) on disk before the
         // script starts, so a restart never runs it again; the Running
         // report shares the sync. A failing journal holds them and the run
-        // goes on, as before.
-        self.flush().await;
+        // goes on, as before. A supervised run's directory is prepared
+        // (and synced) meanwhile: it holds no trace of a start until the
+        // supervisor syncs `ran`, so a crash in between loses nothing.
+        let (_, prepared) = tokio::join!(self.flush(), self.prepare(&inv, record_seq, spec.as_ref()));
         let report = match spec {
             None => {
                 let rerun = self.file_reruns.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.invoke_id);
@@ -466,7 +468,7 @@ impl Runner {
             Some(spec) if inv.command_type == CommandType::ApplyKubeletReserved => {
                 kubelet_run(&inv, &spec.script, record_seq, start, stop).await
             }
-            Some(spec) => self.script_run(&inv, record_seq, spec, stop).await,
+            Some(spec) => self.script_run(&inv, record_seq, spec, stop, prepared).await,
         };
         drop(permit);
         super::figures::run_finished();
@@ -481,10 +483,37 @@ impl Runner {
         }
     }
 
-    async fn script_run(&self, inv: &Invocation, record_seq: u32, spec: RunSpec, stop: CancellationToken) -> RecordReport {
+    /// A supervised script run's directory, made ready for its supervisor
+    /// (`None`: the run is not supervised, or has no directory name).
+    async fn prepare(&self, inv: &Invocation, record_seq: u32, spec: Option<&RunSpec>) -> Prepared {
         #[cfg(unix)]
-        if let (Some(sup), Some(dir)) = (&self.supervision, self.run_dir(inv, record_seq)) {
-            let launched = exec::supervise::launch_off_loop(sup.program.clone(), dir.clone(), spec.clone(), sup.scope.clone()).await;
+        {
+            let spec = spec.filter(|_| inv.command_type != CommandType::ApplyKubeletReserved && !inv.command_type.is_file())?;
+            let dir = self.run_dir(inv, record_seq)?;
+            let prepared = exec::supervise::prepare_off_loop(dir.clone(), spec.clone()).await;
+            Some((dir, prepared))
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = (inv, record_seq, spec);
+            None
+        }
+    }
+
+    async fn script_run(
+        &self,
+        inv: &Invocation,
+        record_seq: u32,
+        spec: RunSpec,
+        stop: CancellationToken,
+        prepared: Prepared,
+    ) -> RecordReport {
+        #[cfg(unix)]
+        if let (Some(sup), Some((dir, prepared))) = (&self.supervision, prepared) {
+            let launched = match prepared {
+                Ok(p) => p.start_off_loop(sup.program.clone(), sup.scope.clone()).await,
+                Err(e) => Err(e),
+            };
             let exited = match launched {
                 Ok(exited) => Some(Some(exited)),
                 Err(exec::supervise::SuperviseError::Busy(_)) => Some(None),
@@ -510,12 +539,20 @@ impl Runner {
                 };
             }
         }
+        #[cfg(not(unix))]
+        let _ = prepared;
         let (chunk_tx, forward) = self.live_forwarder(inv, record_seq);
         let out = exec::run(spec, stop, Some(chunk_tx)).await;
         let _ = forward.await;
         outcome_report(inv, record_seq, &out)
     }
 }
+
+/// A supervised run's directory and how preparing it went.
+#[cfg(unix)]
+type Prepared = Option<(PathBuf, Result<exec::supervise::Prepared, exec::supervise::SuperviseError>)>;
+#[cfg(not(unix))]
+type Prepared = Option<std::convert::Infallible>;
 
 /// How watching a supervised run ended (platform-neutral mirror of
 /// `exec::supervise::Watched`; elsewhere only `Vanished` is ever made).

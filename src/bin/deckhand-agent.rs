@@ -178,6 +178,19 @@ fn init_log(json: bool) {
 }
 
 fn main() -> std::process::ExitCode {
+    // The supervisor starts once per run, on the path to its result: its
+    // exact form (`__supervise <dir>`, as the agent spawns it) skips the
+    // argument parser and TLS set-up it never uses (issue #21).
+    #[cfg(unix)]
+    {
+        let mut argv = std::env::args_os().skip(1);
+        if let (Some(sub), Some(dir), None) = (argv.next(), argv.next(), argv.next())
+            && sub == deckhand::exec::supervise::SUBCOMMAND
+        {
+            init_log(false);
+            std::process::exit(deckhand::exec::supervise::supervise_main(std::path::Path::new(&dir)));
+        }
+    }
     deckhand::config::exit_code(run())
 }
 

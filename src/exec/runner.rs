@@ -13,6 +13,7 @@ use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 
+use super::scriptfile::ScriptDir;
 use super::spawn::{self, Group, Output};
 use super::{MAX_GRACE, MAX_OUTPUT_CAP, OutputCap, RunOutcome, RunSpec, StartError, Termination, codes};
 use crate::protocol::MAX_SCRIPT_BYTES;
@@ -50,23 +51,43 @@ impl Drop for KillOnDrop {
     }
 }
 
-pub(super) async fn run(spec: RunSpec, stop: CancellationToken, mut live: Option<mpsc::Sender<Vec<u8>>>) -> RunOutcome {
+pub(super) async fn run(spec: RunSpec, stop: CancellationToken, live: Option<mpsc::Sender<Vec<u8>>>) -> RunOutcome {
+    let invoke_id = spec.invoke_id.clone();
+    let (outcome, script_dir) = run_keeping_script(spec, stop, live).await;
+    // rmdir can take milliseconds (ext4 with online discard: ~2.6 ms measured
+    // here); keep it off the runtime's worker threads.
+    if let Some(dir) = script_dir
+        && tokio::task::spawn_blocking(move || drop(dir)).await.is_err()
+    {
+        tracing::warn!(invoke_id, "script directory cleanup task failed");
+    }
+    outcome
+}
+
+/// [`run`], handing back the script's directory instead of removing it: a
+/// supervisor writes the result first and removes it afterwards, so the
+/// cleanup is not on the path to the result (issue #21).
+pub(super) async fn run_keeping_script(
+    spec: RunSpec,
+    stop: CancellationToken,
+    mut live: Option<mpsc::Sender<Vec<u8>>>,
+) -> (RunOutcome, Option<ScriptDir>) {
     let start_time = Utc::now();
     let invoke_id = spec.invoke_id.as_str();
     if let Err(e) = check_content(&spec.script) {
-        return RunOutcome::failed(start_time, e.code, e.info);
+        return (RunOutcome::failed(start_time, e.code, e.info), None);
     }
     if stop.is_cancelled() {
         // Stopped while still pending: nothing was started.
         let mut o = RunOutcome::failed(start_time, "", "stopped before it started");
         o.termination = Termination::Stopped;
-        return o;
+        return (o, None);
     }
     let started = match spawn::start(&spec) {
         Ok(s) => s,
         Err(e) => {
             tracing::info!(invoke_id, code = e.code, reason = %e.info, "run failed to start");
-            return RunOutcome::failed(start_time, e.code, e.info);
+            return (RunOutcome::failed(start_time, e.code, e.info), None);
         }
     };
     let spawn::Started { mut child, outputs, group, script_dir } = started;
@@ -161,11 +182,6 @@ pub(super) async fn run(spec: RunSpec, stop: CancellationToken, mut live: Option
         guard.0 = None;
     }
     drop(guard);
-    // rmdir can take milliseconds (ext4 with online discard: ~2.6 ms measured
-    // here); keep it off the runtime's worker threads.
-    if tokio::task::spawn_blocking(move || drop(script_dir)).await.is_err() {
-        tracing::warn!(invoke_id, "script directory cleanup task failed");
-    }
 
     let termination = reason.unwrap_or(Termination::Exited);
     let (exit_code, signal) = match &status {
@@ -188,7 +204,10 @@ pub(super) async fn run(spec: RunSpec, stop: CancellationToken, mut live: Option
         },
     };
     tracing::info!(invoke_id, ?termination, exit_code, signal, kept = output.len(), dropped, live_dropped, "run ended");
-    RunOutcome { termination, exit_code, signal, error_code, error_info, output, dropped, start_time, finish_time: Utc::now() }
+    (
+        RunOutcome { termination, exit_code, signal, error_code, error_info, output, dropped, start_time, finish_time: Utc::now() },
+        Some(script_dir),
+    )
 }
 
 async fn read(out: &mut Option<Output>, buf: &mut [u8]) -> std::io::Result<usize> {

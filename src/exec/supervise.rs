@@ -315,14 +315,17 @@ fn try_lock(f: &File) -> bool {
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
-/// Prepares `dir` for `spec` and starts a supervisor for it with `program`
-/// (the agent's own binary). Returns once the supervisor process exists;
-/// it is reaped by a background task while the agent lives, which fires
-/// the returned [`Exited`] when it ends (its result is on disk by then), so
-/// [`watch`] reads the result at once instead of at its next poll.
-/// With `scope`, the supervisor starts in a systemd scope of its own
-/// ([`super::scope`]), outside the agent's cgroup.
-pub fn launch(program: &Path, dir: &Path, spec: &RunSpec, scope: Option<&super::scope::Scope>) -> Result<Exited, SuperviseError> {
+/// A run directory made ready for its supervisor: locked by us, the spec
+/// and the reserves written, the directory synced.
+pub struct Prepared {
+    lock: File,
+    dir: PathBuf,
+}
+
+/// Prepares `dir` for `spec`: the first half of a [`launch`], which the
+/// agent runs beside its own journal sync of the run's start (issue #21:
+/// the two syncs overlap instead of following each other).
+pub fn prepare(dir: &Path, spec: &RunSpec) -> Result<Prepared, SuperviseError> {
     private_dir(dir)?;
     let lock = open_lock(dir)?;
     if !try_lock(&lock) {
@@ -339,65 +342,91 @@ pub fn launch(program: &Path, dir: &Path, spec: &RunSpec, scope: Option<&super::
     write_prepared(dir, RESULT_RESERVE, &vec![b' '; result_room])?;
     write_prepared(dir, RAN_RESERVE, &[b' '; 64])?;
     File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))?;
-    let log_path = dir.join(LOG);
-    let log = OpenOptions::new().create(true).append(true).mode(0o600).open(&log_path).map_err(io("open", &log_path))?;
-    let mut cmd = match scope {
-        Some(scope) => {
-            let (wrapper, args) = scope.wrap(program);
-            let mut c = std::process::Command::new(wrapper);
-            c.args(args);
-            c
-        }
-        None => std::process::Command::new(program),
-    };
-    cmd.arg(SUBCOMMAND).arg(dir).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
-    cmd.env("DECKHAND_LOG", std::env::var("DECKHAND_LOG").unwrap_or_else(|_| "info".into()));
-    let lock_fd = lock.as_raw_fd();
-    // SAFETY: between fork and exec we only make async-signal-safe calls
-    // (setsid, dup2, fcntl) on values computed before the fork.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setsid() < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The locked descriptor becomes fd 3, inherited across exec: the
-            // lock (bound to the open file, not the process) passes to the
-            // supervisor without ever being released.
-            if lock_fd == LOCK_FD {
-                let flags = libc::fcntl(LOCK_FD, libc::F_GETFD);
-                if flags < 0 || libc::fcntl(LOCK_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(lock_fd, LOCK_FD) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = tokio::process::Command::from(cmd).spawn().map_err(io("start supervisor", program))?;
-    // Our copy of the lock closes here; the supervisor's keeps it held.
-    drop(lock);
-    let (exited, rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let _ = child.wait().await;
-        let _ = exited.send(());
-    });
-    Ok(rx)
+    Ok(Prepared { lock, dir: dir.to_path_buf() })
 }
 
-/// [`launch`] on a blocking thread: its fsync and the fork/exec of the
-/// supervisor must not stall the agent's single-threaded event loop
-/// (issue #21), where heartbeats, acks and other runs' reports wait.
-pub async fn launch_off_loop(
-    program: PathBuf,
-    dir: PathBuf,
-    spec: RunSpec,
-    scope: Option<super::scope::Scope>,
-) -> Result<Exited, SuperviseError> {
+impl Prepared {
+    /// Starts the supervisor on the prepared directory, handing it the lock.
+    pub fn start(self, program: &Path, scope: Option<&super::scope::Scope>) -> Result<Exited, SuperviseError> {
+        let Prepared { lock, dir } = self;
+        let dir = dir.as_path();
+        let log_path = dir.join(LOG);
+        let log = OpenOptions::new().create(true).append(true).mode(0o600).open(&log_path).map_err(io("open", &log_path))?;
+        let mut cmd = match scope {
+            Some(scope) => {
+                let (wrapper, args) = scope.wrap(program);
+                let mut c = std::process::Command::new(wrapper);
+                c.args(args);
+                c
+            }
+            None => std::process::Command::new(program),
+        };
+        cmd.arg(SUBCOMMAND).arg(dir).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
+        cmd.env("DECKHAND_LOG", std::env::var("DECKHAND_LOG").unwrap_or_else(|_| "info".into()));
+        let lock_fd = lock.as_raw_fd();
+        // SAFETY: between fork and exec we only make async-signal-safe calls
+        // (setsid, dup2, fcntl) on values computed before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The locked descriptor becomes fd 3, inherited across exec: the
+                // lock (bound to the open file, not the process) passes to the
+                // supervisor without ever being released.
+                if lock_fd == LOCK_FD {
+                    let flags = libc::fcntl(LOCK_FD, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(LOCK_FD, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(lock_fd, LOCK_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = tokio::process::Command::from(cmd).spawn().map_err(io("start supervisor", program))?;
+        // Our copy of the lock closes here; the supervisor's keeps it held.
+        drop(lock);
+        let (exited, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+            let _ = exited.send(());
+        });
+        Ok(rx)
+    }
+}
+
+/// Prepares `dir` for `spec` and starts a supervisor for it with `program`
+/// (the agent's own binary). Returns once the supervisor process exists;
+/// it is reaped by a background task while the agent lives, which fires
+/// the returned [`Exited`] when it ends (its result is on disk by then), so
+/// [`watch`] reads the result at once instead of at its next poll.
+/// With `scope`, the supervisor starts in a systemd scope of its own
+/// ([`super::scope`]), outside the agent's cgroup.
+pub fn launch(program: &Path, dir: &Path, spec: &RunSpec, scope: Option<&super::scope::Scope>) -> Result<Exited, SuperviseError> {
+    prepare(dir, spec)?.start(program, scope)
+}
+
+/// [`prepare`] on a blocking thread: its writes and fsync must not stall
+/// the agent's single-threaded event loop (issue #21), where heartbeats,
+/// acks and other runs' reports wait.
+pub async fn prepare_off_loop(dir: PathBuf, spec: RunSpec) -> Result<Prepared, SuperviseError> {
     let at = dir.clone();
-    tokio::task::spawn_blocking(move || launch(&program, &dir, &spec, scope.as_ref()))
+    tokio::task::spawn_blocking(move || prepare(&dir, &spec))
         .await
-        .unwrap_or_else(|e| Err(SuperviseError::Io { op: "launch", path: at, source: std::io::Error::other(e.to_string()) }))
+        .unwrap_or_else(|e| Err(SuperviseError::Io { op: "prepare", path: at, source: std::io::Error::other(e.to_string()) }))
+}
+
+impl Prepared {
+    /// [`Prepared::start`] on a blocking thread: the fork/exec of the
+    /// supervisor must not stall the agent's event loop either.
+    pub async fn start_off_loop(self, program: PathBuf, scope: Option<super::scope::Scope>) -> Result<Exited, SuperviseError> {
+        let at = self.dir.clone();
+        tokio::task::spawn_blocking(move || self.start(&program, scope.as_ref()))
+            .await
+            .unwrap_or_else(|e| Err(SuperviseError::Io { op: "launch", path: at, source: std::io::Error::other(e.to_string()) }))
+    }
 }
 
 /// Fires when a supervisor this agent started has exited.
@@ -606,7 +635,7 @@ fn supervise(dir: &Path) -> Result<(), SuperviseError> {
         (term.map_err(io("handle SIGTERM", dir))?, int.map_err(io("handle SIGINT", dir))?)
     };
     write_reserved(dir, RAN, RAN_RESERVE, format!("{}\n", std::process::id()).as_bytes())?;
-    let outcome = rt.block_on(run_spooled(dir, spec, signals));
+    let (outcome, script_dir) = rt.block_on(run_spooled(dir, spec, signals));
     let body =
         serde_json::to_vec(&StoredOutcome::from(&outcome)).map_err(|source| SuperviseError::Decode { path: dir.join(RESULT), source })?;
     // The script ran: its result must not be lost to a passing disk
@@ -614,7 +643,12 @@ fn supervise(dir: &Path) -> Result<(), SuperviseError> {
     let mut attempt = 0u32;
     loop {
         match write_reserved(dir, RESULT, RESULT_RESERVE, &body) {
-            Ok(()) => return Ok(()),
+            // The result first, then the script's directory: its removal
+            // (milliseconds on some disks) is not on the way to the result.
+            Ok(()) => {
+                drop(script_dir);
+                return Ok(());
+            }
             // The agent removes a run directory only once nobody will read
             // it (a deregistered instance, a wiped state directory): waiting
             // an hour for it to come back would only leave us behind.
@@ -663,7 +697,7 @@ fn hold_lock(dir: &Path) -> Result<(), SuperviseError> {
 
 type Signals = (tokio::signal::unix::Signal, tokio::signal::unix::Signal);
 
-async fn run_spooled(dir: &Path, spec: RunSpec, signals: Signals) -> RunOutcome {
+async fn run_spooled(dir: &Path, spec: RunSpec, signals: Signals) -> (RunOutcome, Option<super::scriptfile::ScriptDir>) {
     let stop = CancellationToken::new();
     // A stop: the agent's stop file, or SIGTERM/SIGINT sent to us directly.
     let stop_file = dir.join(STOP);
@@ -703,9 +737,9 @@ async fn run_spooled(dir: &Path, spec: RunSpec, signals: Signals) -> RunOutcome 
             written += part.len() as u64;
         }
     });
-    let outcome = super::run(spec, stop, Some(tx)).await;
+    let (outcome, script_dir) = super::runner::run_keeping_script(spec, stop, Some(tx)).await;
     let _ = writer.await;
-    outcome
+    (outcome, script_dir)
 }
 
 #[cfg(test)]

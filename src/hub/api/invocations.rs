@@ -122,7 +122,9 @@ async fn instances(req: &Request<'_>) -> Result<Resolved, ApiError> {
     }
     let mut seen = std::collections::HashSet::new();
     ids.retain(|i| seen.insert(i.clone()));
-    let page = crate::hub::store::Page { offset: 0, limit: ids.len() as i64 };
+    // One more than can match: a short page tells the total, so the store
+    // skips its count query (one statement less per RunCommand, issue #21).
+    let page = crate::hub::store::Page { offset: 0, limit: ids.len() as i64 + 1 };
     let (rows, _) = req.hub.store.list_instances(&ids, None, None, page).await?;
     let mut out = Resolved::default();
     for r in &rows {
