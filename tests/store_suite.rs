@@ -365,6 +365,13 @@ async fn invocation_lifecycle_keeps_binary_output_and_ignores_duplicates(e: &Eng
     let requests: Vec<&str> = trail.iter().map(|e| e.request_id.as_str()).collect();
     assert_eq!(requests, ["R-ok"], "only the committed call is in the trail");
     assert_eq!(trail[0].invoke_id, "t-1c");
+    // RunCommand's command is created with its one invocation counted; an
+    // InvokeCommand of it counts one more.
+    assert_eq!(s.get_command("c-audited").await.unwrap().map(|c| c.invoke_times), Some(1));
+    let mut second = invocation("t-1d", "2026-11-23T00:00:00Z", ONCE, "");
+    second.command_id = "c-audited".into();
+    s.create_invocation(&second, &["i-1".into()], None).await.unwrap();
+    assert_eq!(s.get_command("c-audited").await.unwrap().map(|c| c.invoke_times), Some(2));
 }
 
 async fn periodic_records_count_fires_and_keep_target_running(e: &Engine) {

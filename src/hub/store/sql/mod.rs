@@ -255,11 +255,12 @@ impl SqlStore {
     }
 }
 
-/// Inserts one command row inside `tx`.
-async fn insert_command(tx: &mut Transaction<'static, Any>, d: Dialect, c: &CommandRow) -> Result<()> {
+/// Inserts one command row inside `tx`, already invoked `invoke_times`
+/// times (RunCommand's command is created with its one invocation).
+async fn insert_command(tx: &mut Transaction<'static, Any>, d: Dialect, c: &CommandRow, invoke_times: i64) -> Result<()> {
     sqlx::query(AssertSqlSafe(d.sql(
         "INSERT INTO commands (command_id, name, description, command_type, content, working_dir, timeout_secs, \
-         enable_parameter, username, created_at, visible) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+         enable_parameter, username, created_at, visible, invoke_times) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
     )))
     .bind(&c.command_id)
     .bind(&c.name)
@@ -272,6 +273,7 @@ async fn insert_command(tx: &mut Transaction<'static, Any>, d: Dialect, c: &Comm
     .bind(&c.username)
     .bind(&c.created_at)
     .bind(c.visible as i64)
+    .bind(invoke_times)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -527,7 +529,7 @@ impl Store for SqlStore {
 
     async fn create_command(&self, c: &CommandRow) -> Result<()> {
         let mut tx = self.begin().await?;
-        insert_command(&mut tx, self.d, c).await?;
+        insert_command(&mut tx, self.d, c, 0).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -191,7 +191,8 @@ impl SqlStore {
     ) -> Result<()> {
         let mut tx = self.begin().await?;
         if let Some(cmd) = cmd {
-            super::insert_command(&mut tx, self.d, cmd).await?;
+            // Created with its one invocation: no separate count update.
+            super::insert_command(&mut tx, self.d, cmd, 1).await?;
         }
         // Fixed at creation (issue #16): which targets start settled
         // (matched while offline), which the window lets go now, and the
@@ -287,7 +288,12 @@ impl SqlStore {
             }
             q.execute(&mut *tx).await?;
         }
-        self.q("UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = ?").bind(&inv.command_id).execute(&mut *tx).await?;
+        if cmd.is_none() {
+            self.q("UPDATE commands SET invoke_times = invoke_times + 1 WHERE command_id = ?")
+                .bind(&inv.command_id)
+                .execute(&mut *tx)
+                .await?;
+        }
         if let Some(e) = audit {
             self.insert_audit(e).execute(&mut *tx).await?;
         }
