@@ -24,9 +24,7 @@ fn status(hub: &Hub, invoke_id: &str) -> String {
 /// directory where the scripts leave their marks.
 fn online() -> (Hub, Agent, String, tempfile::TempDir) {
     let hub = Hub::start();
-    let a = hub.agent();
-    let id = a.instance_id();
-    hub.wait_online(&id);
+    let (a, id) = hub.online_agent();
     (hub, a, id, tempfile::tempdir().unwrap())
 }
 

@@ -34,9 +34,7 @@ fn running(hub: &Hub, invoke_id: &str) {
 #[test]
 fn a_waiting_call_is_answered_when_its_result_changes() {
     let hub = Hub::start_with(&["--metrics-token", TOKEN]);
-    let agent = hub.agent();
-    let id = agent.instance_id();
-    hub.wait_online(&id);
+    let (_agent, id) = hub.online_agent();
     let marker = tempfile::tempdir().unwrap();
     let go = marker.path().join("go");
     let script = format!("while [ ! -e '{}' ]; do sleep 0.05; done; echo released", go.display());
@@ -72,9 +70,7 @@ fn a_waiting_call_is_answered_when_its_result_changes() {
 #[test]
 fn a_wait_ends_at_its_deadline_and_bad_values_are_refused() {
     let hub = Hub::start();
-    let agent = hub.agent();
-    let id = agent.instance_id();
-    hub.wait_online(&id);
+    let (_agent, id) = hub.online_agent();
     let invoke_id = hub.run("sleep 120", &[&id], &[("Timeout", "300")]);
     running(&hub, &invoke_id);
 

@@ -154,6 +154,14 @@ impl Hub {
         std::fs::read_to_string(self.dir.path().join("hub.log")).unwrap_or_default()
     }
 
+    /// An agent of this hub, online, and its instance id.
+    pub fn online_agent(&self) -> (Agent, String) {
+        let a = self.agent();
+        let id = a.instance_id();
+        self.wait_online(&id);
+        (a, id)
+    }
+
     /// Creates an activation and starts an agent registered with it.
     pub fn agent(&self) -> Agent {
         self.agent_via(&self.url.clone())
