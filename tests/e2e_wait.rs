@@ -93,3 +93,35 @@ fn a_wait_ends_at_its_deadline_and_bad_values_are_refused() {
     refused(&[("InstanceId", &id), ("WaitSeconds", "5")], "needs InvokeId");
     hub.call("StopInvocation", &[("InvokeId", &invoke_id)]).unwrap();
 }
+
+/// `deckhand run` (statuses only: `--json`) follows its run by waiting on
+/// the hub, not by polling: the hub shows the CLI's call held while the run
+/// goes on, and the CLI still ends with the run's result.
+#[test]
+fn the_cli_follows_a_run_by_waiting() {
+    let hub = Hub::start();
+    let (_agent, id) = hub.online_agent();
+    let marker = tempfile::tempdir().unwrap();
+    let go = marker.path().join("go");
+    let script = format!("while [ ! -e '{}' ]; do sleep 0.05; done; echo released", go.display());
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_deckhand"))
+        .args(["--endpoint", &hub.url, "--ca-file", hub.ca.to_str().unwrap()])
+        .args(["--access-key-id", harness::AK_ID, "--access-key-secret", harness::AK_SECRET])
+        .args(["--config", "/nonexistent/cli.json", "--json", "run", "-i", &id, "--timeout", "60s", "--", &script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // No metrics token: loopback peers may scrape.
+    let waiting = || {
+        let (code, body) = hub.client().get("/metrics", None).ok()?;
+        assert_eq!(code, 200, "{body}");
+        body.lines().find_map(|l| l.strip_prefix("deckhand_hub_api_waiting_calls ")?.parse::<f64>().ok())
+    };
+    wait_until("the CLI's call held by the hub", Duration::from_secs(30), || (waiting() == Some(1.0)).then_some(()));
+    std::fs::write(&go, b"").unwrap();
+    let out = cli.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["Results"][0]["InvocationStatus"], "Success", "{v}");
+}

@@ -10,6 +10,12 @@ use serde_json::Value;
 
 /// One API call never hangs the terminal longer than this.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// `WaitSeconds` when following a run (`deckhand run`, the latency bench):
+/// well inside [`CALL_TIMEOUT`], so a held call is answered before the
+/// client gives up on it.
+pub const FOLLOW_WAIT_SECONDS: i64 = 20;
+const _: () =
+    assert!((FOLLOW_WAIT_SECONDS as u64) + 5 < CALL_TIMEOUT.as_secs() && FOLLOW_WAIT_SECONDS <= crate::hub::changes::MAX_WAIT_SECONDS);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CliError {

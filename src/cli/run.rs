@@ -199,8 +199,16 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
     let single = args.instances.len() == 1 && !cli.json;
     let mut last: BTreeMap<String, String> = BTreeMap::new();
     let mut shown_live = 0usize;
+    // Statuses only (no live output to stream): the hub holds each call
+    // until a status changes (`WaitSeconds`, a deckhand extension), so the
+    // end shows at once and an idle run costs the hub one call in 20 s.
+    let mut params = vec![("InvokeId", invoke_id.clone()), ("PageSize", "50".into())];
+    if !single {
+        params.push(("WaitSeconds", super::client::FOLLOW_WAIT_SECONDS.to_string()));
+    }
     let results = loop {
-        let r = client.call("DescribeInvocationResults", &[("InvokeId", invoke_id.clone()), ("PageSize", "50".into())])?;
+        let asked = Instant::now();
+        let r = client.call("DescribeInvocationResults", &params)?;
         let inv = r.get("Invocation").cloned().unwrap_or(Value::Null);
         let list: Vec<Value> = items(&inv, "InvocationResults", "InvocationResult").into_iter().cloned().collect();
         for res in &list {
@@ -227,7 +235,9 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
         if Instant::now() > give_up {
             return Err(CliError::Usage(format!("gave up waiting for {invoke_id}; see `deckhand results {invoke_id}`")));
         }
-        std::thread::sleep(POLL);
+        // At most one call per POLL either way: a hub that does not know
+        // `WaitSeconds` answers at once, and is then polled as before.
+        std::thread::sleep(POLL.saturating_sub(asked.elapsed()));
     };
     if cli.json {
         println!("{}", serde_json::to_string_pretty(&serde_json::json!({"InvokeId": invoke_id, "Results": results})).expect("json"));

@@ -52,7 +52,7 @@ pub(super) fn run_and_wait(client: &Client, instance: &str, script: &str, timeou
     let mut calls = 0;
     let mut params = vec![("InvokeId", id.clone())];
     if follow == Follow::Wait {
-        params.push(("WaitSeconds", crate::hub::changes::MAX_WAIT_SECONDS.to_string()));
+        params.push(("WaitSeconds", crate::cli::client::FOLLOW_WAIT_SECONDS.to_string()));
     }
     loop {
         let r = client.call("DescribeInvocationResults", &params)?;
