@@ -322,9 +322,10 @@ pub struct Prepared {
     dir: PathBuf,
 }
 
-/// Prepares `dir` for `spec`: the first half of a [`launch`], which the
-/// agent runs beside its own journal sync of the run's start (issue #21:
-/// the two syncs overlap instead of following each other).
+/// Prepares `dir` for `spec`: the first half of starting a supervised run
+/// ([`Prepared::start`] is the second), which the agent runs beside its own
+/// journal sync of the run's start (issue #21: the two syncs overlap
+/// instead of following each other).
 pub fn prepare(dir: &Path, spec: &RunSpec) -> Result<Prepared, SuperviseError> {
     private_dir(dir)?;
     let lock = open_lock(dir)?;
@@ -346,7 +347,14 @@ pub fn prepare(dir: &Path, spec: &RunSpec) -> Result<Prepared, SuperviseError> {
 }
 
 impl Prepared {
-    /// Starts the supervisor on the prepared directory, handing it the lock.
+    /// Starts a supervisor for the prepared directory with `program` (the
+    /// agent's own binary), handing it the lock. Returns once the
+    /// supervisor process exists; it is reaped by a background task while
+    /// the agent lives, which fires the returned [`Exited`] when it ends
+    /// (its result is on disk by then), so [`watch`] reads the result at
+    /// once instead of at its next poll. With `scope`, the supervisor
+    /// starts in a systemd scope of its own ([`super::scope`]), outside the
+    /// agent's cgroup.
     pub fn start(self, program: &Path, scope: Option<&super::scope::Scope>) -> Result<Exited, SuperviseError> {
         let Prepared { lock, dir } = self;
         let dir = dir.as_path();
@@ -395,17 +403,6 @@ impl Prepared {
         });
         Ok(rx)
     }
-}
-
-/// Prepares `dir` for `spec` and starts a supervisor for it with `program`
-/// (the agent's own binary). Returns once the supervisor process exists;
-/// it is reaped by a background task while the agent lives, which fires
-/// the returned [`Exited`] when it ends (its result is on disk by then), so
-/// [`watch`] reads the result at once instead of at its next poll.
-/// With `scope`, the supervisor starts in a systemd scope of its own
-/// ([`super::scope`]), outside the agent's cgroup.
-pub fn launch(program: &Path, dir: &Path, spec: &RunSpec, scope: Option<&super::scope::Scope>) -> Result<Exited, SuperviseError> {
-    prepare(dir, spec)?.start(program, scope)
 }
 
 /// [`prepare`] on a blocking thread: its writes and fsync must not stall
@@ -487,7 +484,7 @@ fn unreadable(e: &SuperviseError) -> Watched {
 /// `from_end`: the hub already showed the rest before a restart), turns
 /// `stop` into a stop file, and returns the outcome.
 ///
-/// `exited` (from [`launch`]; `None` for a run re-attached after a restart,
+/// `exited` (from [`Prepared::start`]; `None` for a run re-attached after a restart,
 /// whose supervisor is not our child) wakes the loop when the supervisor
 /// ends; polling remains the fallback.
 pub async fn watch(
