@@ -166,3 +166,43 @@ fn three_replicas_twenty_agents_survive_a_replica_kill() {
     drop(agents);
     rt.block_on(db.drop_db());
 }
+
+/// `WaitSeconds` on a replica that does not hold the agent: the result is
+/// committed by the other replica, whose announcement this one never hears;
+/// its waiting call still answers with the final result, through its
+/// once-a-second re-read, long before its deadline.
+#[test]
+fn a_waiting_call_on_another_replica_sees_the_result() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let Some(db) = rt.block_on(pg::TestDb::create("e2e_replicas::a_waiting_call_on_another_replica_sees_the_result")) else { return };
+    let store = ["--store", db.url.as_str()];
+    let a = Hub::start_with(&store);
+    let b = Hub::start_replica(&a, &store);
+    // The agent knows only A: every report is committed by A.
+    let agent = a.agent();
+    let id = agent.instance_id();
+    a.wait_online(&id);
+    let marks = tempfile::tempdir().unwrap();
+    let go = marks.path().join("go");
+    let inv = a.run(&format!("while [ ! -e '{}' ]; do sleep 0.05; done", go.display()), &[&id], &[("Timeout", "60")]);
+    wait_until("Running, read through B", WAIT, || (statuses(&b, &inv).get(&id).map(String::as_str) == Some("Running")).then_some(()));
+    let client = b.client();
+    let asked = inv.clone();
+    let waiter = std::thread::spawn(move || {
+        let t0 = std::time::Instant::now();
+        let v = client.call("DescribeInvocationResults", &[("InvokeId", asked), ("WaitSeconds", "25".to_string())]);
+        (v, t0.elapsed())
+    });
+    // B holds the call (loopback peers may read its /metrics) before the run ends.
+    let waiting = || {
+        let (_, body) = b.client().get("/metrics", None).ok()?;
+        body.lines().find_map(|l| l.strip_prefix("deckhand_hub_api_waiting_calls ")?.parse::<f64>().ok())
+    };
+    wait_until("B holding the call", WAIT, || (waiting() == Some(1.0)).then_some(()));
+    std::fs::write(&go, b"").unwrap();
+    let (v, took) = waiter.join().unwrap();
+    let v = v.expect("waiting call on B");
+    let result = &v["Invocation"]["InvocationResults"]["InvocationResult"][0];
+    assert_eq!(result["InvokeRecordStatus"], "Finished", "{v}");
+    assert!(took < Duration::from_secs(15), "B answered at its deadline, not by re-reading: {took:?}");
+}
