@@ -137,6 +137,7 @@ fn start_peer(spec: &PeerSpec, dir: &Path) -> Result<Subject, CliError> {
     std::fs::create_dir_all(&scratch).map_err(err)?;
     let log = std::fs::File::create(scratch.join("out.log")).map_err(err)?;
     let mut cmd = Command::new(&spec.program);
+    procs::dies_with_bench(&mut cmd);
     cmd.args(&spec.args).current_dir(&scratch).env("HOME", &scratch).stdin(Stdio::null()).stdout(log.try_clone().map_err(err)?).stderr(log);
     #[cfg(unix)]
     {

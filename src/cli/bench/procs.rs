@@ -59,6 +59,32 @@ impl Drop for Proc {
     }
 }
 
+/// Makes `cmd`'s process end with the bench, even when the bench is killed
+/// (Ctrl-C, SIGKILL): otherwise a hub and its agents outlive an interrupted
+/// bench. Linux's parent-death signal, set between fork and exec; it
+/// follows the thread that forked, and every bench starts its processes
+/// from its main thread, which lives as long as the bench.
+pub fn dies_with_bench(cmd: &mut Command) -> &mut Command {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let bench = std::process::id();
+        // SAFETY: between fork and exec only two system calls (prctl,
+        // getppid), on a value computed before the fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGTERM).map_err(std::io::Error::from)?;
+                // The bench ended before the signal was armed: do not start.
+                if std::os::unix::process::parent_id() != bench {
+                    return Err(std::io::Error::other("the bench has exited"));
+                }
+                Ok(())
+            });
+        }
+    }
+    cmd
+}
+
 pub fn wait_file(path: &Path, timeout: Duration) -> Result<String, CliError> {
     let deadline = Instant::now() + timeout;
     loop {
@@ -86,7 +112,7 @@ pub fn start_hub(dir: &Path, extra: &[&str]) -> Result<BenchHub, CliError> {
     let pki = crate::tls::ensure_dev_pki(dir).map_err(|e| CliError::Usage(format!("bench: {e}")))?;
     let key = ("LTAIbench".to_string(), uuid::Uuid::new_v4().simple().to_string());
     let addr_file = dir.join("hub.addr");
-    let child = Command::new(sibling("deckhand-hub")?)
+    let child = dies_with_bench(&mut Command::new(sibling("deckhand-hub")?))
         .args(["--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir.join("hub-data"))
         .arg("--tls-cert")
@@ -159,7 +185,7 @@ pub fn start_agents_of(
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let state = dir.join(format!("agent-{i}"));
-        let child = Command::new(program)
+        let child = dies_with_bench(&mut Command::new(program))
             .args(["run", "--hub", &hub.url, "--ca-file"])
             .arg(&hub.ca)
             .arg("--state-dir")
