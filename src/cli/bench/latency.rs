@@ -97,7 +97,9 @@ fn series(client: &Client, instance: &str, hub_pid: u32, agent_pid: u32, runs: u
     let mut lat = Vec::with_capacity(runs);
     let mut calls = 0u64;
     let mut last = String::new();
-    let (hub_cpu0, agent_cpu0) = (procs::cpu_time_fine(hub_pid), procs::cpu_time(agent_pid));
+    // Whole-process ticks: over a series of seconds, threads of the hub
+    // may end (idle blocking threads), and `cpu_time_fine` counts only live ones.
+    let (hub_cpu0, agent_cpu0) = (procs::cpu_time(hub_pid), procs::cpu_time(agent_pid));
     for _ in 0..runs {
         let m = run_and_wait(client, instance, "true", Duration::from_secs(30), follow)?;
         lat.push(m.took);
@@ -105,7 +107,7 @@ fn series(client: &Client, instance: &str, hub_pid: u32, agent_pid: u32, runs: u
         last = m.invoke_id;
     }
     let n = runs.max(1) as u32;
-    let hub_cpu = procs::cpu_time_fine(hub_pid).saturating_sub(hub_cpu0) / n;
+    let hub_cpu = procs::cpu_time(hub_pid).saturating_sub(hub_cpu0) / n;
     let agent_cpu = procs::cpu_time(agent_pid).saturating_sub(agent_cpu0) / n;
     lat.sort();
     Ok(Series { lat, calls_per_run: calls as f64 / f64::from(n), hub_cpu, agent_cpu, last })
