@@ -172,6 +172,26 @@ pub fn latency(runs: usize, store: Option<&str>) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `deckhand bench describe`: only the Describe cost, on its own hub.
+pub fn describe(calls: usize, store: Option<&str>) -> Result<(), CliError> {
+    let dir = tempfile::tempdir().map_err(err)?;
+    let (store_args, store_name) = super::store_args(store);
+    println!("  hub store: {store_name}");
+    let hub = procs::start_hub(dir.path(), &store_args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let client = hub.client()?;
+    let (_agent, instance) = start_agent(&hub, dir.path(), &client)?;
+    let m = run_and_wait(&client, &instance, "true", Duration::from_secs(30), Follow::Poll)?;
+    // Warm up the connection and the hub's caches.
+    describe_cost(&client, hub.proc.pid(), &m.invoke_id, 50)?;
+    let (cpu, wall) = describe_cost(&client, hub.proc.pid(), &m.invoke_id, calls)?;
+    println!(
+        "DescribeInvocationResults by id ({calls} calls): hub CPU {:.3} ms per call (threads' schedstat, ns); one call costs the client {:.3} ms wall",
+        ms(cpu),
+        ms(wall)
+    );
+    Ok(())
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }

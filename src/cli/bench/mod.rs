@@ -51,6 +51,15 @@ pub enum BenchCmd {
         #[arg(long)]
         store: Option<String>,
     },
+    /// Hub CPU of one `DescribeInvocationResults` by id (a settled run of
+    /// one target), over many sequential calls: long enough to profile.
+    Describe {
+        #[arg(long, default_value_t = 5000)]
+        calls: usize,
+        /// Hub store (`postgres://…`); default: SQLite in a temporary directory.
+        #[arg(long)]
+        store: Option<String>,
+    },
     /// Agent RSS, PSS, threads and CPU: idle (beside any `--peer` agents,
     /// in the same window), then 8 concurrent scripts, one printing 1 GiB.
     Footprint {
@@ -123,6 +132,7 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
             rt()?.block_on(fanout::run(*agents, store.as_deref(), rollout.as_deref(), shape))
         }
         BenchCmd::Latency { runs, store } => latency::latency(*runs, store.as_deref()),
+        BenchCmd::Describe { calls, store } => latency::describe(*calls, store.as_deref()),
         BenchCmd::Footprint { secs, peer, agent, settle_secs } => {
             footprint::run(Duration::from_secs(*secs), peer, agent, Duration::from_secs(*settle_secs))
         }
@@ -139,6 +149,7 @@ pub fn run(cmd: &BenchCmd) -> Result<(), CliError> {
             // lists on top of the first), so only the targets differ.
             rt()?.block_on(listing::run(50, 200, None))?;
             latency::latency(20, None)?;
+            latency::describe(50, None)?;
             sendfile::run(1, 2)?;
             footprint::run(Duration::from_secs(2), &[], &[], Duration::ZERO)
         }

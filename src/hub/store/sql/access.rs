@@ -148,7 +148,7 @@ impl SqlStore {
         // row, the comparison is NULL and nothing is deleted.
         let keep = i64::try_from(keep).unwrap_or(i64::MAX);
         let over = self
-            .q("DELETE FROM audit_events WHERE (at, event_id) <= (SELECT at, event_id FROM audit_events ORDER BY at DESC, event_id DESC LIMIT 1 OFFSET ?)")
+            .q(concat!("DELETE FROM audit_events WHERE (at, event_id) <= (SELECT at, event_id FROM audit_events ORDER BY at DESC, event_id DESC LIMIT 1 OFFSET ", bound_count!(), ")"))
             .bind(keep)
             .execute(&self.writes)
             .await?;

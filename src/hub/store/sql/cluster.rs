@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::super::*;
 use super::rows::{col, key, placeholders, status_col};
-use super::{Dialect, SqlStore};
+use super::{Dialect, SqlStore, bound_count};
 
 /// The one NOTIFY channel every replica listens on.
 const CHANNEL: &str = "deckhand";
@@ -78,10 +78,13 @@ impl SqlStore {
         // Owed: a target never delivered (still in the created state), or
         // a stop not yet confirmed.
         let rows = self
-            .q("SELECT t.instance_id, t.invoke_id, t.status FROM targets t \
+            .q(concat!(
+                "SELECT t.instance_id, t.invoke_id, t.status FROM targets t \
                 JOIN instances inst ON inst.instance_id = t.instance_id AND inst.hub_id = ? AND inst.online = 1 \
                 WHERE ((t.status = ? AND t.delivered = 0 AND t.released = 1) OR t.status = ?) AND t.updated_at < ? \
-                ORDER BY t.updated_at LIMIT ?")
+                ORDER BY t.updated_at LIMIT ",
+                bound_count!()
+            ))
             .bind(hub_id)
             .bind(crate::lifecycle::TargetState::CREATED.status.as_str())
             .bind(InvocationStatus::Stopping.as_str())

@@ -20,7 +20,7 @@ use sqlx::{Any, AssertSqlSafe, Transaction};
 
 use super::super::*;
 use super::SqlStore;
-use super::dialect::Dialect;
+use super::dialect::{Dialect, bound_count};
 use super::rows::{col, key, status_col};
 use crate::lifecycle::{ErrorCode, InvocationStatus, RepeatMode};
 
@@ -192,10 +192,11 @@ async fn advance(
             (st.waiting, FireDecision::Denied { code: ErrorCode::MaxErrorsExceeded, info }, FireState::Denied)
         }
     };
-    let rows = sqlx::query(AssertSqlSafe(d.sql(
+    let rows = sqlx::query(AssertSqlSafe(d.sql(concat!(
         "SELECT instance_id, record_seq FROM fires WHERE invoke_id = ? AND fire_at = ? AND state = ? \
-         ORDER BY requested_at, instance_id LIMIT ?",
-    )))
+         ORDER BY requested_at, instance_id LIMIT ",
+        bound_count!()
+    ))))
     .bind(invoke_id)
     .bind(fire_at)
     .bind(FireState::Waiting.as_str())
@@ -449,7 +450,10 @@ impl SqlStore {
         // Newest fires first: a fire whose agent went away waits until that
         // agent asks about a later one, and must not crowd out live fires.
         let rows = self
-            .q("SELECT DISTINCT invoke_id, fire_at FROM fires WHERE state = ? ORDER BY fire_at DESC, invoke_id LIMIT ?")
+            .q(concat!(
+                "SELECT DISTINCT invoke_id, fire_at FROM fires WHERE state = ? ORDER BY fire_at DESC, invoke_id LIMIT ",
+                bound_count!()
+            ))
             .bind(FireState::Waiting.as_str())
             .bind(ADVANCE_BATCH)
             .fetch_all(&self.pool)

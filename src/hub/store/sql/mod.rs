@@ -26,7 +26,7 @@ mod updates;
 mod window;
 mod writes;
 
-use dialect::Dialect;
+use dialect::{Dialect, bound_count};
 pub use reports::to_wire;
 use rows::*;
 
@@ -74,6 +74,9 @@ const WRITE_CACHE_KIB: u32 = 2000;
 /// sessions of one replica; N replicas use N times this (size the server's
 /// `max_connections` accordingly).
 const POSTGRES_POOL: u32 = 16;
+/// A pooled PostgreSQL connection idle longer than this is pinged before
+/// it is used again.
+const POSTGRES_PING_IDLE: Duration = Duration::from_secs(30);
 /// A writer waits this long for a lock or a pooled connection before
 /// failing the request.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -125,6 +128,11 @@ impl SqlStore {
             PoolOptions::<Any>::new()
                 .max_connections(max)
                 .acquire_timeout(BUSY_TIMEOUT)
+                // A file on this host does not go stale while pooled; the
+                // ping sqlx sends before each use by default was one more
+                // hand-off to the connection's worker thread per query
+                // (issue #21).
+                .test_before_acquire(false)
                 .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
                 .after_connect(move |conn, _| {
                     Box::pin(async move {
@@ -157,6 +165,19 @@ impl SqlStore {
         let pool = PoolOptions::<Any>::new()
             .max_connections(POSTGRES_POOL)
             .acquire_timeout(BUSY_TIMEOUT)
+            // A round trip to the server before every query (sqlx's default)
+            // only for connections idle long enough for a server restart or
+            // a dropped TCP session to have gone unnoticed (issue #21).
+            .test_before_acquire(false)
+            .before_acquire(|conn, meta| {
+                Box::pin(async move {
+                    if meta.idle_for > POSTGRES_PING_IDLE {
+                        use sqlx::Connection;
+                        conn.ping().await?;
+                    }
+                    Ok(true)
+                })
+            })
             .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
             .connect(url)
             .await?;
@@ -187,7 +208,8 @@ impl SqlStore {
     /// total count of `from_where`; `binds` fill its placeholders in order.
     async fn page_of(&self, select: &str, from_where: &str, order: &str, binds: &[String], page: Page) -> Result<(Vec<AnyRow>, i64)> {
         let mut count = self.qs::<i64>(&format!("SELECT COUNT(*) {from_where}"));
-        let mut rows = self.q(&format!("SELECT {select} {from_where} ORDER BY {order} LIMIT ? OFFSET ?"));
+        let mut rows = self
+            .q(&format!(concat!("SELECT {} {} ORDER BY {} LIMIT ", bound_count!(), " OFFSET ", bound_count!()), select, from_where, order));
         for b in binds {
             count = count.bind(b);
             rows = rows.bind(b);
@@ -441,7 +463,7 @@ impl Store for SqlStore {
 
     async fn instances_after(&self, after: &str, limit: i64) -> Result<Vec<InstanceRow>> {
         let rows = self
-            .q("SELECT * FROM instances WHERE instance_id > ? ORDER BY instance_id LIMIT ?")
+            .q(concat!("SELECT * FROM instances WHERE instance_id > ? ORDER BY instance_id LIMIT ", bound_count!()))
             .bind(after)
             .bind(limit)
             .fetch_all(&self.pool)
@@ -634,7 +656,7 @@ impl Store for SqlStore {
     async fn some_targets(&self, invoke_id: &str, limit: i64, with_output: bool) -> Result<Vec<TargetRow>> {
         let cols = if with_output { format!("{TARGET_COLS}, t.output") } else { TARGET_COLS.to_string() };
         let rows = self
-            .q(&format!("SELECT {cols} FROM targets t WHERE t.invoke_id = ? ORDER BY t.instance_id LIMIT ?"))
+            .q(&format!(concat!("SELECT {} FROM targets t WHERE t.invoke_id = ? ORDER BY t.instance_id LIMIT ", bound_count!()), cols))
             .bind(invoke_id)
             .bind(limit)
             .fetch_all(&self.pool)

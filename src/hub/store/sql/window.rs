@@ -15,7 +15,7 @@ use sqlx::{Any, AssertSqlSafe, Transaction};
 
 use super::super::*;
 use super::SqlStore;
-use super::dialect::Dialect;
+use super::dialect::{Dialect, bound_count};
 use super::rows::{col, status_col};
 use super::writes::{Moved, move_target};
 use crate::lifecycle::{Event, TargetState};
@@ -53,10 +53,11 @@ async fn standing(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &st
 
 /// Held targets of one invocation, in release order (instance id), at most `limit`.
 async fn held(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str, limit: i64) -> Result<Vec<String>> {
-    let ids = sqlx::query_scalar(AssertSqlSafe(d.sql(
+    let ids = sqlx::query_scalar(AssertSqlSafe(d.sql(concat!(
         "SELECT instance_id FROM targets WHERE invoke_id = ? AND released = 0 AND status = ? AND delivered = 0 \
-         ORDER BY instance_id LIMIT ?",
-    )))
+         ORDER BY instance_id LIMIT ",
+        bound_count!()
+    ))))
     .bind(invoke_id)
     .bind(TargetState::CREATED.status.as_str())
     .bind(limit)
@@ -170,7 +171,10 @@ async fn halt(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str, e
 impl SqlStore {
     pub(super) async fn advance_windows_impl(&self) -> Result<Vec<Released>> {
         let ids: Vec<String> = self
-            .qs("SELECT DISTINCT invoke_id FROM targets WHERE released = 0 AND status = ? AND delivered = 0 ORDER BY invoke_id LIMIT ?")
+            .qs(concat!(
+                "SELECT DISTINCT invoke_id FROM targets WHERE released = 0 AND status = ? AND delivered = 0 ORDER BY invoke_id LIMIT ",
+                bound_count!()
+            ))
             .bind(TargetState::CREATED.status.as_str())
             .bind(ADVANCE_BATCH)
             .fetch_all(&self.pool)
