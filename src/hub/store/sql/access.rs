@@ -56,7 +56,7 @@ impl SqlStore {
     }
 
     pub(super) async fn get_access_key_impl(&self, id: &str) -> Result<Option<AccessKeyRow>> {
-        let row = self.q("SELECT * FROM access_keys WHERE key_id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let row = self.q("SELECT * FROM access_keys WHERE key_id = ?").bind(id).fetch_optional(&mut *self.reads.get().await?).await?;
         row.as_ref().map(key_from).transpose()
     }
 

@@ -58,7 +58,7 @@ impl SqlStore {
         for s in &open {
             q = q.bind(s.as_str());
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&mut *self.reads.get().await?).await?;
         rows.iter()
             .map(|r| {
                 let id: String = key(r, "targets", "instance_id")?;
@@ -90,7 +90,7 @@ impl SqlStore {
             .bind(InvocationStatus::Stopping.as_str())
             .bind(cutoff)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reads.get().await?)
             .await?;
         rows.iter()
             .map(|r| {

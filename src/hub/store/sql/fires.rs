@@ -456,7 +456,7 @@ impl SqlStore {
             ))
             .bind(FireState::Waiting.as_str())
             .bind(ADVANCE_BATCH)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reads.get().await?)
             .await?;
         let mut out = Vec::new();
         for row in rows {
@@ -480,7 +480,7 @@ impl SqlStore {
             .bind(FireState::Granted.as_str())
             .bind(FireState::Denied.as_str())
             .bind(since)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reads.get().await?)
             .await?;
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {

@@ -6,6 +6,7 @@
 //! defaults (`fsync`, `synchronous_commit` on). Queries are written once;
 //! [`dialect`] holds the differences.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -20,6 +21,7 @@ mod batch;
 mod cluster;
 mod dialect;
 mod fires;
+mod readers;
 mod reports;
 mod rows;
 mod updates;
@@ -57,9 +59,10 @@ fn target_where(f: &InvocationFilter, statuses: &[InvocationStatus], status_expr
 
 use super::*;
 
-/// SQLite: four connections for reads (WAL lets them run beside the
-/// writer), and one more that every write goes through (`writes`).
-const SQLITE_POOL: u32 = 4;
+/// SQLite: four connections for reads, held by the store (`readers`; WAL
+/// lets them run beside the writer), and one more that every write goes
+/// through (`writes`).
+const SQLITE_READERS: usize = 4;
 /// SQLite page cache of each read connection, KiB. Reads are point
 /// lookups and short pages, and the OS keeps the file's pages cached:
 /// SQLite's default (2 MiB a connection, 8 MiB for the pool) held up to
@@ -90,7 +93,7 @@ const MIGRATION_LOCK: i64 = 0x6465_636b_6861_6e64; // "deckhand"
 #[derive(Clone)]
 pub struct SqlStore {
     /// Reads (and, on PostgreSQL, writes).
-    pool: sqlx::Pool<Any>,
+    reads: Arc<readers::Readers>,
     /// Every write: on SQLite one connection, so writers queue here (woken
     /// as soon as the one before commits) instead of in SQLite's busy
     /// handler, which sleeps 1 to 100 ms between tries (issue #21: a
@@ -124,32 +127,34 @@ impl SqlStore {
     pub async fn open_sqlite(path: &std::path::Path) -> Result<Self> {
         sqlx::any::install_default_drivers();
         let url = format!("sqlite://{}?mode=rwc", path.display());
-        let options = |max: u32, cache_kib: u32| {
-            PoolOptions::<Any>::new()
-                .max_connections(max)
-                .acquire_timeout(BUSY_TIMEOUT)
-                // A file on this host does not go stale while pooled; the
-                // ping sqlx sends before each use by default was one more
-                // hand-off to the connection's worker thread per query
-                // (issue #21).
-                .test_before_acquire(false)
-                .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
-                .after_connect(move |conn, _| {
-                    Box::pin(async move {
-                        // Durability, locking and cache settings are per connection.
-                        let pragmas = format!(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
-                             PRAGMA busy_timeout = 10000; PRAGMA cache_size = -{cache_kib};"
-                        );
-                        conn.execute(sqlx::AssertSqlSafe(pragmas)).await?;
-                        Ok(())
-                    })
-                })
+        // Durability, locking and cache settings are per connection.
+        let pragmas = |cache_kib: u32| {
+            format!(
+                "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON; \
+                 PRAGMA busy_timeout = 10000; PRAGMA cache_size = -{cache_kib};"
+            )
         };
-        let pool = options(SQLITE_POOL, READ_CACHE_KIB).connect(&url).await?;
-        let writes = options(1, WRITE_CACHE_KIB).connect(&url).await?;
+        let write_pragmas = pragmas(WRITE_CACHE_KIB);
+        let writes = PoolOptions::<Any>::new()
+            .max_connections(1)
+            .acquire_timeout(BUSY_TIMEOUT)
+            // A file on this host does not go stale while pooled; the ping
+            // sqlx sends before each use by default was one more hand-off
+            // to the connection's worker thread per transaction (issue #21).
+            .test_before_acquire(false)
+            .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
+            .after_connect(move |conn, _| {
+                let pragmas = write_pragmas.clone();
+                Box::pin(async move {
+                    conn.execute(sqlx::AssertSqlSafe(pragmas)).await?;
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await?;
+        let reads = readers::Held::open(&url, SQLITE_READERS, &pragmas(READ_CACHE_KIB), BUSY_TIMEOUT).await?;
         let store = Self {
-            pool,
+            reads: Arc::new(readers::Readers::Held(reads)),
             writes,
             d: Dialect::Sqlite,
             url: String::new(),
@@ -183,7 +188,7 @@ impl SqlStore {
             .await?;
         let store = Self {
             writes: pool.clone(),
-            pool,
+            reads: Arc::new(readers::Readers::Pool(pool)),
             d: Dialect::Postgres,
             url: url.to_string(),
             released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0,
@@ -215,9 +220,9 @@ impl SqlStore {
             rows = rows.bind(b);
         }
         if page.limit <= 0 {
-            return Ok((Vec::new(), count.fetch_one(&self.pool).await?));
+            return Ok((Vec::new(), count.fetch_one(&mut *self.reads.get().await?).await?));
         }
-        let rows = rows.bind(page.limit).bind(page.offset).fetch_all(&self.pool).await?;
+        let rows = rows.bind(page.limit).bind(page.offset).fetch_all(&mut *self.reads.get().await?).await?;
         // A short page that is not past the end already tells the total:
         // the count query is skipped (issue #21: most calls, and every
         // poll of one invocation's results, read a single short page).
@@ -226,7 +231,7 @@ impl SqlStore {
             let total = page.offset + rows.len() as i64;
             return Ok((rows, total));
         }
-        Ok((rows, count.fetch_one(&self.pool).await?))
+        Ok((rows, count.fetch_one(&mut *self.reads.get().await?).await?))
     }
 
     async fn begin(&self) -> Result<Transaction<'static, Any>> {
@@ -374,7 +379,7 @@ impl Store for SqlStore {
     }
 
     async fn get_activation(&self, id: &str) -> Result<Option<ActivationRow>> {
-        let r = self.q("SELECT * FROM activations WHERE activation_id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let r = self.q("SELECT * FROM activations WHERE activation_id = ?").bind(id).fetch_optional(&mut *self.reads.get().await?).await?;
         r.as_ref().map(activation_from).transpose()
     }
 
@@ -431,7 +436,7 @@ impl Store for SqlStore {
     }
 
     async fn get_instance(&self, id: &str) -> Result<Option<InstanceRow>> {
-        let r = self.q("SELECT * FROM instances WHERE instance_id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let r = self.q("SELECT * FROM instances WHERE instance_id = ?").bind(id).fetch_optional(&mut *self.reads.get().await?).await?;
         r.as_ref().map(instance_from).transpose()
     }
 
@@ -466,7 +471,7 @@ impl Store for SqlStore {
             .q(concat!("SELECT * FROM instances WHERE instance_id > ? ORDER BY instance_id LIMIT ", bound_count!()))
             .bind(after)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reads.get().await?)
             .await?;
         rows.iter().map(instance_from).collect()
     }
@@ -557,7 +562,7 @@ impl Store for SqlStore {
     }
 
     async fn get_command(&self, id: &str) -> Result<Option<CommandRow>> {
-        let r = self.q("SELECT * FROM commands WHERE command_id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let r = self.q("SELECT * FROM commands WHERE command_id = ?").bind(id).fetch_optional(&mut *self.reads.get().await?).await?;
         r.as_ref().map(command_from).transpose()
     }
 
@@ -610,12 +615,18 @@ impl Store for SqlStore {
     }
 
     async fn find_by_client_token(&self, token: &str) -> Result<Option<String>> {
-        Ok(self.qs("SELECT invoke_id FROM invocations WHERE client_token = ? LIMIT 1").bind(token).fetch_optional(&self.pool).await?)
+        Ok(self
+            .qs("SELECT invoke_id FROM invocations WHERE client_token = ? LIMIT 1")
+            .bind(token)
+            .fetch_optional(&mut *self.reads.get().await?)
+            .await?)
     }
 
     async fn state_counts(&self) -> Result<StateCounts> {
-        let rows =
-            self.q("SELECT invocation_status, COUNT(*) AS n FROM invocations GROUP BY invocation_status").fetch_all(&self.pool).await?;
+        let rows = self
+            .q("SELECT invocation_status, COUNT(*) AS n FROM invocations GROUP BY invocation_status")
+            .fetch_all(&mut *self.reads.get().await?)
+            .await?;
         let mut invocations = Vec::with_capacity(rows.len());
         for r in &rows {
             let s: String = col(r, "invocations", "invocation_status", "(all)")?;
@@ -633,12 +644,12 @@ impl Store for SqlStore {
             .map(|s| s.count_column())
             .map(|c| format!("CAST(COALESCE(SUM({c}), 0) AS BIGINT) AS {c}"))
             .collect();
-        let row = self.q(&format!("SELECT {} FROM invocations", sums.join(", "))).fetch_one(&self.pool).await?;
+        let row = self.q(&format!("SELECT {} FROM invocations", sums.join(", "))).fetch_one(&mut *self.reads.get().await?).await?;
         Ok(StateCounts { invocations, targets: counts_from(&row, "(all)")? })
     }
 
     async fn get_invocation(&self, id: &str) -> Result<Option<InvocationRow>> {
-        let r = self.q("SELECT * FROM invocations WHERE invoke_id = ?").bind(id).fetch_optional(&self.pool).await?;
+        let r = self.q("SELECT * FROM invocations WHERE invoke_id = ?").bind(id).fetch_optional(&mut *self.reads.get().await?).await?;
         r.as_ref().map(invocation_from).transpose()
     }
 
@@ -649,7 +660,11 @@ impl Store for SqlStore {
     }
 
     async fn targets(&self, invoke_id: &str) -> Result<Vec<TargetRow>> {
-        let rows = self.q("SELECT * FROM targets WHERE invoke_id = ? ORDER BY instance_id").bind(invoke_id).fetch_all(&self.pool).await?;
+        let rows = self
+            .q("SELECT * FROM targets WHERE invoke_id = ? ORDER BY instance_id")
+            .bind(invoke_id)
+            .fetch_all(&mut *self.reads.get().await?)
+            .await?;
         rows.iter().map(|r| target_from(r, true)).collect()
     }
 
@@ -659,7 +674,7 @@ impl Store for SqlStore {
             .q(&format!(concat!("SELECT {} FROM targets t WHERE t.invoke_id = ? ORDER BY t.instance_id LIMIT ", bound_count!()), cols))
             .bind(invoke_id)
             .bind(limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reads.get().await?)
             .await?;
         rows.iter().map(|r| target_from(r, with_output)).collect()
     }
@@ -704,7 +719,7 @@ impl Store for SqlStore {
             .q("SELECT * FROM records WHERE invoke_id = ? AND instance_id = ? ORDER BY record_seq")
             .bind(invoke_id)
             .bind(instance_id)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reads.get().await?)
             .await?;
         rows.iter().map(record_from).collect()
     }
@@ -723,7 +738,7 @@ impl Store for SqlStore {
         for s in &open {
             q = q.bind(s.as_str());
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&mut *self.reads.get().await?).await?;
         rows.iter()
             .map(|r| {
                 let inv = invocation_from(r)?;
@@ -797,13 +812,18 @@ impl Store for SqlStore {
     }
 
     async fn file_content(&self, sha256: &str) -> Result<Option<FileContent>> {
-        let Some(r) = self.q("SELECT size, verified FROM file_contents WHERE sha256 = ?").bind(sha256).fetch_optional(&self.pool).await?
+        let Some(r) = self
+            .q("SELECT size, verified FROM file_contents WHERE sha256 = ?")
+            .bind(sha256)
+            .fetch_optional(&mut *self.reads.get().await?)
+            .await?
         else {
             return Ok(None);
         };
         let size: i64 = col(&r, "file_contents", "size", sha256)?;
         let verified: i64 = col(&r, "file_contents", "verified", sha256)?;
-        let chunks_present: i64 = self.qs("SELECT COUNT(*) FROM file_chunks WHERE sha256 = ?").bind(sha256).fetch_one(&self.pool).await?;
+        let chunks_present: i64 =
+            self.qs("SELECT COUNT(*) FROM file_chunks WHERE sha256 = ?").bind(sha256).fetch_one(&mut *self.reads.get().await?).await?;
         Ok(Some(FileContent { size, chunks_present, verified: verified != 0 }))
     }
 
@@ -818,7 +838,7 @@ impl Store for SqlStore {
     }
 
     async fn file_store_bytes(&self) -> Result<i64> {
-        Ok(self.qs("SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM file_contents").fetch_one(&self.pool).await?)
+        Ok(self.qs("SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) FROM file_contents").fetch_one(&mut *self.reads.get().await?).await?)
     }
 
     async fn prune_file_contents(&self, cutoff: &str) -> Result<u64> {
@@ -866,7 +886,12 @@ impl Store for SqlStore {
     }
 
     async fn file_chunk(&self, sha256: &str, seq: i64) -> Result<Option<Vec<u8>>> {
-        Ok(self.qs("SELECT data FROM file_chunks WHERE sha256 = ? AND seq = ?").bind(sha256).bind(seq).fetch_optional(&self.pool).await?)
+        Ok(self
+            .qs("SELECT data FROM file_chunks WHERE sha256 = ? AND seq = ?")
+            .bind(sha256)
+            .bind(seq)
+            .fetch_optional(&mut *self.reads.get().await?)
+            .await?)
     }
 
     async fn file_chunk_for(&self, invoke_id: &str, instance_id: &str, seq: i64) -> Result<Option<Vec<u8>>> {
@@ -874,7 +899,7 @@ impl Store for SqlStore {
                    JOIN targets t ON t.invoke_id = i.invoke_id AND t.instance_id = ? \
                    JOIN file_chunks c ON c.sha256 = i.file_sha256 AND c.seq = ? \
                    WHERE i.invoke_id = ? AND i.file_sha256 <> ''";
-        Ok(self.qs(sql).bind(instance_id).bind(seq).bind(invoke_id).fetch_optional(&self.pool).await?)
+        Ok(self.qs(sql).bind(instance_id).bind(seq).bind(invoke_id).fetch_optional(&mut *self.reads.get().await?).await?)
     }
 
     async fn create_access_key(&self, k: &AccessKeyRow) -> Result<()> {
@@ -919,7 +944,7 @@ impl Store for SqlStore {
 
     async fn overview(&self, since: &str) -> Result<Overview> {
         let mut out = Overview::default();
-        let rows = self.q("SELECT online, COUNT(*) AS n FROM instances GROUP BY online").fetch_all(&self.pool).await?;
+        let rows = self.q("SELECT online, COUNT(*) AS n FROM instances GROUP BY online").fetch_all(&mut *self.reads.get().await?).await?;
         for r in &rows {
             let n: i64 = col(r, "instances", "n", "overview")?;
             if col::<i64>(r, "instances", "online", "overview")? != 0 {
@@ -932,7 +957,7 @@ impl Store for SqlStore {
             .q("SELECT SUBSTR(created_at, 1, 13) AS hour, invocation_status, COUNT(*) AS n FROM invocations \
                 WHERE created_at >= ? GROUP BY SUBSTR(created_at, 1, 13), invocation_status ORDER BY hour")
             .bind(since)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reads.get().await?)
             .await?;
         for r in &rows {
             let status: String = col(r, "invocations", "invocation_status", "overview")?;

@@ -87,8 +87,12 @@ impl SqlStore {
     }
 
     pub(super) async fn update_progress_impl(&self) -> Result<(i64, i64)> {
-        let busy: i64 = self.qs("SELECT COUNT(*) FROM agent_updates WHERE state = ?").bind(IN_PROGRESS).fetch_one(&self.pool).await?;
-        let online: i64 = self.qs("SELECT COUNT(*) FROM instances WHERE online = 1").fetch_one(&self.pool).await?;
+        let busy: i64 = self
+            .qs("SELECT COUNT(*) FROM agent_updates WHERE state = ?")
+            .bind(IN_PROGRESS)
+            .fetch_one(&mut *self.reads.get().await?)
+            .await?;
+        let online: i64 = self.qs("SELECT COUNT(*) FROM instances WHERE online = 1").fetch_one(&mut *self.reads.get().await?).await?;
         Ok((busy, online))
     }
 
@@ -103,7 +107,7 @@ impl SqlStore {
             q = q.bind(id.as_str());
         }
         let mut out = Vec::new();
-        for r in q.fetch_all(&self.pool).await? {
+        for r in q.fetch_all(&mut *self.reads.get().await?).await? {
             let id = key(&r, T, "instance_id")?;
             let version: String = col(&r, T, "version", &id)?;
             let state: String = col(&r, T, "state", &id)?;

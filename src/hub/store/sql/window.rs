@@ -177,7 +177,7 @@ impl SqlStore {
             ))
             .bind(TargetState::CREATED.status.as_str())
             .bind(ADVANCE_BATCH)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.reads.get().await?)
             .await?;
         let mut out = Vec::new();
         for invoke_id in ids {
