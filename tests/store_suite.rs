@@ -1296,3 +1296,37 @@ async fn one_batch_equals_the_same_ops_one_at_a_time(e: &Engine) {
         assert_eq!(x.len(), 1, "{id}");
     }
 }
+
+/// PostgreSQL: pooled connections the server ended while they sat idle
+/// (a restart, a failover, an idle-session timeout) are replaced before
+/// use, not handed to a request that then fails. The store skips sqlx's
+/// ping before every query and pings only connections idle for more than
+/// a second (issue #21).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_ended_while_idle_are_replaced() {
+    use sqlx::{Connection, Row};
+    let Some(e) = Engine::postgres("store_suite::postgres_connections_ended_while_idle_are_replaced").await else { return };
+    let store = e.open().await;
+    // Several reads at once, so the pool holds several connections.
+    let reads = futures_util::future::join_all((0..6).map(|_| store.get_instance("i-none"))).await;
+    assert!(reads.iter().all(|r| matches!(r, Ok(None))), "{:?}", reads.iter().find(|r| r.is_err()));
+    let url = &e.db.as_ref().expect("a PostgreSQL engine").url;
+    let mut admin = sqlx::postgres::PgConnection::connect(url).await.expect("admin connection");
+    let ended: i64 = sqlx::query(
+        "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+    )
+    .fetch_one(&mut admin)
+    .await
+    .expect("terminate the store's sessions")
+    .get(0);
+    assert!(ended >= 1, "the store held no session to end");
+    let _ = admin.close().await;
+    // Past the idle window: the pool must test each connection it hands out.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for n in 0..8 {
+        let r = store.get_instance("i-none").await;
+        assert!(matches!(r, Ok(None)), "read {n} after the server ended the pooled sessions: {:?}", r.err());
+    }
+    e.finish().await;
+}
