@@ -69,6 +69,7 @@ macro_rules! suite {
 
 suite!(
     migrations_are_idempotent_and_refuse_newer_schema,
+    sessions_in_one_batch_keep_their_order,
     activation_slots_hold_under_concurrent_registration,
     invocation_lifecycle_keeps_binary_output_and_ignores_duplicates,
     periodic_records_count_fires_and_keep_target_running,
@@ -540,6 +541,55 @@ async fn replicas_track_who_holds_each_agent(e: &Engine) {
     b.instance_disconnected("i-2", "hub-b", 1).await.unwrap();
     b.hub_alive("hub-b").await.unwrap();
     assert!(!a.get_instance("i-2").await.unwrap().unwrap().online);
+}
+
+/// Sessions starting and ending go through the group commit: within one
+/// batch each sees the ones queued before it, as separate writes would.
+async fn sessions_in_one_batch_keep_their_order(e: &Engine) {
+    let s = e.open().await;
+    activation(&s, "act", 10).await;
+    for i in ["i-1", "i-2", "i-3"] {
+        assert!(register(&s, "act", i).await);
+    }
+    let facts = HostFacts { hostname: "batched".into(), ..Default::default() };
+    let connected = |id: &str, session: u64| WriteOp::Connected {
+        instance_id: id.into(),
+        hub_id: "hub-a".into(),
+        session,
+        facts: facts.clone(),
+        ip: "10.0.0.7".into(),
+    };
+    let ended = |id: &str, session: u64| WriteOp::Disconnected { instance_id: id.into(), hub_id: "hub-a".into(), session };
+    let effects = s
+        .apply_batch(&[
+            // i-1: a session that ends in the same batch.
+            connected("i-1", 1),
+            ended("i-1", 1),
+            // i-2: reconnects; the old session's end, queued after, is stale.
+            connected("i-2", 1),
+            connected("i-2", 2),
+            ended("i-2", 1),
+            // i-3: its end, then a new session.
+            connected("i-3", 1),
+            ended("i-3", 1),
+            connected("i-3", 2),
+            // Not registered: nothing to change, nothing refused.
+            connected("i-none", 1),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(effects.len(), 9);
+    assert!(effects.iter().all(|e| *e == ReportEffect::Applied), "{effects:?}");
+    let one = s.get_instance("i-1").await.unwrap().unwrap();
+    assert!(!one.online, "i-1's session ended in the batch");
+    let two = s.get_instance("i-2").await.unwrap().unwrap();
+    assert!(two.online, "a stale session's end is ignored");
+    assert_eq!((two.facts.hostname.as_str(), two.ip.as_str()), ("batched", "10.0.0.7"));
+    assert!(s.get_instance("i-3").await.unwrap().unwrap().online, "the session after the end holds");
+    assert!(s.get_instance("i-none").await.unwrap().is_none());
+    // The store's own calls are the same operation.
+    s.instance_disconnected("i-2", "hub-a", 2).await.unwrap();
+    assert!(!s.get_instance("i-2").await.unwrap().unwrap().online);
 }
 
 async fn announcements_reach_every_replica(e: &Engine) {

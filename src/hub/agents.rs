@@ -394,7 +394,8 @@ async fn end(hub: &Hub, ws: &mut WebSocket, instance_id: &str, conn_id: u64, res
         other => other,
     };
     if hub.agents.remove(instance_id, conn_id) {
-        hub.store.instance_disconnected(instance_id, &hub.id, conn_id).await?;
+        let op = WriteOp::Disconnected { instance_id: instance_id.to_string(), hub_id: hub.id.clone(), session: conn_id };
+        hub.writer.write(op).await?;
     }
     let _ = ws.close(None).await;
     tracing::info!(instance_id, "agent disconnected");
@@ -471,7 +472,14 @@ async fn open(
     // Recorded before `welcome`: when the database cannot be written the
     // agent is refused before its back-off resets, so a fleet waits with
     // growing delays instead of reconnecting several times a second.
-    if let Err(e) = hub.store.instance_connected(&instance_id, &hub.id, conn_id, &facts, &peer.ip().to_string()).await {
+    let op = WriteOp::Connected {
+        instance_id: instance_id.clone(),
+        hub_id: hub.id.clone(),
+        session: conn_id,
+        facts: facts.clone(),
+        ip: peer.ip().to_string(),
+    };
+    if let Err(e) = hub.writer.write(op).await {
         return Err(unavailable(ws, e).await);
     }
     send(ws, &HubMsg::Welcome { protocol: PROTOCOL_VERSION, instance_id: instance_id.clone(), heartbeat_secs: hb.as_secs().max(1) })

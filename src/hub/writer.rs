@@ -1,5 +1,5 @@
 //! Group commit for the hub's small, frequent writes (agent reports,
-//! delivery acks, heartbeats): one task drains a bounded queue and applies
+//! delivery acks, heartbeats, sessions starting and ending): one task drains a bounded queue and applies
 //! what is waiting in one transaction, so a fleet-wide fan-out costs a
 //! handful of fsyncs instead of one per report. Once a batch committed,
 //! the invocations it touched are announced (`hub::changes`).
@@ -78,7 +78,7 @@ async fn run(store: Arc<dyn Store>, changes: Arc<Changes>, mut rx: mpsc::Receive
                     match op {
                         WriteOp::Report { report, .. } => changes.announce(&report.invoke_id),
                         WriteOp::Delivered { invoke_id, .. } => changes.announce(invoke_id),
-                        WriteOp::Touch { .. } => {}
+                        WriteOp::Touch { .. } | WriteOp::Connected { .. } | WriteOp::Disconnected { .. } => {}
                     }
                 }
                 for (r, e) in replies.drain(..).zip(effects) {

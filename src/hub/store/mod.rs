@@ -450,9 +450,34 @@ pub enum ReportEffect {
 /// A small write the hub batches (see `hub::writer`).
 #[derive(Debug, Clone)]
 pub enum WriteOp {
-    Report { instance_id: String, report: RecordReport },
-    Delivered { invoke_id: String, instance_id: String },
-    Touch { instance_id: String },
+    Report {
+        instance_id: String,
+        report: RecordReport,
+    },
+    Delivered {
+        invoke_id: String,
+        instance_id: String,
+    },
+    Touch {
+        instance_id: String,
+    },
+    /// The agent now holds session `session` on replica `hub_id`, with
+    /// these facts and address (what [`Store::instance_connected`] records).
+    Connected {
+        instance_id: String,
+        hub_id: String,
+        session: u64,
+        facts: HostFacts,
+        ip: String,
+    },
+    /// Session `session` on `hub_id` ended (what
+    /// [`Store::instance_disconnected`] records: no effect once the agent
+    /// holds a newer session).
+    Disconnected {
+        instance_id: String,
+        hub_id: String,
+        session: u64,
+    },
 }
 
 #[async_trait]

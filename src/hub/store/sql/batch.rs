@@ -406,6 +406,43 @@ async fn touch(tx: &mut Transaction<'static, Any>, d: Dialect, ids: &BTreeSet<&s
     Ok(())
 }
 
+/// Sessions starting and ending, one statement each in submission order
+/// (a disconnect's guard must see the connects queued before it); what
+/// they share is the batch's one commit: a fleet reconnecting after a hub
+/// restart no longer costs an fsync per agent (issue #21).
+async fn sessions(tx: &mut Transaction<'static, Any>, d: Dialect, ops: &[WriteOp], now: &str) -> Result<()> {
+    for op in ops {
+        match op {
+            WriteOp::Connected { instance_id, hub_id, session, facts, ip } => {
+                sqlx::query(AssertSqlSafe(d.sql(
+                    "UPDATE instances SET online = 1, hub_id = ?, session = ?, facts = ?, ip = ?, last_seen = ? WHERE instance_id = ?",
+                )))
+                .bind(hub_id.as_str())
+                .bind(*session as i64)
+                .bind(serde_json::to_string(facts).unwrap_or_default())
+                .bind(ip.as_str())
+                .bind(now)
+                .bind(instance_id.as_str())
+                .execute(&mut **tx)
+                .await?;
+            }
+            WriteOp::Disconnected { instance_id, hub_id, session } => {
+                sqlx::query(AssertSqlSafe(d.sql(
+                    "UPDATE instances SET online = 0, hub_id = '', last_seen = ? WHERE instance_id = ? AND hub_id = ? AND session = ?",
+                )))
+                .bind(now)
+                .bind(instance_id.as_str())
+                .bind(hub_id.as_str())
+                .bind(*session as i64)
+                .execute(&mut **tx)
+                .await?;
+            }
+            WriteOp::Report { .. } | WriteOp::Delivered { .. } | WriteOp::Touch { .. } => {}
+        }
+    }
+    Ok(())
+}
+
 impl SqlStore {
     pub(super) async fn apply_batch_once(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>> {
         // One transaction, one fsync, for the whole batch: this is what lets
@@ -438,6 +475,7 @@ impl SqlStore {
                 WriteOp::Touch { instance_id } => {
                     touched.insert(instance_id.as_str());
                 }
+                WriteOp::Connected { .. } | WriteOp::Disconnected { .. } => {}
             }
             outputs.push(out);
             refused.push(why);
@@ -457,7 +495,7 @@ impl SqlStore {
         let mut fire_records = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             let effect = match op {
-                WriteOp::Touch { .. } => ReportEffect::Applied,
+                WriteOp::Touch { .. } | WriteOp::Connected { .. } | WriteOp::Disconnected { .. } => ReportEffect::Applied,
                 WriteOp::Delivered { invoke_id, instance_id } => {
                     let k = (invoke_id.clone(), instance_id.clone());
                     if let Some(Moved::Refused(r)) = step(&mut fold.targets, &fold.invs, &k, Event::Delivered, &now) {
@@ -498,6 +536,7 @@ impl SqlStore {
         write_targets(&mut tx, d, ops, &outputs, &fold.targets).await?;
         write_counts(&mut tx, d, &fold.invs).await?;
         touch(&mut tx, d, &touched, &now).await?;
+        sessions(&mut tx, d, ops, &now).await?;
         // Only an invocation with a window has one to move (fixed at creation).
         let windowed: BTreeSet<String> = settled.into_iter().filter(|id| fold.invs.get(id).is_some_and(|i| i.windowed)).collect();
         let released = super::window::advance_all(&mut tx, d, &windowed).await?;

@@ -494,27 +494,21 @@ impl Store for SqlStore {
     }
 
     async fn instance_connected(&self, id: &str, hub_id: &str, session: u64, facts: &HostFacts, ip: &str) -> Result<()> {
-        self.q("UPDATE instances SET online = 1, hub_id = ?, session = ?, facts = ?, ip = ?, last_seen = ? WHERE instance_id = ?")
-            .bind(hub_id)
-            .bind(session as i64)
-            .bind(serde_json::to_string(facts).unwrap_or_default())
-            .bind(ip)
-            .bind(now_str())
-            .bind(id)
-            .execute(&self.writes)
-            .await?;
-        Ok(())
+        // The one implementation is the batch's (the hub sends these through
+        // its group-commit writer).
+        let op = WriteOp::Connected {
+            instance_id: id.to_string(),
+            hub_id: hub_id.to_string(),
+            session,
+            facts: facts.clone(),
+            ip: ip.to_string(),
+        };
+        self.apply_batch(&[op]).await.map(drop)
     }
 
     async fn instance_disconnected(&self, id: &str, hub_id: &str, session: u64) -> Result<()> {
-        self.q("UPDATE instances SET online = 0, hub_id = '', last_seen = ? WHERE instance_id = ? AND hub_id = ? AND session = ?")
-            .bind(now_str())
-            .bind(id)
-            .bind(hub_id)
-            .bind(session as i64)
-            .execute(&self.writes)
-            .await?;
-        Ok(())
+        let op = WriteOp::Disconnected { instance_id: id.to_string(), hub_id: hub_id.to_string(), session };
+        self.apply_batch(&[op]).await.map(drop)
     }
 
     async fn set_pending_token(&self, id: &str, hash: &str) -> Result<()> {
