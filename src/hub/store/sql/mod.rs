@@ -95,7 +95,8 @@ const MIGRATION_LOCK: i64 = 0x6465_636b_6861_6e64; // "deckhand"
 
 #[derive(Clone)]
 pub struct SqlStore {
-    /// Reads (and, on PostgreSQL, writes).
+    /// Where reads get a connection (`readers`): held SQLite connections,
+    /// or the PostgreSQL pool that `writes` also uses.
     reads: Arc<readers::Readers>,
     /// Every write: on SQLite one connection, so writers queue here (woken
     /// as soon as the one before commits) instead of in SQLite's busy
