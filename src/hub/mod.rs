@@ -180,7 +180,7 @@ pub async fn run(config: HubConfig, store: Arc<dyn Store>, shutdown: Cancellatio
     let changes = Arc::new(changes::Changes::default());
     let hub = Arc::new(Hub {
         id,
-        writer: writer::Writer::spawn(store.clone(), changes.clone()),
+        writer: writer::Writer::spawn(store.clone(), changes.clone())?,
         changes,
         store,
         agents: agents::Registry::default(),

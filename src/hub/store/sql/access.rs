@@ -50,7 +50,7 @@ impl SqlStore {
             .bind(&k.policy)
             .bind(&k.created_at)
             .bind(&k.updated_at)
-            .execute(&self.writes)
+            .execute(&mut *self.writes.get().await?)
             .await?;
         Ok(())
     }
@@ -71,7 +71,7 @@ impl SqlStore {
             .bind(enabled as i64)
             .bind(now_str())
             .bind(id)
-            .execute(&self.writes)
+            .execute(&mut *self.writes.get().await?)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -82,13 +82,13 @@ impl SqlStore {
             .bind(policy)
             .bind(now_str())
             .bind(id)
-            .execute(&self.writes)
+            .execute(&mut *self.writes.get().await?)
             .await?;
         Ok(r.rows_affected() > 0)
     }
 
     pub(super) async fn delete_access_key_impl(&self, id: &str) -> Result<bool> {
-        let r = self.q("DELETE FROM access_keys WHERE key_id = ?").bind(id).execute(&self.writes).await?;
+        let r = self.q("DELETE FROM access_keys WHERE key_id = ?").bind(id).execute(&mut *self.writes.get().await?).await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -98,13 +98,13 @@ impl SqlStore {
             .bind(new)
             .bind(id)
             .bind(old)
-            .execute(&self.writes)
+            .execute(&mut *self.writes.get().await?)
             .await?;
         Ok(r.rows_affected() > 0)
     }
 
     pub(super) async fn record_audit_impl(&self, e: &AuditEvent) -> Result<()> {
-        self.insert_audit(e).execute(&self.writes).await?;
+        self.insert_audit(e).execute(&mut *self.writes.get().await?).await?;
         Ok(())
     }
 
@@ -142,7 +142,7 @@ impl SqlStore {
     }
 
     pub(super) async fn prune_audit_impl(&self, cutoff: &str, keep: u64) -> Result<u64> {
-        let r = self.q("DELETE FROM audit_events WHERE at < ?").bind(cutoff).execute(&self.writes).await?;
+        let r = self.q("DELETE FROM audit_events WHERE at < ?").bind(cutoff).execute(&mut *self.writes.get().await?).await?;
         // The newest event past `keep` and everything older go, in the
         // listing's order (at, event_id). Fewer events: the subquery has no
         // row, the comparison is NULL and nothing is deleted.
@@ -150,7 +150,7 @@ impl SqlStore {
         let over = self
             .q(concat!("DELETE FROM audit_events WHERE (at, event_id) <= (SELECT at, event_id FROM audit_events ORDER BY at DESC, event_id DESC LIMIT 1 OFFSET ", bound_count!(), ")"))
             .bind(keep)
-            .execute(&self.writes)
+            .execute(&mut *self.writes.get().await?)
             .await?;
         Ok(r.rows_affected() + over.rows_affected())
     }

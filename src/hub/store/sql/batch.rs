@@ -14,7 +14,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use sqlx::{Any, AssertSqlSafe, Transaction};
+use sqlx::{Any, AssertSqlSafe};
+
+use super::conns::WriteTx;
 
 use super::super::*;
 use super::SqlStore;
@@ -163,7 +165,7 @@ fn dynamic(d: Dialect, sql: &str, rows: usize) -> sqlx::query::Query<'static, An
     sqlx::query(AssertSqlSafe(d.sql(sql))).persistent(rows <= CACHED_ROWS)
 }
 
-async fn read_invocations(tx: &mut Transaction<'static, Any>, d: Dialect, ids: &BTreeSet<&str>) -> Result<HashMap<String, Inv>> {
+async fn read_invocations(tx: &mut WriteTx, d: Dialect, ids: &BTreeSet<&str>) -> Result<HashMap<String, Inv>> {
     let ids: Vec<&str> = ids.iter().copied().collect();
     let count_cols: Vec<&str> = InvocationStatus::ALL.iter().map(|s| s.count_column()).collect();
     let mut out = HashMap::with_capacity(ids.len());
@@ -201,7 +203,7 @@ async fn read_invocations(tx: &mut Transaction<'static, Any>, d: Dialect, ids: &
     Ok(out)
 }
 
-async fn read_targets(tx: &mut Transaction<'static, Any>, d: Dialect, keys: &BTreeSet<(&str, &str)>) -> Result<HashMap<TargetKey, Target>> {
+async fn read_targets(tx: &mut WriteTx, d: Dialect, keys: &BTreeSet<(&str, &str)>) -> Result<HashMap<TargetKey, Target>> {
     let keys: Vec<(&str, &str)> = keys.iter().copied().collect();
     let mut out = HashMap::with_capacity(keys.len());
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
@@ -239,7 +241,7 @@ async fn read_targets(tx: &mut Transaction<'static, Any>, d: Dialect, keys: &BTr
     Ok(out)
 }
 
-async fn read_records(tx: &mut Transaction<'static, Any>, d: Dialect, keys: &BTreeSet<(&str, &str, i64)>) -> Result<BTreeMap<RecKey, Rec>> {
+async fn read_records(tx: &mut WriteTx, d: Dialect, keys: &BTreeSet<(&str, &str, i64)>) -> Result<BTreeMap<RecKey, Rec>> {
     let keys: Vec<(&str, &str, i64)> = keys.iter().copied().collect();
     let mut out = BTreeMap::new();
     for chunk in keys.chunks(ROWS_PER_STATEMENT) {
@@ -272,7 +274,7 @@ fn report_of<'a>(ops: &'a [WriteOp], outputs: &'a [Option<Vec<u8>>], i: usize) -
 }
 
 async fn write_records(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     d: Dialect,
     ops: &[WriteOp],
     outputs: &[Option<Vec<u8>>],
@@ -313,7 +315,7 @@ async fn write_records(
 }
 
 async fn write_targets(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     d: Dialect,
     ops: &[WriteOp],
     outputs: &[Option<Vec<u8>>],
@@ -365,7 +367,7 @@ async fn write_targets(
 /// Writes the counts and both aggregate statuses of every invocation the
 /// batch moved a target of (read locked at the start, so absolute values
 /// are safe).
-async fn write_counts(tx: &mut Transaction<'static, Any>, d: Dialect, invs: &HashMap<String, Inv>) -> Result<()> {
+async fn write_counts(tx: &mut WriteTx, d: Dialect, invs: &HashMap<String, Inv>) -> Result<()> {
     let mut rows: Vec<(&String, &Inv)> = invs.iter().filter(|(_, i)| i.changed).collect();
     rows.sort_by(|a, b| a.0.cmp(b.0));
     let all = InvocationStatus::ALL;
@@ -393,7 +395,7 @@ async fn write_counts(tx: &mut Transaction<'static, Any>, d: Dialect, invs: &Has
 }
 
 /// Heartbeats: `last_seen` of every instance that sent one.
-async fn touch(tx: &mut Transaction<'static, Any>, d: Dialect, ids: &BTreeSet<&str>, now: &str) -> Result<()> {
+async fn touch(tx: &mut WriteTx, d: Dialect, ids: &BTreeSet<&str>, now: &str) -> Result<()> {
     let ids: Vec<&str> = ids.iter().copied().collect();
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
         let sql = format!("UPDATE instances SET last_seen = ? WHERE instance_id IN ({})", vec!["?"; chunk.len()].join(","));
@@ -410,7 +412,7 @@ async fn touch(tx: &mut Transaction<'static, Any>, d: Dialect, ids: &BTreeSet<&s
 /// (a disconnect's guard must see the connects queued before it); what
 /// they share is the batch's one commit: a fleet reconnecting after a hub
 /// restart no longer costs an fsync per agent (issue #21).
-async fn sessions(tx: &mut Transaction<'static, Any>, d: Dialect, ops: &[WriteOp], now: &str) -> Result<()> {
+async fn sessions(tx: &mut WriteTx, d: Dialect, ops: &[WriteOp], now: &str) -> Result<()> {
     for op in ops {
         match op {
             WriteOp::Connected { instance_id, hub_id, session, facts, ip } => {

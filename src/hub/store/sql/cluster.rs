@@ -25,12 +25,15 @@ impl SqlStore {
         self.q("INSERT INTO hubs (hub_id, started_at, last_seen) VALUES (?1, ?2, ?2) ON CONFLICT (hub_id) DO UPDATE SET last_seen = ?2")
             .bind(hub_id)
             .bind(&now)
-            .execute(&self.writes)
+            .execute(&mut *self.writes.get().await?)
             .await?;
         // A replica that missed its liveness deadline (a stalled database,
         // say) had its agents released by another; those it still holds
         // come back online here.
-        self.q("UPDATE instances SET online = 1 WHERE hub_id = ? AND online = 0").bind(hub_id).execute(&self.writes).await?;
+        self.q("UPDATE instances SET online = 1 WHERE hub_id = ? AND online = 0")
+            .bind(hub_id)
+            .execute(&mut *self.writes.get().await?)
+            .await?;
         Ok(())
     }
 
@@ -38,9 +41,9 @@ impl SqlStore {
         let r = self
             .q("UPDATE instances SET online = 0 WHERE online = 1 AND hub_id NOT IN (SELECT hub_id FROM hubs WHERE last_seen >= ?)")
             .bind(cutoff)
-            .execute(&self.writes)
+            .execute(&mut *self.writes.get().await?)
             .await?;
-        self.q("DELETE FROM hubs WHERE last_seen < ?").bind(cutoff).execute(&self.writes).await?;
+        self.q("DELETE FROM hubs WHERE last_seen < ?").bind(cutoff).execute(&mut *self.writes.get().await?).await?;
         Ok(r.rows_affected())
     }
 
@@ -106,7 +109,7 @@ impl SqlStore {
         if self.d != Dialect::Postgres {
             return Ok(());
         }
-        self.q("SELECT pg_notify(?, ?)").bind(CHANNEL).bind(payload).execute(&self.writes).await?;
+        self.q("SELECT pg_notify(?, ?)").bind(CHANNEL).bind(payload).execute(&mut *self.writes.get().await?).await?;
         Ok(())
     }
 

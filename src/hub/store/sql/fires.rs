@@ -16,7 +16,9 @@
 
 use std::collections::BTreeSet;
 
-use sqlx::{Any, AssertSqlSafe, Transaction};
+use sqlx::AssertSqlSafe;
+
+use super::conns::WriteTx;
 
 use super::super::*;
 use super::SqlStore;
@@ -128,7 +130,7 @@ fn denied(info: impl Into<String>) -> FireDecision {
 
 /// The window of invocation `invoke_id`: (MaxConcurrency, MaxErrors), read
 /// with the row locked; `None` when it has no per-fire window.
-async fn lock_window(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str) -> Result<Option<Option<(i64, i64)>>> {
+async fn lock_window(tx: &mut WriteTx, d: Dialect, invoke_id: &str) -> Result<Option<Option<(i64, i64)>>> {
     let sql = format!("SELECT repeat_mode, max_concurrency, max_errors FROM invocations WHERE invoke_id = ?{}", d.for_update());
     let Some(row) = sqlx::query(AssertSqlSafe(d.sql(&sql))).bind(invoke_id).fetch_optional(&mut **tx).await? else {
         return Ok(None);
@@ -140,7 +142,7 @@ async fn lock_window(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: 
     Ok(Some(windowed.then_some((max_concurrency, max_errors))))
 }
 
-async fn standing(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str, fire_at: &str) -> Result<Standing> {
+async fn standing(tx: &mut WriteTx, d: Dialect, invoke_id: &str, fire_at: &str) -> Result<Standing> {
     let rows = sqlx::query(AssertSqlSafe(
         d.sql("SELECT state, failed, COUNT(*) AS n FROM fires WHERE invoke_id = ? AND fire_at = ? GROUP BY state, failed"),
     ))
@@ -174,7 +176,7 @@ async fn standing(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &st
 /// Moves the window of one fire inside `tx` (the invocation row already
 /// locked by the caller); returns what it decided.
 async fn advance(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     d: Dialect,
     invoke_id: &str,
     fire_at: &str,
@@ -260,7 +262,7 @@ fn stored_decision(state: FireState, info: String) -> Option<FireDecision> {
 /// transaction): its row is done, and when it held a slot the fire's
 /// window is returned to be moved. No-op for records without a row.
 pub(super) async fn settle(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut WriteTx,
     d: Dialect,
     instance_id: &str,
     invoke_id: &str,
@@ -297,11 +299,7 @@ pub(super) async fn settle(
 }
 
 /// Moves the windows of fires whose slots `settle` freed, inside `tx`.
-pub(super) async fn advance_settled(
-    tx: &mut Transaction<'static, Any>,
-    d: Dialect,
-    fires: &BTreeSet<(String, String)>,
-) -> Result<Vec<FireAnswer>> {
+pub(super) async fn advance_settled(tx: &mut WriteTx, d: Dialect, fires: &BTreeSet<(String, String)>) -> Result<Vec<FireAnswer>> {
     let mut out = Vec::new();
     for (invoke_id, fire_at) in fires {
         if let Some(Some(w)) = lock_window(tx, d, invoke_id).await? {
@@ -329,7 +327,7 @@ impl SqlStore {
 
     async fn fire_request_tx(
         &self,
-        tx: &mut Transaction<'static, Any>,
+        tx: &mut WriteTx,
         invoke_id: &str,
         instance_id: &str,
         record_seq: u32,
@@ -446,7 +444,7 @@ impl SqlStore {
         for st in &ended {
             q = q.bind(st.as_str());
         }
-        q.execute(&self.writes).await?;
+        q.execute(&mut *self.writes.get().await?).await?;
         // Newest fires first: a fire whose agent went away waits until that
         // agent asks about a later one, and must not crowd out live fires.
         let rows = self

@@ -14,14 +14,16 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::pool::PoolOptions;
 use sqlx::query::{Query, QueryScalar};
 // Dynamic SQL here is built only from fixed column names; values are bound.
-use sqlx::{Any, AssertSqlSafe, Executor, Transaction};
+use sqlx::{Any, AssertSqlSafe};
+
+use conns::WriteTx;
 
 mod access;
 mod batch;
 mod cluster;
+mod conns;
 mod dialect;
 mod fires;
-mod readers;
 mod reports;
 mod rows;
 mod updates;
@@ -97,13 +99,13 @@ const MIGRATION_LOCK: i64 = 0x6465_636b_6861_6e64; // "deckhand"
 pub struct SqlStore {
     /// Where reads get a connection (`readers`): held SQLite connections,
     /// or the PostgreSQL pool that `writes` also uses.
-    reads: Arc<readers::Readers>,
-    /// Every write: on SQLite one connection, so writers queue here (woken
-    /// as soon as the one before commits) instead of in SQLite's busy
-    /// handler, which sleeps 1 to 100 ms between tries (issue #21: a
-    /// group commit spent most of its 84–330 ms there). On PostgreSQL the
-    /// same pool as reads.
-    writes: sqlx::Pool<Any>,
+    reads: Arc<conns::Readers>,
+    /// Every write: on SQLite one connection the store holds (`conns`),
+    /// so writers queue here (woken as soon as the one before commits)
+    /// instead of in SQLite's busy handler, which sleeps 1 to 100 ms
+    /// between tries (issue #21: a group commit spent most of its 84–330 ms
+    /// there). On PostgreSQL the same pool as reads.
+    writes: Arc<conns::Writes>,
     d: Dialect,
     /// PostgreSQL URL, for the LISTEN connection (not pooled).
     url: String,
@@ -138,28 +140,11 @@ impl SqlStore {
                  PRAGMA busy_timeout = 10000; PRAGMA cache_size = -{cache_kib};"
             )
         };
-        let write_pragmas = pragmas(WRITE_CACHE_KIB);
-        let writes = PoolOptions::<Any>::new()
-            .max_connections(1)
-            .acquire_timeout(BUSY_TIMEOUT)
-            // A file on this host does not go stale while pooled; the ping
-            // sqlx sends before each use by default was one more hand-off
-            // to the connection's worker thread per transaction (issue #21).
-            .test_before_acquire(false)
-            .after_release(|conn, _| Box::pin(async move { Ok(fit_for_reuse(conn)) }))
-            .after_connect(move |conn, _| {
-                let pragmas = write_pragmas.clone();
-                Box::pin(async move {
-                    conn.execute(sqlx::AssertSqlSafe(pragmas)).await?;
-                    Ok(())
-                })
-            })
-            .connect(&url)
-            .await?;
-        let reads = readers::Held::open(&url, SQLITE_READERS, &pragmas(READ_CACHE_KIB), BUSY_TIMEOUT).await?;
+        let writes = conns::HeldWriter::open(&url, &pragmas(WRITE_CACHE_KIB), BUSY_TIMEOUT).await?;
+        let reads = conns::Held::open(&url, SQLITE_READERS, &pragmas(READ_CACHE_KIB), BUSY_TIMEOUT).await?;
         let store = Self {
-            reads: Arc::new(readers::Readers::Held(reads)),
-            writes,
+            reads: Arc::new(conns::Readers::Held(reads)),
+            writes: Arc::new(conns::Writes::Held(writes)),
             d: Dialect::Sqlite,
             url: String::new(),
             released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0,
@@ -190,8 +175,8 @@ impl SqlStore {
             .connect(url)
             .await?;
         let store = Self {
-            writes: pool.clone(),
-            reads: Arc::new(readers::Readers::Pool(pool)),
+            writes: Arc::new(conns::Writes::Pool(pool.clone())),
+            reads: Arc::new(conns::Readers::Pool(pool)),
             d: Dialect::Postgres,
             url: url.to_string(),
             released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0,
@@ -237,8 +222,8 @@ impl SqlStore {
         Ok((rows, count.fetch_one(&mut *self.reads.get().await?).await?))
     }
 
-    async fn begin(&self) -> Result<Transaction<'static, Any>> {
-        Ok(self.writes.begin_with(self.d.begin()).await?)
+    async fn begin(&self) -> Result<WriteTx> {
+        self.writes.begin(self.d.begin()).await
     }
 
     async fn migrate(&self) -> Result<()> {
@@ -287,7 +272,7 @@ impl SqlStore {
 
 /// Inserts one command row inside `tx`, already invoked `invoke_times`
 /// times (RunCommand's command is created with its one invocation).
-async fn insert_command(tx: &mut Transaction<'static, Any>, d: Dialect, c: &CommandRow, invoke_times: i64) -> Result<()> {
+async fn insert_command(tx: &mut WriteTx, d: Dialect, c: &CommandRow, invoke_times: i64) -> Result<()> {
     sqlx::query(AssertSqlSafe(d.sql(
         "INSERT INTO commands (command_id, name, description, command_type, content, working_dir, timeout_secs, \
          enable_parameter, username, created_at, visible, invoke_times) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
@@ -320,12 +305,13 @@ fn duplicate_token(r: Result<()>, inv: &InvocationRow) -> Result<()> {
     }
 }
 
-/// A connection goes back to the pool only outside any transaction. When a
-/// COMMIT fails on a full disk, SQLite has already rolled back, the driver's
-/// ROLLBACK then fails, and its transaction count stays at 1: reused, that
-/// connection refused every later BEGIN ("begin_with at non-zero
-/// transaction depth") until a restart (issue #14). Closing it instead
-/// costs one reconnect.
+/// A pooled (PostgreSQL) connection goes back to the pool only outside any
+/// transaction. When a COMMIT fails on a full disk, the database may have
+/// rolled back already, the driver's ROLLBACK then fails, and its
+/// transaction count stays at 1: reused, that connection refused every
+/// later BEGIN ("begin_with at non-zero transaction depth") until a restart
+/// (issue #14, seen on SQLite). Closing it instead costs one reconnect.
+/// SQLite's held write connection does the same its own way (`conns`).
 fn fit_for_reuse(conn: &mut sqlx::AnyConnection) -> bool {
     use sqlx::Connection;
     !conn.is_in_transaction()
@@ -376,7 +362,7 @@ impl Store for SqlStore {
             .bind(a.time_to_live_hours)
             .bind(&a.ip_address_range)
             .bind(&a.created_at)
-            .execute(&self.writes)
+            .execute(&mut *self.writes.get().await?)
             .await?;
         Ok(())
     }
@@ -396,7 +382,8 @@ impl Store for SqlStore {
     }
 
     async fn set_activation_disabled(&self, id: &str) -> Result<bool> {
-        let r = self.q("UPDATE activations SET disabled = 1 WHERE activation_id = ?").bind(id).execute(&self.writes).await?;
+        let r =
+            self.q("UPDATE activations SET disabled = 1 WHERE activation_id = ?").bind(id).execute(&mut *self.writes.get().await?).await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -405,7 +392,7 @@ impl Store for SqlStore {
             .q("DELETE FROM activations WHERE activation_id = ? AND NOT EXISTS \
              (SELECT 1 FROM instances WHERE activation_id = activations.activation_id)")
             .bind(id)
-            .execute(&self.writes)
+            .execute(&mut *self.writes.get().await?)
             .await?;
         Ok(r.rows_affected() > 0)
     }
@@ -513,14 +500,18 @@ impl Store for SqlStore {
     }
 
     async fn set_pending_token(&self, id: &str, hash: &str) -> Result<()> {
-        self.q("UPDATE instances SET pending_token_hash = ? WHERE instance_id = ?").bind(hash).bind(id).execute(&self.writes).await?;
+        self.q("UPDATE instances SET pending_token_hash = ? WHERE instance_id = ?")
+            .bind(hash)
+            .bind(id)
+            .execute(&mut *self.writes.get().await?)
+            .await?;
         Ok(())
     }
 
     async fn promote_pending_token(&self, id: &str) -> Result<()> {
         self.q("UPDATE instances SET token_hash = pending_token_hash, pending_token_hash = '' WHERE instance_id = ? AND pending_token_hash != ''")
             .bind(id)
-            .execute(&self.writes)
+            .execute(&mut *self.writes.get().await?)
             .await?;
         Ok(())
     }
@@ -535,7 +526,7 @@ impl Store for SqlStore {
         self.q("UPDATE instances SET tags = ? WHERE instance_id = ?")
             .bind(serde_json::to_string(&merged).unwrap_or_default())
             .bind(id)
-            .execute(&self.writes)
+            .execute(&mut *self.writes.get().await?)
             .await?;
         Ok(())
     }
@@ -546,7 +537,7 @@ impl Store for SqlStore {
         self.q("UPDATE instances SET tags = ? WHERE instance_id = ?")
             .bind(serde_json::to_string(&kept).unwrap_or_default())
             .bind(id)
-            .execute(&self.writes)
+            .execute(&mut *self.writes.get().await?)
             .await?;
         Ok(())
     }
@@ -593,13 +584,14 @@ impl Store for SqlStore {
             .bind(c.timeout_secs)
             .bind(&c.username)
             .bind(&c.command_id)
-            .execute(&self.writes)
+            .execute(&mut *self.writes.get().await?)
             .await?;
         Ok(())
     }
 
     async fn delete_command(&self, id: &str) -> Result<bool> {
-        let r = self.q("DELETE FROM commands WHERE command_id = ? AND visible = 1").bind(id).execute(&self.writes).await?;
+        let r =
+            self.q("DELETE FROM commands WHERE command_id = ? AND visible = 1").bind(id).execute(&mut *self.writes.get().await?).await?;
         Ok(r.rows_affected() > 0)
     }
 
@@ -830,7 +822,7 @@ impl Store for SqlStore {
         } else {
             "UPDATE file_contents SET used_at = ? WHERE sha256 = ?"
         };
-        let done = self.q(sql).bind(now_str()).bind(sha256).execute(&self.writes).await?;
+        let done = self.q(sql).bind(now_str()).bind(sha256).execute(&mut *self.writes.get().await?).await?;
         Ok(done.rows_affected() > 0)
     }
 

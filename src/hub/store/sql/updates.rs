@@ -67,7 +67,7 @@ impl SqlStore {
                 self.q("DELETE FROM agent_updates WHERE instance_id = ? AND version = ?")
                     .bind(instance_id)
                     .bind(version)
-                    .execute(&self.writes)
+                    .execute(&mut *self.writes.get().await?)
                     .await?
             }
             Some(error) => {
@@ -79,7 +79,7 @@ impl SqlStore {
                     .bind(FAILED)
                     .bind(error)
                     .bind(now_str())
-                    .execute(&self.writes)
+                    .execute(&mut *self.writes.get().await?)
                     .await?
             }
         };

@@ -11,7 +11,9 @@
 //! window that can move: the backstop after a restart or a missed
 //! announcement, and the only path once `BatchWait` has passed.
 
-use sqlx::{Any, AssertSqlSafe, Transaction};
+use sqlx::AssertSqlSafe;
+
+use super::conns::WriteTx;
 
 use super::super::*;
 use super::SqlStore;
@@ -32,7 +34,7 @@ struct Standing {
     errors: i64,
 }
 
-async fn standing(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str) -> Result<Standing> {
+async fn standing(tx: &mut WriteTx, d: Dialect, invoke_id: &str) -> Result<Standing> {
     let rows =
         sqlx::query(AssertSqlSafe(d.sql("SELECT status, COUNT(*) AS n FROM targets WHERE invoke_id = ? AND released = 1 GROUP BY status")))
             .bind(invoke_id)
@@ -52,7 +54,7 @@ async fn standing(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &st
 }
 
 /// Held targets of one invocation, in release order (instance id), at most `limit`.
-async fn held(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str, limit: i64) -> Result<Vec<String>> {
+async fn held(tx: &mut WriteTx, d: Dialect, invoke_id: &str, limit: i64) -> Result<Vec<String>> {
     let ids = sqlx::query_scalar(AssertSqlSafe(d.sql(concat!(
         "SELECT instance_id FROM targets WHERE invoke_id = ? AND released = 0 AND status = ? AND delivered = 0 \
          ORDER BY instance_id LIMIT ",
@@ -70,7 +72,7 @@ async fn held(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str, l
 /// when errors exceed `MaxErrors`, otherwise releases held targets into
 /// the free slots (unless `BatchWait` has not passed). Returns the
 /// targets released. No-op for an invocation without a window.
-pub(super) async fn advance(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str) -> Result<Vec<String>> {
+pub(super) async fn advance(tx: &mut WriteTx, d: Dialect, invoke_id: &str) -> Result<Vec<String>> {
     // Locks the invocation row: every advance of one window is serialised.
     let sql =
         format!("SELECT max_concurrency, max_errors, batch_wait_secs, repeat_mode FROM invocations WHERE invoke_id = ?{}", d.for_update());
@@ -123,7 +125,7 @@ pub(super) async fn advance(tx: &mut Transaction<'static, Any>, d: Dialect, invo
 /// target settled (true when none has: the first window waits for nothing).
 /// The hub's clock decides: a settled target's `updated_at` is when the
 /// hub committed its final state (`finish_time` is the agent's clock).
-async fn batch_wait_passed(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str, batch_wait: i64) -> Result<bool> {
+async fn batch_wait_passed(tx: &mut WriteTx, d: Dialect, invoke_id: &str, batch_wait: i64) -> Result<bool> {
     let finals: Vec<InvocationStatus> = InvocationStatus::ALL.iter().copied().filter(|s| s.is_final()).collect();
     let sql = format!(
         "SELECT MAX(updated_at) FROM targets WHERE invoke_id = ? AND released = 1 AND status IN ({})",
@@ -144,7 +146,7 @@ async fn batch_wait_passed(tx: &mut Transaction<'static, Any>, d: Dialect, invok
 /// Errors exceeded `MaxErrors`: every held target ends `Cancelled`
 /// through the lifecycle, with an ErrorInfo that says why. Targets
 /// already sent run to their end.
-async fn halt(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str, errors: i64, max_errors: i64) -> Result<()> {
+async fn halt(tx: &mut WriteTx, d: Dialect, invoke_id: &str, errors: i64, max_errors: i64) -> Result<()> {
     let ids = held(tx, d, invoke_id, i64::MAX).await?;
     let code = Event::RolloutHalted.error_code(false);
     let info =
@@ -202,11 +204,7 @@ impl SqlStore {
 
 /// Advances the windows of `invoke_ids` inside `tx` (the transaction that
 /// settled some of their targets).
-pub(super) async fn advance_all(
-    tx: &mut Transaction<'static, Any>,
-    d: Dialect,
-    invoke_ids: &std::collections::BTreeSet<String>,
-) -> Result<Vec<Released>> {
+pub(super) async fn advance_all(tx: &mut WriteTx, d: Dialect, invoke_ids: &std::collections::BTreeSet<String>) -> Result<Vec<Released>> {
     let mut out = Vec::new();
     for invoke_id in invoke_ids {
         let instances = advance(tx, d, invoke_id).await?;

@@ -7,7 +7,9 @@
 //! asks `lifecycle::transition` and moves the invocation's kept counts in
 //! the same transaction (`batch.rs` folds the same rule over many targets).
 
-use sqlx::{Any, AssertSqlSafe, Transaction};
+use sqlx::AssertSqlSafe;
+
+use super::conns::WriteTx;
 
 use super::super::*;
 use super::SqlStore;
@@ -39,13 +41,7 @@ pub(super) enum Moved {
 /// Applies `event` to one target inside `tx`: reads it (locked), asks the
 /// lifecycle for the next state, writes it, and moves the invocation's
 /// counts and aggregate statuses in the same transaction.
-pub(super) async fn move_target(
-    tx: &mut Transaction<'static, Any>,
-    d: Dialect,
-    invoke_id: &str,
-    instance_id: &str,
-    event: Event,
-) -> Result<Moved> {
+pub(super) async fn move_target(tx: &mut WriteTx, d: Dialect, invoke_id: &str, instance_id: &str, event: Event) -> Result<Moved> {
     let sql = format!(
         "SELECT t.status, t.delivered, i.repeat_mode, i.frequency FROM targets t JOIN invocations i ON i.invoke_id = t.invoke_id \
          WHERE t.invoke_id = ? AND t.instance_id = ?{}",
@@ -90,13 +86,7 @@ pub(super) async fn move_target(
 
 /// Moves one target from `from` to `to` in the invocation's counts and
 /// rewrites its two aggregate statuses from the new counts.
-async fn shift_counts(
-    tx: &mut Transaction<'static, Any>,
-    d: Dialect,
-    invoke_id: &str,
-    from: InvocationStatus,
-    to: InvocationStatus,
-) -> Result<()> {
+async fn shift_counts(tx: &mut WriteTx, d: Dialect, invoke_id: &str, from: InvocationStatus, to: InvocationStatus) -> Result<()> {
     if from == to {
         return Ok(());
     }
@@ -107,7 +97,7 @@ async fn shift_counts(
     write_aggregates(tx, d, invoke_id, counts).await
 }
 
-async fn write_aggregates(tx: &mut Transaction<'static, Any>, d: Dialect, invoke_id: &str, counts: crate::lifecycle::Counts) -> Result<()> {
+async fn write_aggregates(tx: &mut WriteTx, d: Dialect, invoke_id: &str, counts: crate::lifecycle::Counts) -> Result<()> {
     sqlx::query(AssertSqlSafe(d.sql("UPDATE invocations SET invoke_status = ?, invocation_status = ? WHERE invoke_id = ?")))
         .bind(counts.legacy().as_str())
         .bind(counts.overall().as_str())
@@ -119,7 +109,7 @@ async fn write_aggregates(tx: &mut Transaction<'static, Any>, d: Dialect, invoke
 
 /// Recounts every invocation's targets per state and rewrites the kept
 /// aggregates (the upgrade step; O(targets) once).
-async fn recount_all(tx: &mut Transaction<'static, Any>, d: Dialect) -> Result<()> {
+async fn recount_all(tx: &mut WriteTx, d: Dialect) -> Result<()> {
     for s in InvocationStatus::ALL {
         let c = s.count_column();
         let sql = format!(
@@ -141,7 +131,7 @@ async fn recount_all(tx: &mut Transaction<'static, Any>, d: Dialect) -> Result<(
 /// `Timeout`) through the lifecycle codec, and 0.1.0's `InstanceRestarted`
 /// as `ExecutionInterrupted`; then fills the kept counts. Runs once, in the
 /// migration transaction of schema step 4.
-pub(super) async fn upgrade_lifecycle(tx: &mut Transaction<'static, Any>, d: Dialect) -> Result<()> {
+pub(super) async fn upgrade_lifecycle(tx: &mut WriteTx, d: Dialect) -> Result<()> {
     for table in ["targets", "records"] {
         let seq = if table == "records" { "record_seq" } else { "0 AS record_seq" };
         let sql = format!("SELECT invoke_id, instance_id, {seq}, status, exit_code, start_time, error_code FROM {table}");
@@ -415,13 +405,7 @@ impl SqlStore {
         Ok(expired)
     }
 
-    async fn stamp_error(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        invoke_id: &str,
-        instance_id: &str,
-        code: Option<ErrorCode>,
-    ) -> Result<()> {
+    async fn stamp_error(&self, tx: &mut WriteTx, invoke_id: &str, instance_id: &str, code: Option<ErrorCode>) -> Result<()> {
         let Some(code) = code else { return Ok(()) };
         self.q("UPDATE targets SET error_code = ?, error_info = ? WHERE invoke_id = ? AND instance_id = ?")
             .bind(code.as_str())
@@ -435,7 +419,7 @@ impl SqlStore {
 
     /// Settles every unsettled target of a deregistered instance
     /// (`InstanceReleased`), inside the deregistration transaction.
-    pub(super) async fn release_targets(&self, tx: &mut Transaction<'static, Any>, instance_id: &str) -> Result<()> {
+    pub(super) async fn release_targets(&self, tx: &mut WriteTx, instance_id: &str) -> Result<()> {
         let ids: Vec<String> = self
             .qs("SELECT invoke_id FROM targets WHERE instance_id = ? ORDER BY invoke_id")
             .bind(instance_id)
