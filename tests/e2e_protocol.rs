@@ -173,3 +173,71 @@ async fn protocol_1_agent_reports_are_read_as_meant() {
     let v = hub.call("DescribeInvocationResults", &[("InvokeId", &inv2)]).unwrap();
     assert_eq!(v["Invocation"]["InvocationResults"]["InvocationResult"][0]["InvocationStatus"], "Pending", "{v}");
 }
+
+/// Reports sent back to back are committed together and their
+/// acknowledgements leave together (one flush, issue #21): each is still
+/// answered exactly once, in the order the reports were sent, and every
+/// one is stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn reports_sent_back_to_back_are_each_acknowledged_in_order() {
+    let hub = Hub::start();
+    let mut agent = hub.agent();
+    let (id, token) = identity(&agent);
+    agent.kill();
+    let invs: Vec<String> = (0..3).map(|i| hub.run(&format!("echo burst-{i}"), &[&id], &[])).collect();
+    let mut ws = connect(&hub).await;
+    ws.send(Message::Text(hello(&id, &token, 2).into())).await.unwrap();
+    assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::Welcome { .. })));
+    let mut owed = Vec::new();
+    while owed.len() < invs.len() {
+        match next_msg(&mut ws).await {
+            Some(HubMsg::Invoke { invocation }) => owed.push(invocation.invoke_id),
+            other => panic!("expected the owed invocations, got {other:?}"),
+        }
+    }
+    owed.sort();
+    let mut sorted = invs.clone();
+    sorted.sort();
+    assert_eq!(owed, sorted);
+    // Acknowledgement, Running and the result of each, all in one write.
+    let report = |inv: &str, status, out: &str| RecordReport {
+        invoke_id: inv.into(),
+        record_seq: 0,
+        status,
+        exit_code: status.is_final().then_some(0),
+        output_b64: out.into(),
+        dropped: 0,
+        error_code: None,
+        error_info: String::new(),
+        start_time: "2026-11-25T00:00:00Z".into(),
+        finish_time: if status.is_final() { "2026-11-25T00:00:01Z".into() } else { String::new() },
+    };
+    let mut report_id = 0;
+    for (i, inv) in invs.iter().enumerate() {
+        ws.feed(Message::Text(protocol::encode(&AgentMsg::InvokeAck { invoke_id: inv.clone() }).into())).await.unwrap();
+        for (status, out) in [(InvocationStatus::Running, String::new()), (InvocationStatus::Success, base64_of(&format!("burst-{i}\n")))] {
+            report_id += 1;
+            let m = AgentMsg::Report { report_id, report: report(inv, status, &out) };
+            ws.feed(Message::Text(protocol::encode(&m).into())).await.unwrap();
+        }
+    }
+    ws.flush().await.unwrap();
+    let mut acked = Vec::new();
+    while acked.len() < report_id as usize {
+        match next_msg(&mut ws).await {
+            Some(HubMsg::ReportAck { report_id }) => acked.push(report_id),
+            other => panic!("expected report acknowledgements, got {other:?}"),
+        }
+    }
+    assert_eq!(acked, (1..=report_id).collect::<Vec<_>>(), "each once, in the order sent");
+    for (i, inv) in invs.iter().enumerate() {
+        let r = &hub.wait_final(inv, Duration::from_secs(10))[0];
+        assert_eq!(r["InvocationStatus"], "Success", "{r}");
+        assert_eq!(harness::output_of(r), format!("burst-{i}\n").as_bytes());
+    }
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}

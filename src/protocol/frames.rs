@@ -52,8 +52,19 @@ pub async fn send_text_framed<S>(ws: &mut S, text: String, max: usize) -> Result
 where
     S: Sink<Message, Error = Error> + Unpin,
 {
+    feed_text(ws, text, max).await?;
+    ws.flush().await
+}
+
+/// Queues one text message as [`send_text_framed`] cuts it, without
+/// flushing: several messages then leave in one write (the caller
+/// flushes).
+pub async fn feed_text<S>(ws: &mut S, text: String, max: usize) -> Result<(), Error>
+where
+    S: Sink<Message, Error = Error> + Unpin,
+{
     if text.len() <= max {
-        return ws.send(Message::Text(text.into())).await;
+        return ws.feed(Message::Text(text.into())).await;
     }
     let bounds = fragment_bounds(&text, max);
     let all = Bytes::from(text.into_bytes());
@@ -62,7 +73,7 @@ where
         let opcode = if i == 0 { OpCode::Data(Data::Text) } else { OpCode::Data(Data::Continue) };
         ws.feed(Message::Frame(Frame::message(all.slice(r), opcode, i == last))).await?;
     }
-    ws.flush().await
+    Ok(())
 }
 
 #[cfg(test)]

@@ -368,10 +368,12 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>, shap
     }
     let t_fan = Instant::now();
     let cpu_fan = procs::cpu_time(pid);
+    let own_cpu_fan = procs::cpu_time(std::process::id());
     let script = shape.script();
     let (api_time, stored) = fan_out(&client, &ids, &mut done_rx, &script).await?;
     let fan_time = t_fan.elapsed();
     let hub_cpu = procs::cpu_time(pid).saturating_sub(cpu_fan);
+    let own_cpu = procs::cpu_time(std::process::id()).saturating_sub(own_cpu_fan);
     let rss_after = procs::rss_bytes(pid);
     // With large reports, the same fan-out again: what the first left in
     // the hub's RSS is either held per connection (it grows again) or
@@ -409,6 +411,16 @@ pub async fn run(agents: usize, store: Option<&str>, rollout: Option<&str>, shap
         hub_cpu.as_secs_f64(),
         hub_cpu.as_secs_f64() / fan_time.as_secs_f64().max(1e-9) * 100.0,
         hub_cpu.as_secs_f64() * 1000.0 / stored.max(1) as f64
+    );
+    // The simulated agents share the machine with the hub: at these costs
+    // per result, the cores bound the rate whatever either side waits on.
+    let per_result = |cpu: Duration| cpu.as_secs_f64() * 1000.0 / stored.max(1) as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    println!(
+        "  bench CPU (agents, API calls):  {:.2} s ({:.3} ms per result); {cores:.0} cores at hub + bench CPU per result bound the rate to {:.0}/s",
+        own_cpu.as_secs_f64(),
+        per_result(own_cpu),
+        cores * 1000.0 / (per_result(hub_cpu) + per_result(own_cpu)).max(1e-9)
     );
     // The hub's own figures (loopback may read /metrics).
     let scraped = {
