@@ -113,23 +113,38 @@ fn series(client: &Client, instance: &str, hub_pid: u32, agent_pid: u32, runs: u
     Ok(Series { lat, calls_per_run: calls as f64 / f64::from(n), hub_cpu, agent_cpu, last })
 }
 
-pub fn latency(runs: usize, store: Option<&str>) -> Result<(), CliError> {
+/// A hub on `store` with one real agent connected, in a directory of its
+/// own. Fields drop in order: the agent ends before its hub.
+struct OneAgent {
+    agent: Proc,
+    instance: String,
+    client: Client,
+    hub: BenchHub,
+    _dir: tempfile::TempDir,
+}
+
+fn one_agent(store: Option<&str>) -> Result<OneAgent, CliError> {
     let dir = tempfile::tempdir().map_err(err)?;
     let (store_args, store_name) = super::store_args(store);
     println!("  hub store: {store_name}");
     let hub = procs::start_hub(dir.path(), &store_args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let hub_pid = hub.proc.pid();
     let client = hub.client()?;
     let (agent, instance) = start_agent(&hub, dir.path(), &client)?;
+    Ok(OneAgent { agent, instance, client, hub, _dir: dir })
+}
+
+pub fn latency(runs: usize, store: Option<&str>) -> Result<(), CliError> {
+    let one = one_agent(store)?;
+    let (client, instance, hub_pid) = (&one.client, &one.instance, one.hub.proc.pid());
     // Warm up connections and caches.
     for _ in 0..3 {
-        run_and_wait(&client, &instance, "true", Duration::from_secs(30), Follow::Poll)?;
+        run_and_wait(client, instance, "true", Duration::from_secs(30), Follow::Poll)?;
     }
     // Same build, same processes, back to back: the two ways of following
     // a run compare as a ratio.
-    let waited = series(&client, &instance, hub_pid, agent.pid(), runs, Follow::Wait)?;
-    let polled = series(&client, &instance, hub_pid, agent.pid(), runs, Follow::Poll)?;
-    let (per_call_cpu, per_call_wall) = describe_cost(&client, hub_pid, &polled.last, runs.max(200))?;
+    let waited = series(client, instance, hub_pid, one.agent.pid(), runs, Follow::Wait)?;
+    let polled = series(client, instance, hub_pid, one.agent.pid(), runs, Follow::Poll)?;
+    let (per_call_cpu, per_call_wall) = describe_cost(client, hub_pid, &polled.last, runs.max(200))?;
     let mut bare = Vec::with_capacity(runs);
     for _ in 0..runs {
         let t = Instant::now();
@@ -174,16 +189,12 @@ pub fn latency(runs: usize, store: Option<&str>) -> Result<(), CliError> {
 
 /// `deckhand bench describe`: only the Describe cost, on its own hub.
 pub fn describe(calls: usize, store: Option<&str>) -> Result<(), CliError> {
-    let dir = tempfile::tempdir().map_err(err)?;
-    let (store_args, store_name) = super::store_args(store);
-    println!("  hub store: {store_name}");
-    let hub = procs::start_hub(dir.path(), &store_args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    let client = hub.client()?;
-    let (_agent, instance) = start_agent(&hub, dir.path(), &client)?;
-    let m = run_and_wait(&client, &instance, "true", Duration::from_secs(30), Follow::Poll)?;
+    let one = one_agent(store)?;
+    let (client, instance, hub_pid) = (&one.client, &one.instance, one.hub.proc.pid());
+    let m = run_and_wait(client, instance, "true", Duration::from_secs(30), Follow::Poll)?;
     // Warm up the connection and the hub's caches.
-    describe_cost(&client, hub.proc.pid(), &m.invoke_id, 50)?;
-    let (cpu, wall) = describe_cost(&client, hub.proc.pid(), &m.invoke_id, calls)?;
+    describe_cost(client, hub_pid, &m.invoke_id, 50)?;
+    let (cpu, wall) = describe_cost(client, hub_pid, &m.invoke_id, calls)?;
     println!(
         "DescribeInvocationResults by id ({calls} calls): hub CPU {:.3} ms per call (threads' schedstat, ns); one call costs the client {:.3} ms wall",
         ms(cpu),
