@@ -252,9 +252,15 @@ enum ConnError {
 /// every connection's future for the connection's whole life (issue
 /// #21); the box lives only while a message goes out.
 fn send<'a>(ws: &'a mut WebSocket, msg: &HubMsg) -> std::pin::Pin<Box<dyn Future<Output = Result<(), ConnError>> + Send + 'a>> {
+    let text = outgoing(msg);
+    Box::pin(async move { Ok(protocol::frames::send_text(ws, text).await?) })
+}
+
+/// `msg` encoded, and counted as an outgoing frame.
+fn outgoing(msg: &HubMsg) -> String {
     let text = protocol::encode(msg);
     super::metrics::get().frame(Direction::Out, text.len());
-    Box::pin(async move { Ok(protocol::frames::send_text(ws, text).await?) })
+    text
 }
 
 /// Sends `msgs` in order and flushes once: the answers of writes that
@@ -263,9 +269,7 @@ fn send<'a>(ws: &'a mut WebSocket, msg: &HubMsg) -> std::pin::Pin<Box<dyn Future
 fn send_all<'a>(ws: &'a mut WebSocket, msgs: Vec<HubMsg>) -> std::pin::Pin<Box<dyn Future<Output = Result<(), ConnError>> + Send + 'a>> {
     Box::pin(async move {
         for msg in &msgs {
-            let text = protocol::encode(msg);
-            super::metrics::get().frame(Direction::Out, text.len());
-            protocol::frames::feed_text(ws, text, protocol::frames::MAX_SENT_FRAME).await?;
+            protocol::frames::feed_text(ws, outgoing(msg), protocol::frames::MAX_SENT_FRAME).await?;
         }
         Ok(futures_util::SinkExt::flush(ws).await?)
     })
@@ -548,12 +552,23 @@ async fn session(
             _ = tokio::time::sleep_until(deadline) => return Err(ConnError::HeartbeatLost),
             Some(committed) = futures_util::StreamExt::next(&mut in_flight), if !in_flight.is_empty() => {
                 let mut msgs: Vec<HubMsg> = committed?;
-                // The writes committed in the same batch are ready too.
+                // The writes committed in the same batch are ready too. One
+                // that failed ends the session, after the answers before it.
+                let mut failed = None;
                 while let Some(Some(more)) = futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut in_flight)) {
-                    msgs.extend(more?);
+                    match more {
+                        Ok(more) => msgs.extend(more),
+                        Err(e) => {
+                            failed = Some(e);
+                            break;
+                        }
+                    }
                 }
                 if !msgs.is_empty() {
                     send_all(ws, msgs).await?;
+                }
+                if let Some(e) = failed {
+                    return Err(e);
                 }
             }
             out = futures_util::StreamExt::next(rx) => match out {

@@ -112,9 +112,6 @@ pub(super) enum Writes {
 /// SQLite's one write connection.
 pub(super) struct HeldWriter {
     slot: Arc<Mutex<Slot>>,
-    /// To replace the connection (its URL and set-up).
-    url: String,
-    pragmas: String,
     /// How long a writer waits for the connection before it fails busy.
     wait: Duration,
 }
@@ -123,12 +120,35 @@ pub(super) struct Slot {
     conn: AnyConnection,
     /// A transaction may be open on `conn` that nobody will commit.
     open: bool,
+    /// To replace the connection (its URL and set-up).
+    url: String,
+    pragmas: String,
+}
+
+impl Slot {
+    /// Ends a transaction nobody will commit: rolled back or, where that
+    /// fails, the connection replaced. On error `open` stays set, and the
+    /// next taker tries again.
+    async fn settle(&mut self) -> Result<()> {
+        if !self.open {
+            return Ok(());
+        }
+        if self.conn.execute("ROLLBACK").await.is_err() {
+            // Nothing to roll back (SQLite already did, on a failed
+            // COMMIT) or the connection is broken: a new one is sure.
+            tracing::warn!("write connection replaced after a transaction it could not roll back");
+            self.conn = connect(&self.url, &self.pragmas).await?;
+        }
+        self.open = false;
+        Ok(())
+    }
 }
 
 impl HeldWriter {
     pub(super) async fn open(url: &str, pragmas: &str, wait: Duration) -> Result<Self> {
         let conn = connect(url, pragmas).await?;
-        Ok(Self { slot: Arc::new(Mutex::new(Slot { conn, open: false })), url: url.to_string(), pragmas: pragmas.to_string(), wait })
+        let slot = Slot { conn, open: false, url: url.to_string(), pragmas: pragmas.to_string() };
+        Ok(Self { slot: Arc::new(Mutex::new(slot)), wait })
     }
 
     /// The connection, outside any transaction.
@@ -136,15 +156,7 @@ impl HeldWriter {
         let Ok(mut slot) = tokio::time::timeout(self.wait, self.slot.clone().lock_owned()).await else {
             return Err(StoreError::Busy(sqlx::Error::PoolTimedOut));
         };
-        if slot.open {
-            if slot.conn.execute("ROLLBACK").await.is_err() {
-                // Nothing to roll back (SQLite already did, on a failed
-                // COMMIT) or the connection is broken: a new one is sure.
-                tracing::warn!("write connection replaced after a transaction it could not roll back");
-                slot.conn = connect(&self.url, &self.pragmas).await?;
-            }
-            slot.open = false;
-        }
+        slot.settle().await?;
         Ok(slot)
     }
 }
@@ -171,8 +183,8 @@ impl Writes {
             Writes::Pool(pool) => Ok(WriteTx::Pooled(pool.begin_with(begin).await?)),
             Writes::Held(held) => {
                 let mut slot = held.take().await?;
-                // Marked first: if BEGIN fails, the next taker rolls back
-                // (a no-op) before anything else.
+                // Marked first, so that a BEGIN cancelled half-way is
+                // settled by the next taker.
                 slot.open = true;
                 if let Err(e) = slot.conn.execute(begin).await {
                     // A BEGIN that failed began nothing.
@@ -238,16 +250,14 @@ impl Drop for HeldTx {
             return;
         }
         // The lock is released as this returns; whoever takes it next, this
-        // task or a writer already waiting, finds `open` and rolls back.
+        // task or a writer already waiting, finds `open` and settles it.
         // Outside a runtime (not reached: stores live in one) that is the
         // next writer.
         let slot = OwnedMutexGuard::mutex(&self.0).clone();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let mut slot = slot.lock_owned().await;
-                if slot.open && slot.conn.execute("ROLLBACK").await.is_ok() {
-                    slot.open = false;
-                }
+                // A failure leaves `open` set for the next taker.
+                let _ = slot.lock_owned().await.settle().await;
             });
         }
     }
