@@ -140,7 +140,16 @@ impl SqlStore {
                  PRAGMA busy_timeout = 10000; PRAGMA cache_size = -{cache_kib};"
             )
         };
-        let writes = conns::HeldWriter::open(&url, &pragmas(WRITE_CACHE_KIB), BUSY_TIMEOUT).await?;
+        // The writer's statement journals (what lets one statement of a
+        // transaction fail alone; a multi-row UPDATE under foreign keys
+        // keeps one) stay in memory instead of spilling to a temporary file
+        // past 64 KiB: a 3,000-agent fan-out opened 46 such files, and the
+        // fan-out to 10,000 was 4–14 % faster without them (issue #21). One
+        // holds the pages a single statement changes, and the group
+        // commit's statements change at most 500 rows each. Reads keep
+        // spilling large sorts to disk.
+        let write_pragmas = format!("{} PRAGMA temp_store = MEMORY;", pragmas(WRITE_CACHE_KIB));
+        let writes = conns::HeldWriter::open(&url, &write_pragmas, BUSY_TIMEOUT).await?;
         let reads = conns::Held::open(&url, SQLITE_READERS, &pragmas(READ_CACHE_KIB), BUSY_TIMEOUT).await?;
         let store = Self {
             reads: Arc::new(conns::Readers::Held(reads)),
