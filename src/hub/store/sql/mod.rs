@@ -61,7 +61,7 @@ fn target_where(f: &InvocationFilter, statuses: &[InvocationStatus], status_expr
 
 use super::*;
 
-/// SQLite: four connections for reads, held by the store (`readers`; WAL
+/// SQLite: four connections for reads, held by the store (`conns`; WAL
 /// lets them run beside the writer), and one more that every write goes
 /// through (`writes`).
 const SQLITE_READERS: usize = 4;
@@ -97,7 +97,7 @@ const MIGRATION_LOCK: i64 = 0x6465_636b_6861_6e64; // "deckhand"
 
 #[derive(Clone)]
 pub struct SqlStore {
-    /// Where reads get a connection (`readers`): held SQLite connections,
+    /// Where reads get a connection (`conns`): held SQLite connections,
     /// or the PostgreSQL pool that `writes` also uses.
     reads: Arc<conns::Readers>,
     /// Every write: on SQLite one connection the store holds (`conns`),
