@@ -1380,3 +1380,45 @@ async fn postgres_connections_ended_while_idle_are_replaced() {
     }
     e.finish().await;
 }
+
+/// PostgreSQL: the group commit's own connection (held by the store, not
+/// pooled; issue #21), ended by the server: while idle past a second it is
+/// tested and replaced before the next batch; in use, the batch that finds
+/// it ended fails (its reports are resent from the agents' journals) and
+/// the next one commits on a new connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_group_commit_replaces_a_connection_the_server_ended() {
+    use sqlx::{Connection, Row};
+    let Some(e) = Engine::postgres("store_suite::postgres_group_commit_replaces_a_connection_the_server_ended").await else { return };
+    let store = e.open().await;
+    let url = e.db.as_ref().expect("a PostgreSQL engine").url.clone();
+    let touch = || [WriteOp::Touch { instance_id: "i-none".into() }];
+    let end_sessions = || async {
+        let mut admin = sqlx::postgres::PgConnection::connect(&url).await.expect("admin connection");
+        let ended: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
+        )
+        .fetch_one(&mut admin)
+        .await
+        .expect("terminate the store's sessions")
+        .get(0);
+        let _ = admin.close().await;
+        ended
+    };
+    store.apply_batch(&touch()).await.expect("first batch opens the connection");
+    assert!(end_sessions().await >= 1, "the store held no session to end");
+    // At once: at most one batch fails on the ended connection.
+    if let Err(first) = store.apply_batch(&touch()).await {
+        let again = store.apply_batch(&touch()).await;
+        assert!(again.is_ok(), "the batch after one that failed on an ended connection ({first}): {:?}", again.err());
+    }
+    // Idle past the test window: the batch itself never sees the ended one.
+    assert!(end_sessions().await >= 1, "the store held no session to end");
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    for n in 0..3 {
+        let r = store.apply_batch(&touch()).await;
+        assert!(r.is_ok(), "batch {n} after the server ended an idle group-commit connection: {:?}", r.err());
+    }
+    e.finish().await;
+}

@@ -449,7 +449,7 @@ impl SqlStore {
     pub(super) async fn apply_batch_once(&self, ops: &[WriteOp]) -> Result<Vec<ReportEffect>> {
         // One transaction, one fsync, for the whole batch: this is what lets
         // a hub absorb a fleet-wide fan-out.
-        let mut tx = self.begin().await?;
+        let mut tx = self.begin_batch().await?;
         let d = self.d;
         let now = now_str();
         // Reports whose output is not base64 are refused before anything

@@ -1,7 +1,9 @@
 //! Where the SQL store gets its connections, for reads and for writes.
 //!
-//! PostgreSQL uses sqlx's pool for both. SQLite uses connections the store
-//! holds itself: four for reads, one that every write goes through.
+//! PostgreSQL uses sqlx's pool for both, except the group commit's
+//! transactions, which take a connection the store holds for them alone.
+//! SQLite uses connections the store holds itself: four for reads, one that
+//! every write goes through.
 //! sqlx's pool, on every release, spawns a task that pings the connection,
 //! which for SQLite is one more hand-off to the connection's worker thread
 //! and back, and a wait for a busy runtime to run that task (issue #21: a
@@ -19,9 +21,17 @@
 //! rollback that fails (a COMMIT that failed on a full disk has already
 //! rolled back; issue #14) leaves the connection marked, and whoever takes
 //! it next replaces it.
+//!
+//! PostgreSQL's group-commit connection is opened by its first taker, the
+//! group commit's own thread (`hub::writer`), so that thread's runtime
+//! drives its socket: a pooled connection opened by the sessions' runtime
+//! woke the writer only when that busy runtime got to it (issue #21).
+//! Like the pool's, it is tested with a round trip only after an idle
+//! spell, and replaced when that test, a `BEGIN` or a rollback fails on
+//! the connection itself.
 
 use std::ops::{Deref, DerefMut};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::{Any, AnyConnection, Connection, Executor, Transaction};
 use std::sync::Arc;
@@ -116,6 +126,32 @@ pub(super) struct HeldWriter {
     wait: Duration,
 }
 
+/// PostgreSQL's group-commit connection, opened by its first taker.
+pub(super) struct LazyWriter {
+    cell: tokio::sync::OnceCell<Writes>,
+    url: String,
+    /// Idle longer than this, the connection is tested before use.
+    ping_idle: Duration,
+    wait: Duration,
+}
+
+impl LazyWriter {
+    pub(super) fn new(url: &str, ping_idle: Duration, wait: Duration) -> Self {
+        Self { cell: tokio::sync::OnceCell::new(), url: url.to_string(), ping_idle, wait }
+    }
+
+    /// The writes, connected on the first call (on the caller's runtime).
+    pub(super) async fn get(&self) -> Result<&Writes> {
+        self.cell
+            .get_or_try_init(|| async {
+                let held = HeldWriter::open(&self.url, "", self.wait).await?;
+                held.slot.lock().await.ping_idle = Some(self.ping_idle);
+                Ok(Writes::Held(held))
+            })
+            .await
+    }
+}
+
 pub(super) struct Slot {
     conn: AnyConnection,
     /// A transaction may be open on `conn` that nobody will commit.
@@ -123,6 +159,11 @@ pub(super) struct Slot {
     /// To replace the connection (its URL and set-up).
     url: String,
     pragmas: String,
+    /// Tested with a round trip when idle longer than this (a server's
+    /// connection can go away while held; a file's does not).
+    ping_idle: Option<Duration>,
+    /// When the connection was last taken.
+    used: Instant,
 }
 
 impl Slot {
@@ -131,6 +172,10 @@ impl Slot {
     /// next taker tries again.
     async fn settle(&mut self) -> Result<()> {
         if !self.open {
+            if self.ping_idle.is_some_and(|idle| self.used.elapsed() > idle) && self.conn.ping().await.is_err() {
+                tracing::warn!("write connection replaced after it failed its idle test");
+                self.conn = connect(&self.url, &self.pragmas).await?;
+            }
             return Ok(());
         }
         if self.conn.execute("ROLLBACK").await.is_err() {
@@ -147,7 +192,7 @@ impl Slot {
 impl HeldWriter {
     pub(super) async fn open(url: &str, pragmas: &str, wait: Duration) -> Result<Self> {
         let conn = connect(url, pragmas).await?;
-        let slot = Slot { conn, open: false, url: url.to_string(), pragmas: pragmas.to_string() };
+        let slot = Slot { conn, open: false, url: url.to_string(), pragmas: pragmas.to_string(), ping_idle: None, used: Instant::now() };
         Ok(Self { slot: Arc::new(Mutex::new(slot)), wait })
     }
 
@@ -157,13 +202,28 @@ impl HeldWriter {
             return Err(StoreError::Busy(sqlx::Error::PoolTimedOut));
         };
         slot.settle().await?;
+        slot.used = Instant::now();
         Ok(slot)
+    }
+}
+
+/// The connection itself failed, not the statement: its socket, or the
+/// server ending the session (PostgreSQL's classes 08, connection
+/// exception, and 57, operator intervention: a shutdown, a terminated
+/// backend).
+fn connection_failed(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("08") || c.starts_with("57")),
+        _ => false,
     }
 }
 
 async fn connect(url: &str, pragmas: &str) -> Result<AnyConnection> {
     let mut conn = AnyConnection::connect(url).await?;
-    conn.execute(sqlx::AssertSqlSafe(pragmas.to_string())).await?;
+    if !pragmas.is_empty() {
+        conn.execute(sqlx::AssertSqlSafe(pragmas.to_string())).await?;
+    }
     Ok(conn)
 }
 
@@ -187,8 +247,10 @@ impl Writes {
                 // settled by the next taker.
                 slot.open = true;
                 if let Err(e) = slot.conn.execute(begin).await {
-                    // A BEGIN that failed began nothing.
-                    slot.open = false;
+                    // A BEGIN that failed began nothing, unless the
+                    // connection itself failed: then the next taker's
+                    // rollback fails too and replaces it.
+                    slot.open = connection_failed(&e);
                     return Err(e.into());
                 }
                 Ok(WriteTx::Held(HeldTx(slot)))

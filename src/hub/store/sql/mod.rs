@@ -106,6 +106,10 @@ pub struct SqlStore {
     /// between tries (issue #21: a group commit spent most of its 84–330 ms
     /// there). On PostgreSQL the same pool as reads.
     writes: Arc<conns::Writes>,
+    /// PostgreSQL's group-commit transactions: a connection of their own,
+    /// driven by the group commit's thread (`conns::LazyWriter`). SQLite's
+    /// go through `writes`.
+    batch: Option<Arc<conns::LazyWriter>>,
     d: Dialect,
     /// PostgreSQL URL, for the LISTEN connection (not pooled).
     url: String,
@@ -154,6 +158,7 @@ impl SqlStore {
         let store = Self {
             reads: Arc::new(conns::Readers::Held(reads)),
             writes: Arc::new(conns::Writes::Held(writes)),
+            batch: None,
             d: Dialect::Sqlite,
             url: String::new(),
             released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0,
@@ -186,6 +191,7 @@ impl SqlStore {
         let store = Self {
             writes: Arc::new(conns::Writes::Pool(pool.clone())),
             reads: Arc::new(conns::Readers::Pool(pool)),
+            batch: Some(Arc::new(conns::LazyWriter::new(url, POSTGRES_PING_IDLE, BUSY_TIMEOUT))),
             d: Dialect::Postgres,
             url: url.to_string(),
             released: tokio::sync::broadcast::channel(RELEASED_QUEUE).0,
@@ -233,6 +239,14 @@ impl SqlStore {
 
     async fn begin(&self) -> Result<WriteTx> {
         self.writes.begin(self.d.begin()).await
+    }
+
+    /// A group commit's transaction (see `batch`).
+    async fn begin_batch(&self) -> Result<WriteTx> {
+        match &self.batch {
+            Some(lazy) => lazy.get().await?.begin(self.d.begin()).await,
+            None => self.begin().await,
+        }
     }
 
     async fn migrate(&self) -> Result<()> {
