@@ -180,6 +180,7 @@ async fn an_old_agent_gets_client_need_upgrade_and_chunks_go_only_to_targets() {
     let mut ws = connect(&hub).await;
     let hello = |protocol| {
         protocol::encode(&AgentMsg::Hello { protocol, instance_id: id.clone(), token: token.clone(), facts: HostFacts::default() })
+            .expect("encode")
     };
     ws.send(Message::Text(hello(1).into())).await.unwrap();
     assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::Welcome { .. })));
@@ -190,7 +191,7 @@ async fn an_old_agent_gets_client_need_upgrade_and_chunks_go_only_to_targets() {
     let r = wait_file_final(&hub, &live);
     assert_eq!((r["InvocationStatus"].as_str(), r["ErrorCode"].as_str()), (Some("Invalid"), Some("ClientNeedUpgrade")), "{r}");
     // Nothing was sent to the old agent: its next frame answers a heartbeat.
-    ws.send(Message::Text(protocol::encode(&AgentMsg::Heartbeat { sent_ms: 5 }).into())).await.unwrap();
+    ws.send(Message::Text(protocol::encode(&AgentMsg::Heartbeat { sent_ms: 5 }).expect("encode").into())).await.unwrap();
     assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::HeartbeatAck { sent_ms: 5 })), "no invocation sent to a protocol 1 agent");
     drop(ws);
 
@@ -211,7 +212,7 @@ async fn an_old_agent_gets_client_need_upgrade_and_chunks_go_only_to_targets() {
         }
         other => panic!("expected the file delivery, got {other:?}"),
     }
-    let ask = |invoke_id: &str, seq| protocol::encode(&AgentMsg::FileChunkRequest { invoke_id: invoke_id.into(), seq });
+    let ask = |invoke_id: &str, seq| protocol::encode(&AgentMsg::FileChunkRequest { invoke_id: invoke_id.into(), seq }).expect("encode");
     ws.send(Message::Text(ask(&mine, 0).into())).await.unwrap();
     match next_msg(&mut ws).await {
         Some(HubMsg::FileChunk { invoke_id, seq: 0, data_b64, error }) => {

@@ -184,7 +184,7 @@ fn tls(hub: &Hub) -> Arc<rustls::ClientConfig> {
 }
 
 async fn send(ws: &mut Ws, m: &AgentMsg) {
-    ws.send(Message::Text(protocol::encode(m).into())).await.expect("send");
+    ws.send(Message::Text(protocol::encode(m).expect("encode").into())).await.expect("send");
 }
 
 /// Next hub message that is not an invocation, heartbeat or ack; None

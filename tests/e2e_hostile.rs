@@ -34,7 +34,7 @@ async fn dial(hub: &Hub) -> Ws {
 }
 
 async fn send(ws: &mut Ws, m: &AgentMsg) {
-    ws.send(Message::Text(protocol::encode(m).into())).await.expect("send");
+    ws.send(Message::Text(protocol::encode(m).expect("encode").into())).await.expect("send");
 }
 
 /// Next hub message, or None when the hub closed the connection.

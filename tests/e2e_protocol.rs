@@ -36,6 +36,7 @@ fn identity(agent: &harness::Agent) -> (String, String) {
 
 fn hello(id: &str, token: &str, protocol: u32) -> String {
     protocol::encode(&AgentMsg::Hello { protocol, instance_id: id.into(), token: token.into(), facts: HostFacts::default() })
+        .expect("encode")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,7 +80,7 @@ async fn malformed_unknown_and_version_errors() {
     assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::Welcome { .. })));
     ws.send(Message::Text(r#"{"type":"self_destruct"}"#.into())).await.unwrap();
     assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::Error { ref code, fatal: false, .. }) if code == "MalformedFrame"));
-    ws.send(Message::Text(protocol::encode(&AgentMsg::Heartbeat { sent_ms: 7 }).into())).await.unwrap();
+    ws.send(Message::Text(protocol::encode(&AgentMsg::Heartbeat { sent_ms: 7 }).expect("encode").into())).await.unwrap();
     assert!(matches!(next_msg(&mut ws).await, Some(HubMsg::HeartbeatAck { sent_ms: 7 })));
 
     // An oversized frame ends that connection only.
@@ -120,7 +121,7 @@ async fn forged_report_for_another_instance_is_refused() {
         start_time: String::new(),
         finish_time: String::new(),
     };
-    ws.send(Message::Text(protocol::encode(&AgentMsg::Report { report_id: 1, report: forged }).into())).await.unwrap();
+    ws.send(Message::Text(protocol::encode(&AgentMsg::Report { report_id: 1, report: forged }).expect("encode").into())).await.unwrap();
     match next_msg(&mut ws).await {
         Some(HubMsg::Error { code, .. }) => assert_eq!(code, "NotATarget"),
         other => panic!("expected NotATarget, got {other:?}"),
@@ -214,11 +215,11 @@ async fn reports_sent_back_to_back_are_each_acknowledged_in_order() {
     };
     let mut report_id = 0;
     for (i, inv) in invs.iter().enumerate() {
-        ws.feed(Message::Text(protocol::encode(&AgentMsg::InvokeAck { invoke_id: inv.clone() }).into())).await.unwrap();
+        ws.feed(Message::Text(protocol::encode(&AgentMsg::InvokeAck { invoke_id: inv.clone() }).expect("encode").into())).await.unwrap();
         for (status, out) in [(InvocationStatus::Running, String::new()), (InvocationStatus::Success, base64_of(&format!("burst-{i}\n")))] {
             report_id += 1;
             let m = AgentMsg::Report { report_id, report: report(inv, status, &out) };
-            ws.feed(Message::Text(protocol::encode(&m).into())).await.unwrap();
+            ws.feed(Message::Text(protocol::encode(&m).expect("encode").into())).await.unwrap();
         }
     }
     ws.flush().await.unwrap();

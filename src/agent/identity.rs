@@ -20,6 +20,8 @@ pub enum IdentityError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path} is not a valid identity file: {source}")]
     Parse { path: PathBuf, source: serde_json::Error },
+    #[error("cannot encode the identity for {path}: {source}")]
+    Encode { path: PathBuf, source: serde_json::Error },
     #[error("cannot write {path}: {0}", path = .0)]
     Write(#[from] crate::tls::TlsError),
 }
@@ -42,7 +44,8 @@ pub fn load(state_dir: &Path) -> Result<Option<Identity>, IdentityError> {
 pub fn save(state_dir: &Path, id: &Identity) -> Result<(), IdentityError> {
     let path = identity_path(state_dir);
     let tmp = path.with_extension("json.tmp");
-    crate::tls::write_private(&tmp, serde_json::to_string_pretty(id).expect("identity serializes").as_bytes(), 0o600)?;
+    let body = serde_json::to_string_pretty(id).map_err(|source| IdentityError::Encode { path: path.clone(), source })?;
+    crate::tls::write_private(&tmp, body.as_bytes(), 0o600)?;
     std::fs::rename(&tmp, &path).map_err(|source| IdentityError::Read { path: path.clone(), source })?;
     Ok(())
 }

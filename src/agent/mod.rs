@@ -111,6 +111,8 @@ pub enum AgentError {
     Refused { code: String, message: String },
     #[error("websocket: {0}")]
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
+    #[error("encode: {0}")]
+    Encode(#[from] protocol::FrameError),
     #[error("connection lost: {0}")]
     Lost(String),
     #[error("update: {0}")]
@@ -404,7 +406,7 @@ async fn register_on(ws: &mut Ws, config: &AgentConfig) -> Result<Identity, Agen
 }
 
 async fn send(ws: &mut Ws, msg: &AgentMsg) -> Result<(), AgentError> {
-    let text = protocol::encode(msg);
+    let text = protocol::encode(msg)?;
     figures::frame_out(text.len());
     protocol::frames::send_text(ws, text).await?;
     Ok(())
@@ -445,10 +447,14 @@ async fn connect_and_serve(
     if let Some(saved) = identity::load(&config.state_dir)? {
         *identity = Some(saved);
     }
-    if identity.is_none() {
-        *identity = Some(register_on(&mut ws, config).await?);
-    }
-    let id = identity.clone().expect("identity set above");
+    let id = match identity.clone() {
+        Some(id) => id,
+        None => {
+            let id = register_on(&mut ws, config).await?;
+            *identity = Some(id.clone());
+            id
+        }
+    };
     runner.set_instance_id(&id.instance_id);
     send(&mut ws, &AgentMsg::Hello { protocol: PROTOCOL_VERSION, instance_id: id.instance_id.clone(), token: id.token.clone(), facts })
         .await?;

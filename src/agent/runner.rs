@@ -408,7 +408,8 @@ impl Runner {
     pub(super) async fn run_once(self: &Arc<Self>, inv: Invocation, record_seq: u32, stop: CancellationToken, closes: bool) {
         // Wait for a slot in FIFO order; a stop while queued never starts it.
         let permit = tokio::select! {
-            p = self.slots.clone().acquire_owned() => p.expect("semaphore never closed"),
+            // The semaphore is never closed; were it, the run goes on unslotted.
+            p = self.slots.clone().acquire_owned() => p.ok(),
             _ = stop.cancelled() => {
                 self.report(stopped_before_start(&inv, record_seq), closes);
                 return;

@@ -134,7 +134,7 @@ pub fn status_path(state_dir: &Path) -> PathBuf {
 pub fn write_status(state_dir: &Path, s: &Status) {
     let path = status_path(state_dir);
     let tmp = path.with_extension("json.tmp");
-    let mut body = serde_json::to_vec_pretty(s).expect("status serializes");
+    let Ok(mut body) = serde_json::to_vec_pretty(s) else { return };
     if body.len() < STATUS_RESERVE {
         body.resize(STATUS_RESERVE - 1, b' ');
         body.push(b'\n');

@@ -2,6 +2,9 @@
 //! AgentConfig → run; plus `status`, `register` and `config check`, and on
 //! Windows `service install|uninstall` and the SCM entry `windows-service`.
 
+// The library's lint gate (src/lib.rs), for the binaries too.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::string_slice))]
+
 use std::path::PathBuf;
 
 use anyhow::Context;

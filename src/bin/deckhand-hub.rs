@@ -1,6 +1,9 @@
 //! `deckhand-hub`: the control plane. Thin main: flags/env/hub.toml →
 //! HubConfig → run; plus `config check`.
 
+// The library's lint gate (src/lib.rs), for the binaries too.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::string_slice))]
+
 use std::path::PathBuf;
 use std::sync::Arc;
 

@@ -1,5 +1,8 @@
 //! `deckhand`: the CLI. Thin main: parse, run, map errors to exit codes.
 
+// The library's lint gate (src/lib.rs), for the binaries too.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::string_slice))]
+
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {

@@ -35,6 +35,14 @@ pub enum CliError {
     BadResponse(String),
     #[error("{0}")]
     Usage(String),
+    #[error("cannot encode {what} as JSON: {source}")]
+    Encode { what: &'static str, source: serde_json::Error },
+}
+
+/// `value` as pretty JSON (what `--json` prints, and the files `deckhand
+/// dev` writes).
+pub fn pretty_json(what: &'static str, value: &impl Serialize) -> Result<String, CliError> {
+    serde_json::to_string_pretty(value).map_err(|source| CliError::Encode { what, source })
 }
 
 /// Where and how to reach the hub; `deckhand dev` writes one of these.

@@ -42,11 +42,8 @@ fn dev_key(dir: &Path) -> Result<DevKey, CliError> {
     if let Ok(b) = std::fs::read(&path) {
         return serde_json::from_slice(&b).map_err(|source| CliError::Parse { path, source });
     }
-    let key = DevKey {
-        id: format!("LTAIdev{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
-        secret: uuid::Uuid::new_v4().simple().to_string(),
-    };
-    crate::tls::write_private(&path, serde_json::to_string_pretty(&key).expect("json").as_bytes(), 0o600).map_err(err)?;
+    let key = DevKey { id: crate::ids::random("LTAIdev", 16), secret: uuid::Uuid::new_v4().simple().to_string() };
+    crate::tls::write_private(&path, super::client::pretty_json("the dev key", &key)?.as_bytes(), 0o600).map_err(err)?;
     Ok(key)
 }
 
@@ -97,7 +94,7 @@ async fn run_async(args: &DevArgs) -> Result<(), CliError> {
     if agent::identity::load(&agent_dir).map_err(err)?.is_none() {
         let code = uuid::Uuid::new_v4().simple().to_string();
         let row = ActivationRow {
-            activation_id: format!("dev-{}", &uuid::Uuid::new_v4().simple().to_string()[..12]),
+            activation_id: crate::ids::random("dev-", 12),
             code_hash: hash_token(&code),
             instance_name: "dev-local".into(),
             description: "created by deckhand dev".into(),
@@ -136,7 +133,7 @@ async fn run_async(args: &DevArgs) -> Result<(), CliError> {
         access_key_secret: key.secret.clone(),
         ca_file: Some(pki.ca_cert.clone()),
     };
-    let cfg_json = serde_json::to_string_pretty(&cli_cfg).expect("json");
+    let cfg_json = super::client::pretty_json("the CLI config", &cli_cfg)?;
     crate::tls::write_private(&dir.join("cli.json"), cfg_json.as_bytes(), 0o600).map_err(err)?;
     let cli_path = default_config_path();
     if !args.no_cli_config {
@@ -198,10 +195,15 @@ pub async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        // Without a SIGTERM handler (not expected), Ctrl-C still ends it.
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            },
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
     #[cfg(not(unix))]

@@ -240,7 +240,7 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32, CliError> {
         std::thread::sleep(POLL.saturating_sub(asked.elapsed()));
     };
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"InvokeId": invoke_id, "Results": results})).expect("json"));
+        println!("{}", super::client::pretty_json("the results", &serde_json::json!({"InvokeId": invoke_id, "Results": results}))?);
     } else {
         if shown_live > 0 {
             println!();

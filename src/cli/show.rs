@@ -46,7 +46,7 @@ pub(super) fn all_pages(cli: &Cli, action: &str, params: &[(&str, String)], oute
 pub fn instances(cli: &Cli) -> Result<(), CliError> {
     let list = all_pages(cli, "DescribeManagedInstances", &[], "Instances", "Instance")?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+        println!("{}", super::client::pretty_json("the answer", &list)?);
         return Ok(());
     }
     println!("{:<26} {:<8} {:<24} {:<8} {:<6} LAST SEEN", "INSTANCE", "STATUS", "HOSTNAME", "OS", "CPUS");
@@ -68,7 +68,7 @@ pub fn invocations(cli: &Cli, limit: u32) -> Result<(), CliError> {
     let v = cli.client()?.call("DescribeInvocations", &[("PageSize", limit.clamp(1, 50).to_string())])?;
     let list = items(&v, "Invocations", "Invocation");
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+        println!("{}", super::client::pretty_json("the answer", &list)?);
         return Ok(());
     }
     println!("{:<26} {:<14} {:<20} {:<9} COMMAND", "INVOKE ID", "STATUS", "CREATED", "TARGETS");
@@ -91,7 +91,7 @@ pub fn results(cli: &Cli, invoke_id: &str, history: bool) -> Result<i32, CliErro
     let inv = v.get("Invocation").cloned().unwrap_or(json!({}));
     let list = items(&inv, "InvocationResults", "InvocationResult");
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&list).expect("json"));
+        println!("{}", super::client::pretty_json("the answer", &list)?);
     } else {
         for r in &list {
             print_result(r);
@@ -154,7 +154,7 @@ pub fn activate(cli: &Cli, count: u32, ttl: u32, name: Option<&str>) -> Result<(
     }
     let v = cli.client()?.call("CreateActivation", &p)?;
     if cli.json {
-        println!("{}", serde_json::to_string_pretty(&v).expect("json"));
+        println!("{}", super::client::pretty_json("the answer", &v)?);
     } else {
         println!("ActivationId:   {}\nActivationCode: {}", s(&v, "ActivationId"), s(&v, "ActivationCode"));
         println!(

@@ -41,12 +41,15 @@ pub fn check_content(script: &str) -> Result<(), StartError> {
 }
 
 /// Kills the tree if the run future is dropped mid-flight (agent shutdown).
-struct KillOnDrop(Option<Box<dyn Group>>);
+struct KillOnDrop {
+    group: Box<dyn Group>,
+    armed: bool,
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if let Some(g) = &self.0 {
-            g.kill();
+        if self.armed {
+            self.group.kill();
         }
     }
 }
@@ -92,8 +95,8 @@ pub(super) async fn run_keeping_script(
     };
     let spawn::Started { mut child, outputs, group, script_dir } = started;
     tracing::info!(invoke_id, pid = child.id(), script = %script_dir.script().display(), "run started");
-    let guard = KillOnDrop(Some(group));
-    let group = guard.0.as_deref().expect("just set");
+    let guard = KillOnDrop { group, armed: true };
+    let group = &*guard.group;
 
     let grace = spec.kill_grace.min(MAX_GRACE);
     let drain = spec.drain_timeout.min(MAX_GRACE);
@@ -179,7 +182,7 @@ pub(super) async fn run_keeping_script(
     let mut guard = guard;
     // Normal exit: background jobs the script left behind are allowed to live.
     if reason.is_none() {
-        guard.0 = None;
+        guard.armed = false;
     }
     drop(guard);
 

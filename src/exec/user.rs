@@ -102,7 +102,9 @@ fn lookup(username: Option<&str>) -> Result<Account, StartError> {
         ));
     }
     let groups = if switch {
-        let cname = CString::new(user.name.clone()).expect("checked for NUL above");
+        // NUL was refused above; this only keeps the check local.
+        let cname = CString::new(user.name.clone())
+            .map_err(|_| StartError::new(codes::EXECUTION_EXCEPTION, format!("Username {:?} contains NUL", user.name)))?;
         let mut g: Vec<u32> = getgrouplist(&cname, user.gid)
             .map_err(|e| StartError::new(codes::EXECUTION_EXCEPTION, format!("cannot list groups of {:?}: {e}", user.name)))?
             .into_iter()

@@ -245,6 +245,8 @@ enum ConnError {
     Ws(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("store: {0}")]
     Store(#[from] super::store::StoreError),
+    #[error("encode: {0}")]
+    Encode(#[from] protocol::FrameError),
 }
 
 /// Encodes `msg` now and sends it. The sending is boxed: every await of a
@@ -253,14 +255,14 @@ enum ConnError {
 /// #21); the box lives only while a message goes out.
 fn send<'a>(ws: &'a mut WebSocket, msg: &HubMsg) -> std::pin::Pin<Box<dyn Future<Output = Result<(), ConnError>> + Send + 'a>> {
     let text = outgoing(msg);
-    Box::pin(async move { Ok(protocol::frames::send_text(ws, text).await?) })
+    Box::pin(async move { Ok(protocol::frames::send_text(ws, text?).await?) })
 }
 
 /// `msg` encoded, and counted as an outgoing frame.
-fn outgoing(msg: &HubMsg) -> String {
-    let text = protocol::encode(msg);
+fn outgoing(msg: &HubMsg) -> Result<String, protocol::FrameError> {
+    let text = protocol::encode(msg)?;
     super::metrics::get().frame(Direction::Out, text.len());
-    text
+    Ok(text)
 }
 
 /// Sends `msgs` in order and flushes once: the answers of writes that
@@ -269,7 +271,7 @@ fn outgoing(msg: &HubMsg) -> String {
 fn send_all<'a>(ws: &'a mut WebSocket, msgs: Vec<HubMsg>) -> std::pin::Pin<Box<dyn Future<Output = Result<(), ConnError>> + Send + 'a>> {
     Box::pin(async move {
         for msg in &msgs {
-            protocol::frames::feed_text(ws, outgoing(msg), protocol::frames::MAX_SENT_FRAME).await?;
+            protocol::frames::feed_text(ws, outgoing(msg)?, protocol::frames::MAX_SENT_FRAME).await?;
         }
         Ok(futures_util::SinkExt::flush(ws).await?)
     })
@@ -847,7 +849,7 @@ async fn register(
     if !super::api::ip_in_range(&peer.ip(), &act.ip_address_range) {
         return Ok(Err(("IpNotAllowed", format!("{} is outside the activation's range {}", peer.ip(), act.ip_address_range))));
     }
-    let instance_id = format!("mi-{}", &uuid::Uuid::new_v4().simple().to_string()[..20]);
+    let instance_id = crate::ids::random("mi-", 20);
     let token = new_token();
     let name = if act.instance_name.is_empty() { facts.hostname.clone() } else { act.instance_name.clone() };
     let row = InstanceRow {

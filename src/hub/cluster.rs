@@ -59,7 +59,7 @@ struct Envelope {
 
 /// A fresh identity for this replica's process lifetime.
 pub fn new_hub_id() -> String {
-    format!("hub-{}", &uuid::Uuid::new_v4().simple().to_string()[..12])
+    crate::ids::random("hub-", 12)
 }
 
 /// Tells the other replicas; failure only delays delivery to the next

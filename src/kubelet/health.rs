@@ -34,8 +34,8 @@ impl HealthUrl {
             return Err(bad("longer than 2048 characters"));
         }
         let rest = s.strip_prefix("http://").ok_or_else(|| bad("only http:// URLs are supported"))?;
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
+        let (authority, path) = match rest.find('/').and_then(|i| rest.split_at_checked(i)) {
+            Some(split) => split,
             None => (rest, "/"),
         };
         if path.chars().any(|c| c.is_whitespace() || c.is_control()) {

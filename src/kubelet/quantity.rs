@@ -165,7 +165,8 @@ impl Quantity {
         while i < bytes.len() && bytes[i].is_ascii_digit() {
             i += 1;
         }
-        let int_digits = &input[int_start..i];
+        // The scan stops only at ASCII bytes, so these are char boundaries.
+        let int_digits = input.get(int_start..i).unwrap_or_default();
         let mut frac_digits = "";
         if i < bytes.len() && bytes[i] == b'.' {
             i += 1;
@@ -173,12 +174,12 @@ impl Quantity {
             while i < bytes.len() && bytes[i].is_ascii_digit() {
                 i += 1;
             }
-            frac_digits = &input[f..i];
+            frac_digits = input.get(f..i).unwrap_or_default();
         }
         if int_digits.is_empty() && frac_digits.is_empty() {
             return Err(QuantityError::NoDigits(input.to_string()));
         }
-        let suffix = &input[i..];
+        let suffix = input.get(i..).unwrap_or_default();
         let (format, exp10, binary_pow) = parse_suffix(input, suffix)?;
 
         // Mantissa as an integer, leading zeros dropped so long zero-padded input still fits.
@@ -262,9 +263,9 @@ fn parse_suffix(input: &str, suffix: &str) -> Result<(Format, i32, u32), Quantit
     if let Some((_, p)) = BINARY.iter().find(|(s, _)| *s == suffix) {
         return Ok((Format::BinarySI, 0, *p));
     }
-    let first = suffix.as_bytes()[0];
-    if (first == b'e' || first == b'E') && suffix.len() > 1 {
-        let rest = &suffix[1..];
+    if let Some(rest) = suffix.strip_prefix(['e', 'E'])
+        && !rest.is_empty()
+    {
         let digits = rest.strip_prefix(['+', '-']).unwrap_or(rest);
         // Exponents beyond a few digits can only overflow or round to 1n; refuse them early.
         if digits.is_empty() || digits.len() > 4 || !digits.bytes().all(|b| b.is_ascii_digit()) {

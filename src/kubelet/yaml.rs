@@ -76,8 +76,8 @@ fn strip_comment(s: &str) -> String {
     if s.starts_with('"') || s.starts_with('\'') {
         return s.to_string();
     }
-    match s.find(" #") {
-        Some(p) => s[..p].trim_end().to_string(),
+    match s.split_once(" #") {
+        Some((before, _)) => before.trim_end().to_string(),
         None => s.to_string(),
     }
 }

@@ -495,9 +495,11 @@ pub fn decode<T: for<'de> Deserialize<'de>>(text: &str) -> Result<T, FrameError>
     Ok(serde_json::from_str(text)?)
 }
 
-pub fn encode<T: Serialize>(msg: &T) -> String {
-    // Serializing these plain structs cannot fail (no maps with non-string keys).
-    serde_json::to_string(msg).expect("protocol message serializes")
+/// Encode one message. The wire types are plain structs and enums (no maps
+/// with non-string keys), so this does not fail in practice; a failure is
+/// still an error for the caller, never a panic.
+pub fn encode<T: Serialize>(msg: &T) -> Result<String, FrameError> {
+    Ok(serde_json::to_string(msg)?)
 }
 
 #[cfg(test)]

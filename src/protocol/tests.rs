@@ -5,7 +5,7 @@ use super::*;
 #[test]
 fn messages_round_trip_with_type_tag() {
     let m = AgentMsg::Heartbeat { sent_ms: 42 };
-    let text = encode(&m);
+    let text = encode(&m).expect("encode");
     assert_eq!(text, r#"{"type":"heartbeat","sent_ms":42}"#);
     assert_eq!(decode::<AgentMsg>(&text).unwrap(), m);
 }
@@ -114,7 +114,7 @@ fn reports_of_both_versions_decode() {
         start_time: "2026-01-01T00:00:00Z".into(),
         finish_time: "2026-01-01T00:00:05Z".into(),
     };
-    let text = encode(&new);
+    let text = encode(&new).expect("encode");
     assert!(text.contains(r#""status":"Terminated""#) && text.contains(r#""error_code":"""#), "{text}");
     assert_eq!(decode::<RecordReport>(&text).unwrap(), new);
 }

@@ -18,10 +18,11 @@ pub const MAX_RATE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub(super) fn parse_rate(expr: &str, inner: &str) -> Result<Duration, ScheduleError> {
     let err = |reason: String| ScheduleError::Rate { expr: expr.to_string(), reason };
     let body: String = inner.chars().filter(|c| !c.is_whitespace()).collect();
-    let Some(unit) = body.chars().last() else {
+    let mut chars = body.chars();
+    let Some(unit) = chars.next_back() else {
         return Err(err("empty; expected a number and a unit, e.g. rate(5m)".into()));
     };
-    let number = &body[..body.len() - unit.len_utf8()];
+    let number = chars.as_str();
     let secs_per = match unit.to_ascii_lowercase() {
         's' => 1u64,
         'm' => 60,

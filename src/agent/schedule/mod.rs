@@ -101,11 +101,11 @@ pub fn parse(freq: &str) -> Result<Schedule, ScheduleError> {
 
 /// `name( ... )`, name case-insensitive, blanks allowed before `(`.
 fn wrapped<'a>(f: &'a str, name: &str) -> Option<&'a str> {
-    let head = f.get(..name.len())?;
+    let (head, rest) = f.split_at_checked(name.len())?;
     if !head.eq_ignore_ascii_case(name) {
         return None;
     }
-    let rest = f[name.len()..].trim_start();
+    let rest = rest.trim_start();
     rest.strip_prefix('(')?.strip_suffix(')')
 }
 

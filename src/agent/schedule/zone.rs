@@ -96,10 +96,12 @@ impl std::fmt::Display for Zone {
 /// `+8:00`, `-7:00`, `+5:45`; also `+8` / `-7` (the RunCommand docs show
 /// `GMT-7` once). Hours carry no leading zero, as Cloud Assistant requires.
 fn parse_gmt_offset(rest: &str) -> Result<FixedOffset, String> {
-    let (sign, body) = match rest.chars().next() {
-        Some('+') => (1, &rest[1..]),
-        Some('-') => (-1, &rest[1..]),
-        _ => return Err("a GMT offset needs a sign, e.g. GMT+8:00 or GMT-7:00".into()),
+    let (sign, body) = if let Some(body) = rest.strip_prefix('+') {
+        (1, body)
+    } else if let Some(body) = rest.strip_prefix('-') {
+        (-1, body)
+    } else {
+        return Err("a GMT offset needs a sign, e.g. GMT+8:00 or GMT-7:00".into());
     };
     let (h, m) = body.split_once(':').unwrap_or((body, "00"));
     let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());

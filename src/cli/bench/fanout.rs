@@ -149,7 +149,7 @@ async fn send(ws: &mut Ws, m: &AgentMsg) -> Result<(), CliError> {
 }
 
 async fn send_framed(ws: &mut Ws, m: &AgentMsg, max_frame: usize) -> Result<(), CliError> {
-    protocol::frames::send_text_framed(ws, protocol::encode(m), max_frame).await.map_err(err)
+    protocol::frames::send_text_framed(ws, protocol::encode(m).map_err(err)?, max_frame).await.map_err(err)
 }
 
 async fn recv(ws: &mut Ws) -> Result<HubMsg, CliError> {

@@ -21,7 +21,7 @@ pub async fn create(req: &Request<'_>) -> Result<Value, ApiError> {
     // CreateCommand's CommandContent is Base64 unless told otherwise.
     let content = decode_content(p, "CommandContent", "Base64")?;
     let cmd = CommandRow {
-        command_id: format!("c-{}", &uuid::Uuid::new_v4().simple().to_string()[..22]),
+        command_id: crate::ids::random("c-", 22),
         name,
         description: p.string("Description", 512)?.unwrap_or_default(),
         command_type: t,

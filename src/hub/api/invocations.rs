@@ -36,7 +36,7 @@ pub fn named<T>(p: &Params, field: &str, parse: impl Fn(&str) -> Result<T, Unkno
 }
 
 pub(super) fn new_id(prefix: &str) -> String {
-    format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..22])
+    crate::ids::random(&format!("{prefix}-"), 22)
 }
 
 /// Decodes `CommandContent` per `ContentEncoding` and enforces the 16 KB
