@@ -1347,20 +1347,10 @@ async fn one_batch_equals_the_same_ops_one_at_a_time(e: &Engine) {
     }
 }
 
-/// PostgreSQL: pooled connections the server ended while they sat idle
-/// (a restart, a failover, an idle-session timeout) are replaced before
-/// use, not handed to a request that then fails. The store skips sqlx's
-/// ping before every query and pings only connections idle for more than
-/// a second (issue #21).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn postgres_connections_ended_while_idle_are_replaced() {
+/// Ends every session of the test database but the caller's own, as a
+/// server restart or an operator would; returns how many were ended.
+async fn end_sessions(url: &str) -> i64 {
     use sqlx::{Connection, Row};
-    let Some(e) = Engine::postgres("store_suite::postgres_connections_ended_while_idle_are_replaced").await else { return };
-    let store = e.open().await;
-    // Several reads at once, so the pool holds several connections.
-    let reads = futures_util::future::join_all((0..6).map(|_| store.get_instance("i-none"))).await;
-    assert!(reads.iter().all(|r| matches!(r, Ok(None))), "{:?}", reads.iter().find(|r| r.is_err()));
-    let url = &e.db.as_ref().expect("a PostgreSQL engine").url;
     let mut admin = sqlx::postgres::PgConnection::connect(url).await.expect("admin connection");
     let ended: i64 = sqlx::query(
         "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
@@ -1370,8 +1360,24 @@ async fn postgres_connections_ended_while_idle_are_replaced() {
     .await
     .expect("terminate the store's sessions")
     .get(0);
-    assert!(ended >= 1, "the store held no session to end");
     let _ = admin.close().await;
+    ended
+}
+
+/// PostgreSQL: pooled connections the server ended while they sat idle
+/// (a restart, a failover, an idle-session timeout) are replaced before
+/// use, not handed to a request that then fails. The store skips sqlx's
+/// ping before every query and pings only connections idle for more than
+/// a second (issue #21).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_connections_ended_while_idle_are_replaced() {
+    let Some(e) = Engine::postgres("store_suite::postgres_connections_ended_while_idle_are_replaced").await else { return };
+    let store = e.open().await;
+    // Several reads at once, so the pool holds several connections.
+    let reads = futures_util::future::join_all((0..6).map(|_| store.get_instance("i-none"))).await;
+    assert!(reads.iter().all(|r| matches!(r, Ok(None))), "{:?}", reads.iter().find(|r| r.is_err()));
+    let url = &e.db.as_ref().expect("a PostgreSQL engine").url;
+    assert!(end_sessions(url).await >= 1, "the store held no session to end");
     // Past the idle window: the pool must test each connection it hands out.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     for n in 0..8 {
@@ -1388,33 +1394,19 @@ async fn postgres_connections_ended_while_idle_are_replaced() {
 /// the next one commits on a new connection.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_group_commit_replaces_a_connection_the_server_ended() {
-    use sqlx::{Connection, Row};
     let Some(e) = Engine::postgres("store_suite::postgres_group_commit_replaces_a_connection_the_server_ended").await else { return };
     let store = e.open().await;
     let url = e.db.as_ref().expect("a PostgreSQL engine").url.clone();
     let touch = || [WriteOp::Touch { instance_id: "i-none".into() }];
-    let end_sessions = || async {
-        let mut admin = sqlx::postgres::PgConnection::connect(&url).await.expect("admin connection");
-        let ended: i64 = sqlx::query(
-            "SELECT COUNT(*) FROM (SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE datname = current_database() AND pid <> pg_backend_pid()) AS t",
-        )
-        .fetch_one(&mut admin)
-        .await
-        .expect("terminate the store's sessions")
-        .get(0);
-        let _ = admin.close().await;
-        ended
-    };
     store.apply_batch(&touch()).await.expect("first batch opens the connection");
-    assert!(end_sessions().await >= 1, "the store held no session to end");
+    assert!(end_sessions(&url).await >= 1, "the store held no session to end");
     // At once: at most one batch fails on the ended connection.
     if let Err(first) = store.apply_batch(&touch()).await {
         let again = store.apply_batch(&touch()).await;
         assert!(again.is_ok(), "the batch after one that failed on an ended connection ({first}): {:?}", again.err());
     }
     // Idle past the test window: the batch itself never sees the ended one.
-    assert!(end_sessions().await >= 1, "the store held no session to end");
+    assert!(end_sessions(&url).await >= 1, "the store held no session to end");
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     for n in 0..3 {
         let r = store.apply_batch(&touch()).await;
