@@ -454,8 +454,9 @@ impl Runner {
         // The start (and a schedule's fire before it) on disk before the
         // script starts, so a restart never runs it again; the Running
         // report shares the sync. A failing journal holds them and the run
-        // goes on, as before. A supervised run's directory is prepared
-        // (and synced) meanwhile: it holds no trace of a start until the
+        // goes on, as before. A supervised run's supervisor is launched and
+        // its directory prepared (and synced) meanwhile: the supervisor waits
+        // for its go, and the directory holds no trace of a start until the
         // supervisor syncs `ran`, so a crash in between loses nothing.
         let (_, prepared) = tokio::join!(self.flush(), self.prepare(&inv, record_seq, spec.as_ref()));
         let report = match spec {
@@ -484,15 +485,26 @@ impl Runner {
         }
     }
 
-    /// A supervised script run's directory, made ready for its supervisor
-    /// (`None`: the run is not supervised, or has no directory name).
+    /// A supervised script run's supervisor, launched and waiting for its
+    /// go, and its directory made ready (`None`: the run is not supervised,
+    /// or has no directory name).
     async fn prepare(&self, inv: &Invocation, record_seq: u32, spec: Option<&RunSpec>) -> Prepared {
         #[cfg(unix)]
         {
             let spec = spec.filter(|_| inv.command_type != CommandType::ApplyKubeletReserved && !inv.command_type.is_file())?;
+            let sup = self.supervision.as_ref()?;
             let dir = self.run_dir(inv, record_seq)?;
-            let prepared = exec::supervise::prepare_off_loop(dir.clone(), spec.clone()).await;
-            Some((dir, prepared))
+            let launched = match exec::supervise::launch_off_loop(dir.clone(), sup.program.clone(), sup.scope.clone()).await {
+                Ok(launched) => match exec::supervise::fill_off_loop(dir.clone(), spec.clone()).await {
+                    Ok(()) => Ok(launched),
+                    Err(e) => {
+                        launched.withdraw().await;
+                        Err(e)
+                    }
+                },
+                Err(e) => Err(e),
+            };
+            Some((dir, launched))
         }
         #[cfg(not(unix))]
         {
@@ -510,9 +522,9 @@ impl Runner {
         prepared: Prepared,
     ) -> RecordReport {
         #[cfg(unix)]
-        if let (Some(sup), Some((dir, prepared))) = (&self.supervision, prepared) {
+        if let Some((dir, prepared)) = prepared {
             let launched = match prepared {
-                Ok(p) => p.start_off_loop(sup.program.clone(), sup.scope.clone()).await,
+                Ok(launched) => launched.go().await,
                 Err(e) => Err(e),
             };
             let exited = match launched {
@@ -549,9 +561,9 @@ impl Runner {
     }
 }
 
-/// A supervised run's directory and how preparing it went.
+/// A supervised run's directory, and its supervisor launched (or why not).
 #[cfg(unix)]
-type Prepared = Option<(PathBuf, Result<exec::supervise::Prepared, exec::supervise::SuperviseError>)>;
+type Prepared = Option<(PathBuf, Result<exec::supervise::Launched, exec::supervise::SuperviseError>)>;
 #[cfg(not(unix))]
 type Prepared = Option<std::convert::Infallible>;
 

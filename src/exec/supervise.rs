@@ -5,14 +5,14 @@
 //!
 //! | file | written by | meaning |
 //! |---|---|---|
-//! | `spec.json` | agent, before launch | the [`RunSpec`] to run |
+//! | `spec.json` | agent, before the go | the [`RunSpec`] to run |
 //! | `lock` | — | `flock`ed by the supervisor for its whole life (the agent takes it first and hands the locked descriptor over as fd 3, so there is no moment where a launched run is unlocked) |
 //! | `ran` | supervisor, before the script starts | the script was started: never start it again |
 //! | `output.spool` | supervisor | live output, first [`SPOOL_CAP`] bytes |
 //! | `stop` | agent | a stop request (the supervisor polls for it) |
 //! | `result.json` | supervisor, atomically | the [`RunOutcome`] |
 //! | `supervisor.log` | supervisor | its own log (stderr) |
-//! | `ran.reserve`, `result.reserve` | agent, before launch | space set aside so `ran` and `result.json` can still be written when the state dir fills up meanwhile (overwritten in place, then renamed) |
+//! | `ran.reserve`, `result.reserve` | agent, before the go | space set aside so `ran` and `result.json` can still be written when the state dir fills up meanwhile (overwritten in place, then renamed) |
 //!
 //! The supervisor is the agent's binary re-executed with a hidden
 //! subcommand, in its own session (`setsid`), so neither a signal to the
@@ -23,6 +23,13 @@
 //!
 //! At most once: the script starts only under the lock and only if `ran`
 //! is absent; `ran` is synced before the script starts.
+//!
+//! Launched ahead: the agent starts the supervisor as soon as it has
+//! claimed the directory ([`claim`], [`Claimed::launch`]), so the process's
+//! own start overlaps the spec's writing ([`fill`]) and the agent's journal
+//! sync of the run's start. The supervisor then waits for one byte on its
+//! stdin ([`Launched::go`]) before anything else; an end of stdin instead
+//! (the run withdrawn, or the agent dead) makes it exit without a trace.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -58,6 +65,12 @@ const LIVENESS_EVERY: u32 = 10;
 const RESULT_RETRIES: u32 = 3600;
 /// The descriptor the locked `lock` file is handed over as.
 const LOCK_FD: i32 = 3;
+/// Set (to `1`) in a supervisor's environment by an agent that launches
+/// it ahead of its run: it waits for [`GO`] on stdin before anything else.
+/// A supervisor started without it (by an older agent) starts at once.
+pub const AFTER_GO_ENV: &str = "DECKHAND_SUPERVISE_AFTER_GO";
+/// The byte that lets a waiting supervisor start its run.
+const GO: u8 = b'1';
 
 const SPEC: &str = "spec.json";
 const LOCK: &str = "lock";
@@ -315,23 +328,30 @@ fn try_lock(f: &File) -> bool {
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
-/// A run directory made ready for its supervisor: locked by us, the spec
-/// and the reserves written, the directory synced.
-pub struct Prepared {
+/// A run directory claimed for one run: made, and its lock taken by us.
+pub struct Claimed {
     lock: File,
     dir: PathBuf,
 }
 
-/// Prepares `dir` for `spec`: the first half of starting a supervised run
-/// ([`Prepared::start`] is the second), which the agent runs beside its own
-/// journal sync of the run's start (issue #21: the two syncs overlap
-/// instead of following each other).
-pub fn prepare(dir: &Path, spec: &RunSpec) -> Result<Prepared, SuperviseError> {
+/// Claims `dir`: the first step of starting a supervised run. The
+/// supervisor is launched at once ([`Claimed::launch`]) and waits for its
+/// go ([`Launched::go`]), while [`fill`] writes what it will read and the
+/// agent syncs the run's start in its journal: the supervisor's own start
+/// (an `execve` of the agent's binary, about 1.7 ms) overlaps both instead
+/// of following them (issue #21).
+pub fn claim(dir: &Path) -> Result<Claimed, SuperviseError> {
     private_dir(dir)?;
     let lock = open_lock(dir)?;
     if !try_lock(&lock) {
         return Err(SuperviseError::Busy(dir.to_path_buf()));
     }
+    Ok(Claimed { lock, dir: dir.to_path_buf() })
+}
+
+/// Writes the spec and the reserves into a claimed `dir` and syncs the
+/// directory: everything the supervisor reads after its go.
+pub fn fill(dir: &Path, spec: &RunSpec) -> Result<(), SuperviseError> {
     let body = serde_json::to_vec(&StoredSpec::from(spec)).map_err(|source| SuperviseError::Decode { path: dir.join(SPEC), source })?;
     // Issue #21: these three cost six fsyncs before every supervised run;
     // now one (the directory, below). `ran` and `result.json`, which the
@@ -342,22 +362,22 @@ pub fn prepare(dir: &Path, spec: &RunSpec) -> Result<Prepared, SuperviseError> {
     let result_room = spec.output_cap.min(super::MAX_OUTPUT_CAP) / 3 * 4 + 8 * 1024;
     write_prepared(dir, RESULT_RESERVE, &vec![b' '; result_room])?;
     write_prepared(dir, RAN_RESERVE, &[b' '; 64])?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))?;
-    Ok(Prepared { lock, dir: dir.to_path_buf() })
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))
 }
 
-impl Prepared {
-    /// Starts a supervisor for the prepared directory with `program` (the
-    /// agent's own binary), handing it the lock. Returns once the
-    /// supervisor process exists; it is reaped by a background task while
-    /// the agent lives, which fires the returned [`Exited`] when it ends
-    /// (its result is on disk by then), so [`watch`] reads the result at
-    /// once instead of at its next poll. With `scope`, the supervisor
-    /// starts in a systemd scope of its own ([`super::scope`]), outside the
-    /// agent's cgroup.
-    pub fn start(self, program: &Path, scope: Option<&super::scope::Scope>) -> Result<Exited, SuperviseError> {
-        let Prepared { lock, dir } = self;
-        let dir = dir.as_path();
+impl Claimed {
+    /// Starts a supervisor for the claimed directory with `program` (the
+    /// agent's own binary), handing it the lock. It does nothing until
+    /// [`Launched::go`] (a byte on its stdin); the end of its stdin without
+    /// one ([`Launched::withdraw`], or the agent's death) makes it exit
+    /// without touching the directory. It is reaped by a background task
+    /// while the agent lives, which fires [`Exited`] when it ends (its
+    /// result is on disk by then), so [`watch`] reads the result at once
+    /// instead of at its next poll. With `scope`, the supervisor starts in
+    /// a systemd scope of its own ([`super::scope`]), outside the agent's
+    /// cgroup.
+    pub fn launch(self, program: &Path, scope: Option<&super::scope::Scope>) -> Result<Launched, SuperviseError> {
+        let Claimed { lock, dir } = self;
         let log_path = dir.join(LOG);
         let log = OpenOptions::new().create(true).append(true).mode(0o600).open(&log_path).map_err(io("open", &log_path))?;
         let mut cmd = match scope {
@@ -369,8 +389,9 @@ impl Prepared {
             }
             None => std::process::Command::new(program),
         };
-        cmd.arg(SUBCOMMAND).arg(dir).stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(log);
+        cmd.arg(SUBCOMMAND).arg(&dir).stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).stderr(log);
         cmd.env("DECKHAND_LOG", std::env::var("DECKHAND_LOG").unwrap_or_else(|_| "info".into()));
+        cmd.env(AFTER_GO_ENV, "1");
         let lock_fd = lock.as_raw_fd();
         // SAFETY: between fork and exec we only make async-signal-safe calls
         // (setsid, dup2, fcntl) on values computed before the fork.
@@ -396,34 +417,64 @@ impl Prepared {
         let mut child = tokio::process::Command::from(cmd).spawn().map_err(io("start supervisor", program))?;
         // Our copy of the lock closes here; the supervisor's keeps it held.
         drop(lock);
+        let Some(go) = child.stdin.take() else {
+            // Not reached (stdin is piped above); without it the supervisor
+            // would read an end at once and exit, doing nothing.
+            return Err(io("start supervisor", program)(std::io::ErrorKind::BrokenPipe.into()));
+        };
         let (exited, rx) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
             let _ = child.wait().await;
             let _ = exited.send(());
         });
-        Ok(rx)
+        Ok(Launched { go, exited: rx, dir })
     }
 }
 
-/// [`prepare`] on a blocking thread: its writes and fsync must not stall
-/// the agent's single-threaded event loop (issue #21), where heartbeats,
-/// acks and other runs' reports wait.
-pub async fn prepare_off_loop(dir: PathBuf, spec: RunSpec) -> Result<Prepared, SuperviseError> {
+/// A supervisor started ahead of its run, waiting for its go.
+pub struct Launched {
+    go: tokio::process::ChildStdin,
+    exited: Exited,
+    dir: PathBuf,
+}
+
+impl Launched {
+    /// Lets the supervisor start the run. Call once the spec is filled and
+    /// the run's start is journaled: from here on the script may start.
+    pub async fn go(self) -> Result<Exited, SuperviseError> {
+        use tokio::io::AsyncWriteExt;
+        let Launched { mut go, exited, dir } = self;
+        // A supervisor already gone (EPIPE) never started the script.
+        go.write_all(&[GO]).await.map_err(io("start supervisor", &dir))?;
+        Ok(exited)
+    }
+
+    /// The run will not be supervised after all: the supervisor exits
+    /// without touching the directory; returns once it has.
+    pub async fn withdraw(self) {
+        let Launched { go, exited, .. } = self;
+        drop(go);
+        let _ = exited.await;
+    }
+}
+
+/// [`claim`] and [`Claimed::launch`] on a blocking thread: the directory's
+/// making and the fork/exec of the supervisor must not stall the agent's
+/// single-threaded event loop (issue #21), where heartbeats, acks and other
+/// runs' reports wait.
+pub async fn launch_off_loop(dir: PathBuf, program: PathBuf, scope: Option<super::scope::Scope>) -> Result<Launched, SuperviseError> {
     let at = dir.clone();
-    tokio::task::spawn_blocking(move || prepare(&dir, &spec))
+    tokio::task::spawn_blocking(move || claim(&dir)?.launch(&program, scope.as_ref()))
+        .await
+        .unwrap_or_else(|e| Err(SuperviseError::Io { op: "launch", path: at, source: std::io::Error::other(e.to_string()) }))
+}
+
+/// [`fill`] on a blocking thread, for the same reason.
+pub async fn fill_off_loop(dir: PathBuf, spec: RunSpec) -> Result<(), SuperviseError> {
+    let at = dir.clone();
+    tokio::task::spawn_blocking(move || fill(&dir, &spec))
         .await
         .unwrap_or_else(|e| Err(SuperviseError::Io { op: "prepare", path: at, source: std::io::Error::other(e.to_string()) }))
-}
-
-impl Prepared {
-    /// [`Prepared::start`] on a blocking thread: the fork/exec of the
-    /// supervisor must not stall the agent's event loop either.
-    pub async fn start_off_loop(self, program: PathBuf, scope: Option<super::scope::Scope>) -> Result<Exited, SuperviseError> {
-        let at = self.dir.clone();
-        tokio::task::spawn_blocking(move || self.start(&program, scope.as_ref()))
-            .await
-            .unwrap_or_else(|e| Err(SuperviseError::Io { op: "launch", path: at, source: std::io::Error::other(e.to_string()) }))
-    }
 }
 
 /// Fires when a supervisor this agent started has exited.
@@ -608,6 +659,14 @@ fn identity(dir: &Path) -> std::io::Result<(u64, u64)> {
 }
 
 fn supervise(dir: &Path) -> Result<(), SuperviseError> {
+    // Launched ahead of the run: nothing, not even the lock's check, until
+    // the agent's go. An end of stdin instead (the agent withdrew the run,
+    // or died first) leaves the directory as it is: no `ran`, so a
+    // restarted agent starts the run itself.
+    if std::env::var_os(AFTER_GO_ENV).is_some_and(|v| v == "1") && !go_given() {
+        tracing::info!(dir = %dir.display(), "the run was withdrawn before its go; nothing started");
+        return Ok(());
+    }
     hold_lock(dir)?;
     // The directory we were started for: retrying a result into another
     // one (removed, then made again for a later run) would hand that run
@@ -662,6 +721,13 @@ fn supervise(dir: &Path) -> Result<(), SuperviseError> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Waits for the agent's go on stdin: true for [`GO`], false for an end
+/// or anything else.
+fn go_given() -> bool {
+    let mut byte = [0u8; 1];
+    std::io::stdin().read_exact(&mut byte).is_ok() && byte[0] == GO
 }
 
 /// Makes sure this process holds the run's lock: normally fd 3, handed
