@@ -71,6 +71,8 @@ const LOCK_FD: i32 = 3;
 pub const AFTER_GO_ENV: &str = "DECKHAND_SUPERVISE_AFTER_GO";
 /// The byte that lets a waiting supervisor start its run.
 const GO: u8 = b'1';
+/// How long withdrawing a launched supervisor waits for it to exit.
+const WITHDRAW_WAIT: Duration = Duration::from_secs(5);
 
 const SPEC: &str = "spec.json";
 const LOCK: &str = "lock";
@@ -450,11 +452,15 @@ impl Launched {
     }
 
     /// The run will not be supervised after all: the supervisor exits
-    /// without touching the directory; returns once it has.
+    /// without touching the directory; returns once it has, or after
+    /// [`WITHDRAW_WAIT`] (a supervisor slow to start still exits at its
+    /// first look at stdin, whoever waits for it).
     pub async fn withdraw(self) {
-        let Launched { go, exited, .. } = self;
+        let Launched { go, exited, dir } = self;
         drop(go);
-        let _ = exited.await;
+        if tokio::time::timeout(WITHDRAW_WAIT, exited).await.is_err() {
+            tracing::warn!(dir = %dir.display(), "a withdrawn supervisor has not exited yet; going on without it");
+        }
     }
 }
 
