@@ -52,6 +52,11 @@ fn queued_invocation_survives_agent_kill_and_runs_once() {
     let log = marker.path().join("ran.log");
     let first = hub.run("sleep 30", &[&id], &[("Timeout", "120")]);
     wait_until("running", WAIT, || (status(&hub, &first) == "Running").then_some(()));
+    // The hub shows Running once the agent journaled the start, before the
+    // supervisor has written its pid to `ran`: without this wait a loaded
+    // machine let the supervisor escape the kill below, and the first run
+    // succeeded after its 30 s instead of being interrupted.
+    wait_until("supervisor started the script", WAIT, || (!a.supervisor_pids().is_empty()).then_some(()));
     let second = hub.run(&format!("echo second >> {}; echo done", log.display()), &[&id], &[]);
     // Accepted but waiting for the one slot. The real sign that the agent
     // journaled it (not the Pending every target starts in): its id is in
