@@ -119,7 +119,8 @@ pub(super) enum Writes {
     Held(HeldWriter),
 }
 
-/// SQLite's one write connection.
+/// A write connection the store holds: SQLite's one write connection, or
+/// PostgreSQL's group-commit connection ([`LazyWriter`]).
 pub(super) struct HeldWriter {
     slot: Arc<Mutex<Slot>>,
     /// How long a writer waits for the connection before it fails busy.
@@ -128,7 +129,7 @@ pub(super) struct HeldWriter {
 
 /// PostgreSQL's group-commit connection, opened by its first taker.
 pub(super) struct LazyWriter {
-    cell: tokio::sync::OnceCell<Writes>,
+    cell: tokio::sync::OnceCell<HeldWriter>,
     url: String,
     /// Idle longer than this, the connection is tested before use.
     ping_idle: Duration,
@@ -140,15 +141,11 @@ impl LazyWriter {
         Self { cell: tokio::sync::OnceCell::new(), url: url.to_string(), ping_idle, wait }
     }
 
-    /// The writes, connected on the first call (on the caller's runtime).
-    pub(super) async fn get(&self) -> Result<&Writes> {
-        self.cell
-            .get_or_try_init(|| async {
-                let held = HeldWriter::open(&self.url, "", self.wait).await?;
-                held.slot.lock().await.ping_idle = Some(self.ping_idle);
-                Ok(Writes::Held(held))
-            })
-            .await
+    /// A transaction on the connection, which the first call opens (on
+    /// the caller's runtime).
+    pub(super) async fn begin(&self, begin: &'static str) -> Result<WriteTx> {
+        let held = self.cell.get_or_try_init(|| HeldWriter::open(&self.url, "", self.wait, Some(self.ping_idle))).await?;
+        held.begin(begin).await
     }
 }
 
@@ -190,10 +187,28 @@ impl Slot {
 }
 
 impl HeldWriter {
-    pub(super) async fn open(url: &str, pragmas: &str, wait: Duration) -> Result<Self> {
+    /// Opens the connection; with `ping_idle`, it is tested with a round
+    /// trip before use once idle longer than that (a server's connection).
+    pub(super) async fn open(url: &str, pragmas: &str, wait: Duration, ping_idle: Option<Duration>) -> Result<Self> {
         let conn = connect(url, pragmas).await?;
-        let slot = Slot { conn, open: false, url: url.to_string(), pragmas: pragmas.to_string(), ping_idle: None, used: Instant::now() };
+        let slot = Slot { conn, open: false, url: url.to_string(), pragmas: pragmas.to_string(), ping_idle, used: Instant::now() };
         Ok(Self { slot: Arc::new(Mutex::new(slot)), wait })
+    }
+
+    /// A transaction begun with `begin` on the held connection.
+    async fn begin(&self, begin: &'static str) -> Result<WriteTx> {
+        let mut slot = self.take().await?;
+        // Marked first, so that a BEGIN cancelled half-way is settled by
+        // the next taker.
+        slot.open = true;
+        if let Err(e) = slot.conn.execute(begin).await {
+            // A BEGIN that failed began nothing, unless the connection
+            // itself failed: then the next taker's rollback fails too and
+            // replaces it.
+            slot.open = connection_failed(&e);
+            return Err(e.into());
+        }
+        Ok(WriteTx::Held(HeldTx(slot)))
     }
 
     /// The connection, outside any transaction.
@@ -241,20 +256,7 @@ impl Writes {
     pub(super) async fn begin(&self, begin: &'static str) -> Result<WriteTx> {
         match self {
             Writes::Pool(pool) => Ok(WriteTx::Pooled(pool.begin_with(begin).await?)),
-            Writes::Held(held) => {
-                let mut slot = held.take().await?;
-                // Marked first, so that a BEGIN cancelled half-way is
-                // settled by the next taker.
-                slot.open = true;
-                if let Err(e) = slot.conn.execute(begin).await {
-                    // A BEGIN that failed began nothing, unless the
-                    // connection itself failed: then the next taker's
-                    // rollback fails too and replaces it.
-                    slot.open = connection_failed(&e);
-                    return Err(e.into());
-                }
-                Ok(WriteTx::Held(HeldTx(slot)))
-            }
+            Writes::Held(held) => held.begin(begin).await,
         }
     }
 }
@@ -379,7 +381,7 @@ mod tests {
         sqlx::any::install_default_drivers();
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
-        let held = HeldWriter::open(&url, "PRAGMA journal_mode = WAL;", wait).await.expect("open");
+        let held = HeldWriter::open(&url, "PRAGMA journal_mode = WAL;", wait, None).await.expect("open");
         let writes = Writes::Held(held);
         sqlx::query("CREATE TABLE t (n INTEGER)").execute(&mut *writes.get().await.expect("conn")).await.expect("create");
         (dir, writes)
@@ -417,7 +419,7 @@ mod tests {
         // A second store on the same file, as a second hub process would be
         // (it waits in SQLite's busy handler for the file's write lock).
         let url = format!("sqlite://{}?mode=rwc", dir.path().join("w.db").display());
-        let b = Writes::Held(HeldWriter::open(&url, "PRAGMA busy_timeout = 10000;", Duration::from_secs(5)).await.expect("open b"));
+        let b = Writes::Held(HeldWriter::open(&url, "PRAGMA busy_timeout = 10000;", Duration::from_secs(5), None).await.expect("open b"));
         let mut tx = a.begin("BEGIN IMMEDIATE").await.expect("begin a");
         insert(&mut tx, 1).await;
         drop(tx);

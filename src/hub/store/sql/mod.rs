@@ -153,7 +153,7 @@ impl SqlStore {
         // commit's statements change at most 500 rows each. Reads keep
         // spilling large sorts to disk.
         let write_pragmas = format!("{} PRAGMA temp_store = MEMORY;", pragmas(WRITE_CACHE_KIB));
-        let writes = conns::HeldWriter::open(&url, &write_pragmas, BUSY_TIMEOUT).await?;
+        let writes = conns::HeldWriter::open(&url, &write_pragmas, BUSY_TIMEOUT, None).await?;
         let reads = conns::Held::open(&url, SQLITE_READERS, &pragmas(READ_CACHE_KIB), BUSY_TIMEOUT).await?;
         let store = Self {
             reads: Arc::new(conns::Readers::Held(reads)),
@@ -244,7 +244,7 @@ impl SqlStore {
     /// A group commit's transaction (see `batch`).
     async fn begin_batch(&self) -> Result<WriteTx> {
         match &self.batch {
-            Some(lazy) => lazy.get().await?.begin(self.d.begin()).await,
+            Some(lazy) => lazy.begin(self.d.begin()).await,
             None => self.begin().await,
         }
     }
