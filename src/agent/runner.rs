@@ -523,11 +523,11 @@ impl Runner {
     ) -> RecordReport {
         #[cfg(unix)]
         if let Some((dir, prepared)) = prepared {
-            let launched = match prepared {
+            let started = match prepared {
                 Ok(launched) => launched.go().await,
                 Err(e) => Err(e),
             };
-            let exited = match launched {
+            let exited = match started {
                 Ok(exited) => Some(Some(exited)),
                 Err(exec::supervise::SuperviseError::Busy(_)) => Some(None),
                 Err(e) => {

@@ -480,7 +480,7 @@ pub async fn fill_off_loop(dir: PathBuf, spec: RunSpec) -> Result<(), SuperviseE
     let at = dir.clone();
     tokio::task::spawn_blocking(move || fill(&dir, &spec))
         .await
-        .unwrap_or_else(|e| Err(SuperviseError::Io { op: "prepare", path: at, source: std::io::Error::other(e.to_string()) }))
+        .unwrap_or_else(|e| Err(SuperviseError::Io { op: "fill", path: at, source: std::io::Error::other(e.to_string()) }))
 }
 
 /// Fires when a supervisor this agent started has exited.
