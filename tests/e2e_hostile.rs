@@ -332,3 +332,57 @@ fn hub_data_is_private() {
         }
     }
 }
+
+/// An agent WebSocket that never says hello stays pending for its address
+/// until it does (or its hello timeout ends it): before, the address's
+/// slot went back once the upgrade request's headers were in, so one
+/// address could hold any number of unauthenticated WebSockets, each able
+/// to make the hub buffer a first frame of up to the 1 MiB message bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_agent_websockets_stay_pending_until_their_hello() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let hub = Hub::start();
+    let port: u16 = hub.url.rsplit(':').next().unwrap().parse().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let connector = tokio_rustls::TlsConnector::from(tls(&hub));
+    let from = |ip: &str| {
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+        sock
+    };
+    let upgrade = format!(
+        "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        protocol::WS_PATH
+    );
+    let cap = deckhand::hub::edge::MAX_PENDING_PER_ADDR;
+    let mut held = Vec::new();
+    for n in 0..cap {
+        let tcp = from("127.0.0.3").connect(addr).await.unwrap();
+        let mut s = connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.expect("handshake");
+        s.write_all(upgrade.as_bytes()).await.unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).await.unwrap_or_else(|e| panic!("upgrade {n}: {e}"));
+        assert_eq!(&head, b"HTTP/1.1 101", "upgrade {n}");
+        held.push(s);
+    }
+    // All upgraded, none said hello: the address is full.
+    let mut extra = from("127.0.0.3").connect(addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "a connection past the cap of silent WebSockets was not closed: {r:?}");
+    // Another address is not affected: a real agent connects from 127.0.0.1.
+    let (mut ws, _) = rogue(&hub).await;
+    send(&mut ws, &AgentMsg::Heartbeat { sent_ms: 1 }).await;
+    // Once they are gone, the address gets slots back.
+    drop(held);
+    wait_until("slots given back", WAIT, || {
+        let ok = tokio::task::block_in_place(|| {
+            tokio::runtime::Handle::current().block_on(async {
+                let tcp = from("127.0.0.3").connect(addr).await.ok()?;
+                connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.ok()
+            })
+        });
+        ok.map(|_| ())
+    });
+}

@@ -16,7 +16,7 @@ use super::proxy::Proxy;
 use crate::protocol::MAX_FRAME_BYTES;
 
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-pub const WS_PATH: &str = "/agent/v1/ws";
+pub use crate::protocol::WS_PATH;
 
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}

@@ -161,6 +161,8 @@ pub async fn upgrade(
     let Some(upgrading) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
         return (StatusCode::UPGRADE_REQUIRED, "this connection cannot be upgraded").into_response();
     };
+    // Counted as pending for its address until its hello (`edge::HelloSlot`).
+    let pending = req.extensions_mut().remove::<super::edge::HelloSlot>().and_then(|s| s.take());
     // Small buffers: at 10,000 connections the tungstenite defaults
     // (128 KiB each) would dominate hub memory. The read buffer is also the
     // largest read tungstenite makes; rustls already holds 4 KiB of every
@@ -181,7 +183,7 @@ pub async fn upgrade(
         match upgrading.await {
             Ok(upgraded) => {
                 let ws = WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, Some(config)).await;
-                tokio::spawn(serve(hub, ws, peer));
+                tokio::spawn(serve(hub, ws, peer, pending));
             }
             Err(e) => tracing::info!(%peer, error = %e, "agent WebSocket upgrade failed"),
         }
@@ -222,9 +224,9 @@ fn accept_key(method: &axum::http::Method, headers: &HeaderMap) -> Result<Header
 /// The connection's task: [`connection`], its end logged. Not an `async fn`:
 /// that would keep its own copy of the socket beside the one the
 /// connection future holds.
-fn serve(hub: Arc<Hub>, socket: WebSocket, peer: SocketAddr) -> impl Future<Output = ()> + Send {
+fn serve(hub: Arc<Hub>, socket: WebSocket, peer: SocketAddr, pending: Option<super::edge::PendingSlot>) -> impl Future<Output = ()> + Send {
     use futures_util::FutureExt;
-    connection(hub, socket, peer).map(move |r| {
+    connection(hub, socket, peer, pending).map(move |r| {
         if let Err(e) = r {
             tracing::info!(%peer, error = %e, "agent connection ended");
         }
@@ -382,14 +384,22 @@ async fn check_protocol(ws: &mut WebSocket, protocol: u32) -> Result<(), ConnErr
 /// arguments and as the locals they are moved into (360 bytes a
 /// connection); the async block uses them where they are.
 #[allow(clippy::manual_async_fn)] // deliberately not an `async fn`: see above
-fn connection(hub: Arc<Hub>, mut ws: WebSocket, peer: SocketAddr) -> impl Future<Output = Result<(), ConnError>> + Send {
+fn connection(
+    hub: Arc<Hub>,
+    mut ws: WebSocket,
+    peer: SocketAddr,
+    pending: Option<super::edge::PendingSlot>,
+) -> impl Future<Output = Result<(), ConnError>> + Send {
     async move {
         // Boxed in a statement of its own: a temporary lives to the end of its
         // statement, so `Box::pin(open(…)).await` would keep room for the
         // unboxed future across the await.
         let conn_id = hub.agents.new_session();
         let opening = Box::pin(open(&hub, &mut ws, peer, conn_id));
-        let Some((instance_id, facts, protocol)) = opening.await? else { return Ok(()) };
+        let opened = opening.await;
+        // Hello or not, the connection is no longer pending for its address.
+        drop(pending);
+        let Some((instance_id, facts, protocol)) = opened? else { return Ok(()) };
         let hb = hub.config.heartbeat;
         let (tx, rx) = flume::bounded(OUTBOX);
         // A stream keeps its waker registered between polls (a fresh
@@ -874,10 +884,6 @@ mod tests {
     use super::*;
 
     /// The size of the future an async fn returns, without calling it.
-    fn future_size<A, B, C, F: Future>(_: &impl Fn(A, B, C) -> F) -> usize {
-        std::mem::size_of::<F>()
-    }
-
     fn future_size4<A, B, C, D, F: Future>(_: &impl Fn(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()
     }
@@ -917,7 +923,7 @@ mod tests {
         // What each connected agent holds for its whole life besides its
         // buffers: the connection future (inside the task axum spawns).
         // The handshake alone is as large again; it is boxed and freed.
-        let conn = future_size(&serve);
+        let conn = future_size4(&serve);
         let open = future_size4(&open);
         println!("connection task's future: {conn} B (handshake, boxed: {open} B); WebSocket: {} B", size_of::<WebSocket>());
         // Debug builds lay futures out larger than release builds; this

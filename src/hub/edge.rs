@@ -25,8 +25,27 @@ pub struct PendingPeers {
     inner: Arc<Mutex<HashMap<IpAddr, usize>>>,
 }
 
-/// Held while a connection has not sent its first request; dropping it
-/// gives the slot back.
+/// A connection's [`PendingSlot`] carried to the agent endpoint in the
+/// upgrade request's extensions (which must be `Clone`): the agent's
+/// connection keeps it until its hello, so one address cannot hold more
+/// than [`MAX_PENDING_PER_ADDR`] unauthenticated WebSockets either, each
+/// able to buffer a first frame of up to the message bound.
+#[derive(Clone)]
+pub struct HelloSlot(Arc<Mutex<Option<PendingSlot>>>);
+
+impl HelloSlot {
+    pub fn new(slot: PendingSlot) -> Self {
+        Self(Arc::new(Mutex::new(Some(slot))))
+    }
+
+    /// The slot, once (a clone finds it taken).
+    pub fn take(&self) -> Option<PendingSlot> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// Held while a connection has not sent its first request (for an agent's
+/// WebSocket: its hello); dropping it gives the slot back.
 pub struct PendingSlot {
     peers: PendingPeers,
     ip: IpAddr,

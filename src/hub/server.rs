@@ -36,7 +36,7 @@ pub fn router(hub: Arc<Hub>) -> Router {
     Router::new()
         .merge(console)
         .route("/", any(api::handle))
-        .route("/agent/v1/ws", get(agents::upgrade))
+        .route(crate::protocol::WS_PATH, get(agents::upgrade))
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(super::metrics::scrape))
         .with_state(hub)
@@ -122,15 +122,20 @@ async fn connection(
 
 /// HTTP/1.1 on one connection (WebSocket upgrades included). The pending
 /// slot is given back when the first request's headers are in: from then
-/// on the API authenticates each request, and an agent must say hello
-/// within its own bound.
+/// on the API authenticates each request. An agent's upgrade request
+/// carries it on ([`edge::HelloSlot`]) until the agent's hello, which must
+/// come within its own bound.
 async fn serve_http<I>(io: TokioIo<I>, peer: Peer, app: Router, slot: PendingSlot, shutdown: CancellationToken)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let slot = Mutex::new(Some(slot));
     let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-        drop(slot.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(first) = slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+            && req.uri().path() == crate::protocol::WS_PATH
+        {
+            req.extensions_mut().insert(edge::HelloSlot::new(first));
+        }
         req.extensions_mut().insert(ConnectInfo(peer));
         let mut app = app.clone();
         async move { app.call(req).await }

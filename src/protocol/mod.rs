@@ -17,6 +17,8 @@ pub use crate::lifecycle::{CommandType, ErrorCode, InvocationStatus, RepeatMode}
 /// `InvocationStatus` (Success, Invalid, Cancelled, Terminated, …) instead
 /// of 0.1.0's record states (Finished, Stopped, …).
 pub const PROTOCOL_VERSION: u32 = 2;
+/// Where the hub serves agents' WebSockets.
+pub const WS_PATH: &str = "/agent/v1/ws";
 
 /// The oldest agent protocol the hub still speaks. A fleet is upgraded
 /// hub first, agents over days: the hub keeps accepting the version before
