@@ -541,7 +541,7 @@ fn unreadable(e: &SuperviseError) -> Watched {
 /// `from_end`: the hub already showed the rest before a restart), turns
 /// `stop` into a stop file, and returns the outcome.
 ///
-/// `exited` (from [`Prepared::start`]; `None` for a run re-attached after a restart,
+/// `exited` (from [`Launched::go`]; `None` for a run re-attached after a restart,
 /// whose supervisor is not our child) wakes the loop when the supervisor
 /// ends; polling remains the fallback.
 pub async fn watch(
