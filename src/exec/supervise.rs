@@ -66,7 +66,8 @@ const RESULT_RETRIES: u32 = 3600;
 /// The descriptor the locked `lock` file is handed over as.
 const LOCK_FD: i32 = 3;
 /// Set (to `1`) in a supervisor's environment by an agent that launches
-/// it ahead of its run: it waits for [`GO`] on stdin before anything else.
+/// it ahead of its run: it waits for its go (one byte on stdin) before
+/// anything else.
 /// A supervisor started without it (by an older agent) starts at once.
 pub const AFTER_GO_ENV: &str = "DECKHAND_SUPERVISE_AFTER_GO";
 /// The byte that lets a waiting supervisor start its run.
@@ -453,7 +454,7 @@ impl Launched {
 
     /// The run will not be supervised after all: the supervisor exits
     /// without touching the directory; returns once it has, or after
-    /// [`WITHDRAW_WAIT`] (a supervisor slow to start still exits at its
+    /// 5 s (`WITHDRAW_WAIT`; a supervisor slow to start still exits at its
     /// first look at stdin, whoever waits for it).
     pub async fn withdraw(self) {
         let Launched { go, exited, dir } = self;
