@@ -264,14 +264,27 @@ fn hub_pid(hub: &Hub) -> u32 {
     panic!("hub process not found");
 }
 
+/// The hub's listening address (on 127.0.0.1).
+fn hub_addr(hub: &Hub) -> std::net::SocketAddr {
+    let port: u16 = hub.url.rsplit(':').next().unwrap().parse().unwrap();
+    format!("127.0.0.1:{port}").parse().unwrap()
+}
+
+/// A TCP socket bound to another loopback address than the tests' own, so
+/// per-address caps can be filled without touching 127.0.0.1's.
+fn socket_from(ip: &str) -> tokio::net::TcpSocket {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
+    sock
+}
+
 /// Finding 5: a TLS client sending one header byte every 2 s was never
 /// closed, and a few hundred of them starved the API.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_headers_are_cut_and_idle_connections_are_capped_per_address() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let hub = Hub::start();
-    let port: u16 = hub.url.rsplit(':').next().unwrap().parse().unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = hub_addr(&hub);
     let connector = tokio_rustls::TlsConnector::from(tls(&hub));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let mut s = connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.expect("handshake");
@@ -300,13 +313,9 @@ async fn slow_headers_are_cut_and_idle_connections_are_capped_per_address() {
     let cap = deckhand::hub::edge::MAX_PENDING_PER_ADDR;
     let mut held = Vec::new();
     for _ in 0..cap {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-        held.push(sock.connect(addr).await.unwrap());
+        held.push(socket_from("127.0.0.2").connect(addr).await.unwrap());
     }
-    let sock = tokio::net::TcpSocket::new_v4().unwrap();
-    sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
-    let mut extra = sock.connect(addr).await.unwrap();
+    let mut extra = socket_from("127.0.0.2").connect(addr).await.unwrap();
     let mut buf = [0u8; 1];
     let r = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await;
     assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "connection past the cap was not closed: {r:?}");
@@ -342,14 +351,8 @@ fn hub_data_is_private() {
 async fn silent_agent_websockets_stay_pending_until_their_hello() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let hub = Hub::start();
-    let port: u16 = hub.url.rsplit(':').next().unwrap().parse().unwrap();
-    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = hub_addr(&hub);
     let connector = tokio_rustls::TlsConnector::from(tls(&hub));
-    let from = |ip: &str| {
-        let sock = tokio::net::TcpSocket::new_v4().unwrap();
-        sock.bind(format!("{ip}:0").parse().unwrap()).unwrap();
-        sock
-    };
     let upgrade = format!(
         "GET {} HTTP/1.1\r\nHost: localhost\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
          Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
@@ -358,7 +361,7 @@ async fn silent_agent_websockets_stay_pending_until_their_hello() {
     let cap = deckhand::hub::edge::MAX_PENDING_PER_ADDR;
     let mut held = Vec::new();
     for n in 0..cap {
-        let tcp = from("127.0.0.3").connect(addr).await.unwrap();
+        let tcp = socket_from("127.0.0.3").connect(addr).await.unwrap();
         let mut s = connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.expect("handshake");
         s.write_all(upgrade.as_bytes()).await.unwrap();
         let mut head = [0u8; 12];
@@ -367,7 +370,7 @@ async fn silent_agent_websockets_stay_pending_until_their_hello() {
         held.push(s);
     }
     // All upgraded, none said hello: the address is full.
-    let mut extra = from("127.0.0.3").connect(addr).await.unwrap();
+    let mut extra = socket_from("127.0.0.3").connect(addr).await.unwrap();
     let mut buf = [0u8; 1];
     let r = tokio::time::timeout(Duration::from_secs(5), extra.read(&mut buf)).await;
     assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "a connection past the cap of silent WebSockets was not closed: {r:?}");
@@ -379,7 +382,7 @@ async fn silent_agent_websockets_stay_pending_until_their_hello() {
     wait_until("slots given back", WAIT, || {
         let ok = tokio::task::block_in_place(|| {
             tokio::runtime::Handle::current().block_on(async {
-                let tcp = from("127.0.0.3").connect(addr).await.ok()?;
+                let tcp = socket_from("127.0.0.3").connect(addr).await.ok()?;
                 connector.connect(rustls_pki_types::ServerName::try_from("localhost").unwrap(), tcp).await.ok()
             })
         });
