@@ -455,7 +455,7 @@ impl Runner {
         // script starts, so a restart never runs it again; the Running
         // report shares the sync. A failing journal holds them and the run
         // goes on, as before. A supervised run's supervisor is launched and
-        // its directory prepared (and synced) meanwhile: the supervisor waits
+        // its directory prepared (not synced) meanwhile: the supervisor waits
         // for its go, and the directory holds no trace of a start until the
         // supervisor syncs `ran`, so a crash in between loses nothing.
         let (_, prepared) = tokio::join!(self.flush(), self.prepare(&inv, record_seq, spec.as_ref()));

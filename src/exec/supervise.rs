@@ -26,8 +26,8 @@
 //!
 //! Launched ahead: the agent starts the supervisor as soon as it has
 //! claimed the directory ([`claim`], [`Claimed::launch`]), so the process's
-//! own start overlaps the spec's writing ([`fill`]) and the agent's journal
-//! sync of the run's start. The supervisor then waits for one byte on its
+//! own start overlaps the spec's writing ([`fill`], not synced) and the
+//! agent's journal sync of the run's start. The supervisor then waits for one byte on its
 //! stdin ([`Launched::go`]) before anything else; an end of stdin instead
 //! (the run withdrawn, or the agent dead) makes it exit without a trace.
 
@@ -267,10 +267,11 @@ fn write_atomic(dir: &Path, name: &str, body: &[u8]) -> Result<(), SuperviseErro
 }
 
 /// Writes `name` in `dir` atomically (temp, rename) but not durably: for
-/// the files a launch prepares, synced together by one directory fsync.
-/// Their data need not survive a power loss: the supervisor reads them while
-/// running, and a crash that loses them also ends the supervisor before it
-/// synced `ran`, so the run is known never to have started.
+/// the files a launch prepares ([`fill`]). They need not survive a power
+/// loss: the supervisor reads them while running, and a crash that loses
+/// them also ends the supervisor before it synced `ran`, so the script
+/// never started. The reserves still hold their space: a write reserves
+/// its blocks when it is made, not when it is synced.
 fn write_prepared(dir: &Path, name: &str, body: &[u8]) -> Result<(), SuperviseError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let path = dir.join(name);
@@ -352,20 +353,22 @@ pub fn claim(dir: &Path) -> Result<Claimed, SuperviseError> {
     Ok(Claimed { lock, dir: dir.to_path_buf() })
 }
 
-/// Writes the spec and the reserves into a claimed `dir` and syncs the
-/// directory: everything the supervisor reads after its go.
+/// Writes the spec and the reserves into a claimed `dir`: everything the
+/// supervisor reads after its go. Nothing here is synced (issue #21): the
+/// files only serve the supervisor, which reads them from the page cache,
+/// and `ran`'s sync (file and directory) puts the directory on disk before
+/// the script starts. A power loss before that sync may take the
+/// directory with it; the restarted agent then finds the run's start in
+/// its journal and no directory, and reports `ExecutionInterrupted`
+/// without running it: at most once holds either way.
 pub fn fill(dir: &Path, spec: &RunSpec) -> Result<(), SuperviseError> {
     let body = serde_json::to_vec(&StoredSpec::from(spec)).map_err(|source| SuperviseError::Decode { path: dir.join(SPEC), source })?;
-    // Issue #21: these three cost six fsyncs before every supervised run;
-    // now one (the directory, below). `ran` and `result.json`, which the
-    // at-most-once rule and the reported result rest on, stay synced.
     write_prepared(dir, SPEC, &body)?;
     // Kept output is at most the cap, base64 grows it by 4/3; the rest of a
     // result (codes, times, error text) fits in the extra 8 KiB.
     let result_room = spec.output_cap.min(super::MAX_OUTPUT_CAP) / 3 * 4 + 8 * 1024;
     write_prepared(dir, RESULT_RESERVE, &vec![b' '; result_room])?;
-    write_prepared(dir, RAN_RESERVE, &[b' '; 64])?;
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io("fsync", dir))
+    write_prepared(dir, RAN_RESERVE, &[b' '; 64])
 }
 
 impl Claimed {
