@@ -73,7 +73,7 @@ agent_deb=$(printf '%s\n' "$debs" | grep deckhand-agent_)
 hub_deb=$(printf '%s\n' "$debs" | grep deckhand-hub_)
 agent_list=$(dpkg-deb -c "$agent_deb")
 hub_list=$(dpkg-deb -c "$hub_deb")
-for want in ./usr/bin/deckhand-agent ./lib/systemd/system/deckhand-agent.service ./etc/deckhand/agent.toml ./var/lib/deckhand/; do
+for want in ./usr/bin/deckhand-agent ./usr/bin/deckhand-supervise ./lib/systemd/system/deckhand-agent.service ./etc/deckhand/agent.toml ./var/lib/deckhand/; do
   grep -q -F " $want" <<<"$agent_list" || fail "$agent_deb lacks $want"
 done
 for want in ./usr/bin/deckhand-hub ./lib/systemd/system/deckhand-hub.service ./etc/deckhand/hub.toml; do
@@ -86,6 +86,12 @@ mkdir -p "$root"
 dpkg -x "$agent_deb" "$root"
 dpkg -x "$hub_deb" "$root"
 "$root/usr/bin/deckhand-agent" --version >/dev/null || fail "installed agent does not run"
+# The supervisor shipped beside the agent is of the agent's version: the
+# agent uses it only then (exec::supervise::program_for).
+sup_version=$("$root/usr/bin/deckhand-supervise" --version) || fail "installed deckhand-supervise does not run"
+agent_version=$("$root/usr/bin/deckhand-agent" --version | sed 's/^deckhand-agent //')
+[ "${sup_version#deckhand-supervise "$agent_version" (supervise revision }" != "$sup_version" ] \
+  || fail "installed deckhand-supervise says '$sup_version', not the agent's version $agent_version"
 "$root/usr/bin/deckhand-hub" --version >/dev/null || fail "installed hub does not run"
 [ "$(stat -c %a "$root/etc/deckhand/agent.toml")" = 600 ] || fail "agent.toml must be 0600"
 # The shipped (all-commented) config parses: unknown keys would be refused.
@@ -116,7 +122,7 @@ grep -q edited.example "$droot/etc/deckhand/agent.toml" || fail "upgrade overwro
 mkdir -p "$droot/var/lib/private/deckhand/hub" && echo db > "$droot/var/lib/private/deckhand/hub/hub.db"
 ln -s ../private/deckhand/hub "$droot/var/lib/deckhand/hub"
 ddpkg -r deckhand-agent deckhand-hub
-[ ! -e "$droot/usr/bin/deckhand-agent" ] && [ ! -e "$droot/lib/systemd/system/deckhand-hub.service" ] || fail "remove left binaries or units"
+[ ! -e "$droot/usr/bin/deckhand-agent" ] && [ ! -e "$droot/usr/bin/deckhand-supervise" ] && [ ! -e "$droot/lib/systemd/system/deckhand-hub.service" ] || fail "remove left binaries or units"
 [ -f "$droot/etc/deckhand/agent.toml" ] && [ -f "$droot/var/lib/deckhand/agent/marker" ] || fail "remove must keep config and state"
 ddpkg -P deckhand-agent deckhand-hub
 for gone in etc/deckhand var/lib/deckhand var/lib/private/deckhand/hub; do
@@ -133,7 +139,7 @@ printf '%s\n' "$rpms"
 agent_rpm=$(grep deckhand-agent- <<<"$rpms")
 hub_rpm=$(grep deckhand-hub- <<<"$rpms")
 rpm_list() { rpm -qlvp "$1" 2>/dev/null; }
-for want in /usr/bin/deckhand-agent /usr/lib/systemd/system/deckhand-agent.service /etc/deckhand/agent.toml /var/lib/deckhand/agent; do
+for want in /usr/bin/deckhand-agent /usr/bin/deckhand-supervise /usr/lib/systemd/system/deckhand-agent.service /etc/deckhand/agent.toml /var/lib/deckhand/agent; do
   grep -q -E " $want\$" <<<"$(rpm_list "$agent_rpm")" || fail "$agent_rpm lacks $want"
 done
 for want in /usr/bin/deckhand-hub /usr/lib/systemd/system/deckhand-hub.service /etc/deckhand/hub.toml; do
@@ -157,7 +163,7 @@ rpm --root "$rroot" -i --nodeps --noscripts "$agent_rpm" "$hub_rpm" 2>/dev/null 
 [ -x "$rroot/usr/bin/deckhand-agent" ] && [ -f "$rroot/usr/lib/systemd/system/deckhand-hub.service" ] || fail "rpm install did not land the files"
 [ "$(stat -c %a "$rroot/var/lib/deckhand/agent")" = 700 ] || fail "rpm: /var/lib/deckhand/agent must be 0700"
 rpm --root "$rroot" -e --noscripts deckhand-agent deckhand-hub 2>/dev/null || fail "rpm -e failed"
-[ ! -e "$rroot/usr/bin/deckhand-agent" ] || fail "rpm -e left the agent binary"
+[ ! -e "$rroot/usr/bin/deckhand-agent" ] && [ ! -e "$rroot/usr/bin/deckhand-supervise" ] || fail "rpm -e left the agent's binaries"
 echo "rpm packages OK"
 
 section "packaging/install.sh in a scratch root"
@@ -165,6 +171,7 @@ iroot="$scratch/iroot"
 packaging/install.sh --root "$iroot" --no-systemctl --binary "$bins/deckhand-agent" --hub https://hub.example:7070 --activation-id A --activation-code C >/dev/null
 packaging/install.sh --root "$iroot" --no-systemctl --binary "$bins/deckhand-agent" --hub https://hub.example:7070 >/dev/null  # idempotent
 [ -x "$iroot/usr/bin/deckhand-agent" ] || fail "install.sh did not install the binary"
+cmp -s "$bins/deckhand-supervise" "$iroot/usr/bin/deckhand-supervise" || fail "install.sh did not install deckhand-supervise from beside the binary"
 [ "$(stat -c %a "$iroot/var/lib/deckhand/agent")" = 700 ] || fail "state dir must be 0700"
 [ "$(stat -c %a "$iroot/etc/deckhand/agent.toml")" = 600 ] || fail "agent.toml must be 0600"
 "$iroot/usr/bin/deckhand-agent" --config "$iroot/etc/deckhand/agent.toml" config check >/dev/null || fail "install.sh wrote an invalid agent.toml"
@@ -191,7 +198,7 @@ packaging/install.sh --root "$iroot" --no-systemctl --binary "$bins/deckhand-age
 grep -q '^ca_file = "/etc/deckhand/hub-ca.pem"$' "$iroot/etc/deckhand/agent.toml" || fail "install.sh did not reference the pinned CA"
 cmp -s "$ca_stub" "$iroot/etc/deckhand/hub-ca.pem" || fail "install.sh did not install the pinned CA"
 packaging/install.sh --root "$iroot" --no-systemctl --uninstall --purge >/dev/null
-for gone in usr/bin/deckhand-agent etc/systemd/system/deckhand-agent.service var/lib/deckhand etc/deckhand; do
+for gone in usr/bin/deckhand-agent usr/bin/deckhand-supervise etc/systemd/system/deckhand-agent.service var/lib/deckhand etc/deckhand; do
   [ ! -e "$iroot/$gone" ] || fail "uninstall --purge left /$gone"
 done
 echo "install.sh OK"

@@ -10,12 +10,14 @@ version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 arch=$(dpkg --print-architecture)
 mkdir -p "$out"
 
-# stage NAME BINARY UNIT CONFIG DESCRIPTION
+# stage NAME BINARIES UNIT CONFIG DESCRIPTION (BINARIES: space-separated)
 stage() {
-  local name=$1 bin=$2 unit=$3 conf=$4 desc=$5
-  local root short=${name#deckhand-}
+  local name=$1 bins=$2 unit=$3 conf=$4 desc=$5
+  local root short=${name#deckhand-} bin
   root=$(mktemp -d)
-  install -Dm0755 "$target/$bin" "$root/usr/bin/$bin"
+  for bin in $bins; do
+    install -Dm0755 "$target/$bin" "$root/usr/bin/$bin"
+  done
   if [ -n "$unit" ]; then
     install -Dm0644 "systemd/$unit" "$root/lib/systemd/system/$unit"
     install -Dm0600 "packaging/$conf" "$root/etc/deckhand/$conf"
@@ -80,6 +82,7 @@ POSTRM
   echo "$out/${name}_${version}_${arch}.deb"
 }
 
-stage deckhand-agent deckhand-agent deckhand-agent.service agent.toml "deckhand node agent"
+# The agent's package carries its runs' supervisor (exec::supervise::BINARY).
+stage deckhand-agent "deckhand-agent deckhand-supervise" deckhand-agent.service agent.toml "deckhand node agent"
 stage deckhand-hub deckhand-hub deckhand-hub.service hub.toml "deckhand control plane (hub)"
 stage deckhand-cli deckhand "" "" "deckhand command-line client"

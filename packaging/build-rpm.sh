@@ -39,6 +39,10 @@ Cloud Assistant API. This package holds $name and its systemd unit.
 
 %install
 install -Dm0755 $target/$name %{buildroot}/usr/bin/$name
+SPEC
+  # The agent's package carries its runs' supervisor (exec::supervise::BINARY).
+  [ "$short" = agent ] && echo "install -Dm0755 $target/deckhand-supervise %{buildroot}/usr/bin/deckhand-supervise"
+  cat <<SPEC
 install -Dm0644 $src/systemd/$unit %{buildroot}/usr/lib/systemd/system/$unit
 install -Dm0600 $src/packaging/$short.toml %{buildroot}/etc/deckhand/$short.toml
 install -d -m0755 %{buildroot}/var/lib/deckhand
@@ -68,6 +72,9 @@ fi
 
 %files
 %attr(0755,root,root) /usr/bin/$name
+SPEC
+  [ "$short" = agent ] && echo "%attr(0755,root,root) /usr/bin/deckhand-supervise"
+  cat <<SPEC
 %attr(0644,root,root) /usr/lib/systemd/system/$unit
 %dir %attr(0755,root,root) /etc/deckhand
 %config(noreplace) %attr(0600,root,root) /etc/deckhand/$short.toml

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs deckhand-agent on a host without a package manager: binary, unit,
-# /etc/deckhand/agent.toml, state dir (0700), then enables and starts it.
+# Installs deckhand-agent on a host without a package manager: binary (and
+# deckhand-supervise, its runs' supervisor, when it sits beside the binary),
+# unit, /etc/deckhand/agent.toml, state dir (0700), then enables and starts it.
 # Idempotent; --uninstall removes what it installed (state is kept unless
 # --purge).
 #
@@ -29,7 +30,7 @@ unit_src="$here/../systemd/deckhand-agent.service"
 
 if [ $uninstall = 1 ]; then
   [ $systemctl = 1 ] && systemctl disable --now deckhand-agent.service 2>/dev/null || true
-  rm -f "$root/usr/bin/deckhand-agent" "$root/etc/systemd/system/deckhand-agent.service"
+  rm -f "$root/usr/bin/deckhand-agent" "$root/usr/bin/deckhand-supervise" "$root/etc/systemd/system/deckhand-agent.service"
   [ $systemctl = 1 ] && systemctl daemon-reload || true
   if [ $purge = 1 ]; then
     rm -rf "$root/var/lib/deckhand/agent"
@@ -61,6 +62,14 @@ fi
 if [ -n "$ca" ] && [ ! -r "$ca" ]; then echo "install.sh: --ca-file $ca is not readable" >&2; exit 2; fi
 
 install -Dm0755 "$binary" "$root/usr/bin/deckhand-agent"
+# Without it (or with one of another version) the agent supervises runs with
+# its own binary, about 1 ms slower a run; a stale copy is removed, not kept.
+supervise="$(dirname "$binary")/deckhand-supervise"
+if [ -x "$supervise" ]; then
+  install -Dm0755 "$supervise" "$root/usr/bin/deckhand-supervise"
+else
+  rm -f "$root/usr/bin/deckhand-supervise"
+fi
 install -Dm0644 "$unit_src" "$root/etc/systemd/system/deckhand-agent.service"
 install -d -m0700 "$root/var/lib/deckhand/agent"
 install -d -m0755 "$root/etc/deckhand"

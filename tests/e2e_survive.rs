@@ -199,3 +199,41 @@ fn a_supervised_runs_script_directory_is_removed_after_its_result() {
     wait_until("the script's directory removed", WAIT, || (!dir.exists()).then_some(()));
     drop(a);
 }
+
+/// Runs are supervised by `deckhand-supervise` when it sits beside the
+/// agent and says the agent's version, and by the agent's own binary
+/// otherwise (a copy of the agent alone in a directory: a package without
+/// it, or a self-update that replaced only the agent). Either way the run
+/// completes as a supervised one.
+#[test]
+fn runs_use_the_supervisor_binary_only_beside_an_agent_of_its_version() {
+    let script = "readlink /proc/$PPID/exe; tr '\\0' ' ' < /proc/$PPID/cmdline";
+    let parent_of = |hub: &Hub, id: &str| {
+        let inv = hub.run(script, &[id], &[("Timeout", "60")]);
+        let r = &hub.wait_final(&inv, WAIT)[0];
+        assert_eq!(r["InvocationStatus"], "Success", "{r}");
+        String::from_utf8(output_of(r)).unwrap()
+    };
+    let hub = Hub::start();
+    let (_a, id) = hub.online_agent();
+    let out = parent_of(&hub, &id);
+    let beside = std::path::Path::new(env!("CARGO_BIN_EXE_deckhand-agent")).with_file_name("deckhand-supervise");
+    let mut lines = out.lines();
+    assert_eq!(lines.next().map(std::path::PathBuf::from), Some(beside.canonicalize().unwrap()), "{out}");
+    assert!(lines.next().is_some_and(|l| l.contains("__supervise")), "{out}");
+
+    let alone = tempfile::tempdir().unwrap();
+    let agent = alone.path().join("deckhand-agent");
+    std::fs::copy(env!("CARGO_BIN_EXE_deckhand-agent"), &agent).unwrap();
+    // A `deckhand-supervise` of another version beside it is not used either.
+    let other = alone.path().join("deckhand-supervise");
+    std::fs::write(&other, "#!/bin/sh\necho 'deckhand-supervise 0.0.1 (supervise revision 1)'\n").unwrap();
+    std::fs::set_permissions(&other, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let b = hub.agent_binary(&hub.url, agent.clone());
+    let id_b = b.instance_id();
+    hub.wait_online(&id_b);
+    let out = parent_of(&hub, &id_b);
+    let mut lines = out.lines();
+    assert_eq!(lines.next().map(std::path::PathBuf::from), Some(agent.canonicalize().unwrap()), "{out}");
+    assert!(lines.next().is_some_and(|l| l.contains("__supervise")), "{out}");
+}

@@ -144,14 +144,19 @@ enum ConfigCmd {
     Check(Flags),
 }
 
-/// This binary, resolved once at start: an upgrade may replace the file
-/// later, and the path (not the deleted inode) is what supervisors run.
+/// The supervisor's program, resolved once at start: `deckhand-supervise`
+/// beside this binary when it is of our version, else this binary
+/// (`exec::supervise::program_for`). An upgrade may replace the files later,
+/// and the path (not the deleted inode) is what supervisors run.
 /// `DECKHAND_AGENT_NO_SUPERVISOR=1` keeps runs as the agent's children.
 fn supervisor_program() -> Option<PathBuf> {
     if !cfg!(unix) || std::env::var_os("DECKHAND_AGENT_NO_SUPERVISOR").is_some_and(|v| v == "1") {
         return None;
     }
     match std::env::current_exe() {
+        #[cfg(unix)]
+        Ok(p) => Some(deckhand::exec::supervise::program_for(&p, &deckhand::agent::identity::agent_version())),
+        #[cfg(not(unix))]
         Ok(p) => Some(p),
         Err(e) => {
             tracing::warn!(error = %e, "cannot find our own binary; runs will not outlive the agent");

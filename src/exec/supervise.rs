@@ -49,8 +49,20 @@ use tokio_util::sync::CancellationToken;
 use super::{RunOutcome, RunSpec, Termination, codes};
 use crate::lifecycle::CommandType;
 
-/// Hidden subcommand of `deckhand-agent` that runs one supervisor.
+/// Hidden subcommand of `deckhand-agent` that runs one supervisor; the
+/// supervisor's own binary ([`BINARY`]) takes the same arguments.
 pub const SUBCOMMAND: &str = "__supervise";
+/// The supervisor's own binary, installed beside `deckhand-agent`: it
+/// carries only what a supervisor runs, so it starts about 1 ms faster
+/// than the agent's binary (issue #21).
+pub const BINARY: &str = "deckhand-supervise";
+/// What an agent and a supervisor agree on besides the version: the
+/// arguments, the lock on fd 3, the go on stdin and the run directory's
+/// files. Raised whenever one of them changes.
+const REVISION: u32 = 1;
+/// How long the agent waits, once at its start, for [`BINARY`] to say
+/// which version it is.
+const ASK_VERSION_WAIT: Duration = Duration::from_secs(2);
 /// Live output spooled per run; beyond it live output stops (the result
 /// still carries the head + tail kept by the output cap).
 pub const SPOOL_CAP: u64 = 1024 * 1024;
@@ -330,6 +342,76 @@ fn open_lock(dir: &Path) -> Result<File, SuperviseError> {
 fn try_lock(f: &File) -> bool {
     // SAFETY: flock on a descriptor we own; no memory is involved.
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
+}
+
+/// What [`BINARY`] prints for `--version`: its version and [`REVISION`].
+/// An agent uses that binary only when this line matches its own.
+pub fn version_line(version: &str) -> String {
+    format!("{BINARY} {version} (supervise revision {REVISION})")
+}
+
+/// The program that supervises this agent's runs, chosen once at its
+/// start: [`BINARY`] beside `agent_exe` when it says it is of the agent's
+/// `version` and [`REVISION`], else the agent's own binary (a package
+/// without it, or a self-update that replaced only the agent). A mismatch
+/// is never risked: the two would disagree on the run directory's files.
+pub fn program_for(agent_exe: &Path, version: &str) -> PathBuf {
+    pick_program(agent_exe, &version_line(version), ASK_VERSION_WAIT)
+}
+
+fn pick_program(agent_exe: &Path, want: &str, wait: Duration) -> PathBuf {
+    let sibling = agent_exe.with_file_name(BINARY);
+    if !sibling.is_file() {
+        tracing::debug!(program = %agent_exe.display(), "no {BINARY} beside the agent; runs are supervised by the agent's binary");
+        return agent_exe.to_path_buf();
+    }
+    match ask_version(&sibling, wait) {
+        Some(line) if line == want => {
+            tracing::info!(program = %sibling.display(), "runs are supervised by {BINARY}");
+            sibling
+        }
+        Some(_) => {
+            // Its answer is not echoed: the file is not ours to trust.
+            tracing::warn!(program = %sibling.display(), expected = want, "{BINARY} is of another version; runs are supervised by the agent's binary");
+            agent_exe.to_path_buf()
+        }
+        None => {
+            tracing::warn!(program = %sibling.display(), "{BINARY} did not say its version; runs are supervised by the agent's binary");
+            agent_exe.to_path_buf()
+        }
+    }
+}
+
+/// `program --version`'s first line, when it exits with success within
+/// `wait`; a program that hangs is killed.
+fn ask_version(program: &Path, wait: Duration) -> Option<String> {
+    let mut child = std::process::Command::new(program)
+        .arg("--version")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .ok()?;
+    let deadline = std::time::Instant::now() + wait;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(2)),
+            _ => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    };
+    if !status.success() {
+        return None;
+    }
+    // The line we want is short; a program that says more is not it.
+    let mut out = Vec::new();
+    child.stdout.take()?.take(256).read_to_end(&mut out).ok()?;
+    let text = String::from_utf8(out).ok()?;
+    text.lines().next().map(str::to_string)
 }
 
 /// A run directory claimed for one run: made, and its lock taken by us.
@@ -818,6 +900,37 @@ async fn run_spooled(dir: &Path, spec: RunSpec, signals: Signals) -> (RunOutcome
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in `deckhand-supervise` beside a stand-in agent: a shell
+    /// script with `body`, run for real when asked its version.
+    fn beside_agent(body: Option<&str>) -> (tempfile::TempDir, PathBuf) {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let agent = tmp.path().join("deckhand-agent");
+        fs::write(&agent, b"").expect("agent file");
+        if let Some(body) = body {
+            let path = tmp.path().join(BINARY);
+            fs::write(&path, format!("#!/bin/sh\n{body}\n")).expect("script");
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).expect("chmod");
+        }
+        (tmp, agent)
+    }
+
+    #[test]
+    fn the_supervisor_binary_is_used_only_when_it_says_our_version() {
+        let want = version_line("9.9.9");
+        let (_t, agent) = beside_agent(Some(&format!("[ \"$1\" = --version ] && echo '{want}'")));
+        assert_eq!(pick_program(&agent, &want, ASK_VERSION_WAIT), agent.with_file_name(BINARY));
+        // Another version, another revision, a failure, a hang, nothing there:
+        // the agent's own binary.
+        let other = format!("echo '{}'", version_line("9.9.8"));
+        let revision = format!("echo '{}'", want.replace(&format!("revision {REVISION}"), &format!("revision {}", REVISION + 1)));
+        let failing = format!("echo '{want}'; exit 1");
+        for body in [Some(other.as_str()), Some(revision.as_str()), Some(failing.as_str()), Some("exec sleep 30"), None] {
+            let (_t, agent) = beside_agent(body);
+            assert_eq!(pick_program(&agent, &want, Duration::from_millis(300)), agent, "{body:?}");
+        }
+    }
 
     #[test]
     fn run_dir_names_stay_inside_root() {
