@@ -215,3 +215,46 @@ fn chaos_kill_agents_and_hub_nothing_lost_nothing_twice() {
     println!("chaos: {} invocations, agent kills {}, hub kills {}, final states {counts:?}", invs.len(), kills.0, kills.1);
     assert_eq!(counts.values().sum::<usize>(), 100);
 }
+
+/// A one-shot run whose slot is free starts with its acceptance (issue
+/// #21): its start and `Running` report are journaled beside the
+/// acceptance and its supervisor is launched before their one sync. When
+/// that sync fails (the journal's sync fault hook: the disk takes the
+/// writes, then fails to flush them), none of it happened: nothing is
+/// acknowledged, the supervisor is withdrawn before its go and starts
+/// nothing, and once the journal works again the hub's re-delivery runs
+/// the script exactly once.
+#[test]
+fn a_failed_acceptance_sync_starts_nothing_and_the_redelivery_runs_once() {
+    let hub = Hub::start();
+    let scratch = tempfile::tempdir().unwrap();
+    let flag = scratch.path().join("sync-fails");
+    let mut a = hub.agent_unstarted(&hub.url, std::path::PathBuf::from(env!("CARGO_BIN_EXE_deckhand-agent")));
+    a.env.push(("DECKHAND_FAULT_JOURNAL_SYNC".into(), flag.display().to_string()));
+    a.spawn();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    std::fs::write(&flag, b"EIO").unwrap();
+    let marker = scratch.path().join("ran.log");
+    let inv = hub.run(&format!("echo run >> {}; echo done", marker.display()), &[&id], &[("Timeout", "60")]);
+    // The sign that the supervisor launched for the run was withdrawn: its
+    // own log says so, as it exits.
+    let runs = a.state_dir().join("runs");
+    let withdrawn = || {
+        let rd = std::fs::read_dir(&runs).ok()?;
+        rd.filter_map(|e| e.ok()).find_map(|e| {
+            let log = std::fs::read_to_string(e.path().join("supervisor.log")).ok()?;
+            log.contains("withdrawn before its go").then(|| e.path())
+        })
+    };
+    let dir = wait_until("a supervisor withdrawn before its go", WAIT, withdrawn);
+    assert!(a.log().contains("cannot journal an invocation"), "the agent says why it did not accept");
+    assert!(!marker.exists(), "the script never started");
+    assert!(!dir.join("ran").exists(), "no start was recorded in {}", dir.display());
+    assert_ne!(status(&hub, &inv), "Running", "no Running report reached the hub");
+    std::fs::remove_file(&flag).unwrap();
+    let r = &hub.wait_final(&inv, WAIT)[0];
+    assert_eq!(r["InvocationStatus"], "Success", "{r}");
+    assert_eq!(output_of(r), b"done\n", "{r}");
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "run\n", "the script ran exactly once");
+}

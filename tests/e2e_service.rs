@@ -230,3 +230,32 @@ fn activation_ip_range_is_enforced() {
     let e = hub.call("CreateActivation", &[("InstanceCount", "1001")]).unwrap_err().to_string();
     assert!(e.contains("InvalidParameter.InstanceCount") && e.contains("1..=1000"), "{e}");
 }
+
+/// A one-shot run costs the agent two journal syncs (issue #21): its
+/// acceptance, start and `Running` report share one, its final report has
+/// the other (three before: the start had its own). Counted by the agent
+/// itself (`journal_syncs` in its status); the status tick's sync of the
+/// last acknowledgements may add one or two.
+#[test]
+fn a_one_shot_run_costs_two_journal_syncs() {
+    let hub = Hub::start();
+    let a = hub.agent();
+    let id = a.instance_id();
+    hub.wait_online(&id);
+    let figures = || {
+        let out = agent_bin().args(["status", "--json", "--state-dir"]).arg(a.state_dir()).output().ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(v["figures"].clone())
+    };
+    let before = wait_until("status written", Duration::from_secs(20), || figures().filter(|f| f["connections"] == 1));
+    const RUNS: u64 = 10;
+    for i in 0..RUNS {
+        let inv = hub.run(&format!("echo {i}"), &[&id], &[]);
+        hub.wait_final(&inv, Duration::from_secs(30));
+    }
+    let after = wait_until("figures after the runs", Duration::from_secs(30), || {
+        figures().filter(|f| f["runs_finished"] == RUNS && f["reports_acked"].as_u64().is_some_and(|n| n >= RUNS))
+    });
+    let syncs = after["journal_syncs"].as_u64().unwrap() - before["journal_syncs"].as_u64().unwrap();
+    assert!((RUNS..=2 * RUNS + 2).contains(&syncs), "{syncs} journal syncs for {RUNS} runs: {before} → {after}");
+}

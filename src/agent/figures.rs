@@ -20,6 +20,7 @@ struct Counters {
     runs_finished: AtomicU64,
     reports_acked: AtomicU64,
     live_chunks_dropped: AtomicU64,
+    journal_syncs: AtomicU64,
 }
 
 static COUNTERS: Counters = Counters {
@@ -31,6 +32,7 @@ static COUNTERS: Counters = Counters {
     runs_finished: AtomicU64::new(0),
     reports_acked: AtomicU64::new(0),
     live_chunks_dropped: AtomicU64::new(0),
+    journal_syncs: AtomicU64::new(0),
 };
 
 fn bump(c: &AtomicU64, n: u64) {
@@ -66,6 +68,12 @@ pub fn live_chunk_dropped() {
     bump(&COUNTERS.live_chunks_dropped, 1);
 }
 
+/// One `fdatasync` of the journal done (a sync that found its changes
+/// already on disk is not counted).
+pub fn journal_synced() {
+    bump(&COUNTERS.journal_syncs, 1);
+}
+
 /// What status.json carries (all zero from an agent that predates them).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
@@ -81,6 +89,7 @@ pub struct Figures {
     pub runs_finished: u64,
     pub reports_acked: u64,
     pub live_chunks_dropped: u64,
+    pub journal_syncs: u64,
 }
 
 /// The figures now (reads `/proc/self`).
@@ -99,6 +108,7 @@ pub fn snapshot() -> Figures {
         runs_finished: get(&c.runs_finished),
         reports_acked: get(&c.reports_acked),
         live_chunks_dropped: get(&c.live_chunks_dropped),
+        journal_syncs: get(&c.journal_syncs),
     }
 }
 

@@ -149,7 +149,7 @@ impl SyncPoint {
 
     /// `fdatasync` of the journal file (it flushes every append before it).
     pub fn sync(self) -> Result<u64, JournalError> {
-        if let Some(e) = fault_injected() {
+        if let Some(e) = fault_injected().or_else(sync_fault_injected) {
             return Err(io_err("fdatasync", &self.path)(e));
         }
         self.file.sync_data().map_err(io_err("fdatasync", &self.path))?;
@@ -379,6 +379,17 @@ fn fault_injected() -> Option<io::Error> {
     let flag = FLAG.get_or_init(|| std::env::var_os("DECKHAND_FAULT_JOURNAL_FULL").map(PathBuf::from)).as_ref()?;
     // ENOSPC (28 on Linux and macOS).
     flag.exists().then(|| io::Error::from_raw_os_error(28))
+}
+
+/// Test hook: `DECKHAND_FAULT_JOURNAL_SYNC=<path>` makes the journal's
+/// `fdatasync` of appended changes fail with EIO while `<path>` exists;
+/// appends still succeed (a disk that takes writes but fails to flush
+/// them, which no test machine can be made to do; see docs/journal.md).
+fn sync_fault_injected() -> Option<io::Error> {
+    static FLAG: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    let flag = FLAG.get_or_init(|| std::env::var_os("DECKHAND_FAULT_JOURNAL_SYNC").map(PathBuf::from)).as_ref()?;
+    // EIO (5 on Linux and macOS).
+    flag.exists().then(|| io::Error::from_raw_os_error(5))
 }
 
 /// Encodes one record as a complete frame.

@@ -58,7 +58,8 @@ pub struct Runner {
 #[derive(Debug, Clone)]
 #[cfg_attr(not(unix), allow(dead_code))]
 pub struct Supervision {
-    /// The agent's own binary, re-executed as `__supervise <run dir>`.
+    /// `deckhand-supervise`, or the agent's own binary, run as
+    /// `__supervise <run dir>` (`exec::supervise::program_for`).
     pub program: PathBuf,
     /// Parent of the run directories (`<state dir>/runs`).
     pub runs_root: PathBuf,
@@ -154,6 +155,7 @@ impl Runner {
         let mut st = self.state();
         let ok = match synced {
             Ok(Ok(_)) => {
+                super::figures::journal_synced();
                 st.synced(upto);
                 st.is_durable()
             }
@@ -187,16 +189,25 @@ impl Runner {
             let previous = st.held_invocation(&inv.invoke_id).cloned();
             (st.accept(&inv)?, previous)
         };
+        let early = if accepted == Accepted::New { self.start_at_once(&inv) } else { None };
         if accepted != Accepted::Duplicate && !self.flush().await {
             let mut st = self.state();
+            if let Some(early) = &early {
+                st.unstart(&inv.invoke_id, early.running_report);
+            }
             st.unaccept(&inv.invoke_id, previous);
             let reason = st.degraded().unwrap_or("journal sync failed").to_string();
-            return Err(super::journal::JournalError::Held { held: st.held_count(), reason });
+            let held = st.held_count();
+            drop(st);
+            if let Some(early) = early {
+                early.abandon();
+            }
+            return Err(super::journal::JournalError::Held { held, reason });
         }
         match accepted {
             Accepted::New => {
                 tracing::info!(invoke_id = %inv.invoke_id, command_type = %inv.command_type, "invocation accepted");
-                self.spawn(inv);
+                self.spawn_with(inv, early);
             }
             Accepted::Revised => self.revise(inv),
             Accepted::Duplicate => {}
@@ -220,9 +231,36 @@ impl Runner {
         }
     }
 
+    /// A one-shot run whose slot is free now starts with its acceptance
+    /// (issue #21): its start and `Running` report are journaled beside the
+    /// acceptance, so one sync covers all three, and its supervisor is
+    /// launched meanwhile, so the process's start overlaps that sync too.
+    /// `None` (the run then starts as any other, after the acceptance's
+    /// sync): a schedule or boot wait, a file delivery, no free slot, or a
+    /// definition that cannot run here (reported as `Invalid` by the normal
+    /// path).
+    fn start_at_once(self: &Arc<Self>, inv: &Invocation) -> Option<EarlyStart> {
+        if inv.repeat_mode != RepeatMode::Once || inv.command_type.is_file() {
+            return None;
+        }
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        let spec = self.spec_of(inv).ok()??;
+        let (start, running_report) = self.journal_start(inv, 0);
+        let prepared = {
+            let (me, inv, spec) = (self.clone(), inv.clone(), spec.clone());
+            tokio::spawn(async move { me.prepare(&inv, 0, Some(&spec)).await })
+        };
+        Some(EarlyStart { permit, spec, start, running_report, prepared })
+    }
+
     /// Starts (or queues) the work of an accepted invocation: one run, a
     /// schedule (`Period`), or a wait for the next boot.
     pub fn spawn(self: &Arc<Self>, inv: Invocation) {
+        self.spawn_with(inv, None)
+    }
+
+    /// [`Self::spawn`], for a run already started with its acceptance.
+    fn spawn_with(self: &Arc<Self>, inv: Invocation, early: Option<EarlyStart>) {
         let token = self.token(&inv.invoke_id);
         // Registered before the task starts: a revision arriving at once is not missed.
         let (rev_tx, revisions) = watch::channel(inv.clone());
@@ -230,10 +268,18 @@ impl Runner {
         let me = self.clone();
         tokio::spawn(async move {
             let id = inv.invoke_id.clone();
-            match inv.repeat_mode {
-                RepeatMode::Period => me.periodic(revisions, token).await,
-                RepeatMode::NextRebootOnly | RepeatMode::EveryReboot => me.on_boot(inv, token).await,
-                RepeatMode::Once => me.run_once(inv, 0, token, true).await,
+            match (inv.repeat_mode, early) {
+                (RepeatMode::Once, Some(early)) => {
+                    let prepared = early.prepared.await.unwrap_or_else(|e| {
+                        tracing::warn!(invoke_id = %id, error = %e, "preparing the run's supervisor failed; running it in-process");
+                        None
+                    });
+                    let begun = Begun { permit: Some(early.permit), spec: Some(early.spec), start: early.start, prepared };
+                    me.run_started(inv, 0, token, true, begun).await
+                }
+                (RepeatMode::Period, _) => me.periodic(revisions, token).await,
+                (RepeatMode::NextRebootOnly | RepeatMode::EveryReboot, _) => me.on_boot(inv, token).await,
+                (RepeatMode::Once, None) => me.run_once(inv, 0, token, true).await,
             }
             me.stops.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
             me.revisions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
@@ -415,42 +461,17 @@ impl Runner {
                 return;
             }
         };
-        let instance_id = self.instance_id.lock().unwrap_or_else(|e| e.into_inner()).clone();
         // Parameters are rendered (and refused) before anything runs. A
         // file delivery has none, and checks its own fields as it writes.
-        let spec = match exec::spec_for(&inv, &instance_id) {
-            _ if inv.command_type.is_file() => None,
-            Ok(mut spec) => {
-                spec.script_root = self.script_root.clone();
-                // First, so the invocation's own variables win.
-                spec.env.splice(0..0, self.script_env.iter().cloned());
-                Some(spec)
-            }
+        let spec = match self.spec_of(&inv) {
+            Ok(spec) => spec,
             Err(e) => {
                 // Could not start here (type, user, directory, parameters): Invalid.
                 self.report(ended(&inv, record_seq, InvocationStatus::Invalid, ErrorCode::parse(e.error_code()), &e.to_string()), closes);
                 return;
             }
         };
-        if let Err(e) = self.state().started(&inv.invoke_id, record_seq) {
-            tracing::error!(invoke_id = %inv.invoke_id, error = %e, "cannot journal start");
-        }
-        let start = now();
-        self.report(
-            RecordReport {
-                invoke_id: inv.invoke_id.clone(),
-                record_seq,
-                status: InvocationStatus::Running,
-                exit_code: None,
-                output_b64: String::new(),
-                dropped: 0,
-                error_code: None,
-                error_info: String::new(),
-                start_time: start.clone(),
-                finish_time: String::new(),
-            },
-            false,
-        );
+        let (start, _) = self.journal_start(&inv, record_seq);
         // The start (and a schedule's fire before it) on disk before the
         // script starts, so a restart never runs it again; the Running
         // report shares the sync. A failing journal holds them and the run
@@ -459,6 +480,59 @@ impl Runner {
         // for its go, and the directory holds no trace of a start until the
         // supervisor syncs `ran`, so a crash in between loses nothing.
         let (_, prepared) = tokio::join!(self.flush(), self.prepare(&inv, record_seq, spec.as_ref()));
+        self.run_started(inv, record_seq, stop, closes, Begun { permit, spec, start, prepared }).await;
+    }
+
+    /// What runs: the script's spec, parameters rendered (`None` for a
+    /// file delivery, which has none and checks its own fields as it writes).
+    fn spec_of(&self, inv: &Invocation) -> Result<Option<RunSpec>, exec::params::ParamError> {
+        if inv.command_type.is_file() {
+            return Ok(None);
+        }
+        let instance_id = self.instance_id.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut spec = exec::spec_for(inv, &instance_id)?;
+        spec.script_root = self.script_root.clone();
+        // First, so the invocation's own variables win.
+        spec.env.splice(0..0, self.script_env.iter().cloned());
+        Ok(Some(spec))
+    }
+
+    /// Journals a run's start and its `Running` report (not yet synced);
+    /// returns the start time and the report's id.
+    fn journal_start(&self, inv: &Invocation, record_seq: u32) -> (String, Option<u64>) {
+        let mut st = self.state();
+        if let Err(e) = st.started(&inv.invoke_id, record_seq) {
+            tracing::error!(invoke_id = %inv.invoke_id, error = %e, "cannot journal start");
+        }
+        let start = now();
+        let running = RecordReport {
+            invoke_id: inv.invoke_id.clone(),
+            record_seq,
+            status: InvocationStatus::Running,
+            exit_code: None,
+            output_b64: String::new(),
+            dropped: 0,
+            error_code: None,
+            error_info: String::new(),
+            start_time: start.clone(),
+            finish_time: String::new(),
+        };
+        let id = match st.report(running, false) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::error!(invoke_id = %inv.invoke_id, error = %e, "cannot journal report");
+                None
+            }
+        };
+        drop(st);
+        self.outbox_ready.notify_one();
+        (start, id)
+    }
+
+    /// A run whose start is journaled (and synced, or held by a degraded
+    /// journal): runs it and reports its outcome.
+    async fn run_started(self: &Arc<Self>, inv: Invocation, record_seq: u32, stop: CancellationToken, closes: bool, begun: Begun) {
+        let Begun { permit, spec, start, prepared } = begun;
         let report = match spec {
             None => {
                 let rerun = self.file_reruns.lock().unwrap_or_else(|e| e.into_inner()).remove(&inv.invoke_id);
@@ -558,6 +632,48 @@ impl Runner {
         let out = exec::run(spec, stop, Some(chunk_tx)).await;
         let _ = forward.await;
         outcome_report(inv, record_seq, &out)
+    }
+}
+
+/// A run past its start: its slot, what it runs (`None`: a file
+/// delivery), its start time, and its supervisor launched (or why not).
+struct Begun {
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    spec: Option<RunSpec>,
+    start: String,
+    prepared: Prepared,
+}
+
+/// A one-shot run started with its acceptance ([`Runner::start_at_once`]):
+/// its slot, what it runs, its journaled start and `Running` report, and
+/// its supervisor being launched.
+struct EarlyStart {
+    permit: tokio::sync::OwnedSemaphorePermit,
+    spec: RunSpec,
+    start: String,
+    running_report: Option<u64>,
+    prepared: tokio::task::JoinHandle<Prepared>,
+}
+
+impl EarlyStart {
+    /// The acceptance was not synced, so neither was the start: the run
+    /// will come again with the hub's re-delivery. Its supervisor, launched
+    /// and waiting for a go, is withdrawn: it exits without a trace. Its
+    /// directory is left as it is (no `ran`): the re-delivery claims it
+    /// again, and the next start of the agent sweeps it if none comes;
+    /// removing it here could race that claim.
+    fn abandon(self) {
+        let EarlyStart { permit, prepared, .. } = self;
+        tokio::spawn(async move {
+            let prepared = prepared.await.ok().flatten();
+            #[cfg(unix)]
+            if let Some((_, Ok(launched))) = prepared {
+                launched.withdraw().await;
+            }
+            #[cfg(not(unix))]
+            let _ = prepared;
+            drop(permit);
+        });
     }
 }
 

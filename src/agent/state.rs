@@ -426,6 +426,16 @@ impl AgentState {
         }
     }
 
+    /// A run's start journaled beside an acceptance whose sync failed is
+    /// forgotten with it (see [`Self::unaccept`]): its start and its
+    /// `Running` report, which must not reach the hub or a rewritten journal.
+    pub fn unstart(&mut self, invoke_id: &str, running_report: Option<u64>) {
+        self.started.remove(invoke_id);
+        if let Some(id) = running_report {
+            self.pending.remove(&id);
+        }
+    }
+
     pub fn ack(&mut self, report_id: u64) -> Result<(), JournalError> {
         if self.pending.contains_key(&report_id) {
             // Never waited for (issue #21): a lost ack costs one resend,

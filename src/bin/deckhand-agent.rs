@@ -288,8 +288,8 @@ fn run() -> anyhow::Result<()> {
                     f.cpu_ms as f64 / 1000.0
                 );
                 println!(
-                    "since start:     {} connection(s), {} run(s) finished, {} report(s) acknowledged",
-                    f.connections, f.runs_finished, f.reports_acked
+                    "since start:     {} connection(s), {} run(s) finished, {} report(s) acknowledged, {} journal sync(s)",
+                    f.connections, f.runs_finished, f.reports_acked, f.journal_syncs
                 );
                 println!(
                     "frames:          {} in ({} B), {} out ({} B); {} live chunk(s) dropped",
