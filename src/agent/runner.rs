@@ -568,16 +568,7 @@ impl Runner {
             let spec = spec.filter(|_| inv.command_type != CommandType::ApplyKubeletReserved && !inv.command_type.is_file())?;
             let sup = self.supervision.as_ref()?;
             let dir = self.run_dir(inv, record_seq)?;
-            let launched = match exec::supervise::launch_off_loop(dir.clone(), sup.program.clone(), sup.scope.clone()).await {
-                Ok(launched) => match exec::supervise::fill_off_loop(dir.clone(), spec.clone()).await {
-                    Ok(()) => Ok(launched),
-                    Err(e) => {
-                        launched.withdraw().await;
-                        Err(e)
-                    }
-                },
-                Err(e) => Err(e),
-            };
+            let launched = exec::supervise::prepare_off_loop(dir.clone(), sup.program.clone(), sup.scope.clone(), spec.clone()).await;
             Some((dir, launched))
         }
         #[cfg(not(unix))]

@@ -550,23 +550,35 @@ impl Launched {
     }
 }
 
-/// [`claim`] and [`Claimed::launch`] on a blocking thread: the directory's
-/// making and the fork/exec of the supervisor must not stall the agent's
-/// single-threaded event loop (issue #21), where heartbeats, acks and other
-/// runs' reports wait.
-pub async fn launch_off_loop(dir: PathBuf, program: PathBuf, scope: Option<super::scope::Scope>) -> Result<Launched, SuperviseError> {
+/// [`claim`], [`Claimed::launch`] and [`fill`] in one trip to a blocking
+/// thread: the directory's making, the fork/exec of the supervisor and the
+/// files' writing must not stall the agent's single-threaded event loop
+/// (issue #21), where heartbeats, acks and other runs' reports wait. One
+/// trip, not two: on a busy host each return to the event loop waits for
+/// a core, and the fill would wait with it (tenth pass). The supervisor is
+/// launched first, so its start overlaps the fill. A fill that fails
+/// withdraws the launched supervisor before the error is returned.
+pub async fn prepare_off_loop(
+    dir: PathBuf,
+    program: PathBuf,
+    scope: Option<super::scope::Scope>,
+    spec: RunSpec,
+) -> Result<Launched, SuperviseError> {
     let at = dir.clone();
-    tokio::task::spawn_blocking(move || claim(&dir)?.launch(&program, scope.as_ref()))
-        .await
-        .unwrap_or_else(|e| Err(SuperviseError::Io { op: "launch", path: at, source: std::io::Error::other(e.to_string()) }))
-}
-
-/// [`fill`] on a blocking thread, for the same reason.
-pub async fn fill_off_loop(dir: PathBuf, spec: RunSpec) -> Result<(), SuperviseError> {
-    let at = dir.clone();
-    tokio::task::spawn_blocking(move || fill(&dir, &spec))
-        .await
-        .unwrap_or_else(|e| Err(SuperviseError::Io { op: "fill", path: at, source: std::io::Error::other(e.to_string()) }))
+    let made = tokio::task::spawn_blocking(move || {
+        let launched = claim(&dir)?.launch(&program, scope.as_ref())?;
+        Ok::<_, SuperviseError>((fill(&dir, &spec), launched))
+    })
+    .await
+    .unwrap_or_else(|e| Err(SuperviseError::Io { op: "prepare", path: at, source: std::io::Error::other(e.to_string()) }));
+    match made {
+        Ok((Ok(()), launched)) => Ok(launched),
+        Ok((Err(e), launched)) => {
+            launched.withdraw().await;
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// Fires when a supervisor this agent started has exited.
