@@ -14,8 +14,10 @@
 //! | `supervisor.log` | supervisor | its own log (stderr) |
 //! | `ran.reserve`, `result.reserve` | agent, before the go | space set aside so `ran` and `result.json` can still be written when the state dir fills up meanwhile (overwritten in place, then renamed) |
 //!
-//! The supervisor is the agent's binary re-executed with a hidden
-//! subcommand, in its own session (`setsid`), so neither a signal to the
+//! The supervisor is [`BINARY`], a small binary installed beside the agent
+//! (or, when that is absent or of another version, the agent's own binary
+//! re-executed: [`program_for`]), run with a hidden subcommand in its own
+//! session (`setsid`), so neither a signal to the
 //! agent's process group nor the agent's death reaches it; it runs the
 //! script with the ordinary engine ([`super::run`]), which enforces the
 //! timeout and kills the tree on a stop. The agent only ever reads files, so
@@ -27,9 +29,10 @@
 //! Launched ahead: the agent starts the supervisor as soon as it has
 //! claimed the directory ([`claim`], [`Claimed::launch`]), so the process's
 //! own start overlaps the spec's writing ([`fill`], not synced) and the
-//! agent's journal sync of the run's start. The supervisor then waits for one byte on its
-//! stdin ([`Launched::go`]) before anything else; an end of stdin instead
-//! (the run withdrawn, or the agent dead) makes it exit without a trace.
+//! agent's journal sync of the run's start ([`prepare_off_loop`] does all
+//! three steps). The supervisor then waits for one byte on its stdin
+//! ([`Launched::go`]) before anything else; an end of stdin instead (the
+//! run withdrawn, or the agent dead) makes it exit without a trace.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
