@@ -347,7 +347,7 @@ fn try_lock(f: &File) -> bool {
     unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
-/// What [`BINARY`] prints for `--version`: its version and [`REVISION`].
+/// What [`BINARY`] prints for `--version`: its version and the supervise revision (`REVISION`).
 /// An agent uses that binary only when this line matches its own.
 pub fn version_line(version: &str) -> String {
     format!("{BINARY} {version} (supervise revision {REVISION})")
@@ -355,7 +355,7 @@ pub fn version_line(version: &str) -> String {
 
 /// The program that supervises this agent's runs, chosen once at its
 /// start: [`BINARY`] beside `agent_exe` when it says it is of the agent's
-/// `version` and [`REVISION`], else the agent's own binary (a package
+/// `version` and its supervise revision, else the agent's own binary (a package
 /// without it, or a self-update that replaced only the agent). A mismatch
 /// is never risked: the two would disagree on the run directory's files.
 pub fn program_for(agent_exe: &Path, version: &str) -> PathBuf {
