@@ -5,7 +5,7 @@
 //!
 //! | file | written by | meaning |
 //! |---|---|---|
-//! | `spec.json` | agent, before the go | the [`RunSpec`] to run |
+//! | `spec.json` | agent, before the go | the [`RunSpec`] to run, and the run-as account as the agent resolved it (the supervisor need not look it up again) |
 //! | `lock` | — | `flock`ed by the supervisor for its whole life (the agent takes it first and hands the locked descriptor over as fd 3, so there is no moment where a launched run is unlocked) |
 //! | `ran` | supervisor, before the script starts | the script was started: never start it again |
 //! | `output.spool` | supervisor | live output, first [`SPOOL_CAP`] bytes |
@@ -158,6 +158,10 @@ struct StoredSpec {
     kill_grace_ms: u64,
     drain_timeout_ms: u64,
     script_root: Option<PathBuf>,
+    /// The run-as account as the agent resolved it (absent from older
+    /// agents' specs, or when it did not resolve: the supervisor looks it up).
+    #[serde(default)]
+    account: Option<super::user::Handed>,
 }
 
 impl From<&RunSpec> for StoredSpec {
@@ -174,6 +178,7 @@ impl From<&RunSpec> for StoredSpec {
             kill_grace_ms: s.kill_grace.as_millis().min(u64::MAX as u128) as u64,
             drain_timeout_ms: s.drain_timeout.as_millis().min(u64::MAX as u128) as u64,
             script_root: s.script_root.clone(),
+            account: None,
         }
     }
 }
@@ -438,7 +443,8 @@ pub fn claim(dir: &Path) -> Result<Claimed, SuperviseError> {
     Ok(Claimed { lock, dir: dir.to_path_buf() })
 }
 
-/// Writes the spec and the reserves into a claimed `dir`: everything the
+/// Writes the spec (with the run-as account, resolved here from the
+/// agent's cache) and the reserves into a claimed `dir`: everything the
 /// supervisor reads after its go. Nothing here is synced (issue #21): the
 /// files only serve the supervisor, which reads them from the page cache,
 /// and `ran`'s sync (file and directory) puts the directory on disk before
@@ -447,7 +453,8 @@ pub fn claim(dir: &Path) -> Result<Claimed, SuperviseError> {
 /// its journal and no directory, and reports `ExecutionInterrupted`
 /// without running it: at most once holds either way.
 pub fn fill(dir: &Path, spec: &RunSpec) -> Result<(), SuperviseError> {
-    let body = serde_json::to_vec(&StoredSpec::from(spec)).map_err(|source| SuperviseError::Decode { path: dir.join(SPEC), source })?;
+    let stored = StoredSpec { account: super::user::hand(spec.username.as_deref()), ..StoredSpec::from(spec) };
+    let body = serde_json::to_vec(&stored).map_err(|source| SuperviseError::Decode { path: dir.join(SPEC), source })?;
     write_prepared(dir, SPEC, &body)?;
     // Kept output is at most the cap, base64 grows it by 4/3; the rest of a
     // result (codes, times, error text) fits in the extra 8 KiB.
@@ -786,8 +793,12 @@ fn supervise(dir: &Path) -> Result<(), SuperviseError> {
     }
     let spec_path = dir.join(SPEC);
     let body = read_bounded(&spec_path)?.ok_or_else(|| io("read", &spec_path)(std::io::ErrorKind::NotFound.into()))?;
-    let spec: RunSpec =
-        serde_json::from_slice::<StoredSpec>(&body).map_err(|source| SuperviseError::Decode { path: spec_path.clone(), source })?.into();
+    let mut stored: StoredSpec =
+        serde_json::from_slice(&body).map_err(|source| SuperviseError::Decode { path: spec_path.clone(), source })?;
+    if let Some(handed) = stored.account.take() {
+        super::user::take_handed(handed);
+    }
+    let spec = RunSpec::from(stored);
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(io("start runtime", dir))?;
     // SIGTERM/SIGINT must be a stop, never a silent death, from the moment
     // `ran` names our pid (the agent and operators signal that pid).

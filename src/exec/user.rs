@@ -14,7 +14,7 @@ const MAX_USERNAME_BYTES: usize = 256;
 /// Bound on supplementary groups carried into the child (Linux `NGROUPS_MAX` is 65536).
 const MAX_GROUPS: usize = 65536;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Account {
     pub name: String,
     pub uid: u32,
@@ -37,6 +37,42 @@ const CACHE_MAX: usize = 64;
 
 /// What identifies the files' current contents.
 type Stamp = [(u64, i64, i64, u64); 2];
+
+/// An account the agent resolved, handed to a run's supervisor in its
+/// spec (issue #21): a supervisor is a new process with an empty cache,
+/// and looking the account up again cost every supervised run a read of
+/// the NSS configuration, /etc/passwd and /etc/group. Taken only while the
+/// account files are as they were when it was resolved.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Handed {
+    username: Option<String>,
+    stamp: Stamp,
+    account: Account,
+}
+
+/// `username`'s account as [`resolve`] gives it, to hand to a supervisor;
+/// `None` when it does not resolve (the supervisor then reports why).
+pub fn hand(username: Option<&str>) -> Option<Handed> {
+    let stamp = stamp();
+    let account = resolve(username).ok()?;
+    Some(Handed { username: username.filter(|u| !u.is_empty()).map(str::to_string), stamp, account })
+}
+
+/// Primes this process's cache with a handed account, if the account
+/// files are unchanged since it was resolved; [`resolve`] then answers
+/// from it.
+pub fn take_handed(h: Handed) {
+    let now = stamp();
+    if h.stamp != now {
+        return;
+    }
+    let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let cache = guard.get_or_insert_with(|| Cache { stamp: now, entries: Default::default() });
+    if cache.stamp != now || cache.entries.len() >= CACHE_MAX {
+        *cache = Cache { stamp: now, entries: Default::default() };
+    }
+    cache.entries.insert(h.username, (std::time::Instant::now(), h.account));
+}
 
 fn stamp() -> Stamp {
     use std::os::unix::fs::MetadataExt;
@@ -141,6 +177,27 @@ mod tests {
         // Failures are not remembered: still refused, with the name.
         assert_eq!(resolve(Some("no-such-user-deckhand-y")).unwrap_err().code, codes::ACCOUNT_NOT_EXISTS);
         assert!(CACHE.lock().unwrap().as_ref().is_some_and(|c| !c.entries.contains_key(&Some("no-such-user-deckhand-y".into()))));
+    }
+
+    /// A supervisor answers from the account its spec hands it, while the
+    /// account files are unchanged; a stale one is not taken. (Names no
+    /// host has, so other tests sharing the cache never see them.)
+    #[test]
+    fn a_handed_account_is_taken_only_while_the_files_are_unchanged() {
+        let mut h = hand(None).expect("the agent's own account resolves");
+        // JSON, as spec.json carries it.
+        h = serde_json::from_slice(&serde_json::to_vec(&h).unwrap()).unwrap();
+        let fake_home = std::path::PathBuf::from("/handed-home-deckhand");
+        let mut fresh = h.clone();
+        fresh.username = Some("handed-deckhand-a".into());
+        fresh.account.home = fake_home.clone();
+        take_handed(fresh);
+        assert_eq!(resolve(Some("handed-deckhand-a")).unwrap().home, fake_home);
+        let mut stale = h;
+        stale.username = Some("handed-deckhand-b".into());
+        stale.stamp[0].0 = stale.stamp[0].0.wrapping_add(1);
+        take_handed(stale);
+        assert_eq!(resolve(Some("handed-deckhand-b")).unwrap_err().code, codes::ACCOUNT_NOT_EXISTS);
     }
 
     #[test]
