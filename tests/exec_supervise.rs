@@ -107,3 +107,41 @@ async fn a_directory_already_claimed_is_busy() {
     launched.withdraw().await;
     assert!(supervise::claim(&dir).is_ok(), "free once it is gone");
 }
+
+/// The agent hands the run-as account it resolved to the supervisor in
+/// `spec.json` (tenth pass), and the supervisor runs the script with it
+/// rather than looking the account up again; one resolved while the
+/// account files were otherwise (its stamp differs) is not taken. Shown by
+/// editing the handed home between the fill and the go: `$HOME` follows
+/// the handed account only while its stamp is current.
+#[tokio::test]
+async fn a_supervisor_runs_with_the_account_the_agent_handed_it() {
+    for stale in [false, true] {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("runs/t-ahead.0");
+        std::fs::create_dir_all(t.path().join("runs")).unwrap();
+        let launched = supervise::claim(&dir).unwrap().launch(&agent(), None).unwrap();
+        supervise::fill(&dir, &spec(t.path(), "echo \"$HOME\"")).unwrap();
+        let path = dir.join("spec.json");
+        let mut stored: serde_json::Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let account = &mut stored["account"];
+        assert!(account["account"]["uid"].is_u64(), "the agent handed an account: {stored}");
+        let resolved_home = account["account"]["home"].as_str().unwrap().to_string();
+        let handed_home = t.path().display().to_string();
+        account["account"]["home"] = handed_home.clone().into();
+        if stale {
+            let size = account["stamp"][0][0].as_u64().unwrap();
+            account["stamp"][0][0] = (size + 1).into();
+        }
+        std::fs::write(&path, serde_json::to_vec(&stored).unwrap()).unwrap();
+        let exited = launched.go().await.unwrap();
+        let w = supervise::watch(&dir, CancellationToken::new(), None, false, Some(exited)).await;
+        let Watched::Finished(out) = w else { panic!("not finished: {w:?}") };
+        let home = String::from_utf8_lossy(&out.output).trim_end().to_string();
+        if stale {
+            assert_eq!(home, resolved_home, "a stale handed account was taken instead of a fresh lookup");
+        } else {
+            assert_eq!(home, handed_home, "the handed account was not used");
+        }
+    }
+}
