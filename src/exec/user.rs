@@ -67,11 +67,17 @@ pub fn take_handed(h: Handed) {
         return;
     }
     let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    current(&mut guard, now).entries.insert(h.username, (std::time::Instant::now(), h.account));
+}
+
+/// The cache for the account files as `now` stamps them: started over
+/// when they changed, or when it is full.
+fn current(guard: &mut Option<Cache>, now: Stamp) -> &mut Cache {
     let cache = guard.get_or_insert_with(|| Cache { stamp: now, entries: Default::default() });
     if cache.stamp != now || cache.entries.len() >= CACHE_MAX {
         *cache = Cache { stamp: now, entries: Default::default() };
     }
-    cache.entries.insert(h.username, (std::time::Instant::now(), h.account));
+    cache
 }
 
 fn stamp() -> Stamp {
@@ -93,11 +99,7 @@ pub fn resolve(username: Option<&str>) -> Result<Account, StartError> {
     let now = stamp();
     {
         let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-        let cache = guard.get_or_insert_with(|| Cache { stamp: now, entries: Default::default() });
-        if cache.stamp != now || cache.entries.len() >= CACHE_MAX {
-            *cache = Cache { stamp: now, entries: Default::default() };
-        }
-        if let Some((at, account)) = cache.entries.get(&key)
+        if let Some((at, account)) = current(&mut guard, now).entries.get(&key)
             && at.elapsed() < CACHE_TTL
         {
             return Ok(account.clone());
