@@ -376,9 +376,8 @@ impl<T> Journal<T> {
 /// file system can be mounted; see docs/journal.md).
 fn fault_injected() -> Option<io::Error> {
     static FLAG: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    let flag = FLAG.get_or_init(|| std::env::var_os("DECKHAND_FAULT_JOURNAL_FULL").map(PathBuf::from)).as_ref()?;
     // ENOSPC (28 on Linux and macOS).
-    flag.exists().then(|| io::Error::from_raw_os_error(28))
+    hook_fault(&FLAG, "DECKHAND_FAULT_JOURNAL_FULL", 28)
 }
 
 /// Test hook: `DECKHAND_FAULT_JOURNAL_SYNC=<path>` makes the journal's
@@ -387,9 +386,15 @@ fn fault_injected() -> Option<io::Error> {
 /// them, which no test machine can be made to do; see docs/journal.md).
 fn sync_fault_injected() -> Option<io::Error> {
     static FLAG: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
-    let flag = FLAG.get_or_init(|| std::env::var_os("DECKHAND_FAULT_JOURNAL_SYNC").map(PathBuf::from)).as_ref()?;
     // EIO (5 on Linux and macOS).
-    flag.exists().then(|| io::Error::from_raw_os_error(5))
+    hook_fault(&FLAG, "DECKHAND_FAULT_JOURNAL_SYNC", 5)
+}
+
+/// A fault hook's error while the flag file that `var` names (read once
+/// into `flag`) exists.
+fn hook_fault(flag: &std::sync::OnceLock<Option<PathBuf>>, var: &str, errno: i32) -> Option<io::Error> {
+    let path = flag.get_or_init(|| std::env::var_os(var).map(PathBuf::from)).as_ref()?;
+    path.exists().then(|| io::Error::from_raw_os_error(errno))
 }
 
 /// Encodes one record as a complete frame.
