@@ -17,7 +17,7 @@ section() {
   last=$now
   echo "== $*"
 }
-if [ ! -x "$bins/deckhand-agent" ] || [ ! -x "$bins/deckhand-hub" ]; then
+if [ ! -x "$bins/deckhand-agent" ] || [ ! -x "$bins/deckhand-hub" ] || [ ! -x "$bins/deckhand-supervise" ]; then
   # Normally the test run built them; building here keeps the script usable
   # on its own.
   if [ "$profile" = debug ]; then cargo build --locked --bins; else cargo build --locked --bins --profile "$profile"; fi

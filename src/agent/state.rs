@@ -426,13 +426,26 @@ impl AgentState {
         }
     }
 
-    /// A run's start journaled beside an acceptance whose sync failed is
-    /// forgotten with it (see [`Self::unaccept`]): its start and its
-    /// `Running` report, which must not reach the hub or a rewritten journal.
+    /// A run's start journaled beside an acceptance that did not become
+    /// durable is forgotten with it (see [`Self::unaccept`]): its start and
+    /// its `Running` report, which must reach neither the hub nor the
+    /// journal. The file may hold them already (the sync itself succeeded
+    /// while another change was held), or a retry would append them (they
+    /// were held), so they are dropped from what is held and the journal is
+    /// rewritten from memory, as after a failed sync.
     pub fn unstart(&mut self, invoke_id: &str, running_report: Option<u64>) {
         self.started.remove(invoke_id);
         if let Some(id) = running_report {
             self.pending.remove(&id);
+        }
+        self.held.retain(|e| match e {
+            Entry::Started { invoke_id: id, .. } => id != invoke_id,
+            Entry::Report { report_id, .. } => Some(*report_id) != running_report,
+            _ => true,
+        });
+        if !self.rewrite {
+            let reason = "an acceptance and the start journaled with it did not become durable; rewriting the journal from memory";
+            self.sync_failed(&JournalError::Held { held: self.held.len(), reason: reason.into() });
         }
     }
 
@@ -671,6 +684,39 @@ mod tests {
         assert_eq!(st.accept(&inv("t-new")).unwrap(), Accepted::New);
         st.unaccept("t-new", None);
         assert_eq!(st.accept(&inv("t-new")).unwrap(), Accepted::New);
+    }
+
+    /// An acceptance and the start journaled with it, withdrawn after they
+    /// reached the file (the sync succeeded, but the journal was not whole:
+    /// another change was held) or while held: the journal is rewritten
+    /// from memory, so neither a restart nor a retry brings them back.
+    #[test]
+    fn a_withdrawn_start_leaves_the_journal_by_a_rewrite() {
+        let running = |id: &str| RecordReport { status: InvocationStatus::Running, finish_time: String::new(), ..final_report(id) };
+        let d = tempfile::tempdir().unwrap();
+        let (mut st, _) = AgentState::open(d.path()).unwrap();
+        // On disk already.
+        st.accept(&inv("t-w")).unwrap();
+        st.started("t-w", 0).unwrap();
+        let report = st.report(running("t-w"), false).unwrap();
+        let point = st.sync_point().unwrap().unwrap();
+        st.synced(point.sync().unwrap());
+        // Held, not yet appended.
+        st.accept(&inv("t-h")).unwrap();
+        st.hold(Entry::Started { invoke_id: "t-h".into(), record_seq: 0 });
+        st.started.insert("t-h".into(), 0);
+        st.unstart("t-w", Some(report));
+        st.unaccept("t-w", None);
+        st.unstart("t-h", None);
+        st.unaccept("t-h", None);
+        assert!(!st.is_durable() && st.degraded().is_some(), "a rewrite is owed");
+        assert_eq!(st.backlog(), 0, "the Running report is not sent");
+        assert!(st.retry_held(), "the disk works: the journal is rewritten");
+        assert!(st.is_durable() && st.held_count() == 0);
+        drop(st);
+        let (st, rec) = AgentState::open(d.path()).unwrap();
+        assert!(rec.to_run.is_empty() && rec.interrupted.is_empty(), "nothing withdrawn comes back");
+        assert_eq!((st.open_count(), st.backlog()), (0, 0));
     }
 
     fn revision(id: &str, revision: u64, content: &str) -> Invocation {

@@ -361,8 +361,10 @@ pub fn version_line(version: &str) -> String {
 /// The program that supervises this agent's runs, chosen once at its
 /// start: [`BINARY`] beside `agent_exe` when it says it is of the agent's
 /// `version` and its supervise revision, else the agent's own binary (a package
-/// without it, or a self-update that replaced only the agent). A mismatch
-/// is never risked: the two would disagree on the run directory's files.
+/// without it, or a self-update that replaced only the agent): the two
+/// must agree on the run directory's files. Checked once, at start: during
+/// a package upgrade, until the service restarts, the old agent starts the
+/// new binary by its path, as it always started the new agent binary.
 pub fn program_for(agent_exe: &Path, version: &str) -> PathBuf {
     pick_program(agent_exe, &version_line(version), ASK_VERSION_WAIT)
 }
@@ -415,9 +417,18 @@ fn ask_version(program: &Path, wait: Duration) -> Option<String> {
     if !status.success() {
         return None;
     }
-    // The line we want is short; a program that says more is not it.
+    // What it printed is in the pipe already; read it without waiting, so
+    // a process it left behind holding the pipe open cannot hang us. The
+    // line we want is short; a program that says more is not it.
+    let stdout = child.stdout.take()?;
+    use nix::fcntl::{FcntlArg, OFlag, fcntl};
+    fcntl(&stdout, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).ok()?;
     let mut out = Vec::new();
-    child.stdout.take()?.take(256).read_to_end(&mut out).ok()?;
+    match stdout.take(256).read_to_end(&mut out) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(_) => return None,
+    }
     let text = String::from_utf8(out).ok()?;
     text.lines().next().map(str::to_string)
 }
@@ -576,7 +587,7 @@ pub async fn prepare_off_loop(
 ) -> Result<Launched, SuperviseError> {
     let at = dir.clone();
     let made = tokio::task::spawn_blocking(move || {
-        let launched = claim(&dir)?.launch(&program, scope.as_ref())?;
+        let launched = claim_when_free(&dir)?.launch(&program, scope.as_ref())?;
         Ok::<_, SuperviseError>((fill(&dir, &spec), launched))
     })
     .await
@@ -588,6 +599,20 @@ pub async fn prepare_off_loop(
             Err(e)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// [`claim`], waiting up to [`WITHDRAW_WAIT`] while the directory is busy:
+/// a supervisor withdrawn from this same run (its acceptance was not
+/// synced, and the hub delivered it again) may still be on its way out.
+/// One that holds on past that is a live run of it, and `Busy` says so.
+fn claim_when_free(dir: &Path) -> Result<Claimed, SuperviseError> {
+    let deadline = std::time::Instant::now() + WITHDRAW_WAIT;
+    loop {
+        match claim(dir) {
+            Err(SuperviseError::Busy(_)) if std::time::Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            other => return other,
+        }
     }
 }
 
@@ -947,6 +972,17 @@ mod tests {
         let want = version_line("9.9.9");
         let (_t, agent) = beside_agent(Some(&format!("[ \"$1\" = --version ] && echo '{want}'")));
         assert_eq!(pick_program(&agent, &want, ASK_VERSION_WAIT), agent.with_file_name(BINARY));
+        // One that leaves a process behind holding its stdout open is
+        // still heard, without waiting for that process: it is still alive
+        // when the answer is in.
+        let (t, agent) = beside_agent(Some(&format!("echo '{want}'; sleep 30 & echo $! > \"$(dirname \"$0\")/bg.pid\"")));
+        assert_eq!(pick_program(&agent, &want, ASK_VERSION_WAIT), agent.with_file_name(BINARY));
+        let bg = fs::read_to_string(t.path().join("bg.pid")).expect("bg pid");
+        // A zombie (state Z) has ended: only a live process counts.
+        let alive = fs::read_to_string(Path::new("/proc").join(bg.trim()).join("stat"))
+            .is_ok_and(|st| st.rsplit(')').next().is_some_and(|rest| !rest.trim_start().starts_with('Z')));
+        let _ = std::process::Command::new("kill").arg(bg.trim()).status();
+        assert!(alive, "the answer waited for the process left behind");
         // Another version, another revision, a failure, a hang, nothing there:
         // the agent's own binary.
         let other = format!("echo '{}'", version_line("9.9.8"));
