@@ -118,13 +118,15 @@ impl Runner {
     /// Journals a report; it goes out once [`Self::flush`] has put it on
     /// disk (the connection loop flushes before sending). A journal that
     /// cannot be written holds it in memory (see `state`), and it is sent
-    /// all the same.
-    pub(super) fn report(&self, report: RecordReport, closes: bool) {
+    /// all the same. Returns its id (`None`: it could not be journaled).
+    pub(super) fn report(&self, report: RecordReport, closes: bool) -> Option<u64> {
         let invoke_id = report.invoke_id.clone();
-        if let Err(e) = self.state().report(report, closes) {
+        let id = self.state().report(report, closes);
+        if let Err(e) = &id {
             tracing::error!(invoke_id, error = %e, "cannot journal report");
         }
         self.outbox_ready.notify_one();
+        id.ok()
     }
 
     /// Puts every journal change made so far on disk: one `fdatasync` on a
@@ -500,8 +502,7 @@ impl Runner {
     /// Journals a run's start and its `Running` report (not yet synced);
     /// returns the start time and the report's id.
     fn journal_start(&self, inv: &Invocation, record_seq: u32) -> (String, Option<u64>) {
-        let mut st = self.state();
-        if let Err(e) = st.started(&inv.invoke_id, record_seq) {
+        if let Err(e) = self.state().started(&inv.invoke_id, record_seq) {
             tracing::error!(invoke_id = %inv.invoke_id, error = %e, "cannot journal start");
         }
         let start = now();
@@ -517,15 +518,7 @@ impl Runner {
             start_time: start.clone(),
             finish_time: String::new(),
         };
-        let id = match st.report(running, false) {
-            Ok(id) => Some(id),
-            Err(e) => {
-                tracing::error!(invoke_id = %inv.invoke_id, error = %e, "cannot journal report");
-                None
-            }
-        };
-        drop(st);
-        self.outbox_ready.notify_one();
+        let id = self.report(running, false);
         (start, id)
     }
 
