@@ -206,3 +206,31 @@ fn managed_instances_filter_by_connection_in_the_store() {
     let e = hub.call("DescribeManagedInstances", &[("Connected", "maybe")]).unwrap_err();
     assert!(format!("{e:?}").contains("Connected"), "{e:?}");
 }
+
+/// The hub allocates with mimalloc, SQLite's C allocations included (the
+/// binary defines `malloc` itself), and without transparent huge pages;
+/// the agent keeps the system's allocator (issue #21, docs/performance.md
+/// "The hub's allocator").
+#[cfg(target_os = "linux")]
+#[test]
+fn the_hub_alone_allocates_with_mimalloc_and_without_huge_pages() {
+    let (hub_bin, agent_bin) = (env!("CARGO_BIN_EXE_deckhand-hub"), env!("CARGO_BIN_EXE_deckhand-agent"));
+    let verbose = |bin: &str| {
+        let out = Command::new(bin).arg("--version").env("MIMALLOC_VERBOSE", "1").output().expect("run --version");
+        assert!(out.status.success(), "{bin} --version: {out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    assert!(verbose(hub_bin).contains("mimalloc: option"), "the hub does not run on mimalloc");
+    assert!(!verbose(agent_bin).contains("mimalloc"), "the agent must keep the system allocator");
+    let defines_malloc = |bin: &str| {
+        let out = Command::new("nm").args(["-D", "--defined-only", bin]).output().expect("nm (binutils) is needed");
+        assert!(out.status.success(), "nm {bin}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).lines().any(|l| l.ends_with(" T malloc"))
+    };
+    assert!(defines_malloc(hub_bin), "the hub's malloc is not mimalloc's: SQLite would allocate with glibc");
+    assert!(!defines_malloc(agent_bin), "the agent defines malloc");
+
+    let hub = Hub::start();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", hub.pid())).expect("hub status");
+    assert!(status.lines().any(|l| l == "THP_enabled:\t0"), "transparent huge pages are not off for the hub:\n{status}");
+}

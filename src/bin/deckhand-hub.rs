@@ -5,6 +5,13 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::string_slice))]
 
 use std::path::PathBuf;
+
+/// The hub's allocator (issue #21, docs/performance.md "The hub's
+/// allocator"): mimalloc, which also serves SQLite's C allocations
+/// (`override`). The agent and the CLI keep the system's.
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -87,6 +94,12 @@ enum ConfigCmd {
 }
 
 fn main() -> std::process::ExitCode {
+    // Where transparent huge pages are `always` (RHEL's default), each of
+    // mimalloc's per-thread segments would be backed by 2 MiB pages: about
+    // 2 MiB more resident a thread. Best effort: an older kernel refuses,
+    // and the hub runs as before.
+    #[cfg(target_os = "linux")]
+    let _ = nix::sys::prctl::set_thp_disable(true);
     deckhand::config::exit_code(run())
 }
 

@@ -139,6 +139,12 @@ impl Hub {
         kill_child(&mut self.child);
     }
 
+    /// The running hub's process id.
+    #[allow(dead_code)]
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(Child::id).expect("hub running")
+    }
+
     /// SIGTERM and wait; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         terminate_child(&mut self.child)
