@@ -89,6 +89,7 @@ suite!(
     modifications_raise_the_revision_and_reach_the_wire_form,
     instances_stream_in_keyset_pages,
     many_targets_insert_in_batches_and_state_counts_sum_them,
+    a_batch_cut_into_statement_shapes_applies_every_op,
     overview_counts_instances_and_invocations_by_hour,
     file_content_is_stored_once_and_served_only_to_targets,
     file_contents_are_kept_while_used_and_pruned_after,
@@ -924,6 +925,38 @@ async fn many_targets_insert_in_batches_and_state_counts_sum_them(e: &Engine) {
     let mut inv = c.invocations.clone();
     inv.sort_by_key(|(st, _)| st.as_str());
     assert_eq!(inv, vec![(InvocationOverall::Pending, 1), (InvocationOverall::Success, 1)]);
+}
+
+/// A batch larger than the largest statement shape (256 rows): 1,201
+/// deliveries, 600 results and 1,201 heartbeats are cut into statements
+/// of several shapes (256, 128, …, 1), and every op is applied once.
+async fn a_batch_cut_into_statement_shapes_applies_every_op(e: &Engine) {
+    let s = e.open().await;
+    let many: Vec<String> = (0..1201).map(|i| format!("i-{i:04}")).collect();
+    s.create_invocation(&invocation("t-shapes", "2026-11-23T00:00:00Z", ONCE, ""), &many, None).await.unwrap();
+    let mut ops: Vec<WriteOp> = many.iter().map(|i| WriteOp::Delivered { invoke_id: "t-shapes".into(), instance_id: i.clone() }).collect();
+    ops.extend(many.iter().take(600).map(|i| report_from("t-shapes", i, S::Success)));
+    ops.extend(many.iter().map(|i| WriteOp::Touch { instance_id: i.clone() }));
+    let effects = s.apply_batch(&ops).await.unwrap();
+    assert_eq!(effects.len(), ops.len());
+    assert!(effects.iter().all(|e| *e == ReportEffect::Applied), "{:?}", effects.iter().find(|e| **e != ReportEffect::Applied));
+    let t = s.targets("t-shapes").await.unwrap();
+    assert_eq!(t.len(), 1201);
+    for (n, row) in t.iter().enumerate() {
+        assert!(row.delivered, "{} not delivered", row.instance_id);
+        if n < 600 {
+            assert_eq!((row.status, row.exit_code), (S::Success, Some(0)), "{}", row.instance_id);
+            let rec = s.records("t-shapes", &row.instance_id).await.unwrap();
+            assert_eq!(rec.len(), 1, "{}", row.instance_id);
+            assert_eq!((rec[0].status, rec[0].output.as_slice()), (S::Success, b"out".as_slice()), "{}", row.instance_id);
+        } else {
+            assert!(!row.status.is_final(), "{} is {:?} without a result", row.instance_id, row.status);
+            assert!(s.records("t-shapes", &row.instance_id).await.unwrap().is_empty(), "{}", row.instance_id);
+        }
+    }
+    let c = s.state_counts().await.unwrap();
+    assert_eq!(c.targets.get(S::Success), 600);
+    assert_eq!(c.targets.total(), 1201);
 }
 
 /// The console's Overview: two grouped queries, the same answer on both engines.
