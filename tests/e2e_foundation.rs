@@ -208,27 +208,37 @@ fn managed_instances_filter_by_connection_in_the_store() {
 }
 
 /// The hub allocates with mimalloc, SQLite's C allocations included (the
-/// binary defines `malloc` itself), and without transparent huge pages;
-/// the agent keeps the system's allocator (issue #21, docs/performance.md
-/// "The hub's allocator").
-#[cfg(target_os = "linux")]
+/// binary defines the C allocator's functions itself), and without
+/// transparent huge pages; the agent, the supervisor and the CLI keep the
+/// system's allocator (issue #21, docs/performance.md "The hub's
+/// allocator").
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[test]
 fn the_hub_alone_allocates_with_mimalloc_and_without_huge_pages() {
-    let (hub_bin, agent_bin) = (env!("CARGO_BIN_EXE_deckhand-hub"), env!("CARGO_BIN_EXE_deckhand-agent"));
+    let hub_bin = env!("CARGO_BIN_EXE_deckhand-hub");
+    let others = [env!("CARGO_BIN_EXE_deckhand-agent"), env!("CARGO_BIN_EXE_deckhand-supervise"), env!("CARGO_BIN_EXE_deckhand")];
     let verbose = |bin: &str| {
         let out = Command::new(bin).arg("--version").env("MIMALLOC_VERBOSE", "1").output().expect("run --version");
         assert!(out.status.success(), "{bin} --version: {out:?}");
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
     assert!(verbose(hub_bin).contains("mimalloc: option"), "the hub does not run on mimalloc");
-    assert!(!verbose(agent_bin).contains("mimalloc"), "the agent must keep the system allocator");
-    let defines_malloc = |bin: &str| {
-        let out = Command::new("nm").args(["-D", "--defined-only", bin]).output().expect("nm (binutils) is needed");
+    for bin in others {
+        assert!(!verbose(bin).contains("mimalloc"), "{bin} must keep the system allocator");
+    }
+    // Every entry point of the C allocator, so that no memory is taken from
+    // one allocator and given back to the other.
+    const ENTRIES: [&str; 7] = ["malloc", "free", "calloc", "realloc", "posix_memalign", "aligned_alloc", "malloc_usable_size"];
+    let defined = |bin: &str| -> Vec<String> {
+        let out = Command::new("nm").args(["-D", "--defined-only", bin]).output().expect("nm (binutils, installed by .ci/run)");
         assert!(out.status.success(), "nm {bin}: {out:?}");
-        String::from_utf8_lossy(&out.stdout).lines().any(|l| l.ends_with(" T malloc"))
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        ENTRIES.iter().filter(|e| text.lines().any(|l| l.ends_with(&format!(" T {e}")))).map(|e| e.to_string()).collect()
     };
-    assert!(defines_malloc(hub_bin), "the hub's malloc is not mimalloc's: SQLite would allocate with glibc");
-    assert!(!defines_malloc(agent_bin), "the agent defines malloc");
+    assert_eq!(defined(hub_bin), ENTRIES, "the hub must define the whole C allocator (SQLite allocates through it)");
+    for bin in others {
+        assert_eq!(defined(bin), Vec::<String>::new(), "{bin} defines C allocator functions");
+    }
 
     let hub = Hub::start();
     let status = std::fs::read_to_string(format!("/proc/{}/status", hub.pid())).expect("hub status");

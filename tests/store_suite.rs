@@ -928,35 +928,59 @@ async fn many_targets_insert_in_batches_and_state_counts_sum_them(e: &Engine) {
 }
 
 /// A batch larger than the largest statement shape (256 rows): 1,201
-/// deliveries, 600 results and 1,201 heartbeats are cut into statements
-/// of several shapes (256, 128, …, 1), and every op is applied once.
+/// deliveries, 600 results and 1,201 heartbeats over three invocations are
+/// cut into statements of several shapes (256, 128, …, 1), and every op is
+/// applied once.
 async fn a_batch_cut_into_statement_shapes_applies_every_op(e: &Engine) {
     let s = e.open().await;
     let many: Vec<String> = (0..1201).map(|i| format!("i-{i:04}")).collect();
-    s.create_invocation(&invocation("t-shapes", "2026-11-23T00:00:00Z", ONCE, ""), &many, None).await.unwrap();
-    let mut ops: Vec<WriteOp> = many.iter().map(|i| WriteOp::Delivered { invoke_id: "t-shapes".into(), instance_id: i.clone() }).collect();
-    ops.extend(many.iter().take(600).map(|i| report_from("t-shapes", i, S::Success)));
+    let inv_of = |n: usize| format!("t-shapes-{}", n % 3);
+    for k in 0..3 {
+        let mine: Vec<String> = many.iter().enumerate().filter(|(n, _)| n % 3 == k).map(|(_, i)| i.clone()).collect();
+        s.create_invocation(&invocation(&inv_of(k), "2026-11-23T00:00:00Z", ONCE, ""), &mine, None).await.unwrap();
+    }
+    // 300 of the instances exist (two shapes of heartbeat rows); the others'
+    // heartbeats touch nothing.
+    activation(&s, "a-shapes", 300).await;
+    for id in many.iter().take(300) {
+        assert!(register(&s, "a-shapes", id).await);
+    }
+    let mut ops: Vec<WriteOp> =
+        many.iter().enumerate().map(|(n, i)| WriteOp::Delivered { invoke_id: inv_of(n), instance_id: i.clone() }).collect();
+    ops.extend(many.iter().enumerate().take(600).map(|(n, i)| report_from(&inv_of(n), i, S::Success)));
     ops.extend(many.iter().map(|i| WriteOp::Touch { instance_id: i.clone() }));
     let effects = s.apply_batch(&ops).await.unwrap();
     assert_eq!(effects.len(), ops.len());
     assert!(effects.iter().all(|e| *e == ReportEffect::Applied), "{:?}", effects.iter().find(|e| **e != ReportEffect::Applied));
-    let t = s.targets("t-shapes").await.unwrap();
-    assert_eq!(t.len(), 1201);
-    for (n, row) in t.iter().enumerate() {
-        assert!(row.delivered, "{} not delivered", row.instance_id);
-        if n < 600 {
-            assert_eq!((row.status, row.exit_code), (S::Success, Some(0)), "{}", row.instance_id);
-            let rec = s.records("t-shapes", &row.instance_id).await.unwrap();
-            assert_eq!(rec.len(), 1, "{}", row.instance_id);
-            assert_eq!((rec[0].status, rec[0].output.as_slice()), (S::Success, b"out".as_slice()), "{}", row.instance_id);
-        } else {
-            assert!(!row.status.is_final(), "{} is {:?} without a result", row.instance_id, row.status);
-            assert!(s.records("t-shapes", &row.instance_id).await.unwrap().is_empty(), "{}", row.instance_id);
+    for k in 0..3 {
+        let counts = s.get_invocation(&inv_of(k)).await.unwrap().unwrap().counts;
+        assert_eq!(counts.get(S::Success), 200, "{}: its counts moved with its targets", inv_of(k));
+        let t = s.targets(&inv_of(k)).await.unwrap();
+        assert_eq!(t.len(), (1201 + 2 - k) / 3, "{}", inv_of(k));
+        for row in &t {
+            let n: usize = row.instance_id.trim_start_matches("i-").parse().unwrap();
+            assert!(row.delivered, "{} not delivered", row.instance_id);
+            let rec = s.records(&inv_of(k), &row.instance_id).await.unwrap();
+            if n < 600 {
+                assert_eq!((row.status, row.exit_code), (S::Success, Some(0)), "{}", row.instance_id);
+                assert_eq!(rec.len(), 1, "{}", row.instance_id);
+                assert_eq!((rec[0].status, rec[0].output.as_slice()), (S::Success, b"out".as_slice()), "{}", row.instance_id);
+            } else {
+                assert!(!row.status.is_final(), "{} is {:?} without a result", row.instance_id, row.status);
+                assert!(rec.is_empty(), "{}", row.instance_id);
+            }
         }
+    }
+    for id in many.iter().take(300) {
+        let inst = s.get_instance(id).await.unwrap().unwrap();
+        assert!(!inst.last_seen.is_empty(), "{id}: heartbeat not applied");
     }
     let c = s.state_counts().await.unwrap();
     assert_eq!(c.targets.get(S::Success), 600);
     assert_eq!(c.targets.total(), 1201);
+    let mut invs = c.invocations.clone();
+    invs.sort_by_key(|(st, _)| st.as_str());
+    assert_eq!(invs.iter().map(|(_, n)| n).sum::<i64>(), 3, "{invs:?}");
 }
 
 /// The console's Overview: two grouped queries, the same answer on both engines.

@@ -5,19 +5,21 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::string_slice))]
 
 use std::path::PathBuf;
-
-/// The hub's allocator (issue #21, docs/performance.md "The hub's
-/// allocator"): mimalloc, which also serves SQLite's C allocations
-/// (`override`). The agent and the CLI keep the system's.
-#[cfg(target_os = "linux")]
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use deckhand::exec::params::ValuePolicy;
 use deckhand::hub::config::HubFile;
+
+/// The hub's allocator (issue #21, docs/performance.md "The hub's
+/// allocator"): mimalloc, which also serves SQLite's C allocations
+/// (`override`). glibc only: a static override on musl could mix two
+/// allocators. The agent, the supervisor and the CLI (and so the hub that
+/// `deckhand dev` runs inside it) keep the system's.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Debug, Parser)]
 #[command(name = "deckhand-hub", version, about = "deckhand control plane: agent WebSocket + Cloud Assistant API")]

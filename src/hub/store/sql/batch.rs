@@ -22,7 +22,7 @@ use super::conns::WriteTx;
 
 use super::super::*;
 use super::SqlStore;
-use super::dialect::Dialect;
+use super::dialect::{Dialect, shaped};
 use super::rows::{col, counts_from, key, status_col};
 use super::writes::Moved;
 use crate::lifecycle::{Counts, Event, TargetState, transition};
@@ -150,25 +150,6 @@ impl Fold {
 fn base64_decode(s: &str) -> std::result::Result<Vec<u8>, base64::DecodeError> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(s)
-}
-
-/// The largest multi-row statement shape: 256 rows of at most 15 bound
-/// values, 3,840 values, inside SQLite's 32,766 and PostgreSQL's 65,535.
-const MAX_SHAPE: usize = 256;
-
-/// Splits `rows` into slices of 256, 128, …, 2 or 1 rows, the largest
-/// first, so that each multi-row statement has one of nine shapes,
-/// prepared once a connection and kept in its statement cache. Before,
-/// each batch size was a new statement: SQLite parsed and compiled it
-/// anew, 9 % of its thread's time in a fan-out (issue #21).
-fn shaped<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
-    let mut rest = rows;
-    std::iter::from_fn(move || {
-        let n = rest.len().min(MAX_SHAPE).checked_ilog2()?;
-        let (shape, tail) = rest.split_at_checked(1 << n)?;
-        rest = tail;
-        Some(shape)
-    })
 }
 
 /// A statement of one of [`shaped`]'s shapes, kept prepared (sqlx's
@@ -566,32 +547,5 @@ impl SqlStore {
         self.announce_released(&released);
         self.announce_fires(granted);
         Ok(effects)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rows_are_cut_into_power_of_two_shapes_largest_first_and_none_lost() {
-        let sizes = |n: usize| -> Vec<usize> { shaped(&vec![0u8; n]).map(<[u8]>::len).collect() };
-        assert_eq!(sizes(0), Vec::<usize>::new());
-        assert_eq!(sizes(1), vec![1]);
-        assert_eq!(sizes(3), vec![2, 1]);
-        assert_eq!(sizes(140), vec![128, 8, 4]);
-        assert_eq!(sizes(256), vec![256]);
-        assert_eq!(sizes(600), vec![256, 256, 64, 16, 8]);
-        for n in 0..1100 {
-            let rows: Vec<usize> = (0..n).collect();
-            let parts: Vec<&[usize]> = shaped(&rows).collect();
-            assert_eq!(parts.concat(), rows, "{n} rows: order kept, nothing lost");
-            assert!(
-                parts.iter().all(|p| p.len().is_power_of_two() && p.len() <= MAX_SHAPE),
-                "{n}: {:?}",
-                parts.iter().map(|p| p.len()).collect::<Vec<_>>()
-            );
-            assert!(parts.windows(2).all(|w| w[0].len() >= w[1].len()), "{n}: largest first");
-        }
     }
 }

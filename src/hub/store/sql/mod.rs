@@ -150,7 +150,8 @@ impl SqlStore {
         // past 64 KiB: a 3,000-agent fan-out opened 46 such files, and the
         // fan-out to 10,000 was 4–14 % faster without them (issue #21). One
         // holds the pages a single statement changes, and the group
-        // commit's statements change at most 500 rows each. Reads keep
+        // commit's statements change at most 256 rows each
+        // (`dialect::MAX_SHAPE`). Reads keep
         // spilling large sorts to disk.
         let write_pragmas = format!("{} PRAGMA temp_store = MEMORY;", pragmas(WRITE_CACHE_KIB));
         let writes = conns::HeldWriter::open(&url, &write_pragmas, BUSY_TIMEOUT, None).await?;

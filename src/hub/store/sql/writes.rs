@@ -17,10 +17,6 @@ use super::dialect::Dialect;
 use super::rows::{col, counts_from, key, status_col};
 use crate::lifecycle::{Event, Refusal, TargetState, transition};
 
-/// Targets per INSERT statement: 10 bound values each, so 5,000 values,
-/// well inside SQLite's 32,766 and PostgreSQL's 65,535 per statement.
-const TARGET_ROWS_PER_INSERT: usize = 500;
-
 /// Every count column, for `RETURNING` and recounts.
 fn count_columns() -> String {
     InvocationStatus::ALL.iter().map(|s| s.count_column()).collect::<Vec<_>>().join(", ")
@@ -253,8 +249,9 @@ impl SqlStore {
             .execute(&mut *tx)
             .await?;
         // Multi-row INSERTs (issue #21: one statement per target cost a
-        // round trip each under the write lock, 100 for one RunCommand).
-        for chunk in rows.chunks(TARGET_ROWS_PER_INSERT) {
+        // round trip each under the write lock, 100 for one RunCommand), of
+        // the fixed shapes that stay prepared.
+        for chunk in super::dialect::shaped(&rows) {
             let sql = format!(
                 "INSERT INTO targets (invoke_id, instance_id, status, created_at, updated_at, released, released_at, \
                  error_code, error_info, finish_time) VALUES {}",
