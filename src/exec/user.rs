@@ -53,9 +53,8 @@ pub struct Handed {
 /// `username`'s account as [`resolve`] gives it, to hand to a supervisor;
 /// `None` when it does not resolve (the supervisor then reports why).
 pub fn hand(username: Option<&str>) -> Option<Handed> {
-    let stamp = stamp();
-    let account = resolve(username).ok()?;
-    Some(Handed { username: username.filter(|u| !u.is_empty()).map(str::to_string), stamp, account })
+    let (account, stamp) = resolve_stamped(username).ok()?;
+    Some(Handed { username: cache_key(username), stamp, account })
 }
 
 /// Primes this process's cache with a handed account, if the account
@@ -95,14 +94,25 @@ static CACHE: std::sync::Mutex<Option<Cache>> = std::sync::Mutex::new(None);
 /// Resolve `username` (None: the agent's own user), from the cache while
 /// the account files are unchanged.
 pub fn resolve(username: Option<&str>) -> Result<Account, StartError> {
-    let key = username.filter(|u| !u.is_empty()).map(str::to_string);
+    resolve_stamped(username).map(|(account, _)| account)
+}
+
+/// The cache's key for `username`: `None` for the agent's own user.
+fn cache_key(username: Option<&str>) -> Option<String> {
+    username.filter(|u| !u.is_empty()).map(str::to_string)
+}
+
+/// [`resolve`], with the account files' stamp taken before the answer (a
+/// change after it makes the stamp stale, never the answer newer).
+fn resolve_stamped(username: Option<&str>) -> Result<(Account, Stamp), StartError> {
+    let key = cache_key(username);
     let now = stamp();
     {
         let mut guard = CACHE.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((at, account)) = current(&mut guard, now).entries.get(&key)
             && at.elapsed() < CACHE_TTL
         {
-            return Ok(account.clone());
+            return Ok((account.clone(), now));
         }
     }
     // Looked up outside the lock (NSS may be slow); only successes are kept.
@@ -111,7 +121,7 @@ pub fn resolve(username: Option<&str>) -> Result<Account, StartError> {
     if let Some(cache) = guard.as_mut().filter(|c| c.stamp == now) {
         cache.entries.insert(key, (std::time::Instant::now(), account.clone()));
     }
-    Ok(account)
+    Ok((account, now))
 }
 
 fn lookup(username: Option<&str>) -> Result<Account, StartError> {
